@@ -1,0 +1,91 @@
+# moe.c — builds libmoe (static and shared), the `moe` CLI and the test runner.
+# CUDA kernels are compiled when nvcc is found (sm_90a + sm_80, plus compute_80 PTX for newer GPUs);
+# without nvcc the library is CPU-only. `make CUDA=0` forces a CPU-only build.
+
+PREFIX  ?= /usr/local
+BUILD   ?= build
+CC      ?= cc
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+CUDA    ?= $(if $(NVCC),1,0)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_GENCODE ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
+                -gencode=arch=compute_80,code=compute_80
+
+WARN    = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unknown-pragmas
+CFLAGS  ?= -O2 -g
+CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) -fPIC -fopenmp -fvisibility=hidden -Iinclude -Isrc
+NVFLAGS ?= -O3 -lineinfo
+NVFLAGS_ALL = -std=c++17 $(NVFLAGS) $(CUDA_GENCODE) -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Werror \
+              -Werror all-warnings -Iinclude -Isrc -DMOE_WITH_CUDA
+LDLIBS  = -fopenmp -lm
+
+LIB_SRC  = $(wildcard src/*/*.c)
+CUDA_SRC = $(if $(filter 1,$(CUDA)),$(wildcard src/cuda/*.cu src/cuda/*/*.cu))
+TOOL_SRC = $(wildcard tools/*.c)
+TEST_SRC = $(wildcard tests/*.c)
+
+ifeq ($(CUDA),1)
+CFLAGS_ALL += -DMOE_WITH_CUDA
+LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
+endif
+
+LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+TOOL_OBJ = $(TOOL_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/%.o)
+DEPS     = $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+
+.PHONY: all lib test run install uninstall clean
+all: $(BUILD)/libmoe.a $(BUILD)/libmoe.so $(BUILD)/moe $(BUILD)/moe_tests
+lib: $(BUILD)/libmoe.a $(BUILD)/libmoe.so
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(BUILD)/libmoe.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libmoe.so: $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libmoe.so.0 -o $@ $^ $(LDLIBS)
+
+$(BUILD)/moe: $(TOOL_OBJ) $(BUILD)/libmoe.a
+	$(CC) -o $@ $(TOOL_OBJ) $(BUILD)/libmoe.a $(LDLIBS)
+
+$(BUILD)/moe_tests: $(TEST_OBJ) $(BUILD)/libmoe.a
+	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libmoe.a $(LDLIBS)
+
+# The README's test command. On a machine with a GPU the same runner also runs the GPU tests.
+test: $(BUILD)/moe_tests
+	./$(BUILD)/moe_tests --data tests/data
+
+# The README's main job on its built-in default.
+run: $(BUILD)/moe
+	./$(BUILD)/moe quantize
+
+$(BUILD)/moe.pc: Makefile
+	@mkdir -p $(BUILD)
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: moe\nDescription: Mixture-of-Experts inference library\nVersion: 0.1.0\nLibs: -L$${libdir} -lmoe\nLibs.private: %s\nCflags: -I$${includedir}\n' \
+	  '$(PREFIX)' '$(LDLIBS)' > $@
+
+install: all $(BUILD)/moe.pc
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/moe.h $(DESTDIR)$(PREFIX)/include/moe.h
+	install -m 644 $(BUILD)/libmoe.a $(DESTDIR)$(PREFIX)/lib/libmoe.a
+	install -m 755 $(BUILD)/libmoe.so $(DESTDIR)$(PREFIX)/lib/libmoe.so.0
+	ln -sf libmoe.so.0 $(DESTDIR)$(PREFIX)/lib/libmoe.so
+	install -m 644 $(BUILD)/moe.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/moe.pc
+	install -m 755 $(BUILD)/moe $(DESTDIR)$(PREFIX)/bin/moe
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/moe.h $(DESTDIR)$(PREFIX)/lib/libmoe.a $(DESTDIR)$(PREFIX)/lib/libmoe.so \
+	      $(DESTDIR)$(PREFIX)/lib/libmoe.so.0 $(DESTDIR)$(PREFIX)/lib/pkgconfig/moe.pc $(DESTDIR)$(PREFIX)/bin/moe
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(DEPS)

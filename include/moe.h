@@ -1,0 +1,296 @@
+/* moe.h — the whole public API of libmoe, a Mixture-of-Experts inference library.
+ *
+ * Conventions
+ * - Every function that can fail returns a moe_status; MOE_OK is 0. The context keeps a message that names the
+ *   problem (moe_last_error). The library never exits or aborts.
+ * - Data pointers passed to an operation live where the context computes: host memory for the CPU backend,
+ *   device memory for the CUDA backend (moe_alloc / moe_memcpy move data between the two).
+ * - GPU work is asynchronous on the stream given as the last argument (a cudaStream_t, or NULL for the
+ *   context's own stream); nothing synchronises with the host unless its comment says so. The CPU backend
+ *   runs synchronously and ignores the stream.
+ * - Exact definitions of every number format: docs/formats.md.
+ */
+#ifndef MOE_H
+#define MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define MOE_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define MOE_API __attribute__((visibility("default")))
+#else
+#define MOE_API
+#endif
+
+#define MOE_VERSION_MAJOR 0
+#define MOE_VERSION_MINOR 1
+#define MOE_VERSION_PATCH 0
+MOE_API const char *moe_version(void);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Status
+ * ------------------------------------------------------------------------------------------------------- */
+
+#define MOE_STATUS_MAP(X)                                                                  \
+    X(MOE_OK, 0, "success")                                                                \
+    X(MOE_ERR_INVALID_ARG, -1, "invalid argument")                                         \
+    X(MOE_ERR_UNSUPPORTED, -2, "unsupported")                                              \
+    X(MOE_ERR_CUDA, -3, "CUDA error")                                                      \
+    X(MOE_ERR_OOM, -4, "out of memory")                                                    \
+    X(MOE_ERR_IO, -5, "input/output error")                                                \
+    X(MOE_ERR_NO_DEVICE, -6, "no usable GPU")
+
+typedef enum moe_status {
+#define MOE_STATUS_ENUM_(name, value, text) name = value,
+    MOE_STATUS_MAP(MOE_STATUS_ENUM_)
+#undef MOE_STATUS_ENUM_
+} moe_status;
+
+/* A short constant description of a status ("invalid argument"); never NULL. */
+MOE_API const char *moe_status_string(moe_status status);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Data types
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef enum moe_dtype {
+    MOE_DTYPE_INVALID = 0,
+    MOE_DTYPE_F32,  /* IEEE binary32 */
+    MOE_DTYPE_F16,  /* IEEE binary16 */
+    MOE_DTYPE_BF16, /* bfloat16 */
+    MOE_DTYPE_E4M3, /* FP8 E4M3FN: finite, max 448, 0x7F/0xFF NaN; one byte */
+    MOE_DTYPE_E5M2, /* FP8 E5M2: IEEE-like, max 57344; one byte */
+    MOE_DTYPE_E2M1, /* FP4 E2M1: max 6; two per byte, element 2i in the low nibble */
+    MOE_DTYPE_E8M0, /* MX scale: 2^(byte - 127); 0xFF NaN; one byte */
+    MOE_DTYPE_U8,
+    MOE_DTYPE_I32,
+    MOE_DTYPE_I64,
+    MOE_DTYPE_COUNT_
+} moe_dtype;
+
+MOE_API const char *moe_dtype_name(moe_dtype dtype);     /* "bf16"; "invalid" for unknown values */
+MOE_API moe_dtype moe_dtype_from_name(const char *name); /* MOE_DTYPE_INVALID when unknown */
+MOE_API int moe_dtype_bits(moe_dtype dtype);             /* 4 for E2M1, 0 when unknown */
+
+/* Bytes that n elements of dtype occupy (E2M1: n must be even); -1 when unknown or invalid. */
+MOE_API int64_t moe_dtype_bytes(moe_dtype dtype, int64_t n);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Scalar conversions (host code, the exact definitions of docs/formats.md §1)
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef enum moe_round {
+    MOE_ROUND_NEAREST_EVEN = 0, /* IEEE round to nearest, ties to even */
+    MOE_ROUND_ZERO,             /* toward zero (E8M0 only) */
+    MOE_ROUND_UP                /* toward +Inf (E8M0 only) */
+} moe_round;
+
+MOE_API uint16_t moe_bf16_from_f32(float x); /* RN; NaN -> 0x7FFF */
+MOE_API float moe_bf16_to_f32(uint16_t bits);
+MOE_API uint16_t moe_f16_from_f32(float x); /* RN, subnormals kept; NaN -> 0x7FFF */
+MOE_API float moe_f16_to_f32(uint16_t bits);
+/* saturate != 0: overflow -> +-max finite (CUDA satfinite); 0: E4M3 -> NaN with sign, E5M2 -> +-Inf. */
+MOE_API uint8_t moe_e4m3_from_f32(float x, int saturate);
+MOE_API float moe_e4m3_to_f32(uint8_t bits);
+MOE_API uint8_t moe_e5m2_from_f32(float x, int saturate);
+MOE_API float moe_e5m2_to_f32(uint8_t bits);
+MOE_API uint8_t moe_e2m1_from_f32(float x);    /* one nibble (low 4 bits); saturating; NaN -> 0x7 */
+MOE_API float moe_e2m1_to_f32(uint8_t nibble); /* reads the low 4 bits */
+/* round: MOE_ROUND_ZERO or MOE_ROUND_UP (anything else is treated as MOE_ROUND_UP); sign ignored. */
+MOE_API uint8_t moe_e8m0_from_f32(float x, moe_round round, int saturate);
+MOE_API float moe_e8m0_to_f32(uint8_t bits); /* 0x00 -> 2^-127, 0xFF -> NaN */
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Context
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef struct moe_ctx moe_ctx;
+
+typedef enum moe_backend {
+    MOE_BACKEND_AUTO = 0, /* the CUDA GPU when one is usable, else the CPU (with a notice through the log) */
+    MOE_BACKEND_CPU,
+    MOE_BACKEND_CUDA
+} moe_backend;
+
+typedef enum moe_log_level { MOE_LOG_DEBUG = 0, MOE_LOG_INFO, MOE_LOG_NOTICE, MOE_LOG_ERROR } moe_log_level;
+
+/* Called for notices (e.g. "no GPU: running on the CPU"); NULL sends them to stderr. */
+typedef void (*moe_log_fn)(void *user, moe_log_level level, const char *message);
+
+typedef struct moe_ctx_options {
+    moe_backend backend;
+    int device;        /* CUDA device ordinal (CUDA backend) */
+    int n_threads;     /* CPU threads; 0 = all available */
+    moe_log_fn log;    /* NULL = stderr */
+    void *log_user;    /* passed to log */
+    int log_level;     /* messages below this level are dropped; default MOE_LOG_NOTICE */
+} moe_ctx_options;
+
+/* Default options: AUTO backend, device 0, all CPU threads, notices to stderr. */
+MOE_API moe_ctx_options moe_ctx_options_default(void);
+
+/* Creates a context. options may be NULL (defaults). On failure *ctx is NULL and, when the failure happened
+ * after allocation, the message is lost: the status says what class of error it was, and the log got the text. */
+MOE_API moe_status moe_ctx_create(const moe_ctx_options *options, moe_ctx **ctx);
+MOE_API void moe_ctx_destroy(moe_ctx *ctx); /* NULL is fine */
+
+MOE_API moe_backend moe_ctx_backend(const moe_ctx *ctx);
+/* One line describing where the context computes: "cpu (2 threads)", "cuda:0 NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)". */
+MOE_API const char *moe_ctx_describe(const moe_ctx *ctx);
+/* The message of the last failed call on this context ("" when none). Valid until the next call. */
+MOE_API const char *moe_last_error(const moe_ctx *ctx);
+/* Whether this build of libmoe contains CUDA kernels. */
+MOE_API int moe_built_with_cuda(void);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Memory on the context's backend (host memory on the CPU backend)
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef enum moe_copy_kind {
+    MOE_COPY_HOST_TO_CTX = 0, /* host -> backend */
+    MOE_COPY_CTX_TO_HOST,     /* backend -> host */
+    MOE_COPY_CTX_TO_CTX       /* backend -> backend */
+} moe_copy_kind;
+
+MOE_API moe_status moe_alloc(moe_ctx *ctx, size_t bytes, void **ptr); /* 256-byte aligned */
+MOE_API void moe_free(moe_ctx *ctx, void *ptr);
+MOE_API moe_status moe_memcpy(moe_ctx *ctx, void *dst, const void *src, size_t bytes, moe_copy_kind kind,
+                              void *stream);
+MOE_API moe_status moe_memset(moe_ctx *ctx, void *dst, int value, size_t bytes, void *stream);
+/* Waits for the work queued on stream (NULL: the context's stream). The only host synchronisation. */
+MOE_API moe_status moe_sync(moe_ctx *ctx, void *stream);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Tensors
+ * ------------------------------------------------------------------------------------------------------- */
+
+#define MOE_MAX_RANK 4
+
+/* A dense row-major view; the memory belongs to the caller. A tensor of rank r is read as a batch of
+ * matrices of shape (shape[r-2], shape[r-1]); rank 1 is one row. */
+typedef struct moe_tensor {
+    void *data;
+    moe_dtype dtype;
+    int rank;                     /* 1..MOE_MAX_RANK */
+    int64_t shape[MOE_MAX_RANK];  /* outermost first */
+} moe_tensor;
+
+/* A 2-D view (rows, cols). */
+MOE_API moe_tensor moe_tensor_2d(void *data, moe_dtype dtype, int64_t rows, int64_t cols);
+MOE_API int64_t moe_tensor_numel(const moe_tensor *t);
+
+/* Elementwise conversion between dtypes of equal shape, through f32 (exact for every source type).
+ * round: MOE_ROUND_NEAREST_EVEN for float targets; MOE_ROUND_ZERO or MOE_ROUND_UP for E8M0.
+ * saturate: for E4M3/E5M2/E8M0 targets (E2M1 always saturates). */
+typedef struct moe_convert_options {
+    moe_round round;
+    int saturate;
+} moe_convert_options;
+
+/* options NULL: round to nearest even (E8M0: toward +Inf), saturating. */
+MOE_API moe_status moe_convert(moe_ctx *ctx, const moe_tensor *src, moe_tensor *dst,
+                               const moe_convert_options *options, void *stream);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Quantised formats (docs/formats.md §2, §3)
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef enum moe_qformat_kind {
+    MOE_QFORMAT_INVALID = 0,
+    MOE_QFORMAT_FP8_TENSOR,  /* one f32 scale for the whole tensor */
+    MOE_QFORMAT_FP8_ROW,     /* one scale per row (token) */
+    MOE_QFORMAT_FP8_1X128,   /* one scale per row and 128 columns (DeepSeek-V3 activations) */
+    MOE_QFORMAT_FP8_128X128, /* one scale per 128x128 tile of each matrix (DeepSeek-V3 weights) */
+    MOE_QFORMAT_MXFP8,       /* 32-element blocks, E8M0 scales (OCP MX) */
+    MOE_QFORMAT_MXFP4,       /* 32-element blocks of E2M1, E8M0 scales (OCP MX, gpt-oss) */
+    MOE_QFORMAT_NVFP4,       /* 16-element blocks of E2M1, E4M3 scales, one f32 global scale */
+    MOE_QFORMAT_COUNT_
+} moe_qformat_kind;
+
+typedef enum moe_scale_rule {
+    MOE_SCALE_DEFAULT = 0, /* the kind's own: F32 for FP8 kinds, RCEIL for MX kinds, E4M3 blocks for NVFP4 */
+    MOE_SCALE_F32,         /* s = amax / max_elem */
+    MOE_SCALE_UE8M0_FLOOR, /* 2^(floor(log2 amax) - emax_elem)    OCP MX v1.0 */
+    MOE_SCALE_UE8M0_CEIL,  /* 2^(ceil(log2 amax) - emax_elem)     torchao CEIL */
+    MOE_SCALE_UE8M0_RCEIL, /* 2^ceil(log2(amax / max_elem))       NVIDIA, DeepGEMM, DeepSeek ue8m0 */
+    MOE_SCALE_RULE_COUNT_
+} moe_scale_rule;
+
+typedef enum moe_scale_layout {
+    MOE_SCALE_LINEAR = 0,       /* row-major [batch, rows, blocks per row] */
+    MOE_SCALE_SWIZZLED_128X4,   /* the 128x4 tiled layout of block-scaled GEMMs (MX and NVFP4 kinds) */
+} moe_scale_layout;
+
+/* What the NVFP4 per-tensor f32 number means. There is no default: the two are easy to mix up. */
+typedef enum moe_nvfp4_global {
+    MOE_NVFP4_GLOBAL_UNSET = 0,
+    MOE_NVFP4_GLOBAL_ENCODE, /* G = 448*6 / amax (FlashInfer, TensorRT-LLM, vLLM input_scale_inv) */
+    MOE_NVFP4_GLOBAL_DECODE  /* g = amax / (448*6) (ModelOpt weight_scale_2 and input_scale) */
+} moe_nvfp4_global;
+
+typedef struct moe_qformat {
+    moe_qformat_kind kind;
+    moe_dtype elem;          /* E4M3 or E5M2 (FP8 and MXFP8 kinds); E2M1 (MXFP4, NVFP4) */
+    moe_scale_rule rule;
+    moe_dtype scale_dtype;   /* F32 (F32 rule, or UE8M0 rules on FP8 kinds); E8M0 (UE8M0 rules); E4M3 (NVFP4) */
+    moe_scale_layout layout;
+    moe_nvfp4_global global; /* NVFP4 only */
+    int static_scale;        /* FP8_TENSOR / NVFP4: 1 = the caller wrote the scale before quantising */
+    float amax_floor;        /* every block's amax is raised to at least this */
+} moe_qformat;
+
+/* The common recipe of a kind (docs/formats.md): E4M3 (E2M1 for FP4 kinds), the default rule, linear scales,
+ * dynamic scales, the kind's amax floor. For NVFP4 the caller still has to set .global. */
+MOE_API moe_qformat moe_qformat_preset(moe_qformat_kind kind);
+MOE_API const char *moe_qformat_kind_name(moe_qformat_kind kind);  /* "mxfp4" */
+MOE_API moe_qformat_kind moe_qformat_kind_from_name(const char *name);
+MOE_API const char *moe_scale_rule_name(moe_scale_rule rule);      /* "rceil" */
+MOE_API moe_scale_rule moe_scale_rule_from_name(const char *name);
+
+/* A quantised tensor: the logical (unquantised) shape plus its buffers, all in the context's memory. */
+typedef struct moe_qtensor {
+    moe_qformat format;
+    int rank;
+    int64_t shape[MOE_MAX_RANK];
+    void *data;          /* elements, row-major; E2M1 two per byte */
+    void *scale;         /* block scales in format.layout; FP8_TENSOR: the one f32 scale */
+    float *global_scale; /* NVFP4 only: one f32 in the convention format.global */
+} moe_qtensor;
+
+/* Byte sizes of a quantised tensor's buffers, and the shape of its scale matrix per batch entry. */
+typedef struct moe_qsizes {
+    size_t data_bytes;
+    size_t scale_bytes;
+    size_t global_scale_bytes; /* 4 for NVFP4, else 0 */
+    int64_t batch;             /* matrices in the tensor */
+    int64_t scale_rows;        /* per matrix, before swizzle padding */
+    int64_t scale_cols;
+} moe_qsizes;
+
+/* Checks format and shape (returns the problem in the message) and fills sizes. ctx may be NULL. */
+MOE_API moe_status moe_qtensor_sizes(moe_ctx *ctx, const moe_qformat *format, int rank, const int64_t *shape,
+                                     moe_qsizes *sizes);
+
+/* Quantises x (F32, BF16 or F16; shape = q->shape) into q->data, q->scale and q->global_scale. */
+MOE_API moe_status moe_quantize(moe_ctx *ctx, const moe_tensor *x, moe_qtensor *q, void *stream);
+
+/* Dequantises q into y (F32, BF16 or F16; shape = q->shape). */
+MOE_API moe_status moe_dequantize(moe_ctx *ctx, const moe_qtensor *q, moe_tensor *y, void *stream);
+
+/* Swizzle layout of block scales (docs/formats.md §3), for one-byte scales (E8M0, E4M3, U8).
+ * linear: (batch..., rows, cols) bytes; swizzled: batch x moe_scale_swizzled_bytes(rows, cols) bytes. */
+MOE_API int64_t moe_scale_swizzled_bytes(int64_t rows, int64_t cols);
+MOE_API moe_status moe_scale_swizzle(moe_ctx *ctx, const moe_tensor *linear, void *swizzled, void *stream);
+MOE_API moe_status moe_scale_unswizzle(moe_ctx *ctx, const void *swizzled, moe_tensor *linear, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_H */
