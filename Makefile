@@ -14,10 +14,12 @@ CUDA_GENCODE ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,c
 WARN    = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unknown-pragmas
 CFLAGS  ?= -O2 -g
 CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) -fPIC -fopenmp -fvisibility=hidden -Iinclude -Isrc
-NVFLAGS ?= -O3 -lineinfo
+NVFLAGS ?= -O3 -lineinfo -DNDEBUG
 NVFLAGS_ALL = -std=c++17 $(NVFLAGS) $(CUDA_GENCODE) -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Werror \
               -Werror all-warnings -Iinclude -Isrc -DMOE_WITH_CUDA
 LDLIBS  = -fopenmp -lm
+TOOL_LIBS = -l:libjansson.a
+GIT_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
 
 LIB_SRC  = $(wildcard src/*/*.c)
 CUDA_SRC = $(if $(filter 1,$(CUDA)),$(wildcard src/cuda/*.cu src/cuda/*/*.cu))
@@ -53,8 +55,12 @@ $(BUILD)/libmoe.a: $(LIB_OBJ)
 $(BUILD)/libmoe.so: $(LIB_OBJ)
 	$(CC) -shared -Wl,-soname,libmoe.so.0 -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tools/%.o: tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -DMOE_GIT_COMMIT='"$(GIT_COMMIT)"' -MMD -MP -c $< -o $@
+
 $(BUILD)/moe: $(TOOL_OBJ) $(BUILD)/libmoe.a
-	$(CC) -o $@ $(TOOL_OBJ) $(BUILD)/libmoe.a $(LDLIBS)
+	$(CC) -o $@ $(TOOL_OBJ) $(BUILD)/libmoe.a $(TOOL_LIBS) $(LDLIBS)
 
 $(BUILD)/moe_tests: $(TEST_OBJ) $(BUILD)/libmoe.a
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libmoe.a $(LDLIBS)

@@ -142,9 +142,10 @@ moe_status moe__cpu_quantize(moe_ctx *ctx, const moe_qlayout *l, const moe_tenso
     if (kind == MOE_QFORMAT_FP8_TENSOR || kind == MOE_QFORMAT_NVFP4) {
         float a = 0.0f;
         if (!l->f.static_scale) {
-            for (int64_t b = 0; b < l->batch; b++) {
-                float ab = moe_amax(l, x, b, 0, l->rows, 0, l->cols);
-                if (ab > a) a = ab;
+#pragma omp parallel for num_threads(ctx->n_threads) schedule(static) reduction(max : a)
+            for (int64_t row = 0; row < l->batch * l->rows; row++) {
+                float ar = moe_amax(l, x, row / l->rows, row % l->rows, row % l->rows + 1, 0, l->cols);
+                if (ar > a) a = ar;
             }
         }
         if (kind == MOE_QFORMAT_FP8_TENSOR) {
@@ -171,8 +172,8 @@ moe_status moe__cpu_quantize(moe_ctx *ctx, const moe_qlayout *l, const moe_tenso
     if (l->f.layout == MOE_SCALE_SWIZZLED_128X4) memset(q->scale, 0, l->scale_bytes);
     if (kind == MOE_QFORMAT_FP8_TENSOR) {
 #pragma omp parallel for num_threads(ctx->n_threads) schedule(static)
-        for (int64_t b = 0; b < l->batch; b++)
-            moe_encode_block(l, x, data, b, 0, l->rows, 0, l->cols, &tensor_scale);
+        for (int64_t row = 0; row < l->batch * l->rows; row++)
+            moe_encode_block(l, x, data, row / l->rows, row % l->rows, row % l->rows + 1, 0, l->cols, &tensor_scale);
         return MOE_OK;
     }
 #pragma omp parallel for num_threads(ctx->n_threads) schedule(static)

@@ -1,12 +1,11 @@
 /* cuda.cuh — what every CUDA file of libmoe shares: error mapping, launch geometry, 8-element loads and stores,
- * and the scalar conversions as the CUDA toolkit implements them (hardware cvt where the GPU has it). The CPU
- * reference (src/formats/scalar.h) is written independently from the definitions; tests compare the two. */
+ * and the scalar conversions: the CUDA toolkit's (hardware cvt where the GPU has it), and an own E2M1 codec. The
+ * CPU reference (src/formats/scalar.h) is written independently from the definitions; tests compare the two. */
 #ifndef MOE_CUDA_COMMON_CUDA_CUH
 #define MOE_CUDA_COMMON_CUDA_CUH
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cuda_fp4.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -39,6 +38,33 @@ static inline unsigned moe__grid_for(const moe_ctx *ctx, int64_t n, int threads)
     return blocks < 1 ? 1u : (unsigned)blocks;
 }
 
+/* Division by a run-time constant d >= 1 without a divide instruction (64-bit division is a long software
+ * sequence on the GPU, and index maths runs once per 8 elements). For numerators below 2^31 it is one wide
+ * multiply and a shift: with s = ceil(log2 d) and m = ceil(2^(31+s) / d), floor(n / d) = (n * m) >> (31 + s)
+ * (Granlund and Montgomery, "Division by invariant integers using multiplication", 1994, theorem 4.2).
+ * Larger numerators take the plain division; `fast` says which, decided once on the host. */
+struct moe_divmod {
+    int64_t d;
+    uint64_t m;
+    int shift;
+    bool fast;
+
+    /* limit: the largest numerator that will be divided */
+    static moe_divmod make(int64_t d, int64_t limit) {
+        moe_divmod r;
+        r.d = d < 1 ? 1 : d;
+        int s = 0;
+        while ((int64_t)1 << s < r.d) s++;
+        r.shift = 31 + s;
+        r.m = (((uint64_t)1 << r.shift) + (uint64_t)r.d - 1) / (uint64_t)r.d;
+        r.fast = limit < ((int64_t)1 << 31) && r.d < ((int64_t)1 << 31);
+        return r;
+    }
+    __device__ __forceinline__ int64_t div(int64_t n) const {
+        return fast ? (int64_t)(((uint64_t)(uint32_t)n * m) >> shift) : n / d;
+    }
+};
+
 /* ---- element types of the unquantised side ---- */
 
 __device__ __forceinline__ float moe_to_f32(float x) { return x; }
@@ -50,23 +76,37 @@ template <> __device__ __forceinline__ float moe_from_f32<float>(float x) { retu
 template <> __device__ __forceinline__ __nv_bfloat16 moe_from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half moe_from_f32<__half>(float x) { return __float2half_rn(x); }
 
-/* Loads elements [i, i + 8) of p as f32; only the first `count` exist (the rest read as 0). vec: the 8 are
- * 16-byte aligned and all exist, so whole vectors are loaded. */
+/* 8 consecutive elements of T as raw bits: one 16-byte vector for 2-byte types, two for f32. Kernels load
+ * several of these before touching any, so that each thread keeps 32-64 bytes of loads in flight. */
+template <typename T> struct moe_raw8 {
+    uint4 w[sizeof(T) / 2];
+};
+
+/* Elements [i, i + 8) of p; only the first `count` exist (the rest read as 0). vec: all 8 exist and are
+ * 16-byte aligned, so whole vectors are loaded (through the read-only path). */
+template <typename T>
+__device__ __forceinline__ void moe_load_raw8(const T *p, int64_t i, int count, bool vec, moe_raw8<T> &r) {
+    if (vec) {
+#pragma unroll
+        for (int h = 0; h < (int)(sizeof(T) / 2); h++) r.w[h] = __ldg(reinterpret_cast<const uint4 *>(p + i) + h);
+    } else {
+        T *e = reinterpret_cast<T *>(&r);
+#pragma unroll
+        for (int j = 0; j < 8; j++) e[j] = j < count ? p[i + j] : moe_from_f32<T>(0.0f);
+    }
+}
+
+template <typename T> __device__ __forceinline__ void moe_unpack8(const moe_raw8<T> &r, float (&v)[8]) {
+    const T *e = reinterpret_cast<const T *>(&r);
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = moe_to_f32(e[j]);
+}
+
 template <typename T>
 __device__ __forceinline__ void moe_load8(const T *p, int64_t i, int count, bool vec, float (&v)[8]) {
-    if (vec) {
-        constexpr int per = 16 / sizeof(T); /* elements per 16-byte load */
-#pragma unroll
-        for (int h = 0; h < 8 / per; h++) {
-            uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p + i) + h);
-            const T *e = reinterpret_cast<const T *>(&raw);
-#pragma unroll
-            for (int j = 0; j < per; j++) v[h * per + j] = moe_to_f32(e[j]);
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = j < count ? moe_to_f32(p[i + j]) : 0.0f;
-    }
+    moe_raw8<T> r;
+    moe_load_raw8(p, i, count, vec, r);
+    moe_unpack8(r, v);
 }
 
 template <typename T>
@@ -88,7 +128,34 @@ __device__ __forceinline__ void moe_store8(T *p, int64_t i, int count, bool vec,
     }
 }
 
+/* Loads of 8 elements each thread keeps in flight per loop iteration: 64 bytes of input. */
+template <typename T> __host__ __device__ constexpr int moe_unroll() {
+    return sizeof(T) == 4 ? 2 : 4;
+}
+
 /* ---- narrow formats through the CUDA toolkit's conversions ---- */
+
+/* f32 -> E2M1 code, round to nearest even, saturating; NaN -> 0x7 (+6) as CUDA's conversion gives. Hopper
+ * has no FP4 convert instruction and the toolkit's emulation is slow, so: clamp |x| to 8, find its binade
+ * b = 0 ([0, 2)), 1 ([2, 4)) or 2 ([4, 8]), where the grid step is 2^(b-1); one FMA scales |x| by 2^(1-b)
+ * exactly and adds 1.5 * 2^23, whose rounding leaves round-to-nearest-even(|x| / step) in the low mantissa bits;
+ * the code is that integer plus 2b, saturated at 7 (6.0). */
+__device__ __forceinline__ uint32_t moe_e2m1_code(float x) {
+    const uint32_t u = __float_as_uint(x);
+    const float a = fminf(fabsf(x), 8.0f); /* fminf returns 8 for NaN */
+    const int e = min(max((int)(__float_as_uint(a) >> 23), 127), 129);
+    const float t = __fmaf_rn(a, __uint_as_float((uint32_t)(255 - e) << 23), 12582912.0f);
+    const uint32_t code = min(__float_as_uint(t) - 0x4B400000u + 2u * (uint32_t)(e - 127), 7u);
+    /* the sign, for every negative number including -0 and -Inf, but not for NaN */
+    return code | ((u - 0x80000000u) <= 0x7F800000u ? 0x8u : 0u);
+}
+
+/* E2M1 code (low 4 bits) -> f32: exponent field e, mantissa bit m; e = 0 is the subnormal 0.5 * m. */
+__device__ __forceinline__ float moe_e2m1_value(uint32_t code) {
+    const uint32_t e = (code >> 1) & 3, m = code & 1;
+    const float mag = e ? __uint_as_float(((e + 126) << 23) | (m << 22)) : 0.5f * (float)m;
+    return __uint_as_float(__float_as_uint(mag) | (code & 0x8) << 28);
+}
 
 /* f32 -> E4M3/E5M2 (satfinite or not) / E2M1 (always saturating); code in the low bits. */
 __device__ __forceinline__ uint8_t moe_encode(float x, moe_dtype elem, bool saturate = true) {
@@ -96,7 +163,7 @@ __device__ __forceinline__ uint8_t moe_encode(float x, moe_dtype elem, bool satu
     switch (elem) {
     case MOE_DTYPE_E4M3: return __nv_cvt_float_to_fp8(x, sat, __NV_E4M3);
     case MOE_DTYPE_E5M2: return __nv_cvt_float_to_fp8(x, sat, __NV_E5M2);
-    default: return __nv_cvt_float_to_fp4(x, __NV_E2M1, cudaRoundNearest) & 0xF;
+    default: return (uint8_t)moe_e2m1_code(x);
     }
 }
 
@@ -105,7 +172,7 @@ __device__ __forceinline__ float moe_decode(uint8_t code, moe_dtype elem) {
     case MOE_DTYPE_E4M3: return __half2float(__half(__nv_cvt_fp8_to_halfraw(code, __NV_E4M3)));
     case MOE_DTYPE_E5M2: return __half2float(__half(__nv_cvt_fp8_to_halfraw(code, __NV_E5M2)));
     case MOE_DTYPE_E8M0: return __bfloat162float(__nv_bfloat16(__nv_cvt_e8m0_to_bf16raw(code)));
-    default: return __half2float(__half(__nv_cvt_fp4_to_halfraw(code & 0xF, __NV_E2M1)));
+    default: return moe_e2m1_value(code);
     }
 }
 
@@ -114,9 +181,7 @@ __device__ __forceinline__ uint2 moe_encode8(const float (&v)[8], moe_dtype elem
     uint32_t w[2] = {0, 0};
     if (elem == MOE_DTYPE_E2M1) {
 #pragma unroll
-        for (int j = 0; j < 8; j += 2)
-            w[0] |= (uint32_t)__nv_cvt_float2_to_fp4x2(make_float2(v[j], v[j + 1]), __NV_E2M1, cudaRoundNearest)
-                    << (4 * j);
+        for (int j = 0; j < 8; j++) w[0] |= moe_e2m1_code(v[j]) << (4 * j);
     } else {
         __nv_fp8_interpretation_t t = elem == MOE_DTYPE_E4M3 ? __NV_E4M3 : __NV_E5M2;
 #pragma unroll

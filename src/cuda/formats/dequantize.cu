@@ -1,61 +1,92 @@
 /* dequantize.cu — y = dec(q) x scale for every block format (docs/formats.md §2), rounded to the output dtype.
- * Each thread owns 8 consecutive elements of a row; they share one block scale (blocks are 16, 32 or 128
- * elements wide, or a whole row, so 8-aligned groups never straddle two). */
+ * A warp walks a row; each lane decodes groups of 8 elements, which share one block scale: blocks are 16, 32 or
+ * 128 elements wide, a whole row, or the whole tensor. */
 #include "cuda/formats/qformat.cuh"
 
 namespace {
 
 constexpr int kThreads = 256;
 
-/* Loads the codes of elements [i, i + count) of a row and decodes them. */
-__device__ __forceinline__ void load_codes(const moe_qparams &p, int64_t i, int count, bool vec, float (&v)[8]) {
+/* The codes of 8 elements [i, i + count): FP8 8 bytes, E2M1 4 bytes; missing ones are 0. */
+template <moe_dtype ELEM> __device__ __forceinline__ uint2 load_codes8(const uint8_t *data, int64_t i, int count, bool vec) {
     uint32_t w[2] = {0, 0};
-    if (p.elem == MOE_DTYPE_E2M1) {
+    if (ELEM == MOE_DTYPE_E2M1) {
         if (vec) {
-            w[0] = *reinterpret_cast<const uint32_t *>(p.data + i / 2);
+            w[0] = __ldg(reinterpret_cast<const uint32_t *>(data + i / 2));
         } else {
-            for (int j = 0; j < count; j += 2) w[0] |= (uint32_t)p.data[(i + j) / 2] << (4 * j);
-        }
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = moe_decode((uint8_t)(w[0] >> (4 * j)) & 0xF, MOE_DTYPE_E2M1);
+            for (int j = 0; j < 8; j += 2) /* compile-time indices keep w in registers */
+                if (j < count) w[0] |= (uint32_t)data[(i + j) / 2] << (4 * j);
+        }
+    } else if (vec) {
+        return __ldg(reinterpret_cast<const uint2 *>(data + i));
     } else {
-        if (vec) {
-            uint2 r = *reinterpret_cast<const uint2 *>(p.data + i);
-            w[0] = r.x;
-            w[1] = r.y;
-        } else {
-            for (int j = 0; j < count; j++) w[j / 4] |= (uint32_t)p.data[i + j] << (8 * (j % 4));
-        }
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = moe_decode((uint8_t)(w[j / 4] >> (8 * (j % 4))), p.elem);
+        for (int j = 0; j < 8; j++)
+            if (j < count) w[j / 4] |= (uint32_t)data[i + j] << (8 * (j % 4));
+    }
+    return make_uint2(w[0], w[1]);
+}
+
+template <moe_dtype ELEM> __device__ __forceinline__ float decode_at(uint2 c, int j) {
+    if (ELEM == MOE_DTYPE_E2M1) return moe_e2m1_value(c.x >> (4 * j));
+    return moe_decode((uint8_t)((j < 4 ? c.x : c.y) >> (8 * (j % 4))), ELEM);
+}
+
+/* A warp walks a row in steps of H x 256 elements: lane l takes the 8 elements at 256 h + 8 l of each step, so
+ * every load and store instruction of the warp covers one contiguous stretch. Loads of all H parts come first.
+ * The scale column of element c is c >> block_shift, or 0 when the block is the whole row (block_shift < 0). */
+template <typename T, moe_dtype ELEM>
+__global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int block_shift) {
+    constexpr int H = 4, STEP = 256 * H;
+    T *y = static_cast<T *>(const_cast<void *>(p.x));
+    const int lane = threadIdx.x % 32;
+    float g_dec = 1.0f, g_enc;
+    if (p.kind == MOE_QFORMAT_NVFP4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
+    const bool tensor = p.kind == MOE_QFORMAT_FP8_TENSOR;
+    const float tensor_scale = tensor ? *static_cast<const float *>(p.scale) : 0.0f;
+    const int64_t total_rows = p.batch * p.rows, n_warps = (int64_t)gridDim.x * (kThreads / 32);
+    for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < total_rows; row += n_warps) {
+        const int64_t b = p.by_rows.div(row), r = row - b * p.rows, sr = p.block_rows == 1 ? r : r / 128;
+        for (int64_t c0 = 0; c0 < p.cols; c0 += STEP) {
+            uint2 codes[H];
+            float scale[H];
+#pragma unroll
+            for (int h = 0; h < H; h++) {
+                const int64_t c = c0 + h * 256 + lane * 8;
+                const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
+                codes[h] = load_codes8<ELEM>(p.data, row * p.cols + c, count, p.vec && count == 8);
+                scale[h] = tensor_scale;
+                if (!tensor && count > 0)
+                    scale[h] = moe_load_scale(p, moe_scale_index(p, b, sr, block_shift < 0 ? 0 : c >> block_shift));
+            }
+#pragma unroll
+            for (int h = 0; h < H; h++) {
+                const int64_t c = c0 + h * 256 + lane * 8;
+                const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
+                if (count == 0) continue;
+                float v[8];
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    v[j] = __fmul_rn(decode_at<ELEM>(codes[h], j), scale[h]);
+                    if (p.kind == MOE_QFORMAT_NVFP4) v[j] = __fmul_rn(v[j], g_dec);
+                }
+                moe_store8(y, row * p.cols + c, count, p.vec && count == 8, v);
+            }
+        }
     }
 }
 
-template <typename T> __global__ void dequantize_kernel(moe_qparams p) {
-    T *y = static_cast<T *>(const_cast<void *>(p.x));
-    float g_dec = 1.0f, g_enc;
-    if (p.kind == MOE_QFORMAT_NVFP4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
-    const float tensor_scale = p.kind == MOE_QFORMAT_FP8_TENSOR ? *static_cast<const float *>(p.scale) : 0.0f;
-    const int64_t groups = (p.cols + 7) / 8, n_items = p.batch * p.rows * groups;
-    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t item = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; item < n_items; item += stride) {
-        const int64_t row = item / groups, c = item % groups * 8, i = row * p.cols + c;
-        const int count = (int)min((int64_t)8, p.cols - c);
-        const bool vec = p.vec && count == 8;
-        float v[8];
-        load_codes(p, i, count, vec, v);
-        float s = tensor_scale;
-        if (p.kind != MOE_QFORMAT_FP8_TENSOR) {
-            const int64_t b = row / p.rows, r = row % p.rows;
-            s = moe_load_scale(p, moe_scale_index(p, b, r / p.block_rows, c / p.block_cols));
-        }
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            v[j] = __fmul_rn(v[j], s);
-            if (p.kind == MOE_QFORMAT_NVFP4) v[j] = __fmul_rn(v[j], g_dec);
-        }
-        moe_store8(y, i, count, vec, v);
-    }
+template <typename T> void launch(const moe_qlayout *l, const moe_qparams &p, unsigned grid, cudaStream_t st) {
+    int shift = -1;
+    if (l->f.kind != MOE_QFORMAT_FP8_ROW && l->f.kind != MOE_QFORMAT_FP8_TENSOR)
+        for (shift = 0; ((int64_t)1 << shift) < l->block_cols; shift++) {}
+    if (l->f.elem == MOE_DTYPE_E4M3)
+        dequantize_kernel<T, MOE_DTYPE_E4M3><<<grid, kThreads, 0, st>>>(p, shift);
+    else if (l->f.elem == MOE_DTYPE_E5M2)
+        dequantize_kernel<T, MOE_DTYPE_E5M2><<<grid, kThreads, 0, st>>>(p, shift);
+    else
+        dequantize_kernel<T, MOE_DTYPE_E2M1><<<grid, kThreads, 0, st>>>(p, shift);
 }
 
 } // namespace
@@ -63,14 +94,13 @@ template <typename T> __global__ void dequantize_kernel(moe_qparams p) {
 extern "C" moe_status moe__cuda_dequantize(moe_ctx *ctx, const moe_qlayout *l, const moe_qtensor *q, moe_tensor *y,
                                            void *stream) {
     cudaStream_t st = moe__cuda_enter(ctx, stream);
-    const int64_t items = l->batch * l->rows * ((l->cols + 7) / 8);
-    if (items == 0) return MOE_OK;
+    if (l->batch * l->rows * l->cols == 0) return MOE_OK;
     moe_qparams p = moe__qparams(l, y->data, q);
-    const unsigned grid = moe__grid_for(ctx, items, kThreads);
+    const unsigned grid = moe__grid_for(ctx, l->batch * l->rows * 32, kThreads); /* a warp per row */
     switch (y->dtype) {
-    case MOE_DTYPE_F32: dequantize_kernel<float><<<grid, kThreads, 0, st>>>(p); break;
-    case MOE_DTYPE_BF16: dequantize_kernel<__nv_bfloat16><<<grid, kThreads, 0, st>>>(p); break;
-    default: dequantize_kernel<__half><<<grid, kThreads, 0, st>>>(p); break;
+    case MOE_DTYPE_F32: launch<float>(l, p, grid, st); break;
+    case MOE_DTYPE_BF16: launch<__nv_bfloat16>(l, p, grid, st); break;
+    default: launch<__half>(l, p, grid, st); break;
     }
     MOE_CUDA_LAUNCHED(ctx, "dequantize_kernel");
     return MOE_OK;

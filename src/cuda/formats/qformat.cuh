@@ -25,6 +25,8 @@ struct moe_qparams {
     float elem_max, amax_floor;
     int elem_emax;
     bool vec;               /* cols % 8 == 0 and the pointers allow 16-byte accesses */
+    bool vec16;             /* cols % 16 == 0 and data is 16-byte aligned: 16 elements' codes in one store */
+    moe_divmod by_scale_cols, by_rows, by_groups; /* index maths without divide instructions */
 };
 
 static inline moe_qparams moe__qparams(const moe_qlayout *l, const void *x, const moe_qtensor *q) {
@@ -52,6 +54,11 @@ static inline moe_qparams moe__qparams(const moe_qlayout *l, const void *x, cons
     p.amax_floor = l->f.amax_floor;
     p.elem_emax = l->elem_emax;
     p.vec = l->cols % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)q->data % 8 == 0;
+    p.vec16 = p.vec && l->cols % 16 == 0 && (uintptr_t)q->data % 16 == 0;
+    const int64_t total_rows = l->batch * l->rows, groups = (l->cols + 7) / 8;
+    p.by_scale_cols = moe_divmod::make(l->scale_cols, total_rows * l->scale_cols);
+    p.by_rows = moe_divmod::make(l->rows, total_rows);
+    p.by_groups = moe_divmod::make(groups, total_rows * groups);
     return p;
 }
 
@@ -81,7 +88,11 @@ __device__ __forceinline__ moe_block_scale moe_scale_from_amax(const moe_qparams
     }
     int k;
     if (p.rule == MOE_SCALE_UE8M0_RCEIL) {
-        k = (int)moe_e8m0(__fdiv_rn(a, p.elem_max), true, true) - 127;
+        /* ceil(log2 v) for v = a / max: exponent field plus one unless v is a power of two; subnormal v lies in
+         * (2^-127, 2^-126) -> k = -126 when above 2^-127 (mantissa > 0x400000), else -127 */
+        const uint32_t v = __float_as_uint(__fdiv_rn(a, p.elem_max));
+        const int e = (int)(v >> 23), m = (int)(v & 0x7FFFFF);
+        k = e == 0 ? (m > 0x400000 ? -126 : -127) : e - 127 + (m != 0);
     } else {
         uint32_t bits = __float_as_uint(a);
         int e = (int)(bits >> 23); /* a >= 0 */
@@ -138,6 +149,26 @@ __device__ __forceinline__ void moe_store_scale(const moe_qparams &p, int64_t in
 __device__ __forceinline__ float moe_load_scale(const moe_qparams &p, int64_t index) {
     if (p.scale_dtype == MOE_DTYPE_F32) return static_cast<const float *>(p.scale)[index];
     return moe_decode(static_cast<const uint8_t *>(p.scale)[index], p.scale_dtype);
+}
+
+/* x / s for the elements of one block, bit-identical to IEEE division. When the block is ordinary (amax a
+ * below 2^126 and s at least 2^-60) a correctly rounded reciprocal and one FMA correction give the correctly
+ * rounded quotient (Markstein) for every |x| >= 2^-100, whose remainder x - q*s is exact; smaller |x| give
+ * |x / s| < 2^-40, which every FP8 encoding sends to a signed zero either way. Otherwise: IEEE division. */
+struct moe_divider {
+    float s, rcp;
+    bool fast;
+};
+
+__device__ __forceinline__ moe_divider moe_make_divider(float s, float a) {
+    moe_divider d = {s, __frcp_rn(s), a < 0x1p126f && s >= 0x1p-60f};
+    return d;
+}
+
+__device__ __forceinline__ float moe_divide(const moe_divider &d, float x) {
+    if (!d.fast) return __fdiv_rn(x, d.s);
+    const float q = __fmul_rn(x, d.rcp);
+    return copysignf(__fmaf_rn(__fmaf_rn(-q, d.s, x), d.rcp, q), x);
 }
 
 /* Scales 8 values by a block scale (divide or multiply, one IEEE operation each). */

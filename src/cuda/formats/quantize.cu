@@ -35,13 +35,23 @@ __device__ __forceinline__ float max_abs8(const float (&v)[8]) {
 /* amax of the whole tensor into *slot (as uint bits: non-negative floats order like their bits). */
 template <typename T> __global__ void amax_kernel(const T *x, int64_t n, bool vec, unsigned *slot) {
     __shared__ float shared[kThreads / 32];
+    constexpr int U = moe_unroll<T>();
     float a = 0.0f;
-    const int64_t stride = (int64_t)gridDim.x * blockDim.x * 8;
-    for (int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 8; i < n; i += stride) {
-        float v[8];
-        int count = (int)min((int64_t)8, n - i);
-        moe_load8(x, i, count, vec && count == 8, v);
-        a = fmaxf(a, max_abs8(v));
+    const int64_t per_iter = (int64_t)blockDim.x * 8 * U;
+    for (int64_t base = (int64_t)blockIdx.x * per_iter; base < n; base += (int64_t)gridDim.x * per_iter) {
+        moe_raw8<T> raw[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t i = base + ((int64_t)u * blockDim.x + threadIdx.x) * 8;
+            const int count = (int)max((int64_t)0, min((int64_t)8, n - i));
+            moe_load_raw8(x, i, count, vec && count == 8, raw[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float v[8];
+            moe_unpack8(raw[u], v);
+            a = fmaxf(a, max_abs8(v));
+        }
     }
     a = cta_max(a, shared);
     if (threadIdx.x == 0) atomicMax(slot, __float_as_uint(a));
@@ -60,104 +70,225 @@ __global__ void finalize_kernel(moe_qparams p) {
 
 /* FP8_TENSOR: q = enc(x / s) with the one scale s. */
 template <typename T> __global__ void quantize_tensor_kernel(moe_qparams p, int64_t n) {
+    constexpr int U = moe_unroll<T>();
     const T *x = static_cast<const T *>(p.x);
     const moe_block_scale s = {*static_cast<const float *>(p.scale), 0.0f, 0, true};
-    const int64_t stride = (int64_t)gridDim.x * blockDim.x * 8;
     const bool vec = p.vec && n % 8 == 0;
-    for (int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 8; i < n; i += stride) {
-        float v[8];
-        int count = (int)min((int64_t)8, n - i);
-        moe_load8(x, i, count, vec, v);
-        moe_apply_scale(v, s);
-        moe_store_codes(p, i, count, vec, v);
-    }
-}
-
-/* Blocks of 8 * TPB elements along rows (1x128: TPB 16, MX: 4, NVFP4: 2). Item = (row, block, lane). */
-template <typename T, int TPB> __global__ void quantize_row_blocks_kernel(moe_qparams p) {
-    const T *x = static_cast<const T *>(p.x);
-    float g_enc = 1.0f, g_dec = 1.0f;
-    if (p.kind == MOE_QFORMAT_NVFP4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
-    const int64_t n_items = p.batch * p.rows * p.scale_cols * TPB;
-    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    /* base is uniform across the CTA, so whole warps run each iteration and the shuffles are safe */
-    for (int64_t base = (int64_t)blockIdx.x * blockDim.x; base < n_items; base += stride) {
-        const int64_t item = base + threadIdx.x, blk = item / TPB, row = blk / p.scale_cols, bc = blk % p.scale_cols;
-        const int lane = (int)(item % TPB);
-        const int64_t c0 = bc * 8 * TPB + lane * 8, i = row * p.cols + c0;
-        const int count = item < n_items ? (int)max((int64_t)0, min((int64_t)8, p.cols - c0)) : 0;
-        float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (count > 0) moe_load8(x, i, count, p.vec && count == 8, v);
-        float a = max_abs8(v);
+    const int64_t per_iter = (int64_t)blockDim.x * 8 * U;
+    for (int64_t base = (int64_t)blockIdx.x * per_iter; base < n; base += (int64_t)gridDim.x * per_iter) {
+        moe_raw8<T> raw[U];
 #pragma unroll
-        for (int o = TPB / 2; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-        a = moe_finish_amax(a, p.amax_floor);
-        if (item >= n_items) continue;
-        moe_block_scale s = p.kind == MOE_QFORMAT_NVFP4 ? moe_nvfp4_scale(a, g_enc, g_dec) : moe_scale_from_amax(p, a);
-        if (lane == 0) moe_store_scale(p, moe_scale_index(p, row / p.rows, row % p.rows, bc), s);
-        if (count == 0) continue;
-        moe_apply_scale(v, s);
-        moe_store_codes(p, i, count, p.vec, v);
+        for (int u = 0; u < U; u++) {
+            const int64_t i = base + ((int64_t)u * blockDim.x + threadIdx.x) * 8;
+            const int count = (int)max((int64_t)0, min((int64_t)8, n - i));
+            if (count > 0) moe_load_raw8(x, i, count, vec, raw[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t i = base + ((int64_t)u * blockDim.x + threadIdx.x) * 8;
+            const int count = (int)max((int64_t)0, min((int64_t)8, n - i));
+            if (count == 0) continue;
+            float v[8];
+            moe_unpack8(raw[u], v);
+            moe_apply_scale(v, s);
+            moe_store_codes(p, i, count, vec, v);
+        }
     }
 }
 
-/* FP8_ROW: one CTA per row; pass 1 finds the row's amax, pass 2 encodes. */
-template <typename T> __global__ void quantize_rows_kernel(moe_qparams p) {
+/* 16 consecutive elements of a row: two 8-element loads. Elements past the row's end read as 0. */
+template <typename T> struct raw16 {
+    moe_raw8<T> h[2];
+};
+
+template <typename T>
+__device__ __forceinline__ void load16(const T *row, int64_t c, int64_t cols, bool vec, raw16<T> &r) {
+    const int count = (int)max((int64_t)0, min((int64_t)16, cols - c));
+    moe_load_raw8(row, c, min(count, 8), vec && count >= 8, r.h[0]);
+    moe_load_raw8(row, c + 8, max(count - 8, 0), vec && count == 16, r.h[1]);
+}
+
+template <typename T> __device__ __forceinline__ void unpack16(const raw16<T> &r, float (&v)[16]) {
+    float (&lo)[8] = *reinterpret_cast<float(*)[8]>(&v[0]);
+    float (&hi)[8] = *reinterpret_cast<float(*)[8]>(&v[8]);
+    moe_unpack8(r.h[0], lo);
+    moe_unpack8(r.h[1], hi);
+}
+
+/* Encodes 16 scaled values as ELEM and stores the elements [i, i + count) of the tensor. vec: count == 16 and
+ * the 16 (FP8) or 8 (E2M1) bytes are aligned for one store. */
+template <moe_dtype ELEM>
+__device__ __forceinline__ void store16(uint8_t *data, int64_t i, int count, bool vec, const float (&v)[16]) {
+    if (ELEM == MOE_DTYPE_E2M1) {
+        uint32_t w[2] = {0, 0};
+#pragma unroll
+        for (int j = 0; j < 16; j++) w[j / 8] |= moe_e2m1_code(v[j]) << (4 * (j % 8));
+        if (vec) {
+            *reinterpret_cast<uint2 *>(data + i / 2) = make_uint2(w[0], w[1]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j += 2) /* compile-time indices keep w in registers */
+                if (j < count) data[(i + j) / 2] = (uint8_t)(w[j / 8] >> (4 * (j % 8)));
+        }
+    } else {
+        const __nv_fp8_interpretation_t t = ELEM == MOE_DTYPE_E4M3 ? __NV_E4M3 : __NV_E5M2;
+        uint32_t w[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int j = 0; j < 16; j += 2)
+            w[j / 4] |= (uint32_t)__nv_cvt_float2_to_fp8x2(make_float2(v[j], v[j + 1]), __NV_SATFINITE, t)
+                        << (8 * (j % 4));
+        if (vec) {
+            *reinterpret_cast<uint4 *>(data + i) = make_uint4(w[0], w[1], w[2], w[3]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+                if (j < count) data[i + j] = (uint8_t)(w[j / 4] >> (8 * (j % 4)));
+        }
+    }
+}
+
+/* The scale kinds a kernel is compiled for. */
+enum { kScaleF32 = 0, kScalePow2 = 1, kScaleNvfp4 = 2 };
+
+/* Divides (f32 rule) or multiplies (powers of two, NVFP4) 16 values of a block with amax a by its scale. */
+template <int SCALE> __device__ __forceinline__ void scale16(float (&v)[16], const moe_block_scale &s, float a) {
+    if (SCALE == kScaleF32) {
+        const moe_divider d = moe_make_divider(s.value, a);
+#pragma unroll
+        for (int j = 0; j < 16; j++) v[j] = moe_divide(d, v[j]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 16; j++) v[j] = __fmul_rn(v[j], s.mul);
+    }
+}
+
+__device__ __forceinline__ float max_abs16(const float (&v)[16]) {
+    float a = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; j++) a = fmaxf(a, fabsf(v[j]));
+    return a;
+}
+
+/* Row blocks of BLOCK elements (1x128: 128, MX: 32, NVFP4: 16). A warp walks a row, each lane taking 16
+ * elements per step and U steps at a time (loads first); the BLOCK / 16 lanes that share a block meet through
+ * shuffles. Row-level index maths happens once per row, never per element. */
+template <typename T, int BLOCK, moe_dtype ELEM, int SCALE>
+__global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qparams p) {
+    constexpr int U = sizeof(T) == 4 ? 1 : 2, LANES = BLOCK / 16, STEP = 32 * 16 * U;
+    const T *x = static_cast<const T *>(p.x);
+    const int lane = threadIdx.x % 32;
+    float g_enc = 1.0f, g_dec = 1.0f;
+    if (SCALE == kScaleNvfp4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
+    const int64_t total_rows = p.batch * p.rows, n_warps = (int64_t)gridDim.x * (kThreads / 32);
+    for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < total_rows; row += n_warps) {
+        const T *xr = x + row * p.cols;
+        const int64_t b = p.by_rows.div(row), r = row - b * p.rows;
+        for (int64_t c0 = 0; c0 < p.cols; c0 += STEP) { /* uniform across the warp: shuffles are safe */
+            raw16<T> raw[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) load16(xr, c0 + (u * 32 + lane) * 16, p.cols, p.vec, raw[u]);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t c = c0 + (u * 32 + lane) * 16;
+                const int count = (int)max((int64_t)0, min((int64_t)16, p.cols - c));
+                float v[16];
+                unpack16(raw[u], v);
+                float a = max_abs16(v);
+#pragma unroll
+                for (int o = LANES / 2; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+                if (count == 0) continue;
+                a = moe_finish_amax(a, p.amax_floor);
+                const moe_block_scale s =
+                    SCALE == kScaleNvfp4 ? moe_nvfp4_scale(a, g_enc, g_dec) : moe_scale_from_amax(p, a);
+                if (lane % LANES == 0) moe_store_scale(p, moe_scale_index(p, b, r, c / BLOCK), s);
+                scale16<SCALE>(v, s, a);
+                store16<ELEM>(p.data, row * p.cols + c, count, p.vec16 && count == 16, v);
+            }
+        }
+    }
+}
+
+/* FP8_ROW: one CTA per row. Rows of up to kRowSegs * 4096 elements stay in registers between the amax and the
+ * encode (one pass over memory); longer rows are read a second time. */
+constexpr int kRowSegs = 4;
+
+template <typename T, moe_dtype ELEM, int SCALE> __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(moe_qparams p) {
     __shared__ float shared[kThreads / 32];
     const T *x = static_cast<const T *>(p.x);
+    const int64_t seg = kThreads * 16; /* elements per segment of the row */
+    const bool in_registers = p.cols <= kRowSegs * seg;
     for (int64_t row = blockIdx.x; row < p.batch * p.rows; row += gridDim.x) {
-        const int64_t start = row * p.cols;
-        float a = 0.0f;
-        for (int64_t c = threadIdx.x * 8; c < p.cols; c += (int64_t)blockDim.x * 8) {
-            float v[8];
-            int count = (int)min((int64_t)8, p.cols - c);
-            moe_load8(x, start + c, count, p.vec && count == 8, v);
-            a = fmaxf(a, max_abs8(v));
+        const T *xr = x + row * p.cols;
+        raw16<T> raw[kRowSegs];
+        float a = 0.0f, v[16];
+#pragma unroll
+        for (int k = 0; k < kRowSegs; k++) {
+            load16(xr, k * seg + threadIdx.x * 16, p.cols, p.vec, raw[k]);
+            unpack16(raw[k], v);
+            a = fmaxf(a, max_abs16(v));
+        }
+        for (int64_t c0 = kRowSegs * seg; c0 < p.cols; c0 += seg) { /* only rows too long for registers */
+            raw16<T> extra;
+            load16(xr, c0 + threadIdx.x * 16, p.cols, p.vec, extra);
+            unpack16(extra, v);
+            a = fmaxf(a, max_abs16(v));
         }
         a = moe_finish_amax(cta_max(a, shared), p.amax_floor);
-        moe_block_scale s = moe_scale_from_amax(p, a);
-        if (threadIdx.x == 0) moe_store_scale(p, moe_scale_index(p, row / p.rows, row % p.rows, 0), s);
-        for (int64_t c = threadIdx.x * 8; c < p.cols; c += (int64_t)blockDim.x * 8) {
-            float v[8];
-            int count = (int)min((int64_t)8, p.cols - c);
-            moe_load8(x, start + c, count, p.vec && count == 8, v);
-            moe_apply_scale(v, s);
-            moe_store_codes(p, start + c, count, p.vec, v);
+        const moe_block_scale s = moe_scale_from_amax(p, a);
+        if (threadIdx.x == 0) {
+            const int64_t b = p.by_rows.div(row);
+            moe_store_scale(p, moe_scale_index(p, b, row - b * p.rows, 0), s);
+        }
+        for (int64_t c0 = 0, k = 0; c0 < p.cols; c0 += seg, k++) {
+            const int64_t c = c0 + threadIdx.x * 16;
+            const int count = (int)max((int64_t)0, min((int64_t)16, p.cols - c));
+            if (in_registers) {
+#pragma unroll
+                for (int kk = 0; kk < kRowSegs; kk++) /* compile-time index keeps raw in registers */
+                    if (kk == k) unpack16(raw[kk], v);
+            } else {
+                raw16<T> again;
+                load16(xr, c, p.cols, p.vec, again);
+                unpack16(again, v);
+            }
+            if (count == 0) continue;
+            scale16<SCALE>(v, s, a);
+            store16<ELEM>(p.data, row * p.cols + c, count, p.vec16 && count == 16, v);
         }
     }
 }
 
-/* FP8_128X128: one CTA (256 threads = 16 rows x 16 column groups of 8) per tile, 8 passes of 16 rows kept in
- * registers between the amax and the encode. */
-template <typename T> __global__ void quantize_tiles_kernel(moe_qparams p) {
+/* FP8_128X128: one CTA per tile: 8 groups of 16 columns x 32 rows, 4 passes down the tile, all kept in
+ * registers (as raw input bits) between the tile's amax and the encode. */
+template <typename T, moe_dtype ELEM, int SCALE> __global__ void __launch_bounds__(kThreads) quantize_tiles_kernel(moe_qparams p) {
     __shared__ float shared[kThreads / 32];
     const T *x = static_cast<const T *>(p.x);
     const int64_t tiles = p.batch * p.scale_rows * p.scale_cols;
-    const int cg = threadIdx.x % 16, rg = threadIdx.x / 16;
+    const int cg = threadIdx.x % 8, rg = threadIdx.x / 8;
     for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
         const int64_t b = t / (p.scale_rows * p.scale_cols), tr = t / p.scale_cols % p.scale_rows,
                       tc = t % p.scale_cols;
-        const int64_t c = tc * 128 + cg * 8;
-        const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
-        float v[8][8];
-        float a = 0.0f;
+        const int64_t c = tc * 128 + cg * 16;
+        const int count = (int)max((int64_t)0, min((int64_t)16, p.cols - c));
+        raw16<T> raw[4];
+        float a = 0.0f, v[16];
 #pragma unroll
-        for (int pass = 0; pass < 8; pass++) {
-            const int64_t r = tr * 128 + pass * 16 + rg;
-#pragma unroll
-            for (int j = 0; j < 8; j++) v[pass][j] = 0.0f;
-            if (r < p.rows && count > 0) moe_load8(x, (b * p.rows + r) * p.cols + c, count, p.vec && count == 8, v[pass]);
-            a = fmaxf(a, max_abs8(v[pass]));
+        for (int pass = 0; pass < 4; pass++) {
+            const int64_t r = tr * 128 + pass * 32 + rg;
+            load16(x + (b * p.rows + min(r, p.rows - 1)) * p.cols, c, r < p.rows ? p.cols : 0, p.vec, raw[pass]);
+            unpack16(raw[pass], v);
+            a = fmaxf(a, max_abs16(v));
         }
         a = moe_finish_amax(cta_max(a, shared), p.amax_floor);
-        moe_block_scale s = moe_scale_from_amax(p, a);
+        const moe_block_scale s = moe_scale_from_amax(p, a);
         if (threadIdx.x == 0) moe_store_scale(p, moe_scale_index(p, b, tr, tc), s);
 #pragma unroll
-        for (int pass = 0; pass < 8; pass++) {
-            const int64_t r = tr * 128 + pass * 16 + rg;
+        for (int pass = 0; pass < 4; pass++) {
+            const int64_t r = tr * 128 + pass * 32 + rg;
             if (r >= p.rows || count == 0) continue;
-            moe_apply_scale(v[pass], s);
-            moe_store_codes(p, (b * p.rows + r) * p.cols + c, count, p.vec, v[pass]);
+            unpack16(raw[pass], v);
+            scale16<SCALE>(v, s, a);
+            store16<ELEM>(p.data, (b * p.rows + r) * p.cols + c, count, p.vec16 && count == 16, v);
         }
     }
 }
@@ -172,9 +303,11 @@ template <typename T> moe_status launch(moe_ctx *ctx, const moe_qlayout *l, cons
         unsigned *slot = reinterpret_cast<unsigned *>(pf.global);
         MOE_CUDA_TRY(ctx, cudaMemsetAsync(slot, 0, sizeof(unsigned), st));
         const bool vec = (uintptr_t)p.x % 16 == 0;
-        amax_kernel<T><<<moe__grid_for(ctx, (n + 7) / 8, kThreads), kThreads, 0, st>>>(
-            static_cast<const T *>(p.x), n, vec, slot);
-        MOE_CUDA_LAUNCHED(ctx, "amax_kernel");
+        if (n > 0) {
+            amax_kernel<T><<<moe__grid_for(ctx, (n + 7) / 8, kThreads), kThreads, 0, st>>>(
+                static_cast<const T *>(p.x), n, vec, slot);
+            MOE_CUDA_LAUNCHED(ctx, "amax_kernel");
+        }
         if (kind == MOE_QFORMAT_FP8_TENSOR) {
             finalize_kernel<<<1, 1, 0, st>>>(pf);
         } else {
@@ -182,26 +315,50 @@ template <typename T> moe_status launch(moe_ctx *ctx, const moe_qlayout *l, cons
         }
         MOE_CUDA_LAUNCHED(ctx, "finalize_kernel");
     }
+    if (n == 0) return MOE_OK;
     switch (kind) {
     case MOE_QFORMAT_FP8_TENSOR:
-        quantize_tensor_kernel<T><<<moe__grid_for(ctx, (n + 7) / 8, kThreads), kThreads, 0, st>>>(p, n);
+        quantize_tensor_kernel<T><<<moe__grid_for(ctx, (n + 8 * moe_unroll<T>() - 1) / (8 * moe_unroll<T>()), kThreads),
+                                    kThreads, 0, st>>>(p, n);
         break;
-    case MOE_QFORMAT_FP8_ROW:
-        quantize_rows_kernel<T><<<moe__grid_for(ctx, p.batch * p.rows * kThreads, kThreads), kThreads, 0, st>>>(p);
+    case MOE_QFORMAT_FP8_ROW: {
+        const unsigned grid = moe__grid_for(ctx, p.batch * p.rows * kThreads, kThreads);
+        const bool e4 = l->f.elem == MOE_DTYPE_E4M3, f32 = l->f.rule == MOE_SCALE_F32;
+        if (e4 && f32) quantize_rows_kernel<T, MOE_DTYPE_E4M3, kScaleF32><<<grid, kThreads, 0, st>>>(p);
+        if (e4 && !f32) quantize_rows_kernel<T, MOE_DTYPE_E4M3, kScalePow2><<<grid, kThreads, 0, st>>>(p);
+        if (!e4 && f32) quantize_rows_kernel<T, MOE_DTYPE_E5M2, kScaleF32><<<grid, kThreads, 0, st>>>(p);
+        if (!e4 && !f32) quantize_rows_kernel<T, MOE_DTYPE_E5M2, kScalePow2><<<grid, kThreads, 0, st>>>(p);
         break;
-    case MOE_QFORMAT_FP8_128X128:
-        quantize_tiles_kernel<T>
-            <<<moe__grid_for(ctx, p.batch * p.scale_rows * p.scale_cols * kThreads, kThreads), kThreads, 0, st>>>(p);
+    }
+    case MOE_QFORMAT_FP8_128X128: {
+        const unsigned grid = moe__grid_for(ctx, p.batch * p.scale_rows * p.scale_cols * kThreads, kThreads);
+        const bool e4 = l->f.elem == MOE_DTYPE_E4M3, f32 = l->f.rule == MOE_SCALE_F32;
+        if (e4 && f32) quantize_tiles_kernel<T, MOE_DTYPE_E4M3, kScaleF32><<<grid, kThreads, 0, st>>>(p);
+        if (e4 && !f32) quantize_tiles_kernel<T, MOE_DTYPE_E4M3, kScalePow2><<<grid, kThreads, 0, st>>>(p);
+        if (!e4 && f32) quantize_tiles_kernel<T, MOE_DTYPE_E5M2, kScaleF32><<<grid, kThreads, 0, st>>>(p);
+        if (!e4 && !f32) quantize_tiles_kernel<T, MOE_DTYPE_E5M2, kScalePow2><<<grid, kThreads, 0, st>>>(p);
         break;
+    }
     default: {
-        const int64_t items = p.batch * p.rows * p.scale_cols * (l->block_cols / 8);
-        const unsigned grid = moe__grid_for(ctx, items, kThreads);
-        if (l->block_cols == 128)
-            quantize_row_blocks_kernel<T, 16><<<grid, kThreads, 0, st>>>(p);
-        else if (l->block_cols == 32)
-            quantize_row_blocks_kernel<T, 4><<<grid, kThreads, 0, st>>>(p);
+        /* a warp per row; 8 rows per CTA */
+        const unsigned grid = moe__grid_for(ctx, p.batch * p.rows * 32, kThreads);
+        const bool pow2 = l->f.rule != MOE_SCALE_F32;
+        if (kind == MOE_QFORMAT_NVFP4)
+            quantize_row_blocks_kernel<T, 16, MOE_DTYPE_E2M1, kScaleNvfp4><<<grid, kThreads, 0, st>>>(p);
+        else if (kind == MOE_QFORMAT_MXFP4)
+            quantize_row_blocks_kernel<T, 32, MOE_DTYPE_E2M1, kScalePow2><<<grid, kThreads, 0, st>>>(p);
+        else if (kind == MOE_QFORMAT_MXFP8 && l->f.elem == MOE_DTYPE_E4M3)
+            quantize_row_blocks_kernel<T, 32, MOE_DTYPE_E4M3, kScalePow2><<<grid, kThreads, 0, st>>>(p);
+        else if (kind == MOE_QFORMAT_MXFP8)
+            quantize_row_blocks_kernel<T, 32, MOE_DTYPE_E5M2, kScalePow2><<<grid, kThreads, 0, st>>>(p);
+        else if (l->f.elem == MOE_DTYPE_E4M3 && pow2)
+            quantize_row_blocks_kernel<T, 128, MOE_DTYPE_E4M3, kScalePow2><<<grid, kThreads, 0, st>>>(p);
+        else if (l->f.elem == MOE_DTYPE_E4M3)
+            quantize_row_blocks_kernel<T, 128, MOE_DTYPE_E4M3, kScaleF32><<<grid, kThreads, 0, st>>>(p);
+        else if (pow2)
+            quantize_row_blocks_kernel<T, 128, MOE_DTYPE_E5M2, kScalePow2><<<grid, kThreads, 0, st>>>(p);
         else
-            quantize_row_blocks_kernel<T, 2><<<grid, kThreads, 0, st>>>(p);
+            quantize_row_blocks_kernel<T, 128, MOE_DTYPE_E5M2, kScaleF32><<<grid, kThreads, 0, st>>>(p);
     }
     }
     MOE_CUDA_LAUNCHED(ctx, "quantize kernel");
@@ -213,9 +370,9 @@ template <typename T> moe_status launch(moe_ctx *ctx, const moe_qlayout *l, cons
 extern "C" moe_status moe__cuda_quantize(moe_ctx *ctx, const moe_qlayout *l, const moe_tensor *x, moe_qtensor *q,
                                          void *stream) {
     cudaStream_t st = moe__cuda_enter(ctx, stream);
-    if (l->batch * l->rows * l->cols == 0) return MOE_OK;
     /* the swizzled layout promises zero padding */
-    if (l->f.layout == MOE_SCALE_SWIZZLED_128X4) MOE_CUDA_TRY(ctx, cudaMemsetAsync(q->scale, 0, l->scale_bytes, st));
+    if (l->f.layout == MOE_SCALE_SWIZZLED_128X4 && l->scale_bytes)
+        MOE_CUDA_TRY(ctx, cudaMemsetAsync(q->scale, 0, l->scale_bytes, st));
     moe_qparams p = moe__qparams(l, x->data, q);
     switch (x->dtype) {
     case MOE_DTYPE_F32: return launch<float>(ctx, l, p, st);

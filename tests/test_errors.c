@@ -1,0 +1,116 @@
+/* test_errors.c — bad input gives a status and a message naming the problem, never a crash. */
+#include "test.h"
+
+static void quiet(void *user, moe_log_level level, const char *message) {
+    (void)user;
+    (void)level;
+    (void)message;
+}
+
+TEST_IMPL(errors_bad_input) {
+    moe_ctx *ctx = env->cpu;
+    float x[64] = {0};
+    uint8_t data[64], scale[64];
+    float global = 1.0f;
+    moe_tensor xt = moe_tensor_2d(x, MOE_DTYPE_F32, 2, 32);
+    moe_qtensor q = {moe_qformat_preset(MOE_QFORMAT_MXFP4), 2, {2, 32}, data, scale, &global};
+
+    ASSERT_OK(ctx, moe_quantize(ctx, &xt, &q, NULL));
+    ASSERT(moe_quantize(NULL, &xt, &q, NULL) == MOE_ERR_INVALID_ARG);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "tensor is NULL", moe_quantize(ctx, NULL, &q, NULL));
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "quantised tensor is NULL", moe_quantize(ctx, &xt, NULL, NULL));
+
+    moe_qtensor bad = q;
+    bad.data = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "quantised data is NULL", moe_quantize(ctx, &xt, &bad, NULL));
+    bad = q;
+    bad.scale = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "scale buffer is NULL", moe_quantize(ctx, &xt, &bad, NULL));
+    moe_tensor nodata = xt;
+    nodata.data = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "data is NULL", moe_quantize(ctx, &nodata, &q, NULL));
+
+    bad = q;
+    bad.format.kind = (moe_qformat_kind)77;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "unknown quantised format kind 77", moe_quantize(ctx, &xt, &bad, NULL));
+    bad = q;
+    bad.format.elem = MOE_DTYPE_E4M3;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "elements must be e2m1", moe_quantize(ctx, &xt, &bad, NULL));
+
+    /* 33 columns: not a multiple of the 32-element block */
+    moe_tensor x33 = moe_tensor_2d(x, MOE_DTYPE_F32, 1, 33);
+    bad = q;
+    bad.shape[0] = 1;
+    bad.shape[1] = 33;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "multiple of the block size 32", moe_quantize(ctx, &x33, &bad, NULL));
+    moe_qsizes sz;
+    int64_t shape40[2] = {1, 40};
+    moe_qformat nv = moe_qformat_preset(MOE_QFORMAT_NVFP4);
+    nv.global = MOE_NVFP4_GLOBAL_ENCODE;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "multiple of the block size 16", moe_qtensor_sizes(ctx, &nv, 2, shape40, &sz));
+
+    /* NVFP4 without saying which global-scale convention */
+    bad = q;
+    bad.format = moe_qformat_preset(MOE_QFORMAT_NVFP4);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "MOE_NVFP4_GLOBAL_ENCODE", moe_quantize(ctx, &xt, &bad, NULL));
+    bad.format.global = MOE_NVFP4_GLOBAL_DECODE;
+    bad.global_scale = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "global_scale", moe_quantize(ctx, &xt, &bad, NULL));
+    bad = q;
+    bad.format.global = MOE_NVFP4_GLOBAL_ENCODE;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "for nvfp4 only", moe_quantize(ctx, &xt, &bad, NULL));
+
+    bad = q;
+    bad.format.rule = MOE_SCALE_F32;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "rule f32 does not apply", moe_quantize(ctx, &xt, &bad, NULL));
+    bad = q;
+    bad.format.static_scale = 1;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "static scale", moe_quantize(ctx, &xt, &bad, NULL));
+    bad = q;
+    bad.format.amax_floor = NAN;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "amax_floor", moe_quantize(ctx, &xt, &bad, NULL));
+    bad = q;
+    bad.format = moe_qformat_preset(MOE_QFORMAT_FP8_ROW);
+    bad.format.layout = MOE_SCALE_SWIZZLED_128X4;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "swizzled", moe_quantize(ctx, &xt, &bad, NULL));
+    bad.format.layout = MOE_SCALE_LINEAR;
+    bad.format.scale_dtype = MOE_DTYPE_E8M0;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "rule f32 stores f32 scales", moe_quantize(ctx, &xt, &bad, NULL));
+
+    /* shapes and dtypes of the unquantised side */
+    moe_tensor wrong = moe_tensor_2d(x, MOE_DTYPE_F32, 4, 16);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "shape differs", moe_quantize(ctx, &wrong, &q, NULL));
+    wrong = moe_tensor_2d(x, MOE_DTYPE_I32, 2, 32);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "must be f32, bf16 or f16", moe_quantize(ctx, &wrong, &q, NULL));
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "must be f32, bf16 or f16", moe_dequantize(ctx, &q, &wrong, NULL));
+    wrong = xt;
+    wrong.rank = 5;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "rank 5", moe_quantize(ctx, &wrong, &q, NULL));
+    wrong = xt;
+    wrong.shape[0] = -2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "negative dimension", moe_quantize(ctx, &wrong, &q, NULL));
+    wrong = xt;
+    wrong.dtype = (moe_dtype)99;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "unknown dtype", moe_quantize(ctx, &wrong, &q, NULL));
+
+    /* swizzle of a non-byte type; zero-sized tensors are fine */
+    moe_tensor f32s = moe_tensor_2d(x, MOE_DTYPE_F32, 2, 4);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "one-byte scales", moe_scale_swizzle(ctx, &f32s, scale, NULL));
+    moe_tensor empty = moe_tensor_2d(NULL, MOE_DTYPE_F32, 0, 32);
+    moe_qtensor qe = {moe_qformat_preset(MOE_QFORMAT_MXFP8), 2, {0, 32}, NULL, NULL, NULL};
+    ASSERT_OK(ctx, moe_quantize(ctx, &empty, &qe, NULL));
+
+    /* contexts */
+    moe_ctx_options o = moe_ctx_options_default();
+    o.log = quiet;
+    o.backend = (moe_backend)9;
+    moe_ctx *c2 = (moe_ctx *)1;
+    ASSERT(moe_ctx_create(&o, &c2) == MOE_ERR_INVALID_ARG && c2 == NULL);
+    if (!moe_built_with_cuda()) {
+        o.backend = MOE_BACKEND_CUDA;
+        ASSERT(moe_ctx_create(&o, &c2) == MOE_ERR_UNSUPPORTED && c2 == NULL);
+    }
+    ASSERT(moe_ctx_create(NULL, NULL) == MOE_ERR_INVALID_ARG);
+    ASSERT(!strcmp(moe_last_error(NULL), ""));
+    return TEST_OK;
+}

@@ -1,0 +1,36 @@
+/* cli.h — what the subcommands of the `moe` program share. */
+#ifndef MOE_CLI_H
+#define MOE_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "moe.h"
+
+/* Exit codes: 0 success, 1 failure of the work, 2 bad command line. */
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+
+int cmd_quantize(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+
+/* Creates a context for --backend auto|cpu|cuda (NULL name: auto) and --threads; prints why on failure. */
+moe_ctx *cli_ctx(const char *backend, int threads);
+
+/* Parses "4096,7168" into shape; returns the rank (0 on error). */
+int cli_parse_shape(const char *text, int64_t *shape, int max_rank);
+
+/* Fills n f32 values: "normal" N(0,1), "uniform" U(-1,1), "lognormal" (sign random, magnitude e^N(0,2)), or
+ * "outliers" (normal with one value in a thousand times 100). Returns -1 for an unknown distribution. */
+int cli_random(float *x, int64_t n, const char *dist, uint64_t seed);
+
+/* The library's formats at their presets plus the common rule variants, for loops over "all". */
+int cli_format_list(moe_qformat *formats, const char **labels, int cap);
+
+double cli_now_ms(void);
+
+#ifndef MOE_GIT_COMMIT
+#define MOE_GIT_COMMIT "unknown"
+#endif
+
+#endif
