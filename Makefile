@@ -36,7 +36,7 @@ TOOL_OBJ = $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
-.PHONY: all lib test run install uninstall clean
+.PHONY: all lib test run install uninstall clean FORCE
 all: $(BUILD)/libmoe.a $(BUILD)/libmoe.so $(BUILD)/moe $(BUILD)/moe_tests
 lib: $(BUILD)/libmoe.a $(BUILD)/libmoe.so
 
@@ -55,7 +55,12 @@ $(BUILD)/libmoe.a: $(LIB_OBJ)
 $(BUILD)/libmoe.so: $(LIB_OBJ)
 	$(CC) -shared -Wl,-soname,libmoe.so.0 -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tools/%.o: tools/%.c
+# The commit the CLI reports; the stamp changes (and the tools rebuild) only when the commit does.
+$(BUILD)/commit.txt: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(GIT_COMMIT)' | cmp -s - $@ || echo '$(GIT_COMMIT)' > $@
+
+$(BUILD)/tools/%.o: tools/%.c $(BUILD)/commit.txt
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -DMOE_GIT_COMMIT='"$(GIT_COMMIT)"' -MMD -MP -c $< -o $@
 

@@ -160,7 +160,7 @@ moe_status moe__cpu_quantize(moe_ctx *ctx, const moe_qlayout *l, const moe_tenso
             float stored = *q->global_scale;
             if (!l->f.static_scale) {
                 stored = l->f.global == MOE_NVFP4_GLOBAL_ENCODE ? 2688.0f / a : a / 2688.0f;
-                if (!(isfinite(stored) && stored > 0.0f)) stored = 1.0f;
+                if (!(isfinite(stored) && stored > 0.0f && isfinite(1.0f / stored))) stored = 1.0f;
                 *q->global_scale = stored;
             }
             moe_nvfp4_pair(l, stored, &g_enc, &g_dec);

@@ -171,7 +171,8 @@ __device__ __forceinline__ float moe_decode(uint8_t code, moe_dtype elem) {
     switch (elem) {
     case MOE_DTYPE_E4M3: return __half2float(__half(__nv_cvt_fp8_to_halfraw(code, __NV_E4M3)));
     case MOE_DTYPE_E5M2: return __half2float(__half(__nv_cvt_fp8_to_halfraw(code, __NV_E5M2)));
-    case MOE_DTYPE_E8M0: return __bfloat162float(__nv_bfloat16(__nv_cvt_e8m0_to_bf16raw(code)));
+    case MOE_DTYPE_E8M0: /* 2^(code - 127); 0x00 is the subnormal 2^-127, 0xFF NaN */
+        return __uint_as_float(code == 0 ? 0x00400000u : code == 0xFF ? 0x7FC00000u : (uint32_t)code << 23);
     default: return moe_e2m1_value(code);
     }
 }

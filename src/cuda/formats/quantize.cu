@@ -64,7 +64,7 @@ __global__ void finalize_kernel(moe_qparams p) {
         *static_cast<float *>(p.scale) = moe_scale_from_amax(p, fmaxf(a, p.amax_floor)).value;
     } else {
         float g = p.global_conv == MOE_NVFP4_GLOBAL_ENCODE ? __fdiv_rn(2688.0f, a) : __fdiv_rn(a, 2688.0f);
-        *p.global = isfinite(g) && g > 0.0f ? g : 1.0f;
+        *p.global = isfinite(g) && g > 0.0f && isfinite(__frcp_rn(g)) ? g : 1.0f;
     }
 }
 
@@ -208,14 +208,15 @@ __global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qp
     }
 }
 
-/* FP8_ROW: one CTA per row. Rows of up to kRowSegs * 4096 elements stay in registers between the amax and the
- * encode (one pass over memory); longer rows are read a second time. */
-constexpr int kRowSegs = 4;
+/* FP8_ROW: one CTA of 128 threads per row. Rows of up to kRowSegs * 2048 elements stay in registers between the
+ * amax and the encode (one pass over memory); longer rows are read a second time. */
+constexpr int kRowSegs = 4, kRowThreads = 128;
 
-template <typename T, moe_dtype ELEM, int SCALE> __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(moe_qparams p) {
-    __shared__ float shared[kThreads / 32];
+template <typename T, moe_dtype ELEM, int SCALE>
+__global__ void __launch_bounds__(kRowThreads) quantize_rows_kernel(moe_qparams p) {
+    __shared__ float shared[kRowThreads / 32];
     const T *x = static_cast<const T *>(p.x);
-    const int64_t seg = kThreads * 16; /* elements per segment of the row */
+    const int64_t seg = kRowThreads * 16; /* elements per segment of the row */
     const bool in_registers = p.cols <= kRowSegs * seg;
     for (int64_t row = blockIdx.x; row < p.batch * p.rows; row += gridDim.x) {
         const T *xr = x + row * p.cols;
@@ -260,7 +261,8 @@ template <typename T, moe_dtype ELEM, int SCALE> __global__ void __launch_bounds
 
 /* FP8_128X128: one CTA per tile: 8 groups of 16 columns x 32 rows, 4 passes down the tile, all kept in
  * registers (as raw input bits) between the tile's amax and the encode. */
-template <typename T, moe_dtype ELEM, int SCALE> __global__ void __launch_bounds__(kThreads) quantize_tiles_kernel(moe_qparams p) {
+template <typename T, moe_dtype ELEM, int SCALE>
+__global__ void __launch_bounds__(kThreads) quantize_tiles_kernel(moe_qparams p) {
     __shared__ float shared[kThreads / 32];
     const T *x = static_cast<const T *>(p.x);
     const int64_t tiles = p.batch * p.scale_rows * p.scale_cols;
@@ -322,12 +324,12 @@ template <typename T> moe_status launch(moe_ctx *ctx, const moe_qlayout *l, cons
                                     kThreads, 0, st>>>(p, n);
         break;
     case MOE_QFORMAT_FP8_ROW: {
-        const unsigned grid = moe__grid_for(ctx, p.batch * p.rows * kThreads, kThreads);
+        const unsigned grid = moe__grid_for(ctx, p.batch * p.rows * kRowThreads, kRowThreads);
         const bool e4 = l->f.elem == MOE_DTYPE_E4M3, f32 = l->f.rule == MOE_SCALE_F32;
-        if (e4 && f32) quantize_rows_kernel<T, MOE_DTYPE_E4M3, kScaleF32><<<grid, kThreads, 0, st>>>(p);
-        if (e4 && !f32) quantize_rows_kernel<T, MOE_DTYPE_E4M3, kScalePow2><<<grid, kThreads, 0, st>>>(p);
-        if (!e4 && f32) quantize_rows_kernel<T, MOE_DTYPE_E5M2, kScaleF32><<<grid, kThreads, 0, st>>>(p);
-        if (!e4 && !f32) quantize_rows_kernel<T, MOE_DTYPE_E5M2, kScalePow2><<<grid, kThreads, 0, st>>>(p);
+        if (e4 && f32) quantize_rows_kernel<T, MOE_DTYPE_E4M3, kScaleF32><<<grid, kRowThreads, 0, st>>>(p);
+        if (e4 && !f32) quantize_rows_kernel<T, MOE_DTYPE_E4M3, kScalePow2><<<grid, kRowThreads, 0, st>>>(p);
+        if (!e4 && f32) quantize_rows_kernel<T, MOE_DTYPE_E5M2, kScaleF32><<<grid, kRowThreads, 0, st>>>(p);
+        if (!e4 && !f32) quantize_rows_kernel<T, MOE_DTYPE_E5M2, kScalePow2><<<grid, kRowThreads, 0, st>>>(p);
         break;
     }
     case MOE_QFORMAT_FP8_128X128: {
