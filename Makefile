@@ -15,8 +15,10 @@ WARN    = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unknown-pragma
 CFLAGS  ?= -O2 -g
 CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) -fPIC -fopenmp -fvisibility=hidden -Iinclude -Isrc
 NVFLAGS ?= -O3 -lineinfo -DNDEBUG
+# the architectures this build has code for, as the library reports them ("sm_90a sm_80 compute_80")
+CUDA_ARCHS := $(strip $(shell echo '$(CUDA_GENCODE)' | grep -o ',code=[a-z_0-9]*' | sed 's/,code=//' | tr '\n' ' '))
 NVFLAGS_ALL = -std=c++17 $(NVFLAGS) $(CUDA_GENCODE) -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Werror \
-              -Werror all-warnings -Iinclude -Isrc -DMOE_WITH_CUDA
+              -Werror all-warnings -Iinclude -Isrc -DMOE_WITH_CUDA -DMOE_CUDA_ARCHS='"$(CUDA_ARCHS)"'
 LDLIBS  = -fopenmp -lm
 TOOL_LIBS = -l:libjansson.a
 GIT_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)

@@ -145,8 +145,10 @@ MOE_API moe_backend moe_ctx_backend(const moe_ctx *ctx);
 MOE_API const char *moe_ctx_describe(const moe_ctx *ctx);
 /* The message of the last failed call on this context ("" when none). Valid until the next call. */
 MOE_API const char *moe_last_error(const moe_ctx *ctx);
-/* Whether this build of libmoe contains CUDA kernels. */
+/* Whether this build of libmoe contains CUDA kernels, and for which architectures ("sm_90a sm_80 compute_80";
+ * "" in a CPU-only build). */
 MOE_API int moe_built_with_cuda(void);
+MOE_API const char *moe_cuda_archs(void);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Memory on the context's backend (host memory on the CPU backend)

@@ -24,7 +24,7 @@ int cmd_info(int argc, char **argv) {
         return CLI_OK;
     }
     printf("libmoe %s (commit %s), CUDA kernels: %s\n", moe_version(), MOE_GIT_COMMIT,
-           moe_built_with_cuda() ? "sm_90a, sm_80 (+ compute_80 PTX)" : "none (CPU-only build)");
+           moe_built_with_cuda() ? moe_cuda_archs() : "none (CPU-only build)");
     moe_ctx *ctx = cli_ctx("auto", 0);
     if (!ctx) return CLI_FAIL;
     printf("computes on: %s\n", moe_ctx_describe(ctx));

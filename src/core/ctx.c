@@ -31,6 +31,12 @@ int moe_built_with_cuda(void) {
 #endif
 }
 
+#ifndef MOE_WITH_CUDA
+const char *moe_cuda_archs(void) {
+    return "";
+}
+#endif
+
 static void moe_log_stderr(void *user, moe_log_level level, const char *message) {
     (void)user;
     static const char *names[] = {"debug", "info", "notice", "error"};

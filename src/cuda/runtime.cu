@@ -3,16 +3,24 @@
 
 #include "cuda/common/cuda.cuh"
 
+#ifndef MOE_CUDA_ARCHS
+#define MOE_CUDA_ARCHS "unknown"
+#endif
+
+extern "C" const char *moe_cuda_archs(void) {
+    return MOE_CUDA_ARCHS;
+}
+
 extern "C" moe_status moe__cuda_fail(moe_ctx *ctx, cudaError_t err, const char *what, const char *file, int line) {
     cudaGetLastError(); /* clear a non-sticky error so the context stays usable */
     moe_status status = err == cudaErrorMemoryAllocation ? MOE_ERR_OOM : MOE_ERR_CUDA;
     if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction ||
         err == cudaErrorUnsupportedPtxVersion) {
         return moe__error(ctx, MOE_ERR_UNSUPPORTED,
-                          "no kernel of this libmoe build runs on this GPU (sm_%d%d); it was built for sm_80 and "
-                          "sm_90a (%s in %s at %s:%d)",
-                          ctx ? ctx->cuda.cc_major : 0, ctx ? ctx->cuda.cc_minor : 0, cudaGetErrorName(err), what,
-                          file, line);
+                          "no kernel of this libmoe build runs on this GPU (sm_%d%d); it has code for: %s (%s in %s at "
+                          "%s:%d)",
+                          ctx ? ctx->cuda.cc_major : 0, ctx ? ctx->cuda.cc_minor : 0, moe_cuda_archs(),
+                          cudaGetErrorName(err), what, file, line);
     }
     return moe__error(ctx, status, "%s (%s) in %s at %s:%d", cudaGetErrorName(err), cudaGetErrorString(err), what,
                       file, line);
