@@ -168,6 +168,15 @@ MOE_API moe_status moe_memset(moe_ctx *ctx, void *dst, int value, size_t bytes, 
 /* Waits for the work queued on stream (NULL: the context's stream). The only host synchronisation. */
 MOE_API moe_status moe_sync(moe_ctx *ctx, void *stream);
 
+/* CUDA graphs: work queued on a stream between begin and end is recorded, then replayed with one launch (the
+ * CUDA backend only; MOE_ERR_UNSUPPORTED on the CPU). Operations of libmoe never synchronise with the host, so
+ * a whole step of them can be captured. */
+typedef struct moe_graph moe_graph;
+MOE_API moe_status moe_graph_begin(moe_ctx *ctx, void *stream);
+MOE_API moe_status moe_graph_end(moe_ctx *ctx, void *stream, moe_graph **graph);
+MOE_API moe_status moe_graph_replay(moe_ctx *ctx, moe_graph *graph, void *stream);
+MOE_API void moe_graph_destroy(moe_ctx *ctx, moe_graph *graph);
+
 /* ---------------------------------------------------------------------------------------------------------
  * Tensors
  * ------------------------------------------------------------------------------------------------------- */
@@ -290,6 +299,180 @@ MOE_API moe_status moe_dequantize(moe_ctx *ctx, const moe_qtensor *q, moe_tensor
 MOE_API int64_t moe_scale_swizzled_bytes(int64_t rows, int64_t cols);
 MOE_API moe_status moe_scale_swizzle(moe_ctx *ctx, const moe_tensor *linear, void *swizzled, void *stream);
 MOE_API moe_status moe_scale_unswizzle(moe_ctx *ctx, const void *swizzled, moe_tensor *linear, void *stream);
+
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Routing (docs/routing.md)
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef enum moe_router_kind {
+    MOE_ROUTER_INVALID = 0,
+    MOE_ROUTER_TOPK,         /* scores, top k of score + bias, weights = scores (Mixtral, Qwen, OLMoE, Llama-4) */
+    MOE_ROUTER_TOPK_SOFTMAX, /* top k of the logits, softmax over the k (GPT-OSS) */
+    MOE_ROUTER_GROUPED,      /* group-limited top k (DeepSeek-V2 group_limited_greedy, DeepSeek-V3 noaux_tc) */
+    MOE_ROUTER_HASH,         /* experts from a token-id table (hash layers, DeepSeek-V4 hash routing) */
+    MOE_ROUTER_KIND_COUNT_
+} moe_router_kind;
+
+typedef enum moe_score_func {
+    MOE_SCORE_NONE = 0, /* TOPK_SOFTMAX; HASH without a gate (weights 1/k) */
+    MOE_SCORE_SOFTMAX,
+    MOE_SCORE_SIGMOID
+} moe_score_func;
+
+typedef enum moe_group_score {
+    MOE_GROUP_SCORE_MAX = 0, /* DeepSeek-V2: the group's largest score */
+    MOE_GROUP_SCORE_TOP2_SUM /* DeepSeek-V3: the sum of the group's two largest (biased) scores */
+} moe_group_score;
+
+typedef enum moe_group_mask {
+    MOE_GROUP_MASK_NEG_INF = 0, /* experts of dropped groups cannot be chosen (the DeepSeek reference) */
+    MOE_GROUP_MASK_ZERO         /* their biased score becomes 0.0 (Hugging Face MoEGate) */
+} moe_group_mask;
+
+typedef struct moe_router_config {
+    moe_router_kind kind;
+    moe_score_func score;
+    int n_experts;               /* E */
+    int top_k;                   /* k */
+    int n_groups, topk_groups;   /* GROUPED: E / n_groups experts a group; keep topk_groups groups */
+    moe_group_score group_score; /* GROUPED */
+    moe_group_mask group_mask;   /* GROUPED */
+    int renormalize;             /* weights divided by their sum */
+    float scaling_factor;        /* routed_scaling_factor: multiplied into the weights once, here; 1 = none */
+    const float *bias;           /* (E) f32 in the context's memory, or NULL: selection only (TOPK, GROUPED) */
+    const int32_t *hash_table;   /* (hash_vocab, k) in the context's memory (HASH) */
+    int64_t hash_vocab;
+    int weight_on_input;         /* Llama-4: the MoE layer multiplies the expert input by the weight */
+} moe_router_config;
+
+/* The router of a known model: "mixtral-8x7b", "qwen2-moe", "qwen3-30b-a3b", "qwen3-235b-a22b", "olmoe",
+ * "deepseek-v2", "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "llama4-scout", "llama4-maverick". The bias
+ * (DeepSeek-V3's e_score_correction_bias) is left NULL for the caller to set. */
+MOE_API moe_status moe_router_preset(const char *model, moe_router_config *config);
+MOE_API const char *moe_router_kind_name(moe_router_kind kind);
+
+typedef struct moe_expert_stats moe_expert_stats;
+
+typedef struct moe_route_args {
+    const moe_tensor *logits;  /* (T, E) f32, bf16 or f16; NULL only for HASH with MOE_SCORE_NONE */
+    const int32_t *token_ids;  /* (T): HASH only */
+    int64_t n_tokens;          /* T */
+    int32_t *ids;              /* (T, k) out: expert ids, -1 for a slot that could not be filled */
+    float *weights;            /* (T, k) out */
+    int32_t *invalid_rows;     /* optional (1): incremented by the number of rows with a -1 slot */
+    moe_expert_stats *stats;   /* optional: the chosen experts are added to this layer's load counters */
+    int stats_layer;
+} moe_route_args;
+
+/* Routes T tokens. All pointers in the context's memory; no host synchronisation on the GPU. */
+MOE_API moe_status moe_route(moe_ctx *ctx, const moe_router_config *config, const moe_route_args *args,
+                             void *stream);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Expert-load statistics (docs/routing.md §3): per layer, per expert (token, slot) counts on the device
+ * ------------------------------------------------------------------------------------------------------- */
+
+MOE_API moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, moe_expert_stats **stats);
+MOE_API void moe_expert_stats_destroy(moe_ctx *ctx, moe_expert_stats *stats);
+/* Adds the n ids (any layout, e.g. (T, k)) to layer's counters; -1 skipped, out-of-range ids counted apart. */
+MOE_API moe_status moe_expert_stats_record(moe_ctx *ctx, moe_expert_stats *stats, int layer, const int32_t *ids,
+                                           int64_t n, void *stream);
+/* Copies the counters to host memory: counts (n_layers, n_experts), invalid (n_layers) or NULL. Waits for the
+ * stream: read between steps, not inside one. */
+MOE_API moe_status moe_expert_stats_read(moe_ctx *ctx, moe_expert_stats *stats, int64_t *counts, int64_t *invalid,
+                                         void *stream);
+MOE_API moe_status moe_expert_stats_reset(moe_ctx *ctx, moe_expert_stats *stats, void *stream);
+/* mean / max of n counts; 1 when all are 0. */
+MOE_API double moe_balancedness(const int64_t *counts, int n);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * EPLB (docs/routing.md §4): replicas and placement of logical experts on physical slots
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef struct moe_eplb_config {
+    int n_layers;   /* L */
+    int n_logical;  /* E: logical (routed) experts */
+    int n_physical; /* R: physical slots, R >= E, a multiple of n_gpus */
+    int n_groups;   /* expert groups (E a multiple); hierarchical when a multiple of n_nodes, else global */
+    int n_nodes;
+    int n_gpus;     /* a multiple of n_nodes */
+} moe_eplb_config;
+
+/* Host computation (ctx may be NULL; it only receives the message). load (L, E) estimated loads; outputs
+ * phy2log (L, R), log2phy (L, E, R - E + 1) -1 padded, logcnt (L, E), all host memory. */
+MOE_API moe_status moe_eplb_plan(moe_ctx *ctx, const moe_eplb_config *config, const double *load, int32_t *phy2log,
+                                 int32_t *log2phy, int32_t *logcnt);
+
+/* Replica choice at dispatch for one layer: ids (T, k_total) logical -> physical in out (may alias ids):
+ * physical = log2phy[id][p % logcnt[id]] for the flat position p of each of the first k_routed columns; other
+ * columns and -1 pass through; ids outside [0, E) become -1. log2phy (E, max_replicas) and logcnt (E) in the
+ * context's memory. */
+MOE_API moe_status moe_eplb_map(moe_ctx *ctx, const int32_t *log2phy, const int32_t *logcnt, int n_logical,
+                                int max_replicas, const int32_t *ids, int32_t *out, int64_t n_tokens, int k_total,
+                                int k_routed, void *stream);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Waterfill (docs/routing.md §5): the shared expert dispatched like a routed one, to a lightly loaded rank
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef struct moe_waterfill_config {
+    int n_experts;     /* routed experts E, a multiple of world */
+    int world;         /* EP ranks, <= 32 */
+    int source_rank;   /* this rank */
+    int top_k;         /* k routed slots */
+    float routed_scaling_factor; /* the shared expert's weight is 1 / this (1 when 0) */
+    int64_t target;    /* > 0: the per-rank load target; 0: derived from rank_load */
+    int all_ranks;     /* every rank is a candidate, not only the token's own and its experts' ranks */
+    int min_tokens;    /* batches smaller than this keep the shared expert local (SGLang: 64) */
+} moe_waterfill_config;
+
+/* rank_load (world) int64 in the context's memory: zeroed, then the routed (token, slot) count per rank. */
+MOE_API moe_status moe_waterfill_rank_load(moe_ctx *ctx, const moe_waterfill_config *config, const int32_t *ids,
+                                           int64_t n_tokens, int64_t *rank_load, void *stream);
+/* ids, weights (T, k) -> out_ids, out_weights (T, k + 1); rank_load (world) int64, in the context's memory. */
+MOE_API moe_status moe_waterfill(moe_ctx *ctx, const moe_waterfill_config *config, const int32_t *ids,
+                                 const float *weights, int64_t n_tokens, const int64_t *rank_load, int32_t *out_ids,
+                                 float *out_weights, void *stream);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Permute / align (docs/routing.md §6): the rows each local expert's GEMM reads, from the routed ids
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef enum moe_permute_layout {
+    MOE_PERMUTE_CONTIGUOUS = 0, /* experts' rows back to back, each segment padded to a multiple of tile_m */
+    MOE_PERMUTE_MASKED          /* (E, max_rows): expert e's rows at e * max_rows */
+} moe_permute_layout;
+
+typedef struct moe_permute_config {
+    int n_experts_global;  /* ids >= this, or < -1, are invalid */
+    int expert_begin;      /* first local expert */
+    int n_experts;         /* local experts E */
+    int top_k;             /* k */
+    int tile_m;            /* contiguous: segments start on multiples of this (>= 1) */
+    moe_permute_layout layout;
+    int64_t max_rows;      /* masked: rows per expert */
+} moe_permute_config;
+
+typedef struct moe_permute_outputs {
+    int32_t *counts;   /* (E) assignments per local expert */
+    int64_t *offsets;  /* (E + 1) contiguous: first row of each expert, offsets[E] = rows used; masked: unused */
+    int32_t *row_src;  /* (moe_permute_rows(...)) flat index t * k + j of each row, -1 for padding rows; the
+                        * contiguous layout writes rows < offsets[E] only, the masked one all E * max_rows */
+    int32_t *slot_row; /* (T * k) row of each (token, slot), -1 when skipped or dropped */
+    int32_t *invalid;  /* optional (1): set to the number of invalid ids */
+    int32_t *dropped;  /* optional (1): set to the number of assignments past max_rows (masked) */
+} moe_permute_outputs;
+
+/* Rows row_src must hold: contiguous T*k + E*(tile_m - 1); masked E*max_rows. -1 on bad config. */
+MOE_API int64_t moe_permute_rows(const moe_permute_config *config, int64_t n_tokens);
+/* Scratch the GPU needs for T tokens (0 on the CPU). */
+MOE_API moe_status moe_permute_workspace_size(moe_ctx *ctx, const moe_permute_config *config, int64_t n_tokens,
+                                              size_t *bytes);
+/* ids (T, k) -> outputs; deterministic (token order inside each expert); no host synchronisation. */
+MOE_API moe_status moe_permute(moe_ctx *ctx, const moe_permute_config *config, const int32_t *ids,
+                               int64_t n_tokens, const moe_permute_outputs *out, void *workspace,
+                               size_t workspace_bytes, void *stream);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,6 @@
 /* runtime.cu — the CUDA backend of a context: device choice, stream, memory, pointer checks, errors. */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "cuda/common/cuda.cuh"
 
@@ -120,4 +121,49 @@ extern "C" moe_status moe__cuda_check_pointer(moe_ctx *ctx, const void *ptr, con
         return moe__error(ctx, MOE_ERR_INVALID_ARG, "%s (%p) is memory of GPU %d, not of this context's GPU %d", name,
                           ptr, a.device, ctx->cuda.device);
     return MOE_OK;
+}
+
+/* ---- graphs ---- */
+
+struct moe_graph {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+};
+
+extern "C" moe_status moe__cuda_graph_begin(moe_ctx *ctx, void *stream) {
+    cudaStream_t s = moe__cuda_enter(ctx, stream);
+    MOE_CUDA_TRY(ctx, cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_graph_end(moe_ctx *ctx, void *stream, moe_graph **out) {
+    cudaStream_t s = moe__cuda_enter(ctx, stream);
+    moe_graph g;
+    MOE_CUDA_TRY(ctx, cudaStreamEndCapture(s, &g.graph));
+    cudaError_t e = cudaGraphInstantiate(&g.exec, g.graph, 0);
+    if (e != cudaSuccess) {
+        cudaGraphDestroy(g.graph);
+        return moe__cuda_fail(ctx, e, "cudaGraphInstantiate", __FILE__, __LINE__);
+    }
+    *out = (moe_graph *)malloc(sizeof g);
+    if (!*out) {
+        cudaGraphExecDestroy(g.exec);
+        cudaGraphDestroy(g.graph);
+        return moe__error(ctx, MOE_ERR_OOM, "moe_graph_end: out of host memory");
+    }
+    **out = g;
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_graph_replay(moe_ctx *ctx, moe_graph *g, void *stream) {
+    cudaStream_t s = moe__cuda_enter(ctx, stream);
+    MOE_CUDA_TRY(ctx, cudaGraphLaunch(g->exec, s));
+    return MOE_OK;
+}
+
+extern "C" void moe__cuda_graph_destroy(moe_ctx *ctx, moe_graph *g) {
+    moe__cuda_enter(ctx, NULL);
+    cudaGraphExecDestroy(g->exec);
+    cudaGraphDestroy(g->graph);
+    free(g);
 }

@@ -1,6 +1,6 @@
 """Regenerate every golden file: python3 tests/oracle/make_all.py [--twice]
 
-Runs make_scalars.py and make_blocks.py (each asserts its own cross-checks and exits non-zero on any
+Runs make_scalars.py, make_blocks.py and make_routing.py (each asserts its own cross-checks and exits non-zero on any
 disagreement), then prints the sha256 of each file written.  With --twice everything is generated a second
 time and the two sets of hashes must be identical (the scripts are deterministic: fixed seeds, splitmix64 for
 all random content, records written in a fixed order, no timestamps).
@@ -13,7 +13,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.normpath(os.path.join(HERE, "..", "data"))
-SCRIPTS = [("make_scalars.py", "scalars.moeg"), ("make_blocks.py", "blocks.moeg")]
+SCRIPTS = [("make_scalars.py", "scalars.moeg"), ("make_blocks.py", "blocks.moeg"), ("make_routing.py", "routing.moeg")]
 
 
 def sha256(path):

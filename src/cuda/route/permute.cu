@@ -1,0 +1,243 @@
+/* permute.cu — permute / align on the GPU (docs/routing.md §6), exactly the CPU's arrays with no host
+ * synchronisation. The flat (token, slot) list is cut into chunks of MOE_PERMUTE_CHUNK entries; a chunk is
+ * sorted by local expert with CUB's block radix sort, which is stable, so rows keep token order and the result
+ * is deterministic. A row's rank inside its expert = (entries of that expert in earlier chunks) + (its position
+ * among the chunk's entries of that expert).
+ *   one chunk (decode):  one CTA does everything
+ *   several chunks:      count per chunk -> scan over chunks (a warp per expert) -> place per chunk
+ * Grids are one-dimensional (up to 2^31 - 1 CTAs); row ids are int32 (checked by the caller), offsets int64. */
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include "cuda/common/cuda.cuh"
+#include "route/permute.h"
+
+namespace {
+
+constexpr int kThreads = 256, kItems = MOE_PERMUTE_CHUNK / kThreads, kMaxExperts = 1024;
+
+using block_sort = cub::BlockRadixSort<int, kThreads, kItems, int>;
+using block_scan = cub::BlockScan<long long, kThreads>;
+
+struct permute_params {
+    moe_permute_config c;
+    const int32_t *ids;
+    int64_t n; /* T * k */
+    int32_t *counts;
+    int64_t *offsets;
+    int32_t *row_src, *slot_row, *invalid, *dropped;
+    int32_t *chunk_base; /* (chunks, E): counts per chunk, then their exclusive prefix over chunks */
+};
+
+/* Shared memory of one CTA. */
+struct permute_smem {
+    union {
+        block_sort::TempStorage sort;
+        block_scan::TempStorage scan;
+    } tmp;
+    int hist[kMaxExperts + 2];      /* entries per key in this chunk (key E: skipped, E + 1: past the end) */
+    int seg[kMaxExperts];           /* exclusive prefix of hist: where each expert starts in the sorted chunk */
+    long long off[kMaxExperts + 1]; /* first row of each expert (contiguous) */
+    int invalid;
+};
+
+/* The sort key of flat entry i: its local expert, E when skipped, E + 1 past the end of the list. */
+__device__ __forceinline__ int key_of(const permute_params &p, int64_t i, int &invalid) {
+    if (i >= p.n) return p.c.n_experts + 1;
+    const int32_t id = p.ids[i];
+    invalid += id < -1 || id >= p.c.n_experts_global;
+    const int e = id - p.c.expert_begin;
+    return id >= p.c.expert_begin && e < p.c.n_experts ? e : p.c.n_experts;
+}
+
+/* Exclusive prefix sums of in[0..E) (each thread a contiguous range), into out; returns the total. */
+template <typename T, typename F>
+__device__ long long exclusive_scan(permute_smem &sm, int E, F value, T *out) {
+    const int per = (E + kThreads - 1) / kThreads, first = threadIdx.x * per;
+    long long local = 0, prefix, total;
+    for (int e = first; e < first + per && e < E; e++) local += value(e);
+    block_scan(sm.tmp.scan).ExclusiveSum(local, prefix, total);
+    for (int e = first; e < first + per && e < E; e++) {
+        out[e] = (T)prefix;
+        prefix += value(e);
+    }
+    __syncthreads();
+    return total;
+}
+
+/* Loads chunk `chunk`, builds its histogram in shared memory and the invalid count. */
+__device__ void load_chunk(const permute_params &p, int64_t chunk, permute_smem &sm, int (&keys)[kItems],
+                           int (&vals)[kItems]) {
+    const int E = p.c.n_experts;
+    for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
+    if (threadIdx.x == 0) sm.invalid = 0;
+    __syncthreads();
+    int invalid = 0;
+#pragma unroll
+    for (int j = 0; j < kItems; j++) {
+        const int64_t i = chunk * MOE_PERMUTE_CHUNK + threadIdx.x * kItems + j;
+        keys[j] = key_of(p, i, invalid);
+        vals[j] = (int)i;
+        atomicAdd(&sm.hist[keys[j]], 1);
+    }
+    if (invalid) atomicAdd(&sm.invalid, invalid);
+    __syncthreads();
+}
+
+/* Sorts the chunk by key and writes each entry's row: rank = base[e] + position among the chunk's e entries. */
+__device__ void place_chunk(const permute_params &p, permute_smem &sm, int (&keys)[kItems], int (&vals)[kItems],
+                            const int32_t *base) {
+    const int E = p.c.n_experts;
+    int bits = 1;
+    while ((1 << bits) < E + 2) bits++;
+    block_sort(sm.tmp.sort).Sort(keys, vals, 0, bits); /* blocked: thread t holds sorted positions t*kItems + j */
+#pragma unroll
+    for (int j = 0; j < kItems; j++) {
+        const int e = keys[j], pos = threadIdx.x * kItems + j;
+        if (e > E) continue;
+        int64_t row = -1;
+        if (e < E) {
+            const int64_t rank = (base ? base[e] : 0) + pos - sm.seg[e];
+            if (p.c.layout == MOE_PERMUTE_CONTIGUOUS)
+                row = sm.off[e] + rank;
+            else if (rank < p.c.max_rows)
+                row = (int64_t)e * p.c.max_rows + rank;
+        }
+        p.slot_row[vals[j]] = (int32_t)row;
+        if (row >= 0) p.row_src[row] = vals[j];
+    }
+}
+
+/* From the per-expert totals in sm.hist: the first row of each expert (sm.off, contiguous layout); with write,
+ * also offsets and the dropped count (and counts, with write_counts). */
+__device__ void compute_layout(const permute_params &p, permute_smem &sm, bool write, bool write_counts) {
+    const int E = p.c.n_experts;
+    const int64_t m = p.c.tile_m, max_rows = p.c.max_rows;
+    if (p.c.layout == MOE_PERMUTE_CONTIGUOUS) {
+        const long long total =
+            exclusive_scan<long long>(sm, E, [&](int e) { return (long long)((sm.hist[e] + m - 1) / m * m); }, sm.off);
+        if (threadIdx.x == 0) sm.off[E] = total;
+        __syncthreads();
+    }
+    if (!write) return;
+    if (write_counts)
+        for (int e = threadIdx.x; e < E; e += kThreads) p.counts[e] = sm.hist[e];
+    if (p.c.layout == MOE_PERMUTE_CONTIGUOUS) {
+        for (int e = threadIdx.x; e <= E; e += kThreads) p.offsets[e] = sm.off[e];
+    } else if (p.dropped) {
+        int dropped = 0;
+        for (int e = threadIdx.x; e < E; e += kThreads) dropped += sm.hist[e] > max_rows ? sm.hist[e] - max_rows : 0;
+        if (dropped) atomicAdd(p.dropped, dropped);
+    }
+}
+
+/* -1 in the rows no entry lands in, for experts first, first + step, ...: each expert's padding (contiguous) or
+ * its rows past its count (masked); the CTA's threads write one expert's rows together. */
+__device__ void fill_padding(const permute_params &p, const permute_smem &sm, int first, int step) {
+    const int64_t max_rows = p.c.max_rows;
+    for (int e = first; e < p.c.n_experts; e += step) {
+        const int64_t lo = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e] + sm.hist[e]
+                                                                 : e * max_rows + (sm.hist[e] < max_rows ? sm.hist[e] : max_rows);
+        const int64_t hi = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e + 1] : (e + 1) * max_rows;
+        for (int64_t r = lo + threadIdx.x; r < hi; r += kThreads) p.row_src[r] = -1;
+    }
+}
+
+/* The whole list in one chunk: one CTA, one launch. */
+__global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params p) {
+    __shared__ permute_smem sm;
+    int keys[kItems], vals[kItems];
+    load_chunk(p, 0, sm, keys, vals);
+    exclusive_scan<int>(sm, p.c.n_experts, [&](int e) { return (long long)sm.hist[e]; }, sm.seg);
+    compute_layout(p, sm, true, true);
+    fill_padding(p, sm, 0, 1);
+    __syncthreads();
+    place_chunk(p, sm, keys, vals, NULL);
+    if (threadIdx.x == 0 && p.invalid) *p.invalid = sm.invalid;
+}
+
+/* Several chunks, step 1: each chunk's histogram into chunk_base. */
+__global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params p) {
+    __shared__ permute_smem sm;
+    int keys[kItems], vals[kItems];
+    load_chunk(p, blockIdx.x, sm, keys, vals);
+    for (int e = threadIdx.x; e < p.c.n_experts; e += kThreads)
+        p.chunk_base[(int64_t)blockIdx.x * p.c.n_experts + e] = sm.hist[e];
+    if (threadIdx.x == 0 && sm.invalid && p.invalid) atomicAdd(p.invalid, sm.invalid);
+}
+
+/* Step 2: a warp per expert turns its per-chunk counts into their exclusive prefix over chunks (32 chunks a
+ * step, a warp scan each) and writes the expert's total to counts. */
+__global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p, int64_t chunks) {
+    const int E = p.c.n_experts, lane = threadIdx.x % 32, e = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
+    if (e >= E) return;
+    int running = 0;
+    for (int64_t c0 = 0; c0 < chunks; c0 += 32) {
+        const int64_t c = c0 + lane;
+        const int v = c < chunks ? p.chunk_base[c * E + e] : 0;
+        int incl = v;
+#pragma unroll
+        for (int o = 1; o < 32; o *= 2) {
+            const int up = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += up;
+        }
+        if (c < chunks) p.chunk_base[c * E + e] = running + incl - v;
+        running += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) p.counts[e] = running;
+}
+
+/* Step 3: each chunk sorted and placed; every CTA derives the offsets from the totals, CTA 0 writes them, and
+ * CTA b fills the padding of experts b, b + grid, ... */
+__global__ void __launch_bounds__(kThreads) permute_place_kernel(permute_params p) {
+    __shared__ permute_smem sm;
+    const int E = p.c.n_experts;
+    for (int e = threadIdx.x; e < E; e += kThreads) sm.off[e] = p.counts[e]; /* totals, parked in off */
+    __syncthreads();
+    int keys[kItems], vals[kItems];
+    load_chunk(p, blockIdx.x, sm, keys, vals); /* sm.hist: this chunk's counts */
+    exclusive_scan<int>(sm, E, [&](int e) { return (long long)sm.hist[e]; }, sm.seg);
+    int chunk_hist[4] = {0, 0, 0, 0}; /* E <= 1024 = 4 per thread */
+    for (int e = threadIdx.x, i = 0; e < E; e += kThreads, i++) chunk_hist[i] = sm.hist[e], sm.hist[e] = (int)sm.off[e];
+    __syncthreads();
+    compute_layout(p, sm, blockIdx.x == 0, false); /* sm.hist now holds the totals; counts are written */
+    fill_padding(p, sm, blockIdx.x, gridDim.x);
+    __syncthreads(); /* fill_padding reads the totals in sm.hist */
+    for (int e = threadIdx.x, i = 0; e < E; e += kThreads, i++) sm.hist[e] = chunk_hist[i];
+    __syncthreads();
+    place_chunk(p, sm, keys, vals, p.chunk_base + (int64_t)blockIdx.x * E);
+}
+
+} // namespace
+
+extern "C" moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids,
+                                        int64_t n_tokens, const moe_permute_outputs *out, int64_t rows,
+                                        void *workspace, void *stream) {
+    (void)rows;
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    permute_params p;
+    p.c = *c;
+    p.ids = ids;
+    p.n = n_tokens * c->top_k;
+    p.counts = out->counts;
+    p.offsets = out->offsets;
+    p.row_src = out->row_src;
+    p.slot_row = out->slot_row;
+    p.invalid = out->invalid;
+    p.dropped = out->dropped;
+    p.chunk_base = static_cast<int32_t *>(workspace);
+    const int64_t chunks = (p.n + MOE_PERMUTE_CHUNK - 1) / MOE_PERMUTE_CHUNK;
+    if (out->dropped) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->dropped, 0, sizeof(int32_t), st));
+    if (chunks <= 1) {
+        permute_single_kernel<<<1, kThreads, 0, st>>>(p);
+    } else {
+        if (out->invalid) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->invalid, 0, sizeof(int32_t), st));
+        permute_count_kernel<<<(unsigned)chunks, kThreads, 0, st>>>(p);
+        MOE_CUDA_LAUNCHED(ctx, "permute_count_kernel");
+        permute_scan_kernel<<<(unsigned)((c->n_experts + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, st>>>(p, chunks);
+        MOE_CUDA_LAUNCHED(ctx, "permute_scan_kernel");
+        permute_place_kernel<<<(unsigned)chunks, kThreads, 0, st>>>(p);
+    }
+    MOE_CUDA_LAUNCHED(ctx, "permute kernel");
+    return MOE_OK;
+}

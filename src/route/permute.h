@@ -1,0 +1,23 @@
+/* permute.h — shared between permute.c and the CUDA backend. */
+#ifndef MOE_ROUTE_PERMUTE_H
+#define MOE_ROUTE_PERMUTE_H
+
+#include "core/internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The GPU sorts the flat (token, slot) list in chunks of this many entries, one CTA each. */
+#define MOE_PERMUTE_CHUNK 2048
+
+#ifdef MOE_WITH_CUDA
+moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
+                             const moe_permute_outputs *out, int64_t rows, void *workspace, void *stream);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_ROUTE_PERMUTE_H */

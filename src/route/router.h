@@ -1,0 +1,27 @@
+/* router.h — the routers' backends; validation lives in router.c, shared by both. */
+#ifndef MOE_ROUTE_ROUTER_H
+#define MOE_ROUTE_ROUTER_H
+
+#include "core/internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Expert-load counters (stats.c): (n_layers, n_experts) int64 counts and (n_layers) invalid counts. */
+struct moe_expert_stats {
+    int n_layers, n_experts;
+    int64_t *counts;
+    int64_t *invalid;
+};
+
+moe_status moe__cpu_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a);
+#ifdef MOE_WITH_CUDA
+moe_status moe__cuda_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_ROUTE_ROUTER_H */

@@ -1,0 +1,97 @@
+/* stats.c — expert-load statistics (docs/routing.md §3): int64 counters in the context's memory. */
+#include <stdlib.h>
+
+#include "route/router.h"
+
+#ifdef MOE_WITH_CUDA
+moe_status moe__cuda_stats_record(moe_ctx *ctx, moe_expert_stats *s, int layer, const int32_t *ids, int64_t n,
+                                  void *stream);
+#endif
+
+moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, moe_expert_stats **out) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_CHECK_ARG(ctx, out, "moe_expert_stats_create: out is NULL");
+    *out = NULL;
+    MOE_CHECK_ARG(ctx, n_layers >= 1 && n_experts >= 1, "moe_expert_stats_create: %d layers, %d experts", n_layers,
+                  n_experts);
+    moe_expert_stats *s = calloc(1, sizeof *s);
+    if (!s) return moe__error(ctx, MOE_ERR_OOM, "moe_expert_stats_create: out of host memory");
+    s->n_layers = n_layers;
+    s->n_experts = n_experts;
+    moe_status st = moe_alloc(ctx, sizeof(int64_t) * (size_t)n_layers * (size_t)n_experts, (void **)&s->counts);
+    if (st == MOE_OK) st = moe_alloc(ctx, sizeof(int64_t) * (size_t)n_layers, (void **)&s->invalid);
+    if (st == MOE_OK) st = moe_expert_stats_reset(ctx, s, NULL);
+    if (st == MOE_OK) st = moe_sync(ctx, NULL);
+    if (st != MOE_OK) {
+        moe_expert_stats_destroy(ctx, s);
+        return st;
+    }
+    *out = s;
+    return MOE_OK;
+}
+
+void moe_expert_stats_destroy(moe_ctx *ctx, moe_expert_stats *s) {
+    if (!s) return;
+    moe_free(ctx, s->counts);
+    moe_free(ctx, s->invalid);
+    free(s);
+}
+
+moe_status moe_expert_stats_record(moe_ctx *ctx, moe_expert_stats *s, int layer, const int32_t *ids, int64_t n,
+                                   void *stream) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_CHECK_ARG(ctx, s, "moe_expert_stats_record: stats is NULL");
+    MOE_CHECK_ARG(ctx, layer >= 0 && layer < s->n_layers, "moe_expert_stats_record: layer %d is outside 0..%d", layer,
+                  s->n_layers - 1);
+    MOE_CHECK_ARG(ctx, n >= 0 && (ids || n == 0), "moe_expert_stats_record: %lld ids at %p", (long long)n,
+                  (const void *)ids);
+    if (n == 0) return MOE_OK;
+#ifdef MOE_WITH_CUDA
+    if (ctx->backend == MOE_BACKEND_CUDA) {
+        MOE_TRY(moe__cuda_check_pointer(ctx, ids, "ids"));
+        return moe__cuda_stats_record(ctx, s, layer, ids, n, stream);
+    }
+#endif
+    (void)stream;
+    int64_t *counts = s->counts + (int64_t)layer * s->n_experts;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] >= 0 && ids[i] < s->n_experts)
+            counts[ids[i]]++;
+        else if (ids[i] != -1)
+            s->invalid[layer]++;
+    }
+    return MOE_OK;
+}
+
+moe_status moe_expert_stats_read(moe_ctx *ctx, moe_expert_stats *s, int64_t *counts, int64_t *invalid, void *stream) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_CHECK_ARG(ctx, s && counts, "moe_expert_stats_read: stats and counts must not be NULL");
+    MOE_TRY(moe_memcpy(ctx, counts, s->counts, sizeof(int64_t) * (size_t)s->n_layers * (size_t)s->n_experts,
+                       MOE_COPY_CTX_TO_HOST, stream));
+    if (invalid)
+        MOE_TRY(moe_memcpy(ctx, invalid, s->invalid, sizeof(int64_t) * (size_t)s->n_layers, MOE_COPY_CTX_TO_HOST,
+                           stream));
+    return moe_sync(ctx, stream);
+}
+
+moe_status moe_expert_stats_reset(moe_ctx *ctx, moe_expert_stats *s, void *stream) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_CHECK_ARG(ctx, s, "moe_expert_stats_reset: stats is NULL");
+    MOE_TRY(moe_memset(ctx, s->counts, 0, sizeof(int64_t) * (size_t)s->n_layers * (size_t)s->n_experts, stream));
+    return moe_memset(ctx, s->invalid, 0, sizeof(int64_t) * (size_t)s->n_layers, stream);
+}
+
+double moe_balancedness(const int64_t *counts, int n) {
+    if (!counts || n <= 0) return 1.0;
+    int64_t max = 0;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        sum += (double)counts[i];
+        if (counts[i] > max) max = counts[i];
+    }
+    return max == 0 ? 1.0 : sum / n / (double)max;
+}

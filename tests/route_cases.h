@@ -1,0 +1,21 @@
+/* route_cases.h — routing golden cases (tests/data/routing.moeg, written by tests/oracle/make_routing.py), run
+ * on any context, shared by the CPU and GPU tests (tests/route_cases.c). Each returns the number of cases that
+ * differ from the oracle, or -1 when the file cannot be read. */
+#ifndef MOE_TEST_ROUTE_CASES_H
+#define MOE_TEST_ROUTE_CASES_H
+
+#include "test.h"
+
+int route_run_golden_routers(test_env *env, moe_ctx *ctx);
+int route_run_golden_eplbmap(test_env *env, moe_ctx *ctx);
+int route_run_golden_waterfill(test_env *env, moe_ctx *ctx);
+int route_run_golden_permute(test_env *env, moe_ctx *ctx);
+/* Host-only: the EPLB plans. */
+int route_run_golden_eplb(test_env *env);
+
+/* Copies n bytes of host data into a new buffer of ctx (NULL when n is 0 or on failure). */
+void *test_upload(moe_ctx *ctx, const void *host, size_t n);
+/* Copies n bytes back and waits; 0 on success. */
+int test_download(moe_ctx *ctx, void *host, const void *dev, size_t n);
+
+#endif
