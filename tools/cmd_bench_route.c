@@ -17,6 +17,7 @@ static const char usage[] =
     "  --tokens LIST   token counts (default 1,16,128,1024,8192)\n"
     "  --dtype T       router logits: f32 (default) or bf16\n"
     "  --reps N        iterations per timing (default 200 on a GPU, 3 on the CPU)\n"
+    "  --route-only    time the router and its load counters alone\n"
     "  --json FILE     also write the results as JSON\n"
     "  --backend B     auto (default), cpu, cuda\n";
 
@@ -29,9 +30,12 @@ typedef struct route_bench {
     size_t ws_bytes;
 } route_bench;
 
+static int route_only; /* --route-only: time the router (and its load counters) without the permute */
+
 static moe_status step(moe_ctx *ctx, route_bench *b) {
     moe_status s = moe_route(ctx, &b->router, &b->args, NULL);
-    if (s == MOE_OK) s = moe_permute(ctx, &b->perm, b->args.ids, b->args.n_tokens, &b->out, b->ws, b->ws_bytes, NULL);
+    if (s == MOE_OK && !route_only)
+        s = moe_permute(ctx, &b->perm, b->args.ids, b->args.n_tokens, &b->out, b->ws, b->ws_bytes, NULL);
     return s;
 }
 
@@ -74,6 +78,7 @@ int bench_route(int argc, char **argv) {
     int reps = 0;
     static const struct option opts[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'}, {"dtype", 1, 0, 'd'},
                                          {"reps", 1, 0, 'r'},  {"json", 1, 0, 'j'},   {"backend", 1, 0, 'b'},
+                                         {"route-only", 0, 0, 'o'},
                                          {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -84,6 +89,7 @@ int bench_route(int argc, char **argv) {
         case 'r': reps = atoi(optarg); break;
         case 'j': json_path = optarg; break;
         case 'b': backend = optarg; break;
+        case 'o': route_only = 1; break;
         case 'h': fputs(usage, stdout); return CLI_OK;
         default: fputs(usage, stderr); return CLI_USAGE;
         }
@@ -119,8 +125,8 @@ int bench_route(int argc, char **argv) {
     }
     moe_free(ctx, ca);
     moe_free(ctx, cb);
-    printf("moe bench route: %s logits, %d steps a timing, on %s, commit %s; copy %.0f GB/s\n", dtype_name, reps,
-           moe_ctx_describe(ctx), MOE_GIT_COMMIT, copy_gbps);
+    printf("moe bench route: %s%s logits, %d steps a timing, on %s, commit %s; copy %.0f GB/s\n",
+           route_only ? "router only, " : "", dtype_name, reps, moe_ctx_describe(ctx), MOE_GIT_COMMIT, copy_gbps);
     printf("%-16s %6s %10s %10s %8s\n", "model", "T", "step us", "limit us", "x limit");
     json_t *results = json_array();
     int rc = CLI_OK;
@@ -179,7 +185,7 @@ int bench_route(int argc, char **argv) {
                 rc = CLI_FAIL;
             } else {
                 /* bytes: logits read; ids and weights written; ids read again; row_src, slot_row written */
-                const double bytes = (double)lb + 8.0 * T * k + 4.0 * T * k + 4.0 * (T * k) + 4.0 * T * k;
+                const double bytes = (double)lb + 8.0 * T * k + (route_only ? 0 : 12.0 * T * k);
                 const double limit_us = copy_gbps > 0 ? bytes / (copy_gbps * 1e3) : 0;
                 printf("%-16s %6lld %10.2f %10.3f %8.1f\n", model, (long long)T, us, limit_us,
                        limit_us > 0 ? us / limit_us : 0);
@@ -203,9 +209,9 @@ int bench_route(int argc, char **argv) {
         char date[32];
         time_t now = time(NULL);
         strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:o}", "bench", "route", "device",
+        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:b, s:f, s:o}", "bench", "route", "device",
                                 moe_ctx_describe(ctx), "commit", MOE_GIT_COMMIT, "date", date, "logits", dtype_name,
-                                "reps", reps, "copy_gbps", copy_gbps, "results", results);
+                                "reps", reps, "route_only", route_only, "copy_gbps", copy_gbps, "results", results);
         if (!doc || json_dump_file(doc, json_path, JSON_INDENT(2)) != 0) rc = CLI_FAIL;
         json_decref(doc);
     } else {

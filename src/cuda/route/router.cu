@@ -59,26 +59,52 @@ template <int kPerLane>
 __device__ __forceinline__ void group_filter(const moe_router_config &c, int lane, float (&s)[kPerLane],
                                              float (&b)[kPerLane], int (&ok)[kPerLane]) {
     const int G = c.n_groups, per = c.n_experts / G;
-    unsigned long long group_key = 0; /* lane g ends up holding group g's key */
-    for (int g = 0; g < G; g++) {
-        unsigned long long k1 = 0, k2 = 0; /* this lane's best two in group g */
+    int group[kPerLane]; /* the group of each item, computed once */
 #pragma unroll
-        for (int j = 0; j < kPerLane; j++) {
-            const int e = lane + 32 * j;
-            if (e >= c.n_experts || e / per != g) continue;
-            const unsigned long long key = order_key(ok[j], b[j], e);
-            if (key > k1)
-                k2 = k1, k1 = key;
-            else if (key > k2)
-                k2 = key;
+    for (int j = 0; j < kPerLane; j++) group[j] = lane + 32 * j < c.n_experts ? (lane + 32 * j) / per : -1;
+    unsigned long long group_key = 0; /* lane g ends up holding group g's key */
+    for (int g0 = 0; g0 < G; g0 += 8) { /* 8 groups at a time: their warp maxima overlap */
+        unsigned long long k1[8], k2[8], m1[8], m2[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) { /* this lane's best two in group g0 + q */
+            k1[q] = k2[q] = 0;
+#pragma unroll
+            for (int j = 0; j < kPerLane; j++) {
+                if (group[j] != g0 + q) continue;
+                const unsigned long long key = order_key(ok[j], b[j], lane + 32 * j);
+                if (key > k1[q])
+                    k2[q] = k1[q], k1[q] = key;
+                else if (key > k2[q])
+                    k2[q] = key;
+            }
+            m1[q] = k1[q];
         }
-        const unsigned long long m1 = warp_max(k1);
-        const unsigned long long m2 = c.group_score == MOE_GROUP_SCORE_TOP2_SUM ? warp_max(k1 == m1 ? k2 : k1) : 0;
-        const int valid = c.group_score == MOE_GROUP_SCORE_MAX ? m1 != 0 : m2 != 0;
-        const float score = !valid ? 0.0f
-                            : c.group_score == MOE_GROUP_SCORE_MAX ? key_value(m1)
-                                                                   : key_value(m1) + key_value(m2);
-        if (lane == g) group_key = order_key(valid, score, g);
+#pragma unroll
+        for (int m = 16; m >= 1; m /= 2)
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                const unsigned long long o = __shfl_xor_sync(0xffffffffu, m1[q], m);
+                m1[q] = o > m1[q] ? o : m1[q];
+            }
+#pragma unroll
+        for (int q = 0; q < 8; q++) m2[q] = k1[q] == m1[q] ? k2[q] : k1[q];
+        if (c.group_score == MOE_GROUP_SCORE_TOP2_SUM)
+#pragma unroll
+            for (int m = 16; m >= 1; m /= 2)
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    const unsigned long long o = __shfl_xor_sync(0xffffffffu, m2[q], m);
+                    m2[q] = o > m2[q] ? o : m2[q];
+                }
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int g = g0 + q;
+            const int valid = c.group_score == MOE_GROUP_SCORE_MAX ? m1[q] != 0 : m2[q] != 0;
+            const float score = !valid ? 0.0f
+                                : c.group_score == MOE_GROUP_SCORE_MAX ? key_value(m1[q])
+                                                                       : key_value(m1[q]) + key_value(m2[q]);
+            if (lane == g && g < G) group_key = order_key(valid, score, g);
+        }
     }
     uint32_t keep = 0;
     for (int n = 0; n < c.topk_groups; n++) {
@@ -89,8 +115,7 @@ __device__ __forceinline__ void group_filter(const moe_router_config &c, int lan
     }
 #pragma unroll
     for (int j = 0; j < kPerLane; j++) {
-        const int e = lane + 32 * j;
-        if (e >= c.n_experts || (keep >> (e / per) & 1u)) continue;
+        if (group[j] < 0 || (keep >> group[j] & 1u)) continue;
         if (c.group_mask == MOE_GROUP_MASK_ZERO && s[j] == s[j])
             b[j] = 0.0f;
         else
