@@ -169,6 +169,7 @@ __global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params
         const int key = base + lane < hi ? sm.key[base + lane] : E + 1;
         const unsigned peers = __match_any_sync(0xffffffffu, key);
         if (key < E && (peers & lower) == 0) sm.tmp.warp_count[warp][key] += (uint16_t)__popc(peers);
+        __syncwarp(); /* the next step's leaders read these counters */
     }
     __syncthreads();
     for (int e = threadIdx.x; e < E; e += kThreads) { /* first rank of each stretch, per expert */
