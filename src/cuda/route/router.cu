@@ -47,6 +47,17 @@ __device__ __forceinline__ unsigned long long warp_max(unsigned long long k) {
     return k;
 }
 
+/* Eight warp maxima at once: their shuffles overlap instead of waiting on one another. */
+__device__ __forceinline__ void warp_max8(unsigned long long (&k)[8]) {
+#pragma unroll
+    for (int m = 16; m >= 1; m /= 2)
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const unsigned long long o = __shfl_xor_sync(0xffffffffu, k[q], m);
+            k[q] = o > k[q] ? o : k[q];
+        }
+}
+
 /* The float a selection key was made from (-0 comes back as +0). */
 __device__ __forceinline__ float key_value(unsigned long long key) {
     const uint32_t u = (uint32_t)(key >> 31);
@@ -79,23 +90,10 @@ __device__ __forceinline__ void group_filter(const moe_router_config &c, int lan
             }
             m1[q] = k1[q];
         }
-#pragma unroll
-        for (int m = 16; m >= 1; m /= 2)
-#pragma unroll
-            for (int q = 0; q < 8; q++) {
-                const unsigned long long o = __shfl_xor_sync(0xffffffffu, m1[q], m);
-                m1[q] = o > m1[q] ? o : m1[q];
-            }
+        warp_max8(m1);
 #pragma unroll
         for (int q = 0; q < 8; q++) m2[q] = k1[q] == m1[q] ? k2[q] : k1[q];
-        if (c.group_score == MOE_GROUP_SCORE_TOP2_SUM)
-#pragma unroll
-            for (int m = 16; m >= 1; m /= 2)
-#pragma unroll
-                for (int q = 0; q < 8; q++) {
-                    const unsigned long long o = __shfl_xor_sync(0xffffffffu, m2[q], m);
-                    m2[q] = o > m2[q] ? o : m2[q];
-                }
+        if (c.group_score == MOE_GROUP_SCORE_TOP2_SUM) warp_max8(m2);
 #pragma unroll
         for (int q = 0; q < 8; q++) {
             const int g = g0 + q;
