@@ -12,7 +12,8 @@ if ! python3 -c "import torch" 2>/dev/null; then
         nvidia-nvshmem-cu13==3.8.0 nvidia-nccl-cu13==2.32.3
     python3 -c "import torch" 2>/dev/null || $PIP torch==2.15.0
 fi
-# transformers: make_routing.py runs its real MoE router modules (CPU only), pinned with its direct dependencies.
+# transformers: make_routing.py runs its real MoE router modules and make_layer.py its real MoE blocks (CPU only),
+# pinned with its direct dependencies.
 # It does not depend on torch, so pip leaves the torch install above alone.
 $PIP transformers==5.23.0 huggingface_hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 regex==2026.5.9 \
     PyYAML==6.0.3 packaging==26.3 tqdm==4.70.1 typer==0.29.2
