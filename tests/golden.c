@@ -90,3 +90,67 @@ const golden_record *golden_get(const golden *g, const char *name) {
     fprintf(stderr, "  golden record %s is missing\n", name);
     return NULL;
 }
+
+/* The names listed in record `list` (one per line), as a NULL-terminated array to free() together. */
+char **golden_case_names(const golden *g, const char *list) {
+    const golden_record *r = golden_get(g, list);
+    if (!r) return NULL;
+    char *text = calloc(1, r->bytes + 1);
+    memcpy(text, r->data, r->bytes);
+    size_t n = 1;
+    for (size_t i = 0; i < r->bytes; i++) n += text[i] == '\n';
+    char **names = calloc(n + 1, sizeof *names), *save = NULL;
+    size_t k = 0;
+    for (char *s = strtok_r(text, "\n", &save); s; s = strtok_r(NULL, "\n", &save)) names[k++] = strdup(s);
+    free(text);
+    return names;
+}
+
+void golden_free_names(char **names) {
+    for (size_t i = 0; names && names[i]; i++) free(names[i]);
+    free(names);
+}
+
+const golden_record *golden_case(const golden *g, const char *name, const char *suffix) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.%s", name, suffix);
+    return golden_get(g, key);
+}
+
+const char *golden_cfg(const golden *g, const char *name, char *buf, size_t cap) {
+    const golden_record *r = golden_case(g, name, "cfg");
+    if (!r) return NULL;
+    size_t n = r->bytes < cap - 1 ? r->bytes : cap - 1;
+    memcpy(buf, r->data, n);
+    buf[n] = 0;
+    return buf;
+}
+
+/* int64 record -> int32 array (malloc) */
+int32_t *golden_to_i32(const golden_record *r) {
+    int32_t *o = malloc(sizeof(int32_t) * (size_t)(r->numel + 1));
+    for (int64_t i = 0; i < r->numel; i++) o[i] = (int32_t)((const int64_t *)r->data)[i];
+    return o;
+}
+
+int golden_cfg_int(const char *cfg, const char *key, long long *out) {
+    const char *p = strstr(cfg, key);
+    return p ? sscanf(p + strlen(key), "%lld", out) == 1 : 0;
+}
+
+int golden_cfg_word(const char *cfg, const char *key, char *out, size_t cap) {
+    const char *p = strstr(cfg, key);
+    if (!p) return 0;
+    p += strlen(key);
+    size_t n = 0;
+    while (p[n] && p[n] != ' ' && n + 1 < cap) n++;
+    memcpy(out, p, n);
+    out[n] = 0;
+    return 1;
+}
+
+float golden_cfg_f32(const char *cfg, const char *key) {
+    char w[32] = "3f800000";
+    golden_cfg_word(cfg, key, w, sizeof w);
+    return test_f32_from_bits((uint32_t)strtoul(w, NULL, 16));
+}

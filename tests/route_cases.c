@@ -3,122 +3,52 @@
 
 #include "route_cases.h"
 
-void *test_upload(moe_ctx *ctx, const void *host, size_t n) {
-    void *d = NULL;
-    if (n == 0 || moe_alloc(ctx, n, &d) != MOE_OK) return NULL;
-    if (moe_memcpy(ctx, d, host, n, MOE_COPY_HOST_TO_CTX, NULL) != MOE_OK) {
-        moe_free(ctx, d);
-        return NULL;
-    }
-    return d;
-}
-
-int test_download(moe_ctx *ctx, void *host, const void *dev, size_t n) {
-    if (n == 0) return 0;
-    if (moe_memcpy(ctx, host, dev, n, MOE_COPY_CTX_TO_HOST, NULL) != MOE_OK) return -1;
-    return moe_sync(ctx, NULL) == MOE_OK ? 0 : -1;
-}
-
-/* The names listed in record `list` (one per line), as a NULL-terminated array to free() together. */
-static char **case_names(const golden *g, const char *list) {
-    const golden_record *r = golden_get(g, list);
-    if (!r) return NULL;
-    char *text = calloc(1, r->bytes + 1);
-    memcpy(text, r->data, r->bytes);
-    size_t n = 1;
-    for (size_t i = 0; i < r->bytes; i++) n += text[i] == '\n';
-    char **names = calloc(n + 1, sizeof *names), *save = NULL;
-    size_t k = 0;
-    for (char *s = strtok_r(text, "\n", &save); s; s = strtok_r(NULL, "\n", &save)) names[k++] = strdup(s);
-    free(text);
-    return names;
-}
-
-static void free_names(char **names) {
-    for (size_t i = 0; names && names[i]; i++) free(names[i]);
-    free(names);
-}
-
-static const golden_record *rec(const golden *g, const char *name, const char *suffix) {
-    char key[256];
-    snprintf(key, sizeof key, "%s.%s", name, suffix);
-    return golden_get(g, key);
-}
-
-static const char *cfg_text(const golden *g, const char *name, char *buf, size_t cap) {
-    const golden_record *r = rec(g, name, "cfg");
-    if (!r) return NULL;
-    size_t n = r->bytes < cap - 1 ? r->bytes : cap - 1;
-    memcpy(buf, r->data, n);
-    buf[n] = 0;
-    return buf;
-}
-
-/* int64 record -> int32 array (malloc) */
-static int32_t *to_i32(const golden_record *r) {
-    int32_t *o = malloc(sizeof(int32_t) * (size_t)(r->numel + 1));
-    for (int64_t i = 0; i < r->numel; i++) o[i] = (int32_t)((const int64_t *)r->data)[i];
-    return o;
-}
-
-static int cfg_int(const char *cfg, const char *key, long long *out) {
-    const char *p = strstr(cfg, key);
-    return p ? sscanf(p + strlen(key), "%lld", out) == 1 : 0;
-}
-
-static int cfg_word(const char *cfg, const char *key, char *out, size_t cap) {
-    const char *p = strstr(cfg, key);
-    if (!p) return 0;
-    p += strlen(key);
-    size_t n = 0;
-    while (p[n] && p[n] != ' ' && n + 1 < cap) n++;
-    memcpy(out, p, n);
-    out[n] = 0;
-    return 1;
-}
-
-static float cfg_f32(const char *cfg, const char *key) {
-    char w[32] = "3f800000";
-    cfg_word(cfg, key, w, sizeof w);
-    return test_f32_from_bits((uint32_t)strtoul(w, NULL, 16));
-}
-
 /* ---------------------------------------------------------------------------------------------------------- */
 
+void route_config_from_cfg(const char *cfg, moe_router_config *c) {
+    char kind[32] = "", score[32] = "", gscore[32] = "", mask[32] = "";
+    long long k = 0, E = 0, groups = 0, topk_groups = 0, renorm = 0, vocab = 0;
+    golden_cfg_word(cfg, "kind=", kind, sizeof kind);
+    golden_cfg_word(cfg, "score=", score, sizeof score);
+    golden_cfg_word(cfg, "group_score=", gscore, sizeof gscore);
+    golden_cfg_word(cfg, "mask=", mask, sizeof mask);
+    golden_cfg_int(cfg, "k=", &k);
+    golden_cfg_int(cfg, "E=", &E);
+    golden_cfg_int(cfg, "groups=", &groups);
+    golden_cfg_int(cfg, "topk_groups=", &topk_groups);
+    golden_cfg_int(cfg, "renorm=", &renorm);
+    golden_cfg_int(cfg, "vocab=", &vocab);
+    memset(c, 0, sizeof *c);
+    c->kind = !strcmp(kind, "topk")           ? MOE_ROUTER_TOPK
+              : !strcmp(kind, "topk_softmax") ? MOE_ROUTER_TOPK_SOFTMAX
+              : !strcmp(kind, "grouped")      ? MOE_ROUTER_GROUPED
+              : !strcmp(kind, "hash")         ? MOE_ROUTER_HASH
+                                              : MOE_ROUTER_INVALID;
+    c->score = !strcmp(score, "softmax")   ? MOE_SCORE_SOFTMAX
+               : !strcmp(score, "sigmoid") ? MOE_SCORE_SIGMOID
+                                           : MOE_SCORE_NONE;
+    c->n_experts = (int)E;
+    c->top_k = (int)k;
+    c->n_groups = (int)groups;
+    c->topk_groups = (int)topk_groups;
+    c->group_score = !strcmp(gscore, "top2_sum") ? MOE_GROUP_SCORE_TOP2_SUM : MOE_GROUP_SCORE_MAX;
+    c->group_mask = !strcmp(mask, "zero") ? MOE_GROUP_MASK_ZERO : MOE_GROUP_MASK_NEG_INF;
+    c->renormalize = (int)renorm;
+    c->scaling_factor = golden_cfg_f32(cfg, "scale=");
+    c->hash_vocab = vocab;
+}
+
 static int run_router_case(moe_ctx *ctx, const golden *g, const char *name) {
-    char cfg[512], kind[32], score[32], gscore[32], mask[32], input[16];
-    if (!cfg_text(g, name, cfg, sizeof cfg)) return 1;
-    long long k = 0, E = 0, groups = 0, topk_groups = 0, renorm = 0, has_bias = 0, vocab = 0;
-    cfg_word(cfg, "kind=", kind, sizeof kind);
-    cfg_word(cfg, "score=", score, sizeof score);
-    cfg_word(cfg, "group_score=", gscore, sizeof gscore);
-    cfg_word(cfg, "mask=", mask, sizeof mask);
-    cfg_word(cfg, "input=", input, sizeof input);
-    cfg_int(cfg, "k=", &k);
-    cfg_int(cfg, "E=", &E);
-    cfg_int(cfg, "groups=", &groups);
-    cfg_int(cfg, "topk_groups=", &topk_groups);
-    cfg_int(cfg, "renorm=", &renorm);
-    cfg_int(cfg, "bias=", &has_bias);
-    cfg_int(cfg, "vocab=", &vocab);
+    char cfg[512], input[16];
+    if (!golden_cfg(g, name, cfg, sizeof cfg)) return 1;
+    long long k = 0, E = 0, has_bias = 0;
+    golden_cfg_word(cfg, "input=", input, sizeof input);
+    golden_cfg_int(cfg, "k=", &k);
+    golden_cfg_int(cfg, "E=", &E);
+    golden_cfg_int(cfg, "bias=", &has_bias);
     moe_router_config c;
-    memset(&c, 0, sizeof c);
-    c.kind = !strcmp(kind, "topk")           ? MOE_ROUTER_TOPK
-             : !strcmp(kind, "topk_softmax") ? MOE_ROUTER_TOPK_SOFTMAX
-             : !strcmp(kind, "grouped")      ? MOE_ROUTER_GROUPED
-             : !strcmp(kind, "hash")         ? MOE_ROUTER_HASH
-                                             : MOE_ROUTER_INVALID;
-    c.score = !strcmp(score, "softmax") ? MOE_SCORE_SOFTMAX : !strcmp(score, "sigmoid") ? MOE_SCORE_SIGMOID : MOE_SCORE_NONE;
-    c.n_experts = (int)E;
-    c.top_k = (int)k;
-    c.n_groups = (int)groups;
-    c.topk_groups = (int)topk_groups;
-    c.group_score = !strcmp(gscore, "top2_sum") ? MOE_GROUP_SCORE_TOP2_SUM : MOE_GROUP_SCORE_MAX;
-    c.group_mask = !strcmp(mask, "zero") ? MOE_GROUP_MASK_ZERO : MOE_GROUP_MASK_NEG_INF;
-    c.renormalize = (int)renorm;
-    c.scaling_factor = cfg_f32(cfg, "scale=");
-    c.hash_vocab = vocab;
-    const golden_record *want_ids = rec(g, name, "ids"), *want_w = rec(g, name, "weights"), *want_inv = rec(g, name, "invalid");
+    route_config_from_cfg(cfg, &c);
+    const golden_record *want_ids = golden_case(g, name, "ids"), *want_w = golden_case(g, name, "weights"), *want_inv = golden_case(g, name, "invalid");
     if (!want_ids || !want_w || !want_inv) return 1;
     if (moe_ctx_backend(ctx) == MOE_BACKEND_CUDA && (E > 512 || k > 16)) {
         fprintf(stderr, "  %s: E=%lld k=%lld is beyond the CUDA routers (CPU only; gpu_route_errors checks the refusal)\n",
@@ -131,7 +61,7 @@ static int run_router_case(moe_ctx *ctx, const golden *g, const char *name) {
     moe_tensor logits;
     memset(&logits, 0, sizeof logits);
     if (c.score != MOE_SCORE_NONE || c.kind == MOE_ROUTER_TOPK_SOFTMAX) {
-        const golden_record *l = rec(g, name, "logits");
+        const golden_record *l = golden_case(g, name, "logits");
         if (!l) return 1;
         const int bf16 = !strcmp(input, "bf16");
         uint16_t *h = malloc(2 * (size_t)l->numel + 2);
@@ -141,16 +71,16 @@ static int run_router_case(moe_ctx *ctx, const golden *g, const char *name) {
         logits = moe_tensor_2d(d_logits, bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32, T, E);
     }
     if (has_bias) {
-        const golden_record *b = rec(g, name, "bias");
+        const golden_record *b = golden_case(g, name, "bias");
         if (!b) return 1;
         c.bias = d_bias = test_upload(ctx, b->data, b->bytes);
     }
     int32_t *tokens = NULL, *table = NULL;
     if (c.kind == MOE_ROUTER_HASH) {
-        const golden_record *tb = rec(g, name, "table"), *tk = rec(g, name, "tokens");
+        const golden_record *tb = golden_case(g, name, "table"), *tk = golden_case(g, name, "tokens");
         if (!tb || !tk) return 1;
-        table = to_i32(tb);
-        tokens = to_i32(tk);
+        table = golden_to_i32(tb);
+        tokens = golden_to_i32(tk);
         c.hash_table = d_table = test_upload(ctx, table, 4 * (size_t)tb->numel);
         d_tokens = test_upload(ctx, tokens, 4 * (size_t)tk->numel);
     }
@@ -202,10 +132,10 @@ typedef int (*case_fn)(moe_ctx *ctx, const golden *g, const char *name);
 static int run_family(test_env *env, moe_ctx *ctx, const char *list, case_fn fn, int min_cases) {
     golden g;
     if (golden_load(&g, env->data_dir, "routing.moeg")) return -1;
-    char **names = case_names(&g, list);
+    char **names = golden_case_names(&g, list);
     int bad = 0, count = 0;
     for (size_t i = 0; names && names[i]; i++, count++) bad += fn(ctx, &g, names[i]);
-    free_names(names);
+    golden_free_names(names);
     golden_free(&g);
     if (count < min_cases) {
         fprintf(stderr, "  %s: only %d cases\n", list, count);
@@ -233,14 +163,14 @@ static int compare_i32(const char *name, const char *what, const int32_t *got, c
 static int run_eplbmap_case(moe_ctx *ctx, const golden *g, const char *name) {
     char cfg[256];
     long long E = 0, kt = 0, kr = 0;
-    if (!cfg_text(g, name, cfg, sizeof cfg)) return 1;
-    cfg_int(cfg, "E=", &E);
-    cfg_int(cfg, "k_total=", &kt);
-    cfg_int(cfg, "k_routed=", &kr);
-    const golden_record *ids = rec(g, name, "ids"), *l2p = rec(g, name, "log2phy"), *cnt = rec(g, name, "logcnt"),
-                        *want = rec(g, name, "out");
+    if (!golden_cfg(g, name, cfg, sizeof cfg)) return 1;
+    golden_cfg_int(cfg, "E=", &E);
+    golden_cfg_int(cfg, "k_total=", &kt);
+    golden_cfg_int(cfg, "k_routed=", &kr);
+    const golden_record *ids = golden_case(g, name, "ids"), *l2p = golden_case(g, name, "log2phy"), *cnt = golden_case(g, name, "logcnt"),
+                        *want = golden_case(g, name, "out");
     if (!ids || !l2p || !cnt || !want) return 1;
-    int32_t *h_ids = to_i32(ids), *h_l2p = to_i32(l2p), *h_cnt = to_i32(cnt), *out = malloc(4 * (size_t)ids->numel + 4);
+    int32_t *h_ids = golden_to_i32(ids), *h_l2p = golden_to_i32(l2p), *h_cnt = golden_to_i32(cnt), *out = malloc(4 * (size_t)ids->numel + 4);
     void *d_ids = test_upload(ctx, h_ids, 4 * (size_t)ids->numel), *d_l2p = test_upload(ctx, h_l2p, 4 * (size_t)l2p->numel),
          *d_cnt = test_upload(ctx, h_cnt, 4 * (size_t)cnt->numel), *d_out = NULL;
     moe_alloc(ctx, 4 * (size_t)ids->numel + 4, &d_out);
@@ -261,20 +191,20 @@ int route_run_golden_eplbmap(test_env *env, moe_ctx *ctx) {
 static int run_waterfill_case(moe_ctx *ctx, const golden *g, const char *name) {
     char cfg[256];
     long long E = 0, world = 0, src = 0, k = 0, target = 0, all = 0, mint = 64;
-    if (!cfg_text(g, name, cfg, sizeof cfg)) return 1;
-    cfg_int(cfg, "E=", &E);
-    cfg_int(cfg, "world=", &world);
-    cfg_int(cfg, "source=", &src);
-    cfg_int(cfg, "k=", &k);
-    cfg_int(cfg, "target=", &target);
-    cfg_int(cfg, "all=", &all);
-    cfg_int(cfg, "min_tokens=", &mint);
-    moe_waterfill_config c = {(int)E, (int)world, (int)src, (int)k, cfg_f32(cfg, "scale="), target, (int)all, (int)mint};
-    const golden_record *ids = rec(g, name, "ids"), *w = rec(g, name, "weights"), *load = rec(g, name, "load"),
-                        *want_ids = rec(g, name, "out_ids"), *want_w = rec(g, name, "out_weights");
+    if (!golden_cfg(g, name, cfg, sizeof cfg)) return 1;
+    golden_cfg_int(cfg, "E=", &E);
+    golden_cfg_int(cfg, "world=", &world);
+    golden_cfg_int(cfg, "source=", &src);
+    golden_cfg_int(cfg, "k=", &k);
+    golden_cfg_int(cfg, "target=", &target);
+    golden_cfg_int(cfg, "all=", &all);
+    golden_cfg_int(cfg, "min_tokens=", &mint);
+    moe_waterfill_config c = {(int)E, (int)world, (int)src, (int)k, golden_cfg_f32(cfg, "scale="), target, (int)all, (int)mint};
+    const golden_record *ids = golden_case(g, name, "ids"), *w = golden_case(g, name, "weights"), *load = golden_case(g, name, "load"),
+                        *want_ids = golden_case(g, name, "out_ids"), *want_w = golden_case(g, name, "out_weights");
     if (!ids || !w || !load || !want_ids || !want_w) return 1;
     const int64_t T = ids->shape[0];
-    int32_t *h_ids = to_i32(ids), *out_ids = malloc(4 * (size_t)(T * (k + 1)) + 4);
+    int32_t *h_ids = golden_to_i32(ids), *out_ids = malloc(4 * (size_t)(T * (k + 1)) + 4);
     float *out_w = malloc(4 * (size_t)(T * (k + 1)) + 4);
     void *d_ids = test_upload(ctx, h_ids, 4 * (size_t)ids->numel), *d_w = test_upload(ctx, w->data, w->bytes),
          *d_load = test_upload(ctx, load->data, load->bytes), *d_oi = NULL, *d_ow = NULL;
@@ -304,14 +234,14 @@ int route_run_golden_waterfill(test_env *env, moe_ctx *ctx) {
 static int run_permute_case(moe_ctx *ctx, const golden *g, const char *name) {
     char cfg[256], layout[32];
     long long Eg = 0, e0 = 0, E = 0, M = 1, max_rows = 0;
-    if (!cfg_text(g, name, cfg, sizeof cfg)) return 1;
-    cfg_int(cfg, "E_global=", &Eg);
-    cfg_int(cfg, "e0=", &e0);
-    cfg_int(cfg, "E=", &E);
-    cfg_int(cfg, "M=", &M);
-    cfg_int(cfg, "max_rows=", &max_rows);
-    cfg_word(cfg, "layout=", layout, sizeof layout);
-    const golden_record *ids = rec(g, name, "ids");
+    if (!golden_cfg(g, name, cfg, sizeof cfg)) return 1;
+    golden_cfg_int(cfg, "E_global=", &Eg);
+    golden_cfg_int(cfg, "e0=", &e0);
+    golden_cfg_int(cfg, "E=", &E);
+    golden_cfg_int(cfg, "M=", &M);
+    golden_cfg_int(cfg, "max_rows=", &max_rows);
+    golden_cfg_word(cfg, "layout=", layout, sizeof layout);
+    const golden_record *ids = golden_case(g, name, "ids");
     if (!ids) return 1;
     const int64_t T = ids->shape[0], k = ids->ndim > 1 ? ids->shape[1] : 1;
     moe_permute_config c = {(int)Eg, (int)e0, (int)E, (int)k, (int)M,
@@ -319,7 +249,7 @@ static int run_permute_case(moe_ctx *ctx, const golden *g, const char *name) {
     const int64_t rows = moe_permute_rows(&c, T);
     size_t ws_bytes = 0;
     moe_permute_workspace_size(ctx, &c, T, &ws_bytes);
-    int32_t *h_ids = to_i32(ids), *counts = malloc(4 * (size_t)E), *row_src = malloc(4 * (size_t)rows + 4),
+    int32_t *h_ids = golden_to_i32(ids), *counts = malloc(4 * (size_t)E), *row_src = malloc(4 * (size_t)rows + 4),
             *slot_row = malloc(4 * (size_t)(T * k) + 4), inv = -7, drop = -7;
     int64_t *offsets = malloc(8 * (size_t)(E + 1));
     void *d_ids = test_upload(ctx, h_ids, 4 * (size_t)(T * k)), *ws = NULL;
@@ -340,13 +270,13 @@ static int run_permute_case(moe_ctx *ctx, const golden *g, const char *name) {
               test_download(ctx, slot_row, o.slot_row, 4 * (size_t)(T * k)) || test_download(ctx, &inv, o.invalid, 4) ||
               test_download(ctx, &drop, o.dropped, 4);
     if (bad) fprintf(stderr, "  %s: %s\n", name, moe_last_error(ctx));
-    const golden_record *w_counts = rec(g, name, "counts"), *w_rows = rec(g, name, "row_src"),
-                        *w_slots = rec(g, name, "slot_row"), *w_inv = rec(g, name, "invalid"), *w_drop = rec(g, name, "dropped");
+    const golden_record *w_counts = golden_case(g, name, "counts"), *w_rows = golden_case(g, name, "row_src"),
+                        *w_slots = golden_case(g, name, "slot_row"), *w_inv = golden_case(g, name, "invalid"), *w_drop = golden_case(g, name, "dropped");
     bad = bad || !w_counts || !w_rows || !w_slots || !w_inv || !w_drop;
     bad = bad || compare_i32(name, "counts", counts, w_counts) || compare_i32(name, "row_src", row_src, w_rows) ||
           compare_i32(name, "slot_row", slot_row, w_slots);
     if (!bad && c.layout == MOE_PERMUTE_CONTIGUOUS) {
-        const golden_record *w_off = rec(g, name, "offsets");
+        const golden_record *w_off = golden_case(g, name, "offsets");
         for (int64_t e = 0; !bad && w_off && e <= E; e++)
             if (offsets[e] != ((const int64_t *)w_off->data)[e]) {
                 fprintf(stderr, "  %s: offsets[%lld] = %lld, oracle %lld\n", name, (long long)e, (long long)offsets[e],
@@ -373,22 +303,22 @@ int route_run_golden_permute(test_env *env, moe_ctx *ctx) {
 int route_run_golden_eplb(test_env *env) {
     golden g;
     if (golden_load(&g, env->data_dir, "routing.moeg")) return -1;
-    char **names = case_names(&g, "eplb_cases");
+    char **names = golden_case_names(&g, "eplb_cases");
     int bad = 0, count = 0;
     for (size_t i = 0; names && names[i]; i++, count++) {
         const char *name = names[i];
         char cfg[256];
         long long R = 0, G = 0, N = 0, M = 0;
-        const golden_record *load = rec(&g, name, "load"), *p2l = rec(&g, name, "phy2log"), *l2p = rec(&g, name, "log2phy"),
-                            *cnt = rec(&g, name, "logcnt");
-        if (!cfg_text(&g, name, cfg, sizeof cfg) || !load || !p2l || !l2p || !cnt) {
+        const golden_record *load = golden_case(&g, name, "load"), *p2l = golden_case(&g, name, "phy2log"), *l2p = golden_case(&g, name, "log2phy"),
+                            *cnt = golden_case(&g, name, "logcnt");
+        if (!golden_cfg(&g, name, cfg, sizeof cfg) || !load || !p2l || !l2p || !cnt) {
             bad++;
             continue;
         }
-        cfg_int(cfg, "R=", &R);
-        cfg_int(cfg, "groups=", &G);
-        cfg_int(cfg, "nodes=", &N);
-        cfg_int(cfg, "gpus=", &M);
+        golden_cfg_int(cfg, "R=", &R);
+        golden_cfg_int(cfg, "groups=", &G);
+        golden_cfg_int(cfg, "nodes=", &N);
+        golden_cfg_int(cfg, "gpus=", &M);
         const int L = (int)load->shape[0], E = (int)load->shape[1];
         moe_eplb_config c = {L, E, (int)R, (int)G, (int)N, (int)M};
         double *w = malloc(sizeof(double) * (size_t)(L * E));
@@ -404,7 +334,7 @@ int route_run_golden_eplb(test_env *env) {
         }
         free(w), free(o_p2l), free(o_l2p), free(o_cnt);
     }
-    free_names(names);
+    golden_free_names(names);
     golden_free(&g);
     return count < 3 ? bad + 1 : bad;
 }

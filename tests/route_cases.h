@@ -10,12 +10,9 @@ int route_run_golden_routers(test_env *env, moe_ctx *ctx);
 int route_run_golden_eplbmap(test_env *env, moe_ctx *ctx);
 int route_run_golden_waterfill(test_env *env, moe_ctx *ctx);
 int route_run_golden_permute(test_env *env, moe_ctx *ctx);
+/* The router of a golden case's .cfg text (kind= score= E= k= groups= ... scale=). */
+void route_config_from_cfg(const char *cfg, moe_router_config *c);
 /* Host-only: the EPLB plans. */
 int route_run_golden_eplb(test_env *env);
-
-/* Copies n bytes of host data into a new buffer of ctx (NULL when n is 0 or on failure). */
-void *test_upload(moe_ctx *ctx, const void *host, size_t n);
-/* Copies n bytes back and waits; 0 on success. */
-int test_download(moe_ctx *ctx, void *host, const void *dev, size_t n);
 
 #endif

@@ -116,5 +116,23 @@ int golden_load(golden *g, const char *data_dir, const char *file);
 void golden_free(golden *g);
 /* The record of that name, or NULL (printing that it is missing). */
 const golden_record *golden_get(const golden *g, const char *name);
+/* Record "<name>.<suffix>", or NULL (printing that it is missing). */
+const golden_record *golden_case(const golden *g, const char *name, const char *suffix);
+/* The names listed in record `list` (one per line): a NULL-terminated array for golden_free_names. */
+char **golden_case_names(const golden *g, const char *list);
+void golden_free_names(char **names);
+/* The "<name>.cfg" text ("key=value ...") into buf, or NULL. */
+const char *golden_cfg(const golden *g, const char *name, char *buf, size_t cap);
+/* The value after key ("k=") as an integer, a word or an f32 given as 8 hex digits (1.0 when missing). */
+int golden_cfg_int(const char *cfg, const char *key, long long *out);
+int golden_cfg_word(const char *cfg, const char *key, char *out, size_t cap);
+float golden_cfg_f32(const char *cfg, const char *key);
+/* An i64 record as int32 (malloc). */
+int32_t *golden_to_i32(const golden_record *r);
+
+/* Copies n bytes of host data into a new buffer of ctx (NULL when n is 0 or on failure). */
+void *test_upload(moe_ctx *ctx, const void *host, size_t n);
+/* Copies n bytes back and waits; 0 on success. */
+int test_download(moe_ctx *ctx, void *host, const void *dev, size_t n);
 
 #endif /* MOE_TEST_H */

@@ -55,3 +55,19 @@ double test_now_ms(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
+
+void *test_upload(moe_ctx *ctx, const void *host, size_t n) {
+    void *d = NULL;
+    if (n == 0 || moe_alloc(ctx, n, &d) != MOE_OK) return NULL;
+    if (moe_memcpy(ctx, d, host, n, MOE_COPY_HOST_TO_CTX, NULL) != MOE_OK) {
+        moe_free(ctx, d);
+        return NULL;
+    }
+    return d;
+}
+
+int test_download(moe_ctx *ctx, void *host, const void *dev, size_t n) {
+    if (n == 0) return 0;
+    if (moe_memcpy(ctx, host, dev, n, MOE_COPY_CTX_TO_HOST, NULL) != MOE_OK) return -1;
+    return moe_sync(ctx, NULL) == MOE_OK ? 0 : -1;
+}
