@@ -474,6 +474,73 @@ MOE_API moe_status moe_permute(moe_ctx *ctx, const moe_permute_config *config, c
                                int64_t n_tokens, const moe_permute_outputs *out, void *workspace,
                                size_t workspace_bytes, void *stream);
 
+
+/* ---------------------------------------------------------------------------------------------------------
+ * The MoE layer (docs/layer.md): route, expert FFNs, shared experts, combine
+ * ------------------------------------------------------------------------------------------------------- */
+
+typedef enum moe_activation {
+    MOE_ACT_INVALID = 0,
+    MOE_ACT_SILU_GLU,      /* silu(g) * u (SwiGLU: Mixtral, Qwen, DeepSeek, Llama-4, OLMoE) */
+    MOE_ACT_GELU_GLU,      /* gelu(g) * u, erf form */
+    MOE_ACT_GELU_TANH_GLU, /* gelu(g) * u, tanh approximation */
+    MOE_ACT_GPTOSS_GLU     /* g' = min(g, limit), u' = clamp(u, +-limit): g' * sigmoid(alpha g') * (u' + 1) */
+} moe_activation;
+
+typedef enum moe_w13_layout {
+    MOE_W13_CONCAT = 0,    /* w13 rows 0..I-1 are the gate, I..2I-1 the up projection */
+    MOE_W13_INTERLEAVED    /* even rows gate, odd rows up (GPT-OSS) */
+} moe_w13_layout;
+
+typedef struct moe_layer_config {
+    int hidden;               /* H */
+    int intermediate;         /* I: each expert's FFN width */
+    moe_router_config router; /* n_experts E and top_k k live here; router.bias may point at the correction bias */
+    moe_activation activation;
+    float act_alpha, act_limit; /* MOE_ACT_GPTOSS_GLU: 1.702 and 7.0 in GPT-OSS */
+    moe_w13_layout w13_layout;
+    moe_dtype dtype;          /* weights, x and out: MOE_DTYPE_BF16 (CUDA and CPU) or MOE_DTYPE_F32 (CPU) */
+    int n_shared;             /* shared experts: dense FFNs run on every token and added to the output */
+    int shared_intermediate;  /* their width */
+    int shared_gate;          /* Qwen2-MoE: the shared output is scaled by sigmoid(x . shared_gate) */
+} moe_layer_config;
+
+/* The weights, in the context's memory, in config.dtype (router weights and biases in f32). The layer keeps
+ * these pointers; it does not copy the weights. */
+typedef struct moe_layer_weights {
+    const void *w13;          /* (E, 2I, H) */
+    const void *w2;           /* (E, H, I) */
+    const float *b13;         /* (E, 2I) or NULL (GPT-OSS has biases) */
+    const float *b2;          /* (E, H) or NULL */
+    const float *gate;        /* (E, H) router weight, or NULL when forward is always given logits */
+    const float *gate_bias;   /* (E) or NULL (GPT-OSS) */
+    const void *shared_w13;   /* (S, 2Is, H) */
+    const void *shared_w2;    /* (S, H, Is) */
+    const float *shared_gate; /* (H) when config.shared_gate */
+} moe_layer_weights;
+
+typedef struct moe_layer moe_layer;
+
+MOE_API moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const moe_layer_weights *weights,
+                                    moe_layer **layer);
+MOE_API void moe_layer_destroy(moe_layer *layer);
+/* Scratch for a forward of up to max_tokens tokens. */
+MOE_API moe_status moe_layer_workspace_size(moe_layer *layer, int64_t max_tokens, size_t *bytes);
+
+typedef struct moe_layer_io {
+    const moe_tensor *x;      /* (T, H) in config.dtype */
+    const moe_tensor *logits; /* (T, E) f32/bf16/f16 router logits, or NULL: x . gate^T (+ gate_bias) in f32 */
+    moe_tensor *out;          /* (T, H) in config.dtype */
+    const int32_t *token_ids; /* (T): hash routing only */
+    moe_expert_stats *stats;  /* optional load counters */
+    int stats_layer;
+} moe_layer_io;
+
+/* out = MoE(x): routed experts (combined in slot order, so results are the same bits run after run) plus shared
+ * experts. No host synchronisation; T may change between calls (up to the workspace's max_tokens). */
+MOE_API moe_status moe_layer_forward(moe_layer *layer, const moe_layer_io *io, void *workspace, size_t workspace_bytes,
+                                     void *stream);
+
 #ifdef __cplusplus
 }
 #endif

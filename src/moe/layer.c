@@ -1,0 +1,153 @@
+/* layer.c — the MoE layer's public entry points: one validation of config, weights and tensors, the scratch
+ * layout, then the backend. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/layer.h"
+
+static size_t moe_align256(size_t n) {
+    return (n + 255) / 256 * 256;
+}
+
+moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
+    const moe_layer_config *c = &l->c;
+    const size_t E = (size_t)c->router.n_experts, k = (size_t)c->router.top_k, t = (size_t)(T > 0 ? T : 0);
+    moe_layer_scratch s = {0};
+    size_t at = 0;
+    s.logits = at, at += moe_align256(t * E * 4);
+    s.ids = at, at += moe_align256(t * k * 4);
+    s.weights = at, at += moe_align256(t * k * 4);
+    if (l->ctx->backend == MOE_BACKEND_CUDA) {
+        const size_t S = (size_t)c->n_shared, H = (size_t)c->hidden, I = (size_t)c->intermediate;
+        const size_t Is = (size_t)c->shared_intermediate;
+        s.rows = (int64_t)(t * k + E * (MOE_LAYER_TILE_M - 1));
+        const moe_permute_config pc = {(int)E, 0, (int)E, (int)k, MOE_LAYER_TILE_M, MOE_PERMUTE_CONTIGUOUS, 0};
+        size_t pb = 0;
+        moe_permute_workspace_size(l->ctx, &pc, (int64_t)t, &pb);
+        s.counts = at, at += moe_align256(E * 4);
+        s.offsets = at, at += moe_align256((E + 1) * 8);
+        s.row_src = at, at += moe_align256((size_t)s.rows * 4);
+        s.slot_row = at, at += moe_align256(t * k * 4);
+        s.permute = at, s.permute_bytes = pb, at += moe_align256(pb);
+        s.h = at, at += moe_align256((size_t)s.rows * I * 2);
+        s.y = at, at += moe_align256((size_t)s.rows * H * 2);
+        s.shared_scale = at, at += moe_align256(t * 4);
+        s.shared_h = at, at += moe_align256(S * t * Is * 2);
+        s.shared_y = at, at += moe_align256(S * t * H * 2);
+    }
+    s.bytes = at;
+    return s;
+}
+
+static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w) {
+    MOE_CHECK_ARG(ctx, c && w, "moe_layer_create: config and weights must not be NULL");
+    MOE_CHECK_ARG(ctx, c->hidden >= 1 && c->intermediate >= 1, "moe_layer_create: hidden %d, intermediate %d", c->hidden,
+                  c->intermediate);
+    MOE_CHECK_ARG(ctx, c->activation >= MOE_ACT_SILU_GLU && c->activation <= MOE_ACT_GPTOSS_GLU,
+                  "moe_layer_create: unknown activation %d", (int)c->activation);
+    MOE_CHECK_ARG(ctx, c->w13_layout == MOE_W13_CONCAT || c->w13_layout == MOE_W13_INTERLEAVED,
+                  "moe_layer_create: unknown w13 layout %d", (int)c->w13_layout);
+    MOE_CHECK_ARG(ctx, c->dtype == MOE_DTYPE_BF16 || c->dtype == MOE_DTYPE_F32,
+                  "moe_layer_create: dtype must be bf16 or f32, not %s", moe_dtype_name(c->dtype));
+    MOE_CHECK_ARG(ctx, w->w13 && w->w2, "moe_layer_create: the expert weights w13 and w2 are NULL");
+    MOE_CHECK_ARG(ctx, c->n_shared >= 0 && (c->n_shared == 0 || (c->shared_intermediate >= 1 && w->shared_w13 &&
+                                                                  w->shared_w2)),
+                  "moe_layer_create: %d shared experts need shared_intermediate, shared_w13 and shared_w2",
+                  c->n_shared);
+    MOE_CHECK_ARG(ctx, !c->shared_gate || (c->n_shared > 0 && w->shared_gate),
+                  "moe_layer_create: shared_gate needs shared experts and weights.shared_gate");
+    MOE_CHECK_ARG(ctx, c->router.kind != MOE_ROUTER_INVALID, "moe_layer_create: the router is not configured");
+    MOE_CHECK_ARG(ctx, !c->router.weight_on_input || c->router.top_k == 1,
+                  "moe_layer_create: the router weight on the expert input (Llama-4) needs top_k 1, not %d",
+                  c->router.top_k);
+#ifdef MOE_WITH_CUDA
+    if (ctx->backend == MOE_BACKEND_CUDA) {
+        MOE_CHECK_ARG(ctx, c->dtype == MOE_DTYPE_BF16, "moe_layer_create: the CUDA layer computes in bf16, not %s",
+                      moe_dtype_name(c->dtype));
+        if (c->hidden % 8 || c->intermediate % 8 || (c->n_shared && c->shared_intermediate % 8))
+            return moe__error(ctx, MOE_ERR_UNSUPPORTED,
+                              "moe_layer_create: the CUDA layer needs hidden (%d), intermediate (%d) and "
+                              "shared_intermediate (%d) to be multiples of 8 (16-byte rows)",
+                              c->hidden, c->intermediate, c->shared_intermediate);
+        MOE_CHECK_ARG(ctx, c->router.n_experts <= 1024, "moe_layer_create: at most 1024 experts on the GPU, not %d",
+                      c->router.n_experts);
+        const void *ptrs[] = {w->w13, w->w2, w->b13, w->b2, w->gate, w->gate_bias, w->shared_w13, w->shared_w2,
+                              w->shared_gate};
+        const char *names[] = {"w13", "w2", "b13", "b2", "gate", "gate_bias", "shared_w13", "shared_w2", "shared_gate"};
+        for (int i = 0; i < 9; i++)
+            if (ptrs[i]) MOE_TRY(moe__cuda_check_pointer(ctx, ptrs[i], names[i]));
+    }
+#endif
+    return MOE_OK;
+}
+
+moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const moe_layer_weights *weights,
+                            moe_layer **out) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_CHECK_ARG(ctx, out, "moe_layer_create: out is NULL");
+    *out = NULL;
+    MOE_TRY(moe_check_layer(ctx, config, weights));
+    moe_layer *l = calloc(1, sizeof *l);
+    if (!l) return moe__error(ctx, MOE_ERR_OOM, "moe_layer_create: out of host memory");
+    l->ctx = ctx;
+    l->c = *config;
+    l->w = *weights;
+    *out = l;
+    return MOE_OK;
+}
+
+void moe_layer_destroy(moe_layer *l) {
+    free(l);
+}
+
+moe_status moe_layer_workspace_size(moe_layer *l, int64_t max_tokens, size_t *bytes) {
+    if (!l) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(l->ctx);
+    MOE_CHECK_ARG(l->ctx, bytes && max_tokens >= 0, "moe_layer_workspace_size: bytes NULL or max_tokens < 0");
+    *bytes = moe__layer_scratch(l, max_tokens).bytes;
+    return MOE_OK;
+}
+
+static int moe_is_matrix(const moe_tensor *t, int64_t rows, int64_t cols) {
+    return t && t->rank == 2 && t->shape[0] == rows && t->shape[1] == cols;
+}
+
+moe_status moe_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, size_t workspace_bytes,
+                             void *stream) {
+    if (!l) return MOE_ERR_INVALID_ARG;
+    moe_ctx *ctx = l->ctx;
+    moe__clear_error(ctx);
+    MOE_CHECK_ARG(ctx, io && io->x && io->out, "moe_layer_forward: io, x and out must not be NULL");
+    MOE_TRY(moe__check_tensor(ctx, io->x, "moe_layer_forward x"));
+    MOE_TRY(moe__check_tensor(ctx, io->out, "moe_layer_forward out"));
+    const int64_t T = io->x->shape[0];
+    const int H = l->c.hidden, E = l->c.router.n_experts;
+    MOE_CHECK_ARG(ctx, moe_is_matrix(io->x, T, H) && io->x->dtype == l->c.dtype,
+                  "moe_layer_forward: x must be (T, %d) %s", H, moe_dtype_name(l->c.dtype));
+    MOE_CHECK_ARG(ctx, moe_is_matrix(io->out, T, H) && io->out->dtype == l->c.dtype,
+                  "moe_layer_forward: out must be (%lld, %d) %s like x", (long long)T, H, moe_dtype_name(l->c.dtype));
+    MOE_CHECK_ARG(ctx, !io->logits || moe_is_matrix(io->logits, T, E),
+                  "moe_layer_forward: logits must be (%lld, %d)", (long long)T, E);
+    MOE_CHECK_ARG(ctx, io->logits || l->w.gate || (l->c.router.kind == MOE_ROUTER_HASH && !l->c.router.score),
+                  "moe_layer_forward: no logits given and the layer has no gate weight");
+    const size_t need = moe__layer_scratch(l, T).bytes;
+    MOE_CHECK_ARG(ctx, workspace_bytes >= need && (workspace || need == 0),
+                  "moe_layer_forward: the workspace has %zu bytes, %zu needed for %lld tokens", workspace_bytes, need,
+                  (long long)T);
+    if (T == 0) return MOE_OK;
+#ifdef MOE_WITH_CUDA
+    if (ctx->backend == MOE_BACKEND_CUDA) {
+        MOE_CHECK_ARG(ctx, T * l->c.router.top_k + (int64_t)E * MOE_LAYER_TILE_M < INT32_MAX,
+                      "moe_layer_forward: %lld tokens are too many for int32 row ids", (long long)T);
+        MOE_TRY(moe__cuda_check_pointer(ctx, io->x->data, "x"));
+        MOE_TRY(moe__cuda_check_pointer(ctx, io->out->data, "out"));
+        MOE_TRY(moe__cuda_check_pointer(ctx, workspace, "workspace"));
+        if (io->logits) MOE_TRY(moe__cuda_check_pointer(ctx, io->logits->data, "logits"));
+        if (io->token_ids) MOE_TRY(moe__cuda_check_pointer(ctx, io->token_ids, "token_ids"));
+        return moe__cuda_layer_forward(l, io, workspace, stream);
+    }
+#endif
+    (void)stream;
+    return moe__cpu_layer_forward(l, io, workspace);
+}

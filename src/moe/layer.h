@@ -1,0 +1,45 @@
+/* layer.h — the MoE layer's state and its backends. */
+#ifndef MOE_MOE_LAYER_H
+#define MOE_MOE_LAYER_H
+
+#include "core/internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_layer {
+    moe_ctx *ctx;
+    moe_layer_config c;
+    moe_layer_weights w;
+};
+
+/* The GPU's grouped GEMMs work on tiles of this many rows; the permutation pads each expert's rows to it. */
+#define MOE_LAYER_TILE_M 64
+
+/* Scratch of one forward of T tokens, as offsets into the caller's workspace (a bump allocator: sizing and
+ * carving follow the same code). The CPU uses the first three; the GPU all. */
+typedef struct moe_layer_scratch {
+    size_t logits, ids, weights; /* (T, E) f32, (T, k) int32, (T, k) f32 */
+    size_t counts, offsets;      /* (E) int32, (E + 1) int64: the contiguous permutation */
+    size_t row_src, slot_row;    /* (rows) int32, (T, k) int32 */
+    size_t permute, permute_bytes; /* moe_permute's own scratch */
+    size_t h, y;                 /* (rows, I) bf16 activations, (rows, H) bf16 expert outputs */
+    size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
+    size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16 */
+    int64_t rows;                /* row capacity of the permutation: T k + E (TILE_M - 1) */
+    size_t bytes;                /* total */
+} moe_layer_scratch;
+
+moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T);
+
+moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace);
+#ifdef MOE_WITH_CUDA
+moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_MOE_LAYER_H */

@@ -1,0 +1,140 @@
+/* layer_cpu.c — the MoE layer on the CPU (docs/layer.md): the reference, f32 accumulation, threads over tokens.
+ * Each token's output is computed by one thread in slot order, so results do not depend on the thread count. */
+#include <stdlib.h>
+
+#include "formats/scalar.h"
+#include "moe/layer.h"
+#include "route/route_math.h"
+
+static inline float moe_ld(const void *p, moe_dtype d, int64_t i) {
+    return d == MOE_DTYPE_BF16 ? moe__bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static float moe_gelu(float z) {
+    return 0.5f * z * (1.0f + erff(z * 0.70710678118654752f));
+}
+
+static float moe_gelu_tanh(float z) {
+    return 0.5f * z * (1.0f + tanhf(0.79788456080286536f * (z + 0.044715f * z * z * z)));
+}
+
+/* h (I) = act(w13 . x + b13) for one expert: w13 (2I, H), x (H) f32. */
+static void moe_ffn_up(const moe_layer *l, const void *w13, const float *b13, int I, const float *x, float *a,
+                       float *h) {
+    const int H = l->c.hidden;
+    const moe_dtype d = l->c.dtype;
+    for (int r = 0; r < 2 * I; r++) {
+        float s = 0.0f;
+        for (int c = 0; c < H; c++) s += moe_ld(w13, d, (int64_t)r * H + c) * x[c];
+        a[r] = b13 ? s + b13[r] : s;
+    }
+    const int inter = l->c.w13_layout == MOE_W13_INTERLEAVED;
+    for (int i = 0; i < I; i++) {
+        const float g = inter ? a[2 * i] : a[i], u = inter ? a[2 * i + 1] : a[I + i];
+        switch (l->c.activation) {
+        case MOE_ACT_GELU_GLU: h[i] = moe_gelu(g) * u; break;
+        case MOE_ACT_GELU_TANH_GLU: h[i] = moe_gelu_tanh(g) * u; break;
+        case MOE_ACT_GPTOSS_GLU: {
+            const float gc = g < l->c.act_limit ? g : l->c.act_limit;
+            const float uc = u < -l->c.act_limit ? -l->c.act_limit : u > l->c.act_limit ? l->c.act_limit : u;
+            h[i] = gc * moe__sigmoidf(l->c.act_alpha * gc) * (uc + 1.0f);
+            break;
+        }
+        default: h[i] = g * moe__sigmoidf(g) * u; break;
+        }
+    }
+}
+
+/* acc (H) += scale * (w2 . h + b2): w2 (H, I). */
+static void moe_ffn_down(const moe_layer *l, const void *w2, const float *b2, int I, const float *h, float scale,
+                         float *acc) {
+    const int H = l->c.hidden;
+    for (int r = 0; r < H; r++) {
+        float s = 0.0f;
+        for (int i = 0; i < I; i++) s += moe_ld(w2, l->c.dtype, (int64_t)r * I + i) * h[i];
+        acc[r] += scale * (b2 ? s + b2[r] : s);
+    }
+}
+
+moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace) {
+    moe_ctx *ctx = l->ctx;
+    const moe_layer_config *c = &l->c;
+    const int64_t T = io->x->shape[0];
+    const int H = c->hidden, I = c->intermediate, E = c->router.n_experts, k = c->router.top_k;
+    const int Is = c->shared_intermediate, wide = I > Is ? I : Is;
+    const moe_layer_scratch s = moe__layer_scratch(l, T);
+    char *ws = workspace;
+    int32_t *ids = (int32_t *)(ws + s.ids);
+    float *wts = (float *)(ws + s.weights);
+
+    /* 1. router */
+    moe_tensor logits_t;
+    const moe_tensor *logits = io->logits;
+    if (!logits && l->w.gate) {
+        float *lg = (float *)(ws + s.logits);
+#pragma omp parallel for num_threads(ctx->n_threads) schedule(static)
+        for (int64_t t = 0; t < T; t++)
+            for (int e = 0; e < E; e++) {
+                float acc = 0.0f;
+                for (int h = 0; h < H; h++) acc += l->w.gate[(int64_t)e * H + h] * moe_ld(io->x->data, c->dtype, t * H + h);
+                lg[t * E + e] = l->w.gate_bias ? acc + l->w.gate_bias[e] : acc;
+            }
+        logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
+        logits = &logits_t;
+    }
+    moe_route_args ra = {logits, io->token_ids, T, ids, wts, NULL, io->stats, io->stats_layer};
+    MOE_TRY(moe_route(ctx, &c->router, &ra, NULL));
+
+    /* 2–3. experts and combine, a token per iteration */
+    int failed = 0;
+#pragma omp parallel num_threads(ctx->n_threads)
+    {
+        float *buf = malloc(sizeof(float) * (size_t)(3 * H + 3 * wide));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            float *x = buf, *acc = x + H, *xin = acc + H, *a = xin + H, *h = a + 2 * wide;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t t = 0; t < T; t++) {
+                for (int i = 0; i < H; i++) x[i] = moe_ld(io->x->data, c->dtype, t * H + i), acc[i] = 0.0f;
+                for (int j = 0; j < k; j++) {
+                    const int32_t e = ids[t * k + j];
+                    if (e < 0) continue;
+                    const float w = wts[t * k + j];
+                    for (int i = 0; i < H; i++) xin[i] = c->router.weight_on_input ? x[i] * w : x[i];
+                    const int64_t s13 = (int64_t)2 * I * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
+                    moe_ffn_up(l, (const char *)l->w.w13 + e * s13, l->w.b13 ? l->w.b13 + (int64_t)e * 2 * I : NULL, I,
+                               xin, a, h);
+                    moe_ffn_down(l, (const char *)l->w.w2 + e * s13 / 2, l->w.b2 ? l->w.b2 + (int64_t)e * H : NULL, I, h,
+                                 c->router.weight_on_input ? 1.0f : w, acc);
+                }
+                if (c->n_shared) {
+                    float g = 1.0f;
+                    if (c->shared_gate) {
+                        float d = 0.0f;
+                        for (int i = 0; i < H; i++) d += l->w.shared_gate[i] * x[i];
+                        g = moe__sigmoidf(d);
+                    }
+                    float *sh = xin; /* the routed input is no longer needed */
+                    for (int i = 0; i < H; i++) sh[i] = 0.0f;
+                    const int64_t s13 = (int64_t)2 * Is * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
+                    for (int e = 0; e < c->n_shared; e++) {
+                        moe_ffn_up(l, (const char *)l->w.shared_w13 + e * s13, NULL, Is, x, a, h);
+                        moe_ffn_down(l, (const char *)l->w.shared_w2 + e * s13 / 2, NULL, Is, h, 1.0f, sh);
+                    }
+                    for (int i = 0; i < H; i++) acc[i] += g * sh[i];
+                }
+                for (int i = 0; i < H; i++) {
+                    if (c->dtype == MOE_DTYPE_BF16)
+                        ((uint16_t *)io->out->data)[t * H + i] = moe__bf16_from_f32(acc[i]);
+                    else
+                        ((float *)io->out->data)[t * H + i] = acc[i];
+                }
+            }
+        }
+        free(buf);
+    }
+    if (failed) return moe__error(ctx, MOE_ERR_OOM, "moe_layer_forward: no memory for the CPU scratch");
+    return MOE_OK;
+}

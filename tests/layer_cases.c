@@ -1,0 +1,229 @@
+/* layer_cases.c — layer problems from the oracle or at random, run on any context (layer_cases.h). */
+#include <stdlib.h>
+
+#include "layer_cases.h"
+#include "route_cases.h"
+
+double test_rel_l2(const float *a, const float *b, int64_t n) {
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    if (num == 0.0) return 0.0;
+    return den > 0.0 ? sqrt(num / den) : INFINITY;
+}
+
+/* A copy of an f32 record (u32 bits), checked to hold n values; NULL when absent or of another size. */
+static float *f32_record(const golden *g, const char *name, const char *suffix, int64_t n) {
+    const golden_record *r = golden_case(g, name, suffix);
+    if (!r || r->numel != n) {
+        if (r) fprintf(stderr, "  %s.%s has %lld values, %lld expected\n", name, suffix, (long long)r->numel,
+                       (long long)n);
+        return NULL;
+    }
+    float *v = malloc(sizeof(float) * (size_t)(n + 1));
+    memcpy(v, r->data, sizeof(float) * (size_t)n);
+    return v;
+}
+
+int layer_problem_from_golden(const golden *g, const char *name, layer_problem *p) {
+    memset(p, 0, sizeof *p);
+    char cfg[1024], act[32] = "", w13[32] = "";
+    if (!golden_cfg(g, name, cfg, sizeof cfg)) return -1;
+    long long H = 0, I = 0, woi = 0, S = 0, Is = 0, sg = 0, bias = 0, gb = 0, b13 = 0, b2 = 0;
+    golden_cfg_int(cfg, "H=", &H);
+    golden_cfg_int(cfg, " I=", &I);
+    golden_cfg_int(cfg, "weight_on_input=", &woi);
+    golden_cfg_int(cfg, "shared=", &S);
+    golden_cfg_int(cfg, "shared_I=", &Is);
+    golden_cfg_int(cfg, "shared_gate=", &sg);
+    golden_cfg_int(cfg, " bias=", &bias);
+    golden_cfg_int(cfg, "gate_bias=", &gb);
+    golden_cfg_int(cfg, "b13=", &b13);
+    golden_cfg_int(cfg, "b2=", &b2);
+    golden_cfg_word(cfg, "act=", act, sizeof act);
+    golden_cfg_word(cfg, "w13=", w13, sizeof w13);
+    moe_layer_config *c = &p->c;
+    route_config_from_cfg(cfg, &c->router);
+    c->router.weight_on_input = (int)woi;
+    c->hidden = (int)H, c->intermediate = (int)I;
+    c->activation = !strcmp(act, "silu")        ? MOE_ACT_SILU_GLU
+                    : !strcmp(act, "gelu")      ? MOE_ACT_GELU_GLU
+                    : !strcmp(act, "gelu_tanh") ? MOE_ACT_GELU_TANH_GLU
+                    : !strcmp(act, "gptoss")    ? MOE_ACT_GPTOSS_GLU
+                                                : MOE_ACT_INVALID;
+    c->w13_layout = !strcmp(w13, "interleaved") ? MOE_W13_INTERLEAVED : MOE_W13_CONCAT;
+    c->act_alpha = golden_cfg_f32(cfg, "alpha=");
+    c->act_limit = golden_cfg_f32(cfg, "limit=");
+    c->n_shared = (int)S, c->shared_intermediate = (int)Is, c->shared_gate = (int)sg;
+    const golden_record *x = golden_case(g, name, "x");
+    if (!x || x->ndim != 2) return -1;
+    const int64_t T = p->T = x->shape[0], E = c->router.n_experts;
+    int bad = 0;
+#define LOAD(field, suffix, n)                                    \
+    do {                                                          \
+        p->field = f32_record(g, name, suffix, (n));              \
+        bad |= !p->field;                                         \
+    } while (0)
+    LOAD(x, "x", T * H);
+    LOAD(logits, "logits", T * E);
+    LOAD(gate, "gate", E * H);
+    LOAD(w13, "w13", E * 2 * I * H);
+    LOAD(w2, "w2", E * H * I);
+    LOAD(want, "out", T * H);
+    if (gb) LOAD(gate_bias, "gate_bias", E);
+    if (bias) LOAD(bias, "bias", E);
+    if (b13) LOAD(b13, "b13", E * 2 * I);
+    if (b2) LOAD(b2, "b2", E * H);
+    if (S) {
+        LOAD(sw13, "sw13", S * 2 * Is * H);
+        LOAD(sw2, "sw2", S * H * Is);
+    }
+    if (sg) LOAD(sgate, "sgate", H);
+#undef LOAD
+    c->router.bias = p->bias;
+    return bad ? -1 : 0;
+}
+
+static float *random_array(uint64_t *st, int64_t n, double amplitude) {
+    float *v = malloc(sizeof(float) * (size_t)(n + 1));
+    for (int64_t i = 0; i < n; i++)
+        v[i] = (float)(((double)(test_splitmix64(st) >> 11) * 0x1p-53 * 2.0 - 1.0) * amplitude);
+    return v;
+}
+
+void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T, int with_logits, uint64_t seed) {
+    memset(p, 0, sizeof *p);
+    p->c = *c;
+    p->T = T;
+    uint64_t st = seed;
+    const int64_t H = c->hidden, I = c->intermediate, E = c->router.n_experts, S = c->n_shared,
+                  Is = c->shared_intermediate;
+    /* uniform in [-a, a] has variance a^2 / 3: a = sqrt(3 / fan_in) keeps each product at unit scale */
+    p->x = random_array(&st, T * H, 1.7);
+    p->gate = random_array(&st, E * H, sqrt(3.0 / (double)H));
+    p->w13 = random_array(&st, E * 2 * I * H, sqrt(3.0 / (double)H));
+    p->w2 = random_array(&st, E * H * I, sqrt(3.0 / (double)I));
+    if (c->activation == MOE_ACT_GPTOSS_GLU) {
+        p->gate_bias = random_array(&st, E, 0.5);
+        p->b13 = random_array(&st, E * 2 * I, 0.5);
+        p->b2 = random_array(&st, E * H, 0.5);
+    }
+    if (c->router.bias) p->bias = random_array(&st, E, 0.1);
+    p->c.router.bias = p->bias;
+    if (S) {
+        p->sw13 = random_array(&st, S * 2 * Is * H, sqrt(3.0 / (double)H));
+        p->sw2 = random_array(&st, S * H * Is, sqrt(3.0 / (double)Is));
+    }
+    if (c->shared_gate) p->sgate = random_array(&st, H, sqrt(3.0 / (double)H));
+    if (with_logits) {
+        p->logits = random_array(&st, T * E, 4.0);
+        for (int64_t t = 5; t < T; t += 97) /* no expert can be chosen: every slot is -1 */
+            for (int64_t e = 0; e < E; e++) p->logits[t * E + e] = NAN;
+    }
+}
+
+void layer_problem_free(layer_problem *p) {
+    float *all[] = {p->x, p->logits, p->gate, p->gate_bias, p->bias, p->w13, p->w2, p->b13, p->b2, p->sw13, p->sw2,
+                    p->sgate, p->want};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    memset(p, 0, sizeof *p);
+}
+
+/* n f32 values into ctx memory as dtype (NULL stays NULL). */
+static void *upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype) {
+    if (!v) return NULL;
+    if (dtype == MOE_DTYPE_F32) return test_upload(ctx, v, sizeof(float) * (size_t)n);
+    uint16_t *h = malloc(2 * (size_t)n + 2);
+    for (int64_t i = 0; i < n; i++) h[i] = moe_bf16_from_f32(v[i]);
+    void *d = test_upload(ctx, h, 2 * (size_t)n);
+    free(h);
+    return d;
+}
+
+moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out) {
+    const moe_layer_config *c = &p->c;
+    const int64_t T = p->T, H = c->hidden, I = c->intermediate, E = c->router.n_experts, S = c->n_shared,
+                  Is = c->shared_intermediate;
+    const moe_dtype F = MOE_DTYPE_F32;
+    moe_layer_config cc = *c;
+    cc.dtype = dtype;
+    void *bias = upload_as(ctx, p->bias, E, F);
+    cc.router.bias = bias;
+    moe_layer_weights w = {0};
+    void *bufs[16] = {0};
+    int nb = 0;
+#define UP(dst, src, n, dt) (bufs[nb++] = upload_as(ctx, (src), (n), (dt)), (dst) = bufs[nb - 1])
+    UP(w.w13, p->w13, E * 2 * I * H, dtype);
+    UP(w.w2, p->w2, E * H * I, dtype);
+    UP(w.b13, p->b13, E * 2 * I, F);
+    UP(w.b2, p->b2, E * H, F);
+    UP(w.gate, use_logits ? NULL : p->gate, E * H, F);
+    UP(w.gate_bias, p->gate_bias, E, F);
+    UP(w.shared_w13, p->sw13, S * 2 * Is * H, dtype);
+    UP(w.shared_w2, p->sw2, S * H * Is, dtype);
+    UP(w.shared_gate, p->sgate, H, F);
+    void *x, *logits;
+    UP(x, p->x, T * H, dtype);
+    UP(logits, use_logits ? p->logits : NULL, T * E, F);
+#undef UP
+    void *y = NULL, *ws = NULL;
+    const size_t esize = dtype == MOE_DTYPE_BF16 ? 2 : 4;
+    moe_layer *l = NULL;
+    size_t wsb = 0;
+    moe_status s = moe_alloc(ctx, (size_t)(T * H) * esize + 1, &y);
+    if (s == MOE_OK) s = moe_layer_create(ctx, &cc, &w, &l);
+    if (s == MOE_OK) s = moe_layer_workspace_size(l, T, &wsb);
+    if (s == MOE_OK && wsb) s = moe_alloc(ctx, wsb, &ws);
+    if (s == MOE_OK) {
+        moe_tensor xt = moe_tensor_2d(x, dtype, T, H), yt = moe_tensor_2d(y, dtype, T, H),
+                   lt = moe_tensor_2d(logits, F, T, E);
+        moe_layer_io io = {&xt, use_logits ? &lt : NULL, &yt, NULL, NULL, 0};
+        s = moe_layer_forward(l, &io, ws, wsb, NULL);
+    }
+    if (s == MOE_OK) {
+        void *h = malloc((size_t)(T * H) * esize + 1);
+        if (test_download(ctx, h, y, (size_t)(T * H) * esize)) s = MOE_ERR_CUDA;
+        for (int64_t i = 0; i < T * H && s == MOE_OK; i++)
+            out[i] = dtype == MOE_DTYPE_F32 ? ((float *)h)[i] : moe_bf16_to_f32(((uint16_t *)h)[i]);
+        free(h);
+    }
+    moe_layer_destroy(l);
+    for (int i = 0; i < nb; i++) moe_free(ctx, bufs[i]);
+    moe_free(ctx, bias);
+    moe_free(ctx, y);
+    moe_free(ctx, ws);
+    return s;
+}
+
+int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logits, double tol) {
+    golden g;
+    if (golden_load(&g, env->data_dir, "layer.moeg")) return -1;
+    char **names = golden_case_names(&g, "layer_cases");
+    int bad = names ? 0 : -1, n = 0;
+    double worst = 0.0;
+    for (int i = 0; names && names[i]; i++, n++) {
+        layer_problem p;
+        if (layer_problem_from_golden(&g, names[i], &p)) {
+            bad++;
+            layer_problem_free(&p);
+            continue;
+        }
+        float *out = malloc(sizeof(float) * (size_t)(p.T * p.c.hidden + 1));
+        const moe_status s = layer_run(ctx, &p, dtype, use_logits, out);
+        const double e = s == MOE_OK ? test_rel_l2(out, p.want, p.T * p.c.hidden) : INFINITY;
+        if (s != MOE_OK) fprintf(stderr, "  %s: %s: %s\n", names[i], moe_status_string(s), moe_last_error(ctx));
+        else if (!(e <= tol)) fprintf(stderr, "  %s: relative L2 error %.3g > %.3g\n", names[i], e, tol);
+        bad += !(e <= tol);
+        if (e > worst) worst = e;
+        free(out);
+        layer_problem_free(&p);
+    }
+    fprintf(stderr, "  %d cases (%s, %s), worst relative L2 error %.3g\n", n, moe_dtype_name(dtype),
+            use_logits ? "given logits" : "logits from the gate", worst);
+    golden_free_names(names);
+    golden_free(&g);
+    return n ? bad : -1;
+}

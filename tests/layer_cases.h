@@ -1,0 +1,42 @@
+/* layer_cases.h — a whole MoE layer problem on the host (config, f32 weights and inputs), filled from the
+ * oracle's golden cases (tests/data/layer.moeg) or at random, and run on any context in f32 or bf16
+ * (tests/layer_cases.c). Shared by the CPU and GPU layer tests. */
+#ifndef MOE_TEST_LAYER_CASES_H
+#define MOE_TEST_LAYER_CASES_H
+
+#include "test.h"
+
+typedef struct layer_problem {
+    moe_layer_config c;     /* pointers inside (router.bias) are host pointers, replaced on upload */
+    int64_t T;
+    float *x;               /* (T, H) */
+    float *logits;          /* (T, E) or NULL */
+    float *gate, *gate_bias; /* (E, H), (E) or NULL */
+    float *bias;            /* (E) router correction bias or NULL */
+    float *w13, *w2;        /* (E, 2I, H), (E, H, I) */
+    float *b13, *b2;        /* (E, 2I), (E, H) or NULL */
+    float *sw13, *sw2;      /* (S, 2Is, H), (S, H, Is) or NULL */
+    float *sgate;           /* (H) or NULL */
+    float *want;            /* (T, H) golden output, or NULL */
+} layer_problem;
+
+/* Golden case `name` of layer.moeg; 0 on success. */
+int layer_problem_from_golden(const golden *g, const char *name, layer_problem *p);
+/* Random weights of unit-scale outputs and random x for config c (c.router.bias: the values are drawn here when
+ * it is non-NULL); logits are drawn as well when with_logits (a few rows entirely NaN: all slots -1). */
+void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T, int with_logits, uint64_t seed);
+void layer_problem_free(layer_problem *p);
+
+/* Runs p on ctx with weights and x in dtype (bf16: rounded from the f32 values); use_logits passes p->logits
+ * instead of computing them from the gate. out (T, H) f32. Returns MOE_OK or the failing call's status (its
+ * message in the context). */
+moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out);
+
+/* Runs every case of layer.moeg on ctx in dtype and compares with the HF output; returns the number of cases
+ * beyond tol (relative L2), or -1 when the file cannot be read. */
+int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logits, double tol);
+
+/* ||a - b|| / ||b|| (0 when both are 0). */
+double test_rel_l2(const float *a, const float *b, int64_t n);
+
+#endif

@@ -1,0 +1,110 @@
+/* test_layer.c — the MoE layer on the CPU: the oracle's Hugging Face blocks (f32 within 1e-5, bf16 within 2e-2),
+ * -1 slots, T = 0, and bad input. */
+#include <stdlib.h>
+
+#include "layer_cases.h"
+
+TEST_IMPL(layer_golden) {
+    ASSERT_EQ_I64(layer_run_golden(env, env->cpu, MOE_DTYPE_F32, 0, 1e-5), 0);
+    ASSERT_EQ_I64(layer_run_golden(env, env->cpu, MOE_DTYPE_F32, 1, 1e-5), 0);
+    /* bf16 weights and x: the golden logits keep the routing of the f32 data */
+    ASSERT_EQ_I64(layer_run_golden(env, env->cpu, MOE_DTYPE_BF16, 1, 2e-2), 0);
+    return TEST_OK;
+}
+
+/* Rows whose logits are all NaN route nowhere (every slot -1): without shared experts their output is 0; with
+ * them, exactly the shared part. T = 0 is a no-op. */
+TEST_IMPL(layer_skipped_slots) {
+    moe_layer_config c = {0};
+    c.hidden = 24, c.intermediate = 16, c.activation = MOE_ACT_SILU_GLU, c.dtype = MOE_DTYPE_F32;
+    ASSERT_OK(env->cpu, moe_router_preset("qwen3-30b-a3b", &c.router));
+    c.router.n_experts = 16, c.router.top_k = 4;
+    for (int shared = 0; shared < 2; shared++) {
+        c.n_shared = shared, c.shared_intermediate = shared ? 8 : 0;
+        layer_problem p;
+        layer_problem_random(&p, &c, 200, 1, env->seed + (uint64_t)shared);
+        float *out = malloc(sizeof(float) * 200 * 24);
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, out));
+        layer_problem q = p; /* the same rows with no routed expert at all: logits all NaN */
+        float *nan_logits = malloc(sizeof(float) * 200 * 16), *shared_only = malloc(sizeof(float) * 200 * 24);
+        for (int i = 0; i < 200 * 16; i++) nan_logits[i] = NAN;
+        q.logits = nan_logits;
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &q, MOE_DTYPE_F32, 1, shared_only));
+        int checked = 0;
+        for (int t = 5; t < 200; t += 97, checked++)
+            for (int h = 0; h < 24; h++)
+                ASSERT_MSG(test_same_f32(out[t * 24 + h], shared_only[t * 24 + h]) &&
+                               (shared || out[t * 24 + h] == 0.0f),
+                           "token %d (all slots -1), shared %d: %g, expected %g", t, shared, out[t * 24 + h],
+                           shared_only[t * 24 + h]);
+        ASSERT(checked == 3);
+        double norm = 0.0;
+        for (int i = 0; i < 200 * 24; i++) norm += fabs(out[i]);
+        ASSERT(norm > 0.0);
+        free(out), free(nan_logits), free(shared_only);
+        layer_problem_free(&p);
+    }
+    layer_problem p;
+    layer_problem_random(&p, &c, 0, 1, env->seed);
+    ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, NULL));
+    layer_problem_free(&p);
+    return TEST_OK;
+}
+
+TEST_IMPL(layer_errors) {
+    moe_ctx *ctx = env->cpu;
+    float w13[2 * 2 * 8 * 8], w2[2 * 8 * 8], gate[2 * 8], x[3 * 8], y[3 * 8], ws[1024];
+    memset(w13, 0, sizeof w13), memset(w2, 0, sizeof w2), memset(gate, 0, sizeof gate), memset(x, 0, sizeof x);
+    moe_layer_config c = {0};
+    c.hidden = 8, c.intermediate = 8, c.activation = MOE_ACT_SILU_GLU, c.dtype = MOE_DTYPE_F32;
+    c.router.kind = MOE_ROUTER_TOPK, c.router.score = MOE_SCORE_SOFTMAX, c.router.n_experts = 2, c.router.top_k = 1;
+    c.router.scaling_factor = 1.0f;
+    moe_layer_weights w = {w13, w2, NULL, NULL, gate, NULL, NULL, NULL, NULL};
+    moe_layer *l = NULL;
+    moe_layer_config b = c;
+    b.activation = (moe_activation)9;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "activation", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.dtype = MOE_DTYPE_F16;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "dtype", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.hidden = 0;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "hidden", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.n_shared = 1, b.shared_intermediate = 8;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "shared", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.router.top_k = 2, b.router.weight_on_input = 1;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "top_k 1", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.router.kind = MOE_ROUTER_INVALID;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "router", moe_layer_create(ctx, &b, &w, &l));
+    moe_layer_weights nw = w;
+    nw.w2 = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "w2", moe_layer_create(ctx, &c, &nw, &l));
+    ASSERT(l == NULL);
+
+    ASSERT_OK(ctx, moe_layer_create(ctx, &c, &w, &l));
+    size_t need = 0;
+    ASSERT_OK(ctx, moe_layer_workspace_size(l, 3, &need));
+    ASSERT(need > 0 && need <= sizeof ws);
+    moe_tensor xt = moe_tensor_2d(x, MOE_DTYPE_F32, 3, 8), yt = moe_tensor_2d(y, MOE_DTYPE_F32, 3, 8);
+    moe_tensor bad_x = moe_tensor_2d(x, MOE_DTYPE_F32, 3, 6), bad_y = moe_tensor_2d(y, MOE_DTYPE_BF16, 3, 8);
+    moe_tensor bad_logits = moe_tensor_2d(gate, MOE_DTYPE_F32, 3, 5);
+    moe_layer_io io = {&xt, NULL, &yt, NULL, NULL, 0};
+    ASSERT_OK(ctx, moe_layer_forward(l, &io, ws, sizeof ws, NULL));
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "workspace", moe_layer_forward(l, &io, ws, need - 1, NULL));
+    io.x = &bad_x;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "x must be", moe_layer_forward(l, &io, ws, sizeof ws, NULL));
+    io.x = &xt, io.out = &bad_y;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "out must be", moe_layer_forward(l, &io, ws, sizeof ws, NULL));
+    io.out = &yt, io.logits = &bad_logits;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "logits", moe_layer_forward(l, &io, ws, sizeof ws, NULL));
+    io.logits = NULL, io.x = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "NULL", moe_layer_forward(l, &io, ws, sizeof ws, NULL));
+    moe_layer_destroy(l);
+
+    l = NULL;
+    w.gate = NULL; /* no gate weight: forward must be given logits */
+    ASSERT_OK(ctx, moe_layer_create(ctx, &c, &w, &l));
+    io.x = &xt;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "gate", moe_layer_forward(l, &io, ws, sizeof ws, NULL));
+    moe_layer_destroy(l);
+    ASSERT(moe_layer_forward(NULL, &io, ws, sizeof ws, NULL) == MOE_ERR_INVALID_ARG);
+    return TEST_OK;
+}
