@@ -21,6 +21,9 @@
     X(permute_sentinels)          \
     X(expert_stats_cpu)           \
     X(route_errors)               \
+    X(layer_golden)               \
+    X(layer_skipped_slots)        \
+    X(layer_errors)               \
     X(gpu_scalar_conversions)     \
     X(gpu_blocks_random)          \
     X(gpu_blocks_golden)          \
@@ -30,4 +33,7 @@
     X(gpu_route_golden)           \
     X(gpu_permute_random)         \
     X(gpu_eplb_waterfill_stats)   \
-    X(gpu_route_errors)
+    X(gpu_route_errors)           \
+    X(gpu_layer_random)           \
+    X(gpu_layer_golden)           \
+    X(gpu_layer_errors)

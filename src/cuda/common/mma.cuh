@@ -1,0 +1,38 @@
+/* mma.cuh — the tensor-core building blocks of the portable (sm_80+) GEMMs: cp.async with zero fill, ldmatrix,
+ * and mma.sync m16n8k16 bf16 -> f32. */
+#ifndef MOE_CUDA_COMMON_MMA_CUH
+#define MOE_CUDA_COMMON_MMA_CUH
+
+#include <stdint.h>
+
+/* 16 bytes global -> shared, asynchronously; bytes < 16 fills the rest with zeros (0: all zeros). */
+__device__ __forceinline__ void moe_cp_async16(void *smem, const void *gmem, int bytes) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+}
+
+__device__ __forceinline__ void moe_cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N> __device__ __forceinline__ void moe_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Four 8x8 b16 matrices from shared memory (each lane gives one row address). */
+__device__ __forceinline__ void moe_ldmatrix_x4(uint32_t (&r)[4], const void *smem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+/* d += a (16x16, row) * b (16x8, col): bf16 inputs, f32 accumulators. */
+__device__ __forceinline__ void moe_mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+#endif /* MOE_CUDA_COMMON_MMA_CUH */

@@ -1,0 +1,47 @@
+/* grouped_gemm.cuh — the layer's grouped BF16 GEMM: C[r] = epilogue(A[row(r)] . B[group(r)]^T), one weight
+ * matrix per group (expert), f32 accumulation on the tensor cores (mma.sync m16n8k16, sm_80 and later).
+ *
+ * Rows come in one of two ways:
+ *  - routed: the contiguous permutation (offsets (G + 1), multiples of MOE_LAYER_TILE_M) gives each row tile its
+ *    group; with `gather`, A row r is token row_src[r] / top_k of A (x), and padding rows (row_src -1) read zeros;
+ *    without, A row r is row r (the activations GEMM1 wrote in permuted order);
+ *  - dense: grid.z is the group (a shared expert), every row 0..m-1 belongs to it.
+ * GLU (GEMM1): B is w13 (2N, K); each output column n pairs gate row and up row of w13 (concatenated or
+ * interleaved), and the epilogue gives act(gate, up) (after * row weight, + bias). Plain (GEMM2): B is (N, K),
+ * C = acc + bias. C is bf16 (rows, N); A, B bf16 with K a multiple of 8. */
+#ifndef MOE_CUDA_MOE_GROUPED_GEMM_CUH
+#define MOE_CUDA_MOE_GROUPED_GEMM_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "core/internal.h"
+
+struct moe_gemm_params {
+    const __nv_bfloat16 *a;  /* (rows of A, k) */
+    int64_t a_group_stride;  /* dense: elements between groups' A */
+    const int32_t *row_src;  /* routed: (rows) flat (token, slot) index, -1 for padding */
+    int top_k;
+    bool gather;             /* routed: A row = row_src / top_k */
+    const int64_t *offsets;  /* routed: (n_groups + 1); NULL: dense */
+    int n_groups;
+    int64_t m;               /* dense: rows per group */
+    const __nv_bfloat16 *b;  /* group g at b + g * b_group_stride */
+    int64_t b_group_stride;
+    int n, k;                /* output columns, reduction length */
+    const float *bias;       /* group g: (2n) GLU or (n) plain, at bias + g * bias_group_stride; or NULL */
+    int64_t bias_group_stride;
+    const float *row_weight; /* GLU, routed: scale row r by row_weight[row_src[r]] before the bias; or NULL */
+    bool interleaved;        /* GLU: w13 rows 2i, 2i+1 are gate and up of column i (else i and n + i) */
+    moe_activation act;
+    float alpha, limit;
+    __nv_bfloat16 *c;        /* (rows, n) */
+    int64_t c_group_stride;  /* dense */
+};
+
+/* m_tiles: tiles of MOE_LAYER_TILE_M rows on grid.x (routed: an upper bound; tiles past offsets[G] exit);
+ * groups: grid.z (dense) or 1. */
+moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
+                                  cudaStream_t stream);
+
+#endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

@@ -1,0 +1,152 @@
+/* layer.cu — the MoE layer on the GPU (docs/layer.md), BF16 weights and activations, f32 accumulation:
+ *   logits  = x . gate^T (+ gate_bias)                   logits_kernel (and sigmoid(x . shared_gate))
+ *   ids, w  = route(logits)                             moe_route
+ *   rows    = contiguous permutation, tiles of 64 rows   moe_permute
+ *   h       = act(w13[e] . x[token(row)] + b13[e])       grouped GEMM, GLU epilogue      (rows, I)
+ *   y       = w2[e] . h + b2[e]                          grouped GEMM                    (rows, H)
+ *   shared  = the same two GEMMs, dense over all tokens   grid.z = shared expert          (S, T, H)
+ *   out[t]  = sum_j w[t, j] y[row(t, j)] + g_s sum_s shared[s, t], slot order   combine_kernel
+ * Every launch is asynchronous on the caller's stream; grids are sized from T on the host (tiles past the
+ * permutation's last row exit at once), so nothing waits for the device. */
+#include "cuda/common/cuda.cuh"
+#include "cuda/moe/grouped_gemm.cuh"
+#include "moe/layer.h"
+#include "route/route_math.h"
+
+namespace {
+
+constexpr int kLogitWarps = 8, kCombineThreads = 128;
+
+/* One CTA per token, one warp per expert (plus the shared-expert gate as expert E): a fixed lane-strided sum and
+ * a butterfly, so the logits are the same bits run after run. */
+__global__ void logits_kernel(const __nv_bfloat16 *x, const float *gate, const float *gate_bias,
+                              const float *shared_gate, int H, int E, float *logits, float *shared_scale) {
+    const int64_t t = blockIdx.x;
+    const int lane = threadIdx.x & 31;
+    const __nv_bfloat16 *xr = x + t * H;
+    const int n_out = E + (shared_gate ? 1 : 0);
+    for (int e = threadIdx.x >> 5; e < n_out; e += kLogitWarps) {
+        const float *w = e < E ? gate + (int64_t)e * H : shared_gate;
+        float acc = 0.0f;
+        for (int h = lane; h < H; h += 32) acc = fmaf(__bfloat162float(xr[h]), w[h], acc);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) {
+            if (e < E) logits[t * E + e] = gate_bias ? acc + gate_bias[e] : acc;
+            else shared_scale[t] = moe__sigmoidf(acc);
+        }
+    }
+}
+
+/* out[t, 8c..8c+8) = sum over slots j (in order) of coef_j y[slot_row[t, j]] + g_s sum_s shared_y[s, t]. */
+__global__ void combine_kernel(const __nv_bfloat16 *y, const int32_t *slot_row, const float *weights, int k,
+                               bool weight_on_input, const __nv_bfloat16 *shared_y, int n_shared,
+                               const float *shared_scale, int64_t T, int H, __nv_bfloat16 *out) {
+    const int64_t t = blockIdx.x;
+    for (int h = threadIdx.x * 8; h < H; h += kCombineThreads * 8) {
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, v[8];
+        for (int j = 0; j < k; j++) {
+            const int32_t r = slot_row[t * k + j];
+            if (r < 0) continue;
+            const float c = weight_on_input ? 1.0f : weights[t * k + j];
+            moe_load8(y, (int64_t)r * H + h, 8, true, v);
+#pragma unroll
+            for (int q = 0; q < 8; q++) acc[q] += c * v[q];
+        }
+        if (n_shared) {
+            float sh[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int s = 0; s < n_shared; s++) {
+                moe_load8(shared_y, ((int64_t)s * T + t) * H + h, 8, true, v);
+#pragma unroll
+                for (int q = 0; q < 8; q++) sh[q] += v[q];
+            }
+            const float g = shared_scale ? shared_scale[t] : 1.0f;
+#pragma unroll
+            for (int q = 0; q < 8; q++) acc[q] += g * sh[q];
+        }
+        moe_store8(out, t * H + h, 8, true, acc);
+    }
+}
+
+} // namespace
+
+extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream) {
+    moe_ctx *ctx = l->ctx;
+    const moe_layer_config *c = &l->c;
+    const moe_layer_weights *w = &l->w;
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    const int64_t T = io->x->shape[0];
+    const int H = c->hidden, I = c->intermediate, E = c->router.n_experts, k = c->router.top_k;
+    const int S = c->n_shared, Is = c->shared_intermediate;
+    const moe_layer_scratch s = moe__layer_scratch(l, T);
+    char *ws = (char *)workspace;
+    const __nv_bfloat16 *x = (const __nv_bfloat16 *)io->x->data;
+    int32_t *ids = (int32_t *)(ws + s.ids);
+    float *wts = (float *)(ws + s.weights), *shared_scale = c->shared_gate ? (float *)(ws + s.shared_scale) : nullptr;
+
+    /* 1. router */
+    moe_tensor logits_t;
+    const moe_tensor *logits = io->logits;
+    if ((!logits && w->gate) || shared_scale) {
+        float *lg = (float *)(ws + s.logits);
+        logits_kernel<<<(unsigned)T, kLogitWarps * 32, 0, st>>>(x, logits ? nullptr : w->gate, w->gate_bias,
+                                                                w->shared_gate, H, logits ? 0 : E, lg, shared_scale);
+        MOE_CUDA_LAUNCHED(ctx, "logits_kernel");
+        if (!logits) {
+            logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
+            logits = &logits_t;
+        }
+    }
+    const moe_route_args ra = {logits, io->token_ids, T, ids, wts, NULL, io->stats, io->stats_layer};
+    MOE_TRY(moe_route(ctx, &c->router, &ra, st));
+
+    /* 2. rows per expert, padded to the GEMM tile */
+    const moe_permute_config pc = {E, 0, E, k, MOE_LAYER_TILE_M, MOE_PERMUTE_CONTIGUOUS, 0};
+    int64_t *offsets = (int64_t *)(ws + s.offsets);
+    int32_t *row_src = (int32_t *)(ws + s.row_src), *slot_row = (int32_t *)(ws + s.slot_row);
+    const moe_permute_outputs po = {(int32_t *)(ws + s.counts), offsets, row_src, slot_row, NULL, NULL};
+    MOE_TRY(moe_permute(ctx, &pc, ids, T, &po, ws + s.permute, s.permute_bytes, st));
+
+    /* 3. routed experts: at most min(rows / 64, T k) tiles hold rows */
+    const int64_t tiles = s.rows / MOE_LAYER_TILE_M < T * k ? s.rows / MOE_LAYER_TILE_M : T * k;
+    __nv_bfloat16 *h = (__nv_bfloat16 *)(ws + s.h), *y = (__nv_bfloat16 *)(ws + s.y);
+    moe_gemm_params g = {};
+    g.a = x, g.row_src = row_src, g.top_k = k, g.gather = true, g.offsets = offsets, g.n_groups = E;
+    g.b = (const __nv_bfloat16 *)w->w13, g.b_group_stride = (int64_t)2 * I * H, g.n = I, g.k = H;
+    g.bias = w->b13, g.bias_group_stride = 2 * I;
+    g.row_weight = c->router.weight_on_input ? wts : nullptr;
+    g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
+    g.act = c->activation, g.alpha = c->act_alpha, g.limit = c->act_limit;
+    g.c = h;
+    MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, tiles, 1, st));
+    moe_gemm_params g2 = g;
+    g2.a = h, g2.gather = false, g2.row_weight = nullptr;
+    g2.b = (const __nv_bfloat16 *)w->w2, g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
+    g2.bias = w->b2, g2.bias_group_stride = H;
+    g2.c = y;
+    MOE_TRY(moe__cuda_grouped_gemm(ctx, g2, false, tiles, 1, st));
+
+    /* 4. shared experts, dense over the tokens */
+    __nv_bfloat16 *shared_y = (__nv_bfloat16 *)(ws + s.shared_y);
+    if (S) {
+        const int64_t dense_tiles = (T + MOE_LAYER_TILE_M - 1) / MOE_LAYER_TILE_M;
+        __nv_bfloat16 *shared_h = (__nv_bfloat16 *)(ws + s.shared_h);
+        moe_gemm_params d = g;
+        d.row_src = nullptr, d.gather = false, d.offsets = nullptr, d.m = T, d.row_weight = nullptr, d.bias = nullptr;
+        d.a_group_stride = 0;
+        d.b = (const __nv_bfloat16 *)w->shared_w13, d.b_group_stride = (int64_t)2 * Is * H, d.n = Is, d.k = H;
+        d.c = shared_h, d.c_group_stride = T * Is;
+        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, true, dense_tiles, S, st));
+        d.a = shared_h, d.a_group_stride = T * Is;
+        d.b = (const __nv_bfloat16 *)w->shared_w2, d.b_group_stride = (int64_t)H * Is, d.n = H, d.k = Is;
+        d.c = shared_y, d.c_group_stride = T * H;
+        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, false, dense_tiles, S, st));
+    }
+
+    /* 5. combine in slot order */
+    combine_kernel<<<(unsigned)T, kCombineThreads, 0, st>>>(y, slot_row, wts, k, c->router.weight_on_input != 0,
+                                                            shared_y, S, shared_scale, T, H,
+                                                            (__nv_bfloat16 *)io->out->data);
+    MOE_CUDA_LAUNCHED(ctx, "combine_kernel");
+    return MOE_OK;
+}

@@ -1,0 +1,129 @@
+/* test_gpu_layer.c — the CUDA MoE layer (bf16) against the CPU reference on fresh random problems, and against
+ * the oracle's Hugging Face blocks; run-to-run bit equality; refusals. Skipped without a GPU. */
+#include <stdlib.h>
+
+#include "layer_cases.h"
+
+/* Runs p on both backends in bf16 and compares: relative L2 over everything within 1e-2, every token within 3e-2
+ * (of the norm of its row, or absolutely when that is 0), and a second GPU run bit for bit. */
+static int compare_layer(test_env *env, const layer_problem *p, int use_logits, const char *what) {
+    const int64_t n = p->T * p->c.hidden, H = p->c.hidden;
+    float *cpu = malloc(sizeof(float) * (size_t)(n + 1)), *gpu = malloc(sizeof(float) * (size_t)(n + 1)),
+          *again = malloc(sizeof(float) * (size_t)(n + 1));
+    int bad = 0;
+    moe_status s = layer_run(env->cpu, p, MOE_DTYPE_BF16, use_logits, cpu);
+    if (s != MOE_OK) fprintf(stderr, "  %s: CPU: %s\n", what, moe_last_error(env->cpu)), bad = 1;
+    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, gpu)) != MOE_OK)
+        fprintf(stderr, "  %s: GPU: %s\n", what, moe_last_error(env->gpu)), bad = 1;
+    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, again)) != MOE_OK) bad = 1;
+    if (!bad) {
+        const double e = test_rel_l2(gpu, cpu, n);
+        double worst = 0.0;
+        int64_t worst_t = -1;
+        for (int64_t t = 0; t < p->T; t++) {
+            double num = 0, den = 0;
+            for (int64_t h = 0; h < H; h++) {
+                const double d = (double)gpu[t * H + h] - cpu[t * H + h];
+                num += d * d, den += (double)cpu[t * H + h] * cpu[t * H + h];
+            }
+            const double r = den > 0 ? sqrt(num / den) : sqrt(num);
+            if (!(r <= worst)) worst = r, worst_t = t;
+        }
+        const int same = !memcmp(gpu, again, sizeof(float) * (size_t)n);
+        fprintf(stderr, "  %-44s T=%-5lld rel L2 %.2e, worst token %lld: %.2e%s\n", what, (long long)p->T, e,
+                (long long)worst_t, worst, same ? "" : ", RUNS DIFFER");
+        bad = !(e <= 1e-2) || !(worst <= 3e-2) || !same;
+    }
+    free(cpu), free(gpu), free(again);
+    return bad;
+}
+
+static moe_layer_config make_config(const char *preset, int H, int I, int E, int k, moe_activation act) {
+    moe_layer_config c = {0};
+    moe_router_preset(preset, &c.router);
+    c.router.n_experts = E, c.router.top_k = k;
+    c.hidden = H, c.intermediate = I, c.activation = act, c.dtype = MOE_DTYPE_BF16;
+    return c;
+}
+
+TEST_IMPL(gpu_layer_random) {
+    SKIP_WITHOUT_GPU(env);
+    int bad = 0;
+    uint64_t seed = env->seed;
+    layer_problem p;
+    /* Qwen3-like, K and N not multiples of the tile (392 = 12 x 32 + 8, 200 = 3 x 64 + 8), shared expert with
+     * Qwen2's gate, logits from the gate weight */
+    moe_layer_config c = make_config("qwen3-30b-a3b", 392, 200, 16, 4, MOE_ACT_SILU_GLU);
+    c.n_shared = 1, c.shared_intermediate = 136, c.shared_gate = 1;
+    const int64_t sizes[] = {1, 7, 64, 300};
+    for (int i = 0; i < 4; i++) {
+        layer_problem_random(&p, &c, sizes[i], 0, seed++);
+        bad += compare_layer(env, &p, 0, "silu, concat, shared + gate");
+        layer_problem_free(&p);
+    }
+    /* GPT-OSS: interleaved w13, biases everywhere, clamps */
+    c = make_config("gpt-oss-20b", 256, 96, 32, 4, MOE_ACT_GPTOSS_GLU);
+    c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+    layer_problem_random(&p, &c, 257, 0, seed++);
+    for (int64_t i = 0; i < p.T * 256; i++) p.x[i] *= 3.0f; /* push w13 . x past the limit */
+    bad += compare_layer(env, &p, 0, "gptoss, interleaved, biases");
+    layer_problem_free(&p);
+    /* Llama-4: top-1 sigmoid, the weight on the input, an unscaled shared expert */
+    c = make_config("llama4-scout", 128, 64, 16, 1, MOE_ACT_SILU_GLU);
+    c.n_shared = 1, c.shared_intermediate = 64;
+    layer_problem_random(&p, &c, 130, 0, seed++);
+    bad += compare_layer(env, &p, 0, "llama4, weight on input");
+    layer_problem_free(&p);
+    /* DeepSeek-V3 grouped routing with correction bias, two shared experts, given logits with all-NaN rows
+     * (every slot -1) */
+    c = make_config("deepseek-v3", 256, 64, 64, 6, MOE_ACT_SILU_GLU);
+    c.router.n_groups = 8, c.router.topk_groups = 3;
+    c.router.bias = (const float *)1; /* drawn by layer_problem_random */
+    c.n_shared = 2, c.shared_intermediate = 64;
+    layer_problem_random(&p, &c, 500, 1, seed++);
+    bad += compare_layer(env, &p, 1, "deepseek-v3 grouped, 2 shared, -1 slots");
+    layer_problem_free(&p);
+    /* the GELU variants, few experts so each spans several row tiles */
+    const moe_activation acts[] = {MOE_ACT_GELU_GLU, MOE_ACT_GELU_TANH_GLU};
+    for (int i = 0; i < 2; i++) {
+        c = make_config("mixtral-8x7b", 136, 120, 8, 2, acts[i]);
+        layer_problem_random(&p, &c, 600, 1, seed++);
+        bad += compare_layer(env, &p, 1, i ? "gelu_tanh, 8 experts" : "gelu, 8 experts");
+        layer_problem_free(&p);
+    }
+    /* a larger Qwen3-shaped layer: 64 experts, top 8, 1024 x 384 */
+    c = make_config("qwen3-30b-a3b", 1024, 384, 64, 8, MOE_ACT_SILU_GLU);
+    layer_problem_random(&p, &c, 256, 0, seed++);
+    bad += compare_layer(env, &p, 0, "qwen3 64 experts top 8, 1024 x 384");
+    layer_problem_free(&p);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
+TEST_IMPL(gpu_layer_golden) {
+    SKIP_WITHOUT_GPU(env);
+    /* bf16 on the GPU against the f32 HF blocks, with their logits (bf16 x would move the routing) */
+    ASSERT_EQ_I64(layer_run_golden(env, env->gpu, MOE_DTYPE_BF16, 1, 2e-2), 0);
+    return TEST_OK;
+}
+
+TEST_IMPL(gpu_layer_errors) {
+    SKIP_WITHOUT_GPU(env);
+    moe_ctx *ctx = env->gpu;
+    moe_layer_config c = make_config("mixtral-8x7b", 12, 16, 8, 2, MOE_ACT_SILU_GLU);
+    void *w13 = NULL, *w2 = NULL;
+    ASSERT_OK(ctx, moe_alloc(ctx, 8 * 32 * 16 * 2, &w13));
+    ASSERT_OK(ctx, moe_alloc(ctx, 8 * 16 * 16 * 2, &w2));
+    moe_layer_weights w = {w13, w2, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    moe_layer *l = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "multiples of 8", moe_layer_create(ctx, &c, &w, &l));
+    c.hidden = 16, c.dtype = MOE_DTYPE_F32;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "bf16", moe_layer_create(ctx, &c, &w, &l));
+    c.dtype = MOE_DTYPE_BF16;
+    static uint16_t host_w2[8 * 16 * 16];
+    w.w2 = host_w2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "w2", moe_layer_create(ctx, &c, &w, &l));
+    ASSERT(l == NULL);
+    moe_free(ctx, w13), moe_free(ctx, w2);
+    return TEST_OK;
+}
