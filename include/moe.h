@@ -505,6 +505,10 @@ typedef struct moe_layer_config {
     int shared_gate;          /* Qwen2-MoE: the shared output is scaled by sigmoid(x . shared_gate) */
 } moe_layer_config;
 
+/* The layer of a known model (the router presets' names: "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", ...):
+ * shapes, router, activation, w13 layout and shared experts, dtype bf16. */
+MOE_API moe_status moe_layer_preset(const char *model, moe_layer_config *config);
+
 /* The weights, in the context's memory, in config.dtype (router weights and biases in f32). The layer keeps
  * these pointers; it does not copy the weights. */
 typedef struct moe_layer_weights {

@@ -1,5 +1,6 @@
 /* test_gpu_layer.c — the CUDA MoE layer (bf16) against the CPU reference on fresh random problems, and against
- * the oracle's Hugging Face blocks; run-to-run bit equality; refusals. Skipped without a GPU. */
+ * the oracle's Hugging Face blocks; run-to-run bit equality; T from 0 to 65537 (every tile shape); refusals.
+ * Skipped without a GPU. */
 #include <stdlib.h>
 
 #include "layer_cases.h"
@@ -96,6 +97,15 @@ TEST_IMPL(gpu_layer_random) {
     layer_problem_random(&p, &c, 256, 0, seed++);
     bad += compare_layer(env, &p, 0, "qwen3 64 experts top 8, 1024 x 384");
     layer_problem_free(&p);
+    /* 65537 tokens (the 128-row tiles, dense shared tiles of 128 rows), and 0 tokens */
+    c = make_config("qwen3-30b-a3b", 64, 32, 16, 4, MOE_ACT_SILU_GLU);
+    c.n_shared = 1, c.shared_intermediate = 32;
+    layer_problem_random(&p, &c, 65537, 0, seed++);
+    bad += compare_layer(env, &p, 0, "65537 tokens, 16 experts top 4, shared");
+    layer_problem_free(&p);
+    layer_problem_random(&p, &c, 0, 0, seed++);
+    ASSERT_OK(env->gpu, layer_run(env->gpu, &p, MOE_DTYPE_BF16, 0, NULL));
+    layer_problem_free(&p);
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }
@@ -120,6 +130,9 @@ TEST_IMPL(gpu_layer_errors) {
     c.hidden = 16, c.dtype = MOE_DTYPE_F32;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "bf16", moe_layer_create(ctx, &c, &w, &l));
     c.dtype = MOE_DTYPE_BF16;
+    moe_layer_weights mis = w;
+    mis.w2 = (const char *)w2 + 2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "aligned", moe_layer_create(ctx, &c, &mis, &l));
     static uint16_t host_w2[8 * 16 * 16];
     w.w2 = host_w2;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "w2", moe_layer_create(ctx, &c, &w, &l));

@@ -13,6 +13,7 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 int cmd_quantize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int bench_route(int argc, char **argv);
+int bench_layer(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 
 /* Creates a context for --backend auto|cpu|cuda (NULL name: auto) and --threads; prints why on failure. */

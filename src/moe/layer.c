@@ -1,5 +1,6 @@
 /* layer.c — the MoE layer's public entry points: one validation of config, weights and tensors, the scratch
  * layout, then the backend. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,8 +21,8 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
     if (l->ctx->backend == MOE_BACKEND_CUDA) {
         const size_t S = (size_t)c->n_shared, H = (size_t)c->hidden, I = (size_t)c->intermediate;
         const size_t Is = (size_t)c->shared_intermediate;
-        s.rows = (int64_t)(t * k + E * (MOE_LAYER_TILE_M - 1));
-        const moe_permute_config pc = {(int)E, 0, (int)E, (int)k, MOE_LAYER_TILE_M, MOE_PERMUTE_CONTIGUOUS, 0};
+        s.rows = (int64_t)(t * k + E * (MOE_LAYER_MAX_TILE_M - 1));
+        const moe_permute_config pc = {(int)E, 0, (int)E, (int)k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
         size_t pb = 0;
         moe_permute_workspace_size(l->ctx, &pc, (int64_t)t, &pb);
         s.counts = at, at += moe_align256(E * 4);
@@ -74,11 +75,53 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
         const void *ptrs[] = {w->w13, w->w2, w->b13, w->b2, w->gate, w->gate_bias, w->shared_w13, w->shared_w2,
                               w->shared_gate};
         const char *names[] = {"w13", "w2", "b13", "b2", "gate", "gate_bias", "shared_w13", "shared_w2", "shared_gate"};
-        for (int i = 0; i < 9; i++)
-            if (ptrs[i]) MOE_TRY(moe__cuda_check_pointer(ctx, ptrs[i], names[i]));
+        for (int i = 0; i < 9; i++) {
+            if (!ptrs[i]) continue;
+            MOE_TRY(moe__cuda_check_pointer(ctx, ptrs[i], names[i]));
+            MOE_CHECK_ARG(ctx, (uintptr_t)ptrs[i] % 16 == 0 || i == 2 || i == 3 || i == 5,
+                          "moe_layer_create: %s (%p) must be 16-byte aligned on the GPU (16-byte loads)", names[i],
+                          ptrs[i]);
+        }
     }
 #endif
     return MOE_OK;
+}
+
+moe_status moe_layer_preset(const char *model, moe_layer_config *c) {
+    static const struct {
+        const char *name;
+        int hidden, intermediate, n_shared, shared_intermediate, shared_gate;
+        moe_activation act;
+    } presets[] = {
+        {"mixtral-8x7b", 4096, 14336, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen2-moe", 2048, 1408, 1, 5632, 1, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", 2048, 768, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-235b-a22b", 4096, 1536, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"olmoe", 2048, 1024, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"deepseek-v2", 5120, 1536, 2, 1536, 0, MOE_ACT_SILU_GLU},
+        {"deepseek-v3", 7168, 2048, 1, 2048, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", 2880, 2880, 0, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"gpt-oss-120b", 2880, 2880, 0, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"llama4-scout", 5120, 8192, 1, 8192, 0, MOE_ACT_SILU_GLU},
+        {"llama4-maverick", 5120, 8192, 1, 8192, 0, MOE_ACT_SILU_GLU},
+    };
+    if (!model || !c) return MOE_ERR_INVALID_ARG;
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        if (strcmp(model, presets[i].name) != 0) continue;
+        memset(c, 0, sizeof *c);
+        MOE_TRY(moe_router_preset(model, &c->router));
+        c->hidden = presets[i].hidden, c->intermediate = presets[i].intermediate;
+        c->activation = presets[i].act;
+        if (c->activation == MOE_ACT_GPTOSS_GLU) {
+            c->act_alpha = 1.702f, c->act_limit = 7.0f;
+            c->w13_layout = MOE_W13_INTERLEAVED;
+        }
+        c->dtype = MOE_DTYPE_BF16;
+        c->n_shared = presets[i].n_shared, c->shared_intermediate = presets[i].shared_intermediate;
+        c->shared_gate = presets[i].shared_gate;
+        return MOE_OK;
+    }
+    return MOE_ERR_INVALID_ARG;
 }
 
 moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const moe_layer_weights *weights,
@@ -138,8 +181,10 @@ moe_status moe_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspa
     if (T == 0) return MOE_OK;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
-        MOE_CHECK_ARG(ctx, T * l->c.router.top_k + (int64_t)E * MOE_LAYER_TILE_M < INT32_MAX,
+        MOE_CHECK_ARG(ctx, T * l->c.router.top_k + (int64_t)E * MOE_LAYER_MAX_TILE_M < INT32_MAX,
                       "moe_layer_forward: %lld tokens are too many for int32 row ids", (long long)T);
+        MOE_CHECK_ARG(ctx, (uintptr_t)io->x->data % 16 == 0 && (uintptr_t)io->out->data % 16 == 0,
+                      "moe_layer_forward: x and out must be 16-byte aligned on the GPU");
         MOE_TRY(moe__cuda_check_pointer(ctx, io->x->data, "x"));
         MOE_TRY(moe__cuda_check_pointer(ctx, io->out->data, "out"));
         MOE_TRY(moe__cuda_check_pointer(ctx, workspace, "workspace"));

@@ -14,8 +14,9 @@ struct moe_layer {
     moe_layer_weights w;
 };
 
-/* The GPU's grouped GEMMs work on tiles of this many rows; the permutation pads each expert's rows to it. */
-#define MOE_LAYER_TILE_M 64
+/* The GPU's grouped GEMMs work on tiles of 16, 64 or 128 rows (chosen per forward from T); the permutation pads
+ * each expert's rows to the tile, so the scratch holds rows for the largest. */
+#define MOE_LAYER_MAX_TILE_M 128
 
 /* Scratch of one forward of T tokens, as offsets into the caller's workspace (a bump allocator: sizing and
  * carving follow the same code). The CPU uses the first three; the GPU all. */
@@ -27,7 +28,7 @@ typedef struct moe_layer_scratch {
     size_t h, y;                 /* (rows, I) bf16 activations, (rows, H) bf16 expert outputs */
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16 */
-    int64_t rows;                /* row capacity of the permutation: T k + E (TILE_M - 1) */
+    int64_t rows;                /* row capacity of the permutation: T k + E (MAX_TILE_M - 1) */
     size_t bytes;                /* total */
 } moe_layer_scratch;
 

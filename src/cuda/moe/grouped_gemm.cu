@@ -1,10 +1,12 @@
-/* grouped_gemm.cu — the layer's grouped BF16 GEMM (grouped_gemm.cuh): a 64 x 128 tile per CTA, 8 warps of
- * 32 x 32, K in steps of 32 through a 3-stage cp.async pipeline, ldmatrix + mma.sync m16n8k16.
+/* grouped_gemm.cu — the layer's grouped BF16 GEMM (grouped_gemm.cuh): ldmatrix + mma.sync m16n8k16 with f32
+ * accumulators, tiles fed by a multi-stage cp.async pipeline, in three tile shapes.
  *
- * Shared memory rows are padded to 40 bf16 (80 bytes): the 8 row addresses of an ldmatrix then start on 8
- * distinct 16-byte bank groups, so the loads are conflict-free. For GLU the 128 B rows of a tile are 64 pairs
- * (gate, up) of w13 rows: the accumulator pair (c0, c1) of mma.sync, two adjacent columns, is then a column's
- * gate and up, and the activation needs no exchange between threads. */
+ * A CTA computes a BM x BN tile of A . B^T; its warps form a WARPS_M x WARPS_N grid over the tile and, in the
+ * SMALL shape, also split each K step WARPS_K ways (their partial sums are added in warp order at the end, so the
+ * result does not depend on timing). Shared memory rows are padded by 16 bytes (an odd number of 16-byte units a
+ * row), so the 8 row addresses of an ldmatrix fall in 8 distinct bank groups: conflict-free. For GLU the BN
+ * rows of B are BN / 2 pairs (gate, up) of w13 rows: the accumulator pair (c0, c1) of mma.sync, two adjacent
+ * columns, is then one column's gate and up, and the activation needs no exchange between threads. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
@@ -13,7 +15,7 @@
 
 namespace {
 
-constexpr int kBM = MOE_LAYER_TILE_M, kBN = 128, kBK = 32, kStages = 3, kThreads = 256, kLds = kBK + 8;
+constexpr int kBand = 16; /* row tiles a band of the tile order */
 
 /* The activations of docs/layer.md, in the same form as the CPU reference. */
 __device__ __forceinline__ float glu(moe_activation act, float g, float u, float alpha, float limit) {
@@ -30,13 +32,41 @@ __device__ __forceinline__ float glu(moe_activation act, float g, float u, float
     }
 }
 
-template <bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_kernel(const moe_gemm_params p) {
-    __shared__ __align__(128) __nv_bfloat16 sa[kStages][kBM][kLds];
-    __shared__ __align__(128) __nv_bfloat16 sb[kStages][kBN][kLds];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warp_m = warp >> 2, warp_n = warp & 3;
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_> struct tile_config {
+    static constexpr int BM = BM_, BN = BN_, BK = BK_, WARPS_M = WM_, WARPS_N = WN_, WARPS_K = WK_;
+    static constexpr int STAGES = STAGES_, THREADS = 32 * WM_ * WN_ * WK_, LDS = BK_ + 8;
+    static constexpr int MI = BM / WARPS_M / 16, NI = BN / WARPS_N / 8, KW = BK / WARPS_K; /* per warp */
+    static constexpr int CHUNKS_K = BK / 8;                                              /* 16 B per chunk */
+    static constexpr int A_PER = BM * CHUNKS_K / THREADS, B_PER = BN * CHUNKS_K / THREADS;
+    static constexpr size_t SMEM = (size_t)STAGES * (BM + BN) * LDS * 2;
+    static_assert(NI % 2 == 0 && KW % 16 == 0 && A_PER >= 1 && B_PER >= 1, "tile shape");
+    static_assert(THREADS % CHUNKS_K == 0 && BM * CHUNKS_K % THREADS == 0 && BN * CHUNKS_K % THREADS == 0, "copy");
+};
 
-    /* the tile's rows and group */
-    const int64_t row0 = (int64_t)blockIdx.x * kBM;
+using small_tile = tile_config<16, 32, 128, 1, 2, 4, 4>;
+using medium_tile = tile_config<64, 128, 64, 2, 4, 1, 4>;
+using large_tile = tile_config<128, 128, 32, 2, 4, 1, 4>;
+
+template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params p) {
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    typedef __nv_bfloat16 row_t[C::LDS];
+    row_t *sa = reinterpret_cast<row_t *>(smem_raw);              /* [STAGES][BM] */
+    row_t *sb = sa + C::STAGES * C::BM;                           /* [STAGES][BN] */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int warp_k = warp / (C::WARPS_M * C::WARPS_N), warp_mn = warp % (C::WARPS_M * C::WARPS_N);
+    const int warp_m = warp_mn / C::WARPS_N, warp_n = warp_mn % C::WARPS_N;
+
+    /* the tile: a 1-D grid walked in bands of kBand row tiles, all column tiles of a band before the next band,
+     * so that the CTAs resident at once share their A rows and B rows through L2 */
+    int64_t tile_m, tile_n;
+    {
+        const int64_t band = (int64_t)blockIdx.x / ((int64_t)kBand * p.n_tiles);
+        const int64_t in_band = (int64_t)blockIdx.x - band * kBand * p.n_tiles;
+        const int64_t rows_in_band = p.m_tiles - band * kBand < kBand ? p.m_tiles - band * kBand : kBand;
+        tile_m = band * kBand + in_band % rows_in_band;
+        tile_n = in_band / rows_in_band;
+    }
+    const int64_t row0 = tile_m * C::BM;
     int64_t row_end;
     int group;
     if (p.offsets) {
@@ -55,108 +85,139 @@ template <bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_kernel(con
         if (row0 >= row_end) return;
     }
 
-    /* the global row each thread copies: one 16-byte chunk of A and two of B per K step */
-    const int kc = (tid & 3) * 8;
-    const __nv_bfloat16 *a_row = nullptr;
-    {
-        const int64_t r = row0 + (tid >> 2);
+    /* the global rows this thread copies: 16-byte chunks at column kc of each K step */
+    const int kc = (tid % C::CHUNKS_K) * 8;
+    const __nv_bfloat16 *a_row[C::A_PER], *b_row[C::B_PER];
+#pragma unroll
+    for (int i = 0; i < C::A_PER; i++) {
+        const int64_t r = row0 + (tid + i * C::THREADS) / C::CHUNKS_K;
+        a_row[i] = nullptr;
         if (r < row_end) {
             if (!p.offsets) {
-                a_row = p.a + group * p.a_group_stride + r * p.k;
+                a_row[i] = p.a + group * p.a_group_stride + r * p.k;
             } else if (!p.gather) {
-                a_row = p.a + r * p.k;
+                a_row[i] = p.a + r * p.k;
             } else {
                 const int32_t src = p.row_src[r];
-                if (src >= 0) a_row = p.a + (int64_t)(src / p.top_k) * p.k;
+                if (src >= 0) a_row[i] = p.a + (int64_t)(src / p.top_k) * p.k;
             }
         }
     }
-    const __nv_bfloat16 *b_row[2];
     const __nv_bfloat16 *b = p.b + group * p.b_group_stride;
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int s = (tid + i * kThreads) >> 2;
+    for (int i = 0; i < C::B_PER; i++) {
+        const int s = (tid + i * C::THREADS) / C::CHUNKS_K;
         int64_t brow = -1;
         if (kGlu) {
-            const int col = blockIdx.y * (kBN / 2) + (s >> 1);
+            const int col = tile_n * (C::BN / 2) + (s >> 1);
             if (col < p.n) brow = p.interleaved ? 2 * col + (s & 1) : (s & 1) * p.n + col;
         } else {
-            const int col = blockIdx.y * kBN + s;
+            const int col = tile_n * C::BN + s;
             if (col < p.n) brow = col;
         }
         b_row[i] = brow >= 0 ? b + brow * p.k : nullptr;
     }
 
-    const int k_tiles = (p.k + kBK - 1) / kBK;
+    const int k_tiles = (p.k + C::BK - 1) / C::BK;
     auto load = [&](int stage, int kt) {
-        const int k0 = kt * kBK + kc;
-        const bool in_k = k0 < p.k;
-        moe_cp_async16(&sa[stage][tid >> 2][kc], a_row && in_k ? a_row + k0 : p.a, a_row && in_k ? 16 : 0);
+        const int k0 = kt * C::BK + kc;
+        const bool in_k = k0 < p.k; /* k is a multiple of 8: a chunk is all in or all out */
 #pragma unroll
-        for (int i = 0; i < 2; i++)
-            moe_cp_async16(&sb[stage][(tid + i * kThreads) >> 2][kc], b_row[i] && in_k ? b_row[i] + k0 : p.b,
-                           b_row[i] && in_k ? 16 : 0);
+        for (int i = 0; i < C::A_PER; i++)
+            moe_cp_async16(&sa[stage * C::BM + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
+                           a_row[i] && in_k ? a_row[i] + k0 : p.a, a_row[i] && in_k ? 16 : 0);
+#pragma unroll
+        for (int i = 0; i < C::B_PER; i++)
+            moe_cp_async16(&sb[stage * C::BN + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
+                           b_row[i] && in_k ? b_row[i] + k0 : p.b, b_row[i] && in_k ? 16 : 0);
     };
 
-    float acc[2][4][4];
+    float acc[C::MI][C::NI][4];
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < C::MI; mi++)
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++)
+        for (int ni = 0; ni < C::NI; ni++)
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[mi][ni][q] = 0.0f;
 
 #pragma unroll
-    for (int s = 0; s < kStages - 1; s++) {
+    for (int s = 0; s < C::STAGES - 1; s++) {
         if (s < k_tiles) load(s, s);
         moe_cp_async_commit();
     }
+    const int wm0 = warp_m * C::MI * 16, wn0 = warp_n * C::NI * 8, wk0 = warp_k * C::KW;
     for (int kt = 0; kt < k_tiles; kt++) {
-        moe_cp_async_wait<kStages - 2>();
+        moe_cp_async_wait<C::STAGES - 2>();
         __syncthreads();
-        const int next = kt + kStages - 1;
-        if (next < k_tiles) load(next % kStages, next);
+        const int next = kt + C::STAGES - 1;
+        if (next < k_tiles) load(next % C::STAGES, next);
         moe_cp_async_commit();
-        const int st = kt % kStages;
+        const row_t *sa_st = sa + (kt % C::STAGES) * C::BM, *sb_st = sb + (kt % C::STAGES) * C::BN;
 #pragma unroll
-        for (int kk = 0; kk < kBK; kk += 16) {
-            uint32_t af[2][4], bf[4][2];
+        for (int kk = wk0; kk < wk0 + C::KW; kk += 16) {
+            uint32_t af[C::MI][4], bf[C::NI][2];
 #pragma unroll
-            for (int mi = 0; mi < 2; mi++)
-                moe_ldmatrix_x4(af[mi], &sa[st][warp_m * 32 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+            for (int mi = 0; mi < C::MI; mi++)
+                moe_ldmatrix_x4(af[mi], &sa_st[wm0 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
 #pragma unroll
-            for (int nj = 0; nj < 2; nj++) {
+            for (int nj = 0; nj < C::NI / 2; nj++) {
                 uint32_t r[4];
-                moe_ldmatrix_x4(r, &sb[st][warp_n * 32 + nj * 16 + (lane & 7) + (lane >> 4) * 8]
-                                      [kk + ((lane >> 3) & 1) * 8]);
+                moe_ldmatrix_x4(r, &sb_st[wn0 + nj * 16 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
                 bf[2 * nj][0] = r[0], bf[2 * nj][1] = r[1], bf[2 * nj + 1][0] = r[2], bf[2 * nj + 1][1] = r[3];
             }
 #pragma unroll
-            for (int mi = 0; mi < 2; mi++)
+            for (int mi = 0; mi < C::MI; mi++)
 #pragma unroll
-                for (int ni = 0; ni < 4; ni++) moe_mma_bf16_16816(acc[mi][ni], af[mi], bf[ni]);
+                for (int ni = 0; ni < C::NI; ni++) moe_mma_bf16_16816(acc[mi][ni], af[mi], bf[ni]);
         }
     }
     moe_cp_async_wait<0>();
+
+    if (C::WARPS_K > 1) { /* add the K-split partial sums, in warp order, through the (now idle) pipeline smem */
+        constexpr int PER = C::MI * C::NI * 4;
+        float *red = reinterpret_cast<float *>(smem_raw);
+        static_assert((size_t)(C::WARPS_K - 1) * C::WARPS_M * C::WARPS_N * 32 * PER * 4 <= C::SMEM, "reduction");
+        __syncthreads();
+        if (warp_k > 0) {
+            float *dst = red + (((warp_k - 1) * C::WARPS_M * C::WARPS_N + warp_mn) * 32 + lane) * PER;
+#pragma unroll
+            for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+                for (int ni = 0; ni < C::NI; ni++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) dst[(mi * C::NI + ni) * 4 + q] = acc[mi][ni][q];
+        }
+        __syncthreads();
+        if (warp_k > 0) return;
+        for (int w = 1; w < C::WARPS_K; w++) {
+            const float *src = red + (((w - 1) * C::WARPS_M * C::WARPS_N + warp_mn) * 32 + lane) * PER;
+#pragma unroll
+            for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+                for (int ni = 0; ni < C::NI; ni++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) acc[mi][ni][q] += src[(mi * C::NI + ni) * 4 + q];
+        }
+    }
 
     /* epilogue: (c0, c1) of row lane/4 and (c2, c3) of row lane/4 + 8, columns 2 (lane % 4) + {0, 1} */
     const float *bias = p.bias ? p.bias + group * p.bias_group_stride : nullptr;
     __nv_bfloat16 *c = p.c + (p.offsets ? 0 : group * p.c_group_stride);
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < C::MI; mi++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int64_t r = row0 + warp_m * 32 + mi * 16 + (lane >> 2) + h * 8;
+            const int64_t r = row0 + wm0 + mi * 16 + (lane >> 2) + h * 8;
             if (r >= row_end) continue;
             const int32_t src = p.offsets ? p.row_src[r] : 0;
             if (!kGlu && src < 0) continue; /* padding rows of the routed output are never read */
             const float w = kGlu && p.row_weight ? (src >= 0 ? p.row_weight[src] : 0.0f) : 1.0f;
 #pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                const int sloc = warp_n * 32 + ni * 8 + 2 * (lane & 3);
+            for (int ni = 0; ni < C::NI; ni++) {
+                const int sloc = wn0 + ni * 8 + 2 * (lane & 3);
                 float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
                 if (kGlu) {
-                    const int col = blockIdx.y * (kBN / 2) + (sloc >> 1);
+                    const int col = tile_n * (C::BN / 2) + (sloc >> 1);
                     if (col >= p.n) continue;
                     v0 *= w, v1 *= w;
                     if (bias) {
@@ -165,7 +226,7 @@ template <bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_kernel(con
                     }
                     c[r * p.n + col] = __float2bfloat16_rn(glu(p.act, v0, v1, p.alpha, p.limit));
                 } else {
-                    const int col = blockIdx.y * kBN + sloc;
+                    const int col = tile_n * C::BN + sloc;
                     if (col >= p.n) continue;
                     if (bias) v0 += bias[col], v1 += bias[col + 1];
                     *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(v0, v1);
@@ -174,15 +235,37 @@ template <bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_kernel(con
         }
 }
 
-} // namespace
-
-moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
-                                  cudaStream_t stream) {
-    if (m_tiles <= 0) return MOE_OK;
-    const int cols_per_tile = glu ? kBN / 2 : kBN;
-    const dim3 grid((unsigned)m_tiles, (unsigned)((p.n + cols_per_tile - 1) / cols_per_tile), (unsigned)groups);
-    if (glu) gemm_kernel<true><<<grid, kThreads, 0, stream>>>(p);
-    else gemm_kernel<false><<<grid, kThreads, 0, stream>>>(p);
+template <class C>
+moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups, cudaStream_t st) {
+    const int cols_per_tile = glu ? C::BN / 2 : C::BN;
+    moe_gemm_params q = p;
+    q.m_tiles = m_tiles, q.n_tiles = (p.n + cols_per_tile - 1) / cols_per_tile;
+    const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
+    if (glu) {
+        MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)C::SMEM));
+        gemm_kernel<C, true><<<grid, C::THREADS, C::SMEM, st>>>(q);
+    } else {
+        MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)C::SMEM));
+        gemm_kernel<C, false><<<grid, C::THREADS, C::SMEM, st>>>(q);
+    }
     MOE_CUDA_LAUNCHED(ctx, "gemm_kernel");
     return MOE_OK;
+}
+
+} // namespace
+
+int moe__gemm_tile_m(moe_gemm_shape shape) {
+    return shape == MOE_GEMM_SMALL ? small_tile::BM : shape == MOE_GEMM_MEDIUM ? medium_tile::BM : large_tile::BM;
+}
+
+moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
+                                  int64_t m_tiles, int groups, cudaStream_t stream) {
+    if (m_tiles <= 0) return MOE_OK;
+    switch (shape) {
+    case MOE_GEMM_SMALL: return launch<small_tile>(ctx, p, glu, m_tiles, groups, stream);
+    case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
+    default: return launch<large_tile>(ctx, p, glu, m_tiles, groups, stream);
+    }
 }

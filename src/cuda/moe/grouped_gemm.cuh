@@ -2,7 +2,7 @@
  * matrix per group (expert), f32 accumulation on the tensor cores (mma.sync m16n8k16, sm_80 and later).
  *
  * Rows come in one of two ways:
- *  - routed: the contiguous permutation (offsets (G + 1), multiples of MOE_LAYER_TILE_M) gives each row tile its
+ *  - routed: the contiguous permutation (offsets (G + 1), multiples of the tile's rows) gives each row tile its
  *    group; with `gather`, A row r is token row_src[r] / top_k of A (x), and padding rows (row_src -1) read zeros;
  *    without, A row r is row r (the activations GEMM1 wrote in permuted order);
  *  - dense: grid.z is the group (a shared expert), every row 0..m-1 belongs to it.
@@ -37,11 +37,23 @@ struct moe_gemm_params {
     float alpha, limit;
     __nv_bfloat16 *c;        /* (rows, n) */
     int64_t c_group_stride;  /* dense */
+    int64_t m_tiles, n_tiles; /* set by moe__cuda_grouped_gemm */
 };
 
-/* m_tiles: tiles of MOE_LAYER_TILE_M rows on grid.x (routed: an upper bound; tiles past offsets[G] exit);
- * groups: grid.z (dense) or 1. */
-moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
-                                  cudaStream_t stream);
+/* Tile shapes, chosen on the host from the rows an expert gets on average:
+ *  SMALL  (16 rows): decode; CTAs of 32 weight rows streaming K in steps of 128 through 4 stages, the K step
+ *                    split over 4 warps: many small CTAs keep every SM's loads in flight on the touched experts;
+ *  MEDIUM (64 rows): 64 x 128 tiles, 8 warps of 32 x 32, K steps of 64 through 4 stages;
+ *  LARGE (128 rows): prefill; 128 x 128 tiles, 8 warps of 64 x 32, K steps of 32 through 4 stages.
+ * (Measured on the H200 against 128 x 256 tiles of 64 x 64 warps, which need 226 registers a thread and run one
+ * CTA an SM: those were 1.3-1.6x slower; see docs/performance.md.) */
+enum moe_gemm_shape { MOE_GEMM_SMALL, MOE_GEMM_MEDIUM, MOE_GEMM_LARGE };
+
+/* Rows of a tile of that shape: the permutation's tile_m. */
+int moe__gemm_tile_m(moe_gemm_shape shape);
+
+/* m_tiles: tiles on grid.x (routed: an upper bound; tiles past offsets[G] exit); groups: grid.z (dense) or 1. */
+moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
+                                  int64_t m_tiles, int groups, cudaStream_t stream);
 
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

@@ -1,7 +1,7 @@
 /* layer.cu — the MoE layer on the GPU (docs/layer.md), BF16 weights and activations, f32 accumulation:
- *   logits  = x . gate^T (+ gate_bias)                   logits_kernel (and sigmoid(x . shared_gate))
+ *   logits  = x . gate^T (+ gate_bias)                   gate.cu (and sigmoid(x . shared_gate))
  *   ids, w  = route(logits)                             moe_route
- *   rows    = contiguous permutation, tiles of 64 rows   moe_permute
+ *   rows    = contiguous permutation, 16/64/128-row tiles moe_permute
  *   h       = act(w13[e] . x[token(row)] + b13[e])       grouped GEMM, GLU epilogue      (rows, I)
  *   y       = w2[e] . h + b2[e]                          grouped GEMM                    (rows, H)
  *   shared  = the same two GEMMs, dense over all tokens   grid.z = shared expert          (S, T, H)
@@ -9,34 +9,14 @@
  * Every launch is asynchronous on the caller's stream; grids are sized from T on the host (tiles past the
  * permutation's last row exit at once), so nothing waits for the device. */
 #include "cuda/common/cuda.cuh"
+#include "cuda/moe/gate.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 #include "moe/layer.h"
 #include "route/route_math.h"
 
 namespace {
 
-constexpr int kLogitWarps = 8, kCombineThreads = 128;
-
-/* One CTA per token, one warp per expert (plus the shared-expert gate as expert E): a fixed lane-strided sum and
- * a butterfly, so the logits are the same bits run after run. */
-__global__ void logits_kernel(const __nv_bfloat16 *x, const float *gate, const float *gate_bias,
-                              const float *shared_gate, int H, int E, float *logits, float *shared_scale) {
-    const int64_t t = blockIdx.x;
-    const int lane = threadIdx.x & 31;
-    const __nv_bfloat16 *xr = x + t * H;
-    const int n_out = E + (shared_gate ? 1 : 0);
-    for (int e = threadIdx.x >> 5; e < n_out; e += kLogitWarps) {
-        const float *w = e < E ? gate + (int64_t)e * H : shared_gate;
-        float acc = 0.0f;
-        for (int h = lane; h < H; h += 32) acc = fmaf(__bfloat162float(xr[h]), w[h], acc);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0) {
-            if (e < E) logits[t * E + e] = gate_bias ? acc + gate_bias[e] : acc;
-            else shared_scale[t] = moe__sigmoidf(acc);
-        }
-    }
-}
+constexpr int kCombineThreads = 128;
 
 /* out[t, 8c..8c+8) = sum over slots j (in order) of coef_j y[slot_row[t, j]] + g_s sum_s shared_y[s, t]. */
 __global__ void combine_kernel(const __nv_bfloat16 *y, const int32_t *slot_row, const float *weights, int k,
@@ -89,9 +69,8 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     const moe_tensor *logits = io->logits;
     if ((!logits && w->gate) || shared_scale) {
         float *lg = (float *)(ws + s.logits);
-        logits_kernel<<<(unsigned)T, kLogitWarps * 32, 0, st>>>(x, logits ? nullptr : w->gate, w->gate_bias,
-                                                                w->shared_gate, H, logits ? 0 : E, lg, shared_scale);
-        MOE_CUDA_LAUNCHED(ctx, "logits_kernel");
+        MOE_TRY(moe__cuda_gate_logits(ctx, x, logits ? nullptr : w->gate, w->gate_bias, w->shared_gate, T, H, E, lg,
+                                      shared_scale, st));
         if (!logits) {
             logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
             logits = &logits_t;
@@ -100,15 +79,21 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     const moe_route_args ra = {logits, io->token_ids, T, ids, wts, NULL, io->stats, io->stats_layer};
     MOE_TRY(moe_route(ctx, &c->router, &ra, st));
 
-    /* 2. rows per expert, padded to the GEMM tile */
-    const moe_permute_config pc = {E, 0, E, k, MOE_LAYER_TILE_M, MOE_PERMUTE_CONTIGUOUS, 0};
+    /* 2. rows per expert, padded to the GEMM tile; the tile from the rows a touched expert gets on average */
+    const int64_t assignments = T * k, touched = assignments < E ? assignments : E;
+    const moe_gemm_shape shape = assignments < 16 * touched    ? MOE_GEMM_SMALL
+                                 : assignments < 128 * touched ? MOE_GEMM_MEDIUM
+                                                               : MOE_GEMM_LARGE;
+    const int tile_m = moe__gemm_tile_m(shape);
+    const moe_permute_config pc = {E, 0, E, k, tile_m, MOE_PERMUTE_CONTIGUOUS, 0};
     int64_t *offsets = (int64_t *)(ws + s.offsets);
     int32_t *row_src = (int32_t *)(ws + s.row_src), *slot_row = (int32_t *)(ws + s.slot_row);
     const moe_permute_outputs po = {(int32_t *)(ws + s.counts), offsets, row_src, slot_row, NULL, NULL};
     MOE_TRY(moe_permute(ctx, &pc, ids, T, &po, ws + s.permute, s.permute_bytes, st));
 
-    /* 3. routed experts: at most min(rows / 64, T k) tiles hold rows */
-    const int64_t tiles = s.rows / MOE_LAYER_TILE_M < T * k ? s.rows / MOE_LAYER_TILE_M : T * k;
+    /* 3. routed experts: at most min(rows / tile_m, T k) tiles hold rows */
+    const int64_t max_tiles = (assignments + (int64_t)E * (tile_m - 1)) / tile_m;
+    const int64_t tiles = max_tiles < assignments ? max_tiles : assignments;
     __nv_bfloat16 *h = (__nv_bfloat16 *)(ws + s.h), *y = (__nv_bfloat16 *)(ws + s.y);
     moe_gemm_params g = {};
     g.a = x, g.row_src = row_src, g.top_k = k, g.gather = true, g.offsets = offsets, g.n_groups = E;
@@ -118,29 +103,30 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
     g.act = c->activation, g.alpha = c->act_alpha, g.limit = c->act_limit;
     g.c = h;
-    MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, tiles, 1, st));
+    MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     moe_gemm_params g2 = g;
     g2.a = h, g2.gather = false, g2.row_weight = nullptr;
     g2.b = (const __nv_bfloat16 *)w->w2, g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
     g2.bias = w->b2, g2.bias_group_stride = H;
     g2.c = y;
-    MOE_TRY(moe__cuda_grouped_gemm(ctx, g2, false, tiles, 1, st));
+    MOE_TRY(moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st));
 
     /* 4. shared experts, dense over the tokens */
     __nv_bfloat16 *shared_y = (__nv_bfloat16 *)(ws + s.shared_y);
     if (S) {
-        const int64_t dense_tiles = (T + MOE_LAYER_TILE_M - 1) / MOE_LAYER_TILE_M;
+        const moe_gemm_shape dense = T < 64 ? MOE_GEMM_SMALL : T < 512 ? MOE_GEMM_MEDIUM : MOE_GEMM_LARGE;
+        const int64_t dense_tiles = (T + moe__gemm_tile_m(dense) - 1) / moe__gemm_tile_m(dense);
         __nv_bfloat16 *shared_h = (__nv_bfloat16 *)(ws + s.shared_h);
         moe_gemm_params d = g;
         d.row_src = nullptr, d.gather = false, d.offsets = nullptr, d.m = T, d.row_weight = nullptr, d.bias = nullptr;
         d.a_group_stride = 0;
         d.b = (const __nv_bfloat16 *)w->shared_w13, d.b_group_stride = (int64_t)2 * Is * H, d.n = Is, d.k = H;
         d.c = shared_h, d.c_group_stride = T * Is;
-        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, true, dense_tiles, S, st));
+        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, true, dense, dense_tiles, S, st));
         d.a = shared_h, d.a_group_stride = T * Is;
         d.b = (const __nv_bfloat16 *)w->shared_w2, d.b_group_stride = (int64_t)H * Is, d.n = H, d.k = Is;
         d.c = shared_y, d.c_group_stride = T * H;
-        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, false, dense_tiles, S, st));
+        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, false, dense, dense_tiles, S, st));
     }
 
     /* 5. combine in slot order */
