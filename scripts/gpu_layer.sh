@@ -17,6 +17,10 @@ compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/moe_tests" --data 
     > "$OUT/layer-racecheck.log" 2>&1
 echo "exit $?" >> "$OUT/layer-racecheck.log"; tail -3 "$OUT/layer-racecheck.log" | tee -a "$OUT/summary.txt"
 if [ "${BENCH:-0}" = 1 ]; then
+    MODELS=${MODELS:-qwen3-30b-a3b,qwen3-235b-a22b,deepseek-v3,mixtral-8x7b,gpt-oss-120b,olmoe,llama4-scout}
     echo "=== moe bench layer" | tee -a "$OUT/summary.txt"
-    "$BUILD/moe" bench layer --json "$OUT/bench-layer.json" 2>&1 | tee -a "$OUT/summary.txt"
+    "$BUILD/moe" bench layer --model "$MODELS" --json "$OUT/bench-layer.json" 2>/dev/null | tee -a "$OUT/summary.txt"
+    echo "=== torch-grouped peer" | tee -a "$OUT/summary.txt"
+    python3 bench/peer_torch_grouped.py --model "$MODELS" --json "$OUT/bench-layer-torch.json" 2>&1 \
+        | tee -a "$OUT/summary.txt"
 fi
