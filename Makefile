@@ -80,7 +80,7 @@ test: $(BUILD)/moe_tests
 
 # The README's main job on its built-in default.
 run: $(BUILD)/moe
-	./$(BUILD)/moe quantize
+	./$(BUILD)/moe bench layer
 
 $(BUILD)/moe.pc: Makefile
 	@mkdir -p $(BUILD)

@@ -1,4 +1,4 @@
-/* cmd_bench.c — `moe bench formats`: throughput of every quantise and dequantise kernel on one large tensor,
+/* cmd_bench.c — `moe bench` dispatch and `moe bench formats`: throughput of every quantise and dequantise kernel on one large tensor,
  * beside the device-to-device copy bandwidth measured in the same run (the limit for a memory-bound kernel).
  * Bytes counted: each input read once plus each output written once. Results print as a table and, with
  * --json, go to a file for bench/results/. */

@@ -4,7 +4,7 @@
 #include "cli.h"
 
 static const char usage[] =
-    "moe — Mixture-of-Experts inference engine (this release: number formats and routing)\n"
+    "moe — Mixture-of-Experts inference engine (this release: number formats, routing and the BF16 MoE layer)\n"
     "\n"
     "usage: moe <command> [options]\n"
     "\n"
@@ -13,7 +13,8 @@ static const char usage[] =
     "             error (SNR, mean and max relative error) and the bits per value\n"
     "  bench      benchmarks; `moe bench formats`: GB/s of every quantise/dequantise kernel beside the copy\n"
     "             bandwidth measured in the same run; `moe bench route`: routing + load statistics + permute\n"
-    "             per step, for a model's router at several token counts\n"
+    "             per step, for a model's router at several token counts; `moe bench layer`:\n"
+    "             one MoE layer forward at a model's shapes (random weights) per token count\n"
     "  info       what this build contains and where it computes on this machine\n"
     "  version    the version and the commit it was built from\n"
     "\n"
