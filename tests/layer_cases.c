@@ -143,7 +143,8 @@ static void *upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype)
     return d;
 }
 
-moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out) {
+moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out,
+                     int capture) {
     const moe_layer_config *c = &p->c;
     const int64_t T = p->T, H = c->hidden, I = c->intermediate, E = c->router.n_experts, S = c->n_shared,
                   Is = c->shared_intermediate;
@@ -181,7 +182,20 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
         moe_tensor xt = moe_tensor_2d(x, dtype, T, H), yt = moe_tensor_2d(y, dtype, T, H),
                    lt = moe_tensor_2d(logits, F, T, E);
         moe_layer_io io = {&xt, use_logits ? &lt : NULL, &yt, NULL, NULL, 0};
-        s = moe_layer_forward(l, &io, ws, wsb, NULL);
+        if (!capture) {
+            s = moe_layer_forward(l, &io, ws, wsb, NULL);
+        } else { /* captured into a CUDA graph, then replayed twice */
+            moe_graph *g = NULL;
+            s = moe_graph_begin(ctx, NULL);
+            if (s == MOE_OK) {
+                const moe_status fs = moe_layer_forward(l, &io, ws, wsb, NULL);
+                s = moe_graph_end(ctx, NULL, &g);
+                if (fs != MOE_OK) s = fs;
+            }
+            if (s == MOE_OK) s = moe_graph_replay(ctx, g, NULL);
+            if (s == MOE_OK) s = moe_graph_replay(ctx, g, NULL);
+            moe_graph_destroy(ctx, g);
+        }
     }
     if (s == MOE_OK) {
         void *h = malloc((size_t)(T * H) * esize + 1);
@@ -212,7 +226,7 @@ int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logit
             continue;
         }
         float *out = malloc(sizeof(float) * (size_t)(p.T * p.c.hidden + 1));
-        const moe_status s = layer_run(ctx, &p, dtype, use_logits, out);
+        const moe_status s = layer_run(ctx, &p, dtype, use_logits, out, 0);
         const double e = s == MOE_OK ? test_rel_l2(out, p.want, p.T * p.c.hidden) : INFINITY;
         if (s != MOE_OK) fprintf(stderr, "  %s: %s: %s\n", names[i], moe_status_string(s), moe_last_error(ctx));
         else if (!(e <= tol)) fprintf(stderr, "  %s: relative L2 error %.3g > %.3g\n", names[i], e, tol);

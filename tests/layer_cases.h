@@ -28,9 +28,10 @@ void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T
 void layer_problem_free(layer_problem *p);
 
 /* Runs p on ctx with weights and x in dtype (bf16: rounded from the f32 values); use_logits passes p->logits
- * instead of computing them from the gate. out (T, H) f32. Returns MOE_OK or the failing call's status (its
- * message in the context). */
-moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out);
+ * instead of computing them from the gate; capture (GPU) records the forward in a CUDA graph and replays it.
+ * out (T, H) f32. Returns MOE_OK or the failing call's status (its message in the context). */
+moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out,
+                     int capture);
 
 /* Runs every case of layer.moeg on ctx in dtype and compares with the HF output; returns the number of cases
  * beyond tol (relative L2), or -1 when the file cannot be read. */

@@ -6,17 +6,18 @@
 #include "layer_cases.h"
 
 /* Runs p on both backends in bf16 and compares: relative L2 over everything within 1e-2, every token within 3e-2
- * (of the norm of its row, or absolutely when that is 0), and a second GPU run bit for bit. */
+ * (of the norm of its row, or absolutely when that is 0), and a second GPU run, captured in a CUDA graph and
+ * replayed, bit for bit. */
 static int compare_layer(test_env *env, const layer_problem *p, int use_logits, const char *what) {
     const int64_t n = p->T * p->c.hidden, H = p->c.hidden;
     float *cpu = malloc(sizeof(float) * (size_t)(n + 1)), *gpu = malloc(sizeof(float) * (size_t)(n + 1)),
           *again = malloc(sizeof(float) * (size_t)(n + 1));
     int bad = 0;
-    moe_status s = layer_run(env->cpu, p, MOE_DTYPE_BF16, use_logits, cpu);
+    moe_status s = layer_run(env->cpu, p, MOE_DTYPE_BF16, use_logits, cpu, 0);
     if (s != MOE_OK) fprintf(stderr, "  %s: CPU: %s\n", what, moe_last_error(env->cpu)), bad = 1;
-    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, gpu)) != MOE_OK)
+    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, gpu, 0)) != MOE_OK)
         fprintf(stderr, "  %s: GPU: %s\n", what, moe_last_error(env->gpu)), bad = 1;
-    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, again)) != MOE_OK) bad = 1;
+    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, again, 1)) != MOE_OK) bad = 1;
     if (!bad) {
         const double e = test_rel_l2(gpu, cpu, n);
         double worst = 0.0;
@@ -32,7 +33,7 @@ static int compare_layer(test_env *env, const layer_problem *p, int use_logits, 
         }
         const int same = !memcmp(gpu, again, sizeof(float) * (size_t)n);
         fprintf(stderr, "  %-44s T=%-5lld rel L2 %.2e, worst token %lld: %.2e%s\n", what, (long long)p->T, e,
-                (long long)worst_t, worst, same ? "" : ", RUNS DIFFER");
+                (long long)worst_t, worst, same ? "" : ", GRAPH REPLAY DIFFERS");
         bad = !(e <= 1e-2) || !(worst <= 3e-2) || !same;
     }
     free(cpu), free(gpu), free(again);
@@ -104,7 +105,7 @@ TEST_IMPL(gpu_layer_random) {
     bad += compare_layer(env, &p, 0, "65537 tokens, 16 experts top 4, shared");
     layer_problem_free(&p);
     layer_problem_random(&p, &c, 0, 0, seed++);
-    ASSERT_OK(env->gpu, layer_run(env->gpu, &p, MOE_DTYPE_BF16, 0, NULL));
+    ASSERT_OK(env->gpu, layer_run(env->gpu, &p, MOE_DTYPE_BF16, 0, NULL, 0));
     layer_problem_free(&p);
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;

@@ -24,12 +24,12 @@ TEST_IMPL(layer_skipped_slots) {
         layer_problem p;
         layer_problem_random(&p, &c, 200, 1, env->seed + (uint64_t)shared);
         float *out = malloc(sizeof(float) * 200 * 24);
-        ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, out));
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, out, 0));
         layer_problem q = p; /* the same rows with no routed expert at all: logits all NaN */
         float *nan_logits = malloc(sizeof(float) * 200 * 16), *shared_only = malloc(sizeof(float) * 200 * 24);
         for (int i = 0; i < 200 * 16; i++) nan_logits[i] = NAN;
         q.logits = nan_logits;
-        ASSERT_OK(env->cpu, layer_run(env->cpu, &q, MOE_DTYPE_F32, 1, shared_only));
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &q, MOE_DTYPE_F32, 1, shared_only, 0));
         int checked = 0;
         for (int t = 5; t < 200; t += 97, checked++)
             for (int h = 0; h < 24; h++)
@@ -46,7 +46,7 @@ TEST_IMPL(layer_skipped_slots) {
     }
     layer_problem p;
     layer_problem_random(&p, &c, 0, 1, env->seed);
-    ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, NULL));
+    ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, NULL, 0));
     layer_problem_free(&p);
     return TEST_OK;
 }

@@ -33,6 +33,7 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
         s.h = at, at += moe_align256((size_t)s.rows * I * 2);
         s.y = at, at += moe_align256((size_t)s.rows * H * 2);
         s.shared_scale = at, at += moe_align256(t * 4);
+        s.gate_partial = at, at += moe_align256((size_t)moe__gate_partial_rows((int64_t)t, c->hidden) * (E + 1) * 4);
         s.shared_h = at, at += moe_align256(S * t * Is * 2);
         s.shared_y = at, at += moe_align256(S * t * H * 2);
     }
@@ -136,11 +137,23 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     l->ctx = ctx;
     l->c = *config;
     l->w = *weights;
+#ifdef MOE_WITH_CUDA
+    if (ctx->backend == MOE_BACKEND_CUDA && config->n_shared > 0) {
+        const moe_status s = moe__cuda_layer_init(l);
+        if (s != MOE_OK) {
+            moe_layer_destroy(l);
+            return s;
+        }
+    }
+#endif
     *out = l;
     return MOE_OK;
 }
 
 void moe_layer_destroy(moe_layer *l) {
+#ifdef MOE_WITH_CUDA
+    if (l && l->side_stream) moe__cuda_layer_fini(l);
+#endif
     free(l);
 }
 

@@ -1,16 +1,18 @@
-/* gate.cu — the router's logits (gate.cuh), on the CUDA cores in f32: two kernels by T.
- *  - few tokens (T < 64): a warp per (expert, group of 8 tokens); each lane streams its quarter-rows of the gate
- *    weight once and uses them for the 8 tokens; CTAs spread over the experts, so at decode the whole gate matrix
- *    is read by many SMs at once.
+/* gate.cu — the router's logits (gate.cuh), on the CUDA cores in f32: two kernels by T, both split over H.
+ *  - few tokens (T < 64): a warp per (expert, group of 8 tokens, slice of H); each lane streams its float4s of
+ *    the gate row once and uses them for the 8 tokens;
  *  - many tokens: 64 x 64 output tiles, K in steps of 32 through shared memory, 4 x 4 outputs a thread.
- * The shared-expert gate is handled as one more expert row, E. */
+ * The H slices (grid.z) are sized so that the grid fills the GPU even at T = 1, where the whole gate matrix
+ * (E x H f32: 7 MB for DeepSeek-V3) must be read by many SMs at once. With more than one slice, each writes its
+ * partial sums and a third kernel adds them in slice order: the same bits whatever the timing. The shared-expert
+ * gate is handled as one more expert row, E. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/moe/gate.cuh"
 #include "route/route_math.h"
 
 namespace {
 
-constexpr int kGroup = 8, kWarps = 4, kTile = 64, kBK = 32, kThreads = 256;
+constexpr int kGroup = 8, kWarps = 4, kTile = 64, kBK = 32, kThreads = 256, kSlice = 128;
 
 struct gate_args {
     const __nv_bfloat16 *x;
@@ -18,11 +20,19 @@ struct gate_args {
     int64_t T;
     int H, E;
     float *logits, *shared_scale;
+    float *partial;   /* (splits, T, E + 1) when splits > 1 */
+    int slice;        /* columns of H a split covers (a multiple of kSlice) */
+    int splits;
 
     __device__ const float *row(int e) const { return e < E ? gate + (int64_t)e * H : shared_gate; }
-    __device__ void store(int64_t t, int e, float acc) const {
+    __device__ void finish(int64_t t, int e, float acc) const {
         if (e < E) logits[t * E + e] = gate_bias ? acc + gate_bias[e] : acc;
         else shared_scale[t] = moe__sigmoidf(acc);
+    }
+    /* split z's sum for (t, e): final when there is one split */
+    __device__ void store(int z, int64_t t, int e, float acc) const {
+        if (splits == 1) finish(t, e, acc);
+        else partial[((int64_t)z * T + t) * (E + 1) + e] = acc;
     }
 };
 
@@ -36,7 +46,9 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
     float acc[kGroup];
 #pragma unroll
     for (int j = 0; j < kGroup; j++) acc[j] = 0.0f;
-    for (int h = lane * 4; h < a.H; h += 128) {
+    const int h_end = min(a.H, (blockIdx.z + 1) * a.slice);
+#pragma unroll 4
+    for (int h = blockIdx.z * a.slice + lane * 4; h < h_end; h += 128) {
         const float4 g = __ldg(reinterpret_cast<const float4 *>(w + h));
 #pragma unroll
         for (int j = 0; j < kGroup; j++) {
@@ -54,7 +66,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
     for (int j = 0; j < kGroup; j++) {
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
-        if (lane == 0 && j < nt) a.store(t0 + j, e, acc[j]);
+        if (lane == 0 && j < nt) a.store(blockIdx.z, t0 + j, e, acc[j]);
     }
 }
 
@@ -73,8 +85,9 @@ __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) 
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
-    for (int k0 = 0; k0 < a.H; k0 += kBK) {
-        const bool in = k0 + lc < a.H;
+    const int k_end = min(a.H, (blockIdx.z + 1) * a.slice);
+    for (int k0 = blockIdx.z * a.slice; k0 < k_end; k0 += kBK) {
+        const bool in = k0 + lc < k_end;
         float xv[8], gv[8];
         moe_load8(a.x, xrow ? (t0 + lr) * a.H + k0 + lc : 0, xrow && in ? 8 : 0, xrow && in, xv);
         if (grow && in) {
@@ -107,25 +120,53 @@ __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) 
         for (int j = 0; j < 4; j++) {
             const int64_t t = t0 + ty * 4 + i;
             const int e = e0 + tx * 4 + j;
-            if (t < a.T && e < n_out) a.store(t, e, acc[i][j]);
+            if (t < a.T && e < n_out) a.store(blockIdx.z, t, e, acc[i][j]);
         }
+}
+
+__global__ void gate_reduce_kernel(const gate_args a) {
+    const int n_out = a.E + (a.shared_gate ? 1 : 0);
+    const int64_t n = a.T * n_out;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = i / n_out;
+        const int e = (int)(i - t * n_out);
+        float acc = 0.0f;
+        for (int z = 0; z < a.splits; z++) acc += a.partial[((int64_t)z * a.T + t) * (a.E + 1) + e];
+        a.finish(t, e, acc);
+    }
 }
 
 } // namespace
 
 moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const float *gate, const float *gate_bias,
                                  const float *shared_gate, int64_t T, int H, int E, float *logits,
-                                 float *shared_scale, cudaStream_t stream) {
-    const gate_args a = {x, gate, gate_bias, shared_gate, T, H, gate ? E : 0, logits, shared_scale};
+                                 float *shared_scale, float *partial, cudaStream_t stream) {
+    gate_args a = {x, gate, gate_bias, shared_gate, T, H, gate ? E : 0, logits, shared_scale, partial, H, 1};
     const int n_out = a.E + (shared_gate ? 1 : 0);
     if (T == 0 || n_out == 0) return MOE_OK;
-    if (T < kTile) {
-        const dim3 grid((unsigned)((n_out + kWarps - 1) / kWarps), (unsigned)((T + kGroup - 1) / kGroup));
+    /* split H until the grid has about `want` CTAs; moe__gate_partial_rows (layer.h) bounds splits x T for these
+     * choices: want / ceil(T / 8) x T <= 8192 + T (few), want / ceil(T / 64) x T <= 16896 + T (many) */
+    const bool few = T < kTile;
+    const int64_t base = few ? (int64_t)((n_out + kWarps - 1) / kWarps) * ((T + kGroup - 1) / kGroup)
+                             : (int64_t)((n_out + kTile - 1) / kTile) * ((T + kTile - 1) / kTile);
+    const int64_t want = few ? 1024 : 264, max_splits = (H + kSlice - 1) / kSlice;
+    int64_t splits = (want + base - 1) / base;
+    splits = splits < 1 ? 1 : splits > max_splits ? max_splits : splits;
+    a.slice = (int)((H + splits - 1) / splits + kSlice - 1) / kSlice * kSlice;
+    a.splits = (H + a.slice - 1) / a.slice;
+    if (few) {
+        const dim3 grid((unsigned)((n_out + kWarps - 1) / kWarps), (unsigned)((T + kGroup - 1) / kGroup),
+                        (unsigned)a.splits);
         gate_few_kernel<<<grid, kWarps * 32, 0, stream>>>(a);
     } else {
-        const dim3 grid((unsigned)((n_out + kTile - 1) / kTile), (unsigned)((T + kTile - 1) / kTile));
+        const dim3 grid((unsigned)((n_out + kTile - 1) / kTile), (unsigned)((T + kTile - 1) / kTile),
+                        (unsigned)a.splits);
         gate_many_kernel<<<grid, kThreads, 0, stream>>>(a);
     }
     MOE_CUDA_LAUNCHED(ctx, "gate logits");
+    if (a.splits > 1) {
+        gate_reduce_kernel<<<moe__grid_for(ctx, T * n_out, 256), 256, 0, stream>>>(a);
+        MOE_CUDA_LAUNCHED(ctx, "gate_reduce_kernel");
+    }
     return MOE_OK;
 }

@@ -4,7 +4,8 @@
  *   rows    = contiguous permutation, 16/64/128-row tiles moe_permute
  *   h       = act(w13[e] . x[token(row)] + b13[e])       grouped GEMM, GLU epilogue      (rows, I)
  *   y       = w2[e] . h + b2[e]                          grouped GEMM                    (rows, H)
- *   shared  = the same two GEMMs, dense over all tokens   grid.z = shared expert          (S, T, H)
+ *   shared  = the same two GEMMs, dense over all tokens,  grid.z = shared expert          (S, T, H)
+ *             on a side stream beside everything above (forked and joined by events)
  *   out[t]  = sum_j w[t, j] y[row(t, j)] + g_s sum_s shared[s, t], slot order   combine_kernel
  * Every launch is asynchronous on the caller's stream; grids are sized from T on the host (tiles past the
  * permutation's last row exit at once), so nothing waits for the device. */
@@ -16,50 +17,147 @@
 
 namespace {
 
-constexpr int kCombineThreads = 128;
+constexpr int kCombineThreads = 64; /* x 8 columns a thread */
 
-/* out[t, 8c..8c+8) = sum over slots j (in order) of coef_j y[slot_row[t, j]] + g_s sum_s shared_y[s, t]. */
-__global__ void combine_kernel(const __nv_bfloat16 *y, const int32_t *slot_row, const float *weights, int k,
-                               bool weight_on_input, const __nv_bfloat16 *shared_y, int n_shared,
-                               const float *shared_scale, int64_t T, int H, __nv_bfloat16 *out) {
+/* out[t, h..h+8) = sum over slots j (in order) of coef_j y[slot_row[t, j]] + g_s sum_s shared_y[s, t]. A CTA per
+ * (token, 512 columns); the rows of up to four slots are loaded before they are added, so a thread keeps four
+ * loads in flight instead of waiting for each. */
+__global__ void __launch_bounds__(kCombineThreads)
+    combine_kernel(const __nv_bfloat16 *y, const int32_t *slot_row, const float *weights, int k,
+                   bool weight_on_input, const __nv_bfloat16 *shared_y, int n_shared, const float *shared_scale,
+                   int64_t T, int H, __nv_bfloat16 *out) {
     const int64_t t = blockIdx.x;
-    for (int h = threadIdx.x * 8; h < H; h += kCombineThreads * 8) {
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, v[8];
-        for (int j = 0; j < k; j++) {
-            const int32_t r = slot_row[t * k + j];
-            if (r < 0) continue;
-            const float c = weight_on_input ? 1.0f : weights[t * k + j];
-            moe_load8(y, (int64_t)r * H + h, 8, true, v);
+    const int h = (blockIdx.y * kCombineThreads + threadIdx.x) * 8;
+    if (h >= H) return;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int j0 = 0; j0 < k; j0 += 4) {
+        float v[4][8], coef[4];
+        bool used[4];
 #pragma unroll
-            for (int q = 0; q < 8; q++) acc[q] += c * v[q];
+        for (int q = 0; q < 4; q++) {
+            const int j = j0 + q;
+            const int32_t r = j < k ? slot_row[t * k + j] : -1;
+            used[q] = r >= 0;
+            coef[q] = !used[q] ? 0.0f : weight_on_input ? 1.0f : weights[t * k + j];
+            moe_load8(y, used[q] ? (int64_t)r * H + h : 0, used[q] ? 8 : 0, used[q], v[q]);
         }
-        if (n_shared) {
-            float sh[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int s = 0; s < n_shared; s++) {
-                moe_load8(shared_y, ((int64_t)s * T + t) * H + h, 8, true, v);
 #pragma unroll
-                for (int q = 0; q < 8; q++) sh[q] += v[q];
-            }
-            const float g = shared_scale ? shared_scale[t] : 1.0f;
+        for (int q = 0; q < 4; q++)
+            if (used[q])
 #pragma unroll
-            for (int q = 0; q < 8; q++) acc[q] += g * sh[q];
-        }
-        moe_store8(out, t * H + h, 8, true, acc);
+                for (int e = 0; e < 8; e++) acc[e] += coef[q] * v[q][e];
     }
+    if (n_shared) {
+        float sh[8] = {0, 0, 0, 0, 0, 0, 0, 0}, v[8];
+        for (int s = 0; s < n_shared; s++) {
+            moe_load8(shared_y, ((int64_t)s * T + t) * H + h, 8, true, v);
+#pragma unroll
+            for (int e = 0; e < 8; e++) sh[e] += v[e];
+        }
+        const float g = shared_scale ? shared_scale[t] : 1.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[e] += g * sh[e];
+    }
+    moe_store8(out, t * H + h, 8, true, acc);
 }
 
 } // namespace
 
+extern "C" moe_status moe__cuda_layer_init(moe_layer *l) {
+    moe_ctx *ctx = l->ctx;
+    moe__cuda_enter(ctx, NULL);
+    cudaStream_t side;
+    cudaEvent_t fork, join;
+    MOE_CUDA_TRY(ctx, cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+    l->side_stream = side;
+    MOE_CUDA_TRY(ctx, cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    l->fork_event = fork;
+    MOE_CUDA_TRY(ctx, cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+    l->join_event = join;
+    return MOE_OK;
+}
+
+extern "C" void moe__cuda_layer_fini(moe_layer *l) {
+    moe__cuda_enter(l->ctx, NULL);
+    if (l->join_event) cudaEventDestroy((cudaEvent_t)l->join_event);
+    if (l->fork_event) cudaEventDestroy((cudaEvent_t)l->fork_event);
+    if (l->side_stream) cudaStreamDestroy((cudaStream_t)l->side_stream);
+    l->side_stream = l->fork_event = l->join_event = NULL;
+}
+
+/* The shared experts, dense over the tokens (a shared expert per grid.z), on stream st. */
+static moe_status shared_experts(moe_layer *l, const __nv_bfloat16 *x, int64_t T, const moe_layer_scratch &s,
+                                 char *ws, cudaStream_t st) {
+    const moe_layer_config *c = &l->c;
+    const int H = c->hidden, S = c->n_shared, Is = c->shared_intermediate;
+    const moe_gemm_shape dense = T < 64 ? MOE_GEMM_SMALL : T < 512 ? MOE_GEMM_MEDIUM : MOE_GEMM_LARGE;
+    const int64_t tiles = (T + moe__gemm_tile_m(dense) - 1) / moe__gemm_tile_m(dense);
+    __nv_bfloat16 *shared_h = (__nv_bfloat16 *)(ws + s.shared_h);
+    moe_gemm_params d = {};
+    d.a = x, d.m = T, d.n_groups = S;
+    d.b = (const __nv_bfloat16 *)l->w.shared_w13, d.b_group_stride = (int64_t)2 * Is * H, d.n = Is, d.k = H;
+    d.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
+    d.act = c->activation, d.alpha = c->act_alpha, d.limit = c->act_limit;
+    d.c = shared_h, d.c_group_stride = T * Is;
+    MOE_TRY(moe__cuda_grouped_gemm(l->ctx, d, true, dense, tiles, S, st));
+    d.a = shared_h, d.a_group_stride = T * Is;
+    d.b = (const __nv_bfloat16 *)l->w.shared_w2, d.b_group_stride = (int64_t)H * Is, d.n = H, d.k = Is;
+    d.c = (__nv_bfloat16 *)(ws + s.shared_y), d.c_group_stride = T * H;
+    return moe__cuda_grouped_gemm(l->ctx, d, false, dense, tiles, S, st);
+}
+
+static moe_status routed_experts(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch &s, char *ws,
+                                 cudaStream_t st);
+
 extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
-    const moe_layer_weights *w = &l->w;
     cudaStream_t st = moe__cuda_enter(ctx, stream);
     const int64_t T = io->x->shape[0];
-    const int H = c->hidden, I = c->intermediate, E = c->router.n_experts, k = c->router.top_k;
-    const int S = c->n_shared, Is = c->shared_intermediate;
+    const int H = c->hidden, k = c->router.top_k, S = c->n_shared;
     const moe_layer_scratch s = moe__layer_scratch(l, T);
     char *ws = (char *)workspace;
+    const __nv_bfloat16 *x = (const __nv_bfloat16 *)io->x->data;
+
+    /* the shared experts need only x: fork them onto the side stream, to run beside routing and the routed
+     * experts, and join them back before the combine (a capture follows the fork and the join) */
+    cudaStream_t side = (cudaStream_t)l->side_stream;
+    if (S) {
+        MOE_CUDA_TRY(ctx, cudaEventRecord((cudaEvent_t)l->fork_event, st));
+        MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(side, (cudaEvent_t)l->fork_event, 0));
+        moe_status ss = shared_experts(l, x, T, s, ws, side);
+        const cudaError_t e = cudaEventRecord((cudaEvent_t)l->join_event, side);
+        if (ss == MOE_OK && e != cudaSuccess) ss = moe__cuda_fail(ctx, e, "cudaEventRecord", __FILE__, __LINE__);
+        if (ss != MOE_OK) {
+            cudaStreamWaitEvent(st, (cudaEvent_t)l->join_event, 0);
+            return ss;
+        }
+    }
+    const moe_status rs = routed_experts(l, io, s, ws, st);
+    if (S) MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->join_event, 0)); /* always joined */
+    if (rs != MOE_OK) return rs;
+
+    /* combine in slot order */
+    const int32_t *slot_row = (const int32_t *)(ws + s.slot_row);
+    const float *wts = (const float *)(ws + s.weights);
+    const float *shared_scale = c->shared_gate ? (const float *)(ws + s.shared_scale) : nullptr;
+    const dim3 combine_grid((unsigned)T, (unsigned)((H + kCombineThreads * 8 - 1) / (kCombineThreads * 8)));
+    combine_kernel<<<combine_grid, kCombineThreads, 0, st>>>((const __nv_bfloat16 *)(ws + s.y), slot_row, wts, k,
+                                                             c->router.weight_on_input != 0,
+                                                             (const __nv_bfloat16 *)(ws + s.shared_y), S,
+                                                             shared_scale, T, H, (__nv_bfloat16 *)io->out->data);
+    MOE_CUDA_LAUNCHED(ctx, "combine_kernel");
+    return MOE_OK;
+}
+
+/* Gate logits, routing, permutation and the two routed GEMMs, on stream st. */
+static moe_status routed_experts(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch &s, char *ws,
+                                 cudaStream_t st) {
+    moe_ctx *ctx = l->ctx;
+    const moe_layer_config *c = &l->c;
+    const moe_layer_weights *w = &l->w;
+    const int64_t T = io->x->shape[0];
+    const int H = c->hidden, I = c->intermediate, E = c->router.n_experts, k = c->router.top_k;
     const __nv_bfloat16 *x = (const __nv_bfloat16 *)io->x->data;
     int32_t *ids = (int32_t *)(ws + s.ids);
     float *wts = (float *)(ws + s.weights), *shared_scale = c->shared_gate ? (float *)(ws + s.shared_scale) : nullptr;
@@ -70,7 +168,7 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     if ((!logits && w->gate) || shared_scale) {
         float *lg = (float *)(ws + s.logits);
         MOE_TRY(moe__cuda_gate_logits(ctx, x, logits ? nullptr : w->gate, w->gate_bias, w->shared_gate, T, H, E, lg,
-                                      shared_scale, st));
+                                      shared_scale, (float *)(ws + s.gate_partial), st));
         if (!logits) {
             logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
             logits = &logits_t;
@@ -109,30 +207,5 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     g2.b = (const __nv_bfloat16 *)w->w2, g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
     g2.bias = w->b2, g2.bias_group_stride = H;
     g2.c = y;
-    MOE_TRY(moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st));
-
-    /* 4. shared experts, dense over the tokens */
-    __nv_bfloat16 *shared_y = (__nv_bfloat16 *)(ws + s.shared_y);
-    if (S) {
-        const moe_gemm_shape dense = T < 64 ? MOE_GEMM_SMALL : T < 512 ? MOE_GEMM_MEDIUM : MOE_GEMM_LARGE;
-        const int64_t dense_tiles = (T + moe__gemm_tile_m(dense) - 1) / moe__gemm_tile_m(dense);
-        __nv_bfloat16 *shared_h = (__nv_bfloat16 *)(ws + s.shared_h);
-        moe_gemm_params d = g;
-        d.row_src = nullptr, d.gather = false, d.offsets = nullptr, d.m = T, d.row_weight = nullptr, d.bias = nullptr;
-        d.a_group_stride = 0;
-        d.b = (const __nv_bfloat16 *)w->shared_w13, d.b_group_stride = (int64_t)2 * Is * H, d.n = Is, d.k = H;
-        d.c = shared_h, d.c_group_stride = T * Is;
-        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, true, dense, dense_tiles, S, st));
-        d.a = shared_h, d.a_group_stride = T * Is;
-        d.b = (const __nv_bfloat16 *)w->shared_w2, d.b_group_stride = (int64_t)H * Is, d.n = H, d.k = Is;
-        d.c = shared_y, d.c_group_stride = T * H;
-        MOE_TRY(moe__cuda_grouped_gemm(ctx, d, false, dense, dense_tiles, S, st));
-    }
-
-    /* 5. combine in slot order */
-    combine_kernel<<<(unsigned)T, kCombineThreads, 0, st>>>(y, slot_row, wts, k, c->router.weight_on_input != 0,
-                                                            shared_y, S, shared_scale, T, H,
-                                                            (__nv_bfloat16 *)io->out->data);
-    MOE_CUDA_LAUNCHED(ctx, "combine_kernel");
-    return MOE_OK;
+    return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
 }
