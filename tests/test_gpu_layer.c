@@ -98,6 +98,14 @@ TEST_IMPL(gpu_layer_random) {
     layer_problem_random(&p, &c, 256, 0, seed++);
     bad += compare_layer(env, &p, 0, "qwen3 64 experts top 8, 1024 x 384");
     layer_problem_free(&p);
+    /* the portable (mma.sync) prefill tiles, which Hopper replaces by wgmma */
+    setenv("MOE_GEMM_PORTABLE", "1", 1);
+    c = make_config("mixtral-8x7b", 136, 120, 8, 2, MOE_ACT_SILU_GLU);
+    c.n_shared = 1, c.shared_intermediate = 64;
+    layer_problem_random(&p, &c, 700, 0, seed++);
+    bad += compare_layer(env, &p, 0, "portable prefill tiles, shared");
+    layer_problem_free(&p);
+    unsetenv("MOE_GEMM_PORTABLE");
     /* 65537 tokens (the 128-row tiles, dense shared tiles of 128 rows), and 0 tokens */
     c = make_config("qwen3-30b-a3b", 64, 32, 16, 4, MOE_ACT_SILU_GLU);
     c.n_shared = 1, c.shared_intermediate = 32;
@@ -107,6 +115,25 @@ TEST_IMPL(gpu_layer_random) {
     layer_problem_random(&p, &c, 0, 0, seed++);
     ASSERT_OK(env->gpu, layer_run(env->gpu, &p, MOE_DTYPE_BF16, 0, NULL, 0));
     layer_problem_free(&p);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
+/* Every tile shape (16-, 64- and 128-row tiles, routed and dense) on a small layer: quick enough for
+ * compute-sanitizer (scripts/gpu_layer.sh runs it under memcheck and racecheck). */
+TEST_IMPL(gpu_layer_tiles) {
+    SKIP_WITHOUT_GPU(env);
+    int bad = 0;
+    uint64_t seed = env->seed + 77;
+    moe_layer_config c = make_config("qwen2-moe", 72, 40, 4, 1, MOE_ACT_SILU_GLU);
+    c.n_shared = 1, c.shared_intermediate = 24, c.shared_gate = 1;
+    const int64_t sizes[] = {1, 200, 600};
+    for (int i = 0; i < 3; i++) {
+        layer_problem p;
+        layer_problem_random(&p, &c, sizes[i], 0, seed++);
+        bad += compare_layer(env, &p, 0, "tile shapes, qwen2-moe style");
+        layer_problem_free(&p);
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

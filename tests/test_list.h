@@ -35,5 +35,6 @@
     X(gpu_eplb_waterfill_stats)   \
     X(gpu_route_errors)           \
     X(gpu_layer_random)           \
+    X(gpu_layer_tiles)            \
     X(gpu_layer_golden)           \
     X(gpu_layer_errors)

@@ -9,28 +9,11 @@
  * columns, is then one column's gate and up, and the activation needs no exchange between threads. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
+#include "cuda/moe/gemm_tile.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 #include "moe/layer.h"
-#include "route/route_math.h"
 
 namespace {
-
-constexpr int kBand = 16; /* row tiles a band of the tile order */
-
-/* The activations of docs/layer.md, in the same form as the CPU reference. */
-__device__ __forceinline__ float glu(moe_activation act, float g, float u, float alpha, float limit) {
-    switch (act) {
-    case MOE_ACT_GELU_GLU: return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f)) * u;
-    case MOE_ACT_GELU_TANH_GLU:
-        return 0.5f * g * (1.0f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g))) * u;
-    case MOE_ACT_GPTOSS_GLU: {
-        const float gc = g < limit ? g : limit;
-        const float uc = u < -limit ? -limit : u > limit ? limit : u;
-        return gc * moe__sigmoidf(alpha * gc) * (uc + 1.0f);
-    }
-    default: return g * moe__sigmoidf(g) * u;
-    }
-}
 
 template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_> struct tile_config {
     static constexpr int BM = BM_, BN = BN_, BK = BK_, WARPS_M = WM_, WARPS_N = WN_, WARPS_K = WK_;
@@ -56,67 +39,16 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm
     const int warp_k = warp / (C::WARPS_M * C::WARPS_N), warp_mn = warp % (C::WARPS_M * C::WARPS_N);
     const int warp_m = warp_mn / C::WARPS_N, warp_n = warp_mn % C::WARPS_N;
 
-    /* the tile: a 1-D grid walked in bands of kBand row tiles, all column tiles of a band before the next band,
-     * so that the CTAs resident at once share their A rows and B rows through L2 */
-    int64_t tile_m, tile_n;
-    {
-        const int64_t band = (int64_t)blockIdx.x / ((int64_t)kBand * p.n_tiles);
-        const int64_t in_band = (int64_t)blockIdx.x - band * kBand * p.n_tiles;
-        const int64_t rows_in_band = p.m_tiles - band * kBand < kBand ? p.m_tiles - band * kBand : kBand;
-        tile_m = band * kBand + in_band % rows_in_band;
-        tile_n = in_band / rows_in_band;
-    }
-    const int64_t row0 = tile_m * C::BM;
-    int64_t row_end;
-    int group;
-    if (p.offsets) {
-        row_end = p.offsets[p.n_groups];
-        if (row0 >= row_end) return;
-        int lo = 0, hi = p.n_groups - 1; /* the last group starting at or before row0: it is never empty */
-        while (lo < hi) {
-            const int mid = (lo + hi + 1) >> 1;
-            if (p.offsets[mid] <= row0) lo = mid;
-            else hi = mid - 1;
-        }
-        group = lo;
-    } else {
-        row_end = p.m;
-        group = blockIdx.z;
-        if (row0 >= row_end) return;
-    }
+    moe_gemm_tile t;
+    if (!moe_gemm_locate(p, C::BM, t)) return;
 
     /* the global rows this thread copies: 16-byte chunks at column kc of each K step */
     const int kc = (tid % C::CHUNKS_K) * 8;
     const __nv_bfloat16 *a_row[C::A_PER], *b_row[C::B_PER];
 #pragma unroll
-    for (int i = 0; i < C::A_PER; i++) {
-        const int64_t r = row0 + (tid + i * C::THREADS) / C::CHUNKS_K;
-        a_row[i] = nullptr;
-        if (r < row_end) {
-            if (!p.offsets) {
-                a_row[i] = p.a + group * p.a_group_stride + r * p.k;
-            } else if (!p.gather) {
-                a_row[i] = p.a + r * p.k;
-            } else {
-                const int32_t src = p.row_src[r];
-                if (src >= 0) a_row[i] = p.a + (int64_t)(src / p.top_k) * p.k;
-            }
-        }
-    }
-    const __nv_bfloat16 *b = p.b + group * p.b_group_stride;
+    for (int i = 0; i < C::A_PER; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid + i * C::THREADS) / C::CHUNKS_K);
 #pragma unroll
-    for (int i = 0; i < C::B_PER; i++) {
-        const int s = (tid + i * C::THREADS) / C::CHUNKS_K;
-        int64_t brow = -1;
-        if (kGlu) {
-            const int col = tile_n * (C::BN / 2) + (s >> 1);
-            if (col < p.n) brow = p.interleaved ? 2 * col + (s & 1) : (s & 1) * p.n + col;
-        } else {
-            const int col = tile_n * C::BN + s;
-            if (col < p.n) brow = col;
-        }
-        b_row[i] = brow >= 0 ? b + brow * p.k : nullptr;
-    }
+    for (int i = 0; i < C::B_PER; i++) b_row[i] = moe_gemm_b_row<kGlu>(p, t, C::BN, (tid + i * C::THREADS) / C::CHUNKS_K);
 
     const int k_tiles = (p.k + C::BK - 1) / C::BK;
     auto load = [&](int stage, int kt) {
@@ -201,37 +133,17 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm
     }
 
     /* epilogue: (c0, c1) of row lane/4 and (c2, c3) of row lane/4 + 8, columns 2 (lane % 4) + {0, 1} */
-    const float *bias = p.bias ? p.bias + group * p.bias_group_stride : nullptr;
-    __nv_bfloat16 *c = p.c + (p.offsets ? 0 : group * p.c_group_stride);
 #pragma unroll
     for (int mi = 0; mi < C::MI; mi++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int64_t r = row0 + wm0 + mi * 16 + (lane >> 2) + h * 8;
-            if (r >= row_end) continue;
-            const int32_t src = p.offsets ? p.row_src[r] : 0;
-            if (!kGlu && src < 0) continue; /* padding rows of the routed output are never read */
-            const float w = kGlu && p.row_weight ? (src >= 0 ? p.row_weight[src] : 0.0f) : 1.0f;
+            const int64_t r = t.row0 + wm0 + mi * 16 + (lane >> 2) + h * 8;
+            const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+            if (ro.skip) continue;
 #pragma unroll
-            for (int ni = 0; ni < C::NI; ni++) {
-                const int sloc = wn0 + ni * 8 + 2 * (lane & 3);
-                float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
-                if (kGlu) {
-                    const int col = tile_n * (C::BN / 2) + (sloc >> 1);
-                    if (col >= p.n) continue;
-                    v0 *= w, v1 *= w;
-                    if (bias) {
-                        v0 += bias[p.interleaved ? 2 * col : col];
-                        v1 += bias[p.interleaved ? 2 * col + 1 : p.n + col];
-                    }
-                    c[r * p.n + col] = __float2bfloat16_rn(glu(p.act, v0, v1, p.alpha, p.limit));
-                } else {
-                    const int col = tile_n * C::BN + sloc;
-                    if (col >= p.n) continue;
-                    if (bias) v0 += bias[col], v1 += bias[col + 1];
-                    *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(v0, v1);
-                }
-            }
+            for (int ni = 0; ni < C::NI; ni++)
+                moe_gemm_store<kGlu>(p, t, C::BN, r, ro, wn0 + ni * 8 + 2 * (lane & 3), acc[mi][ni][2 * h],
+                                     acc[mi][ni][2 * h + 1]);
         }
 }
 
@@ -266,6 +178,8 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
     switch (shape) {
     case MOE_GEMM_SMALL: return launch<small_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
-    default: return launch<large_tile>(ctx, p, glu, m_tiles, groups, stream);
+    default:
+        if (moe__cuda_gemm_sm90_usable(ctx)) return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
+        return launch<large_tile>(ctx, p, glu, m_tiles, groups, stream);
     }
 }

@@ -44,7 +44,8 @@ struct moe_gemm_params {
  *  SMALL  (16 rows): decode; CTAs of 32 weight rows streaming K in steps of 128 through 4 stages, the K step
  *                    split over 4 warps: many small CTAs keep every SM's loads in flight on the touched experts;
  *  MEDIUM (64 rows): 64 x 128 tiles, 8 warps of 32 x 32, K steps of 64 through 4 stages;
- *  LARGE (128 rows): prefill; 128 x 128 tiles, 8 warps of 64 x 32, K steps of 32 through 4 stages.
+ *  LARGE (128 rows): prefill; on Hopper wgmma (grouped_gemm_sm90.cu), elsewhere 128 x 128 tiles, 8 warps of
+ *                    64 x 32, K steps of 32 through 4 stages.
  * (Measured on the H200 against 128 x 256 tiles of 64 x 64 warps, which need 226 registers a thread and run one
  * CTA an SM: those were 1.3-1.6x slower; see docs/performance.md.) */
 enum moe_gemm_shape { MOE_GEMM_SMALL, MOE_GEMM_MEDIUM, MOE_GEMM_LARGE };
@@ -55,5 +56,12 @@ int moe__gemm_tile_m(moe_gemm_shape shape);
 /* m_tiles: tiles on grid.x (routed: an upper bound; tiles past offsets[G] exit); groups: grid.z (dense) or 1. */
 moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
                                   int64_t m_tiles, int groups, cudaStream_t stream);
+
+/* The LARGE shape on Hopper (grouped_gemm_sm90.cu): wgmma, 128 x 128 tiles. Usable when the GPU is sm_90 and
+ * the build holds sm_90a code, unless the environment sets MOE_GEMM_PORTABLE (the tests use it to run the
+ * portable kernels on Hopper); moe__cuda_grouped_gemm picks it then. */
+bool moe__cuda_gemm_sm90_usable(moe_ctx *ctx);
+moe_status moe__cuda_grouped_gemm_sm90(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
+                                       cudaStream_t stream);
 
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

@@ -1,0 +1,122 @@
+/* gemm_tile.cuh — what the grouped GEMM kernels (grouped_gemm.cu: mma.sync; grouped_gemm_sm90.cu: wgmma) share:
+ * which tile a CTA computes, where its A and B rows come from, the GLU activations and the epilogue of one
+ * accumulator pair. Device code only. */
+#ifndef MOE_CUDA_MOE_GEMM_TILE_CUH
+#define MOE_CUDA_MOE_GEMM_TILE_CUH
+
+#include "cuda/moe/grouped_gemm.cuh"
+#include "route/route_math.h"
+
+constexpr int kGemmBand = 16; /* row tiles a band of the tile order */
+
+/* The activations of docs/layer.md, in the same form as the CPU reference. */
+__device__ __forceinline__ float moe_glu(moe_activation act, float g, float u, float alpha, float limit) {
+    switch (act) {
+    case MOE_ACT_GELU_GLU: return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f)) * u;
+    case MOE_ACT_GELU_TANH_GLU:
+        return 0.5f * g * (1.0f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g))) * u;
+    case MOE_ACT_GPTOSS_GLU: {
+        const float gc = g < limit ? g : limit;
+        const float uc = u < -limit ? -limit : u > limit ? limit : u;
+        return gc * moe__sigmoidf(alpha * gc) * (uc + 1.0f);
+    }
+    default: return g * moe__sigmoidf(g) * u;
+    }
+}
+
+struct moe_gemm_tile {
+    int64_t row0, row_end, tile_n;
+    int group;
+};
+
+/* The tile of this CTA (1-D grid walked in bands of kGemmBand row tiles, all column tiles of a band before the
+ * next band, so that the CTAs resident at once share A rows and B rows through L2); false when it holds no row. */
+__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, moe_gemm_tile &t) {
+    const int64_t band = (int64_t)blockIdx.x / ((int64_t)kGemmBand * p.n_tiles);
+    const int64_t in_band = (int64_t)blockIdx.x - band * kGemmBand * p.n_tiles;
+    const int64_t rows_in_band = p.m_tiles - band * kGemmBand < kGemmBand ? p.m_tiles - band * kGemmBand : kGemmBand;
+    t.row0 = (band * kGemmBand + in_band % rows_in_band) * bm;
+    t.tile_n = in_band / rows_in_band;
+    if (!p.offsets) {
+        t.row_end = p.m;
+        t.group = blockIdx.z;
+        return t.row0 < t.row_end;
+    }
+    t.row_end = p.offsets[p.n_groups];
+    if (t.row0 >= t.row_end) return false;
+    int lo = 0, hi = p.n_groups - 1; /* the last group starting at or before row0: it is never empty */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (p.offsets[mid] <= t.row0) lo = mid;
+        else hi = mid - 1;
+    }
+    t.group = lo;
+    return true;
+}
+
+/* A row r of the tile's group, or NULL where it reads as zeros (past the end, padding). */
+__device__ __forceinline__ const __nv_bfloat16 *moe_gemm_a_row(const moe_gemm_params &p, const moe_gemm_tile &t,
+                                                               int64_t r) {
+    if (r >= t.row_end) return nullptr;
+    if (!p.offsets) return p.a + t.group * p.a_group_stride + r * p.k;
+    if (!p.gather) return p.a + r * p.k;
+    const int32_t src = p.row_src[r];
+    return src >= 0 ? p.a + (int64_t)(src / p.top_k) * p.k : nullptr;
+}
+
+/* B row s (0..bn-1) of the tile: for GLU the pairs (gate, up) of columns tile_n * bn / 2 + s / 2. NULL past N. */
+template <bool kGlu>
+__device__ __forceinline__ const __nv_bfloat16 *moe_gemm_b_row(const moe_gemm_params &p, const moe_gemm_tile &t,
+                                                               int bn, int s) {
+    const __nv_bfloat16 *b = p.b + t.group * p.b_group_stride;
+    if (kGlu) {
+        const int64_t col = t.tile_n * (bn / 2) + (s >> 1);
+        if (col >= p.n) return nullptr;
+        return b + (p.interleaved ? 2 * col + (s & 1) : (s & 1) * p.n + col) * p.k;
+    }
+    const int64_t col = t.tile_n * bn + s;
+    return col < p.n ? b + col * p.k : nullptr;
+}
+
+/* The epilogue of one row: the per-row factors, then pairs of accumulators. */
+struct moe_gemm_row_out {
+    bool skip;  /* past the end, or a padding row of the routed GEMM 2 (never read) */
+    float w;    /* GLU with the routed weight on the input: the row's weight */
+};
+
+template <bool kGlu>
+__device__ __forceinline__ moe_gemm_row_out moe_gemm_row(const moe_gemm_params &p, const moe_gemm_tile &t,
+                                                         int64_t r) {
+    moe_gemm_row_out o = {r >= t.row_end, 1.0f};
+    if (o.skip || !p.offsets) return o;
+    const int32_t src = p.row_src[r];
+    if (!kGlu && src < 0) o.skip = true;
+    if (kGlu && p.row_weight) o.w = src >= 0 ? p.row_weight[src] : 0.0f;
+    return o;
+}
+
+/* Accumulators (v0, v1) of row r at B rows s, s + 1 of the tile (s even): GLU gives act(gate, up) at column
+ * tile_n * bn / 2 + s / 2; plain gives columns tile_n * bn + s, s + 1. */
+template <bool kGlu>
+__device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const moe_gemm_tile &t, int bn, int64_t r,
+                                               const moe_gemm_row_out &ro, int s, float v0, float v1) {
+    const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
+    __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride);
+    if (kGlu) {
+        const int64_t col = t.tile_n * (bn / 2) + (s >> 1);
+        if (col >= p.n) return;
+        v0 *= ro.w, v1 *= ro.w;
+        if (bias) {
+            v0 += bias[p.interleaved ? 2 * col : col];
+            v1 += bias[p.interleaved ? 2 * col + 1 : p.n + col];
+        }
+        c[r * p.n + col] = __float2bfloat16_rn(moe_glu(p.act, v0, v1, p.alpha, p.limit));
+    } else {
+        const int64_t col = t.tile_n * bn + s;
+        if (col >= p.n) return;
+        if (bias) v0 += bias[col], v1 += bias[col + 1];
+        *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(v0, v1);
+    }
+}
+
+#endif /* MOE_CUDA_MOE_GEMM_TILE_CUH */
