@@ -1,4 +1,5 @@
-/* cli.c — helpers shared by the subcommands: contexts, shapes, random data, the format list. */
+/* cli.c — helpers shared by the subcommands: contexts, shapes, random data, the format list, bench options. */
+#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,4 +113,38 @@ double cli_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o) {
+    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},     {"dtype", 1, 0, 'd'},
+                                         {"reps", 1, 0, 'r'},  {"json", 1, 0, 'j'},       {"backend", 1, 0, 'b'},
+                                         {"help", 0, 0, 'h'},  {"route-only", 0, 0, 'o'}, {0, 0, 0, 0}};
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+        switch (c) {
+        case 'm': o->models = optarg; break;
+        case 't': o->tokens = optarg; break;
+        case 'd': o->dtype = optarg; break;
+        case 'r': o->reps = atoi(optarg); break;
+        case 'j': o->json = optarg; break;
+        case 'b': o->backend = optarg; break;
+        case 'h': fputs(usage, stdout); return CLI_OK;
+        case 'o':
+            if (!o->route_only) { /* not an option of this command */
+                fputs(usage, stderr);
+                return CLI_USAGE;
+            }
+            *o->route_only = 1;
+            break;
+        default: fputs(usage, stderr); return CLI_USAGE;
+        }
+    }
+    return -1;
+}
+
+void cli_utc_date(char *out, size_t cap) {
+    const time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }

@@ -31,6 +31,18 @@ int cli_format_list(moe_qformat *formats, const char **labels, int cap);
 
 double cli_now_ms(void);
 
+/* The options `moe bench route` and `moe bench layer` share: --model --tokens --dtype --reps --json --backend, and
+ * --route-only where route_only is not NULL. Returns -1 to go on, or the exit code (after --help or a bad option). */
+typedef struct cli_bench_opts {
+    const char *models, *tokens, *dtype, *json, *backend;
+    int reps;
+    int *route_only;
+} cli_bench_opts;
+int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o);
+
+/* The current UTC time as 2026-11-22T03:52:24Z. */
+void cli_utc_date(char *out, size_t cap);
+
 #ifndef MOE_GIT_COMMIT
 #define MOE_GIT_COMMIT "unknown"
 #endif

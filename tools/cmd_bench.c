@@ -184,8 +184,7 @@ static int bench_formats(int argc, char **argv) {
            "2/3; their \"static\" rows time the quantiser alone with the per-tensor scale given.\n");
     if (json_path) {
         char date[32];
-        time_t now = time(NULL);
-        strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+        cli_utc_date(date, sizeof date);
         json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:I, s:I, s:I}, s:i, s:i, s:f, s:f, s:o}", "bench",
                                 "formats", "device", moe_ctx_describe(ctx), "commit", MOE_GIT_COMMIT, "date", date,
                                 "input", "dtype", dtype_name, "rows", (json_int_t)rows, "cols", (json_int_t)cols,

@@ -6,12 +6,10 @@
  * the same way). The limit is max(bytes / read bandwidth, FLOPs / bf16 tensor rate) with the ceilings measured
  * in docs/performance.md for the device; bytes count the touched experts' weights (found by a counted forward
  * before the timing), the shared experts, the gate and x and out. */
-#include <getopt.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
@@ -250,29 +248,16 @@ done:
 }
 
 int bench_layer(int argc, char **argv) {
-    const char *models = NULL, *tokens = NULL, *dtype_name = "bf16", *json_path = NULL, *backend = "auto";
-    int reps = 0;
-    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},  {"dtype", 1, 0, 'd'},
-                                         {"reps", 1, 0, 'r'},  {"json", 1, 0, 'j'},    {"backend", 1, 0, 'b'},
-                                         {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
-        switch (c) {
-        case 'm': models = optarg; break;
-        case 't': tokens = optarg; break;
-        case 'd': dtype_name = optarg; break;
-        case 'r': reps = atoi(optarg); break;
-        case 'j': json_path = optarg; break;
-        case 'b': backend = optarg; break;
-        case 'h': fputs(usage, stdout); return CLI_OK;
-        default: fputs(usage, stderr); return CLI_USAGE;
-        }
-    }
+    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL};
+    const int parsed = cli_bench_parse(argc, argv, usage, &o);
+    if (parsed >= 0) return parsed;
+    const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
+    const int reps = o.reps;
     if (strcmp(dtype_name, "bf16") != 0 || reps < 0) {
         fprintf(stderr, "moe bench layer: --dtype bf16 (the only layer dtype so far), --reps >= 0\n");
         return CLI_USAGE;
     }
-    moe_ctx *ctx = cli_ctx(backend, 0);
+    moe_ctx *ctx = cli_ctx(o.backend, 0);
     if (!ctx) return CLI_FAIL;
     const int gpu = moe_ctx_backend(ctx) == MOE_BACKEND_CUDA;
     if (!models) models = gpu ? "qwen3-30b-a3b,deepseek-v3,mixtral-8x7b" : "qwen3-30b-a3b";
@@ -307,8 +292,7 @@ int bench_layer(int argc, char **argv) {
     fprintf(stderr, "%60s\r", "");
     if (json_path) {
         char date[32];
-        time_t now = time(NULL);
-        strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+        cli_utc_date(date, sizeof date);
         json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f, s:f, s:s, s:o}", "bench", "layer", "device",
                                 moe_ctx_describe(ctx), "commit", MOE_GIT_COMMIT, "date", date, "dtype", dtype_name,
                                 "read_gbps", read_gbps, "tflops", tflops, "ceilings", "docs/performance.md",

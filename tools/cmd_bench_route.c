@@ -2,11 +2,9 @@
  * model's router at several token counts. On a GPU the three run as CUDA-graph replays (the graph holds --reps
  * back-to-back iterations, so launch overhead is what a captured decode step pays); the bandwidth limit is the
  * bytes they must move over the copy bandwidth measured in the same run. */
-#include <getopt.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
@@ -73,27 +71,11 @@ static double time_steps(moe_ctx *ctx, route_bench *b, int reps) {
 }
 
 int bench_route(int argc, char **argv) {
-    const char *models = "qwen3-30b-a3b,deepseek-v3", *tokens = "1,16,128,1024,8192", *dtype_name = "f32";
-    const char *json_path = NULL, *backend = "auto";
-    int reps = 0;
-    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'}, {"dtype", 1, 0, 'd'},
-                                         {"reps", 1, 0, 'r'},  {"json", 1, 0, 'j'},   {"backend", 1, 0, 'b'},
-                                         {"route-only", 0, 0, 'o'},
-                                         {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
-        switch (c) {
-        case 'm': models = optarg; break;
-        case 't': tokens = optarg; break;
-        case 'd': dtype_name = optarg; break;
-        case 'r': reps = atoi(optarg); break;
-        case 'j': json_path = optarg; break;
-        case 'b': backend = optarg; break;
-        case 'o': route_only = 1; break;
-        case 'h': fputs(usage, stdout); return CLI_OK;
-        default: fputs(usage, stderr); return CLI_USAGE;
-        }
-    }
+    cli_bench_opts o = {"qwen3-30b-a3b,deepseek-v3", "1,16,128,1024,8192", "f32", NULL, "auto", 0, &route_only};
+    const int parsed = cli_bench_parse(argc, argv, usage, &o);
+    if (parsed >= 0) return parsed;
+    const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
+    int reps = o.reps;
     int64_t token_list[16];
     const int n_tok = cli_parse_shape(tokens, token_list, 16);
     const moe_dtype dtype = moe_dtype_from_name(dtype_name);
@@ -101,7 +83,7 @@ int bench_route(int argc, char **argv) {
         fprintf(stderr, "moe bench route: --tokens takes a list like 1,16,128; --dtype f32 or bf16\n");
         return CLI_USAGE;
     }
-    moe_ctx *ctx = cli_ctx(backend, 0);
+    moe_ctx *ctx = cli_ctx(o.backend, 0);
     if (!ctx) return CLI_FAIL;
     const int gpu = moe_ctx_backend(ctx) == MOE_BACKEND_CUDA;
     if (!reps) reps = gpu ? 200 : 3;
@@ -207,8 +189,7 @@ int bench_route(int argc, char **argv) {
     }
     if (json_path) {
         char date[32];
-        time_t now = time(NULL);
-        strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+        cli_utc_date(date, sizeof date);
         json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:b, s:f, s:o}", "bench", "route", "device",
                                 moe_ctx_describe(ctx), "commit", MOE_GIT_COMMIT, "date", date, "logits", dtype_name,
                                 "reps", reps, "route_only", route_only, "copy_gbps", copy_gbps, "results", results);
