@@ -13,30 +13,33 @@ static size_t moe_align256(size_t n) {
 moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
     const moe_layer_config *c = &l->c;
     const size_t E = (size_t)c->router.n_experts, k = (size_t)c->router.top_k, t = (size_t)(T > 0 ? T : 0);
+    const size_t H = (size_t)c->hidden;
     moe_layer_scratch s = {0};
     size_t at = 0;
     s.logits = at, at += moe_align256(t * E * 4);
     s.ids = at, at += moe_align256(t * k * 4);
     s.weights = at, at += moe_align256(t * k * 4);
+#ifdef MOE_WITH_CUDA
     if (l->ctx->backend == MOE_BACKEND_CUDA) {
-        const size_t S = (size_t)c->n_shared, H = (size_t)c->hidden, I = (size_t)c->intermediate;
-        const size_t Is = (size_t)c->shared_intermediate;
-        s.rows = (int64_t)(t * k + E * (MOE_LAYER_MAX_TILE_M - 1));
-        const moe_permute_config pc = {(int)E, 0, (int)E, (int)k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
-        size_t pb = 0;
-        moe_permute_workspace_size(l->ctx, &pc, (int64_t)t, &pb);
-        s.counts = at, at += moe_align256(E * 4);
-        s.offsets = at, at += moe_align256((E + 1) * 8);
-        s.row_src = at, at += moe_align256((size_t)s.rows * 4);
-        s.slot_row = at, at += moe_align256(t * k * 4);
-        s.permute = at, s.permute_bytes = pb, at += moe_align256(pb);
-        s.h = at, at += moe_align256((size_t)s.rows * I * 2);
-        s.y = at, at += moe_align256((size_t)s.rows * H * 2);
+        const moe_layer_scratch x = moe__cuda_layer_experts_scratch(l, T);
+        const size_t S = (size_t)c->n_shared, Is = (size_t)c->shared_intermediate;
+        s.rows = x.rows;
+        s.counts = at + x.counts, s.offsets = at + x.offsets, s.row_src = at + x.row_src;
+        s.slot_row = at + x.slot_row, s.permute = at + x.permute, s.permute_bytes = x.permute_bytes;
+        s.h = at + x.h, s.y = at + x.y;
+        at += x.bytes;
         s.shared_scale = at, at += moe_align256(t * 4);
         s.gate_partial = at, at += moe_align256((size_t)moe__gate_partial_rows((int64_t)t, c->hidden) * (E + 1) * 4);
         s.shared_h = at, at += moe_align256(S * t * Is * 2);
         s.shared_y = at, at += moe_align256(S * t * H * 2);
+        s.bytes = at;
+        return s;
     }
+#endif
+    /* CPU: a (T, k) row map and the expert outputs (T k, H) in f32 */
+    s.slot_row = at, at += moe_align256(t * k * 4);
+    s.y = at, at += moe_align256(t * k * H * 4);
+    s.rows = (int64_t)(t * k);
     s.bytes = at;
     return s;
 }
@@ -137,6 +140,7 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     l->ctx = ctx;
     l->c = *config;
     l->w = *weights;
+    l->expert_begin = 0, l->n_local = config->router.n_experts;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA && config->n_shared > 0) {
         const moe_status s = moe__cuda_layer_init(l);

@@ -12,6 +12,9 @@ struct moe_layer {
     moe_ctx *ctx;
     moe_layer_config c;
     moe_layer_weights w;
+    /* the experts w13/w2/b13/b2 hold: ids [expert_begin, expert_begin + n_local) of the router's E (all of them
+     * for a layer of its own; a rank's slice inside expert parallelism, src/ep/) */
+    int expert_begin, n_local;
     /* CUDA, with shared experts: they run on a stream of their own beside the routing and the routed experts,
      * forked from and joined back to the caller's stream by these events (one forward at a time per layer) */
     void *side_stream, *fork_event, *join_event;
@@ -29,7 +32,8 @@ static inline int64_t moe__gate_partial_rows(int64_t T, int H) {
 }
 
 /* Scratch of one forward of T tokens, as offsets into the caller's workspace (a bump allocator: sizing and
- * carving follow the same code). The CPU uses the first three; the GPU all. */
+ * carving follow the same code). The CPU uses logits, ids, weights, slot_row and y (f32, a row per (token, slot));
+ * the GPU all but y is bf16 rows of the permutation. */
 typedef struct moe_layer_scratch {
     size_t logits, ids, weights; /* (T, E) f32, (T, k) int32, (T, k) f32 */
     size_t counts, offsets;      /* (E) int32, (E + 1) int64: the contiguous permutation */
@@ -50,6 +54,46 @@ moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *wo
 moe_status moe__cuda_layer_init(moe_layer *l);
 void moe__cuda_layer_fini(moe_layer *l);
 moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream);
+#endif
+
+/* The stages of a forward, for expert parallelism (src/ep/), which runs them on different ranks. A single
+ * forward is route -> experts -> combine on one device; each stage computes every row exactly as it does there,
+ * so a forward split over ranks gives the same bits when `plan_tokens` (the tokens of the whole step, over all
+ * ranks) picks the same kernels. */
+
+/* Router logits (from the gate when io has none) and routing of io->x: ids, weights (T, k) into the scratch,
+ * and the shared gate's sigmoid (GPU: s.shared_scale). */
+moe_status moe__layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
+                            void *stream);
+
+/* CPU: y row slot_row[t k + j] (f32, H) = w2[e] . act(w13[e] . x_t' + b13[e]) + b2[e] for every (t, j) whose
+ * id e is one of the layer's experts and whose slot_row is >= 0 (x_t' = w x_t with the weight on the input). */
+moe_status moe__cpu_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids, const float *weights,
+                                  const int32_t *slot_row, float *y);
+/* CPU: out_t = sum over j in order of w_tj y[slot_row[t k + j]] (rows of -1 skipped) + the shared experts. */
+moe_status moe__cpu_layer_combine(moe_layer *l, const void *x, int64_t T, const float *y, const int32_t *slot_row,
+                                  const float *weights, void *out);
+
+#ifdef MOE_WITH_CUDA
+moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
+                                 void *stream);
+/* GPU scratch of the routed experts for T tokens: the permutation, h and y (the fields of moe_layer_scratch
+ * from counts to y; the rest unset). */
+moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T);
+/* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens), GEMM 1, GEMM 2: y (rows, H)
+ * bf16 in the scratch and slot_row (T, k) in s->slot_row. */
+moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids, const float *weights,
+                                   int64_t plan_tokens, const moe_layer_scratch *s, void *workspace, void *stream);
+/* GPU: the shared experts of x (T tokens, kernels chosen from plan_tokens) into s->shared_y, on the layer's side
+ * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. */
+moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_t plan_tokens,
+                                  const moe_layer_scratch *s, void *workspace, void *stream);
+moe_status moe__cuda_layer_join(moe_layer *l, void *stream);
+/* GPU: out_t = sum over j in order of w_tj y[slot_row[t k + j]] + g_t sum_s shared_y[s, t] (shared_y, shared_scale
+ * may be NULL). */
+moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const int32_t *slot_row, const float *weights,
+                                   int64_t T, const void *shared_y, const float *shared_scale, void *out,
+                                   void *stream);
 #endif
 
 #ifdef __cplusplus

@@ -56,22 +56,16 @@ static void moe_ffn_down(const moe_layer *l, const void *w2, const float *b2, in
     }
 }
 
-moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace) {
+/* The router on the CPU: logits from the gate when io has none, then moe_route. */
+static moe_status moe_cpu_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, char *ws) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const int64_t T = io->x->shape[0];
-    const int H = c->hidden, I = c->intermediate, E = c->router.n_experts, k = c->router.top_k;
-    const int Is = c->shared_intermediate, wide = I > Is ? I : Is;
-    const moe_layer_scratch s = moe__layer_scratch(l, T);
-    char *ws = workspace;
-    int32_t *ids = (int32_t *)(ws + s.ids);
-    float *wts = (float *)(ws + s.weights);
-
-    /* 1. router */
+    const int H = c->hidden, E = c->router.n_experts;
     moe_tensor logits_t;
     const moe_tensor *logits = io->logits;
     if (!logits && l->w.gate) {
-        float *lg = (float *)(ws + s.logits);
+        float *lg = (float *)(ws + s->logits);
 #pragma omp parallel for num_threads(ctx->n_threads) schedule(static)
         for (int64_t t = 0; t < T; t++)
             for (int e = 0; e < E; e++) {
@@ -82,41 +76,78 @@ moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *wo
         logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
         logits = &logits_t;
     }
-    moe_route_args ra = {logits, io->token_ids, T, ids, wts, NULL, io->stats, io->stats_layer};
-    MOE_TRY(moe_route(ctx, &c->router, &ra, NULL));
+    moe_route_args ra = {logits, io->token_ids, T, (int32_t *)(ws + s->ids), (float *)(ws + s->weights), NULL,
+                         io->stats, io->stats_layer};
+    return moe_route(ctx, &c->router, &ra, NULL);
+}
 
-    /* 2–3. experts and combine, a token per iteration */
+moe_status moe__cpu_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids, const float *weights,
+                                  const int32_t *slot_row, float *y) {
+    const moe_layer_config *c = &l->c;
+    const int H = c->hidden, I = c->intermediate, k = c->router.top_k;
+    const int64_t s13 = (int64_t)2 * I * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
     int failed = 0;
-#pragma omp parallel num_threads(ctx->n_threads)
+#pragma omp parallel num_threads(l->ctx->n_threads)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(3 * H + 3 * wide));
+        float *buf = malloc(sizeof(float) * (size_t)(2 * H + 3 * I));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
         } else {
-            float *x = buf, *acc = x + H, *xin = acc + H, *a = xin + H, *h = a + 2 * wide;
+            float *xin = buf, *a = xin + H, *h = a + 2 * I, *acc = h + I;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t tj = 0; tj < T * k; tj++) {
+                const int32_t e = ids[tj] - l->expert_begin, row = slot_row[tj];
+                if (ids[tj] < 0 || e < 0 || e >= l->n_local || row < 0) continue;
+                const float w = weights[tj];
+                for (int i = 0; i < H; i++) {
+                    const float v = moe_ld(x, c->dtype, tj / k * H + i);
+                    xin[i] = c->router.weight_on_input ? v * w : v;
+                }
+                moe_ffn_up(l, (const char *)l->w.w13 + e * s13, l->w.b13 ? l->w.b13 + (int64_t)e * 2 * I : NULL, I, xin,
+                           a, h);
+                for (int i = 0; i < H; i++) acc[i] = 0.0f;
+                moe_ffn_down(l, (const char *)l->w.w2 + e * s13 / 2, l->w.b2 ? l->w.b2 + (int64_t)e * H : NULL, I, h,
+                             1.0f, acc);
+                for (int i = 0; i < H; i++) y[(int64_t)row * H + i] = acc[i];
+            }
+        }
+        free(buf);
+    }
+    if (failed) return moe__error(l->ctx, MOE_ERR_OOM, "moe_layer_forward: no memory for the CPU scratch");
+    return MOE_OK;
+}
+
+moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, const float *y, const int32_t *slot_row,
+                                  const float *weights, void *out) {
+    const moe_layer_config *c = &l->c;
+    const int H = c->hidden, k = c->router.top_k, Is = c->shared_intermediate;
+    int failed = 0;
+#pragma omp parallel num_threads(l->ctx->n_threads)
+    {
+        float *buf = malloc(sizeof(float) * (size_t)(3 * H + 3 * Is));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            float *x = buf, *acc = x + H, *sh = acc + H, *a = sh + H, *h = a + 2 * Is;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < T; t++) {
-                for (int i = 0; i < H; i++) x[i] = moe_ld(io->x->data, c->dtype, t * H + i), acc[i] = 0.0f;
+                for (int i = 0; i < H; i++) acc[i] = 0.0f;
                 for (int j = 0; j < k; j++) {
-                    const int32_t e = ids[t * k + j];
-                    if (e < 0) continue;
-                    const float w = wts[t * k + j];
-                    for (int i = 0; i < H; i++) xin[i] = c->router.weight_on_input ? x[i] * w : x[i];
-                    const int64_t s13 = (int64_t)2 * I * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
-                    moe_ffn_up(l, (const char *)l->w.w13 + e * s13, l->w.b13 ? l->w.b13 + (int64_t)e * 2 * I : NULL, I,
-                               xin, a, h);
-                    moe_ffn_down(l, (const char *)l->w.w2 + e * s13 / 2, l->w.b2 ? l->w.b2 + (int64_t)e * H : NULL, I, h,
-                                 c->router.weight_on_input ? 1.0f : w, acc);
+                    const int32_t r = slot_row[t * k + j];
+                    if (r < 0) continue;
+                    const float w = c->router.weight_on_input ? 1.0f : weights[t * k + j];
+                    for (int i = 0; i < H; i++) acc[i] += w * y[(int64_t)r * H + i];
                 }
                 if (c->n_shared) {
+                    for (int i = 0; i < H; i++) x[i] = moe_ld(x_in, c->dtype, t * H + i);
                     float g = 1.0f;
                     if (c->shared_gate) {
                         float d = 0.0f;
                         for (int i = 0; i < H; i++) d += l->w.shared_gate[i] * x[i];
                         g = moe__sigmoidf(d);
                     }
-                    float *sh = xin; /* the routed input is no longer needed */
                     for (int i = 0; i < H; i++) sh[i] = 0.0f;
                     const int64_t s13 = (int64_t)2 * Is * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
                     for (int e = 0; e < c->n_shared; e++) {
@@ -127,14 +158,38 @@ moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *wo
                 }
                 for (int i = 0; i < H; i++) {
                     if (c->dtype == MOE_DTYPE_BF16)
-                        ((uint16_t *)io->out->data)[t * H + i] = moe__bf16_from_f32(acc[i]);
+                        ((uint16_t *)out)[t * H + i] = moe__bf16_from_f32(acc[i]);
                     else
-                        ((float *)io->out->data)[t * H + i] = acc[i];
+                        ((float *)out)[t * H + i] = acc[i];
                 }
             }
         }
         free(buf);
     }
-    if (failed) return moe__error(ctx, MOE_ERR_OOM, "moe_layer_forward: no memory for the CPU scratch");
+    if (failed) return moe__error(l->ctx, MOE_ERR_OOM, "moe_layer_forward: no memory for the CPU scratch");
     return MOE_OK;
+}
+
+/* route -> experts (a row per (token, slot), in place t k + j) -> combine */
+moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace) {
+    const int64_t T = io->x->shape[0], n = T * l->c.router.top_k;
+    const moe_layer_scratch s = moe__layer_scratch(l, T);
+    char *ws = workspace;
+    MOE_TRY(moe_cpu_route(l, io, &s, ws));
+    const int32_t *ids = (const int32_t *)(ws + s.ids);
+    const float *wts = (const float *)(ws + s.weights);
+    int32_t *slot_row = (int32_t *)(ws + s.slot_row);
+    float *y = (float *)(ws + s.y);
+    for (int64_t tj = 0; tj < n; tj++) slot_row[tj] = ids[tj] >= 0 ? (int32_t)tj : -1;
+    MOE_TRY(moe__cpu_layer_experts(l, io->x->data, T, ids, wts, slot_row, y));
+    return moe__cpu_layer_combine(l, io->x->data, T, y, slot_row, wts, io->out->data);
+}
+
+moe_status moe__layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
+                            void *stream) {
+#ifdef MOE_WITH_CUDA
+    if (l->ctx->backend == MOE_BACKEND_CUDA) return moe__cuda_layer_route(l, io, s, workspace, stream);
+#endif
+    (void)stream;
+    return moe_cpu_route(l, io, s, workspace);
 }

@@ -85,122 +85,183 @@ extern "C" void moe__cuda_layer_fini(moe_layer *l) {
     l->side_stream = l->fork_event = l->join_event = NULL;
 }
 
-/* The shared experts, dense over the tokens (a shared expert per grid.z), on stream st. */
-static moe_status shared_experts(moe_layer *l, const __nv_bfloat16 *x, int64_t T, const moe_layer_scratch &s,
-                                 char *ws, cudaStream_t st) {
+static size_t align256(size_t n) {
+    return (n + 255) / 256 * 256;
+}
+
+/* The tile shape for T tokens over E experts: from the rows a touched expert gets on average. LARGE from 64 rows
+ * an expert on Hopper (wgmma: measured 1.2-1.3x faster there than 64-row mma.sync tiles despite the padding;
+ * worse from 32), from 128 elsewhere. */
+static moe_gemm_shape routed_shape(moe_ctx *ctx, int64_t T, int k, int E) {
+    const int64_t assignments = T * k, touched = assignments < E ? assignments : E;
+    const int64_t large_min = moe__cuda_gemm_sm90_usable(ctx) ? 64 : 128;
+    return assignments < 16 * touched ? MOE_GEMM_SMALL : assignments < large_min * touched ? MOE_GEMM_MEDIUM
+                                                                                           : MOE_GEMM_LARGE;
+}
+
+extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T) {
     const moe_layer_config *c = &l->c;
+    const size_t E = (size_t)l->n_local, k = (size_t)c->router.top_k, t = (size_t)(T > 0 ? T : 0);
+    const size_t H = (size_t)c->hidden, I = (size_t)c->intermediate;
+    moe_layer_scratch s = {};
+    size_t at = 0;
+    s.rows = (int64_t)(t * k + E * (MOE_LAYER_MAX_TILE_M - 1));
+    const moe_permute_config pc = {c->router.n_experts, 0, (int)E, (int)k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
+    size_t pb = 0;
+    moe_permute_workspace_size(l->ctx, &pc, (int64_t)t, &pb);
+    s.counts = at, at += align256(E * 4);
+    s.offsets = at, at += align256((E + 1) * 8);
+    s.row_src = at, at += align256((size_t)s.rows * 4);
+    s.slot_row = at, at += align256(t * k * 4);
+    s.permute = at, s.permute_bytes = pb, at += align256(pb);
+    s.h = at, at += align256((size_t)s.rows * I * 2);
+    s.y = at, at += align256((size_t)s.rows * H * 2);
+    s.bytes = at;
+    return s;
+}
+
+extern "C" moe_status moe__cuda_layer_shared(moe_layer *l, const void *xv, int64_t T, int64_t plan_tokens,
+                                             const moe_layer_scratch *s, void *workspace, void *stream) {
+    moe_ctx *ctx = l->ctx;
+    const moe_layer_config *c = &l->c;
+    cudaStream_t st = moe__cuda_enter(ctx, stream), side = (cudaStream_t)l->side_stream;
     const int H = c->hidden, S = c->n_shared, Is = c->shared_intermediate;
-    const moe_gemm_shape dense = T < 64 ? MOE_GEMM_SMALL : T < 512 ? MOE_GEMM_MEDIUM : MOE_GEMM_LARGE;
+    char *ws = (char *)workspace;
+    MOE_CUDA_TRY(ctx, cudaEventRecord((cudaEvent_t)l->fork_event, st));
+    MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(side, (cudaEvent_t)l->fork_event, 0));
+    /* dense over the tokens, a shared expert per grid.z; the tile from the step's tokens */
+    const moe_gemm_shape dense = plan_tokens < 64 ? MOE_GEMM_SMALL : plan_tokens < 512 ? MOE_GEMM_MEDIUM
+                                                                                        : MOE_GEMM_LARGE;
     const int64_t tiles = (T + moe__gemm_tile_m(dense) - 1) / moe__gemm_tile_m(dense);
-    __nv_bfloat16 *shared_h = (__nv_bfloat16 *)(ws + s.shared_h);
+    __nv_bfloat16 *shared_h = (__nv_bfloat16 *)(ws + s->shared_h);
     moe_gemm_params d = {};
-    d.a = x, d.m = T, d.n_groups = S;
+    d.a = (const __nv_bfloat16 *)xv, d.m = T, d.n_groups = S;
     d.b = (const __nv_bfloat16 *)l->w.shared_w13, d.b_group_stride = (int64_t)2 * Is * H, d.n = Is, d.k = H;
     d.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
     d.act = c->activation, d.alpha = c->act_alpha, d.limit = c->act_limit;
     d.c = shared_h, d.c_group_stride = T * Is;
-    MOE_TRY(moe__cuda_grouped_gemm(l->ctx, d, true, dense, tiles, S, st));
-    d.a = shared_h, d.a_group_stride = T * Is;
-    d.b = (const __nv_bfloat16 *)l->w.shared_w2, d.b_group_stride = (int64_t)H * Is, d.n = H, d.k = Is;
-    d.c = (__nv_bfloat16 *)(ws + s.shared_y), d.c_group_stride = T * H;
-    return moe__cuda_grouped_gemm(l->ctx, d, false, dense, tiles, S, st);
+    moe_status ss = moe__cuda_grouped_gemm(ctx, d, true, dense, tiles, S, side);
+    if (ss == MOE_OK) {
+        d.a = shared_h, d.a_group_stride = T * Is;
+        d.b = (const __nv_bfloat16 *)l->w.shared_w2, d.b_group_stride = (int64_t)H * Is, d.n = H, d.k = Is;
+        d.c = (__nv_bfloat16 *)(ws + s->shared_y), d.c_group_stride = T * H;
+        ss = moe__cuda_grouped_gemm(ctx, d, false, dense, tiles, S, side);
+    }
+    /* the join event is recorded even on failure, so that a caller's join never waits on a stale one */
+    const cudaError_t e = cudaEventRecord((cudaEvent_t)l->join_event, side);
+    if (ss == MOE_OK && e != cudaSuccess) ss = moe__cuda_fail(ctx, e, "cudaEventRecord", __FILE__, __LINE__);
+    return ss;
 }
 
-static moe_status routed_experts(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch &s, char *ws,
-                                 cudaStream_t st);
+extern "C" moe_status moe__cuda_layer_join(moe_layer *l, void *stream) {
+    cudaStream_t st = moe__cuda_enter(l->ctx, stream);
+    MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->join_event, 0));
+    return MOE_OK;
+}
 
-extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream) {
+extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const int32_t *slot_row,
+                                              const float *weights, int64_t T, const void *shared_y,
+                                              const float *shared_scale, void *out, void *stream) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     cudaStream_t st = moe__cuda_enter(ctx, stream);
-    const int64_t T = io->x->shape[0];
-    const int H = c->hidden, k = c->router.top_k, S = c->n_shared;
-    const moe_layer_scratch s = moe__layer_scratch(l, T);
-    char *ws = (char *)workspace;
-    const __nv_bfloat16 *x = (const __nv_bfloat16 *)io->x->data;
-
-    /* the shared experts need only x: fork them onto the side stream, to run beside routing and the routed
-     * experts, and join them back before the combine (a capture follows the fork and the join) */
-    cudaStream_t side = (cudaStream_t)l->side_stream;
-    if (S) {
-        MOE_CUDA_TRY(ctx, cudaEventRecord((cudaEvent_t)l->fork_event, st));
-        MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(side, (cudaEvent_t)l->fork_event, 0));
-        moe_status ss = shared_experts(l, x, T, s, ws, side);
-        const cudaError_t e = cudaEventRecord((cudaEvent_t)l->join_event, side);
-        if (ss == MOE_OK && e != cudaSuccess) ss = moe__cuda_fail(ctx, e, "cudaEventRecord", __FILE__, __LINE__);
-        if (ss != MOE_OK) {
-            cudaStreamWaitEvent(st, (cudaEvent_t)l->join_event, 0);
-            return ss;
-        }
-    }
-    const moe_status rs = routed_experts(l, io, s, ws, st);
-    if (S) MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->join_event, 0)); /* always joined */
-    if (rs != MOE_OK) return rs;
-
-    /* combine in slot order */
-    const int32_t *slot_row = (const int32_t *)(ws + s.slot_row);
-    const float *wts = (const float *)(ws + s.weights);
-    const float *shared_scale = c->shared_gate ? (const float *)(ws + s.shared_scale) : nullptr;
-    const dim3 combine_grid((unsigned)T, (unsigned)((H + kCombineThreads * 8 - 1) / (kCombineThreads * 8)));
-    combine_kernel<<<combine_grid, kCombineThreads, 0, st>>>((const __nv_bfloat16 *)(ws + s.y), slot_row, wts, k,
-                                                             c->router.weight_on_input != 0,
-                                                             (const __nv_bfloat16 *)(ws + s.shared_y), S,
-                                                             shared_scale, T, H, (__nv_bfloat16 *)io->out->data);
+    const int H = c->hidden;
+    if (T == 0) return MOE_OK;
+    const dim3 grid((unsigned)T, (unsigned)((H + kCombineThreads * 8 - 1) / (kCombineThreads * 8)));
+    combine_kernel<<<grid, kCombineThreads, 0, st>>>((const __nv_bfloat16 *)y, slot_row, weights, c->router.top_k,
+                                                     c->router.weight_on_input != 0, (const __nv_bfloat16 *)shared_y,
+                                                     shared_y ? c->n_shared : 0, shared_scale, T, H,
+                                                     (__nv_bfloat16 *)out);
     MOE_CUDA_LAUNCHED(ctx, "combine_kernel");
     return MOE_OK;
 }
 
-/* Gate logits, routing, permutation and the two routed GEMMs, on stream st. */
-static moe_status routed_experts(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch &s, char *ws,
-                                 cudaStream_t st) {
+/* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts);
+ * gate logits, routing, permutation and the two routed GEMMs on the caller's stream; join; combine in slot
+ * order. A capture follows the fork and the join. */
+extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream) {
+    const moe_layer_config *c = &l->c;
+    const int64_t T = io->x->shape[0];
+    const moe_layer_scratch s = moe__layer_scratch(l, T);
+    char *ws = (char *)workspace;
+    const void *x = io->x->data;
+    if (c->n_shared) {
+        const moe_status ss = moe__cuda_layer_shared(l, x, T, T, &s, ws, stream);
+        if (ss != MOE_OK) {
+            moe__cuda_layer_join(l, stream);
+            return ss;
+        }
+    }
+    moe_status rs = moe__cuda_layer_route(l, io, &s, ws, stream);
+    if (rs == MOE_OK)
+        rs = moe__cuda_layer_experts(l, x, T, (const int32_t *)(ws + s.ids), (const float *)(ws + s.weights), T, &s,
+                                     ws, stream);
+    if (c->n_shared) MOE_TRY(moe__cuda_layer_join(l, stream)); /* always joined */
+    if (rs != MOE_OK) return rs;
+    return moe__cuda_layer_combine(l, ws + s.y, (const int32_t *)(ws + s.slot_row), (const float *)(ws + s.weights),
+                                   T, c->n_shared ? ws + s.shared_y : nullptr,
+                                   c->shared_gate ? (const float *)(ws + s.shared_scale) : nullptr, io->out->data,
+                                   stream);
+}
+
+extern "C" moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s,
+                                            void *workspace, void *stream) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const moe_layer_weights *w = &l->w;
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    char *ws = (char *)workspace;
     const int64_t T = io->x->shape[0];
-    const int H = c->hidden, I = c->intermediate, E = c->router.n_experts, k = c->router.top_k;
-    const __nv_bfloat16 *x = (const __nv_bfloat16 *)io->x->data;
-    int32_t *ids = (int32_t *)(ws + s.ids);
-    float *wts = (float *)(ws + s.weights), *shared_scale = c->shared_gate ? (float *)(ws + s.shared_scale) : nullptr;
-
-    /* 1. router */
+    const int H = c->hidden, E = c->router.n_experts;
+    float *shared_scale = c->shared_gate ? (float *)(ws + s->shared_scale) : nullptr;
     moe_tensor logits_t;
     const moe_tensor *logits = io->logits;
     if ((!logits && w->gate) || shared_scale) {
-        float *lg = (float *)(ws + s.logits);
-        MOE_TRY(moe__cuda_gate_logits(ctx, x, logits ? nullptr : w->gate, w->gate_bias, w->shared_gate, T, H, E, lg,
-                                      shared_scale, (float *)(ws + s.gate_partial), st));
+        float *lg = (float *)(ws + s->logits);
+        MOE_TRY(moe__cuda_gate_logits(ctx, (const __nv_bfloat16 *)io->x->data, logits ? nullptr : w->gate,
+                                      w->gate_bias, w->shared_gate, T, H, E, lg, shared_scale,
+                                      (float *)(ws + s->gate_partial), st));
         if (!logits) {
             logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
             logits = &logits_t;
         }
     }
-    const moe_route_args ra = {logits, io->token_ids, T, ids, wts, NULL, io->stats, io->stats_layer};
-    MOE_TRY(moe_route(ctx, &c->router, &ra, st));
+    const moe_route_args ra = {logits, io->token_ids, T, (int32_t *)(ws + s->ids), (float *)(ws + s->weights), NULL,
+                               io->stats, io->stats_layer};
+    return moe_route(ctx, &c->router, &ra, st);
+}
 
-    /* 2. rows per expert, padded to the GEMM tile; the tile from the rows a touched expert gets on average */
-    const int64_t assignments = T * k, touched = assignments < E ? assignments : E;
-    /* LARGE from 64 rows an expert on Hopper (wgmma: measured 1.2-1.3x faster there than 64-row mma.sync tiles
-     * despite the padding; worse from 32), from 128 elsewhere */
-    const int64_t large_min = moe__cuda_gemm_sm90_usable(ctx) ? 64 : 128;
-    const moe_gemm_shape shape = assignments < 16 * touched          ? MOE_GEMM_SMALL
-                                 : assignments < large_min * touched ? MOE_GEMM_MEDIUM
-                                                                     : MOE_GEMM_LARGE;
+extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids,
+                                              const float *weights, int64_t plan_tokens, const moe_layer_scratch *s,
+                                              void *workspace, void *stream) {
+    moe_ctx *ctx = l->ctx;
+    const moe_layer_config *c = &l->c;
+    const moe_layer_weights *w = &l->w;
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    char *ws = (char *)workspace;
+    const int H = c->hidden, I = c->intermediate, E = l->n_local, k = c->router.top_k;
+    if (T == 0) return MOE_OK;
+
+    /* rows per expert, padded to the GEMM tile: the tile the whole step would pick */
+    const moe_gemm_shape shape = routed_shape(ctx, plan_tokens, k, c->router.n_experts);
     const int tile_m = moe__gemm_tile_m(shape);
-    const moe_permute_config pc = {E, 0, E, k, tile_m, MOE_PERMUTE_CONTIGUOUS, 0};
-    int64_t *offsets = (int64_t *)(ws + s.offsets);
-    int32_t *row_src = (int32_t *)(ws + s.row_src), *slot_row = (int32_t *)(ws + s.slot_row);
-    const moe_permute_outputs po = {(int32_t *)(ws + s.counts), offsets, row_src, slot_row, NULL, NULL};
-    MOE_TRY(moe_permute(ctx, &pc, ids, T, &po, ws + s.permute, s.permute_bytes, st));
+    const moe_permute_config pc = {c->router.n_experts, l->expert_begin, E, k, tile_m, MOE_PERMUTE_CONTIGUOUS, 0};
+    int64_t *offsets = (int64_t *)(ws + s->offsets);
+    int32_t *row_src = (int32_t *)(ws + s->row_src), *slot_row = (int32_t *)(ws + s->slot_row);
+    const moe_permute_outputs po = {(int32_t *)(ws + s->counts), offsets, row_src, slot_row, NULL, NULL};
+    MOE_TRY(moe_permute(ctx, &pc, ids, T, &po, ws + s->permute, s->permute_bytes, st));
 
-    /* 3. routed experts: at most min(rows / tile_m, T k) tiles hold rows */
+    /* at most min(rows / tile_m, T k) tiles hold rows */
+    const int64_t assignments = T * k;
     const int64_t max_tiles = (assignments + (int64_t)E * (tile_m - 1)) / tile_m;
     const int64_t tiles = max_tiles < assignments ? max_tiles : assignments;
-    __nv_bfloat16 *h = (__nv_bfloat16 *)(ws + s.h), *y = (__nv_bfloat16 *)(ws + s.y);
+    __nv_bfloat16 *h = (__nv_bfloat16 *)(ws + s->h), *y = (__nv_bfloat16 *)(ws + s->y);
     moe_gemm_params g = {};
-    g.a = x, g.row_src = row_src, g.top_k = k, g.gather = true, g.offsets = offsets, g.n_groups = E;
+    g.a = (const __nv_bfloat16 *)x, g.row_src = row_src, g.top_k = k, g.gather = true, g.offsets = offsets;
+    g.n_groups = E;
     g.b = (const __nv_bfloat16 *)w->w13, g.b_group_stride = (int64_t)2 * I * H, g.n = I, g.k = H;
     g.bias = w->b13, g.bias_group_stride = 2 * I;
-    g.row_weight = c->router.weight_on_input ? wts : nullptr;
+    g.row_weight = c->router.weight_on_input ? weights : nullptr;
     g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
     g.act = c->activation, g.alpha = c->act_alpha, g.limit = c->act_limit;
     g.c = h;
