@@ -1,6 +1,8 @@
 # moe.c — builds libmoe (static and shared), the `moe` CLI and the test runner.
 # CUDA kernels are compiled when nvcc is found (sm_90a + sm_80, plus compute_80 PTX for newer GPUs);
 # without nvcc the library is CPU-only. `make CUDA=0` forces a CPU-only build.
+# Expert parallelism: NCCL comes with the CUDA toolkit; MPI (Debian's OpenMPI) is used when mpicc is found
+# (`make MPI=0` builds without it: the single-process transports remain).
 
 PREFIX  ?= /usr/local
 BUILD   ?= build
@@ -30,10 +32,18 @@ CUDA_SRC = $(if $(filter 1,$(CUDA)),$(wildcard src/cuda/*.cu src/cuda/*/*.cu))
 TOOL_SRC = $(wildcard tools/*.c)
 TEST_SRC = $(wildcard tests/*.c)
 
+MPICC   ?= $(shell command -v mpicc 2>/dev/null)
+MPI     ?= $(if $(MPICC),1,0)
+
 ifeq ($(CUDA),1)
 CFLAGS_ALL += -DMOE_WITH_CUDA
-LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
+LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lnccl -lcudart_static -ldl -lrt -lpthread -lstdc++
 endif
+ifeq ($(MPI),1)
+LDLIBS += $(shell $(MPICC) --showme:link)
+$(BUILD)/src/ep/comm_mpi.o: CFLAGS_ALL += -DMOE_WITH_MPI $(shell $(MPICC) --showme:compile)
+endif
+LDLIBS += -lpthread
 
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 TOOL_OBJ = $(TOOL_SRC:%.c=$(BUILD)/%.o)
@@ -47,6 +57,12 @@ lib: $(BUILD)/libmoe.a $(BUILD)/libmoe.so
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+# comm_mpi.o is built with or without MPI: it follows the MPI setting through a stamp
+$(BUILD)/mpi.txt: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(MPI)' | cmp -s - $@ || echo '$(MPI)' > $@
+$(BUILD)/src/ep/comm_mpi.o: $(BUILD)/mpi.txt
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
@@ -74,9 +90,18 @@ $(BUILD)/moe: $(TOOL_OBJ) $(BUILD)/libmoe.a
 $(BUILD)/moe_tests: $(TEST_OBJ) $(BUILD)/libmoe.a
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libmoe.a $(LDLIBS)
 
-# The README's test command. On a machine with a GPU the same runner also runs the GPU tests.
+# The README's test command. On a machine with a GPU the same runner also runs the GPU tests. With MPI, the
+# expert-parallel test runs again under mpirun on 2, 3 and 4 processes (one seed for all ranks).
+MPIRUN_FLAGS ?= --oversubscribe
 test: $(BUILD)/moe_tests
 	./$(BUILD)/moe_tests --data tests/data
+ifeq ($(MPI),1)
+	@for n in 2 3 4; do \
+	  echo "mpirun -np $$n $(BUILD)/moe_tests ep_mpi"; \
+	  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MOE_TEST_SEED=$$(date +%s) \
+	    mpirun $(MPIRUN_FLAGS) -np $$n ./$(BUILD)/moe_tests --data tests/data ep_mpi || exit 1; \
+	done
+endif
 
 # The README's main job on its built-in default.
 run: $(BUILD)/moe

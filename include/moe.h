@@ -44,7 +44,8 @@ MOE_API const char *moe_version(void);
     X(MOE_ERR_CUDA, -3, "CUDA error")                                                      \
     X(MOE_ERR_OOM, -4, "out of memory")                                                    \
     X(MOE_ERR_IO, -5, "input/output error")                                                \
-    X(MOE_ERR_NO_DEVICE, -6, "no usable GPU")
+    X(MOE_ERR_NO_DEVICE, -6, "no usable GPU")                                              \
+    X(MOE_ERR_COMM, -7, "communication failed")
 
 typedef enum moe_status {
 #define MOE_STATUS_ENUM_(name, value, text) name = value,
@@ -544,6 +545,68 @@ typedef struct moe_layer_io {
  * experts. No host synchronisation; T may change between calls (up to the workspace's max_tokens). */
 MOE_API moe_status moe_layer_forward(moe_layer *layer, const moe_layer_io *io, void *workspace, size_t workspace_bytes,
                                      void *stream);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Expert parallelism (docs/ep.md): one MoE layer over several ranks, each holding a slice of the experts
+ * ------------------------------------------------------------------------------------------------------- */
+
+/* A group of ranks that exchange tokens. A rank's context decides the transport: CPU contexts move host buffers
+ * (over MPI, or through shared memory between the threads of one process), CUDA contexts move device buffers over
+ * NCCL. Every collective call (moe_ep_create, moe_ep_forward) must be made by all ranks of the group, in the same
+ * order. */
+typedef struct moe_comm moe_comm;
+
+/* Whether this build of libmoe has the MPI transport (moe_comm_create_mpi). */
+MOE_API int moe_built_with_mpi(void);
+
+/* This process's rank in MPI_COMM_WORLD (launched by `mpirun -np N`; several nodes work the same way). CUDA
+ * contexts: an NCCL communicator bootstrapped through MPI (pick each rank's GPU in its context options, e.g. from
+ * OMPI_COMM_WORLD_LOCAL_RANK). MPI is initialised here when the caller has not done it, and finalised when that
+ * comm is destroyed. */
+MOE_API moe_status moe_comm_create_mpi(moe_ctx *ctx, moe_comm **comm);
+
+/* One process driving n ranks: comms[i] is rank i of n on ctxs[i] (all CPU contexts, or all CUDA contexts on
+ * distinct GPUs: NCCL). Each rank's collective calls must then come from a thread of its own. The contexts'
+ * errors name the failing rank. */
+MOE_API moe_status moe_comm_create_local(moe_ctx *const *ctxs, int n, moe_comm **comms);
+MOE_API void moe_comm_destroy(moe_comm *comm); /* NULL is fine */
+MOE_API int moe_comm_rank(const moe_comm *comm);
+MOE_API int moe_comm_size(const moe_comm *comm);
+MOE_API moe_ctx *moe_comm_ctx(const moe_comm *comm); /* the context the comm was made for */
+/* A collective that waits longer than this for a peer fails with MOE_ERR_COMM (and, on NCCL, aborts the
+ * communicator: the comm is unusable afterwards). Default 60 s; MOE_COMM_TIMEOUT_S in the environment sets it. */
+MOE_API void moe_comm_set_timeout(moe_comm *comm, double seconds);
+
+typedef enum moe_ep_backend {
+    MOE_EP_ALL_TO_ALL = 0,   /* normal mode: each token travels once to every rank that owns one of its experts,
+                              * expert outputs travel back to the token's rank, which combines them in slot order */
+    MOE_EP_ALLGATHER         /* the simple alternative: all-gather the tokens, every rank runs its experts on
+                              * all of them, reduce-scatter the partial sums (f32; equal to the layer within
+                              * rounding, not bit for bit) */
+} moe_ep_backend;
+
+typedef struct moe_ep_config {
+    moe_layer_config layer;  /* the whole layer; layer.router.n_experts E must be a multiple of the ranks */
+    moe_ep_backend backend;
+    moe_dtype wire;          /* the tokens on the wire: layer.dtype (0 means that), or MOE_DTYPE_FP8_E4M3
+                              * (bf16 layers: 1x128 groups with f32 scales, dequantised on arrival) */
+    int64_t max_tokens;      /* the most tokens one rank passes to a forward (sizes the buffers) */
+} moe_ep_config;
+
+typedef struct moe_ep moe_ep;
+
+/* Collective. Rank r holds experts [r E/N, (r+1) E/N): weights.w13, w2, b13, b2 are those E/N experts only
+ * ((E/N, 2I, H), ...); the router weights and the shared experts are whole on every rank. Configs that differ
+ * between ranks are an error on every rank, naming the field. The layer keeps the pointers; its buffers
+ * (for max_tokens) are allocated here. */
+MOE_API moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_layer_weights *weights,
+                                 moe_ep **ep);
+MOE_API void moe_ep_destroy(moe_ep *ep);
+
+/* Collective: out = MoE(x) for this rank's T tokens (T may differ between ranks, 0 included). All-to-all: the
+ * same bits as moe_layer_forward on one device over all ranks' tokens (the GPU: given the router logits, see
+ * docs/ep.md). The token counts are exchanged through the host: this call waits for the device once. */
+MOE_API moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
 
 #ifdef __cplusplus
 }

@@ -133,7 +133,7 @@ void layer_problem_free(layer_problem *p) {
 }
 
 /* n f32 values into ctx memory as dtype (NULL stays NULL). */
-static void *upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype) {
+void *layer_upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype) {
     if (!v) return NULL;
     if (dtype == MOE_DTYPE_F32) return test_upload(ctx, v, sizeof(float) * (size_t)n);
     uint16_t *h = malloc(2 * (size_t)n + 2);
@@ -151,12 +151,12 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     const moe_dtype F = MOE_DTYPE_F32;
     moe_layer_config cc = *c;
     cc.dtype = dtype;
-    void *bias = upload_as(ctx, p->bias, E, F);
+    void *bias = layer_upload_as(ctx, p->bias, E, F);
     cc.router.bias = bias;
     moe_layer_weights w = {0};
     void *bufs[16] = {0};
     int nb = 0;
-#define UP(dst, src, n, dt) (bufs[nb++] = upload_as(ctx, (src), (n), (dt)), (dst) = bufs[nb - 1])
+#define UP(dst, src, n, dt) (bufs[nb++] = layer_upload_as(ctx, (src), (n), (dt)), (dst) = bufs[nb - 1])
     UP(w.w13, p->w13, E * 2 * I * H, dtype);
     UP(w.w2, p->w2, E * H * I, dtype);
     UP(w.b13, p->b13, E * 2 * I, F);

@@ -37,6 +37,9 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
  * beyond tol (relative L2), or -1 when the file cannot be read. */
 int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logits, double tol);
 
+/* A device copy of n host floats in dtype (f32, or bf16 rounded); NULL for NULL. */
+void *layer_upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype);
+
 /* ||a - b|| / ||b|| (0 when both are 0). */
 double test_rel_l2(const float *a, const float *b, int64_t n);
 

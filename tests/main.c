@@ -48,6 +48,9 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    /* under mpirun only rank 0 prints (a failing rank still fails the run, and its messages go to stderr) */
+    const char *mpi_rank = getenv("OMPI_COMM_WORLD_RANK");
+    if (mpi_rank && strcmp(mpi_rank, "0") != 0 && !freopen("/dev/null", "w", stdout)) return 1;
     const char *seed = getenv("MOE_TEST_SEED"), *mib = getenv("MOE_TEST_GPU_MIB");
     env.seed = seed ? strtoull(seed, NULL, 0) : (uint64_t)(test_now_ms() * 1000.0);
     if (mib) env.gpu_mib = atoll(mib);

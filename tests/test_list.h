@@ -24,6 +24,12 @@
     X(layer_golden)               \
     X(layer_skipped_slots)        \
     X(layer_errors)               \
+    X(ep_cpu_exact)               \
+    X(ep_cpu_skewed)              \
+    X(ep_cpu_fp8_wire)            \
+    X(ep_cpu_allgather)           \
+    X(ep_errors)                  \
+    X(ep_mpi)                     \
     X(gpu_scalar_conversions)     \
     X(gpu_blocks_random)          \
     X(gpu_blocks_golden)          \
@@ -37,4 +43,5 @@
     X(gpu_layer_random)           \
     X(gpu_layer_tiles)            \
     X(gpu_layer_golden)           \
-    X(gpu_layer_errors)
+    X(gpu_layer_errors)           \
+    X(gpu_ep)

@@ -1,0 +1,58 @@
+/* comm.c — the public face of a comm: create (local), destroy, rank, size, timeout. */
+#include <stdlib.h>
+
+#include "ep/comm.h"
+
+moe_comm *moe__comm_new(moe_ctx *ctx, int rank, int size) {
+    moe_comm *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->ctx = ctx, c->rank = rank, c->size = size;
+    const char *t = getenv("MOE_COMM_TIMEOUT_S");
+    c->timeout_s = t && atof(t) > 0 ? atof(t) : 60.0;
+    return c;
+}
+
+moe_status moe_comm_create_local(moe_ctx *const *ctxs, int n, moe_comm **comms) {
+    if (!ctxs || n < 1 || !comms) return MOE_ERR_INVALID_ARG;
+    for (int i = 0; i < n; i++) {
+        if (!ctxs[i]) return MOE_ERR_INVALID_ARG;
+        comms[i] = NULL;
+    }
+    for (int i = 0; i < n; i++) moe__clear_error(ctxs[i]);
+    for (int i = 1; i < n; i++)
+        if (ctxs[i]->backend != ctxs[0]->backend) {
+            for (int j = 0; j < n; j++)
+                moe__error(ctxs[j], MOE_ERR_INVALID_ARG, "moe_comm_create_local: rank %d is on %s, rank 0 on %s", i,
+                           ctxs[i]->backend == MOE_BACKEND_CUDA ? "CUDA" : "the CPU",
+                           ctxs[0]->backend == MOE_BACKEND_CUDA ? "CUDA" : "the CPU");
+            return MOE_ERR_INVALID_ARG;
+        }
+#ifdef MOE_WITH_CUDA
+    if (ctxs[0]->backend == MOE_BACKEND_CUDA) return moe__nccl_init_all(ctxs, n, comms);
+#endif
+    return moe__comm_local_create(ctxs, n, comms);
+}
+
+void moe_comm_destroy(moe_comm *c) {
+    if (!c) return;
+    if (c->ops) c->ops->destroy(c);
+    const int finalize = c->owns_mpi;
+    free(c);
+    if (finalize) moe__mpi_finalize();
+}
+
+int moe_comm_rank(const moe_comm *c) {
+    return c ? c->rank : -1;
+}
+
+int moe_comm_size(const moe_comm *c) {
+    return c ? c->size : 0;
+}
+
+moe_ctx *moe_comm_ctx(const moe_comm *c) {
+    return c ? c->ctx : NULL;
+}
+
+void moe_comm_set_timeout(moe_comm *c, double seconds) {
+    if (c && seconds > 0) c->timeout_s = seconds;
+}

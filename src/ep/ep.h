@@ -1,0 +1,100 @@
+/* ep.h — expert parallelism: the layer split over the ranks of a comm (docs/ep.md), its buffers and the data
+ * movement steps, each on the CPU (ep_ops.c) and the GPU (cuda/ep/ep.cu). */
+#ifndef MOE_EP_EP_H
+#define MOE_EP_EP_H
+
+#include "ep/comm.h"
+#include "moe/layer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One token on the wire: its x row (layer dtype, or FP8 codes then the 1x128 groups' f32 scales), its k expert
+ * ids and k weights; every part starts on 16 bytes. */
+typedef struct moe_ep_record {
+    int64_t x_bytes, s_bytes, id_bytes; /* per token: x (or codes), scales (0 without FP8), ids = weights = 4k */
+    int64_t x_off, s_off, id_off, w_off, bytes;
+} moe_ep_record;
+
+/* A rank's buffers, in its context's memory, carved once for max_tokens M, N ranks (see ep.c for each one's
+ * shape); host_* are host memory. */
+struct moe_ep {
+    moe_comm *comm;
+    moe_ep_config c;
+    moe_layer *layer;    /* the whole config; its weights are this rank's experts [expert_begin, + n_local) */
+    moe_ep_record rec;
+    int64_t ybytes;      /* bytes of an element of an expert output row: 4 (CPU, f32) or 2 (GPU, bf16) */
+    moe_layer_scratch ls; /* route, gate, shared experts for M tokens (offsets into scratch) */
+    moe_layer_scratch xs; /* GPU: the routed experts for N M tokens */
+    void *mem;           /* one allocation */
+    size_t mem_bytes;
+    char *scratch, *experts_scratch;
+    void *xq, *xs_scales;                   /* FP8 wire: (M, H) codes, (M, ceil(H / 128)) f32 scales */
+    int32_t *dst, *tok_dst;                 /* (M, k) rank of each slot, (M, N) rank of each token or -1 */
+    int32_t *slot_counts, *tok_counts;      /* (N) */
+    int64_t *slot_off, *tok_off;            /* (N + 1) */
+    int32_t *slot_rowsrc, *slot_row;        /* (M k) rows of the by-rank order, (M, k) each slot's row there */
+    int32_t *tok_rowsrc, *tok_slot_row;     /* (M N), (M N) */
+    void *permute;                          /* moe_permute's scratch, the largest of the three uses */
+    size_t permute_bytes;
+    void *send, *recv;                      /* (M N) records, (N M) records */
+    void *recv_x, *recv_q, *recv_scales;    /* (N M, H) layer dtype; FP8: codes and scales as they came */
+    int32_t *recv_ids, *recv_dst;           /* (N M, k) */
+    float *recv_w;                          /* (N M, k) */
+    int32_t *ret_counts;                    /* (1) */
+    int64_t *ret_off;                       /* (2) */
+    int32_t *ret_rowsrc, *ret_slot_row;     /* (N M k) */
+    void *y_ret;                            /* (N M k, H) expert outputs to send back, in their order */
+    void *y_home;                           /* (M k, H) expert outputs of this rank's tokens, by-rank order */
+    int64_t *hdr_send, *hdr_recv;           /* (N, 3): tokens, slots, T to each rank / from each rank */
+    int64_t *host;                          /* host: hdr_send, hdr_recv (N, 3 each) and the byte plans */
+    float *ag_part;                         /* allgather backend: (N Tmax, H) f32 partial sums */
+    float *ag_sum;                          /* (M, H) f32 */
+};
+
+/* Steps, dispatched on the context's backend. Counts on the device stay there; n_max bounds the grids. */
+moe_status moe__ep_rank_of(moe_ep *ep, const int32_t *ids, int64_t n, int32_t *dst, void *stream);
+moe_status moe__ep_token_dst(moe_ep *ep, const int32_t *dst, int64_t T, int32_t *tok_dst, void *stream);
+/* record r (r < *n_rows; n_max bounds it) <- token rowsrc[r] / stride of x, scales, ids, weights */
+moe_status moe__ep_pack(moe_ep *ep, const int32_t *rowsrc, int stride, const int64_t *n_rows, int64_t n_max,
+                        const void *x, const void *scales, const int32_t *ids, const float *w, void *out, void *stream);
+/* (rowsrc NULL: record r <- token r; n_rows NULL: n_max records) */
+/* n records -> rows of x, scales, ids, weights */
+moe_status moe__ep_unpack(moe_ep *ep, const void *in, int64_t n, void *x, void *scales, int32_t *ids, float *w,
+                          void *stream);
+/* out row r (r < *n_rows) <- y row slot_row[rowsrc[r]], row_bytes bytes */
+moe_status moe__ep_gather(moe_ep *ep, const void *y, const int32_t *slot_row, const int32_t *rowsrc,
+                          const int64_t *n_rows, int64_t n_max, int64_t row_bytes, void *out, void *stream);
+
+/* part (n, H) f32: row t = sum over j in order of w_tj y[slot_row[t, j]] (rows of -1 skipped; 1 for w with the
+ * weight on the input) */
+moe_status moe__ep_partial(moe_ep *ep, const void *y, const int32_t *slot_row, const float *w, int64_t n,
+                           float *part, void *stream);
+/* out (T, H) layer dtype = sum + the shared experts (CPU: computed here; GPU: from the layer scratch ls) */
+moe_status moe__ep_finish(moe_ep *ep, const void *x, const float *sum, int64_t T, const moe_layer_scratch *ls,
+                          void *out, void *stream);
+
+#ifdef MOE_WITH_CUDA
+moe_status moe__cuda_ep_partial(moe_ctx *ctx, const void *y, const int32_t *slot_row, const float *w, int k,
+                                int weight_on_input, int64_t n, int H, float *part, void *stream);
+moe_status moe__cuda_ep_finish(moe_ctx *ctx, const float *sum, const void *shared_y, int n_shared,
+                               const float *shared_scale, int64_t T, int H, void *out, void *stream);
+moe_status moe__cuda_ep_rank_of(moe_ctx *ctx, const int32_t *ids, int64_t n, int per_rank, int32_t *dst,
+                                void *stream);
+moe_status moe__cuda_ep_token_dst(moe_ctx *ctx, const int32_t *dst, int64_t T, int k, int n_ranks, int32_t *tok_dst,
+                                  void *stream);
+moe_status moe__cuda_ep_pack(moe_ctx *ctx, const moe_ep_record *rec, const int32_t *rowsrc, int stride,
+                             const int64_t *n_rows, int64_t n_max, const void *x, const void *scales,
+                             const int32_t *ids, const float *w, void *out, void *stream);
+moe_status moe__cuda_ep_unpack(moe_ctx *ctx, const moe_ep_record *rec, const void *in, int64_t n, void *x,
+                               void *scales, int32_t *ids, float *w, void *stream);
+moe_status moe__cuda_ep_gather(moe_ctx *ctx, const void *y, const int32_t *slot_row, const int32_t *rowsrc,
+                               const int64_t *n_rows, int64_t n_max, int64_t row_bytes, void *out, void *stream);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_EP_EP_H */

@@ -1,0 +1,361 @@
+/* test_ep.c — expert parallelism against the single layer: the all-to-all backend gives the same bits (CPU
+ * ranks as threads, MPI processes, GPUs over NCCL), FP8 on the wire equals the layer on the FP8-rounded input,
+ * the all-gather backend agrees within rounding; skewed routing, idle ranks, T = 0; bad configs and hung peers
+ * give errors, not hangs. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ep_cases.h"
+
+/* Small layers of five router families; E = 12 splits over 1-4 ranks. */
+static moe_layer_config ep_config(int kind, int H, int I) {
+    moe_layer_config c = {0};
+    static const char *presets[] = {"qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b", "llama4-scout", "qwen2-moe"};
+    moe_router_preset(presets[kind], &c.router);
+    c.router.n_experts = 12, c.router.top_k = kind == 3 ? 1 : 4;
+    c.hidden = H, c.intermediate = I, c.activation = MOE_ACT_SILU_GLU, c.dtype = MOE_DTYPE_F32;
+    if (kind == 1) {
+        c.router.n_groups = 4, c.router.topk_groups = 2;
+        c.router.bias = (const float *)1; /* drawn by layer_problem_random */
+        c.n_shared = 1, c.shared_intermediate = I;
+    }
+    if (kind == 2) {
+        c.activation = MOE_ACT_GPTOSS_GLU, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+        c.w13_layout = MOE_W13_INTERLEAVED;
+    }
+    if (kind == 3) c.n_shared = 1, c.shared_intermediate = I;
+    if (kind == 4) c.n_shared = 1, c.shared_intermediate = 2 * I, c.shared_gate = 1;
+    return c;
+}
+
+static const char *ep_kind_name[] = {"qwen3", "deepseek-v3", "gpt-oss", "llama4", "qwen2-moe"};
+
+/* Exact comparison (bits of the f32 view; NaN as NaN); prints the first difference. */
+static int ep_same(const float *a, const float *b, int64_t n, const char *what) {
+    for (int64_t i = 0; i < n; i++)
+        if (!test_same_f32(a[i], b[i])) {
+            fprintf(stderr, "    %s: element %lld is %.9g, the layer gives %.9g\n", what, (long long)i, a[i], b[i]);
+            return 0;
+        }
+    return 1;
+}
+
+static int ep_jobs_ok(const ep_job *jobs, int n) {
+    int ok = 1;
+    for (int r = 0; r < n; r++)
+        if (jobs[r].status != MOE_OK) {
+            fprintf(stderr, "    rank %d: %s: %s\n", r, moe_status_string(jobs[r].status), jobs[r].message);
+            ok = 0;
+        }
+    return ok;
+}
+
+/* Runs p over the n ranks of comms (threads) and compares with the layer on ref. The all-to-all backend must give
+ * the same bits, unless tol > 0 (then: relative error); the all-gather backend is within rounding. */
+static int ep_check_on(moe_ctx *ref, moe_comm **comms, int n, const layer_problem *p, const int64_t *split,
+                       moe_dtype dt, moe_ep_backend backend, moe_dtype wire, int use_logits, double tol,
+                       const char *what, const layer_problem *ref_problem /* NULL: p */) {
+    const int64_t TH = p->T * p->c.hidden;
+    float *out = calloc((size_t)TH + 1, sizeof(float)), *want = calloc((size_t)TH + 1, sizeof(float));
+    ep_job jobs[4];
+    ep_jobs_make(jobs, comms, n, p, split, out);
+    for (int r = 0; r < n; r++)
+        jobs[r].dtype = dt, jobs[r].backend = backend, jobs[r].use_logits = use_logits, jobs[r].wire = wire;
+    ep_jobs_run_threads(jobs, n);
+    int ok = ep_jobs_ok(jobs, n);
+    if (ok) ok = layer_run(ref, ref_problem ? ref_problem : p, dt, use_logits, want, 0) == MOE_OK;
+    if (ok) {
+        char label[200];
+        snprintf(label, sizeof label, "%s, %d ranks, %s, %s, T %lld", what, n, moe_dtype_name(dt),
+                 backend == MOE_EP_ALL_TO_ALL ? "all-to-all" : "all-gather", (long long)p->T);
+        if (backend == MOE_EP_ALLGATHER && tol == 0) tol = dt == MOE_DTYPE_F32 ? 1e-5 : 1e-2;
+        if (tol == 0) {
+            ok = ep_same(out, want, TH, label);
+        } else {
+            const double err = test_rel_l2(out, want, TH);
+            if (err > tol) fprintf(stderr, "    %s: relative error %.3g > %.0e\n", label, err, tol), ok = 0;
+        }
+    }
+    free(out), free(want);
+    return ok;
+}
+
+/* The same over n CPU ranks, threads of this process. */
+static int ep_check_cpu(test_env *env, const layer_problem *p, int n, const int64_t *split, moe_dtype dt,
+                        moe_ep_backend backend, int use_logits, const char *what) {
+    moe_ctx *ctxs[4];
+    moe_comm *comms[4];
+    moe_ctx_options o = moe_ctx_options_default();
+    o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
+    for (int r = 0; r < n; r++) moe_ctx_create(&o, &ctxs[r]);
+    int ok = moe_comm_create_local(ctxs, n, comms) == MOE_OK;
+    if (ok) ok = ep_check_on(env->cpu, comms, n, p, split, dt, backend, 0, use_logits, 0, what, NULL);
+    for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+    return ok;
+}
+
+TEST_IMPL(ep_cpu_exact) {
+    uint64_t seed = env->seed;
+    for (int kind = 0; kind < 5; kind++) {
+        moe_layer_config c = ep_config(kind, 40, 24);
+        layer_problem p;
+        layer_problem_random(&p, &c, 37, 1, seed++);
+        for (int n = 1; n <= 4; n++) {
+            ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_F32, MOE_EP_ALL_TO_ALL, 1, ep_kind_name[kind]),
+                       "%s over %d ranks (f32, given logits) differs from the layer", ep_kind_name[kind], n);
+            ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 0, ep_kind_name[kind]),
+                       "%s over %d ranks (bf16, gate) differs from the layer", ep_kind_name[kind], n);
+        }
+        /* uneven parts, an idle rank */
+        const int64_t split[3] = {30, 0, 7};
+        ASSERT_MSG(ep_check_cpu(env, &p, 3, split, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 1, ep_kind_name[kind]),
+                   "%s with parts 30, 0, 7 differs", ep_kind_name[kind]);
+        layer_problem_free(&p);
+    }
+    return TEST_OK;
+}
+
+/* Every token to rank 0's experts; a step with no tokens anywhere. */
+TEST_IMPL(ep_cpu_skewed) {
+    moe_layer_config c = ep_config(0, 32, 16);
+    layer_problem p;
+    layer_problem_random(&p, &c, 50, 1, env->seed);
+    for (int64_t t = 0; t < p.T; t++)
+        for (int e = 0; e < 12; e++) p.logits[t * 12 + e] = e < 3 ? 10.0f + (float)e : -10.0f;
+    for (int n = 2; n <= 4; n++)
+        ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 1, "skewed"),
+                   "every token to rank 0, %d ranks", n);
+    layer_problem_free(&p);
+    layer_problem_random(&p, &c, 0, 1, env->seed);
+    ASSERT(ep_check_cpu(env, &p, 3, NULL, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 1, "T = 0"));
+    ASSERT(ep_check_cpu(env, &p, 3, NULL, MOE_DTYPE_BF16, MOE_EP_ALLGATHER, 1, "T = 0"));
+    layer_problem_free(&p);
+    return TEST_OK;
+}
+
+/* FP8 on the wire: the routed experts see x rounded through FP8 1x128 (f32 scales) and back to bf16; the router
+ * and the shared experts see the rank's own x. Without shared experts: the same bits as the layer on the rounded
+ * x; with them (Qwen2-MoE): within bf16 rounding of the layer. */
+static int ep_fp8_input(moe_ctx *ctx, const layer_problem *p, float *xr) {
+    const int64_t T = p->T, H = p->c.hidden, n = T * H;
+    float *xb = malloc(sizeof(float) * (size_t)n + 4);
+    uint16_t *back = malloc(2 * (size_t)n + 4);
+    moe_qformat f = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+    moe_qsizes qs;
+    int ok = moe_qtensor_sizes(ctx, &f, 2, (int64_t[]){T, H}, &qs) == MOE_OK;
+    void *data = malloc(qs.data_bytes + 4), *scale = malloc(qs.scale_bytes + 4);
+    for (int64_t i = 0; i < n; i++) xb[i] = moe_bf16_to_f32(moe_bf16_from_f32(p->x[i]));
+    moe_tensor xt = moe_tensor_2d(xb, MOE_DTYPE_F32, T, H), bt = moe_tensor_2d(back, MOE_DTYPE_BF16, T, H);
+    moe_qtensor q = {f, 2, {T, H}, data, scale, NULL};
+    ok = ok && moe_quantize(ctx, &xt, &q, NULL) == MOE_OK && moe_dequantize(ctx, &q, &bt, NULL) == MOE_OK;
+    for (int64_t i = 0; i < n && ok; i++) xr[i] = moe_bf16_to_f32(back[i]);
+    free(xb), free(back), free(data), free(scale);
+    return ok;
+}
+
+TEST_IMPL(ep_cpu_fp8_wire) {
+    for (int kind = 0; kind < 5; kind += 2) {
+        moe_layer_config c = ep_config(kind, 264, 24); /* H = 2 x 128 + 8: a partial 1x128 group */
+        layer_problem p;
+        layer_problem_random(&p, &c, 21, 1, env->seed + (uint64_t)kind);
+        moe_ctx *ctxs[2];
+        moe_comm *comms[2];
+        moe_ctx_options o = moe_ctx_options_default();
+        o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
+        for (int r = 0; r < 2; r++) ASSERT(moe_ctx_create(&o, &ctxs[r]) == MOE_OK);
+        ASSERT(moe_comm_create_local(ctxs, 2, comms) == MOE_OK);
+        const int64_t TH = p.T * 264;
+        float *out = calloc((size_t)TH, sizeof(float)), *want = calloc((size_t)TH, sizeof(float));
+        ep_job jobs[2];
+        ep_jobs_make(jobs, comms, 2, &p, NULL, out);
+        for (int r = 0; r < 2; r++) jobs[r].dtype = MOE_DTYPE_BF16, jobs[r].wire = MOE_DTYPE_E4M3, jobs[r].use_logits = 1;
+        ep_jobs_run_threads(jobs, 2);
+        ASSERT(ep_jobs_ok(jobs, 2));
+        layer_problem q = p;
+        float *xr = malloc(sizeof(float) * (size_t)TH);
+        ASSERT(ep_fp8_input(env->cpu, &p, xr));
+        q.x = xr;
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &q, MOE_DTYPE_BF16, 1, want, 0));
+        if (!c.n_shared)
+            ASSERT_MSG(ep_same(out, want, TH, ep_kind_name[kind]), "%s: FP8 wire differs from the layer on FP8 input",
+                       ep_kind_name[kind]);
+        /* and the wire's rounding is visible: it is not the bf16 result */
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_BF16, 1, want, 0));
+        ASSERT(test_rel_l2(out, want, TH) > 0 && test_rel_l2(out, want, TH) < 0.1);
+        for (int r = 0; r < 2; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+        free(out), free(want), free(xr);
+        layer_problem_free(&p);
+    }
+    return TEST_OK;
+}
+
+TEST_IMPL(ep_cpu_allgather) {
+    uint64_t seed = env->seed + 100;
+    for (int kind = 0; kind < 5; kind++) {
+        moe_layer_config c = ep_config(kind, 40, 24);
+        layer_problem p;
+        layer_problem_random(&p, &c, 29, 1, seed++);
+        const int64_t split[3] = {20, 0, 9};
+        for (int n = 1; n <= 4; n++)
+            ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_F32, MOE_EP_ALLGATHER, 1, ep_kind_name[kind]),
+                       "%s all-gather over %d ranks", ep_kind_name[kind], n);
+        ASSERT(ep_check_cpu(env, &p, 3, split, MOE_DTYPE_BF16, MOE_EP_ALLGATHER, 0, ep_kind_name[kind]));
+        layer_problem_free(&p);
+    }
+    return TEST_OK;
+}
+
+/* A rank whose config differs: every rank fails at creation, naming the field. A rank that never joins the
+ * forward: the others fail with MOE_ERR_COMM after the timeout. Bad arguments. */
+TEST_IMPL(ep_errors) {
+    moe_layer_config c = ep_config(0, 32, 16);
+    layer_problem p;
+    layer_problem_random(&p, &c, 10, 1, env->seed);
+    moe_ctx *ctxs[3];
+    moe_comm *comms[3];
+    moe_ctx_options o = moe_ctx_options_default();
+    o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
+    for (int r = 0; r < 3; r++) ASSERT(moe_ctx_create(&o, &ctxs[r]) == MOE_OK);
+    float *out = calloc(10 * 32, sizeof(float));
+    ep_job jobs[3];
+
+    ASSERT(moe_comm_create_local(ctxs, 3, comms) == MOE_OK);
+    ep_jobs_make(jobs, comms, 3, &p, NULL, out);
+    jobs[2].intermediate = 24;
+    ep_jobs_run_threads(jobs, 3);
+    for (int r = 0; r < 3; r++)
+        ASSERT_MSG(jobs[r].status == MOE_ERR_INVALID_ARG && strstr(jobs[r].message, "intermediate"),
+                   "rank %d: %s", r, jobs[r].message);
+    for (int r = 0; r < 3; r++) moe_comm_destroy(comms[r]);
+
+    ASSERT(moe_comm_create_local(ctxs, 3, comms) == MOE_OK);
+    for (int r = 0; r < 3; r++) moe_comm_set_timeout(comms[r], 0.3);
+    ep_jobs_make(jobs, comms, 3, &p, NULL, out);
+    jobs[1].skip_forward = 1;
+    const double t0 = test_now_ms();
+    ep_jobs_run_threads(jobs, 3);
+    ASSERT(test_now_ms() - t0 < 5000);
+    ASSERT(jobs[1].status == MOE_OK);
+    for (int r = 0; r < 3; r += 2)
+        ASSERT_MSG(jobs[r].status == MOE_ERR_COMM && strstr(jobs[r].message, "did not join"), "rank %d: %s", r,
+                   jobs[r].message);
+    for (int r = 0; r < 3; r++) moe_comm_destroy(comms[r]);
+
+    /* 12 experts do not split over 5 ranks; max_tokens 0; FP8 wire on an f32 layer; T > max_tokens */
+    moe_ctx *five[5] = {ctxs[0], ctxs[1], ctxs[2], ctxs[0], ctxs[1]};
+    moe_comm *c5[5];
+    ASSERT(moe_comm_create_local(five, 5, c5) == MOE_OK);
+    moe_ep_config ec = {c, MOE_EP_ALL_TO_ALL, 0, 16};
+    moe_layer_weights w = {p.w13, p.w2, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    moe_ep *ep = NULL;
+    ASSERT(moe_ep_create(c5[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "do not split evenly"));
+    for (int r = 0; r < 5; r++) moe_comm_destroy(c5[r]);
+    ASSERT(moe_comm_create_local(ctxs, 1, comms) == MOE_OK);
+    ec.max_tokens = 0;
+    ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG);
+    ec.max_tokens = 4, ec.wire = MOE_DTYPE_E4M3;
+    ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "e4m3"));
+    ec.wire = 0;
+    ASSERT_OK(ctxs[0], moe_ep_create(comms[0], &ec, &w, &ep));
+    moe_tensor xt = moe_tensor_2d(p.x, MOE_DTYPE_F32, 10, 32), yt = moe_tensor_2d(out, MOE_DTYPE_F32, 10, 32),
+               lt = moe_tensor_2d(p.logits, MOE_DTYPE_F32, 10, 12);
+    moe_layer_io io = {&xt, &lt, &yt, NULL, NULL, 0};
+    ASSERT(moe_ep_forward(ep, &io, NULL) == MOE_ERR_INVALID_ARG);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "max_tokens"));
+    io.logits = NULL; /* and no gate */
+    xt.shape[0] = yt.shape[0] = 4;
+    ASSERT(moe_ep_forward(ep, &io, NULL) == MOE_ERR_INVALID_ARG);
+    moe_ep_destroy(ep);
+    moe_comm_destroy(comms[0]);
+    ASSERT(moe_comm_create_local(ctxs, 0, comms) == MOE_ERR_INVALID_ARG);
+    for (int r = 0; r < 3; r++) moe_ctx_destroy(ctxs[r]);
+    free(out);
+    layer_problem_free(&p);
+    return TEST_OK;
+}
+
+/* Under `mpirun -np N` (N = 1..4): a process per rank over MPI, the same problem on every rank (MOE_TEST_SEED
+ * must be set so that all ranks draw it). Outside mpirun: skipped. */
+TEST_IMPL(ep_mpi) {
+    if (!moe_built_with_mpi()) SKIP("built without MPI");
+    if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE")) SKIP("not under mpirun (make test runs it there)");
+    ASSERT_MSG(getenv("MOE_TEST_SEED"), "under mpirun every rank needs the same MOE_TEST_SEED");
+    moe_comm *comm = NULL;
+    ASSERT_OK(env->cpu, moe_comm_create_mpi(env->cpu, &comm));
+    const int n = moe_comm_size(comm), me = moe_comm_rank(comm);
+    int ok = n <= 4;
+    for (int kind = 0; kind < 5 && ok; kind++) {
+        moe_layer_config c = ep_config(kind, 40, 24);
+        layer_problem p;
+        layer_problem_random(&p, &c, 33, 1, env->seed + (uint64_t)kind);
+        const int64_t TH = p.T * 40;
+        float *out = calloc((size_t)TH, sizeof(float)), *want = calloc((size_t)TH, sizeof(float));
+        for (int b = 0; b < 2 && ok; b++) {
+            moe_comm *all[4] = {comm, comm, comm, comm};
+            ep_job jobs[4];
+            ep_jobs_make(jobs, all, n, &p, NULL, out);
+            ep_job j = jobs[me];
+            j.dtype = MOE_DTYPE_BF16, j.use_logits = kind % 2, j.backend = b ? MOE_EP_ALLGATHER : MOE_EP_ALL_TO_ALL;
+            ep_job_run(&j);
+            if (j.status != MOE_OK) fprintf(stderr, "    rank %d: %s\n", me, j.message), ok = 0;
+            if (ok) ok = layer_run(env->cpu, &p, MOE_DTYPE_BF16, kind % 2, want, 0) == MOE_OK;
+            /* this rank's rows */
+            const int64_t a = j.t0 * 40, m = j.T * 40;
+            if (ok && !b) ok = ep_same(out + a, want + a, m, ep_kind_name[kind]);
+            if (ok && b && m) ok = test_rel_l2(out + a, want + a, m) < 1e-2;
+        }
+        free(out), free(want);
+        layer_problem_free(&p);
+    }
+    moe_comm_destroy(comm);
+    ASSERT_MSG(ok, "rank %d of %d: expert parallelism over MPI differs from the layer", me, n);
+    return TEST_OK;
+}
+
+/* GPUs of this machine (up to 2) as ranks over NCCL, threads of this process: the same bits as the layer on one
+ * GPU given the router logits (decode and prefill sizes, idle rank); from the gate weight within bf16 rounding
+ * (the gate's split over H follows the rank's own T); FP8 on the wire; the all-gather backend. */
+TEST_IMPL(gpu_ep) {
+    SKIP_WITHOUT_GPU(env);
+    moe_ctx *ctxs[2] = {env->gpu, NULL};
+    moe_ctx_options o = moe_ctx_options_default();
+    o.backend = MOE_BACKEND_CUDA, o.device = 1;
+    const int n = moe_ctx_create(&o, &ctxs[1]) == MOE_OK ? 2 : 1;
+    moe_comm *comms[2];
+    ASSERT_OK(env->gpu, moe_comm_create_local(ctxs, n, comms));
+    printf("    gpu_ep: %d GPU rank%s over NCCL\n", n, n > 1 ? "s" : "");
+    uint64_t seed = env->seed;
+    int bad = 0;
+    const int64_t sizes[] = {3, 300};
+    for (int kind = 0; kind < 5; kind++)
+        for (int si = 0; si < 2; si++) {
+            moe_layer_config c = ep_config(kind, 264, 96);
+            c.dtype = MOE_DTYPE_BF16;
+            layer_problem p;
+            layer_problem_random(&p, &c, sizes[si], 1, seed++);
+            const char *w = ep_kind_name[kind];
+            const moe_dtype B = MOE_DTYPE_BF16;
+            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, 0, 1, 0, w, NULL);
+            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, 0, 0, 1e-2, w, NULL);
+            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALLGATHER, 0, 1, 0, w, NULL);
+            if (n == 2) {
+                const int64_t split[2] = {0, p.T};
+                bad += !ep_check_on(env->gpu, comms, n, &p, split, B, MOE_EP_ALL_TO_ALL, 0, 1, 0, w, NULL);
+            }
+            if (!c.n_shared) { /* FP8 wire: the layer on the FP8-rounded x */
+                layer_problem q = p;
+                float *xr = malloc(sizeof(float) * (size_t)(p.T * 264));
+                ASSERT(ep_fp8_input(env->cpu, &p, xr));
+                q.x = xr;
+                bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, MOE_DTYPE_E4M3, 1, 0, w, &q);
+                free(xr);
+            }
+            layer_problem_free(&p);
+        }
+    for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]);
+    if (ctxs[1]) moe_ctx_destroy(ctxs[1]);
+    ASSERT_MSG(bad == 0, "%d expert-parallel runs differ from the layer", bad);
+    return TEST_OK;
+}
