@@ -577,6 +577,11 @@ MOE_API moe_ctx *moe_comm_ctx(const moe_comm *comm); /* the context the comm was
  * communicator: the comm is unusable afterwards). Default 60 s; MOE_COMM_TIMEOUT_S in the environment sets it. */
 MOE_API void moe_comm_set_timeout(moe_comm *comm, double seconds);
 
+/* Collective: every rank sends `bytes` bytes to every rank: send holds size blocks (block p goes to rank p), recv
+ * gets block p from rank p; context memory; CPU: done on return, CUDA: ordered on stream. The transport's plain
+ * all-to-all, the yardstick of `moe bench ep`. */
+MOE_API moe_status moe_comm_alltoall(moe_comm *comm, const void *send, size_t bytes, void *recv, void *stream);
+
 typedef enum moe_ep_backend {
     MOE_EP_ALL_TO_ALL = 0,   /* normal mode: each token travels once to every rank that owns one of its experts,
                               * expert outputs travel back to the token's rank, which combines them in slot order */
@@ -607,6 +612,23 @@ MOE_API void moe_ep_destroy(moe_ep *ep);
  * same bits as moe_layer_forward on one device over all ranks' tokens (the GPU: given the router logits, see
  * docs/ep.md). The token counts are exchanged through the host: this call waits for the device once. */
 MOE_API moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
+
+/* Where the time of the last forward went, in ms, when profiling is on (GPU: CUDA events between the phases,
+ * read by moe_ep_last_timing, which waits for them). All-to-all phases; the all-gather backend reports route,
+ * counts, dispatch (the all-gather), experts, combine (partial sums + reduce-scatter) and finish. */
+typedef struct moe_ep_timing {
+    double route_ms;     /* gate logits, router, slot and token destinations, their permutations */
+    double pack_ms;      /* FP8 quantisation and the records */
+    double counts_ms;    /* the counts' all-gather and the one wait for the device */
+    double dispatch_ms;  /* the tokens' exchange */
+    double experts_ms;   /* unpack, the experts, the gather of the rows to send back */
+    double combine_ms;   /* the rows' exchange back */
+    double finish_ms;    /* the weighted sum in slot order and the shared experts' join */
+    int64_t dispatch_bytes, combine_bytes; /* sent to other ranks by this rank */
+    int64_t tokens_in;   /* tokens this rank's experts received */
+} moe_ep_timing;
+MOE_API moe_status moe_ep_set_profiling(moe_ep *ep, int on);
+MOE_API moe_status moe_ep_last_timing(moe_ep *ep, moe_ep_timing *timing);
 
 #ifdef __cplusplus
 }

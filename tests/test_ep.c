@@ -276,41 +276,68 @@ TEST_IMPL(ep_errors) {
     return TEST_OK;
 }
 
+/* One rank's share of p over comm against the layer on ref (this rank's rows only): all-to-all exact, all-gather
+ * within bf16 rounding. */
+static int ep_check_rank(moe_ctx *ref, moe_comm *comm, const layer_problem *p, int use_logits, const char *what) {
+    const int n = moe_comm_size(comm), me = moe_comm_rank(comm);
+    const int64_t TH = p->T * p->c.hidden;
+    float *out = calloc((size_t)TH + 1, sizeof(float)), *want = calloc((size_t)TH + 1, sizeof(float));
+    int ok = n <= 4 && layer_run(ref, p, MOE_DTYPE_BF16, use_logits, want, 0) == MOE_OK;
+    for (int b = 0; b < 2 && ok; b++) {
+        moe_comm *all[4] = {comm, comm, comm, comm};
+        ep_job jobs[4];
+        ep_jobs_make(jobs, all, n, p, NULL, out);
+        ep_job j = jobs[me];
+        j.dtype = MOE_DTYPE_BF16, j.use_logits = use_logits, j.backend = b ? MOE_EP_ALLGATHER : MOE_EP_ALL_TO_ALL;
+        ep_job_run(&j);
+        if (j.status != MOE_OK) fprintf(stderr, "    rank %d: %s\n", me, j.message), ok = 0;
+        const int64_t a = j.t0 * p->c.hidden, m = j.T * p->c.hidden;
+        if (ok && !b) ok = ep_same(out + a, want + a, m, what);
+        if (ok && b && m) ok = test_rel_l2(out + a, want + a, m) < 1e-2;
+    }
+    free(out), free(want);
+    return ok;
+}
+
 /* Under `mpirun -np N` (N = 1..4): a process per rank over MPI, the same problem on every rank (MOE_TEST_SEED
- * must be set so that all ranks draw it). Outside mpirun: skipped. */
+ * must be set so that all ranks draw it); with GPUs, also a GPU a rank (the local rank's) over NCCL bootstrapped
+ * through MPI. Outside mpirun: skipped. */
 TEST_IMPL(ep_mpi) {
     if (!moe_built_with_mpi()) SKIP("built without MPI");
     if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE")) SKIP("not under mpirun (make test runs it there)");
     ASSERT_MSG(getenv("MOE_TEST_SEED"), "under mpirun every rank needs the same MOE_TEST_SEED");
-    moe_comm *comm = NULL;
+    /* the GPU comm first: the first comm initialises MPI and finalises it when destroyed, so it goes last */
+    moe_ctx *gpu = NULL;
+    moe_comm *gcomm = NULL, *comm = NULL;
+    if (env->gpu) {
+        moe_ctx_options o = moe_ctx_options_default();
+        const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+        o.backend = MOE_BACKEND_CUDA, o.device = lr ? atoi(lr) : 0;
+        ASSERT(moe_ctx_create(&o, &gpu) == MOE_OK);
+        ASSERT_OK(gpu, moe_comm_create_mpi(gpu, &gcomm));
+    }
     ASSERT_OK(env->cpu, moe_comm_create_mpi(env->cpu, &comm));
     const int n = moe_comm_size(comm), me = moe_comm_rank(comm);
-    int ok = n <= 4;
+    int ok = 1;
     for (int kind = 0; kind < 5 && ok; kind++) {
         moe_layer_config c = ep_config(kind, 40, 24);
         layer_problem p;
         layer_problem_random(&p, &c, 33, 1, env->seed + (uint64_t)kind);
-        const int64_t TH = p.T * 40;
-        float *out = calloc((size_t)TH, sizeof(float)), *want = calloc((size_t)TH, sizeof(float));
-        for (int b = 0; b < 2 && ok; b++) {
-            moe_comm *all[4] = {comm, comm, comm, comm};
-            ep_job jobs[4];
-            ep_jobs_make(jobs, all, n, &p, NULL, out);
-            ep_job j = jobs[me];
-            j.dtype = MOE_DTYPE_BF16, j.use_logits = kind % 2, j.backend = b ? MOE_EP_ALLGATHER : MOE_EP_ALL_TO_ALL;
-            ep_job_run(&j);
-            if (j.status != MOE_OK) fprintf(stderr, "    rank %d: %s\n", me, j.message), ok = 0;
-            if (ok) ok = layer_run(env->cpu, &p, MOE_DTYPE_BF16, kind % 2, want, 0) == MOE_OK;
-            /* this rank's rows */
-            const int64_t a = j.t0 * 40, m = j.T * 40;
-            if (ok && !b) ok = ep_same(out + a, want + a, m, ep_kind_name[kind]);
-            if (ok && b && m) ok = test_rel_l2(out + a, want + a, m) < 1e-2;
-        }
-        free(out), free(want);
+        ok = ep_check_rank(env->cpu, comm, &p, kind % 2, ep_kind_name[kind]);
         layer_problem_free(&p);
     }
     moe_comm_destroy(comm);
-    ASSERT_MSG(ok, "rank %d of %d: expert parallelism over MPI differs from the layer", me, n);
+    for (int kind = 0; kind < 5 && ok && gcomm; kind++) {
+        moe_layer_config c = ep_config(kind, 264, 96);
+        layer_problem p;
+        layer_problem_random(&p, &c, 300, 1, env->seed + (uint64_t)kind);
+        ok = ep_check_rank(gpu, gcomm, &p, 1, ep_kind_name[kind]);
+        layer_problem_free(&p);
+    }
+    moe_comm_destroy(gcomm);
+    moe_ctx_destroy(gpu);
+    ASSERT_MSG(ok, "rank %d of %d: expert parallelism over MPI%s differs from the layer", me, n,
+               gpu ? " (and NCCL)" : "");
     return TEST_OK;
 }
 

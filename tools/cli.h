@@ -14,6 +14,7 @@ int cmd_quantize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int bench_route(int argc, char **argv);
 int bench_layer(int argc, char **argv);
+int bench_ep(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 
 /* Creates a context for --backend auto|cpu|cuda (NULL name: auto) and --threads; prints why on failure. */

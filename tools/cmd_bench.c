@@ -208,6 +208,7 @@ int cmd_bench(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "formats")) return bench_formats(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "route")) return bench_route(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "layer")) return bench_layer(argc - 1, argv + 1);
-    fprintf(stderr, "usage: moe bench formats|route|layer [options]   (`moe bench <what> --help` for the options)\n");
+    if (argc >= 2 && !strcmp(argv[1], "ep")) return bench_ep(argc - 1, argv + 1);
+    fprintf(stderr, "usage: moe bench formats|route|layer|ep [options]   (`moe bench <what> --help` for the options)\n");
     return argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) ? CLI_OK : CLI_USAGE;
 }

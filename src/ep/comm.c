@@ -56,3 +56,15 @@ moe_ctx *moe_comm_ctx(const moe_comm *c) {
 void moe_comm_set_timeout(moe_comm *c, double seconds) {
     if (c && seconds > 0) c->timeout_s = seconds;
 }
+
+moe_status moe_comm_alltoall(moe_comm *c, const void *send, size_t bytes, void *recv, void *stream) {
+    if (!c) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(c->ctx);
+    MOE_CHECK_ARG(c->ctx, (send && recv) || bytes == 0, "moe_comm_alltoall: send and recv must not be NULL");
+    int64_t *v = malloc(sizeof(int64_t) * 4 * (size_t)c->size);
+    if (!v) return moe__error(c->ctx, MOE_ERR_OOM, "moe_comm_alltoall: out of host memory");
+    for (int p = 0; p < c->size; p++) v[p] = (int64_t)bytes, v[c->size + p] = (int64_t)bytes * p;
+    const moe_status s = c->ops->alltoallv(c, send, v, v + c->size, recv, v, v + c->size, stream);
+    free(v);
+    return s;
+}

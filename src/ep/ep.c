@@ -16,6 +16,7 @@
  * The experts pick their kernels from the step's total tokens (plan_tokens), as one device would. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ep/ep.h"
 
@@ -244,6 +245,9 @@ fail:
 
 void moe_ep_destroy(moe_ep *ep) {
     if (!ep) return;
+#ifdef MOE_WITH_CUDA
+    if (ep->comm->ctx->backend == MOE_BACKEND_CUDA) moe__cuda_ep_events_destroy(ep->comm->ctx, EP_MAX_MARKS, ep->events);
+#endif
     if (ep->mem) moe_free(ep->layer ? ep->layer->ctx : ep->comm->ctx, ep->mem);
     moe_layer_destroy(ep->layer);
     free(ep->host);
@@ -311,6 +315,13 @@ static void ep_bytes_back(ep_plan *p, int N, int me, int64_t unit) {
     }
 }
 
+/* bytes this rank sends to other ranks in the planned exchange */
+static int64_t ep_sent(const ep_plan *p, int N, int me) {
+    int64_t b = 0;
+    for (int d = 0; d < N; d++) b += d == me ? 0 : p->send_bytes[d];
+    return b;
+}
+
 static moe_status ep_experts(moe_ep *ep, const ep_plan *p, void *stream);
 static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
 
@@ -344,12 +355,14 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
                       "moe_ep_forward: x and out must be 16-byte aligned on the GPU");
     }
 #endif
+    memset(&ep->last, 0, sizeof ep->last);
     if (ep->c.backend == MOE_EP_ALLGATHER) return ep_allgather_forward(ep, io, stream);
 
     moe_layer *l = ep->layer;
     const moe_layer_scratch *ls = &ep->ls;
     int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
     float *wts = (float *)(ep->scratch + ls->weights);
+    moe__ep_mark(ep, EP_PHASE_START, stream);
 
     /* route and plan */
     if (T > 0) {
@@ -363,6 +376,7 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     const moe_permute_outputs to = {ep->tok_counts, ep->tok_off, ep->tok_rowsrc, ep->tok_slot_row, NULL, NULL};
     MOE_TRY(moe_permute(ctx, &by_slot, ep->dst, T, &so, ep->permute, ep->permute_bytes, stream));
     MOE_TRY(moe_permute(ctx, &by_token, ep->tok_dst, T, &to, ep->permute, ep->permute_bytes, stream));
+    moe__ep_mark(ep, EP_PHASE_ROUTE, stream);
 
     /* the records, before the counts are known on the host (rows past tok_off[N] are not written) */
     const void *xw = io->x->data, *scales = NULL;
@@ -373,13 +387,17 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     }
     if (T > 0)
         MOE_TRY(moe__ep_pack(ep, ep->tok_rowsrc, N, ep->tok_off + N, T * N, xw, scales, ids, wts, ep->send, stream));
+    moe__ep_mark(ep, EP_PHASE_PACK, stream);
 
     /* counts, then the tokens */
     ep_plan p;
     MOE_TRY(ep_counts(ep, T, &p, stream));
+    moe__ep_mark(ep, EP_PHASE_COUNTS, stream);
     ep_bytes(&p, N, me, ep->rec.bytes, tok_count);
+    ep->last.dispatch_bytes = ep_sent(&p, N, me), ep->last.tokens_in = p.n_recv;
     MOE_TRY(ep->comm->ops->alltoallv(ep->comm, ep->send, p.send_bytes, p.send_off, ep->recv, p.recv_bytes,
                                      p.recv_off, stream));
+    moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
 
     /* shared experts of our tokens beside the routed work (GPU: side stream), chosen from the step's tokens */
 #ifdef MOE_WITH_CUDA
@@ -393,24 +411,32 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     }
 #endif
     moe_status s = ep_experts(ep, &p, stream);
+    moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
 
     /* the expert rows go home */
     if (s == MOE_OK) {
         ep_bytes_back(&p, N, me, H * ep->ybytes);
+        ep->last.combine_bytes = ep_sent(&p, N, me);
         s = ep->comm->ops->alltoallv(ep->comm, ep->y_ret, p.send_bytes, p.send_off, ep->y_home, p.recv_bytes,
                                      p.recv_off, stream);
     }
+    moe__ep_mark(ep, EP_PHASE_COMBINE, stream);
 #ifdef MOE_WITH_CUDA
-    if (gpu && c->n_shared && T > 0) MOE_TRY(moe__cuda_layer_join(l, stream));
-    if (s != MOE_OK || T == 0) return s;
-    if (gpu)
-        return moe__cuda_layer_combine(l, ep->y_home, ep->slot_row, wts, T,
-                                       c->n_shared ? ep->scratch + ls->shared_y : NULL,
-                                       c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
-                                       io->out->data, stream);
+    if (gpu && c->n_shared && T > 0) {
+        const moe_status js = moe__cuda_layer_join(l, stream);
+        if (s == MOE_OK) s = js;
+    }
+    if (gpu && s == MOE_OK && T > 0)
+        s = moe__cuda_layer_combine(l, ep->y_home, ep->slot_row, wts, T, c->n_shared ? ep->scratch + ls->shared_y : NULL,
+                                    c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
+                                    io->out->data, stream);
+    if (!gpu && s == MOE_OK && T > 0)
+#else
+    if (s == MOE_OK && T > 0)
 #endif
-    if (s != MOE_OK || T == 0) return s;
-    return moe__cpu_layer_combine(l, io->x->data, T, ep->y_home, ep->slot_row, wts, io->out->data);
+        s = moe__cpu_layer_combine(l, io->x->data, T, ep->y_home, ep->slot_row, wts, io->out->data);
+    moe__ep_mark(ep, EP_PHASE_FINISH, stream);
+    return s;
 }
 
 /* The received tokens through this rank's experts; y_ret gets a row per (token, slot of ours), in (token, slot)
@@ -462,18 +488,25 @@ static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void 
     const int64_t T = io->x->shape[0], H = c->hidden;
     int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
     float *wts = (float *)(ep->scratch + ls->weights);
+    moe__ep_mark(ep, EP_PHASE_START, stream);
     if (T > 0) MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
     MOE_TRY(moe_memset(ctx, ep->tok_off, 0, (size_t)(N + 1) * 8, stream));
     MOE_TRY(moe_memset(ctx, ep->slot_off, 0, (size_t)(N + 1) * 8, stream));
+    moe__ep_mark(ep, EP_PHASE_ROUTE, stream);
     ep_plan p;
     MOE_TRY(ep_counts(ep, T, &p, stream));
+    moe__ep_mark(ep, EP_PHASE_COUNTS, stream);
     const int64_t Tm = p.T_max, R = ep->rec.bytes;
     if (Tm == 0) return MOE_OK;
     /* our T records, then padding records of all-ones bytes (ids -1: no expert reads them) */
     if (T > 0) MOE_TRY(moe__ep_pack(ep, NULL, 1, NULL, T, io->x->data, NULL, ids, wts, ep->send, stream));
     if (Tm > T) MOE_TRY(moe_memset(ctx, (char *)ep->send + T * R, 0xFF, (size_t)((Tm - T) * R), stream));
+    moe__ep_mark(ep, EP_PHASE_PACK, stream);
     MOE_TRY(comm->ops->allgather(comm, ep->send, Tm * R, ep->recv, stream));
+    moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
     p.n_recv = N * Tm;
+    ep->last.dispatch_bytes = Tm * R * (N - 1), ep->last.tokens_in = p.n_recv;
+    ep->last.combine_bytes = (N - 1) * Tm * H * 4;
 #ifdef MOE_WITH_CUDA
     const int gpu = ctx->backend == MOE_BACKEND_CUDA;
     if (gpu && c->n_shared && T > 0) {
@@ -486,11 +519,73 @@ static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void 
 #endif
     /* partial sums of our experts' rows, a row per gathered token (zero when none of its slots is ours) */
     moe_status s = ep_experts(ep, &p, stream);
+    moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
     if (s == MOE_OK) s = moe__ep_partial(ep, ep->y_ret, ep->ret_slot_row, ep->recv_w, p.n_recv, ep->ag_part, stream);
     if (s == MOE_OK) s = comm->ops->reduce_scatter_f32(comm, ep->ag_part, p.n_recv * H, ep->ag_sum, stream);
+    moe__ep_mark(ep, EP_PHASE_COMBINE, stream);
 #ifdef MOE_WITH_CUDA
-    if (gpu && c->n_shared && T > 0) MOE_TRY(moe__cuda_layer_join(l, stream));
+    if (gpu && c->n_shared && T > 0) {
+        const moe_status js = moe__cuda_layer_join(l, stream);
+        if (s == MOE_OK) s = js;
+    }
 #endif
-    if (s != MOE_OK || T == 0) return s;
-    return moe__ep_finish(ep, io->x->data, ep->ag_sum, T, ls, io->out->data, stream);
+    if (s == MOE_OK && T > 0) s = moe__ep_finish(ep, io->x->data, ep->ag_sum, T, ls, io->out->data, stream);
+    moe__ep_mark(ep, EP_PHASE_FINISH, stream);
+    return s;
+}
+
+/* ---- profiling ---- */
+
+static double ep_host_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+void moe__ep_mark(moe_ep *ep, int phase, void *stream) {
+    if (!ep->profiling) return;
+    if (phase == EP_PHASE_START) ep->n_marks = 0;
+    if (ep->n_marks >= EP_MAX_MARKS) return;
+    const int i = ep->n_marks++;
+    ep->mark_phase[i] = phase;
+#ifdef MOE_WITH_CUDA
+    if (ep->comm->ctx->backend == MOE_BACKEND_CUDA) {
+        if (moe__cuda_ep_record(ep->comm->ctx, ep->events[i], stream) != MOE_OK) ep->n_marks = EP_MAX_MARKS + 1;
+        return;
+    }
+#endif
+    (void)stream;
+    ep->host_ms[i] = ep_host_ms();
+}
+
+moe_status moe_ep_set_profiling(moe_ep *ep, int on) {
+    if (!ep) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ep->comm->ctx);
+#ifdef MOE_WITH_CUDA
+    if (on && !ep->events[0] && ep->comm->ctx->backend == MOE_BACKEND_CUDA)
+        MOE_TRY(moe__cuda_ep_events(ep->comm->ctx, EP_MAX_MARKS, ep->events));
+#endif
+    ep->profiling = on != 0, ep->n_marks = 0;
+    return MOE_OK;
+}
+
+moe_status moe_ep_last_timing(moe_ep *ep, moe_ep_timing *t) {
+    if (!ep) return MOE_ERR_INVALID_ARG;
+    moe_ctx *ctx = ep->comm->ctx;
+    moe__clear_error(ctx);
+    MOE_CHECK_ARG(ctx, t, "moe_ep_last_timing: timing is NULL");
+    MOE_CHECK_ARG(ctx, ep->profiling && ep->n_marks >= 2 && ep->n_marks <= EP_MAX_MARKS,
+                  "moe_ep_last_timing: no profiled forward (moe_ep_set_profiling first)");
+    *t = ep->last;
+    double *slot[] = {&t->route_ms, &t->pack_ms, &t->counts_ms, &t->dispatch_ms, &t->experts_ms, &t->combine_ms,
+                      &t->finish_ms};
+    for (int i = 0; i < 7; i++) *slot[i] = 0.0;
+    for (int i = 1; i < ep->n_marks; i++) {
+        double ms = ep->host_ms[i] - ep->host_ms[i - 1];
+#ifdef MOE_WITH_CUDA
+        if (ctx->backend == MOE_BACKEND_CUDA) MOE_TRY(moe__cuda_ep_elapsed(ctx, ep->events[i - 1], ep->events[i], &ms));
+#endif
+        *slot[ep->mark_phase[i]] += ms;
+    }
+    return MOE_OK;
 }

@@ -17,6 +17,8 @@ typedef struct moe_ep_record {
     int64_t x_off, s_off, id_off, w_off, bytes;
 } moe_ep_record;
 
+enum { EP_MAX_MARKS = 16 };
+
 /* A rank's buffers, in its context's memory, carved once for max_tokens M, N ranks (see ep.c for each one's
  * shape); host_* are host memory. */
 struct moe_ep {
@@ -51,7 +53,18 @@ struct moe_ep {
     int64_t *host;                          /* host: hdr_send, hdr_recv (N, 3 each) and the byte plans */
     float *ag_part;                         /* allgather backend: (N Tmax, H) f32 partial sums */
     float *ag_sum;                          /* (M, H) f32 */
+    /* profiling: a mark at the end of each phase, in order (GPU: CUDA events; CPU: the host clock) */
+    int profiling, n_marks;
+    int mark_phase[EP_MAX_MARKS];
+    void *events[EP_MAX_MARKS];
+    double host_ms[EP_MAX_MARKS];
+    moe_ep_timing last;                     /* the bytes and tokens of the last forward */
 };
+
+enum { EP_PHASE_START = -1, EP_PHASE_ROUTE, EP_PHASE_PACK, EP_PHASE_COUNTS, EP_PHASE_DISPATCH, EP_PHASE_EXPERTS,
+       EP_PHASE_COMBINE, EP_PHASE_FINISH };
+/* Marks the end of `phase` on stream when profiling (EP_PHASE_START opens a forward). */
+void moe__ep_mark(moe_ep *ep, int phase, void *stream);
 
 /* Steps, dispatched on the context's backend. Counts on the device stay there; n_max bounds the grids. */
 moe_status moe__ep_rank_of(moe_ep *ep, const int32_t *ids, int64_t n, int32_t *dst, void *stream);
@@ -76,6 +89,11 @@ moe_status moe__ep_finish(moe_ep *ep, const void *x, const float *sum, int64_t T
                           void *out, void *stream);
 
 #ifdef MOE_WITH_CUDA
+moe_status moe__cuda_ep_events(moe_ctx *ctx, int n, void **events);
+void moe__cuda_ep_events_destroy(moe_ctx *ctx, int n, void **events);
+moe_status moe__cuda_ep_record(moe_ctx *ctx, void *event, void *stream);
+/* ms from a to b; waits for b */
+moe_status moe__cuda_ep_elapsed(moe_ctx *ctx, void *a, void *b, double *ms);
 moe_status moe__cuda_ep_partial(moe_ctx *ctx, const void *y, const int32_t *slot_row, const float *w, int k,
                                 int weight_on_input, int64_t n, int H, float *part, void *stream);
 moe_status moe__cuda_ep_finish(moe_ctx *ctx, const float *sum, const void *shared_y, int n_shared,

@@ -187,3 +187,34 @@ extern "C" moe_status moe__cuda_ep_finish(moe_ctx *ctx, const float *sum, const 
     MOE_CUDA_LAUNCHED(ctx, "finish_kernel");
     return MOE_OK;
 }
+
+extern "C" moe_status moe__cuda_ep_events(moe_ctx *ctx, int n, void **events) {
+    moe__cuda_enter(ctx, nullptr);
+    for (int i = 0; i < n; i++) {
+        cudaEvent_t e;
+        MOE_CUDA_TRY(ctx, cudaEventCreate(&e));
+        events[i] = e;
+    }
+    return MOE_OK;
+}
+
+extern "C" void moe__cuda_ep_events_destroy(moe_ctx *ctx, int n, void **events) {
+    moe__cuda_enter(ctx, nullptr);
+    for (int i = 0; i < n; i++)
+        if (events[i]) cudaEventDestroy((cudaEvent_t)events[i]), events[i] = nullptr;
+}
+
+extern "C" moe_status moe__cuda_ep_record(moe_ctx *ctx, void *event, void *stream) {
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    MOE_CUDA_TRY(ctx, cudaEventRecord((cudaEvent_t)event, st));
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_ep_elapsed(moe_ctx *ctx, void *a, void *b, double *ms) {
+    moe__cuda_enter(ctx, nullptr);
+    MOE_CUDA_TRY(ctx, cudaEventSynchronize((cudaEvent_t)b));
+    float f = 0.0f;
+    MOE_CUDA_TRY(ctx, cudaEventElapsedTime(&f, (cudaEvent_t)a, (cudaEvent_t)b));
+    *ms = f;
+    return MOE_OK;
+}
