@@ -585,9 +585,13 @@ MOE_API moe_status moe_comm_alltoall(moe_comm *comm, const void *send, size_t by
 typedef enum moe_ep_backend {
     MOE_EP_ALL_TO_ALL = 0,   /* normal mode: each token travels once to every rank that owns one of its experts,
                               * expert outputs travel back to the token's rank, which combines them in slot order */
-    MOE_EP_ALLGATHER         /* the simple alternative: all-gather the tokens, every rank runs its experts on
+    MOE_EP_ALLGATHER,        /* the simple alternative: all-gather the tokens, every rank runs its experts on
                               * all of them, reduce-scatter the partial sums (f32; equal to the layer within
                               * rounding, not bit for bit) */
+    MOE_EP_LOW_LATENCY       /* decode: the all-to-all with buffers of a fixed size (max_tokens records to every
+                              * peer, max_tokens k rows back), so that nothing waits for the host and a forward
+                              * can be captured in a CUDA graph; kernels are chosen for N max_tokens tokens (the
+                              * layer's bits when every rank passes max_tokens tokens) */
 } moe_ep_backend;
 
 typedef struct moe_ep_config {
@@ -610,7 +614,8 @@ MOE_API void moe_ep_destroy(moe_ep *ep);
 
 /* Collective: out = MoE(x) for this rank's T tokens (T may differ between ranks, 0 included). All-to-all: the
  * same bits as moe_layer_forward on one device over all ranks' tokens (the GPU: given the router logits, see
- * docs/ep.md). The token counts are exchanged through the host: this call waits for the device once. */
+ * docs/ep.md); the token counts are exchanged through the host, so this call waits for the device once. Low
+ * latency: no wait, capturable. */
 MOE_API moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
 
 /* Where the time of the last forward went, in ms, when profiling is on (GPU: CUDA events between the phases,

@@ -31,6 +31,8 @@ if [ "${BENCH:-0}" = 1 ]; then
     echo "=== moe bench ep" | tee -a "$OUT/summary.txt"
     "$BUILD/moe" bench ep --tokens 128,512,4096 --wire fp8 --json "$OUT/bench-ep-fp8.json" 2>&1 | tee -a "$OUT/summary.txt"
     "$BUILD/moe" bench ep --tokens 128,512,4096 --wire bf16 --json "$OUT/bench-ep-bf16.json" 2>&1 | tee -a "$OUT/summary.txt"
+    "$BUILD/moe" bench ep --tokens 128,512 --wire fp8 --ep-backend low-latency --json "$OUT/bench-ep-ll.json" 2>&1 \
+        | tee -a "$OUT/summary.txt"
     "$BUILD/moe" bench ep --tokens 128,4096 --wire bf16 --ep-backend all-gather --json "$OUT/bench-ep-ag.json" 2>&1 \
         | tee -a "$OUT/summary.txt"
 fi

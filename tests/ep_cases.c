@@ -42,7 +42,20 @@ void ep_job_run(ep_job *j) {
     if (s == MOE_OK && !j->skip_forward) {
         moe_tensor xt = moe_tensor_2d(x, dt, T, H), yt = moe_tensor_2d(y, dt, T, H), lt = moe_tensor_2d(logits, F, T, E);
         moe_layer_io io = {&xt, j->use_logits ? &lt : NULL, &yt, NULL, NULL, 0};
-        s = moe_ep_forward(ep, &io, NULL);
+        if (!j->capture) {
+            s = moe_ep_forward(ep, &io, NULL);
+        } else {
+            moe_graph *g = NULL;
+            s = moe_graph_begin(ctx, NULL);
+            if (s == MOE_OK) {
+                const moe_status fs = moe_ep_forward(ep, &io, NULL);
+                s = moe_graph_end(ctx, NULL, &g);
+                if (fs != MOE_OK) s = fs;
+            }
+            if (s == MOE_OK) s = moe_graph_replay(ctx, g, NULL);
+            if (s == MOE_OK) s = moe_graph_replay(ctx, g, NULL);
+            moe_graph_destroy(ctx, g);
+        }
         if (s == MOE_OK) s = moe_sync(ctx, NULL);
     }
     if (s == MOE_OK && !j->skip_forward && T) {

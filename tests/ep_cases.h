@@ -14,6 +14,7 @@ typedef struct ep_job {
     int use_logits;
     int64_t t0, T, max_tokens;
     int skip_forward;   /* the rank creates its layer but never calls forward (a hung peer) */
+    int capture;        /* GPU: capture the forward in a CUDA graph, replay it twice */
     int intermediate;   /* when non-zero, this rank's config claims this width (a mismatched rank) */
     float *out;         /* (all tokens, H): this rank writes its rows */
     moe_status status;  /* of the first failing call */

@@ -54,20 +54,22 @@ static int ep_jobs_ok(const ep_job *jobs, int n) {
  * the same bits, unless tol > 0 (then: relative error); the all-gather backend is within rounding. */
 static int ep_check_on(moe_ctx *ref, moe_comm **comms, int n, const layer_problem *p, const int64_t *split,
                        moe_dtype dt, moe_ep_backend backend, moe_dtype wire, int use_logits, double tol,
-                       const char *what, const layer_problem *ref_problem /* NULL: p */) {
+                       const char *what, const layer_problem *ref_problem /* NULL: p */, int capture) {
     const int64_t TH = p->T * p->c.hidden;
     float *out = calloc((size_t)TH + 1, sizeof(float)), *want = calloc((size_t)TH + 1, sizeof(float));
     ep_job jobs[4];
     ep_jobs_make(jobs, comms, n, p, split, out);
     for (int r = 0; r < n; r++)
-        jobs[r].dtype = dt, jobs[r].backend = backend, jobs[r].use_logits = use_logits, jobs[r].wire = wire;
+        jobs[r].dtype = dt, jobs[r].backend = backend, jobs[r].use_logits = use_logits, jobs[r].wire = wire,
+        jobs[r].capture = capture;
     ep_jobs_run_threads(jobs, n);
     int ok = ep_jobs_ok(jobs, n);
     if (ok) ok = layer_run(ref, ref_problem ? ref_problem : p, dt, use_logits, want, 0) == MOE_OK;
     if (ok) {
         char label[200];
-        snprintf(label, sizeof label, "%s, %d ranks, %s, %s, T %lld", what, n, moe_dtype_name(dt),
-                 backend == MOE_EP_ALL_TO_ALL ? "all-to-all" : "all-gather", (long long)p->T);
+        static const char *names[] = {"all-to-all", "all-gather", "low latency"};
+        snprintf(label, sizeof label, "%s, %d ranks, %s, %s%s, T %lld", what, n, moe_dtype_name(dt), names[backend],
+                 capture ? " (graph)" : "", (long long)p->T);
         if (backend == MOE_EP_ALLGATHER && tol == 0) tol = dt == MOE_DTYPE_F32 ? 1e-5 : 1e-2;
         if (tol == 0) {
             ok = ep_same(out, want, TH, label);
@@ -89,7 +91,7 @@ static int ep_check_cpu(test_env *env, const layer_problem *p, int n, const int6
     o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
     for (int r = 0; r < n; r++) moe_ctx_create(&o, &ctxs[r]);
     int ok = moe_comm_create_local(ctxs, n, comms) == MOE_OK;
-    if (ok) ok = ep_check_on(env->cpu, comms, n, p, split, dt, backend, 0, use_logits, 0, what, NULL);
+    if (ok) ok = ep_check_on(env->cpu, comms, n, p, split, dt, backend, 0, use_logits, 0, what, NULL, 0);
     for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
     return ok;
 }
@@ -105,11 +107,15 @@ TEST_IMPL(ep_cpu_exact) {
                        "%s over %d ranks (f32, given logits) differs from the layer", ep_kind_name[kind], n);
             ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 0, ep_kind_name[kind]),
                        "%s over %d ranks (bf16, gate) differs from the layer", ep_kind_name[kind], n);
+            ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_BF16, MOE_EP_LOW_LATENCY, 1, ep_kind_name[kind]),
+                       "%s over %d ranks (low latency) differs from the layer", ep_kind_name[kind], n);
         }
         /* uneven parts, an idle rank */
         const int64_t split[3] = {30, 0, 7};
         ASSERT_MSG(ep_check_cpu(env, &p, 3, split, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 1, ep_kind_name[kind]),
                    "%s with parts 30, 0, 7 differs", ep_kind_name[kind]);
+        ASSERT_MSG(ep_check_cpu(env, &p, 3, split, MOE_DTYPE_F32, MOE_EP_LOW_LATENCY, 0, ep_kind_name[kind]),
+                   "%s with parts 30, 0, 7 (low latency) differs", ep_kind_name[kind]);
         layer_problem_free(&p);
     }
     return TEST_OK;
@@ -122,13 +128,17 @@ TEST_IMPL(ep_cpu_skewed) {
     layer_problem_random(&p, &c, 50, 1, env->seed);
     for (int64_t t = 0; t < p.T; t++)
         for (int e = 0; e < 12; e++) p.logits[t * 12 + e] = e < 3 ? 10.0f + (float)e : -10.0f;
-    for (int n = 2; n <= 4; n++)
+    for (int n = 2; n <= 4; n++) {
         ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 1, "skewed"),
                    "every token to rank 0, %d ranks", n);
+        ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_BF16, MOE_EP_LOW_LATENCY, 1, "skewed"),
+                   "every token to rank 0, %d ranks (low latency)", n);
+    }
     layer_problem_free(&p);
     layer_problem_random(&p, &c, 0, 1, env->seed);
     ASSERT(ep_check_cpu(env, &p, 3, NULL, MOE_DTYPE_BF16, MOE_EP_ALL_TO_ALL, 1, "T = 0"));
     ASSERT(ep_check_cpu(env, &p, 3, NULL, MOE_DTYPE_BF16, MOE_EP_ALLGATHER, 1, "T = 0"));
+    ASSERT(ep_check_cpu(env, &p, 3, NULL, MOE_DTYPE_BF16, MOE_EP_LOW_LATENCY, 1, "T = 0"));
     layer_problem_free(&p);
     return TEST_OK;
 }
@@ -277,23 +287,24 @@ TEST_IMPL(ep_errors) {
 }
 
 /* One rank's share of p over comm against the layer on ref (this rank's rows only): all-to-all exact, all-gather
- * within bf16 rounding. */
+ * within bf16 rounding, low latency exact on the CPU and where every rank has max_tokens tokens. */
 static int ep_check_rank(moe_ctx *ref, moe_comm *comm, const layer_problem *p, int use_logits, const char *what) {
     const int n = moe_comm_size(comm), me = moe_comm_rank(comm);
     const int64_t TH = p->T * p->c.hidden;
     float *out = calloc((size_t)TH + 1, sizeof(float)), *want = calloc((size_t)TH + 1, sizeof(float));
     int ok = n <= 4 && layer_run(ref, p, MOE_DTYPE_BF16, use_logits, want, 0) == MOE_OK;
-    for (int b = 0; b < 2 && ok; b++) {
+    const int exact_ll = moe_ctx_backend(ref) == MOE_BACKEND_CPU || p->T % n == 0;
+    for (int b = MOE_EP_ALL_TO_ALL; b <= MOE_EP_LOW_LATENCY && ok; b++) {
         moe_comm *all[4] = {comm, comm, comm, comm};
         ep_job jobs[4];
         ep_jobs_make(jobs, all, n, p, NULL, out);
         ep_job j = jobs[me];
-        j.dtype = MOE_DTYPE_BF16, j.use_logits = use_logits, j.backend = b ? MOE_EP_ALLGATHER : MOE_EP_ALL_TO_ALL;
+        j.dtype = MOE_DTYPE_BF16, j.use_logits = use_logits, j.backend = (moe_ep_backend)b;
         ep_job_run(&j);
         if (j.status != MOE_OK) fprintf(stderr, "    rank %d: %s\n", me, j.message), ok = 0;
         const int64_t a = j.t0 * p->c.hidden, m = j.T * p->c.hidden;
-        if (ok && !b) ok = ep_same(out + a, want + a, m, what);
-        if (ok && b && m) ok = test_rel_l2(out + a, want + a, m) < 1e-2;
+        if (ok && (b == MOE_EP_ALL_TO_ALL || (b == MOE_EP_LOW_LATENCY && exact_ll))) ok = ep_same(out + a, want + a, m, what);
+        else if (ok && m) ok = test_rel_l2(out + a, want + a, m) < 1e-2;
     }
     free(out), free(want);
     return ok;
@@ -343,7 +354,8 @@ TEST_IMPL(ep_mpi) {
 
 /* GPUs of this machine (up to 2) as ranks over NCCL, threads of this process: the same bits as the layer on one
  * GPU given the router logits (decode and prefill sizes, idle rank); from the gate weight within bf16 rounding
- * (the gate's split over H follows the rank's own T); FP8 on the wire; the all-gather backend. */
+ * (the gate's split over H follows the rank's own T); FP8 on the wire; the all-gather backend; the low-latency
+ * backend captured in a CUDA graph and replayed. */
 TEST_IMPL(gpu_ep) {
     SKIP_WITHOUT_GPU(env);
     moe_ctx *ctxs[2] = {env->gpu, NULL};
@@ -364,19 +376,24 @@ TEST_IMPL(gpu_ep) {
             layer_problem_random(&p, &c, sizes[si], 1, seed++);
             const char *w = ep_kind_name[kind];
             const moe_dtype B = MOE_DTYPE_BF16;
-            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, 0, 1, 0, w, NULL);
-            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, 0, 0, 1e-2, w, NULL);
-            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALLGATHER, 0, 1, 0, w, NULL);
+            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, 0, 1, 0, w, NULL, 0);
+            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, 0, 0, 1e-2, w, NULL, 0);
+            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALLGATHER, 0, 1, 0, w, NULL, 0);
+            /* low latency, captured in a graph: every rank at max_tokens (T split evenly) picks the layer's
+             * kernels; an idle rank makes the kernels those of 2 T tokens (within rounding) */
+            bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_LOW_LATENCY, 0, 1, 0, w, NULL, 1);
             if (n == 2) {
                 const int64_t split[2] = {0, p.T};
-                bad += !ep_check_on(env->gpu, comms, n, &p, split, B, MOE_EP_ALL_TO_ALL, 0, 1, 0, w, NULL);
+                bad += !ep_check_on(env->gpu, comms, n, &p, split, B, MOE_EP_ALL_TO_ALL, 0, 1, 0, w, NULL, 0);
+                bad += !ep_check_on(env->gpu, comms, n, &p, split, B, MOE_EP_LOW_LATENCY, 0, 1, 1e-2, w, NULL, 1);
             }
             if (!c.n_shared) { /* FP8 wire: the layer on the FP8-rounded x */
                 layer_problem q = p;
                 float *xr = malloc(sizeof(float) * (size_t)(p.T * 264));
                 ASSERT(ep_fp8_input(env->cpu, &p, xr));
                 q.x = xr;
-                bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, MOE_DTYPE_E4M3, 1, 0, w, &q);
+                bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_ALL_TO_ALL, MOE_DTYPE_E4M3, 1, 0, w, &q, 0);
+                bad += !ep_check_on(env->gpu, comms, n, &p, NULL, B, MOE_EP_LOW_LATENCY, MOE_DTYPE_E4M3, 1, 0, w, &q, 1);
                 free(xr);
             }
             layer_problem_free(&p);

@@ -17,7 +17,7 @@ static const char *usage =
     "  --tokens LIST   tokens a rank, e.g. 128,4096 (default 128,4096 on GPUs, 16 on the CPU)\n"
     "  --wire W        fp8 (1x128, default) or bf16\n"
     "  --ranks N       ranks (default: every GPU of this machine, or 2 CPU ranks)\n"
-    "  --ep-backend B  all-to-all (default) or all-gather\n"
+    "  --ep-backend B  all-to-all (default), all-gather or low-latency (also timed as CUDA-graph replays)\n"
     "  --reps N        timed forwards a token count (default 20 on GPUs, 2 on the CPU)\n"
     "  --backend B     auto (default), cpu, cuda\n"
     "  --json FILE     write the results as JSON\n";
@@ -34,6 +34,7 @@ typedef struct bench_rank {
     uint64_t seed;
     moe_ep_timing t[MAX_REPS];
     double total_ms[MAX_REPS];
+    double graph_ms[MAX_REPS];    /* low latency on a GPU: a replay of the captured forward */
     int64_t a2a_bytes;            /* per peer, for the yardstick (pass 2) */
     double a2a_ms[MAX_REPS];
     moe_ep *ep;
@@ -118,6 +119,24 @@ static void *rank_forward(void *arg) {
         r->total_ms[i] = cli_now_ms() - t0;
         RANK_TRY(r, moe_ep_last_timing(r->ep, &r->t[i]));
     }
+    if (r->ec.backend == MOE_EP_LOW_LATENCY && moe_ctx_backend(r->ctx) == MOE_BACKEND_CUDA) {
+        moe_graph *g = NULL;
+        RANK_TRY(r, moe_ep_set_profiling(r->ep, 0));
+        RANK_TRY(r, moe_graph_begin(r->ctx, NULL));
+        const moe_status fs = moe_ep_forward(r->ep, &io, NULL);
+        RANK_TRY(r, moe_graph_end(r->ctx, NULL, &g));
+        RANK_TRY(r, fs);
+        for (int i = 0; i < 3; i++) RANK_TRY(r, moe_graph_replay(r->ctx, g, NULL));
+        for (int i = 0; i < r->reps; i++) {
+            RANK_TRY(r, moe_sync(r->ctx, NULL));
+            const double t0 = cli_now_ms();
+            RANK_TRY(r, moe_graph_replay(r->ctx, g, NULL));
+            RANK_TRY(r, moe_sync(r->ctx, NULL));
+            r->graph_ms[i] = cli_now_ms() - t0;
+        }
+        moe_graph_destroy(r->ctx, g);
+        RANK_TRY(r, moe_ep_set_profiling(r->ep, 1));
+    }
     return NULL;
 }
 
@@ -174,8 +193,10 @@ int bench_ep(int argc, char **argv) {
         default: fputs(usage, stderr); return CLI_USAGE;
         }
     }
-    const int allgather = !strcmp(ep_backend, "all-gather");
-    if ((strcmp(wire, "fp8") && strcmp(wire, "bf16")) || (!allgather && strcmp(ep_backend, "all-to-all")) ||
+    const moe_ep_backend eb = !strcmp(ep_backend, "all-gather")    ? MOE_EP_ALLGATHER
+                              : !strcmp(ep_backend, "low-latency") ? MOE_EP_LOW_LATENCY
+                                                                   : MOE_EP_ALL_TO_ALL;
+    if ((strcmp(wire, "fp8") && strcmp(wire, "bf16")) || (eb == MOE_EP_ALL_TO_ALL && strcmp(ep_backend, "all-to-all")) ||
         n < 0 || n > MAX_RANKS || reps < 0 || reps > MAX_REPS) {
         fputs(usage, stderr);
         return CLI_USAGE;
@@ -225,8 +246,8 @@ int bench_ep(int argc, char **argv) {
     bench_rank *ranks = calloc((size_t)n, sizeof *ranks);
     for (int i = 0; i < n; i++) {
         ranks[i].ctx = ctxs[i], ranks[i].comm = comms[i], ranks[i].c = &c, ranks[i].reps = reps;
-        ranks[i].ec = (moe_ep_config){c, allgather ? MOE_EP_ALLGATHER : MOE_EP_ALL_TO_ALL,
-                                      !strcmp(wire, "fp8") ? MOE_DTYPE_E4M3 : MOE_DTYPE_BF16, M};
+        ranks[i].ec = (moe_ep_config){c, eb, !strcmp(wire, "fp8") && eb != MOE_EP_ALLGATHER ? MOE_DTYPE_E4M3
+                                                                                          : MOE_DTYPE_BF16, M};
     }
     printf("moe bench ep: %s, %d ranks (%s), %s, %s on the wire, commit %s\n", model, n, moe_ctx_describe(ctxs[0]),
            ep_backend, wire, MOE_GIT_COMMIT);
@@ -254,7 +275,7 @@ int bench_ep(int argc, char **argv) {
         }
         double med[7];
         for (int p = 0; p < 7; p++) med[p] = median(ph[p], reps);
-        const double total = median(tot, reps);
+        const double total = median(tot, reps), graph = median(r0->graph_ms, reps);
         const int64_t db = r0->t[0].dispatch_bytes, cb = r0->t[0].combine_bytes;
         const double disp_gbps = med[3] > 0 ? db / (med[3] * 1e6) : 0, comb_gbps = med[5] > 0 ? cb / (med[5] * 1e6) : 0;
         double a2a_gbps[2] = {0, 0}, a2a_us[2] = {0, 0};
@@ -279,6 +300,11 @@ int bench_ep(int argc, char **argv) {
                                "dispatch_bytes", (json_int_t)db, "combine_bytes", (json_int_t)cb, "tokens_in",
                                (json_int_t)r0->t[0].tokens_in, "dispatch_gbps", disp_gbps, "combine_gbps", comb_gbps,
                                "alltoall_dispatch_us", a2a_us[0], "alltoall_combine_us", a2a_us[1]));
+        if (graph > 0) {
+            printf("        low latency, the forward as a CUDA-graph replay: %.1f µs\n", graph * 1e3);
+            json_object_set_new(json_array_get(results, json_array_size(results) - 1), "graph_us",
+                                json_real(graph * 1e3));
+        }
     }
     if (rc == CLI_OK)
         printf("\nTimes in µs (rank 0, median of %d): dispatch and combine are the exchanges alone (packing, the FP8\n"

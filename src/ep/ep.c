@@ -147,12 +147,15 @@ static size_t ep_layout(moe_ep *ep, char *base) {
     EP_BUF(recv_ids, NM * k * 4);
     EP_BUF(recv_dst, NM * k * 4);
     EP_BUF(recv_w, NM * k * 4);
-    EP_BUF(ret_counts, 4);
-    EP_BUF(ret_off, 16);
+    EP_BUF(ret_counts, N * 4);
+    EP_BUF(ret_off, (N + 1) * 8);
+    const int ll = ep->c.backend == MOE_EP_LOW_LATENCY;
+    EP_BUF(ll_pos, ll ? NM * k * 4 : 0);
+    EP_BUF(ll_slot_row, ll ? M * k * 4 : 0);
     EP_BUF(ret_rowsrc, NM * k * 4);
     EP_BUF(ret_slot_row, NM * k * 4);
     EP_BUF(y_ret, NM * k * H * ep->ybytes);
-    EP_BUF(y_home, M * k * H * ep->ybytes);
+    EP_BUF(y_home, (ll ? NM : M) * k * H * ep->ybytes);
     EP_BUF(hdr_send, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
     EP_BUF(hdr_recv, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
     EP_BUF(ag_part, ep->c.backend == MOE_EP_ALLGATHER ? NM * H * 4 : 0);
@@ -167,14 +170,14 @@ static moe_status ep_check_config(moe_comm *comm, const moe_ep_config *c) {
     MOE_CHECK_ARG(ctx, c->max_tokens >= 1, "moe_ep_create: max_tokens must be at least 1, not %lld",
                   (long long)c->max_tokens);
     MOE_CHECK_ARG(ctx, E >= N && E % N == 0, "moe_ep_create: %d experts do not split evenly over %d ranks", E, N);
-    MOE_CHECK_ARG(ctx, c->backend == MOE_EP_ALL_TO_ALL || c->backend == MOE_EP_ALLGATHER,
+    MOE_CHECK_ARG(ctx, c->backend >= MOE_EP_ALL_TO_ALL && c->backend <= MOE_EP_LOW_LATENCY,
                   "moe_ep_create: unknown backend %d", (int)c->backend);
     const moe_dtype wire = c->wire ? c->wire : c->layer.dtype;
     MOE_CHECK_ARG(ctx, wire == c->layer.dtype || (wire == MOE_DTYPE_E4M3 && c->layer.dtype == MOE_DTYPE_BF16),
                   "moe_ep_create: tokens go on the wire as the layer's dtype or, for bf16 layers, e4m3 (not %s)",
                   moe_dtype_name(wire));
-    MOE_CHECK_ARG(ctx, wire != MOE_DTYPE_E4M3 || c->backend == MOE_EP_ALL_TO_ALL,
-                  "moe_ep_create: FP8 on the wire is for the all-to-all backend");
+    MOE_CHECK_ARG(ctx, wire != MOE_DTYPE_E4M3 || c->backend != MOE_EP_ALLGATHER,
+                  "moe_ep_create: FP8 on the wire is for the all-to-all backends");
     const int64_t M = c->max_tokens, k = c->layer.router.top_k;
     MOE_CHECK_ARG(ctx, (int64_t)N * M * (k > N ? k : N) + (int64_t)E * MOE_LAYER_MAX_TILE_M < INT32_MAX,
                   "moe_ep_create: max_tokens %lld x %d ranks is too many for int32 row ids", (long long)M, N);
@@ -217,11 +220,12 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) ep->xs = moe__cuda_layer_experts_scratch(ep->layer, (int64_t)N * M);
 #endif
-    const moe_permute_config pcs[3] = {{N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0},
+    const moe_permute_config pcs[4] = {{N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0},
                                        {N, 0, N, N, 1, MOE_PERMUTE_CONTIGUOUS, 0},
-                                       {N, comm->rank, 1, k, 1, MOE_PERMUTE_CONTIGUOUS, 0}};
-    const int64_t pts[3] = {M, M, (int64_t)N * M};
-    for (int i = 0; i < 3; i++) {
+                                       {N, comm->rank, 1, k, 1, MOE_PERMUTE_CONTIGUOUS, 0},
+                                       {N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0}};
+    const int64_t pts[4] = {M, M, (int64_t)N * M, (int64_t)N * M};
+    for (int i = 0; i < 4; i++) {
         size_t b = 0;
         if ((s = moe_permute_workspace_size(ctx, &pcs[i], pts[i], &b)) != MOE_OK) goto fail;
         if (b > ep->permute_bytes) ep->permute_bytes = b;
@@ -324,6 +328,7 @@ static int64_t ep_sent(const ep_plan *p, int N, int me) {
 
 static moe_status ep_experts(moe_ep *ep, const ep_plan *p, void *stream);
 static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
+static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
 
 moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     if (!ep) return MOE_ERR_INVALID_ARG;
@@ -357,6 +362,7 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
 #endif
     memset(&ep->last, 0, sizeof ep->last);
     if (ep->c.backend == MOE_EP_ALLGATHER) return ep_allgather_forward(ep, io, stream);
+    if (ep->c.backend == MOE_EP_LOW_LATENCY) return ep_low_latency_forward(ep, io, stream);
 
     moe_layer *l = ep->layer;
     const moe_layer_scratch *ls = &ep->ls;
@@ -531,6 +537,117 @@ static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void 
 #endif
     if (s == MOE_OK && T > 0) s = moe__ep_finish(ep, io->x->data, ep->ag_sum, T, ls, io->out->data, stream);
     moe__ep_mark(ep, EP_PHASE_FINISH, stream);
+    return s;
+}
+
+/* Low latency: the all-to-all with blocks of fixed size, so that the host sizes nothing from the device.
+ *   dispatch  block d of the N M records: the count_d tokens for d, then records with ids -1
+ *   experts   on all N M received records (those of -1 ids take no row), kernels chosen for N M tokens
+ *   return    the rows for source s go to block s of M k rows, in (token, slot) order: a permutation of our slots
+ *             by source, each row moved into its source's block (remap)
+ *   combine   slot_row of the by-rank permutation moved into rank d's block of M k rows (remap), then the combine
+ * The exchanges carry whole blocks: N M records and N M k rows each way, whatever the counts. */
+static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
+    moe_comm *comm = ep->comm;
+    moe_ctx *ctx = comm->ctx;
+    moe_layer *l = ep->layer;
+    const moe_layer_config *c = &ep->c.layer;
+    const moe_layer_scratch *ls = &ep->ls;
+    const int N = comm->size, me = comm->rank, k = c->router.top_k;
+    const int64_t T = io->x->shape[0], H = c->hidden, M = ep->c.max_tokens, NM = N * M;
+    int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
+    float *wts = (float *)(ep->scratch + ls->weights);
+    moe__ep_mark(ep, EP_PHASE_START, stream);
+    if (T > 0) {
+        MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
+        MOE_TRY(moe__ep_rank_of(ep, ids, T * k, ep->dst, stream));
+        MOE_TRY(moe__ep_token_dst(ep, ep->dst, T, ep->tok_dst, stream));
+    }
+    const moe_permute_config by_rank = {N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
+    const moe_permute_config by_token = {N, 0, N, N, 1, MOE_PERMUTE_CONTIGUOUS, 0};
+    const moe_permute_outputs so = {ep->slot_counts, ep->slot_off, ep->slot_rowsrc, ep->slot_row, NULL, NULL};
+    const moe_permute_outputs to = {ep->tok_counts, ep->tok_off, ep->tok_rowsrc, ep->tok_slot_row, NULL, NULL};
+    MOE_TRY(moe_permute(ctx, &by_rank, ep->dst, T, &so, ep->permute, ep->permute_bytes, stream));
+    MOE_TRY(moe_permute(ctx, &by_token, ep->tok_dst, T, &to, ep->permute, ep->permute_bytes, stream));
+    moe__ep_mark(ep, EP_PHASE_ROUTE, stream);
+    const void *xw = io->x->data, *scales = NULL;
+    if (ep->c.wire == MOE_DTYPE_E4M3 && T > 0) {
+        moe_qtensor q = {moe_qformat_preset(MOE_QFORMAT_FP8_1X128), 2, {T, H}, ep->xq, ep->xs_scales, NULL};
+        MOE_TRY(moe_quantize(ctx, io->x, &q, stream));
+        xw = ep->xq, scales = ep->xs_scales;
+    }
+    MOE_TRY(moe__ep_pack_fixed(ep, ep->tok_rowsrc, N, ep->tok_off, xw, scales, ids, wts, ep->send, stream));
+    moe__ep_mark(ep, EP_PHASE_PACK, stream);
+
+    /* fixed blocks both ways */
+    int64_t *plan = ep->host + (int64_t)(2 * N + 3) * N, *bytes = plan, *off = plan + N;
+    for (int d = 0; d < N; d++) bytes[d] = M * ep->rec.bytes, off[d] = d * M * ep->rec.bytes;
+    ep->last.dispatch_bytes = (N - 1) * M * ep->rec.bytes, ep->last.tokens_in = NM;
+    MOE_TRY(comm->ops->alltoallv(comm, ep->send, bytes, off, ep->recv, bytes, off, stream));
+    moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
+#ifdef MOE_WITH_CUDA
+    const int gpu = ctx->backend == MOE_BACKEND_CUDA;
+    if (gpu && c->n_shared && T > 0) {
+        const moe_status ss = moe__cuda_layer_shared(l, io->x->data, T, NM, ls, ep->scratch, stream);
+        if (ss != MOE_OK) {
+            moe__cuda_layer_join(l, stream);
+            return ss;
+        }
+    }
+#endif
+    /* experts on the N M records; each row of ours into its source's block */
+    moe_status s = MOE_OK;
+    void *x = ep->recv_x;
+    if (ep->c.wire == MOE_DTYPE_E4M3) {
+        s = moe__ep_unpack(ep, ep->recv, NM, ep->recv_q, ep->recv_scales, ep->recv_ids, ep->recv_w, stream);
+        moe_qtensor q = {moe_qformat_preset(MOE_QFORMAT_FP8_1X128), 2, {NM, H}, ep->recv_q, ep->recv_scales, NULL};
+        moe_tensor xt = moe_tensor_2d(x, c->dtype, NM, H);
+        if (s == MOE_OK) s = moe_dequantize(ctx, &q, &xt, stream);
+    } else {
+        s = moe__ep_unpack(ep, ep->recv, NM, x, NULL, ep->recv_ids, ep->recv_w, stream);
+    }
+    const moe_permute_outputs ro = {ep->ret_counts, ep->ret_off, ep->ret_rowsrc, ep->ret_slot_row, NULL, NULL};
+    if (s == MOE_OK) s = moe__ep_source_of(ep, ep->recv_ids, NM, M, ep->recv_dst, stream);
+    if (s == MOE_OK) s = moe_permute(ctx, &by_rank, ep->recv_dst, NM, &ro, ep->permute, ep->permute_bytes, stream);
+    if (s == MOE_OK) s = moe__ep_remap(ep, ep->ret_slot_row, ep->recv_dst, ep->ret_off, NM * k, M * k, ep->ll_pos, stream);
+#ifdef MOE_WITH_CUDA
+    if (s == MOE_OK && gpu) {
+        char *ws = ep->experts_scratch;
+        s = moe__cuda_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, NM, &ep->xs, ws, stream);
+        if (s == MOE_OK)
+            s = moe__ep_scatter(ep, ws + ep->xs.y, (const int32_t *)(ws + ep->xs.slot_row), ep->ll_pos, NM * k, H * 2,
+                                ep->y_ret, stream);
+    }
+    if (s == MOE_OK && !gpu)
+#else
+    if (s == MOE_OK)
+#endif
+        s = moe__cpu_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, ep->ll_pos, ep->y_ret);
+    moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
+    if (s == MOE_OK) {
+        for (int d = 0; d < N; d++) bytes[d] = M * k * H * ep->ybytes, off[d] = d * M * k * H * ep->ybytes;
+        ep->last.combine_bytes = (N - 1) * M * k * H * ep->ybytes;
+        s = comm->ops->alltoallv(comm, ep->y_ret, bytes, off, ep->y_home, bytes, off, stream);
+    }
+    moe__ep_mark(ep, EP_PHASE_COMBINE, stream);
+    if (s == MOE_OK && T > 0) s = moe__ep_remap(ep, ep->slot_row, ep->dst, ep->slot_off, T * k, M * k, ep->ll_slot_row, stream);
+#ifdef MOE_WITH_CUDA
+    if (gpu && c->n_shared && T > 0) {
+        const moe_status js = moe__cuda_layer_join(l, stream);
+        if (s == MOE_OK) s = js;
+    }
+    if (gpu && s == MOE_OK && T > 0)
+        s = moe__cuda_layer_combine(l, ep->y_home, ep->ll_slot_row, wts, T,
+                                    c->n_shared ? ep->scratch + ls->shared_y : NULL,
+                                    c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
+                                    io->out->data, stream);
+    if (!gpu && s == MOE_OK && T > 0)
+#else
+    if (s == MOE_OK && T > 0)
+#endif
+        s = moe__cpu_layer_combine(l, io->x->data, T, ep->y_home, ep->ll_slot_row, wts, io->out->data);
+    moe__ep_mark(ep, EP_PHASE_FINISH, stream);
+    (void)me;
     return s;
 }
 

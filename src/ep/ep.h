@@ -44,11 +44,14 @@ struct moe_ep {
     void *recv_x, *recv_q, *recv_scales;    /* (N M, H) layer dtype; FP8: codes and scales as they came */
     int32_t *recv_ids, *recv_dst;           /* (N M, k) */
     float *recv_w;                          /* (N M, k) */
-    int32_t *ret_counts;                    /* (1) */
-    int64_t *ret_off;                       /* (2) */
+    int32_t *ret_counts;                    /* (N) */
+    int64_t *ret_off;                       /* (N + 1) */
+    int32_t *ll_pos;                        /* low latency: (N M k) rows' places in y_ret's fixed blocks */
+    int32_t *ll_slot_row;                   /* low latency: (M k) each slot's row in y_home's fixed blocks */
     int32_t *ret_rowsrc, *ret_slot_row;     /* (N M k) */
     void *y_ret;                            /* (N M k, H) expert outputs to send back, in their order */
-    void *y_home;                           /* (M k, H) expert outputs of this rank's tokens, by-rank order */
+    void *y_home;                           /* (M k, H) expert outputs of this rank's tokens, by-rank order
+                                             * (low latency: (N M k, H), a block of M k rows a rank) */
     int64_t *hdr_send, *hdr_recv;           /* (N, 3): tokens, slots, T to each rank / from each rank */
     int64_t *host;                          /* host: hdr_send, hdr_recv (N, 3 each) and the byte plans */
     float *ag_part;                         /* allgather backend: (N Tmax, H) f32 partial sums */
@@ -80,6 +83,20 @@ moe_status moe__ep_unpack(moe_ep *ep, const void *in, int64_t n, void *x, void *
 moe_status moe__ep_gather(moe_ep *ep, const void *y, const int32_t *slot_row, const int32_t *rowsrc,
                           const int64_t *n_rows, int64_t n_max, int64_t row_bytes, void *out, void *stream);
 
+/* Low latency. N M records: block d, record i < count_d (offsets: (N + 1) on the device) <- token
+ * rowsrc[offsets[d] + i] / stride; records past the count carry ids -1 (nothing reads their x). */
+moe_status moe__ep_pack_fixed(moe_ep *ep, const int32_t *rowsrc, int stride, const int64_t *offsets, const void *x,
+                              const void *scales, const int32_t *ids, const float *w, void *out, void *stream);
+/* dst[t k + j] = t / per_source when id(t, j) is one of this rank's experts, else -1 (n tokens) */
+moe_status moe__ep_source_of(moe_ep *ep, const int32_t *ids, int64_t n, int64_t per_source, int32_t *dst,
+                             void *stream);
+/* out[i] = row[i] >= 0 ? group[i] cap + row[i] - offsets[group[i]] : -1: a grouped row into its group's fixed
+ * block (n entries) */
+moe_status moe__ep_remap(moe_ep *ep, const int32_t *row, const int32_t *group, const int64_t *offsets, int64_t n,
+                         int64_t cap, int32_t *out, void *stream);
+/* GPU: out row pos[i] <- y row src_row[i] for every i < n with pos[i] >= 0 (row_bytes bytes) */
+moe_status moe__ep_scatter(moe_ep *ep, const void *y, const int32_t *src_row, const int32_t *pos, int64_t n,
+                           int64_t row_bytes, void *out, void *stream);
 /* part (n, H) f32: row t = sum over j in order of w_tj y[slot_row[t, j]] (rows of -1 skipped; 1 for w with the
  * weight on the input) */
 moe_status moe__ep_partial(moe_ep *ep, const void *y, const int32_t *slot_row, const float *w, int64_t n,
@@ -89,6 +106,15 @@ moe_status moe__ep_finish(moe_ep *ep, const void *x, const float *sum, int64_t T
                           void *out, void *stream);
 
 #ifdef MOE_WITH_CUDA
+moe_status moe__cuda_ep_pack_fixed(moe_ctx *ctx, const moe_ep_record *rec, const int32_t *rowsrc, int stride,
+                                   const int64_t *offsets, int n_ranks, int64_t cap, const void *x, const void *scales,
+                                   const int32_t *ids, const float *w, void *out, void *stream);
+moe_status moe__cuda_ep_source_of(moe_ctx *ctx, const int32_t *ids, int64_t n, int k, int per_rank, int me,
+                                  int64_t per_source, int32_t *dst, void *stream);
+moe_status moe__cuda_ep_remap(moe_ctx *ctx, const int32_t *row, const int32_t *group, const int64_t *offsets,
+                              int64_t n, int64_t cap, int32_t *out, void *stream);
+moe_status moe__cuda_ep_scatter(moe_ctx *ctx, const void *y, const int32_t *src_row, const int32_t *pos, int64_t n,
+                                int64_t row_bytes, void *out, void *stream);
 moe_status moe__cuda_ep_events(moe_ctx *ctx, int n, void **events);
 void moe__cuda_ep_events_destroy(moe_ctx *ctx, int n, void **events);
 moe_status moe__cuda_ep_record(moe_ctx *ctx, void *event, void *stream);

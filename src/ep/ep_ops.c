@@ -125,3 +125,59 @@ moe_status moe__ep_finish(moe_ep *ep, const void *x, const float *sum, int64_t T
         for (int j = 0; j < k; j++) slot_row[t * k + j] = j == 0 ? (int32_t)t : -1, ones[t * k + j] = 1.0f;
     return moe__cpu_layer_combine(ep->layer, x, T, sum, slot_row, ones, out);
 }
+
+moe_status moe__ep_pack_fixed(moe_ep *ep, const int32_t *rowsrc, int stride, const int64_t *offsets, const void *x,
+                              const void *scales, const int32_t *ids, const float *w, void *out, void *stream) {
+    const moe_ep_record *r = &ep->rec;
+    const int N = ep->comm->size;
+    const int64_t M = ep->c.max_tokens;
+#ifdef MOE_WITH_CUDA
+    if (EP_ON_GPU(ep))
+        return moe__cuda_ep_pack_fixed(ep->layer->ctx, r, rowsrc, stride, offsets, N, M, x, scales, ids, w, out, stream);
+#endif
+    for (int d = 0; d < N; d++) {
+        const int64_t count = offsets[d + 1] - offsets[d];
+        for (int64_t i = count; i < M; i++) memset((char *)out + (d * M + i) * r->bytes + r->id_off, 0xFF,
+                                                   (size_t)r->id_bytes);
+        if (count) MOE_TRY(moe__ep_pack(ep, rowsrc + offsets[d], stride, &count, count, x, scales, ids, w,
+                                        (char *)out + d * M * r->bytes, stream));
+    }
+    return MOE_OK;
+}
+
+moe_status moe__ep_source_of(moe_ep *ep, const int32_t *ids, int64_t n, int64_t per_source, int32_t *dst,
+                             void *stream) {
+    const int k = ep->c.layer.router.top_k, per_rank = ep->layer->n_local, me = ep->comm->rank;
+#ifdef MOE_WITH_CUDA
+    if (EP_ON_GPU(ep))
+        return moe__cuda_ep_source_of(ep->layer->ctx, ids, n, k, per_rank, me, per_source, dst, stream);
+#endif
+    (void)stream;
+    for (int64_t i = 0; i < n * k; i++)
+        dst[i] = ids[i] >= 0 && ids[i] / per_rank == me ? (int32_t)(i / k / per_source) : -1;
+    return MOE_OK;
+}
+
+moe_status moe__ep_remap(moe_ep *ep, const int32_t *row, const int32_t *group, const int64_t *offsets, int64_t n,
+                         int64_t cap, int32_t *out, void *stream) {
+#ifdef MOE_WITH_CUDA
+    if (EP_ON_GPU(ep)) return moe__cuda_ep_remap(ep->layer->ctx, row, group, offsets, n, cap, out, stream);
+#endif
+    (void)ep, (void)stream;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = row[i] >= 0 ? (int32_t)(group[i] * cap + row[i] - offsets[group[i]]) : -1;
+    return MOE_OK;
+}
+
+moe_status moe__ep_scatter(moe_ep *ep, const void *y, const int32_t *src_row, const int32_t *pos, int64_t n,
+                           int64_t row_bytes, void *out, void *stream) {
+#ifdef MOE_WITH_CUDA
+    if (EP_ON_GPU(ep)) return moe__cuda_ep_scatter(ep->layer->ctx, y, src_row, pos, n, row_bytes, out, stream);
+#endif
+    (void)stream, (void)ep;
+    for (int64_t i = 0; i < n; i++)
+        if (pos[i] >= 0)
+            memcpy((char *)out + (int64_t)pos[i] * row_bytes, (const char *)y + (int64_t)src_row[i] * row_bytes,
+                   (size_t)row_bytes);
+    return MOE_OK;
+}

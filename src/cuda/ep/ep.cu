@@ -68,6 +68,46 @@ __global__ void gather_kernel(const char *y, const int32_t *slot_row, const int3
         copy_bytes(out + i * row_bytes, y + (int64_t)slot_row[rowsrc[i]] * row_bytes, row_bytes);
 }
 
+/* N M records: block d holds the first count_d of its rows, the rest say "no expert" (ids -1) */
+__global__ void pack_fixed_kernel(const moe_ep_record r, const int32_t *rowsrc, int stride, const int64_t *offsets,
+                                  int n_ranks, int64_t cap, const char *x, const char *scales, const char *ids,
+                                  const char *w, char *out) {
+    const int64_t n = n_ranks * cap;
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+        const int d = (int)(i / cap);
+        const int64_t at = i - d * cap, count = offsets[d + 1] - offsets[d];
+        char *o = out + i * r.bytes;
+        if (at >= count) {
+            for (int64_t e = threadIdx.x; e < r.id_bytes / 4; e += blockDim.x)
+                reinterpret_cast<int32_t *>(o + r.id_off)[e] = -1;
+            continue;
+        }
+        const int64_t t = rowsrc[offsets[d] + at] / stride;
+        copy_bytes(o + r.x_off, x + t * r.x_bytes, r.x_bytes);
+        if (r.s_bytes) copy_bytes(o + r.s_off, scales + t * r.s_bytes, r.s_bytes);
+        copy_bytes(o + r.id_off, ids + t * r.id_bytes, r.id_bytes);
+        copy_bytes(o + r.w_off, w + t * r.id_bytes, r.id_bytes);
+    }
+}
+
+__global__ void source_of_kernel(const int32_t *ids, int64_t n, int k, int per_rank, int me, int64_t per_source,
+                                 int32_t *dst) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = ids[i] >= 0 && ids[i] / per_rank == me ? (int32_t)(i / k / per_source) : -1;
+}
+
+__global__ void remap_kernel(const int32_t *row, const int32_t *group, const int64_t *offsets, int64_t n, int64_t cap,
+                             int32_t *out) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = row[i] >= 0 ? (int32_t)(group[i] * cap + row[i] - offsets[group[i]]) : -1;
+}
+
+__global__ void scatter_kernel(const char *y, const int32_t *src_row, const int32_t *pos, int64_t n,
+                               int64_t row_bytes, char *out) {
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x)
+        if (pos[i] >= 0) copy_bytes(out + (int64_t)pos[i] * row_bytes, y + (int64_t)src_row[i] * row_bytes, row_bytes);
+}
+
 constexpr int kRowThreads = 64; /* x 8 columns */
 
 /* part[t, h..h+8) = sum over slots in order of coef_j y[slot_row[t, j]] (f32) */
@@ -216,5 +256,44 @@ extern "C" moe_status moe__cuda_ep_elapsed(moe_ctx *ctx, void *a, void *b, doubl
     float f = 0.0f;
     MOE_CUDA_TRY(ctx, cudaEventElapsedTime(&f, (cudaEvent_t)a, (cudaEvent_t)b));
     *ms = f;
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_ep_pack_fixed(moe_ctx *ctx, const moe_ep_record *rec, const int32_t *rowsrc,
+                                              int stride, const int64_t *offsets, int n_ranks, int64_t cap,
+                                              const void *x, const void *scales, const int32_t *ids, const float *w,
+                                              void *out, void *stream) {
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    pack_fixed_kernel<<<copy_grid(n_ranks * cap), kThreads, 0, st>>>(
+        *rec, rowsrc, stride, offsets, n_ranks, cap, (const char *)x, (const char *)scales, (const char *)ids,
+        (const char *)w, (char *)out);
+    MOE_CUDA_LAUNCHED(ctx, "pack_fixed_kernel");
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_ep_source_of(moe_ctx *ctx, const int32_t *ids, int64_t n, int k, int per_rank, int me,
+                                             int64_t per_source, int32_t *dst, void *stream) {
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    if (n == 0) return MOE_OK;
+    source_of_kernel<<<moe__grid_for(ctx, n * k, 256), 256, 0, st>>>(ids, n * k, k, per_rank, me, per_source, dst);
+    MOE_CUDA_LAUNCHED(ctx, "source_of_kernel");
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_ep_remap(moe_ctx *ctx, const int32_t *row, const int32_t *group, const int64_t *offsets,
+                                         int64_t n, int64_t cap, int32_t *out, void *stream) {
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    if (n == 0) return MOE_OK;
+    remap_kernel<<<moe__grid_for(ctx, n, 256), 256, 0, st>>>(row, group, offsets, n, cap, out);
+    MOE_CUDA_LAUNCHED(ctx, "remap_kernel");
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_ep_scatter(moe_ctx *ctx, const void *y, const int32_t *src_row, const int32_t *pos,
+                                           int64_t n, int64_t row_bytes, void *out, void *stream) {
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    if (n == 0) return MOE_OK;
+    scatter_kernel<<<copy_grid(n), kThreads, 0, st>>>((const char *)y, src_row, pos, n, row_bytes, (char *)out);
+    MOE_CUDA_LAUNCHED(ctx, "scatter_kernel");
     return MOE_OK;
 }
