@@ -600,12 +600,15 @@ typedef struct moe_ep_config {
     moe_dtype wire;          /* the tokens on the wire: layer.dtype (0 means that), or MOE_DTYPE_FP8_E4M3
                               * (bf16 layers: 1x128 groups with f32 scales, dequantised on arrival) */
     int64_t max_tokens;      /* the most tokens one rank passes to a forward (sizes the buffers) */
+    int n_physical;          /* expert slots over all ranks, E plus replicas (EPLB), a multiple of the ranks; 0
+                              * means E. At creation slot p holds logical expert p mod E */
 } moe_ep_config;
 
 typedef struct moe_ep moe_ep;
 
-/* Collective. Rank r holds experts [r E/N, (r+1) E/N): weights.w13, w2, b13, b2 are those E/N experts only
- * ((E/N, 2I, H), ...); the router weights and the shared experts are whole on every rank. Configs that differ
+/* Collective. Rank r holds slots [r S, (r+1) S), S = n_physical / N: weights.w13, w2, b13, b2 are the weights of
+ * the logical experts in those slots only ((S, 2I, H), ...; without replicas, experts [r E/N, (r+1) E/N)); the
+ * router weights and the shared experts are whole on every rank. Configs that differ
  * between ranks are an error on every rank, naming the field. The layer keeps the pointers; its buffers
  * (for max_tokens) are allocated here. */
 MOE_API moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_layer_weights *weights,
@@ -633,6 +636,17 @@ typedef struct moe_ep_timing {
     int64_t tokens_in;   /* tokens this rank's experts received */
 } moe_ep_timing;
 MOE_API moe_status moe_ep_set_profiling(moe_ep *ep, int on);
+
+/* EPLB in the loop. Collective, between forwards: the logical experts' load that the ranks' routers counted since
+ * the last rebalance, summed over the ranks, goes through EPLB (moe_eplb_plan: one layer, n_physical slots, a
+ * GPU a rank); expert weights move to their new slots, rewriting the buffers weights.w13, w2, b13, b2 given at
+ * creation (which must be writable); every slot's checksum after the move must equal its expert's before it
+ * (else MOE_ERR_COMM on every rank); the counters restart. The replica of a (token, slot) is then chosen as
+ * moe_eplb_map does. balance_before / _after (may be NULL): mean / max over the ranks of the load their slots
+ * get, each expert's load split evenly over its replicas. Waits for the device. */
+MOE_API moe_status moe_ep_rebalance(moe_ep *ep, double *balance_before, double *balance_after, void *stream);
+/* The logical expert of every slot (n_physical entries, host memory). */
+MOE_API moe_status moe_ep_placement(moe_ep *ep, int32_t *phy2log);
 MOE_API moe_status moe_ep_last_timing(moe_ep *ep, moe_ep_timing *timing);
 
 #ifdef __cplusplus

@@ -35,4 +35,8 @@ if [ "${BENCH:-0}" = 1 ]; then
         | tee -a "$OUT/summary.txt"
     "$BUILD/moe" bench ep --tokens 128,4096 --wire bf16 --ep-backend all-gather --json "$OUT/bench-ep-ag.json" 2>&1 \
         | tee -a "$OUT/summary.txt"
+    # EPLB in the loop: hot experts, without and with rebalancing every 5 forwards
+    "$BUILD/moe" bench ep --tokens 4096 --skew 3 --json "$OUT/bench-ep-skew.json" 2>&1 | tee -a "$OUT/summary.txt"
+    "$BUILD/moe" bench ep --tokens 4096 --skew 3 --eplb-interval 5 --json "$OUT/bench-ep-eplb.json" 2>&1 \
+        | tee -a "$OUT/summary.txt"
 fi

@@ -10,11 +10,12 @@ void ep_job_run(ep_job *j) {
     const moe_layer_config *c = &p->c;
     moe_ctx *ctx = NULL;
     const int N = moe_comm_size(j->comm), r = moe_comm_rank(j->comm);
-    const int64_t H = c->hidden, I = c->intermediate, E = c->router.n_experts, El = E / N, S = c->n_shared,
+    const int64_t H = c->hidden, I = c->intermediate, E = c->router.n_experts, S = c->n_shared,
                   Is = c->shared_intermediate, T = j->T;
+    const int64_t R = j->n_physical ? j->n_physical : E, Sl = R / N; /* slots, slots a rank */
     const moe_dtype F = MOE_DTYPE_F32, dt = j->dtype;
     ctx = moe_comm_ctx(j->comm);
-    moe_ep_config ec = {c[0], j->backend, j->wire, j->max_tokens};
+    moe_ep_config ec = {c[0], j->backend, j->wire, j->max_tokens, j->n_physical};
     ec.layer.dtype = dt;
     if (j->intermediate) ec.layer.intermediate = j->intermediate;
     void *bufs[16] = {0};
@@ -22,10 +23,21 @@ void ep_job_run(ep_job *j) {
 #define UP(src, n, d) (bufs[nb++] = layer_upload_as(ctx, (src), (n), (d)))
     ec.layer.router.bias = UP(p->bias, E, F);
     moe_layer_weights w = {0};
-    w.w13 = UP(p->w13 + r * El * 2 * I * H, El * 2 * I * H, dt);
-    w.w2 = UP(p->w2 + r * El * H * I, El * H * I, dt);
-    w.b13 = p->b13 ? UP(p->b13 + r * El * 2 * I, El * 2 * I, F) : NULL;
-    w.b2 = p->b2 ? UP(p->b2 + r * El * H, El * H, F) : NULL;
+    /* this rank's slots r Sl .. (r+1) Sl - 1 hold experts (slot mod E) */
+    const float *src[4] = {p->w13, p->w2, p->b13, p->b2};
+    const int64_t per[4] = {2 * I * H, H * I, 2 * I, H};
+    float *slots[4] = {0};
+    for (int a = 0; a < 4; a++) {
+        if (!src[a]) continue;
+        slots[a] = malloc(sizeof(float) * (size_t)(Sl * per[a]));
+        for (int64_t q = 0; q < Sl; q++)
+            memcpy(slots[a] + q * per[a], src[a] + ((r * Sl + q) % E) * per[a], sizeof(float) * (size_t)per[a]);
+    }
+    w.w13 = UP(slots[0], Sl * per[0], dt);
+    w.w2 = UP(slots[1], Sl * per[1], dt);
+    w.b13 = slots[2] ? UP(slots[2], Sl * per[2], F) : NULL;
+    w.b2 = slots[3] ? UP(slots[3], Sl * per[3], F) : NULL;
+    for (int a = 0; a < 4; a++) free(slots[a]);
     w.gate = j->use_logits ? NULL : UP(p->gate, E * H, F);
     w.gate_bias = UP(p->gate_bias, E, F);
     w.shared_w13 = UP(p->sw13, S * 2 * Is * H, dt);
@@ -57,6 +69,13 @@ void ep_job_run(ep_job *j) {
             moe_graph_destroy(ctx, g);
         }
         if (s == MOE_OK) s = moe_sync(ctx, NULL);
+        if (s == MOE_OK && j->rebalance) {
+            s = moe_ep_rebalance(ep, &j->balance[0], &j->balance[1], NULL);
+            if (s == MOE_OK && R <= 64) s = moe_ep_placement(ep, j->placement);
+            if (s == MOE_OK) s = moe_memset(ctx, y, 0xFF, (size_t)(T * H) * esize, NULL); /* poison */
+            if (s == MOE_OK) s = moe_ep_forward(ep, &io, NULL);
+            if (s == MOE_OK) s = moe_sync(ctx, NULL);
+        }
     }
     if (s == MOE_OK && !j->skip_forward && T) {
         void *h = malloc((size_t)(T * H) * esize);

@@ -15,6 +15,10 @@ typedef struct ep_job {
     int64_t t0, T, max_tokens;
     int skip_forward;   /* the rank creates its layer but never calls forward (a hung peer) */
     int capture;        /* GPU: capture the forward in a CUDA graph, replay it twice */
+    int n_physical;     /* EPLB slots (0: E); slot p starts with expert p mod E */
+    int rebalance;      /* after the first forward: moe_ep_rebalance, then the forward again (out: the second) */
+    double balance[2];  /* before and after the rebalance */
+    int32_t placement[64]; /* the logical expert of each slot after the rebalance */
     int intermediate;   /* when non-zero, this rank's config claims this width (a mismatched rank) */
     float *out;         /* (all tokens, H): this rank writes its rows */
     moe_status status;  /* of the first failing call */

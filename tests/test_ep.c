@@ -215,6 +215,58 @@ TEST_IMPL(ep_cpu_allgather) {
     return TEST_OK;
 }
 
+/* EPLB in the loop: two hot experts, E + N slots; the forward before and after a rebalance equals the layer bit
+ * for bit (the moved weights arrive whole: the rebalance checks their checksums too), the hot experts get
+ * replicas, the balance does not get worse. */
+static int ep_check_eplb(test_env *env, moe_comm **comms, int n, const layer_problem *p, moe_ep_backend backend,
+                         moe_ctx *ref, const char *what) {
+    const int64_t TH = p->T * p->c.hidden;
+    const int E = p->c.router.n_experts;
+    float *out = calloc((size_t)TH + 1, sizeof(float)), *want = calloc((size_t)TH + 1, sizeof(float));
+    ep_job jobs[4];
+    ep_jobs_make(jobs, comms, n, p, NULL, out);
+    for (int r = 0; r < n; r++)
+        jobs[r].dtype = MOE_DTYPE_BF16, jobs[r].backend = backend, jobs[r].use_logits = 1,
+        jobs[r].n_physical = E + n, jobs[r].rebalance = 1;
+    ep_jobs_run_threads(jobs, n);
+    int ok = ep_jobs_ok(jobs, n) && layer_run(ref, p, MOE_DTYPE_BF16, 1, want, 0) == MOE_OK;
+    if (ok) ok = ep_same(out, want, TH, what);
+    int replicas[2] = {0, 0};
+    for (int q = 0; ok && q < E + n; q++)
+        if (jobs[0].placement[q] < 2) replicas[jobs[0].placement[q]]++;
+    if (ok && (replicas[0] < 2 || replicas[1] < 2 || jobs[0].balance[1] < jobs[0].balance[0])) {
+        fprintf(stderr, "    %s: hot experts have %d and %d slots; balance %.3f -> %.3f\n", what, replicas[0],
+                replicas[1], jobs[0].balance[0], jobs[0].balance[1]);
+        ok = 0;
+    }
+    (void)env;
+    free(out), free(want);
+    return ok;
+}
+
+TEST_IMPL(ep_cpu_eplb) {
+    for (int kind = 0; kind < 3; kind++) {
+        moe_layer_config c = ep_config(kind, 40, 24);
+        layer_problem p;
+        layer_problem_random(&p, &c, 48, 1, env->seed + (uint64_t)kind);
+        for (int64_t t = 0; t < p.T; t++) p.logits[t * 12] += 4.0f, p.logits[t * 12 + 1] += 4.0f;
+        for (int n = 2; n <= 4; n++) {
+            moe_ctx *ctxs[4];
+            moe_comm *comms[4];
+            moe_ctx_options o = moe_ctx_options_default();
+            o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
+            for (int r = 0; r < n; r++) ASSERT(moe_ctx_create(&o, &ctxs[r]) == MOE_OK);
+            ASSERT(moe_comm_create_local(ctxs, n, comms) == MOE_OK);
+            for (int b = MOE_EP_ALL_TO_ALL; b <= MOE_EP_LOW_LATENCY; b += 2)
+                ASSERT_MSG(ep_check_eplb(env, comms, n, &p, (moe_ep_backend)b, env->cpu, ep_kind_name[kind]),
+                           "%s, %d ranks, EPLB", ep_kind_name[kind], n);
+            for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+        }
+        layer_problem_free(&p);
+    }
+    return TEST_OK;
+}
+
 /* A rank whose config differs: every rank fails at creation, naming the field. A rank that never joins the
  * forward: the others fail with MOE_ERR_COMM after the timeout. Bad arguments. */
 TEST_IMPL(ep_errors) {
@@ -255,7 +307,7 @@ TEST_IMPL(ep_errors) {
     moe_ctx *five[5] = {ctxs[0], ctxs[1], ctxs[2], ctxs[0], ctxs[1]};
     moe_comm *c5[5];
     ASSERT(moe_comm_create_local(five, 5, c5) == MOE_OK);
-    moe_ep_config ec = {c, MOE_EP_ALL_TO_ALL, 0, 16};
+    moe_ep_config ec = {c, MOE_EP_ALL_TO_ALL, 0, 16, 0};
     moe_layer_weights w = {p.w13, p.w2, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     moe_ep *ep = NULL;
     ASSERT(moe_ep_create(c5[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
@@ -386,6 +438,15 @@ TEST_IMPL(gpu_ep) {
                 const int64_t split[2] = {0, p.T};
                 bad += !ep_check_on(env->gpu, comms, n, &p, split, B, MOE_EP_ALL_TO_ALL, 0, 1, 0, w, NULL, 0);
                 bad += !ep_check_on(env->gpu, comms, n, &p, split, B, MOE_EP_LOW_LATENCY, 0, 1, 1e-2, w, NULL, 1);
+            }
+            if (si == 1 && kind < 3) { /* EPLB: two hot experts, replicas, weights moved between the GPUs */
+                layer_problem h = p;
+                float *lg = malloc(sizeof(float) * (size_t)(p.T * 12));
+                memcpy(lg, p.logits, sizeof(float) * (size_t)(p.T * 12));
+                for (int64_t t = 0; t < p.T; t++) lg[t * 12] += 4.0f, lg[t * 12 + 1] += 4.0f;
+                h.logits = lg;
+                bad += !ep_check_eplb(env, comms, n, &h, MOE_EP_ALL_TO_ALL, env->gpu, w);
+                free(lg);
             }
             if (!c.n_shared) { /* FP8 wire: the layer on the FP8-rounded x */
                 layer_problem q = p;

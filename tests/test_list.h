@@ -28,6 +28,7 @@
     X(ep_cpu_skewed)              \
     X(ep_cpu_fp8_wire)            \
     X(ep_cpu_allgather)           \
+    X(ep_cpu_eplb)                \
     X(ep_errors)                  \
     X(ep_mpi)                     \
     X(gpu_scalar_conversions)     \

@@ -19,6 +19,8 @@ static const char *usage =
     "  --ranks N       ranks (default: every GPU of this machine, or 2 CPU ranks)\n"
     "  --ep-backend B  all-to-all (default), all-gather or low-latency (also timed as CUDA-graph replays)\n"
     "  --reps N        timed forwards a token count (default 20 on GPUs, 2 on the CPU)\n"
+    "  --skew X        add X to the router logits of the first E/16 experts (hot experts; default 0)\n"
+    "  --eplb-interval K  EPLB in the loop: moe_ep_rebalance every K forwards (untimed), E/8 redundant slots\n"
     "  --backend B     auto (default), cpu, cuda\n"
     "  --json FILE     write the results as JSON\n";
 
@@ -35,6 +37,9 @@ typedef struct bench_rank {
     moe_ep_timing t[MAX_REPS];
     double total_ms[MAX_REPS];
     double graph_ms[MAX_REPS];    /* low latency on a GPU: a replay of the captured forward */
+    double skew;
+    int eplb_interval, forwards;
+    double balance0, balance;     /* before the first rebalance of a token count, after its last */
     int64_t a2a_bytes;            /* per peer, for the yardstick (pass 2) */
     double a2a_ms[MAX_REPS];
     moe_ep *ep;
@@ -70,7 +75,8 @@ static void *rank_setup(void *arg) {
     bench_rank *r = arg;
     const moe_layer_config *c = r->c;
     const int N = moe_comm_size(r->comm);
-    const int64_t H = c->hidden, I = c->intermediate, El = c->router.n_experts / N, S = c->n_shared,
+    const int64_t slots = r->ec.n_physical ? r->ec.n_physical : c->router.n_experts;
+    const int64_t H = c->hidden, I = c->intermediate, El = slots / N, S = c->n_shared,
                   Is = c->shared_intermediate, E = c->router.n_experts;
     const size_t sizes[8] = {(size_t)(El * 2 * I * H * 2), (size_t)(El * H * I * 2), (size_t)(S * 2 * Is * H * 2 + 16),
                              (size_t)(S * H * Is * 2 + 16), (size_t)(El * 2 * I * 4), (size_t)(El * H * 4),
@@ -104,6 +110,8 @@ static void *rank_forward(void *arg) {
     for (int64_t i = 0; i < T * H; i++) hb[i] = moe_bf16_from_f32(h[i]);
     RANK_TRY(r, moe_memcpy(r->ctx, r->x, hb, (size_t)(T * H * 2), MOE_COPY_HOST_TO_CTX, NULL));
     cli_random(h, T * E, "normal", r->seed + 1);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < (E + 15) / 16; e++) h[t * E + e] += (float)r->skew;
     RANK_TRY(r, moe_memcpy(r->ctx, r->logits, h, (size_t)(T * E * 4), MOE_COPY_HOST_TO_CTX, NULL));
     RANK_TRY(r, moe_sync(r->ctx, NULL));
     free(h), free(hb);
@@ -112,6 +120,11 @@ static void *rank_forward(void *arg) {
     moe_layer_io io = {&xt, &lt, &yt, NULL, NULL, 0};
     for (int i = 0; i < 3; i++) RANK_TRY(r, moe_ep_forward(r->ep, &io, NULL));
     for (int i = 0; i < r->reps; i++) {
+        if (r->eplb_interval && ++r->forwards % r->eplb_interval == 0) {
+            double before = 0;
+            RANK_TRY(r, moe_ep_rebalance(r->ep, &before, &r->balance, NULL));
+            if (r->balance0 == 0) r->balance0 = before;
+        }
         RANK_TRY(r, moe_sync(r->ctx, NULL));
         const double t0 = cli_now_ms();
         RANK_TRY(r, moe_ep_forward(r->ep, &io, NULL));
@@ -174,10 +187,11 @@ int bench_ep(int argc, char **argv) {
     static const struct option opts[] = {{"model", 1, 0, 'm'},      {"tokens", 1, 0, 't'}, {"wire", 1, 0, 'w'},
                                          {"ranks", 1, 0, 'n'},      {"reps", 1, 0, 'r'},   {"backend", 1, 0, 'b'},
                                          {"ep-backend", 1, 0, 'e'}, {"json", 1, 0, 'j'},   {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
+                                         {"skew", 1, 0, 's'},       {"eplb-interval", 1, 0, 'i'}, {0, 0, 0, 0}};
     const char *model = NULL, *tokens = NULL, *wire = "fp8", *backend = "auto", *ep_backend = "all-to-all",
                *json_path = NULL;
-    int n = 0, reps = 0;
+    int n = 0, reps = 0, eplb_interval = 0;
+    double skew = 0;
     optind = 1;
     for (int ch; (ch = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
         switch (ch) {
@@ -189,6 +203,8 @@ int bench_ep(int argc, char **argv) {
         case 'b': backend = optarg; break;
         case 'e': ep_backend = optarg; break;
         case 'j': json_path = optarg; break;
+        case 's': skew = atof(optarg); break;
+        case 'i': eplb_interval = atoi(optarg); break;
         case 'h': fputs(usage, stdout); return CLI_OK;
         default: fputs(usage, stderr); return CLI_USAGE;
         }
@@ -197,7 +213,7 @@ int bench_ep(int argc, char **argv) {
                               : !strcmp(ep_backend, "low-latency") ? MOE_EP_LOW_LATENCY
                                                                    : MOE_EP_ALL_TO_ALL;
     if ((strcmp(wire, "fp8") && strcmp(wire, "bf16")) || (eb == MOE_EP_ALL_TO_ALL && strcmp(ep_backend, "all-to-all")) ||
-        n < 0 || n > MAX_RANKS || reps < 0 || reps > MAX_REPS) {
+        n < 0 || n > MAX_RANKS || reps < 0 || reps > MAX_REPS || eplb_interval < 0) {
         fputs(usage, stderr);
         return CLI_USAGE;
     }
@@ -244,13 +260,19 @@ int bench_ep(int argc, char **argv) {
     int64_t M = 1;
     for (int i = 0; i < nT; i++) M = Ts[i] > M ? Ts[i] : M;
     bench_rank *ranks = calloc((size_t)n, sizeof *ranks);
+    /* EPLB: E/8 redundant slots, rounded up to a multiple of the ranks */
+    const int redundant = eplb_interval ? ((c.router.n_experts / 8 + n - 1) / n) * n : 0;
     for (int i = 0; i < n; i++) {
         ranks[i].ctx = ctxs[i], ranks[i].comm = comms[i], ranks[i].c = &c, ranks[i].reps = reps;
+        ranks[i].skew = skew, ranks[i].eplb_interval = eplb_interval;
         ranks[i].ec = (moe_ep_config){c, eb, !strcmp(wire, "fp8") && eb != MOE_EP_ALLGATHER ? MOE_DTYPE_E4M3
-                                                                                          : MOE_DTYPE_BF16, M};
+                                                                                          : MOE_DTYPE_BF16, M,
+                                      redundant ? c.router.n_experts + redundant : 0};
     }
-    printf("moe bench ep: %s, %d ranks (%s), %s, %s on the wire, commit %s\n", model, n, moe_ctx_describe(ctxs[0]),
-           ep_backend, wire, MOE_GIT_COMMIT);
+    printf("moe bench ep: %s, %d ranks (%s), %s, %s on the wire, skew %g, EPLB %s (%d redundant slots), commit %s\n",
+           model, n, moe_ctx_describe(ctxs[0]), ep_backend, wire, skew, eplb_interval ? "every K forwards" : "off",
+           redundant, MOE_GIT_COMMIT);
+    if (eplb_interval) printf("  K = %d\n", eplb_interval);
     int rc = run_pass(ranks, n, rank_setup) ? CLI_OK : CLI_FAIL;
     json_t *results = json_array();
     if (rc == CLI_OK)
@@ -258,7 +280,8 @@ int bench_ep(int argc, char **argv) {
                "dispatch", "experts", "combine", "finish", "total", "in/rank", "disp GB/s", "comb GB/s", "a2a GB/s",
                "a2a comb");
     for (int ti = 0; ti < nT && rc == CLI_OK; ti++) {
-        for (int i = 0; i < n; i++) ranks[i].T = Ts[ti], ranks[i].seed = 1000 * (uint64_t)ti + (uint64_t)i;
+        for (int i = 0; i < n; i++)
+            ranks[i].T = Ts[ti], ranks[i].seed = 1000 * (uint64_t)ti + (uint64_t)i, ranks[i].balance0 = 0;
         if (!run_pass(ranks, n, rank_forward)) {
             rc = CLI_FAIL;
             break;
@@ -300,6 +323,13 @@ int bench_ep(int argc, char **argv) {
                                "dispatch_bytes", (json_int_t)db, "combine_bytes", (json_int_t)cb, "tokens_in",
                                (json_int_t)r0->t[0].tokens_in, "dispatch_gbps", disp_gbps, "combine_gbps", comb_gbps,
                                "alltoall_dispatch_us", a2a_us[0], "alltoall_combine_us", a2a_us[1]));
+        if (eplb_interval) {
+            printf("        balance (mean / max rank load): %.3f before the first rebalance, %.3f after the last\n",
+                   r0->balance0, r0->balance);
+            json_t *last = json_array_get(results, json_array_size(results) - 1);
+            json_object_set_new(last, "balance_before", json_real(r0->balance0));
+            json_object_set_new(last, "balance_after", json_real(r0->balance));
+        }
         if (graph > 0) {
             printf("        low latency, the forward as a CUDA-graph replay: %.1f µs\n", graph * 1e3);
             json_object_set_new(json_array_get(results, json_array_size(results) - 1), "graph_us",
@@ -313,9 +343,10 @@ int bench_ep(int argc, char **argv) {
     if (json_path && rc == CLI_OK) {
         char date[32];
         cli_utc_date(date, sizeof date);
-        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:i, s:o}", "bench", "ep", "device",
-                                moe_ctx_describe(ctxs[0]), "commit", MOE_GIT_COMMIT, "date", date, "model", model,
-                                "ranks", n, "ep_backend", ep_backend, "wire", wire, "reps", reps, "results", results);
+        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:i, s:f, s:i, s:i, s:o}", "bench", "ep",
+                                "device", moe_ctx_describe(ctxs[0]), "commit", MOE_GIT_COMMIT, "date", date, "model",
+                                model, "ranks", n, "ep_backend", ep_backend, "wire", wire, "reps", reps, "skew", skew,
+                                "eplb_interval", eplb_interval, "redundant_slots", redundant, "results", results);
         if (!doc || json_dump_file(doc, json_path, JSON_INDENT(2)) != 0) rc = CLI_FAIL;
         json_decref(doc);
     } else {

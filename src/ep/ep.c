@@ -71,6 +71,7 @@ static int ep_fields(const moe_ep_config *c, ep_field *f) {
     EP_FIELD("backend", c->backend);
     EP_FIELD("wire", c->wire);
     EP_FIELD("max_tokens", c->max_tokens);
+    EP_FIELD("n_physical", c->n_physical ? c->n_physical : r->n_experts);
 #undef EP_FIELD
     return n;
 }
@@ -158,6 +159,9 @@ static size_t ep_layout(moe_ep *ep, char *base) {
     EP_BUF(y_home, (ll ? NM : M) * k * H * ep->ybytes);
     EP_BUF(hdr_send, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
     EP_BUF(hdr_recv, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
+    EP_BUF(log2phy, (int64_t)ep->c.layer.router.n_experts * ep->X * 4);
+    EP_BUF(logcnt, ep->c.layer.router.n_experts * 4);
+    EP_BUF(ids_phys, M * k * 4);
     EP_BUF(ag_part, ep->c.backend == MOE_EP_ALLGATHER ? NM * H * 4 : 0);
     EP_BUF(ag_sum, ep->c.backend == MOE_EP_ALLGATHER ? M * H * 4 : 0);
 #undef EP_BUF
@@ -169,7 +173,9 @@ static moe_status ep_check_config(moe_comm *comm, const moe_ep_config *c) {
     const int E = c->layer.router.n_experts, N = comm->size;
     MOE_CHECK_ARG(ctx, c->max_tokens >= 1, "moe_ep_create: max_tokens must be at least 1, not %lld",
                   (long long)c->max_tokens);
-    MOE_CHECK_ARG(ctx, E >= N && E % N == 0, "moe_ep_create: %d experts do not split evenly over %d ranks", E, N);
+    const int R = c->n_physical ? c->n_physical : E;
+    MOE_CHECK_ARG(ctx, R >= E && R % N == 0,
+                  "moe_ep_create: %d expert slots (n_physical) for %d experts do not split evenly over %d ranks", R, E, N);
     MOE_CHECK_ARG(ctx, c->backend >= MOE_EP_ALL_TO_ALL && c->backend <= MOE_EP_LOW_LATENCY,
                   "moe_ep_create: unknown backend %d", (int)c->backend);
     const moe_dtype wire = c->wire ? c->wire : c->layer.dtype;
@@ -202,7 +208,8 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
     const int64_t M = config->max_tokens, H = config->layer.hidden;
     moe_status s = moe_layer_create(ctx, &config->layer, weights, &ep->layer);
     if (s != MOE_OK) goto fail;
-    ep->layer->n_local = E / N, ep->layer->expert_begin = comm->rank * (E / N);
+    ep->R = config->n_physical ? config->n_physical : E, ep->S = ep->R / N, ep->X = ep->R - E + 1;
+    ep->layer->n_local = ep->S, ep->layer->expert_begin = comm->rank * ep->S, ep->layer->n_global = ep->R;
 
     /* the record of a token */
     const int fp8 = ep->c.wire == MOE_DTYPE_E4M3;
@@ -240,6 +247,16 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
     }
     ep->host = host;
     if ((s = ep_check_same(ep)) != MOE_OK) goto fail;
+    /* EPLB: slot p holds expert p mod E to begin with */
+    ep->phy2log = malloc(sizeof(int32_t) * (size_t)(ep->R + E * ep->X + E));
+    if (!ep->phy2log) {
+        s = moe__error(ctx, MOE_ERR_OOM, "moe_ep_create: out of host memory");
+        goto fail;
+    }
+    ep->log2phy_host = ep->phy2log + ep->R, ep->logcnt_host = ep->log2phy_host + E * ep->X;
+    for (int p = 0; p < ep->R; p++) ep->phy2log[p] = p % E;
+    if ((s = moe__ep_placement_init(ep)) != MOE_OK) goto fail;
+    if ((s = moe_expert_stats_create(ctx, 1, E, &ep->stats)) != MOE_OK) goto fail;
     *out = ep;
     return MOE_OK;
 fail:
@@ -254,6 +271,8 @@ void moe_ep_destroy(moe_ep *ep) {
 #endif
     if (ep->mem) moe_free(ep->layer ? ep->layer->ctx : ep->comm->ctx, ep->mem);
     moe_layer_destroy(ep->layer);
+    if (ep->stats) moe_expert_stats_destroy(ep->comm->ctx, ep->stats);
+    free(ep->phy2log);
     free(ep->host);
     free(ep);
 }
@@ -370,10 +389,12 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     float *wts = (float *)(ep->scratch + ls->weights);
     moe__ep_mark(ep, EP_PHASE_START, stream);
 
-    /* route and plan */
+    /* route (ids: the routed logical experts; rids: their slots) and plan */
+    const int32_t *rids = ids;
     if (T > 0) {
         MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
-        MOE_TRY(moe__ep_rank_of(ep, ids, T * k, ep->dst, stream));
+        MOE_TRY(moe__ep_map_ids(ep, ids, T, &rids, stream));
+        MOE_TRY(moe__ep_rank_of(ep, rids, T * k, ep->dst, stream));
         MOE_TRY(moe__ep_token_dst(ep, ep->dst, T, ep->tok_dst, stream));
     }
     const moe_permute_config by_slot = {N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
@@ -392,7 +413,7 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
         xw = ep->xq, scales = ep->xs_scales;
     }
     if (T > 0)
-        MOE_TRY(moe__ep_pack(ep, ep->tok_rowsrc, N, ep->tok_off + N, T * N, xw, scales, ids, wts, ep->send, stream));
+        MOE_TRY(moe__ep_pack(ep, ep->tok_rowsrc, N, ep->tok_off + N, T * N, xw, scales, rids, wts, ep->send, stream));
     moe__ep_mark(ep, EP_PHASE_PACK, stream);
 
     /* counts, then the tokens */
@@ -495,7 +516,9 @@ static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void 
     int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
     float *wts = (float *)(ep->scratch + ls->weights);
     moe__ep_mark(ep, EP_PHASE_START, stream);
+    const int32_t *rids = ids;
     if (T > 0) MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
+    if (T > 0) MOE_TRY(moe__ep_map_ids(ep, ids, T, &rids, stream));
     MOE_TRY(moe_memset(ctx, ep->tok_off, 0, (size_t)(N + 1) * 8, stream));
     MOE_TRY(moe_memset(ctx, ep->slot_off, 0, (size_t)(N + 1) * 8, stream));
     moe__ep_mark(ep, EP_PHASE_ROUTE, stream);
@@ -505,7 +528,7 @@ static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void 
     const int64_t Tm = p.T_max, R = ep->rec.bytes;
     if (Tm == 0) return MOE_OK;
     /* our T records, then padding records of all-ones bytes (ids -1: no expert reads them) */
-    if (T > 0) MOE_TRY(moe__ep_pack(ep, NULL, 1, NULL, T, io->x->data, NULL, ids, wts, ep->send, stream));
+    if (T > 0) MOE_TRY(moe__ep_pack(ep, NULL, 1, NULL, T, io->x->data, NULL, rids, wts, ep->send, stream));
     if (Tm > T) MOE_TRY(moe_memset(ctx, (char *)ep->send + T * R, 0xFF, (size_t)((Tm - T) * R), stream));
     moe__ep_mark(ep, EP_PHASE_PACK, stream);
     MOE_TRY(comm->ops->allgather(comm, ep->send, Tm * R, ep->recv, stream));
@@ -558,9 +581,11 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
     int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
     float *wts = (float *)(ep->scratch + ls->weights);
     moe__ep_mark(ep, EP_PHASE_START, stream);
+    const int32_t *rids = ids;
     if (T > 0) {
         MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
-        MOE_TRY(moe__ep_rank_of(ep, ids, T * k, ep->dst, stream));
+        MOE_TRY(moe__ep_map_ids(ep, ids, T, &rids, stream));
+        MOE_TRY(moe__ep_rank_of(ep, rids, T * k, ep->dst, stream));
         MOE_TRY(moe__ep_token_dst(ep, ep->dst, T, ep->tok_dst, stream));
     }
     const moe_permute_config by_rank = {N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
@@ -576,7 +601,7 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
         MOE_TRY(moe_quantize(ctx, io->x, &q, stream));
         xw = ep->xq, scales = ep->xs_scales;
     }
-    MOE_TRY(moe__ep_pack_fixed(ep, ep->tok_rowsrc, N, ep->tok_off, xw, scales, ids, wts, ep->send, stream));
+    MOE_TRY(moe__ep_pack_fixed(ep, ep->tok_rowsrc, N, ep->tok_off, xw, scales, rids, wts, ep->send, stream));
     moe__ep_mark(ep, EP_PHASE_PACK, stream);
 
     /* fixed blocks both ways */

@@ -56,6 +56,12 @@ struct moe_ep {
     int64_t *host;                          /* host: hdr_send, hdr_recv (N, 3 each) and the byte plans */
     float *ag_part;                         /* allgather backend: (N Tmax, H) f32 partial sums */
     float *ag_sum;                          /* (M, H) f32 */
+    /* EPLB: R slots, S = R / N on each rank; the logical expert of each slot (host); the replica tables
+     * (E, X = R - E + 1) and (E) on the device; the routed ids mapped to slots (M, k); load counters */
+    int R, S, X, mapped;
+    int32_t *phy2log, *log2phy_host, *logcnt_host;
+    int32_t *log2phy, *logcnt, *ids_phys;
+    moe_expert_stats *stats;
     /* profiling: a mark at the end of each phase, in order (GPU: CUDA events; CPU: the host clock) */
     int profiling, n_marks;
     int mark_phase[EP_MAX_MARKS];
@@ -68,6 +74,14 @@ enum { EP_PHASE_START = -1, EP_PHASE_ROUTE, EP_PHASE_PACK, EP_PHASE_COUNTS, EP_P
        EP_PHASE_COMBINE, EP_PHASE_FINISH };
 /* Marks the end of `phase` on stream when profiling (EP_PHASE_START opens a forward). */
 void moe__ep_mark(moe_ep *ep, int phase, void *stream);
+
+/* EPLB (ep_eplb.c): the tables of the placement in phy2log (host) to the device; the routed ids of T tokens
+ * counted and mapped to slots (returns the ids the dispatch uses). */
+moe_status moe__ep_placement_init(moe_ep *ep);
+moe_status moe__ep_map_ids(moe_ep *ep, const int32_t *ids, int64_t T, const int32_t **out, void *stream);
+/* Checksums of n blocks of `bytes` bytes at base + i stride (a multiple of 4): sum over the block's 32-bit words
+ * w_j of w_j (2j + 1) mod 2^64, added to out[i] (host). */
+moe_status moe__ep_checksum(moe_ep *ep, const void *base, int64_t stride, int64_t bytes, int n, uint64_t *out);
 
 /* Steps, dispatched on the context's backend. Counts on the device stay there; n_max bounds the grids. */
 moe_status moe__ep_rank_of(moe_ep *ep, const int32_t *ids, int64_t n, int32_t *dst, void *stream);
@@ -106,6 +120,9 @@ moe_status moe__ep_finish(moe_ep *ep, const void *x, const float *sum, int64_t T
                           void *out, void *stream);
 
 #ifdef MOE_WITH_CUDA
+/* out (n, device) += the checksums */
+moe_status moe__cuda_ep_checksum(moe_ctx *ctx, const void *base, int64_t stride, int64_t bytes, int n,
+                                 unsigned long long *out, void *stream);
 moe_status moe__cuda_ep_pack_fixed(moe_ctx *ctx, const moe_ep_record *rec, const int32_t *rowsrc, int stride,
                                    const int64_t *offsets, int n_ranks, int64_t cap, const void *x, const void *scales,
                                    const int32_t *ids, const float *w, void *out, void *stream);

@@ -140,7 +140,7 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     l->ctx = ctx;
     l->c = *config;
     l->w = *weights;
-    l->expert_begin = 0, l->n_local = config->router.n_experts;
+    l->expert_begin = 0, l->n_local = l->n_global = config->router.n_experts;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA && config->n_shared > 0) {
         const moe_status s = moe__cuda_layer_init(l);

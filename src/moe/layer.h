@@ -15,6 +15,7 @@ struct moe_layer {
     /* the experts w13/w2/b13/b2 hold: ids [expert_begin, expert_begin + n_local) of the router's E (all of them
      * for a layer of its own; a rank's slice inside expert parallelism, src/ep/) */
     int expert_begin, n_local;
+    int n_global; /* the ids the experts see range over [0, n_global): E, or the physical slots under EPLB */
     /* CUDA, with shared experts: they run on a stream of their own beside the routing and the routed experts,
      * forked from and joined back to the caller's stream by these events (one forward at a time per layer) */
     void *side_stream, *fork_event, *join_event;

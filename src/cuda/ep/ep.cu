@@ -108,6 +108,14 @@ __global__ void scatter_kernel(const char *y, const int32_t *src_row, const int3
         if (pos[i] >= 0) copy_bytes(out + (int64_t)pos[i] * row_bytes, y + (int64_t)src_row[i] * row_bytes, row_bytes);
 }
 
+__global__ void checksum_kernel(const char *base, int64_t stride, int64_t words, unsigned long long *out) {
+    const uint32_t *w = reinterpret_cast<const uint32_t *>(base + blockIdx.y * stride);
+    unsigned long long acc = 0;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < words; j += (int64_t)gridDim.x * blockDim.x)
+        acc += (unsigned long long)w[j] * (unsigned long long)(2 * j + 1);
+    atomicAdd(&out[blockIdx.y], acc); /* a sum mod 2^64: the same whatever the order */
+}
+
 constexpr int kRowThreads = 64; /* x 8 columns */
 
 /* part[t, h..h+8) = sum over slots in order of coef_j y[slot_row[t, j]] (f32) */
@@ -295,5 +303,16 @@ extern "C" moe_status moe__cuda_ep_scatter(moe_ctx *ctx, const void *y, const in
     if (n == 0) return MOE_OK;
     scatter_kernel<<<copy_grid(n), kThreads, 0, st>>>((const char *)y, src_row, pos, n, row_bytes, (char *)out);
     MOE_CUDA_LAUNCHED(ctx, "scatter_kernel");
+    return MOE_OK;
+}
+
+extern "C" moe_status moe__cuda_ep_checksum(moe_ctx *ctx, const void *base, int64_t stride, int64_t bytes, int n,
+                                           unsigned long long *out, void *stream) {
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    if (n == 0 || bytes == 0) return MOE_OK;
+    const int64_t words = bytes / 4, per = (words + 255) / 256;
+    const dim3 grid((unsigned)(per < 256 ? per : 256), (unsigned)n);
+    checksum_kernel<<<grid, 256, 0, st>>>((const char *)base, stride, words, out);
+    MOE_CUDA_LAUNCHED(ctx, "checksum_kernel");
     return MOE_OK;
 }

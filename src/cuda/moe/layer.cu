@@ -106,7 +106,7 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
     moe_layer_scratch s = {};
     size_t at = 0;
     s.rows = (int64_t)(t * k + E * (MOE_LAYER_MAX_TILE_M - 1));
-    const moe_permute_config pc = {c->router.n_experts, 0, (int)E, (int)k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
+    const moe_permute_config pc = {l->n_global, 0, (int)E, (int)k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
     size_t pb = 0;
     moe_permute_workspace_size(l->ctx, &pc, (int64_t)t, &pb);
     s.counts = at, at += align256(E * 4);
@@ -242,10 +242,10 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     const int H = c->hidden, I = c->intermediate, E = l->n_local, k = c->router.top_k;
     if (T == 0) return MOE_OK;
 
-    /* rows per expert, padded to the GEMM tile: the tile the whole step would pick */
+    /* rows per expert, padded to the GEMM tile: the tile the whole step would pick (over the logical experts) */
     const moe_gemm_shape shape = routed_shape(ctx, plan_tokens, k, c->router.n_experts);
     const int tile_m = moe__gemm_tile_m(shape);
-    const moe_permute_config pc = {c->router.n_experts, l->expert_begin, E, k, tile_m, MOE_PERMUTE_CONTIGUOUS, 0};
+    const moe_permute_config pc = {l->n_global, l->expert_begin, E, k, tile_m, MOE_PERMUTE_CONTIGUOUS, 0};
     int64_t *offsets = (int64_t *)(ws + s->offsets);
     int32_t *row_src = (int32_t *)(ws + s->row_src), *slot_row = (int32_t *)(ws + s->slot_row);
     const moe_permute_outputs po = {(int32_t *)(ws + s->counts), offsets, row_src, slot_row, NULL, NULL};
