@@ -215,7 +215,8 @@ TEST_IMPL(ep_cpu_allgather) {
     return TEST_OK;
 }
 
-/* EPLB in the loop: two hot experts, E + N slots; the forward before and after a rebalance equals the layer bit
+/* EPLB in the loop: two hot experts (10 and 11: not among the replicas of the first placement, p mod E), E + N
+ * slots; the forward before and after a rebalance equals the layer bit
  * for bit (the moved weights arrive whole: the rebalance checks their checksums too), the hot experts get
  * replicas, the balance does not get worse. */
 static int ep_check_eplb(test_env *env, moe_comm **comms, int n, const layer_problem *p, moe_ep_backend backend,
@@ -233,7 +234,7 @@ static int ep_check_eplb(test_env *env, moe_comm **comms, int n, const layer_pro
     if (ok) ok = ep_same(out, want, TH, what);
     int replicas[2] = {0, 0};
     for (int q = 0; ok && q < E + n; q++)
-        if (jobs[0].placement[q] < 2) replicas[jobs[0].placement[q]]++;
+        if (jobs[0].placement[q] >= 10) replicas[jobs[0].placement[q] - 10]++;
     if (ok && (replicas[0] < 2 || replicas[1] < 2 || jobs[0].balance[1] < jobs[0].balance[0])) {
         fprintf(stderr, "    %s: hot experts have %d and %d slots; balance %.3f -> %.3f\n", what, replicas[0],
                 replicas[1], jobs[0].balance[0], jobs[0].balance[1]);
@@ -249,7 +250,7 @@ TEST_IMPL(ep_cpu_eplb) {
         moe_layer_config c = ep_config(kind, 40, 24);
         layer_problem p;
         layer_problem_random(&p, &c, 48, 1, env->seed + (uint64_t)kind);
-        for (int64_t t = 0; t < p.T; t++) p.logits[t * 12] += 4.0f, p.logits[t * 12 + 1] += 4.0f;
+        for (int64_t t = 0; t < p.T; t++) p.logits[t * 12 + 10] += 4.0f, p.logits[t * 12 + 11] += 4.0f;
         for (int n = 2; n <= 4; n++) {
             moe_ctx *ctxs[4];
             moe_comm *comms[4];
@@ -443,7 +444,7 @@ TEST_IMPL(gpu_ep) {
                 layer_problem h = p;
                 float *lg = malloc(sizeof(float) * (size_t)(p.T * 12));
                 memcpy(lg, p.logits, sizeof(float) * (size_t)(p.T * 12));
-                for (int64_t t = 0; t < p.T; t++) lg[t * 12] += 4.0f, lg[t * 12 + 1] += 4.0f;
+                for (int64_t t = 0; t < p.T; t++) lg[t * 12 + 10] += 4.0f, lg[t * 12 + 11] += 4.0f;
                 h.logits = lg;
                 bad += !ep_check_eplb(env, comms, n, &h, MOE_EP_ALL_TO_ALL, env->gpu, w);
                 free(lg);
