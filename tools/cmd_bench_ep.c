@@ -19,7 +19,8 @@ static const char *usage =
     "  --ranks N       ranks (default: every GPU of this machine, or 2 CPU ranks)\n"
     "  --ep-backend B  all-to-all (default), all-gather or low-latency (also timed as CUDA-graph replays)\n"
     "  --reps N        timed forwards a token count (default 20 on GPUs, 2 on the CPU)\n"
-    "  --skew X        add X to the router logits of the first E/16 experts (hot experts; default 0)\n"
+    "  --skew X        add X to the router logits of the last E/16 experts (hot experts, on the last rank and\n"
+    "                  not among the replicas of the first placement; default 0)\n"
     "  --eplb-interval K  EPLB in the loop: moe_ep_rebalance every K forwards (untimed), E/8 redundant slots\n"
     "  --backend B     auto (default), cpu, cuda\n"
     "  --json FILE     write the results as JSON\n";
@@ -111,7 +112,7 @@ static void *rank_forward(void *arg) {
     RANK_TRY(r, moe_memcpy(r->ctx, r->x, hb, (size_t)(T * H * 2), MOE_COPY_HOST_TO_CTX, NULL));
     cli_random(h, T * E, "normal", r->seed + 1);
     for (int64_t t = 0; t < T; t++)
-        for (int64_t e = 0; e < (E + 15) / 16; e++) h[t * E + e] += (float)r->skew;
+        for (int64_t e = E - (E + 15) / 16; e < E; e++) h[t * E + e] += (float)r->skew;
     RANK_TRY(r, moe_memcpy(r->ctx, r->logits, h, (size_t)(T * E * 4), MOE_COPY_HOST_TO_CTX, NULL));
     RANK_TRY(r, moe_sync(r->ctx, NULL));
     free(h), free(hb);
