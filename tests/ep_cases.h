@@ -14,7 +14,9 @@ typedef struct ep_job {
     int use_logits;
     int64_t t0, T, max_tokens;
     int skip_forward;   /* the rank creates its layer but never calls forward (a hung peer) */
+    int linger_ms;      /* with skip_forward: how long the hung rank keeps its layer (and buffers) alive */
     int capture;        /* GPU: capture the forward in a CUDA graph, replay it twice */
+    int again;          /* call forward once more after the first (status: of the last call) */
     int n_physical;     /* EPLB slots (0: E); slot p starts with expert p mod E */
     int rebalance;      /* after the first forward: moe_ep_rebalance, then the forward again (out: the second) */
     double balance[2];  /* before and after the rebalance */

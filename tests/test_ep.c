@@ -460,6 +460,27 @@ TEST_IMPL(gpu_ep) {
             }
             layer_problem_free(&p);
         }
+    /* low latency over peer access: a peer that never comes (but keeps its buffers) makes the wait give up after
+     * the timeout, and the next forward says so. (Over NCCL the low-latency backend has no host wait to time out:
+     * see docs/ep.md.) */
+    const char *p2p_env = getenv("MOE_EP_P2P");
+    if (n == 2 && !(p2p_env && !strcmp(p2p_env, "0"))) {
+        moe_layer_config c = ep_config(0, 264, 96);
+        c.dtype = MOE_DTYPE_BF16;
+        layer_problem p;
+        layer_problem_random(&p, &c, 20, 1, seed++);
+        float *out = calloc((size_t)(20 * 264), sizeof(float));
+        ep_job jobs[2];
+        for (int r = 0; r < 2; r++) moe_comm_set_timeout(comms[r], 0.3);
+        ep_jobs_make(jobs, comms, 2, &p, NULL, out);
+        for (int r = 0; r < 2; r++) jobs[r].dtype = MOE_DTYPE_BF16, jobs[r].backend = MOE_EP_LOW_LATENCY, jobs[r].use_logits = 1;
+        jobs[0].again = 1, jobs[1].skip_forward = 1, jobs[1].linger_ms = 2000;
+        ep_jobs_run_threads(jobs, 2);
+        ASSERT_MSG(jobs[0].status == MOE_ERR_COMM && strstr(jobs[0].message, "did not hand over"), "rank 0: %s (%s)",
+                   moe_status_string(jobs[0].status), jobs[0].message);
+        free(out);
+        layer_problem_free(&p);
+    }
     for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]);
     if (ctxs[1]) moe_ctx_destroy(ctxs[1]);
     ASSERT_MSG(bad == 0, "%d expert-parallel runs differ from the layer", bad);

@@ -31,7 +31,8 @@ struct moe_comm {
     double timeout_s;
     const moe_comm_ops *ops;
     void *impl;
-    int owns_mpi; /* MPI was initialised by this comm: finalise it on destroy */
+    int owns_mpi;   /* MPI was initialised by this comm: finalise it on destroy */
+    int in_process; /* the ranks are threads of this process (a device pointer means the same on every rank) */
 };
 
 /* A comm with ctx, rank, size and the timeout from the environment; ops and impl to be set by the transport. */

@@ -152,7 +152,7 @@ moe_status moe__comm_local_create(moe_ctx *const *ctxs, int n, moe_comm **comms)
             for (int j = 0; j < i; j++) moe_comm_destroy(comms[j]), comms[j] = NULL; /* the last frees g */
             return moe__error(ctxs[0], MOE_ERR_OOM, "moe_comm_create_local: out of host memory");
         }
-        comms[i]->ops = &local_ops, comms[i]->impl = g;
+        comms[i]->ops = &local_ops, comms[i]->impl = g, comms[i]->in_process = 1;
         g->refs++;
     }
     return MOE_OK;

@@ -159,6 +159,8 @@ static size_t ep_layout(moe_ep *ep, char *base) {
     EP_BUF(y_home, (ll ? NM : M) * k * H * ep->ybytes);
     EP_BUF(hdr_send, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
     EP_BUF(hdr_recv, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
+    EP_BUF(p2p_flags, ll ? (3 * N + 1) * 8 : 0);
+    EP_BUF(p2p_ptrs, ll ? 3 * N * 8 : 0);
     EP_BUF(log2phy, (int64_t)ep->c.layer.router.n_experts * ep->X * 4);
     EP_BUF(logcnt, ep->c.layer.router.n_experts * 4);
     EP_BUF(ids_phys, M * k * 4);
@@ -189,6 +191,49 @@ static moe_status ep_check_config(moe_comm *comm, const moe_ep_config *c) {
                   "moe_ep_create: max_tokens %lld x %d ranks is too many for int32 row ids", (long long)M, N);
     return MOE_OK;
 }
+
+#ifdef MOE_WITH_CUDA
+/* Low latency over peer access, when the ranks are the GPUs of this process and every pair can reach each other
+ * (MOE_EP_P2P=0 in the environment keeps NCCL): flags zeroed, then the buffers' addresses all-gathered. */
+static moe_status ep_p2p_init(moe_ep *ep) {
+    moe_comm *comm = ep->comm;
+    moe_ctx *ctx = comm->ctx;
+    const int N = comm->size;
+    const char *env = getenv("MOE_EP_P2P");
+    int64_t mine[3], *all = malloc(sizeof(int64_t) * 3 * (size_t)N);
+    if (!all) return moe__error(ctx, MOE_ERR_OOM, "moe_ep_create: out of host memory");
+    mine[0] = ctx->cuda.device, mine[1] = 1;
+    moe_status s = ep_allgather_host(comm, mine, 1, all, ep->hdr_send, NULL);
+    for (int d = 0; d < N && s == MOE_OK; d++) {
+        int ok = 0;
+        s = moe__cuda_p2p_enable(ctx, (int)all[d], &ok);
+        mine[1] &= ok;
+    }
+    if (env && !strcmp(env, "0")) mine[1] = 0;
+    mine[0] = mine[1];
+    if (s == MOE_OK) s = ep_allgather_host(comm, mine, 1, all, ep->hdr_send, NULL);
+    int every = s == MOE_OK;
+    for (int d = 0; d < N && every; d++) every &= all[d] == 1;
+    if (every) {
+        s = moe_memset(ctx, ep->p2p_flags, 0, (size_t)(3 * N + 1) * 8, NULL);
+        if (s == MOE_OK) s = moe__cuda_p2p_host_flag(ctx, &ep->p2p_error, &ep->p2p_error_dev);
+        if (s == MOE_OK) s = moe_sync(ctx, NULL);
+        mine[0] = (int64_t)(uintptr_t)ep->recv, mine[1] = (int64_t)(uintptr_t)ep->y_home;
+        mine[2] = (int64_t)(uintptr_t)ep->p2p_flags;
+        if (s == MOE_OK) s = ep_allgather_host(comm, mine, 3, all, ep->hdr_send, NULL);
+        void **ptrs = malloc(sizeof(void *) * 3 * (size_t)N);
+        if (!ptrs && s == MOE_OK) s = moe__error(ctx, MOE_ERR_OOM, "moe_ep_create: out of host memory");
+        for (int d = 0; d < N && s == MOE_OK; d++)
+            for (int j = 0; j < 3; j++) ptrs[j * N + d] = (void *)(uintptr_t)all[3 * d + j];
+        if (s == MOE_OK) s = moe_memcpy(ctx, ep->p2p_ptrs, ptrs, sizeof(void *) * 3 * (size_t)N, MOE_COPY_HOST_TO_CTX, NULL);
+        if (s == MOE_OK) s = moe_sync(ctx, NULL);
+        free(ptrs);
+        ep->p2p = s == MOE_OK;
+    }
+    free(all);
+    return s;
+}
+#endif
 
 moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_layer_weights *weights,
                          moe_ep **out) {
@@ -257,6 +302,11 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
     for (int p = 0; p < ep->R; p++) ep->phy2log[p] = p % E;
     if ((s = moe__ep_placement_init(ep)) != MOE_OK) goto fail;
     if ((s = moe_expert_stats_create(ctx, 1, E, &ep->stats)) != MOE_OK) goto fail;
+#ifdef MOE_WITH_CUDA
+    if (config->backend == MOE_EP_LOW_LATENCY && ctx->backend == MOE_BACKEND_CUDA && comm->in_process &&
+        (s = ep_p2p_init(ep)) != MOE_OK)
+        goto fail;
+#endif
     *out = ep;
     return MOE_OK;
 fail:
@@ -268,6 +318,7 @@ void moe_ep_destroy(moe_ep *ep) {
     if (!ep) return;
 #ifdef MOE_WITH_CUDA
     if (ep->comm->ctx->backend == MOE_BACKEND_CUDA) moe__cuda_ep_events_destroy(ep->comm->ctx, EP_MAX_MARKS, ep->events);
+    if (ep->p2p_error) moe__cuda_p2p_host_flag_free(ep->comm->ctx, ep->p2p_error);
 #endif
     if (ep->mem) moe_free(ep->layer ? ep->layer->ctx : ep->comm->ctx, ep->mem);
     moe_layer_destroy(ep->layer);
@@ -580,6 +631,14 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
     const int64_t T = io->x->shape[0], H = c->hidden, M = ep->c.max_tokens, NM = N * M;
     int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
     float *wts = (float *)(ep->scratch + ls->weights);
+#ifdef MOE_WITH_CUDA
+    if (ep->p2p && *(volatile int *)ep->p2p_error)
+        return moe__error(ctx, MOE_ERR_COMM, "rank %d: rank %d did not hand over its part of an earlier step within %.1f s",
+                          me, *(volatile int *)ep->p2p_error - 1, comm->timeout_s);
+    char *const *peer_recv = (char *const *)ep->p2p_ptrs, *const *peer_home = peer_recv + N;
+    int64_t *const *peer_flags = (int64_t *const *)(peer_recv + 2 * N);
+    if (ep->p2p) MOE_TRY(moe__cuda_p2p_step(ctx, ep->p2p_flags, N, stream));
+#endif
     moe__ep_mark(ep, EP_PHASE_START, stream);
     const int32_t *rids = ids;
     if (T > 0) {
@@ -601,15 +660,28 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
         MOE_TRY(moe_quantize(ctx, io->x, &q, stream));
         xw = ep->xq, scales = ep->xs_scales;
     }
-    MOE_TRY(moe__ep_pack_fixed(ep, ep->tok_rowsrc, N, ep->tok_off, xw, scales, rids, wts, ep->send, stream));
-    moe__ep_mark(ep, EP_PHASE_PACK, stream);
-
-    /* fixed blocks both ways */
     int64_t *plan = ep->host + (int64_t)(2 * N + 3) * N, *bytes = plan, *off = plan + N;
-    for (int d = 0; d < N; d++) bytes[d] = M * ep->rec.bytes, off[d] = d * M * ep->rec.bytes;
-    ep->last.dispatch_bytes = (N - 1) * M * ep->rec.bytes, ep->last.tokens_in = NM;
-    MOE_TRY(comm->ops->alltoallv(comm, ep->send, bytes, off, ep->recv, bytes, off, stream));
-    moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
+    ep->last.tokens_in = NM;
+#ifdef MOE_WITH_CUDA
+    if (ep->p2p) { /* straight into the peers' buffers, then the flags */
+        MOE_TRY(moe__cuda_p2p_dispatch(ctx, &ep->rec, ep->tok_rowsrc, N, ep->tok_off, N, M, me, xw, scales, rids, wts,
+                                       peer_recv, stream));
+        moe__ep_mark(ep, EP_PHASE_PACK, stream);
+        MOE_TRY(moe__cuda_p2p_signal(ctx, 0, me, N, ep->tok_off, peer_flags, ep->p2p_flags, stream));
+        MOE_TRY(moe__cuda_p2p_wait(ctx, 0, N, ep->p2p_flags, comm->timeout_s, ep->p2p_error_dev, stream));
+        MOE_TRY(moe__cuda_p2p_mask(ctx, &ep->rec, ep->recv, ep->p2p_flags, N, M, stream));
+        moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
+    } else
+#endif
+    {
+        MOE_TRY(moe__ep_pack_fixed(ep, ep->tok_rowsrc, N, ep->tok_off, xw, scales, rids, wts, ep->send, stream));
+        moe__ep_mark(ep, EP_PHASE_PACK, stream);
+        /* fixed blocks both ways */
+        for (int d = 0; d < N; d++) bytes[d] = M * ep->rec.bytes, off[d] = d * M * ep->rec.bytes;
+        ep->last.dispatch_bytes = (N - 1) * M * ep->rec.bytes;
+        MOE_TRY(comm->ops->alltoallv(comm, ep->send, bytes, off, ep->recv, bytes, off, stream));
+        moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
+    }
 #ifdef MOE_WITH_CUDA
     const int gpu = ctx->backend == MOE_BACKEND_CUDA;
     if (gpu && c->n_shared && T > 0) {
@@ -639,7 +711,10 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
     if (s == MOE_OK && gpu) {
         char *ws = ep->experts_scratch;
         s = moe__cuda_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, NM, &ep->xs, ws, stream);
-        if (s == MOE_OK)
+        if (s == MOE_OK && ep->p2p) /* the rows straight into their home ranks' y_home */
+            s = moe__cuda_p2p_scatter(ctx, ws + ep->xs.y, (const int32_t *)(ws + ep->xs.slot_row), ep->ll_pos, NM * k,
+                                      H * 2, M * k, me, peer_home, stream);
+        else if (s == MOE_OK)
             s = moe__ep_scatter(ep, ws + ep->xs.y, (const int32_t *)(ws + ep->xs.slot_row), ep->ll_pos, NM * k, H * 2,
                                 ep->y_ret, stream);
     }
@@ -649,6 +724,12 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
 #endif
         s = moe__cpu_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, ep->ll_pos, ep->y_ret);
     moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
+#ifdef MOE_WITH_CUDA
+    if (s == MOE_OK && ep->p2p) {
+        s = moe__cuda_p2p_signal(ctx, 1, me, N, NULL, peer_flags, ep->p2p_flags, stream);
+        if (s == MOE_OK) s = moe__cuda_p2p_wait(ctx, 1, N, ep->p2p_flags, comm->timeout_s, ep->p2p_error_dev, stream);
+    } else
+#endif
     if (s == MOE_OK) {
         for (int d = 0; d < N; d++) bytes[d] = M * k * H * ep->ybytes, off[d] = d * M * k * H * ep->ybytes;
         ep->last.combine_bytes = (N - 1) * M * k * H * ep->ybytes;

@@ -56,6 +56,12 @@ struct moe_ep {
     int64_t *host;                          /* host: hdr_send, hdr_recv (N, 3 each) and the byte plans */
     float *ag_part;                         /* allgather backend: (N Tmax, H) f32 partial sums */
     float *ag_sum;                          /* (M, H) f32 */
+    /* low latency between the GPUs of one process (cuda/ep/p2p.cu): flags (3N + 1 int64), the peers' receive
+     * buffers, y_home and flags (3 N pointers), the wait's error flag (host-mapped, and its device address) */
+    int p2p;
+    int64_t *p2p_flags;
+    void **p2p_ptrs;
+    int *p2p_error, *p2p_error_dev;
     /* EPLB: R slots, S = R / N on each rank; the logical expert of each slot (host); the replica tables
      * (E, X = R - E + 1) and (E) on the device; the routed ids mapped to slots (M, k); load counters */
     int R, S, X, mapped;
@@ -120,6 +126,22 @@ moe_status moe__ep_finish(moe_ep *ep, const void *x, const float *sum, int64_t T
                           void *out, void *stream);
 
 #ifdef MOE_WITH_CUDA
+moe_status moe__cuda_p2p_enable(moe_ctx *ctx, int peer_device, int *ok);
+moe_status moe__cuda_p2p_host_flag(moe_ctx *ctx, int **flag, int **flag_dev);
+void moe__cuda_p2p_host_flag_free(moe_ctx *ctx, int *flag);
+moe_status moe__cuda_p2p_step(moe_ctx *ctx, int64_t *flags, int n_ranks, void *stream);
+moe_status moe__cuda_p2p_dispatch(moe_ctx *ctx, const moe_ep_record *rec, const int32_t *rowsrc, int stride,
+                                  const int64_t *offsets, int n_ranks, int64_t cap, int me, const void *x,
+                                  const void *scales, const int32_t *ids, const float *w, char *const *recv,
+                                  void *stream);
+moe_status moe__cuda_p2p_signal(moe_ctx *ctx, int kind, int me, int n_ranks, const int64_t *offsets,
+                                int64_t *const *flags, const int64_t *my_flags, void *stream);
+moe_status moe__cuda_p2p_wait(moe_ctx *ctx, int kind, int n_ranks, const int64_t *flags, double timeout_s, int *error,
+                              void *stream);
+moe_status moe__cuda_p2p_mask(moe_ctx *ctx, const moe_ep_record *rec, void *recv, const int64_t *flags, int n_ranks,
+                              int64_t cap, void *stream);
+moe_status moe__cuda_p2p_scatter(moe_ctx *ctx, const void *y, const int32_t *src_row, const int32_t *pos, int64_t n,
+                                 int64_t row_bytes, int64_t cap, int me, char *const *home, void *stream);
 /* out (n, device) += the checksums */
 moe_status moe__cuda_ep_checksum(moe_ctx *ctx, const void *base, int64_t stride, int64_t bytes, int n,
                                  unsigned long long *out, void *stream);

@@ -183,7 +183,7 @@ extern "C" moe_status moe__nccl_init_all(moe_ctx *const *ctxs, int n, moe_comm *
             break;
         }
         s->comm = raw[i], raw[i] = nullptr;
-        comms[i]->impl = s, comms[i]->ops = &nccl_ops;
+        comms[i]->impl = s, comms[i]->ops = &nccl_ops, comms[i]->in_process = 1;
     }
     if (st != MOE_OK) {
         for (int i = 0; i < n; i++) {
