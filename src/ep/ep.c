@@ -711,6 +711,7 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
     if (s == MOE_OK && gpu) {
         char *ws = ep->experts_scratch;
         s = moe__cuda_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, NM, &ep->xs, ws, stream);
+        moe__ep_mark(ep, EP_PHASE_EXPERTS, stream); /* moving the rows counts as the combine */
         if (s == MOE_OK && ep->p2p) /* the rows straight into their home ranks' y_home */
             s = moe__cuda_p2p_scatter(ctx, ws + ep->xs.y, (const int32_t *)(ws + ep->xs.slot_row), ep->ll_pos, NM * k,
                                       H * 2, M * k, me, peer_home, stream);
@@ -722,8 +723,10 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
 #else
     if (s == MOE_OK)
 #endif
+    {
         s = moe__cpu_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, ep->ll_pos, ep->y_ret);
-    moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
+        moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
+    }
 #ifdef MOE_WITH_CUDA
     if (s == MOE_OK && ep->p2p) {
         s = moe__cuda_p2p_signal(ctx, 1, me, N, NULL, peer_flags, ep->p2p_flags, stream);
