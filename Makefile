@@ -91,12 +91,12 @@ $(BUILD)/moe_tests: $(TEST_OBJ) $(BUILD)/libmoe.a
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libmoe.a $(LDLIBS)
 
 # The README's test command. On a machine with a GPU the same runner also runs the GPU tests. With MPI, the
-# expert-parallel test runs again under mpirun on 2, 3 and 4 processes (one seed for all ranks).
+# expert-parallel test runs again under mpirun on 1, 2, 3 and 4 processes (one seed for all ranks).
 MPIRUN_FLAGS ?= --oversubscribe
 test: $(BUILD)/moe_tests
 	./$(BUILD)/moe_tests --data tests/data
 ifeq ($(MPI),1)
-	@for n in 2 3 4; do \
+	@for n in 1 2 3 4; do \
 	  echo "mpirun -np $$n $(BUILD)/moe_tests ep_mpi"; \
 	  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MOE_TEST_SEED=$$(date +%s) \
 	    mpirun $(MPIRUN_FLAGS) -np $$n ./$(BUILD)/moe_tests --data tests/data ep_mpi || exit 1; \

@@ -76,15 +76,22 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                               c->hidden, c->intermediate, c->shared_intermediate);
         MOE_CHECK_ARG(ctx, c->router.n_experts <= 1024, "moe_layer_create: at most 1024 experts on the GPU, not %d",
                       c->router.n_experts);
-        const void *ptrs[] = {w->w13, w->w2, w->b13, w->b2, w->gate, w->gate_bias, w->shared_w13, w->shared_w2,
-                              w->shared_gate};
-        const char *names[] = {"w13", "w2", "b13", "b2", "gate", "gate_bias", "shared_w13", "shared_w2", "shared_gate"};
-        for (int i = 0; i < 9; i++) {
-            if (!ptrs[i]) continue;
-            MOE_TRY(moe__cuda_check_pointer(ctx, ptrs[i], names[i]));
-            MOE_CHECK_ARG(ctx, (uintptr_t)ptrs[i] % 16 == 0 || i == 2 || i == 3 || i == 5,
-                          "moe_layer_create: %s (%p) must be 16-byte aligned on the GPU (16-byte loads)", names[i],
-                          ptrs[i]);
+        /* every weight on the device; the matrices are read 16 bytes at a time, the f32 vectors are not */
+        const struct {
+            const void *ptr;
+            const char *name;
+            int aligned16;
+        } ws[] = {{w->w13, "w13", 1},   {w->w2, "w2", 1},
+                  {w->b13, "b13", 0},   {w->b2, "b2", 0},
+                  {w->gate, "gate", 1}, {w->gate_bias, "gate_bias", 0},
+                  {w->shared_w13, "shared_w13", 1}, {w->shared_w2, "shared_w2", 1},
+                  {w->shared_gate, "shared_gate", 1}};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+            if (!ws[i].ptr) continue;
+            MOE_TRY(moe__cuda_check_pointer(ctx, ws[i].ptr, ws[i].name));
+            MOE_CHECK_ARG(ctx, !ws[i].aligned16 || (uintptr_t)ws[i].ptr % 16 == 0,
+                          "moe_layer_create: %s (%p) must be 16-byte aligned on the GPU (16-byte loads)", ws[i].name,
+                          ws[i].ptr);
         }
     }
 #endif
@@ -191,15 +198,16 @@ moe_status moe_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspa
                   "moe_layer_forward: logits must be (%lld, %d)", (long long)T, E);
     MOE_CHECK_ARG(ctx, io->logits || l->w.gate || (l->c.router.kind == MOE_ROUTER_HASH && !l->c.router.score),
                   "moe_layer_forward: no logits given and the layer has no gate weight");
-    const size_t need = moe__layer_scratch(l, T).bytes;
+    const moe_layer_scratch s = moe__layer_scratch(l, T);
+    const size_t need = s.bytes;
     MOE_CHECK_ARG(ctx, workspace_bytes >= need && (workspace || need == 0),
                   "moe_layer_forward: the workspace has %zu bytes, %zu needed for %lld tokens", workspace_bytes, need,
                   (long long)T);
     if (T == 0) return MOE_OK;
+    MOE_CHECK_ARG(ctx, T * l->c.router.top_k + (int64_t)E * MOE_LAYER_MAX_TILE_M < INT32_MAX,
+                  "moe_layer_forward: %lld tokens are too many for int32 row ids", (long long)T);
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
-        MOE_CHECK_ARG(ctx, T * l->c.router.top_k + (int64_t)E * MOE_LAYER_MAX_TILE_M < INT32_MAX,
-                      "moe_layer_forward: %lld tokens are too many for int32 row ids", (long long)T);
         MOE_CHECK_ARG(ctx, (uintptr_t)io->x->data % 16 == 0 && (uintptr_t)io->out->data % 16 == 0,
                       "moe_layer_forward: x and out must be 16-byte aligned on the GPU");
         MOE_TRY(moe__cuda_check_pointer(ctx, io->x->data, "x"));
@@ -207,9 +215,9 @@ moe_status moe_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspa
         MOE_TRY(moe__cuda_check_pointer(ctx, workspace, "workspace"));
         if (io->logits) MOE_TRY(moe__cuda_check_pointer(ctx, io->logits->data, "logits"));
         if (io->token_ids) MOE_TRY(moe__cuda_check_pointer(ctx, io->token_ids, "token_ids"));
-        return moe__cuda_layer_forward(l, io, workspace, stream);
+        return moe__cuda_layer_forward(l, io, &s, workspace, stream);
     }
 #endif
     (void)stream;
-    return moe__cpu_layer_forward(l, io, workspace);
+    return moe__cpu_layer_forward(l, io, &s, workspace);
 }

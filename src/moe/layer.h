@@ -25,10 +25,21 @@ struct moe_layer {
  * each expert's rows to the tile, so the scratch holds rows for the largest. */
 #define MOE_LAYER_MAX_TILE_M 128
 
-/* Rows (of E + 1 floats) the GPU's gate logits may need for partial sums over slices of H: the kernels choose
- * splits s with s * T <= min(ceil(H / 128) * T, 16896 + T), a bound that grows with T. */
+/* How the GPU's gate logits split H (cuda/moe/gate.cu): slices of multiples of MOE_GATE_SLICE columns, as many as
+ * bring the grid to about MOE_GATE_WANT_FEW CTAs (T < MOE_GATE_TILE: CTAs of MOE_GATE_GROUP tokens) or
+ * MOE_GATE_WANT_MANY CTAs (tiles of MOE_GATE_TILE tokens). */
+#define MOE_GATE_SLICE 128
+#define MOE_GATE_GROUP 8
+#define MOE_GATE_TILE 64
+#define MOE_GATE_WANT_FEW 1024
+#define MOE_GATE_WANT_MANY 264
+
+/* Rows (of E + 1 floats) the partial sums of the gate's splits need: splits s with s * T <= ceil(H / SLICE) * T,
+ * and s <= ceil(WANT / ceil(T / TILE_OR_GROUP)), so s * T <= WANT * TILE_OR_GROUP + T (the larger: 264 x 64). */
 static inline int64_t moe__gate_partial_rows(int64_t T, int H) {
-    const int64_t a = (int64_t)((H + 127) / 128) * T, b = 16896 + T;
+    const int64_t a = (int64_t)((H + MOE_GATE_SLICE - 1) / MOE_GATE_SLICE) * T;
+    const int64_t few = (int64_t)MOE_GATE_WANT_FEW * MOE_GATE_GROUP, many = (int64_t)MOE_GATE_WANT_MANY * MOE_GATE_TILE;
+    const int64_t b = (few > many ? few : many) + T;
     return a < b ? a : b;
 }
 
@@ -50,11 +61,12 @@ typedef struct moe_layer_scratch {
 
 moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T);
 
-moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace);
+moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace);
 #ifdef MOE_WITH_CUDA
 moe_status moe__cuda_layer_init(moe_layer *l);
 void moe__cuda_layer_fini(moe_layer *l);
-moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream);
+moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s,
+                                   void *workspace, void *stream);
 #endif
 
 /* The stages of a forward, for expert parallelism (src/ep/), which runs them on different ranks. A single

@@ -171,15 +171,14 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
 }
 
 /* route -> experts (a row per (token, slot), in place t k + j) -> combine */
-moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace) {
+moe_status moe__cpu_layer_forward(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace) {
     const int64_t T = io->x->shape[0], n = T * l->c.router.top_k;
-    const moe_layer_scratch s = moe__layer_scratch(l, T);
     char *ws = workspace;
-    MOE_TRY(moe_cpu_route(l, io, &s, ws));
-    const int32_t *ids = (const int32_t *)(ws + s.ids);
-    const float *wts = (const float *)(ws + s.weights);
-    int32_t *slot_row = (int32_t *)(ws + s.slot_row);
-    float *y = (float *)(ws + s.y);
+    MOE_TRY(moe_cpu_route(l, io, s, ws));
+    const int32_t *ids = (const int32_t *)(ws + s->ids);
+    const float *wts = (const float *)(ws + s->weights);
+    int32_t *slot_row = (int32_t *)(ws + s->slot_row);
+    float *y = (float *)(ws + s->y);
     for (int64_t tj = 0; tj < n; tj++) slot_row[tj] = ids[tj] >= 0 ? (int32_t)tj : -1;
     MOE_TRY(moe__cpu_layer_experts(l, io->x->data, T, ids, wts, slot_row, y));
     return moe__cpu_layer_combine(l, io->x->data, T, y, slot_row, wts, io->out->data);

@@ -8,11 +8,13 @@
  * gate is handled as one more expert row, E. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/moe/gate.cuh"
+#include "moe/layer.h"
 #include "route/route_math.h"
 
 namespace {
 
-constexpr int kGroup = 8, kWarps = 4, kTile = 64, kBK = 32, kThreads = 256, kSlice = 128;
+constexpr int kGroup = MOE_GATE_GROUP, kWarps = 4, kTile = MOE_GATE_TILE, kBK = 32, kThreads = 256,
+              kSlice = MOE_GATE_SLICE;
 
 struct gate_args {
     const __nv_bfloat16 *x;
@@ -149,7 +151,7 @@ moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const flo
     const bool few = T < kTile;
     const int64_t base = few ? (int64_t)((n_out + kWarps - 1) / kWarps) * ((T + kGroup - 1) / kGroup)
                              : (int64_t)((n_out + kTile - 1) / kTile) * ((T + kTile - 1) / kTile);
-    const int64_t want = few ? 1024 : 264, max_splits = (H + kSlice - 1) / kSlice;
+    const int64_t want = few ? MOE_GATE_WANT_FEW : MOE_GATE_WANT_MANY, max_splits = (H + kSlice - 1) / kSlice;
     int64_t splits = (want + base - 1) / base;
     splits = splits < 1 ? 1 : splits > max_splits ? max_splits : splits;
     a.slice = (int)((H + splits - 1) / splits + kSlice - 1) / kSlice * kSlice;

@@ -179,10 +179,11 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
 /* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts);
  * gate logits, routing, permutation and the two routed GEMMs on the caller's stream; join; combine in slot
  * order. A capture follows the fork and the join. */
-extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspace, void *stream) {
+extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *sp,
+                                              void *workspace, void *stream) {
     const moe_layer_config *c = &l->c;
     const int64_t T = io->x->shape[0];
-    const moe_layer_scratch s = moe__layer_scratch(l, T);
+    const moe_layer_scratch &s = *sp;
     char *ws = (char *)workspace;
     const void *x = io->x->data;
     if (c->n_shared) {
