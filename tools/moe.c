@@ -4,7 +4,7 @@
 #include "cli.h"
 
 static const char usage[] =
-    "moe — Mixture-of-Experts inference engine (this release: number formats, routing and the BF16 MoE layer)\n"
+    "moe — Mixture-of-Experts inference engine (this release: number formats, routing, the BF16 MoE layer and expert parallelism)\n"
     "\n"
     "usage: moe <command> [options]\n"
     "\n"
