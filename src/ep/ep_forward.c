@@ -86,6 +86,40 @@ static int64_t ep_sent(const ep_plan *p, int N, int me) {
     return b;
 }
 
+/* Routes this rank's T tokens and plans their travel (both all-to-all backends): ids and weights into the layer
+ * scratch, *rids their slots; the rank of each slot (dst) and the ranks of each token (tok_dst); the by-rank
+ * permutations of the slots (slot_off, slot_row) and of the (token, rank) pairs (tok_off, tok_rowsrc); and what
+ * goes on the wire: *xw = x, or its FP8 1x128 codes with *scales. */
+static moe_status ep_route_plan(moe_ep *ep, const moe_layer_io *io, const int32_t **rids, const void **xw,
+                                const void **scales, void *stream) {
+    moe_ctx *ctx = ep->comm->ctx;
+    moe_layer *l = ep->layer;
+    const moe_layer_scratch *ls = &ep->ls;
+    const int N = ep->comm->size, k = ep->c.layer.router.top_k;
+    const int64_t T = io->x->shape[0], H = ep->c.layer.hidden;
+    const int32_t *ids = (const int32_t *)(ep->scratch + ls->ids);
+    *rids = ids, *xw = io->x->data, *scales = NULL;
+    if (T > 0) {
+        MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
+        MOE_TRY(moe__ep_map_ids(ep, ids, T, rids, stream));
+        MOE_TRY(moe__ep_rank_of(ep, *rids, T * k, ep->dst, stream));
+        MOE_TRY(moe__ep_token_dst(ep, ep->dst, T, ep->tok_dst, stream));
+    }
+    const moe_permute_config by_slot = {N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
+    const moe_permute_config by_token = {N, 0, N, N, 1, MOE_PERMUTE_CONTIGUOUS, 0};
+    const moe_permute_outputs so = {ep->slot_counts, ep->slot_off, ep->slot_rowsrc, ep->slot_row, NULL, NULL};
+    const moe_permute_outputs to = {ep->tok_counts, ep->tok_off, ep->tok_rowsrc, ep->tok_slot_row, NULL, NULL};
+    MOE_TRY(moe_permute(ctx, &by_slot, ep->dst, T, &so, ep->permute, ep->permute_bytes, stream));
+    MOE_TRY(moe_permute(ctx, &by_token, ep->tok_dst, T, &to, ep->permute, ep->permute_bytes, stream));
+    moe__ep_mark(ep, EP_PHASE_ROUTE, stream);
+    if (ep->c.wire == MOE_DTYPE_E4M3 && T > 0) {
+        moe_qtensor q = {moe_qformat_preset(MOE_QFORMAT_FP8_1X128), 2, {T, H}, ep->xq, ep->xs_scales, NULL};
+        MOE_TRY(moe_quantize(ctx, io->x, &q, stream));
+        *xw = ep->xq, *scales = ep->xs_scales;
+    }
+    return MOE_OK;
+}
+
 static moe_status ep_experts(moe_ep *ep, const ep_plan *p, void *stream);
 static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
 static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
@@ -99,7 +133,7 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     MOE_TRY(moe__check_tensor(ctx, io->out, "moe_ep_forward out"));
     const moe_layer_config *c = &ep->c.layer;
     const int64_t T = io->x->shape[0], H = c->hidden;
-    const int N = ep->comm->size, me = ep->comm->rank, k = c->router.top_k, E = c->router.n_experts;
+    const int N = ep->comm->size, me = ep->comm->rank, E = c->router.n_experts;
     MOE_CHECK_ARG(ctx, io->x->rank == 2 && io->x->shape[1] == H && io->x->dtype == c->dtype,
                   "moe_ep_forward: x must be (T, %lld) %s", (long long)H, moe_dtype_name(c->dtype));
     MOE_CHECK_ARG(ctx, io->out->rank == 2 && io->out->shape[0] == T && io->out->shape[1] == H &&
@@ -126,33 +160,14 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
 
     moe_layer *l = ep->layer;
     const moe_layer_scratch *ls = &ep->ls;
-    int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
     float *wts = (float *)(ep->scratch + ls->weights);
     moe__ep_mark(ep, EP_PHASE_START, stream);
 
-    /* route (ids: the routed logical experts; rids: their slots) and plan */
-    const int32_t *rids = ids;
-    if (T > 0) {
-        MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
-        MOE_TRY(moe__ep_map_ids(ep, ids, T, &rids, stream));
-        MOE_TRY(moe__ep_rank_of(ep, rids, T * k, ep->dst, stream));
-        MOE_TRY(moe__ep_token_dst(ep, ep->dst, T, ep->tok_dst, stream));
-    }
-    const moe_permute_config by_slot = {N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
-    const moe_permute_config by_token = {N, 0, N, N, 1, MOE_PERMUTE_CONTIGUOUS, 0};
-    const moe_permute_outputs so = {ep->slot_counts, ep->slot_off, ep->slot_rowsrc, ep->slot_row, NULL, NULL};
-    const moe_permute_outputs to = {ep->tok_counts, ep->tok_off, ep->tok_rowsrc, ep->tok_slot_row, NULL, NULL};
-    MOE_TRY(moe_permute(ctx, &by_slot, ep->dst, T, &so, ep->permute, ep->permute_bytes, stream));
-    MOE_TRY(moe_permute(ctx, &by_token, ep->tok_dst, T, &to, ep->permute, ep->permute_bytes, stream));
-    moe__ep_mark(ep, EP_PHASE_ROUTE, stream);
+    const int32_t *rids;
+    const void *xw, *scales;
+    MOE_TRY(ep_route_plan(ep, io, &rids, &xw, &scales, stream));
 
     /* the records, before the counts are known on the host (rows past tok_off[N] are not written) */
-    const void *xw = io->x->data, *scales = NULL;
-    if (ep->c.wire == MOE_DTYPE_E4M3 && T > 0) {
-        moe_qtensor q = {moe_qformat_preset(MOE_QFORMAT_FP8_1X128), 2, {T, H}, ep->xq, ep->xs_scales, NULL};
-        MOE_TRY(moe_quantize(ctx, io->x, &q, stream));
-        xw = ep->xq, scales = ep->xs_scales;
-    }
     if (T > 0)
         MOE_TRY(moe__ep_pack(ep, ep->tok_rowsrc, N, ep->tok_off + N, T * N, xw, scales, rids, wts, ep->send, stream));
     moe__ep_mark(ep, EP_PHASE_PACK, stream);
@@ -319,7 +334,6 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
     const moe_layer_scratch *ls = &ep->ls;
     const int N = comm->size, me = comm->rank, k = c->router.top_k;
     const int64_t T = io->x->shape[0], H = c->hidden, M = ep->c.max_tokens, NM = N * M;
-    int32_t *ids = (int32_t *)(ep->scratch + ls->ids);
     float *wts = (float *)(ep->scratch + ls->weights);
 #ifdef MOE_WITH_CUDA
     if (ep->p2p && *(volatile int *)ep->p2p_error)
@@ -330,26 +344,10 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
     if (ep->p2p) MOE_TRY(moe__cuda_p2p_step(ctx, ep->p2p_flags, N, stream));
 #endif
     moe__ep_mark(ep, EP_PHASE_START, stream);
-    const int32_t *rids = ids;
-    if (T > 0) {
-        MOE_TRY(moe__layer_route(l, io, ls, ep->scratch, stream));
-        MOE_TRY(moe__ep_map_ids(ep, ids, T, &rids, stream));
-        MOE_TRY(moe__ep_rank_of(ep, rids, T * k, ep->dst, stream));
-        MOE_TRY(moe__ep_token_dst(ep, ep->dst, T, ep->tok_dst, stream));
-    }
+    const int32_t *rids;
+    const void *xw, *scales;
+    MOE_TRY(ep_route_plan(ep, io, &rids, &xw, &scales, stream));
     const moe_permute_config by_rank = {N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
-    const moe_permute_config by_token = {N, 0, N, N, 1, MOE_PERMUTE_CONTIGUOUS, 0};
-    const moe_permute_outputs so = {ep->slot_counts, ep->slot_off, ep->slot_rowsrc, ep->slot_row, NULL, NULL};
-    const moe_permute_outputs to = {ep->tok_counts, ep->tok_off, ep->tok_rowsrc, ep->tok_slot_row, NULL, NULL};
-    MOE_TRY(moe_permute(ctx, &by_rank, ep->dst, T, &so, ep->permute, ep->permute_bytes, stream));
-    MOE_TRY(moe_permute(ctx, &by_token, ep->tok_dst, T, &to, ep->permute, ep->permute_bytes, stream));
-    moe__ep_mark(ep, EP_PHASE_ROUTE, stream);
-    const void *xw = io->x->data, *scales = NULL;
-    if (ep->c.wire == MOE_DTYPE_E4M3 && T > 0) {
-        moe_qtensor q = {moe_qformat_preset(MOE_QFORMAT_FP8_1X128), 2, {T, H}, ep->xq, ep->xs_scales, NULL};
-        MOE_TRY(moe_quantize(ctx, io->x, &q, stream));
-        xw = ep->xq, scales = ep->xs_scales;
-    }
     int64_t *plan = ep->host + (int64_t)(2 * N + 3) * N, *bytes = plan, *off = plan + N;
     ep->last.tokens_in = NM;
 #ifdef MOE_WITH_CUDA

@@ -76,7 +76,7 @@ moe_status moe__ep_gather(moe_ep *ep, const void *y, const int32_t *slot_row, co
     if (EP_ON_GPU(ep))
         return moe__cuda_ep_gather(ep->layer->ctx, y, slot_row, rowsrc, n_rows, n_max, row_bytes, out, stream);
 #endif
-    (void)stream, (void)n_max;
+    (void)stream, (void)n_max, (void)ep;
     for (int64_t i = 0; i < *n_rows; i++)
         memcpy((char *)out + i * row_bytes, (const char *)y + (int64_t)slot_row[rowsrc[i]] * row_bytes,
                (size_t)row_bytes);

@@ -204,4 +204,16 @@ __device__ __forceinline__ float moe_exp2i(int e) {
     return e == -127 ? __int_as_float(0x00400000) : __int_as_float((e + 127) << 23);
 }
 
+/* The threads of a block copy `bytes` bytes (a multiple of 4) from src to dst: 16 bytes a move when both ends and
+ * the length allow it, else 4. */
+__device__ __forceinline__ void moe_block_copy(char *dst, const char *src, int64_t bytes) {
+    if (((uintptr_t)dst | (uintptr_t)src | (uintptr_t)bytes) % 16 == 0) {
+        for (int64_t i = threadIdx.x; i < bytes / 16; i += blockDim.x)
+            reinterpret_cast<uint4 *>(dst)[i] = reinterpret_cast<const uint4 *>(src)[i];
+    } else {
+        for (int64_t i = threadIdx.x; i < bytes / 4; i += blockDim.x)
+            reinterpret_cast<uint32_t *>(dst)[i] = reinterpret_cast<const uint32_t *>(src)[i];
+    }
+}
+
 #endif /* MOE_CUDA_COMMON_CUDA_CUH */

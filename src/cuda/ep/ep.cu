@@ -10,16 +10,6 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int64_t kMaxGrid = 1 << 20; /* CTAs of the copy kernels; they stride past it */
 
-__device__ __forceinline__ void copy_bytes(char *dst, const char *src, int64_t bytes) {
-    if (((uintptr_t)dst | (uintptr_t)src | (uintptr_t)bytes) % 16 == 0) {
-        for (int64_t i = threadIdx.x; i < bytes / 16; i += blockDim.x)
-            reinterpret_cast<uint4 *>(dst)[i] = reinterpret_cast<const uint4 *>(src)[i];
-    } else {
-        for (int64_t i = threadIdx.x; i < bytes / 4; i += blockDim.x)
-            reinterpret_cast<uint32_t *>(dst)[i] = reinterpret_cast<const uint32_t *>(src)[i];
-    }
-}
-
 __global__ void rank_of_kernel(const int32_t *ids, int64_t n, int per_rank, int32_t *dst) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = ids[i] >= 0 ? ids[i] / per_rank : -1;
@@ -43,10 +33,10 @@ __global__ void pack_kernel(const moe_ep_record r, const int32_t *rowsrc, int st
     for (int64_t i = blockIdx.x; i < rows; i += gridDim.x) {
         const int64_t t = rowsrc ? rowsrc[i] / stride : i;
         char *o = out + i * r.bytes;
-        copy_bytes(o + r.x_off, x + t * r.x_bytes, r.x_bytes);
-        if (r.s_bytes) copy_bytes(o + r.s_off, scales + t * r.s_bytes, r.s_bytes);
-        copy_bytes(o + r.id_off, ids + t * r.id_bytes, r.id_bytes);
-        copy_bytes(o + r.w_off, w + t * r.id_bytes, r.id_bytes);
+        moe_block_copy(o + r.x_off, x + t * r.x_bytes, r.x_bytes);
+        if (r.s_bytes) moe_block_copy(o + r.s_off, scales + t * r.s_bytes, r.s_bytes);
+        moe_block_copy(o + r.id_off, ids + t * r.id_bytes, r.id_bytes);
+        moe_block_copy(o + r.w_off, w + t * r.id_bytes, r.id_bytes);
     }
 }
 
@@ -54,10 +44,10 @@ __global__ void unpack_kernel(const moe_ep_record r, const char *in, int64_t n, 
                               char *w) {
     for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
         const char *p = in + i * r.bytes;
-        copy_bytes(x + i * r.x_bytes, p + r.x_off, r.x_bytes);
-        if (r.s_bytes) copy_bytes(scales + i * r.s_bytes, p + r.s_off, r.s_bytes);
-        copy_bytes(ids + i * r.id_bytes, p + r.id_off, r.id_bytes);
-        copy_bytes(w + i * r.id_bytes, p + r.w_off, r.id_bytes);
+        moe_block_copy(x + i * r.x_bytes, p + r.x_off, r.x_bytes);
+        if (r.s_bytes) moe_block_copy(scales + i * r.s_bytes, p + r.s_off, r.s_bytes);
+        moe_block_copy(ids + i * r.id_bytes, p + r.id_off, r.id_bytes);
+        moe_block_copy(w + i * r.id_bytes, p + r.w_off, r.id_bytes);
     }
 }
 
@@ -65,7 +55,7 @@ __global__ void gather_kernel(const char *y, const int32_t *slot_row, const int3
                               int64_t row_bytes, char *out) {
     const int64_t rows = *n_rows;
     for (int64_t i = blockIdx.x; i < rows; i += gridDim.x)
-        copy_bytes(out + i * row_bytes, y + (int64_t)slot_row[rowsrc[i]] * row_bytes, row_bytes);
+        moe_block_copy(out + i * row_bytes, y + (int64_t)slot_row[rowsrc[i]] * row_bytes, row_bytes);
 }
 
 /* N M records: block d holds the first count_d of its rows, the rest say "no expert" (ids -1) */
@@ -83,10 +73,10 @@ __global__ void pack_fixed_kernel(const moe_ep_record r, const int32_t *rowsrc, 
             continue;
         }
         const int64_t t = rowsrc[offsets[d] + at] / stride;
-        copy_bytes(o + r.x_off, x + t * r.x_bytes, r.x_bytes);
-        if (r.s_bytes) copy_bytes(o + r.s_off, scales + t * r.s_bytes, r.s_bytes);
-        copy_bytes(o + r.id_off, ids + t * r.id_bytes, r.id_bytes);
-        copy_bytes(o + r.w_off, w + t * r.id_bytes, r.id_bytes);
+        moe_block_copy(o + r.x_off, x + t * r.x_bytes, r.x_bytes);
+        if (r.s_bytes) moe_block_copy(o + r.s_off, scales + t * r.s_bytes, r.s_bytes);
+        moe_block_copy(o + r.id_off, ids + t * r.id_bytes, r.id_bytes);
+        moe_block_copy(o + r.w_off, w + t * r.id_bytes, r.id_bytes);
     }
 }
 
@@ -105,7 +95,7 @@ __global__ void remap_kernel(const int32_t *row, const int32_t *group, const int
 __global__ void scatter_kernel(const char *y, const int32_t *src_row, const int32_t *pos, int64_t n,
                                int64_t row_bytes, char *out) {
     for (int64_t i = blockIdx.x; i < n; i += gridDim.x)
-        if (pos[i] >= 0) copy_bytes(out + (int64_t)pos[i] * row_bytes, y + (int64_t)src_row[i] * row_bytes, row_bytes);
+        if (pos[i] >= 0) moe_block_copy(out + (int64_t)pos[i] * row_bytes, y + (int64_t)src_row[i] * row_bytes, row_bytes);
 }
 
 __global__ void checksum_kernel(const char *base, int64_t stride, int64_t words, unsigned long long *out) {

@@ -17,16 +17,6 @@ namespace {
 
 constexpr int kThreads = 128;
 
-__device__ __forceinline__ void copy_words(char *dst, const char *src, int64_t bytes) {
-    if (((uintptr_t)dst | (uintptr_t)src | (uintptr_t)bytes) % 16 == 0) {
-        for (int64_t i = threadIdx.x; i < bytes / 16; i += blockDim.x)
-            reinterpret_cast<uint4 *>(dst)[i] = reinterpret_cast<const uint4 *>(src)[i];
-    } else {
-        for (int64_t i = threadIdx.x; i < bytes / 4; i += blockDim.x)
-            reinterpret_cast<uint32_t *>(dst)[i] = reinterpret_cast<const uint32_t *>(src)[i];
-    }
-}
-
 __device__ __forceinline__ void store_release(int64_t *p, int64_t v) {
     asm volatile("st.release.sys.global.s64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
@@ -58,10 +48,10 @@ __global__ void dispatch_kernel(const moe_ep_record r, const int32_t *rowsrc, in
         if (at >= offsets[d + 1] - offsets[d]) continue;
         const int64_t t = rowsrc[offsets[d] + at] / stride;
         char *o = recv[d] + (me * cap + at) * r.bytes;
-        copy_words(o + r.x_off, x + t * r.x_bytes, r.x_bytes);
-        if (r.s_bytes) copy_words(o + r.s_off, scales + t * r.s_bytes, r.s_bytes);
-        copy_words(o + r.id_off, ids + t * r.id_bytes, r.id_bytes);
-        copy_words(o + r.w_off, w + t * r.id_bytes, r.id_bytes);
+        moe_block_copy(o + r.x_off, x + t * r.x_bytes, r.x_bytes);
+        if (r.s_bytes) moe_block_copy(o + r.s_off, scales + t * r.s_bytes, r.s_bytes);
+        moe_block_copy(o + r.id_off, ids + t * r.id_bytes, r.id_bytes);
+        moe_block_copy(o + r.w_off, w + t * r.id_bytes, r.id_bytes);
     }
 }
 
@@ -107,7 +97,7 @@ __global__ void scatter_kernel(const char *y, const int32_t *src_row, const int3
     for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
         if (pos[i] < 0) continue;
         const int s = (int)(pos[i] / cap);
-        copy_words(home[s] + (me * cap + pos[i] - s * cap) * row_bytes, y + (int64_t)src_row[i] * row_bytes,
+        moe_block_copy(home[s] + (me * cap + pos[i] - s * cap) * row_bytes, y + (int64_t)src_row[i] * row_bytes,
                    row_bytes);
     }
 }
