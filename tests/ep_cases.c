@@ -23,6 +23,11 @@ void ep_job_run(ep_job *j) {
     int nb = 0;
 #define UP(src, n, d) (bufs[nb++] = layer_upload_as(ctx, (src), (n), (d)))
     ec.layer.router.bias = UP(p->bias, E, F);
+    void *table = p->hash_table ? test_upload(ctx, p->hash_table, sizeof(int32_t) * (size_t)(c->router.hash_vocab *
+                                                                                            c->router.top_k))
+                                : NULL;
+    void *tok = p->token_ids && T ? test_upload(ctx, p->token_ids + j->t0, sizeof(int32_t) * (size_t)T) : NULL;
+    ec.layer.router.hash_table = table;
     moe_layer_weights w = {0};
     /* this rank's slots r Sl .. (r+1) Sl - 1 hold experts (slot mod E) */
     const float *src[4] = {p->w13, p->w2, p->b13, p->b2};
@@ -54,7 +59,7 @@ void ep_job_run(ep_job *j) {
     if (s == MOE_OK) s = moe_ep_create(j->comm, &ec, &w, &ep);
     if (s == MOE_OK && !j->skip_forward) {
         moe_tensor xt = moe_tensor_2d(x, dt, T, H), yt = moe_tensor_2d(y, dt, T, H), lt = moe_tensor_2d(logits, F, T, E);
-        moe_layer_io io = {&xt, j->use_logits ? &lt : NULL, &yt, NULL, NULL, 0};
+        moe_layer_io io = {&xt, j->use_logits ? &lt : NULL, &yt, tok, NULL, 0};
         if (!j->capture) {
             s = moe_ep_forward(ep, &io, NULL);
         } else {
@@ -94,6 +99,7 @@ void ep_job_run(ep_job *j) {
     snprintf(j->message, sizeof j->message, "%s", s == MOE_OK ? "" : moe_last_error(ctx));
     moe_ep_destroy(ep);
     for (int i = 0; i < nb; i++) moe_free(ctx, bufs[i]);
+    moe_free(ctx, table), moe_free(ctx, tok);
     moe_free(ctx, y);
 }
 

@@ -118,6 +118,22 @@ void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T
         p->sw2 = random_array(&st, S * H * Is, sqrt(3.0 / (double)Is));
     }
     if (c->shared_gate) p->sgate = random_array(&st, H, sqrt(3.0 / (double)H));
+    if (c->router.kind == MOE_ROUTER_HASH) {
+        const int64_t V = c->router.hash_vocab, k = c->router.top_k;
+        p->hash_table = malloc(sizeof(int32_t) * (size_t)(V * k) + 4);
+        p->token_ids = malloc(sizeof(int32_t) * (size_t)T + 4);
+        for (int64_t v = 0; v < V; v++)
+            for (int64_t j = 0; j < k; j++) {
+                int32_t e, dup;
+                do { /* distinct experts in a row */
+                    e = (int32_t)(test_splitmix64(&st) % (uint64_t)E), dup = 0;
+                    for (int64_t q = 0; q < j; q++) dup |= p->hash_table[v * k + q] == e;
+                } while (dup);
+                p->hash_table[v * k + j] = e;
+            }
+        for (int64_t t = 0; t < T; t++) p->token_ids[t] = (int32_t)(test_splitmix64(&st) % (uint64_t)V);
+    }
+    p->c.router.hash_table = NULL; /* host arrays above; uploaded by whoever runs p */
     if (with_logits) {
         p->logits = random_array(&st, T * E, 4.0);
         for (int64_t t = 5; t < T; t += 97) /* no expert can be chosen: every slot is -1 */
@@ -129,6 +145,7 @@ void layer_problem_free(layer_problem *p) {
     float *all[] = {p->x, p->logits, p->gate, p->gate_bias, p->bias, p->w13, p->w2, p->b13, p->b2, p->sw13, p->sw2,
                     p->sgate, p->want};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    free(p->hash_table), free(p->token_ids);
     memset(p, 0, sizeof *p);
 }
 
@@ -153,6 +170,11 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     cc.dtype = dtype;
     void *bias = layer_upload_as(ctx, p->bias, E, F);
     cc.router.bias = bias;
+    void *table = p->hash_table ? test_upload(ctx, p->hash_table, sizeof(int32_t) * (size_t)(c->router.hash_vocab *
+                                                                                            c->router.top_k))
+                                : NULL;
+    void *tok = p->token_ids && T ? test_upload(ctx, p->token_ids, sizeof(int32_t) * (size_t)T) : NULL;
+    cc.router.hash_table = table;
     moe_layer_weights w = {0};
     void *bufs[16] = {0};
     int nb = 0;
@@ -181,7 +203,7 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     if (s == MOE_OK) {
         moe_tensor xt = moe_tensor_2d(x, dtype, T, H), yt = moe_tensor_2d(y, dtype, T, H),
                    lt = moe_tensor_2d(logits, F, T, E);
-        moe_layer_io io = {&xt, use_logits ? &lt : NULL, &yt, NULL, NULL, 0};
+        moe_layer_io io = {&xt, use_logits ? &lt : NULL, &yt, tok, NULL, 0};
         if (!capture) {
             s = moe_layer_forward(l, &io, ws, wsb, NULL);
         } else { /* captured into a CUDA graph, then replayed twice */
@@ -207,6 +229,8 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     moe_layer_destroy(l);
     for (int i = 0; i < nb; i++) moe_free(ctx, bufs[i]);
     moe_free(ctx, bias);
+    moe_free(ctx, table);
+    moe_free(ctx, tok);
     moe_free(ctx, y);
     moe_free(ctx, ws);
     return s;

@@ -18,12 +18,15 @@ typedef struct layer_problem {
     float *sw13, *sw2;      /* (S, 2Is, H), (S, H, Is) or NULL */
     float *sgate;           /* (H) or NULL */
     float *want;            /* (T, H) golden output, or NULL */
+    int32_t *hash_table;    /* hash routing: (c.router.hash_vocab, k) distinct experts a row, or NULL */
+    int32_t *token_ids;     /* hash routing: (T) in [0, hash_vocab), or NULL */
 } layer_problem;
 
 /* Golden case `name` of layer.moeg; 0 on success. */
 int layer_problem_from_golden(const golden *g, const char *name, layer_problem *p);
 /* Random weights of unit-scale outputs and random x for config c (c.router.bias: the values are drawn here when
- * it is non-NULL); logits are drawn as well when with_logits (a few rows entirely NaN: all slots -1). */
+ * it is non-NULL; hash routing: the table and the token ids too); logits are drawn as well when with_logits (a few
+ * rows entirely NaN: all slots -1). */
 void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T, int with_logits, uint64_t seed);
 void layer_problem_free(layer_problem *p);
 

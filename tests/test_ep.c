@@ -143,6 +143,28 @@ TEST_IMPL(ep_cpu_skewed) {
     return TEST_OK;
 }
 
+/* Hash routing (a token's experts from a table by its token id): with a softmax score over the table's experts and
+ * without a score (weights 1/k, no logits at all). */
+TEST_IMPL(ep_cpu_hash) {
+    for (int score = 0; score < 2; score++) {
+        moe_layer_config c = ep_config(0, 40, 24);
+        c.router.kind = MOE_ROUTER_HASH, c.router.score = score ? MOE_SCORE_SOFTMAX : MOE_SCORE_NONE;
+        c.router.hash_vocab = 97, c.router.renormalize = 0;
+        layer_problem p;
+        layer_problem_random(&p, &c, 41, score, env->seed + (uint64_t)score);
+        if (p.logits) /* no all-NaN rows: a hashed token always has its experts */
+            for (int64_t i = 0; i < p.T * 12; i++)
+                if (p.logits[i] != p.logits[i]) p.logits[i] = 0.5f;
+        const char *what = score ? "hash, softmax" : "hash, no score";
+        for (int n = 1; n <= 3; n++)
+            for (int b = MOE_EP_ALL_TO_ALL; b <= MOE_EP_LOW_LATENCY; b++)
+                ASSERT_MSG(ep_check_cpu(env, &p, n, NULL, MOE_DTYPE_BF16, (moe_ep_backend)b, score, what),
+                           "%s, %d ranks, backend %d", what, n, b);
+        layer_problem_free(&p);
+    }
+    return TEST_OK;
+}
+
 /* FP8 on the wire: the routed experts see x rounded through FP8 1x128 (f32 scales) and back to bf16; the router
  * and the shared experts see the rank's own x. Without shared experts: the same bits as the layer on the rounded
  * x; with them (Qwen2-MoE): within bf16 rounding of the layer. */

@@ -47,6 +47,7 @@ static int ep_fields(const moe_ep_config *c, ep_field *f) {
     EP_FIELD("router.scaling_factor", f32_bits(r->scaling_factor));
     EP_FIELD("router.bias (set or not)", r->bias != NULL);
     EP_FIELD("router.weight_on_input", r->weight_on_input);
+    EP_FIELD("router.hash_vocab", r->hash_table ? r->hash_vocab : 0);
     EP_FIELD("activation", l->activation);
     EP_FIELD("act_alpha", f32_bits(l->act_alpha));
     EP_FIELD("act_limit", f32_bits(l->act_limit));
