@@ -66,16 +66,17 @@ static int ep_fields(const moe_ep_config *c, ep_field *f) {
 
 enum { EP_MAX_FIELDS = 32 };
 
-/* All-gathers a host array of n int64 through the comm (via the context's memory); waits. */
-static moe_status ep_allgather_host(moe_comm *comm, const int64_t *mine, int64_t n, int64_t *all, void *dev,
-                                    void *stream) {
+moe_status moe__ep_allgather_host(moe_comm *comm, const void *mine, int64_t bytes, void *all) {
     moe_ctx *ctx = comm->ctx;
-    if (ctx->backend == MOE_BACKEND_CPU) return comm->ops->allgather(comm, mine, n * 8, all, stream);
-    int64_t *d_mine = dev, *d_all = d_mine + n;
-    MOE_TRY(moe_memcpy(ctx, d_mine, mine, (size_t)n * 8, MOE_COPY_HOST_TO_CTX, stream));
-    MOE_TRY(comm->ops->allgather(comm, d_mine, n * 8, d_all, stream));
-    MOE_TRY(moe_memcpy(ctx, all, d_all, (size_t)n * 8 * comm->size, MOE_COPY_CTX_TO_HOST, stream));
-    return comm->ops->wait(comm, stream);
+    if (ctx->backend == MOE_BACKEND_CPU) return comm->ops->allgather(comm, mine, bytes, all, NULL);
+    char *dev = NULL;
+    moe_status s = moe_alloc(ctx, (size_t)(bytes * (comm->size + 1)), (void **)&dev);
+    if (s == MOE_OK) s = moe_memcpy(ctx, dev, mine, (size_t)bytes, MOE_COPY_HOST_TO_CTX, NULL);
+    if (s == MOE_OK) s = comm->ops->allgather(comm, dev, bytes, dev + bytes, NULL);
+    if (s == MOE_OK) s = moe_memcpy(ctx, all, dev + bytes, (size_t)(bytes * comm->size), MOE_COPY_CTX_TO_HOST, NULL);
+    if (s == MOE_OK) s = comm->ops->wait(comm, NULL);
+    moe_free(ctx, dev);
+    return s;
 }
 
 static moe_status ep_check_same(moe_ep *ep) {
@@ -86,7 +87,7 @@ static moe_status ep_check_same(moe_ep *ep) {
     if (!all) return moe__error(comm->ctx, MOE_ERR_OOM, "moe_ep_create: out of host memory");
     for (int i = 0; i < n; i++) mine[i] = f[i].value;
     for (int i = n; i < EP_MAX_FIELDS; i++) mine[i] = 0;
-    moe_status s = ep_allgather_host(comm, mine, EP_MAX_FIELDS, all, ep->hdr_send, NULL);
+    moe_status s = moe__ep_allgather_host(comm, mine, EP_MAX_FIELDS * 8, all);
     for (int p = 0; p < comm->size && s == MOE_OK; p++)
         for (int i = 0; i < n; i++)
             if (all[p * EP_MAX_FIELDS + i] != mine[i]) {
@@ -145,8 +146,8 @@ static size_t ep_layout(moe_ep *ep, char *base) {
     EP_BUF(ret_slot_row, NM * k * 4);
     EP_BUF(y_ret, NM * k * H * ep->ybytes);
     EP_BUF(y_home, (ll ? NM : M) * k * H * ep->ybytes);
-    EP_BUF(hdr_send, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
-    EP_BUF(hdr_recv, (2 * N + 3 + EP_MAX_FIELDS) * (N + 1) * 8);
+    EP_BUF(hdr_send, (2 * N + 3) * 8);
+    EP_BUF(hdr_recv, (2 * N + 3) * N * 8);
     EP_BUF(p2p_flags, ll ? (3 * N + 1) * 8 : 0);
     EP_BUF(p2p_ptrs, ll ? 3 * N * 8 : 0);
     EP_BUF(log2phy, (int64_t)ep->c.layer.router.n_experts * ep->X * 4);
@@ -191,7 +192,7 @@ static moe_status ep_p2p_init(moe_ep *ep) {
     int64_t mine[3], *all = malloc(sizeof(int64_t) * 3 * (size_t)N);
     if (!all) return moe__error(ctx, MOE_ERR_OOM, "moe_ep_create: out of host memory");
     mine[0] = ctx->cuda.device, mine[1] = 1;
-    moe_status s = ep_allgather_host(comm, mine, 1, all, ep->hdr_send, NULL);
+    moe_status s = moe__ep_allgather_host(comm, mine, 8, all);
     for (int d = 0; d < N && s == MOE_OK; d++) {
         int ok = 0;
         s = moe__cuda_p2p_enable(ctx, (int)all[d], &ok);
@@ -199,7 +200,7 @@ static moe_status ep_p2p_init(moe_ep *ep) {
     }
     if (env && !strcmp(env, "0")) mine[1] = 0;
     mine[0] = mine[1];
-    if (s == MOE_OK) s = ep_allgather_host(comm, mine, 1, all, ep->hdr_send, NULL);
+    if (s == MOE_OK) s = moe__ep_allgather_host(comm, mine, 8, all);
     int every = s == MOE_OK;
     for (int d = 0; d < N && every; d++) every &= all[d] == 1;
     if (every) {
@@ -208,7 +209,7 @@ static moe_status ep_p2p_init(moe_ep *ep) {
         if (s == MOE_OK) s = moe_sync(ctx, NULL);
         mine[0] = (int64_t)(uintptr_t)ep->recv, mine[1] = (int64_t)(uintptr_t)ep->y_home;
         mine[2] = (int64_t)(uintptr_t)ep->p2p_flags;
-        if (s == MOE_OK) s = ep_allgather_host(comm, mine, 3, all, ep->hdr_send, NULL);
+        if (s == MOE_OK) s = moe__ep_allgather_host(comm, mine, 3 * 8, all);
         void **ptrs = malloc(sizeof(void *) * 3 * (size_t)N);
         if (!ptrs && s == MOE_OK) s = moe__error(ctx, MOE_ERR_OOM, "moe_ep_create: out of host memory");
         for (int d = 0; d < N && s == MOE_OK; d++)

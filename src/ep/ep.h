@@ -52,7 +52,7 @@ struct moe_ep {
     void *y_ret;                            /* (N M k, H) expert outputs to send back, in their order */
     void *y_home;                           /* (M k, H) expert outputs of this rank's tokens, by-rank order
                                              * (low latency: (N M k, H), a block of M k rows a rank) */
-    int64_t *hdr_send, *hdr_recv;           /* (N, 3): tokens, slots, T to each rank / from each rank */
+    int64_t *hdr_send, *hdr_recv;           /* the counts of a forward: (2N + 3) [T, tok_off, slot_off], (N, 2N + 3) */
     int64_t *host;                          /* host: hdr_send, hdr_recv (N, 3 each) and the byte plans */
     float *ag_part;                         /* allgather backend: (N Tmax, H) f32 partial sums */
     float *ag_sum;                          /* (M, H) f32 */
@@ -80,6 +80,10 @@ enum { EP_PHASE_START = -1, EP_PHASE_ROUTE, EP_PHASE_PACK, EP_PHASE_COUNTS, EP_P
        EP_PHASE_COMBINE, EP_PHASE_FINISH };
 /* Marks the end of `phase` on stream when profiling (EP_PHASE_START opens a forward). */
 void moe__ep_mark(moe_ep *ep, int phase, void *stream);
+
+/* All-gathers `bytes` host bytes of every rank into all (size x bytes, rank order), through the context's memory;
+ * waits. For setup and rebalancing, not for the forward. */
+moe_status moe__ep_allgather_host(moe_comm *comm, const void *mine, int64_t bytes, void *all);
 
 /* EPLB (ep_eplb.c): the tables of the placement in phy2log (host) to the device; the routed ids of T tokens
  * counted and mapped to slots (returns the ids the dispatch uses). */

@@ -91,31 +91,15 @@ static moe_status ep_slot_sums(moe_ep *ep, uint64_t *sums) {
     const ep_parts w = ep_weight_parts(ep);
     const int S = ep->S;
     uint64_t *mine = calloc((size_t)S, 8), *part = calloc((size_t)S, 8);
-    int64_t *all = malloc(sizeof(int64_t) * (size_t)ep->R);
     moe_comm *comm = ep->comm;
-    moe_status s = mine && part && all ? MOE_OK : moe__error(comm->ctx, MOE_ERR_OOM, "moe_ep_rebalance: out of host memory");
+    moe_status s = mine && part ? MOE_OK : moe__error(comm->ctx, MOE_ERR_OOM, "moe_ep_rebalance: out of host memory");
     for (int i = 0; i < 4 && s == MOE_OK; i++) {
         memset(part, 0, sizeof(uint64_t) * (size_t)S);
         s = moe__ep_checksum(ep, w.base[i], w.bytes[i], w.bytes[i], S, part);
         for (int j = 0; j < S; j++) mine[j] = mine[j] * 0x100000001b3ULL + part[j]; /* parts in order */
     }
-    if (s != MOE_OK) {
-        free(mine), free(part), free(all);
-        return s;
-    }
-    if (comm->ctx->backend == MOE_BACKEND_CPU) {
-        s = comm->ops->allgather(comm, mine, (int64_t)S * 8, all, NULL);
-    } else {
-        void *dev = NULL;
-        s = moe_alloc(comm->ctx, (size_t)(S + ep->R) * 8, &dev);
-        if (s == MOE_OK) s = moe_memcpy(comm->ctx, dev, mine, (size_t)S * 8, MOE_COPY_HOST_TO_CTX, NULL);
-        if (s == MOE_OK) s = comm->ops->allgather(comm, dev, (int64_t)S * 8, (char *)dev + S * 8, NULL);
-        if (s == MOE_OK) s = moe_memcpy(comm->ctx, all, (char *)dev + S * 8, (size_t)ep->R * 8, MOE_COPY_CTX_TO_HOST, NULL);
-        if (s == MOE_OK) s = comm->ops->wait(comm, NULL);
-        moe_free(comm->ctx, dev);
-    }
-    memcpy(sums, all, sizeof(uint64_t) * (size_t)ep->R);
-    free(mine), free(part), free(all);
+    if (s == MOE_OK) s = moe__ep_allgather_host(comm, mine, (int64_t)S * 8, sums);
+    free(mine), free(part);
     return s;
 }
 
@@ -143,17 +127,7 @@ static moe_status ep_global_load(moe_ep *ep, double *load, void *stream) {
     int64_t *mine = malloc(sizeof(int64_t) * (size_t)E), *all = malloc(sizeof(int64_t) * (size_t)E * (size_t)N);
     moe_status s = mine && all ? MOE_OK : moe__error(ctx, MOE_ERR_OOM, "moe_ep_rebalance: out of host memory");
     if (s == MOE_OK) s = moe_expert_stats_read(ctx, ep->stats, mine, NULL, stream);
-    if (s == MOE_OK && ctx->backend == MOE_BACKEND_CPU) {
-        s = comm->ops->allgather(comm, mine, (int64_t)E * 8, all, NULL);
-    } else if (s == MOE_OK) {
-        void *dev = NULL;
-        s = moe_alloc(ctx, (size_t)E * 8 * (size_t)(N + 1), &dev);
-        if (s == MOE_OK) s = moe_memcpy(ctx, dev, mine, (size_t)E * 8, MOE_COPY_HOST_TO_CTX, NULL);
-        if (s == MOE_OK) s = comm->ops->allgather(comm, dev, (int64_t)E * 8, (char *)dev + E * 8, NULL);
-        if (s == MOE_OK) s = moe_memcpy(ctx, all, (char *)dev + E * 8, (size_t)E * 8 * N, MOE_COPY_CTX_TO_HOST, NULL);
-        if (s == MOE_OK) s = comm->ops->wait(comm, NULL);
-        moe_free(ctx, dev);
-    }
+    if (s == MOE_OK) s = moe__ep_allgather_host(comm, mine, (int64_t)E * 8, all);
     for (int e = 0; e < E && s == MOE_OK; e++) {
         int64_t sum = 0;
         for (int r = 0; r < N; r++) sum += all[(int64_t)r * E + e];

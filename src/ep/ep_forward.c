@@ -120,6 +120,52 @@ static moe_status ep_route_plan(moe_ep *ep, const moe_layer_io *io, const int32_
     return MOE_OK;
 }
 
+/* GPU: the shared experts of this rank's tokens forked onto the layer's side stream, beside the routed work, their
+ * kernels chosen for the step's plan_tokens (the CPU computes them in the combine). A failed fork is joined. */
+static moe_status ep_shared_fork(moe_ep *ep, const moe_layer_io *io, int64_t plan_tokens, void *stream) {
+#ifdef MOE_WITH_CUDA
+    const int64_t T = io->x->shape[0];
+    if (ep->comm->ctx->backend == MOE_BACKEND_CUDA && ep->c.layer.n_shared && T > 0) {
+        const moe_status ss = moe__cuda_layer_shared(ep->layer, io->x->data, T, plan_tokens, &ep->ls, ep->scratch,
+                                                     stream);
+        if (ss != MOE_OK) moe__cuda_layer_join(ep->layer, stream);
+        return ss;
+    }
+#endif
+    (void)ep, (void)io, (void)plan_tokens, (void)stream;
+    return MOE_OK;
+}
+
+/* Joins what ep_shared_fork forked, always; returns s, or the join's failure when s was MOE_OK. */
+static moe_status ep_shared_join(moe_ep *ep, const moe_layer_io *io, moe_status s, void *stream) {
+#ifdef MOE_WITH_CUDA
+    if (ep->comm->ctx->backend == MOE_BACKEND_CUDA && ep->c.layer.n_shared && io->x->shape[0] > 0) {
+        const moe_status js = moe__cuda_layer_join(ep->layer, stream);
+        if (s == MOE_OK) s = js;
+    }
+#endif
+    (void)ep, (void)io, (void)stream;
+    return s;
+}
+
+/* out = the layer's own combine over the rows in y_home (slot_row: each (token, slot)'s row there) plus the shared
+ * experts: the single-device layer's bits. */
+static moe_status ep_combine(moe_ep *ep, const moe_layer_io *io, const int32_t *slot_row, void *stream) {
+    const moe_layer_config *c = &ep->c.layer;
+    const moe_layer_scratch *ls = &ep->ls;
+    const int64_t T = io->x->shape[0];
+    const float *wts = (const float *)(ep->scratch + ls->weights);
+#ifdef MOE_WITH_CUDA
+    if (ep->comm->ctx->backend == MOE_BACKEND_CUDA)
+        return moe__cuda_layer_combine(ep->layer, ep->y_home, slot_row, wts, T,
+                                       c->n_shared ? ep->scratch + ls->shared_y : NULL,
+                                       c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
+                                       io->out->data, stream);
+#endif
+    (void)c, (void)stream;
+    return moe__cpu_layer_combine(ep->layer, io->x->data, T, ep->y_home, slot_row, wts, io->out->data);
+}
+
 static moe_status ep_experts(moe_ep *ep, const ep_plan *p, void *stream);
 static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
 static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, void *stream);
@@ -158,7 +204,6 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     if (ep->c.backend == MOE_EP_ALLGATHER) return ep_allgather_forward(ep, io, stream);
     if (ep->c.backend == MOE_EP_LOW_LATENCY) return ep_low_latency_forward(ep, io, stream);
 
-    moe_layer *l = ep->layer;
     const moe_layer_scratch *ls = &ep->ls;
     float *wts = (float *)(ep->scratch + ls->weights);
     moe__ep_mark(ep, EP_PHASE_START, stream);
@@ -183,16 +228,7 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
     moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
 
     /* shared experts of our tokens beside the routed work (GPU: side stream), chosen from the step's tokens */
-#ifdef MOE_WITH_CUDA
-    const int gpu = ctx->backend == MOE_BACKEND_CUDA;
-    if (gpu && c->n_shared && T > 0) {
-        const moe_status ss = moe__cuda_layer_shared(l, io->x->data, T, p.T_total, ls, ep->scratch, stream);
-        if (ss != MOE_OK) {
-            moe__cuda_layer_join(l, stream);
-            return ss;
-        }
-    }
-#endif
+    MOE_TRY(ep_shared_fork(ep, io, p.T_total, stream));
     moe_status s = ep_experts(ep, &p, stream);
     moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
 
@@ -204,20 +240,8 @@ moe_status moe_ep_forward(moe_ep *ep, const moe_layer_io *io, void *stream) {
                                      p.recv_off, stream);
     }
     moe__ep_mark(ep, EP_PHASE_COMBINE, stream);
-#ifdef MOE_WITH_CUDA
-    if (gpu && c->n_shared && T > 0) {
-        const moe_status js = moe__cuda_layer_join(l, stream);
-        if (s == MOE_OK) s = js;
-    }
-    if (gpu && s == MOE_OK && T > 0)
-        s = moe__cuda_layer_combine(l, ep->y_home, ep->slot_row, wts, T, c->n_shared ? ep->scratch + ls->shared_y : NULL,
-                                    c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
-                                    io->out->data, stream);
-    if (!gpu && s == MOE_OK && T > 0)
-#else
-    if (s == MOE_OK && T > 0)
-#endif
-        s = moe__cpu_layer_combine(l, io->x->data, T, ep->y_home, ep->slot_row, wts, io->out->data);
+    s = ep_shared_join(ep, io, s, stream);
+    if (s == MOE_OK && T > 0) s = ep_combine(ep, io, ep->slot_row, stream);
     moe__ep_mark(ep, EP_PHASE_FINISH, stream);
     return s;
 }
@@ -292,28 +316,14 @@ static moe_status ep_allgather_forward(moe_ep *ep, const moe_layer_io *io, void 
     p.n_recv = N * Tm;
     ep->last.dispatch_bytes = Tm * R * (N - 1), ep->last.tokens_in = p.n_recv;
     ep->last.combine_bytes = (N - 1) * Tm * H * 4;
-#ifdef MOE_WITH_CUDA
-    const int gpu = ctx->backend == MOE_BACKEND_CUDA;
-    if (gpu && c->n_shared && T > 0) {
-        const moe_status ss = moe__cuda_layer_shared(l, io->x->data, T, p.T_total, ls, ep->scratch, stream);
-        if (ss != MOE_OK) {
-            moe__cuda_layer_join(l, stream);
-            return ss;
-        }
-    }
-#endif
+    MOE_TRY(ep_shared_fork(ep, io, p.T_total, stream));
     /* partial sums of our experts' rows, a row per gathered token (zero when none of its slots is ours) */
     moe_status s = ep_experts(ep, &p, stream);
     moe__ep_mark(ep, EP_PHASE_EXPERTS, stream);
     if (s == MOE_OK) s = moe__ep_partial(ep, ep->y_ret, ep->ret_slot_row, ep->recv_w, p.n_recv, ep->ag_part, stream);
     if (s == MOE_OK) s = comm->ops->reduce_scatter_f32(comm, ep->ag_part, p.n_recv * H, ep->ag_sum, stream);
     moe__ep_mark(ep, EP_PHASE_COMBINE, stream);
-#ifdef MOE_WITH_CUDA
-    if (gpu && c->n_shared && T > 0) {
-        const moe_status js = moe__cuda_layer_join(l, stream);
-        if (s == MOE_OK) s = js;
-    }
-#endif
+    s = ep_shared_join(ep, io, s, stream);
     if (s == MOE_OK && T > 0) s = moe__ep_finish(ep, io->x->data, ep->ag_sum, T, ls, io->out->data, stream);
     moe__ep_mark(ep, EP_PHASE_FINISH, stream);
     return s;
@@ -370,17 +380,11 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
         MOE_TRY(comm->ops->alltoallv(comm, ep->send, bytes, off, ep->recv, bytes, off, stream));
         moe__ep_mark(ep, EP_PHASE_DISPATCH, stream);
     }
+    MOE_TRY(ep_shared_fork(ep, io, NM, stream));
+    /* experts on the N M records; each row of ours into its source's block */
 #ifdef MOE_WITH_CUDA
     const int gpu = ctx->backend == MOE_BACKEND_CUDA;
-    if (gpu && c->n_shared && T > 0) {
-        const moe_status ss = moe__cuda_layer_shared(l, io->x->data, T, NM, ls, ep->scratch, stream);
-        if (ss != MOE_OK) {
-            moe__cuda_layer_join(l, stream);
-            return ss;
-        }
-    }
 #endif
-    /* experts on the N M records; each row of ours into its source's block */
     moe_status s = MOE_OK;
     void *x = ep->recv_x;
     if (ep->c.wire == MOE_DTYPE_E4M3) {
@@ -428,21 +432,8 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
     }
     moe__ep_mark(ep, EP_PHASE_COMBINE, stream);
     if (s == MOE_OK && T > 0) s = moe__ep_remap(ep, ep->slot_row, ep->dst, ep->slot_off, T * k, M * k, ep->ll_slot_row, stream);
-#ifdef MOE_WITH_CUDA
-    if (gpu && c->n_shared && T > 0) {
-        const moe_status js = moe__cuda_layer_join(l, stream);
-        if (s == MOE_OK) s = js;
-    }
-    if (gpu && s == MOE_OK && T > 0)
-        s = moe__cuda_layer_combine(l, ep->y_home, ep->ll_slot_row, wts, T,
-                                    c->n_shared ? ep->scratch + ls->shared_y : NULL,
-                                    c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
-                                    io->out->data, stream);
-    if (!gpu && s == MOE_OK && T > 0)
-#else
-    if (s == MOE_OK && T > 0)
-#endif
-        s = moe__cpu_layer_combine(l, io->x->data, T, ep->y_home, ep->ll_slot_row, wts, io->out->data);
+    s = ep_shared_join(ep, io, s, stream);
+    if (s == MOE_OK && T > 0) s = ep_combine(ep, io, ep->ll_slot_row, stream);
     moe__ep_mark(ep, EP_PHASE_FINISH, stream);
     (void)me;
     return s;
