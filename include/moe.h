@@ -504,6 +504,11 @@ typedef struct moe_layer_config {
     int n_shared;             /* shared experts: dense FFNs run on every token and added to the output */
     int shared_intermediate;  /* their width */
     int shared_gate;          /* Qwen2-MoE: the shared output is scaled by sigmoid(x . shared_gate) */
+    /* The routed experts' w13 and w2 stored quantised (docs/layer.md §5); kind MOE_QFORMAT_INVALID (zero) keeps
+     * them in dtype. FP8_ROW, FP8_1X128, FP8_128X128 (E4M3; f32 or E8M0 scales; DeepSeek-V3), MXFP8 (E4M3),
+     * MXFP4 (gpt-oss) or NVFP4 (a global scale per expert matrix, in expert_format.global's convention), with
+     * linear scales. Each weight is elem * scale; x, the activations and the shared experts stay in dtype. */
+    moe_qformat expert_format;
 } moe_layer_config;
 
 /* The layer of a known model (the router presets' names: "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", ...):
@@ -522,6 +527,11 @@ typedef struct moe_layer_weights {
     const void *shared_w13;   /* (S, 2Is, H) */
     const void *shared_w2;    /* (S, H, Is) */
     const float *shared_gate; /* (H) when config.shared_gate */
+    /* config.expert_format only: w13 and w2 hold the quantised elements of (E, 2I, H) and (E, H, I) (E2M1 two a
+     * byte), these their block scales as moe_quantize writes them for that shape (E matrices, linear), and for
+     * NVFP4 one global scale per expert matrix (a checkpoint's per-expert weight_scale_2). */
+    const void *w13_scale, *w2_scale;
+    const float *w13_global, *w2_global; /* (E) NVFP4 only */
 } moe_layer_weights;
 
 typedef struct moe_layer moe_layer;

@@ -149,6 +149,75 @@ void layer_problem_free(layer_problem *p) {
     memset(p, 0, sizeof *p);
 }
 
+int layer_problem_quantize(moe_ctx *cpu, const layer_problem *p, const moe_qformat *f, layer_qweights *q,
+                           float *deq[2]) {
+    memset(q, 0, sizeof *q);
+    q->f = *f;
+    const int64_t E = p->c.router.n_experts, H = p->c.hidden, I = p->c.intermediate;
+    const int64_t rows[2] = {2 * I, H}, cols[2] = {H, I};
+    const float *src[2] = {p->w13, p->w2};
+    float *dq[2] = {NULL, NULL};
+    int bad = 0;
+    for (int m = 0; m < 2 && !bad; m++) {
+        moe_qsizes qs;
+        const int64_t shape[2] = {rows[m], cols[m]};
+        if (moe_qtensor_sizes(cpu, f, 2, shape, &qs) != MOE_OK) {
+            bad = 1;
+            break;
+        }
+        q->data_bytes[m] = qs.data_bytes * (size_t)E, q->scale_bytes[m] = qs.scale_bytes * (size_t)E;
+        q->data[m] = calloc(1, q->data_bytes[m] + 16), q->scale[m] = calloc(1, q->scale_bytes[m] + 16);
+        q->global[m] = f->kind == MOE_QFORMAT_NVFP4 ? calloc((size_t)E + 1, sizeof(float)) : NULL;
+        dq[m] = malloc(sizeof(float) * (size_t)(E * rows[m] * cols[m] + 1));
+        for (int64_t e = 0; e < E && !bad; e++) { /* expert e as a matrix of its own */
+            moe_qtensor qt = {*f, 2, {rows[m], cols[m]}, (char *)q->data[m] + (size_t)e * qs.data_bytes,
+                              (char *)q->scale[m] + (size_t)e * qs.scale_bytes, q->global[m] ? q->global[m] + e : NULL};
+            moe_tensor x = moe_tensor_2d((void *)(src[m] + e * rows[m] * cols[m]), MOE_DTYPE_F32, rows[m], cols[m]);
+            moe_tensor y = moe_tensor_2d(dq[m] + e * rows[m] * cols[m], MOE_DTYPE_F32, rows[m], cols[m]);
+            bad |= moe_quantize(cpu, &x, &qt, NULL) != MOE_OK || moe_dequantize(cpu, &qt, &y, NULL) != MOE_OK;
+        }
+    }
+    if (bad) fprintf(stderr, "  quantising the experts as %s: %s\n", moe_qformat_kind_name(f->kind), moe_last_error(cpu));
+    for (int m = 0; m < 2; m++) {
+        if (deq && !bad) deq[m] = dq[m];
+        else free(dq[m]);
+    }
+    if (bad) layer_qweights_free(q);
+    return bad ? -1 : 0;
+}
+
+int layer_weight_formats(moe_qformat *f, const char **names) {
+    static const struct {
+        const char *name;
+        moe_qformat_kind kind;
+        moe_scale_rule rule;
+        moe_dtype scale;
+        moe_nvfp4_global global;
+    } list[] = {
+        {"fp8_row", MOE_QFORMAT_FP8_ROW, MOE_SCALE_DEFAULT, MOE_DTYPE_F32, MOE_NVFP4_GLOBAL_UNSET},
+        {"fp8_128x128", MOE_QFORMAT_FP8_128X128, MOE_SCALE_DEFAULT, MOE_DTYPE_F32, MOE_NVFP4_GLOBAL_UNSET},
+        {"fp8_128x128 ue8m0", MOE_QFORMAT_FP8_128X128, MOE_SCALE_UE8M0_RCEIL, MOE_DTYPE_E8M0, MOE_NVFP4_GLOBAL_UNSET},
+        {"fp8_1x128", MOE_QFORMAT_FP8_1X128, MOE_SCALE_DEFAULT, MOE_DTYPE_F32, MOE_NVFP4_GLOBAL_UNSET},
+        {"mxfp8", MOE_QFORMAT_MXFP8, MOE_SCALE_DEFAULT, MOE_DTYPE_E8M0, MOE_NVFP4_GLOBAL_UNSET},
+        {"mxfp4", MOE_QFORMAT_MXFP4, MOE_SCALE_DEFAULT, MOE_DTYPE_E8M0, MOE_NVFP4_GLOBAL_UNSET},
+        {"nvfp4 decode global", MOE_QFORMAT_NVFP4, MOE_SCALE_DEFAULT, MOE_DTYPE_E4M3, MOE_NVFP4_GLOBAL_DECODE},
+        {"nvfp4 encode global", MOE_QFORMAT_NVFP4, MOE_SCALE_DEFAULT, MOE_DTYPE_E4M3, MOE_NVFP4_GLOBAL_ENCODE},
+    };
+    const int n = (int)(sizeof list / sizeof list[0]);
+    for (int i = 0; i < n && f; i++) {
+        f[i] = moe_qformat_preset(list[i].kind);
+        if (list[i].rule != MOE_SCALE_DEFAULT) f[i].rule = list[i].rule;
+        f[i].scale_dtype = list[i].scale, f[i].global = list[i].global;
+        if (names) names[i] = list[i].name;
+    }
+    return n;
+}
+
+void layer_qweights_free(layer_qweights *q) {
+    for (int m = 0; m < 2; m++) free(q->data[m]), free(q->scale[m]), free(q->global[m]);
+    memset(q, 0, sizeof *q);
+}
+
 /* n f32 values into ctx memory as dtype (NULL stays NULL). */
 void *layer_upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype) {
     if (!v) return NULL;
@@ -176,11 +245,22 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     void *tok = p->token_ids && T ? test_upload(ctx, p->token_ids, sizeof(int32_t) * (size_t)T) : NULL;
     cc.router.hash_table = table;
     moe_layer_weights w = {0};
-    void *bufs[16] = {0};
+    void *bufs[24] = {0};
     int nb = 0;
 #define UP(dst, src, n, dt) (bufs[nb++] = layer_upload_as(ctx, (src), (n), (dt)), (dst) = bufs[nb - 1])
-    UP(w.w13, p->w13, E * 2 * I * H, dtype);
-    UP(w.w2, p->w2, E * H * I, dtype);
+    if (p->qw) { /* the quantised experts as they are */
+        cc.expert_format = p->qw->f;
+        void **dst[2][3] = {{(void **)&w.w13, (void **)&w.w13_scale, (void **)&w.w13_global},
+                            {(void **)&w.w2, (void **)&w.w2_scale, (void **)&w.w2_global}};
+        for (int m = 0; m < 2; m++) {
+            *dst[m][0] = bufs[nb++] = test_upload(ctx, p->qw->data[m], p->qw->data_bytes[m]);
+            *dst[m][1] = bufs[nb++] = test_upload(ctx, p->qw->scale[m], p->qw->scale_bytes[m]);
+            if (p->qw->global[m]) *dst[m][2] = bufs[nb++] = test_upload(ctx, p->qw->global[m], sizeof(float) * (size_t)E);
+        }
+    } else {
+        UP(w.w13, p->w13, E * 2 * I * H, dtype);
+        UP(w.w2, p->w2, E * H * I, dtype);
+    }
     UP(w.b13, p->b13, E * 2 * I, F);
     UP(w.b2, p->b2, E * H, F);
     UP(w.gate, use_logits ? NULL : p->gate, E * H, F);

@@ -6,6 +6,15 @@
 
 #include "test.h"
 
+/* A problem's routed expert weights quantised on the host (layer_problem_quantize): the buffers of
+ * moe_layer_weights' w13/w2, w13_scale/w2_scale and, for NVFP4, one global scale per expert. */
+typedef struct layer_qweights {
+    moe_qformat f;
+    void *data[2], *scale[2];     /* w13, w2 */
+    float *global[2];             /* (E) NVFP4, else NULL */
+    size_t data_bytes[2], scale_bytes[2];
+} layer_qweights;
+
 typedef struct layer_problem {
     moe_layer_config c;     /* pointers inside (router.bias) are host pointers, replaced on upload */
     int64_t T;
@@ -20,6 +29,7 @@ typedef struct layer_problem {
     float *want;            /* (T, H) golden output, or NULL */
     int32_t *hash_table;    /* hash routing: (c.router.hash_vocab, k) distinct experts a row, or NULL */
     int32_t *token_ids;     /* hash routing: (T) in [0, hash_vocab), or NULL */
+    const layer_qweights *qw; /* the routed experts quantised (layer_run uploads these instead of w13, w2), or NULL */
 } layer_problem;
 
 /* Golden case `name` of layer.moeg; 0 on success. */
@@ -39,6 +49,18 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
 /* Runs every case of layer.moeg on ctx in dtype and compares with the HF output; returns the number of cases
  * beyond tol (relative L2), or -1 when the file cannot be read. */
 int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logits, double tol);
+
+/* Quantises p's w13 and w2 (each expert a matrix of its own, so NVFP4 gets a global scale per expert) in format f
+ * on the CPU context; 0 on success. deq (optional) receives the f32 values the quantised w13 and w2 stand for
+ * (moe_dequantize's; the caller frees them). */
+int layer_problem_quantize(moe_ctx *cpu, const layer_problem *p, const moe_qformat *f, layer_qweights *q,
+                           float *deq[2]);
+void layer_qweights_free(layer_qweights *q);
+/* The expert weight formats the layer takes, as real checkpoints ship them (FP8 per row, 128x128 with f32 or E8M0
+ * scales, 1x128, MXFP8, MXFP4, NVFP4 with either global convention): fills f[] and names[] (either may be NULL)
+ * and returns how many (LAYER_WEIGHT_FORMATS). */
+#define LAYER_WEIGHT_FORMATS 8
+int layer_weight_formats(moe_qformat *f, const char **names);
 
 /* A device copy of n host floats in dtype (f32, or bf16 rounded); NULL for NULL. */
 void *layer_upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype);

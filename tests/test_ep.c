@@ -331,7 +331,7 @@ TEST_IMPL(ep_errors) {
     moe_comm *c5[5];
     ASSERT(moe_comm_create_local(five, 5, c5) == MOE_OK);
     moe_ep_config ec = {c, MOE_EP_ALL_TO_ALL, 0, 16, 0};
-    moe_layer_weights w = {p.w13, p.w2, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    moe_layer_weights w = {.w13 = p.w13, .w2 = p.w2};
     moe_ep *ep = NULL;
     ASSERT(moe_ep_create(c5[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
     ASSERT(strstr(moe_last_error(ctxs[0]), "do not split evenly"));

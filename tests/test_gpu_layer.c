@@ -152,7 +152,7 @@ TEST_IMPL(gpu_layer_errors) {
     void *w13 = NULL, *w2 = NULL;
     ASSERT_OK(ctx, moe_alloc(ctx, 8 * 32 * 16 * 2, &w13));
     ASSERT_OK(ctx, moe_alloc(ctx, 8 * 16 * 16 * 2, &w2));
-    moe_layer_weights w = {w13, w2, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    moe_layer_weights w = {.w13 = w13, .w2 = w2};
     moe_layer *l = NULL;
     ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "multiples of 8", moe_layer_create(ctx, &c, &w, &l));
     c.hidden = 16, c.dtype = MOE_DTYPE_F32;

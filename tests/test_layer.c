@@ -59,7 +59,7 @@ TEST_IMPL(layer_errors) {
     c.hidden = 8, c.intermediate = 8, c.activation = MOE_ACT_SILU_GLU, c.dtype = MOE_DTYPE_F32;
     c.router.kind = MOE_ROUTER_TOPK, c.router.score = MOE_SCORE_SOFTMAX, c.router.n_experts = 2, c.router.top_k = 1;
     c.router.scaling_factor = 1.0f;
-    moe_layer_weights w = {w13, w2, NULL, NULL, gate, NULL, NULL, NULL, NULL};
+    moe_layer_weights w = {.w13 = w13, .w2 = w2, .gate = gate};
     moe_layer *l = NULL;
     moe_layer_config b = c;
     b.activation = (moe_activation)9;

@@ -24,6 +24,8 @@
     X(layer_golden)               \
     X(layer_skipped_slots)        \
     X(layer_errors)               \
+    X(layer_quant_cpu)            \
+    X(layer_quant_errors)         \
     X(ep_cpu_exact)               \
     X(ep_cpu_skewed)              \
     X(ep_cpu_fp8_wire)            \

@@ -87,8 +87,8 @@ static void *rank_setup(void *arg) {
         /* bf16 0x3C3C = 0.0115 for the matrices; f32 biases 0x3C3C3C3C = 0.0115 too */
         RANK_TRY(r, moe_memset(r->ctx, r->w[i], i == 6 ? 0 : 0x3C, sizes[i], NULL));
     }
-    moe_layer_weights w = {r->w[0], r->w[1], NULL, NULL, NULL, NULL, S ? r->w[2] : NULL, S ? r->w[3] : NULL,
-                           c->shared_gate ? r->w[7] : NULL};
+    moe_layer_weights w = {.w13 = r->w[0], .w2 = r->w[1], .shared_w13 = S ? r->w[2] : NULL,
+                           .shared_w2 = S ? r->w[3] : NULL, .shared_gate = c->shared_gate ? r->w[7] : NULL};
     if (c->activation == MOE_ACT_GPTOSS_GLU) w.b13 = r->w[4], w.b2 = r->w[5];
     r->ec.layer.router.bias = c->router.bias ? r->w[6] : NULL;
     RANK_TRY(r, moe_ep_create(r->comm, &r->ec, &w, &r->ep));

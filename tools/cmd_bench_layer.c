@@ -4,8 +4,8 @@
  * On a GPU each timing is a CUDA-graph replay of back-to-back forwards that alternate between two copies of the
  * weights, so a step never finds the previous step's experts in L2 (the peers in docs/performance.md are measured
  * the same way). The limit is max(bytes / read bandwidth, FLOPs / bf16 tensor rate) with the ceilings measured
- * in docs/performance.md for the device; bytes count the touched experts' weights (found by a counted forward
- * before the timing), the shared experts, the gate and x and out. */
+ * in docs/performance.md for the device; bytes count the touched experts' weights as stored (quantised: codes and
+ * scales; found by a counted forward before the timing), the shared experts, the gate and x and out. */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -15,12 +15,13 @@
 
 static const char usage[] =
     "usage: moe bench layer [options]\n"
-    "Times one MoE layer forward (bf16 weights and activations, random weights at the model's shapes).\n"
+    "Times one MoE layer forward (random weights at the model's shapes, bf16 activations).\n"
     "  --model LIST    layer presets, comma separated: qwen3-30b-a3b, qwen3-235b-a22b, deepseek-v3, deepseek-v2,\n"
     "                  mixtral-8x7b, gpt-oss-20b, gpt-oss-120b, olmoe, qwen2-moe, llama4-scout, llama4-maverick\n"
     "                  (default qwen3-30b-a3b,deepseek-v3,mixtral-8x7b on a GPU, qwen3-30b-a3b on the CPU)\n"
     "  --tokens LIST   token counts (default 1,16,128,1024,8192 on a GPU, 1,16 on the CPU)\n"
-    "  --dtype T       bf16 (the only one so far)\n"
+    "  --dtype T       the routed experts' weights: bf16 (default), fp8 (E4M3, 128x128 blocks, f32 scales:\n"
+    "                  DeepSeek-V3), fp8-row, mxfp8, mxfp4 (gpt-oss), nvfp4; activations stay bf16\n"
     "  --reps N        forwards per timing (default: about 30 ms of work on a GPU, 1 on the CPU)\n"
     "  --json FILE     also write the results as JSON\n"
     "  --backend B     auto (default), cpu, cuda\n";
@@ -34,8 +35,58 @@ static void device_ceilings(const char *device, double *read_gbps, double *tflop
 
 typedef struct layer_copy {
     void *w13, *w2, *b13, *b2, *gate, *gate_bias, *bias, *sw13, *sw2, *sgate;
+    void *scale[2], *global[2]; /* quantised experts: w13's and w2's scales and NVFP4 globals */
     moe_layer *layer;
 } layer_copy;
+
+/* --dtype: the experts' storage (kind 0: bf16). */
+static int expert_format_from_name(const char *name, moe_qformat *f) {
+    static const struct {
+        const char *name;
+        moe_qformat_kind kind;
+    } list[] = {{"bf16", MOE_QFORMAT_INVALID}, {"fp8", MOE_QFORMAT_FP8_128X128}, {"fp8-row", MOE_QFORMAT_FP8_ROW},
+                {"mxfp8", MOE_QFORMAT_MXFP8},  {"mxfp4", MOE_QFORMAT_MXFP4},       {"nvfp4", MOE_QFORMAT_NVFP4}};
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
+        if (!strcmp(name, list[i].name)) {
+            memset(f, 0, sizeof *f);
+            if (list[i].kind) *f = moe_qformat_preset(list[i].kind);
+            f->global = list[i].kind == MOE_QFORMAT_NVFP4 ? MOE_NVFP4_GLOBAL_DECODE : MOE_NVFP4_GLOBAL_UNSET;
+            return 0;
+        }
+    return -1;
+}
+
+/* Bytes of one expert's w13 (which 0) or w2 (1) as stored, scales included. */
+static double expert_matrix_bytes(const moe_layer_config *c, int which) {
+    const int64_t shape[2] = {which ? c->hidden : 2 * (int64_t)c->intermediate, which ? c->intermediate : c->hidden};
+    if (!c->expert_format.kind) return 2.0 * (double)(shape[0] * shape[1]);
+    moe_qsizes qs;
+    if (moe_qtensor_sizes(NULL, &c->expert_format, 2, shape, &qs) != MOE_OK) return 0;
+    return (double)(qs.data_bytes + qs.scale_bytes + qs.global_scale_bytes);
+}
+
+/* Replaces the bf16 w13 (which 0) or w2 (1) of a copy by its quantisation in c->expert_format, on the device:
+ * the E experts as E matrices, each with an NVFP4 global of its own. */
+static moe_status quantize_experts(moe_ctx *ctx, const moe_layer_config *c, layer_copy *w, int which) {
+    const int64_t E = c->router.n_experts, rows = which ? c->hidden : 2 * (int64_t)c->intermediate,
+                  cols = which ? c->intermediate : c->hidden, shape[2] = {rows, cols};
+    moe_qsizes qs;
+    void **bf = which ? &w->w2 : &w->w13, *data = NULL;
+    moe_status s = moe_qtensor_sizes(ctx, &c->expert_format, 2, shape, &qs);
+    if (s == MOE_OK) s = moe_alloc(ctx, qs.data_bytes * (size_t)E, &data);
+    if (s == MOE_OK) s = moe_alloc(ctx, qs.scale_bytes * (size_t)E, &w->scale[which]);
+    if (s == MOE_OK && qs.global_scale_bytes) s = moe_alloc(ctx, sizeof(float) * (size_t)E, &w->global[which]);
+    for (int64_t e = 0; e < E && s == MOE_OK; e++) {
+        moe_tensor x = moe_tensor_2d((char *)*bf + (size_t)(e * rows * cols) * 2, MOE_DTYPE_BF16, rows, cols);
+        moe_qtensor q = {c->expert_format, 2, {rows, cols}, (char *)data + (size_t)e * qs.data_bytes,
+                         (char *)w->scale[which] + (size_t)e * qs.scale_bytes,
+                         w->global[which] ? (float *)w->global[which] + e : NULL};
+        s = moe_quantize(ctx, &x, &q, NULL);
+    }
+    moe_free(ctx, *bf);
+    *bf = data;
+    return s;
+}
 
 /* Fills n bytes of ctx memory from a device pool of random bf16 values, shifting the source each chunk so that
  * experts differ. */
@@ -79,6 +130,7 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
     if (s == MOE_OK) s = alloc_fill(ctx, &w->w2, E * H * I * 2, pool, pool_bytes);
     if (s == MOE_OK) s = alloc_fill(ctx, &w->sw13, S * 2 * Is * H * 2, pool, pool_bytes);
     if (s == MOE_OK) s = alloc_fill(ctx, &w->sw2, S * H * Is * 2, pool, pool_bytes);
+    for (int m = 0; m < 2 && s == MOE_OK && c->expert_format.kind; m++) s = quantize_experts(ctx, c, w, m);
     if (s != MOE_OK) return s;
     w->gate = host_f32_to_ctx(ctx, (int64_t)(E * H), 1.0 / sqrt((double)H), seed);
     if (c->activation == MOE_ACT_GPTOSS_GLU) {
@@ -91,13 +143,16 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
     if (c->shared_gate) w->sgate = host_f32_to_ctx(ctx, (int64_t)H, 1.0 / sqrt((double)H), seed + 5);
     moe_layer_config cc = *c;
     cc.router.bias = w->bias;
-    const moe_layer_weights lw = {w->w13, w->w2, w->b13, w->b2, w->gate, w->gate_bias, w->sw13, w->sw2, w->sgate};
+    const moe_layer_weights lw = {w->w13,    w->w2,      w->b13,      w->b2,       w->gate,
+                                  w->gate_bias, w->sw13,  w->sw2,      w->sgate,    w->scale[0],
+                                  w->scale[1], w->global[0], w->global[1]};
     return moe_layer_create(ctx, &cc, &lw, &w->layer);
 }
 
 static void free_copy(moe_ctx *ctx, layer_copy *w) {
     moe_layer_destroy(w->layer);
-    void *all[] = {w->w13, w->w2, w->b13, w->b2, w->gate, w->gate_bias, w->bias, w->sw13, w->sw2, w->sgate};
+    void *all[] = {w->w13,  w->w2,   w->b13,      w->b2,       w->gate,     w->gate_bias, w->bias,
+                   w->sw13, w->sw2,  w->sgate,    w->scale[0], w->scale[1], w->global[0], w->global[1]};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) moe_free(ctx, all[i]);
     memset(w, 0, sizeof *w);
 }
@@ -143,19 +198,21 @@ static double time_forward(moe_ctx *ctx, step_args *a, int reps) {
 }
 
 /* One model at every token count; appends to results. */
-static int bench_model(moe_ctx *ctx, const char *model, const int64_t *tokens, int n_tok, int reps_opt,
-                       double read_gbps, double tflops, json_t *results) {
+static int bench_model(moe_ctx *ctx, const char *model, const moe_qformat *format, const int64_t *tokens, int n_tok,
+                       int reps_opt, double read_gbps, double tflops, json_t *results) {
     moe_layer_config c;
     if (moe_layer_preset(model, &c) != MOE_OK) {
         fprintf(stderr, "moe bench layer: unknown model %s\n", model);
         return CLI_USAGE;
     }
+    c.expert_format = *format;
+    const double expert_bytes = expert_matrix_bytes(&c, 0) + expert_matrix_bytes(&c, 1);
     const int gpu = moe_ctx_backend(ctx) == MOE_BACKEND_CUDA;
     const int64_t H = c.hidden, I = c.intermediate, E = c.router.n_experts, k = c.router.top_k, S = c.n_shared,
                   Is = c.shared_intermediate;
     int64_t T_max = 0;
     for (int i = 0; i < n_tok; i++) T_max = tokens[i] > T_max ? tokens[i] : T_max;
-    fprintf(stderr, "  %s: preparing weights (%.1f GB a copy)...\r", model, (double)(E * 3 * I * H * 2) / 1e9);
+    fprintf(stderr, "  %s: preparing weights (%.1f GB of experts a copy)...\r", model, (double)E * expert_bytes / 1e9);
 
     /* a pool of random bf16 weights at the scale 1/sqrt(H) */
     const int64_t pool_n = (int64_t)1 << 23;
@@ -223,7 +280,7 @@ static int bench_model(moe_ctx *ctx, const char *model, const int64_t *tokens, i
         const double us = time_forward(ctx, &a, reps);
         if (us < 0) goto fail;
         const double flops = 2.0 * T * (k * 3.0 * I * H + S * 3.0 * Is * H + (double)E * H);
-        const double bytes = 2.0 * (touched * 3.0 * I * H + S * 3.0 * Is * H) + 4.0 * E * H + 2.0 * 2 * T * H;
+        const double bytes = touched * expert_bytes + 2.0 * S * 3.0 * Is * H + 4.0 * E * H + 2.0 * 2 * T * H;
         const double limit = read_gbps > 0 ? fmax(bytes / (read_gbps * 1e3), flops / (tflops * 1e6)) : 0;
         printf("%-16s %6lld %4lld %10.1f %9.1f %8.0f %9.1f %7.1f\n", model, (long long)T, (long long)touched, us,
                flops / us / 1e6, bytes / us / 1e3, limit, limit > 0 ? 100.0 * limit / us : 0);
@@ -253,8 +310,9 @@ int bench_layer(int argc, char **argv) {
     if (parsed >= 0) return parsed;
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
     const int reps = o.reps;
-    if (strcmp(dtype_name, "bf16") != 0 || reps < 0) {
-        fprintf(stderr, "moe bench layer: --dtype bf16 (the only layer dtype so far), --reps >= 0\n");
+    moe_qformat format;
+    if (expert_format_from_name(dtype_name, &format) || reps < 0) {
+        fprintf(stderr, "moe bench layer: --dtype bf16, fp8, fp8-row, mxfp8, mxfp4 or nvfp4; --reps >= 0\n");
         return CLI_USAGE;
     }
     moe_ctx *ctx = cli_ctx(o.backend, 0);
@@ -277,7 +335,8 @@ int bench_layer(int argc, char **argv) {
     }
     double read_gbps, tflops;
     device_ceilings(moe_ctx_describe(ctx), &read_gbps, &tflops);
-    printf("moe bench layer: bf16, on %s, commit %s; limit from %s\n", moe_ctx_describe(ctx), MOE_GIT_COMMIT,
+    printf("moe bench layer: %s experts, bf16 activations, on %s, commit %s; limit from %s\n", dtype_name,
+           moe_ctx_describe(ctx), MOE_GIT_COMMIT,
            read_gbps > 0 ? "the ceilings of docs/performance.md" : "(no ceilings known for this device)");
     printf("%-16s %6s %4s %10s %9s %8s %9s %7s\n", "model", "T", "u", "us", "TFLOP/s", "GB/s", "limit us",
            "% limit");
@@ -286,7 +345,7 @@ int bench_layer(int argc, char **argv) {
     char list[512];
     snprintf(list, sizeof list, "%s", models);
     for (char *save = NULL, *model = strtok_r(list, ",", &save); model; model = strtok_r(NULL, ",", &save)) {
-        const int r = bench_model(ctx, model, token_list, n_tok, reps, read_gbps, tflops, results);
+        const int r = bench_model(ctx, model, &format, token_list, n_tok, reps, read_gbps, tflops, results);
         if (r != CLI_OK) rc = r;
     }
     fprintf(stderr, "%60s\r", "");

@@ -41,6 +41,11 @@ static inline bool moe__rule_is_ue8m0(moe_scale_rule r) {
 /* CPU reference implementations (src/formats/quantize_cpu.c). */
 moe_status moe__cpu_quantize(moe_ctx *ctx, const moe_qlayout *l, const moe_tensor *x, moe_qtensor *q);
 moe_status moe__cpu_dequantize(moe_ctx *ctx, const moe_qlayout *l, const moe_qtensor *q, moe_tensor *y);
+/* Row r of matrix b of a quantised tensor (data, scale, global as in moe_qtensor; global is read for NVFP4 only),
+ * decoded to f32: out (cols) = elem * scale (* the NVFP4 decode global). The one definition of a dequantised value,
+ * used by moe_dequantize and by the layer's reference over quantised experts. */
+void moe__cpu_dequantize_row(const moe_qlayout *l, const void *data, const void *scale, const float *global,
+                             int64_t b, int64_t r, float *out);
 
 #ifdef MOE_WITH_CUDA
 /* CUDA launchers (src/cuda/formats/). */

@@ -1,6 +1,7 @@
 /* quantize_cpu.c — the CPU reference of every block format (docs/formats.md §2), written from the
  * definitions: plain loops, one block at a time, threads over blocks. */
 #include <float.h>
+#include <stdlib.h>
 
 #include "formats/qformat.h"
 #include "formats/scalar.h"
@@ -191,23 +192,39 @@ moe_status moe__cpu_quantize(moe_ctx *ctx, const moe_qlayout *l, const moe_tenso
     return MOE_OK;
 }
 
-moe_status moe__cpu_dequantize(moe_ctx *ctx, const moe_qlayout *l, const moe_qtensor *q, moe_tensor *y) {
-    const bool tensor = l->f.kind == MOE_QFORMAT_FP8_TENSOR;
+void moe__cpu_dequantize_row(const moe_qlayout *l, const void *data, const void *scale, const float *global,
+                             int64_t b, int64_t r, float *out) {
     float g_enc = 1.0f, g_dec = 1.0f;
-    if (l->f.kind == MOE_QFORMAT_NVFP4) moe_nvfp4_pair(l, *q->global_scale, &g_enc, &g_dec);
-    const float tensor_scale = tensor ? moe_load_scale(l, q->scale, 0) : 0.0f;
-    const int64_t n_rows = l->batch * l->rows;
-#pragma omp parallel for num_threads(ctx->n_threads) schedule(static)
-    for (int64_t row = 0; row < n_rows; row++) {
-        int64_t b = row / (l->rows ? l->rows : 1), r = row % (l->rows ? l->rows : 1);
-        for (int64_t c = 0; c < l->cols; c++) {
-            int64_t i = row * l->cols + c;
-            float s = tensor ? tensor_scale
-                             : moe_load_scale(l, q->scale, moe__scale_index(l, b, r / l->block_rows, c / l->block_cols));
-            float v = moe_load_elem(q->data, l->f.elem, i) * s;
-            if (l->f.kind == MOE_QFORMAT_NVFP4) v *= g_dec;
-            moe_store(y->data, y->dtype, i, v);
-        }
+    if (l->f.kind == MOE_QFORMAT_NVFP4) moe_nvfp4_pair(l, *global, &g_enc, &g_dec);
+    const bool tensor = l->f.kind == MOE_QFORMAT_FP8_TENSOR;
+    const float tensor_scale = tensor ? moe_load_scale(l, scale, 0) : 0.0f;
+    const int64_t row = b * l->rows + r;
+    for (int64_t c = 0; c < l->cols; c++) {
+        float s = tensor ? tensor_scale
+                         : moe_load_scale(l, scale, moe__scale_index(l, b, r / l->block_rows, c / l->block_cols));
+        float v = moe_load_elem(data, l->f.elem, row * l->cols + c) * s;
+        out[c] = l->f.kind == MOE_QFORMAT_NVFP4 ? v * g_dec : v;
     }
+}
+
+moe_status moe__cpu_dequantize(moe_ctx *ctx, const moe_qlayout *l, const moe_qtensor *q, moe_tensor *y) {
+    const int64_t n_rows = l->batch * l->rows, R = l->rows ? l->rows : 1;
+    int failed = 0;
+#pragma omp parallel num_threads(ctx->n_threads)
+    {
+        float *buf = malloc(sizeof(float) * (size_t)(l->cols + 1));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t row = 0; row < n_rows; row++) {
+                moe__cpu_dequantize_row(l, q->data, q->scale, q->global_scale, row / R, row % R, buf);
+                for (int64_t c = 0; c < l->cols; c++) moe_store(y->data, y->dtype, row * l->cols + c, buf[c]);
+            }
+        }
+        free(buf);
+    }
+    if (failed) return moe__error(ctx, MOE_ERR_OOM, "moe_dequantize: no memory for a row buffer");
     return MOE_OK;
 }

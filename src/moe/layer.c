@@ -44,6 +44,30 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
     return s;
 }
 
+/* Quantised routed experts: a weight format (block scales along each row, or 128x128 tiles; linear scales) whose
+ * layouts for w13 (E, 2I, H) and w2 (E, H, I) are valid, and its scale buffers. */
+static moe_status moe_check_expert_format(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w,
+                                          moe_qlayout *q13, moe_qlayout *q2) {
+    const moe_qformat *f = &c->expert_format;
+    const moe_qformat_kind k = f->kind;
+    MOE_CHECK_ARG(ctx, k == MOE_QFORMAT_FP8_ROW || k == MOE_QFORMAT_FP8_1X128 || k == MOE_QFORMAT_FP8_128X128 ||
+                           k == MOE_QFORMAT_MXFP8 || k == MOE_QFORMAT_MXFP4 || k == MOE_QFORMAT_NVFP4,
+                  "moe_layer_create: expert_format %s is not a weight format (fp8_row, fp8_1x128, fp8_128x128, mxfp8, "
+                  "mxfp4, nvfp4)", moe_qformat_kind_name(k));
+    MOE_CHECK_ARG(ctx, f->elem == MOE_DTYPE_E4M3 || f->elem == MOE_DTYPE_E2M1,
+                  "moe_layer_create: expert_format elements must be e4m3 or e2m1, not %s", moe_dtype_name(f->elem));
+    MOE_CHECK_ARG(ctx, f->layout == MOE_SCALE_LINEAR, "moe_layer_create: expert_format scales must be linear");
+    const int64_t E = c->router.n_experts, I = c->intermediate, H = c->hidden;
+    const int64_t s13[3] = {E, 2 * I, H}, s2[3] = {E, H, I};
+    MOE_TRY(moe__qlayout(ctx, f, 3, s13, q13));
+    MOE_TRY(moe__qlayout(ctx, f, 3, s2, q2));
+    MOE_CHECK_ARG(ctx, w->w13_scale && w->w2_scale, "moe_layer_create: expert_format %s needs w13_scale and w2_scale",
+                  moe_qformat_kind_name(k));
+    MOE_CHECK_ARG(ctx, k != MOE_QFORMAT_NVFP4 || (w->w13_global && w->w2_global),
+                  "moe_layer_create: nvfp4 experts need w13_global and w2_global (one per expert)");
+    return MOE_OK;
+}
+
 static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w) {
     MOE_CHECK_ARG(ctx, c && w, "moe_layer_create: config and weights must not be NULL");
     MOE_CHECK_ARG(ctx, c->hidden >= 1 && c->intermediate >= 1, "moe_layer_create: hidden %d, intermediate %d", c->hidden,
@@ -76,6 +100,11 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                               c->hidden, c->intermediate, c->shared_intermediate);
         MOE_CHECK_ARG(ctx, c->router.n_experts <= 1024, "moe_layer_create: at most 1024 experts on the GPU, not %d",
                       c->router.n_experts);
+        if (c->expert_format.kind != MOE_QFORMAT_INVALID && (c->hidden % 32 || c->intermediate % 32))
+            return moe__error(ctx, MOE_ERR_UNSUPPORTED,
+                              "moe_layer_create: quantised experts on the GPU need hidden (%d) and intermediate (%d) "
+                              "to be multiples of 32 (16-byte rows of FP4 codes)",
+                              c->hidden, c->intermediate);
         /* every weight on the device; the matrices are read 16 bytes at a time, the f32 vectors are not */
         const struct {
             const void *ptr;
@@ -85,7 +114,9 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                   {w->b13, "b13", 0},   {w->b2, "b2", 0},
                   {w->gate, "gate", 1}, {w->gate_bias, "gate_bias", 0},
                   {w->shared_w13, "shared_w13", 1}, {w->shared_w2, "shared_w2", 1},
-                  {w->shared_gate, "shared_gate", 1}};
+                  {w->shared_gate, "shared_gate", 1}, {w->w13_scale, "w13_scale", 0},
+                  {w->w2_scale, "w2_scale", 0},     {w->w13_global, "w13_global", 0},
+                  {w->w2_global, "w2_global", 0}};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
             if (!ws[i].ptr) continue;
             MOE_TRY(moe__cuda_check_pointer(ctx, ws[i].ptr, ws[i].name));
@@ -142,12 +173,16 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     MOE_CHECK_ARG(ctx, out, "moe_layer_create: out is NULL");
     *out = NULL;
     MOE_TRY(moe_check_layer(ctx, config, weights));
+    moe_qlayout q13, q2;
+    const bool quantized = config->expert_format.kind != MOE_QFORMAT_INVALID;
+    if (quantized) MOE_TRY(moe_check_expert_format(ctx, config, weights, &q13, &q2));
     moe_layer *l = calloc(1, sizeof *l);
     if (!l) return moe__error(ctx, MOE_ERR_OOM, "moe_layer_create: out of host memory");
     l->ctx = ctx;
     l->c = *config;
     l->w = *weights;
     l->expert_begin = 0, l->n_local = l->n_global = config->router.n_experts;
+    if (quantized) l->quantized = true, l->q13 = q13, l->q2 = q2;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA && config->n_shared > 0) {
         const moe_status s = moe__cuda_layer_init(l);

@@ -3,6 +3,7 @@
 #define MOE_MOE_LAYER_H
 
 #include "core/internal.h"
+#include "formats/qformat.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -19,6 +20,9 @@ struct moe_layer {
     /* CUDA, with shared experts: they run on a stream of their own beside the routing and the routed experts,
      * forked from and joined back to the caller's stream by these events (one forward at a time per layer) */
     void *side_stream, *fork_event, *join_event;
+    /* c.expert_format set: the layouts of w13 (E, 2I, H) and w2 (E, H, I) as E matrices each */
+    bool quantized;
+    moe_qlayout q13, q2;
 };
 
 /* The GPU's grouped GEMMs work on tiles of 16, 64 or 128 rows (chosen per forward from T); the permutation pads

@@ -18,14 +18,50 @@ static float moe_gelu_tanh(float z) {
     return 0.5f * z * (1.0f + tanhf(0.79788456080286536f * (z + 0.044715f * z * z * z)));
 }
 
-/* h (I) = act(w13 . x + b13) for one expert: w13 (2I, H), x (H) f32. */
-static void moe_ffn_up(const moe_layer *l, const void *w13, const float *b13, int I, const float *x, float *a,
-                       float *h) {
+/* One expert matrix (rows, cols) as the reference reads it: plain values of the layer's dtype, or matrix e of a
+ * quantised tensor, dequantised row by row (moe__cpu_dequantize_row: the formats' own definition). */
+typedef struct moe_wmat {
+    const void *data;     /* plain: this matrix; quantised: the whole tensor's elements */
+    moe_dtype dtype;      /* plain */
+    const moe_qlayout *q; /* NULL: plain */
+    const void *scale;
+    const float *global;  /* NVFP4: (E) */
+    int64_t e;
+} moe_wmat;
+
+static moe_wmat moe_plain(const void *data, moe_dtype dtype) {
+    const moe_wmat m = {data, dtype, NULL, NULL, NULL, 0};
+    return m;
+}
+
+/* Expert e's w13 (which 0) or w2 (1) of the routed experts. */
+static moe_wmat moe_expert_mat(const moe_layer *l, int which, int64_t e) {
+    const moe_layer_config *c = &l->c;
+    const int64_t I = c->intermediate, H = c->hidden, esize = c->dtype == MOE_DTYPE_BF16 ? 2 : 4;
+    const void *data = which ? l->w.w2 : l->w.w13;
+    if (!l->quantized) return moe_plain((const char *)data + e * (which ? H * I : 2 * I * H) * esize, c->dtype);
+    const moe_wmat m = {data, c->dtype, which ? &l->q2 : &l->q13, which ? l->w.w2_scale : l->w.w13_scale,
+                        which ? l->w.w2_global : l->w.w13_global, e};
+    return m;
+}
+
+/* Row r (cols values) of m in f32. */
+static void moe_wmat_row(const moe_wmat *m, int64_t r, int cols, float *out) {
+    if (m->q) {
+        moe__cpu_dequantize_row(m->q, m->data, m->scale, m->global ? m->global + m->e : NULL, m->e, r, out);
+        return;
+    }
+    for (int c = 0; c < cols; c++) out[c] = moe_ld(m->data, m->dtype, r * cols + c);
+}
+
+/* h (I) = act(w13 . x + b13) for one expert: w13 (2I, H), x (H) f32; a (2I) and row (H) are scratch. */
+static void moe_ffn_up(const moe_layer *l, const moe_wmat *w13, const float *b13, int I, const float *x, float *a,
+                       float *h, float *row) {
     const int H = l->c.hidden;
-    const moe_dtype d = l->c.dtype;
     for (int r = 0; r < 2 * I; r++) {
+        moe_wmat_row(w13, r, H, row);
         float s = 0.0f;
-        for (int c = 0; c < H; c++) s += moe_ld(w13, d, (int64_t)r * H + c) * x[c];
+        for (int c = 0; c < H; c++) s += row[c] * x[c];
         a[r] = b13 ? s + b13[r] : s;
     }
     const int inter = l->c.w13_layout == MOE_W13_INTERLEAVED;
@@ -45,13 +81,14 @@ static void moe_ffn_up(const moe_layer *l, const void *w13, const float *b13, in
     }
 }
 
-/* acc (H) += scale * (w2 . h + b2): w2 (H, I). */
-static void moe_ffn_down(const moe_layer *l, const void *w2, const float *b2, int I, const float *h, float scale,
-                         float *acc) {
+/* acc (H) += scale * (w2 . h + b2): w2 (H, I); row (I) is scratch. */
+static void moe_ffn_down(const moe_layer *l, const moe_wmat *w2, const float *b2, int I, const float *h, float scale,
+                         float *acc, float *row) {
     const int H = l->c.hidden;
     for (int r = 0; r < H; r++) {
+        moe_wmat_row(w2, r, I, row);
         float s = 0.0f;
-        for (int i = 0; i < I; i++) s += moe_ld(w2, l->c.dtype, (int64_t)r * I + i) * h[i];
+        for (int i = 0; i < I; i++) s += row[i] * h[i];
         acc[r] += scale * (b2 ? s + b2[r] : s);
     }
 }
@@ -85,16 +122,15 @@ moe_status moe__cpu_layer_experts(moe_layer *l, const void *x, int64_t T, const 
                                   const int32_t *slot_row, float *y) {
     const moe_layer_config *c = &l->c;
     const int H = c->hidden, I = c->intermediate, k = c->router.top_k;
-    const int64_t s13 = (int64_t)2 * I * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
     int failed = 0;
 #pragma omp parallel num_threads(l->ctx->n_threads)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(2 * H + 3 * I));
+        float *buf = malloc(sizeof(float) * (size_t)(3 * H + 4 * I));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
         } else {
-            float *xin = buf, *a = xin + H, *h = a + 2 * I, *acc = h + I;
+            float *xin = buf, *a = xin + H, *h = a + 2 * I, *acc = h + I, *wrow = acc + H;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t tj = 0; tj < T * k; tj++) {
                 const int32_t e = ids[tj] - l->expert_begin, row = slot_row[tj];
@@ -104,11 +140,10 @@ moe_status moe__cpu_layer_experts(moe_layer *l, const void *x, int64_t T, const 
                     const float v = moe_ld(x, c->dtype, tj / k * H + i);
                     xin[i] = c->router.weight_on_input ? v * w : v;
                 }
-                moe_ffn_up(l, (const char *)l->w.w13 + e * s13, l->w.b13 ? l->w.b13 + (int64_t)e * 2 * I : NULL, I, xin,
-                           a, h);
+                const moe_wmat w13 = moe_expert_mat(l, 0, e), w2 = moe_expert_mat(l, 1, e);
+                moe_ffn_up(l, &w13, l->w.b13 ? l->w.b13 + (int64_t)e * 2 * I : NULL, I, xin, a, h, wrow);
                 for (int i = 0; i < H; i++) acc[i] = 0.0f;
-                moe_ffn_down(l, (const char *)l->w.w2 + e * s13 / 2, l->w.b2 ? l->w.b2 + (int64_t)e * H : NULL, I, h,
-                             1.0f, acc);
+                moe_ffn_down(l, &w2, l->w.b2 ? l->w.b2 + (int64_t)e * H : NULL, I, h, 1.0f, acc, wrow);
                 for (int i = 0; i < H; i++) y[(int64_t)row * H + i] = acc[i];
             }
         }
@@ -125,12 +160,12 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
     int failed = 0;
 #pragma omp parallel num_threads(l->ctx->n_threads)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(3 * H + 3 * Is));
+        float *buf = malloc(sizeof(float) * (size_t)(4 * H + 4 * Is));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
         } else {
-            float *x = buf, *acc = x + H, *sh = acc + H, *a = sh + H, *h = a + 2 * Is;
+            float *x = buf, *acc = x + H, *sh = acc + H, *a = sh + H, *h = a + 2 * Is, *row = h + Is;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < T; t++) {
                 for (int i = 0; i < H; i++) acc[i] = 0.0f;
@@ -151,8 +186,10 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
                     for (int i = 0; i < H; i++) sh[i] = 0.0f;
                     const int64_t s13 = (int64_t)2 * Is * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
                     for (int e = 0; e < c->n_shared; e++) {
-                        moe_ffn_up(l, (const char *)l->w.shared_w13 + e * s13, NULL, Is, x, a, h);
-                        moe_ffn_down(l, (const char *)l->w.shared_w2 + e * s13 / 2, NULL, Is, h, 1.0f, sh);
+                        const moe_wmat w13 = moe_plain((const char *)l->w.shared_w13 + e * s13, c->dtype),
+                                       w2 = moe_plain((const char *)l->w.shared_w2 + e * s13 / 2, c->dtype);
+                        moe_ffn_up(l, &w13, NULL, Is, x, a, h, row);
+                        moe_ffn_down(l, &w2, NULL, Is, h, 1.0f, sh, row);
                     }
                     for (int i = 0; i < H; i++) acc[i] += g * sh[i];
                 }

@@ -64,30 +64,42 @@ __device__ __forceinline__ const __nv_bfloat16 *moe_gemm_a_row(const moe_gemm_pa
     return src >= 0 ? p.a + (int64_t)(src / p.top_k) * p.k : nullptr;
 }
 
-/* B row s (0..bn-1) of the tile: for GLU the pairs (gate, up) of columns tile_n * bn / 2 + s / 2. NULL past N. */
+/* The row of group t.group's B matrix that B row s (0..bn-1) of the tile reads: for GLU the pairs (gate, up) of
+ * columns tile_n * bn / 2 + s / 2. -1 past N. */
+template <bool kGlu>
+__device__ __forceinline__ int64_t moe_gemm_b_index(const moe_gemm_params &p, const moe_gemm_tile &t, int bn, int s) {
+    if (kGlu) {
+        const int64_t col = t.tile_n * (bn / 2) + (s >> 1);
+        if (col >= p.n) return -1;
+        return p.interleaved ? 2 * col + (s & 1) : (s & 1) * p.n + col;
+    }
+    const int64_t col = t.tile_n * bn + s;
+    return col < p.n ? col : -1;
+}
+
+/* That row of a bf16 B, or NULL past N. */
 template <bool kGlu>
 __device__ __forceinline__ const __nv_bfloat16 *moe_gemm_b_row(const moe_gemm_params &p, const moe_gemm_tile &t,
                                                                int bn, int s) {
-    const __nv_bfloat16 *b = p.b + t.group * p.b_group_stride;
-    if (kGlu) {
-        const int64_t col = t.tile_n * (bn / 2) + (s >> 1);
-        if (col >= p.n) return nullptr;
-        return b + (p.interleaved ? 2 * col + (s & 1) : (s & 1) * p.n + col) * p.k;
-    }
-    const int64_t col = t.tile_n * bn + s;
-    return col < p.n ? b + col * p.k : nullptr;
+    const int64_t r = moe_gemm_b_index<kGlu>(p, t, bn, s);
+    return r < 0 ? nullptr : (const __nv_bfloat16 *)p.b + t.group * p.b_group_stride + r * p.k;
 }
 
 /* The epilogue of one row: the per-row factors, then pairs of accumulators. */
 struct moe_gemm_row_out {
     bool skip;  /* past the end, or a padding row of the routed GEMM 2 (never read) */
     float w;    /* GLU with the routed weight on the input: the row's weight */
+    float g;    /* NVFP4 B: the group's global decode factor; else 1 */
 };
 
 template <bool kGlu>
 __device__ __forceinline__ moe_gemm_row_out moe_gemm_row(const moe_gemm_params &p, const moe_gemm_tile &t,
                                                          int64_t r) {
-    moe_gemm_row_out o = {r >= t.row_end, 1.0f};
+    moe_gemm_row_out o = {r >= t.row_end, 1.0f, 1.0f};
+    if (p.bs.global) {
+        const float g = p.bs.global[t.group];
+        o.g = p.bs.global_encode ? 1.0f / g : g;
+    }
     if (o.skip || !p.offsets) return o;
     const int32_t src = p.row_src[r];
     if (!kGlu && src < 0) o.skip = true;
@@ -105,6 +117,7 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
     if (kGlu) {
         const int64_t col = t.tile_n * (bn / 2) + (s >> 1);
         if (col >= p.n) return;
+        v0 *= ro.g, v1 *= ro.g;
         v0 *= ro.w, v1 *= ro.w;
         if (bias) {
             v0 += bias[p.interleaved ? 2 * col : col];
@@ -114,6 +127,7 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
     } else {
         const int64_t col = t.tile_n * bn + s;
         if (col >= p.n) return;
+        v0 *= ro.g, v1 *= ro.g;
         if (bias) v0 += bias[col], v1 += bias[col + 1];
         *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(v0, v1);
     }

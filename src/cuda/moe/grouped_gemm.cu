@@ -26,15 +26,65 @@ template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_> str
     static_assert(THREADS % CHUNKS_K == 0 && BM * CHUNKS_K % THREADS == 0 && BN * CHUNKS_K % THREADS == 0, "copy");
 };
 
+/* Quantised B of format F in tile shape C: the codes of a K step (BK elements a row, 16-byte chunks) land in a
+ * staging area of their own, STAGES deep; a single bf16 tile (BN x LDS, as the bf16 path's) holds the converted
+ * step that the warps read. */
+template <class C, int F> struct bquant_config {
+    static constexpr bool FP4 = F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3;
+    static constexpr int ROW_BYTES = FP4 ? C::BK / 2 : C::BK;  /* codes of one row of a K step */
+    static constexpr int CHUNKS = ROW_BYTES / 16, PER_CHUNK = FP4 ? 32 : 16; /* chunks a row, elements a chunk */
+    static constexpr int PER = (C::BN * CHUNKS + C::THREADS - 1) / C::THREADS; /* chunks a thread (last: some idle) */
+    static constexpr size_t SMEM = (size_t)C::STAGES * C::BM * C::LDS * 2 + (size_t)C::BN * C::LDS * 2 +
+                                   (size_t)C::STAGES * C::BN * ROW_BYTES;
+    static_assert(CHUNKS >= 1 && C::THREADS % CHUNKS == 0, "quantised copy");
+};
+
+/* One block scale as f32 (scale index i). */
+template <int F> __device__ __forceinline__ float bscale_at(const moe_gemm_bscale &bs, const void *base, int64_t i) {
+    if (F == MOE_B_E4M3_F32) return __ldg(reinterpret_cast<const float *>(base) + i);
+    const uint8_t code = __ldg(reinterpret_cast<const uint8_t *>(base) + i);
+    return moe_decode(code, F == MOE_B_E2M1_E4M3 ? MOE_DTYPE_E4M3 : MOE_DTYPE_E8M0);
+}
+
+/* 16 codes of one 16-byte chunk half (FP4: 8 bytes hold 16 codes; FP8: 16 bytes), times scale s, as 16 bf16 in
+ * dst (32 bytes, 16-byte aligned). */
+template <int F> __device__ __forceinline__ void bconvert16(const uint8_t *codes, float s, __nv_bfloat16 *dst) {
+    __nv_bfloat162 o[8];
+    if (F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3) {
+        const uint2 w = *reinterpret_cast<const uint2 *>(codes);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const uint32_t byte = ((j < 4 ? w.x : w.y) >> (8 * (j % 4))) & 0xFF;
+            o[j] = __floats2bfloat162_rn(moe_e2m1_value(byte) * s, moe_e2m1_value(byte >> 4) * s);
+        }
+    } else {
+        const uint4 w = *reinterpret_cast<const uint4 *>(codes);
+        const uint32_t word[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(
+                (__nv_fp8x2_storage_t)((word[j / 2] >> (16 * (j % 2))) & 0xFFFF), __NV_E4M3));
+            const float2 f = __half22float2(h);
+            o[j] = __floats2bfloat162_rn(f.x * s, f.y * s);
+        }
+    }
+    reinterpret_cast<uint4 *>(dst)[0] = *reinterpret_cast<const uint4 *>(&o[0]);
+    reinterpret_cast<uint4 *>(dst)[1] = *reinterpret_cast<const uint4 *>(&o[4]);
+}
+
 using small_tile = tile_config<16, 32, 128, 1, 2, 4, 4>;
 using medium_tile = tile_config<64, 128, 64, 2, 4, 1, 4>;
 using large_tile = tile_config<128, 128, 32, 2, 4, 1, 4>;
 
-template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params p) {
+template <class C, bool kGlu, int F>
+__global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     typedef __nv_bfloat16 row_t[C::LDS];
+    typedef bquant_config<C, F> Q;
+    constexpr bool kQuant = F != MOE_B_BF16;
     row_t *sa = reinterpret_cast<row_t *>(smem_raw);              /* [STAGES][BM] */
-    row_t *sb = sa + C::STAGES * C::BM;                           /* [STAGES][BN] */
+    row_t *sb = sa + C::STAGES * C::BM;                           /* [STAGES][BN]; quantised: [BN] */
+    uint8_t *sq = reinterpret_cast<uint8_t *>(sb + C::BN);        /* quantised: [STAGES][BN][ROW_BYTES] codes */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_k = warp / (C::WARPS_M * C::WARPS_N), warp_mn = warp % (C::WARPS_M * C::WARPS_N);
     const int warp_m = warp_mn / C::WARPS_N, warp_n = warp_mn % C::WARPS_N;
@@ -48,7 +98,26 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm
 #pragma unroll
     for (int i = 0; i < C::A_PER; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid + i * C::THREADS) / C::CHUNKS_K);
 #pragma unroll
-    for (int i = 0; i < C::B_PER; i++) b_row[i] = moe_gemm_b_row<kGlu>(p, t, C::BN, (tid + i * C::THREADS) / C::CHUNKS_K);
+    for (int i = 0; i < C::B_PER; i++)
+        b_row[i] = kQuant ? nullptr : moe_gemm_b_row<kGlu>(p, t, C::BN, (tid + i * C::THREADS) / C::CHUNKS_K);
+    /* quantised: the chunks this thread copies and converts, a chunk qc of B row (tid + i THREADS) / CHUNKS */
+    const int qc = tid % Q::CHUNKS;
+    int64_t q_row[Q::PER];
+    const uint8_t *q_src[Q::PER];
+    const void *q_scale = nullptr;
+    if (kQuant) {
+        const int64_t row_bytes = Q::FP4 ? p.k / 2 : p.k;
+        const uint8_t *b = reinterpret_cast<const uint8_t *>(p.b) + t.group * (Q::FP4 ? p.b_group_stride / 2
+                                                                                        : p.b_group_stride);
+        q_scale = reinterpret_cast<const char *>(p.bs.scale) +
+                  t.group * p.bs.group_stride * (F == MOE_B_E4M3_F32 ? 4 : 1);
+#pragma unroll
+        for (int i = 0; i < Q::PER; i++) {
+            const int s_row = (tid + i * C::THREADS) / Q::CHUNKS;
+            q_row[i] = s_row < C::BN ? moe_gemm_b_index<kGlu>(p, t, C::BN, s_row) : -1;
+            q_src[i] = q_row[i] >= 0 ? b + q_row[i] * row_bytes + qc * 16 : nullptr;
+        }
+    }
 
     const int k_tiles = (p.k + C::BK - 1) / C::BK;
     auto load = [&](int stage, int kt) {
@@ -58,10 +127,43 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm
         for (int i = 0; i < C::A_PER; i++)
             moe_cp_async16(&sa[stage * C::BM + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
                            a_row[i] && in_k ? a_row[i] + k0 : p.a, a_row[i] && in_k ? 16 : 0);
+        if (!kQuant) {
 #pragma unroll
-        for (int i = 0; i < C::B_PER; i++)
-            moe_cp_async16(&sb[stage * C::BN + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
-                           b_row[i] && in_k ? b_row[i] + k0 : p.b, b_row[i] && in_k ? 16 : 0);
+            for (int i = 0; i < C::B_PER; i++)
+                moe_cp_async16(&sb[stage * C::BN + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
+                               b_row[i] && in_k ? b_row[i] + k0 : p.a, b_row[i] && in_k ? 16 : 0);
+        } else {
+            const int kq = kt * C::BK + qc * Q::PER_CHUNK; /* K is a multiple of 32: a chunk is all in or out */
+#pragma unroll
+            for (int i = 0; i < Q::PER; i++) {
+                const int s_row = (tid + i * C::THREADS) / Q::CHUNKS;
+                if (s_row >= C::BN) continue;
+                const bool in = q_src[i] && kq < p.k;
+                moe_cp_async16(sq + ((size_t)stage * C::BN + s_row) * Q::ROW_BYTES + qc * 16,
+                               in ? (const void *)(q_src[i] + (int64_t)kt * Q::ROW_BYTES) : (const void *)p.a, in ? 16 : 0);
+            }
+        }
+    };
+    /* quantised: the codes of K step kt (in stage kt % STAGES) into the bf16 tile, code * block scale; rows past N
+     * and columns past K are zeros */
+    auto convert = [&](int kt) {
+        const int kq = kt * C::BK + qc * Q::PER_CHUNK;
+#pragma unroll
+        for (int i = 0; i < Q::PER; i++) {
+            const int s_row = (tid + i * C::THREADS) / Q::CHUNKS;
+            if (s_row >= C::BN) continue;
+            const uint8_t *codes = sq + ((size_t)(kt % C::STAGES) * C::BN + s_row) * Q::ROW_BYTES + qc * 16;
+            __nv_bfloat16 *dst = &sb[s_row][qc * Q::PER_CHUNK];
+#pragma unroll
+            for (int h = 0; h < Q::PER_CHUNK / 16; h++) { /* 16 elements share a scale (blocks are 16 or more) */
+                const int kk = kq + 16 * h;
+                float sc = 0.0f;
+                if (q_row[i] >= 0 && kk < p.k)
+                    sc = bscale_at<F>(p.bs, q_scale,
+                                      (q_row[i] >> p.bs.row_shift) * p.bs.cols + (kk >> p.bs.col_shift));
+                bconvert16<F>(codes + h * 8 * (Q::FP4 ? 1 : 2), sc, dst + 16 * h);
+            }
+        }
     };
 
     float acc[C::MI][C::NI][4];
@@ -84,7 +186,11 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm
         const int next = kt + C::STAGES - 1;
         if (next < k_tiles) load(next % C::STAGES, next);
         moe_cp_async_commit();
-        const row_t *sa_st = sa + (kt % C::STAGES) * C::BM, *sb_st = sb + (kt % C::STAGES) * C::BN;
+        if (kQuant) {
+            convert(kt);
+            __syncthreads();
+        }
+        const row_t *sa_st = sa + (kt % C::STAGES) * C::BM, *sb_st = kQuant ? sb : sb + (kt % C::STAGES) * C::BN;
 #pragma unroll
         for (int kk = wk0; kk < wk0 + C::KW; kk += 16) {
             uint32_t af[C::MI][4], bf[C::NI][2];
@@ -108,7 +214,7 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm
     if (C::WARPS_K > 1) { /* add the K-split partial sums, in warp order, through the (now idle) pipeline smem */
         constexpr int PER = C::MI * C::NI * 4;
         float *red = reinterpret_cast<float *>(smem_raw);
-        static_assert((size_t)(C::WARPS_K - 1) * C::WARPS_M * C::WARPS_N * 32 * PER * 4 <= C::SMEM, "reduction");
+        static_assert((size_t)(C::WARPS_K - 1) * C::WARPS_M * C::WARPS_N * 32 * PER * 4 <= Q::SMEM, "reduction");
         __syncthreads();
         if (warp_k > 0) {
             float *dst = red + (((warp_k - 1) * C::WARPS_M * C::WARPS_N + warp_mn) * 32 + lane) * PER;
@@ -147,23 +253,34 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(C::THREADS) gemm
         }
 }
 
+template <class C, bool kGlu, int F> moe_status launch_one(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid,
+                                                          cudaStream_t st) {
+    const size_t smem = F == MOE_B_BF16 ? C::SMEM : bquant_config<C, F>::SMEM;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem));
+    gemm_kernel<C, kGlu, F><<<grid, C::THREADS, smem, st>>>(q);
+    MOE_CUDA_LAUNCHED(ctx, "gemm_kernel");
+    return MOE_OK;
+}
+
+template <class C, bool kGlu> moe_status launch_fmt(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid, cudaStream_t st) {
+    switch (q.b_fmt) {
+    case MOE_B_BF16: return launch_one<C, kGlu, MOE_B_BF16>(ctx, q, grid, st);
+    case MOE_B_E4M3_F32: return launch_one<C, kGlu, MOE_B_E4M3_F32>(ctx, q, grid, st);
+    case MOE_B_E4M3_E8M0: return launch_one<C, kGlu, MOE_B_E4M3_E8M0>(ctx, q, grid, st);
+    case MOE_B_E2M1_E8M0: return launch_one<C, kGlu, MOE_B_E2M1_E8M0>(ctx, q, grid, st);
+    case MOE_B_E2M1_E4M3: return launch_one<C, kGlu, MOE_B_E2M1_E4M3>(ctx, q, grid, st);
+    }
+    return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: unknown weight storage %d", (int)q.b_fmt);
+}
+
 template <class C>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups, cudaStream_t st) {
     const int cols_per_tile = glu ? C::BN / 2 : C::BN;
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + cols_per_tile - 1) / cols_per_tile;
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
-    if (glu) {
-        MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               (int)C::SMEM));
-        gemm_kernel<C, true><<<grid, C::THREADS, C::SMEM, st>>>(q);
-    } else {
-        MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               (int)C::SMEM));
-        gemm_kernel<C, false><<<grid, C::THREADS, C::SMEM, st>>>(q);
-    }
-    MOE_CUDA_LAUNCHED(ctx, "gemm_kernel");
-    return MOE_OK;
+    return glu ? launch_fmt<C, true>(ctx, q, grid, st) : launch_fmt<C, false>(ctx, q, grid, st);
 }
 
 } // namespace
@@ -179,7 +296,8 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
     case MOE_GEMM_SMALL: return launch<small_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
     default:
-        if (moe__cuda_gemm_sm90_usable(ctx)) return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
+        if (p.b_fmt == MOE_B_BF16 && moe__cuda_gemm_sm90_usable(ctx))
+            return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
         return launch<large_tile>(ctx, p, glu, m_tiles, groups, stream);
     }
 }

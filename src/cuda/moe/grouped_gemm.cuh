@@ -8,7 +8,8 @@
  *  - dense: grid.z is the group (a shared expert), every row 0..m-1 belongs to it.
  * GLU (GEMM1): B is w13 (2N, K); each output column n pairs gate row and up row of w13 (concatenated or
  * interleaved), and the epilogue gives act(gate, up) (after * row weight, + bias). Plain (GEMM2): B is (N, K),
- * C = acc + bias. C is bf16 (rows, N); A, B bf16 with K a multiple of 8. */
+ * C = acc + bias. C is bf16 (rows, N); A bf16 with K a multiple of 8; B bf16, or quantised codes (FP8 E4M3,
+ * FP4 E2M1) with block scales that the kernel turns into bf16 in shared memory (K a multiple of 32). */
 #ifndef MOE_CUDA_MOE_GROUPED_GEMM_CUH
 #define MOE_CUDA_MOE_GROUPED_GEMM_CUH
 
@@ -16,6 +17,21 @@
 #include <cuda_runtime.h>
 
 #include "core/internal.h"
+
+/* How B is stored. The quantised kinds are converted tile by tile to bf16 as round(code * block scale), which is
+ * exact for E8M0 scales and for E2M1 codes under E4M3 scales; an f32 scale rounds each weight to bf16 once. */
+enum moe_gemm_bfmt { MOE_B_BF16, MOE_B_E4M3_F32, MOE_B_E4M3_E8M0, MOE_B_E2M1_E8M0, MOE_B_E2M1_E4M3 };
+
+/* The block scales of quantised B: scale of element (r, c) of group g's (rows, k) matrix at
+ * scale + g * group_stride + (r >> row_shift) * cols + (c >> col_shift) (in scale elements: f32 or one byte). */
+struct moe_gemm_bscale {
+    const void *scale;
+    int64_t group_stride;
+    int cols;
+    int row_shift, col_shift;
+    const float *global; /* NVFP4: (groups) the per-group f32 global scale, applied to the accumulators; or NULL */
+    bool global_encode;  /* global holds the encode convention: the factor is 1 / global */
+};
 
 struct moe_gemm_params {
     const __nv_bfloat16 *a;  /* (rows of A, k) */
@@ -26,8 +42,10 @@ struct moe_gemm_params {
     const int64_t *offsets;  /* routed: (n_groups + 1); NULL: dense */
     int n_groups;
     int64_t m;               /* dense: rows per group */
-    const __nv_bfloat16 *b;  /* group g at b + g * b_group_stride */
+    const void *b;           /* group g at b + g * b_group_stride elements (b_fmt) */
     int64_t b_group_stride;
+    moe_gemm_bfmt b_fmt;
+    moe_gemm_bscale bs;      /* quantised b_fmt */
     int n, k;                /* output columns, reduction length */
     const float *bias;       /* group g: (2n) GLU or (n) plain, at bias + g * bias_group_stride; or NULL */
     int64_t bias_group_stride;
@@ -53,7 +71,8 @@ enum moe_gemm_shape { MOE_GEMM_SMALL, MOE_GEMM_MEDIUM, MOE_GEMM_LARGE };
 /* Rows of a tile of that shape: the permutation's tile_m. */
 int moe__gemm_tile_m(moe_gemm_shape shape);
 
-/* m_tiles: tiles on grid.x (routed: an upper bound; tiles past offsets[G] exit); groups: grid.z (dense) or 1. */
+/* m_tiles: tiles on grid.x (routed: an upper bound; tiles past offsets[G] exit); groups: grid.z (dense) or 1.
+ * Quantised B runs the mma.sync tiles (LARGE included). */
 moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
                                   int64_t m_tiles, int groups, cudaStream_t stream);
 

@@ -103,7 +103,7 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_s
         for (int i = 0; i < C::BN / 32; i++) {
             const int r = (tid >> 3) + 32 * i;
             moe_cp_async16(smem + C::STAGES * kStageA + stage * C::STAGE_B + r * kRow + ((kc ^ (r & 7)) << 4),
-                           b_row[i] && in_k ? b_row[i] + k0 : p.b, b_row[i] && in_k ? 16 : 0);
+                           b_row[i] && in_k ? b_row[i] + k0 : p.a, b_row[i] && in_k ? 16 : 0);
         }
     };
 

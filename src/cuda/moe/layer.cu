@@ -1,4 +1,5 @@
-/* layer.cu — the MoE layer on the GPU (docs/layer.md), BF16 weights and activations, f32 accumulation:
+/* layer.cu — the MoE layer on the GPU (docs/layer.md), BF16 activations, BF16 or quantised expert weights (turned
+ * into bf16 tile by tile inside the GEMMs), f32 accumulation:
  *   logits  = x . gate^T (+ gate_bias)                   gate.cu (and sigmoid(x . shared_gate))
  *   ids, w  = route(logits)                             moe_route
  *   rows    = contiguous permutation, 16/64/128-row tiles moe_permute
@@ -232,6 +233,25 @@ extern "C" moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io
     return moe_route(ctx, &c->router, &ra, st);
 }
 
+/* How the routed experts' w13 (which 0) or w2 (1) is stored, for the grouped GEMM. */
+static void expert_storage(const moe_layer *l, int which, moe_gemm_params &g) {
+    g.b = which ? l->w.w2 : l->w.w13;
+    if (!l->quantized) return; /* bf16 */
+    const moe_qlayout &q = which ? l->q2 : l->q13;
+    const bool fp4 = q.f.elem == MOE_DTYPE_E2M1;
+    g.b_fmt = fp4 ? (q.f.scale_dtype == MOE_DTYPE_E4M3 ? MOE_B_E2M1_E4M3 : MOE_B_E2M1_E8M0)
+                  : (q.f.scale_dtype == MOE_DTYPE_F32 ? MOE_B_E4M3_F32 : MOE_B_E4M3_E8M0);
+    g.bs.scale = which ? l->w.w2_scale : l->w.w13_scale;
+    g.bs.group_stride = q.scale_rows * q.scale_cols, g.bs.cols = (int)q.scale_cols;
+    g.bs.row_shift = q.block_rows == 128 ? 7 : 0;
+    /* blocks of 16, 32 or 128 columns, or the whole row (FP8_ROW: every column reads scale column 0) */
+    g.bs.col_shift = q.block_cols == q.cols ? 31 : q.block_cols == 128 ? 7 : q.block_cols == 32 ? 5 : 4;
+    if (q.f.kind == MOE_QFORMAT_NVFP4) {
+        g.bs.global = which ? l->w.w2_global : l->w.w13_global;
+        g.bs.global_encode = q.f.global == MOE_NVFP4_GLOBAL_ENCODE;
+    }
+}
+
 extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids,
                                               const float *weights, int64_t plan_tokens, const moe_layer_scratch *s,
                                               void *workspace, void *stream) {
@@ -260,7 +280,8 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     moe_gemm_params g = {};
     g.a = (const __nv_bfloat16 *)x, g.row_src = row_src, g.top_k = k, g.gather = true, g.offsets = offsets;
     g.n_groups = E;
-    g.b = (const __nv_bfloat16 *)w->w13, g.b_group_stride = (int64_t)2 * I * H, g.n = I, g.k = H;
+    expert_storage(l, 0, g);
+    g.b_group_stride = (int64_t)2 * I * H, g.n = I, g.k = H;
     g.bias = w->b13, g.bias_group_stride = 2 * I;
     g.row_weight = c->router.weight_on_input ? weights : nullptr;
     g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
@@ -269,7 +290,8 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     moe_gemm_params g2 = g;
     g2.a = h, g2.gather = false, g2.row_weight = nullptr;
-    g2.b = (const __nv_bfloat16 *)w->w2, g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
+    expert_storage(l, 1, g2);
+    g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
     g2.bias = w->b2, g2.bias_group_stride = H;
     g2.c = y;
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
