@@ -138,6 +138,51 @@ TEST_IMPL(gpu_layer_tiles) {
     return TEST_OK;
 }
 
+/* Quantised experts, every weight format, on the GPU against the CPU reference over the same codes: the tiles of
+ * every shape (T = 1, 200, 1500 over 8 experts), shapes off the 128 grid (2I = 192, H = 160), and GPT-OSS's
+ * interleaved w13 with biases over MXFP4 as the checkpoint ships it. Small enough for compute-sanitizer. */
+TEST_IMPL(gpu_layer_quant) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    const char *names[LAYER_WEIGHT_FORMATS];
+    const int n = layer_weight_formats(fmts, names);
+    int bad = 0;
+    uint64_t seed = env->seed + 500;
+    for (int i = 0; i < n; i++) {
+        moe_layer_config c = make_config("qwen3-30b-a3b", 160, 96, 8, 2, MOE_ACT_SILU_GLU);
+        c.n_shared = 1, c.shared_intermediate = 32;
+        const int64_t sizes[] = {1, 200, 1500};
+        for (int j = 0; j < 3; j++) {
+            layer_problem p;
+            layer_qweights q;
+            layer_problem_random(&p, &c, sizes[j], 0, seed++);
+            if (layer_problem_quantize(env->cpu, &p, &fmts[i], &q, NULL)) {
+                bad++;
+                layer_problem_free(&p);
+                continue;
+            }
+            p.qw = &q;
+            char what[64];
+            snprintf(what, sizeof what, "%s experts", names[i]);
+            bad += compare_layer(env, &p, 0, what);
+            layer_qweights_free(&q);
+            layer_problem_free(&p);
+        }
+    }
+    moe_layer_config c = make_config("gpt-oss-20b", 256, 96, 32, 4, MOE_ACT_GPTOSS_GLU);
+    c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+    layer_problem p;
+    layer_qweights q;
+    layer_problem_random(&p, &c, 300, 0, seed++);
+    ASSERT(layer_problem_quantize(env->cpu, &p, &fmts[5], &q, NULL) == 0); /* mxfp4 */
+    p.qw = &q;
+    bad += compare_layer(env, &p, 0, "gpt-oss over mxfp4, interleaved, biases");
+    layer_qweights_free(&q);
+    layer_problem_free(&p);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
 TEST_IMPL(gpu_layer_golden) {
     SKIP_WITHOUT_GPU(env);
     /* bf16 on the GPU against the f32 HF blocks, with their logits (bf16 x would move the routing) */
@@ -162,8 +207,22 @@ TEST_IMPL(gpu_layer_errors) {
     mis.w2 = (const char *)w2 + 2;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "aligned", moe_layer_create(ctx, &c, &mis, &l));
     static uint16_t host_w2[8 * 16 * 16];
-    w.w2 = host_w2;
-    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "w2", moe_layer_create(ctx, &c, &w, &l));
+    moe_layer_weights host = w;
+    host.w2 = host_w2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "w2", moe_layer_create(ctx, &c, &host, &l));
+    /* quantised experts need rows of whole 16-byte FP4 chunks; their scales must be on the device */
+    moe_layer_weights qw = w;
+    qw.w13_scale = qw.w2_scale = w13;
+    c.expert_format = moe_qformat_preset(MOE_QFORMAT_MXFP4);
+    c.hidden = 32, c.intermediate = 48;
+    ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "multiples of 32", moe_layer_create(ctx, &c, &qw, &l));
+    c.intermediate = 32;
+    qw.w2_scale = host_w2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "w2_scale", moe_layer_create(ctx, &c, &qw, &l));
+    qw.w2_scale = w13;
+    ASSERT_OK(ctx, moe_layer_create(ctx, &c, &qw, &l));
+    moe_layer_destroy(l);
+    l = NULL;
     ASSERT(l == NULL);
     moe_free(ctx, w13), moe_free(ctx, w2);
     return TEST_OK;

@@ -231,6 +231,11 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, config && weights && out, "moe_ep_create: config, weights and ep must not be NULL");
     *out = NULL;
+    if (config->layer.expert_format.kind != MOE_QFORMAT_INVALID)
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED,
+                          "moe_ep_create: quantised experts (expert_format %s) are not supported under expert "
+                          "parallelism yet (the rebalance moves bf16/f32 expert weights)",
+                          moe_qformat_kind_name(config->layer.expert_format.kind));
     MOE_TRY(ep_check_config(comm, config));
     moe_ep *ep = calloc(1, sizeof *ep);
     int64_t *host = NULL;
