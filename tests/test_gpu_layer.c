@@ -139,7 +139,8 @@ TEST_IMPL(gpu_layer_tiles) {
 }
 
 /* Quantised experts, every weight format, on the GPU against the CPU reference over the same codes: the tiles of
- * every shape (T = 1, 200, 1500 over 8 experts), shapes off the 128 grid (2I = 192, H = 160), and GPT-OSS's
+ * every shape (T = 1, 200, 1500 over 8 experts: registers, MEDIUM, wgmma, and the portable LARGE tile), shapes off
+ * the 128 grid (2I = 192, H = 160), and GPT-OSS's
  * interleaved w13 with biases over MXFP4 as the checkpoint ships it. Small enough for compute-sanitizer. */
 TEST_IMPL(gpu_layer_quant) {
     SKIP_WITHOUT_GPU(env);
@@ -151,10 +152,11 @@ TEST_IMPL(gpu_layer_quant) {
     for (int i = 0; i < n; i++) {
         moe_layer_config c = make_config("qwen3-30b-a3b", 160, 96, 8, 2, MOE_ACT_SILU_GLU);
         c.n_shared = 1, c.shared_intermediate = 32;
-        const int64_t sizes[] = {1, 200, 1500};
-        for (int j = 0; j < 3; j++) {
+        const int64_t sizes[] = {1, 200, 1500, 1500}; /* the last with the portable (mma.sync) prefill tiles */
+        for (int j = 0; j < 4; j++) {
             layer_problem p;
             layer_qweights q;
+            if (j == 3) setenv("MOE_GEMM_PORTABLE", "1", 1);
             layer_problem_random(&p, &c, sizes[j], 0, seed++);
             if (layer_problem_quantize(env->cpu, &p, &fmts[i], &q, NULL)) {
                 bad++;
@@ -163,8 +165,9 @@ TEST_IMPL(gpu_layer_quant) {
             }
             p.qw = &q;
             char what[64];
-            snprintf(what, sizeof what, "%s experts", names[i]);
+            snprintf(what, sizeof what, "%s experts%s", names[i], j == 3 ? ", portable" : "");
             bad += compare_layer(env, &p, 0, what);
+            unsetenv("MOE_GEMM_PORTABLE");
             layer_qweights_free(&q);
             layer_problem_free(&p);
         }

@@ -13,7 +13,8 @@
 #define MOE_CUDA_MOE_BQUANT_CUH
 
 #include "cuda/common/cuda.cuh"
-#include "cuda/moe/grouped_gemm.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/moe/gemm_tile.cuh"
 
 template <class C, int F> struct bquant_config {
     static constexpr bool FP4 = F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3;
@@ -80,6 +81,97 @@ __device__ __forceinline__ void bq_fragment(const uint8_t *row, int kk, int q, u
     } else {
         b[0] = bq_fp8_pair(*reinterpret_cast<const uint16_t *>(row + kk + 2 * q), s);
         b[1] = bq_fp8_pair(*reinterpret_cast<const uint16_t *>(row + kk + 8 + 2 * q), s);
+    }
+}
+
+/* ---- conversion into a bf16 tile in shared memory, once per CTA ---- */
+
+/* A CTA of THREADS threads stages the codes of BN B rows x BK (one K step) and converts them: thread tid owns the
+ * 16-byte code chunk tid % CHUNKS of the rows (tid + i THREADS) / CHUNKS, 16 (FP8) or 32 (FP4) elements. */
+template <int BN_, int BK_, int THREADS_, int F_> struct bq_tile {
+    static constexpr int BN = BN_, BK = BK_, THREADS = THREADS_, F = F_;
+    static constexpr bool FP4 = F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3;
+    static constexpr int ROW_BYTES = FP4 ? BK / 2 : BK, CHUNKS = ROW_BYTES / 16, ELEMS = FP4 ? 32 : 16;
+    static constexpr int PER = (BN * CHUNKS + THREADS - 1) / THREADS, SUB = ELEMS / 16; /* scales a chunk */
+    static constexpr size_t STAGE = (size_t)BN * ROW_BYTES; /* bytes of codes a stage */
+    static_assert(CHUNKS >= 1 && THREADS % CHUNKS == 0, "quantised tile");
+    const uint8_t *src[PER]; /* the chunk in step 0, or NULL past N */
+    int64_t row[PER];        /* its B row, -1 past N or past the tile */
+    const char *scale;       /* the group's scales */
+    uint32_t sc[PER][SUB], next[PER][SUB]; /* raw scales of the step being converted, and of the one after */
+};
+
+template <class T, bool kGlu>
+__device__ __forceinline__ void bq_tile_init(T &q, const moe_gemm_params &p, const moe_gemm_tile &t, int tid) {
+    const int64_t row_bytes = T::FP4 ? p.k / 2 : p.k;
+    const uint8_t *b = reinterpret_cast<const uint8_t *>(p.b) +
+                       t.group * (T::FP4 ? p.b_group_stride / 2 : p.b_group_stride);
+#pragma unroll
+    for (int i = 0; i < T::PER; i++) {
+        const int s = (tid + i * T::THREADS) / T::CHUNKS;
+        q.row[i] = s < T::BN ? moe_gemm_b_index<kGlu>(p, t, T::BN, s) : -1;
+        q.src[i] = q.row[i] >= 0 ? b + q.row[i] * row_bytes + (tid % T::CHUNKS) * 16 : nullptr;
+    }
+    q.scale = reinterpret_cast<const char *>(p.bs.scale) + t.group * p.bs.group_stride * (T::F == MOE_B_E4M3_F32 ? 4 : 1);
+}
+
+/* cp.async of K step kt's codes into `stage` (rows of ROW_BYTES); chunks past N or K read as zeros. */
+template <class T>
+__device__ __forceinline__ void bq_tile_copy(const T &q, uint8_t *stage, int kt, const moe_gemm_params &p, int tid) {
+    const int qc = tid % T::CHUNKS;
+    const bool in_k = kt * T::BK + qc * T::ELEMS < p.k; /* K is a multiple of 32: a chunk is all in or out */
+#pragma unroll
+    for (int i = 0; i < T::PER; i++) {
+        const int s = (tid + i * T::THREADS) / T::CHUNKS;
+        if (s >= T::BN) continue;
+        const bool in = q.src[i] && in_k;
+        moe_cp_async16(stage + s * T::ROW_BYTES + qc * 16,
+                       in ? (const void *)(q.src[i] + (int64_t)kt * T::ROW_BYTES) : (const void *)p.a, in ? 16 : 0);
+    }
+}
+
+/* The raw scales of K step kt's chunks into dst (0 past N and past K). */
+template <class T>
+__device__ __forceinline__ void bq_tile_scales(const T &q, int kt, const moe_gemm_params &p, int tid,
+                                               uint32_t (&dst)[T::PER][T::SUB]) {
+#pragma unroll
+    for (int i = 0; i < T::PER; i++)
+#pragma unroll
+        for (int j = 0; j < T::SUB; j++) {
+            const int k = kt * T::BK + (tid % T::CHUNKS) * T::ELEMS + 16 * j;
+            dst[i][j] = bq_scale_raw<T::F>(q.scale, (q.row[i] >> p.bs.row_shift) * p.bs.cols + (k >> p.bs.col_shift),
+                                           q.row[i] >= 0 && k < p.k);
+        }
+}
+
+/* Converts the staged codes (stage as bq_tile_copy wrote it) with the scales q.sc: the 16-byte output chunk h
+ * (8 bf16: elements 8 h .. 8 h + 7 of the thread's chunk) of tile row s goes to out(s, c) for the row's chunk
+ * index c = qc ELEMS / 8 + h. */
+template <class T, class Out>
+__device__ __forceinline__ void bq_tile_convert(const T &q, const uint8_t *stage, int tid, Out out) {
+    const int qc = tid % T::CHUNKS;
+#pragma unroll
+    for (int i = 0; i < T::PER; i++) {
+        const int s = (tid + i * T::THREADS) / T::CHUNKS;
+        if (s >= T::BN) continue;
+        const uint4 w = *reinterpret_cast<const uint4 *>(stage + s * T::ROW_BYTES + qc * 16);
+        const uint32_t word[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int h = 0; h < T::ELEMS / 8; h++) { /* 8 elements: FP4 one word, FP8 two */
+            const float sc = bq_scale_f32<T::F>(q.sc[i][h * 8 / 16]);
+            uint4 o;
+            uint32_t *ov = &o.x;
+#pragma unroll
+            for (int e = 0; e < 4; e++) { /* element pairs 2e, 2e + 1 of the 8 */
+                if (T::FP4) {
+                    const uint32_t byte = (word[h] >> (8 * e)) & 0xFF;
+                    ov[e] = bq_pack(moe_e2m1_value(byte) * sc, moe_e2m1_value(byte >> 4) * sc);
+                } else {
+                    ov[e] = bq_fp8_pair((word[2 * h + e / 2] >> (16 * (e % 2))) & 0xFFFF, sc);
+                }
+            }
+            *out(s, qc * (T::ELEMS / 8) + h) = o;
+        }
     }
 }
 

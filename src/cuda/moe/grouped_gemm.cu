@@ -31,23 +31,38 @@ using small_tile = tile_config<16, 32, 128, 1, 2, 4, 4>;
 using medium_tile = tile_config<64, 128, 64, 2, 4, 1, 4>;
 using large_tile = tile_config<128, 128, 32, 2, 4, 1, 4>;
 
+/* How a tile shape reads quantised B: in registers when its warps share no B rows (SMALL: one warp row), else
+ * converted once per CTA into a bf16 tile (bq_tile). */
+template <class C> __host__ __device__ constexpr bool quant_in_registers() {
+    return C::WARPS_M == 1;
+}
+
+template <class C, int F> __host__ __device__ constexpr size_t smem_bytes() {
+    return F == MOE_B_BF16                ? C::SMEM
+           : quant_in_registers<C>()      ? bquant_config<C, F>::SMEM
+                                          : (size_t)C::STAGES * C::BM * C::LDS * 2 + (size_t)C::BN * C::LDS * 2 +
+                                               (size_t)C::STAGES * bq_tile<C::BN, C::BK, C::THREADS, F>::STAGE;
+}
+
 template <class C, bool kGlu, int F>
 __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     typedef __nv_bfloat16 row_t[C::LDS];
     typedef bquant_config<C, F> Q;
-    constexpr bool kQuant = F != MOE_B_BF16;
+    typedef bq_tile<C::BN, C::BK, C::THREADS, F> QT;
+    constexpr bool kQuant = F != MOE_B_BF16, kRegs = kQuant && quant_in_registers<C>(), kTile = kQuant && !kRegs;
     row_t *sa = reinterpret_cast<row_t *>(smem_raw);              /* [STAGES][BM] */
-    row_t *sb = sa + C::STAGES * C::BM;                           /* bf16: [STAGES][BN] */
-    uint8_t *sq = reinterpret_cast<uint8_t *>(sb);                /* quantised: [STAGES][BN][STRIDE] codes */
+    row_t *sb = sa + C::STAGES * C::BM;                           /* bf16: [STAGES][BN]; kTile: [BN] */
+    uint8_t *sq = reinterpret_cast<uint8_t *>(sb);                /* kRegs: [STAGES][BN][STRIDE] codes */
     uint32_t *lut = reinterpret_cast<uint32_t *>(sq + (size_t)C::STAGES * C::BN * Q::STRIDE); /* FP4: [256] */
+    uint8_t *st_codes = reinterpret_cast<uint8_t *>(sb + C::BN);  /* kTile: [STAGES][QT::STAGE] */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_k = warp / (C::WARPS_M * C::WARPS_N), warp_mn = warp % (C::WARPS_M * C::WARPS_N);
     const int warp_m = warp_mn / C::WARPS_N, warp_n = warp_mn % C::WARPS_N;
 
     moe_gemm_tile t;
     if (!moe_gemm_locate(p, C::BM, t)) return;
-    if (kQuant && Q::FP4) bq_fp4_table(lut, tid, C::THREADS); /* read after the main loop's first barrier */
+    if (kRegs && Q::FP4) bq_fp4_table(lut, tid, C::THREADS); /* read after the main loop's first barrier */
 
     /* the global rows this thread copies: 16-byte chunks at column kc of each K step */
     const int kc = (tid % C::CHUNKS_K) * 8;
@@ -65,7 +80,9 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
     uint32_t sc[C::NI][Q::KSUB], sc_next[C::NI][Q::KSUB];
     const char *q_scale = nullptr;
     const int wm0 = warp_m * C::MI * 16, wn0 = warp_n * C::NI * 8, wk0 = warp_k * C::KW;
-    if (kQuant) {
+    QT qt;
+    if (kTile) bq_tile_init<QT, kGlu>(qt, p, t, tid);
+    if (kRegs) {
         const int64_t row_bytes = Q::FP4 ? p.k / 2 : p.k;
         const uint8_t *b = reinterpret_cast<const uint8_t *>(p.b) +
                            t.group * (Q::FP4 ? p.b_group_stride / 2 : p.b_group_stride);
@@ -100,7 +117,9 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
         for (int i = 0; i < C::A_PER; i++)
             moe_cp_async16(&sa[stage * C::BM + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
                            a_row[i] && in_k ? a_row[i] + k0 : p.a, a_row[i] && in_k ? 16 : 0);
-        if (!kQuant) {
+        if (kTile) {
+            bq_tile_copy(qt, st_codes + stage * QT::STAGE, kt, p, tid);
+        } else if (!kQuant) {
 #pragma unroll
             for (int i = 0; i < C::B_PER; i++)
                 moe_cp_async16(&sb[stage * C::BN + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
@@ -133,21 +152,32 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
         if (s < k_tiles) load(s, s);
         moe_cp_async_commit();
     }
-    if (kQuant) load_scales(0, sc_next);
+    if (kRegs) load_scales(0, sc_next);
+    if (kTile) bq_tile_scales(qt, 0, p, tid, qt.next);
     for (int kt = 0; kt < k_tiles; kt++) {
         moe_cp_async_wait<C::STAGES - 2>();
         __syncthreads();
         const int next = kt + C::STAGES - 1;
         if (next < k_tiles) load(next % C::STAGES, next);
         moe_cp_async_commit();
-        if (kQuant) { /* this step's scales (loaded a step ago); the next step's on their way */
+        if (kRegs) { /* this step's scales (loaded a step ago); the next step's on their way */
 #pragma unroll
             for (int ni = 0; ni < C::NI; ni++)
 #pragma unroll
                 for (int j = 0; j < Q::KSUB; j++) sc[ni][j] = sc_next[ni][j];
             if (kt + 1 < k_tiles) load_scales(kt + 1, sc_next);
         }
-        const row_t *sa_st = sa + (kt % C::STAGES) * C::BM, *sb_st = sb + (kt % C::STAGES) * C::BN;
+        if (kTile) { /* the step's codes into the bf16 tile (its readers passed this step's first barrier) */
+#pragma unroll
+            for (int i = 0; i < QT::PER; i++)
+#pragma unroll
+                for (int j = 0; j < QT::SUB; j++) qt.sc[i][j] = qt.next[i][j];
+            if (kt + 1 < k_tiles) bq_tile_scales(qt, kt + 1, p, tid, qt.next);
+            bq_tile_convert(qt, st_codes + (kt % C::STAGES) * QT::STAGE, tid,
+                            [&](int s, int c) { return reinterpret_cast<uint4 *>(&sb[s][8 * c]); });
+            __syncthreads();
+        }
+        const row_t *sa_st = sa + (kt % C::STAGES) * C::BM, *sb_st = sb + (kTile ? 0 : (kt % C::STAGES) * C::BN);
         const uint8_t *sq_st = sq + (size_t)(kt % C::STAGES) * C::BN * Q::STRIDE;
 #pragma unroll
         for (int j = 0; j < C::KW / 16; j++) {
@@ -156,7 +186,7 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
 #pragma unroll
             for (int mi = 0; mi < C::MI; mi++)
                 moe_ldmatrix_x4(af[mi], &sa_st[wm0 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
-            if (kQuant) {
+            if (kRegs) {
 #pragma unroll
                 for (int ni = 0; ni < C::NI; ni++)
                     bq_fragment<F>(sq_st + (wn0 + ni * 8 + (lane >> 2)) * Q::STRIDE, kk, lane & 3, sc[ni][j], lut,
@@ -180,8 +210,8 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
     if (C::WARPS_K > 1) { /* add the K-split partial sums, in warp order, through the (now idle) pipeline smem */
         constexpr int PER = C::MI * C::NI * 4;
         float *red = reinterpret_cast<float *>(smem_raw);
-        static_assert((size_t)(C::WARPS_K - 1) * C::WARPS_M * C::WARPS_N * 32 * PER * 4 <= Q::SMEM &&
-                          (size_t)(C::WARPS_K - 1) * C::WARPS_M * C::WARPS_N * 32 * PER * 4 <= C::SMEM,
+        static_assert((int64_t)(C::WARPS_K - 1) * C::WARPS_M * C::WARPS_N * 32 * PER * 4 <=
+                          (int64_t)smem_bytes<C, F>(),
                       "reduction");
         __syncthreads();
         if (warp_k > 0) {
@@ -223,7 +253,7 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
 
 template <class C, bool kGlu, int F> moe_status launch_one(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid,
                                                           cudaStream_t st) {
-    const size_t smem = F == MOE_B_BF16 ? C::SMEM : bquant_config<C, F>::SMEM;
+    constexpr size_t smem = smem_bytes<C, F>();
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)smem));
     gemm_kernel<C, kGlu, F><<<grid, C::THREADS, smem, st>>>(q);
@@ -264,8 +294,7 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
     case MOE_GEMM_SMALL: return launch<small_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
     default:
-        if (p.b_fmt == MOE_B_BF16 && moe__cuda_gemm_sm90_usable(ctx))
-            return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
+        if (moe__cuda_gemm_sm90_usable(ctx)) return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
         return launch<large_tile>(ctx, p, glu, m_tiles, groups, stream);
     }
 }

@@ -72,7 +72,8 @@ enum moe_gemm_shape { MOE_GEMM_SMALL, MOE_GEMM_MEDIUM, MOE_GEMM_LARGE };
 int moe__gemm_tile_m(moe_gemm_shape shape);
 
 /* m_tiles: tiles on grid.x (routed: an upper bound; tiles past offsets[G] exit); groups: grid.z (dense) or 1.
- * Quantised B runs the mma.sync tiles (LARGE included). */
+ * Quantised B: SMALL builds B fragments in registers; MEDIUM, LARGE and the wgmma tile convert it in shared
+ * memory (bquant.cuh). */
 moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
                                   int64_t m_tiles, int groups, cudaStream_t stream);
 

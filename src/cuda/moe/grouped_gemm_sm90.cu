@@ -7,11 +7,16 @@
  * row, through a 4-stage cp.async pipeline (zero fill for padding rows and the K tail) into the 128-byte swizzled
  * layout that wgmma's descriptors name: 16-byte chunk c of row r is stored at chunk c ^ (r % 8). The wgmma of a
  * stage stays in flight while the next stage is waited for and the one after is requested; a stage is refilled
- * only after both warpgroups' wgmma on it completed (wait_group 1, then a barrier). */
+ * only after both warpgroups' wgmma on it completed (wait_group 1, then a barrier).
+ *
+ * Quantised B (bquant.cuh): the codes take B's place in the cp.async pipeline; each step they are converted by
+ * all threads into one of two bf16 B buffers, in the same swizzled layout, while the previous step's wgmma still
+ * runs; a second barrier then hands the buffer to wgmma. */
 #include <stdlib.h>
 
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
+#include "cuda/moe/bquant.cuh"
 #include "cuda/moe/gemm_tile.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 #include "moe/layer.h"
@@ -33,6 +38,13 @@ template <int BN_, int STAGES_> struct sm90_tile {
     static constexpr size_t SMEM = (size_t)STAGES * (kStageA + STAGE_B) + 1024; /* + room to align to 1024 */
     static_assert(NH == 1 || NH == 2, "128 or 256 B rows");
 };
+
+/* Shared memory of the tile for B format F: bf16 B stages, or two bf16 B buffers and the code stages. */
+template <class C, int F> constexpr size_t sm90_smem() {
+    return F == MOE_B_BF16 ? C::SMEM
+                           : (size_t)C::STAGES * kStageA + 2 * (size_t)C::STAGE_B +
+                                 (size_t)C::STAGES * bq_tile<C::BN, kBK, kThreads, F>::STAGE + 1024;
+}
 
 #ifdef MOE_WGMMA
 /* Matrix descriptor of a K-major operand in the 128-byte swizzle: start address, stride between 8-row groups
@@ -72,15 +84,22 @@ template <int NH> __device__ __forceinline__ void fence_all(float (&d)[NH][64]) 
 }
 #endif
 
-template <class C, bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_params p) {
+template <class C, bool kGlu, int F>
+__global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_params p) {
 #ifdef MOE_WGMMA
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (base - raw); /* stage s: A at s * kStageA, B after all A stages */
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3;
+    constexpr bool kQuant = F != MOE_B_BF16;
+    typedef bq_tile<C::BN, kBK, kThreads, F> QT;
+    /* quantised: the two bf16 B buffers where the bf16 B stages would be, then the code stages */
+    unsigned char *codes = smem + C::STAGES * kStageA + 2 * C::STAGE_B;
 
     moe_gemm_tile t;
     if (!moe_gemm_locate(p, kBM, t)) return;
+    QT qt;
+    if (kQuant) bq_tile_init<QT, kGlu>(qt, p, t, tid);
 
     /* copy duty: chunk kc of rows tid / 8 + 32 i (4 of A, 8 of B) */
     const int kc = tid & 7;
@@ -88,7 +107,8 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_s
 #pragma unroll
     for (int i = 0; i < kBM / 32; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid >> 3) + 32 * i);
 #pragma unroll
-    for (int i = 0; i < C::BN / 32; i++) b_row[i] = moe_gemm_b_row<kGlu>(p, t, C::BN, (tid >> 3) + 32 * i);
+    for (int i = 0; i < C::BN / 32; i++)
+        b_row[i] = kQuant ? nullptr : moe_gemm_b_row<kGlu>(p, t, C::BN, (tid >> 3) + 32 * i);
     const int k_tiles = (p.k + kBK - 1) / kBK;
     auto load = [&](int stage, int kt) {
         const int k0 = kt * kBK + kc * 8;
@@ -99,12 +119,14 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_s
             moe_cp_async16(smem + stage * kStageA + r * kRow + ((kc ^ (r & 7)) << 4),
                            a_row[i] && in_k ? a_row[i] + k0 : p.a, a_row[i] && in_k ? 16 : 0);
         }
+        if (kQuant) bq_tile_copy(qt, codes + stage * QT::STAGE, kt, p, tid);
+        else
 #pragma unroll
-        for (int i = 0; i < C::BN / 32; i++) {
-            const int r = (tid >> 3) + 32 * i;
-            moe_cp_async16(smem + C::STAGES * kStageA + stage * C::STAGE_B + r * kRow + ((kc ^ (r & 7)) << 4),
-                           b_row[i] && in_k ? b_row[i] + k0 : p.a, b_row[i] && in_k ? 16 : 0);
-        }
+            for (int i = 0; i < C::BN / 32; i++) {
+                const int r = (tid >> 3) + 32 * i;
+                moe_cp_async16(smem + C::STAGES * kStageA + stage * C::STAGE_B + r * kRow + ((kc ^ (r & 7)) << 4),
+                               b_row[i] && in_k ? b_row[i] + k0 : p.a, b_row[i] && in_k ? 16 : 0);
+            }
     };
 
     float acc[C::NH][64];
@@ -117,13 +139,27 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_s
         if (s < k_tiles) load(s, s);
         moe_cp_async_commit();
     }
+    if (kQuant) bq_tile_scales(qt, 0, p, tid, qt.next);
     for (int kt = 0; kt < k_tiles; kt++) {
         moe_cp_async_wait<C::STAGES - 2>();
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async writes -> wgmma reads */
         __syncthreads();
         const int st = kt % C::STAGES;
         const uint32_t a_addr = base + st * kStageA + wg * 64 * kRow;
-        const uint32_t b_addr = base + C::STAGES * kStageA + st * C::STAGE_B;
+        const uint32_t b_addr = base + C::STAGES * kStageA + (kQuant ? kt % 2 : st) * C::STAGE_B;
+        if (kQuant) { /* codes -> B buffer kt % 2, last read by the wgmma of step kt - 2 (finished) */
+#pragma unroll
+            for (int i = 0; i < QT::PER; i++)
+#pragma unroll
+                for (int j = 0; j < QT::SUB; j++) qt.sc[i][j] = qt.next[i][j];
+            if (kt + 1 < k_tiles) bq_tile_scales(qt, kt + 1, p, tid, qt.next);
+            unsigned char *bq = smem + C::STAGES * kStageA + (kt % 2) * C::STAGE_B;
+            bq_tile_convert(qt, codes + st * QT::STAGE, tid, [&](int r, int c) {
+                return reinterpret_cast<uint4 *>(bq + r * kRow + ((c ^ (r & 7)) << 4));
+            });
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* generic writes -> wgmma reads */
+            __syncthreads();
+        }
         fence_all<C::NH>(acc);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
@@ -162,15 +198,29 @@ template <class C, bool kGlu> __global__ void __launch_bounds__(kThreads) gemm_s
 #endif
 }
 
+template <class C, bool kGlu, int F>
+moe_status launch_one(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid, cudaStream_t st) {
+    constexpr size_t smem = sm90_smem<C, F>();
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_kernel<C, kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem));
+    gemm_sm90_kernel<C, kGlu, F><<<grid, kThreads, smem, st>>>(q);
+    MOE_CUDA_LAUNCHED(ctx, "gemm_sm90_kernel");
+    return MOE_OK;
+}
+
 template <class C, bool kGlu>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? C::BN / 2 : C::BN) - 1) / (kGlu ? C::BN / 2 : C::BN);
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_kernel<C, kGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)C::SMEM));
-    gemm_sm90_kernel<C, kGlu><<<dim3((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups), kThreads, C::SMEM, st>>>(q);
-    MOE_CUDA_LAUNCHED(ctx, "gemm_sm90_kernel");
-    return MOE_OK;
+    const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
+    switch (q.b_fmt) {
+    case MOE_B_BF16: return launch_one<C, kGlu, MOE_B_BF16>(ctx, q, grid, st);
+    case MOE_B_E4M3_F32: return launch_one<C, kGlu, MOE_B_E4M3_F32>(ctx, q, grid, st);
+    case MOE_B_E4M3_E8M0: return launch_one<C, kGlu, MOE_B_E4M3_E8M0>(ctx, q, grid, st);
+    case MOE_B_E2M1_E8M0: return launch_one<C, kGlu, MOE_B_E2M1_E8M0>(ctx, q, grid, st);
+    case MOE_B_E2M1_E4M3: return launch_one<C, kGlu, MOE_B_E2M1_E4M3>(ctx, q, grid, st);
+    }
+    return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM (sm90): unknown weight storage %d", (int)q.b_fmt);
 }
 
 /* 128 x 128 tiles, 3 stages: 97 KB of shared memory and 114 registers, so two CTAs share an SM and one's
@@ -187,7 +237,8 @@ bool moe__cuda_gemm_sm90_usable(moe_ctx *ctx) {
         cudaFuncAttributes a;
         int major = 0;
         usable = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->cuda.device) == cudaSuccess &&
-                 major == 9 && cudaFuncGetAttributes(&a, gemm_sm90_kernel<tile, true>) == cudaSuccess && a.ptxVersion >= 90;
+                 major == 9 && cudaFuncGetAttributes(&a, gemm_sm90_kernel<tile, true, MOE_B_BF16>) == cudaSuccess &&
+                 a.ptxVersion >= 90;
         cudaGetLastError();
     }
     return usable == 1;
