@@ -1,32 +1,17 @@
-/* bquant.cuh — quantised expert weights (B) in the grouped GEMM (grouped_gemm.cu): how a K step of codes is staged
- * in shared memory, and how a thread turns codes and block scales into the bf16 B fragments of mma.sync m16n8k16
- * in registers. Device code only.
- *
- * The codes of a K step (BK per B row: bytes for FP8, half bytes for FP4) arrive by cp.async in rows padded to an
- * odd number of 16-byte units, so the 8 rows a fragment load touches fall in 8 distinct bank groups. A thread's
- * fragment for (B row n, k16 step at kk) holds k = kk + 2q, 2q+1 and kk + 8 + 2q, 9 + 2q (q = lane % 4): two
- * 2-byte reads (FP8) or two 1-byte reads (FP4, two codes a byte, low nibble first). Each weight becomes
- * bf16(code * block scale): FP8 through f32 (one rounding for f32 scales, exact for E8M0), FP4 through a 256-entry
- * table of bf16 code pairs times the scale in bf16 (exact: E8M0 and E4M3 scales times E2M1 codes fit bf16). The
- * scales a thread needs for the next K step are loaded one step ahead, into registers. */
+/* bquant.cuh — quantised expert weights (B) in the grouped GEMM (grouped_gemm.cu, grouped_gemm_sm90.cu): the codes
+ * of each K step take B's place in the cp.async pipeline, and become bf16 in one of two ways.
+ *  - In registers (bq_regs): the SMALL tile of decode, whose warps share no B row, turns each thread's codes into
+ *    its mma.sync fragments directly.
+ *  - In shared memory (bq_tile): tiles whose warps share B rows (MEDIUM, LARGE, the wgmma tile) convert each K step
+ *    once per CTA into a bf16 tile, which their warps then read as they read bf16 weights; each weight becomes
+ *    bf16(code * block scale) there (one rounding for f32 scales, exact for E8M0 and for E2M1 codes).
+ * K is a multiple of 32, so a 16-byte chunk of codes is all inside K or all outside. Device code only. */
 #ifndef MOE_CUDA_MOE_BQUANT_CUH
 #define MOE_CUDA_MOE_BQUANT_CUH
 
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/moe/gemm_tile.cuh"
-
-template <class C, int F> struct bquant_config {
-    static constexpr bool FP4 = F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3;
-    static constexpr int ROW_BYTES = FP4 ? C::BK / 2 : C::BK;         /* codes of one B row of a K step */
-    static constexpr int STRIDE = (ROW_BYTES / 16) % 2 ? ROW_BYTES + 32 : ROW_BYTES + 16; /* odd x 16 bytes */
-    static constexpr int CHUNKS = ROW_BYTES / 16;                      /* 16-byte chunks a row */
-    static constexpr int PER = (C::BN * CHUNKS + C::THREADS - 1) / C::THREADS; /* chunks a thread copies */
-    static constexpr int KSUB = C::KW / 16;                            /* k16 steps of a warp in a K step */
-    static constexpr size_t SMEM = (size_t)C::STAGES * C::BM * C::LDS * 2 + (size_t)C::STAGES * C::BN * STRIDE +
-                                   (FP4 ? 256 * 4 : 0);
-    static_assert(CHUNKS >= 1 && C::THREADS % CHUNKS == 0 && (STRIDE / 16) % 2 == 1, "quantised staging");
-};
 
 /* The stored scale at index i, raw (f32 bits or one byte); 0 where there is none. */
 template <int F> __device__ __forceinline__ uint32_t bq_scale_raw(const void *base, int64_t i, bool valid) {
@@ -42,45 +27,162 @@ template <int F> __device__ __forceinline__ float bq_scale_f32(uint32_t raw) {
     return moe_decode((uint8_t)raw, MOE_DTYPE_E8M0);
 }
 
-/* The 256-entry table: byte b (codes b & 15, b >> 4) as a bf16 pair, written by the CTA's threads. */
-__device__ __forceinline__ void bq_fp4_table(uint32_t *lut, int tid, int threads) {
-    for (int b = tid; b < 256; b += threads) {
-        const __nv_bfloat162 v = __floats2bfloat162_rn(moe_e2m1_value((uint32_t)b), moe_e2m1_value((uint32_t)b >> 4));
-        lut[b] = *reinterpret_cast<const uint32_t *>(&v);
-    }
-}
-
 __device__ __forceinline__ uint32_t bq_pack(float a, float b) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
     return *reinterpret_cast<const uint32_t *>(&v);
 }
 
-/* Two FP8 codes (low byte first) times s as a bf16 pair. */
+/* Two FP8 codes (low byte first) times s as a bf16 pair (one rounding). */
 __device__ __forceinline__ uint32_t bq_fp8_pair(uint32_t codes, float s) {
     const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)codes, __NV_E4M3));
     const float2 f = __half22float2(h);
     return bq_pack(f.x * s, f.y * s);
 }
 
-/* Two FP4 codes (one byte) times the bf16 pair s2 (the scale twice): exact. */
-__device__ __forceinline__ uint32_t bq_fp4_pair(const uint32_t *lut, uint32_t byte, __nv_bfloat162 s2) {
-    const uint32_t v = lut[byte];
-    const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&v), s2);
-    return *reinterpret_cast<const uint32_t *>(&r);
+/* Two FP8 codes as a bf16 pair scaled by 2^-112, exactly and with no arithmetic: the hardware's E4M3 -> f16 (every
+ * E4M3 value, subnormals included, is a normal f16), then the f16 fields read as bf16 fields (exponent bias 15 in
+ * place of 127). NaN codes come out finite. */
+__device__ __forceinline__ uint32_t bq_fp8_pair_2m112(uint32_t codes) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)codes, __NV_E4M3);
+    const uint32_t u = (uint32_t)h.x | (uint32_t)h.y << 16;
+    return ((u >> 3) & 0x0FFF0FFFu) | (u & 0x80008000u);
 }
 
-/* The B fragment of one k16 step at kk (elements from the staged row's start) of staged row `row`, scale raw. */
-template <int F>
-__device__ __forceinline__ void bq_fragment(const uint8_t *row, int kk, int q, uint32_t raw, const uint32_t *lut,
-                                            uint32_t (&b)[2]) {
-    const float s = bq_scale_f32<F>(raw);
-    if (F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3) {
-        const __nv_bfloat162 s2 = __float2bfloat162_rn(s); /* exact: E8M0 and E4M3 values are bf16 values */
-        b[0] = bq_fp4_pair(lut, row[kk / 2 + q], s2);
-        b[1] = bq_fp4_pair(lut, row[kk / 2 + 4 + q], s2);
-    } else {
-        b[0] = bq_fp8_pair(*reinterpret_cast<const uint16_t *>(row + kk + 2 * q), s);
-        b[1] = bq_fp8_pair(*reinterpret_cast<const uint16_t *>(row + kk + 8 + 2 * q), s);
+/* Eight FP4 codes (a word, code i in bits 4i..4i+3) as four bf16 pairs, exactly: two byte permutes look the
+ * magnitudes' bf16 bytes up in register tables, two more interleave them, and the signs are moved in. */
+__device__ __forceinline__ void bq_fp4x8(uint32_t w, uint32_t (&o)[4]) {
+    /* bf16 of the E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6: low bytes, high bytes */
+    const uint32_t lo0 = 0xC0800000u, lo1 = 0xC0804000u, hi0 = 0x3F3F3F00u, hi1 = 0x40404040u;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const uint32_t x = w >> (16 * h); /* codes 4h .. 4h + 3; the permutes read 3 bits a nibble */
+        const uint32_t lo = __byte_perm(lo0, lo1, x), hi = __byte_perm(hi0, hi1, x);
+        o[2 * h] = __byte_perm(lo, hi, 0x5140) | ((x << 12) & 0x8000u) | ((x << 24) & 0x80000000u);
+        o[2 * h + 1] = __byte_perm(lo, hi, 0x7362) | ((x << 4) & 0x8000u) | ((x << 16) & 0x80000000u);
+    }
+}
+
+/* ---- B fragments in registers: the SMALL tile (one warp row, so no B row is read by two warps) ----
+ *
+ * A K step of 128 is split over 4 warps of 32 columns. Thread q (lane % 4) of a warp holds the natural columns
+ * 8q .. 8q + 7 of its 32 for both operands: register r of k16 step j holds the column pair 8q + 4j + 2r, where the
+ * standard fragments hold 16j + 8r + 2q. A and B agree, so the sum is the same, and each row is read with one load:
+ * 16 bytes of A (rows padded to BK + 32 elements: the two rows of an 8-thread phase fall in distinct banks), 8 bytes
+ * of FP8 or 4 of FP4 codes (rows padded so the rows of a phase do too).
+ * FP4: codes become bf16 exactly (bq_fp4x8) and are multiplied by their block scale in bf16 (exact: E8M0 and E4M3
+ * scales times E2M1 values fit bf16). FP8: codes become bf16 times 2^-112 (bq_fp8_pair_2m112); the step's products
+ * are summed apart and added to the accumulators times 2^112 and the block scale of their column, in f32
+ * (promotion, as DeepGEMM does; the warp's 32 columns lie in one block of every FP8 format). Products whose size
+ * in code units is below 2^-14 may be flushed by the tensor cores: below 1e-9 of any dot product that matters. */
+template <class C, int F_> struct bq_regs {
+    static constexpr int F = F_, THREADS = C::THREADS, BN = C::BN, BK = C::BK, NI = C::NI;
+    static constexpr bool FP4 = F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3;
+    static constexpr int ROW_BYTES = FP4 ? C::BK / 2 : C::BK, STRIDE = ROW_BYTES + (FP4 ? 16 : 32);
+    static constexpr int LDA = C::BK + 32;                                   /* A row, elements */
+    static constexpr int CHUNKS = ROW_BYTES / 16, PER = (C::BN * CHUNKS + C::THREADS - 1) / C::THREADS;
+    static constexpr int KS = FP4 ? 1 : 2; /* scales an n8 block: FP4 its fragment row's, FP8 its two columns' */
+    static constexpr size_t SMEM = (size_t)C::STAGES * C::BM * LDA * 2 + (size_t)C::STAGES * C::BN * STRIDE;
+    static_assert(C::WARPS_M != 1 || (C::BK == 128 && C::KW == 32 && C::THREADS % CHUNKS == 0), "register B");
+    const uint8_t *src[PER];     /* the copy chunks in step 0, NULL past N */
+    int64_t row[C::NI][KS];      /* B rows whose scales this thread applies, -1 past N */
+    const char *scale;
+    uint32_t sc[C::NI][KS], next[C::NI][KS];
+};
+
+template <class R, bool kGlu>
+__device__ __forceinline__ void bq_regs_init(R &q, const moe_gemm_params &p, const moe_gemm_tile &t, int tid,
+                                             int lane, int wn0) {
+    const int64_t row_bytes = R::FP4 ? p.k / 2 : p.k;
+    const uint8_t *b = reinterpret_cast<const uint8_t *>(p.b) +
+                       t.group * (R::FP4 ? p.b_group_stride / 2 : p.b_group_stride);
+#pragma unroll
+    for (int i = 0; i < R::PER; i++) {
+        const int s = (tid + i * R::THREADS) / R::CHUNKS;
+        const int64_t r = s < R::BN ? moe_gemm_b_index<kGlu>(p, t, R::BN, s) : -1;
+        q.src[i] = r >= 0 ? b + r * row_bytes + (tid % R::CHUNKS) * 16 : nullptr;
+    }
+#pragma unroll
+    for (int ni = 0; ni < R::NI; ni++)
+#pragma unroll
+        for (int c = 0; c < R::KS; c++) /* FP4: the fragment row lane / 4; FP8: the columns 2 (lane % 4) + c */
+            q.row[ni][c] = moe_gemm_b_index<kGlu>(p, t, R::BN,
+                                                  wn0 + ni * 8 + (R::FP4 ? lane >> 2 : 2 * (lane & 3) + c));
+    q.scale = reinterpret_cast<const char *>(p.bs.scale) + t.group * p.bs.group_stride * (R::F == MOE_B_E4M3_F32 ? 4 : 1);
+}
+
+/* cp.async of K step kt's codes into `stage` (rows of STRIDE bytes); chunks past N or K read as zeros. */
+template <class R>
+__device__ __forceinline__ void bq_regs_copy(const R &q, uint8_t *stage, int kt, const moe_gemm_params &p, int tid) {
+    const int qc = tid % R::CHUNKS;
+    const bool in_k = kt * R::BK + qc * (R::FP4 ? 32 : 16) < p.k; /* K is a multiple of 32 */
+#pragma unroll
+    for (int i = 0; i < R::PER; i++) {
+        const int s = (tid + i * R::THREADS) / R::CHUNKS;
+        if (s >= R::BN) continue;
+        const bool in = q.src[i] && in_k;
+        moe_cp_async16(stage + s * R::STRIDE + qc * 16,
+                       in ? (const void *)(q.src[i] + (int64_t)kt * R::ROW_BYTES) : (const void *)p.a, in ? 16 : 0);
+    }
+}
+
+/* The raw scales of K step kt this thread applies (0 past N and past K): at the thread's first column. */
+template <class R>
+__device__ __forceinline__ void bq_regs_scales(const R &q, int kt, const moe_gemm_params &p, int lane, int wk0,
+                                               uint32_t (&dst)[R::NI][R::KS]) {
+    const int k = kt * R::BK + wk0 + 8 * (lane & 3);
+#pragma unroll
+    for (int ni = 0; ni < R::NI; ni++)
+#pragma unroll
+        for (int c = 0; c < R::KS; c++)
+            dst[ni][c] = bq_scale_raw<R::F>(q.scale, (q.row[ni][c] >> p.bs.row_shift) * p.bs.cols + (k >> p.bs.col_shift),
+                                            q.row[ni][c] >= 0 && k < p.k);
+}
+
+/* One K step of a warp: A rows (a: the stage's A tile, rows of LDA) from wm0, B rows (codes: the stage's code
+ * rows) from wn0, its 32 columns from wk0; adds into acc (MI x NI mma tiles). */
+template <class R, int MI>
+__device__ __forceinline__ void bq_regs_step(const R &q, const __nv_bfloat16 *a, const uint8_t *codes, int lane,
+                                             int wm0, int wn0, int wk0, float (&acc)[MI][R::NI][4]) {
+    const int g = lane >> 2, c8 = 8 * (lane & 3);
+    uint4 al[MI], ah[MI]; /* rows g and g + 8 of each m16 tile: the thread's 8 columns */
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++) {
+        al[mi] = *reinterpret_cast<const uint4 *>(a + (wm0 + mi * 16 + g) * R::LDA + wk0 + c8);
+        ah[mi] = *reinterpret_cast<const uint4 *>(a + (wm0 + mi * 16 + g + 8) * R::LDA + wk0 + c8);
+    }
+#pragma unroll
+    for (int ni = 0; ni < R::NI; ni++) {
+        const uint8_t *row = codes + (wn0 + ni * 8 + g) * R::STRIDE;
+        uint32_t b[4]; /* pairs 0..3 of the thread's 8 columns */
+        if (R::FP4) {
+            bq_fp4x8(*reinterpret_cast<const uint32_t *>(row + (wk0 + c8) / 2), b);
+            const __nv_bfloat162 s2 = __float2bfloat162_rn(bq_scale_f32<R::F>(q.sc[ni][0])); /* exact */
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&b[e]), s2);
+                b[e] = *reinterpret_cast<const uint32_t *>(&v);
+            }
+        } else {
+            const uint2 w = *reinterpret_cast<const uint2 *>(row + wk0 + c8);
+            b[0] = bq_fp8_pair_2m112(w.x & 0xFFFF), b[1] = bq_fp8_pair_2m112(w.x >> 16);
+            b[2] = bq_fp8_pair_2m112(w.y & 0xFFFF), b[3] = bq_fp8_pair_2m112(w.y >> 16);
+        }
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++) {
+            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            float(&d)[4] = R::FP4 ? acc[mi][ni] : part;
+            const uint32_t *l = &al[mi].x, *h = &ah[mi].x;
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const uint32_t af[4] = {l[2 * j], h[2 * j], l[2 * j + 1], h[2 * j + 1]};
+                const uint32_t bf[2] = {b[2 * j], b[2 * j + 1]};
+                moe_mma_bf16_16816(d, af, bf);
+            }
+            if (!R::FP4) /* promotion: accumulators (c0, c1) and (c2, c3) are columns 2 (lane % 4) + {0, 1} */
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    acc[mi][ni][e] = fmaf(part[e] * 0x1p112f, bq_scale_f32<R::F>(q.sc[ni][e & 1]), acc[mi][ni][e]);
+        }
     }
 }
 

@@ -39,7 +39,7 @@ template <class C> __host__ __device__ constexpr bool quant_in_registers() {
 
 template <class C, int F> __host__ __device__ constexpr size_t smem_bytes() {
     return F == MOE_B_BF16                ? C::SMEM
-           : quant_in_registers<C>()      ? bquant_config<C, F>::SMEM
+           : quant_in_registers<C>()      ? bq_regs<C, F>::SMEM
                                           : (size_t)C::STAGES * C::BM * C::LDS * 2 + (size_t)C::BN * C::LDS * 2 +
                                                (size_t)C::STAGES * bq_tile<C::BN, C::BK, C::THREADS, F>::STAGE;
 }
@@ -47,22 +47,23 @@ template <class C, int F> __host__ __device__ constexpr size_t smem_bytes() {
 template <class C, bool kGlu, int F>
 __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    typedef __nv_bfloat16 row_t[C::LDS];
-    typedef bquant_config<C, F> Q;
+    typedef bq_regs<C, F> QR;
     typedef bq_tile<C::BN, C::BK, C::THREADS, F> QT;
     constexpr bool kQuant = F != MOE_B_BF16, kRegs = kQuant && quant_in_registers<C>(), kTile = kQuant && !kRegs;
-    row_t *sa = reinterpret_cast<row_t *>(smem_raw);              /* [STAGES][BM] */
-    row_t *sb = sa + C::STAGES * C::BM;                           /* bf16: [STAGES][BN]; kTile: [BN] */
-    uint8_t *sq = reinterpret_cast<uint8_t *>(sb);                /* kRegs: [STAGES][BN][STRIDE] codes */
-    uint32_t *lut = reinterpret_cast<uint32_t *>(sq + (size_t)C::STAGES * C::BN * Q::STRIDE); /* FP4: [256] */
-    uint8_t *st_codes = reinterpret_cast<uint8_t *>(sb + C::BN);  /* kTile: [STAGES][QT::STAGE] */
+    constexpr int LDA = kRegs ? QR::LDA : C::LDS; /* A row, elements */
+    typedef __nv_bfloat16 arow_t[LDA];
+    typedef __nv_bfloat16 brow_t[C::LDS];
+    arow_t *sa = reinterpret_cast<arow_t *>(smem_raw);           /* [STAGES][BM] */
+    brow_t *sb = reinterpret_cast<brow_t *>(sa + C::STAGES * C::BM); /* bf16: [STAGES][BN]; kTile: [BN] */
+    uint8_t *sq = reinterpret_cast<uint8_t *>(sb);               /* kRegs: [STAGES][BN][QR::STRIDE] codes */
+    uint8_t *st_codes = reinterpret_cast<uint8_t *>(sb + C::BN); /* kTile: [STAGES][QT::STAGE] codes */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_k = warp / (C::WARPS_M * C::WARPS_N), warp_mn = warp % (C::WARPS_M * C::WARPS_N);
     const int warp_m = warp_mn / C::WARPS_N, warp_n = warp_mn % C::WARPS_N;
+    const int wm0 = warp_m * C::MI * 16, wn0 = warp_n * C::NI * 8, wk0 = warp_k * C::KW;
 
     moe_gemm_tile t;
     if (!moe_gemm_locate(p, C::BM, t)) return;
-    if (kRegs && Q::FP4) bq_fp4_table(lut, tid, C::THREADS); /* read after the main loop's first barrier */
 
     /* the global rows this thread copies: 16-byte chunks at column kc of each K step */
     const int kc = (tid % C::CHUNKS_K) * 8;
@@ -72,42 +73,10 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
 #pragma unroll
     for (int i = 0; i < C::B_PER; i++)
         b_row[i] = kQuant ? nullptr : moe_gemm_b_row<kGlu>(p, t, C::BN, (tid + i * C::THREADS) / C::CHUNKS_K);
-    /* quantised: the code chunks this thread copies (chunk qc of B row (tid + i THREADS) / CHUNKS), and the B rows
-     * of its fragments (row lane / 4 of each n8 block) with the scales of the current and the next K step */
-    const int qc = tid % Q::CHUNKS;
-    const uint8_t *q_src[Q::PER];
-    int64_t f_row[C::NI];
-    uint32_t sc[C::NI][Q::KSUB], sc_next[C::NI][Q::KSUB];
-    const char *q_scale = nullptr;
-    const int wm0 = warp_m * C::MI * 16, wn0 = warp_n * C::NI * 8, wk0 = warp_k * C::KW;
+    QR qr; /* quantised B: the code chunks this thread copies, its scales */
     QT qt;
+    if (kRegs) bq_regs_init<QR, kGlu>(qr, p, t, tid, lane, wn0);
     if (kTile) bq_tile_init<QT, kGlu>(qt, p, t, tid);
-    if (kRegs) {
-        const int64_t row_bytes = Q::FP4 ? p.k / 2 : p.k;
-        const uint8_t *b = reinterpret_cast<const uint8_t *>(p.b) +
-                           t.group * (Q::FP4 ? p.b_group_stride / 2 : p.b_group_stride);
-#pragma unroll
-        for (int i = 0; i < Q::PER; i++) {
-            const int s_row = (tid + i * C::THREADS) / Q::CHUNKS;
-            const int64_t r = s_row < C::BN ? moe_gemm_b_index<kGlu>(p, t, C::BN, s_row) : -1;
-            q_src[i] = r >= 0 ? b + r * row_bytes + qc * 16 : nullptr;
-        }
-        q_scale = reinterpret_cast<const char *>(p.bs.scale) +
-                  t.group * p.bs.group_stride * (F == MOE_B_E4M3_F32 ? 4 : 1);
-#pragma unroll
-        for (int ni = 0; ni < C::NI; ni++) f_row[ni] = moe_gemm_b_index<kGlu>(p, t, C::BN, wn0 + ni * 8 + (lane >> 2));
-    }
-    /* the raw scales of K step kt for this thread's fragments (0 past N and past K) */
-    auto load_scales = [&](int kt, uint32_t (&dst)[C::NI][Q::KSUB]) {
-#pragma unroll
-        for (int ni = 0; ni < C::NI; ni++)
-#pragma unroll
-            for (int j = 0; j < Q::KSUB; j++) {
-                const int k = kt * C::BK + wk0 + 16 * j;
-                dst[ni][j] = bq_scale_raw<F>(q_scale, (f_row[ni] >> p.bs.row_shift) * p.bs.cols + (k >> p.bs.col_shift),
-                                             f_row[ni] >= 0 && k < p.k);
-            }
-    };
 
     const int k_tiles = (p.k + C::BK - 1) / C::BK;
     auto load = [&](int stage, int kt) {
@@ -117,25 +86,15 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
         for (int i = 0; i < C::A_PER; i++)
             moe_cp_async16(&sa[stage * C::BM + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
                            a_row[i] && in_k ? a_row[i] + k0 : p.a, a_row[i] && in_k ? 16 : 0);
-        if (kTile) {
+        if (kRegs) {
+            bq_regs_copy(qr, sq + (size_t)stage * C::BN * QR::STRIDE, kt, p, tid);
+        } else if (kTile) {
             bq_tile_copy(qt, st_codes + stage * QT::STAGE, kt, p, tid);
-        } else if (!kQuant) {
+        } else {
 #pragma unroll
             for (int i = 0; i < C::B_PER; i++)
                 moe_cp_async16(&sb[stage * C::BN + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
                                b_row[i] && in_k ? b_row[i] + k0 : p.a, b_row[i] && in_k ? 16 : 0);
-        } else {
-            /* K is a multiple of 32: a chunk of codes is all in or all out */
-            const bool q_in = kt * C::BK + qc * (Q::FP4 ? 32 : 16) < p.k;
-#pragma unroll
-            for (int i = 0; i < Q::PER; i++) {
-                const int s_row = (tid + i * C::THREADS) / Q::CHUNKS;
-                if (s_row >= C::BN) continue;
-                const bool in = q_src[i] && q_in;
-                moe_cp_async16(sq + ((size_t)stage * C::BN + s_row) * Q::STRIDE + qc * 16,
-                               in ? (const void *)(q_src[i] + (int64_t)kt * Q::ROW_BYTES) : (const void *)p.a,
-                               in ? 16 : 0);
-            }
         }
     };
 
@@ -152,7 +111,7 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
         if (s < k_tiles) load(s, s);
         moe_cp_async_commit();
     }
-    if (kRegs) load_scales(0, sc_next);
+    if (kRegs) bq_regs_scales(qr, 0, p, lane, wk0, qr.next);
     if (kTile) bq_tile_scales(qt, 0, p, tid, qt.next);
     for (int kt = 0; kt < k_tiles; kt++) {
         moe_cp_async_wait<C::STAGES - 2>();
@@ -160,12 +119,16 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
         const int next = kt + C::STAGES - 1;
         if (next < k_tiles) load(next % C::STAGES, next);
         moe_cp_async_commit();
-        if (kRegs) { /* this step's scales (loaded a step ago); the next step's on their way */
+        const arow_t *sa_st = sa + (kt % C::STAGES) * C::BM;
+        if (kRegs) { /* this step's scales (loaded a step ago), the next step's on their way; then the step */
 #pragma unroll
             for (int ni = 0; ni < C::NI; ni++)
 #pragma unroll
-                for (int j = 0; j < Q::KSUB; j++) sc[ni][j] = sc_next[ni][j];
-            if (kt + 1 < k_tiles) load_scales(kt + 1, sc_next);
+                for (int c = 0; c < QR::KS; c++) qr.sc[ni][c] = qr.next[ni][c];
+            if (kt + 1 < k_tiles) bq_regs_scales(qr, kt + 1, p, lane, wk0, qr.next);
+            bq_regs_step<QR, C::MI>(qr, &sa_st[0][0], sq + (size_t)(kt % C::STAGES) * C::BN * QR::STRIDE, lane, wm0,
+                                    wn0, wk0, acc);
+            continue;
         }
         if (kTile) { /* the step's codes into the bf16 tile (its readers passed this step's first barrier) */
 #pragma unroll
@@ -177,8 +140,7 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
                             [&](int s, int c) { return reinterpret_cast<uint4 *>(&sb[s][8 * c]); });
             __syncthreads();
         }
-        const row_t *sa_st = sa + (kt % C::STAGES) * C::BM, *sb_st = sb + (kTile ? 0 : (kt % C::STAGES) * C::BN);
-        const uint8_t *sq_st = sq + (size_t)(kt % C::STAGES) * C::BN * Q::STRIDE;
+        const brow_t *sb_st = sb + (kTile ? 0 : (kt % C::STAGES) * C::BN);
 #pragma unroll
         for (int j = 0; j < C::KW / 16; j++) {
             const int kk = wk0 + 16 * j;
@@ -186,18 +148,11 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
 #pragma unroll
             for (int mi = 0; mi < C::MI; mi++)
                 moe_ldmatrix_x4(af[mi], &sa_st[wm0 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
-            if (kRegs) {
 #pragma unroll
-                for (int ni = 0; ni < C::NI; ni++)
-                    bq_fragment<F>(sq_st + (wn0 + ni * 8 + (lane >> 2)) * Q::STRIDE, kk, lane & 3, sc[ni][j], lut,
-                                   bf[ni]);
-            } else {
-#pragma unroll
-                for (int nj = 0; nj < C::NI / 2; nj++) {
-                    uint32_t r[4];
-                    moe_ldmatrix_x4(r, &sb_st[wn0 + nj * 16 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
-                    bf[2 * nj][0] = r[0], bf[2 * nj][1] = r[1], bf[2 * nj + 1][0] = r[2], bf[2 * nj + 1][1] = r[3];
-                }
+            for (int nj = 0; nj < C::NI / 2; nj++) {
+                uint32_t r[4];
+                moe_ldmatrix_x4(r, &sb_st[wn0 + nj * 16 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
+                bf[2 * nj][0] = r[0], bf[2 * nj][1] = r[1], bf[2 * nj + 1][0] = r[2], bf[2 * nj + 1][1] = r[3];
             }
 #pragma unroll
             for (int mi = 0; mi < C::MI; mi++)
