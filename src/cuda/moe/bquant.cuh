@@ -64,7 +64,8 @@ __device__ __forceinline__ void bq_fp4x8(uint32_t w, uint32_t (&o)[4]) {
 
 /* ---- B fragments in registers: the SMALL tile (one warp row, so no B row is read by two warps) ----
  *
- * A K step of 128 is split over 4 warps of 32 columns. Thread q (lane % 4) of a warp holds the natural columns
+ * A K step of 128 is split over 4 warps of 32 columns; each warp takes all the tile's B rows, so that the fixed
+ * work of a step (barrier, copies, scale loads) is shared by as many weights as its registers allow. Thread q (lane % 4) of a warp holds the natural columns
  * 8q .. 8q + 7 of its 32 for both operands: register r of k16 step j holds the column pair 8q + 4j + 2r, where the
  * standard fragments hold 16j + 8r + 2q. A and B agree, so the sum is the same, and each row is read with one load:
  * 16 bytes of A (rows padded to BK + 32 elements: the two rows of an 8-thread phase fall in distinct banks), 8 bytes
@@ -84,7 +85,7 @@ template <class C, int F_> struct bq_regs {
     static constexpr size_t SMEM = (size_t)C::STAGES * C::BM * LDA * 2 + (size_t)C::STAGES * C::BN * STRIDE;
     static_assert(C::WARPS_M != 1 || (C::BK == 128 && C::KW == 32 && C::THREADS % CHUNKS == 0), "register B");
     const uint8_t *src[PER];     /* the copy chunks in step 0, NULL past N */
-    int64_t row[C::NI][KS];      /* B rows whose scales this thread applies, -1 past N */
+    int32_t srow[C::NI][KS];     /* where the scale rows of the B rows this thread applies start; -1 past N */
     const char *scale;
     uint32_t sc[C::NI][KS], next[C::NI][KS];
 };
@@ -104,9 +105,11 @@ __device__ __forceinline__ void bq_regs_init(R &q, const moe_gemm_params &p, con
 #pragma unroll
     for (int ni = 0; ni < R::NI; ni++)
 #pragma unroll
-        for (int c = 0; c < R::KS; c++) /* FP4: the fragment row lane / 4; FP8: the columns 2 (lane % 4) + c */
-            q.row[ni][c] = moe_gemm_b_index<kGlu>(p, t, R::BN,
-                                                  wn0 + ni * 8 + (R::FP4 ? lane >> 2 : 2 * (lane & 3) + c));
+        for (int c = 0; c < R::KS; c++) { /* FP4: the fragment row lane / 4; FP8: the columns 2 (lane % 4) + c */
+            const int64_t r = moe_gemm_b_index<kGlu>(p, t, R::BN,
+                                                     wn0 + ni * 8 + (R::FP4 ? lane >> 2 : 2 * (lane & 3) + c));
+            q.srow[ni][c] = r >= 0 ? (int32_t)((r >> p.bs.row_shift) * p.bs.cols) : -1; /* a matrix's scales < 2^31 */
+        }
     q.scale = reinterpret_cast<const char *>(p.bs.scale) + t.group * p.bs.group_stride * (R::F == MOE_B_E4M3_F32 ? 4 : 1);
 }
 
@@ -134,8 +137,7 @@ __device__ __forceinline__ void bq_regs_scales(const R &q, int kt, const moe_gem
     for (int ni = 0; ni < R::NI; ni++)
 #pragma unroll
         for (int c = 0; c < R::KS; c++)
-            dst[ni][c] = bq_scale_raw<R::F>(q.scale, (q.row[ni][c] >> p.bs.row_shift) * p.bs.cols + (k >> p.bs.col_shift),
-                                            q.row[ni][c] >= 0 && k < p.k);
+            dst[ni][c] = bq_scale_raw<R::F>(q.scale, q.srow[ni][c] + (k >> p.bs.col_shift), q.srow[ni][c] >= 0 && k < p.k);
 }
 
 /* One K step of a warp: A rows (a: the stage's A tile, rows of LDA) from wm0, B rows (codes: the stage's code

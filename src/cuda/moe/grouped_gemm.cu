@@ -28,6 +28,10 @@ template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_> str
 };
 
 using small_tile = tile_config<16, 32, 128, 1, 2, 4, 4>;
+/* SMALL over quantised B (bq_regs): 4 warps split the K step, each over all 64 B rows, so that the fixed work of a
+ * step (barrier, copies, scale loads) is spread over 4x the weights of the bf16 SMALL shape's warps: decode over
+ * quantised weights is bound by instructions (code conversion), not by bytes (ncu on the H200). */
+using small_q_tile = tile_config<16, 64, 128, 1, 1, 4, 4>;
 using medium_tile = tile_config<64, 128, 64, 2, 4, 1, 4>;
 using large_tile = tile_config<128, 128, 32, 2, 4, 1, 4>;
 
@@ -246,7 +250,9 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
                                   int64_t m_tiles, int groups, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
     switch (shape) {
-    case MOE_GEMM_SMALL: return launch<small_tile>(ctx, p, glu, m_tiles, groups, stream);
+    case MOE_GEMM_SMALL:
+        return p.b_fmt == MOE_B_BF16 ? launch<small_tile>(ctx, p, glu, m_tiles, groups, stream)
+                                     : launch<small_q_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
     default:
         if (moe__cuda_gemm_sm90_usable(ctx)) return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
