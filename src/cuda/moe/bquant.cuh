@@ -48,18 +48,35 @@ __device__ __forceinline__ uint32_t bq_fp8_pair_2m112(uint32_t codes) {
     return ((u >> 3) & 0x0FFF0FFFu) | (u & 0x80008000u);
 }
 
-/* Eight FP4 codes (a word, code i in bits 4i..4i+3) as four bf16 pairs, exactly: two byte permutes look the
- * magnitudes' bf16 bytes up in register tables, two more interleave them, and the signs are moved in. */
+__device__ __forceinline__ uint32_t bq_prmt(uint32_t a, uint32_t b, uint32_t sel) { /* PTX prmt, default mode */
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+
+/* Eight FP4 codes (a word, code i in bits 4i..4i+3) as four bf16 pairs, exactly, with byte permutes: the bf16 bytes
+ * of the magnitudes come from register tables; the signs from a permute whose selector keeps the code's sign bit,
+ * which makes it copy a byte's sign bit across the byte (0x80 -> 0xFF for negative codes, 0x80 kept otherwise). */
 __device__ __forceinline__ void bq_fp4x8(uint32_t w, uint32_t (&o)[4]) {
     /* bf16 of the E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6: low bytes, high bytes */
     const uint32_t lo0 = 0xC0800000u, lo1 = 0xC0804000u, hi0 = 0x3F3F3F00u, hi1 = 0x40404040u;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        const uint32_t x = w >> (16 * h); /* codes 4h .. 4h + 3; the permutes read 3 bits a nibble */
-        const uint32_t lo = __byte_perm(lo0, lo1, x), hi = __byte_perm(hi0, hi1, x);
-        o[2 * h] = __byte_perm(lo, hi, 0x5140) | ((x << 12) & 0x8000u) | ((x << 24) & 0x80000000u);
-        o[2 * h + 1] = __byte_perm(lo, hi, 0x7362) | ((x << 4) & 0x8000u) | ((x << 16) & 0x80000000u);
+        const uint32_t x = w >> (16 * h), m = x & 0x7777u; /* codes 4h .. 4h + 3; their magnitudes */
+        const uint32_t sign = ((bq_prmt(0x80808080u, 0x80808080u, x) ^ 0x80808080u) & 0x40404040u) << 1;
+        const uint32_t lo = bq_prmt(lo0, lo1, m), hi = bq_prmt(hi0, hi1, m) | sign;
+        o[2 * h] = bq_prmt(lo, hi, 0x5140), o[2 * h + 1] = bq_prmt(lo, hi, 0x7362);
     }
+}
+
+/* A raw block scale as the bf16 pair (s, s): exact for E8M0 (2^-127 and NaN included) and E4M3 scales. */
+template <int F> __device__ __forceinline__ __nv_bfloat162 bq_scale_bf16x2(uint32_t raw) {
+    if (F == MOE_B_E2M1_E8M0) { /* 2^(e - 127) is bf16 exponent e; e = 0 the subnormal 0x0040, 0xFF NaN */
+        const uint32_t b = raw == 0 ? 0x0040u : raw == 0xFF ? 0x7FC0u : raw << 7;
+        const uint32_t v = b | b << 16;
+        return *reinterpret_cast<const __nv_bfloat162 *>(&v);
+    }
+    return __float2bfloat162_rn(bq_scale_f32<F>(raw));
 }
 
 /* ---- B fragments in registers: the SMALL tile (one warp row, so no B row is read by two warps) ----
@@ -158,7 +175,7 @@ __device__ __forceinline__ void bq_regs_step(const R &q, const __nv_bfloat16 *a,
         uint32_t b[4]; /* pairs 0..3 of the thread's 8 columns */
         if (R::FP4) {
             bq_fp4x8(*reinterpret_cast<const uint32_t *>(row + (wk0 + c8) / 2), b);
-            const __nv_bfloat162 s2 = __float2bfloat162_rn(bq_scale_f32<R::F>(q.sc[ni][0])); /* exact */
+            const __nv_bfloat162 s2 = bq_scale_bf16x2<R::F>(q.sc[ni][0]);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&b[e]), s2);

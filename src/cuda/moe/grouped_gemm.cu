@@ -28,10 +28,10 @@ template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_> str
 };
 
 using small_tile = tile_config<16, 32, 128, 1, 2, 4, 4>;
-/* SMALL over quantised B (bq_regs): 4 warps split the K step, each over all 64 B rows, so that the fixed work of a
- * step (barrier, copies, scale loads) is spread over 4x the weights of the bf16 SMALL shape's warps: decode over
- * quantised weights is bound by instructions (code conversion), not by bytes (ncu on the H200). */
-using small_q_tile = tile_config<16, 64, 128, 1, 1, 4, 4>;
+/* SMALL over quantised B (bq_regs): 64 B rows, 2 warps over them by 4 splitting the K step, so that the fixed work
+ * of a step (barrier, copies, scale loads) is spread over 2x the weights of the bf16 SMALL shape's warps: decode
+ * over quantised weights is bound by instructions (code conversion), not by bytes (ncu on the H200). */
+using small_q_tile = tile_config<16, 64, 128, 1, 2, 4, 4>;
 using medium_tile = tile_config<64, 128, 64, 2, 4, 1, 4>;
 using large_tile = tile_config<128, 128, 32, 2, 4, 1, 4>;
 
