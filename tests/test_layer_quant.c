@@ -55,7 +55,7 @@ TEST_IMPL(layer_quant_errors) {
     moe_ctx *ctx = env->cpu;
     moe_layer_config c = quant_config();
     c.n_shared = 0;
-    static uint8_t data[8 * 192 * 160], scale[8 * 192 * 8 * 4];
+    static _Alignas(16) uint8_t data[8 * 192 * 160], scale[8 * 192 * 8 * 4];
     static float global[8];
     moe_layer_weights w = {.w13 = data, .w2 = data, .w13_scale = scale, .w2_scale = scale};
     moe_layer *l = NULL;
@@ -81,6 +81,11 @@ TEST_IMPL(layer_quant_errors) {
     nw.w2_scale = scale;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "global", moe_layer_create(ctx, &b, &nw, &l));
     ASSERT(l == NULL);
+    moe_layer_config f = c;
+    f.expert_format = moe_qformat_preset(MOE_QFORMAT_FP8_128X128);
+    moe_layer_weights mis = w;
+    mis.w2_scale = scale + 2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "4-byte aligned", moe_layer_create(ctx, &f, &mis, &l));
     b.expert_format.global = MOE_NVFP4_GLOBAL_DECODE;
     ASSERT_OK(ctx, moe_layer_create(ctx, &b, &nw, &l));
     moe_layer_destroy(l);
