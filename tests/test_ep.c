@@ -250,12 +250,12 @@ static int ep_check_eplb(test_env *env, moe_comm **comms, int n, const layer_pro
     ep_jobs_make(jobs, comms, n, p, NULL, out);
     for (int r = 0; r < n; r++)
         jobs[r].dtype = MOE_DTYPE_BF16, jobs[r].backend = backend, jobs[r].use_logits = 1,
-        jobs[r].n_physical = E + n, jobs[r].rebalance = 1;
+        jobs[r].n_physical = E + (n < 2 ? 2 : n), jobs[r].rebalance = 1; /* room for both hot experts' replicas */
     ep_jobs_run_threads(jobs, n);
     int ok = ep_jobs_ok(jobs, n) && layer_run(ref, p, MOE_DTYPE_BF16, 1, want, 0) == MOE_OK;
     if (ok) ok = ep_same(out, want, TH, what);
     int replicas[2] = {0, 0};
-    for (int q = 0; ok && q < E + n; q++)
+    for (int q = 0; ok && q < jobs[0].n_physical; q++)
         if (jobs[0].placement[q] >= 10) replicas[jobs[0].placement[q] - 10]++;
     if (ok && (replicas[0] < 2 || replicas[1] < 2 || jobs[0].balance[1] < jobs[0].balance[0])) {
         fprintf(stderr, "    %s: hot experts have %d and %d slots; balance %.3f -> %.3f\n", what, replicas[0],
