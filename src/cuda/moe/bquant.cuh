@@ -32,13 +32,6 @@ __device__ __forceinline__ uint32_t bq_pack(float a, float b) {
     return *reinterpret_cast<const uint32_t *>(&v);
 }
 
-/* Two FP8 codes (low byte first) times s as a bf16 pair (one rounding). */
-__device__ __forceinline__ uint32_t bq_fp8_pair(uint32_t codes, float s) {
-    const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)codes, __NV_E4M3));
-    const float2 f = __half22float2(h);
-    return bq_pack(f.x * s, f.y * s);
-}
-
 /* Two FP8 codes as a bf16 pair scaled by 2^-112, exactly and with no arithmetic: the hardware's E4M3 -> f16 (every
  * E4M3 value, subnormals included, is a normal f16), then the f16 fields read as bf16 fields (exponent bias 15 in
  * place of 127). NaN codes come out finite. */
@@ -52,6 +45,14 @@ __device__ __forceinline__ uint32_t bq_prmt(uint32_t a, uint32_t b, uint32_t sel
     uint32_t d;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
     return d;
+}
+
+/* Two FP8 codes (low byte first) times s as a bf16 pair: the codes' values exactly in f32 (bf16 bits are the high
+ * half of f32 bits), times s in f32, rounded to bf16. */
+__device__ __forceinline__ uint32_t bq_fp8_pair(uint32_t codes, float s) {
+    const uint32_t b = bq_fp8_pair_2m112(codes);
+    const float lo = __uint_as_float(b << 16) * 0x1p112f, hi = __uint_as_float(b & 0xFFFF0000u) * 0x1p112f;
+    return bq_pack(lo * s, hi * s);
 }
 
 /* Eight FP4 codes (a word, code i in bits 4i..4i+3) as four bf16 pairs, exactly, with byte permutes: the bf16 bytes
@@ -279,17 +280,21 @@ __device__ __forceinline__ void bq_tile_convert(const T &q, const uint8_t *stage
         const uint32_t word[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int h = 0; h < T::ELEMS / 8; h++) { /* 8 elements: FP4 one word, FP8 two */
-            const float sc = bq_scale_f32<T::F>(q.sc[i][h * 8 / 16]);
             uint4 o;
             uint32_t *ov = &o.x;
+            if (T::FP4) { /* exact: bf16 codes times the bf16 scale */
+                bq_fp4x8(word[h], *reinterpret_cast<uint32_t(*)[4]>(ov));
+                const __nv_bfloat162 s2 = bq_scale_bf16x2<T::F>(q.sc[i][h * 8 / 16]);
 #pragma unroll
-            for (int e = 0; e < 4; e++) { /* element pairs 2e, 2e + 1 of the 8 */
-                if (T::FP4) {
-                    const uint32_t byte = (word[h] >> (8 * e)) & 0xFF;
-                    ov[e] = bq_pack(moe_e2m1_value(byte) * sc, moe_e2m1_value(byte >> 4) * sc);
-                } else {
-                    ov[e] = bq_fp8_pair((word[2 * h + e / 2] >> (16 * (e % 2))) & 0xFFFF, sc);
+                for (int e = 0; e < 4; e++) {
+                    const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&ov[e]), s2);
+                    ov[e] = *reinterpret_cast<const uint32_t *>(&v);
                 }
+            } else {
+                const float sc = bq_scale_f32<T::F>(q.sc[i][0]);
+#pragma unroll
+                for (int e = 0; e < 4; e++) /* element pairs 2e, 2e + 1 of the 8 */
+                    ov[e] = bq_fp8_pair((word[2 * h + e / 2] >> (16 * (e % 2))) & 0xFFFF, sc);
             }
             *out(s, qc * (T::ELEMS / 8) + h) = o;
         }
