@@ -47,12 +47,13 @@ __device__ __forceinline__ uint32_t bq_prmt(uint32_t a, uint32_t b, uint32_t sel
     return d;
 }
 
-/* Two FP8 codes (low byte first) times s as a bf16 pair: the codes' values exactly in f32 (bf16 bits are the high
- * half of f32 bits), times s in f32, rounded to bf16. */
+/* Two FP8 codes (low byte first) times s as a bf16 pair: the codes' values exactly (E4M3 -> f16 -> f32), times s
+ * in f32, rounded to bf16. (Measured on the H200 in the wide tiles: faster than reading the values out of
+ * bq_fp8_pair_2m112's bits with integer operations.) */
 __device__ __forceinline__ uint32_t bq_fp8_pair(uint32_t codes, float s) {
-    const uint32_t b = bq_fp8_pair_2m112(codes);
-    const float lo = __uint_as_float(b << 16) * 0x1p112f, hi = __uint_as_float(b & 0xFFFF0000u) * 0x1p112f;
-    return bq_pack(lo * s, hi * s);
+    const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)codes, __NV_E4M3));
+    const float2 f = __half22float2(h);
+    return bq_pack(f.x * s, f.y * s);
 }
 
 /* Eight FP4 codes (a word, code i in bits 4i..4i+3) as four bf16 pairs, exactly, with byte permutes: the bf16 bytes
