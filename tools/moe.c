@@ -4,7 +4,7 @@
 #include "cli.h"
 
 static const char usage[] =
-    "moe — Mixture-of-Experts inference engine (this release: number formats, routing, the BF16 MoE layer and expert parallelism)\n"
+    "moe — Mixture-of-Experts inference engine (this release: number formats, routing, the MoE layer over BF16 or quantised experts, expert parallelism)\n"
     "\n"
     "usage: moe <command> [options]\n"
     "\n"
@@ -14,7 +14,8 @@ static const char usage[] =
     "  bench      benchmarks; `moe bench formats`: GB/s of every quantise/dequantise kernel beside the copy\n"
     "             bandwidth measured in the same run; `moe bench route`: routing + load statistics + permute\n"
     "             per step, for a model's router at several token counts; `moe bench layer`:\n"
-    "             one MoE layer forward at a model's shapes (random weights) per token count; `moe bench ep`:\n"
+    "             one MoE layer forward at a model's shapes (random weights: bf16, or quantised with --dtype fp8,\n"
+    "             mxfp4, nvfp4, ...) per token count; `moe bench ep`:\n"
     "             the layer split over this machine's GPUs (expert parallelism), phase by phase, beside the\n"
     "             transport's plain all-to-all\n"
     "  info       what this build contains and where it computes on this machine\n"
