@@ -220,24 +220,16 @@ template <class C, bool kGlu, int F> moe_status launch_one(moe_ctx *ctx, const m
     return MOE_OK;
 }
 
-template <class C, bool kGlu> moe_status launch_fmt(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid, cudaStream_t st) {
-    switch (q.b_fmt) {
-    case MOE_B_BF16: return launch_one<C, kGlu, MOE_B_BF16>(ctx, q, grid, st);
-    case MOE_B_E4M3_F32: return launch_one<C, kGlu, MOE_B_E4M3_F32>(ctx, q, grid, st);
-    case MOE_B_E4M3_E8M0: return launch_one<C, kGlu, MOE_B_E4M3_E8M0>(ctx, q, grid, st);
-    case MOE_B_E2M1_E8M0: return launch_one<C, kGlu, MOE_B_E2M1_E8M0>(ctx, q, grid, st);
-    case MOE_B_E2M1_E4M3: return launch_one<C, kGlu, MOE_B_E2M1_E4M3>(ctx, q, grid, st);
-    }
-    return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: unknown weight storage %d", (int)q.b_fmt);
-}
-
 template <class C>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups, cudaStream_t st) {
     const int cols_per_tile = glu ? C::BN / 2 : C::BN;
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + cols_per_tile - 1) / cols_per_tile;
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
-    return glu ? launch_fmt<C, true>(ctx, q, grid, st) : launch_fmt<C, false>(ctx, q, grid, st);
+    return moe_gemm_by_bfmt(ctx, q.b_fmt, [&](auto f) {
+        return glu ? launch_one<C, true, decltype(f)::value>(ctx, q, grid, st)
+                   : launch_one<C, false, decltype(f)::value>(ctx, q, grid, st);
+    });
 }
 
 } // namespace

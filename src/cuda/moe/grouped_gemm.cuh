@@ -58,6 +58,22 @@ struct moe_gemm_params {
     int64_t m_tiles, n_tiles; /* set by moe__cuda_grouped_gemm */
 };
 
+/* Calls launch(tag) with tag::value the compiled instance of B's storage f (a switch written once for both GEMM
+ * files); an unknown f is an error. */
+template <int F> struct moe_bfmt_tag {
+    static constexpr int value = F;
+};
+template <class Launch> moe_status moe_gemm_by_bfmt(moe_ctx *ctx, moe_gemm_bfmt f, Launch launch) {
+    switch (f) {
+    case MOE_B_BF16: return launch(moe_bfmt_tag<MOE_B_BF16>());
+    case MOE_B_E4M3_F32: return launch(moe_bfmt_tag<MOE_B_E4M3_F32>());
+    case MOE_B_E4M3_E8M0: return launch(moe_bfmt_tag<MOE_B_E4M3_E8M0>());
+    case MOE_B_E2M1_E8M0: return launch(moe_bfmt_tag<MOE_B_E2M1_E8M0>());
+    case MOE_B_E2M1_E4M3: return launch(moe_bfmt_tag<MOE_B_E2M1_E4M3>());
+    }
+    return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: unknown weight storage %d", (int)f);
+}
+
 /* Tile shapes, chosen on the host from the rows an expert gets on average:
  *  SMALL  (16 rows): decode; CTAs of 32 weight rows streaming K in steps of 128 through 4 stages, the K step
  *                    split over 4 warps: many small CTAs keep every SM's loads in flight on the touched experts;

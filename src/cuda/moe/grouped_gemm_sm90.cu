@@ -213,14 +213,8 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? C::BN / 2 : C::BN) - 1) / (kGlu ? C::BN / 2 : C::BN);
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
-    switch (q.b_fmt) {
-    case MOE_B_BF16: return launch_one<C, kGlu, MOE_B_BF16>(ctx, q, grid, st);
-    case MOE_B_E4M3_F32: return launch_one<C, kGlu, MOE_B_E4M3_F32>(ctx, q, grid, st);
-    case MOE_B_E4M3_E8M0: return launch_one<C, kGlu, MOE_B_E4M3_E8M0>(ctx, q, grid, st);
-    case MOE_B_E2M1_E8M0: return launch_one<C, kGlu, MOE_B_E2M1_E8M0>(ctx, q, grid, st);
-    case MOE_B_E2M1_E4M3: return launch_one<C, kGlu, MOE_B_E2M1_E4M3>(ctx, q, grid, st);
-    }
-    return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM (sm90): unknown weight storage %d", (int)q.b_fmt);
+    return moe_gemm_by_bfmt(ctx, q.b_fmt,
+                            [&](auto f) { return launch_one<C, kGlu, decltype(f)::value>(ctx, q, grid, st); });
 }
 
 /* 128 x 128 tiles, 3 stages: 97 KB of shared memory and 114 registers, so two CTAs share an SM and one's
