@@ -177,7 +177,8 @@ int layer_problem_quantize(moe_ctx *cpu, const layer_problem *p, const moe_qform
             bad |= moe_quantize(cpu, &x, &qt, NULL) != MOE_OK || moe_dequantize(cpu, &qt, &y, NULL) != MOE_OK;
         }
     }
-    if (bad) fprintf(stderr, "  quantising the experts as %s: %s\n", moe_qformat_kind_name(f->kind), moe_last_error(cpu));
+    if (bad)
+        fprintf(stderr, "  quantising the experts as %s: %s\n", moe_qformat_kind_name(f->kind), moe_last_error(cpu));
     for (int m = 0; m < 2; m++) {
         if (deq && !bad) deq[m] = dq[m];
         else free(dq[m]);
@@ -255,7 +256,8 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
         for (int m = 0; m < 2; m++) {
             *dst[m][0] = bufs[nb++] = test_upload(ctx, p->qw->data[m], p->qw->data_bytes[m]);
             *dst[m][1] = bufs[nb++] = test_upload(ctx, p->qw->scale[m], p->qw->scale_bytes[m]);
-            if (p->qw->global[m]) *dst[m][2] = bufs[nb++] = test_upload(ctx, p->qw->global[m], sizeof(float) * (size_t)E);
+            if (p->qw->global[m])
+                *dst[m][2] = bufs[nb++] = test_upload(ctx, p->qw->global[m], sizeof(float) * (size_t)E);
         }
     } else {
         UP(w.w13, p->w13, E * 2 * I * H, dtype);

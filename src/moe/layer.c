@@ -65,7 +65,9 @@ static moe_status moe_check_expert_format(moe_ctx *ctx, const moe_layer_config *
                   moe_qformat_kind_name(k));
     MOE_CHECK_ARG(ctx, k != MOE_QFORMAT_NVFP4 || (w->w13_global && w->w2_global),
                   "moe_layer_create: nvfp4 experts need w13_global and w2_global (one per expert)");
-    MOE_CHECK_ARG(ctx, q13->scale_bytes_each == 1 || ((uintptr_t)w->w13_scale % 4 == 0 && (uintptr_t)w->w2_scale % 4 == 0),
+    MOE_CHECK_ARG(ctx,
+                  q13->scale_bytes_each == 1 ||
+                      ((uintptr_t)w->w13_scale % 4 == 0 && (uintptr_t)w->w2_scale % 4 == 0),
                   "moe_layer_create: the f32 scales w13_scale and w2_scale must be 4-byte aligned");
     return MOE_OK;
 }

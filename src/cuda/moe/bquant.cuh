@@ -83,17 +83,17 @@ template <int F> __device__ __forceinline__ __nv_bfloat162 bq_scale_bf16x2(uint3
 
 /* ---- B fragments in registers: the SMALL tile (one warp row, so no B row is read by two warps) ----
  *
- * A K step of 128 is split over 4 warps of 32 columns; each warp takes all the tile's B rows, so that the fixed
- * work of a step (barrier, copies, scale loads) is shared by as many weights as its registers allow. Thread q (lane % 4) of a warp holds the natural columns
- * 8q .. 8q + 7 of its 32 for both operands: register r of k16 step j holds the column pair 8q + 4j + 2r, where the
- * standard fragments hold 16j + 8r + 2q. A and B agree, so the sum is the same, and each row is read with one load:
+ * A K step of 128 is split over 4 warps of 32 columns (and the tile's B rows over WARPS_N warps). Thread q
+ * (lane % 4) of a warp holds the natural columns 8q .. 8q + 7 of its 32 for both operands: register r of k16 step j
+ * holds the column pair 8q + 4j + 2r, where the standard fragments hold 16j + 8r + 2q. A and B agree, so the sum
+ * is the same, and each row is read with one load:
  * 16 bytes of A (rows padded to BK + 32 elements: the two rows of an 8-thread phase fall in distinct banks), 8 bytes
  * of FP8 or 4 of FP4 codes (rows padded so the rows of a phase do too).
  * FP4: codes become bf16 exactly (bq_fp4x8) and are multiplied by their block scale in bf16 (exact: E8M0 and E4M3
  * scales times E2M1 values fit bf16). FP8: codes become bf16 times 2^-112 (bq_fp8_pair_2m112); the step's products
  * are summed apart and added to the accumulators times 2^112 and the block scale of their column, in f32
  * (promotion, as DeepGEMM does; the warp's 32 columns lie in one block of every FP8 format). Products whose size
- * in code units is below 2^-14 may be flushed by the tensor cores: below 1e-9 of any dot product that matters. */
+ * in code units are below 2^-14 may be flushed by the tensor cores (f32 subnormals). */
 template <class C, int F_> struct bq_regs {
     static constexpr int F = F_, THREADS = C::THREADS, BN = C::BN, BK = C::BK, NI = C::NI;
     static constexpr bool FP4 = F == MOE_B_E2M1_E8M0 || F == MOE_B_E2M1_E4M3;
@@ -129,7 +129,8 @@ __device__ __forceinline__ void bq_regs_init(R &q, const moe_gemm_params &p, con
                                                      wn0 + ni * 8 + (R::FP4 ? lane >> 2 : 2 * (lane & 3) + c));
             q.srow[ni][c] = r >= 0 ? (int32_t)((r >> p.bs.row_shift) * p.bs.cols) : -1; /* a matrix's scales < 2^31 */
         }
-    q.scale = reinterpret_cast<const char *>(p.bs.scale) + t.group * p.bs.group_stride * (R::F == MOE_B_E4M3_F32 ? 4 : 1);
+    q.scale = reinterpret_cast<const char *>(p.bs.scale) +
+              t.group * p.bs.group_stride * (R::F == MOE_B_E4M3_F32 ? 4 : 1);
 }
 
 /* cp.async of K step kt's codes into `stage` (rows of STRIDE bytes); chunks past N or K read as zeros. */
@@ -156,7 +157,8 @@ __device__ __forceinline__ void bq_regs_scales(const R &q, int kt, const moe_gem
     for (int ni = 0; ni < R::NI; ni++)
 #pragma unroll
         for (int c = 0; c < R::KS; c++)
-            dst[ni][c] = bq_scale_raw<R::F>(q.scale, q.srow[ni][c] + (k >> p.bs.col_shift), q.srow[ni][c] >= 0 && k < p.k);
+            dst[ni][c] = bq_scale_raw<R::F>(q.scale, q.srow[ni][c] + (k >> p.bs.col_shift),
+                                            q.srow[ni][c] >= 0 && k < p.k);
 }
 
 /* One K step of a warp: A rows (a: the stage's A tile, rows of LDA) from wm0, B rows (codes: the stage's code
@@ -235,7 +237,8 @@ __device__ __forceinline__ void bq_tile_init(T &q, const moe_gemm_params &p, con
         q.row[i] = s < T::BN ? moe_gemm_b_index<kGlu>(p, t, T::BN, s) : -1;
         q.src[i] = q.row[i] >= 0 ? b + q.row[i] * row_bytes + (tid % T::CHUNKS) * 16 : nullptr;
     }
-    q.scale = reinterpret_cast<const char *>(p.bs.scale) + t.group * p.bs.group_stride * (T::F == MOE_B_E4M3_F32 ? 4 : 1);
+    q.scale = reinterpret_cast<const char *>(p.bs.scale) +
+              t.group * p.bs.group_stride * (T::F == MOE_B_E4M3_F32 ? 4 : 1);
 }
 
 /* cp.async of K step kt's codes into `stage` (rows of ROW_BYTES); chunks past N or K read as zeros. */
