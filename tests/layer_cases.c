@@ -28,7 +28,8 @@ static float *f32_record(const golden *g, const char *name, const char *suffix, 
     return v;
 }
 
-int layer_problem_from_golden(const golden *g, const char *name, layer_problem *p) {
+/* quantised: the case's experts are codes (layer_quant.moeg), so it has no .w13 and .w2 */
+static int problem_from_golden(const golden *g, const char *name, layer_problem *p, int quantised) {
     memset(p, 0, sizeof *p);
     char cfg[1024], act[32] = "", w13[32] = "";
     if (!golden_cfg(g, name, cfg, sizeof cfg)) return -1;
@@ -70,8 +71,10 @@ int layer_problem_from_golden(const golden *g, const char *name, layer_problem *
     LOAD(x, "x", T * H);
     LOAD(logits, "logits", T * E);
     LOAD(gate, "gate", E * H);
-    LOAD(w13, "w13", E * 2 * I * H);
-    LOAD(w2, "w2", E * H * I);
+    if (!quantised) {
+        LOAD(w13, "w13", E * 2 * I * H);
+        LOAD(w2, "w2", E * H * I);
+    }
     LOAD(want, "out", T * H);
     if (gb) LOAD(gate_bias, "gate_bias", E);
     if (bias) LOAD(bias, "bias", E);
@@ -85,6 +88,74 @@ int layer_problem_from_golden(const golden *g, const char *name, layer_problem *
 #undef LOAD
     c->router.bias = p->bias;
     return bad ? -1 : 0;
+}
+
+int layer_problem_from_golden(const golden *g, const char *name, layer_problem *p) {
+    return problem_from_golden(g, name, p, 0);
+}
+
+int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p, layer_qweights *q) {
+    memset(q, 0, sizeof *q);
+    if (problem_from_golden(g, name, p, 1)) return -1;
+    char fmt[256], kind[32] = "", scale[16] = "", glob[16] = "";
+    const golden_record *f = golden_case(g, name, "fmt");
+    if (!f || f->bytes >= sizeof fmt) return -1;
+    memcpy(fmt, f->data, f->bytes), fmt[f->bytes] = 0;
+    golden_cfg_word(fmt, "kind=", kind, sizeof kind);
+    golden_cfg_word(fmt, "scale=", scale, sizeof scale);
+    golden_cfg_word(fmt, "global=", glob, sizeof glob);
+    q->f = moe_qformat_preset(moe_qformat_kind_from_name(kind));
+    if (!strcmp(scale, "e8m0") && q->f.elem == MOE_DTYPE_E4M3 && q->f.kind != MOE_QFORMAT_MXFP8)
+        q->f.rule = MOE_SCALE_UE8M0_RCEIL, q->f.scale_dtype = MOE_DTYPE_E8M0;
+    q->f.global = !strcmp(glob, "decode")   ? MOE_NVFP4_GLOBAL_DECODE
+                  : !strcmp(glob, "encode") ? MOE_NVFP4_GLOBAL_ENCODE
+                                            : MOE_NVFP4_GLOBAL_UNSET;
+    const char *qn[2] = {"q13", "q2"}, *sn[2] = {"s13", "s2"}, *gn[2] = {"g13", "g2"};
+    for (int m = 0; m < 2; m++) {
+        const golden_record *c = golden_case(g, name, qn[m]), *sc = golden_case(g, name, sn[m]);
+        if (!c || !sc) return -1;
+        q->data_bytes[m] = c->bytes, q->scale_bytes[m] = sc->bytes;
+        q->data[m] = memcpy(malloc(c->bytes + 16), c->data, c->bytes);
+        q->scale[m] = memcpy(malloc(sc->bytes + 16), sc->data, sc->bytes);
+        if (q->f.global != MOE_NVFP4_GLOBAL_UNSET) {
+            const golden_record *gl = golden_case(g, name, gn[m]);
+            if (!gl || gl->numel != p->c.router.n_experts) return -1;
+            q->global[m] = memcpy(malloc(gl->bytes + 16), gl->data, gl->bytes);
+        }
+    }
+    p->qw = q;
+    return 0;
+}
+
+int layer_run_quant_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, double tol) {
+    golden g;
+    if (golden_load(&g, env->data_dir, "layer_quant.moeg")) return -1;
+    char **names = golden_case_names(&g, "layer_quant_cases");
+    int bad = names ? 0 : -1, n = 0;
+    double worst = 0.0;
+    for (int i = 0; names && names[i]; i++, n++) {
+        layer_problem p;
+        layer_qweights q;
+        if (layer_quant_from_golden(&g, names[i], &p, &q)) {
+            bad++;
+        } else {
+            float *out = malloc(sizeof(float) * (size_t)(p.T * p.c.hidden + 1));
+            const moe_status s = layer_run(ctx, &p, dtype, 1, out, 0);
+            const double e = s == MOE_OK ? test_rel_l2(out, p.want, p.T * p.c.hidden) : INFINITY;
+            if (s != MOE_OK) fprintf(stderr, "  %s: %s: %s\n", names[i], moe_status_string(s), moe_last_error(ctx));
+            else if (!(e <= tol)) fprintf(stderr, "  %s: relative L2 error %.3g > %.3g\n", names[i], e, tol);
+            bad += !(e <= tol);
+            if (e > worst) worst = e;
+            free(out);
+        }
+        layer_qweights_free(&q);
+        layer_problem_free(&p);
+    }
+    fprintf(stderr, "  %d quantised-expert cases (%s), worst relative L2 error %.3g\n", n, moe_dtype_name(dtype),
+            worst);
+    golden_free_names(names);
+    golden_free(&g);
+    return n ? bad : -1;
 }
 
 static float *random_array(uint64_t *st, int64_t n, double amplitude) {

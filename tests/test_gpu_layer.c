@@ -190,6 +190,7 @@ TEST_IMPL(gpu_layer_golden) {
     SKIP_WITHOUT_GPU(env);
     /* bf16 on the GPU against the f32 HF blocks, with their logits (bf16 x would move the routing) */
     ASSERT_EQ_I64(layer_run_golden(env, env->gpu, MOE_DTYPE_BF16, 1, 2e-2), 0);
+    ASSERT_EQ_I64(layer_run_quant_golden(env, env->gpu, MOE_DTYPE_BF16, 2e-2), 0);
     return TEST_OK;
 }
 

@@ -1,6 +1,7 @@
 /* test_layer_quant.c — the MoE layer over quantised experts on the CPU: the reference over FP8 / MX / NVFP4 weights
  * gives exactly the bits of the f32 layer over the weights those codes stand for (moe_dequantize, itself checked
- * against ml_dtypes' goldens), on shapes off every block grid; and bad formats are refused. */
+ * against ml_dtypes' goldens), on shapes off every block grid; it matches the oracle's Hugging Face blocks run on
+ * the values ml_dtypes decodes from the same codes (layer_quant.moeg); and bad formats are refused. */
 #include <stdlib.h>
 
 #include "layer_cases.h"
@@ -48,6 +49,11 @@ TEST_IMPL(layer_quant_cpu) {
     }
     free(plain), free(quant), free(deq_out);
     layer_problem_free(&p);
+    return TEST_OK;
+}
+
+TEST_IMPL(layer_quant_golden) {
+    ASSERT_EQ_I64(layer_run_quant_golden(env, env->cpu, MOE_DTYPE_F32, 1e-5), 0);
     return TEST_OK;
 }
 

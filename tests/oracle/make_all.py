@@ -1,6 +1,6 @@
 """Regenerate every golden file: python3 tests/oracle/make_all.py [--twice]
 
-Runs make_scalars.py, make_blocks.py, make_routing.py and make_layer.py (each asserts its own cross-checks and
+Runs make_scalars.py, make_blocks.py, make_routing.py, make_layer.py and make_layer_quant.py (each asserts its own cross-checks and
 exits non-zero on any disagreement), then prints the sha256 of each file written.  With --twice everything is
 generated a second time and the two sets of hashes must be identical (the scripts are deterministic: fixed seeds,
 splitmix64 for all random content, records written in a fixed order, no timestamps).
@@ -14,7 +14,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.normpath(os.path.join(HERE, "..", "data"))
 SCRIPTS = [("make_scalars.py", "scalars.moeg"), ("make_blocks.py", "blocks.moeg"), ("make_routing.py", "routing.moeg"),
-           ("make_layer.py", "layer.moeg")]
+           ("make_layer.py", "layer.moeg"), ("make_layer_quant.py", "layer_quant.moeg")]
 BUDGET = 5_000_000   # bytes, all golden files together
 
 

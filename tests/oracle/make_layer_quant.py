@@ -1,0 +1,170 @@
+"""Writes tests/data/layer_quant.moeg: the MoE layer over quantised experts (docs/layer.md section 5).  Never reads
+src/.
+
+Each case is a make_layer.py case (the same Hugging Face transformers block, router and checks) whose expert
+weights w13 and w2 are first quantised here, in numpy, to a weight format (codes and block scales, each expert a
+matrix of its own), and replaced by the values the codes stand for, decoded with ml_dtypes: code value * block
+scale (* the NVFP4 decode global).  The block runs on those weights and must agree with make_layer.py's float64
+implementation of docs/layer.md within 1e-6 (relative L2, per case and per token); `.out` is that float64 result
+rounded to f32, which unlike the block's own f32 bits does not depend on the machine's BLAS.  The C test gives the
+layer the codes and scales themselves.  The quantiser here is a plain one (amax / max code, E8M0 by RCEIL); what the file
+pins is the decoding of codes and scales in the layer's layout, which must agree with ml_dtypes.
+
+Records, besides make_layer.py's (README.md, "layer_quant.moeg"):
+  layer_quant_cases  str, one case name per line
+  case <c>: .fmt  str "kind=<moe_qformat_kind_name> scale=<f32|e8m0|e4m3> global=<none|decode|encode>"
+            .q13 .q2   u8: the codes, one byte each (E2M1: two codes a byte, low nibble first), E matrices
+            .s13 .s2   the scales in moe_quantize's linear layout (E matrices): u32 f32 bits, or u8 codes
+  (no .w13 .w2: the weights are the codes)
+            .g13 .g2   NVFP4: (E) f32 bits of the stored global (its convention in .fmt)
+"""
+
+import os
+import sys
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import make_layer as ml  # noqa: E402  (its main() is not run)
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+
+mg, LCfg, RCfg, F32 = ml.mg, ml.LCfg, ml.RCfg, np.float32
+OUT = os.path.join(HERE, "..", "data", "layer_quant.moeg")
+E4M3, E2M1, E8M0 = ml_dtypes.float8_e4m3fn, ml_dtypes.float4_e2m1fn, ml_dtypes.float8_e8m0fnu
+
+
+class Fmt:
+    """A weight format: element type, block (rows, cols; cols 0 = the whole row), scale type, NVFP4 global."""
+
+    def __init__(self, kind, elem, block, scale, glob="none"):
+        self.kind, self.elem, self.block, self.scale, self.glob = kind, elem, block, scale, glob
+
+    def text(self):
+        return f"kind={self.kind} scale={self.scale} global={self.glob}"
+
+
+def quantize(f, w):
+    """w (R, C) f32 -> codes (R, C) uint8 (E2M1: code per element), scales (SR, SC) (f32 or uint8), global (f32 or
+    None), and the decoded values (R, C) f32."""
+    R, C = w.shape
+    br, bc = f.block[0], f.block[1] or C
+    SR, SC = -(-R // br), -(-C // bc)
+    emax = 448.0 if f.elem == "e4m3" else 6.0
+    amax = np.zeros((SR, SC), dtype=np.float64)
+    for i in range(SR):
+        for j in range(SC):
+            amax[i, j] = np.abs(w[i * br:(i + 1) * br, j * bc:(j + 1) * bc]).max()
+    g_dec = None
+    if f.scale == "f32":
+        s = np.where(amax > 0, amax / emax, 1.0).astype(F32)
+        sval = s.astype(np.float64)
+    elif f.scale == "e8m0":   # 2^ceil(log2(amax / emax))
+        k = np.ceil(np.log2(np.maximum(amax, 2.0 ** -126) / emax)).astype(np.int64)
+        s = (k + 127).astype(np.uint8)
+        sval = np.asarray(s.view(E8M0), dtype=np.float64)
+    else:                     # NVFP4: E4M3 block scales under a per-matrix f32 global g_dec = amax / (448 * 6)
+        g_dec = F32(max(float(amax.max()), 1e-30) / (448.0 * 6.0))
+        s = (amax / 6.0 / float(g_dec)).astype(F32).astype(E4M3)
+        sval = np.asarray(s, dtype=np.float64) * float(g_dec)
+        s = s.view(np.uint8)
+    full = np.repeat(np.repeat(sval, br, axis=0), bc, axis=1)[:R, :C]
+    q = np.where(full > 0, w / np.where(full > 0, full, 1.0), 0.0).astype(F32)
+    codes = (q.astype(E4M3) if f.elem == "e4m3" else q.astype(E2M1))
+    vals = (np.asarray(codes, dtype=np.float64) * full).astype(F32)   # ml_dtypes' decoding times the block scale
+    return codes.view(np.uint8), s, g_dec, vals
+
+
+def pack_e2m1(codes):
+    """Codes (R, C) uint8 (low 4 bits) -> bytes (R, C / 2), element 2i in the low nibble."""
+    c = codes.astype(np.uint8) & 0xF
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).astype(np.uint8)
+
+
+def quantize_experts(f):
+    def replace(P):
+        extra = {"fmt": f}
+        for m in ("w13", "w2"):
+            w = P[m]
+            qs, ss, gs, vs = [], [], [], []
+            for e in range(w.shape[0]):
+                c, s, g, v = quantize(f, w[e])
+                qs.append(pack_e2m1(c) if f.elem == "e2m1" else c)
+                ss.append(s)
+                gs.append(g)
+                vs.append(v)
+            extra["q" + m[1:]] = np.stack(qs)
+            extra["s" + m[1:]] = np.stack(ss)
+            if f.glob != "none":
+                g = np.array(gs, dtype=F32)
+                extra["g" + m[1:]] = g if f.glob == "decode" else (F32(1.0) / g).astype(F32)
+            P[m] = np.stack(vs)
+        return extra
+    return replace
+
+
+def build_cases():
+    ts = ml.topk_softmax
+    fp8_128 = Fmt("fp8_128x128", "e4m3", (128, 128), "f32")
+    mxfp4 = Fmt("mxfp4", "e2m1", (1, 32), "e8m0")
+    # DeepSeek-V3 routing and shared expert over 128x128 FP8 blocks (partial: the block is larger than the matrix)
+    dsv3 = RCfg("grouped", "sigmoid", 4, 16, groups=4, tg=2, gscore="top2_sum", mask="neg_inf", renorm=1,
+                scale=2.5, bias=1)
+    ml.hf_case("q_dsv3_fp8_128x128_t9", "dsv3", 301, 9, LCfg(32, 16, 16, 4, dsv3, S=1, Is=16), n_shared_hf=1,
+               weights=quantize_experts(fp8_128))
+    # Mixtral over FP8 per row, and over MXFP8 (two 32-blocks a row of w13)
+    ml.hf_case("q_mixtral_fp8_row_t9", "mixtral", 302, 9, LCfg(32, 32, 8, 2, ts(8, 2, 1)),
+               weights=quantize_experts(Fmt("fp8_row", "e4m3", (1, 0), "f32")))
+    ml.hf_case("q_mixtral_mxfp8_t9", "mixtral", 303, 9, LCfg(64, 32, 8, 2, ts(8, 2, 1)),
+               weights=quantize_experts(Fmt("mxfp8", "e4m3", (1, 32), "e8m0")))
+    # GPT-OSS over MXFP4 as its checkpoint ships it (interleaved w13, biases, clamped SwiGLU)
+    gpt = LCfg(64, 32, 8, 4, RCfg("topk_softmax", "none", 4, 8), act="gptoss", w13="interleaved", gate_bias=1,
+               b13=1, b2=1)
+    ml.hf_case("q_gptoss_mxfp4_t9", "gptoss", 304, 9, gpt, weights=quantize_experts(mxfp4))
+    # Qwen3 over NVFP4 with either global convention (16-blocks: two a row of w13 and of w2)
+    for seed, glob in ((305, "decode"), (306, "encode")):
+        ml.hf_case(f"q_qwen3_nvfp4_{glob}_t9", "qwen3", seed, 9, LCfg(32, 32, 16, 4, ts(16, 4, 1)),
+                   weights=quantize_experts(Fmt("nvfp4", "e2m1", (1, 16), "e4m3", glob)))
+
+
+def main():
+    mg.self_check()
+    build_cases()
+    bits = ml.bits
+    w = mg.Writer()
+    w.add_str("layer_quant_cases", "\n".join(c["name"] for c in ml.CASES))
+    for c in ml.CASES:
+        n, L, P, f = c["name"], c["L"], c["P"], c["fmt"]
+        w.add_str(f"{n}.cfg", L.text())
+        w.add_str(f"{n}.fmt", f.text())
+        w.add_str(f"{n}.src", c["src"] + f"; experts as {f.text()}, decoded by ml_dtypes {ml_dtypes.__version__}")
+        w.add(f"{n}.x", bits(c["x"]))
+        w.add(f"{n}.gate", bits(P["gate"]))
+        if L.gate_bias:
+            w.add(f"{n}.gate_bias", bits(P["gate_bias"]))
+        w.add(f"{n}.logits", bits(c["logits"]))
+        if L.r.bias:
+            w.add(f"{n}.bias", bits(P["bias"]))
+        for m in ("13", "2"):
+            w.add(f"{n}.q{m}", c["q" + m].astype(np.uint8).reshape(-1))
+            s = c["s" + m]
+            w.add(f"{n}.s{m}", bits(s).reshape(-1) if s.dtype == F32 else s.astype(np.uint8).reshape(-1))
+            if f.glob != "none":
+                w.add(f"{n}.g{m}", bits(c["g" + m]))
+        if L.b13:
+            w.add(f"{n}.b13", bits(P["b13"]))
+        if L.b2:
+            w.add(f"{n}.b2", bits(P["b2"]))
+        if L.S:
+            w.add(f"{n}.sw13", bits(P["sw13"]))
+            w.add(f"{n}.sw2", bits(P["sw2"]))
+        w.add(f"{n}.out", bits(c["out64"].astype(F32)))
+    w.save(OUT)
+    assert list(mg.read(OUT)) == w.names()
+    for line in ml.CHECKS:
+        print("  " + line)
+    print(f"layer_quant.moeg: {len(ml.CASES)} cases, {len(w.to_bytes())} bytes")
+
+
+if __name__ == "__main__":
+    main()
