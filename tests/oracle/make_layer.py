@@ -8,10 +8,10 @@ Record layout (README.md, section "layer.moeg", has the full list):
 Integers are i64, floats are u32 f32 bit patterns.
 
 Every case runs a real Hugging Face transformers MoE block (tiny config, f32, every parameter set here from
-splitmix64) and stores the block's output as `.out`.  The same case is computed by our own torch implementation
-of docs/layer.md (the contract) in f32 and in float64, with the routing from make_routing.py's docs references
-(`ref_route`/`torch_route`, equal bit for bit); the HF output must agree with both within 1e-6 relative L2
-(per token as well as per case).  The module's router outputs must equal the docs routing (ids exactly, weights
+splitmix64).  The same case is computed by our own torch implementation of docs/layer.md (the contract) in f32
+and in float64, with the routing from make_routing.py's docs references (`ref_route`/`torch_route`, equal bit for
+bit); the HF output must agree with both within 1e-6 relative L2 (per token as well as per case), and `.out` stores
+the float64 contract rounded to f32: the HF block's own f32 bits depend on the machine's kernels, this does not.  The module's router outputs must equal the docs routing (ids exactly, weights
 within 1e-6 relative), and its logits the exact integer product.  Anything that disagrees raises.
 
 Values: x, gate weights and w13 are small integers times powers of two, so the logits and (except with Llama-4's
@@ -648,7 +648,7 @@ def main():
             w.add(f"{n}.sgate", bits(P["sgate"]))
         w.add(f"{n}.ids", c["ids"].astype(np.int64))
         w.add(f"{n}.weights", bits(c["w"]))
-        w.add(f"{n}.out", bits(c["out"]))
+        w.add(f"{n}.out", bits(c["out64"].astype(F32)))   # the float64 contract: the same bits on any machine
     data = w.to_bytes()
     if len(data) > SIZE_BUDGET:
         fail(f"layer.moeg is {len(data)} bytes, over the {SIZE_BUDGET} budget")
