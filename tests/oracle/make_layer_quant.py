@@ -107,10 +107,11 @@ def build_cases():
     ts = ml.topk_softmax
     fp8_128 = Fmt("fp8_128x128", "e4m3", (128, 128), "f32")
     mxfp4 = Fmt("mxfp4", "e2m1", (1, 32), "e8m0")
-    # DeepSeek-V3 routing and shared expert over 128x128 FP8 blocks (partial: the block is larger than the matrix)
+    # DeepSeek-V3 routing and shared expert over 128x128 FP8 blocks (partial: the block is larger than the matrix);
+    # every case has H and I multiples of 32, so that the GPU runs them too
     dsv3 = RCfg("grouped", "sigmoid", 4, 16, groups=4, tg=2, gscore="top2_sum", mask="neg_inf", renorm=1,
                 scale=2.5, bias=1)
-    ml.hf_case("q_dsv3_fp8_128x128_t9", "dsv3", 301, 9, LCfg(32, 16, 16, 4, dsv3, S=1, Is=16), n_shared_hf=1,
+    ml.hf_case("q_dsv3_fp8_128x128_t9", "dsv3", 301, 9, LCfg(32, 32, 16, 4, dsv3, S=1, Is=32), n_shared_hf=1,
                weights=quantize_experts(fp8_128))
     # Mixtral over FP8 per row, and over MXFP8 (two 32-blocks a row of w13)
     ml.hf_case("q_mixtral_fp8_row_t9", "mixtral", 302, 9, LCfg(32, 32, 8, 2, ts(8, 2, 1)),
