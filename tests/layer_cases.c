@@ -127,37 +127,6 @@ int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p,
     return 0;
 }
 
-int layer_run_quant_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, double tol) {
-    golden g;
-    if (golden_load(&g, env->data_dir, "layer_quant.moeg")) return -1;
-    char **names = golden_case_names(&g, "layer_quant_cases");
-    int bad = names ? 0 : -1, n = 0;
-    double worst = 0.0;
-    for (int i = 0; names && names[i]; i++, n++) {
-        layer_problem p;
-        layer_qweights q;
-        if (layer_quant_from_golden(&g, names[i], &p, &q)) {
-            bad++;
-        } else {
-            float *out = malloc(sizeof(float) * (size_t)(p.T * p.c.hidden + 1));
-            const moe_status s = layer_run(ctx, &p, dtype, 1, out, 0);
-            const double e = s == MOE_OK ? test_rel_l2(out, p.want, p.T * p.c.hidden) : INFINITY;
-            if (s != MOE_OK) fprintf(stderr, "  %s: %s: %s\n", names[i], moe_status_string(s), moe_last_error(ctx));
-            else if (!(e <= tol)) fprintf(stderr, "  %s: relative L2 error %.3g > %.3g\n", names[i], e, tol);
-            bad += !(e <= tol);
-            if (e > worst) worst = e;
-            free(out);
-        }
-        layer_qweights_free(&q);
-        layer_problem_free(&p);
-    }
-    fprintf(stderr, "  %d quantised-expert cases (%s), worst relative L2 error %.3g\n", n, moe_dtype_name(dtype),
-            worst);
-    golden_free_names(names);
-    golden_free(&g);
-    return n ? bad : -1;
-}
-
 static float *random_array(uint64_t *st, int64_t n, double amplitude) {
     float *v = malloc(sizeof(float) * (size_t)(n + 1));
     for (int64_t i = 0; i < n; i++)
@@ -389,32 +358,43 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     return s;
 }
 
-int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logits, double tol) {
+/* Every case of `file` (listed in record `list`; quantised: layer_quant.moeg's) on ctx in dtype, against `.out`. */
+static int run_golden_cases(test_env *env, moe_ctx *ctx, const char *file, const char *list, int quantised,
+                            moe_dtype dtype, int use_logits, double tol) {
     golden g;
-    if (golden_load(&g, env->data_dir, "layer.moeg")) return -1;
-    char **names = golden_case_names(&g, "layer_cases");
+    if (golden_load(&g, env->data_dir, file)) return -1;
+    char **names = golden_case_names(&g, list);
     int bad = names ? 0 : -1, n = 0;
     double worst = 0.0;
     for (int i = 0; names && names[i]; i++, n++) {
         layer_problem p;
-        if (layer_problem_from_golden(&g, names[i], &p)) {
+        layer_qweights q = {0};
+        if (quantised ? layer_quant_from_golden(&g, names[i], &p, &q) : layer_problem_from_golden(&g, names[i], &p)) {
             bad++;
-            layer_problem_free(&p);
-            continue;
+        } else {
+            float *out = malloc(sizeof(float) * (size_t)(p.T * p.c.hidden + 1));
+            const moe_status s = layer_run(ctx, &p, dtype, use_logits, out, 0);
+            const double e = s == MOE_OK ? test_rel_l2(out, p.want, p.T * p.c.hidden) : INFINITY;
+            if (s != MOE_OK) fprintf(stderr, "  %s: %s: %s\n", names[i], moe_status_string(s), moe_last_error(ctx));
+            else if (!(e <= tol)) fprintf(stderr, "  %s: relative L2 error %.3g > %.3g\n", names[i], e, tol);
+            bad += !(e <= tol);
+            if (e > worst) worst = e;
+            free(out);
         }
-        float *out = malloc(sizeof(float) * (size_t)(p.T * p.c.hidden + 1));
-        const moe_status s = layer_run(ctx, &p, dtype, use_logits, out, 0);
-        const double e = s == MOE_OK ? test_rel_l2(out, p.want, p.T * p.c.hidden) : INFINITY;
-        if (s != MOE_OK) fprintf(stderr, "  %s: %s: %s\n", names[i], moe_status_string(s), moe_last_error(ctx));
-        else if (!(e <= tol)) fprintf(stderr, "  %s: relative L2 error %.3g > %.3g\n", names[i], e, tol);
-        bad += !(e <= tol);
-        if (e > worst) worst = e;
-        free(out);
+        layer_qweights_free(&q);
         layer_problem_free(&p);
     }
-    fprintf(stderr, "  %d cases (%s, %s), worst relative L2 error %.3g\n", n, moe_dtype_name(dtype),
-            use_logits ? "given logits" : "logits from the gate", worst);
+    fprintf(stderr, "  %d %scases (%s, %s), worst relative L2 error %.3g\n", n, quantised ? "quantised-expert " : "",
+            moe_dtype_name(dtype), use_logits ? "given logits" : "logits from the gate", worst);
     golden_free_names(names);
     golden_free(&g);
     return n ? bad : -1;
+}
+
+int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logits, double tol) {
+    return run_golden_cases(env, ctx, "layer.moeg", "layer_cases", 0, dtype, use_logits, tol);
+}
+
+int layer_run_quant_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, double tol) {
+    return run_golden_cases(env, ctx, "layer_quant.moeg", "layer_quant_cases", 1, dtype, 1, tol);
 }

@@ -615,6 +615,37 @@ def readback_check(path):
     return len(back["layer_cases"].split("\n"))
 
 
+def add_case(w, c, experts=None):
+    """The records of case c; experts(w, n) writes the routed experts' records (default: .w13 and .w2)."""
+    n, L, P = c["name"], c["L"], c["P"]
+    w.add_str(f"{n}.cfg", L.text())
+    w.add_str(f"{n}.src", c["src"])
+    w.add(f"{n}.x", bits(c["x"]))
+    w.add(f"{n}.gate", bits(P["gate"]))
+    if L.gate_bias:
+        w.add(f"{n}.gate_bias", bits(P["gate_bias"]))
+    w.add(f"{n}.logits", bits(c["logits"]))
+    if L.r.bias:
+        w.add(f"{n}.bias", bits(P["bias"]))
+    if experts:
+        experts(w, n)
+    else:
+        w.add(f"{n}.w13", bits(P["w13"]))
+        w.add(f"{n}.w2", bits(P["w2"]))
+    if L.b13:
+        w.add(f"{n}.b13", bits(P["b13"]))
+    if L.b2:
+        w.add(f"{n}.b2", bits(P["b2"]))
+    if L.S:
+        w.add(f"{n}.sw13", bits(P["sw13"]))
+        w.add(f"{n}.sw2", bits(P["sw2"]))
+    if L.sgate:
+        w.add(f"{n}.sgate", bits(P["sgate"]))
+    w.add(f"{n}.ids", c["ids"].astype(np.int64))
+    w.add(f"{n}.weights", bits(c["w"]))
+    w.add(f"{n}.out", bits(c["out64"].astype(F32)))   # the float64 contract: the same bits on any machine
+
+
 def main():
     mg.self_check()
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
@@ -625,30 +656,7 @@ def main():
     w = mg.Writer()
     w.add_str("layer_cases", "\n".join(c["name"] for c in CASES))
     for c in CASES:
-        n, L, P = c["name"], c["L"], c["P"]
-        w.add_str(f"{n}.cfg", L.text())
-        w.add_str(f"{n}.src", c["src"])
-        w.add(f"{n}.x", bits(c["x"]))
-        w.add(f"{n}.gate", bits(P["gate"]))
-        if L.gate_bias:
-            w.add(f"{n}.gate_bias", bits(P["gate_bias"]))
-        w.add(f"{n}.logits", bits(c["logits"]))
-        if L.r.bias:
-            w.add(f"{n}.bias", bits(P["bias"]))
-        w.add(f"{n}.w13", bits(P["w13"]))
-        w.add(f"{n}.w2", bits(P["w2"]))
-        if L.b13:
-            w.add(f"{n}.b13", bits(P["b13"]))
-        if L.b2:
-            w.add(f"{n}.b2", bits(P["b2"]))
-        if L.S:
-            w.add(f"{n}.sw13", bits(P["sw13"]))
-            w.add(f"{n}.sw2", bits(P["sw2"]))
-        if L.sgate:
-            w.add(f"{n}.sgate", bits(P["sgate"]))
-        w.add(f"{n}.ids", c["ids"].astype(np.int64))
-        w.add(f"{n}.weights", bits(c["w"]))
-        w.add(f"{n}.out", bits(c["out64"].astype(F32)))   # the float64 contract: the same bits on any machine
+        add_case(w, c)
     data = w.to_bytes()
     if len(data) > SIZE_BUDGET:
         fail(f"layer.moeg is {len(data)} bytes, over the {SIZE_BUDGET} budget")

@@ -135,31 +135,19 @@ def main():
     w = mg.Writer()
     w.add_str("layer_quant_cases", "\n".join(c["name"] for c in ml.CASES))
     for c in ml.CASES:
-        n, L, P, f = c["name"], c["L"], c["P"], c["fmt"]
-        w.add_str(f"{n}.cfg", L.text())
-        w.add_str(f"{n}.fmt", f.text())
-        w.add_str(f"{n}.src", c["src"] + f"; experts as {f.text()}, decoded by ml_dtypes {ml_dtypes.__version__}")
-        w.add(f"{n}.x", bits(c["x"]))
-        w.add(f"{n}.gate", bits(P["gate"]))
-        if L.gate_bias:
-            w.add(f"{n}.gate_bias", bits(P["gate_bias"]))
-        w.add(f"{n}.logits", bits(c["logits"]))
-        if L.r.bias:
-            w.add(f"{n}.bias", bits(P["bias"]))
-        for m in ("13", "2"):
-            w.add(f"{n}.q{m}", c["q" + m].astype(np.uint8).reshape(-1))
-            s = c["s" + m]
-            w.add(f"{n}.s{m}", bits(s).reshape(-1) if s.dtype == F32 else s.astype(np.uint8).reshape(-1))
-            if f.glob != "none":
-                w.add(f"{n}.g{m}", bits(c["g" + m]))
-        if L.b13:
-            w.add(f"{n}.b13", bits(P["b13"]))
-        if L.b2:
-            w.add(f"{n}.b2", bits(P["b2"]))
-        if L.S:
-            w.add(f"{n}.sw13", bits(P["sw13"]))
-            w.add(f"{n}.sw2", bits(P["sw2"]))
-        w.add(f"{n}.out", bits(c["out64"].astype(F32)))
+        f = c["fmt"]
+
+        def experts(w_, n, c=c, f=f):   # the codes, scales and globals in place of .w13 and .w2
+            w_.add_str(f"{n}.fmt", f.text())
+            for m in ("13", "2"):
+                w_.add(f"{n}.q{m}", c["q" + m].astype(np.uint8).reshape(-1))
+                s = c["s" + m]
+                w_.add(f"{n}.s{m}", bits(s).reshape(-1) if s.dtype == F32 else s.astype(np.uint8).reshape(-1))
+                if f.glob != "none":
+                    w_.add(f"{n}.g{m}", bits(c["g" + m]))
+
+        c["src"] += f"; experts as {f.text()}, decoded by ml_dtypes {ml_dtypes.__version__}"
+        ml.add_case(w, c, experts)
     w.save(OUT)
     assert list(mg.read(OUT)) == w.names()
     for line in ml.CHECKS:
