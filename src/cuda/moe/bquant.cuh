@@ -81,6 +81,23 @@ template <int F> __device__ __forceinline__ __nv_bfloat162 bq_scale_bf16x2(uint3
     return __float2bfloat162_rn(bq_scale_f32<F>(raw));
 }
 
+/* cp.async of K step kt's codes, for a staging T (bq_regs or bq_tile: thread tid copies 16-byte chunk
+ * tid % CHUNKS of the rows (tid + i THREADS) / CHUNKS from q.src), into `stage` with rows kStride bytes apart;
+ * chunks past N or K read as zeros (K is a multiple of 32: a chunk is all in or all out). */
+template <class T, int kStride>
+__device__ __forceinline__ void bq_copy_codes(const T &q, uint8_t *stage, int kt, const moe_gemm_params &p, int tid) {
+    const int qc = tid % T::CHUNKS;
+    const bool in_k = kt * T::BK + qc * T::ELEMS < p.k;
+#pragma unroll
+    for (int i = 0; i < T::PER; i++) {
+        const int s = (tid + i * T::THREADS) / T::CHUNKS;
+        if (s >= T::BN) continue;
+        const bool in = q.src[i] && in_k;
+        moe_cp_async16(stage + s * kStride + qc * 16,
+                       in ? (const void *)(q.src[i] + (int64_t)kt * T::ROW_BYTES) : (const void *)p.a, in ? 16 : 0);
+    }
+}
+
 /* ---- B fragments in registers: the SMALL tile (one warp row, so no B row is read by two warps) ----
  *
  * A K step of 128 is split over 4 warps of 32 columns (and the tile's B rows over WARPS_N warps). Thread q
@@ -100,6 +117,7 @@ template <class C, int F_> struct bq_regs {
     static constexpr int ROW_BYTES = FP4 ? C::BK / 2 : C::BK, STRIDE = ROW_BYTES + (FP4 ? 16 : 32);
     static constexpr int LDA = C::BK + 32;                                   /* A row, elements */
     static constexpr int CHUNKS = ROW_BYTES / 16, PER = (C::BN * CHUNKS + C::THREADS - 1) / C::THREADS;
+    static constexpr int ELEMS = FP4 ? 32 : 16;                              /* elements a 16-byte chunk */
     static constexpr int KS = FP4 ? 1 : 2; /* scales an n8 block: FP4 its fragment row's, FP8 its two columns' */
     static constexpr size_t SMEM = (size_t)C::STAGES * C::BM * LDA * 2 + (size_t)C::STAGES * C::BN * STRIDE;
     static_assert(C::WARPS_M != 1 || (C::BK == 128 && C::KW == 32 && C::THREADS % CHUNKS == 0), "register B");
@@ -131,21 +149,6 @@ __device__ __forceinline__ void bq_regs_init(R &q, const moe_gemm_params &p, con
         }
     q.scale = reinterpret_cast<const char *>(p.bs.scale) +
               t.group * p.bs.group_stride * (R::F == MOE_B_E4M3_F32 ? 4 : 1);
-}
-
-/* cp.async of K step kt's codes into `stage` (rows of STRIDE bytes); chunks past N or K read as zeros. */
-template <class R>
-__device__ __forceinline__ void bq_regs_copy(const R &q, uint8_t *stage, int kt, const moe_gemm_params &p, int tid) {
-    const int qc = tid % R::CHUNKS;
-    const bool in_k = kt * R::BK + qc * (R::FP4 ? 32 : 16) < p.k; /* K is a multiple of 32 */
-#pragma unroll
-    for (int i = 0; i < R::PER; i++) {
-        const int s = (tid + i * R::THREADS) / R::CHUNKS;
-        if (s >= R::BN) continue;
-        const bool in = q.src[i] && in_k;
-        moe_cp_async16(stage + s * R::STRIDE + qc * 16,
-                       in ? (const void *)(q.src[i] + (int64_t)kt * R::ROW_BYTES) : (const void *)p.a, in ? 16 : 0);
-    }
 }
 
 /* The raw scales of K step kt this thread applies (0 past N and past K): at the thread's first column. */
@@ -241,21 +244,6 @@ __device__ __forceinline__ void bq_tile_init(T &q, const moe_gemm_params &p, con
               t.group * p.bs.group_stride * (T::F == MOE_B_E4M3_F32 ? 4 : 1);
 }
 
-/* cp.async of K step kt's codes into `stage` (rows of ROW_BYTES); chunks past N or K read as zeros. */
-template <class T>
-__device__ __forceinline__ void bq_tile_copy(const T &q, uint8_t *stage, int kt, const moe_gemm_params &p, int tid) {
-    const int qc = tid % T::CHUNKS;
-    const bool in_k = kt * T::BK + qc * T::ELEMS < p.k; /* K is a multiple of 32: a chunk is all in or out */
-#pragma unroll
-    for (int i = 0; i < T::PER; i++) {
-        const int s = (tid + i * T::THREADS) / T::CHUNKS;
-        if (s >= T::BN) continue;
-        const bool in = q.src[i] && in_k;
-        moe_cp_async16(stage + s * T::ROW_BYTES + qc * 16,
-                       in ? (const void *)(q.src[i] + (int64_t)kt * T::ROW_BYTES) : (const void *)p.a, in ? 16 : 0);
-    }
-}
-
 /* The raw scales of K step kt's chunks into dst (0 past N and past K). */
 template <class T>
 __device__ __forceinline__ void bq_tile_scales(const T &q, int kt, const moe_gemm_params &p, int tid,
@@ -270,7 +258,7 @@ __device__ __forceinline__ void bq_tile_scales(const T &q, int kt, const moe_gem
         }
 }
 
-/* Converts the staged codes (stage as bq_tile_copy wrote it) with the scales q.sc: the 16-byte output chunk h
+/* Converts the staged codes (stage as bq_copy_codes wrote it) with the scales q.sc: the 16-byte output chunk h
  * (8 bf16: elements 8 h .. 8 h + 7 of the thread's chunk) of tile row s goes to out(s, c) for the row's chunk
  * index c = qc ELEMS / 8 + h. */
 template <class T, class Out>

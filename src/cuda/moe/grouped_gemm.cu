@@ -91,9 +91,9 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
             moe_cp_async16(&sa[stage * C::BM + (tid + i * C::THREADS) / C::CHUNKS_K][kc],
                            a_row[i] && in_k ? a_row[i] + k0 : p.a, a_row[i] && in_k ? 16 : 0);
         if (kRegs) {
-            bq_regs_copy(qr, sq + (size_t)stage * C::BN * QR::STRIDE, kt, p, tid);
+            bq_copy_codes<QR, QR::STRIDE>(qr, sq + (size_t)stage * C::BN * QR::STRIDE, kt, p, tid);
         } else if (kTile) {
-            bq_tile_copy(qt, st_codes + stage * QT::STAGE, kt, p, tid);
+            bq_copy_codes<QT, QT::ROW_BYTES>(qt, st_codes + stage * QT::STAGE, kt, p, tid);
         } else {
 #pragma unroll
             for (int i = 0; i < C::B_PER; i++)

@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_para
             moe_cp_async16(smem + stage * kStageA + r * kRow + ((kc ^ (r & 7)) << 4),
                            a_row[i] && in_k ? a_row[i] + k0 : p.a, a_row[i] && in_k ? 16 : 0);
         }
-        if (kQuant) bq_tile_copy(qt, codes + stage * QT::STAGE, kt, p, tid);
+        if (kQuant) bq_copy_codes<QT, QT::ROW_BYTES>(qt, codes + stage * QT::STAGE, kt, p, tid);
         else
 #pragma unroll
             for (int i = 0; i < C::BN / 32; i++) {
