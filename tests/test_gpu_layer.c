@@ -138,6 +138,57 @@ TEST_IMPL(gpu_layer_tiles) {
     return TEST_OK;
 }
 
+/* The Hopper prefill tiles over bf16 weights: every case picks the LARGE shape (64 rows an expert or more), and
+ * runs twice, through the warp-specialised TMA tile and through the cp.async wgmma tile (MOE_GEMM_SM90_CPASYNC):
+ * K off the 64-column step (H = 136), N off the 256-row tile, K long enough to wrap the 4 stages several times,
+ * concatenated and interleaved w13 with biases and clamps, the weight on the input, dense shared experts, padding
+ * and -1 slots. On other GPUs both runs take the portable tiles. Small enough for compute-sanitizer. */
+TEST_IMPL(gpu_layer_sm90) {
+    SKIP_WITHOUT_GPU(env);
+    int bad = 0;
+    uint64_t seed = env->seed + 300;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) setenv("MOE_GEMM_SM90_CPASYNC", "1", 1);
+        const char *kernel = pass ? "cp.async" : "tma";
+        char what[64];
+        layer_problem p;
+        moe_layer_config c = make_config("mixtral-8x7b", 136, 120, 8, 2, MOE_ACT_SILU_GLU);
+        c.n_shared = 1, c.shared_intermediate = 64;
+        layer_problem_random(&p, &c, 600, 0, seed++);
+        snprintf(what, sizeof what, "%s: concat, K tail, dense shared", kernel);
+        bad += compare_layer(env, &p, 0, what);
+        layer_problem_free(&p);
+        c = make_config("gpt-oss-20b", 256, 96, 8, 4, MOE_ACT_GPTOSS_GLU);
+        c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+        layer_problem_random(&p, &c, 300, 0, seed++);
+        for (int64_t i = 0; i < p.T * 256; i++) p.x[i] *= 3.0f; /* past the clamps */
+        snprintf(what, sizeof what, "%s: gptoss interleaved, biases", kernel);
+        bad += compare_layer(env, &p, 0, what);
+        layer_problem_free(&p);
+        c = make_config("llama4-scout", 128, 320, 4, 1, MOE_ACT_SILU_GLU);
+        c.n_shared = 1, c.shared_intermediate = 200;
+        layer_problem_random(&p, &c, 520, 0, seed++);
+        snprintf(what, sizeof what, "%s: llama4 weight on input, 2I = 640", kernel);
+        bad += compare_layer(env, &p, 0, what);
+        layer_problem_free(&p);
+        c = make_config("qwen3-30b-a3b", 1024, 384, 16, 4, MOE_ACT_SILU_GLU);
+        layer_problem_random(&p, &c, 512, 0, seed++);
+        snprintf(what, sizeof what, "%s: qwen3 1024 x 384, 16 K steps", kernel);
+        bad += compare_layer(env, &p, 0, what);
+        layer_problem_free(&p);
+        c = make_config("deepseek-v3", 256, 64, 64, 6, MOE_ACT_SILU_GLU);
+        c.router.n_groups = 8, c.router.topk_groups = 3;
+        c.router.bias = (const float *)1; /* drawn by layer_problem_random */
+        layer_problem_random(&p, &c, 1500, 1, seed++);
+        snprintf(what, sizeof what, "%s: deepseek-v3, -1 slots", kernel);
+        bad += compare_layer(env, &p, 1, what);
+        layer_problem_free(&p);
+    }
+    unsetenv("MOE_GEMM_SM90_CPASYNC");
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
 /* Quantised experts, every weight format, on the GPU against the CPU reference over the same codes: the tiles of
  * every shape (T = 1, 200, 1500 over 8 experts: registers, MEDIUM, wgmma, and the portable LARGE tile), shapes off
  * the 128 grid (2I = 192, H = 160), and GPT-OSS's

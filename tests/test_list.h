@@ -47,6 +47,7 @@
     X(gpu_route_errors)           \
     X(gpu_layer_random)           \
     X(gpu_layer_tiles)            \
+    X(gpu_layer_sm90)             \
     X(gpu_layer_quant)            \
     X(gpu_layer_golden)           \
     X(gpu_layer_errors)           \

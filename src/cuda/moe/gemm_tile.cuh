@@ -9,18 +9,31 @@
 
 constexpr int kGemmBand = 16; /* row tiles a band of the tile order */
 
-/* The activations of docs/layer.md, in the same form as the CPU reference. */
-__device__ __forceinline__ float moe_glu(moe_activation act, float g, float u, float alpha, float limit) {
-    switch (act) {
-    case MOE_ACT_GELU_GLU: return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f)) * u;
-    case MOE_ACT_GELU_TANH_GLU:
+/* The activations of docs/layer.md, in the same form as the CPU reference; A is the activation, fixed at compile
+ * time so that an epilogue unrolled over a tile's accumulators holds one activation's code, not all four. */
+template <int A> __device__ __forceinline__ float moe_glu(float g, float u, float alpha, float limit) {
+    if (A == MOE_ACT_GELU_GLU) return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f)) * u;
+    if (A == MOE_ACT_GELU_TANH_GLU)
         return 0.5f * g * (1.0f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g))) * u;
-    case MOE_ACT_GPTOSS_GLU: {
+    if (A == MOE_ACT_GPTOSS_GLU) {
         const float gc = g < limit ? g : limit;
         const float uc = u < -limit ? -limit : u > limit ? limit : u;
         return gc * moe__sigmoidf(alpha * gc) * (uc + 1.0f);
     }
-    default: return g * moe__sigmoidf(g) * u;
+    return g * moe__sigmoidf(g) * u;
+}
+
+template <int A> struct moe_act_tag {
+    static constexpr int value = A;
+};
+/* Calls epilogue(tag) with tag::value the activation of p (GLU), or once with SiLU's tag (plain: unused). */
+template <bool kGlu, class Epilogue> __device__ __forceinline__ void moe_gemm_by_act(moe_activation act, Epilogue epilogue) {
+    if (!kGlu) return epilogue(moe_act_tag<MOE_ACT_SILU_GLU>());
+    switch (act) {
+    case MOE_ACT_GELU_GLU: return epilogue(moe_act_tag<MOE_ACT_GELU_GLU>());
+    case MOE_ACT_GELU_TANH_GLU: return epilogue(moe_act_tag<MOE_ACT_GELU_TANH_GLU>());
+    case MOE_ACT_GPTOSS_GLU: return epilogue(moe_act_tag<MOE_ACT_GPTOSS_GLU>());
+    default: return epilogue(moe_act_tag<MOE_ACT_SILU_GLU>());
     }
 }
 
@@ -29,11 +42,12 @@ struct moe_gemm_tile {
     int group;
 };
 
-/* The tile of this CTA (1-D grid walked in bands of kGemmBand row tiles, all column tiles of a band before the
- * next band, so that the CTAs resident at once share A rows and B rows through L2); false when it holds no row. */
-__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, moe_gemm_tile &t) {
-    const int64_t band = (int64_t)blockIdx.x / ((int64_t)kGemmBand * p.n_tiles);
-    const int64_t in_band = (int64_t)blockIdx.x - band * kGemmBand * p.n_tiles;
+/* Tile `index` of the 1-D tile order (bands of kGemmBand row tiles, all column tiles of a band before the next
+ * band, so that the CTAs resident at once share A rows and B rows through L2): a CTA's blockIdx.x, or the tiles a
+ * persistent CTA walks; false when it holds no row. */
+__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
+    const int64_t band = index / ((int64_t)kGemmBand * p.n_tiles);
+    const int64_t in_band = index - band * kGemmBand * p.n_tiles;
     const int64_t rows_in_band = p.m_tiles - band * kGemmBand < kGemmBand ? p.m_tiles - band * kGemmBand : kGemmBand;
     t.row0 = (band * kGemmBand + in_band % rows_in_band) * bm;
     t.tile_n = in_band / rows_in_band;
@@ -107,9 +121,9 @@ __device__ __forceinline__ moe_gemm_row_out moe_gemm_row(const moe_gemm_params &
     return o;
 }
 
-/* Accumulators (v0, v1) of row r at B rows s, s + 1 of the tile (s even): GLU gives act(gate, up) at column
+/* Accumulators (v0, v1) of row r at B rows s, s + 1 of the tile (s even): GLU gives A(gate, up) at column
  * tile_n * bn / 2 + s / 2; plain gives columns tile_n * bn + s, s + 1. */
-template <bool kGlu>
+template <bool kGlu, int A>
 __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const moe_gemm_tile &t, int bn, int64_t r,
                                                const moe_gemm_row_out &ro, int s, float v0, float v1) {
     const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
@@ -123,7 +137,7 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
             v0 += bias[p.interleaved ? 2 * col : col];
             v1 += bias[p.interleaved ? 2 * col + 1 : p.n + col];
         }
-        c[r * p.n + col] = __float2bfloat16_rn(moe_glu(p.act, v0, v1, p.alpha, p.limit));
+        c[r * p.n + col] = __float2bfloat16_rn(moe_glu<A>(v0, v1, p.alpha, p.limit));
     } else {
         const int64_t col = t.tile_n * bn + s;
         if (col >= p.n) return;
@@ -131,6 +145,24 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
         if (bias) v0 += bias[col], v1 += bias[col + 1];
         *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(v0, v1);
     }
+}
+
+/* GLU over concatenated w13 with gate and up of columns col, col + 1 (col even) side by side: both outputs in one
+ * bf16x2 store, the same arithmetic as moe_gemm_store. */
+template <int A>
+__device__ __forceinline__ void moe_gemm_store_glu2(const moe_gemm_params &p, const moe_gemm_tile &t, int64_t r,
+                                                    const moe_gemm_row_out &ro, int64_t col, float g0, float u0,
+                                                    float g1, float u1) {
+    if (col >= p.n) return; /* n is a multiple of 8: col + 1 < n too */
+    g0 *= ro.g, u0 *= ro.g, g1 *= ro.g, u1 *= ro.g;
+    g0 *= ro.w, u0 *= ro.w, g1 *= ro.w, u1 *= ro.w;
+    if (p.bias) {
+        const float *bias = p.bias + t.group * p.bias_group_stride;
+        g0 += bias[col], g1 += bias[col + 1], u0 += bias[p.n + col], u1 += bias[p.n + col + 1];
+    }
+    __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride);
+    *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) =
+        __floats2bfloat162_rn(moe_glu<A>(g0, u0, p.alpha, p.limit), moe_glu<A>(g1, u1, p.alpha, p.limit));
 }
 
 #endif /* MOE_CUDA_MOE_GEMM_TILE_CUH */

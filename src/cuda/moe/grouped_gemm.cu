@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
     const int wm0 = warp_m * C::MI * 16, wn0 = warp_n * C::NI * 8, wk0 = warp_k * C::KW;
 
     moe_gemm_tile t;
-    if (!moe_gemm_locate(p, C::BM, t)) return;
+    if (!moe_gemm_locate(p, C::BM, blockIdx.x, t)) return;
 
     /* the global rows this thread copies: 16-byte chunks at column kc of each K step */
     const int kc = (tid % C::CHUNKS_K) * 8;
@@ -196,18 +196,20 @@ __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params 
     }
 
     /* epilogue: (c0, c1) of row lane/4 and (c2, c3) of row lane/4 + 8, columns 2 (lane % 4) + {0, 1} */
+    moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
 #pragma unroll
-    for (int mi = 0; mi < C::MI; mi++)
+        for (int mi = 0; mi < C::MI; mi++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int64_t r = t.row0 + wm0 + mi * 16 + (lane >> 2) + h * 8;
-            const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
-            if (ro.skip) continue;
+            for (int h = 0; h < 2; h++) {
+                const int64_t r = t.row0 + wm0 + mi * 16 + (lane >> 2) + h * 8;
+                const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+                if (ro.skip) continue;
 #pragma unroll
-            for (int ni = 0; ni < C::NI; ni++)
-                moe_gemm_store<kGlu>(p, t, C::BN, r, ro, wn0 + ni * 8 + 2 * (lane & 3), acc[mi][ni][2 * h],
-                                     acc[mi][ni][2 * h + 1]);
-        }
+                for (int ni = 0; ni < C::NI; ni++)
+                    moe_gemm_store<kGlu, decltype(act)::value>(p, t, C::BN, r, ro, wn0 + ni * 8 + 2 * (lane & 3),
+                                                               acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+            }
+    });
 }
 
 template <class C, bool kGlu, int F> moe_status launch_one(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid,
@@ -247,7 +249,11 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
                                      : launch<small_q_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
     default:
-        if (moe__cuda_gemm_sm90_usable(ctx)) return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
+        if (moe__cuda_gemm_sm90_usable(ctx)) {
+            moe_status st;
+            if (moe__cuda_grouped_gemm_sm90_tma(ctx, p, glu, m_tiles, groups, stream, &st)) return st;
+            return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
+        }
         return launch<large_tile>(ctx, p, glu, m_tiles, groups, stream);
     }
 }

@@ -100,4 +100,11 @@ bool moe__cuda_gemm_sm90_usable(moe_ctx *ctx);
 moe_status moe__cuda_grouped_gemm_sm90(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
                                        cudaStream_t stream);
 
+/* The LARGE shape on Hopper for bf16 weights (grouped_gemm_sm90_tma.cu): warp-specialised, TMA, 128 x 256 tiles.
+ * Runs and returns true (status in *st) when B is bf16 and TMA can address it (16-byte aligned rows and groups)
+ * and the environment does not set MOE_GEMM_SM90_CPASYNC (which keeps the cp.async wgmma tile, to compare);
+ * false when it did not run. Called only where moe__cuda_gemm_sm90_usable. */
+bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
+                                     cudaStream_t stream, moe_status *st);
+
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

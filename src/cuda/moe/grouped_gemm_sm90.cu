@@ -16,14 +16,11 @@
 
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/sm90.cuh"
 #include "cuda/moe/bquant.cuh"
 #include "cuda/moe/gemm_tile.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 #include "moe/layer.h"
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MOE_WGMMA 1
-#endif
 
 namespace {
 
@@ -46,44 +43,6 @@ template <class C, int F> constexpr size_t sm90_smem() {
                                  (size_t)C::STAGES * bq_tile<C::BN, kBK, kThreads, F>::STAGE + 1024;
 }
 
-#ifdef MOE_WGMMA
-/* Matrix descriptor of a K-major operand in the 128-byte swizzle: start address, stride between 8-row groups
- * (8 x 128 bytes), layout 1 = 128-byte swizzle; the leading offset is unused in this layout. */
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
-}
-
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "l"(da), "l"(db));
-}
-
-/* Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma. */
-__device__ __forceinline__ void acc_fence(float (&d)[64]) {
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-template <int NH> __device__ __forceinline__ void fence_all(float (&d)[NH][64]) {
-#pragma unroll
-    for (int h = 0; h < NH; h++) acc_fence(d[h]);
-}
-#endif
-
 template <class C, bool kGlu, int F>
 __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_params p) {
 #ifdef MOE_WGMMA
@@ -97,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_para
     unsigned char *codes = smem + C::STAGES * kStageA + 2 * C::STAGE_B;
 
     moe_gemm_tile t;
-    if (!moe_gemm_locate(p, kBM, t)) return;
+    if (!moe_gemm_locate(p, kBM, blockIdx.x, t)) return;
     QT qt;
     if (kQuant) bq_tile_init<QT, kGlu>(qt, p, t, tid);
 
@@ -142,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_para
     if (kQuant) bq_tile_scales(qt, 0, p, tid, qt.next);
     for (int kt = 0; kt < k_tiles; kt++) {
         moe_cp_async_wait<C::STAGES - 2>();
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async writes -> wgmma reads */
+        moe_fence_proxy_async(); /* cp.async writes -> wgmma reads */
         __syncthreads();
         const int st = kt % C::STAGES;
         const uint32_t a_addr = base + st * kStageA + wg * 64 * kRow;
@@ -157,44 +116,46 @@ __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_para
             bq_tile_convert(qt, codes + st * QT::STAGE, tid, [&](int r, int c) {
                 return reinterpret_cast<uint4 *>(bq + r * kRow + ((c ^ (r & 7)) << 4));
             });
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* generic writes -> wgmma reads */
+            moe_fence_proxy_async(); /* generic writes -> wgmma reads */
             __syncthreads();
         }
-        fence_all<C::NH>(acc);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        moe_acc_fence<C::NH>(acc);
+        moe_wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; kk++) { /* 16 bf16 = 32 bytes further into the swizzled rows */
-            const uint64_t da = smem_desc(a_addr + kk * 32);
+            const uint64_t da = moe_smem_desc(a_addr + kk * 32);
 #pragma unroll
-            for (int h = 0; h < C::NH; h++) wgmma_m64n128k16(acc[h], da, smem_desc(b_addr + h * 128 * kRow + kk * 32));
+            for (int h = 0; h < C::NH; h++) moe_wgmma_m64n128k16(acc[h], da, moe_smem_desc(b_addr + h * 128 * kRow + kk * 32));
         }
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        fence_all<C::NH>(acc);
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); /* this warpgroup's step kt - 1 is done */
-        fence_all<C::NH>(acc);
+        moe_wgmma_commit();
+        moe_acc_fence<C::NH>(acc);
+        moe_wgmma_wait<1>(); /* this warpgroup's step kt - 1 is done */
+        moe_acc_fence<C::NH>(acc);
         __syncthreads(); /* ... and the other's: stage (kt - 1) % C::STAGES may be refilled */
         const int next = kt + C::STAGES - 1;
         if (next < k_tiles) load(next % C::STAGES, next);
         moe_cp_async_commit();
     }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    fence_all<C::NH>(acc);
+    moe_wgmma_wait<0>();
+    moe_acc_fence<C::NH>(acc);
     moe_cp_async_wait<0>();
 
     /* epilogue: the accumulator layout of wgmma m64nN: registers 4j + {0, 1} hold row 16 warp + lane / 4,
      * columns 8j + 2 (lane % 4) + {0, 1}; 4j + {2, 3} the row 8 below */
+    moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int64_t r = t.row0 + wg * 64 + warp * 16 + (lane >> 2) + 8 * i;
-        const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
-        if (ro.skip) continue;
+        for (int i = 0; i < 2; i++) {
+            const int64_t r = t.row0 + wg * 64 + warp * 16 + (lane >> 2) + 8 * i;
+            const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+            if (ro.skip) continue;
 #pragma unroll
-        for (int h = 0; h < C::NH; h++)
+            for (int h = 0; h < C::NH; h++)
 #pragma unroll
-            for (int j = 0; j < 16; j++)
-                moe_gemm_store<kGlu>(p, t, C::BN, r, ro, h * 128 + j * 8 + 2 * (lane & 3), acc[h][4 * j + 2 * i],
-                                     acc[h][4 * j + 2 * i + 1]);
-    }
+                for (int j = 0; j < 16; j++)
+                    moe_gemm_store<kGlu, decltype(act)::value>(p, t, C::BN, r, ro, h * 128 + j * 8 + 2 * (lane & 3),
+                                                               acc[h][4 * j + 2 * i], acc[h][4 * j + 2 * i + 1]);
+        }
+    });
 #endif
 }
 

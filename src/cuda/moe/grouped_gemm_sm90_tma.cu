@@ -1,0 +1,223 @@
+/* grouped_gemm_sm90_tma.cu — the prefill (LARGE) tile of the grouped GEMM on Hopper for bf16 weights:
+ * warp-specialised, TMA for the weights, mbarriers between producer and consumers (sm_90a). Same contract as
+ * grouped_gemm.cuh, same tile order, operand rows and epilogue (gemm_tile.cuh) as the other kernels.
+ *
+ * A CTA computes 128 rows x 256 B rows, K in steps of 64 bf16 (one 128-byte swizzle row) through 4 stages of
+ * shared memory (48 KB each), one CTA an SM. Three warpgroups:
+ *  - the producer (warpgroup 0, its registers handed to the consumers): for each stage, once the consumers have
+ *    released it (mbarrier `empty`), one thread starts two TMA boxes of 128 B rows x 64 (gate and up rows for
+ *    GLU, or 256 consecutive rows) and all 128 threads cp.async the 128 A rows, whose addresses come from the
+ *    permutation (gathered tokens, zeros for padding rows and the K tail); the stage is full (mbarrier `full`)
+ *    when the TMA bytes have landed and every producer thread's copies completed;
+ *  - two consumers (warpgroups 1, 2), 64 rows each: wait for a stage, issue its 8 wgmma.m64n128k16 (4 K steps of
+ *    16 x 2 halves of B), keep one stage's wgmma in flight and release the stage before it; then the epilogue of
+ *    gemm_tile.cuh from the accumulators (128 f32 a thread).
+ * The CTAs are persistent (one an SM, walking the tile order with a stride of the grid), so the producer loads the
+ * next tile's first stages while the consumers store the last one's outputs.
+ * TMA zero-fills B past N and past K, so the K tail and the last column tile need no special case. For GLU over
+ * concatenated w13 the tile's 256 B rows are 128 gate rows then the 128 matching up rows, so the accumulator
+ * halves pair register by register; for interleaved w13 they are 256 consecutive rows (pairs side by side). */
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <stdlib.h>
+
+#include "cuda/common/cuda.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/common/sm90.cuh"
+#include "cuda/moe/gemm_tile.cuh"
+#include "cuda/moe/grouped_gemm.cuh"
+#include "moe/layer.h"
+
+namespace {
+
+constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4, kThreads = 384;
+constexpr int kRow = kBK * 2;                        /* bytes a row a stage: one swizzle atom */
+constexpr int kStageA = kBM * kRow, kStageB = kBN * kRow; /* 16 KB, 32 KB */
+constexpr int kBoxRows = 128;                        /* B rows a TMA box */
+constexpr size_t kSmem = (size_t)kStages * (kStageA + kStageB) + 2 * kStages * 8 + 1024; /* + barriers, alignment */
+static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the LARGE tile is the permutation's largest");
+
+template <bool kGlu>
+__global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_gemm_params p,
+                                                                    const __grid_constant__ CUtensorMap tmap_b) {
+#ifdef MOE_WGMMA
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = smem_raw + (base - raw); /* A stages, B stages, full[kStages], empty[kStages] */
+    const uint32_t a_smem = base, b_smem = base + kStages * kStageA, bars = b_smem + kStages * kStageB;
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+    const int tid = threadIdx.x, wg = tid >> 7;
+
+    if (tid == 0) {
+        for (int s = 0; s < kStages; s++) {
+            moe_mbar_init(full(s), 128 + 1);  /* 128 cp.async arrivals + the TMA thread's expect_tx arrival */
+            moe_mbar_init(empty(s), 2 * 4);   /* a warp of each consumer warpgroup */
+        }
+        moe_mbar_init_fence();
+    }
+    __syncthreads();
+    const int k_tiles = (p.k + kBK - 1) / kBK;
+    const int64_t n_tiles = p.m_tiles * p.n_tiles;
+    /* Both roles walk the same tiles (index blockIdx.x + i gridDim.x, the empty ones skipped) and count K steps
+     * over all of them (it): stage it % kStages, in its (it / kStages)-th use. */
+
+    if (wg == 0) { /* producer */
+        moe_regs_dec<56>();
+        const int kc = tid & 7; /* chunk kc of rows tid / 8 + 16 i */
+        uint32_t it = 0;
+        for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+            moe_gemm_tile t;
+            if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+            const __nv_bfloat16 *a_row[kBM / 16];
+#pragma unroll
+            for (int i = 0; i < kBM / 16; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid >> 3) + 16 * i);
+            /* B rows of the two boxes in group t.group's (rows, k) matrix */
+            int b0, b1;
+            if (kGlu && !p.interleaved) b0 = (int)t.tile_n * kBoxRows, b1 = p.n + b0;
+            else b0 = (int)t.tile_n * kBN, b1 = b0 + kBoxRows;
+            for (int kt = 0; kt < k_tiles; kt++, it++) {
+                const int s = it % kStages;
+                moe_mbar_wait(empty(s), ((it / kStages) & 1) ^ 1);
+                if (tid == 0) {
+                    moe_mbar_arrive_expect_tx(full(s), kStageB);
+                    moe_tma_load_3d(b_smem + s * kStageB, &tmap_b, full(s), kt * kBK, b0, t.group);
+                    moe_tma_load_3d(b_smem + s * kStageB + kBoxRows * kRow, &tmap_b, full(s), kt * kBK, b1, t.group);
+                }
+                const int k0 = kt * kBK + kc * 8;
+                const bool in_k = k0 < p.k; /* k is a multiple of 8: a chunk is all in or all out */
+                unsigned char *a_st = smem + s * kStageA;
+#pragma unroll
+                for (int i = 0; i < kBM / 16; i++) {
+                    const int r = (tid >> 3) + 16 * i;
+                    moe_cp_async16(a_st + r * kRow + ((kc ^ (r & 7)) << 4), a_row[i] && in_k ? a_row[i] + k0 : p.a,
+                                   a_row[i] && in_k ? 16 : 0);
+                }
+                moe_mbar_arrive_cp_async(full(s));
+            }
+        }
+        moe_cp_async_wait<0>();
+        return;
+    }
+
+    /* consumers */
+    moe_regs_inc<224>();
+    const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
+    uint32_t it = 0;
+    for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        moe_gemm_tile t;
+        if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+        float acc[2][64];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 64; i++) acc[h][i] = 0.0f;
+        for (int kt = 0; kt < k_tiles; kt++, it++) {
+            const int s = it % kStages;
+            moe_mbar_wait(full(s), (it / kStages) & 1);
+            moe_fence_proxy_async(); /* the producers' cp.async writes -> this warpgroup's wgmma reads */
+            const uint32_t a_addr = a_smem + s * kStageA + cw * 64 * kRow, b_addr = b_smem + s * kStageB;
+            moe_acc_fence<2>(acc);
+            moe_wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < kBK / 16; kk++) { /* 16 bf16 = 32 bytes further into the swizzled rows */
+                const uint64_t da = moe_smem_desc(a_addr + kk * 32);
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    moe_wgmma_m64n128k16(acc[h], da, moe_smem_desc(b_addr + h * kBoxRows * kRow + kk * 32));
+            }
+            moe_wgmma_commit();
+            moe_acc_fence<2>(acc);
+            moe_wgmma_wait<1>(); /* step it - 1's wgmma is done: its stage goes back to the producer */
+            moe_acc_fence<2>(acc);
+            if (kt > 0 && lane == 0) moe_mbar_arrive(empty((it - 1) % kStages));
+        }
+        moe_wgmma_wait<0>();
+        moe_acc_fence<2>(acc);
+        if (lane == 0) moe_mbar_arrive(empty((it - 1) % kStages)); /* the tile's last stage */
+
+        /* epilogue: the accumulator layout of wgmma m64nN: registers 4j + {0, 1} hold row 16 warp + lane / 4,
+         * columns 8j + 2 (lane % 4) + {0, 1}; 4j + {2, 3} the row 8 below. Half h holds B rows h * 128 + column.
+         * Meanwhile the producer fills the stages for the next tile. */
+        moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
+            constexpr int A = decltype(act)::value;
+            auto rows = [&](auto store) { /* store(r, ro, c, q): columns c, c + 1 of row r, registers q, q + 1 */
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const int64_t r = t.row0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * i;
+                    const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+                    if (ro.skip) continue;
+#pragma unroll
+                    for (int j = 0; j < 16; j++) store(r, ro, j * 8 + 2 * (lane & 3), 4 * j + 2 * i);
+                }
+            };
+            if (kGlu && !p.interleaved) /* gate of tile columns c, c + 1 in half 0, their up in half 1 */
+                rows([&](int64_t r, const moe_gemm_row_out &ro, int c, int q) {
+                    moe_gemm_store_glu2<A>(p, t, r, ro, t.tile_n * kBoxRows + c, acc[0][q], acc[1][q], acc[0][q + 1],
+                                           acc[1][q + 1]);
+                });
+            else
+                rows([&](int64_t r, const moe_gemm_row_out &ro, int c, int q) {
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        moe_gemm_store<kGlu, A>(p, t, kBN, r, ro, h * kBoxRows + c, acc[h][q], acc[h][q + 1]);
+                });
+        });
+    }
+#endif
+}
+
+/* cuTensorMapEncodeTiled from the driver, found once through the runtime (the build links no libcuda). */
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+    static bool looked = false;
+    if (!looked) {
+        cudaDriverEntryPointQueryResult q;
+        void *f = nullptr;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)f;
+        cudaGetLastError();
+        looked = true;
+    }
+    return fn;
+}
+
+/* The weights as a 3-D tensor (k, rows, groups) of bf16, boxes of 64 x 128 x 1 in the 128-byte swizzle. */
+bool encode_b(const moe_gemm_params &p, bool glu, CUtensorMap *m) {
+    PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
+    if (!fn) return false;
+    const cuuint64_t dims[3] = {(cuuint64_t)p.k, (cuuint64_t)(glu ? 2 * (int64_t)p.n : p.n), (cuuint64_t)p.n_groups};
+    const cuuint64_t strides[2] = {(cuuint64_t)p.k * 2, (cuuint64_t)p.b_group_stride * 2};
+    const cuuint32_t box[3] = {kBK, kBoxRows, 1}, elem[3] = {1, 1, 1};
+    return fn(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(p.b), dims, strides, box, elem,
+              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <bool kGlu>
+moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const CUtensorMap &m, int64_t m_tiles, int groups,
+                  cudaStream_t st) {
+    moe_gemm_params q = p;
+    q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
+    /* persistent: one CTA an SM (the shared memory allows no more), split over the dense groups */
+    const int64_t tiles = q.m_tiles * q.n_tiles, per_group = ctx->cuda.sm_count / groups > 0 ? ctx->cuda.sm_count / groups : 1;
+    const dim3 grid((unsigned)(tiles < per_group ? tiles : per_group), 1, (unsigned)groups);
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_tma_kernel<kGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)kSmem));
+    gemm_sm90_tma_kernel<kGlu><<<grid, kThreads, kSmem, st>>>(q, m);
+    MOE_CUDA_LAUNCHED(ctx, "gemm_sm90_tma_kernel");
+    return MOE_OK;
+}
+
+} // namespace
+
+bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
+                                     cudaStream_t stream, moe_status *st) {
+    if (p.b_fmt != MOE_B_BF16 || getenv("MOE_GEMM_SM90_CPASYNC")) return false;
+    if ((uintptr_t)p.b % 16 || p.k % 8 || p.b_group_stride % 8 || p.n_groups < 1) return false; /* TMA's alignment */
+    CUtensorMap m;
+    if (!encode_b(p, glu, &m)) return false;
+    *st = glu ? launch<true>(ctx, p, m, m_tiles, groups, stream) : launch<false>(ctx, p, m, m_tiles, groups, stream);
+    return true;
+}
