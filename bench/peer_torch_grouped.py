@@ -91,7 +91,7 @@ class Layer:
         return out.to(torch.bfloat16)
 
 
-def time_layer(layers, x):
+def time_layer(layers, x, reps_opt=0, idle_ms=500):
     for l in layers:
         l.forward(x)
     torch.cuda.synchronize()
@@ -100,7 +100,7 @@ def time_layer(layers, x):
         layers[i % 2].forward(x)
     torch.cuda.synchronize()
     per = (time.perf_counter() - t0) / 4
-    reps = max(2, min(200, int(0.030 / per) if per > 0 else 200))
+    reps = reps_opt or max(2, min(200, int(0.030 / per) if per > 0 else 200))
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -113,6 +113,7 @@ def time_layer(layers, x):
     torch.cuda.current_stream().wait_stream(s)
     g.replay()
     torch.cuda.synchronize()
+    time.sleep(idle_ms / 1000)  # as moe bench layer --idle-ms: each point starts from the same power state
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -127,6 +128,8 @@ def main():
     ap.add_argument("--model", default="qwen3-30b-a3b,deepseek-v3,mixtral-8x7b")
     ap.add_argument("--tokens", default="1,16,128,1024,8192")
     ap.add_argument("--json")
+    ap.add_argument("--reps", type=int, default=0, help="forwards per timing (default: about 30 ms of work)")
+    ap.add_argument("--idle-ms", type=int, default=500, help="idle time before each point's timings")
     args = ap.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
     dev = torch.cuda.get_device_name()
@@ -139,7 +142,7 @@ def main():
         x_all = (torch.randn(max(tokens), H, device="cuda", generator=torch.Generator(device="cuda").manual_seed(11))
                  .to(torch.bfloat16))
         for T in tokens:
-            us, reps = time_layer(layers, x_all[:T])
+            us, reps = time_layer(layers, x_all[:T], args.reps, args.idle_ms)
             print(f"{model:16s} {T:6d} {us:10.1f}", flush=True)
             results.append({"model": model, "tokens": T, "us": us, "reps": reps})
         del layers, x_all
@@ -153,6 +156,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"bench": "layer-peer-torch-grouped", "device": dev, "torch": torch.__version__,
                        "commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "idle_ms": args.idle_ms,
                        "results": results}, f, indent=2)
 
 

@@ -37,7 +37,8 @@ double cli_now_ms(void);
 typedef struct cli_bench_opts {
     const char *models, *tokens, *dtype, *json, *backend;
     int reps;
-    int *route_only;
+    int *route_only; /* --route-only; NULL where the command has no such option */
+    int *idle_ms;    /* --idle-ms; NULL where the command has no such option */
 } cli_bench_opts;
 int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o);
 
