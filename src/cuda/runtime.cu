@@ -12,6 +12,11 @@ extern "C" const char *moe_cuda_archs(void) {
     return MOE_CUDA_ARCHS;
 }
 
+bool moe__cuda_pdl(const moe_ctx *ctx) {
+    static const bool off = getenv("MOE_NO_PDL") != NULL;
+    return ctx->cuda.cc_major >= 9 && !off;
+}
+
 extern "C" moe_status moe__cuda_fail(moe_ctx *ctx, cudaError_t err, const char *what, const char *file, int line) {
     cudaGetLastError(); /* clear a non-sticky error so the context stays usable */
     moe_status status = err == cudaErrorMemoryAllocation ? MOE_ERR_OOM : MOE_ERR_CUDA;

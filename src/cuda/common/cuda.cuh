@@ -30,6 +30,39 @@ static inline cudaStream_t moe__cuda_enter(moe_ctx *ctx, void *stream) {
     return (cudaStream_t)(stream ? stream : ctx->cuda.stream);
 }
 
+/* Programmatic dependent launch (sm_90 and later): a forward's kernels are launched so that each may be scheduled
+ * while the one before it drains. Every kernel launched that way calls moe_pdl_wait() before it touches global
+ * memory (it returns once the previous grid has completed and its writes are visible; a no-op otherwise), then
+ * moe_pdl_launch_next(), which lets the next kernel of the stream be scheduled. */
+__device__ __forceinline__ void moe_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void moe_pdl_launch_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/* Whether to launch that way: sm_90 and later, unless the environment sets MOE_NO_PDL (to compare). The grouped
+ * GEMMs are launched plainly: launched early, the second GEMM slowed decode down (H200, llama4-scout T = 1: 178 µs
+ * against 142 with only the small kernels so launched; docs/performance.md); they still wait and release. */
+bool moe__cuda_pdl(const moe_ctx *ctx);
+
+/* kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where pdl. */
+template <class... Params, class... Args>
+cudaError_t moe_launch(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args... args) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+    cfg.attrs = &attr, cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 /* Blocks for a grid-stride loop over n items of threads each: enough to fill the GPU, never past the limits. */
 static inline unsigned moe__grid_for(const moe_ctx *ctx, int64_t n, int threads) {
     int64_t blocks = (n + threads - 1) / threads;

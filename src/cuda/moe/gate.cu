@@ -39,6 +39,8 @@ struct gate_args {
 };
 
 __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     const int lane = threadIdx.x & 31, e = blockIdx.x * kWarps + (threadIdx.x >> 5);
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
     if (e >= n_out) return;
@@ -73,6 +75,8 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
 }
 
 __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     __shared__ float xs[kBK][kTile + 4], gs[kBK][kTile + 4]; /* k-major: a thread reads 4 tokens / experts */
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
@@ -127,6 +131,8 @@ __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) 
 }
 
 __global__ void gate_reduce_kernel(const gate_args a) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
     const int64_t n = a.T * n_out;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -159,15 +165,15 @@ moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const flo
     if (few) {
         const dim3 grid((unsigned)((n_out + kWarps - 1) / kWarps), (unsigned)((T + kGroup - 1) / kGroup),
                         (unsigned)a.splits);
-        gate_few_kernel<<<grid, kWarps * 32, 0, stream>>>(a);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), gate_few_kernel, grid, kWarps * 32, 0, stream, a));
     } else {
         const dim3 grid((unsigned)((n_out + kTile - 1) / kTile), (unsigned)((T + kTile - 1) / kTile),
                         (unsigned)a.splits);
-        gate_many_kernel<<<grid, kThreads, 0, stream>>>(a);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), gate_many_kernel, grid, kThreads, 0, stream, a));
     }
     MOE_CUDA_LAUNCHED(ctx, "gate logits");
     if (a.splits > 1) {
-        gate_reduce_kernel<<<moe__grid_for(ctx, T * n_out, 256), 256, 0, stream>>>(a);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), gate_reduce_kernel, moe__grid_for(ctx, T * n_out, 256), 256, 0, stream, a));
         MOE_CUDA_LAUNCHED(ctx, "gate_reduce_kernel");
     }
     return MOE_OK;

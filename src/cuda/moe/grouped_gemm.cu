@@ -50,6 +50,8 @@ template <class C, int F> __host__ __device__ constexpr size_t smem_bytes() {
 
 template <class C, bool kGlu, int F>
 __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params p) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     extern __shared__ __align__(128) unsigned char smem_raw[];
     typedef bq_regs<C, F> QR;
     typedef bq_tile<C::BN, C::BK, C::THREADS, F> QT;
@@ -217,7 +219,7 @@ template <class C, bool kGlu, int F> moe_status launch_one(moe_ctx *ctx, const m
     constexpr size_t smem = smem_bytes<C, F>();
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)smem));
-    gemm_kernel<C, kGlu, F><<<grid, C::THREADS, smem, st>>>(q);
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_kernel<C, kGlu, F>, grid, C::THREADS, smem, st, q));
     MOE_CUDA_LAUNCHED(ctx, "gemm_kernel");
     return MOE_OK;
 }

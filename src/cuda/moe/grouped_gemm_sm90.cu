@@ -45,6 +45,8 @@ template <class C, int F> constexpr size_t sm90_smem() {
 
 template <class C, bool kGlu, int F>
 __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_params p) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
 #ifdef MOE_WGMMA
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
@@ -164,7 +166,7 @@ moe_status launch_one(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid, cudaStr
     constexpr size_t smem = sm90_smem<C, F>();
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_kernel<C, kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)smem));
-    gemm_sm90_kernel<C, kGlu, F><<<grid, kThreads, smem, st>>>(q);
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_sm90_kernel<C, kGlu, F>, grid, kThreads, smem, st, q));
     MOE_CUDA_LAUNCHED(ctx, "gemm_sm90_kernel");
     return MOE_OK;
 }

@@ -40,6 +40,8 @@ static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the LARGE tile is the permutation's 
 template <bool kGlu>
 __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_gemm_params p,
                                                                     const __grid_constant__ CUtensorMap tmap_b) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
 #ifdef MOE_WGMMA
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
@@ -205,7 +207,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const CUtensorMap &m, 
     const dim3 grid((unsigned)(tiles < per_group ? tiles : per_group), 1, (unsigned)groups);
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_tma_kernel<kGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)kSmem));
-    gemm_sm90_tma_kernel<kGlu><<<grid, kThreads, kSmem, st>>>(q, m);
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_sm90_tma_kernel<kGlu>, grid, kThreads, kSmem, st, q, m));
     MOE_CUDA_LAUNCHED(ctx, "gemm_sm90_tma_kernel");
     return MOE_OK;
 }

@@ -27,6 +27,8 @@ __global__ void __launch_bounds__(kCombineThreads)
     combine_kernel(const __nv_bfloat16 *y, const int32_t *slot_row, const float *weights, int k,
                    bool weight_on_input, const __nv_bfloat16 *shared_y, int n_shared, const float *shared_scale,
                    int64_t T, int H, __nv_bfloat16 *out) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     const int64_t t = blockIdx.x;
     const int h = (blockIdx.y * kCombineThreads + threadIdx.x) * 8;
     if (h >= H) return;
@@ -169,10 +171,10 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
     const int H = c->hidden;
     if (T == 0) return MOE_OK;
     const dim3 grid((unsigned)T, (unsigned)((H + kCombineThreads * 8 - 1) / (kCombineThreads * 8)));
-    combine_kernel<<<grid, kCombineThreads, 0, st>>>((const __nv_bfloat16 *)y, slot_row, weights, c->router.top_k,
-                                                     c->router.weight_on_input != 0, (const __nv_bfloat16 *)shared_y,
-                                                     shared_y ? c->n_shared : 0, shared_scale, T, H,
-                                                     (__nv_bfloat16 *)out);
+    MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), combine_kernel, grid, kCombineThreads, 0, st, (const __nv_bfloat16 *)y, slot_row,
+                                 weights, c->router.top_k, c->router.weight_on_input != 0,
+                                 (const __nv_bfloat16 *)shared_y, shared_y ? c->n_shared : 0, shared_scale, T, H,
+                                 (__nv_bfloat16 *)out));
     MOE_CUDA_LAUNCHED(ctx, "combine_kernel");
     return MOE_OK;
 }

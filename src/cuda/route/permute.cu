@@ -152,6 +152,8 @@ __device__ void fill_padding(const permute_params &p, const permute_smem &sm, in
  * prefix over the warps gives each stretch its first rank per expert, pass 2 places. Stable by construction, and
  * cheaper than a block sort for the few entries of a decode step. */
 __global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params p) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     __shared__ permute_smem sm;
     constexpr int W = kThreads / 32;
     const int E = p.c.n_experts, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -206,6 +208,8 @@ __global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params
 
 /* Several chunks, step 1: each chunk's histogram into chunk_base. */
 __global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params p) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     __shared__ permute_smem sm;
     int keys[kItems], vals[kItems];
     load_chunk(p, blockIdx.x, sm, keys, vals);
@@ -217,6 +221,8 @@ __global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params 
 /* Step 2: a warp per expert turns its per-chunk counts into their exclusive prefix over chunks (32 chunks a
  * step, a warp scan each) and writes the expert's total to counts. */
 __global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p, int64_t chunks) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     const int E = p.c.n_experts, lane = threadIdx.x % 32, e = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
     if (e >= E) return;
     int running = 0;
@@ -238,6 +244,8 @@ __global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p
 /* Step 3: each chunk sorted and placed; every CTA derives the offsets from the totals, CTA 0 writes them, and
  * CTA b fills the padding of experts b, b + grid, ... */
 __global__ void __launch_bounds__(kThreads) permute_place_kernel(permute_params p) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     __shared__ permute_smem sm;
     const int E = p.c.n_experts;
     for (int e = threadIdx.x; e < E; e += kThreads) sm.off[e] = p.counts[e]; /* totals, parked in off */
@@ -277,14 +285,14 @@ extern "C" moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *
     const int64_t chunks = (p.n + MOE_PERMUTE_CHUNK - 1) / MOE_PERMUTE_CHUNK;
     if (out->dropped) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->dropped, 0, sizeof(int32_t), st));
     if (chunks <= 1) {
-        permute_single_kernel<<<1, kThreads, 0, st>>>(p);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_single_kernel, 1, kThreads, 0, st, p));
     } else {
         if (out->invalid) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->invalid, 0, sizeof(int32_t), st));
-        permute_count_kernel<<<(unsigned)chunks, kThreads, 0, st>>>(p);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_count_kernel, (unsigned)chunks, kThreads, 0, st, p));
         MOE_CUDA_LAUNCHED(ctx, "permute_count_kernel");
-        permute_scan_kernel<<<(unsigned)((c->n_experts + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, st>>>(p, chunks);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_scan_kernel, (unsigned)((c->n_experts + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, st, p, chunks));
         MOE_CUDA_LAUNCHED(ctx, "permute_scan_kernel");
-        permute_place_kernel<<<(unsigned)chunks, kThreads, 0, st>>>(p);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_place_kernel, (unsigned)chunks, kThreads, 0, st, p));
     }
     MOE_CUDA_LAUNCHED(ctx, "permute kernel");
     return MOE_OK;

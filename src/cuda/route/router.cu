@@ -133,6 +133,8 @@ template <int kPerLane> __device__ __forceinline__ float fetch(const float (&v)[
 
 /* kPerLane: experts a lane holds (E <= 32 * kPerLane). */
 template <int kPerLane> __global__ void __launch_bounds__(kThreads) route_kernel(route_params p) {
+    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_launch_next();
     const moe_router_config &c = p.c;
     const int lane = threadIdx.x % 32, E = c.n_experts, k = c.top_k;
     const int64_t n_warps = (int64_t)gridDim.x * (kThreads / 32);
@@ -251,13 +253,13 @@ extern "C" moe_status moe__cuda_route(moe_ctx *ctx, const moe_router_config *c, 
                         : NULL;
     const unsigned grid = moe__grid_for(ctx, a->n_tokens * 32, kThreads);
     if (c->n_experts <= 64)
-        route_kernel<2><<<grid, kThreads, 0, st>>>(p);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), route_kernel<2>, grid, kThreads, 0, st, p));
     else if (c->n_experts <= 128)
-        route_kernel<4><<<grid, kThreads, 0, st>>>(p);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), route_kernel<4>, grid, kThreads, 0, st, p));
     else if (c->n_experts <= 256)
-        route_kernel<8><<<grid, kThreads, 0, st>>>(p);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), route_kernel<8>, grid, kThreads, 0, st, p));
     else
-        route_kernel<16><<<grid, kThreads, 0, st>>>(p);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), route_kernel<16>, grid, kThreads, 0, st, p));
     MOE_CUDA_LAUNCHED(ctx, "route_kernel");
     return MOE_OK;
 }
