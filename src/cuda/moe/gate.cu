@@ -39,7 +39,7 @@ struct gate_args {
 };
 
 __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     const int lane = threadIdx.x & 31, e = blockIdx.x * kWarps + (threadIdx.x >> 5);
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
 }
 
 __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ float xs[kBK][kTile + 4], gs[kBK][kTile + 4]; /* k-major: a thread reads 4 tokens / experts */
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) 
 }
 
 __global__ void gate_reduce_kernel(const gate_args a) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
     const int64_t n = a.T * n_out;

@@ -50,7 +50,7 @@ template <class C, int F> __host__ __device__ constexpr size_t smem_bytes() {
 
 template <class C, bool kGlu, int F>
 __global__ void __launch_bounds__(C::THREADS) gemm_kernel(const moe_gemm_params p) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     extern __shared__ __align__(128) unsigned char smem_raw[];
     typedef bq_regs<C, F> QR;

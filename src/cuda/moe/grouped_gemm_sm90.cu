@@ -45,7 +45,7 @@ template <class C, int F> constexpr size_t sm90_smem() {
 
 template <class C, bool kGlu, int F>
 __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_params p) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
     extern __shared__ unsigned char smem_raw[];

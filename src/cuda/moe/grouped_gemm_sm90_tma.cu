@@ -40,7 +40,7 @@ static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the LARGE tile is the permutation's 
 template <bool kGlu>
 __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_gemm_params p,
                                                                     const __grid_constant__ CUtensorMap tmap_b) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
     extern __shared__ unsigned char smem_raw[];
@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     if (tid == 0) {
         for (int s = 0; s < kStages; s++) {
             moe_mbar_init(full(s), 128 + 1);  /* 128 cp.async arrivals + the TMA thread's expect_tx arrival */
-            moe_mbar_init(empty(s), 2 * 4);   /* a warp of each consumer warpgroup */
+            moe_mbar_init(empty(s), 2 * 4);   /* lane 0 of each of the consumers' 8 warps */
         }
         moe_mbar_init_fence();
     }

@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kCombineThreads)
     combine_kernel(const __nv_bfloat16 *y, const int32_t *slot_row, const float *weights, int k,
                    bool weight_on_input, const __nv_bfloat16 *shared_y, int n_shared, const float *shared_scale,
                    int64_t T, int H, __nv_bfloat16 *out) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     const int64_t t = blockIdx.x;
     const int h = (blockIdx.y * kCombineThreads + threadIdx.x) * 8;

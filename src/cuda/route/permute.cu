@@ -152,7 +152,7 @@ __device__ void fill_padding(const permute_params &p, const permute_smem &sm, in
  * prefix over the warps gives each stretch its first rank per expert, pass 2 places. Stable by construction, and
  * cheaper than a block sort for the few entries of a decode step. */
 __global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params p) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
     constexpr int W = kThreads / 32;
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params
 
 /* Several chunks, step 1: each chunk's histogram into chunk_base. */
 __global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params p) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
     int keys[kItems], vals[kItems];
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params 
 /* Step 2: a warp per expert turns its per-chunk counts into their exclusive prefix over chunks (32 chunks a
  * step, a warp scan each) and writes the expert's total to counts. */
 __global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p, int64_t chunks) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     const int E = p.c.n_experts, lane = threadIdx.x % 32, e = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
     if (e >= E) return;
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p
 /* Step 3: each chunk sorted and placed; every CTA derives the offsets from the totals, CTA 0 writes them, and
  * CTA b fills the padding of experts b, b + grid, ... */
 __global__ void __launch_bounds__(kThreads) permute_place_kernel(permute_params p) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
     const int E = p.c.n_experts;

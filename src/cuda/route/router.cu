@@ -133,7 +133,7 @@ template <int kPerLane> __device__ __forceinline__ float fetch(const float (&v)[
 
 /* kPerLane: experts a lane holds (E <= 32 * kPerLane). */
 template <int kPerLane> __global__ void __launch_bounds__(kThreads) route_kernel(route_params p) {
-    moe_pdl_wait(); /* a programmatic dependent launch: the previous kernel's writes are visible */
+    moe_pdl_wait();
     moe_pdl_launch_next();
     const moe_router_config &c = p.c;
     const int lane = threadIdx.x % 32, E = c.n_experts, k = c.top_k;
