@@ -171,17 +171,15 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
 
 /* cuTensorMapEncodeTiled from the driver, found once through the runtime (the build links no libcuda). */
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-    static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-    static bool looked = false;
-    if (!looked) {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] { /* a thread-safe one-time lookup */
         cudaDriverEntryPointQueryResult q;
         void *f = nullptr;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = (PFN_cuTensorMapEncodeTiled_v12000)f;
+        const bool ok = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) ==
+                            cudaSuccess &&
+                        q == cudaDriverEntryPointSuccess;
         cudaGetLastError();
-        looked = true;
-    }
+        return ok ? (PFN_cuTensorMapEncodeTiled_v12000)f : nullptr;
+    }();
     return fn;
 }
 
