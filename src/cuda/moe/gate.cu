@@ -171,10 +171,9 @@ moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const flo
                         (unsigned)a.splits);
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), gate_many_kernel, grid, kThreads, 0, stream, a));
     }
-    MOE_CUDA_LAUNCHED(ctx, "gate logits");
     if (a.splits > 1) {
-        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), gate_reduce_kernel, moe__grid_for(ctx, T * n_out, 256), 256, 0, stream, a));
-        MOE_CUDA_LAUNCHED(ctx, "gate_reduce_kernel");
+        const unsigned blocks = moe__grid_for(ctx, T * n_out, 256);
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), gate_reduce_kernel, blocks, 256, 0, stream, a));
     }
     return MOE_OK;
 }

@@ -220,7 +220,6 @@ template <class C, bool kGlu, int F> moe_status launch_one(moe_ctx *ctx, const m
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_kernel<C, kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)smem));
     MOE_CUDA_TRY(ctx, moe_launch(false, gemm_kernel<C, kGlu, F>, grid, C::THREADS, smem, st, q));
-    MOE_CUDA_LAUNCHED(ctx, "gemm_kernel");
     return MOE_OK;
 }
 

@@ -127,7 +127,8 @@ __global__ void __launch_bounds__(kThreads) gemm_sm90_kernel(const moe_gemm_para
         for (int kk = 0; kk < kBK / 16; kk++) { /* 16 bf16 = 32 bytes further into the swizzled rows */
             const uint64_t da = moe_smem_desc(a_addr + kk * 32);
 #pragma unroll
-            for (int h = 0; h < C::NH; h++) moe_wgmma_m64n128k16(acc[h], da, moe_smem_desc(b_addr + h * 128 * kRow + kk * 32));
+            for (int h = 0; h < C::NH; h++)
+                moe_wgmma_m64n128k16(acc[h], da, moe_smem_desc(b_addr + h * 128 * kRow + kk * 32));
         }
         moe_wgmma_commit();
         moe_acc_fence<C::NH>(acc);
@@ -167,7 +168,6 @@ moe_status launch_one(moe_ctx *ctx, const moe_gemm_params &q, dim3 grid, cudaStr
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_kernel<C, kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)smem));
     MOE_CUDA_TRY(ctx, moe_launch(false, gemm_sm90_kernel<C, kGlu, F>, grid, kThreads, smem, st, q));
-    MOE_CUDA_LAUNCHED(ctx, "gemm_sm90_kernel");
     return MOE_OK;
 }
 

@@ -201,12 +201,12 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const CUtensorMap &m, 
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
     /* persistent: one CTA an SM (the shared memory allows no more), split over the dense groups */
-    const int64_t tiles = q.m_tiles * q.n_tiles, per_group = ctx->cuda.sm_count / groups > 0 ? ctx->cuda.sm_count / groups : 1;
+    const int64_t tiles = q.m_tiles * q.n_tiles;
+    const int64_t per_group = ctx->cuda.sm_count / groups > 0 ? ctx->cuda.sm_count / groups : 1;
     const dim3 grid((unsigned)(tiles < per_group ? tiles : per_group), 1, (unsigned)groups);
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_tma_kernel<kGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)kSmem));
     MOE_CUDA_TRY(ctx, moe_launch(false, gemm_sm90_tma_kernel<kGlu>, grid, kThreads, kSmem, st, q, m));
-    MOE_CUDA_LAUNCHED(ctx, "gemm_sm90_tma_kernel");
     return MOE_OK;
 }
 

@@ -171,11 +171,10 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
     const int H = c->hidden;
     if (T == 0) return MOE_OK;
     const dim3 grid((unsigned)T, (unsigned)((H + kCombineThreads * 8 - 1) / (kCombineThreads * 8)));
-    MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), combine_kernel, grid, kCombineThreads, 0, st, (const __nv_bfloat16 *)y, slot_row,
-                                 weights, c->router.top_k, c->router.weight_on_input != 0,
-                                 (const __nv_bfloat16 *)shared_y, shared_y ? c->n_shared : 0, shared_scale, T, H,
-                                 (__nv_bfloat16 *)out));
-    MOE_CUDA_LAUNCHED(ctx, "combine_kernel");
+    MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), combine_kernel, grid, kCombineThreads, 0, st,
+                                 (const __nv_bfloat16 *)y, slot_row, weights, c->router.top_k,
+                                 c->router.weight_on_input != 0, (const __nv_bfloat16 *)shared_y,
+                                 shared_y ? c->n_shared : 0, shared_scale, T, H, (__nv_bfloat16 *)out));
     return MOE_OK;
 }
 

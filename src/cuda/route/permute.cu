@@ -288,12 +288,11 @@ extern "C" moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_single_kernel, 1, kThreads, 0, st, p));
     } else {
         if (out->invalid) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->invalid, 0, sizeof(int32_t), st));
-        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_count_kernel, (unsigned)chunks, kThreads, 0, st, p));
-        MOE_CUDA_LAUNCHED(ctx, "permute_count_kernel");
-        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_scan_kernel, (unsigned)((c->n_experts + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, st, p, chunks));
-        MOE_CUDA_LAUNCHED(ctx, "permute_scan_kernel");
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_count_kernel, (unsigned)chunks, kThreads, 0, st,
+                                     p));
+        const unsigned scan_blocks = (unsigned)((c->n_experts + kThreads / 32 - 1) / (kThreads / 32));
+        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_scan_kernel, scan_blocks, kThreads, 0, st, p, chunks));
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_place_kernel, (unsigned)chunks, kThreads, 0, st, p));
     }
-    MOE_CUDA_LAUNCHED(ctx, "permute kernel");
     return MOE_OK;
 }

@@ -260,6 +260,5 @@ extern "C" moe_status moe__cuda_route(moe_ctx *ctx, const moe_router_config *c, 
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), route_kernel<8>, grid, kThreads, 0, st, p));
     else
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), route_kernel<16>, grid, kThreads, 0, st, p));
-    MOE_CUDA_LAUNCHED(ctx, "route_kernel");
     return MOE_OK;
 }
