@@ -1,0 +1,264 @@
+/* route_warp.cuh — one token routed by one warp (docs/routing.md §1–2), shared by the router kernel (router.cu)
+ * and the fused route + permute kernel (route_permute.cu). Lane l holds experts l, l + 32, ... (E <= 32 *
+ * kPerLane: 16 a lane at E = 512). Scores, the group filter, the top-k selection, weights and the load counters
+ * in one pass; the arithmetic is route_math.h's, shared with the CPU reference, and the expert sums follow its
+ * fixed order (lane partials, then a butterfly), so both agree bit for bit.
+ *
+ * Every warp-wide maximum is a 32-bit order key reduced by one redux.sync (__reduce_max_sync, sm_80+): a round of
+ * the top-k selection is a lane-local maximum, that reduction, and a second one (a minimum) that breaks ties
+ * towards the lower expert index, instead of five rounds of 64-bit shuffles. */
+#ifndef MOE_CUDA_ROUTE_WARP_CUH
+#define MOE_CUDA_ROUTE_WARP_CUH
+
+#include "cuda/common/cuda.cuh"
+#include "route/route_math.h"
+#include "route/router.h"
+
+namespace route_warp {
+
+struct params {
+    moe_router_config c;
+    const void *logits;
+    moe_dtype dtype;
+    const int32_t *token_ids;
+    int64_t n_tokens;
+    int32_t *ids;
+    float *weights;
+    int32_t *invalid_rows;
+    unsigned long long *counts; /* the stats layer's row, or NULL */
+};
+
+/* The kernels' view of a moe_route call. */
+inline params make_params(const moe_router_config *c, const moe_route_args *a) {
+    params p;
+    p.c = *c;
+    p.logits = a->logits ? a->logits->data : NULL;
+    p.dtype = a->logits ? a->logits->dtype : MOE_DTYPE_F32;
+    p.token_ids = a->token_ids;
+    p.n_tokens = a->n_tokens;
+    p.ids = a->ids;
+    p.weights = a->weights;
+    p.invalid_rows = a->invalid_rows;
+    p.counts = a->stats ? reinterpret_cast<unsigned long long *>(a->stats->counts) + (int64_t)a->stats_layer * c->n_experts
+                        : NULL;
+    return p;
+}
+
+__device__ __forceinline__ float load_logit(const params &p, int64_t i) {
+    if (p.dtype == MOE_DTYPE_BF16) return __bfloat162float(static_cast<const __nv_bfloat16 *>(p.logits)[i]);
+    if (p.dtype == MOE_DTYPE_F16) return __half2float(static_cast<const __half *>(p.logits)[i]);
+    return static_cast<const float *>(p.logits)[i];
+}
+
+/* The selection order of a value as an unsigned key, largest first: 0 for an item that cannot be chosen, else
+ * the float made order-preserving (-0 counted as +0, as the float comparison does). Every non-NaN float maps
+ * above 1 (-Inf to 0x007FFFFF), so 0 and 1 stay free for "none" and "invalid but present". */
+__device__ __forceinline__ uint32_t order_key(bool ok, float v) {
+    if (!ok) return 0u;
+    const uint32_t u = __float_as_uint(v + 0.0f);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+/* The float a key was made from (-0 comes back as +0). */
+__device__ __forceinline__ float key_value(uint32_t u) {
+    return __uint_as_float(u & 0x80000000u ? u & 0x7FFFFFFFu : ~u);
+}
+
+/* The lane holding the warp's largest key, the lowest lane among equals (all 32 lanes take part). */
+__device__ __forceinline__ int warp_argmax(uint32_t key, int lane, uint32_t &top) {
+    top = __reduce_max_sync(0xffffffffu, key);
+    return (int)__reduce_min_sync(0xffffffffu, key == top ? (uint32_t)lane : 32u);
+}
+
+/* The value in register slot j of lane (e % 32), for a warp-uniform expert e. */
+template <int kPerLane> __device__ __forceinline__ float fetch(const float (&v)[kPerLane], int e) {
+    float mine = 0.0f;
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++) /* predicated per slot, so v is never indexed at run time */
+        mine = lane + 32 * j == e ? v[j] : mine;
+    return __shfl_sync(0xffffffffu, mine, e % 32);
+}
+
+/* The value in slot (e / 32) of lane (e % 32), for this lane's own expert e (each lane asks for a different
+ * one): kPerLane independent shuffles. 0 for e < 0. */
+template <int kPerLane> __device__ __forceinline__ float gather(const float (&v)[kPerLane], int e) {
+    float out = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++) {
+        const float o = __shfl_sync(0xffffffffu, v[j], e & 31);
+        out = e >= 0 && (e >> 5) == j ? o : out;
+    }
+    return out;
+}
+
+/* The group filter of GROUPED (docs §2): keeps the topk_groups best groups and masks the rest. key[j] is the
+ * selection key of slot j (0: not selectable). A group's best two keys are two warp maxima: the second with the
+ * first's lane holding its own runner-up instead. */
+template <int kPerLane>
+__device__ __forceinline__ void group_filter(const moe_router_config &c, int lane, const float (&s)[kPerLane],
+                                             float (&b)[kPerLane], int (&ok)[kPerLane], const uint32_t (&key)[kPerLane]) {
+    const int G = c.n_groups, per = c.n_experts / G;
+    /* DeepSeek-V3 (256 experts, 8 groups of 32): slot j of every lane is group j, so no search */
+    const bool aligned = per == 32 && G <= 8;
+    int group[kPerLane]; /* the group of each item, -1 past E */
+    if (aligned) {
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) group[j] = j < G ? j : -1;
+    } else {
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) group[j] = lane + 32 * j < c.n_experts ? (lane + 32 * j) / per : -1;
+    }
+    uint32_t group_key = 0; /* lane g ends up holding group g's key */
+    for (int g0 = 0; g0 < G; g0 += 8) { /* 8 groups at a time: their reductions overlap */
+        uint32_t k1[8], k2[8];          /* this lane's best two in group g0 + q */
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            k1[q] = k2[q] = 0;
+            if (aligned) {
+                if (q < kPerLane) k1[q] = key[q];
+                continue;
+            }
+#pragma unroll
+            for (int j = 0; j < kPerLane; j++) {
+                if (group[j] != g0 + q) continue;
+                if (key[j] > k1[q])
+                    k2[q] = k1[q], k1[q] = key[j];
+                else if (key[j] > k2[q])
+                    k2[q] = key[j];
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            uint32_t m1, m2 = 0;
+            const int w = warp_argmax(k1[q], lane, m1);
+            if (c.group_score == MOE_GROUP_SCORE_TOP2_SUM)
+                m2 = __reduce_max_sync(0xffffffffu, lane == w ? k2[q] : k1[q]);
+            const int g = g0 + q;
+            const bool valid = c.group_score == MOE_GROUP_SCORE_MAX ? m1 != 0 : m2 != 0;
+            const float score = c.group_score == MOE_GROUP_SCORE_MAX ? key_value(m1) : key_value(m1) + key_value(m2);
+            /* invalid groups rank after every valid one, lower index first, as on the CPU */
+            if (lane == g && g < G) group_key = valid ? order_key(true, score) : 1u;
+        }
+    }
+    uint32_t keep = 0;
+    for (int n = 0; n < c.topk_groups; n++) {
+        uint32_t top;
+        const int g = warp_argmax(group_key, lane, top);
+        keep |= 1u << g;
+        if (lane == g) group_key = 0;
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++) {
+        if (group[j] < 0 || (keep >> group[j] & 1u)) continue;
+        if (c.group_mask == MOE_GROUP_MASK_ZERO && s[j] == s[j])
+            b[j] = 0.0f;
+        else
+            ok[j] = 0;
+    }
+}
+
+/* Routes token t with the calling warp (all 32 lanes). On return lane n < k holds slot n: id (-1 when the slot
+ * stayed empty) and weight; ids, weights, the load counters and the invalid-row count are written. */
+template <int kPerLane> __device__ __forceinline__ void route_token(const params &p, int64_t t, int &out_id) {
+    const moe_router_config &c = p.c;
+    const int lane = threadIdx.x % 32, E = c.n_experts, k = c.top_k;
+    float x[kPerLane], s[kPerLane], b[kPerLane];
+    int ok[kPerLane];
+    const bool scored = !(c.kind == MOE_ROUTER_HASH && c.score == MOE_SCORE_NONE);
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++) {
+        const int e = lane + 32 * j;
+        x[j] = scored && e < E ? load_logit(p, t * E + e) : NAN;
+    }
+    /* scores */
+    if (c.score == MOE_SCORE_SOFTMAX) {
+        uint32_t mk = 0; /* the row maximum over the non-NaN logits */
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) mk = max(mk, order_key(x[j] == x[j], x[j]));
+        mk = __reduce_max_sync(0xffffffffu, mk);
+        const bool any = mk != 0;
+        const float m = any ? key_value(mk) : -INFINITY;
+        float part = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) {
+            s[j] = any ? moe__softmax_term(x[j], m) : 0.0f;
+            part += s[j];
+        }
+#pragma unroll
+        for (int o = 16; o >= 1; o /= 2) part = part + __shfl_xor_sync(0xffffffffu, part, o);
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) s[j] = x[j] == x[j] ? s[j] / part : NAN;
+    } else {
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) s[j] = c.score == MOE_SCORE_SIGMOID ? moe__sigmoidf(x[j]) : x[j];
+    }
+    /* lane n ends up holding slot n: its expert and weight */
+    int32_t my_id = -1;
+    float my_w = 0.0f;
+    if (c.kind == MOE_ROUTER_HASH) {
+        const int64_t tok = p.token_ids[t];
+        for (int n = 0; n < k; n++) {
+            int32_t e = tok >= 0 && tok < c.hash_vocab ? c.hash_table[tok * k + n] : -1;
+            if (e < 0 || e >= E) e = -1;
+            const float se = e >= 0 && scored ? fetch(s, e) : 0.0f;
+            if (scored && se != se) e = -1;
+            if (lane == n) my_id = e, my_w = e < 0 ? 0.0f : scored ? se : 1.0f / (float)k;
+        }
+    } else {
+        uint32_t key[kPerLane];
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) {
+            const int e = lane + 32 * j;
+            b[j] = c.bias && e < E ? s[j] + c.bias[e] : s[j];
+            ok[j] = e < E && s[j] == s[j] && b[j] == b[j];
+            key[j] = order_key(ok[j], b[j]);
+        }
+        if (c.kind == MOE_ROUTER_GROUPED) {
+            group_filter(c, lane, s, b, ok, key);
+#pragma unroll
+            for (int j = 0; j < kPerLane; j++) key[j] = order_key(ok[j], b[j]);
+        }
+        for (int n = 0; n < k; n++) { /* one selection round a slot (a rolled loop: small code) */
+            uint32_t best = key[0];
+            int slot = 0; /* this lane's best: the lowest slot among equal keys */
+#pragma unroll
+            for (int j = 1; j < kPerLane; j++)
+                if (key[j] > best) best = key[j], slot = j;
+            const uint32_t top = __reduce_max_sync(0xffffffffu, best);
+            if (top == 0) break; /* nothing selectable is left (warp-uniform) */
+            const int e = (int)__reduce_min_sync(0xffffffffu, best == top ? (uint32_t)(lane + 32 * slot) : ~0u);
+            if (lane == n) my_id = e;
+#pragma unroll
+            for (int j = 0; j < kPerLane; j++)
+                if (lane + 32 * j == e) key[j] = 0; /* taken */
+        }
+        my_w = gather(s, my_id);
+        if (c.kind == MOE_ROUTER_TOPK_SOFTMAX) { /* softmax over the chosen logits, in slot order */
+            const float m = __shfl_sync(0xffffffffu, my_w, 0);
+            const int any = __shfl_sync(0xffffffffu, my_id, 0) >= 0;
+            my_w = my_id < 0 || !any ? 0.0f : moe__softmax_term(my_w, m);
+            float sum = 0.0f;
+            for (int n = 0; n < k; n++) sum += __shfl_sync(0xffffffffu, my_w, n);
+            if (any) my_w = my_w / sum;
+        }
+    }
+    if (c.renormalize) {
+        float sum = 0.0f;
+        for (int n = 0; n < k; n++) sum += __shfl_sync(0xffffffffu, my_w, n); /* slot order */
+        if (sum != 0.0f) my_w = my_w / sum;
+    }
+    my_w = my_w * c.scaling_factor;
+    const unsigned empty = __ballot_sync(0xffffffffu, lane < k && my_id < 0);
+    if (lane < k) {
+        p.ids[t * k + lane] = my_id;
+        p.weights[t * k + lane] = my_w;
+        if (p.counts && my_id >= 0) atomicAdd(p.counts + my_id, 1ull);
+    }
+    if (empty && lane == 0 && p.invalid_rows) atomicAdd(p.invalid_rows, 1);
+    out_id = my_id;
+}
+
+} // namespace route_warp
+
+#endif /* MOE_CUDA_ROUTE_WARP_CUH */
