@@ -226,6 +226,133 @@ TEST_IMPL(gpu_permute_random) {
     return TEST_OK;
 }
 
+/* moe_route_permute on the GPU (fused for small T) against moe_route + moe_permute on the CPU: ids, weights,
+ * load counters, invalid rows and every permute output equal, across the fused path's limits. */
+static int compare_route_permute(test_env *env, const char *model, int64_t T, int variant, uint64_t seed) {
+    moe_ctx *gpu = env->gpu, *cpu = env->cpu;
+    moe_router_config rc;
+    moe_router_preset(model, &rc);
+    const int E = rc.n_experts, k = rc.top_k;
+    /* variant 0: all experts local, tile 128; 1: an EP rank's quarter, tile 16; 2: masked with overflow */
+    moe_permute_config pc = {E, 0, E, k, 128, MOE_PERMUTE_CONTIGUOUS, 0};
+    if (variant == 1) pc.expert_begin = E / 4, pc.n_experts = E / 4 > 0 ? E / 4 : 1, pc.tile_m = 16;
+    if (variant == 2) pc.layout = MOE_PERMUTE_MASKED, pc.max_rows = 1 + T * k / E;
+    const int64_t n = T * k, rows = moe_permute_rows(&pc, T);
+    float *x = malloc(4 * (size_t)(T * E) + 4), bias[512];
+    uint64_t st = seed;
+    for (int64_t i = 0; i < T * E; i++) {
+        const uint64_t r = test_splitmix64(&st);
+        x[i] = (float)((double)(r >> 11) * 0x1p-53 * 8.0 - 4.0);
+        if (r % 211 == 0) x[i] = NAN;
+        if (r % 37 == 1 && i > 0) x[i] = x[i - 1]; /* ties */
+    }
+    if (T > 2)
+        for (int e = 0; e < E; e++) x[2 * E + e] = NAN; /* a row with no expert */
+    for (int e = 0; e < E; e++) bias[e] = (float)((int)(test_splitmix64(&st) % 200) - 100) * 1e-3f;
+    moe_router_config gc = rc;
+    if (rc.kind == MOE_ROUTER_GROUPED && rc.score == MOE_SCORE_SIGMOID) rc.bias = bias;
+    /* CPU: the two ops */
+    int32_t *ci = malloc(4 * (size_t)n + 4), *cs = calloc((size_t)pc.n_experts, 4), *crow = malloc(4 * (size_t)rows + 4),
+            *cslot = malloc(4 * (size_t)n + 4), cinv = 0, cpinv = -1, cdrop = -1;
+    float *cw = malloc(4 * (size_t)n + 4);
+    int64_t *coff = calloc((size_t)pc.n_experts + 1, 8);
+    moe_expert_stats *cst = NULL, *gst = NULL;
+    moe_expert_stats_create(cpu, 1, E, &cst);
+    moe_expert_stats_create(gpu, 1, E, &gst);
+    moe_tensor cl = moe_tensor_2d(x, MOE_DTYPE_F32, T, E);
+    moe_route_args ca = {&cl, NULL, T, ci, cw, &cinv, cst, 0};
+    moe_permute_outputs co = {cs, coff, crow, cslot, &cpinv, &cdrop};
+    int bad = moe_route(cpu, &rc, &ca, NULL) != MOE_OK || moe_permute(cpu, &pc, ci, T, &co, NULL, 0, NULL) != MOE_OK;
+    /* GPU: one call */
+    int32_t zero = 0, *gi = malloc(4 * (size_t)n + 4), *gs = calloc((size_t)pc.n_experts, 4),
+            *grow = malloc(4 * (size_t)rows + 4), *gslot = malloc(4 * (size_t)n + 4), ginv = 0, gpinv = 0, gdrop = 0;
+    float *gw = malloc(4 * (size_t)n + 4);
+    int64_t *goff = calloc((size_t)pc.n_experts + 1, 8);
+    void *dx = test_upload(gpu, x, 4 * (size_t)(T * E)), *dinv = test_upload(gpu, &zero, 4), *di = NULL, *dw = NULL;
+    if (rc.bias) gc.bias = test_upload(gpu, bias, 4 * (size_t)E);
+    moe_alloc(gpu, 4 * (size_t)n + 4, &di);
+    moe_alloc(gpu, 4 * (size_t)n + 4, &dw);
+    moe_permute_outputs go;
+    moe_alloc(gpu, 4 * (size_t)pc.n_experts, (void **)&go.counts);
+    moe_alloc(gpu, 8 * (size_t)(pc.n_experts + 1), (void **)&go.offsets);
+    moe_alloc(gpu, 4 * (size_t)rows + 4, (void **)&go.row_src);
+    moe_alloc(gpu, 4 * (size_t)n + 4, (void **)&go.slot_row);
+    moe_alloc(gpu, 4, (void **)&go.invalid);
+    moe_alloc(gpu, 4, (void **)&go.dropped);
+    moe_memset(gpu, go.row_src, 0xF7, 4 * (size_t)rows, NULL);
+    moe_memset(gpu, go.dropped, 0xF7, 4, NULL);
+    size_t ws = 0;
+    void *dws = NULL;
+    moe_permute_workspace_size(gpu, &pc, T, &ws);
+    if (ws) moe_alloc(gpu, ws, &dws);
+    moe_tensor gl = moe_tensor_2d(dx, MOE_DTYPE_F32, T, E);
+    moe_route_args ga = {&gl, NULL, T, di, dw, dinv, gst, 0};
+    const int64_t used = pc.layout == MOE_PERMUTE_CONTIGUOUS ? coff[pc.n_experts] : rows;
+    if (!bad && (moe_route_permute(gpu, &gc, &ga, &pc, &go, dws, ws, NULL) != MOE_OK ||
+                 test_download(gpu, gi, di, 4 * (size_t)n) || test_download(gpu, gw, dw, 4 * (size_t)n) ||
+                 test_download(gpu, &ginv, dinv, 4) || test_download(gpu, gs, go.counts, 4 * (size_t)pc.n_experts) ||
+                 test_download(gpu, goff, go.offsets, 8 * (size_t)(pc.n_experts + 1)) ||
+                 test_download(gpu, grow, go.row_src, 4 * (size_t)used) ||
+                 test_download(gpu, gslot, go.slot_row, 4 * (size_t)n) || test_download(gpu, &gpinv, go.invalid, 4) ||
+                 test_download(gpu, &gdrop, go.dropped, 4))) {
+        fprintf(stderr, "  route_permute %s T=%lld: %s\n", model, (long long)T, moe_last_error(gpu));
+        bad = 1;
+    }
+    const char *what = NULL;
+    if (bad)
+        what = NULL;
+    else if (memcmp(ci, gi, 4 * (size_t)n) || memcmp(cw, gw, 4 * (size_t)n))
+        what = "ids or weights";
+    else if (cinv != ginv || cpinv != gpinv || (pc.layout == MOE_PERMUTE_MASKED && cdrop != gdrop))
+        what = "invalid or dropped counts";
+    else if (memcmp(cs, gs, 4 * (size_t)pc.n_experts) || memcmp(grow, crow, 4 * (size_t)used) ||
+             memcmp(gslot, cslot, 4 * (size_t)n))
+        what = "counts, row_src or slot_row";
+    else if (pc.layout == MOE_PERMUTE_CONTIGUOUS && memcmp(coff, goff, 8 * (size_t)(pc.n_experts + 1)))
+        what = "offsets";
+    int64_t cc[512], gc_counts[512];
+    moe_expert_stats_read(cpu, cst, cc, NULL, NULL);
+    moe_expert_stats_read(gpu, gst, gc_counts, NULL, NULL);
+    if (!bad && !what && memcmp(cc, gc_counts, 8 * (size_t)E)) what = "load counters";
+    if (what) {
+        fprintf(stderr, "  route_permute %s T=%lld variant %d: %s differ\n", model, (long long)T, variant, what);
+        bad = 1;
+    }
+    moe_expert_stats_destroy(cpu, cst);
+    moe_expert_stats_destroy(gpu, gst);
+    free(x), free(ci), free(cs), free(crow), free(cslot), free(cw), free(coff);
+    free(gi), free(gs), free(grow), free(gslot), free(gw), free(goff);
+    moe_free(gpu, dx), moe_free(gpu, dinv), moe_free(gpu, di), moe_free(gpu, dw), moe_free(gpu, dws);
+    moe_free(gpu, (void *)gc.bias), moe_free(gpu, go.counts), moe_free(gpu, go.offsets), moe_free(gpu, go.row_src);
+    moe_free(gpu, go.slot_row), moe_free(gpu, go.invalid), moe_free(gpu, go.dropped);
+    return bad;
+}
+
+TEST_IMPL(gpu_route_permute) {
+    SKIP_WITHOUT_GPU(env);
+    const char *models[] = {"qwen3-30b-a3b", "deepseek-v3", "mixtral-8x7b", "llama4-scout", "gpt-oss-120b",
+                            "deepseek-v2"};
+    /* around the fused path's limits: one CTA (8 warps), the cluster of 8 (64), 2 tokens a warp (128), beyond */
+    const int64_t sizes[] = {1, 2, 7, 8, 9, 33, 64, 65, 127, 128, 129, 300};
+    int bad = 0;
+    for (size_t m = 0; m < sizeof models / sizeof models[0]; m++)
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+            bad += compare_route_permute(env, models[m], sizes[s], (int)((m + s) % 3), env->seed + 13 * m + s);
+    /* an error from either op's checks, before anything runs */
+    moe_router_config rc;
+    moe_router_preset("qwen3-30b-a3b", &rc);
+    const moe_permute_config pc = {128, 0, 128, 4, 128, MOE_PERMUTE_CONTIGUOUS, 0};
+    void *d = NULL;
+    ASSERT_OK(env->gpu, moe_alloc(env->gpu, 1 << 16, &d));
+    moe_tensor l = moe_tensor_2d(d, MOE_DTYPE_F32, 4, 128);
+    moe_route_args a = {&l, NULL, 4, (int32_t *)d, (float *)d, NULL, NULL, 0};
+    moe_permute_outputs o = {(int32_t *)d, (int64_t *)d, (int32_t *)d, (int32_t *)d, NULL, NULL};
+    ASSERT_FAILS(env->gpu, MOE_ERR_INVALID_ARG, "top_k", moe_route_permute(env->gpu, &rc, &a, &pc, &o, NULL, 0, NULL));
+    moe_free(env->gpu, d);
+    ASSERT_MSG(bad == 0, "%d route + permute runs differ between GPU and CPU (seed %" PRIu64 ")", bad, env->seed);
+    return TEST_OK;
+}
+
 TEST_IMPL(gpu_eplb_waterfill_stats) {
     SKIP_WITHOUT_GPU(env);
     moe_ctx *gpu = env->gpu, *cpu = env->cpu;

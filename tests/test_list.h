@@ -21,6 +21,7 @@
     X(permute_sentinels)          \
     X(expert_stats_cpu)           \
     X(route_errors)               \
+    X(route_permute_cpu)          \
     X(layer_golden)               \
     X(layer_skipped_slots)        \
     X(layer_errors)               \
@@ -43,6 +44,7 @@
     X(gpu_route_random)           \
     X(gpu_route_golden)           \
     X(gpu_permute_random)         \
+    X(gpu_route_permute)          \
     X(gpu_eplb_waterfill_stats)   \
     X(gpu_route_errors)           \
     X(gpu_layer_random)           \

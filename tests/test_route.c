@@ -282,3 +282,48 @@ TEST_IMPL(route_errors) {
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "multiple of world", moe_waterfill(ctx, &wf, ids, w, 1, load, ids, w, NULL));
     return TEST_OK;
 }
+
+/* moe_route_permute on the CPU: the two ops' results exactly, and both ops' checks plus its own. */
+TEST_IMPL(route_permute_cpu) {
+    moe_ctx *ctx = env->cpu;
+    moe_router_config c;
+    ASSERT(moe_router_preset("qwen3-30b-a3b", &c) == MOE_OK);
+    enum { T = 37, E = 128, K = 8 };
+    static float x[T * E];
+    uint64_t st = env->seed;
+    for (int i = 0; i < T * E; i++) x[i] = (float)(test_splitmix64(&st) % 1000) * 1e-2f;
+    const moe_permute_config pc = {E, 32, 64, K, 16, MOE_PERMUTE_CONTIGUOUS, 0};
+    const int64_t rows = moe_permute_rows(&pc, T);
+    static int32_t ids[2][T * K], counts[2][64], row_src[2][T * K + 64 * 15], slot_row[2][T * K];
+    static float w[2][T * K];
+    int64_t offsets[2][65];
+    moe_tensor l = moe_tensor_2d(x, MOE_DTYPE_F32, T, E);
+    for (int v = 0; v < 2; v++) {
+        moe_route_args a = {&l, NULL, T, ids[v], w[v], NULL, NULL, 0};
+        moe_permute_outputs o = {counts[v], offsets[v], row_src[v], slot_row[v], NULL, NULL};
+        if (v == 0) {
+            ASSERT_OK(ctx, moe_route(ctx, &c, &a, NULL));
+            ASSERT_OK(ctx, moe_permute(ctx, &pc, ids[0], T, &o, NULL, 0, NULL));
+        } else {
+            ASSERT_OK(ctx, moe_route_permute(ctx, &c, &a, &pc, &o, NULL, 0, NULL));
+        }
+    }
+    ASSERT(!memcmp(ids[0], ids[1], sizeof ids[0]) && !memcmp(w[0], w[1], sizeof w[0]));
+    ASSERT(!memcmp(counts[0], counts[1], sizeof counts[0]) && !memcmp(offsets[0], offsets[1], sizeof offsets[0]));
+    ASSERT(!memcmp(row_src[0], row_src[1], 4 * (size_t)offsets[0][64]));
+    ASSERT(!memcmp(slot_row[0], slot_row[1], sizeof slot_row[0]));
+    ASSERT(rows >= offsets[0][64]);
+    moe_route_args a = {&l, NULL, T, ids[1], w[1], NULL, NULL, 0};
+    moe_permute_outputs o = {counts[1], offsets[1], row_src[1], slot_row[1], NULL, NULL};
+    moe_permute_config bad = pc;
+    bad.top_k = 4;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "top_k", moe_route_permute(ctx, &c, &a, &bad, &o, NULL, 0, NULL));
+    bad = pc;
+    bad.n_experts_global = 96, bad.n_experts = 32;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "n_experts_global", moe_route_permute(ctx, &c, &a, &bad, &o, NULL, 0, NULL));
+    o.row_src = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "row_src", moe_route_permute(ctx, &c, &a, &pc, &o, NULL, 0, NULL));
+    a.logits = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "logits are NULL", moe_route_permute(ctx, &c, &a, &pc, &o, NULL, 0, NULL));
+    return TEST_OK;
+}

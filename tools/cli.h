@@ -39,6 +39,7 @@ typedef struct cli_bench_opts {
     int reps;
     int *route_only; /* --route-only; NULL where the command has no such option */
     int *idle_ms;    /* --idle-ms; NULL where the command has no such option */
+    int *unfused;    /* --unfused; NULL where the command has no such option */
 } cli_bench_opts;
 int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o);
 

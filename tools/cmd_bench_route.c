@@ -1,5 +1,5 @@
 /* cmd_bench_route.c — `moe bench route`: router + load statistics + permute (the plan of the grouped GEMM) for a
- * model's router at several token counts. On a GPU the three run as CUDA-graph replays (the graph holds --reps
+ * model's router at several token counts, as moe_route_permute (--unfused: moe_route then moe_permute). On a GPU the three run as CUDA-graph replays (the graph holds --reps
  * back-to-back iterations, so launch overhead is what a captured decode step pays); the bandwidth limit is the
  * bytes they must move over the copy bandwidth measured in the same run. */
 #include <jansson.h>
@@ -16,6 +16,7 @@ static const char usage[] =
     "  --dtype T       router logits: f32 (default) or bf16\n"
     "  --reps N        iterations per timing (default 200 on a GPU, 3 on the CPU)\n"
     "  --route-only    time the router and its load counters alone\n"
+    "  --unfused       moe_route then moe_permute, not moe_route_permute\n"
     "  --json FILE     also write the results as JSON\n"
     "  --backend B     auto (default), cpu, cuda\n";
 
@@ -29,8 +30,11 @@ typedef struct route_bench {
 } route_bench;
 
 static int route_only; /* --route-only: time the router (and its load counters) without the permute */
+static int unfused;    /* --unfused: the two calls apart */
 
 static moe_status step(moe_ctx *ctx, route_bench *b) {
+    if (!route_only && !unfused)
+        return moe_route_permute(ctx, &b->router, &b->args, &b->perm, &b->out, b->ws, b->ws_bytes, NULL);
     moe_status s = moe_route(ctx, &b->router, &b->args, NULL);
     if (s == MOE_OK && !route_only)
         s = moe_permute(ctx, &b->perm, b->args.ids, b->args.n_tokens, &b->out, b->ws, b->ws_bytes, NULL);
@@ -71,7 +75,8 @@ static double time_steps(moe_ctx *ctx, route_bench *b, int reps) {
 }
 
 int bench_route(int argc, char **argv) {
-    cli_bench_opts o = {"qwen3-30b-a3b,deepseek-v3", "1,16,128,1024,8192", "f32", NULL, "auto", 0, &route_only, NULL};
+    cli_bench_opts o = {"qwen3-30b-a3b,deepseek-v3", "1,16,128,1024,8192", "f32", NULL, "auto", 0, &route_only, NULL,
+                        &unfused};
     const int parsed = cli_bench_parse(argc, argv, usage, &o);
     if (parsed >= 0) return parsed;
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
@@ -108,7 +113,7 @@ int bench_route(int argc, char **argv) {
     moe_free(ctx, ca);
     moe_free(ctx, cb);
     printf("moe bench route: %s%s logits, %d steps a timing, on %s, commit %s; copy %.0f GB/s\n",
-           route_only ? "router only, " : "", dtype_name, reps, moe_ctx_describe(ctx), MOE_GIT_COMMIT, copy_gbps);
+           route_only ? "router only, " : unfused ? "unfused, " : "", dtype_name, reps, moe_ctx_describe(ctx), MOE_GIT_COMMIT, copy_gbps);
     printf("%-16s %6s %10s %10s %8s\n", "model", "T", "step us", "limit us", "x limit");
     json_t *results = json_array();
     int rc = CLI_OK;
@@ -190,9 +195,10 @@ int bench_route(int argc, char **argv) {
     if (json_path) {
         char date[32];
         cli_utc_date(date, sizeof date);
-        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:b, s:f, s:o}", "bench", "route", "device",
+        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:b, s:b, s:f, s:o}", "bench", "route", "device",
                                 moe_ctx_describe(ctx), "commit", MOE_GIT_COMMIT, "date", date, "logits", dtype_name,
-                                "reps", reps, "route_only", route_only, "copy_gbps", copy_gbps, "results", results);
+                                "reps", reps, "route_only", route_only, "unfused", unfused, "copy_gbps", copy_gbps,
+                                "results", results);
         if (!doc || json_dump_file(doc, json_path, JSON_INDENT(2)) != 0) rc = CLI_FAIL;
         json_decref(doc);
     } else {

@@ -63,10 +63,8 @@ static void moe_cpu_permute(const moe_permute_config *c, const int32_t *ids, int
     if (out->dropped) *out->dropped = (int32_t)dropped;
 }
 
-moe_status moe_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
-                       const moe_permute_outputs *out, void *workspace, size_t workspace_bytes, void *stream) {
-    if (!ctx) return MOE_ERR_INVALID_ARG;
-    moe__clear_error(ctx);
+moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
+                              const moe_permute_outputs *out, const void *workspace, size_t workspace_bytes) {
     MOE_CHECK_ARG(ctx, moe_permute_config_ok(c),
                   "moe_permute: bad config (need 0 <= expert_begin, expert_begin + n_experts <= n_experts_global, "
                   "top_k >= 1, tile_m >= 1 or max_rows >= 0, a known layout)");
@@ -92,8 +90,21 @@ moe_status moe_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t 
         if (rows) MOE_TRY(moe__cuda_check_pointer(ctx, out->row_src, "row_src"));
         if (n_tokens) MOE_TRY(moe__cuda_check_pointer(ctx, out->slot_row, "slot_row"));
         if (n_tokens) MOE_TRY(moe__cuda_check_pointer(ctx, ids, "ids"));
-        return moe__cuda_permute(ctx, c, ids, n_tokens, out, rows, workspace, stream);
+        if (out->invalid) MOE_TRY(moe__cuda_check_pointer(ctx, out->invalid, "invalid"));
+        if (out->dropped) MOE_TRY(moe__cuda_check_pointer(ctx, out->dropped, "dropped"));
     }
+#endif
+    return MOE_OK;
+}
+
+moe_status moe_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
+                       const moe_permute_outputs *out, void *workspace, size_t workspace_bytes, void *stream) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_TRY(moe__permute_check(ctx, c, ids, n_tokens, out, workspace, workspace_bytes));
+    const int64_t rows = moe_permute_rows(c, n_tokens);
+#ifdef MOE_WITH_CUDA
+    if (ctx->backend == MOE_BACKEND_CUDA) return moe__cuda_permute(ctx, c, ids, n_tokens, out, rows, workspace, stream);
 #endif
     (void)stream;
     moe_cpu_permute(c, ids, n_tokens, out, rows);

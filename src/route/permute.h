@@ -11,6 +11,10 @@ extern "C" {
 /* The GPU sorts the flat (token, slot) list in chunks of this many entries, one CTA each. */
 #define MOE_PERMUTE_CHUNK 2048
 
+/* Every check of moe_permute (config, sizes, outputs, workspace, pointers), with its error set. */
+moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
+                              const moe_permute_outputs *out, const void *workspace, size_t workspace_bytes);
+
 #ifdef MOE_WITH_CUDA
 moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
                              const moe_permute_outputs *out, int64_t rows, void *workspace, void *stream);

@@ -102,9 +102,7 @@ static moe_status moe_check_router(moe_ctx *ctx, const moe_router_config *c) {
     return MOE_OK;
 }
 
-moe_status moe_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream) {
-    if (!ctx) return MOE_ERR_INVALID_ARG;
-    moe__clear_error(ctx);
+moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a) {
     MOE_TRY(moe_check_router(ctx, c));
     MOE_CHECK_ARG(ctx, a, "moe_route: args is NULL");
     MOE_CHECK_ARG(ctx, a->n_tokens >= 0, "moe_route: n_tokens is %lld", (long long)a->n_tokens);
@@ -141,10 +139,20 @@ moe_status moe_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_a
             return moe__error(ctx, MOE_ERR_UNSUPPORTED,
                               "moe_route: the CUDA routers take up to 512 experts and top_k 16 (asked: %d, %d)",
                               c->n_experts, c->top_k);
-        return moe__cuda_route(ctx, c, a, stream);
+        return MOE_OK;
     }
 #endif
-    (void)stream;
     MOE_CHECK_ARG(ctx, c->n_experts <= 1024, "moe_route: at most 1024 experts, not %d", c->n_experts);
+    return MOE_OK;
+}
+
+moe_status moe_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_TRY(moe__route_check(ctx, c, a));
+#ifdef MOE_WITH_CUDA
+    if (ctx->backend == MOE_BACKEND_CUDA) return moe__cuda_route(ctx, c, a, stream);
+#endif
+    (void)stream;
     return moe__cpu_route(ctx, c, a);
 }

@@ -50,17 +50,31 @@ __device__ __forceinline__ void moe_pdl_launch_next() {
  * against 142 with only the small kernels so launched; docs/performance.md); they still wait and release. */
 bool moe__cuda_pdl(const moe_ctx *ctx);
 
-/* kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where pdl. */
+/* kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where pdl, in thread block
+ * clusters of `cluster` CTAs (sm_90; grid a multiple) where cluster > 1. */
+template <class... Params, class... Args>
+cudaError_t moe_launch_ex(bool pdl, unsigned cluster, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                          cudaStream_t stream, Args... args) {
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster, attr[n].val.clusterDim.y = 1, attr[n++].val.clusterDim.z = 1;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+    cfg.attrs = attr, cfg.numAttrs = n;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 template <class... Params, class... Args>
 cudaError_t moe_launch(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                        Args... args) {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
-    cfg.attrs = &attr, cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
+    return moe_launch_ex(pdl, 1, kernel, grid, block, smem, stream, args...);
 }
 
 /* Blocks for a grid-stride loop over n items of threads each: enough to fill the GPU, never past the limits. */

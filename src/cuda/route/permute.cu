@@ -5,205 +5,24 @@
  * among the chunk's entries of that expert).
  *   one chunk (decode):  one CTA: histogram, layout, then a warp places the entries in order
  *   several chunks:      count per chunk -> scan over chunks (a warp per expert) -> place per chunk
- * Grids are one-dimensional (up to 2^31 - 1 CTAs); row ids are int32 (checked by the caller), offsets int64. */
-#include <cub/block/block_radix_sort.cuh>
-#include <cub/block/block_scan.cuh>
-
-#include "cuda/common/cuda.cuh"
-#include "route/permute.h"
+ * Grids are one-dimensional (up to 2^31 - 1 CTAs); row ids are int32 (checked by the caller), offsets int64.
+ * The per-CTA pieces are in permute_cta.cuh. */
+#include "cuda/route/permute_cta.cuh"
 
 namespace {
 
-constexpr int kThreads = 256, kItems = MOE_PERMUTE_CHUNK / kThreads, kMaxExperts = 1024;
+using namespace permute_cta;
 
-using block_sort = cub::BlockRadixSort<int, kThreads, kItems, int>;
-using block_scan = cub::BlockScan<long long, kThreads>;
-
-struct permute_params {
-    moe_permute_config c;
-    const int32_t *ids;
-    int64_t n; /* T * k */
-    int32_t *counts;
-    int64_t *offsets;
-    int32_t *row_src, *slot_row, *invalid, *dropped;
-    int32_t *chunk_base; /* (chunks, E): counts per chunk, then their exclusive prefix over chunks */
-};
-
-/* Shared memory of one CTA. */
-struct permute_smem {
-    union {
-        block_sort::TempStorage sort;
-        block_scan::TempStorage scan;
-        uint16_t warp_count[kThreads / 32][kMaxExperts]; /* single-chunk path: entries per (warp stretch, expert) */
-    } tmp;
-    int key[MOE_PERMUTE_CHUNK]; /* the single-chunk path: the keys in list order */
-    int hist[kMaxExperts + 2];      /* entries per key in this chunk (key E: skipped, E + 1: past the end) */
-    int seg[kMaxExperts];           /* exclusive prefix of hist: where each expert starts in the sorted chunk */
-    long long off[kMaxExperts + 1]; /* first row of each expert (contiguous) */
-    int invalid;
-};
-
-/* The sort key of flat entry i: its local expert, E when skipped, E + 1 past the end of the list. */
-__device__ __forceinline__ int key_of(const permute_params &p, int64_t i, int &invalid) {
-    if (i >= p.n) return p.c.n_experts + 1;
-    const int32_t id = p.ids[i];
-    invalid += id < -1 || id >= p.c.n_experts_global;
-    const int e = id - p.c.expert_begin;
-    return id >= p.c.expert_begin && e < p.c.n_experts ? e : p.c.n_experts;
-}
-
-/* Exclusive prefix sums of in[0..E) (each thread a contiguous range), into out; returns the total. */
-template <typename T, typename F>
-__device__ long long exclusive_scan(permute_smem &sm, int E, F value, T *out) {
-    const int per = (E + kThreads - 1) / kThreads, first = threadIdx.x * per;
-    long long local = 0, prefix, total;
-    for (int e = first; e < first + per && e < E; e++) local += value(e);
-    block_scan(sm.tmp.scan).ExclusiveSum(local, prefix, total);
-    for (int e = first; e < first + per && e < E; e++) {
-        out[e] = (T)prefix;
-        prefix += value(e);
-    }
-    __syncthreads();
-    return total;
-}
-
-/* Loads chunk `chunk`, builds its histogram in shared memory and the invalid count. */
-__device__ void load_chunk(const permute_params &p, int64_t chunk, permute_smem &sm, int (&keys)[kItems],
-                           int (&vals)[kItems]) {
-    const int E = p.c.n_experts;
-    for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
-    if (threadIdx.x == 0) sm.invalid = 0;
-    __syncthreads();
-    int invalid = 0;
-#pragma unroll
-    for (int j = 0; j < kItems; j++) {
-        const int64_t i = chunk * MOE_PERMUTE_CHUNK + threadIdx.x * kItems + j;
-        keys[j] = key_of(p, i, invalid);
-        vals[j] = (int)i;
-        if (keys[j] < E) atomicAdd(&sm.hist[keys[j]], 1); /* skipped and past-the-end entries are not counted */
-    }
-    if (invalid) atomicAdd(&sm.invalid, invalid);
-    __syncthreads();
-}
-
-/* Sorts the chunk by key and writes each entry's row: rank = base[e] + position among the chunk's e entries. */
-__device__ void place_chunk(const permute_params &p, permute_smem &sm, int (&keys)[kItems], int (&vals)[kItems],
-                            const int32_t *base) {
-    const int E = p.c.n_experts;
-    int bits = 1;
-    while ((1 << bits) < E + 2) bits++;
-    block_sort(sm.tmp.sort).Sort(keys, vals, 0, bits); /* blocked: thread t holds sorted positions t*kItems + j */
-#pragma unroll
-    for (int j = 0; j < kItems; j++) {
-        const int e = keys[j], pos = threadIdx.x * kItems + j;
-        if (e > E) continue;
-        int64_t row = -1;
-        if (e < E) {
-            const int64_t rank = (base ? base[e] : 0) + pos - sm.seg[e];
-            if (p.c.layout == MOE_PERMUTE_CONTIGUOUS)
-                row = sm.off[e] + rank;
-            else if (rank < p.c.max_rows)
-                row = (int64_t)e * p.c.max_rows + rank;
-        }
-        p.slot_row[vals[j]] = (int32_t)row;
-        if (row >= 0) p.row_src[row] = vals[j];
-    }
-}
-
-/* From the per-expert totals in sm.hist: the first row of each expert (sm.off, contiguous layout); with write,
- * also offsets and the dropped count (and counts, with write_counts). */
-__device__ void compute_layout(const permute_params &p, permute_smem &sm, bool write, bool write_counts) {
-    const int E = p.c.n_experts;
-    const int64_t m = p.c.tile_m, max_rows = p.c.max_rows;
-    if (p.c.layout == MOE_PERMUTE_CONTIGUOUS) {
-        const long long total =
-            exclusive_scan<long long>(sm, E, [&](int e) { return (long long)((sm.hist[e] + m - 1) / m * m); }, sm.off);
-        if (threadIdx.x == 0) sm.off[E] = total;
-        __syncthreads();
-    }
-    if (!write) return;
-    if (write_counts)
-        for (int e = threadIdx.x; e < E; e += kThreads) p.counts[e] = sm.hist[e];
-    if (p.c.layout == MOE_PERMUTE_CONTIGUOUS) {
-        for (int e = threadIdx.x; e <= E; e += kThreads) p.offsets[e] = sm.off[e];
-    } else if (p.dropped) {
-        int dropped = 0;
-        for (int e = threadIdx.x; e < E; e += kThreads) dropped += sm.hist[e] > max_rows ? sm.hist[e] - max_rows : 0;
-        if (dropped) atomicAdd(p.dropped, dropped);
-    }
-}
-
-/* -1 in the rows no entry lands in, for experts first, first + step, ...: each expert's padding (contiguous) or
- * its rows past its count (masked); a warp writes one expert's rows. */
-__device__ void fill_padding(const permute_params &p, const permute_smem &sm, int first, int step) {
-    const int64_t max_rows = p.c.max_rows;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = kThreads / 32;
-    for (int e = first + warp * step; e < p.c.n_experts; e += n_warps * step) { /* a warp an expert */
-        const int64_t lo = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e] + sm.hist[e]
-                                                                 : e * max_rows + (sm.hist[e] < max_rows ? sm.hist[e] : max_rows);
-        const int64_t hi = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e + 1] : (e + 1) * max_rows;
-        for (int64_t r = lo + lane; r < hi; r += 32) p.row_src[r] = -1;
-    }
-}
-
-/* The whole list in one chunk: one CTA, one launch. The histogram and layout as in the multi-chunk path; then
- * each warp takes a stretch of the list in order, 32 entries a step: entries with the same expert find each
- * other with __match_any_sync and take consecutive ranks. Pass 1 counts each stretch's entries per expert, a
- * prefix over the warps gives each stretch its first rank per expert, pass 2 places. Stable by construction, and
- * cheaper than a block sort for the few entries of a decode step. */
+/* The whole list in one chunk: one CTA, one launch. */
 __global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params p) {
     moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
-    constexpr int W = kThreads / 32;
-    const int E = p.c.n_experts, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int keys[kItems], vals[kItems];
     load_chunk(p, 0, sm, keys, vals);
 #pragma unroll
     for (int j = 0; j < kItems; j++) sm.key[threadIdx.x * kItems + j] = keys[j];
-    compute_layout(p, sm, true, true); /* ends with a barrier; tmp is free again */
-    fill_padding(p, sm, 0, 1);
-    for (int i = threadIdx.x; i < W * E; i += kThreads) sm.tmp.warp_count[i / E][i % E] = 0;
-    __syncthreads();
-    const int64_t stretch = (p.n + W * 32 - 1) / (W * 32) * 32, lo = warp * stretch, hi = min(lo + stretch, p.n);
-    const unsigned lower = (1u << lane) - 1u;
-    for (int64_t base = lo; base < hi; base += 32) { /* pass 1: counts of this stretch */
-        const int key = base + lane < hi ? sm.key[base + lane] : E + 1;
-        const unsigned peers = __match_any_sync(0xffffffffu, key);
-        if (key < E && (peers & lower) == 0) sm.tmp.warp_count[warp][key] += (uint16_t)__popc(peers);
-        __syncwarp(); /* the next step's leaders read these counters */
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += kThreads) { /* first rank of each stretch, per expert */
-        int running = 0;
-        for (int w = 0; w < W; w++) {
-            const int c = sm.tmp.warp_count[w][e];
-            sm.tmp.warp_count[w][e] = (uint16_t)running;
-            running += c;
-        }
-    }
-    __syncthreads();
-    for (int64_t base = lo; base < hi; base += 32) { /* pass 2: place */
-        const int64_t i = base + lane;
-        const int key = i < hi ? sm.key[i] : E + 1;
-        const unsigned peers = __match_any_sync(0xffffffffu, key);
-        const int start = key < E ? sm.tmp.warp_count[warp][key] : 0;
-        __syncwarp();
-        if (key < E && (peers & lower) == 0) sm.tmp.warp_count[warp][key] = (uint16_t)(start + __popc(peers));
-        __syncwarp();
-        if (key > E) continue;
-        int64_t row = -1;
-        if (key < E) {
-            const int64_t rank = start + __popc(peers & lower);
-            if (p.c.layout == MOE_PERMUTE_CONTIGUOUS)
-                row = sm.off[key] + rank;
-            else if (rank < p.c.max_rows)
-                row = (int64_t)key * p.c.max_rows + rank;
-        }
-        p.slot_row[i] = (int32_t)row;
-        if (row >= 0) p.row_src[row] = (int32_t)i;
-    }
-    if (threadIdx.x == 0 && p.invalid) *p.invalid = sm.invalid;
+    place_single(p, sm);
 }
 
 /* Several chunks, step 1: each chunk's histogram into chunk_base. */
@@ -271,23 +90,13 @@ extern "C" moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *
                                         void *workspace, void *stream) {
     (void)rows;
     cudaStream_t st = moe__cuda_enter(ctx, stream);
-    permute_params p;
-    p.c = *c;
-    p.ids = ids;
-    p.n = n_tokens * c->top_k;
-    p.counts = out->counts;
-    p.offsets = out->offsets;
-    p.row_src = out->row_src;
-    p.slot_row = out->slot_row;
-    p.invalid = out->invalid;
-    p.dropped = out->dropped;
-    p.chunk_base = static_cast<int32_t *>(workspace);
+    const permute_params p = make_params(c, ids, n_tokens, out, workspace);
     const int64_t chunks = (p.n + MOE_PERMUTE_CHUNK - 1) / MOE_PERMUTE_CHUNK;
-    if (out->dropped) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->dropped, 0, sizeof(int32_t), st));
-    if (chunks <= 1) {
+    if (chunks <= 1) { /* the kernel zeroes dropped itself */
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_single_kernel, 1, kThreads, 0, st, p));
     } else {
         if (out->invalid) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->invalid, 0, sizeof(int32_t), st));
+        if (out->dropped) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->dropped, 0, sizeof(int32_t), st));
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_count_kernel, (unsigned)chunks, kThreads, 0, st,
                                      p));
         const unsigned scan_blocks = (unsigned)((c->n_experts + kThreads / 32 - 1) / (kThreads / 32));

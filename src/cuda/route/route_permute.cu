@@ -1,0 +1,105 @@
+/* route_permute.cu — moe_route and then moe_permute of the ids it wrote, in one launch for small batches
+ * (docs/routing.md §7). A cluster of up to 8 CTAs (sm_90; one CTA elsewhere) routes the tokens, a warp a token
+ * (route_warp.cuh), and each (token, slot) writes its permute key straight into CTA 0's shared memory
+ * (distributed shared memory). After the cluster barrier CTA 0 counts, lays out and places the list as the
+ * single-chunk permute does (permute_cta.cuh). One kernel instead of two: the second launch's latency, a third
+ * of a decode step's routing, is gone, and the ids never make a round trip through global memory. */
+#include <cooperative_groups.h>
+
+#include "cuda/route/permute_cta.cuh"
+#include "route/route_permute.h"
+#include "cuda/route/route_warp.cuh"
+
+namespace cg = cooperative_groups;
+
+namespace {
+
+constexpr int kThreads = permute_cta::kThreads, kWarps = kThreads / 32, kMaxCluster = 8;
+/* MOE_ROUTE_PERMUTE_MAX_TOKENS over the cluster's warps (and the 16 tokens of one CTA before sm_90) */
+constexpr int kTokensPerWarp = 2;
+static_assert(MOE_ROUTE_PERMUTE_MAX_TOKENS <= kTokensPerWarp * kWarps * kMaxCluster, "tokens a warp");
+
+template <int kPerLane>
+__global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::params rp, permute_cta::permute_params pp) {
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+    __shared__ permute_cta::permute_smem sm;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = rp.c.top_k, E = pp.c.n_experts;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cg::cluster_group cluster = cg::this_cluster();
+    const int rank = (int)cluster.block_rank(), n_ctas = (int)cluster.num_blocks();
+    /* CTA 0's shared memory may be written only once it runs: an arrival now, the wait after the routing */
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#else
+    const int rank = 0, n_ctas = 1; /* launched as one CTA */
+#endif
+    if (rank == 0) { /* CTA 0's counters are cleared while the tokens are routed */
+        for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
+        if (threadIdx.x == 0) sm.invalid = 0; /* routed ids are never invalid (checked on the host) */
+    }
+    const int64_t first = rank * kWarps + warp, stride = (int64_t)n_ctas * kWarps;
+    int ids[kTokensPerWarp];
+#pragma unroll 1 /* one copy of the router's code: at decode sizes its instruction fetch is the cost */
+    for (int i = 0; i < kTokensPerWarp; i++) {
+        int id = -1;
+        if (first + i * stride < rp.n_tokens) route_warp::route_token<kPerLane>(rp, first + i * stride, id);
+#pragma unroll
+        for (int j = 0; j < kTokensPerWarp; j++) /* predicated: ids stays in registers */
+            if (j == i) ids[j] = id;
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+    int *key0 = cluster.map_shared_rank(sm.key, 0); /* CTA 0's key array */
+#else
+    int *key0 = sm.key;
+#endif
+#pragma unroll
+    for (int i = 0; i < kTokensPerWarp; i++) {
+        const int64_t t = first + i * stride;
+        const int e = ids[i] - pp.c.expert_begin; /* ids[i] is an expert of the router or -1 */
+        if (t < rp.n_tokens && lane < k) key0[t * k + lane] = ids[i] >= 0 && e >= 0 && e < E ? e : E;
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cluster.sync(); /* release / acquire at cluster scope: every key is in CTA 0's shared memory */
+#else
+    __syncthreads();
+#endif
+    if (rank != 0) return;
+    for (int64_t i = threadIdx.x; i < pp.n; i += kThreads)
+        if (sm.key[i] < E) atomicAdd(&sm.hist[sm.key[i]], 1);
+    __syncthreads();
+    permute_cta::place_single(pp, sm);
+}
+
+/* CTAs for T tokens: a warp a token up to the cluster's limit (sm_90), else one CTA looping. */
+int fused_ctas(const moe_ctx *ctx, int64_t T) {
+    const int64_t want = (T + kWarps - 1) / kWarps;
+    return ctx->cuda.cc_major >= 9 ? (int)(want < kMaxCluster ? want : kMaxCluster) : 1;
+}
+
+} // namespace
+
+extern "C" int moe__cuda_route_permute_fuses(const moe_ctx *ctx, int64_t n_tokens, int top_k) {
+    const int64_t max_tokens = ctx->cuda.cc_major >= 9 ? MOE_ROUTE_PERMUTE_MAX_TOKENS : kTokensPerWarp * kWarps;
+    return n_tokens >= 1 && n_tokens <= max_tokens && n_tokens * top_k <= MOE_PERMUTE_CHUNK;
+}
+
+extern "C" moe_status moe__cuda_route_permute(moe_ctx *ctx, const moe_router_config *rc, const moe_route_args *ra,
+                                              const moe_permute_config *pc, const moe_permute_outputs *out,
+                                              void *stream) {
+    cudaStream_t st = moe__cuda_enter(ctx, stream);
+    const route_warp::params rp = route_warp::make_params(rc, ra);
+    const permute_cta::permute_params pp = permute_cta::make_params(pc, ra->ids, ra->n_tokens, out, NULL);
+    const int ctas = fused_ctas(ctx, ra->n_tokens);
+    const bool pdl = moe__cuda_pdl(ctx);
+    const int E = rc->n_experts;
+    if (E <= 64)
+        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<2>, ctas, kThreads, 0, st, rp, pp));
+    else if (E <= 128)
+        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<4>, ctas, kThreads, 0, st, rp, pp));
+    else if (E <= 256)
+        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<8>, ctas, kThreads, 0, st, rp, pp));
+    else
+        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<16>, ctas, kThreads, 0, st, rp, pp));
+    return MOE_OK;
+}
