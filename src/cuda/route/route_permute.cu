@@ -15,7 +15,7 @@ namespace cg = cooperative_groups;
 namespace {
 
 constexpr int kThreads = permute_cta::kThreads, kWarps = kThreads / 32, kMaxCluster = 8;
-/* MOE_ROUTE_PERMUTE_MAX_TOKENS over the cluster's warps (and the 16 tokens of one CTA before sm_90) */
+/* tokens a warp: 1 for sm_90's cluster (MOE_ROUTE_PERMUTE_MAX_TOKENS), 2 for the one CTA before sm_90 */
 constexpr int kTokensPerWarp = 2;
 static_assert(MOE_ROUTE_PERMUTE_MAX_TOKENS <= kTokensPerWarp * kWarps * kMaxCluster, "tokens a warp");
 

@@ -44,10 +44,23 @@ inline params make_params(const moe_router_config *c, const moe_route_args *a) {
     return p;
 }
 
-__device__ __forceinline__ float load_logit(const params &p, int64_t i) {
-    if (p.dtype == MOE_DTYPE_BF16) return __bfloat162float(static_cast<const __nv_bfloat16 *>(p.logits)[i]);
-    if (p.dtype == MOE_DTYPE_F16) return __half2float(static_cast<const __half *>(p.logits)[i]);
-    return static_cast<const float *>(p.logits)[i];
+/* Row t's logits into x (this lane's experts; NaN past E, and everywhere for t < 0: an unscored hash router). One
+ * loop per dtype, so the dtype is decided once and not per element. */
+template <int kPerLane> __device__ __forceinline__ void load_logits(const params &p, int64_t t, float (&x)[kPerLane]) {
+    const int lane = threadIdx.x % 32, E = p.c.n_experts;
+    if (p.dtype == MOE_DTYPE_BF16) {
+        const __nv_bfloat16 *row = static_cast<const __nv_bfloat16 *>(p.logits) + (t < 0 ? 0 : t) * E;
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) x[j] = t >= 0 && lane + 32 * j < E ? __bfloat162float(row[lane + 32 * j]) : NAN;
+    } else if (p.dtype == MOE_DTYPE_F16) {
+        const __half *row = static_cast<const __half *>(p.logits) + (t < 0 ? 0 : t) * E;
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) x[j] = t >= 0 && lane + 32 * j < E ? __half2float(row[lane + 32 * j]) : NAN;
+    } else {
+        const float *row = static_cast<const float *>(p.logits) + (t < 0 ? 0 : t) * E;
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++) x[j] = t >= 0 && lane + 32 * j < E ? row[lane + 32 * j] : NAN;
+    }
 }
 
 /* The selection order of a value as an unsigned key, largest first: 0 for an item that cannot be chosen, else
@@ -92,53 +105,56 @@ template <int kPerLane> __device__ __forceinline__ float gather(const float (&v)
     return out;
 }
 
+/* Group g's key from the lanes' best two keys k1 >= k2 in it (0: none): its best two keys are two warp maxima, the
+ * second with the first's lane holding its own runner-up instead. Invalid groups (fewer than the score needs)
+ * get 1: they rank after every valid one, lower index first, as on the CPU. */
+__device__ __forceinline__ uint32_t group_key_of(const moe_router_config &c, int lane, uint32_t k1, uint32_t k2) {
+    uint32_t m1, m2 = 0;
+    const int w = warp_argmax(k1, lane, m1);
+    if (c.group_score == MOE_GROUP_SCORE_TOP2_SUM) m2 = __reduce_max_sync(0xffffffffu, lane == w ? k2 : k1);
+    const bool valid = c.group_score == MOE_GROUP_SCORE_MAX ? m1 != 0 : m2 != 0;
+    const float score = c.group_score == MOE_GROUP_SCORE_MAX ? key_value(m1) : key_value(m1) + key_value(m2);
+    return valid ? order_key(true, score) : 1u;
+}
+
 /* The group filter of GROUPED (docs §2): keeps the topk_groups best groups and masks the rest. key[j] is the
- * selection key of slot j (0: not selectable). A group's best two keys are two warp maxima: the second with the
- * first's lane holding its own runner-up instead. */
+ * selection key of slot j (0: not selectable). */
 template <int kPerLane>
 __device__ __forceinline__ void group_filter(const moe_router_config &c, int lane, const float (&s)[kPerLane],
                                              float (&b)[kPerLane], int (&ok)[kPerLane], const uint32_t (&key)[kPerLane]) {
     const int G = c.n_groups, per = c.n_experts / G;
-    /* DeepSeek-V3 (256 experts, 8 groups of 32): slot j of every lane is group j, so no search */
-    const bool aligned = per == 32 && G <= 8;
-    int group[kPerLane]; /* the group of each item, -1 past E */
-    if (aligned) {
+    uint32_t group_key = 0; /* lane g ends up holding group g's key */
+    int group[kPerLane];    /* the group of each item, -1 past E */
+    if (per == 32 && G <= kPerLane) {
+        /* DeepSeek-V3 (256 experts, 8 groups of 32): slot j of every lane is group j, so no search */
 #pragma unroll
-        for (int j = 0; j < kPerLane; j++) group[j] = j < G ? j : -1;
+        for (int j = 0; j < kPerLane; j++) {
+            group[j] = j < G ? j : -1;
+            const uint32_t gk = group_key_of(c, lane, key[j], 0u);
+            if (lane == j && j < G) group_key = gk;
+        }
     } else {
 #pragma unroll
         for (int j = 0; j < kPerLane; j++) group[j] = lane + 32 * j < c.n_experts ? (lane + 32 * j) / per : -1;
-    }
-    uint32_t group_key = 0; /* lane g ends up holding group g's key */
-    for (int g0 = 0; g0 < G; g0 += 8) { /* 8 groups at a time: their reductions overlap */
-        uint32_t k1[8], k2[8];          /* this lane's best two in group g0 + q */
+        for (int g0 = 0; g0 < G; g0 += 8) { /* 8 groups at a time: their reductions overlap */
+            uint32_t k1[8], k2[8];          /* this lane's best two in group g0 + q */
 #pragma unroll
-        for (int q = 0; q < 8; q++) {
-            k1[q] = k2[q] = 0;
-            if (aligned) {
-                if (q < kPerLane) k1[q] = key[q];
-                continue;
+            for (int q = 0; q < 8; q++) {
+                k1[q] = k2[q] = 0;
+#pragma unroll
+                for (int j = 0; j < kPerLane; j++) {
+                    if (group[j] != g0 + q) continue;
+                    if (key[j] > k1[q])
+                        k2[q] = k1[q], k1[q] = key[j];
+                    else if (key[j] > k2[q])
+                        k2[q] = key[j];
+                }
             }
 #pragma unroll
-            for (int j = 0; j < kPerLane; j++) {
-                if (group[j] != g0 + q) continue;
-                if (key[j] > k1[q])
-                    k2[q] = k1[q], k1[q] = key[j];
-                else if (key[j] > k2[q])
-                    k2[q] = key[j];
+            for (int q = 0; q < 8; q++) {
+                const uint32_t gk = group_key_of(c, lane, k1[q], k2[q]);
+                if (lane == g0 + q && g0 + q < G) group_key = gk;
             }
-        }
-#pragma unroll
-        for (int q = 0; q < 8; q++) {
-            uint32_t m1, m2 = 0;
-            const int w = warp_argmax(k1[q], lane, m1);
-            if (c.group_score == MOE_GROUP_SCORE_TOP2_SUM)
-                m2 = __reduce_max_sync(0xffffffffu, lane == w ? k2[q] : k1[q]);
-            const int g = g0 + q;
-            const bool valid = c.group_score == MOE_GROUP_SCORE_MAX ? m1 != 0 : m2 != 0;
-            const float score = c.group_score == MOE_GROUP_SCORE_MAX ? key_value(m1) : key_value(m1) + key_value(m2);
-            /* invalid groups rank after every valid one, lower index first, as on the CPU */
-            if (lane == g && g < G) group_key = valid ? order_key(true, score) : 1u;
         }
     }
     uint32_t keep = 0;
@@ -166,11 +182,7 @@ template <int kPerLane> __device__ __forceinline__ void route_token(const params
     float x[kPerLane], s[kPerLane], b[kPerLane];
     int ok[kPerLane];
     const bool scored = !(c.kind == MOE_ROUTER_HASH && c.score == MOE_SCORE_NONE);
-#pragma unroll
-    for (int j = 0; j < kPerLane; j++) {
-        const int e = lane + 32 * j;
-        x[j] = scored && e < E ? load_logit(p, t * E + e) : NAN;
-    }
+    load_logits(p, scored ? t : -1, x);
     /* scores */
     if (c.score == MOE_SCORE_SOFTMAX) {
         uint32_t mk = 0; /* the row maximum over the non-NaN logits */
