@@ -149,15 +149,26 @@ __device__ inline void compute_layout(const permute_params &p, permute_smem &sm,
 }
 
 /* -1 in the rows no entry lands in, for experts first, first + step, ...: each expert's padding (contiguous) or
- * its rows past its count (masked); a warp writes one expert's rows. */
+ * its rows past its count (masked). A warp looks at 32 of its experts at once (a lane each: one shared-memory
+ * read, not a chain of them) and then writes the rows of those that have any, one expert at a time, 32 rows a
+ * step. */
 __device__ inline void fill_padding(const permute_params &p, const permute_smem &sm, int first, int step) {
     const int64_t max_rows = p.c.max_rows;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = kThreads / 32;
-    for (int e = first + warp * step; e < p.c.n_experts; e += n_warps * step) { /* a warp an expert */
-        const int64_t lo = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e] + sm.hist[e]
-                                                                 : e * max_rows + (sm.hist[e] < max_rows ? sm.hist[e] : max_rows);
-        const int64_t hi = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e + 1] : (e + 1) * max_rows;
-        for (int64_t r = lo + lane; r < hi; r += 32) p.row_src[r] = -1;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = kThreads / 32, E = p.c.n_experts;
+    /* warp w takes experts first + (w + n_warps * (lane + 32 i)) * step: the warps share them evenly */
+    for (int64_t e0 = first + (int64_t)warp * step; e0 < E; e0 += (int64_t)n_warps * 32 * step) {
+        const int64_t e = e0 + (int64_t)lane * n_warps * step;
+        int64_t lo = 0, hi = 0;
+        if (e < E) {
+            lo = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e] + sm.hist[e]
+                                                      : e * max_rows + (sm.hist[e] < max_rows ? sm.hist[e] : max_rows);
+            hi = p.c.layout == MOE_PERMUTE_CONTIGUOUS ? sm.off[e + 1] : (e + 1) * max_rows;
+        }
+        for (unsigned todo = __ballot_sync(0xffffffffu, hi > lo); todo; todo &= todo - 1) {
+            const int src = __ffs(todo) - 1;
+            const int64_t a = __shfl_sync(0xffffffffu, lo, src), b = __shfl_sync(0xffffffffu, hi, src);
+            for (int64_t r = a + lane; r < b; r += 32) p.row_src[r] = -1;
+        }
     }
 }
 
@@ -166,14 +177,16 @@ __device__ inline void fill_padding(const permute_params &p, const permute_smem 
  * each warp takes a stretch of the list in order, 32 entries a step: entries with the same expert find each
  * other with __match_any_sync and take consecutive ranks. Pass 1 counts each stretch's entries per expert, a
  * prefix over the warps gives each stretch its first rank per expert, pass 2 places. Stable by construction, and
- * cheaper than a block sort for the few entries of a decode step. */
-__device__ __forceinline__ void place_single(const permute_params &p, permute_smem &sm) {
+ * cheaper than a block sort for the few entries of a decode step. The padding of experts pad_first, pad_first +
+ * pad_step, ... only: the others' is left to other CTAs (the fused route + permute kernel). */
+__device__ __forceinline__ void place_single(const permute_params &p, permute_smem &sm, int pad_first = 0,
+                                             int pad_step = 1) {
     constexpr int W = kThreads / 32;
     const int E = p.c.n_experts, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (threadIdx.x == 0 && p.dropped) *p.dropped = 0; /* compute_layout adds to it */
     __syncthreads();
     compute_layout(p, sm, true, true); /* ends with a barrier; tmp is free again */
-    fill_padding(p, sm, 0, 1);
+    fill_padding(p, sm, pad_first, pad_step);
     for (int i = threadIdx.x; i < W * E; i += kThreads) sm.tmp.warp_count[i / E][i % E] = 0;
     __syncthreads();
     const int64_t stretch = (p.n + W * 32 - 1) / (W * 32) * 32, lo = warp * stretch, hi = min(lo + stretch, p.n);
@@ -186,11 +199,13 @@ __device__ __forceinline__ void place_single(const permute_params &p, permute_sm
     }
     __syncthreads();
     for (int e = threadIdx.x; e < E; e += kThreads) { /* first rank of each stretch, per expert */
-        int running = 0;
+        int c[W], running = 0;
+#pragma unroll
+        for (int w = 0; w < W; w++) c[w] = sm.tmp.warp_count[w][e]; /* all reads first: no chain */
+#pragma unroll
         for (int w = 0; w < W; w++) {
-            const int c = sm.tmp.warp_count[w][e];
             sm.tmp.warp_count[w][e] = (uint16_t)running;
-            running += c;
+            running += c[w];
         }
     }
     __syncthreads();

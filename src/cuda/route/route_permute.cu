@@ -1,8 +1,8 @@
 /* route_permute.cu — moe_route and then moe_permute of the ids it wrote, in one launch for small batches
  * (docs/routing.md §7). A cluster of up to 8 CTAs (sm_90; one CTA elsewhere) routes the tokens, a warp a token
- * (route_warp.cuh), and each (token, slot) writes its permute key straight into CTA 0's shared memory
- * (distributed shared memory). After the cluster barrier CTA 0 counts, lays out and places the list as the
- * single-chunk permute does (permute_cta.cuh). One kernel instead of two: the second launch's latency, a third
+ * (route_warp.cuh), and each (token, slot) writes its permute key straight into every CTA's shared memory
+ * (distributed shared memory). After the cluster barrier each CTA counts and lays out the list; CTA 0 places it
+ * as the single-chunk permute does (permute_cta.cuh), and the CTAs share the padding rows' stores. One kernel instead of two: the second launch's latency, a third
  * of a decode step's routing, is gone, and the ids never make a round trip through global memory. */
 #include <cooperative_groups.h>
 
@@ -33,10 +33,9 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
 #else
     const int rank = 0, n_ctas = 1; /* launched as one CTA */
 #endif
-    if (rank == 0) { /* CTA 0's counters are cleared while the tokens are routed */
-        for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
-        if (threadIdx.x == 0) sm.invalid = 0; /* routed ids are never invalid (checked on the host) */
-    }
+    /* the counters are cleared while the tokens are routed */
+    for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
+    if (threadIdx.x == 0) sm.invalid = 0; /* routed ids are never invalid (checked on the host) */
     const int64_t first = rank * kWarps + warp, stride = (int64_t)n_ctas * kWarps;
     int ids[kTokensPerWarp];
 #pragma unroll 1 /* one copy of the router's code: at decode sizes its instruction fetch is the cost */
@@ -49,26 +48,33 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
     }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
-    int *key0 = cluster.map_shared_rank(sm.key, 0); /* CTA 0's key array */
-#else
-    int *key0 = sm.key;
 #endif
 #pragma unroll
     for (int i = 0; i < kTokensPerWarp; i++) {
         const int64_t t = first + i * stride;
         const int e = ids[i] - pp.c.expert_begin; /* ids[i] is an expert of the router or -1 */
-        if (t < rp.n_tokens && lane < k) key0[t * k + lane] = ids[i] >= 0 && e >= 0 && e < E ? e : E;
+        if (t >= rp.n_tokens || lane >= k) continue;
+        const int key = ids[i] >= 0 && e >= 0 && e < E ? e : E;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        for (int r = 0; r < n_ctas; r++) cluster.map_shared_rank(sm.key, r)[t * k + lane] = key; /* every CTA's */
+#else
+        sm.key[t * k + lane] = key;
+#endif
     }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cluster.sync(); /* release / acquire at cluster scope: every key is in CTA 0's shared memory */
+    cluster.sync(); /* release / acquire at cluster scope: every CTA holds every key */
 #else
     __syncthreads();
 #endif
-    if (rank != 0) return;
     for (int64_t i = threadIdx.x; i < pp.n; i += kThreads)
         if (sm.key[i] < E) atomicAdd(&sm.hist[sm.key[i]], 1);
     __syncthreads();
-    permute_cta::place_single(pp, sm);
+    if (rank == 0) {
+        permute_cta::place_single(pp, sm, 0, n_ctas); /* counts, offsets, rows, and its share of the padding */
+    } else { /* the layout again, for this CTA's share of the padding rows (one CTA's stores are a bottleneck) */
+        permute_cta::compute_layout(pp, sm, false, false);
+        permute_cta::fill_padding(pp, sm, rank, n_ctas);
+    }
 }
 
 /* CTAs for T tokens: a warp a token up to the cluster's limit (sm_90), else one CTA looping. */
