@@ -477,7 +477,7 @@ MOE_API moe_status moe_permute(moe_ctx *ctx, const moe_permute_config *config, c
 
 /* moe_route, then moe_permute of the ids it wrote (args->ids, args->n_tokens), as one call with the same results.
  * The permute config's top_k and n_experts_global must be the router's top_k and n_experts; workspace as
- * moe_permute_workspace_size. On the GPU a small batch (T <= 64 and T * k <= 2048; T <= 16 before sm_90) is
+ * moe_permute_workspace_size. On the GPU a small batch (T <= 128 and T * k <= 2048; T <= 16 before sm_90) is
  * one kernel launch instead of two (docs/routing.md §7); larger ones run the two ops. */
 MOE_API moe_status moe_route_permute(moe_ctx *ctx, const moe_router_config *router, const moe_route_args *args,
                                      const moe_permute_config *config, const moe_permute_outputs *out,

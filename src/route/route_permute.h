@@ -9,10 +9,9 @@
 extern "C" {
 #endif
 
-/* The largest batch the GPU routes and permutes in one launch on sm_90: a cluster of 8 CTAs, a token a warp.
- * Measured (H200): with 2 tokens a warp (T = 65..128) the fused step was 1-5 us slower than the two kernels,
- * whose router has a warp for every token. */
-#define MOE_ROUTE_PERMUTE_MAX_TOKENS 64
+/* The largest batch the GPU routes and permutes in one launch on sm_90: a cluster of 16 CTAs, a token a warp
+ * (8 CTAs, 2 tokens a warp, where 16 cannot be scheduled). */
+#define MOE_ROUTE_PERMUTE_MAX_TOKENS 128
 
 #ifdef MOE_WITH_CUDA
 /* Whether moe__cuda_route_permute takes T tokens of top_k (else the two ops run apart). */

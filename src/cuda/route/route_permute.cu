@@ -1,5 +1,5 @@
 /* route_permute.cu — moe_route and then moe_permute of the ids it wrote, in one launch for small batches
- * (docs/routing.md §7). A cluster of up to 8 CTAs (sm_90; one CTA elsewhere) routes the tokens, a warp a token
+ * (docs/routing.md §7). A cluster of up to 16 CTAs (sm_90; one CTA elsewhere) routes the tokens, a warp a token
  * (route_warp.cuh), and each (token, slot) writes its permute key straight into every CTA's shared memory
  * (distributed shared memory). After the cluster barrier each CTA counts and lays out the list; CTA 0 places it
  * as the single-chunk permute does (permute_cta.cuh), and the CTAs share the padding rows' stores. One kernel instead of two: the second launch's latency, a third
@@ -14,10 +14,10 @@ namespace cg = cooperative_groups;
 
 namespace {
 
-constexpr int kThreads = permute_cta::kThreads, kWarps = kThreads / 32, kMaxCluster = 8;
-/* tokens a warp: 1 for sm_90's cluster (MOE_ROUTE_PERMUTE_MAX_TOKENS), 2 for the one CTA before sm_90 */
+constexpr int kThreads = permute_cta::kThreads, kWarps = kThreads / 32;
+/* tokens a warp, at most: MOE_ROUTE_PERMUTE_MAX_TOKENS over a portable cluster of 8, or 16 over one CTA */
 constexpr int kTokensPerWarp = 2;
-static_assert(MOE_ROUTE_PERMUTE_MAX_TOKENS <= kTokensPerWarp * kWarps * kMaxCluster, "tokens a warp");
+static_assert(MOE_ROUTE_PERMUTE_MAX_TOKENS <= kTokensPerWarp * kWarps * 8, "tokens a warp");
 
 template <int kPerLane>
 __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::params rp, permute_cta::permute_params pp) {
@@ -77,10 +77,32 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
     }
 }
 
-/* CTAs for T tokens: a warp a token up to the cluster's limit (sm_90), else one CTA looping. */
-int fused_ctas(const moe_ctx *ctx, int64_t T) {
-    const int64_t want = (T + kWarps - 1) / kWarps;
-    return ctx->cuda.cc_major >= 9 ? (int)(want < kMaxCluster ? want : kMaxCluster) : 1;
+/* Launches route_permute_kernel<kPerLane> for T tokens as one cluster (sm_90; one CTA elsewhere): a CTA per 8
+ * tokens, up to 16. A cluster of 16 is non-portable: allowed once per kernel and used where the GPU can
+ * schedule one (H100 / H200 can), else 8 CTAs with 2 tokens a warp. */
+template <int kPerLane>
+cudaError_t launch(const moe_ctx *ctx, bool pdl, cudaStream_t st, const route_warp::params &rp,
+                   const permute_cta::permute_params &pp) {
+    void (*kernel)(route_warp::params, permute_cta::permute_params) = route_permute_kernel<kPerLane>;
+    int max_ctas = 1;
+    if (ctx->cuda.cc_major >= 9) {
+        static const bool cluster16 = [kernel] { /* thread-safe, once */
+            cudaLaunchAttribute a;
+            a.id = cudaLaunchAttributeClusterDimension;
+            a.val.clusterDim.x = 16, a.val.clusterDim.y = 1, a.val.clusterDim.z = 1;
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = 16, cfg.blockDim = kThreads, cfg.attrs = &a, cfg.numAttrs = 1;
+            int clusters = 0;
+            const bool ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess &&
+                            cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
+            if (!ok) cudaGetLastError(); /* not an error: the portable size is used */
+            return ok;
+        }();
+        max_ctas = cluster16 ? 16 : 8;
+    }
+    const int64_t want = (rp.n_tokens + kWarps - 1) / kWarps;
+    const unsigned ctas = (unsigned)(want < max_ctas ? want : max_ctas);
+    return moe_launch_ex(pdl, ctas, kernel, ctas, kThreads, 0, st, rp, pp);
 }
 
 } // namespace
@@ -96,16 +118,15 @@ extern "C" moe_status moe__cuda_route_permute(moe_ctx *ctx, const moe_router_con
     cudaStream_t st = moe__cuda_enter(ctx, stream);
     const route_warp::params rp = route_warp::make_params(rc, ra);
     const permute_cta::permute_params pp = permute_cta::make_params(pc, ra->ids, ra->n_tokens, out, NULL);
-    const int ctas = fused_ctas(ctx, ra->n_tokens);
     const bool pdl = moe__cuda_pdl(ctx);
     const int E = rc->n_experts;
     if (E <= 64)
-        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<2>, ctas, kThreads, 0, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<2>(ctx, pdl, st, rp, pp));
     else if (E <= 128)
-        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<4>, ctas, kThreads, 0, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<4>(ctx, pdl, st, rp, pp));
     else if (E <= 256)
-        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<8>, ctas, kThreads, 0, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<8>(ctx, pdl, st, rp, pp));
     else
-        MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, ctas, route_permute_kernel<16>, ctas, kThreads, 0, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<16>(ctx, pdl, st, rp, pp));
     return MOE_OK;
 }
