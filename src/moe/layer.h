@@ -97,10 +97,11 @@ moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe
 /* GPU scratch of the routed experts for T tokens: the permutation, h and y (the fields of moe_layer_scratch
  * from counts to y; the rest unset). */
 moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T);
-/* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens), GEMM 1, GEMM 2: y (rows, H)
- * bf16 in the scratch and slot_row (T, k) in s->slot_row. */
+/* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens; skipped when permuted: the
+ * scratch already holds it), GEMM 1, GEMM 2: y (rows, H) bf16 in the scratch and slot_row (T, k) in s->slot_row. */
 moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids, const float *weights,
-                                   int64_t plan_tokens, const moe_layer_scratch *s, void *workspace, void *stream);
+                                   int64_t plan_tokens, int permuted, const moe_layer_scratch *s, void *workspace,
+                                   void *stream);
 /* GPU: the shared experts of x (T tokens, kernels chosen from plan_tokens) into s->shared_y, on the layer's side
  * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. */
 moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_t plan_tokens,

@@ -178,6 +178,9 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
     return MOE_OK;
 }
 
+static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
+                              bool permute, void *stream);
+
 /* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts);
  * gate logits, routing, permutation and the two routed GEMMs on the caller's stream; join; combine in slot
  * order. A capture follows the fork and the join. */
@@ -195,10 +198,10 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
             return ss;
         }
     }
-    moe_status rs = moe__cuda_layer_route(l, io, &s, ws, stream);
+    moe_status rs = layer_route(l, io, &s, ws, true, stream);
     if (rs == MOE_OK)
-        rs = moe__cuda_layer_experts(l, x, T, (const int32_t *)(ws + s.ids), (const float *)(ws + s.weights), T, &s,
-                                     ws, stream);
+        rs = moe__cuda_layer_experts(l, x, T, (const int32_t *)(ws + s.ids), (const float *)(ws + s.weights), T, 1,
+                                     &s, ws, stream);
     if (c->n_shared) MOE_TRY(moe__cuda_layer_join(l, stream)); /* always joined */
     if (rs != MOE_OK) return rs;
     return moe__cuda_layer_combine(l, ws + s.y, (const int32_t *)(ws + s.slot_row), (const float *)(ws + s.weights),
@@ -207,8 +210,21 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
                                    stream);
 }
 
-extern "C" moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s,
-                                            void *workspace, void *stream) {
+/* The permutation of the routed experts' rows for a step planned for plan_tokens tokens (tiles as the grouped
+ * GEMM will pick them), over the layer's local experts, into the scratch. */
+static void layer_plan(const moe_layer *l, int64_t plan_tokens, const moe_layer_scratch *s, char *ws,
+                       moe_permute_config *pc, moe_permute_outputs *po) {
+    const int k = l->c.router.top_k;
+    const moe_gemm_shape shape = routed_shape(l->ctx, plan_tokens, k, l->c.router.n_experts);
+    *pc = {l->n_global, l->expert_begin, l->n_local, k, moe__gemm_tile_m(shape), MOE_PERMUTE_CONTIGUOUS, 0};
+    *po = {(int32_t *)(ws + s->counts), (int64_t *)(ws + s->offsets), (int32_t *)(ws + s->row_src),
+           (int32_t *)(ws + s->slot_row), NULL, NULL};
+}
+
+/* Gate logits and routing; with permute, the permutation too, in one call (moe_route_permute: one kernel at
+ * decode sizes). */
+static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
+                              bool permute, void *stream) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const moe_layer_weights *w = &l->w;
@@ -231,7 +247,16 @@ extern "C" moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io
     }
     const moe_route_args ra = {logits, io->token_ids, T, (int32_t *)(ws + s->ids), (float *)(ws + s->weights), NULL,
                                io->stats, io->stats_layer};
-    return moe_route(ctx, &c->router, &ra, st);
+    if (!permute) return moe_route(ctx, &c->router, &ra, st);
+    moe_permute_config pc;
+    moe_permute_outputs po;
+    layer_plan(l, T, s, ws, &pc, &po);
+    return moe_route_permute(ctx, &c->router, &ra, &pc, &po, ws + s->permute, s->permute_bytes, st);
+}
+
+extern "C" moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s,
+                                            void *workspace, void *stream) {
+    return layer_route(l, io, s, workspace, false, stream);
 }
 
 /* How the routed experts' w13 (which 0) or w2 (1) is stored, for the grouped GEMM. */
@@ -254,8 +279,8 @@ static void expert_storage(const moe_layer *l, int which, moe_gemm_params &g) {
 }
 
 extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids,
-                                              const float *weights, int64_t plan_tokens, const moe_layer_scratch *s,
-                                              void *workspace, void *stream) {
+                                              const float *weights, int64_t plan_tokens, int permuted,
+                                              const moe_layer_scratch *s, void *workspace, void *stream) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const moe_layer_weights *w = &l->w;
@@ -267,11 +292,12 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     /* rows per expert, padded to the GEMM tile: the tile the whole step would pick (over the logical experts) */
     const moe_gemm_shape shape = routed_shape(ctx, plan_tokens, k, c->router.n_experts);
     const int tile_m = moe__gemm_tile_m(shape);
-    const moe_permute_config pc = {l->n_global, l->expert_begin, E, k, tile_m, MOE_PERMUTE_CONTIGUOUS, 0};
-    int64_t *offsets = (int64_t *)(ws + s->offsets);
-    int32_t *row_src = (int32_t *)(ws + s->row_src), *slot_row = (int32_t *)(ws + s->slot_row);
-    const moe_permute_outputs po = {(int32_t *)(ws + s->counts), offsets, row_src, slot_row, NULL, NULL};
-    MOE_TRY(moe_permute(ctx, &pc, ids, T, &po, ws + s->permute, s->permute_bytes, st));
+    moe_permute_config pc;
+    moe_permute_outputs po;
+    layer_plan(l, plan_tokens, s, ws, &pc, &po);
+    if (!permuted) MOE_TRY(moe_permute(ctx, &pc, ids, T, &po, ws + s->permute, s->permute_bytes, st));
+    int64_t *offsets = po.offsets;
+    int32_t *row_src = po.row_src;
 
     /* at most min(rows / tile_m, T k) tiles hold rows */
     const int64_t assignments = T * k;
