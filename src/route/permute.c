@@ -102,6 +102,11 @@ moe_status moe_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t 
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
     MOE_TRY(moe__permute_check(ctx, c, ids, n_tokens, out, workspace, workspace_bytes));
+    return moe__permute_run(ctx, c, ids, n_tokens, out, workspace, stream);
+}
+
+moe_status moe__permute_run(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
+                            const moe_permute_outputs *out, void *workspace, void *stream) {
     const int64_t rows = moe_permute_rows(c, n_tokens);
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) return moe__cuda_permute(ctx, c, ids, n_tokens, out, rows, workspace, stream);

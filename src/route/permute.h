@@ -14,6 +14,9 @@ extern "C" {
 /* Every check of moe_permute (config, sizes, outputs, workspace, pointers), with its error set. */
 moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
                               const moe_permute_outputs *out, const void *workspace, size_t workspace_bytes);
+/* moe_permute after its checks: the backend's permute. */
+moe_status moe__permute_run(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
+                            const moe_permute_outputs *out, void *workspace, void *stream);
 
 #ifdef MOE_WITH_CUDA
 moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,

@@ -17,6 +17,6 @@ moe_status moe_route_permute(moe_ctx *ctx, const moe_router_config *rc, const mo
     if (ctx->backend == MOE_BACKEND_CUDA && moe__cuda_route_permute_fuses(ctx, ra->n_tokens, rc->top_k))
         return moe__cuda_route_permute(ctx, rc, ra, pc, out, stream);
 #endif
-    MOE_TRY(moe_route(ctx, rc, ra, stream));
-    return moe_permute(ctx, pc, ra->ids, ra->n_tokens, out, workspace, workspace_bytes, stream);
+    MOE_TRY(moe__route_run(ctx, rc, ra, stream)); /* checked above: the checks' pointer queries run once */
+    return moe__permute_run(ctx, pc, ra->ids, ra->n_tokens, out, workspace, stream);
 }

@@ -146,13 +146,17 @@ moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_
     return MOE_OK;
 }
 
-moe_status moe_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream) {
-    if (!ctx) return MOE_ERR_INVALID_ARG;
-    moe__clear_error(ctx);
-    MOE_TRY(moe__route_check(ctx, c, a));
+moe_status moe__route_run(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream) {
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) return moe__cuda_route(ctx, c, a, stream);
 #endif
     (void)stream;
     return moe__cpu_route(ctx, c, a);
+}
+
+moe_status moe_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream) {
+    if (!ctx) return MOE_ERR_INVALID_ARG;
+    moe__clear_error(ctx);
+    MOE_TRY(moe__route_check(ctx, c, a));
+    return moe__route_run(ctx, c, a, stream);
 }

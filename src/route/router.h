@@ -17,6 +17,8 @@ struct moe_expert_stats {
 
 /* Every check of moe_route (config, arguments, pointers, backend limits), with its error set. */
 moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a);
+/* moe_route after its checks: the backend's router. */
+moe_status moe__route_run(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream);
 moe_status moe__cpu_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a);
 #ifdef MOE_WITH_CUDA
 moe_status moe__cuda_route(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a, void *stream);
