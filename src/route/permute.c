@@ -111,7 +111,7 @@ moe_status moe__permute_run(moe_ctx *ctx, const moe_permute_config *c, const int
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) return moe__cuda_permute(ctx, c, ids, n_tokens, out, rows, workspace, stream);
 #endif
-    (void)stream;
+    (void)ctx, (void)workspace, (void)stream;
     moe_cpu_permute(c, ids, n_tokens, out, rows);
     return MOE_OK;
 }
