@@ -517,6 +517,11 @@ typedef struct moe_layer_config {
      * MXFP4 (gpt-oss) or NVFP4 (a global scale per expert matrix, in expert_format.global's convention), with
      * linear scales. Each weight is elem * scale; x, the activations and the shared experts stay in dtype. */
     moe_qformat expert_format;
+    /* The routed experts' inputs quantised (docs/layer.md §6, W8A8): kind MOE_QFORMAT_INVALID (zero) keeps them in
+     * dtype; MOE_QFORMAT_FP8_1X128 (E4M3, f32 scales by any rule, linear) quantises each token's x and each row
+     * of h in 1x128 groups before the GEMM that reads it, as DeepSeek-V3's inference does. With FP8_128X128
+     * experts, Hopper runs those GEMMs on the FP8 tensor cores. */
+    moe_qformat act_format;
 } moe_layer_config;
 
 /* The layer of a known model (the router presets' names: "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", ...):

@@ -6,15 +6,15 @@ set -u
 OUT=${OUT:-/tmp/moe-gpu}
 mkdir -p "$OUT"
 BUILD=${BUILD:-build}
-TESTS="gpu_layer_random gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_golden gpu_layer_errors"
+TESTS="gpu_layer_random gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_w8a8 gpu_layer_golden gpu_layer_errors"
 echo "=== layer tests" | tee -a "$OUT/summary.txt"
 "$BUILD/moe_tests" --data tests/data $TESTS layer_ 2>&1 | tee "$OUT/layer-tests.log" | tail -40 | tee -a "$OUT/summary.txt"
 echo "=== compute-sanitizer memcheck" | tee -a "$OUT/summary.txt"
-compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/moe_tests" --data tests/data gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_golden gpu_layer_errors \
+compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/moe_tests" --data tests/data gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_w8a8 gpu_layer_golden gpu_layer_errors \
     > "$OUT/layer-memcheck.log" 2>&1
 echo "exit $?" >> "$OUT/layer-memcheck.log"; tail -3 "$OUT/layer-memcheck.log" | tee -a "$OUT/summary.txt"
 echo "=== compute-sanitizer racecheck" | tee -a "$OUT/summary.txt"
-compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/moe_tests" --data tests/data gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_golden \
+compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/moe_tests" --data tests/data gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_w8a8 gpu_layer_golden \
     > "$OUT/layer-racecheck.log" 2>&1
 echo "exit $?" >> "$OUT/layer-racecheck.log"; tail -3 "$OUT/layer-racecheck.log" | tee -a "$OUT/summary.txt"
 if [ "${BENCH:-0}" = 1 ]; then

@@ -347,6 +347,9 @@ TEST_IMPL(ep_errors) {
     qec.layer.expert_format = moe_qformat_preset(MOE_QFORMAT_MXFP4);
     ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_UNSUPPORTED && !ep);
     ASSERT(strstr(moe_last_error(ctxs[0]), "expert_format mxfp4"));
+    qec = ec, qec.layer.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128); /* nor W8A8 */
+    ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_UNSUPPORTED && !ep);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "act_format fp8_1x128"));
     ASSERT_OK(ctxs[0], moe_ep_create(comms[0], &ec, &w, &ep));
     moe_tensor xt = moe_tensor_2d(p.x, MOE_DTYPE_F32, 10, 32), yt = moe_tensor_2d(out, MOE_DTYPE_F32, 10, 32),
                lt = moe_tensor_2d(p.logits, MOE_DTYPE_F32, 10, 12);

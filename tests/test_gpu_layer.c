@@ -8,7 +8,10 @@
 /* Runs p on both backends in bf16 and compares: relative L2 over everything within 1e-2, every token within 3e-2
  * (of the norm of its row, or absolutely when that is 0), and a second GPU run, captured in a CUDA graph and
  * replayed, bit for bit. */
-static int compare_layer(test_env *env, const layer_problem *p, int use_logits, const char *what) {
+/* GPU against CPU for p: relative L2 over all outputs within tol_l2 and over each token within tol_token; the
+ * graph replay must give the same bits. */
+static int compare_layer_tol(test_env *env, const layer_problem *p, int use_logits, const char *what, double tol_l2,
+                             double tol_token) {
     const int64_t n = p->T * p->c.hidden, H = p->c.hidden;
     float *cpu = malloc(sizeof(float) * (size_t)(n + 1)), *gpu = malloc(sizeof(float) * (size_t)(n + 1)),
           *again = malloc(sizeof(float) * (size_t)(n + 1));
@@ -34,10 +37,14 @@ static int compare_layer(test_env *env, const layer_problem *p, int use_logits, 
         const int same = !memcmp(gpu, again, sizeof(float) * (size_t)n);
         fprintf(stderr, "  %-44s T=%-5lld rel L2 %.2e, worst token %lld: %.2e%s\n", what, (long long)p->T, e,
                 (long long)worst_t, worst, same ? "" : ", GRAPH REPLAY DIFFERS");
-        bad = !(e <= 1e-2) || !(worst <= 3e-2) || !same;
+        bad = !(e <= tol_l2) || !(worst <= tol_token) || !same;
     }
     free(cpu), free(gpu), free(again);
     return bad;
+}
+
+static int compare_layer(test_env *env, const layer_problem *p, int use_logits, const char *what) {
+    return compare_layer_tol(env, p, use_logits, what, 1e-2, 3e-2);
 }
 
 static moe_layer_config make_config(const char *preset, int H, int I, int E, int k, moe_activation act) {
@@ -233,6 +240,72 @@ TEST_IMPL(gpu_layer_quant) {
     bad += compare_layer(env, &p, 0, "gpt-oss over mxfp4, interleaved, biases");
     layer_qweights_free(&q);
     layer_problem_free(&p);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
+/* W8A8 (act_format FP8 1x128) on the GPU against the CPU reference: FP8 128x128 experts with f32 and E8M0 scales
+ * and both act scale rules at T = 1 and 200 (bf16 GEMMs over the quantised values) and 600 (the FP8 tensor-core
+ * kernel on Hopper: 150 rows an expert); H = 320 ends each row in a partial group and K block; the wgmma kernel
+ * again with the fallback forced (MOE_GEMM_NO_FP8_MMA), I = 192 with concatenated w13 (not on the 128 grid: the
+ * fallback) and interleaved (the FP8 kernel, a partial last tile), GPT-OSS's clamps and biases, and Llama-4's
+ * weight on the input.
+ * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
+ * boundary, so W8A8 magnifies differences (docs/layer.md §6). The FP8 kernels differ from the CPU only in the
+ * order of f32 sums: 4e-3 overall measured, bound 8e-3. The bf16 path also rounds weights with f32 scales and x
+ * with f32 scales to bf16 (2^-9 each) before the quantisation of h: up to 1.4e-2 measured, bound 2.5e-2; single
+ * tokens up to 4.4e-2, bound 8e-2 for both. */
+TEST_IMPL(gpu_layer_w8a8) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    layer_weight_formats(fmts, NULL);
+    const moe_qformat *wf[2] = {&fmts[1], &fmts[2]}; /* fp8_128x128 with f32, with E8M0 (UE8M0) scales */
+    int bad = 0;
+    uint64_t seed = env->seed + 900;
+    struct {
+        const char *preset, *what;
+        int H, I, E, k, interleaved, T, rule, no_mma;
+        moe_activation act;
+    } cases[] = {
+        {"qwen3-30b-a3b", "silu", 256, 256, 8, 2, 0, 1, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu", 256, 256, 8, 2, 0, 200, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, fp8 mma", 256, 256, 8, 2, 0, 600, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, fp8 mma, rceil", 256, 256, 8, 2, 0, 600, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, H 320", 320, 256, 16, 4, 0, 700, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, H 320, no fp8 mma", 320, 256, 16, 4, 0, 700, 0, 1, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, I 192 concat", 256, 192, 8, 2, 0, 600, 0, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", "gptoss, I 192 interleaved", 256, 192, 8, 2, 1, 600, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"llama4-scout", "silu, weight on input", 256, 128, 4, 1, 0, 600, 1, 0, MOE_ACT_SILU_GLU},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int f = 0; f < 2; f++) {
+            moe_layer_config c = make_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
+                                             cases[i].act);
+            if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+            c.n_shared = f, c.shared_intermediate = 64; /* shared experts stay bf16 */
+            c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+            if (cases[i].rule) c.act_format.rule = MOE_SCALE_UE8M0_RCEIL;
+            layer_problem p;
+            layer_qweights q;
+            layer_problem_random(&p, &c, cases[i].T, 0, seed++);
+            if (layer_problem_quantize(env->cpu, &p, wf[f], &q, NULL)) {
+                bad++;
+                layer_problem_free(&p);
+                continue;
+            }
+            p.qw = &q;
+            if (cases[i].no_mma) setenv("MOE_GEMM_NO_FP8_MMA", "1", 1);
+            char what[96];
+            snprintf(what, sizeof what, "w8a8 %s, %s", cases[i].what, f ? "e8m0 w" : "f32 w");
+            const int mma = cases[i].T >= 600 && !cases[i].no_mma && (cases[i].interleaved || cases[i].I % 128 == 0);
+            /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
+             * then differs as the FP8 kernels do */
+            const int exact = f && cases[i].rule;
+            bad += compare_layer_tol(env, &p, 0, what, mma || exact ? 8e-3 : 2.5e-2, 8e-2);
+            unsetenv("MOE_GEMM_NO_FP8_MMA");
+            layer_qweights_free(&q);
+            layer_problem_free(&p);
+        }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

@@ -1,7 +1,9 @@
 /* test_layer_quant.c — the MoE layer over quantised experts on the CPU: the reference over FP8 / MX / NVFP4 weights
  * gives exactly the bits of the f32 layer over the weights those codes stand for (moe_dequantize, itself checked
  * against ml_dtypes' goldens), on shapes off every block grid; it matches the oracle's Hugging Face blocks run on
- * the values ml_dtypes decodes from the same codes (layer_quant.moeg); and bad formats are refused. */
+ * the values ml_dtypes decodes from the same codes (layer_quant.moeg); and bad formats are refused. W8A8
+ * (act_format): the layer equals the definition of docs/layer.md §6 composed here from the public quantiser. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "layer_cases.h"
@@ -94,6 +96,118 @@ TEST_IMPL(layer_quant_errors) {
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "4-byte aligned", moe_layer_create(ctx, &f, &mis, &l));
     b.expert_format.global = MOE_NVFP4_GLOBAL_DECODE;
     ASSERT_OK(ctx, moe_layer_create(ctx, &b, &nw, &l));
+    moe_layer_destroy(l);
+    return TEST_OK;
+}
+
+/* v (n) -> dequant(quant(v)) in format f, through the public moe_quantize / moe_dequantize (docs/formats.md). */
+static int fake_quant(moe_ctx *cpu, const moe_qformat *f, float *v, int64_t n) {
+    const int64_t shape[2] = {1, n};
+    moe_qsizes qs;
+    if (moe_qtensor_sizes(cpu, f, 2, shape, &qs) != MOE_OK) return -1;
+    void *codes = malloc(qs.data_bytes + 16), *scales = malloc(qs.scale_bytes + 16);
+    moe_qtensor q = {*f, 2, {1, n}, codes, scales, NULL};
+    moe_tensor t = moe_tensor_2d(v, MOE_DTYPE_F32, 1, n);
+    const int bad = moe_quantize(cpu, &t, &q, NULL) != MOE_OK || moe_dequantize(cpu, &q, &t, NULL) != MOE_OK;
+    free(codes), free(scales);
+    return bad ? -1 : 0;
+}
+
+/* The W8A8 layer of p (f32, given logits, no shared experts, SiLU-GLU over concatenated w13) composed by hand:
+ * route, then per slot x quantised (times the weight for Llama-4), h = silu(g) u quantised, y = w2 . h, the slots
+ * summed in order. out (T, H). */
+static int w8a8_by_hand(moe_ctx *cpu, const layer_problem *p, const moe_qformat *af, float *out) {
+    const moe_layer_config *c = &p->c;
+    const int64_t T = p->T, H = c->hidden, I = c->intermediate, E = c->router.n_experts, k = c->router.top_k;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(T * k));
+    float *wts = malloc(sizeof(float) * (size_t)(T * k)), *xq = malloc(sizeof(float) * (size_t)H),
+          *h = malloc(sizeof(float) * (size_t)I), *acc = malloc(sizeof(float) * (size_t)H);
+    moe_tensor lt = moe_tensor_2d(p->logits, MOE_DTYPE_F32, T, E);
+    moe_route_args ra = {&lt, NULL, T, ids, wts, NULL, NULL, 0};
+    int bad = moe_route(cpu, &c->router, &ra, NULL) != MOE_OK;
+    for (int64_t t = 0; t < T && !bad; t++) {
+        for (int64_t i = 0; i < H; i++) acc[i] = 0.0f;
+        for (int64_t j = 0; j < k && !bad; j++) {
+            const int32_t e = ids[t * k + j];
+            if (e < 0) continue;
+            for (int64_t i = 0; i < H; i++) xq[i] = p->x[t * H + i];
+            bad |= fake_quant(cpu, af, xq, H);
+            if (c->router.weight_on_input)
+                for (int64_t i = 0; i < H; i++) xq[i] *= wts[t * k + j];
+            const float *w13 = p->w13 + e * 2 * I * H, *w2 = p->w2 + e * H * I;
+            for (int64_t i = 0; i < I; i++) {
+                float g = 0.0f, u = 0.0f;
+                for (int64_t q = 0; q < H; q++) g += w13[i * H + q] * xq[q];
+                for (int64_t q = 0; q < H; q++) u += w13[(I + i) * H + q] * xq[q];
+                h[i] = g * (1.0f / (1.0f + expf(-g))) * u; /* the layer's exp may differ by an ulp */
+            }
+            bad |= fake_quant(cpu, af, h, I);
+            const float cw = c->router.weight_on_input ? 1.0f : wts[t * k + j];
+            for (int64_t r = 0; r < H; r++) {
+                float y = 0.0f;
+                for (int64_t i = 0; i < I; i++) y += w2[r * I + i] * h[i];
+                acc[r] += cw * y;
+            }
+        }
+        for (int64_t i = 0; i < H; i++) out[t * H + i] = acc[i];
+    }
+    free(ids), free(wts), free(xq), free(h), free(acc);
+    return bad ? -1 : 0;
+}
+
+/* W8A8 on the CPU: the layer with act_format FP8 1x128 (f32 scales, and UE8M0 powers of two) against the
+ * definition composed by hand, for softmax top-2 and for Llama-4's weight on the input; both move the output
+ * from the unquantised layer by about FP8's precision. */
+TEST_IMPL(layer_w8a8_cpu) {
+    const char *presets[] = {"qwen3-30b-a3b", "llama4-scout"};
+    const moe_scale_rule rules[] = {MOE_SCALE_F32, MOE_SCALE_UE8M0_RCEIL};
+    for (int m = 0; m < 2; m++)
+        for (int r = 0; r < 2; r++) {
+            moe_layer_config c = quant_config();
+            moe_router_preset(presets[m], &c.router);
+            c.router.n_experts = 8, c.router.top_k = m ? 1 : 2;
+            c.n_shared = 0, c.hidden = 320, c.intermediate = 192; /* the last group of each row is partial */
+            c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+            c.act_format.rule = rules[r];
+            const int64_t T = 23, H = c.hidden;
+            layer_problem p;
+            layer_problem_random(&p, &c, T, 1, env->seed + 40 + 2 * m + r);
+            float *got = malloc(sizeof(float) * (size_t)(T * H)), *want = malloc(sizeof(float) * (size_t)(T * H)),
+                  *plain = malloc(sizeof(float) * (size_t)(T * H));
+            ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, got, 0));
+            ASSERT(w8a8_by_hand(env->cpu, &p, &c.act_format, want) == 0);
+            layer_problem pp = p;
+            pp.c.act_format.kind = MOE_QFORMAT_INVALID;
+            ASSERT_OK(env->cpu, layer_run(env->cpu, &pp, MOE_DTYPE_F32, 1, plain, 0));
+            const double e = test_rel_l2(got, want, T * H), moved = test_rel_l2(got, plain, T * H);
+            fprintf(stderr, "  %-14s %-6s relative L2 to the definition %.2e, to the unquantised layer %.3g\n",
+                    presets[m], moe_scale_rule_name(rules[r]), e, moved);
+            ASSERT_MSG(e < 1e-5, "%s %s: %g", presets[m], moe_scale_rule_name(rules[r]), e);
+            ASSERT_MSG(moved > 1e-3 && moved < 0.1, "%s: %g", presets[m], moved);
+            free(got), free(want), free(plain);
+            layer_problem_free(&p);
+        }
+    return TEST_OK;
+}
+
+TEST_IMPL(layer_w8a8_errors) {
+    moe_ctx *ctx = env->cpu;
+    moe_layer_config c = quant_config();
+    c.n_shared = 0;
+    static _Alignas(16) float w13[8 * 192 * 160], w2[8 * 160 * 96];
+    moe_layer_weights w = {.w13 = w13, .w2 = w2};
+    moe_layer *l = NULL;
+    c.act_format = moe_qformat_preset(MOE_QFORMAT_MXFP8);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "act_format mxfp8", moe_layer_create(ctx, &c, &w, &l));
+    c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+    c.act_format.elem = MOE_DTYPE_E5M2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "e4m3", moe_layer_create(ctx, &c, &w, &l));
+    c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+    c.act_format.rule = MOE_SCALE_UE8M0_RCEIL, c.act_format.scale_dtype = MOE_DTYPE_E8M0;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "f32", moe_layer_create(ctx, &c, &w, &l));
+    ASSERT(l == NULL);
+    c.act_format.scale_dtype = MOE_DTYPE_F32;
+    ASSERT_OK(ctx, moe_layer_create(ctx, &c, &w, &l));
     moe_layer_destroy(l);
     return TEST_OK;
 }

@@ -28,6 +28,8 @@
     X(layer_quant_cpu)            \
     X(layer_quant_golden)         \
     X(layer_quant_errors)         \
+    X(layer_w8a8_cpu)             \
+    X(layer_w8a8_errors)          \
     X(ep_cpu_exact)               \
     X(ep_cpu_skewed)              \
     X(ep_cpu_fp8_wire)            \
@@ -51,6 +53,7 @@
     X(gpu_layer_tiles)            \
     X(gpu_layer_sm90)             \
     X(gpu_layer_quant)            \
+    X(gpu_layer_w8a8)             \
     X(gpu_layer_golden)           \
     X(gpu_layer_errors)           \
     X(gpu_ep)

@@ -22,7 +22,8 @@ static const char usage[] =
     "                  (default qwen3-30b-a3b,deepseek-v3,mixtral-8x7b on a GPU, qwen3-30b-a3b on the CPU)\n"
     "  --tokens LIST   token counts (default 1,16,128,1024,8192 on a GPU, 1,16 on the CPU)\n"
     "  --dtype T       the routed experts' weights: bf16 (default), fp8 (E4M3, 128x128 blocks, f32 scales:\n"
-    "                  DeepSeek-V3), fp8-row, mxfp8, mxfp4 (gpt-oss), nvfp4; activations stay bf16\n"
+    "                  DeepSeek-V3), fp8-row, mxfp8, mxfp4 (gpt-oss), nvfp4; activations stay bf16;\n"
+    "                  w8a8: fp8 weights and the experts' inputs in FP8 1x128 groups (the FP8 tensor cores)\n"
     "  --reps N        forwards per timing (default: about 30 ms of work on a GPU, 1 on the CPU)\n"
     "  --idle-ms N     idle time before each point's timings (default 500 on a GPU, 0 on the CPU): the GPU's\n"
     "                  power cap otherwise makes a point's clocks depend on the points just before it\n"
@@ -42,17 +43,21 @@ typedef struct layer_copy {
     moe_layer *layer;
 } layer_copy;
 
-/* --dtype: the experts' storage (kind 0: bf16). */
-static int expert_format_from_name(const char *name, moe_qformat *f) {
+/* --dtype: the experts' storage (kind 0: bf16), and the experts' inputs (act; kind 0: bf16). */
+static int expert_format_from_name(const char *name, moe_qformat *f, moe_qformat *act) {
     static const struct {
         const char *name;
-        moe_qformat_kind kind;
-    } list[] = {{"bf16", MOE_QFORMAT_INVALID}, {"fp8", MOE_QFORMAT_FP8_128X128}, {"fp8-row", MOE_QFORMAT_FP8_ROW},
-                {"mxfp8", MOE_QFORMAT_MXFP8},  {"mxfp4", MOE_QFORMAT_MXFP4},       {"nvfp4", MOE_QFORMAT_NVFP4}};
+        moe_qformat_kind kind, act;
+    } list[] = {{"bf16", MOE_QFORMAT_INVALID, MOE_QFORMAT_INVALID}, {"fp8", MOE_QFORMAT_FP8_128X128, MOE_QFORMAT_INVALID},
+                {"fp8-row", MOE_QFORMAT_FP8_ROW, MOE_QFORMAT_INVALID},  {"mxfp8", MOE_QFORMAT_MXFP8, MOE_QFORMAT_INVALID},
+                {"mxfp4", MOE_QFORMAT_MXFP4, MOE_QFORMAT_INVALID},      {"nvfp4", MOE_QFORMAT_NVFP4, MOE_QFORMAT_INVALID},
+                {"w8a8", MOE_QFORMAT_FP8_128X128, MOE_QFORMAT_FP8_1X128}};
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
         if (!strcmp(name, list[i].name)) {
             memset(f, 0, sizeof *f);
+            memset(act, 0, sizeof *act);
             if (list[i].kind) *f = moe_qformat_preset(list[i].kind);
+            if (list[i].act) *act = moe_qformat_preset(list[i].act);
             f->global = list[i].kind == MOE_QFORMAT_NVFP4 ? MOE_NVFP4_GLOBAL_DECODE : MOE_NVFP4_GLOBAL_UNSET;
             return 0;
         }
@@ -205,14 +210,16 @@ static double time_forward(moe_ctx *ctx, step_args *a, int reps, int idle_ms) {
 }
 
 /* One model at every token count; appends to results. */
-static int bench_model(moe_ctx *ctx, const char *model, const moe_qformat *format, const int64_t *tokens, int n_tok,
-                       int reps_opt, int idle_ms, double read_gbps, double tflops, json_t *results) {
+static int bench_model(moe_ctx *ctx, const char *model, const moe_qformat *format, const moe_qformat *act,
+                       const int64_t *tokens, int n_tok, int reps_opt, int idle_ms, double read_gbps, double tflops,
+                       json_t *results) {
     moe_layer_config c;
     if (moe_layer_preset(model, &c) != MOE_OK) {
         fprintf(stderr, "moe bench layer: unknown model %s\n", model);
         return CLI_USAGE;
     }
     c.expert_format = *format;
+    c.act_format = *act;
     const double expert_bytes = expert_matrix_bytes(&c, 0) + expert_matrix_bytes(&c, 1);
     const int gpu = moe_ctx_backend(ctx) == MOE_BACKEND_CUDA;
     const int64_t H = c.hidden, I = c.intermediate, E = c.router.n_experts, k = c.router.top_k, S = c.n_shared,
@@ -318,9 +325,9 @@ int bench_layer(int argc, char **argv) {
     if (parsed >= 0) return parsed;
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
     const int reps = o.reps;
-    moe_qformat format;
-    if (expert_format_from_name(dtype_name, &format) || reps < 0) {
-        fprintf(stderr, "moe bench layer: --dtype bf16, fp8, fp8-row, mxfp8, mxfp4 or nvfp4; --reps >= 0\n");
+    moe_qformat format, act;
+    if (expert_format_from_name(dtype_name, &format, &act) || reps < 0) {
+        fprintf(stderr, "moe bench layer: --dtype bf16, fp8, fp8-row, mxfp8, mxfp4, nvfp4 or w8a8; --reps >= 0\n");
         return CLI_USAGE;
     }
     moe_ctx *ctx = cli_ctx(o.backend, 0);
@@ -344,7 +351,9 @@ int bench_layer(int argc, char **argv) {
     }
     double read_gbps, tflops;
     device_ceilings(moe_ctx_describe(ctx), &read_gbps, &tflops);
-    printf("moe bench layer: %s experts, bf16 activations, on %s, commit %s; limit from %s\n", dtype_name,
+    if (act.kind) tflops *= 2; /* Hopper's FP8 tensor cores: twice the BF16 rate */
+    printf("moe bench layer: %s experts, %s activations, on %s, commit %s; limit from %s\n", dtype_name,
+           act.kind ? "fp8 1x128" : "bf16",
            moe_ctx_describe(ctx), MOE_GIT_COMMIT,
            read_gbps > 0 ? "the ceilings of docs/performance.md" : "(no ceilings known for this device)");
     printf("%-16s %6s %4s %10s %9s %8s %9s %7s\n", "model", "T", "u", "us", "TFLOP/s", "GB/s", "limit us",
@@ -354,7 +363,8 @@ int bench_layer(int argc, char **argv) {
     char list[512];
     snprintf(list, sizeof list, "%s", models);
     for (char *save = NULL, *model = strtok_r(list, ",", &save); model; model = strtok_r(NULL, ",", &save)) {
-        const int r = bench_model(ctx, model, &format, token_list, n_tok, reps, idle_ms, read_gbps, tflops, results);
+        const int r =
+            bench_model(ctx, model, &format, &act, token_list, n_tok, reps, idle_ms, read_gbps, tflops, results);
         if (r != CLI_OK) rc = r;
     }
     fprintf(stderr, "%60s\r", "");

@@ -236,6 +236,11 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
                           "moe_ep_create: quantised experts (expert_format %s) are not supported under expert "
                           "parallelism yet (the rebalance moves bf16/f32 expert weights)",
                           moe_qformat_kind_name(config->layer.expert_format.kind));
+    if (config->layer.act_format.kind != MOE_QFORMAT_INVALID)
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED,
+                          "moe_ep_create: quantised expert inputs (act_format %s) are not supported under expert "
+                          "parallelism yet (the FP8 wire format is ep.wire)",
+                          moe_qformat_kind_name(config->layer.act_format.kind));
     MOE_TRY(ep_check_config(comm, config));
     moe_ep *ep = calloc(1, sizeof *ep);
     int64_t *host = NULL;

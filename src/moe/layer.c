@@ -27,6 +27,7 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
         s.counts = at + x.counts, s.offsets = at + x.offsets, s.row_src = at + x.row_src;
         s.slot_row = at + x.slot_row, s.permute = at + x.permute, s.permute_bytes = x.permute_bytes;
         s.h = at + x.h, s.y = at + x.y;
+        s.xq = at + x.xq, s.xs = at + x.xs, s.h8 = at + x.h8, s.hs = at + x.hs;
         at += x.bytes;
         s.shared_scale = at, at += moe_align256(t * 4);
         s.gate_partial = at, at += moe_align256((size_t)moe__gate_partial_rows((int64_t)t, c->hidden) * (E + 1) * 4);
@@ -70,6 +71,22 @@ static moe_status moe_check_expert_format(moe_ctx *ctx, const moe_layer_config *
                       ((uintptr_t)w->w13_scale % 4 == 0 && (uintptr_t)w->w2_scale % 4 == 0),
                   "moe_layer_create: the f32 scales w13_scale and w2_scale must be 4-byte aligned");
     return MOE_OK;
+}
+
+/* Quantised expert inputs (W8A8): FP8 1x128 groups of E4M3 with f32 scales (any rule), linear; the layouts of one
+ * row of x and of h. */
+static moe_status moe_check_act_format(moe_ctx *ctx, const moe_layer_config *c, moe_qlayout *qx, moe_qlayout *qh) {
+    const moe_qformat *f = &c->act_format;
+    MOE_CHECK_ARG(ctx, f->kind == MOE_QFORMAT_FP8_1X128,
+                  "moe_layer_create: act_format %s is not an activation format of the layer (fp8_1x128)",
+                  moe_qformat_kind_name(f->kind));
+    MOE_CHECK_ARG(ctx, f->elem == MOE_DTYPE_E4M3, "moe_layer_create: act_format elements must be e4m3, not %s",
+                  moe_dtype_name(f->elem));
+    MOE_CHECK_ARG(ctx, f->scale_dtype == MOE_DTYPE_F32 && f->layout == MOE_SCALE_LINEAR,
+                  "moe_layer_create: act_format scales must be f32 (of any rule) and linear");
+    const int64_t sx[2] = {1, c->hidden}, sh[2] = {1, c->intermediate};
+    MOE_TRY(moe__qlayout(ctx, f, 2, sx, qx));
+    return moe__qlayout(ctx, f, 2, sh, qh);
 }
 
 static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w) {
@@ -180,6 +197,9 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     moe_qlayout q13, q2;
     const bool quantized = config->expert_format.kind != MOE_QFORMAT_INVALID;
     if (quantized) MOE_TRY(moe_check_expert_format(ctx, config, weights, &q13, &q2));
+    moe_qlayout qx, qh;
+    const bool act_quantized = config->act_format.kind != MOE_QFORMAT_INVALID;
+    if (act_quantized) MOE_TRY(moe_check_act_format(ctx, config, &qx, &qh));
     moe_layer *l = calloc(1, sizeof *l);
     if (!l) return moe__error(ctx, MOE_ERR_OOM, "moe_layer_create: out of host memory");
     l->ctx = ctx;
@@ -187,6 +207,7 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     l->w = *weights;
     l->expert_begin = 0, l->n_local = l->n_global = config->router.n_experts;
     if (quantized) l->quantized = true, l->q13 = q13, l->q2 = q2;
+    if (act_quantized) l->act_quantized = true, l->qx = qx, l->qh = qh;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA && config->n_shared > 0) {
         const moe_status s = moe__cuda_layer_init(l);

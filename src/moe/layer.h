@@ -23,6 +23,9 @@ struct moe_layer {
     /* c.expert_format set: the layouts of w13 (E, 2I, H) and w2 (E, H, I) as E matrices each */
     bool quantized;
     moe_qlayout q13, q2;
+    /* c.act_format set (W8A8): the layouts of one row of x (1, H) and of h (1, I), for the CPU reference */
+    bool act_quantized;
+    moe_qlayout qx, qh;
 };
 
 /* The GPU's grouped GEMMs work on tiles of 16, 64 or 128 rows (chosen per forward from T); the permutation pads
@@ -56,6 +59,9 @@ typedef struct moe_layer_scratch {
     size_t row_src, slot_row;    /* (rows) int32, (T, k) int32 */
     size_t permute, permute_bytes; /* moe_permute's own scratch */
     size_t h, y;                 /* (rows, I) bf16 activations, (rows, H) bf16 expert outputs */
+    /* W8A8 (GPU): x quantised, (T, H) as bf16 values or E4M3 codes with (T, ceil(H / 128)) f32 scales; h as
+     * codes (rows, I) with (ceil(I / 128), rows) scales */
+    size_t xq, xs, h8, hs;
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t gate_partial;         /* (moe__gate_partial_rows, E + 1) f32 */
     size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16 */
@@ -94,8 +100,8 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x, int64_t T, const 
 #ifdef MOE_WITH_CUDA
 moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
                                  void *stream);
-/* GPU scratch of the routed experts for T tokens: the permutation, h and y (the fields of moe_layer_scratch
- * from counts to y; the rest unset). */
+/* GPU scratch of the routed experts for T tokens: the permutation, h and y, and W8A8's buffers (the fields of
+ * moe_layer_scratch from counts to hs; the rest unset). */
 moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T);
 /* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens; skipped when permuted: the
  * scratch already holds it), GEMM 1, GEMM 2: y (rows, H) bf16 in the scratch and slot_row (T, k) in s->slot_row. */

@@ -93,6 +93,15 @@ static void moe_ffn_down(const moe_layer *l, const moe_wmat *w2, const float *b2
     }
 }
 
+/* v (q's cols) -> its value after quantisation in q's format (W8A8 inputs: moe_quantize, then the dequantised
+ * value of docs/formats.md); codes and scales are scratch of q's sizes. */
+static void moe_act_quantize(moe_ctx *ctx, const moe_qlayout *q, float *v, uint8_t *codes, float *scales) {
+    moe_tensor t = moe_tensor_2d(v, MOE_DTYPE_F32, 1, q->cols);
+    moe_qtensor qt = {q->f, 2, {1, q->cols}, codes, scales, NULL};
+    moe__cpu_quantize(ctx, q, &t, &qt); /* cannot fail: the layout was validated at create */
+    moe__cpu_dequantize_row(q, codes, scales, NULL, 0, 0, v);
+}
+
 /* The router on the CPU: logits from the gate when io has none, then moe_route. */
 static moe_status moe_cpu_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, char *ws) {
     moe_ctx *ctx = l->ctx;
@@ -125,23 +134,29 @@ moe_status moe__cpu_layer_experts(moe_layer *l, const void *x, int64_t T, const 
     int failed = 0;
 #pragma omp parallel num_threads(l->ctx->n_threads)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(3 * H + 4 * I));
+        /* xin (H), a (2I), h (I), acc (H), a weight row (max(H, I)); W8A8: codes (max(H, I)) and scales */
+        const int wide = H > I ? H : I;
+        float *buf = malloc(sizeof(float) * (size_t)(3 * H + 4 * I + wide / 128 + 1) + (size_t)wide);
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
         } else {
             float *xin = buf, *a = xin + H, *h = a + 2 * I, *acc = h + I, *wrow = acc + H;
+            float *scales = xin + 3 * H + 4 * I; /* after wrow, which has H + I >= wide floats */
+            uint8_t *codes = (uint8_t *)(scales + wide / 128 + 1);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t tj = 0; tj < T * k; tj++) {
                 const int32_t e = ids[tj] - l->expert_begin, row = slot_row[tj];
                 if (ids[tj] < 0 || e < 0 || e >= l->n_local || row < 0) continue;
                 const float w = weights[tj];
-                for (int i = 0; i < H; i++) {
-                    const float v = moe_ld(x, c->dtype, tj / k * H + i);
-                    xin[i] = c->router.weight_on_input ? v * w : v;
-                }
+                for (int i = 0; i < H; i++) xin[i] = moe_ld(x, c->dtype, tj / k * H + i);
+                /* W8A8: the token is quantised, then weighted (Llama-4), then h before GEMM 2 */
+                if (l->act_quantized) moe_act_quantize(l->ctx, &l->qx, xin, codes, scales);
+                if (c->router.weight_on_input)
+                    for (int i = 0; i < H; i++) xin[i] *= w;
                 const moe_wmat w13 = moe_expert_mat(l, 0, e), w2 = moe_expert_mat(l, 1, e);
                 moe_ffn_up(l, &w13, l->w.b13 ? l->w.b13 + (int64_t)e * 2 * I : NULL, I, xin, a, h, wrow);
+                if (l->act_quantized) moe_act_quantize(l->ctx, &l->qh, h, codes, scales);
                 for (int i = 0; i < H; i++) acc[i] = 0.0f;
                 moe_ffn_down(l, &w2, l->w.b2 ? l->w.b2 + (int64_t)e * H : NULL, I, h, 1.0f, acc, wrow);
                 for (int i = 0; i < H; i++) y[(int64_t)row * H + i] = acc[i];

@@ -11,6 +11,11 @@ __device__ __forceinline__ void moe_cp_async16(void *smem, const void *gmem, int
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
 
+/* 4 bytes global -> shared (a scale), asynchronously; bytes 0 writes zeros. */
+__device__ __forceinline__ void moe_cp_async4(uint32_t smem, const void *gmem, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+}
+
 __device__ __forceinline__ void moe_cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::);
 }

@@ -137,7 +137,9 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
             v0 += bias[p.interleaved ? 2 * col : col];
             v1 += bias[p.interleaved ? 2 * col + 1 : p.n + col];
         }
-        c[r * p.n + col] = __float2bfloat16_rn(moe_glu<A>(v0, v1, p.alpha, p.limit));
+        const float h = moe_glu<A>(v0, v1, p.alpha, p.limit);
+        if (p.c32) p.c32[r * p.n + col] = h;
+        else c[r * p.n + col] = __float2bfloat16_rn(h);
     } else {
         const int64_t col = t.tile_n * bn + s;
         if (col >= p.n) return;
@@ -160,9 +162,13 @@ __device__ __forceinline__ void moe_gemm_store_glu2(const moe_gemm_params &p, co
         const float *bias = p.bias + t.group * p.bias_group_stride;
         g0 += bias[col], g1 += bias[col + 1], u0 += bias[p.n + col], u1 += bias[p.n + col + 1];
     }
+    const float h0 = moe_glu<A>(g0, u0, p.alpha, p.limit), h1 = moe_glu<A>(g1, u1, p.alpha, p.limit);
+    if (p.c32) {
+        *reinterpret_cast<float2 *>(p.c32 + r * p.n + col) = make_float2(h0, h1);
+        return;
+    }
     __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride);
-    *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) =
-        __floats2bfloat162_rn(moe_glu<A>(g0, u0, p.alpha, p.limit), moe_glu<A>(g1, u1, p.alpha, p.limit));
+    *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(h0, h1);
 }
 
 #endif /* MOE_CUDA_MOE_GEMM_TILE_CUH */

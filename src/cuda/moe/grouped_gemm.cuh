@@ -13,6 +13,7 @@
 #ifndef MOE_CUDA_MOE_GROUPED_GEMM_CUH
 #define MOE_CUDA_MOE_GROUPED_GEMM_CUH
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -54,6 +55,7 @@ struct moe_gemm_params {
     moe_activation act;
     float alpha, limit;
     __nv_bfloat16 *c;        /* (rows, n) */
+    float *c32;              /* GLU: h written in f32 here instead of c (W8A8's bf16 path quantises it next); NULL */
     int64_t c_group_stride;  /* dense */
     int64_t m_tiles, n_tiles; /* set by moe__cuda_grouped_gemm */
 };
@@ -106,5 +108,35 @@ moe_status moe__cuda_grouped_gemm_sm90(moe_ctx *ctx, const moe_gemm_params &p, b
  * false when it did not run. Called only where moe__cuda_gemm_sm90_usable. */
 bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
                                      cudaStream_t stream, moe_status *st);
+
+/* A TMA descriptor of a 3-D tensor (d0 innermost, contiguous rows of d0 elements, d2 matrices stride2 elements
+ * apart) read in boxes of box0 x box1 x 1 in the 128-byte swizzle (grouped_gemm_sm90_tma.cu); false when the
+ * driver has no encoder or refuses the shape. */
+bool moe__cuda_tmap_3d(CUtensorMap *m, CUtensorMapDataType type, int elem_bytes, const void *base, int64_t d0,
+                       int64_t d1, int64_t d2, int64_t stride2, int box0, int box1);
+
+/* W8A8 (grouped_gemm_sm90_fp8.cu): the routed GEMMs on the FP8 tensor cores. A is FP8 E4M3 with 1x128 f32 scales,
+ * B FP8 E4M3 in 128x128 blocks (p.b_fmt E4M3_F32 or E4M3_E8M0, p.bs as for the other kernels); each 128-wide K
+ * block's products are summed on the tensor cores, then added to f32 accumulators times a_scale * b_scale (the
+ * promotion DeepGEMM does). GEMM 1 (GLU) writes h quantised the same way, for GEMM 2 to read. p gives rows,
+ * groups, B, bias, row weight, activation and (GEMM 2) the bf16 C; p.a is unused. */
+struct moe_gemm_fp8 {
+    const uint8_t *a;     /* codes: with p.gather x (tokens, k), else the rows (rows, k) */
+    const float *a_scale; /* with p.gather (tokens, ceil(k / 128)), row-major; else (ceil(k / 128), a_scale_ld) */
+    int64_t a_scale_ld;
+    uint8_t *c;           /* GLU: h codes (rows, n) */
+    float *c_scale;       /* GLU: (ceil(n / 128), c_scale_ld): the scales of a row tile lie side by side */
+    int64_t c_scale_ld;
+    moe_scale_rule rule;  /* how h's scales are chosen (F32 or a UE8M0 rule), and their amax floor */
+    float amax_floor;
+};
+
+/* Whether the W8A8 kernel takes p (GLU or plain): sm_90a code in the build and the GPU, B in 128x128 FP8 blocks
+ * that TMA can address, K a multiple of 16, and for concatenated GLU n a multiple of 128 (so that a tile's gate
+ * and up rows each lie in one block row). */
+bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu);
+/* Runs it (m_tiles of 128 rows); call only where moe__cuda_gemm_fp8_fits. */
+moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
+                                      int64_t m_tiles, cudaStream_t stream);
 
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

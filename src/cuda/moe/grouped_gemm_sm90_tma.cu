@@ -169,30 +169,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
 #endif
 }
 
-/* cuTensorMapEncodeTiled from the driver, found once through the runtime (the build links no libcuda). */
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] { /* a thread-safe one-time lookup */
-        cudaDriverEntryPointQueryResult q;
-        void *f = nullptr;
-        const bool ok = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) ==
-                            cudaSuccess &&
-                        q == cudaDriverEntryPointSuccess;
-        cudaGetLastError();
-        return ok ? (PFN_cuTensorMapEncodeTiled_v12000)f : nullptr;
-    }();
-    return fn;
-}
-
 /* The weights as a 3-D tensor (k, rows, groups) of bf16, boxes of 64 x 128 x 1 in the 128-byte swizzle. */
 bool encode_b(const moe_gemm_params &p, bool glu, CUtensorMap *m) {
-    PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
-    if (!fn) return false;
-    const cuuint64_t dims[3] = {(cuuint64_t)p.k, (cuuint64_t)(glu ? 2 * (int64_t)p.n : p.n), (cuuint64_t)p.n_groups};
-    const cuuint64_t strides[2] = {(cuuint64_t)p.k * 2, (cuuint64_t)p.b_group_stride * 2};
-    const cuuint32_t box[3] = {kBK, kBoxRows, 1}, elem[3] = {1, 1, 1};
-    return fn(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(p.b), dims, strides, box, elem,
-              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return moe__cuda_tmap_3d(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, p.b, p.k, glu ? 2 * (int64_t)p.n : p.n,
+                             p.n_groups, p.b_group_stride, kBK, kBoxRows);
 }
 
 template <bool kGlu>
@@ -210,7 +190,33 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const CUtensorMap &m, 
     return MOE_OK;
 }
 
+/* cuTensorMapEncodeTiled from the driver, found once through the runtime (the build links no libcuda). */
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] { /* a thread-safe one-time lookup */
+        cudaDriverEntryPointQueryResult q;
+        void *f = nullptr;
+        const bool ok = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) ==
+                            cudaSuccess &&
+                        q == cudaDriverEntryPointSuccess;
+        cudaGetLastError();
+        return ok ? (PFN_cuTensorMapEncodeTiled_v12000)f : nullptr;
+    }();
+    return fn;
+}
+
 } // namespace
+
+bool moe__cuda_tmap_3d(CUtensorMap *m, CUtensorMapDataType type, int elem_bytes, const void *base, int64_t d0,
+                       int64_t d1, int64_t d2, int64_t stride2, int box0, int box1) {
+    PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
+    if (!fn) return false;
+    const cuuint64_t dims[3] = {(cuuint64_t)d0, (cuuint64_t)d1, (cuuint64_t)d2};
+    const cuuint64_t strides[2] = {(cuuint64_t)(d0 * elem_bytes), (cuuint64_t)(stride2 * elem_bytes)};
+    const cuuint32_t box[3] = {(cuuint32_t)box0, (cuuint32_t)box1, 1}, elem[3] = {1, 1, 1};
+    return fn(m, type, 3, const_cast<void *>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) ==
+           CUDA_SUCCESS;
+}
 
 bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
                                      cudaStream_t stream, moe_status *st) {

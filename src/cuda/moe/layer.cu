@@ -11,8 +11,10 @@
  * Every launch is asynchronous on the caller's stream; grids are sized from T on the host (tiles past the
  * permutation's last row exit at once), so nothing waits for the device. */
 #include "cuda/common/cuda.cuh"
+#include "cuda/moe/act_quant.cuh"
 #include "cuda/moe/gate.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
+#include "formats/qformat.h"
 #include "moe/layer.h"
 #include "route/route_math.h"
 
@@ -119,6 +121,14 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
     s.permute = at, s.permute_bytes = pb, at += align256(pb);
     s.h = at, at += align256((size_t)s.rows * I * 2);
     s.y = at, at += align256((size_t)s.rows * H * 2);
+    if (l->act_quantized) {
+        s.xq = at, at += align256(t * H * 2);
+        s.xs = at, at += align256(t * ((H + 127) / 128) * 4);
+        /* the FP8 kernels' h codes and scales, or the bf16 path's f32 h, in one region */
+        const size_t codes = align256((size_t)s.rows * I) + align256((size_t)s.rows * ((I + 127) / 128) * 4);
+        const size_t h32 = align256((size_t)s.rows * I * 4);
+        s.h8 = at, s.hs = at + align256((size_t)s.rows * I), at += codes > h32 ? codes : h32;
+    }
     s.bytes = at;
     return s;
 }
@@ -278,6 +288,47 @@ static void expert_storage(const moe_layer *l, int which, moe_gemm_params &g) {
     }
 }
 
+/* The two routed GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the
+ * kernel takes both: x quantised to codes and scales, GEMM 1 writing h quantised, GEMM 2 reading it. Elsewhere
+ * (decode, other weights, other GPUs) x and h are replaced by their quantised values in bf16 around the bf16
+ * GEMMs. */
+static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params g2, const void *x, int64_t T,
+                               moe_gemm_shape shape, int64_t tiles, const moe_layer_scratch *s, char *ws,
+                               cudaStream_t st) {
+    moe_ctx *ctx = l->ctx;
+    const moe_layer_config *c = &l->c;
+    const int H = c->hidden, I = c->intermediate;
+    const moe_qformat &af = c->act_format;
+    if (shape == MOE_GEMM_LARGE && moe__cuda_gemm_fp8_fits(ctx, g, true) && moe__cuda_gemm_fp8_fits(ctx, g2, false)) {
+        moe_qlayout lx;
+        const int64_t sx[2] = {T, H};
+        MOE_TRY(moe__qlayout(ctx, &af, 2, sx, &lx));
+        moe_tensor xt = moe_tensor_2d((void *)x, MOE_DTYPE_BF16, T, H);
+        moe_qtensor xq = {lx.f, 2, {T, H}, ws + s->xq, ws + s->xs, NULL};
+        MOE_TRY(moe__cuda_quantize(ctx, &lx, &xt, &xq, st));
+        moe_gemm_fp8 f = {};
+        f.a = (const uint8_t *)(ws + s->xq), f.a_scale = (const float *)(ws + s->xs);
+        f.c = (uint8_t *)(ws + s->h8), f.c_scale = (float *)(ws + s->hs), f.c_scale_ld = s->rows;
+        f.rule = lx.f.rule, f.amax_floor = af.amax_floor;
+        MOE_TRY(moe__cuda_grouped_gemm_fp8(ctx, g, f, true, tiles, st));
+        moe_gemm_fp8 f2 = {};
+        f2.a = f.c, f2.a_scale = f.c_scale, f2.a_scale_ld = s->rows;
+        return moe__cuda_grouped_gemm_fp8(ctx, g2, f2, false, tiles, st);
+    }
+    /* h leaves GEMM 1 in f32, so that it is quantised from the value the reference quantises (a bf16 h first
+     * would move about 3% of its codes by a step) */
+    __nv_bfloat16 *xq = (__nv_bfloat16 *)(ws + s->xq), *h = (__nv_bfloat16 *)g.c;
+    float *h32 = (float *)(ws + s->h8);
+    const moe_scale_rule rule = l->qx.f.rule; /* resolved at create */
+    MOE_TRY(moe__cuda_act_fake_quant(ctx, x, MOE_DTYPE_BF16, xq, T, nullptr, H, rule, af.amax_floor, st));
+    g.a = xq, g.c32 = h32;
+    MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
+    const int64_t rows = tiles * moe__gemm_tile_m(shape); /* the rows the tiles cover, at most; offsets[E] exact */
+    MOE_TRY(moe__cuda_act_fake_quant(ctx, h32, MOE_DTYPE_F32, h, rows < s->rows ? rows : s->rows,
+                                     g.offsets + g.n_groups, I, rule, af.amax_floor, st));
+    return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
+}
+
 extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids,
                                               const float *weights, int64_t plan_tokens, int permuted,
                                               const moe_layer_scratch *s, void *workspace, void *stream) {
@@ -314,12 +365,13 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
     g.act = c->activation, g.alpha = c->act_alpha, g.limit = c->act_limit;
     g.c = h;
-    MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     moe_gemm_params g2 = g;
     g2.a = h, g2.gather = false, g2.row_weight = nullptr;
     expert_storage(l, 1, g2);
     g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
     g2.bias = w->b2, g2.bias_group_stride = H;
     g2.c = y;
+    if (l->act_quantized) return experts_w8a8(l, g, g2, x, T, shape, tiles, s, ws, st);
+    MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
 }

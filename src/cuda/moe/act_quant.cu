@@ -1,0 +1,76 @@
+/* act_quant.cu — W8A8 inputs for the bf16-activation GEMMs: a warp per 1x128 group, four columns a lane. */
+#include "cuda/common/cuda.cuh"
+#include "cuda/formats/qformat.cuh"
+#include "cuda/moe/act_quant.cuh"
+
+namespace {
+
+constexpr int kWarps = 8;
+
+/* Four values of a row from bf16 or f32. */
+__device__ __forceinline__ void load4(const __nv_bfloat16 *x, float (&v)[4]) {
+    const uint2 raw = *reinterpret_cast<const uint2 *>(x);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+}
+__device__ __forceinline__ void load4(const float *x, float (&v)[4]) {
+    const float4 a = *reinterpret_cast<const float4 *>(x);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+    fake_quant_kernel(const T *x, __nv_bfloat16 *out, int64_t rows, const int64_t *live_rows, int cols,
+                      moe_scale_rule rule, float amax_floor) {
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+    if (live_rows && *live_rows < rows) rows = *live_rows;
+    const int groups = (cols + 127) / 128, lane = threadIdx.x & 31;
+    moe_qparams q;
+    q.rule = rule, q.elem_max = 448.0f, q.elem_emax = 8;
+    for (int64_t g = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); g < rows * groups;
+         g += (int64_t)gridDim.x * kWarps) {
+        const int64_t r = g / groups;
+        const int c = (int)(g - r * groups) * 128 + 4 * lane;
+        const bool in = c < cols; /* cols % 8 == 0: four columns are all in or all out */
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (in) load4(x + r * cols + c, v);
+        float m = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 4; e++) m = fmaxf(m, fabsf(v[e])); /* fmaxf drops NaN */
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        const moe_block_scale s = moe_scale_from_amax(q, moe_finish_amax(m, amax_floor));
+        const moe_divider d = moe_make_divider(s.value, m);
+        if (!in) continue;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const uint8_t code = moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3);
+            v[e] = __fmul_rn(moe_decode(code, MOE_DTYPE_E4M3), s.value);
+        }
+        const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
+        uint2 raw;
+        raw.x = *reinterpret_cast<const uint32_t *>(&a), raw.y = *reinterpret_cast<const uint32_t *>(&b);
+        *reinterpret_cast<uint2 *>(out + r * cols + c) = raw;
+    }
+}
+
+} // namespace
+
+moe_status moe__cuda_act_fake_quant(moe_ctx *ctx, const void *x, moe_dtype x_dtype, __nv_bfloat16 *out, int64_t rows,
+                                    const int64_t *live_rows, int cols, moe_scale_rule rule, float amax_floor,
+                                    cudaStream_t stream) {
+    if (rows <= 0) return MOE_OK;
+    const int64_t warps = rows * ((cols + 127) / 128), cap = (int64_t)ctx->cuda.sm_count * 8;
+    const int64_t blocks = (warps + kWarps - 1) / kWarps;
+    const dim3 grid((unsigned)(blocks < cap ? blocks : cap));
+    const bool pdl = moe__cuda_pdl(ctx);
+    if (x_dtype == MOE_DTYPE_F32)
+        MOE_CUDA_TRY(ctx, moe_launch(pdl, fake_quant_kernel<float>, grid, kWarps * 32, 0, stream, (const float *)x,
+                                     out, rows, live_rows, cols, rule, amax_floor));
+    else
+        MOE_CUDA_TRY(ctx, moe_launch(pdl, fake_quant_kernel<__nv_bfloat16>, grid, kWarps * 32, 0, stream,
+                                     (const __nv_bfloat16 *)x, out, rows, live_rows, cols, rule, amax_floor));
+    return MOE_OK;
+}

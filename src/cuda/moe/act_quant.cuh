@@ -1,0 +1,19 @@
+/* act_quant.cuh — W8A8 inputs for the GPU's bf16-activation GEMMs (docs/layer.md §6): rows of bf16 replaced by
+ * their value after FP8 1x128 quantisation, for the kernels that read bf16 A (decode and the portable tiles). */
+#ifndef MOE_CUDA_MOE_ACT_QUANT_CUH
+#define MOE_CUDA_MOE_ACT_QUANT_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "core/internal.h"
+
+/* out (rows, cols) = bf16(dequant(quant(x))) group by group: each row's 1x128 groups get their scale by `rule`
+ * from the group's amax (raised to amax_floor), E4M3 codes, then code * scale rounded once to bf16. x is bf16 or
+ * f32 (x_dtype). rows: the rows to cover; live_rows: a device count that may cut them short (the permutation's
+ * offsets[E]), or NULL. cols a multiple of 8, rows 16-byte aligned. */
+moe_status moe__cuda_act_fake_quant(moe_ctx *ctx, const void *x, moe_dtype x_dtype, __nv_bfloat16 *out, int64_t rows,
+                                    const int64_t *live_rows, int cols, moe_scale_rule rule, float amax_floor,
+                                    cudaStream_t stream);
+
+#endif /* MOE_CUDA_MOE_ACT_QUANT_CUH */

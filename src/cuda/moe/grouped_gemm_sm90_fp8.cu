@@ -1,0 +1,289 @@
+/* grouped_gemm_sm90_fp8.cu — the routed GEMMs of a W8A8 layer on Hopper's FP8 tensor cores (sm_90a): A in FP8
+ * E4M3 with 1x128 f32 scales, B in FP8 E4M3 with 128x128 block scales (DeepSeek-V3's recipe), f32 accumulation
+ * with the per-block promotion DeepGEMM does. Contract in grouped_gemm.cuh (moe_gemm_fp8); same tile order, rows
+ * and epilogue pieces (gemm_tile.cuh) as the bf16 TMA tile (grouped_gemm_sm90_tma.cu), whose structure this
+ * follows:
+ *
+ * A CTA computes 128 rows x 256 B rows, K in blocks of 128 codes (one 128-byte swizzle row, one scale block)
+ * through 4 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales). Three warpgroups, persistent CTAs:
+ *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
+ *    all 128 threads cp.async the 128 A rows (gathered tokens for GEMM 1, zeros for padding and past K) and one
+ *    A scale each; the stage is full when the TMA bytes landed and every producer thread's copies completed;
+ *  - two consumers of 64 rows each: per K block and per half of B, four wgmma.m64n128k32 into a temporary
+ *    (the first one overwrites it), wait, then acc += tmp * (a_scale(row) * b_scale(half)) in f32. The
+ *    temporaries of both halves would not fit beside the 128 accumulators, so the halves take turns; each
+ *    consumer's promotion overlaps the other consumer's wgmma.
+ * Epilogues: GEMM 2 (plain) stores bf16 through gemm_tile.cuh. GEMM 1 (GLU) computes h for its 128 columns (the
+ * tile's 128 gate and 128 up rows), takes each row's amax over the 4 lanes that hold it, and stores FP8 codes and
+ * one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly as it was written. */
+#include <cuda.h>
+#include <stdlib.h>
+
+#include "cuda/common/cuda.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/common/sm90.cuh"
+#include "cuda/formats/qformat.cuh"
+#include "cuda/moe/gemm_tile.cuh"
+#include "cuda/moe/grouped_gemm.cuh"
+#include "moe/layer.h"
+
+namespace {
+
+constexpr int kBM = 128, kBN = 256, kBK = 128, kStages = 4, kThreads = 384;
+constexpr int kStageA = kBM * kBK, kStageB = kBN * kBK, kStageS = kBM * 4; /* 16 KB, 32 KB, 512 B */
+constexpr int kBoxRows = 128;
+constexpr size_t kSmem = (size_t)kStages * (kStageA + kStageB + kStageS) + 2 * kStages * 8 + 1024;
+static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the W8A8 tile is the permutation's largest");
+
+#ifdef MOE_WGMMA
+constexpr uint32_t kNoRow = 0xFFFFFFFFu; /* an A row that reads as zeros */
+
+/* Block scale of B rows [row, row + 128) (row a multiple of 128) at K block kb of group g; 0 past the rows. */
+template <int F>
+__device__ __forceinline__ float b_scale(const moe_gemm_params &p, int g, int64_t row, int64_t rows, int kb) {
+    if (row >= rows) return 0.0f;
+    const int64_t i = g * p.bs.group_stride + (row >> 7) * p.bs.cols + kb;
+    if (F == MOE_B_E4M3_F32) return __ldg(static_cast<const float *>(p.bs.scale) + i);
+    return moe_decode(__ldg(static_cast<const uint8_t *>(p.bs.scale) + i), MOE_DTYPE_E8M0);
+}
+
+/* GEMM 1's epilogue for one accumulator row: v (32 values of h, this lane's share of the row's 128 columns at
+ * cols[i]) -> codes and, from the lane holding column 0 of the group, the row's scale. */
+__device__ __forceinline__ void store_h_row(const moe_gemm_fp8 &f, const moe_gemm_params &p, int64_t r, int64_t group,
+                                            const float (&v)[32], const int (&cols)[32], bool scale_lane) {
+    float a = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 32; e++) a = fmaxf(a, fabsf(v[e])); /* fmaxf drops NaN */
+    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1));
+    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
+    moe_qparams q;
+    q.rule = f.rule, q.elem_max = 448.0f, q.elem_emax = 8;
+    const moe_block_scale s = moe_scale_from_amax(q, moe_finish_amax(a, f.amax_floor));
+    const moe_divider d = moe_make_divider(s.value, a);
+    uint8_t *c = f.c + r * p.n;
+#pragma unroll
+    for (int e = 0; e < 32; e++)
+        if (cols[e] < p.n) c[cols[e]] = moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3);
+    if (scale_lane) f.c_scale[group * f.c_scale_ld + r] = s.value;
+}
+
+#endif
+
+template <bool kGlu, int F>
+__global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_params p, const moe_gemm_fp8 f,
+                                                              const __grid_constant__ CUtensorMap tmap_b) {
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+#ifdef MOE_WGMMA
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = smem_raw + (base - raw); /* A stages, B stages, A scales, full[kStages], empty[kStages] */
+    const uint32_t a_smem = base, b_smem = base + kStages * kStageA, s_smem = b_smem + kStages * kStageB;
+    const uint32_t bars = s_smem + kStages * kStageS;
+    const float *sa = reinterpret_cast<const float *>(smem + (s_smem - base));
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+    const int tid = threadIdx.x, wg = tid >> 7;
+
+    if (tid == 0) {
+        for (int s = 0; s < kStages; s++) {
+            moe_mbar_init(full(s), 128 + 1); /* 128 cp.async arrivals + the TMA thread's expect_tx arrival */
+            moe_mbar_init(empty(s), 2 * 4);  /* lane 0 of each of the consumers' 8 warps */
+        }
+        moe_mbar_init_fence();
+    }
+    __syncthreads();
+    const int k_tiles = (p.k + kBK - 1) / kBK;
+    const int64_t n_tiles = p.m_tiles * p.n_tiles;
+    const int64_t b_rows = kGlu ? 2 * (int64_t)p.n : p.n;
+
+    if (wg == 0) { /* producer */
+        moe_regs_dec<40>();
+        const int kc = tid & 7; /* 16-byte chunk kc of rows tid / 8 + 16 i */
+        const uint32_t k16 = (uint32_t)(p.k / 16);
+        uint32_t it = 0;
+        for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+            moe_gemm_tile t;
+            if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+            /* A row offsets in 16-byte units (kNoRow: zeros), and row tid's scale: base + kt * step */
+            auto row_of = [&](int64_t r) -> int64_t { /* token or row index of A row r, or -1 */
+                if (r >= t.row_end) return -1;
+                if (!p.gather) return r;
+                const int32_t src = p.row_src[r];
+                return src >= 0 ? src / p.top_k : -1;
+            };
+            uint32_t a_off[kBM / 16];
+#pragma unroll
+            for (int i = 0; i < kBM / 16; i++) {
+                const int64_t a = row_of(t.row0 + (tid >> 3) + 16 * i);
+                a_off[i] = a < 0 ? kNoRow : (uint32_t)a * k16;
+            }
+            const int64_t srow = row_of(t.row0 + tid);
+            const float *s_src = srow < 0 ? f.a_scale : p.gather ? f.a_scale + srow * k_tiles : f.a_scale + srow;
+            const int64_t s_step = p.gather ? 1 : f.a_scale_ld;
+            int b0, b1;
+            if (kGlu && !p.interleaved) b0 = (int)t.tile_n * kBoxRows, b1 = p.n + b0;
+            else b0 = (int)t.tile_n * kBN, b1 = b0 + kBoxRows;
+            for (int kt = 0; kt < k_tiles; kt++, it++) {
+                const int s = it % kStages;
+                moe_mbar_wait(empty(s), ((it / kStages) & 1) ^ 1);
+                if (tid == 0) {
+                    moe_mbar_arrive_expect_tx(full(s), kStageB);
+                    moe_tma_load_3d(b_smem + s * kStageB, &tmap_b, full(s), kt * kBK, b0, t.group);
+                    moe_tma_load_3d(b_smem + s * kStageB + kBoxRows * kBK, &tmap_b, full(s), kt * kBK, b1, t.group);
+                }
+                const uint32_t c16 = (uint32_t)(kt * (kBK / 16) + kc);
+                const bool in_k = c16 < k16;
+                unsigned char *a_st = smem + s * kStageA;
+#pragma unroll
+                for (int i = 0; i < kBM / 16; i++) {
+                    const int r = (tid >> 3) + 16 * i;
+                    const bool ok = a_off[i] != kNoRow && in_k;
+                    moe_cp_async16(a_st + r * kBK + ((kc ^ (r & 7)) << 4), ok ? f.a + 16 * (int64_t)(a_off[i] + c16) : f.a,
+                                   ok ? 16 : 0);
+                }
+                moe_cp_async4(s_smem + s * kStageS + 4 * tid, srow < 0 ? f.a_scale : s_src + kt * s_step,
+                              srow < 0 ? 0 : 4);
+                moe_mbar_arrive_cp_async(full(s));
+            }
+        }
+        moe_cp_async_wait<0>();
+        return;
+    }
+
+    /* consumers */
+    moe_regs_inc<232>();
+    const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int arow = cw * 64 + warp * 16 + (lane >> 2); /* this thread's rows in the tile: arow, arow + 8 */
+    uint32_t it = 0;
+    for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        moe_gemm_tile t;
+        if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+        int64_t b0, b1;
+        if (kGlu && !p.interleaved) b0 = t.tile_n * kBoxRows, b1 = p.n + b0;
+        else b0 = t.tile_n * kBN, b1 = b0 + kBoxRows;
+        float acc[2][64], tmp[64];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 64; i++) acc[h][i] = 0.0f;
+        for (int kt = 0; kt < k_tiles; kt++, it++) {
+            const int s = it % kStages;
+            const float sb[2] = {b_scale<F>(p, t.group, b0, b_rows, kt), b_scale<F>(p, t.group, b1, b_rows, kt)};
+            moe_mbar_wait(full(s), (it / kStages) & 1);
+            moe_fence_proxy_async(); /* the producers' cp.async writes -> this warpgroup's wgmma reads */
+            const float sa0 = sa[s * kBM + arow], sa1 = sa[s * kBM + arow + 8];
+            const uint32_t a_addr = a_smem + s * kStageA + cw * 64 * kBK, b_addr = b_smem + s * kStageB;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                moe_acc_fence(tmp);
+                moe_wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < kBK / 32; kk++) /* 32 codes = 32 bytes further into the swizzled rows */
+                    moe_wgmma_m64n128k32_e4m3(tmp, moe_smem_desc(a_addr + kk * 32),
+                                              moe_smem_desc(b_addr + h * kBoxRows * kBK + kk * 32), kk > 0);
+                moe_wgmma_commit();
+                moe_wgmma_wait<0>();
+                moe_acc_fence(tmp);
+                const float s0 = sa0 * sb[h], s1 = sa1 * sb[h];
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    acc[h][4 * j] = __fmaf_rn(tmp[4 * j], s0, acc[h][4 * j]);
+                    acc[h][4 * j + 1] = __fmaf_rn(tmp[4 * j + 1], s0, acc[h][4 * j + 1]);
+                    acc[h][4 * j + 2] = __fmaf_rn(tmp[4 * j + 2], s1, acc[h][4 * j + 2]);
+                    acc[h][4 * j + 3] = __fmaf_rn(tmp[4 * j + 3], s1, acc[h][4 * j + 3]);
+                }
+            }
+            if (lane == 0) moe_mbar_arrive(empty(s)); /* both halves' wgmma have read the stage */
+        }
+
+        /* epilogue: registers 4j + {0, 1} of half h hold row arow, B rows h * 128 + 8j + 2 (lane % 4) + {0, 1};
+         * 4j + {2, 3} row arow + 8. Meanwhile the producer fills the stages for the next tile. */
+        if (!kGlu) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int64_t r = t.row0 + arow + 8 * i;
+                const moe_gemm_row_out ro = moe_gemm_row<false>(p, t, r);
+                if (ro.skip) continue;
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int j = 0; j < 16; j++)
+                        moe_gemm_store<false, MOE_ACT_SILU_GLU>(p, t, kBN, r, ro, h * kBoxRows + j * 8 + 2 * (lane & 3),
+                                                                acc[h][4 * j + 2 * i], acc[h][4 * j + 2 * i + 1]);
+            }
+            continue;
+        }
+        moe_gemm_by_act<true>(p.act, [&](auto act) {
+            constexpr int A = decltype(act)::value;
+            const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int64_t r = t.row0 + arow + 8 * i;
+                const moe_gemm_row_out ro = moe_gemm_row<true>(p, t, r);
+                if (ro.skip) continue;
+                float v[32];
+                int cols[32];
+#pragma unroll
+                for (int j = 0; j < 16; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        /* concatenated: gate in half 0, up in half 1, columns side by side; interleaved: (gate, up)
+                         * pairs in registers (q, q + 1) of both halves */
+                        const int q = 4 * j + 2 * i;
+                        const int64_t col = p.interleaved ? t.tile_n * kBoxRows + e * 64 + j * 4 + (lane & 3)
+                                                          : t.tile_n * kBoxRows + j * 8 + 2 * (lane & 3) + e;
+                        float g = p.interleaved ? acc[e][q] : acc[0][q + e];
+                        float u = p.interleaved ? acc[e][q + 1] : acc[1][q + e];
+                        g *= ro.w, u *= ro.w;
+                        if (bias && col < p.n) {
+                            g += bias[p.interleaved ? 2 * col : col];
+                            u += bias[p.interleaved ? 2 * col + 1 : p.n + col];
+                        }
+                        v[2 * j + e] = col < p.n ? moe_glu<A>(g, u, p.alpha, p.limit) : 0.0f;
+                        cols[2 * j + e] = (int)col;
+                    }
+                store_h_row(f, p, r, t.tile_n, v, cols, (lane & 3) == 0);
+            }
+        });
+    }
+#endif
+}
+
+template <bool kGlu, int F>
+moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, const CUtensorMap &m,
+                  int64_t m_tiles, cudaStream_t st) {
+    moe_gemm_params q = p;
+    q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
+    const int64_t tiles = q.m_tiles * q.n_tiles, sms = ctx->cuda.sm_count;
+    const dim3 grid((unsigned)(tiles < sms ? tiles : sms)); /* persistent: one CTA an SM */
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_kernel<kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)kSmem));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_kernel<kGlu, F>, grid, kThreads, kSmem, st, q, f, m));
+    return MOE_OK;
+}
+
+} // namespace
+
+bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu) {
+    if (!moe__cuda_gemm_sm90_usable(ctx) || getenv("MOE_GEMM_NO_FP8_MMA")) return false;
+    if (p.b_fmt != MOE_B_E4M3_F32 && p.b_fmt != MOE_B_E4M3_E8M0) return false;
+    /* 128x128 blocks (a matrix 128 columns wide or less has one block column: the layer calls it a whole row) */
+    if (p.bs.row_shift != 7 || !(p.bs.col_shift == 7 || (p.bs.col_shift == 31 && p.k <= 128)) || p.bs.global)
+        return false;
+    if ((uintptr_t)p.b % 16 || p.k % 16 || p.b_group_stride % 16 || p.n_groups < 1 || !p.offsets) return false;
+    return !glu || p.interleaved || p.n % 128 == 0;
+}
+
+moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
+                                      int64_t m_tiles, cudaStream_t stream) {
+    CUtensorMap m;
+    if (!moe__cuda_tmap_3d(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.b, p.k, glu ? 2 * (int64_t)p.n : p.n, p.n_groups,
+                           p.b_group_stride, kBK, kBoxRows))
+        return moe__error(ctx, MOE_ERR_CUDA, "W8A8 grouped GEMM: the driver refused the weights' TMA descriptor");
+    const bool f32 = p.b_fmt == MOE_B_E4M3_F32;
+    if (glu) return f32 ? launch<true, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
+                        : launch<true, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
+    return f32 ? launch<false, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
+               : launch<false, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
+}
