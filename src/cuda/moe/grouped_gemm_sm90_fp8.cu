@@ -29,10 +29,17 @@
 
 namespace {
 
-constexpr int kBM = 128, kBN = 256, kBK = 128, kStages = 4, kThreads = 384;
+constexpr int kBM = 128, kBN = 256, kBK = 128, kThreads = 384;
 constexpr int kStageA = kBM * kBK, kStageB = kBN * kBK, kStageS = kBM * 4; /* 16 KB, 32 KB, 512 B */
 constexpr int kBoxRows = 128;
-constexpr size_t kSmem = (size_t)kStages * (kStageA + kStageB + kStageS) + 2 * kStages * 8 + 1024;
+/* GEMM 1's epilogue goes through shared memory, 8 rows of (gate, up) pairs a consumer warp at a time (rows of
+ * kEpiLd floats: 128 pairs and 32 bytes of padding against bank conflicts), which leaves room for 3 stages */
+constexpr int kEpiLd = 2 * 128 + 8, kEpiWarp = 8 * kEpiLd * 4;
+template <bool kGlu> struct fp8_tile {
+    static constexpr int stages = kGlu ? 3 : 4;
+    static constexpr size_t epi = kGlu ? 8 * kEpiWarp : 0;
+    static constexpr size_t smem = (size_t)stages * (kStageA + kStageB + kStageS) + epi + 2 * stages * 8 + 1024;
+};
 static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the W8A8 tile is the permutation's largest");
 
 #ifdef MOE_WGMMA
@@ -47,26 +54,6 @@ __device__ __forceinline__ float b_scale(const moe_gemm_params &p, int g, int64_
     return moe_decode(__ldg(static_cast<const uint8_t *>(p.bs.scale) + i), MOE_DTYPE_E8M0);
 }
 
-/* GEMM 1's epilogue for one accumulator row: v (32 values of h, this lane's share of the row's 128 columns at
- * cols[i]) -> codes and, from the lane holding column 0 of the group, the row's scale. */
-__device__ __forceinline__ void store_h_row(const moe_gemm_fp8 &f, const moe_gemm_params &p, int64_t r, int64_t group,
-                                            const float (&v)[32], const int (&cols)[32], bool scale_lane) {
-    float a = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 32; e++) a = fmaxf(a, fabsf(v[e])); /* fmaxf drops NaN */
-    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1));
-    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
-    moe_qparams q;
-    q.rule = f.rule, q.elem_max = 448.0f, q.elem_emax = 8;
-    const moe_block_scale s = moe_scale_from_amax(q, moe_finish_amax(a, f.amax_floor));
-    const moe_divider d = moe_make_divider(s.value, a);
-    uint8_t *c = f.c + r * p.n;
-#pragma unroll
-    for (int e = 0; e < 32; e++)
-        if (cols[e] < p.n) c[cols[e]] = moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3);
-    if (scale_lane) f.c_scale[group * f.c_scale_ld + r] = s.value;
-}
-
 #endif
 
 template <bool kGlu, int F>
@@ -77,9 +64,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
 #ifdef MOE_WGMMA
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = smem_raw + (base - raw); /* A stages, B stages, A scales, full[kStages], empty[kStages] */
+    constexpr int kStages = fp8_tile<kGlu>::stages;
+    /* A stages, B stages, A scales, GEMM 1's epilogue rows, full[kStages], empty[kStages] */
+    unsigned char *smem = smem_raw + (base - raw);
     const uint32_t a_smem = base, b_smem = base + kStages * kStageA, s_smem = b_smem + kStages * kStageB;
-    const uint32_t bars = s_smem + kStages * kStageS;
+    const uint32_t e_smem = s_smem + kStages * kStageS, bars = e_smem + (uint32_t)fp8_tile<kGlu>::epi;
     const float *sa = reinterpret_cast<const float *>(smem + (s_smem - base));
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (kStages + s); };
@@ -214,38 +203,68 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
             }
             continue;
         }
-        moe_gemm_by_act<true>(p.act, [&](auto act) {
-            constexpr int A = decltype(act)::value;
-            const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
+        /* GLU: each warp stages the (gate, up) pairs of 8 of its rows at a time in shared memory, by output column
+         * (concatenated: half 0 gate, half 1 up, columns side by side; interleaved: pairs in registers q, q + 1 of
+         * both halves), then walks those rows in a loop: a lane takes 4 columns, the warp a row's 128, reduces
+         * its amax with shuffles and stores the row's codes in one 128-byte store. Short code: an epilogue
+         * unrolled over all 64 values, with the activation inlined in each, ran out of the instruction cache. */
+        float *epi = reinterpret_cast<float *>(smem + (e_smem - base) + (cw * 4 + warp) * kEpiWarp);
+        const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
+        moe_qparams q;
+        q.rule = f.rule, q.elem_max = 448.0f, q.elem_emax = 8;
 #pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int64_t r = t.row0 + arow + 8 * i;
-                const moe_gemm_row_out ro = moe_gemm_row<true>(p, t, r);
-                if (ro.skip) continue;
-                float v[32];
-                int cols[32];
+        for (int i = 0; i < 2; i++) {
 #pragma unroll
-                for (int j = 0; j < 16; j++)
+            for (int j = 0; j < 16; j++)
 #pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        /* concatenated: gate in half 0, up in half 1, columns side by side; interleaved: (gate, up)
-                         * pairs in registers (q, q + 1) of both halves */
-                        const int q = 4 * j + 2 * i;
-                        const int64_t col = p.interleaved ? t.tile_n * kBoxRows + e * 64 + j * 4 + (lane & 3)
-                                                          : t.tile_n * kBoxRows + j * 8 + 2 * (lane & 3) + e;
-                        float g = p.interleaved ? acc[e][q] : acc[0][q + e];
-                        float u = p.interleaved ? acc[e][q + 1] : acc[1][q + e];
-                        g *= ro.w, u *= ro.w;
+                for (int e = 0; e < 2; e++) {
+                    const int qi = 4 * j + 2 * i;
+                    const int c = p.interleaved ? e * 64 + j * 4 + (lane & 3) : j * 8 + 2 * (lane & 3) + e;
+                    const float2 gu = p.interleaved ? make_float2(acc[e][qi], acc[e][qi + 1])
+                                                    : make_float2(acc[0][qi + e], acc[1][qi + e]);
+                    *reinterpret_cast<float2 *>(epi + (lane >> 2) * kEpiLd + 2 * c) = gu;
+                }
+            __syncwarp();
+            moe_gemm_by_act<true>(p.act, [&](auto act) {
+                constexpr int A = decltype(act)::value;
+#pragma unroll 1
+                for (int rr = 0; rr < 8; rr++) {
+                    const int64_t r = t.row0 + cw * 64 + warp * 16 + 8 * i + rr;
+                    const moe_gemm_row_out ro = moe_gemm_row<true>(p, t, r); /* the same for the whole warp */
+                    if (ro.skip) continue;
+                    const int64_t col0 = t.tile_n * kBoxRows + 4 * lane;
+                    const float4 a = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 8 * lane);
+                    const float4 b = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 8 * lane + 4);
+                    const float g[4] = {a.x, a.z, b.x, b.z}, u[4] = {a.y, a.w, b.y, b.w};
+                    float h[4], m = 0.0f;
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {
+                        const int64_t col = col0 + c;
+                        float gc = g[c] * ro.w, uc = u[c] * ro.w;
                         if (bias && col < p.n) {
-                            g += bias[p.interleaved ? 2 * col : col];
-                            u += bias[p.interleaved ? 2 * col + 1 : p.n + col];
+                            gc += bias[p.interleaved ? 2 * col : col];
+                            uc += bias[p.interleaved ? 2 * col + 1 : p.n + col];
                         }
-                        v[2 * j + e] = col < p.n ? moe_glu<A>(g, u, p.alpha, p.limit) : 0.0f;
-                        cols[2 * j + e] = (int)col;
+                        h[c] = col < p.n ? moe_glu<A>(gc, uc, p.alpha, p.limit) : 0.0f;
+                        m = fmaxf(m, fabsf(h[c])); /* fmaxf drops NaN */
                     }
-                store_h_row(f, p, r, t.tile_n, v, cols, (lane & 3) == 0);
-            }
-        });
+#pragma unroll
+                    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                    const moe_block_scale sc = moe_scale_from_amax(q, moe_finish_amax(m, f.amax_floor));
+                    const moe_divider d = moe_make_divider(sc.value, m);
+                    uint32_t codes = 0;
+#pragma unroll
+                    for (int c = 0; c < 4; c++)
+                        codes |= (uint32_t)moe_encode(sc.divide ? moe_divide(d, h[c]) : __fmul_rn(h[c], sc.mul),
+                                                      MOE_DTYPE_E4M3)
+                                 << (8 * c);
+                    if (col0 < p.n) /* n % 8 == 0: the 4 columns are all in or all out */
+                        *reinterpret_cast<uint32_t *>(f.c + r * p.n + col0) = codes;
+                    if (lane == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
+                }
+            });
+            __syncwarp();
+        }
     }
 #endif
 }
@@ -257,9 +276,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
     const int64_t tiles = q.m_tiles * q.n_tiles, sms = ctx->cuda.sm_count;
     const dim3 grid((unsigned)(tiles < sms ? tiles : sms)); /* persistent: one CTA an SM */
+    constexpr size_t smem = fp8_tile<kGlu>::smem;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_kernel<kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)kSmem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_kernel<kGlu, F>, grid, kThreads, kSmem, st, q, f, m));
+                                           (int)smem));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_kernel<kGlu, F>, grid, kThreads, smem, st, q, f, m));
     return MOE_OK;
 }
 
