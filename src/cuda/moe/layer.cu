@@ -94,12 +94,29 @@ static size_t align256(size_t n) {
     return (n + 255) / 256 * 256;
 }
 
+static void expert_storage(const moe_layer *l, int which, moe_gemm_params &g);
+
+/* Whether the layer's routed GEMMs run W8A8 on the FP8 tensor cores when their tile is LARGE. */
+static bool w8a8_mma(const moe_layer *l) {
+    if (!l->act_quantized || !l->quantized) return false;
+    const moe_layer_config *c = &l->c;
+    moe_gemm_params g = {}, g2 = {};
+    g.offsets = g2.offsets = (const int64_t *)1; /* routed: only its presence is read */
+    g.n_groups = g2.n_groups = l->n_local;
+    g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
+    expert_storage(l, 0, g), expert_storage(l, 1, g2);
+    g.b_group_stride = (int64_t)2 * c->intermediate * c->hidden, g.n = c->intermediate, g.k = c->hidden;
+    g2.b_group_stride = (int64_t)c->hidden * c->intermediate, g2.n = c->hidden, g2.k = c->intermediate;
+    return moe__cuda_gemm_fp8_fits(l->ctx, g, true) && moe__cuda_gemm_fp8_fits(l->ctx, g2, false);
+}
+
 /* The tile shape for T tokens over E experts: from the rows a touched expert gets on average. LARGE from 64 rows
  * an expert on Hopper (wgmma: measured 1.2-1.3x faster there than 64-row mma.sync tiles despite the padding;
- * worse from 32), from 128 elsewhere. */
-static moe_gemm_shape routed_shape(moe_ctx *ctx, int64_t T, int k, int E) {
+ * worse from 32), from 128 elsewhere; from 16 for W8A8 on the FP8 tensor cores, where the bf16 tiles would
+ * convert every weight of the step and the padding costs only FP8 tensor-core time. */
+static moe_gemm_shape routed_shape(const moe_layer *l, int64_t T, int k, int E) {
     const int64_t assignments = T * k, touched = assignments < E ? assignments : E;
-    const int64_t large_min = moe__cuda_gemm_sm90_usable(ctx) ? 64 : 128;
+    const int64_t large_min = !moe__cuda_gemm_sm90_usable(l->ctx) ? 128 : w8a8_mma(l) ? 16 : 64;
     return assignments < 16 * touched ? MOE_GEMM_SMALL : assignments < large_min * touched ? MOE_GEMM_MEDIUM
                                                                                            : MOE_GEMM_LARGE;
 }
@@ -225,7 +242,7 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
 static void layer_plan(const moe_layer *l, int64_t plan_tokens, const moe_layer_scratch *s, char *ws,
                        moe_permute_config *pc, moe_permute_outputs *po) {
     const int k = l->c.router.top_k;
-    const moe_gemm_shape shape = routed_shape(l->ctx, plan_tokens, k, l->c.router.n_experts);
+    const moe_gemm_shape shape = routed_shape(l, plan_tokens, k, l->c.router.n_experts);
     *pc = {l->n_global, l->expert_begin, l->n_local, k, moe__gemm_tile_m(shape), MOE_PERMUTE_CONTIGUOUS, 0};
     *po = {(int32_t *)(ws + s->counts), (int64_t *)(ws + s->offsets), (int32_t *)(ws + s->row_src),
            (int32_t *)(ws + s->slot_row), NULL, NULL};
@@ -341,7 +358,7 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     if (T == 0) return MOE_OK;
 
     /* rows per expert, padded to the GEMM tile: the tile the whole step would pick (over the logical experts) */
-    const moe_gemm_shape shape = routed_shape(ctx, plan_tokens, k, c->router.n_experts);
+    const moe_gemm_shape shape = routed_shape(l, plan_tokens, k, c->router.n_experts);
     const int tile_m = moe__gemm_tile_m(shape);
     moe_permute_config pc;
     moe_permute_outputs po;
