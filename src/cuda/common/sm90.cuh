@@ -109,6 +109,26 @@ __device__ __forceinline__ void moe_mbar_wait(uint32_t bar, uint32_t parity) {
     } while (!done);
 }
 
+/* The mbarriers of a warp-specialised pipeline of `stages` stages, 8 bytes each from `bars` (shared::cta): full(s)
+ * completes when stage s holds its data, empty(s) when the consumers have released it. */
+struct moe_pipe {
+    uint32_t bars;
+    int stages;
+    __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
+    __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (stages + s); }
+    /* Thread 0 initialises every barrier with its arrival count, then the whole CTA synchronises. */
+    __device__ __forceinline__ void init(uint32_t full_arrivals, uint32_t empty_arrivals) const {
+        if (threadIdx.x == 0) {
+            for (int s = 0; s < stages; s++) {
+                moe_mbar_init(full(s), full_arrivals);
+                moe_mbar_init(empty(s), empty_arrivals);
+            }
+            moe_mbar_init_fence();
+        }
+        __syncthreads();
+    }
+};
+
 /* TMA: the box at coordinates (c0 innermost, c1, c2) of a 3-D tensor map into shared memory at dst, completing
  * its bytes on bar. Out-of-range elements arrive as zeros and still count. */
 __device__ __forceinline__ void moe_tma_load_3d(uint32_t dst, const void *tmap, uint32_t bar, int c0, int c1, int c2) {

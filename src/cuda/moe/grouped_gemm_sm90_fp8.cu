@@ -70,18 +70,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     const uint32_t a_smem = base, b_smem = base + kStages * kStageA, s_smem = b_smem + kStages * kStageB;
     const uint32_t e_smem = s_smem + kStages * kStageS, bars = e_smem + (uint32_t)fp8_tile<kGlu>::epi;
     const float *sa = reinterpret_cast<const float *>(smem + (s_smem - base));
-    auto full = [&](int s) { return bars + 8 * s; };
-    auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+    const moe_pipe pipe = {bars, kStages};
+    auto full = [&](int s) { return pipe.full(s); };
+    auto empty = [&](int s) { return pipe.empty(s); };
     const int tid = threadIdx.x, wg = tid >> 7;
-
-    if (tid == 0) {
-        for (int s = 0; s < kStages; s++) {
-            moe_mbar_init(full(s), 128 + 1); /* 128 cp.async arrivals + the TMA thread's expect_tx arrival */
-            moe_mbar_init(empty(s), 2 * 4);  /* lane 0 of each of the consumers' 8 warps */
-        }
-        moe_mbar_init_fence();
-    }
-    __syncthreads();
+    /* full: 128 cp.async arrivals + the TMA thread's expect_tx arrival; empty: lane 0 of the consumers' 8 warps */
+    pipe.init(128 + 1, 2 * 4);
     const int k_tiles = (p.k + kBK - 1) / kBK;
     const int64_t n_tiles = p.m_tiles * p.n_tiles;
     const int64_t b_rows = kGlu ? 2 * (int64_t)p.n : p.n;
