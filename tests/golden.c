@@ -84,11 +84,16 @@ void golden_free(golden *g) {
     memset(g, 0, sizeof *g);
 }
 
-const golden_record *golden_get(const golden *g, const char *name) {
+const golden_record *golden_find(const golden *g, const char *name) {
     for (int i = 0; i < g->count; i++)
         if (!strcmp(g->recs[i].name, name)) return &g->recs[i];
-    fprintf(stderr, "  golden record %s is missing\n", name);
     return NULL;
+}
+
+const golden_record *golden_get(const golden *g, const char *name) {
+    const golden_record *r = golden_find(g, name);
+    if (!r) fprintf(stderr, "  golden record %s is missing\n", name);
+    return r;
 }
 
 /* The names listed in record `list` (one per line), as a NULL-terminated array to free() together. */

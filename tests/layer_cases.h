@@ -50,8 +50,9 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
  * then points at (free q with layer_qweights_free); 0 on success. */
 int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p, layer_qweights *q);
 /* Runs every case of layer_quant.moeg on ctx in dtype (given logits) and compares with the oracle's output;
- * returns the number of cases beyond tol (relative L2), or -1 when the file cannot be read. */
-int layer_run_quant_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, double tol);
+ * returns the number of cases beyond tol (relative L2; tol_w8a8 for the W8A8 cases), or -1 when the file cannot
+ * be read. */
+int layer_run_quant_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, double tol, double tol_w8a8);
 
 /* Runs every case of layer.moeg on ctx in dtype and compares with the HF output; returns the number of cases
  * beyond tol (relative L2), or -1 when the file cannot be read. */

@@ -116,6 +116,8 @@ int golden_load(golden *g, const char *data_dir, const char *file);
 void golden_free(golden *g);
 /* The record of that name, or NULL (printing that it is missing). */
 const golden_record *golden_get(const golden *g, const char *name);
+/* The same for a record that may be absent: NULL, silently. */
+const golden_record *golden_find(const golden *g, const char *name);
 /* Record "<name>.<suffix>", or NULL (printing that it is missing). */
 const golden_record *golden_case(const golden *g, const char *name, const char *suffix);
 /* The names listed in record `list` (one per line): a NULL-terminated array for golden_free_names. */

@@ -318,7 +318,9 @@ TEST_IMPL(gpu_layer_golden) {
     SKIP_WITHOUT_GPU(env);
     /* bf16 on the GPU against the f32 HF blocks, with their logits (bf16 x would move the routing) */
     ASSERT_EQ_I64(layer_run_golden(env, env->gpu, MOE_DTYPE_BF16, 1, 2e-2), 0);
-    ASSERT_EQ_I64(layer_run_quant_golden(env, env->gpu, MOE_DTYPE_BF16, 2e-2), 0);
+    /* W8A8: bf16 x and the bf16 path's roundings move h by about 2^-9 before it is quantised, which turns into
+     * whole code steps near rounding boundaries (docs/layer.md §6): 2.3e-2 and 3.3e-2 measured at T = 9 */
+    ASSERT_EQ_I64(layer_run_quant_golden(env, env->gpu, MOE_DTYPE_BF16, 2e-2, 6e-2), 0);
     return TEST_OK;
 }
 

@@ -55,7 +55,7 @@ TEST_IMPL(layer_quant_cpu) {
 }
 
 TEST_IMPL(layer_quant_golden) {
-    ASSERT_EQ_I64(layer_run_quant_golden(env, env->cpu, MOE_DTYPE_F32, 1e-5), 0);
+    ASSERT_EQ_I64(layer_run_quant_golden(env, env->cpu, MOE_DTYPE_F32, 1e-5, 1e-5), 0);
     return TEST_OK;
 }
 

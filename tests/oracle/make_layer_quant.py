@@ -17,6 +17,8 @@ Records, besides make_layer.py's (README.md, "layer_quant.moeg"):
             .s13 .s2   the scales in moe_quantize's linear layout (E matrices): u32 f32 bits, or u8 codes
   (no .w13 .w2: the weights are the codes)
             .g13 .g2   NVFP4: (E) f32 bits of the stored global (its convention in .fmt)
+            .act       W8A8 cases only: str "kind=fp8_1x128 rule=<f32|rceil>", the experts' inputs quantised
+                       (docs/layer.md section 6); .out is then the float64 contract of that section
 """
 
 import os
@@ -103,6 +105,57 @@ def quantize_experts(f):
     return replace
 
 
+def act_quant(v, rule):
+    """docs/layer.md section 6: v (n) f32 -> its value after FP8 1x128 quantisation (docs/formats.md), in f32.  Per
+    128 columns (the last group may be shorter): amax; rule "f32": s = RN(amax / 448) (1 for an all-zero group),
+    codes = E4M3(RN(v / s)); rule "rceil": s = 2^k with k = ceil(log2 RN(amax / 448)) (-127 for zero), codes =
+    E4M3(v * 2^-k); E4M3 rounding by ml_dtypes (to nearest even); the value is RN(code * s)."""
+    v = np.asarray(v, dtype=F32)
+    out = np.empty_like(v)
+    for c0 in range(0, v.size, 128):
+        blk = v[c0:c0 + 128]
+        r = F32(F32(np.max(np.abs(blk))) / F32(448.0))
+        if rule == "f32":
+            s = r if r != 0 else F32(1.0)
+            q = (blk / s).astype(F32)
+        else:
+            m, e = np.frexp(np.float64(r))          # r = m 2^e, m in [0.5, 1): ceil(log2 r) = e - (m == 0.5)
+            k = -127 if r == 0 else min(max(int(e) - (1 if m == 0.5 else 0), -127), 127)
+            s = F32(np.ldexp(1.0, k))
+            q = (blk * F32(np.ldexp(1.0, -k))).astype(F32)
+        out[c0:c0 + 128] = (np.asarray(q.astype(E4M3), dtype=F32) * s).astype(F32)
+    return out
+
+
+def contract_w8a8(c, rule):
+    """docs/layer.md section 6 in float64 after each quantisation: x quantised per token (then weighted, with the
+    weight on the input), h = act(w13 . x + b13) rounded to f32 and quantised, y = w2 . h + b2; the slots in order;
+    the shared experts unquantised."""
+    L, P, x, ids, w = c["L"], c["P"], c["x"], c["ids"], c["w"]
+    f64 = np.float64
+    out = np.zeros((x.shape[0], L.H), dtype=f64)
+    for tok in range(x.shape[0]):
+        for j in range(L.k):
+            e = int(ids[tok, j])
+            if e < 0:
+                continue
+            xin = act_quant(x[tok], rule).astype(f64)
+            if L.woi:
+                xin = xin * f64(w[tok, j])
+            a = P["w13"][e].astype(f64) @ xin
+            if P.get("b13") is not None:
+                a = a + P["b13"][e].astype(f64)
+            n = L.I
+            g, u = (a[:n], a[n:]) if L.w13 == "concat" else (a[0::2], a[1::2])
+            h = ml.act_glu(L, ml.torch.from_numpy(g), ml.torch.from_numpy(u)).numpy()
+            y = P["w2"][e].astype(f64) @ act_quant(h.astype(F32), rule).astype(f64)
+            if P.get("b2") is not None:
+                y = y + P["b2"][e].astype(f64)
+            out[tok] += y if L.woi else f64(w[tok, j]) * y
+    assert not L.S
+    return out
+
+
 def build_cases():
     ts = ml.topk_softmax
     fp8_128 = Fmt("fp8_128x128", "e4m3", (128, 128), "f32")
@@ -126,6 +179,18 @@ def build_cases():
     for seed, glob in ((305, "decode"), (306, "encode")):
         ml.hf_case(f"q_qwen3_nvfp4_{glob}_t9", "qwen3", seed, 9, LCfg(32, 32, 16, 4, ts(16, 4, 1)),
                    weights=quantize_experts(Fmt("nvfp4", "e2m1", (1, 16), "e4m3", glob)))
+    # W8A8 (docs/layer.md section 6): the block checks the routing and the layer over the FP8 weights as above;
+    # .out is then the contract with x and h quantised to FP8 1x128, f32 scales and RCEIL powers of two
+    for seed, model, rule in ((307, "qwen3", "f32"), (308, "mixtral", "rceil")):
+        ml.hf_case(f"q_{model}_w8a8_{rule}_t9", model, seed, 9, LCfg(64, 96, 8, 2, ts(8, 2, 1)),
+                   weights=quantize_experts(fp8_128))
+        c = ml.CASES[-1]
+        q = contract_w8a8(c, rule)
+        moved = ml.rel_l2(q, c["out64"])
+        if not 1e-3 < moved < 0.2:   # by about FP8's precision, and the quantisation cannot be a no-op
+            ml.fail(f"{c['name']}: W8A8 moves the output by {moved:.3g}")
+        ml.CHECKS.append(f"{c['name']}: W8A8 contract ({rule} scales) moves the output by {moved:.3g} (relative L2)")
+        c["act"], c["out64"] = f"kind=fp8_1x128 rule={rule}", q
 
 
 def main():
@@ -139,6 +204,8 @@ def main():
 
         def experts(w_, n, c=c, f=f):   # the codes, scales and globals in place of .w13 and .w2
             w_.add_str(f"{n}.fmt", f.text())
+            if "act" in c:
+                w_.add_str(f"{n}.act", c["act"])
             for m in ("13", "2"):
                 w_.add(f"{n}.q{m}", c["q" + m].astype(np.uint8).reshape(-1))
                 s = c["s" + m]
