@@ -13,9 +13,10 @@
  *    (the first one overwrites it), wait, then acc += tmp * (a_scale(row) * b_scale(half)) in f32. The
  *    temporaries of both halves would not fit beside the 128 accumulators, so the halves take turns; each
  *    consumer's promotion overlaps the other consumer's wgmma.
- * Epilogues: GEMM 2 (plain) stores bf16 through gemm_tile.cuh. GEMM 1 (GLU) computes h for its 128 columns (the
- * tile's 128 gate and 128 up rows), takes each row's amax over the 4 lanes that hold it, and stores FP8 codes and
- * one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly as it was written. */
+ * Epilogues: GEMM 2 (plain) stores bf16 through gemm_tile.cuh. GEMM 1 (GLU) stages the (gate, up) pairs of its
+ * 128 columns (the tile's 128 gate and 128 up rows) in shared memory, then a warp a row computes h, the row's amax
+ * and FP8 codes and one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly as it
+ * was written. */
 #include <cuda.h>
 #include <stdlib.h>
 
