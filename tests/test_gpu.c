@@ -121,6 +121,39 @@ TEST_IMPL(gpu_scalar_conversions) {
     return TEST_OK;
 }
 
+/* The GPU's E2M1 encoder (the minimum of three rounded FMAs, cuda.cuh) against the CPU definition on every one of
+ * the 2^32 f32 bit patterns, 2^27 at a time through moe_convert on both backends. */
+TEST_IMPL(gpu_e2m1_all_inputs) {
+    SKIP_WITHOUT_GPU(env);
+    const int64_t chunk = (int64_t)1 << 27;
+    uint32_t *in = malloc((size_t)chunk * 4);
+    uint8_t *want = malloc((size_t)chunk / 2), *got = malloc((size_t)chunk / 2);
+    void *d_in = NULL, *d_out = NULL;
+    ASSERT(in && want && got);
+    ASSERT_OK(env->gpu, moe_alloc(env->gpu, (size_t)chunk * 4, &d_in));
+    ASSERT_OK(env->gpu, moe_alloc(env->gpu, (size_t)chunk / 2, &d_out));
+    int64_t bad = -1;
+    for (int64_t base = 0; base < ((int64_t)1 << 32) && bad < 0; base += chunk) {
+        for (int64_t i = 0; i < chunk; i++) in[i] = (uint32_t)(base + i);
+        moe_tensor hs = moe_tensor_2d(in, MOE_DTYPE_F32, 1, chunk), hd = moe_tensor_2d(want, MOE_DTYPE_E2M1, 1, chunk);
+        moe_tensor ds = moe_tensor_2d(d_in, MOE_DTYPE_F32, 1, chunk), dd = moe_tensor_2d(d_out, MOE_DTYPE_E2M1, 1, chunk);
+        ASSERT_OK(env->gpu, moe_memcpy(env->gpu, d_in, in, (size_t)chunk * 4, MOE_COPY_HOST_TO_CTX, NULL));
+        ASSERT_OK(env->gpu, moe_memset(env->gpu, d_out, 0xA5, (size_t)chunk / 2, NULL));
+        ASSERT_OK(env->gpu, moe_convert(env->gpu, &ds, &dd, NULL, NULL));
+        ASSERT_OK(env->cpu, moe_convert(env->cpu, &hs, &hd, NULL, NULL));
+        ASSERT(download(env->gpu, got, d_out, (size_t)chunk / 2) == 0);
+        for (int64_t i = 0; i < chunk / 2 && bad < 0; i++)
+            if (got[i] != want[i]) bad = base + 2 * i + ((got[i] ^ want[i]) & 0xF ? 0 : 1);
+    }
+    moe_free(env->gpu, d_in);
+    moe_free(env->gpu, d_out);
+    free(in);
+    free(want);
+    free(got);
+    ASSERT_MSG(bad < 0, "E2M1 of input 0x%08x: the GPU differs from the CPU", (unsigned)bad);
+    return TEST_OK;
+}
+
 /* Quantises x (host f32 values, given to both backends as dtype in) with f on the GPU and the CPU and compares
  * every byte, then dequantises the same bytes on both and compares every value. Returns 0 when equal. */
 static int compare_backends(test_env *env, const moe_qformat *f, const char *name, const float *x, int rank,

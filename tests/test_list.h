@@ -39,6 +39,7 @@
     X(ep_errors)                  \
     X(ep_mpi)                     \
     X(gpu_scalar_conversions)     \
+    X(gpu_e2m1_all_inputs)        \
     X(gpu_blocks_random)          \
     X(gpu_blocks_golden)          \
     X(gpu_swizzle)                \

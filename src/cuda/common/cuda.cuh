@@ -4,6 +4,8 @@
 #ifndef MOE_CUDA_COMMON_CUDA_CUH
 #define MOE_CUDA_COMMON_CUDA_CUH
 
+#include <float.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -183,18 +185,40 @@ template <typename T> __host__ __device__ constexpr int moe_unroll() {
 /* ---- narrow formats through the CUDA toolkit's conversions ---- */
 
 /* f32 -> E2M1 code, round to nearest even, saturating; NaN -> 0x7 (+6) as CUDA's conversion gives. Hopper
- * has no FP4 convert instruction and the toolkit's emulation is slow, so: clamp |x| to 8, find its binade
- * b = 0 ([0, 2)), 1 ([2, 4)) or 2 ([4, 8]), where the grid step is 2^(b-1); one FMA scales |x| by 2^(1-b)
- * exactly and adds 1.5 * 2^23, whose rounding leaves round-to-nearest-even(|x| / step) in the low mantissa bits;
- * the code is that integer plus 2b, saturated at 7 (6.0). */
+ * has no FP4 convert instruction, so: the E2M1 grid has step 1/2 on [0, 2], 1 on [2, 4] and 2 from 4 up. With
+ * M = 1.5 * 2^23 (where the f32 step is 1), one FMA each rounds |x| to the nearest even multiple of each step:
+ * c0 = M + rne(2|x|), c1 = M + 2 + rne(|x|), c2 = M + 4 + rne(|x| / 2), and each is the code on its own
+ * interval. Off it, each is at least the right one (2a <= a + 2 iff a <= 2, a + 2 <= a/2 + 4 iff a <= 4, and
+ * rne is monotone), so the code is min(c0, c1, c2, M + 7) read from the low mantissa bits. fminf drops the
+ * NaNs, so NaN gives 7; the sign comes from fminf(x, FLT_MAX), which is negative for every negative x, -0 and
+ * -Inf included, and positive for NaN. Checked against the CPU definition on all 2^32 inputs. */
 __device__ __forceinline__ uint32_t moe_e2m1_code(float x) {
-    const uint32_t u = __float_as_uint(x);
-    const float a = fminf(fabsf(x), 8.0f); /* fminf returns 8 for NaN */
-    const int e = min(max((int)(__float_as_uint(a) >> 23), 127), 129);
-    const float t = __fmaf_rn(a, __uint_as_float((uint32_t)(255 - e) << 23), 12582912.0f);
-    const uint32_t code = min(__float_as_uint(t) - 0x4B400000u + 2u * (uint32_t)(e - 127), 7u);
-    /* the sign, for every negative number including -0 and -Inf, but not for NaN */
-    return code | ((u - 0x80000000u) <= 0x7F800000u ? 0x8u : 0u);
+    const float m = 12582912.0f, a = fabsf(x);
+    const float c = fminf(fminf(__fmaf_rn(a, 2.0f, m), __fmaf_rn(a, 1.0f, m + 2.0f)),
+                          fminf(__fmaf_rn(a, 0.5f, m + 4.0f), m + 7.0f));
+    return (__float_as_uint(c) & 0x7u) | ((__float_as_uint(fminf(x, FLT_MAX)) >> 28) & 0x8u);
+}
+
+/* Eight values -> E2M1 codes (element j in bits 4j..4j+3), two at a time in f16x2 arithmetic: the same minimum
+ * of three roundings as moe_e2m1_code with M = 1024 (where the f16 step is 1), the sign from hmin(h, 65504).
+ * Exact only when each value's f16 conversion is (or the value is below 2^-14 in magnitude, where every route
+ * gives a zero code): true for bf16 or f16 inputs times a power of two, as MX blocks scale them; checked against
+ * the CPU definition for every bf16 and f16 input times every power of two 2^-127..2^127. Pairs j and j + 4
+ * share an f16x2, so that the codes land in place with one shift. */
+__device__ __forceinline__ uint32_t moe_e2m1x8_exact_f16(const float *v) {
+    const __half2 two = __float2half2_rn(2.0f), one = __float2half2_rn(1.0f), half = __float2half2_rn(0.5f);
+    const __half2 m0 = __float2half2_rn(1024.0f), m1 = __float2half2_rn(1026.0f), m2 = __float2half2_rn(1028.0f);
+    const __half2 cap = __float2half2_rn(1031.0f), top = __float2half2_rn(65504.0f);
+    uint32_t w = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const __half2 h = __floats2half2_rn(v[j], v[j + 4]), a = __habs2(h);
+        const __half2 c = __hmin2(__hmin2(__hfma2(a, two, m0), __hfma2(a, one, m1)), __hmin2(__hfma2(a, half, m2), cap));
+        const __half2 s = __hmin2(h, top);
+        const uint32_t cb = *reinterpret_cast<const uint32_t *>(&c), sb = *reinterpret_cast<const uint32_t *>(&s);
+        w |= ((cb & 0x00070007u) | ((sb >> 12) & 0x00080008u)) << (4 * j);
+    }
+    return w;
 }
 
 /* E2M1 code (low 4 bits) -> f32: exponent field e, mantissa bit m; e = 0 is the subnormal 0.5 * m. */

@@ -1,6 +1,6 @@
 /* dequantize.cu — y = dec(q) x scale for every block format (docs/formats.md §2), rounded to the output dtype.
  * A warp walks a row; each lane decodes groups of 8 elements, which share one block scale: blocks are 16, 32 or
- * 128 elements wide, a whole row, or the whole tensor. */
+ * 128 elements wide, a whole row, or the whole tensor. Kernels are compiled per element type and scale kind. */
 #include "cuda/formats/qformat.cuh"
 
 namespace {
@@ -55,18 +55,27 @@ template <moe_dtype ELEM> __device__ __forceinline__ void decode8(uint2 c, float
     }
 }
 
+/* How a kernel reads the block scales: one f32 for the tensor, f32 per block, E8M0 per block, or NVFP4's E4M3
+ * per block times the decode global scale. */
+enum { kTensor = 0, kF32 = 1, kE8M0 = 2, kNvfp4 = 3 };
+
+template <int SK> __device__ __forceinline__ float load_scale(const moe_qparams &p, int64_t index) {
+    if (SK == kF32) return static_cast<const float *>(p.scale)[index];
+    return moe_decode(static_cast<const uint8_t *>(p.scale)[index], SK == kE8M0 ? MOE_DTYPE_E8M0 : MOE_DTYPE_E4M3);
+}
+
 /* A warp walks a row in steps of H x 256 elements: lane l takes the 8 elements at 256 h + 8 l of each step, so
- * every load and store instruction of the warp covers one contiguous stretch. Loads of all H parts come first.
- * The scale column of element c is c >> block_shift, or 0 when the block is the whole row (block_shift < 0). */
-template <typename T, moe_dtype ELEM>
+ * every load and store instruction of the warp covers one contiguous stretch, and the loads of all H parts come
+ * first. The scale column of element c is c >> block_shift, or 0 when the block is the whole row
+ * (block_shift < 0). */
+template <typename T, moe_dtype ELEM, int SK>
 __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int block_shift) {
-    constexpr int H = 4, STEP = 256 * H;
+    constexpr int H = 8, STEP = 256 * H;
     T *y = static_cast<T *>(const_cast<void *>(p.x));
     const int lane = threadIdx.x % 32;
-    float g_dec = 1.0f, g_enc;
-    if (p.kind == MOE_QFORMAT_NVFP4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
-    const bool tensor = p.kind == MOE_QFORMAT_FP8_TENSOR;
-    const float tensor_scale = tensor ? *static_cast<const float *>(p.scale) : 0.0f;
+    float g_dec = 1.0f, g_enc, tensor_scale = 0.0f;
+    if (SK == kNvfp4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
+    if (SK == kTensor) tensor_scale = *static_cast<const float *>(p.scale);
     const int64_t total_rows = p.batch * p.rows, n_warps = (int64_t)gridDim.x * (kThreads / 32);
     for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < total_rows; row += n_warps) {
         const int64_t b = p.by_rows.div(row), r = row - b * p.rows, sr = p.block_rows == 1 ? r : r / 128;
@@ -79,8 +88,8 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
                 const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
                 codes[h] = load_codes8<ELEM>(p.data, row * p.cols + c, count, p.vec && count == 8);
                 scale[h] = tensor_scale;
-                if (!tensor && count > 0)
-                    scale[h] = moe_load_scale(p, moe_scale_index(p, b, sr, block_shift < 0 ? 0 : c >> block_shift));
+                if (SK != kTensor && count > 0)
+                    scale[h] = load_scale<SK>(p, moe_scale_index(p, b, sr, block_shift < 0 ? 0 : c >> block_shift));
             }
 #pragma unroll
             for (int h = 0; h < H; h++) {
@@ -92,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
                     v[j] = __fmul_rn(v[j], scale[h]);
-                    if (p.kind == MOE_QFORMAT_NVFP4) v[j] = __fmul_rn(v[j], g_dec);
+                    if (SK == kNvfp4) v[j] = __fmul_rn(v[j], g_dec);
                 }
                 moe_store8(y, row * p.cols + c, count, p.vec && count == 8, v);
             }
@@ -100,16 +109,29 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
     }
 }
 
+/* FP8 elements: a per-tensor scale, or block scales in f32 or E8M0. */
+template <typename T, moe_dtype ELEM>
+void launch_fp8(const moe_qlayout *l, const moe_qparams &p, int shift, unsigned grid, cudaStream_t st) {
+    if (l->f.kind == MOE_QFORMAT_FP8_TENSOR)
+        dequantize_kernel<T, ELEM, kTensor><<<grid, kThreads, 0, st>>>(p, shift);
+    else if (l->f.scale_dtype == MOE_DTYPE_F32)
+        dequantize_kernel<T, ELEM, kF32><<<grid, kThreads, 0, st>>>(p, shift);
+    else
+        dequantize_kernel<T, ELEM, kE8M0><<<grid, kThreads, 0, st>>>(p, shift);
+}
+
 template <typename T> void launch(const moe_qlayout *l, const moe_qparams &p, unsigned grid, cudaStream_t st) {
     int shift = -1;
     if (l->f.kind != MOE_QFORMAT_FP8_ROW && l->f.kind != MOE_QFORMAT_FP8_TENSOR)
         for (shift = 0; ((int64_t)1 << shift) < l->block_cols; shift++) {}
     if (l->f.elem == MOE_DTYPE_E4M3)
-        dequantize_kernel<T, MOE_DTYPE_E4M3><<<grid, kThreads, 0, st>>>(p, shift);
+        launch_fp8<T, MOE_DTYPE_E4M3>(l, p, shift, grid, st);
     else if (l->f.elem == MOE_DTYPE_E5M2)
-        dequantize_kernel<T, MOE_DTYPE_E5M2><<<grid, kThreads, 0, st>>>(p, shift);
+        launch_fp8<T, MOE_DTYPE_E5M2>(l, p, shift, grid, st);
+    else if (l->f.kind == MOE_QFORMAT_NVFP4)
+        dequantize_kernel<T, MOE_DTYPE_E2M1, kNvfp4><<<grid, kThreads, 0, st>>>(p, shift);
     else
-        dequantize_kernel<T, MOE_DTYPE_E2M1><<<grid, kThreads, 0, st>>>(p, shift);
+        dequantize_kernel<T, MOE_DTYPE_E2M1, kE8M0><<<grid, kThreads, 0, st>>>(p, shift);
 }
 
 } // namespace

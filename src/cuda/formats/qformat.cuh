@@ -165,10 +165,30 @@ __device__ __forceinline__ moe_divider moe_make_divider(float s, float a) {
     return d;
 }
 
-__device__ __forceinline__ float moe_divide(const moe_divider &d, float x) {
-    if (!d.fast) return __fdiv_rn(x, d.s);
+/* The quotient of an ordinary block (d.fast): a product and one correction; the sign is x's for x = -0 too. */
+__device__ __forceinline__ float moe_divide_fast(const moe_divider &d, float x) {
     const float q = __fmul_rn(x, d.rcp);
     return copysignf(__fmaf_rn(__fmaf_rn(-q, d.s, x), d.rcp, q), x);
+}
+
+__device__ __forceinline__ float moe_divide(const moe_divider &d, float x) {
+    return d.fast ? moe_divide_fast(d, x) : __fdiv_rn(x, d.s);
+}
+
+/* N values of one block scaled for encoding: divided by the f32 scale (the block's kind decided once, outside
+ * the loop), or multiplied by the power-of-two or NVFP4 multiplier. */
+template <bool DIVIDE, int N>
+__device__ __forceinline__ void moe_scale_values(float (&v)[N], const moe_block_scale &s, const moe_divider &d) {
+    if (!DIVIDE) {
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = __fmul_rn(v[j], s.mul);
+    } else if (d.fast) {
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = moe_divide_fast(d, v[j]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = __fdiv_rn(v[j], d.s);
+    }
 }
 
 /* Scales 8 values by a block scale (divide or multiply, one IEEE operation each). */

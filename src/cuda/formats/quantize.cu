@@ -3,10 +3,14 @@
  * f32); a block's threads meet through warp shuffles.
  *
  *   row blocks (1x128, MX 1x32, NVFP4 1x16): one pass; a block is 16, 4 or 2 neighbouring threads
- *   FP8_ROW:      one CTA per row, two passes over the row (the second from L2)
- *   FP8_128X128:  one CTA per tile, the tile held in registers between the amax and the encode
+ *   FP8_ROW, FP8_128X128 (a block of at most 32 KB, 16-byte aligned rows): a CTA stages a block in shared memory
+ *                 with cp.async, two blocks deep, so the next block's loads fly while this one is reduced and
+ *                 encoded from registers
+ *   other FP8_ROW: one CTA per row, two passes over the row (the second from L2)
+ *   other FP8_128X128: one CTA per tile, the tile held in registers between the amax and the encode
  *   FP8_TENSOR and the NVFP4 global scale: an amax pass (atomicMax) and a one-thread finalise first
  * No host synchronisation; 64-bit indices; grid-stride loops, so no grid dimension grows past its limit. */
+#include "cuda/common/mma.cuh"
 #include "cuda/formats/qformat.cuh"
 
 namespace {
@@ -116,13 +120,19 @@ template <typename T> __device__ __forceinline__ void unpack16(const raw16<T> &r
 }
 
 /* Encodes 16 scaled values as ELEM and stores the elements [i, i + count) of the tensor. vec: count == 16 and
- * the 16 (FP8) or 8 (E2M1) bytes are aligned for one store. */
-template <moe_dtype ELEM>
+ * the 16 (FP8) or 8 (E2M1) bytes are aligned for one store. F16: E2M1 in f16x2 arithmetic, for values that
+ * convert to f16 exactly (moe_e2m1x8_exact_f16). */
+template <moe_dtype ELEM, bool F16 = false>
 __device__ __forceinline__ void store16(uint8_t *data, int64_t i, int count, bool vec, const float (&v)[16]) {
     if (ELEM == MOE_DTYPE_E2M1) {
         uint32_t w[2] = {0, 0};
+        if (F16) {
+            w[0] = moe_e2m1x8_exact_f16(&v[0]);
+            w[1] = moe_e2m1x8_exact_f16(&v[8]);
+        } else {
 #pragma unroll
-        for (int j = 0; j < 16; j++) w[j / 8] |= moe_e2m1_code(v[j]) << (4 * (j % 8));
+            for (int j = 0; j < 16; j++) w[j / 8] |= moe_e2m1_code(v[j]) << (4 * (j % 8));
+        }
         if (vec) {
             *reinterpret_cast<uint2 *>(data + i / 2) = make_uint2(w[0], w[1]);
         } else {
@@ -152,14 +162,8 @@ enum { kScaleF32 = 0, kScalePow2 = 1, kScaleNvfp4 = 2 };
 
 /* Divides (f32 rule) or multiplies (powers of two, NVFP4) 16 values of a block with amax a by its scale. */
 template <int SCALE> __device__ __forceinline__ void scale16(float (&v)[16], const moe_block_scale &s, float a) {
-    if (SCALE == kScaleF32) {
-        const moe_divider d = moe_make_divider(s.value, a);
-#pragma unroll
-        for (int j = 0; j < 16; j++) v[j] = moe_divide(d, v[j]);
-    } else {
-#pragma unroll
-        for (int j = 0; j < 16; j++) v[j] = __fmul_rn(v[j], s.mul);
-    }
+    const moe_divider d = SCALE == kScaleF32 ? moe_make_divider(s.value, a) : moe_divider{1.0f, 1.0f, true};
+    moe_scale_values<SCALE == kScaleF32>(v, s, d);
 }
 
 __device__ __forceinline__ float max_abs16(const float (&v)[16]) {
@@ -202,7 +206,9 @@ __global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qp
                     SCALE == kScaleNvfp4 ? moe_nvfp4_scale(a, g_enc, g_dec) : moe_scale_from_amax(p, a);
                 if (lane % LANES == 0) moe_store_scale(p, moe_scale_index(p, b, r, c / BLOCK), s);
                 scale16<SCALE>(v, s, a);
-                store16<ELEM>(p.data, row * p.cols + c, count, p.vec16 && count == 16, v);
+                /* bf16/f16 times a power of two is exact in f16 */
+                store16<ELEM, sizeof(T) == 2 && SCALE == kScalePow2>(p.data, row * p.cols + c, count,
+                                                                     p.vec16 && count == 16, v);
             }
         }
     }
@@ -295,6 +301,138 @@ __global__ void __launch_bounds__(kThreads) quantize_tiles_kernel(moe_qparams p)
     }
 }
 
+/* ---- FP8_ROW and FP8_128X128 through shared memory ----
+ * A block (one row, or one 128 x 128 tile) is a list of slots of 8 elements (16 bytes of bf16/f16, 32 of f32):
+ * a row's slot k holds columns [8k, 8k + 8); a tile's slot k holds row k / 16 and columns 8 (k % 16) + [0, 8)
+ * of the tile, and slots past the tensor's edge are left out. At most kSlots slots: a row is owned by a CTA of
+ * 128 threads (at least 56 elements a thread at 7168 columns, so the per-block work stays small beside the
+ * elements'), a tile by one of 256. */
+constexpr int kSlots = 2048, kStageBytes = 32768;
+
+template <bool TILE> __host__ __device__ constexpr int staged_threads() { return TILE ? 256 : 128; }
+
+struct staged_block {
+    int64_t first;    /* element index of slot 0 */
+    int64_t pitch;    /* elements between tile rows (the tensor's columns) */
+    int slots;        /* a row's slots; a tile spans kSlots, some of them left out */
+    int rows, chunks; /* a tile's rows and slots per row inside the tensor */
+    int64_t scale;    /* index of the block's scale */
+};
+
+template <bool TILE> __device__ __forceinline__ staged_block staged_geometry(const moe_qparams &p, int64_t blk) {
+    staged_block g;
+    if (TILE) {
+        const int64_t per = p.scale_rows * p.scale_cols, b = blk / per, tr = blk % per / p.scale_cols,
+                      tc = blk % p.scale_cols;
+        g.first = (b * p.rows + tr * 128) * p.cols + tc * 128;
+        g.pitch = p.cols;
+        g.slots = kSlots;
+        g.rows = (int)min((int64_t)128, p.rows - tr * 128);
+        g.chunks = (int)min((int64_t)16, (p.cols - tc * 128) / 8);
+        g.scale = moe_scale_index(p, b, tr, tc);
+    } else {
+        const int64_t b = p.by_rows.div(blk);
+        g.first = blk * p.cols;
+        g.pitch = 0;
+        g.slots = (int)(p.cols / 8);
+        g.rows = 1;
+        g.chunks = 0;
+        g.scale = moe_scale_index(p, b, blk - b * p.rows, 0);
+    }
+    return g;
+}
+
+/* Element index of slot k, or -1 when the slot lies outside the tensor. */
+template <bool TILE> __device__ __forceinline__ int64_t staged_slot(const staged_block &g, int k) {
+    if (!TILE) return k < g.slots ? g.first + 8 * (int64_t)k : -1;
+    return k / 16 < g.rows && k % 16 < g.chunks ? g.first + (k / 16) * g.pitch + (k % 16) * 8 : -1;
+}
+
+/* Starts the copies of one block into stage (each thread its own slots). */
+template <typename T, bool TILE>
+__device__ __forceinline__ void staged_load(const moe_qparams &p, const staged_block &g, moe_raw8<T> *stage) {
+    const T *x = static_cast<const T *>(p.x);
+#pragma unroll
+    for (int i = 0; i < kSlots / staged_threads<TILE>(); i++) {
+        const int k = i * staged_threads<TILE>() + threadIdx.x;
+        const int64_t e = staged_slot<TILE>(g, k);
+        if (e < 0) continue;
+#pragma unroll
+        for (int h = 0; h < (int)(sizeof(T) / 2); h++) moe_cp_async16(&stage[k].w[h], x + e + h * (16 / (int)sizeof(T)), 16);
+    }
+}
+
+template <typename T, moe_dtype ELEM, int SCALE, bool TILE>
+__global__ void __launch_bounds__(staged_threads<TILE>()) quantize_staged_kernel(moe_qparams p, int64_t blocks) {
+    constexpr int THREADS = staged_threads<TILE>(), PER = kSlots / THREADS;
+    extern __shared__ uint4 stage_mem[];
+    __shared__ float shared[THREADS / 32];
+    const int stage_slots = TILE ? kSlots : (int)(p.cols / 8);
+    moe_raw8<T> *const stage = reinterpret_cast<moe_raw8<T> *>(stage_mem); /* two stages of stage_slots */
+    staged_block g = staged_geometry<TILE>(p, blockIdx.x);
+    if ((int64_t)blockIdx.x < blocks) staged_load<T, TILE>(p, g, stage);
+    moe_cp_async_commit();
+    for (int64_t blk = blockIdx.x, n = 0; blk < blocks; blk += gridDim.x, n++) {
+        moe_raw8<T> *const cur = stage + (n & 1) * stage_slots;
+        const staged_block next = staged_geometry<TILE>(p, blk + gridDim.x);
+        if (blk + gridDim.x < blocks) staged_load<T, TILE>(p, next, stage + ((n + 1) & 1) * stage_slots);
+        moe_cp_async_commit();
+        moe_cp_async_wait<1>(); /* this block's copies have landed; the next block's may still fly */
+        __syncthreads();
+        float a = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int k = i * THREADS + threadIdx.x;
+            if (staged_slot<TILE>(g, k) < 0) continue;
+            float v[8];
+            moe_unpack8(cur[k], v);
+            a = fmaxf(a, max_abs8(v));
+        }
+        a = moe_finish_amax(cta_max(a, shared), p.amax_floor);
+        const moe_block_scale s = moe_scale_from_amax(p, a);
+        if (threadIdx.x == 0) moe_store_scale(p, g.scale, s);
+        const moe_divider d = SCALE == kScaleF32 ? moe_make_divider(s.value, a) : moe_divider{1.0f, 1.0f, true};
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int k = i * THREADS + threadIdx.x;
+            const int64_t e = staged_slot<TILE>(g, k);
+            if (e < 0) continue;
+            float v[8];
+            moe_unpack8(cur[k], v); /* read again: registers are kept for more CTAs */
+            moe_scale_values<SCALE == kScaleF32>(v, s, d);
+            *reinterpret_cast<uint2 *>(p.data + e) = moe_encode8(v, ELEM);
+        }
+        __syncthreads(); /* cur is free for the block after next */
+        g = next;
+    }
+}
+
+/* The staged kernel for FP8_ROW (TILE false) or FP8_128X128, as many CTAs as fit on the GPU at once. */
+template <typename T, bool TILE>
+moe_status launch_staged(moe_ctx *ctx, const moe_qlayout *l, const moe_qparams &p, cudaStream_t st) {
+    const bool e4 = l->f.elem == MOE_DTYPE_E4M3, f32 = l->f.rule == MOE_SCALE_F32;
+    void (*kernel)(moe_qparams, int64_t) =
+        e4 ? (f32 ? quantize_staged_kernel<T, MOE_DTYPE_E4M3, kScaleF32, TILE>
+                  : quantize_staged_kernel<T, MOE_DTYPE_E4M3, kScalePow2, TILE>)
+           : (f32 ? quantize_staged_kernel<T, MOE_DTYPE_E5M2, kScaleF32, TILE>
+                  : quantize_staged_kernel<T, MOE_DTYPE_E5M2, kScalePow2, TILE>);
+    const int64_t blocks = TILE ? p.batch * p.scale_rows * p.scale_cols : p.batch * p.rows;
+    const int smem = 2 * (int)(TILE ? kSlots : p.cols / 8) * (int)sizeof(moe_raw8<T>);
+    const int threads = staged_threads<TILE>();
+    int per_sm = 0;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    MOE_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+    const int64_t fit = (int64_t)ctx->cuda.sm_count * (per_sm > 0 ? per_sm : 1);
+    kernel<<<(unsigned)(blocks < fit ? blocks : fit), threads, smem, st>>>(p, blocks);
+    return MOE_OK;
+}
+
+/* Whether FP8_ROW / FP8_128X128 go through shared memory: whole 16-byte slots, and a block of at most 32 KB. */
+template <typename T> bool use_staged(const moe_qlayout *l, const moe_qparams &p) {
+    const int64_t bytes = l->f.kind == MOE_QFORMAT_FP8_ROW ? p.cols * (int64_t)sizeof(T) : kSlots * (int64_t)sizeof(moe_raw8<T>);
+    return p.vec && bytes <= kStageBytes;
+}
+
 template <typename T> moe_status launch(moe_ctx *ctx, const moe_qlayout *l, const moe_qparams &p, cudaStream_t st) {
     const int64_t n = p.batch * p.rows * p.cols;
     const moe_qformat_kind kind = l->f.kind;
@@ -324,6 +462,11 @@ template <typename T> moe_status launch(moe_ctx *ctx, const moe_qlayout *l, cons
                                     kThreads, 0, st>>>(p, n);
         break;
     case MOE_QFORMAT_FP8_ROW: {
+        if (use_staged<T>(l, p)) {
+            moe_status rc = launch_staged<T, false>(ctx, l, p, st);
+            if (rc != MOE_OK) return rc;
+            break;
+        }
         const unsigned grid = moe__grid_for(ctx, p.batch * p.rows * kRowThreads, kRowThreads);
         const bool e4 = l->f.elem == MOE_DTYPE_E4M3, f32 = l->f.rule == MOE_SCALE_F32;
         if (e4 && f32) quantize_rows_kernel<T, MOE_DTYPE_E4M3, kScaleF32><<<grid, kRowThreads, 0, st>>>(p);
@@ -333,6 +476,11 @@ template <typename T> moe_status launch(moe_ctx *ctx, const moe_qlayout *l, cons
         break;
     }
     case MOE_QFORMAT_FP8_128X128: {
+        if (use_staged<T>(l, p)) {
+            moe_status rc = launch_staged<T, true>(ctx, l, p, st);
+            if (rc != MOE_OK) return rc;
+            break;
+        }
         const unsigned grid = moe__grid_for(ctx, p.batch * p.scale_rows * p.scale_cols * kThreads, kThreads);
         const bool e4 = l->f.elem == MOE_DTYPE_E4M3, f32 = l->f.rule == MOE_SCALE_F32;
         if (e4 && f32) quantize_tiles_kernel<T, MOE_DTYPE_E4M3, kScaleF32><<<grid, kThreads, 0, st>>>(p);
