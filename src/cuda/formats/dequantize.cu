@@ -76,9 +76,11 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
     float g_dec = 1.0f, g_enc, tensor_scale = 0.0f;
     if (SK == kNvfp4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
     if (SK == kTensor) tensor_scale = *static_cast<const float *>(p.scale);
+    const bool linear = p.layout != MOE_SCALE_SWIZZLED_128X4;
     const int64_t total_rows = p.batch * p.rows, n_warps = (int64_t)gridDim.x * (kThreads / 32);
     for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < total_rows; row += n_warps) {
         const int64_t b = p.by_rows.div(row), r = row - b * p.rows, sr = p.block_rows == 1 ? r : r / 128;
+        const int64_t srow = linear ? moe_scale_index(p, b, sr, 0) : 0; /* the row's first scale */
         for (int64_t c0 = 0; c0 < p.cols; c0 += STEP) {
             uint2 codes[H];
             float scale[H];
@@ -88,8 +90,10 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
                 const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
                 codes[h] = load_codes8<ELEM>(p.data, row * p.cols + c, count, p.vec && count == 8);
                 scale[h] = tensor_scale;
-                if (SK != kTensor && count > 0)
-                    scale[h] = load_scale<SK>(p, moe_scale_index(p, b, sr, block_shift < 0 ? 0 : c >> block_shift));
+                if (SK != kTensor && count > 0) {
+                    const int64_t sc = block_shift < 0 ? 0 : c >> block_shift;
+                    scale[h] = load_scale<SK>(p, linear ? srow + sc : moe_scale_index(p, b, sr, sc));
+                }
             }
 #pragma unroll
             for (int h = 0; h < H; h++) {

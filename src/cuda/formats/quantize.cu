@@ -183,10 +183,12 @@ __global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qp
     const int lane = threadIdx.x % 32;
     float g_enc = 1.0f, g_dec = 1.0f;
     if (SCALE == kScaleNvfp4) moe_nvfp4_pair(p, *p.global, g_enc, g_dec);
+    const bool linear = p.layout != MOE_SCALE_SWIZZLED_128X4;
     const int64_t total_rows = p.batch * p.rows, n_warps = (int64_t)gridDim.x * (kThreads / 32);
     for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < total_rows; row += n_warps) {
         const T *xr = x + row * p.cols;
         const int64_t b = p.by_rows.div(row), r = row - b * p.rows;
+        const int64_t srow = linear ? moe_scale_index(p, b, r, 0) : 0; /* the row's first scale */
         for (int64_t c0 = 0; c0 < p.cols; c0 += STEP) { /* uniform across the warp: shuffles are safe */
             raw16<T> raw[U];
 #pragma unroll
@@ -204,7 +206,8 @@ __global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qp
                 a = moe_finish_amax(a, p.amax_floor);
                 const moe_block_scale s =
                     SCALE == kScaleNvfp4 ? moe_nvfp4_scale(a, g_enc, g_dec) : moe_scale_from_amax(p, a);
-                if (lane % LANES == 0) moe_store_scale(p, moe_scale_index(p, b, r, c / BLOCK), s);
+                if (lane % LANES == 0)
+                    moe_store_scale(p, linear ? srow + c / BLOCK : moe_scale_index(p, b, r, c / BLOCK), s);
                 scale16<SCALE>(v, s, a);
                 /* bf16/f16 times a power of two is exact in f16 */
                 store16<ELEM, sizeof(T) == 2 && SCALE == kScalePow2>(p.data, row * p.cols + c, count,
@@ -384,8 +387,9 @@ __global__ void __launch_bounds__(staged_threads<TILE>()) quantize_staged_kernel
         for (int i = 0; i < PER; i++) {
             const int k = i * THREADS + threadIdx.x;
             if (staged_slot<TILE>(g, k) < 0) continue;
+            const moe_raw8<T> raw = cur[k]; /* one 16-byte shared load, not eight */
             float v[8];
-            moe_unpack8(cur[k], v);
+            moe_unpack8(raw, v);
             a = fmaxf(a, max_abs8(v));
         }
         a = moe_finish_amax(cta_max(a, shared), p.amax_floor);
@@ -397,8 +401,9 @@ __global__ void __launch_bounds__(staged_threads<TILE>()) quantize_staged_kernel
             const int k = i * THREADS + threadIdx.x;
             const int64_t e = staged_slot<TILE>(g, k);
             if (e < 0) continue;
+            const moe_raw8<T> raw = cur[k]; /* read again: registers are kept for more CTAs */
             float v[8];
-            moe_unpack8(cur[k], v); /* read again: registers are kept for more CTAs */
+            moe_unpack8(raw, v);
             moe_scale_values<SCALE == kScaleF32>(v, s, d);
             *reinterpret_cast<uint2 *>(p.data + e) = moe_encode8(v, ELEM);
         }
