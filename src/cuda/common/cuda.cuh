@@ -12,6 +12,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "core/internal.h"
 
 /* Records a failed CUDA call as the context's error and returns the matching status. */
@@ -149,6 +151,26 @@ template <typename T> __device__ __forceinline__ void moe_unpack8(const moe_raw8
     const T *e = reinterpret_cast<const T *>(&r);
 #pragma unroll
     for (int j = 0; j < 8; j++) v[j] = moe_to_f32(e[j]);
+}
+
+/* max |x| over 8 raw elements and 0, NaN dropped and Inf kept (as a chain of fmaxf from 0 over |x| gives): bf16
+ * and f16 two at a time (hmax2 returns the other operand of a NaN, and NaN when both are), converted at the end. */
+template <typename T> __device__ __forceinline__ float moe_max_abs_raw8(const moe_raw8<T> &r) {
+    if (sizeof(T) == 4) {
+        float v[8], a = 0.0f;
+        moe_unpack8(r, v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) a = fmaxf(a, fabsf(v[j]));
+        return a;
+    } else {
+        typedef typename std::conditional<sizeof(T) == 2 && std::is_same<T, __half>::value, __half2,
+                                          __nv_bfloat162>::type T2;
+        const uint32_t w[4] = {r.w[0].x & 0x7FFF7FFFu, r.w[0].y & 0x7FFF7FFFu, r.w[0].z & 0x7FFF7FFFu,
+                               r.w[0].w & 0x7FFF7FFFu};
+        const T2 *h = reinterpret_cast<const T2 *>(w);
+        const T2 m = __hmax2(__hmax2(h[0], h[1]), __hmax2(h[2], h[3])); /* NaN only where all were NaN */
+        return fmaxf(fmaxf(0.0f, moe_to_f32(m.x)), moe_to_f32(m.y));
+    }
 }
 
 template <typename T>

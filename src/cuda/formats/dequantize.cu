@@ -64,10 +64,45 @@ template <int SK> __device__ __forceinline__ float load_scale(const moe_qparams 
     return moe_decode(static_cast<const uint8_t *>(p.scale)[index], SK == kE8M0 ? MOE_DTYPE_E8M0 : MOE_DTYPE_E4M3);
 }
 
-/* A warp walks a row in steps of H x 256 elements: lane l takes the 8 elements at 256 h + 8 l of each step, so
- * every load and store instruction of the warp covers one contiguous stretch, and the loads of all H parts come
- * first. The scale column of element c is c >> block_shift, or 0 when the block is the whole row
- * (block_shift < 0). */
+/* One step of a warp along a row: H parts of 256 elements, lane l taking the 8 at 256 h + 8 l, so every load and
+ * store instruction of the warp covers one contiguous stretch; the loads of all H parts come first. FULL: the
+ * step lies inside the row and every access is aligned (no per-part checks). The scale column of element c is
+ * c >> block_shift, or 0 when the block is the whole row (block_shift < 0); srow is the row's first scale in a
+ * linear layout. */
+template <typename T, moe_dtype ELEM, int SK, int H, bool FULL>
+__device__ __forceinline__ void dequantize_step(const moe_qparams &p, T *y, int64_t row, int64_t c0, int lane,
+                                                int block_shift, bool linear, int64_t b, int64_t sr, int64_t srow,
+                                                float tensor_scale, float g_dec) {
+    uint2 codes[H];
+    float scale[H];
+#pragma unroll
+    for (int h = 0; h < H; h++) {
+        const int64_t c = c0 + h * 256 + lane * 8;
+        const int count = FULL ? 8 : (int)max((int64_t)0, min((int64_t)8, p.cols - c));
+        codes[h] = load_codes8<ELEM>(p.data, row * p.cols + c, count, FULL || (p.vec && count == 8));
+        scale[h] = tensor_scale;
+        if (SK != kTensor && count > 0) {
+            const int64_t sc = block_shift < 0 ? 0 : c >> block_shift;
+            scale[h] = load_scale<SK>(p, linear ? srow + sc : moe_scale_index(p, b, sr, sc));
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < H; h++) {
+        const int64_t c = c0 + h * 256 + lane * 8;
+        const int count = FULL ? 8 : (int)max((int64_t)0, min((int64_t)8, p.cols - c));
+        if (count == 0) continue;
+        float v[8];
+        decode8<ELEM>(codes[h], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            v[j] = __fmul_rn(v[j], scale[h]);
+            if (SK == kNvfp4) v[j] = __fmul_rn(v[j], g_dec);
+        }
+        moe_store8(y, row * p.cols + c, count, FULL || (p.vec && count == 8), v);
+    }
+}
+
+/* A warp walks a row in steps of H x 256 elements (dequantize_step). */
 template <typename T, moe_dtype ELEM, int SK>
 __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int block_shift) {
     constexpr int H = 8, STEP = 256 * H;
@@ -80,36 +115,15 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
     const int64_t total_rows = p.batch * p.rows, n_warps = (int64_t)gridDim.x * (kThreads / 32);
     for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < total_rows; row += n_warps) {
         const int64_t b = p.by_rows.div(row), r = row - b * p.rows, sr = p.block_rows == 1 ? r : r / 128;
-        const int64_t srow = linear ? moe_scale_index(p, b, sr, 0) : 0; /* the row's first scale */
-        for (int64_t c0 = 0; c0 < p.cols; c0 += STEP) {
-            uint2 codes[H];
-            float scale[H];
-#pragma unroll
-            for (int h = 0; h < H; h++) {
-                const int64_t c = c0 + h * 256 + lane * 8;
-                const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
-                codes[h] = load_codes8<ELEM>(p.data, row * p.cols + c, count, p.vec && count == 8);
-                scale[h] = tensor_scale;
-                if (SK != kTensor && count > 0) {
-                    const int64_t sc = block_shift < 0 ? 0 : c >> block_shift;
-                    scale[h] = load_scale<SK>(p, linear ? srow + sc : moe_scale_index(p, b, sr, sc));
-                }
-            }
-#pragma unroll
-            for (int h = 0; h < H; h++) {
-                const int64_t c = c0 + h * 256 + lane * 8;
-                const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
-                if (count == 0) continue;
-                float v[8];
-                decode8<ELEM>(codes[h], v);
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    v[j] = __fmul_rn(v[j], scale[h]);
-                    if (SK == kNvfp4) v[j] = __fmul_rn(v[j], g_dec);
-                }
-                moe_store8(y, row * p.cols + c, count, p.vec && count == 8, v);
-            }
-        }
+        const int64_t srow = linear ? moe_scale_index(p, b, sr, 0) : 0;
+        int64_t c0 = 0;
+        if (p.vec)
+            for (; c0 + STEP <= p.cols; c0 += STEP)
+                dequantize_step<T, ELEM, SK, H, true>(p, y, row, c0, lane, block_shift, linear, b, sr, srow,
+                                                      tensor_scale, g_dec);
+        for (; c0 < p.cols; c0 += STEP)
+            dequantize_step<T, ELEM, SK, H, false>(p, y, row, c0, lane, block_shift, linear, b, sr, srow,
+                                                   tensor_scale, g_dec);
     }
 }
 

@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qp
                 const int count = (int)max((int64_t)0, min((int64_t)16, p.cols - c));
                 float v[16];
                 unpack16(raw[u], v);
-                float a = max_abs16(v);
+                float a = fmaxf(moe_max_abs_raw8(raw[u].h[0]), moe_max_abs_raw8(raw[u].h[1]));
 #pragma unroll
                 for (int o = LANES / 2; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
                 if (count == 0) continue;
@@ -351,62 +351,61 @@ template <bool TILE> __device__ __forceinline__ int64_t staged_slot(const staged
     return k / 16 < g.rows && k % 16 < g.chunks ? g.first + (k / 16) * g.pitch + (k % 16) * 8 : -1;
 }
 
-/* Starts the copies of one block into stage (each thread its own slots). */
-template <typename T, bool TILE>
-__device__ __forceinline__ void staged_load(const moe_qparams &p, const staged_block &g, moe_raw8<T> *stage) {
-    const T *x = static_cast<const T *>(p.x);
+/* Calls f(k, e) for each slot k this thread owns and its element index e (a row's slots run contiguously; a
+ * tile's are checked against the tensor's edges). */
+template <bool TILE, typename F> __device__ __forceinline__ void staged_for_each(const staged_block &g, F f) {
+    constexpr int THREADS = staged_threads<TILE>();
+    if (TILE) {
 #pragma unroll
-    for (int i = 0; i < kSlots / staged_threads<TILE>(); i++) {
-        const int k = i * staged_threads<TILE>() + threadIdx.x;
-        const int64_t e = staged_slot<TILE>(g, k);
-        if (e < 0) continue;
-#pragma unroll
-        for (int h = 0; h < (int)(sizeof(T) / 2); h++) moe_cp_async16(&stage[k].w[h], x + e + h * (16 / (int)sizeof(T)), 16);
+        for (int i = 0; i < kSlots / THREADS; i++) {
+            const int k = i * THREADS + threadIdx.x;
+            const int64_t e = staged_slot<TILE>(g, k);
+            if (e >= 0) f(k, e);
+        }
+    } else {
+#pragma unroll 4
+        for (int k = threadIdx.x; k < g.slots; k += THREADS) f(k, g.first + 8 * (int64_t)k);
     }
 }
 
 template <typename T, moe_dtype ELEM, int SCALE, bool TILE>
 __global__ void __launch_bounds__(staged_threads<TILE>()) quantize_staged_kernel(moe_qparams p, int64_t blocks) {
-    constexpr int THREADS = staged_threads<TILE>(), PER = kSlots / THREADS;
+    constexpr int THREADS = staged_threads<TILE>();
     extern __shared__ uint4 stage_mem[];
     __shared__ float shared[THREADS / 32];
     const int stage_slots = TILE ? kSlots : (int)(p.cols / 8);
     moe_raw8<T> *const stage = reinterpret_cast<moe_raw8<T> *>(stage_mem); /* two stages of stage_slots */
+    const T *x = static_cast<const T *>(p.x);
+    auto load = [&](const staged_block &blk, moe_raw8<T> *dst) {
+        staged_for_each<TILE>(blk, [&](int k, int64_t e) {
+#pragma unroll
+            for (int h = 0; h < (int)(sizeof(T) / 2); h++)
+                moe_cp_async16(&dst[k].w[h], x + e + h * (16 / (int)sizeof(T)), 16);
+        });
+    };
     staged_block g = staged_geometry<TILE>(p, blockIdx.x);
-    if ((int64_t)blockIdx.x < blocks) staged_load<T, TILE>(p, g, stage);
+    if ((int64_t)blockIdx.x < blocks) load(g, stage);
     moe_cp_async_commit();
     for (int64_t blk = blockIdx.x, n = 0; blk < blocks; blk += gridDim.x, n++) {
         moe_raw8<T> *const cur = stage + (n & 1) * stage_slots;
         const staged_block next = staged_geometry<TILE>(p, blk + gridDim.x);
-        if (blk + gridDim.x < blocks) staged_load<T, TILE>(p, next, stage + ((n + 1) & 1) * stage_slots);
+        if (blk + gridDim.x < blocks) load(next, stage + ((n + 1) & 1) * stage_slots);
         moe_cp_async_commit();
         moe_cp_async_wait<1>(); /* this block's copies have landed; the next block's may still fly */
         __syncthreads();
         float a = 0.0f;
-#pragma unroll
-        for (int i = 0; i < PER; i++) {
-            const int k = i * THREADS + threadIdx.x;
-            if (staged_slot<TILE>(g, k) < 0) continue;
-            const moe_raw8<T> raw = cur[k]; /* one 16-byte shared load, not eight */
-            float v[8];
-            moe_unpack8(raw, v);
-            a = fmaxf(a, max_abs8(v));
-        }
+        staged_for_each<TILE>(g, [&](int k, int64_t) { a = fmaxf(a, moe_max_abs_raw8(cur[k])); });
         a = moe_finish_amax(cta_max(a, shared), p.amax_floor);
         const moe_block_scale s = moe_scale_from_amax(p, a);
         if (threadIdx.x == 0) moe_store_scale(p, g.scale, s);
         const moe_divider d = SCALE == kScaleF32 ? moe_make_divider(s.value, a) : moe_divider{1.0f, 1.0f, true};
-#pragma unroll
-        for (int i = 0; i < PER; i++) {
-            const int k = i * THREADS + threadIdx.x;
-            const int64_t e = staged_slot<TILE>(g, k);
-            if (e < 0) continue;
+        staged_for_each<TILE>(g, [&](int k, int64_t e) {
             const moe_raw8<T> raw = cur[k]; /* read again: registers are kept for more CTAs */
             float v[8];
             moe_unpack8(raw, v);
             moe_scale_values<SCALE == kScaleF32>(v, s, d);
             *reinterpret_cast<uint2 *>(p.data + e) = moe_encode8(v, ELEM);
-        }
+        });
         __syncthreads(); /* cur is free for the block after next */
         g = next;
     }
