@@ -355,7 +355,11 @@ template <bool TILE> __device__ __forceinline__ int64_t staged_slot(const staged
  * tile's are checked against the tensor's edges). */
 template <bool TILE, typename F> __device__ __forceinline__ void staged_for_each(const staged_block &g, F f) {
     constexpr int THREADS = staged_threads<TILE>();
-    if (TILE) {
+    if (TILE && g.rows == 128 && g.chunks == 16) { /* a whole tile: slot i * THREADS + t is 16 i rows below t's */
+        const int64_t e = g.first + (threadIdx.x / 16) * g.pitch + (threadIdx.x % 16) * 8;
+#pragma unroll
+        for (int i = 0; i < kSlots / THREADS; i++) f(i * THREADS + threadIdx.x, e + i * (THREADS / 16) * g.pitch);
+    } else if (TILE) {
 #pragma unroll
         for (int i = 0; i < kSlots / THREADS; i++) {
             const int k = i * THREADS + threadIdx.x;
