@@ -173,12 +173,42 @@ __device__ __forceinline__ float max_abs16(const float (&v)[16]) {
     return a;
 }
 
-/* Row blocks of BLOCK elements (1x128: 128, MX: 32, NVFP4: 16). A warp walks a row, each lane taking 16
- * elements per step and U steps at a time (loads first); the BLOCK / 16 lanes that share a block meet through
- * shuffles. Row-level index maths happens once per row, never per element. */
+/* One step of a warp along a row in the row-block kernel: U parts of 32 x 16 elements, lane l taking the 16 at
+ * (32 u + l) * 16 (loads first); the BLOCK / 16 lanes that share a block meet through shuffles. FULL: the step
+ * lies inside the row and every access is aligned for whole vectors (no per-part checks). */
+template <typename T, int BLOCK, moe_dtype ELEM, int SCALE, int U, bool FULL>
+__device__ __forceinline__ void quantize_row_step(const moe_qparams &p, const T *xr, int64_t row, int64_t c0, int lane,
+                                                  bool linear, int64_t b, int64_t r, int64_t srow, float g_enc,
+                                                  float g_dec) {
+    constexpr int LANES = BLOCK / 16;
+    raw16<T> raw[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) load16(xr, c0 + (u * 32 + lane) * 16, p.cols, FULL || p.vec, raw[u]);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t c = c0 + (u * 32 + lane) * 16;
+        const int count = FULL ? 16 : (int)max((int64_t)0, min((int64_t)16, p.cols - c));
+        float v[16];
+        unpack16(raw[u], v);
+        float a = fmaxf(moe_max_abs_raw8(raw[u].h[0]), moe_max_abs_raw8(raw[u].h[1]));
+#pragma unroll
+        for (int o = LANES / 2; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+        if (count == 0) continue;
+        a = moe_finish_amax(a, p.amax_floor);
+        const moe_block_scale s = SCALE == kScaleNvfp4 ? moe_nvfp4_scale(a, g_enc, g_dec) : moe_scale_from_amax(p, a);
+        if (lane % LANES == 0) moe_store_scale(p, linear ? srow + c / BLOCK : moe_scale_index(p, b, r, c / BLOCK), s);
+        scale16<SCALE>(v, s, a);
+        /* bf16/f16 times a power of two is exact in f16 */
+        store16<ELEM, sizeof(T) == 2 && SCALE == kScalePow2>(p.data, row * p.cols + c, count,
+                                                             FULL || (p.vec16 && count == 16), v);
+    }
+}
+
+/* Row blocks of BLOCK elements (1x128: 128, MX: 32, NVFP4: 16). A warp walks a row in steps of U x 512 elements
+ * (quantize_row_step); row-level index maths happens once per row, never per element. */
 template <typename T, int BLOCK, moe_dtype ELEM, int SCALE>
 __global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qparams p) {
-    constexpr int U = sizeof(T) == 4 ? 1 : 2, LANES = BLOCK / 16, STEP = 32 * 16 * U;
+    constexpr int U = sizeof(T) == 4 ? 1 : 2, STEP = 32 * 16 * U;
     const T *x = static_cast<const T *>(p.x);
     const int lane = threadIdx.x % 32;
     float g_enc = 1.0f, g_dec = 1.0f;
@@ -189,31 +219,13 @@ __global__ void __launch_bounds__(kThreads, 3) quantize_row_blocks_kernel(moe_qp
         const T *xr = x + row * p.cols;
         const int64_t b = p.by_rows.div(row), r = row - b * p.rows;
         const int64_t srow = linear ? moe_scale_index(p, b, r, 0) : 0; /* the row's first scale */
-        for (int64_t c0 = 0; c0 < p.cols; c0 += STEP) { /* uniform across the warp: shuffles are safe */
-            raw16<T> raw[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) load16(xr, c0 + (u * 32 + lane) * 16, p.cols, p.vec, raw[u]);
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int64_t c = c0 + (u * 32 + lane) * 16;
-                const int count = (int)max((int64_t)0, min((int64_t)16, p.cols - c));
-                float v[16];
-                unpack16(raw[u], v);
-                float a = fmaxf(moe_max_abs_raw8(raw[u].h[0]), moe_max_abs_raw8(raw[u].h[1]));
-#pragma unroll
-                for (int o = LANES / 2; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-                if (count == 0) continue;
-                a = moe_finish_amax(a, p.amax_floor);
-                const moe_block_scale s =
-                    SCALE == kScaleNvfp4 ? moe_nvfp4_scale(a, g_enc, g_dec) : moe_scale_from_amax(p, a);
-                if (lane % LANES == 0)
-                    moe_store_scale(p, linear ? srow + c / BLOCK : moe_scale_index(p, b, r, c / BLOCK), s);
-                scale16<SCALE>(v, s, a);
-                /* bf16/f16 times a power of two is exact in f16 */
-                store16<ELEM, sizeof(T) == 2 && SCALE == kScalePow2>(p.data, row * p.cols + c, count,
-                                                                     p.vec16 && count == 16, v);
-            }
-        }
+        int64_t c0 = 0; /* steps are uniform across the warp: shuffles are safe */
+        if (p.vec16)
+            for (; c0 + STEP <= p.cols; c0 += STEP)
+                quantize_row_step<T, BLOCK, ELEM, SCALE, U, true>(p, xr, row, c0, lane, linear, b, r, srow, g_enc,
+                                                                  g_dec);
+        for (; c0 < p.cols; c0 += STEP)
+            quantize_row_step<T, BLOCK, ELEM, SCALE, U, false>(p, xr, row, c0, lane, linear, b, r, srow, g_enc, g_dec);
     }
 }
 
