@@ -163,8 +163,7 @@ template <typename T> __device__ __forceinline__ float moe_max_abs_raw8(const mo
         for (int j = 0; j < 8; j++) a = fmaxf(a, fabsf(v[j]));
         return a;
     } else {
-        typedef typename std::conditional<sizeof(T) == 2 && std::is_same<T, __half>::value, __half2,
-                                          __nv_bfloat162>::type T2;
+        typedef typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type T2;
         const uint32_t w[4] = {r.w[0].x & 0x7FFF7FFFu, r.w[0].y & 0x7FFF7FFFu, r.w[0].z & 0x7FFF7FFFu,
                                r.w[0].w & 0x7FFF7FFFu};
         const T2 *h = reinterpret_cast<const T2 *>(w);

@@ -5,7 +5,7 @@
  *   row blocks (1x128, MX 1x32, NVFP4 1x16): one pass; a block is 16, 4 or 2 neighbouring threads
  *   FP8_ROW, FP8_128X128 (a block of at most 32 KB, 16-byte aligned rows): a CTA stages a block in shared memory
  *                 with cp.async, two blocks deep, so the next block's loads fly while this one is reduced and
- *                 encoded from registers
+ *                 encoded from shared memory
  *   other FP8_ROW: one CTA per row, two passes over the row (the second from L2)
  *   other FP8_128X128: one CTA per tile, the tile held in registers between the amax and the encode
  *   FP8_TENSOR and the NVFP4 global scale: an amax pass (atomicMax) and a one-thread finalise first
