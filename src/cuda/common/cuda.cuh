@@ -148,9 +148,18 @@ __device__ __forceinline__ void moe_load_raw8(const T *p, int64_t i, int count, 
 }
 
 template <typename T> __device__ __forceinline__ void moe_unpack8(const moe_raw8<T> &r, float (&v)[8]) {
-    const T *e = reinterpret_cast<const T *>(&r);
+    if (std::is_same<T, __nv_bfloat16>::value) { /* bf16 -> f32 places the bits: one shift or mask an element */
+        const uint32_t w[4] = {r.w[0].x, r.w[0].y, r.w[0].z, r.w[0].w};
 #pragma unroll
-    for (int j = 0; j < 8; j++) v[j] = moe_to_f32(e[j]);
+        for (int i = 0; i < 4; i++) {
+            v[2 * i] = __uint_as_float(w[i] << 16);
+            v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+        }
+    } else {
+        const T *e = reinterpret_cast<const T *>(&r);
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = moe_to_f32(e[j]);
+    }
 }
 
 /* max |x| over 8 raw elements and 0, NaN dropped and Inf kept (as a chain of fmaxf from 0 over |x| gives): bf16

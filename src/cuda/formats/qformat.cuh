@@ -75,11 +75,59 @@ __device__ __forceinline__ float moe_finish_amax(float a, float floor_) {
     return fmaxf(fminf(a, FLT_MAX), floor_);
 }
 
+/* x / s for the elements of one block, bit-identical to IEEE division. When the block is ordinary (amax a
+ * below 2^126 and s at least 2^-60) a correctly rounded reciprocal and one FMA correction give the correctly
+ * rounded quotient (Markstein) for every |x| >= 2^-100, whose remainder x - q*s is exact; smaller |x| give
+ * |x / s| < 2^-40, which every FP8 encoding sends to a signed zero either way. Otherwise: IEEE division. */
+struct moe_divider {
+    float s, rcp;
+    bool fast;
+};
+
+__device__ __forceinline__ moe_divider moe_make_divider(float s, float a) {
+    moe_divider d = {s, __frcp_rn(s), a < 0x1p126f && s >= 0x1p-60f};
+    return d;
+}
+
+/* The quotient of an ordinary block (d.fast): a product and one correction; the sign is x's for x = -0 too. */
+__device__ __forceinline__ float moe_divide_fast(const moe_divider &d, float x) {
+    const float q = __fmul_rn(x, d.rcp);
+    return copysignf(__fmaf_rn(__fmaf_rn(-q, d.s, x), d.rcp, q), x);
+}
+
+__device__ __forceinline__ float moe_divide(const moe_divider &d, float x) {
+    return d.fast ? moe_divide_fast(d, x) : __fdiv_rn(x, d.s);
+}
+
+/* N values of one block scaled for encoding: divided by the f32 scale (the block's kind decided once, outside
+ * the loop), or multiplied by the power-of-two or NVFP4 multiplier. */
+template <bool DIVIDE, int N>
+__device__ __forceinline__ void moe_scale_values(float (&v)[N], const moe_block_scale &s, const moe_divider &d) {
+    if (!DIVIDE) {
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = __fmul_rn(v[j], s.mul);
+    } else if (d.fast) {
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = moe_divide_fast(d, v[j]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = __fdiv_rn(v[j], d.s);
+    }
+}
+
+/* RN(a / elem_max) for a block amax a in [0, FLT_MAX] (the f32 rule's scale, RCEIL's ratio): the divider's fast
+ * path with the divisor's rounded reciprocal, IEEE division below 2^-100 where the fast path's remainder
+ * argument does not reach. */
+__device__ __forceinline__ float moe_amax_over_max(const moe_qparams &p, float a) {
+    const moe_divider d = {p.elem_max, __frcp_rn(p.elem_max), a >= 0x1p-100f && a < 0x1p126f};
+    return moe_divide(d, a);
+}
+
 /* §2.2 / §2.3: the scale of a block with amax a. */
 __device__ __forceinline__ moe_block_scale moe_scale_from_amax(const moe_qparams &p, float a) {
     moe_block_scale s;
     if (p.rule == MOE_SCALE_F32) {
-        s.value = __fdiv_rn(a, p.elem_max);
+        s.value = moe_amax_over_max(p, a);
         if (s.value == 0.0f) s.value = 1.0f;
         s.mul = 0.0f;
         s.byte = 0;
@@ -90,7 +138,7 @@ __device__ __forceinline__ moe_block_scale moe_scale_from_amax(const moe_qparams
     if (p.rule == MOE_SCALE_UE8M0_RCEIL) {
         /* ceil(log2 v) for v = a / max: exponent field plus one unless v is a power of two; subnormal v lies in
          * (2^-127, 2^-126) -> k = -126 when above 2^-127 (mantissa > 0x400000), else -127 */
-        const uint32_t v = __float_as_uint(__fdiv_rn(a, p.elem_max));
+        const uint32_t v = __float_as_uint(moe_amax_over_max(p, a));
         const int e = (int)(v >> 23), m = (int)(v & 0x7FFFFF);
         k = e == 0 ? (m > 0x400000 ? -126 : -127) : e - 127 + (m != 0);
     } else {
@@ -149,46 +197,6 @@ __device__ __forceinline__ void moe_store_scale(const moe_qparams &p, int64_t in
 __device__ __forceinline__ float moe_load_scale(const moe_qparams &p, int64_t index) {
     if (p.scale_dtype == MOE_DTYPE_F32) return static_cast<const float *>(p.scale)[index];
     return moe_decode(static_cast<const uint8_t *>(p.scale)[index], p.scale_dtype);
-}
-
-/* x / s for the elements of one block, bit-identical to IEEE division. When the block is ordinary (amax a
- * below 2^126 and s at least 2^-60) a correctly rounded reciprocal and one FMA correction give the correctly
- * rounded quotient (Markstein) for every |x| >= 2^-100, whose remainder x - q*s is exact; smaller |x| give
- * |x / s| < 2^-40, which every FP8 encoding sends to a signed zero either way. Otherwise: IEEE division. */
-struct moe_divider {
-    float s, rcp;
-    bool fast;
-};
-
-__device__ __forceinline__ moe_divider moe_make_divider(float s, float a) {
-    moe_divider d = {s, __frcp_rn(s), a < 0x1p126f && s >= 0x1p-60f};
-    return d;
-}
-
-/* The quotient of an ordinary block (d.fast): a product and one correction; the sign is x's for x = -0 too. */
-__device__ __forceinline__ float moe_divide_fast(const moe_divider &d, float x) {
-    const float q = __fmul_rn(x, d.rcp);
-    return copysignf(__fmaf_rn(__fmaf_rn(-q, d.s, x), d.rcp, q), x);
-}
-
-__device__ __forceinline__ float moe_divide(const moe_divider &d, float x) {
-    return d.fast ? moe_divide_fast(d, x) : __fdiv_rn(x, d.s);
-}
-
-/* N values of one block scaled for encoding: divided by the f32 scale (the block's kind decided once, outside
- * the loop), or multiplied by the power-of-two or NVFP4 multiplier. */
-template <bool DIVIDE, int N>
-__device__ __forceinline__ void moe_scale_values(float (&v)[N], const moe_block_scale &s, const moe_divider &d) {
-    if (!DIVIDE) {
-#pragma unroll
-        for (int j = 0; j < N; j++) v[j] = __fmul_rn(v[j], s.mul);
-    } else if (d.fast) {
-#pragma unroll
-        for (int j = 0; j < N; j++) v[j] = moe_divide_fast(d, v[j]);
-    } else {
-#pragma unroll
-        for (int j = 0; j < N; j++) v[j] = __fdiv_rn(v[j], d.s);
-    }
 }
 
 /* Scales 8 values by a block scale (divide or multiply, one IEEE operation each). */

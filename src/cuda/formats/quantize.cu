@@ -105,8 +105,13 @@ template <typename T> struct raw16 {
     moe_raw8<T> h[2];
 };
 
-template <typename T>
+template <typename T, bool FULL = false>
 __device__ __forceinline__ void load16(const T *row, int64_t c, int64_t cols, bool vec, raw16<T> &r) {
+    if (FULL) { /* all 16 exist and are aligned */
+        moe_load_raw8(row, c, 8, true, r.h[0]);
+        moe_load_raw8(row, c + 8, 8, true, r.h[1]);
+        return;
+    }
     const int count = (int)max((int64_t)0, min((int64_t)16, cols - c));
     moe_load_raw8(row, c, min(count, 8), vec && count >= 8, r.h[0]);
     moe_load_raw8(row, c + 8, max(count - 8, 0), vec && count == 16, r.h[1]);
@@ -183,7 +188,7 @@ __device__ __forceinline__ void quantize_row_step(const moe_qparams &p, const T 
     constexpr int LANES = BLOCK / 16;
     raw16<T> raw[U];
 #pragma unroll
-    for (int u = 0; u < U; u++) load16(xr, c0 + (u * 32 + lane) * 16, p.cols, FULL || p.vec, raw[u]);
+    for (int u = 0; u < U; u++) load16<T, FULL>(xr, c0 + (u * 32 + lane) * 16, p.cols, p.vec, raw[u]);
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int64_t c = c0 + (u * 32 + lane) * 16;
