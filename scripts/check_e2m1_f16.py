@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""scripts/check_e2m1_f16.py — the f16x2 E2M1 encoder of src/cuda/common/cuda.cuh (moe_e2m1x2_f16 and its EXACT
-use in MX blocks) emulated with numpy and compared with the CPU definition (src/formats/scalar.h, through a
+"""scripts/check_e2m1_f16.py — the f16x2 E2M1 encoder of src/cuda/common/cuda.cuh (moe_e2m1x8_exact_f16, used
+for MX blocks of bf16/f16 input) emulated with numpy and compared with the CPU definition (src/formats/scalar.h, through a
 small shared library built here): every bf16 and every f16 input times every power of two 2^-127..2^127, the
 product rounded to f32 and then to f16 as the kernel does (k = 0 covers every f16 value). Not a test (a minute);
 run from the repository root: python3 scripts/check_e2m1_f16.py"""
