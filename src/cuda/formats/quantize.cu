@@ -362,9 +362,8 @@ template <bool TILE> __device__ __forceinline__ staged_block staged_geometry(con
     return g;
 }
 
-/* Element index of slot k, or -1 when the slot lies outside the tensor. */
-template <bool TILE> __device__ __forceinline__ int64_t staged_slot(const staged_block &g, int k) {
-    if (!TILE) return k < g.slots ? g.first + 8 * (int64_t)k : -1;
+/* Element index of a tile's slot k, or -1 when the slot lies outside the tensor. */
+__device__ __forceinline__ int64_t staged_tile_slot(const staged_block &g, int k) {
     return k / 16 < g.rows && k % 16 < g.chunks ? g.first + (k / 16) * g.pitch + (k % 16) * 8 : -1;
 }
 
@@ -380,7 +379,7 @@ template <bool TILE, typename F> __device__ __forceinline__ void staged_for_each
 #pragma unroll
         for (int i = 0; i < kSlots / THREADS; i++) {
             const int k = i * THREADS + threadIdx.x;
-            const int64_t e = staged_slot<TILE>(g, k);
+            const int64_t e = staged_tile_slot(g, k);
             if (e >= 0) f(k, e);
         }
     } else {
