@@ -229,24 +229,41 @@ __device__ __forceinline__ uint32_t moe_e2m1_code(float x) {
     return (__float_as_uint(c) & 0x7u) | ((__float_as_uint(fminf(x, FLT_MAX)) >> 28) & 0x8u);
 }
 
-/* Eight values -> E2M1 codes (element j in bits 4j..4j+3), two at a time in f16x2 arithmetic: the same minimum
- * of three roundings as moe_e2m1_code with M = 1024 (where the f16 step is 1), the sign from hmin(h, 65504).
- * Exact only when each value's f16 conversion is (or the value is below 2^-14 in magnitude, where every route
- * gives a zero code): true for bf16 or f16 inputs times a power of two, as MX blocks scale them; checked against
- * the CPU definition for every bf16 and f16 input times every power of two 2^-127..2^127. Pairs j and j + 4
- * share an f16x2, so that the codes land in place with one shift. */
-__device__ __forceinline__ uint32_t moe_e2m1x8_exact_f16(const float *v) {
+/* The E2M1 codes of an f16 pair at bits 0..3 (low half) and 16..19 (high half): the same minimum of three
+ * roundings as moe_e2m1_code with M = 1024 (where the f16 step is 1), the sign from hmin(h, 65504), which is
+ * positive for NaN. Equal to the CPU definition on every f16 value (checked for all 2^16). */
+__device__ __forceinline__ uint32_t moe_e2m1x2_f16(__half2 h) {
     const __half2 two = __float2half2_rn(2.0f), one = __float2half2_rn(1.0f), half = __float2half2_rn(0.5f);
     const __half2 m0 = __float2half2_rn(1024.0f), m1 = __float2half2_rn(1026.0f), m2 = __float2half2_rn(1028.0f);
-    const __half2 cap = __float2half2_rn(1031.0f), top = __float2half2_rn(65504.0f);
+    const __half2 cap = __float2half2_rn(1031.0f), top = __float2half2_rn(65504.0f), a = __habs2(h);
+    const __half2 c = __hmin2(__hmin2(__hfma2(a, two, m0), __hfma2(a, one, m1)), __hmin2(__hfma2(a, half, m2), cap));
+    const __half2 s = __hmin2(h, top);
+    const uint32_t cb = *reinterpret_cast<const uint32_t *>(&c), sb = *reinterpret_cast<const uint32_t *>(&s);
+    return (cb & 0x00070007u) | ((sb >> 12) & 0x00080008u);
+}
+
+/* Eight values -> E2M1 codes (element j in bits 4j..4j+3), a pair at a time in f16x2; pairs j and j + 4 share an
+ * f16x2, so that the codes land in place with one shift. EXACT: each value converts to f16 exactly (or lies
+ * below 2^-14 in magnitude, where every route gives a zero code), as bf16 or f16 inputs times a power of two do
+ * (MX blocks); checked for every bf16 and f16 input times every power of two 2^-127..2^127. Otherwise the value
+ * is rounded to f16 toward zero with a sticky bit ORed into the last place (round to odd: 11 bits against
+ * E2M1's 2 keep every midpoint on its side, so the second rounding is exact); checked on all 2^32 f32 inputs
+ * on the CPU, with toward-zero emulated bit by bit. */
+template <bool EXACT> __device__ __forceinline__ uint32_t moe_e2m1x8_f16(const float *v) {
     uint32_t w = 0;
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        const __half2 h = __floats2half2_rn(v[j], v[j + 4]), a = __habs2(h);
-        const __half2 c = __hmin2(__hmin2(__hfma2(a, two, m0), __hfma2(a, one, m1)), __hmin2(__hfma2(a, half, m2), cap));
-        const __half2 s = __hmin2(h, top);
-        const uint32_t cb = *reinterpret_cast<const uint32_t *>(&c), sb = *reinterpret_cast<const uint32_t *>(&s);
-        w |= ((cb & 0x00070007u) | ((sb >> 12) & 0x00080008u)) << (4 * j);
+        __half2 h;
+        if (EXACT) {
+            h = __floats2half2_rn(v[j], v[j + 4]);
+        } else {
+            const uint32_t lo = __float_as_uint(v[j]), hi = __float_as_uint(v[j + 4]);
+            uint32_t r;
+            asm("cvt.rz.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v[j + 4]), "f"(v[j])); /* a to the high half */
+            r |= min(lo & 0x1FFFu, 1u) | (min(hi & 0x1FFFu, 1u) << 16);
+            h = *reinterpret_cast<const __half2 *>(&r);
+        }
+        w |= moe_e2m1x2_f16(h) << (4 * j);
     }
     return w;
 }

@@ -125,19 +125,12 @@ template <typename T> __device__ __forceinline__ void unpack16(const raw16<T> &r
 }
 
 /* Encodes 16 scaled values as ELEM and stores the elements [i, i + count) of the tensor. vec: count == 16 and
- * the 16 (FP8) or 8 (E2M1) bytes are aligned for one store. F16: E2M1 in f16x2 arithmetic, for values that
- * convert to f16 exactly (moe_e2m1x8_exact_f16). */
-template <moe_dtype ELEM, bool F16 = false>
+ * the 16 (FP8) or 8 (E2M1) bytes are aligned for one store. E2M1 runs in f16x2 (moe_e2m1x8_f16); EXACT: the
+ * values convert to f16 exactly. */
+template <moe_dtype ELEM, bool EXACT = false>
 __device__ __forceinline__ void store16(uint8_t *data, int64_t i, int count, bool vec, const float (&v)[16]) {
     if (ELEM == MOE_DTYPE_E2M1) {
-        uint32_t w[2] = {0, 0};
-        if (F16) {
-            w[0] = moe_e2m1x8_exact_f16(&v[0]);
-            w[1] = moe_e2m1x8_exact_f16(&v[8]);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 16; j++) w[j / 8] |= moe_e2m1_code(v[j]) << (4 * (j % 8));
-        }
+        const uint32_t w[2] = {moe_e2m1x8_f16<EXACT>(&v[0]), moe_e2m1x8_f16<EXACT>(&v[8])};
         if (vec) {
             *reinterpret_cast<uint2 *>(data + i / 2) = make_uint2(w[0], w[1]);
         } else {
