@@ -275,7 +275,9 @@ static int compare_route_permute(test_env *env, const char *model, int64_t T, in
     moe_permute_outputs go;
     moe_alloc(gpu, 4 * (size_t)pc.n_experts, (void **)&go.counts);
     moe_alloc(gpu, 8 * (size_t)(pc.n_experts + 1), (void **)&go.offsets);
-    moe_alloc(gpu, 4 * (size_t)rows + 4, (void **)&go.row_src);
+    moe_alloc(gpu, 4 * (size_t)rows + 8, (void **)&go.row_src);
+    int32_t *row_src_alloc = go.row_src;
+    if (variant == 1) go.row_src += 1; /* not 16-byte aligned: the padding fill's scalar stores */
     moe_alloc(gpu, 4 * (size_t)n + 4, (void **)&go.slot_row);
     moe_alloc(gpu, 4, (void **)&go.invalid);
     moe_alloc(gpu, 4, (void **)&go.dropped);
@@ -323,7 +325,7 @@ static int compare_route_permute(test_env *env, const char *model, int64_t T, in
     free(x), free(ci), free(cs), free(crow), free(cslot), free(cw), free(coff);
     free(gi), free(gs), free(grow), free(gslot), free(gw), free(goff);
     moe_free(gpu, dx), moe_free(gpu, dinv), moe_free(gpu, di), moe_free(gpu, dw), moe_free(gpu, dws);
-    moe_free(gpu, (void *)gc.bias), moe_free(gpu, go.counts), moe_free(gpu, go.offsets), moe_free(gpu, go.row_src);
+    moe_free(gpu, (void *)gc.bias), moe_free(gpu, go.counts), moe_free(gpu, go.offsets), moe_free(gpu, row_src_alloc);
     moe_free(gpu, go.slot_row), moe_free(gpu, go.invalid), moe_free(gpu, go.dropped);
     return bad;
 }

@@ -129,10 +129,11 @@ __device__ inline void place_chunk(const permute_params &p, permute_smem &sm, in
  * also offsets and the dropped count (and counts, with write_counts). */
 __device__ inline void compute_layout(const permute_params &p, permute_smem &sm, bool write, bool write_counts) {
     const int E = p.c.n_experts;
-    const int64_t m = p.c.tile_m, max_rows = p.c.max_rows;
+    const unsigned tm = (unsigned)p.c.tile_m; /* 32-bit: a count plus tile_m - 1 stays below 2^32 */
+    const int64_t max_rows = p.c.max_rows;
     if (p.c.layout == MOE_PERMUTE_CONTIGUOUS) {
         const long long total =
-            exclusive_scan<long long>(sm, E, [&](int e) { return (long long)((sm.hist[e] + m - 1) / m * m); }, sm.off);
+            exclusive_scan<long long>(sm, E, [&](int e) { return (long long)((sm.hist[e] + tm - 1u) / tm * tm); }, sm.off);
         if (threadIdx.x == 0) sm.off[E] = total;
         __syncthreads();
     }
@@ -150,11 +151,12 @@ __device__ inline void compute_layout(const permute_params &p, permute_smem &sm,
 
 /* -1 in the rows no entry lands in, for experts first, first + step, ...: each expert's padding (contiguous) or
  * its rows past its count (masked). A warp looks at 32 of its experts at once (a lane each: one shared-memory
- * read, not a chain of them) and then writes the rows of those that have any, one expert at a time, 32 rows a
- * step. */
+ * read, not a chain of them) and then writes the rows of those that have any, one expert at a time, four rows a
+ * lane in one 16-byte store where aligned: 128 rows a step, so a padding shorter than a tile of 128 is one step. */
 __device__ inline void fill_padding(const permute_params &p, const permute_smem &sm, int first, int step) {
     const int64_t max_rows = p.c.max_rows;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = kThreads / 32, E = p.c.n_experts;
+    const bool vec = (reinterpret_cast<uintptr_t>(p.row_src) & 15u) == 0;
     /* warp w takes experts first + (w + n_warps * (lane + 32 i)) * step: the warps share them evenly */
     for (int64_t e0 = first + (int64_t)warp * step; e0 < E; e0 += (int64_t)n_warps * 32 * step) {
         const int64_t e = e0 + (int64_t)lane * n_warps * step;
@@ -167,8 +169,48 @@ __device__ inline void fill_padding(const permute_params &p, const permute_smem 
         for (unsigned todo = __ballot_sync(0xffffffffu, hi > lo); todo; todo &= todo - 1) {
             const int src = __ffs(todo) - 1;
             const int64_t a = __shfl_sync(0xffffffffu, lo, src), b = __shfl_sync(0xffffffffu, hi, src);
-            for (int64_t r = a + lane; r < b; r += 32) p.row_src[r] = -1;
+            if (!vec) {
+                for (int64_t r = a + lane; r < b; r += 32) p.row_src[r] = -1;
+                continue;
+            }
+            for (int64_t r = (a & ~(int64_t)3) + 4 * lane; r < b; r += 128) { /* rows r .. r + 3 */
+                if (r >= a && r + 4 <= b) {
+                    *reinterpret_cast<int4 *>(p.row_src + r) = make_int4(-1, -1, -1, -1);
+                } else {
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        if (r + q >= a && r + q < b) p.row_src[r + q] = -1;
+                }
+            }
         }
+    }
+}
+
+/* Places the entries [lo, hi) of the list in sm.key with the calling warp, 32 a step in list order: entries with the
+ * same expert find each other with __match_any_sync and take consecutive ranks after sm.seg[e], which holds the
+ * entries of expert e before lo on entry and is advanced as the steps go. sm.off holds the layout. */
+__device__ inline void place_range(const permute_params &p, permute_smem &sm, int64_t lo, int64_t hi) {
+    const int E = p.c.n_experts, lane = threadIdx.x % 32;
+    const unsigned lower = (1u << lane) - 1u;
+    for (int64_t base = lo; base < hi; base += 32) {
+        const int64_t i = base + lane;
+        const int key = i < hi ? sm.key[i] : E + 1;
+        const unsigned peers = __match_any_sync(0xffffffffu, key);
+        const int start = key < E ? sm.seg[key] : 0;
+        __syncwarp();
+        if (key < E && (peers & lower) == 0) sm.seg[key] = start + __popc(peers);
+        __syncwarp(); /* the next step reads these */
+        if (key > E) continue;
+        int64_t row = -1;
+        if (key < E) {
+            const int64_t rank = start + __popc(peers & lower);
+            if (p.c.layout == MOE_PERMUTE_CONTIGUOUS)
+                row = sm.off[key] + rank;
+            else if (rank < p.c.max_rows)
+                row = (int64_t)key * p.c.max_rows + rank;
+        }
+        p.slot_row[i] = (int32_t)row;
+        if (row >= 0) p.row_src[row] = (int32_t)i;
     }
 }
 
@@ -187,7 +229,9 @@ __device__ __forceinline__ void place_single(const permute_params &p, permute_sm
     __syncthreads();
     compute_layout(p, sm, true, true); /* ends with a barrier; tmp is free again */
     fill_padding(p, sm, pad_first, pad_step);
-    for (int i = threadIdx.x; i < W * E; i += kThreads) sm.tmp.warp_count[i / E][i % E] = 0;
+#pragma unroll
+    for (int w = 0; w < W; w++)
+        for (int e = threadIdx.x; e < E; e += kThreads) sm.tmp.warp_count[w][e] = 0;
     __syncthreads();
     const int64_t stretch = (p.n + W * 32 - 1) / (W * 32) * 32, lo = warp * stretch, hi = min(lo + stretch, p.n);
     const unsigned lower = (1u << lane) - 1u;

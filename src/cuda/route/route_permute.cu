@@ -1,9 +1,10 @@
 /* route_permute.cu — moe_route and then moe_permute of the ids it wrote, in one launch for small batches
  * (docs/routing.md §7). A cluster of up to 16 CTAs (sm_90; one CTA elsewhere) routes the tokens, a warp a token
  * (route_warp.cuh), and each (token, slot) writes its permute key straight into every CTA's shared memory
- * (distributed shared memory). After the cluster barrier each CTA counts and lays out the list; CTA 0 places it
- * as the single-chunk permute does (permute_cta.cuh), and the CTAs share the padding rows' stores. One kernel instead of two: the second launch's latency, a third
- * of a decode step's routing, is gone, and the ids never make a round trip through global memory. */
+ * (distributed shared memory). After the cluster barrier each CTA counts and lays out the whole list and places
+ * its own share of it (permute_cta.cuh's place_range) and of the padding rows, so that no CTA's chain of phases
+ * is longer than a share's. One kernel instead of two: the second launch's latency, a third of a decode step's
+ * routing, is gone, and the ids never make a round trip through global memory. */
 #include <cooperative_groups.h>
 
 #include "cuda/route/permute_cta.cuh"
@@ -35,7 +36,8 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
 #endif
     /* the counters are cleared while the tokens are routed */
     for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
-    if (threadIdx.x == 0) sm.invalid = 0; /* routed ids are never invalid (checked on the host) */
+    for (int e = threadIdx.x; e < E; e += kThreads) sm.seg[e] = 0;
+    if (rank == 0 && threadIdx.x == 0 && pp.dropped) *pp.dropped = 0; /* compute_layout adds to it */
     const int64_t first = rank * kWarps + warp, stride = (int64_t)n_ctas * kWarps;
     int ids[kTokensPerWarp];
 #pragma unroll 1 /* one copy of the router's code: at decode sizes its instruction fetch is the cost */
@@ -66,15 +68,19 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
 #else
     __syncthreads();
 #endif
-    for (int64_t i = threadIdx.x; i < pp.n; i += kThreads)
-        if (sm.key[i] < E) atomicAdd(&sm.hist[sm.key[i]], 1);
-    __syncthreads();
-    if (rank == 0) {
-        permute_cta::place_single(pp, sm, 0, n_ctas); /* counts, offsets, rows, and its share of the padding */
-    } else { /* the layout again, for this CTA's share of the padding rows (one CTA's stores are a bottleneck) */
-        permute_cta::compute_layout(pp, sm, false, false);
-        permute_cta::fill_padding(pp, sm, rank, n_ctas);
+    /* Every CTA places its own share of the list, [lo, hi): the histogram of the whole list, and in sm.seg the
+     * entries of each expert before lo, in one pass */
+    const int64_t share = (pp.n + n_ctas - 1) / n_ctas, lo = min(pp.n, rank * share), hi = min(pp.n, lo + share);
+    for (int64_t i = threadIdx.x; i < pp.n; i += kThreads) {
+        const int key = sm.key[i];
+        if (key < E) atomicAdd(&sm.hist[key], 1);
+        if (key < E && i < lo) atomicAdd(&sm.seg[key], 1);
     }
+    __syncthreads();
+    permute_cta::compute_layout(pp, sm, rank == 0, rank == 0); /* CTA 0 writes counts, offsets and dropped */
+    if (warp == 0) permute_cta::place_range(pp, sm, lo, hi);
+    permute_cta::fill_padding(pp, sm, rank, n_ctas); /* and the padding of every n_ctas-th expert */
+    if (rank == 0 && threadIdx.x == 0 && pp.invalid) *pp.invalid = 0; /* routed ids are never invalid */
 }
 
 /* Launches route_permute_kernel<kPerLane> for T tokens as one cluster (sm_90; one CTA elsewhere): a CTA per 8
@@ -100,7 +106,10 @@ cudaError_t launch(const moe_ctx *ctx, bool pdl, cudaStream_t st, const route_wa
         }();
         max_ctas = cluster16 ? 16 : 8;
     }
-    const int64_t want = (rp.n_tokens + kWarps - 1) / kWarps;
+    /* a warp a token, and at most two experts' padding a warp: more CTAs than the tokens need when the list
+     * touches many experts (DeepSeek-V3 at T = 16: 128 entries, 2 CTAs for the tokens, 8 for the padding) */
+    const int64_t touched = min(rp.n_tokens * rp.c.top_k, (int64_t)pp.c.n_experts);
+    const int64_t want = max((rp.n_tokens + kWarps - 1) / kWarps, (touched + 2 * kWarps - 1) / (2 * kWarps));
     const unsigned ctas = (unsigned)(want < max_ctas ? want : max_ctas);
     return moe_launch_ex(pdl, ctas, kernel, ctas, kThreads, 0, st, rp, pp);
 }

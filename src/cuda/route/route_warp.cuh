@@ -5,8 +5,10 @@
  * fixed order (lane partials, then a butterfly), so both agree bit for bit.
  *
  * Every warp-wide maximum is a 32-bit order key reduced by one redux.sync (__reduce_max_sync, sm_80+): a round of
- * the top-k selection is a lane-local maximum, that reduction, and a second one (a minimum) that breaks ties
- * towards the lower expert index, instead of five rounds of 64-bit shuffles. */
+ * the top-k selection is a lane-local maximum (a tree), that reduction and a vote; only when two lanes hold the
+ * maximum does a second reduction (a minimum) pick the lower expert index. DeepSeek-V3's group keys are
+ * warp-uniform and ranked by the lanes at once, not in rounds. At decode sizes a token's time is one warp's
+ * dependent chain, so every load a token needs (logits, bias, token id) is issued before any arithmetic. */
 #ifndef MOE_CUDA_ROUTE_WARP_CUH
 #define MOE_CUDA_ROUTE_WARP_CUH
 
@@ -83,6 +85,21 @@ __device__ __forceinline__ int warp_argmax(uint32_t key, int lane, uint32_t &top
     return (int)__reduce_min_sync(0xffffffffu, key == top ? (uint32_t)lane : 32u);
 }
 
+/* This lane's largest key and its slot, the lowest slot among equal keys: a tree, log2(kPerLane) steps deep. */
+template <int kPerLane> __device__ __forceinline__ void lane_best(const uint32_t (&key)[kPerLane], uint32_t &best, int &slot) {
+    uint32_t kk[kPerLane];
+    int ss[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++) kk[j] = key[j], ss[j] = j;
+#pragma unroll
+    for (int w = 1; w < kPerLane; w *= 2)
+#pragma unroll
+        for (int j = 0; j + w < kPerLane; j += 2 * w)
+            if (kk[j + w] > kk[j]) kk[j] = kk[j + w], ss[j] = ss[j + w];
+    best = kk[0];
+    slot = ss[0];
+}
+
 /* The value in register slot j of lane (e % 32), for a warp-uniform expert e. */
 template <int kPerLane> __device__ __forceinline__ float fetch(const float (&v)[kPerLane], int e) {
     float mine = 0.0f;
@@ -105,16 +122,16 @@ template <int kPerLane> __device__ __forceinline__ float gather(const float (&v)
     return out;
 }
 
-/* Group g's key from the lanes' best two keys k1 >= k2 in it (0: none): its best two keys are two warp maxima, the
- * second with the first's lane holding its own runner-up instead. Invalid groups (fewer than the score needs)
- * get 1: they rank after every valid one, lower index first, as on the CPU. */
-__device__ __forceinline__ uint32_t group_key_of(const moe_router_config &c, int lane, uint32_t k1, uint32_t k2) {
-    uint32_t m1, m2 = 0;
-    const int w = warp_argmax(k1, lane, m1);
-    if (c.group_score == MOE_GROUP_SCORE_TOP2_SUM) m2 = __reduce_max_sync(0xffffffffu, lane == w ? k2 : k1);
-    const bool valid = c.group_score == MOE_GROUP_SCORE_MAX ? m1 != 0 : m2 != 0;
-    const float score = c.group_score == MOE_GROUP_SCORE_MAX ? key_value(m1) : key_value(m1) + key_value(m2);
-    return valid ? order_key(true, score) : 1u;
+/* A group's key from the lanes' best two keys k1 >= k2 in it (0: none), warp-uniform: its best key m1 is a warp
+ * maximum; its runner-up is m1 again when two lanes hold m1, else the maximum with the winner's k1 replaced by
+ * its k2 (that reduction and the vote run side by side). Invalid groups (fewer than the score needs) get 1:
+ * they rank after every valid one, lower index first, as on the CPU. */
+__device__ __forceinline__ uint32_t group_key(const moe_router_config &c, uint32_t k1, uint32_t k2) {
+    const uint32_t m1 = __reduce_max_sync(0xffffffffu, k1);
+    if (c.group_score == MOE_GROUP_SCORE_MAX) return m1 != 0 ? order_key(true, key_value(m1)) : 1u;
+    const uint32_t rest = __reduce_max_sync(0xffffffffu, k1 == m1 ? k2 : k1);
+    const uint32_t m2 = __popc(__ballot_sync(0xffffffffu, k1 == m1)) >= 2 ? m1 : rest;
+    return m2 != 0 ? order_key(true, key_value(m1) + key_value(m2)) : 1u;
 }
 
 /* The group filter of GROUPED (docs §2): keeps the topk_groups best groups and masks the rest. key[j] is the
@@ -123,17 +140,24 @@ template <int kPerLane>
 __device__ __forceinline__ void group_filter(const moe_router_config &c, int lane, const float (&s)[kPerLane],
                                              float (&b)[kPerLane], int (&ok)[kPerLane], const uint32_t (&key)[kPerLane]) {
     const int G = c.n_groups, per = c.n_experts / G;
-    uint32_t group_key = 0; /* lane g ends up holding group g's key */
-    int group[kPerLane];    /* the group of each item, -1 past E */
+    int group[kPerLane]; /* the group of each item, -1 past E */
+    uint32_t keep = 0;   /* bit g: group g is kept */
     if (per == 32 && G <= kPerLane) {
-        /* DeepSeek-V3 (256 experts, 8 groups of 32): slot j of every lane is group j, so no search */
+        /* DeepSeek-V3 (256 experts, 8 groups of 32): slot j of every lane is group j, so no search; the group
+         * keys are warp-uniform, and lane g ranks group g (the better ones, lower index first on ties) */
+        uint32_t gk[kPerLane], mine = 0; /* lane g < G: group g's key */
 #pragma unroll
         for (int j = 0; j < kPerLane; j++) {
             group[j] = j < G ? j : -1;
-            const uint32_t gk = group_key_of(c, lane, key[j], 0u);
-            if (lane == j && j < G) group_key = gk;
+            gk[j] = j < G ? group_key(c, key[j], 0u) : 0u;
+            mine = lane == j ? gk[j] : mine;
         }
+        int rank = 0;
+#pragma unroll
+        for (int h = 0; h < kPerLane; h++) rank += h < lane ? gk[h] >= mine : gk[h] > mine;
+        keep = __ballot_sync(0xffffffffu, lane < G && rank < c.topk_groups);
     } else {
+        uint32_t group_key_mine = 0; /* lane g ends up holding group g's key */
 #pragma unroll
         for (int j = 0; j < kPerLane; j++) group[j] = lane + 32 * j < c.n_experts ? (lane + 32 * j) / per : -1;
         for (int g0 = 0; g0 < G; g0 += 8) { /* 8 groups at a time: their reductions overlap */
@@ -152,17 +176,16 @@ __device__ __forceinline__ void group_filter(const moe_router_config &c, int lan
             }
 #pragma unroll
             for (int q = 0; q < 8; q++) {
-                const uint32_t gk = group_key_of(c, lane, k1[q], k2[q]);
-                if (lane == g0 + q && g0 + q < G) group_key = gk;
+                const uint32_t gk = group_key(c, k1[q], k2[q]);
+                if (lane == g0 + q && g0 + q < G) group_key_mine = gk;
             }
         }
-    }
-    uint32_t keep = 0;
-    for (int n = 0; n < c.topk_groups; n++) {
-        uint32_t top;
-        const int g = warp_argmax(group_key, lane, top);
-        keep |= 1u << g;
-        if (lane == g) group_key = 0;
+        for (int n = 0; n < c.topk_groups; n++) {
+            uint32_t top;
+            const int g = warp_argmax(group_key_mine, lane, top);
+            keep |= 1u << g;
+            if (lane == g) group_key_mine = 0;
+        }
     }
 #pragma unroll
     for (int j = 0; j < kPerLane; j++) {
@@ -183,6 +206,11 @@ template <int kPerLane> __device__ __forceinline__ void route_token(const params
     int ok[kPerLane];
     const bool scored = !(c.kind == MOE_ROUTER_HASH && c.score == MOE_SCORE_NONE);
     load_logits(p, scored ? t : -1, x);
+    /* the bias and the token id are loaded beside the logits, so that their latencies overlap */
+    float bias[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++) bias[j] = c.bias && lane + 32 * j < E ? c.bias[lane + 32 * j] : 0.0f;
+    const int64_t tok = c.kind == MOE_ROUTER_HASH ? p.token_ids[t] : 0;
     /* scores */
     if (c.score == MOE_SCORE_SOFTMAX) {
         uint32_t mk = 0; /* the row maximum over the non-NaN logits */
@@ -209,7 +237,6 @@ template <int kPerLane> __device__ __forceinline__ void route_token(const params
     int32_t my_id = -1;
     float my_w = 0.0f;
     if (c.kind == MOE_ROUTER_HASH) {
-        const int64_t tok = p.token_ids[t];
         for (int n = 0; n < k; n++) {
             int32_t e = tok >= 0 && tok < c.hash_vocab ? c.hash_table[tok * k + n] : -1;
             if (e < 0 || e >= E) e = -1;
@@ -222,7 +249,7 @@ template <int kPerLane> __device__ __forceinline__ void route_token(const params
 #pragma unroll
         for (int j = 0; j < kPerLane; j++) {
             const int e = lane + 32 * j;
-            b[j] = c.bias && e < E ? s[j] + c.bias[e] : s[j];
+            b[j] = c.bias && e < E ? s[j] + bias[j] : s[j];
             ok[j] = e < E && s[j] == s[j] && b[j] == b[j];
             key[j] = order_key(ok[j], b[j]);
         }
@@ -232,18 +259,21 @@ template <int kPerLane> __device__ __forceinline__ void route_token(const params
             for (int j = 0; j < kPerLane; j++) key[j] = order_key(ok[j], b[j]);
         }
         for (int n = 0; n < k; n++) { /* one selection round a slot (a rolled loop: small code) */
-            uint32_t best = key[0];
-            int slot = 0; /* this lane's best: the lowest slot among equal keys */
-#pragma unroll
-            for (int j = 1; j < kPerLane; j++)
-                if (key[j] > best) best = key[j], slot = j;
+            uint32_t best;
+            int slot;
+            lane_best(key, best, slot);
             const uint32_t top = __reduce_max_sync(0xffffffffu, best);
             if (top == 0) break; /* nothing selectable is left (warp-uniform) */
-            const int e = (int)__reduce_min_sync(0xffffffffu, best == top ? (uint32_t)(lane + 32 * slot) : ~0u);
+            /* the winner: the lowest expert index among the lanes holding top; one lane, almost always */
+            const unsigned hit = __ballot_sync(0xffffffffu, best == top);
+            int w = __ffs(hit) - 1;
+            if (hit & (hit - 1))
+                w = (int)(__reduce_min_sync(0xffffffffu, best == top ? (uint32_t)(lane + 32 * slot) : ~0u) & 31u);
+            const int e = __shfl_sync(0xffffffffu, lane + 32 * slot, w); /* off the rounds' chain */
             if (lane == n) my_id = e;
 #pragma unroll
             for (int j = 0; j < kPerLane; j++)
-                if (lane + 32 * j == e) key[j] = 0; /* taken */
+                if (lane == w && j == slot) key[j] = 0; /* taken */
         }
         my_w = gather(s, my_id);
         if (c.kind == MOE_ROUTER_TOPK_SOFTMAX) { /* softmax over the chosen logits, in slot order */
