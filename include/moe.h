@@ -501,6 +501,15 @@ typedef enum moe_w13_layout {
     MOE_W13_INTERLEAVED    /* even rows gate, odd rows up (GPT-OSS) */
 } moe_w13_layout;
 
+/* The tile of the GPU's routed expert GEMMs (docs/layer.md §7): SMALL (16 rows of an expert a CTA, decode), MEDIUM
+ * (64) or LARGE (128: wgmma and TMA on Hopper, the FP8 tensor cores for W8A8). */
+typedef enum moe_expert_tile {
+    MOE_EXPERT_TILE_AUTO = 0,
+    MOE_EXPERT_TILE_SMALL,
+    MOE_EXPERT_TILE_MEDIUM,
+    MOE_EXPERT_TILE_LARGE,
+} moe_expert_tile;
+
 typedef struct moe_layer_config {
     int hidden;               /* H */
     int intermediate;         /* I: each expert's FFN width */
@@ -522,6 +531,11 @@ typedef struct moe_layer_config {
      * of h in 1x128 groups before the GEMM that reads it, as DeepSeek-V3's inference does. With FP8_128X128
      * experts, Hopper runs those GEMMs on the FP8 tensor cores. */
     moe_qformat act_format;
+    /* The GPU's routed expert GEMMs: MOE_EXPERT_TILE_AUTO (zero) lets the tile table pick for each forward
+     * (docs/layer.md §7: measured choices by model shape, weights and tokens, written by `moe tune`, and rules by
+     * the rows a touched expert gets where the table has no row); the others force one tile (for `moe tune`,
+     * and to compare). The CPU ignores it. */
+    moe_expert_tile expert_tile;
 } moe_layer_config;
 
 /* The layer of a known model (the router presets' names: "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", ...):

@@ -141,6 +141,18 @@ TEST_IMPL(gpu_layer_tiles) {
         bad += compare_layer(env, &p, 0, "tile shapes, qwen2-moe style");
         layer_problem_free(&p);
     }
+    /* each tile forced (moe_layer_config.expert_tile, what `moe tune` times), at decode and prefill sizes */
+    for (int t = MOE_EXPERT_TILE_SMALL; t <= MOE_EXPERT_TILE_LARGE; t++)
+        for (int i = 0; i < 2; i++) {
+            moe_layer_config f = c;
+            f.expert_tile = (moe_expert_tile)t;
+            layer_problem p;
+            layer_problem_random(&p, &f, sizes[i], 0, seed++);
+            char what[64];
+            snprintf(what, sizeof what, "tile %d forced, T = %lld", t, (long long)sizes[i]);
+            bad += compare_layer(env, &p, 0, what);
+            layer_problem_free(&p);
+        }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }
@@ -310,6 +322,25 @@ TEST_IMPL(gpu_layer_w8a8) {
             layer_qweights_free(&q);
             layer_problem_free(&p);
         }
+    /* the LARGE tile forced at decode sizes: the FP8 tensor-core kernels over one or a few rows an expert */
+    for (int T = 1; T <= 5; T += 4) {
+        moe_layer_config c = make_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
+        c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+        c.expert_tile = MOE_EXPERT_TILE_LARGE;
+        layer_problem p;
+        layer_qweights q;
+        layer_problem_random(&p, &c, T, 0, seed++);
+        if (layer_problem_quantize(env->cpu, &p, wf[0], &q, NULL)) {
+            bad++;
+            layer_problem_free(&p);
+            continue;
+        }
+        p.qw = &q;
+        bad += compare_layer_tol(env, &p, 0, T == 1 ? "w8a8, LARGE forced, T = 1" : "w8a8, LARGE forced, T = 5",
+                                 8e-3, 8e-2);
+        layer_qweights_free(&q);
+        layer_problem_free(&p);
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

@@ -3,6 +3,9 @@
 #include <stdlib.h>
 
 #include "layer_cases.h"
+#ifdef MOE_WITH_CUDA
+#include "cuda/moe/tile_table.cuh"
+#endif
 
 TEST_IMPL(layer_golden) {
     ASSERT_EQ_I64(layer_run_golden(env, env->cpu, MOE_DTYPE_F32, 0, 1e-5), 0);
@@ -64,6 +67,9 @@ TEST_IMPL(layer_errors) {
     moe_layer_config b = c;
     b.activation = (moe_activation)9;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "activation", moe_layer_create(ctx, &b, &w, &l));
+    b = c;
+    b.expert_tile = (moe_expert_tile)9;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "expert_tile", moe_layer_create(ctx, &b, &w, &l));
     b = c, b.dtype = MOE_DTYPE_F16;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "dtype", moe_layer_create(ctx, &b, &w, &l));
     b = c, b.hidden = 0;
@@ -107,4 +113,52 @@ TEST_IMPL(layer_errors) {
     moe_layer_destroy(l);
     ASSERT(moe_layer_forward(NULL, &io, ws, sizeof ws, NULL) == MOE_ERR_INVALID_ARG);
     return TEST_OK;
+}
+
+/* The measured tile table's lookup (src/cuda/moe/tile_table.cu) on rows made up here: the key must match in full;
+ * a row covers the token counts above the previous row of its key up to its own, the last one every T above. */
+TEST_IMPL(layer_tile_table) {
+    (void)env;
+#ifndef MOE_WITH_CUDA
+    SKIP("CPU-only build: the tiles are the CUDA kernels'");
+#else
+    const moe_tile_row rows[] = {
+        {90, "bf16", 2048, 768, 128, 8, 16, MOE_EXPERT_TILE_SMALL},
+        {90, "bf16", 2048, 768, 128, 8, 1024, MOE_EXPERT_TILE_LARGE}, /* out of order on purpose */
+        {90, "bf16", 2048, 768, 128, 8, 128, MOE_EXPERT_TILE_MEDIUM},
+        {90, "fp8", 2048, 768, 128, 8, 4, MOE_EXPERT_TILE_LARGE},
+        {80, "bf16", 2048, 768, 128, 8, 4, MOE_EXPERT_TILE_MEDIUM},
+        {0, NULL, 0, 0, 0, 0, 0, MOE_EXPERT_TILE_AUTO},
+    };
+    const struct {
+        int sm;
+        const char *w;
+        int H, E;
+        int64_t T;
+        moe_expert_tile want;
+    } cases[] = {
+        {90, "bf16", 2048, 128, 1, MOE_EXPERT_TILE_SMALL},   {90, "bf16", 2048, 128, 16, MOE_EXPERT_TILE_SMALL},
+        {90, "bf16", 2048, 128, 17, MOE_EXPERT_TILE_MEDIUM}, {90, "bf16", 2048, 128, 128, MOE_EXPERT_TILE_MEDIUM},
+        {90, "bf16", 2048, 128, 129, MOE_EXPERT_TILE_LARGE}, {90, "bf16", 2048, 128, 99999, MOE_EXPERT_TILE_LARGE},
+        {90, "fp8", 2048, 128, 1, MOE_EXPERT_TILE_LARGE},    {90, "fp8", 2048, 128, 5000, MOE_EXPERT_TILE_LARGE},
+        {80, "bf16", 2048, 128, 64, MOE_EXPERT_TILE_MEDIUM}, {90, "nvfp4", 2048, 128, 1, MOE_EXPERT_TILE_AUTO},
+        {90, "bf16", 4096, 128, 1, MOE_EXPERT_TILE_AUTO},    {90, "bf16", 2048, 64, 1, MOE_EXPERT_TILE_AUTO},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const moe_expert_tile got =
+            moe__tile_lookup(rows, cases[i].sm, cases[i].w, cases[i].H, 768, cases[i].E, 8, cases[i].T);
+        ASSERT_MSG(got == cases[i].want, "case %zu (sm %d, %s, H %d, E %d, T %lld): tile %d, want %d", i, cases[i].sm,
+                   cases[i].w, cases[i].H, cases[i].E, (long long)cases[i].T, (int)got, (int)cases[i].want);
+    }
+    /* the weights' names as `moe tune` writes them */
+    moe_layer_config c = {0};
+    ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "bf16"), "bf16 experts: %s", moe__tile_weights_name(&c));
+    c.expert_format = moe_qformat_preset(MOE_QFORMAT_NVFP4);
+    ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "nvfp4"), "nvfp4 experts: %s", moe__tile_weights_name(&c));
+    c.expert_format = moe_qformat_preset(MOE_QFORMAT_FP8_128X128);
+    ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "fp8"), "fp8 experts: %s", moe__tile_weights_name(&c));
+    c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+    ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "w8a8"), "w8a8: %s", moe__tile_weights_name(&c));
+    return TEST_OK;
+#endif
 }

@@ -15,6 +15,7 @@ int cmd_bench(int argc, char **argv);
 int bench_route(int argc, char **argv);
 int bench_layer(int argc, char **argv);
 int bench_ep(int argc, char **argv);
+int cmd_tune(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 
 /* Creates a context for --backend auto|cpu|cuda (NULL name: auto) and --threads; prints why on failure. */
@@ -42,6 +43,35 @@ typedef struct cli_bench_opts {
     int *unfused;    /* --unfused; NULL where the command has no such option */
 } cli_bench_opts;
 int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o);
+
+/* --dtype of `moe bench layer` and `moe tune`: the experts' storage (kind 0: bf16) and their inputs (act; kind
+ * 0: bf16) for "bf16", "fp8", "fp8-row", "mxfp8", "mxfp4", "nvfp4" or "w8a8"; -1 for another name. */
+int cli_expert_format(const char *name, moe_qformat *f, moe_qformat *act);
+
+/* A model's layer with random weights for timing (layer_bench.c): two copies on a GPU (back-to-back forwards
+ * alternate, so a step never finds the previous one's experts in L2), one on the CPU; x and out for T_max. */
+typedef struct layer_copy {
+    void *w13, *w2, *b13, *b2, *gate, *gate_bias, *bias, *sw13, *sw2, *sgate;
+    void *scale[2], *global[2]; /* quantised experts: w13's and w2's scales and NVFP4 globals */
+    moe_layer_config config;    /* as created (router.bias set) */
+    moe_layer_weights weights;
+    moe_layer *layer;
+} layer_copy;
+typedef struct cli_layer_bench {
+    moe_ctx *ctx;
+    layer_copy copies[2];
+    int n_copies;
+    void *x, *out, *ws;
+    size_t ws_bytes;
+} cli_layer_bench;
+moe_status cli_layer_bench_open(moe_ctx *ctx, const moe_layer_config *c, int64_t T_max, cli_layer_bench *b);
+/* Re-creates the copies' layers with config.expert_tile = tile (the weights stay). */
+moe_status cli_layer_bench_retile(cli_layer_bench *b, moe_expert_tile tile);
+moe_status cli_layer_bench_forwards(cli_layer_bench *b, int64_t T, int n, moe_expert_stats *stats);
+/* Microseconds per forward of T tokens: the median of 5 timings of reps forwards (one CUDA-graph replay on a
+ * GPU), after idle_ms of idling; reps 0: about 30 ms of work (2..200). -1 on failure. */
+double cli_layer_bench_time(cli_layer_bench *b, int64_t T, int reps, int idle_ms, int *reps_used);
+void cli_layer_bench_close(cli_layer_bench *b);
 
 /* The current UTC time as 2026-11-22T03:52:24Z. */
 void cli_utc_date(char *out, size_t cap);

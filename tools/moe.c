@@ -18,6 +18,8 @@ static const char usage[] =
     "             mxfp4, nvfp4, ...) per token count; `moe bench ep`:\n"
     "             the layer split over this machine's GPUs (expert parallelism), phase by phase, beside the\n"
     "             transport's plain all-to-all\n"
+    "  tune       times the GPU's expert GEMM tiles at a model's shapes and prints the rows of the tile table\n"
+    "             (src/cuda/moe/tile_table.inc) that pick the fastest of each point\n"
     "  info       what this build contains and where it computes on this machine\n"
     "  version    the version and the commit it was built from\n"
     "\n"
@@ -46,6 +48,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tune")) return cmd_tune(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("moe %s (commit %s)\n", moe_version(), MOE_GIT_COMMIT);
         return CLI_OK;

@@ -107,6 +107,8 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
     MOE_CHECK_ARG(ctx, !c->shared_gate || (c->n_shared > 0 && w->shared_gate),
                   "moe_layer_create: shared_gate needs shared experts and weights.shared_gate");
     MOE_CHECK_ARG(ctx, c->router.kind != MOE_ROUTER_INVALID, "moe_layer_create: the router is not configured");
+    MOE_CHECK_ARG(ctx, c->expert_tile >= MOE_EXPERT_TILE_AUTO && c->expert_tile <= MOE_EXPERT_TILE_LARGE,
+                  "moe_layer_create: expert_tile %d is not a moe_expert_tile", (int)c->expert_tile);
     MOE_CHECK_ARG(ctx, !c->router.weight_on_input || c->router.top_k == 1,
                   "moe_layer_create: the router weight on the expert input (Llama-4) needs top_k 1, not %d",
                   c->router.top_k);

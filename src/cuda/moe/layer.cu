@@ -14,6 +14,7 @@
 #include "cuda/moe/act_quant.cuh"
 #include "cuda/moe/gate.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
+#include "cuda/moe/tile_table.cuh"
 #include "formats/qformat.h"
 #include "moe/layer.h"
 #include "route/route_math.h"
@@ -110,13 +111,23 @@ static bool w8a8_mma(const moe_layer *l) {
     return moe__cuda_gemm_fp8_fits(l->ctx, g, true) && moe__cuda_gemm_fp8_fits(l->ctx, g2, false);
 }
 
-/* The tile shape for T tokens over E experts: from the rows a touched expert gets on average. LARGE from 64 rows
- * an expert on Hopper (wgmma: measured 1.2-1.3x faster there than 64-row mma.sync tiles despite the padding;
- * worse from 32), from 128 elsewhere; from 16 for W8A8 on the FP8 tensor cores, where the bf16 tiles would
- * convert every weight of the step and the padding costs only FP8 tensor-core time. */
+/* The tile shape for T tokens over E experts (docs/layer.md §7): the config's forced tile; else the measured
+ * table's row for this model shape, weight format and GPU (tile_table.cuh); else rules by the rows a touched
+ * expert gets on average. LARGE from 64 rows an expert on Hopper (wgmma: measured 1.2-1.3x faster there than
+ * 64-row mma.sync tiles despite the padding; worse from 32), from 128 elsewhere; from 16 for W8A8 on the FP8
+ * tensor cores, where the bf16 tiles would convert every weight of the step and the padding costs only FP8
+ * tensor-core time. */
 static moe_gemm_shape routed_shape(const moe_layer *l, int64_t T, int k, int E) {
+    const bool sm90 = moe__cuda_gemm_sm90_usable(l->ctx);
+    moe_expert_tile tile = l->c.expert_tile;
+    if (tile == MOE_EXPERT_TILE_AUTO)
+        tile = moe__tile_table_lookup(sm90 ? 90 : 80, moe__tile_weights_name(&l->c), l->c.hidden, l->c.intermediate,
+                                      E, k, T);
+    if (tile != MOE_EXPERT_TILE_AUTO)
+        return tile == MOE_EXPERT_TILE_SMALL ? MOE_GEMM_SMALL : tile == MOE_EXPERT_TILE_MEDIUM ? MOE_GEMM_MEDIUM
+                                                                                          : MOE_GEMM_LARGE;
     const int64_t assignments = T * k, touched = assignments < E ? assignments : E;
-    const int64_t large_min = !moe__cuda_gemm_sm90_usable(l->ctx) ? 128 : w8a8_mma(l) ? 16 : 64;
+    const int64_t large_min = !sm90 ? 128 : w8a8_mma(l) ? 16 : 64;
     return assignments < 16 * touched ? MOE_GEMM_SMALL : assignments < large_min * touched ? MOE_GEMM_MEDIUM
                                                                                            : MOE_GEMM_LARGE;
 }
