@@ -322,7 +322,9 @@ TEST_IMPL(gpu_layer_w8a8) {
             layer_qweights_free(&q);
             layer_problem_free(&p);
         }
-    /* the LARGE tile forced at decode sizes: the FP8 tensor-core kernels over one or a few rows an expert */
+    /* the LARGE tile forced at decode sizes: the FP8 tensor-core kernels over one or a few rows an expert. Over one
+     * to five tokens the relative L2 is a per-token figure, and single tokens reach 3.9e-2 on these kernels
+     * (docs/layer.md §6; a wrong expert, scale or row gives O(1)): 5e-2 on it (T = 5 measured 9.4e-3) */
     for (int T = 1; T <= 5; T += 4) {
         moe_layer_config c = make_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
@@ -337,7 +339,7 @@ TEST_IMPL(gpu_layer_w8a8) {
         }
         p.qw = &q;
         bad += compare_layer_tol(env, &p, 0, T == 1 ? "w8a8, LARGE forced, T = 1" : "w8a8, LARGE forced, T = 5",
-                                 8e-3, 8e-2);
+                                 5e-2, 8e-2);
         layer_qweights_free(&q);
         layer_problem_free(&p);
     }
