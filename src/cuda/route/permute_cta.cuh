@@ -187,18 +187,19 @@ __device__ inline void fill_padding(const permute_params &p, const permute_smem 
 }
 
 /* Places the entries [lo, hi) of the list in sm.key with the calling warp, 32 a step in list order: entries with the
- * same expert find each other with __match_any_sync and take consecutive ranks after sm.seg[e], which holds the
- * entries of expert e before lo on entry and is advanced as the steps go. sm.off holds the layout. */
-__device__ inline void place_range(const permute_params &p, permute_smem &sm, int64_t lo, int64_t hi) {
+ * same expert find each other with __match_any_sync and take consecutive ranks after next[e], which holds the
+ * entries of expert e placed before lo on entry and is advanced as the steps go. sm.off holds the layout. */
+template <typename T>
+__device__ inline void place_range(const permute_params &p, const permute_smem &sm, int64_t lo, int64_t hi, T *next) {
     const int E = p.c.n_experts, lane = threadIdx.x % 32;
     const unsigned lower = (1u << lane) - 1u;
     for (int64_t base = lo; base < hi; base += 32) {
         const int64_t i = base + lane;
         const int key = i < hi ? sm.key[i] : E + 1;
         const unsigned peers = __match_any_sync(0xffffffffu, key);
-        const int start = key < E ? sm.seg[key] : 0;
+        const int start = key < E ? next[key] : 0;
         __syncwarp();
-        if (key < E && (peers & lower) == 0) sm.seg[key] = start + __popc(peers);
+        if (key < E && (peers & lower) == 0) next[key] = (T)(start + __popc(peers));
         __syncwarp(); /* the next step reads these */
         if (key > E) continue;
         int64_t row = -1;
@@ -253,26 +254,7 @@ __device__ __forceinline__ void place_single(const permute_params &p, permute_sm
         }
     }
     __syncthreads();
-    for (int64_t base = lo; base < hi; base += 32) { /* pass 2: place */
-        const int64_t i = base + lane;
-        const int key = i < hi ? sm.key[i] : E + 1;
-        const unsigned peers = __match_any_sync(0xffffffffu, key);
-        const int start = key < E ? sm.tmp.warp_count[warp][key] : 0;
-        __syncwarp();
-        if (key < E && (peers & lower) == 0) sm.tmp.warp_count[warp][key] = (uint16_t)(start + __popc(peers));
-        __syncwarp();
-        if (key > E) continue;
-        int64_t row = -1;
-        if (key < E) {
-            const int64_t rank = start + __popc(peers & lower);
-            if (p.c.layout == MOE_PERMUTE_CONTIGUOUS)
-                row = sm.off[key] + rank;
-            else if (rank < p.c.max_rows)
-                row = (int64_t)key * p.c.max_rows + rank;
-        }
-        p.slot_row[i] = (int32_t)row;
-        if (row >= 0) p.row_src[row] = (int32_t)i;
-    }
+    place_range(p, sm, lo, hi, sm.tmp.warp_count[warp]); /* pass 2: place */
     if (threadIdx.x == 0 && p.invalid) *p.invalid = sm.invalid;
 }
 

@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
     }
     __syncthreads();
     permute_cta::compute_layout(pp, sm, rank == 0, rank == 0); /* CTA 0 writes counts, offsets and dropped */
-    if (warp == 0) permute_cta::place_range(pp, sm, lo, hi);
+    if (warp == 0) permute_cta::place_range(pp, sm, lo, hi, sm.seg);
     permute_cta::fill_padding(pp, sm, rank, n_ctas); /* and the padding of every n_ctas-th expert */
     if (rank == 0 && threadIdx.x == 0 && pp.invalid) *pp.invalid = 0; /* routed ids are never invalid */
 }
