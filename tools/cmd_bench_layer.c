@@ -8,9 +8,7 @@
  * scales; found by a counted forward before the timing), the shared experts, the gate and x and out. */
 #include <jansson.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 

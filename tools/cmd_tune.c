@@ -3,7 +3,6 @@
  * src/cuda/moe/tile_table.inc that pick the fastest of each point (docs/layer.md §7). Run on the GPU the table is
  * for; the rows name its generation (sm 90: the Hopper kernels, 80: the portable ones). */
 #include <jansson.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
