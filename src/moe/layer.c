@@ -28,6 +28,7 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
         s.slot_row = at + x.slot_row, s.permute = at + x.permute, s.permute_bytes = x.permute_bytes;
         s.h = at + x.h, s.y = at + x.y;
         s.xq = at + x.xq, s.xs = at + x.xs, s.h8 = at + x.h8, s.hs = at + x.hs;
+        s.hq = at + x.hq, s.hqs = at + x.hqs;
         at += x.bytes;
         s.shared_scale = at, at += moe_align256(t * 4);
         s.gate_partial = at, at += moe_align256((size_t)moe__gate_partial_rows((int64_t)t, c->hidden) * (E + 1) * 4);

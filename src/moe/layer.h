@@ -62,6 +62,9 @@ typedef struct moe_layer_scratch {
     /* W8A8 (GPU): x quantised, (T, H) as bf16 values or E4M3 codes with (T, ceil(H / 128)) f32 scales; h as
      * codes (rows, I) with (ceil(I / 128), rows) scales */
     size_t xq, xs, h8, hs;
+    /* W8A8 decode (GPU): h leaves GEMM 1 in f32 at h8, and its codes (rows, I) and scales (ceil(I / 128), rows)
+     * go to hq, hqs, inside the bf16 h region, which that path does not use */
+    size_t hq, hqs;
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t gate_partial;         /* (moe__gate_partial_rows, E + 1) f32 */
     size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16 */

@@ -1,4 +1,5 @@
-/* act_quant.cu — W8A8 inputs for the bf16-activation GEMMs: a warp per 1x128 group, four columns a lane. */
+/* act_quant.cu — W8A8 inputs in 1x128 FP8 groups, as bf16 values or as codes: a warp per group, four columns a
+ * lane. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/formats/qformat.cuh"
 #include "cuda/moe/act_quant.cuh"
@@ -19,10 +20,18 @@ __device__ __forceinline__ void load4(const float *x, float (&v)[4]) {
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
 }
 
+/* Where a kernel's groups go: bf16 values (out), or codes and scales (codes set). */
+struct quant_out {
+    __nv_bfloat16 *out;
+    uint8_t *codes;
+    float *scales;
+    int64_t scale_ld;
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
-    fake_quant_kernel(const T *x, __nv_bfloat16 *out, int64_t rows, const int64_t *live_rows, int cols,
-                      moe_scale_rule rule, float amax_floor) {
+    fake_quant_kernel(const T *x, quant_out dst, int64_t rows, const int64_t *live_rows, int cols, moe_scale_rule rule,
+                      float amax_floor) {
     moe_pdl_wait();
     moe_pdl_launch_next();
     if (live_rows && *live_rows < rows) rows = *live_rows;
@@ -43,7 +52,17 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         const moe_block_scale s = moe_scale_from_amax(q, moe_finish_amax(m, amax_floor));
         const moe_divider d = moe_make_divider(s.value, m);
+        if (dst.codes && lane == 0) dst.scales[(c >> 7) * dst.scale_ld + r] = s.value;
         if (!in) continue;
+        if (dst.codes) {
+            uint32_t q4 = 0;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                q4 |= (uint32_t)moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3)
+                      << (8 * e);
+            *reinterpret_cast<uint32_t *>(dst.codes + r * cols + c) = q4;
+            continue;
+        }
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const uint8_t code = moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3);
@@ -52,25 +71,38 @@ __global__ void __launch_bounds__(kWarps * 32)
         const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
         uint2 raw;
         raw.x = *reinterpret_cast<const uint32_t *>(&a), raw.y = *reinterpret_cast<const uint32_t *>(&b);
-        *reinterpret_cast<uint2 *>(out + r * cols + c) = raw;
+        *reinterpret_cast<uint2 *>(dst.out + r * cols + c) = raw;
     }
 }
 
 } // namespace
 
-moe_status moe__cuda_act_fake_quant(moe_ctx *ctx, const void *x, moe_dtype x_dtype, __nv_bfloat16 *out, int64_t rows,
-                                    const int64_t *live_rows, int cols, moe_scale_rule rule, float amax_floor,
-                                    cudaStream_t stream) {
+static moe_status quant(moe_ctx *ctx, const void *x, moe_dtype x_dtype, const quant_out &o, int64_t rows,
+                        const int64_t *live_rows, int cols, moe_scale_rule rule, float amax_floor,
+                        cudaStream_t stream) {
     if (rows <= 0) return MOE_OK;
     const int64_t warps = rows * ((cols + 127) / 128), cap = (int64_t)ctx->cuda.sm_count * 8;
     const int64_t blocks = (warps + kWarps - 1) / kWarps;
     const dim3 grid((unsigned)(blocks < cap ? blocks : cap));
     const bool pdl = moe__cuda_pdl(ctx);
     if (x_dtype == MOE_DTYPE_F32)
-        MOE_CUDA_TRY(ctx, moe_launch(pdl, fake_quant_kernel<float>, grid, kWarps * 32, 0, stream, (const float *)x,
-                                     out, rows, live_rows, cols, rule, amax_floor));
+        MOE_CUDA_TRY(ctx, moe_launch(pdl, fake_quant_kernel<float>, grid, kWarps * 32, 0, stream, (const float *)x, o,
+                                     rows, live_rows, cols, rule, amax_floor));
     else
         MOE_CUDA_TRY(ctx, moe_launch(pdl, fake_quant_kernel<__nv_bfloat16>, grid, kWarps * 32, 0, stream,
-                                     (const __nv_bfloat16 *)x, out, rows, live_rows, cols, rule, amax_floor));
+                                     (const __nv_bfloat16 *)x, o, rows, live_rows, cols, rule, amax_floor));
     return MOE_OK;
+}
+
+moe_status moe__cuda_act_fake_quant(moe_ctx *ctx, const void *x, moe_dtype x_dtype, __nv_bfloat16 *out, int64_t rows,
+                                    const int64_t *live_rows, int cols, moe_scale_rule rule, float amax_floor,
+                                    cudaStream_t stream) {
+    return quant(ctx, x, x_dtype, {out, nullptr, nullptr, 0}, rows, live_rows, cols, rule, amax_floor, stream);
+}
+
+moe_status moe__cuda_act_quant(moe_ctx *ctx, const float *x, uint8_t *codes, float *scales, int64_t scale_ld,
+                               int64_t rows, const int64_t *live_rows, int cols, moe_scale_rule rule, float amax_floor,
+                               cudaStream_t stream) {
+    return quant(ctx, x, MOE_DTYPE_F32, {nullptr, codes, scales, scale_ld}, rows, live_rows, cols, rule, amax_floor,
+                 stream);
 }

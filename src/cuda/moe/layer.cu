@@ -156,6 +156,8 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
         const size_t codes = align256((size_t)s.rows * I) + align256((size_t)s.rows * ((I + 127) / 128) * 4);
         const size_t h32 = align256((size_t)s.rows * I * 4);
         s.h8 = at, s.hs = at + align256((size_t)s.rows * I), at += codes > h32 ? codes : h32;
+        /* rows I + rows ceil(I / 128) 4 + 255 <= 2 rows I for every I >= 8 (rows >= 127) */
+        s.hq = s.h, s.hqs = s.h + align256((size_t)s.rows * I);
     }
     s.bytes = at;
     return s;
@@ -327,13 +329,28 @@ static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params 
     const moe_layer_config *c = &l->c;
     const int H = c->hidden, I = c->intermediate;
     const moe_qformat &af = c->act_format;
-    if (shape == MOE_GEMM_LARGE && moe__cuda_gemm_fp8_fits(ctx, g, true) && moe__cuda_gemm_fp8_fits(ctx, g2, false)) {
+    const bool fp8 = moe__cuda_gemm_fp8_fits(ctx, g, true) && moe__cuda_gemm_fp8_fits(ctx, g2, false);
+    if (fp8 && (shape == MOE_GEMM_LARGE || shape == MOE_GEMM_SMALL)) {
         moe_qlayout lx;
         const int64_t sx[2] = {T, H};
         MOE_TRY(moe__qlayout(ctx, &af, 2, sx, &lx));
         moe_tensor xt = moe_tensor_2d((void *)x, MOE_DTYPE_BF16, T, H);
         moe_qtensor xq = {lx.f, 2, {T, H}, ws + s->xq, ws + s->xs, NULL};
         MOE_TRY(moe__cuda_quantize(ctx, &lx, &xt, &xq, st));
+        if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
+            moe_gemm_fp8 f = {};
+            f.a = (const uint8_t *)(ws + s->xq), f.a_scale = (const float *)(ws + s->xs);
+            g.c32 = (float *)(ws + s->h8);
+            MOE_TRY(moe__cuda_grouped_gemm_fp8_decode(ctx, g, f, true, tiles, st));
+            const int64_t rows = tiles * moe__gemm_tile_m(shape);
+            uint8_t *hq = (uint8_t *)(ws + s->hq);
+            float *hqs = (float *)(ws + s->hqs);
+            MOE_TRY(moe__cuda_act_quant(ctx, g.c32, hq, hqs, s->rows, rows < s->rows ? rows : s->rows,
+                                        g.offsets + g.n_groups, I, lx.f.rule, af.amax_floor, st));
+            moe_gemm_fp8 f2 = {};
+            f2.a = hq, f2.a_scale = hqs, f2.a_scale_ld = s->rows;
+            return moe__cuda_grouped_gemm_fp8_decode(ctx, g2, f2, false, tiles, st);
+        }
         moe_gemm_fp8 f = {};
         f.a = (const uint8_t *)(ws + s->xq), f.a_scale = (const float *)(ws + s->xs);
         f.c = (uint8_t *)(ws + s->h8), f.c_scale = (float *)(ws + s->hs), f.c_scale_ld = s->rows;

@@ -1,0 +1,256 @@
+/* grouped_gemm_fp8_decode.cu — W8A8's routed GEMMs at decode (the SMALL tile: 16 rows an expert) on the FP8 tensor
+ * cores through mma.sync m16n8k32 (sm_89 and later; built into the sm_90a code). Contract in grouped_gemm.cuh
+ * (moe_gemm_fp8, moe__cuda_grouped_gemm_fp8_decode); the arithmetic is the W8A8 tile's (grouped_gemm_sm90_fp8.cu):
+ * each 128-wide K block's products summed on the tensor cores, then added to f32 accumulators times
+ * a_scale(row) * b_scale(block).
+ *
+ * At decode an expert has a few rows, so the GEMM streams weights: a CTA of 4 warps takes one 16-row tile and 16 B
+ * rows (GLU: the gate and up rows of 8 output columns; plain: 16 columns), the warps splitting K by 128-wide blocks
+ * (warp w takes blocks w, w + 4, ...), and sums the four partial tiles in shared memory in warp order
+ * (deterministic). The weights are the mma's A operand (M = 16 B rows) and the tokens its B operand (N = 8 rows a
+ * half tile; the second half runs only when the tile has more than 8 rows), so no weight is converted or staged:
+ * each lane loads 16 bytes of two weight rows and of its token rows straight into registers, the next block's
+ * while the tensor cores sum this one. The reduction order inside a K block does not matter to an mma, so a lane's
+ * 16 contiguous bytes (k = 64c + 16q .. + 15 of the block, q = lane % 4) feed two mma K slots of its own
+ * (bytes 8h .. 8h + 7 of chunk c are mma 2c + h's slots 4q .. 4q + 3 and 16 + 4q .. 16 + 4q + 3) in A and B alike.
+ * GEMM 1 writes h in f32 (p.c32); moe__cuda_act_quant turns it into GEMM 2's codes. */
+#include "cuda/common/cuda.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/formats/qformat.cuh"
+#include "cuda/moe/gemm_tile.cuh"
+#include "cuda/moe/grouped_gemm.cuh"
+
+namespace {
+
+constexpr int kWarps = 4;  /* split K */
+constexpr int kStages = 3; /* K blocks a warp has in flight */
+/* A warp's stage: its lanes' 16-byte pieces, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what
+ * it copied, so no barrier is needed and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c],
+ * 4-7 the tokens a[n][c] (slot 4 + 2n + c) */
+constexpr int kSlots = 8, kStageBytes = kSlots * 32 * 16;
+constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes; /* 64 KB, then the tile's scales */
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+constexpr int kRows = 16; /* rows of a tile: the permutation's SMALL tile */
+constexpr int kBK = 128;  /* a scale block of K */
+
+/* d += a (16 x 32, row) * b (32 x 8, col), E4M3 inputs, f32 accumulators. a0/a2: row g, a1/a3: row g + 8. */
+__device__ __forceinline__ void mma_e4m3(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* 16 bytes global -> shared, L2 only (weights: read once), or through L1 (tokens: every CTA reads them); bytes 0
+ * writes zeros. */
+__device__ __forceinline__ void copy16_cg(uint32_t smem, const void *gmem, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void copy16_ca(uint32_t smem, const void *gmem, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+}
+
+/* Block scale of B row `row` at K block kb; 0 for a row past N. */
+template <int F>
+__device__ __forceinline__ float b_scale(const moe_gemm_params &p, int g, int64_t row, int kb) {
+    if (row < 0) return 0.0f;
+    const int64_t i = g * p.bs.group_stride + (row >> 7) * p.bs.cols + (kb << 7 >> p.bs.col_shift);
+    if (F == MOE_B_E4M3_F32) return __ldg(static_cast<const float *>(p.bs.scale) + i);
+    return moe_decode(__ldg(static_cast<const uint8_t *>(p.bs.scale) + i), MOE_DTYPE_E8M0);
+}
+
+/* B row of the mma's M row m (0..15) in tile t: -1 past N. The 8 rows of each half lie in one 128-row scale block
+ * (GLU: 8 gate or 8 up rows from a multiple of 8; interleaved and plain: 16 rows from a multiple of 16). */
+template <bool kGlu> __device__ __forceinline__ int64_t b_row(const moe_gemm_params &p, const moe_gemm_tile &t, int m) {
+    if (kGlu) {
+        const int64_t col = t.tile_n * 8 + (m & 7);
+        return col >= p.n ? -1 : p.interleaved ? 2 * col + (m >> 3) : (m >> 3) * p.n + col;
+    }
+    const int64_t row = t.tile_n * 16 + m;
+    return row < p.n ? row : -1;
+}
+#endif
+
+template <bool kGlu, int F>
+__global__ void __launch_bounds__(kWarps * 32, 4) gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f) {
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    extern __shared__ uint4 smem_ring[];
+    __shared__ float part[kWarps - 1][8][32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const uint4 *ring = smem_ring + warp * kStages * kSlots * 32 + lane;
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+    const int64_t K = p.k;
+    const int kblocks = (p.k + kBK - 1) / kBK;
+    /* the tile's scales: B's two halves (2, kblocks), then the 16 rows' (16, kblocks) */
+    float *scales = reinterpret_cast<float *>(smem_ring + kWarps * kStages * kSlots * 32), *sa = scales + 2 * kblocks;
+    const int nk = warp < kblocks ? (kblocks - warp + kWarps - 1) / kWarps : 0; /* this warp's blocks */
+    for (int64_t tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
+        moe_gemm_tile t;
+        if (!moe_gemm_locate(p, kRows, tile, t)) continue; /* the same for the whole CTA */
+        const int64_t brow[2] = {b_row<kGlu>(p, t, g), b_row<kGlu>(p, t, g + 8)};
+        const uint8_t *bsrc[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            bsrc[h] = static_cast<const uint8_t *>(p.b) + t.group * p.b_group_stride + (brow[h] < 0 ? 0 : brow[h] * K);
+        /* A row (token with gather) of tile row n, -1 for padding */
+        auto a_row = [&](int n) -> int64_t {
+            const int64_t r = t.row0 + n;
+            if (r >= t.row_end) return -1;
+            const int32_t src = p.row_src[r];
+            return src < 0 ? -1 : p.gather ? src / p.top_k : r;
+        };
+        const bool two = a_row(8) >= 0; /* rows fill a tile from its start: past 8 only if row 8 is real */
+        const uint8_t *asrc[2];
+        bool a_in[2];
+#pragma unroll
+        for (int n = 0; n < 2; n++) {
+            const int64_t a = a_row(g + 8 * n);
+            a_in[n] = a >= 0 && (n == 0 || two);
+            asrc[n] = f.a + (a < 0 ? 0 : a * K);
+        }
+        /* this warp's i-th block into stage i % kStages; a group committed either way, so that the counts match */
+        auto issue = [&](int i) {
+            if (i < nk) {
+                const int kb = warp + i * kWarps;
+                const uint32_t st = ring_s + (uint32_t)((i % kStages) * kSlots * 32 * 16);
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    const int64_t off = (int64_t)kb * kBK + 64 * c + 16 * q;
+                    const bool in = off < K; /* K % 16 == 0: the 16 bytes are all in or all out */
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        copy16_cg(st + (2 * h + c) * 512, bsrc[h] + (in ? off : 0), in && brow[h] >= 0 ? 16 : 0);
+#pragma unroll
+                    for (int n = 0; n < 2; n++)
+                        if (n == 0 || two)
+                            copy16_ca(st + (4 + 2 * n + c) * 512, asrc[n] + (in ? off : 0), in && a_in[n] ? 16 : 0);
+                }
+            }
+            moe_cp_async_commit();
+        };
+        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int i = 0; i < kStages - 1; i++) issue(i);
+        /* while those land: the tile's scales into shared memory, so that no K block waits on a scale load. The
+         * barrier before also ends the previous tile (its scale reads, and warp 0's reads of part). */
+        __syncthreads();
+        for (int i = threadIdx.x; i < (2 + kRows) * kblocks; i += kWarps * 32) {
+            const int r = i / kblocks, kb = i - r * kblocks;
+            float v;
+            if (r < 2) v = b_scale<F>(p, t.group, b_row<kGlu>(p, t, 8 * r), kb);
+            else {
+                const int64_t a = a_row(r - 2);
+                v = a < 0 ? 0.0f : __ldg(p.gather ? f.a_scale + a * kblocks + kb : f.a_scale + kb * f.a_scale_ld + a);
+            }
+            scales[i] = v;
+        }
+        __syncthreads();
+        for (int i = 0; i < nk; i++) {
+            issue(i + kStages - 1); /* into the stage read at i - 1 (by this lane, already in registers) */
+            moe_cp_async_wait<kStages - 1>();
+            const int kb = warp + i * kWarps;
+            const uint4 *st = ring + (i % kStages) * kSlots * 32;
+            uint4 w[2][2];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int c = 0; c < 2; c++) w[h][c] = st[(2 * h + c) * 32];
+            const float sb0 = scales[kb], sb1 = scales[kblocks + kb];
+#pragma unroll
+            for (int n = 0; n < 2; n++) {
+                if (n == 1 && !two) break;
+                const uint4 a[2] = {st[(4 + 2 * n) * 32], st[(5 + 2 * n) * 32]};
+                float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int c = j >> 1, h = j & 1;
+                    const uint32_t *w0 = reinterpret_cast<const uint32_t *>(&w[0][c]);
+                    const uint32_t *w1 = reinterpret_cast<const uint32_t *>(&w[1][c]);
+                    const uint32_t *x = reinterpret_cast<const uint32_t *>(&a[c]);
+                    mma_e4m3(tmp, w0[2 * h], w1[2 * h], w0[2 * h + 1], w1[2 * h + 1], x[2 * h], x[2 * h + 1]);
+                }
+                const float s0 = sa[(2 * q + 8 * n) * kblocks + kb], s1 = sa[(2 * q + 1 + 8 * n) * kblocks + kb];
+                acc[n][0] = __fmaf_rn(tmp[0], s0 * sb0, acc[n][0]);
+                acc[n][1] = __fmaf_rn(tmp[1], s1 * sb0, acc[n][1]);
+                acc[n][2] = __fmaf_rn(tmp[2], s0 * sb1, acc[n][2]);
+                acc[n][3] = __fmaf_rn(tmp[3], s1 * sb1, acc[n][3]);
+            }
+        }
+        moe_cp_async_wait<0>(); /* the empty groups past nk */
+
+        /* warps 1..3 hand their partial tiles to warp 0, which adds them in warp order */
+        if (warp > 0)
+#pragma unroll
+            for (int i = 0; i < 8; i++) part[warp - 1][i][lane] = acc[i >> 2][i & 3];
+        __syncthreads();
+        if (warp > 0) continue;
+#pragma unroll
+        for (int w = 0; w < kWarps - 1; w++)
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += part[w][i][lane];
+
+        /* epilogue: acc[n][e] is tile row 2q + e + 8n at M row g, acc[n][2 + e] at M row g + 8. Every row of a
+         * GLU tile is written (padding rows too: GEMM 2's quantiser reads them), a half without rows from zeros. */
+        moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
+            constexpr int A = decltype(act)::value;
+#pragma unroll
+            for (int n = 0; n < 2; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int64_t r = t.row0 + 2 * q + e + 8 * n;
+                    const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+                    if (ro.skip) continue;
+                    if (kGlu) {
+                        const int64_t col = t.tile_n * 8 + g;
+                        if (col >= p.n) continue;
+                        float gate = acc[n][e] * ro.w, up = acc[n][2 + e] * ro.w;
+                        if (p.bias) {
+                            const float *bias = p.bias + t.group * p.bias_group_stride;
+                            gate += bias[p.interleaved ? 2 * col : col];
+                            up += bias[p.interleaved ? 2 * col + 1 : p.n + col];
+                        }
+                        p.c32[r * p.n + col] = moe_glu<A>(gate, up, p.alpha, p.limit);
+                    } else {
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            const int64_t col = brow[h];
+                            if (col < 0) continue;
+                            const float v = acc[n][2 * h + e] + (p.bias ? p.bias[t.group * p.bias_group_stride + col]
+                                                                        : 0.0f);
+                            p.c[r * p.n + col] = __float2bfloat16_rn(v);
+                        }
+                    }
+                }
+        });
+    }
+#endif
+}
+
+template <bool kGlu, int F>
+moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
+    moe_gemm_params q = p;
+    q.m_tiles = m_tiles, q.n_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
+    const int64_t tiles = q.m_tiles * q.n_tiles, cap = (int64_t)1 << 30; /* a grid-stride loop past that */
+    const dim3 grid((unsigned)(tiles < cap ? tiles : cap));
+    const size_t smem = kRing + (size_t)(2 + 16) * ((p.k + 127) / 128) * 4;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, grid, kWarps * 32, smem, st, q, f));
+    return MOE_OK;
+}
+
+} // namespace
+
+moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
+                                             int64_t m_tiles, cudaStream_t stream) {
+    if (m_tiles <= 0) return MOE_OK;
+    const bool f32 = p.b_fmt == MOE_B_E4M3_F32;
+    if (glu) return f32 ? launch<true, MOE_B_E4M3_F32>(ctx, p, f, m_tiles, stream)
+                        : launch<true, MOE_B_E4M3_E8M0>(ctx, p, f, m_tiles, stream);
+    return f32 ? launch<false, MOE_B_E4M3_F32>(ctx, p, f, m_tiles, stream)
+               : launch<false, MOE_B_E4M3_E8M0>(ctx, p, f, m_tiles, stream);
+}
