@@ -263,7 +263,8 @@ TEST_IMPL(gpu_layer_quant) {
  * and both act scale rules at T = 1 and 40 (the 16-row tile: on Hopper the FP8 decode kernel, one and two halves
  * of a tile), 200 and 600 (the FP8 tensor-core tile from 16 rows an expert); 200 and 40 again with the bf16 path
  * forced (MOE_GEMM_NO_FP8_MMA: the 64-row and 16-row bf16 tiles); H = 320 ends each row in a partial group and K
- * block, with the FP8 kernels (decode: a warp with no K block) and with the bf16 wgmma tile; I = 192 with
+ * block, with the FP8 kernels (decode: a warp with no K block) and with the bf16 wgmma tile; H = 4096 and
+ * I = 2048 at decode (the decode kernel's K over 4 and over 2 warps; else over 1); I = 192 with
  * concatenated w13 (not on the 128 grid: the bf16 path) and interleaved (the FP8 kernels, a partial last tile),
  * GPT-OSS's clamps and biases, and Llama-4's weight on the input, at decode and prefill sizes.
  * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
@@ -298,6 +299,8 @@ TEST_IMPL(gpu_layer_w8a8) {
         {"qwen3-30b-a3b", "silu, H 320, decode", 320, 256, 16, 4, 0, 3, 0, 0, MOE_ACT_SILU_GLU},
         {"gpt-oss-20b", "gptoss, I 192 interleaved, decode", 256, 192, 8, 2, 1, 5, 0, 0, MOE_ACT_GPTOSS_GLU},
         {"llama4-scout", "silu, weight on input, decode", 256, 128, 4, 1, 0, 9, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, H 4096, decode (K over 4 warps)", 4096, 256, 4, 1, 0, 3, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, I 2048, decode (K over 2 warps)", 256, 2048, 4, 1, 0, 3, 1, 0, MOE_ACT_SILU_GLU},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         for (int f = 0; f < 2; f++) {

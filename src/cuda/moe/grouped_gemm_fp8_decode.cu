@@ -4,15 +4,17 @@
  * each 128-wide K block's products summed on the tensor cores, then added to f32 accumulators times
  * a_scale(row) * b_scale(block).
  *
- * At decode an expert has a few rows, so the GEMM streams weights: a CTA of 4 warps takes one 16-row tile and 16 B
- * rows (GLU: the gate and up rows of 8 output columns; plain: 16 columns), the warps splitting K by 128-wide blocks
- * (warp w takes blocks w, w + 4, ...), and sums the four partial tiles in shared memory in warp order
- * (deterministic). The weights are the mma's A operand (M = 16 B rows) and the tokens its B operand (N = 8 rows a
- * half tile; the second half runs only when the tile has more than 8 rows), so no weight is converted or staged:
- * each lane loads 16 bytes of two weight rows and of its token rows straight into registers, the next block's
- * while the tensor cores sum this one. The reduction order inside a K block does not matter to an mma, so a lane's
- * 16 contiguous bytes (k = 64c + 16q .. + 15 of the block, q = lane % 4) feed two mma K slots of its own
- * (bytes 8h .. 8h + 7 of chunk c are mma 2c + h's slots 4q .. 4q + 3 and 16 + 4q .. 16 + 4q + 3) in A and B alike.
+ * At decode an expert has a few rows, so the GEMM streams weights: a CTA of 4 warps takes one 16-row tile and 1, 2
+ * or 4 column tiles of 16 B rows each (GLU: the gate and up rows of 8 output columns; plain: 16 columns), the 4, 2
+ * or 1 warps of a column tile splitting K by 128-wide blocks (warp w of s takes blocks w, w + s, ...), and sums
+ * their partial tiles in shared memory in warp order (deterministic). The weights are the mma's A operand
+ * (M = 16 B rows) and the tokens its B operand (N = 8 rows a half tile; the second half runs only when the tile
+ * has more than 8 rows), so no weight is converted: each lane copies 16 bytes of two weight rows and of its token
+ * rows into its own slots of a per-warp ring in shared memory (cp.async, 3 stages), and reads back only those.
+ * The reduction order inside a K block does not matter to an mma, so a lane's 16 contiguous bytes
+ * (k = 64c + 16q .. + 15 of the block, q = lane % 4) feed two mma K slots of its own (bytes 8h .. 8h + 7 of chunk
+ * c are mma 2c + h's slots 4q .. 4q + 3 and 16 + 4q .. 16 + 4q + 3) in A and B alike. A tile's scales are copied
+ * to shared memory before its K loop, so that no block waits on a scale load.
  * GEMM 1 writes h in f32 (p.c32); moe__cuda_act_quant turns it into GEMM 2's codes. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
@@ -74,23 +76,29 @@ template <bool kGlu> __device__ __forceinline__ int64_t b_row(const moe_gemm_par
 #endif
 
 template <bool kGlu, int F>
-__global__ void __launch_bounds__(kWarps * 32, 4) gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f) {
+__global__ void __launch_bounds__(kWarps * 32, 4)
+    gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f, int ksplit) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     extern __shared__ uint4 smem_ring[];
-    __shared__ float part[kWarps - 1][8][32];
+    __shared__ float part[kWarps - 1][8][32]; /* by warp - 1: warp 0 always adds */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    /* the CTA's 4 warps: kWarps / ksplit column tiles of 16 B rows, each summed over K by ksplit warps */
+    const int cper = kWarps / ksplit, ct = warp / ksplit, kw = warp - ct * ksplit;
     const uint4 *ring = smem_ring + warp * kStages * kSlots * 32 + lane;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
     const int64_t K = p.k;
     const int kblocks = (p.k + kBK - 1) / kBK;
-    /* the tile's scales: B's two halves (2, kblocks), then the 16 rows' (16, kblocks) */
-    float *scales = reinterpret_cast<float *>(smem_ring + kWarps * kStages * kSlots * 32), *sa = scales + 2 * kblocks;
-    const int nk = warp < kblocks ? (kblocks - warp + kWarps - 1) / kWarps : 0; /* this warp's blocks */
+    /* the tile's scales: the column tiles' B halves (2 cper, kblocks), then the 16 rows' (16, kblocks) */
+    float *scales = reinterpret_cast<float *>(smem_ring + kWarps * kStages * kSlots * 32);
+    const float *sb = scales + 2 * ct * kblocks, *sa = scales + 2 * cper * kblocks;
+    const int nk = kw < kblocks ? (kblocks - kw + ksplit - 1) / ksplit : 0; /* this warp's blocks */
     for (int64_t tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
-        moe_gemm_tile t;
+        moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
         if (!moe_gemm_locate(p, kRows, tile, t)) continue; /* the same for the whole CTA */
+        const int64_t tile_group_n = t.tile_n;
+        t.tile_n = tile_group_n * cper + ct;
         const int64_t brow[2] = {b_row<kGlu>(p, t, g), b_row<kGlu>(p, t, g + 8)};
         const uint8_t *bsrc[2];
 #pragma unroll
@@ -115,7 +123,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) gemm_fp8_decode_kernel(const m
         /* this warp's i-th block into stage i % kStages; a group committed either way, so that the counts match */
         auto issue = [&](int i) {
             if (i < nk) {
-                const int kb = warp + i * kWarps;
+                const int kb = kw + i * ksplit;
                 const uint32_t st = ring_s + (uint32_t)((i % kStages) * kSlots * 32 * 16);
 #pragma unroll
                 for (int c = 0; c < 2; c++) {
@@ -138,12 +146,15 @@ __global__ void __launch_bounds__(kWarps * 32, 4) gemm_fp8_decode_kernel(const m
         /* while those land: the tile's scales into shared memory, so that no K block waits on a scale load. The
          * barrier before also ends the previous tile (its scale reads, and warp 0's reads of part). */
         __syncthreads();
-        for (int i = threadIdx.x; i < (2 + kRows) * kblocks; i += kWarps * 32) {
+        for (int i = threadIdx.x; i < (2 * cper + kRows) * kblocks; i += kWarps * 32) {
             const int r = i / kblocks, kb = i - r * kblocks;
             float v;
-            if (r < 2) v = b_scale<F>(p, t.group, b_row<kGlu>(p, t, 8 * r), kb);
-            else {
-                const int64_t a = a_row(r - 2);
+            if (r < 2 * cper) {
+                moe_gemm_tile tr = t;
+                tr.tile_n = tile_group_n * cper + (r >> 1);
+                v = b_scale<F>(p, t.group, b_row<kGlu>(p, tr, 8 * (r & 1)), kb);
+            } else {
+                const int64_t a = a_row(r - 2 * cper);
                 v = a < 0 ? 0.0f : __ldg(p.gather ? f.a_scale + a * kblocks + kb : f.a_scale + kb * f.a_scale_ld + a);
             }
             scales[i] = v;
@@ -152,14 +163,14 @@ __global__ void __launch_bounds__(kWarps * 32, 4) gemm_fp8_decode_kernel(const m
         for (int i = 0; i < nk; i++) {
             issue(i + kStages - 1); /* into the stage read at i - 1 (by this lane, already in registers) */
             moe_cp_async_wait<kStages - 1>();
-            const int kb = warp + i * kWarps;
+            const int kb = kw + i * ksplit;
             const uint4 *st = ring + (i % kStages) * kSlots * 32;
             uint4 w[2][2];
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int c = 0; c < 2; c++) w[h][c] = st[(2 * h + c) * 32];
-            const float sb0 = scales[kb], sb1 = scales[kblocks + kb];
+            const float sb0 = sb[kb], sb1 = sb[kblocks + kb];
 #pragma unroll
             for (int n = 0; n < 2; n++) {
                 if (n == 1 && !two) break;
@@ -182,16 +193,15 @@ __global__ void __launch_bounds__(kWarps * 32, 4) gemm_fp8_decode_kernel(const m
         }
         moe_cp_async_wait<0>(); /* the empty groups past nk */
 
-        /* warps 1..3 hand their partial tiles to warp 0, which adds them in warp order */
-        if (warp > 0)
+        /* the K warps 1.. of a column tile hand their partial tiles to its warp 0, which adds them in warp order */
+        if (kw > 0)
 #pragma unroll
             for (int i = 0; i < 8; i++) part[warp - 1][i][lane] = acc[i >> 2][i & 3];
         __syncthreads();
-        if (warp > 0) continue;
+        if (kw > 0) continue;
+        for (int w = 1; w < ksplit; w++)
 #pragma unroll
-        for (int w = 0; w < kWarps - 1; w++)
-#pragma unroll
-            for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += part[w][i][lane];
+            for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += part[warp + w - 1][i][lane];
 
         /* epilogue: acc[n][e] is tile row 2q + e + 8n at M row g, acc[n][2 + e] at M row g + 8. Every row of a
          * GLU tile is written (padding rows too: GEMM 2's quantiser reads them), a half without rows from zeros. */
@@ -230,16 +240,27 @@ __global__ void __launch_bounds__(kWarps * 32, 4) gemm_fp8_decode_kernel(const m
 #endif
 }
 
+/* K split over 4 warps where a warp still gets 8 K blocks or more, else over 2 or 1 with 2 or 4 column tiles a
+ * CTA: a warp's stream of blocks stays long enough to pay for the tile's start (measured on the H200: DeepSeek-V3's
+ * GEMM 2, K = 2048, ran at 53% of the DRAM peak with 4 blocks a warp). */
+static int decode_ksplit(int k) {
+    const int kblocks = (k + 127) / 128;
+    return kblocks >= 32 ? 4 : kblocks >= 16 ? 2 : 1;
+}
+
 template <bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
-    q.m_tiles = m_tiles, q.n_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
+    const int ksplit = decode_ksplit(p.k), cper = kWarps / ksplit;
+    const int64_t col_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
+    q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper; /* groups of cper column tiles */
     const int64_t tiles = q.m_tiles * q.n_tiles, cap = (int64_t)1 << 30; /* a grid-stride loop past that */
     const dim3 grid((unsigned)(tiles < cap ? tiles : cap));
-    const size_t smem = kRing + (size_t)(2 + 16) * ((p.k + 127) / 128) * 4;
+    const size_t smem = kRing + (size_t)(2 * cper + 16) * ((p.k + 127) / 128) * 4;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, grid, kWarps * 32, smem, st, q, f));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, grid, kWarps * 32, smem, st, q, f,
+                                 ksplit));
     return MOE_OK;
 }
 
