@@ -24,13 +24,14 @@
 
 namespace {
 
-constexpr int kWarps = 4;  /* split K */
+constexpr int kWarps = 4;  /* a CTA's warps: column tiles times K splits */
 constexpr int kStages = 3; /* K blocks a warp has in flight */
 /* A warp's stage: its lanes' 16-byte pieces, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what
  * it copied, so no barrier is needed and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c],
  * 4-7 the tokens a[n][c] (slot 4 + 2n + c) */
 constexpr int kSlots = 8, kStageBytes = kSlots * 32 * 16;
-constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes; /* 64 KB, then the tile's scales */
+/* 48 KB, then the tile's scales: with those and part, 4 CTAs an SM (registers allow 4 as well) */
+constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 constexpr int kRows = 16; /* rows of a tile: the permutation's SMALL tile */
