@@ -319,9 +319,10 @@ static void expert_storage(const moe_layer *l, int which, moe_gemm_params &g) {
 }
 
 /* The two routed GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the
- * kernel takes both: x quantised to codes and scales, GEMM 1 writing h quantised, GEMM 2 reading it. Elsewhere
- * (decode, other weights, other GPUs) x and h are replaced by their quantised values in bf16 around the bf16
- * GEMMs. */
+ * kernels take both (LARGE: the wgmma tile; SMALL: the decode kernel): x quantised to codes and scales, GEMM 1
+ * writing h quantised (the decode kernel writes h in f32 and act_quant.cu quantises it), GEMM 2 reading the codes.
+ * Elsewhere (the MEDIUM tile, other weights, other GPUs) x and h are replaced by their quantised values in bf16
+ * around the bf16 GEMMs. */
 static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params g2, const void *x, int64_t T,
                                moe_gemm_shape shape, int64_t tiles, const moe_layer_scratch *s, char *ws,
                                cudaStream_t st) {
