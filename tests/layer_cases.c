@@ -1,5 +1,7 @@
 /* layer_cases.c — layer problems from the oracle or at random, run on any context (layer_cases.h). */
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "layer_cases.h"
 #include "route_cases.h"
@@ -410,4 +412,52 @@ int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logit
 
 int layer_run_quant_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, double tol, double tol_w8a8) {
     return run_golden_cases(env, ctx, "layer_quant.moeg", "layer_quant_cases", 1, dtype, 1, tol, tol_w8a8);
+}
+
+int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits, const char *what, double tol_l2,
+                          double tol_token) {
+    const int64_t n = p->T * p->c.hidden, H = p->c.hidden;
+    float *cpu = malloc(sizeof(float) * (size_t)(n + 1)), *gpu = malloc(sizeof(float) * (size_t)(n + 1)),
+          *again = malloc(sizeof(float) * (size_t)(n + 1));
+    int bad = 0;
+    moe_status s = layer_run(env->cpu, p, MOE_DTYPE_BF16, use_logits, cpu, 0);
+    if (s != MOE_OK) fprintf(stderr, "  %s: CPU: %s\n", what, moe_last_error(env->cpu)), bad = 1;
+    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, gpu, 0)) != MOE_OK)
+        fprintf(stderr, "  %s: GPU: %s\n", what, moe_last_error(env->gpu)), bad = 1;
+    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, again, 1)) != MOE_OK) bad = 1;
+    if (!bad) {
+        const double e = test_rel_l2(gpu, cpu, n);
+        double worst = 0.0;
+        int64_t worst_t = -1;
+        for (int64_t t = 0; t < p->T; t++) {
+            double num = 0, den = 0;
+            for (int64_t h = 0; h < H; h++) {
+                const double d = (double)gpu[t * H + h] - cpu[t * H + h];
+                num += d * d, den += (double)cpu[t * H + h] * cpu[t * H + h];
+            }
+            const double r = den > 0 ? sqrt(num / den) : sqrt(num);
+            if (!(r <= worst)) worst = r, worst_t = t;
+        }
+        const int same = !memcmp(gpu, again, sizeof(float) * (size_t)n);
+        double norm = 0;
+        for (int64_t i = 0; i < n; i++) norm += (double)cpu[i] * cpu[i];
+        fprintf(stderr, "  %-44s T=%-5lld rel L2 %.2e, worst token %lld: %.2e%s%s\n", what, (long long)p->T, e,
+                (long long)worst_t, worst, same ? "" : ", GRAPH REPLAY DIFFERS",
+                norm > 0 ? "" : ", REFERENCE ALL ZEROS");
+        bad = !(e <= tol_l2) || !(worst <= tol_token) || !same || !(norm > 0); /* zeros would prove nothing */
+    }
+    free(cpu), free(gpu), free(again);
+    return bad;
+}
+
+int layer_compare_gpu(test_env *env, const layer_problem *p, int use_logits, const char *what) {
+    return layer_compare_gpu_tol(env, p, use_logits, what, 1e-2, 3e-2);
+}
+
+moe_layer_config layer_config(const char *preset, int H, int I, int E, int k, moe_activation act) {
+    moe_layer_config c = {0};
+    moe_router_preset(preset, &c.router);
+    c.router.n_experts = E, c.router.top_k = k;
+    c.hidden = H, c.intermediate = I, c.activation = act, c.dtype = MOE_DTYPE_BF16;
+    return c;
 }

@@ -73,6 +73,16 @@ int layer_weight_formats(moe_qformat *f, const char **names);
 /* A device copy of n host floats in dtype (f32, or bf16 rounded); NULL for NULL. */
 void *layer_upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype);
 
+/* Runs p on the CPU and the GPU context of env in bf16 and compares: relative L2 over all outputs within tol_l2,
+ * over each token within tol_token (of the norm of its row, or absolutely when that is 0), the reference not all
+ * zeros, and a second GPU run, captured in a CUDA graph and replayed, bit for bit. Prints one line; returns 1 when
+ * a check fails, else 0. layer_compare_gpu: tolerances 1e-2 and 3e-2. */
+int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits, const char *what, double tol_l2,
+                          double tol_token);
+int layer_compare_gpu(test_env *env, const layer_problem *p, int use_logits, const char *what);
+/* A bf16 layer config of the router preset's kind with these shapes and activation (nothing else set). */
+moe_layer_config layer_config(const char *preset, int H, int I, int E, int k, moe_activation act);
+
 /* ||a - b|| / ||b|| (0 when both are 0). */
 double test_rel_l2(const float *a, const float *b, int64_t n);
 

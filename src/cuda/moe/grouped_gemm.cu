@@ -7,6 +7,8 @@
  * row), so the 8 row addresses of an ldmatrix fall in 8 distinct bank groups: conflict-free. For GLU the BN
  * rows of B are BN / 2 pairs (gate, up) of w13 rows: the accumulator pair (c0, c1) of mma.sync, two adjacent
  * columns, is then one column's gate and up, and the activation needs no exchange between threads. */
+#include <stdlib.h>
+
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/moe/bquant.cuh"
@@ -246,6 +248,8 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
     if (m_tiles <= 0) return MOE_OK;
     switch (shape) {
     case MOE_GEMM_SMALL:
+        if (moe__cuda_gemm_fp4_decode_fits(p) && !getenv("MOE_GEMM_NO_FP4_DECODE"))
+            return moe__cuda_grouped_gemm_fp4_decode(ctx, p, glu, m_tiles, stream);
         return p.b_fmt == MOE_B_BF16 ? launch<small_tile>(ctx, p, glu, m_tiles, groups, stream)
                                      : launch<small_q_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);

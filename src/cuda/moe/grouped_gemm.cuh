@@ -90,8 +90,9 @@ enum moe_gemm_shape { MOE_GEMM_SMALL, MOE_GEMM_MEDIUM, MOE_GEMM_LARGE };
 int moe__gemm_tile_m(moe_gemm_shape shape);
 
 /* m_tiles: tiles on grid.x (routed: an upper bound; tiles past offsets[G] exit); groups: grid.z (dense) or 1.
- * Quantised B: SMALL builds B fragments in registers; MEDIUM, LARGE and the wgmma tile convert it in shared
- * memory (bquant.cuh). */
+ * Quantised B: SMALL takes the FP4 decode kernel where it fits (FP4 weights), else builds B fragments in
+ * registers; MEDIUM, LARGE and the wgmma tile convert it in shared memory (bquant.cuh). MOE_GEMM_NO_FP4_DECODE in
+ * the environment keeps FP4 weights off the decode kernel (the tests use it to run the register tile). */
 moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
                                   int64_t m_tiles, int groups, cudaStream_t stream);
 
@@ -145,5 +146,13 @@ moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, co
  * where moe__cuda_gemm_fp8_fits. */
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream);
+
+/* FP4 weights at decode (grouped_gemm_fp4_decode.cu): the routed GEMMs over 16-row tiles with MXFP4 or NVFP4 B and
+ * bf16 A, streaming the codes through mma.sync m16n8k16 bf16 (sm_80+), each weight bf16(code * block scale) as in
+ * the other tiles. moe__cuda_grouped_gemm takes it for the SMALL shape where it fits: routed rows, K a multiple of
+ * 32, per-row block scales (NVFP4's 2-byte aligned), 16-byte aligned codes and A. */
+bool moe__cuda_gemm_fp4_decode_fits(const moe_gemm_params &p);
+moe_status moe__cuda_grouped_gemm_fp4_decode(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
+                                             cudaStream_t stream);
 
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

@@ -20,12 +20,12 @@
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/formats/qformat.cuh"
-#include "cuda/moe/gemm_tile.cuh"
+#include "cuda/moe/gemm_decode.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 
 namespace {
 
-constexpr int kWarps = 4;  /* a CTA's warps: column tiles times K splits */
+constexpr int kWarps = kDecodeWarps;
 constexpr int kStages = 3; /* K blocks a warp has in flight */
 /* A warp's stage: its lanes' 16-byte pieces, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what
  * it copied, so no barrier is needed and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c],
@@ -37,8 +37,7 @@ constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-constexpr int kRows = 16; /* rows of a tile: the permutation's SMALL tile */
-constexpr int kBK = 128;  /* a scale block of K */
+constexpr int kBK = 128; /* a scale block of K */
 
 /* d += a (16 x 32, row) * b (32 x 8, col), E4M3 inputs, f32 accumulators. a0/a2: row g, a1/a3: row g + 8. */
 __device__ __forceinline__ void mma_e4m3(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -47,15 +46,6 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[4], uint32_t a0, uint32_t a1
                  "{%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* 16 bytes global -> shared, L2 only (weights: read once), or through L1 (tokens: every CTA reads them); bytes 0
- * writes zeros. */
-__device__ __forceinline__ void copy16_cg(uint32_t smem, const void *gmem, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void copy16_ca(uint32_t smem, const void *gmem, int bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
 }
 
 /* Block scale of B row `row` at K block kb; 0 for a row past N. */
@@ -67,16 +57,6 @@ __device__ __forceinline__ float b_scale(const moe_gemm_params &p, int g, int64_
     return moe_decode(__ldg(static_cast<const uint8_t *>(p.bs.scale) + i), MOE_DTYPE_E8M0);
 }
 
-/* B row of the mma's M row m (0..15) in tile t: -1 past N. The 8 rows of each half lie in one 128-row scale block
- * (GLU: 8 gate or 8 up rows from a multiple of 8; interleaved and plain: 16 rows from a multiple of 16). */
-template <bool kGlu> __device__ __forceinline__ int64_t b_row(const moe_gemm_params &p, const moe_gemm_tile &t, int m) {
-    if (kGlu) {
-        const int64_t col = t.tile_n * 8 + (m & 7);
-        return col >= p.n ? -1 : p.interleaved ? 2 * col + (m >> 3) : (m >> 3) * p.n + col;
-    }
-    const int64_t row = t.tile_n * 16 + m;
-    return row < p.n ? row : -1;
-}
 #endif
 
 template <bool kGlu, int F>
@@ -100,21 +80,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     const int nk = kw < kblocks ? (kblocks - kw + ksplit - 1) / ksplit : 0; /* this warp's blocks */
     for (int64_t tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
         moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
-        if (!moe_gemm_locate(p, kRows, tile, t)) continue; /* the same for the whole CTA */
+        if (!moe_gemm_locate(p, kDecodeRows, tile, t)) continue; /* the same for the whole CTA */
         const int64_t tile_group_n = t.tile_n;
         t.tile_n = tile_group_n * cper + ct;
-        const int64_t brow[2] = {b_row<kGlu>(p, t, g), b_row<kGlu>(p, t, g + 8)};
+        const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
         const uint8_t *bsrc[2];
 #pragma unroll
         for (int h = 0; h < 2; h++)
             bsrc[h] = static_cast<const uint8_t *>(p.b) + t.group * p.b_group_stride + (brow[h] < 0 ? 0 : brow[h] * K);
-        /* A row (token with gather) of tile row n, -1 for padding */
-        auto a_row = [&](int n) -> int64_t {
-            const int64_t r = t.row0 + n;
-            if (r >= t.row_end) return -1;
-            const int32_t src = p.row_src[r];
-            return src < 0 ? -1 : p.gather ? src / p.top_k : r;
-        };
+        auto a_row = [&](int n) { return moe_decode_a_row(p, t, n); };
         const bool two = a_row(8) >= 0; /* rows fill a tile from its start: past 8 only if row 8 is real */
         const uint8_t *asrc[2];
         bool a_in[2];
@@ -135,8 +109,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
                     const bool in = off < K; /* K % 16 == 0: the 16 bytes are all in or all out */
 #pragma unroll
                     for (int h = 0; h < 2; h++)
-                        copy16_cg(st + (2 * h + c) * 512, bsrc[h] + (in ? off : 0), in && brow[h] >= 0 ? 16 : 0);
-                    copy16_ca(st + (4 + c) * 512, asrc[0] + (in ? off : 0), in && a_in[0] ? 16 : 0);
+                        moe_decode_copy16_cg(st + (2 * h + c) * 512, bsrc[h] + (in ? off : 0),
+                                             in && brow[h] >= 0 ? 16 : 0);
+                    moe_decode_copy16_ca(st + (4 + c) * 512, asrc[0] + (in ? off : 0), in && a_in[0] ? 16 : 0);
                 }
             }
             moe_cp_async_commit();
@@ -147,13 +122,13 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         /* while those land: the tile's scales into shared memory, so that no K block waits on a scale load. The
          * barrier before also ends the previous tile (its scale reads, and warp 0's reads of part). */
         __syncthreads();
-        for (int i = threadIdx.x; i < (2 * cper + kRows) * kblocks; i += kWarps * 32) {
+        for (int i = threadIdx.x; i < (2 * cper + kDecodeRows) * kblocks; i += kWarps * 32) {
             const int r = i / kblocks, kb = i - r * kblocks;
             float v;
             if (r < 2 * cper) {
                 moe_gemm_tile tr = t;
                 tr.tile_n = tile_group_n * cper + (r >> 1);
-                v = b_scale<F>(p, t.group, b_row<kGlu>(p, tr, 8 * (r & 1)), kb);
+                v = b_scale<F>(p, t.group, moe_decode_b_row<kGlu>(p, tr, 8 * (r & 1)), kb);
             } else {
                 const int64_t a = a_row(r - 2 * cper);
                 v = a < 0 ? 0.0f : __ldg(p.gather ? f.a_scale + a * kblocks + kb : f.a_scale + kb * f.a_scale_ld + a);
@@ -201,65 +176,16 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         }
         moe_cp_async_wait<0>(); /* the empty groups past nk */
 
-        /* the K warps 1.. of a column tile hand their partial tiles to its warp 0, which adds them in warp order */
-        if (kw > 0)
-#pragma unroll
-            for (int i = 0; i < 8; i++) part[warp - 1][i][lane] = acc[i >> 2][i & 3];
-        __syncthreads();
-        if (kw > 0) continue;
-        for (int w = 1; w < ksplit; w++)
-#pragma unroll
-            for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += part[warp + w - 1][i][lane];
-
-        /* epilogue: acc[n][e] is tile row 2q + e + 8n at M row g, acc[n][2 + e] at M row g + 8. Every row of a
-         * GLU tile is written (padding rows too: GEMM 2's quantiser reads them), a half without rows from zeros. */
-        moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
-            constexpr int A = decltype(act)::value;
-#pragma unroll
-            for (int n = 0; n < 2; n++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int64_t r = t.row0 + 2 * q + e + 8 * n;
-                    const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
-                    if (ro.skip) continue;
-                    if (kGlu) {
-                        const int64_t col = t.tile_n * 8 + g;
-                        if (col >= p.n) continue;
-                        float gate = acc[n][e] * ro.w, up = acc[n][2 + e] * ro.w;
-                        if (p.bias) {
-                            const float *bias = p.bias + t.group * p.bias_group_stride;
-                            gate += bias[p.interleaved ? 2 * col : col];
-                            up += bias[p.interleaved ? 2 * col + 1 : p.n + col];
-                        }
-                        p.c32[r * p.n + col] = moe_glu<A>(gate, up, p.alpha, p.limit);
-                    } else {
-#pragma unroll
-                        for (int h = 0; h < 2; h++) {
-                            const int64_t col = brow[h];
-                            if (col < 0) continue;
-                            const float v = acc[n][2 * h + e] + (p.bias ? p.bias[t.group * p.bias_group_stride + col]
-                                                                        : 0.0f);
-                            p.c[r * p.n + col] = __float2bfloat16_rn(v);
-                        }
-                    }
-                }
-        });
+        if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
+            moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, 1.0f);
     }
 #endif
-}
-
-/* K split over 4 warps where a warp still gets 8 K blocks or more, else over 2 or 1 with 2 or 4 column tiles a
- * CTA: a warp's stream of blocks stays long enough to pay for the tile's start (measured on the H200: DeepSeek-V3's
- * GEMM 2, K = 2048, ran at 53% of the DRAM peak with 4 blocks a warp). */
-static int decode_ksplit(int k) {
-    const int kblocks = (k + 127) / 128;
-    return kblocks >= 32 ? 4 : kblocks >= 16 ? 2 : 1;
 }
 
 template <bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
-    const int ksplit = decode_ksplit(p.k), cper = kWarps / ksplit;
+    const int ksplit = moe_decode_ksplit((p.k + 127) / 128), cper = kWarps / ksplit;
     const int64_t col_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
     q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper; /* groups of cper column tiles */
     const int64_t tiles = q.m_tiles * q.n_tiles, cap = (int64_t)1 << 30; /* a grid-stride loop past that */

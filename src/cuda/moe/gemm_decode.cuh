@@ -1,0 +1,112 @@
+/* gemm_decode.cuh — what the decode kernels (grouped_gemm_fp8_decode.cu: W8A8; grouped_gemm_fp4_decode.cu: FP4
+ * weights, bf16 activations) share. Both stream the weights of 16-row tiles (the SMALL shape's permutation) with
+ * the weights as the M operand of mma.sync (16 B rows a column tile) and the tokens as its N operand (8 rows a
+ * half tile), a CTA of kDecodeWarps warps taking 1, 2 or 4 column tiles whose K is split over 4, 2 or 1 warps.
+ * Here: the B rows of a column tile, the K split, the partial tiles' sum and the epilogue. Device code only. */
+#ifndef MOE_CUDA_MOE_GEMM_DECODE_CUH
+#define MOE_CUDA_MOE_GEMM_DECODE_CUH
+
+#include "cuda/common/mma.cuh"
+#include "cuda/moe/gemm_tile.cuh"
+
+constexpr int kDecodeWarps = 4; /* a CTA's warps: column tiles times K splits */
+constexpr int kDecodeRows = 16; /* rows of a tile: the permutation's SMALL tile */
+
+/* 16 bytes global -> shared, L2 only (weights: read once), or through L1 (tokens: every CTA reads them); bytes 0
+ * writes zeros. */
+__device__ __forceinline__ void moe_decode_copy16_cg(uint32_t smem, const void *gmem, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void moe_decode_copy16_ca(uint32_t smem, const void *gmem, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+}
+
+/* B row of the mma's M row m (0..15) in column tile t.tile_n: -1 past N. GLU: M rows 0-7 the gate rows and 8-15
+ * the up rows of the 8 output columns from 8 tile_n; plain: 16 rows from 16 tile_n. */
+template <bool kGlu>
+__device__ __forceinline__ int64_t moe_decode_b_row(const moe_gemm_params &p, const moe_gemm_tile &t, int m) {
+    if (kGlu) {
+        const int64_t col = t.tile_n * 8 + (m & 7);
+        return col >= p.n ? -1 : p.interleaved ? 2 * col + (m >> 3) : (m >> 3) * p.n + col;
+    }
+    const int64_t row = t.tile_n * 16 + m;
+    return row < p.n ? row : -1;
+}
+
+/* A row (token with gather, else permuted row) of tile row n, -1 for padding and past the end. */
+__device__ __forceinline__ int64_t moe_decode_a_row(const moe_gemm_params &p, const moe_gemm_tile &t, int n) {
+    const int64_t r = t.row0 + n;
+    if (r >= t.row_end) return -1;
+    const int32_t src = p.row_src[r];
+    return src < 0 ? -1 : p.gather ? src / p.top_k : r;
+}
+
+/* K split over 4 warps where a warp still gets 8 K blocks or more, else over 2 or 1 with 2 or 4 column tiles a
+ * CTA: a warp's stream of blocks stays long enough to pay for the tile's start (measured on the H200: DeepSeek-V3's
+ * W8A8 GEMM 2, K = 2048, ran at 53% of the DRAM peak with 4 blocks a warp). */
+static inline int moe_decode_ksplit(int kblocks) {
+    return kblocks >= 32 ? 4 : kblocks >= 16 ? 2 : 1;
+}
+
+/* The K warps 1.. of a column tile hand their partial tiles (acc[n][e]: 2 halves x 4) to its K warp 0 through
+ * part (kDecodeWarps - 1 slots of 8 x 32 floats), which adds them in warp order (deterministic). Returns whether
+ * this warp holds the sum (K warp 0). Ends with all the CTA's warps past a barrier. */
+__device__ __forceinline__ bool moe_decode_reduce(float (&acc)[2][4], float (*part)[8][32], int warp, int kw,
+                                                  int ksplit, int lane) {
+    if (kw > 0)
+#pragma unroll
+        for (int i = 0; i < 8; i++) part[warp - 1][i][lane] = acc[i >> 2][i & 3];
+    __syncthreads();
+    if (kw > 0) return false;
+    for (int w = 1; w < ksplit; w++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += part[warp + w - 1][i][lane];
+    return true;
+}
+
+/* Epilogue of a column tile: acc[n][e] is tile row 2q + e + 8n at M row g, acc[n][2 + e] at M row g + 8 (q = lane
+ * % 4, g = lane / 4), times ro.g * factor (factor: a power of two the kernel's weights were scaled by, or 1), then
+ * as moe_gemm_store. Every row of a GLU tile is written (padding rows too: a quantiser of h may read them); GLU
+ * writes h to p.c32 when set, else bf16 to p.c; plain writes bf16 to p.c (columns brow). */
+template <bool kGlu>
+__device__ __forceinline__ void moe_decode_epilogue(const moe_gemm_params &p, const moe_gemm_tile &t,
+                                                    const float (&acc)[2][4], const int64_t (&brow)[2], int g, int q,
+                                                    float factor) {
+    moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
+        constexpr int A = decltype(act)::value;
+#pragma unroll
+        for (int n = 0; n < 2; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t r = t.row0 + 2 * q + e + 8 * n;
+                const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+                if (ro.skip) continue;
+                const float s = ro.g * factor;
+                if (kGlu) {
+                    const int64_t col = t.tile_n * 8 + g;
+                    if (col >= p.n) continue;
+                    float gate = acc[n][e] * s, up = acc[n][2 + e] * s;
+                    gate *= ro.w, up *= ro.w;
+                    if (p.bias) {
+                        const float *bias = p.bias + t.group * p.bias_group_stride;
+                        gate += bias[p.interleaved ? 2 * col : col];
+                        up += bias[p.interleaved ? 2 * col + 1 : p.n + col];
+                    }
+                    const float h = moe_glu<A>(gate, up, p.alpha, p.limit);
+                    if (p.c32) p.c32[r * p.n + col] = h;
+                    else p.c[r * p.n + col] = __float2bfloat16_rn(h);
+                } else {
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int64_t col = brow[h];
+                        if (col < 0) continue;
+                        const float v = acc[n][2 * h + e] * s +
+                                        (p.bias ? p.bias[t.group * p.bias_group_stride + col] : 0.0f);
+                        p.c[r * p.n + col] = __float2bfloat16_rn(v);
+                    }
+                }
+            }
+    });
+}
+
+#endif /* MOE_CUDA_MOE_GEMM_DECODE_CUH */

@@ -1,0 +1,235 @@
+/* test_gpu_layer_quant.c — the CUDA MoE layer with quantised experts against the CPU reference over the same codes:
+ * every weight format through every tile, FP4 weights through the decode kernel, and W8A8. Skipped without a GPU. */
+#include <stdlib.h>
+
+#include "layer_cases.h"
+
+/* Quantised experts, every weight format, on the GPU against the CPU reference over the same codes: the tiles of
+ * every shape (T = 1, 200, 1500 over 8 experts: registers, MEDIUM, wgmma, and the portable LARGE tile), shapes off
+ * the 128 grid (2I = 192, H = 160), and GPT-OSS's
+ * interleaved w13 with biases over MXFP4 as the checkpoint ships it. Small enough for compute-sanitizer. */
+TEST_IMPL(gpu_layer_quant) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    const char *names[LAYER_WEIGHT_FORMATS];
+    const int n = layer_weight_formats(fmts, names);
+    int bad = 0;
+    uint64_t seed = env->seed + 500;
+    for (int i = 0; i < n; i++) {
+        moe_layer_config c = layer_config("qwen3-30b-a3b", 160, 96, 8, 2, MOE_ACT_SILU_GLU);
+        c.n_shared = 1, c.shared_intermediate = 32;
+        const int64_t sizes[] = {1, 200, 1500, 1500}; /* the last with the portable (mma.sync) prefill tiles */
+        for (int j = 0; j < 4; j++) {
+            layer_problem p;
+            layer_qweights q;
+            if (j == 3) setenv("MOE_GEMM_PORTABLE", "1", 1);
+            layer_problem_random(&p, &c, sizes[j], 0, seed++);
+            if (layer_problem_quantize(env->cpu, &p, &fmts[i], &q, NULL)) {
+                bad++;
+                layer_problem_free(&p);
+                continue;
+            }
+            p.qw = &q;
+            char what[64];
+            snprintf(what, sizeof what, "%s experts%s", names[i], j == 3 ? ", portable" : "");
+            bad += layer_compare_gpu(env, &p, 0, what);
+            unsetenv("MOE_GEMM_PORTABLE");
+            layer_qweights_free(&q);
+            layer_problem_free(&p);
+        }
+    }
+    moe_layer_config c = layer_config("gpt-oss-20b", 256, 96, 32, 4, MOE_ACT_GPTOSS_GLU);
+    c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+    layer_problem p;
+    layer_qweights q;
+    layer_problem_random(&p, &c, 300, 0, seed++);
+    ASSERT(layer_problem_quantize(env->cpu, &p, &fmts[5], &q, NULL) == 0); /* mxfp4 */
+    p.qw = &q;
+    bad += layer_compare_gpu(env, &p, 0, "gpt-oss over mxfp4, interleaved, biases");
+    layer_qweights_free(&q);
+    layer_problem_free(&p);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
+/* W8A8 (act_format FP8 1x128) on the GPU against the CPU reference: FP8 128x128 experts with f32 and E8M0 scales
+ * and both act scale rules at T = 1 and 40 (the 16-row tile: on Hopper the FP8 decode kernel, one and two halves
+ * of a tile), 200 and 600 (the FP8 tensor-core tile from 16 rows an expert); 200 and 40 again with the bf16 path
+ * forced (MOE_GEMM_NO_FP8_MMA: the 64-row and 16-row bf16 tiles); H = 320 ends each row in a partial group and K
+ * block, with the FP8 kernels (decode: a warp with no K block) and with the bf16 wgmma tile; H = 4096 and
+ * I = 2048 at decode (the decode kernel's K over 4 and over 2 warps; else over 1); I = 192 with
+ * concatenated w13 (not on the 128 grid: the bf16 path) and interleaved (the FP8 kernels, a partial last tile),
+ * GPT-OSS's clamps and biases, and Llama-4's weight on the input, at decode and prefill sizes.
+ * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
+ * boundary, so W8A8 magnifies differences (docs/layer.md §6). The FP8 kernels differ from the CPU only in the
+ * order of f32 sums: 4e-3 overall measured, bound 8e-3. The bf16 path also rounds weights with f32 scales and x
+ * with f32 scales to bf16 (2^-9 each) before the quantisation of h: up to 1.4e-2 measured, bound 2.5e-2; single
+ * tokens up to 4.4e-2, bound 8e-2 for both. */
+TEST_IMPL(gpu_layer_w8a8) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    layer_weight_formats(fmts, NULL);
+    const moe_qformat *wf[2] = {&fmts[1], &fmts[2]}; /* fp8_128x128 with f32, with E8M0 (UE8M0) scales */
+    int bad = 0;
+    uint64_t seed = env->seed + 900;
+    struct {
+        const char *preset, *what;
+        int H, I, E, k, interleaved, T, rule, no_mma;
+        moe_activation act;
+    } cases[] = {
+        {"qwen3-30b-a3b", "silu", 256, 256, 8, 2, 0, 1, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu", 256, 256, 8, 2, 0, 40, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, fp8 mma", 256, 256, 8, 2, 0, 200, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, no fp8 mma", 256, 256, 8, 2, 0, 200, 0, 1, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, fp8 mma", 256, 256, 8, 2, 0, 600, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, fp8 mma, rceil", 256, 256, 8, 2, 0, 600, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, H 320", 320, 256, 16, 4, 0, 700, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, H 320, no fp8 mma", 320, 256, 16, 4, 0, 700, 0, 1, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, I 192 concat", 256, 192, 8, 2, 0, 600, 0, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", "gptoss, I 192 interleaved", 256, 192, 8, 2, 1, 600, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"llama4-scout", "silu, weight on input", 256, 128, 4, 1, 0, 600, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, decode, no fp8 mma", 256, 256, 8, 2, 0, 40, 0, 1, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, H 320, decode", 320, 256, 16, 4, 0, 3, 0, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", "gptoss, I 192 interleaved, decode", 256, 192, 8, 2, 1, 5, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"llama4-scout", "silu, weight on input, decode", 256, 128, 4, 1, 0, 9, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, H 4096, decode (K over 4 warps)", 4096, 256, 4, 1, 0, 3, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, I 2048, decode (K over 2 warps)", 256, 2048, 4, 1, 0, 3, 1, 0, MOE_ACT_SILU_GLU},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int f = 0; f < 2; f++) {
+            moe_layer_config c = layer_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
+                                             cases[i].act);
+            if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+            c.n_shared = f, c.shared_intermediate = 64; /* shared experts stay bf16 */
+            c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+            if (cases[i].rule) c.act_format.rule = MOE_SCALE_UE8M0_RCEIL;
+            layer_problem p;
+            layer_qweights q;
+            layer_problem_random(&p, &c, cases[i].T, 0, seed++);
+            if (layer_problem_quantize(env->cpu, &p, wf[f], &q, NULL)) {
+                bad++;
+                layer_problem_free(&p);
+                continue;
+            }
+            p.qw = &q;
+            if (cases[i].no_mma) setenv("MOE_GEMM_NO_FP8_MMA", "1", 1);
+            char what[96];
+            snprintf(what, sizeof what, "w8a8 %s, %s", cases[i].what, f ? "e8m0 w" : "f32 w");
+            /* on Hopper the FP8 kernels take every tile size there (decode below 16 rows an expert) */
+            const int mma = !cases[i].no_mma && (cases[i].interleaved || cases[i].I % 128 == 0);
+            /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
+             * then differs as the FP8 kernels do */
+            const int exact = f && cases[i].rule;
+            bad += layer_compare_gpu_tol(env, &p, 0, what, mma || exact ? 8e-3 : 2.5e-2, 8e-2);
+            unsetenv("MOE_GEMM_NO_FP8_MMA");
+            layer_qweights_free(&q);
+            layer_problem_free(&p);
+        }
+    /* the LARGE tile forced at decode sizes: the FP8 tensor-core kernels over one or a few rows an expert. Over one
+     * to five tokens the relative L2 is a per-token figure, and single tokens reach 3.9e-2 on these kernels
+     * (docs/layer.md §6; a wrong expert, scale or row gives O(1)): 5e-2 on it (T = 5 measured 9.4e-3) */
+    for (int T = 1; T <= 5; T += 4) {
+        moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
+        c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+        c.expert_tile = MOE_EXPERT_TILE_LARGE;
+        layer_problem p;
+        layer_qweights q;
+        layer_problem_random(&p, &c, T, 0, seed++);
+        if (layer_problem_quantize(env->cpu, &p, wf[0], &q, NULL)) {
+            bad++;
+            layer_problem_free(&p);
+            continue;
+        }
+        p.qw = &q;
+        bad += layer_compare_gpu_tol(env, &p, 0, T == 1 ? "w8a8, LARGE forced, T = 1" : "w8a8, LARGE forced, T = 5",
+                                 5e-2, 8e-2);
+        layer_qweights_free(&q);
+        layer_problem_free(&p);
+    }
+    /* the decode kernel forced at a prefill size: many 16-row tiles an expert, both halves of each */
+    {
+        moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
+        c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+        c.expert_tile = MOE_EXPERT_TILE_SMALL;
+        layer_problem p;
+        layer_qweights q;
+        layer_problem_random(&p, &c, 600, 0, seed++);
+        if (layer_problem_quantize(env->cpu, &p, wf[1], &q, NULL) == 0) {
+            p.qw = &q;
+            bad += layer_compare_gpu_tol(env, &p, 0, "w8a8, SMALL forced, T = 600", 8e-3, 8e-2);
+            layer_qweights_free(&q);
+        } else
+            bad++;
+        layer_problem_free(&p);
+    }
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
+/* FP4 weights at decode against the CPU reference over the same codes, MXFP4 and NVFP4 with either global
+ * convention: on sm_80 and later the SMALL tile's rows run through the FP4 decode kernel
+ * (grouped_gemm_fp4_decode.cu), and once more through the register tile (MOE_GEMM_NO_FP4_DECODE), so that both
+ * stay checked. Cases: H 4096 (GEMM 1's K over 4 warps) and I 2048 (GEMM 2's over 2); H 160 and I 96 (K ends
+ * inside a block, some lanes past K); tiles of more than 8 rows (the second half's tokens); GPT-OSS's interleaved
+ * w13 with biases and clamps at H 320; Llama-4's weight on the input; MXFP4 scales past 2^9 in some experts (the
+ * kernel's 2^126 path, rows with and without it in one warp); the SMALL tile forced at T = 600 (many tiles an
+ * expert, both halves full); a shared expert beside. The kernel differs from the CPU only in the order of f32
+ * sums. Small enough for compute-sanitizer. */
+TEST_IMPL(gpu_layer_fp4_decode) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    const char *names[LAYER_WEIGHT_FORMATS];
+    layer_weight_formats(fmts, names);
+    const int fp4[3] = {5, 6, 7}; /* mxfp4, nvfp4 decode global, nvfp4 encode global */
+    int bad = 0;
+    uint64_t seed = env->seed + 1300;
+    struct {
+        const char *preset, *what;
+        int H, I, E, k, interleaved, T, big, forced, shared;
+        moe_activation act;
+    } cases[] = {
+        {"qwen3-30b-a3b", "H 4096", 4096, 256, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "I 2048", 256, 2048, 8, 2, 0, 3, 0, 0, 1, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "H 160, I 96", 160, 96, 8, 2, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "two halves", 256, 256, 8, 2, 0, 40, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", "gptoss interleaved, H 320", 320, 192, 8, 4, 1, 3, 0, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"llama4-scout", "weight on input", 256, 128, 4, 1, 0, 6, 0, 0, 1, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "scales past 2^9", 256, 256, 8, 2, 0, 4, 1, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "SMALL forced, T = 600", 256, 256, 8, 2, 0, 600, 0, 1, 0, MOE_ACT_SILU_GLU},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int f = 0; f < 3; f++) {
+            moe_layer_config c = layer_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
+                                              cases[i].act);
+            if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+            if (cases[i].forced) c.expert_tile = MOE_EXPERT_TILE_SMALL;
+            c.n_shared = cases[i].shared, c.shared_intermediate = 64;
+            layer_problem p;
+            layer_qweights q;
+            layer_problem_random(&p, &c, cases[i].T, 0, seed++);
+            if (cases[i].big) { /* every other expert's weights times 2^24: its MXFP4 block scales pass 2^9 */
+                const int64_t H = c.hidden, I = c.intermediate;
+                for (int e = 0; e < c.router.n_experts; e += 2) {
+                    for (int64_t j = 0; j < 2 * I * H; j++) p.w13[e * 2 * I * H + j] *= 0x1p24f;
+                    for (int64_t j = 0; j < H * I; j++) p.w2[e * H * I + j] *= 0x1p-24f;
+                }
+            }
+            if (layer_problem_quantize(env->cpu, &p, &fmts[fp4[f]], &q, NULL)) {
+                bad++;
+                layer_problem_free(&p);
+                continue;
+            }
+            p.qw = &q;
+            for (int reg = 0; reg < 2; reg++) {
+                if (reg) setenv("MOE_GEMM_NO_FP4_DECODE", "1", 1);
+                char what[96];
+                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], cases[i].what, reg ? ", register tile" : "");
+                bad += layer_compare_gpu(env, &p, 0, what);
+                unsetenv("MOE_GEMM_NO_FP4_DECODE");
+            }
+            layer_qweights_free(&q);
+            layer_problem_free(&p);
+        }
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
