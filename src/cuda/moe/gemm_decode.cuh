@@ -21,6 +21,16 @@ __device__ __forceinline__ void moe_decode_copy16_ca(uint32_t smem, const void *
     asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
 }
 
+/* The same with a predicate: `fill` writes zeros and reads nothing (no size arithmetic in the loop). */
+__device__ __forceinline__ void moe_decode_copy16_cg_if(uint32_t smem, const void *gmem, bool fill) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(smem),
+                 "l"(gmem), "r"((int)fill));
+}
+__device__ __forceinline__ void moe_decode_copy16_ca_if(uint32_t smem, const void *gmem, bool fill) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.ca.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(smem),
+                 "l"(gmem), "r"((int)fill));
+}
+
 /* B row of the mma's M row m (0..15) in column tile t.tile_n: -1 past N. GLU: M rows 0-7 the gate rows and 8-15
  * the up rows of the 8 output columns from 8 tile_n; plain: 16 rows from 16 tile_n. */
 template <bool kGlu>

@@ -7,13 +7,13 @@
  * The layout is the W8A8 decode kernel's (gemm_decode.cuh): a CTA of 4 warps takes one 16-row tile and 1, 2 or 4
  * column tiles of 16 B rows, the warps of a column tile splitting K by 128-wide blocks; the weights are the mma's M
  * operand and the tokens its N operand (8 rows a half tile; the second half's tokens, rare at decode, are read from
- * global memory when a tile has more than 8 rows). Each lane copies its own pieces into its own slots of a
- * per-warp cp.async ring (3 stages) and reads back only those, so no barrier is needed: 16 bytes of codes of
+ * global memory when a tile has more than 8 rows). A tile a CTA. Each lane copies its own pieces into its own slots
+ * of a per-warp cp.async ring (3 stages) and reads back only those, so no barrier is needed: 16 bytes of codes of
  * weight rows g and g + 8 (K values 32q .. 32q + 31 of the block, q = lane % 4), the matching 64 bytes of its
  * first-half token row g (copied only when that row is real), and the 4-byte words holding the two rows' scales
  * of those values.
  *
- * Codes become bf16 with three logic operations a pair: code i of a 32-bit word sits in bits 4i .. 4i + 3, so
+ * Codes become bf16 with a few integer operations a pair: code i of a 32-bit word sits in bits 4i .. 4i + 3, so
  * (x & 0x80008000) | ((x & 0x70007000) >> 6) with x the word shifted left by 4t puts codes 3 - t and 7 - t into a
  * bf16 pair whose sign is the code's and whose exponent and top mantissa bits are its exponent and mantissa bits:
  * the code's value times 2^-126 exactly, subnormal code (0.5) included. One bf16 multiply by the block's factor
@@ -37,7 +37,7 @@ constexpr int kBK = 128;   /* K values a block: 64 bytes of a weight row */
 /* A warp's stage: 16-byte slots, slot i of lane l at (32 i + l) 16 bytes: 0-1 the codes of rows g and g + 8,
  * 2-5 the token's values 8j .. 8j + 7 of the lane's 32; then 8 bytes a lane: the rows' scale words. */
 constexpr int kSlots = 6, kStageBytes = kSlots * 32 * 16 + 32 * 8;
-/* 39 KB, and part: 5 CTAs an SM */
+/* 39 KB, and part: 5 CTAs an SM (at most 96 registers) */
 constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
 constexpr float kUndo = 256.0f; /* the weights enter the mma times 2^-8 */
@@ -61,20 +61,29 @@ __device__ __forceinline__ uint32_t fp4_pair(uint32_t w, int t) {
     return (x & 0x80008000u) | ((x & 0x70007000u) >> 6);
 }
 
-/* A block's factor as the bf16 pair (f, f), f = s * 2^118 for the scale s whose code is `code`: E8M0 2^(e - 127)
- * gives 2^(e - 9) up to e = 136, NaN for 0xFF, and 2^(e - 135) above 136 (*big: the codes take 2^126 first). */
-template <bool kMx> __device__ __forceinline__ uint32_t fp4_factor(uint32_t code, bool *big) {
-    uint32_t b;
+/* A row's block factors f = s * 2^118 for the scales s of the lane's 32 values, as bf16 pairs (f, f): `word` holds
+ * the scale codes from its low byte. MX: one E8M0 scale 2^(e - 127), factor 2^(e - 9) up to e = 136; above, *big
+ * and the factor is fp4_factor_big's. NV: two E4M3 scales (values 0-15, 16-31), exact in bf16 times 2^118. */
+template <bool kMx> __device__ __forceinline__ void fp4_factors(uint32_t word, uint32_t (&f)[2], bool *big) {
     if (kMx) {
-        *big = code > 136 && code < 255;
-        b = code == 255 ? 0x7FC0u : code <= 136 ? (code + 118) << 7 : (code - 8) << 7;
+        const uint32_t e = word & 0xFF;
+        *big = e > 136;
+        const uint32_t b = ((e > 136 ? 136 : e) + 118) << 7;
+        f[0] = f[1] = b * 0x10001u;
     } else {
-        const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)code, __NV_E4M3);
-        const __nv_bfloat16 v = __float2bfloat16_rn(__half2float(__half(h)) * 0x1p118f);
-        b = *reinterpret_cast<const uint16_t *>(&v);
+        const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(word & 0xFFFF), __NV_E4M3);
+        const float2 v = __half22float2(__half2(h));
+        const __nv_bfloat162 b = __floats2bfloat162_rn(v.x * 0x1p118f, v.y * 0x1p118f);
+        const uint32_t u = *reinterpret_cast<const uint32_t *>(&b);
+        f[0] = prmt(u, u, 0x1010), f[1] = prmt(u, u, 0x3232);
         *big = false;
     }
-    return b | b << 16;
+}
+
+/* The factor of an E8M0 code e > 136, for codes already times 2^126: 2^(e - 135), or NaN for 0xFF. */
+__device__ __forceinline__ uint32_t fp4_factor_big(uint32_t word) {
+    const uint32_t e = word & 0xFF, b = e == 0xFF ? 0x7FC0u : (e - 8) << 7;
+    return b * 0x10001u;
 }
 
 /* d += a * b over the 16 K slots of one mma: a0 / a2 row g, a1 / a3 row g + 8. */
@@ -94,6 +103,10 @@ __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)
 }
 #endif
 
+template <bool B> struct moe_bool_tag {
+    static constexpr bool value = B;
+};
+
 template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit) {
@@ -101,105 +114,146 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     moe_pdl_launch_next();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr bool kMx = F == MOE_B_E2M1_E8M0;
-    constexpr int kScaleBytes = kMx ? 1 : 2; /* a lane's scales a row and block: its 32 values */
+    constexpr int kScaleBytes = kMx ? 1 : 2;   /* a lane's scales a row and block: its 32 values */
+    constexpr int kGroupShift = kMx ? 5 : 4;   /* values a scale: 32 or 16 */
     extern __shared__ uint4 smem_ring[];
     __shared__ float part[kWarps - 1][8][32]; /* by warp - 1: warp 0 always adds */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int cper = kWarps / ksplit, ct = warp / ksplit, kw = warp - ct * ksplit;
     const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
-    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(stage0) + lane * 16;
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(stage0) + lane * 16; /* the lane's slot 0 */
     const uint32_t scale_s = (uint32_t)__cvta_generic_to_shared(stage0) + kSlots * 512 + lane * 8;
     const int64_t K = p.k;
     const int kblocks = (int)((K + kBK - 1) / kBK);
     const int nk = kw < kblocks ? (kblocks - kw + ksplit - 1) / ksplit : 0; /* this warp's blocks */
-    for (int64_t tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
-        moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
-        if (!moe_gemm_locate(p, kDecodeRows, tile, t)) continue; /* the same for the whole CTA */
-        t.tile_n = t.tile_n * cper + ct;
-        const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
-        const uint8_t *bsrc[2], *ssrc[2];
-        int soff[2]; /* the byte of the lane's first scale in its aligned word: the same for every block */
+    int shift[2]; /* a row's scales: bits into their aligned word */
+    moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
+    if (!moe_gemm_locate(p, kDecodeRows, blockIdx.x, t)) return; /* the same for the whole CTA */
+    t.tile_n = t.tile_n * cper + ct;
+    const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
+    /* the lane's pieces of this warp's first block; block i of the warp is i * ksplit blocks further */
+    const uint8_t *bsrc[2], *ssrc[2], *brow0[2], *srow0[2]; /* and the rows' first pieces */
+    bool wfill[2]; /* a row past N: its codes read as zeros */
+    int sbytes[2];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int64_t r = brow[h] < 0 ? 0 : brow[h];
-            bsrc[h] = static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) + r * (K / 2) + 16 * q;
-            const uint8_t *s = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride +
-                               r * p.bs.cols + ((32 * q) >> p.bs.col_shift);
-            soff[h] = (int)((uintptr_t)s & 3);
-            ssrc[h] = s - soff[h];
-        }
-        const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start */
-        const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
-        const __nv_bfloat16 *asrc[2] = {p.a + (a0 < 0 ? 0 : a0 * K) + 32 * q, p.a + (a1 < 0 ? 0 : a1 * K) + 32 * q};
+    for (int h = 0; h < 2; h++) {
+        const int64_t r = brow[h] < 0 ? 0 : brow[h];
+        brow0[h] = static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) + r * (K / 2);
+        bsrc[h] = brow0[h] + kw * (kBK / 2) + 16 * q;
+        const uint8_t *s0 = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride + r * p.bs.cols;
+        const uint8_t *sc = s0 + ((kw * kBK + 32 * q) >> kGroupShift);
+        const int soff = (int)((uintptr_t)sc & 3); /* the lane's first scale in its aligned word: every block */
+        ssrc[h] = sc - soff;
+        srow0[h] = s0 - ((uintptr_t)s0 & 3);
+        wfill[h] = brow[h] < 0;
+        sbytes[h] = brow[h] < 0 ? 0 : soff + kScaleBytes;
+        shift[h] = 8 * soff;
+    }
+    const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start */
+    const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
+    const __nv_bfloat16 *asrc[2] = {p.a + (a0 < 0 ? 0 : a0 * K) + kw * kBK + 32 * q,
+                                    p.a + (a1 < 0 ? 0 : a1 * K) + kw * kBK + 32 * q};
+    /* the lane's 32 values lie inside K for its first nin blocks (K % 32 == 0: all in or all out) */
+    const int64_t kin = (K - 32 * q + kBK - 1) / kBK - kw;
+    const int nin = kin <= 0 ? 0 : (int)((kin + ksplit - 1) / ksplit);
+    const uint32_t wstep = ksplit * (kBK / 2), sstep = ksplit * (kBK >> kGroupShift), astep = ksplit * kBK;
+    const __nv_bfloat16 *tok = asrc[0];
+    if (nin == 0) { /* no piece inside K: point at the rows' first pieces, never read (zero fill) */
+#pragma unroll
+        for (int h = 0; h < 2; h++) bsrc[h] = brow0[h], ssrc[h] = srow0[h];
+        tok = p.a;
+    }
+    int left = nin, todo = nk; /* blocks of the lane inside K, blocks to issue */
 
-        /* this warp's i-th block into stage i % kStages; a group committed either way, so that the counts match */
-        auto issue = [&](int i) {
-            if (i < nk) {
-                const int kb = kw + i * ksplit;
-                const uint32_t st = ring_s + (uint32_t)((i % kStages) * kStageBytes);
-                const bool in = (int64_t)kb * kBK + 32 * q < K; /* K % 32 == 0: the lane's 32 values all in or out */
-                const int64_t kv = in ? (int64_t)kb * kBK : 0;
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    moe_decode_copy16_cg(st + h * 512, bsrc[h] + kv / 2, in && brow[h] >= 0 ? 16 : 0);
-                    moe_cp_async4(scale_s + (uint32_t)((i % kStages) * kStageBytes) + 4 * h,
-                                  ssrc[h] + (kv >> p.bs.col_shift), in && brow[h] >= 0 ? soff[h] + kScaleBytes : 0);
-                }
-                if (a0 >= 0)
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        moe_decode_copy16_ca(st + (2 + j) * 512, asrc[0] + kv + 8 * j, in ? 16 : 0);
-            }
-            moe_cp_async_commit();
-        };
-        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-        for (int i = 0; i < kStages - 1; i++) issue(i);
-        __syncthreads(); /* ends the previous tile: warp 0's reads of part */
-        for (int i = 0; i < nk; i++) {
-            issue(i + kStages - 1); /* into the stage read at i - 1 (by this lane, already in registers) */
-            moe_cp_async_wait<kStages - 1>();
-            const int kb = kw + i * ksplit;
-            const char *st = stage0 + (i % kStages) * kStageBytes;
-            const uint4 *slot = reinterpret_cast<const uint4 *>(st) + lane;
-            const uint4 codes[2] = {slot[0], slot[32]};
-            const uint2 sw = *reinterpret_cast<const uint2 *>(st + kSlots * 512 + lane * 8);
-            /* the rows' factors: MX one for the lane's 32 values, NV one for each 16 */
-            uint32_t fac[2][2];
-            bool big[2];
+    /* the warp's next block into the stage at smem offset wr; a group committed either way, so that the counts
+     * match. Past K the pointers stay on the lane's last block inside K and the copies fill zeros. */
+    auto issue = [&](uint32_t wr) {
+        if (todo > 0) {
+            const bool out = left <= 0;
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const uint32_t word = (h ? sw.y : sw.x) >> (8 * soff[h]);
-                fac[h][0] = fp4_factor<kMx>(word & 0xFF, &big[h]);
-                fac[h][1] = kMx ? fac[h][0] : fp4_factor<kMx>((word >> 8) & 0xFF, &big[h]);
+                moe_decode_copy16_cg_if(ring_s + wr + h * 512, bsrc[h], out || wfill[h]);
+                moe_cp_async4(scale_s + wr + 4 * h, ssrc[h], out ? 0 : sbytes[h]);
             }
-            const bool any_big = kMx && __any_sync(0xFFFFFFFFu, big[0] || big[1]);
-            const bool in2 = two && a1 >= 0 && (int64_t)kb * kBK + 32 * q < K; /* the second half's token, real */
+            if (a0 >= 0)
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint32_t w[2][4];
+                for (int j = 0; j < 4; j++) moe_decode_copy16_ca_if(ring_s + wr + (2 + j) * 512, tok + 8 * j, out);
+            if (left > 1) {
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const uint32_t cw = (&codes[h].x)[j], f = fac[h][j >> 1];
-#pragma unroll
-                    for (int t2 = 0; t2 < 4; t2++) {
-                        uint32_t v = fp4_pair(cw, t2);
-                        if (any_big && big[h]) v = bf16x2_mul(v, 0x7E807E80u); /* 2^126 */
-                        w[h][t2] = bf16x2_mul(v, f);
-                    }
-                }
-                const uint4 x = a0 >= 0 ? slot[(2 + j) * 32] : make_uint4(0, 0, 0, 0);
-                fp4_word_mma(acc[0], w[0], w[1], x);
-                if (two) /* from global memory */
-                    fp4_word_mma(acc[1], w[0], w[1],
-                                 in2 ? __ldg(reinterpret_cast<const uint4 *>(asrc[1] + kb * kBK + 8 * j))
-                                     : make_uint4(0, 0, 0, 0));
+                for (int h = 0; h < 2; h++) bsrc[h] += wstep, ssrc[h] += sstep;
+                tok += astep;
             }
+            left--, todo--;
         }
-        moe_cp_async_wait<0>(); /* the empty groups past nk */
-        if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
-            moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kUndo);
-    }
+        moe_cp_async_commit();
+    };
+    float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int i = 0; i < kStages - 1; i++) issue(i * kStageBytes);
+
+    /* block i from stage rd (kBig: some lane's MX scale needs the 2^126 path; kTwo: the tile has a second half) */
+    auto block = [&](int i, uint32_t rd, auto big_tag, auto two_tag) {
+        constexpr bool kBig = decltype(big_tag)::value, kTwo = decltype(two_tag)::value;
+        const char *st = stage0 + rd;
+        const uint4 *slot = reinterpret_cast<const uint4 *>(st) + lane;
+        const uint4 codes[2] = {slot[0], slot[32]};
+        const uint2 sw = *reinterpret_cast<const uint2 *>(st + kSlots * 512 + lane * 8);
+        /* the rows' factors: MX one for the lane's 32 values, NV one for each 16 */
+        uint32_t fac[2][2];
+        bool big[2];
+        fp4_factors<kMx>(sw.x >> shift[0], fac[0], &big[0]);
+        fp4_factors<kMx>(sw.y >> shift[1], fac[1], &big[1]);
+        if (kBig)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (big[h]) fac[h][0] = fac[h][1] = fp4_factor_big((h ? sw.y : sw.x) >> shift[h]);
+        const bool in2 = kTwo && a1 >= 0 && i < nin; /* the second half's token: real, inside K */
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t w[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint32_t cw = (&codes[h].x)[j], f = fac[h][j >> 1];
+#pragma unroll
+                for (int t2 = 0; t2 < 4; t2++) {
+                    uint32_t v = fp4_pair(cw, t2);
+                    if (kBig && big[h]) v = bf16x2_mul(v, 0x7E807E80u); /* 2^126 */
+                    w[h][t2] = bf16x2_mul(v, f);
+                }
+            }
+            const uint4 x = a0 >= 0 ? slot[(2 + j) * 32] : make_uint4(0, 0, 0, 0);
+            fp4_word_mma(acc[0], w[0], w[1], x);
+            if (kTwo) /* from global memory */
+                fp4_word_mma(acc[1], w[0], w[1],
+                             in2 ? __ldg(reinterpret_cast<const uint4 *>(asrc[1] + i * astep + 8 * j))
+                                 : make_uint4(0, 0, 0, 0));
+        }
+    };
+    /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages so that their
+     * offsets are constants; blocks whose MX scales pass 2^9 (a warp-uniform test) take the 2^126 path */
+    auto k_loop = [&](auto two_tag) {
+        for (int i0 = 0; i0 < nk; i0 += kStages)
+#pragma unroll
+            for (int s = 0; s < kStages; s++) {
+                const int i = i0 + s;
+                if (i >= nk) break;
+                issue(((s + kStages - 1) % kStages) * kStageBytes); /* the stage read at i - 1 */
+                moe_cp_async_wait<kStages - 1>();
+                bool big = false;
+                if (kMx) {
+                    const uint2 sw = *reinterpret_cast<const uint2 *>(stage0 + s * kStageBytes + kSlots * 512 +
+                                                                      lane * 8);
+                    big = ((sw.x >> shift[0]) & 0xFF) > 136 || ((sw.y >> shift[1]) & 0xFF) > 136;
+                }
+                if (kMx && __any_sync(0xFFFFFFFFu, big)) block(i, s * kStageBytes, moe_bool_tag<true>(), two_tag);
+                else block(i, s * kStageBytes, moe_bool_tag<false>(), two_tag);
+            }
+    };
+    if (two) k_loop(moe_bool_tag<true>());
+    else k_loop(moe_bool_tag<false>());
+    moe_cp_async_wait<0>(); /* the empty groups past nk */
+    if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
+        moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kUndo);
 #endif
 }
 
@@ -209,8 +263,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
     const int ksplit = moe_decode_ksplit((p.k + kBK - 1) / kBK), cper = kWarps / ksplit;
     const int64_t col_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
     q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper; /* groups of cper column tiles */
-    const int64_t tiles = q.m_tiles * q.n_tiles, cap = (int64_t)1 << 30; /* a grid-stride loop past that */
-    const dim3 grid((unsigned)(tiles < cap ? tiles : cap));
+    const int64_t tiles = q.m_tiles * q.n_tiles; /* a CTA each */
+    if (tiles > 0x7FFFFFFF)
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "FP4 decode GEMM: %lld tiles exceed the grid", (long long)tiles);
+    const dim3 grid((unsigned)tiles);
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
     MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp4_decode_kernel<kGlu, F>, grid, kWarps * 32, kRing, st, q, ksplit));
