@@ -23,12 +23,12 @@ __device__ __forceinline__ void moe_decode_copy16_ca(uint32_t smem, const void *
 
 /* The same with a predicate: `fill` writes zeros and reads nothing (no size arithmetic in the loop). */
 __device__ __forceinline__ void moe_decode_copy16_cg_if(uint32_t smem, const void *gmem, bool fill) {
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(smem),
-                 "l"(gmem), "r"((int)fill));
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n"
+                 ::"r"(smem), "l"(gmem), "r"((int)fill));
 }
 __device__ __forceinline__ void moe_decode_copy16_ca_if(uint32_t smem, const void *gmem, bool fill) {
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.ca.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(smem),
-                 "l"(gmem), "r"((int)fill));
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.ca.shared.global [%0], [%1], 16, p;\n}\n"
+                 ::"r"(smem), "l"(gmem), "r"((int)fill));
 }
 
 /* B row of the mma's M row m (0..15) in column tile t.tile_n: -1 past N. GLU: M rows 0-7 the gate rows and 8-15
