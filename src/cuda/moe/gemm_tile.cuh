@@ -43,14 +43,18 @@ struct moe_gemm_tile {
 };
 
 /* Tile `index` of the 1-D tile order (bands of kGemmBand row tiles, all column tiles of a band before the next
- * band, so that the CTAs resident at once share A rows and B rows through L2): a CTA's blockIdx.x, or the tiles a
- * persistent CTA walks; false when it holds no row. */
-__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
+ * band, so that the CTAs resident at once share A rows and B rows through L2): its first row and column tile. */
+__device__ __forceinline__ void moe_gemm_tile_at(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
     const int64_t band = index / ((int64_t)kGemmBand * p.n_tiles);
     const int64_t in_band = index - band * kGemmBand * p.n_tiles;
     const int64_t rows_in_band = p.m_tiles - band * kGemmBand < kGemmBand ? p.m_tiles - band * kGemmBand : kGemmBand;
     t.row0 = (band * kGemmBand + in_band % rows_in_band) * bm;
     t.tile_n = in_band / rows_in_band;
+}
+
+/* The whole tile `index` (a CTA's blockIdx.x, or the tiles a persistent CTA walks); false when it holds no row. */
+__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
+    moe_gemm_tile_at(p, bm, index, t);
     if (!p.offsets) {
         t.row_end = p.m;
         t.group = blockIdx.z;
@@ -63,6 +67,29 @@ __device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm
         const int mid = (lo + hi + 1) >> 1;
         if (p.offsets[mid] <= t.row0) lo = mid;
         else hi = mid - 1;
+    }
+    t.group = lo;
+    return true;
+}
+
+/* The same for routed GEMMs (p.offsets set), called by a whole warp: its 32 lanes probe 32 groups a round, so
+ * that E groups cost about log32(E) dependent loads instead of log2(E) (the start of a short-lived decode CTA
+ * waits on that chain before its first weight load). */
+__device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, int bm, int64_t index,
+                                                     moe_gemm_tile &t, int lane) {
+    moe_gemm_tile_at(p, bm, index, t);
+    int lo = 0, hi = p.n_groups - 1; /* invariant: offsets[lo] <= row0 (offsets[0] = 0) */
+    int step = (hi + 32) >> 5;       /* ceil(n_groups / 32) */
+    const int64_t first = lane * step <= hi ? p.offsets[lane * step] : INT64_MAX;
+    t.row_end = p.offsets[p.n_groups];
+    if (t.row0 >= t.row_end) return false;
+    for (int64_t off = first;;) {
+        const unsigned le = __ballot_sync(0xFFFFFFFFu, off <= t.row0);
+        lo += (31 - __clz(le)) * step;
+        hi = min(hi, lo + step - 1);
+        if (lo >= hi) break;
+        step = (hi - lo + 32) >> 5;
+        off = lo + lane * step <= hi ? p.offsets[lo + lane * step] : INT64_MAX;
     }
     t.group = lo;
     return true;

@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     const int nk = kw < kblocks ? (kblocks - kw + ksplit - 1) / ksplit : 0; /* this warp's blocks */
     int shift[2]; /* a row's scales: bits into their aligned word */
     moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
-    if (!moe_gemm_locate(p, kDecodeRows, blockIdx.x, t)) return; /* the same for the whole CTA */
+    if (!moe_gemm_locate_warp(p, kDecodeRows, blockIdx.x, t, lane)) return; /* the same for the whole CTA */
     t.tile_n = t.tile_n * cper + ct;
     const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
     /* the lane's pieces of this warp's first block; block i of the warp is i * ksplit blocks further */

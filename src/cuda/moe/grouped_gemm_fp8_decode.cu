@@ -23,41 +23,57 @@
 #include "cuda/moe/gemm_decode.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 
+#include <cuda_fp8.h>
+
 namespace {
 
 constexpr int kWarps = kDecodeWarps;
 constexpr int kStages = 3; /* K blocks a warp has in flight */
-/* A warp's stage: its lanes' 16-byte pieces, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what
- * it copied, so no barrier is needed and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c],
- * 4-5 the first half's tokens a[c] */
-constexpr int kSlots = 6, kStageBytes = kSlots * 32 * 16;
-/* 36 KB, then the tile's scales: with those and part, 5 CTAs an SM (registers bounded to allow 5; measured on the
- * H200 faster than 8 slots and 4 CTAs: DeepSeek-V3 W8A8 at T = 16, 1155 against 1206 us a layer) */
+constexpr int kBK = 128;   /* a scale block of K */
+/* A warp's stage: 16-byte slots, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what it copied,
+ * so no barrier is needed and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c] (slot 2h + c),
+ * 4-5 the first half's tokens a[c]; then a 4-byte word a lane: lanes 0-15 the A scale of tile row `lane`, lanes 16
+ * and 17 the B scales of the column tile's two halves (an E8M0 scale as the aligned word that holds it). */
+constexpr int kSlots = 6, kScaleOff = kSlots * 32 * 16, kStageBytes = kScaleOff + 32 * 4;
+/* 37.5 KB, and part: 5 CTAs an SM (registers bounded to allow 5; measured on the H200 faster than 8 slots and 4
+ * CTAs: DeepSeek-V3 W8A8 at T = 16, 1155 against 1206 us a layer) */
 constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-constexpr int kBK = 128; /* a scale block of K */
-
-/* d += a (16 x 32, row) * b (32 x 8, col), E4M3 inputs, f32 accumulators. a0/a2: row g, a1/a3: row g + 8. */
-__device__ __forceinline__ void mma_e4m3(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+/* d += a (16 x 16, row) * b (16 x 8, col), f16 inputs, f32 accumulators. a0 / a2: row g, a1 / a3: row g + 8. */
+__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
                  "{%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/* Block scale of B row `row` at K block kb; 0 for a row past N. */
-template <int F>
-__device__ __forceinline__ float b_scale(const moe_gemm_params &p, int g, int64_t row, int kb) {
-    if (row < 0) return 0.0f;
-    const int64_t i = g * p.bs.group_stride + (row >> 7) * p.bs.cols + (kb << 7 >> p.bs.col_shift);
-    if (F == MOE_B_E4M3_F32) return __ldg(static_cast<const float *>(p.bs.scale) + i);
-    return moe_decode(__ldg(static_cast<const uint8_t *>(p.bs.scale) + i), MOE_DTYPE_E8M0);
+/* Codes 2h and 2h + 1 of the word w as an f16 pair (exact: every E4M3 value is an f16). */
+__device__ __forceinline__ uint32_t e4m3_pair(uint32_t w, int h) {
+    uint32_t d;
+    if (h) asm("{\n .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;\n}" : "=r"(d) : "r"(w));
+    else asm("{\n .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}" : "=r"(d) : "r"(w));
+    return d;
 }
 
+/* tmp += the products of one 16-byte piece: weight rows g (w0) and g + 8 (w1) against token column g's codes x at
+ * the same K positions (word j's codes 0-1 fill the mma's K slots 2q, 2q + 1 and codes 2-3 its slots 2q + 8, + 9;
+ * the order of a sum does not matter to an mma) */
+__device__ __forceinline__ void piece_mma(float (&tmp)[4], const uint4 &w0, const uint4 &w1, const uint4 &x) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint32_t a = (&w0.x)[j], b = (&w1.x)[j], c = (&x.x)[j];
+        mma_f16(tmp, e4m3_pair(a, 0), e4m3_pair(b, 0), e4m3_pair(a, 1), e4m3_pair(b, 1), e4m3_pair(c, 0),
+                e4m3_pair(c, 1));
+    }
+}
 #endif
+
+template <bool B> struct bool_tag {
+    static constexpr bool value = B;
+};
 
 template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
@@ -65,136 +81,168 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     moe_pdl_wait();
     moe_pdl_launch_next();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    constexpr bool kE8m0 = F == MOE_B_E4M3_E8M0;
     extern __shared__ uint4 smem_ring[];
     __shared__ float part[kWarps - 1][8][32]; /* by warp - 1: warp 0 always adds */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     /* the CTA's 4 warps: kWarps / ksplit column tiles of 16 B rows, each summed over K by ksplit warps */
     const int cper = kWarps / ksplit, ct = warp / ksplit, kw = warp - ct * ksplit;
-    const uint4 *ring = smem_ring + warp * kStages * kSlots * 32 + lane;
-    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+    const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(stage0) + lane * 16; /* the lane's slot 0 */
+    const uint32_t scale_s = (uint32_t)__cvta_generic_to_shared(stage0) + kScaleOff + lane * 4;
     const int64_t K = p.k;
-    const int kblocks = (p.k + kBK - 1) / kBK;
-    /* the tile's scales: the column tiles' B halves (2 cper, kblocks), then the 16 rows' (16, kblocks) */
-    float *scales = reinterpret_cast<float *>(smem_ring + kWarps * kStages * kSlots * 32);
-    const float *sb = scales + 2 * ct * kblocks, *sa = scales + 2 * cper * kblocks;
+    const int kblocks = (int)((K + kBK - 1) / kBK);
     const int nk = kw < kblocks ? (kblocks - kw + ksplit - 1) / ksplit : 0; /* this warp's blocks */
-    for (int64_t tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
-        moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
-        if (!moe_gemm_locate(p, kDecodeRows, tile, t)) continue; /* the same for the whole CTA */
-        const int64_t tile_group_n = t.tile_n;
-        t.tile_n = tile_group_n * cper + ct;
-        const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
-        const uint8_t *bsrc[2];
+    moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
+    if (!moe_gemm_locate_warp(p, kDecodeRows, blockIdx.x, t, lane)) return; /* the same for the whole CTA */
+    t.tile_n = t.tile_n * cper + ct;
+    const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
+    /* the lane's first pieces (bytes 16q .. 16q + 15 of the warp's first block, and + 64); block i of the warp is
+     * i * ksplit blocks further */
+    const uint8_t *bsrc[2];
+    bool wfill[2]; /* a row past N: its weights read as zeros */
 #pragma unroll
-        for (int h = 0; h < 2; h++)
-            bsrc[h] = static_cast<const uint8_t *>(p.b) + t.group * p.b_group_stride + (brow[h] < 0 ? 0 : brow[h] * K);
-        auto a_row = [&](int n) { return moe_decode_a_row(p, t, n); };
-        const bool two = a_row(8) >= 0; /* rows fill a tile from its start: past 8 only if row 8 is real */
-        const uint8_t *asrc[2];
-        bool a_in[2];
-#pragma unroll
-        for (int n = 0; n < 2; n++) {
-            const int64_t a = a_row(g + 8 * n);
-            a_in[n] = a >= 0 && (n == 0 || two);
-            asrc[n] = f.a + (a < 0 ? 0 : a * K);
-        }
-        /* this warp's i-th block into stage i % kStages; a group committed either way, so that the counts match */
-        auto issue = [&](int i) {
-            if (i < nk) {
-                const int kb = kw + i * ksplit;
-                const uint32_t st = ring_s + (uint32_t)((i % kStages) * kSlots * 32 * 16);
-#pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    const int64_t off = (int64_t)kb * kBK + 64 * c + 16 * q;
-                    const bool in = off < K; /* K % 16 == 0: the 16 bytes are all in or all out */
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        moe_decode_copy16_cg(st + (2 * h + c) * 512, bsrc[h] + (in ? off : 0),
-                                             in && brow[h] >= 0 ? 16 : 0);
-                    moe_decode_copy16_ca(st + (4 + c) * 512, asrc[0] + (in ? off : 0), in && a_in[0] ? 16 : 0);
-                }
-            }
-            moe_cp_async_commit();
-        };
-        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-        for (int i = 0; i < kStages - 1; i++) issue(i);
-        /* while those land: the tile's scales into shared memory, so that no K block waits on a scale load. The
-         * barrier before also ends the previous tile (its scale reads, and warp 0's reads of part). */
-        __syncthreads();
-        for (int i = threadIdx.x; i < (2 * cper + kDecodeRows) * kblocks; i += kWarps * 32) {
-            const int r = i / kblocks, kb = i - r * kblocks;
-            float v;
-            if (r < 2 * cper) {
-                moe_gemm_tile tr = t;
-                tr.tile_n = tile_group_n * cper + (r >> 1);
-                v = b_scale<F>(p, t.group, moe_decode_b_row<kGlu>(p, tr, 8 * (r & 1)), kb);
-            } else {
-                const int64_t a = a_row(r - 2 * cper);
-                v = a < 0 ? 0.0f : __ldg(p.gather ? f.a_scale + a * kblocks + kb : f.a_scale + kb * f.a_scale_ld + a);
-            }
-            scales[i] = v;
-        }
-        __syncthreads();
-        for (int i = 0; i < nk; i++) {
-            issue(i + kStages - 1); /* into the stage read at i - 1 (by this lane, already in registers) */
-            moe_cp_async_wait<kStages - 1>();
-            const int kb = kw + i * ksplit;
-            const uint4 *st = ring + (i % kStages) * kSlots * 32;
-            uint4 w[2][2];
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int c = 0; c < 2; c++) w[h][c] = st[(2 * h + c) * 32];
-            const float sb0 = sb[kb], sb1 = sb[kblocks + kb];
-#pragma unroll
-            for (int n = 0; n < 2; n++) {
-                if (n == 1 && !two) break;
-                uint4 a[2];
-#pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    const int64_t off = (int64_t)kb * kBK + 64 * c + 16 * q;
-                    if (n == 0) a[c] = st[(4 + c) * 32];
-                    else a[c] = a_in[1] && off < K ? __ldg(reinterpret_cast<const uint4 *>(asrc[1] + off))
-                                                   : make_uint4(0, 0, 0, 0);
-                }
-                float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int c = j >> 1, h = j & 1;
-                    const uint32_t *w0 = reinterpret_cast<const uint32_t *>(&w[0][c]);
-                    const uint32_t *w1 = reinterpret_cast<const uint32_t *>(&w[1][c]);
-                    const uint32_t *x = reinterpret_cast<const uint32_t *>(&a[c]);
-                    mma_e4m3(tmp, w0[2 * h], w1[2 * h], w0[2 * h + 1], w1[2 * h + 1], x[2 * h], x[2 * h + 1]);
-                }
-                const float s0 = sa[(2 * q + 8 * n) * kblocks + kb], s1 = sa[(2 * q + 1 + 8 * n) * kblocks + kb];
-                acc[n][0] = __fmaf_rn(tmp[0], s0 * sb0, acc[n][0]);
-                acc[n][1] = __fmaf_rn(tmp[1], s1 * sb0, acc[n][1]);
-                acc[n][2] = __fmaf_rn(tmp[2], s0 * sb1, acc[n][2]);
-                acc[n][3] = __fmaf_rn(tmp[3], s1 * sb1, acc[n][3]);
-            }
-        }
-        moe_cp_async_wait<0>(); /* the empty groups past nk */
-
-        if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
-            moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, 1.0f);
+    for (int h = 0; h < 2; h++) {
+        bsrc[h] = static_cast<const uint8_t *>(p.b) + t.group * p.b_group_stride + (brow[h] < 0 ? 0 : brow[h] * K) +
+                  kw * kBK + 16 * q;
+        wfill[h] = brow[h] < 0;
     }
+    const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start: past 8 only if 8 is real */
+    const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
+    const uint8_t *tok = f.a + (a0 < 0 ? 0 : a0 * K) + kw * kBK + 16 * q;
+    const uint8_t *tok1 = f.a + (a1 < 0 ? 0 : a1 * K) + kw * kBK + 16 * q; /* second half: read when used */
+    /* the lane's scale word a block: lanes 0-15 A's of tile row `lane` (zeros for padding), 16-17 B's of the half
+     * (zeros past N); B's index is its row block's start + kb (one block column when K <= 128: kb is then 0) */
+    const char *ssrc = reinterpret_cast<const char *>(f.a_scale);
+    int64_t sstep = 0;
+    int sbytes = 0;
+    int sb_lo[2] = {0, 0}; /* E8M0: the B scale's byte in its aligned word, at kb = 0 */
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t r = moe_decode_b_row<kGlu>(p, t, 8 * h);
+        const int64_t i = t.group * p.bs.group_stride + (r < 0 ? 0 : r >> 7) * p.bs.cols;
+        const char *s = static_cast<const char *>(p.bs.scale) + i * (kE8m0 ? 1 : 4);
+        sb_lo[h] = (int)((uintptr_t)s & 3);
+        if (lane == 16 + h && r >= 0)
+            ssrc = s + kw * (kE8m0 ? 1 : 4), sstep = ksplit * (kE8m0 ? 1 : 4), sbytes = 4;
+    }
+    if (lane < 16) {
+        const int64_t a = moe_decode_a_row(p, t, lane);
+        if (a >= 0) {
+            ssrc = reinterpret_cast<const char *>(p.gather ? f.a_scale + a * kblocks + kw
+                                                           : f.a_scale + kw * f.a_scale_ld + a);
+            sstep = 4 * (p.gather ? (int64_t)ksplit : ksplit * f.a_scale_ld), sbytes = 4;
+        }
+    }
+    const int bstep = ksplit * kBK;
+    int rem = p.k - kw * kBK - 16 * q; /* K bytes from the lane's piece 0 of its next block: piece c in if > 64c */
+    int todo = nk;                       /* blocks to issue */
+
+    /* the warp's next block into the stage at smem offset wr; a group committed either way, so that the counts
+     * match. A piece past K (K % 16 == 0: all in or all out) fills zeros and reads nothing; the pointers stop at
+     * the last block with a piece inside K. */
+    auto issue = [&](uint32_t wr) {
+        if (todo > 0) {
+            const bool in0 = rem > 0, in1 = rem > 64;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                moe_decode_copy16_cg_if(ring_s + wr + 2 * h * 512, bsrc[h], !in0 || wfill[h]);
+                moe_decode_copy16_cg_if(ring_s + wr + (2 * h + 1) * 512, bsrc[h] + 64, !in1 || wfill[h]);
+            }
+            if (a0 >= 0) {
+                moe_decode_copy16_ca_if(ring_s + wr + 4 * 512, tok, !in0);
+                moe_decode_copy16_ca_if(ring_s + wr + 5 * 512, tok + 64, !in1);
+            }
+            if (lane < 18)
+                moe_cp_async4(scale_s + wr, reinterpret_cast<const void *>((uintptr_t)ssrc & ~(uintptr_t)3), sbytes);
+            if (rem > bstep) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) bsrc[h] += bstep;
+                tok += bstep;
+            }
+            ssrc += sstep, rem -= bstep, todo--;
+        }
+        moe_cp_async_commit();
+    };
+    float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int i = 0; i < kStages - 1; i++) issue(i * kStageBytes);
+
+    /* block i from the stage at rd (kTwo: the tile has a second half) */
+    auto block = [&](int i, uint32_t rd, auto two_tag) {
+        constexpr bool kTwo = decltype(two_tag)::value;
+        const char *st = stage0 + rd;
+        const uint4 *slot = reinterpret_cast<const uint4 *>(st) + lane;
+        const uint4 w[2][2] = {{slot[0], slot[32]}, {slot[64], slot[96]}};
+        const int kb = kw + i * ksplit;
+        const uint2 sbw = *reinterpret_cast<const uint2 *>(st + kScaleOff + 64);
+        float sb[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint32_t v = h ? sbw.y : sbw.x;
+            sb[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0) : __uint_as_float(v);
+        }
+#pragma unroll
+        for (int n = 0; n < (kTwo ? 2 : 1); n++) {
+            uint4 a[2];
+            if (n == 0) {
+#pragma unroll
+                for (int c = 0; c < 2; c++) a[c] = a0 >= 0 ? slot[(4 + c) * 32] : make_uint4(0, 0, 0, 0);
+            } else { /* from global memory */
+                const int r = p.k - kb * kBK - 16 * q;
+#pragma unroll
+                for (int c = 0; c < 2; c++)
+                    a[c] = a1 >= 0 && r > 64 * c
+                               ? __ldg(reinterpret_cast<const uint4 *>(tok1 + (int64_t)i * bstep + 64 * c))
+                               : make_uint4(0, 0, 0, 0);
+            }
+            float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int c = 0; c < 2; c++) piece_mma(tmp, w[0][c], w[1][c], a[c]);
+            const float2 sa = *reinterpret_cast<const float2 *>(st + kScaleOff + 32 * n + 8 * q); /* rows 2q, + 1 */
+            acc[n][0] = __fmaf_rn(tmp[0], sa.x * sb[0], acc[n][0]);
+            acc[n][1] = __fmaf_rn(tmp[1], sa.y * sb[0], acc[n][1]);
+            acc[n][2] = __fmaf_rn(tmp[2], sa.x * sb[1], acc[n][2]);
+            acc[n][3] = __fmaf_rn(tmp[3], sa.y * sb[1], acc[n][3]);
+        }
+    };
+    /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages so that their
+     * offsets are constants */
+    auto k_loop = [&](auto two_tag) {
+        for (int i0 = 0; i0 < nk; i0 += kStages)
+#pragma unroll
+            for (int s = 0; s < kStages; s++) {
+                const int i = i0 + s;
+                if (i >= nk) break;
+                __syncwarp(); /* every lane has read block i - 1's scale words before they are overwritten */
+                issue(((s + kStages - 1) % kStages) * kStageBytes); /* the stage read at i - 1 */
+                moe_cp_async_wait<kStages - 1>();
+                __syncwarp(); /* and block i's, copied by lanes 0-17, are visible to all */
+                block(i, s * kStageBytes, two_tag);
+            }
+    };
+    if (two) k_loop(bool_tag<true>());
+    else k_loop(bool_tag<false>());
+    moe_cp_async_wait<0>(); /* the empty groups past nk */
+
+    if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
+        moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, 1.0f);
 #endif
 }
 
 template <bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
-    const int ksplit = moe_decode_ksplit((p.k + 127) / 128), cper = kWarps / ksplit;
+    const int ksplit = moe_decode_ksplit((p.k + kBK - 1) / kBK), cper = kWarps / ksplit;
     const int64_t col_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
     q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper; /* groups of cper column tiles */
-    const int64_t tiles = q.m_tiles * q.n_tiles, cap = (int64_t)1 << 30; /* a grid-stride loop past that */
-    const dim3 grid((unsigned)(tiles < cap ? tiles : cap));
-    const size_t smem = kRing + (size_t)(2 * cper + 16) * ((p.k + 127) / 128) * 4;
+    const int64_t tiles = q.m_tiles * q.n_tiles; /* a CTA each */
+    if (tiles > 0x7FFFFFFF)
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 decode GEMM: %lld tiles exceed the grid", (long long)tiles);
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, grid, kWarps * 32, smem, st, q, f,
-                                 ksplit));
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, dim3((unsigned)tiles), kWarps * 32, kRing,
+                                 st, q, f, ksplit));
     return MOE_OK;
 }
 
