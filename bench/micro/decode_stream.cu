@@ -33,6 +33,27 @@ __device__ __forceinline__ void cp16(uint32_t s, const void *g) {
 __device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N> __device__ __forceinline__ void waitg() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+/* A warp's stage: the 16 rows x 128 bytes of K block kb of the row-major tile at base (or, packed, the block's
+ * 2 KB at base + kb * 2048), 4 pieces of 16 bytes a lane. */
+template <bool kPacked>
+__device__ __forceinline__ void copy_block(uint32_t st, const uint8_t *base, int64_t K, int kb, int lane) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int piece = j * 32 + lane, r = piece >> 3, c = piece & 7; /* row piece / 8, 16-byte column piece % 8 */
+        cp16(st + piece * 16,
+             kPacked ? base + (int64_t)kb * 2048 + piece * 16 : base + (int64_t)r * K + kb * 128 + c * 16);
+    }
+}
+
+/* What a lane does with its pieces of a landed stage: XORs them into accum (so that the loads are kept). */
+__device__ __forceinline__ void use_block(const uint4 *st, int lane, unsigned &accum) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint4 v = st[j * 32 + lane];
+        accum += v.x ^ v.y ^ v.z ^ v.w;
+    }
+}
+
 // mode 0: row-major W (rows x K), tile = 16 rows, warp w takes K blocks w, w+4, ... (128 B per row per block)
 // mode 1: packed: tile's blocks contiguous [kb][16][128]
 // mode 2: row-major, warp w takes contiguous K range (blocks w*nb/4 ...)
@@ -52,15 +73,7 @@ __global__ void __launch_bounds__(128, 5)
         auto issue = [&](int i) {
             if (i < nk) {
                 const int kb = MODE == 2 ? warp * nk + i : warp + 4 * i;
-                const uint32_t st = my_s + (i % kStages) * 2048;
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int piece = j * 32 + lane; // 0..127: row = piece / 8, col16 = piece % 8
-                    const int r = piece >> 3, c = piece & 7;
-                    const uint8_t *src =
-                        MODE == 1 ? base + (int64_t)kb * 2048 + piece * 16 : base + (int64_t)r * K + kb * 128 + c * 16;
-                    cp16(st + piece * 16, src);
-                }
+                copy_block<MODE == 1>(my_s + (i % kStages) * 2048, base, K, kb, lane);
             }
             commit();
         };
@@ -70,11 +83,7 @@ __global__ void __launch_bounds__(128, 5)
             issue(i + kStages - 1);
             waitg<kStages - 1>();
             const uint4 *st = my + (i % kStages) * 128;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint4 v = st[j * 32 + lane];
-                accum += v.x ^ v.y ^ v.z ^ v.w;
-            }
+            use_block(st, lane, accum);
         }
         waitg<0>();
         __syncthreads();
@@ -83,12 +92,13 @@ __global__ void __launch_bounds__(128, 5)
         out[0] = accum;
 }
 
-template <int MODE> int run(const char *name, uint8_t *buf[2], int64_t rows, int64_t K, int grid_cap) {
+/* Times launch(grid, smem, buffer, tiles) over reps() runs (the first dropped; the two buffers alternate, so that
+ * no run finds the last one's bytes in L2) and prints the median rate. */
+template <class Kernel, class Launch>
+int timed(const char *name, Kernel *kernel, int64_t rows, int64_t K, int grid_cap, Launch launch) {
     const int64_t tiles = rows / 16;
-    unsigned *out;
-    CK(cudaMalloc(&out, 4));
     const int smem = 4 * kStages * 2048;
-    CK(cudaFuncSetAttribute(stream_kernel<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const int grid = (int)std::min<int64_t>(tiles, grid_cap);
     cudaEvent_t a, b;
     cudaEventCreate(&a);
@@ -96,7 +106,7 @@ template <int MODE> int run(const char *name, uint8_t *buf[2], int64_t rows, int
     std::vector<float> t;
     for (int rep = 0; rep < reps(); rep++) {
         cudaEventRecord(a);
-        stream_kernel<MODE><<<grid, 128, smem>>>(buf[rep & 1], rows, K, tiles, out);
+        launch(grid, smem, rep & 1, tiles);
         cudaEventRecord(b);
         CK(cudaEventSynchronize(b));
         float ms;
@@ -108,8 +118,17 @@ template <int MODE> int run(const char *name, uint8_t *buf[2], int64_t rows, int
     const double bytes = (double)rows * K;
     printf("%-28s rows %7lld K %5lld grid %6d: median %8.2f us  %6.0f GB/s  (min %8.2f us)\n", name, (long long)rows,
            (long long)K, grid, t[t.size() / 2] * 1e3, bytes / (t[t.size() / 2] * 1e-3) / 1e9, t[0] * 1e3);
-    cudaFree(out);
     return 0;
+}
+
+template <int MODE> int run(const char *name, uint8_t *buf[2], int64_t rows, int64_t K, int grid_cap) {
+    unsigned *out;
+    CK(cudaMalloc(&out, 4));
+    const int r = timed(name, stream_kernel<MODE>, rows, K, grid_cap, [&](int grid, int smem, int i, int64_t tiles) {
+        stream_kernel<MODE><<<grid, 128, smem>>>(buf[i], rows, K, tiles, out);
+    });
+    cudaFree(out);
+    return r;
 }
 
 // mode 3: persistent CTAs, one continuous ring across tiles (next tile's blocks issued before this tile's end),
@@ -133,12 +152,7 @@ __global__ void __launch_bounds__(128, 5) stream2_kernel(const uint8_t *w, int64
                 const int64_t t = blockIdx.x + (j / nk) * gridDim.x;
                 const int kb = warp + 4 * (int)(j % nk);
                 const uint8_t *base = w + t * 16 * K;
-                const uint32_t st = my_s + (j % kStages) * 2048;
-#pragma unroll
-                for (int jj = 0; jj < 4; jj++) {
-                    const int piece = jj * 32 + lane, r = piece >> 3, c = piece & 7;
-                    cp16(st + piece * 16, base + (int64_t)r * K + kb * 128 + c * 16);
-                }
+                copy_block<false>(my_s + (j % kStages) * 2048, base, K, kb, lane);
             }
             commit();
         };
@@ -148,11 +162,7 @@ __global__ void __launch_bounds__(128, 5) stream2_kernel(const uint8_t *w, int64
             issue(j + kStages - 1);
             waitg<kStages - 1>();
             const uint4 *st = my + (j % kStages) * 128;
-#pragma unroll
-            for (int jj = 0; jj < 4; jj++) {
-                uint4 v = st[jj * 32 + lane];
-                accum += v.x ^ v.y ^ v.z ^ v.w;
-            }
+            use_block(st, lane, accum);
             if (j % nk == nk - 1)
                 __syncthreads();
         }
@@ -163,12 +173,7 @@ __global__ void __launch_bounds__(128, 5) stream2_kernel(const uint8_t *w, int64
             auto issue = [&](int i) {
                 if (i < nk) {
                     const int kb = warp + 4 * i;
-                    const uint32_t st = my_s + (i % kStages) * 2048;
-#pragma unroll
-                    for (int jj = 0; jj < 4; jj++) {
-                        const int piece = jj * 32 + lane, r = piece >> 3, c = piece & 7;
-                        cp16(st + piece * 16, base + (int64_t)r * K + kb * 128 + c * 16);
-                    }
+                    copy_block<false>(my_s + (i % kStages) * 2048, base, K, kb, lane);
                 }
                 commit();
             };
@@ -185,11 +190,7 @@ __global__ void __launch_bounds__(128, 5) stream2_kernel(const uint8_t *w, int64
                 issue(i + kStages - 1);
                 waitg<kStages - 1>();
                 const uint4 *st = my + (i % kStages) * 128;
-#pragma unroll
-                for (int jj = 0; jj < 4; jj++) {
-                    uint4 v = st[jj * 32 + lane];
-                    accum += v.x ^ v.y ^ v.z ^ v.w;
-                }
+                use_block(st, lane, accum);
                 accum += __float_as_uint(scales[(warp + 4 * i) % 1024]);
             }
             waitg<0>();
@@ -202,32 +203,13 @@ __global__ void __launch_bounds__(128, 5) stream2_kernel(const uint8_t *w, int64
 
 template <int MODE>
 int run2(const char *name, uint8_t *buf[2], int64_t rows, int64_t K, int grid_cap, const int *rs, const float *sc) {
-    const int64_t tiles = rows / 16;
     unsigned *out;
     CK(cudaMalloc(&out, 4));
-    const int smem = 4 * kStages * 2048;
-    CK(cudaFuncSetAttribute(stream2_kernel<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const int grid = (int)std::min<int64_t>(tiles, grid_cap);
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    std::vector<float> t;
-    for (int rep = 0; rep < reps(); rep++) {
-        cudaEventRecord(a);
-        stream2_kernel<MODE><<<grid, 128, smem>>>(buf[rep & 1], rows, K, tiles, rs, sc, out);
-        cudaEventRecord(b);
-        CK(cudaEventSynchronize(b));
-        float ms;
-        cudaEventElapsedTime(&ms, a, b);
-        if (rep)
-            t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
-    const double bytes = (double)rows * K;
-    printf("%-28s rows %7lld K %5lld grid %6d: median %8.2f us  %6.0f GB/s  (min %8.2f us)\n", name, (long long)rows,
-           (long long)K, grid, t[t.size() / 2] * 1e3, bytes / (t[t.size() / 2] * 1e-3) / 1e9, t[0] * 1e3);
+    const int r = timed(name, stream2_kernel<MODE>, rows, K, grid_cap, [&](int grid, int smem, int i, int64_t tiles) {
+        stream2_kernel<MODE><<<grid, 128, smem>>>(buf[i], rows, K, tiles, rs, sc, out);
+    });
     cudaFree(out);
-    return 0;
+    return r;
 }
 
 int main() {
