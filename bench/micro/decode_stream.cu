@@ -1,6 +1,7 @@
 /* bench/micro/decode_stream.cu — the DRAM read rate of the decode kernels' access pattern, apart from their
  * arithmetic (docs/performance.md, "Since 7cb063e"). Not part of the build:
- *   nvcc -O3 -arch=sm_90a -o decode_stream bench/micro/decode_stream.cu && ./decode_stream   (REPS=n: timings)
+ *   nvcc -O3 -arch=sm_90a -o decode_stream bench/micro/decode_stream.cu && ./decode_stream
+ * (REPS=n: timings a variant; SMEM=bytes: shared memory a CTA, to cap the CTAs an SM)
  * Each CTA of 4 warps streams the weight rows of one 16-row tile (or, persistent, of several) through a per-warp
  * cp.async ring of 3 stages of 16 rows x 128 bytes, as grouped_gemm_fp8_decode.cu does, and only XORs what lands:
  * row-major weights with the warps on interleaved 128-byte K blocks (the kernels' order) or on contiguous K
@@ -23,6 +24,11 @@
     } while (0)
 
 constexpr int kStages = 3;
+/* shared memory a CTA: the ring's 24 KB, or SMEM bytes (SMEM=42000: the decode kernels' 5 CTAs an SM) */
+static int ring_smem() {
+    const char *e = getenv("SMEM");
+    return e && atoi(e) > 4 * kStages * 2048 ? atoi(e) : 4 * kStages * 2048;
+}
 static int reps() {
     const char *e = getenv("REPS");
     return e ? atoi(e) : 21;
@@ -97,7 +103,7 @@ __global__ void __launch_bounds__(128, 5)
 template <class Kernel, class Launch>
 int timed(const char *name, Kernel *kernel, int64_t rows, int64_t K, int grid_cap, Launch launch) {
     const int64_t tiles = rows / 16;
-    const int smem = 4 * kStages * 2048;
+    const int smem = ring_smem();
     CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const int grid = (int)std::min<int64_t>(tiles, grid_cap);
     cudaEvent_t a, b;

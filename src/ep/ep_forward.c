@@ -271,7 +271,7 @@ static moe_status ep_experts(moe_ep *ep, const ep_plan *p, void *stream) {
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
         char *ws = ep->experts_scratch;
-        MOE_TRY(moe__cuda_layer_experts(l, x, n, ep->recv_ids, ep->recv_w, p->T_total, 0, &ep->xs, ws, stream));
+        MOE_TRY(moe__cuda_layer_experts(l, x, n, ep->recv_ids, ep->recv_w, p->T_total, 0, 0, &ep->xs, ws, stream));
         return moe__ep_gather(ep, ws + ep->xs.y, (const int32_t *)(ws + ep->xs.slot_row), ep->ret_rowsrc,
                               ep->ret_off + 1, n * k, H * 2, ep->y_ret, stream);
     }
@@ -402,7 +402,7 @@ static moe_status ep_low_latency_forward(moe_ep *ep, const moe_layer_io *io, voi
 #ifdef MOE_WITH_CUDA
     if (s == MOE_OK && gpu) {
         char *ws = ep->experts_scratch;
-        s = moe__cuda_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, NM, 0, &ep->xs, ws, stream);
+        s = moe__cuda_layer_experts(l, x, NM, ep->recv_ids, ep->recv_w, NM, 0, 0, &ep->xs, ws, stream);
         moe__ep_mark(ep, EP_PHASE_EXPERTS, stream); /* moving the rows counts as the combine */
         if (s == MOE_OK && ep->p2p) /* the rows straight into their home ranks' y_home */
             s = moe__cuda_p2p_scatter(ctx, ws + ep->xs.y, (const int32_t *)(ws + ep->xs.slot_row), ep->ll_pos, NM * k,

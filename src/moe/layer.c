@@ -212,7 +212,7 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     if (quantized) l->quantized = true, l->q13 = q13, l->q2 = q2;
     if (act_quantized) l->act_quantized = true, l->qx = qx, l->qh = qh;
 #ifdef MOE_WITH_CUDA
-    if (ctx->backend == MOE_BACKEND_CUDA && config->n_shared > 0) {
+    if (ctx->backend == MOE_BACKEND_CUDA && (config->n_shared > 0 || act_quantized)) { /* the side stream */
         const moe_status s = moe__cuda_layer_init(l);
         if (s != MOE_OK) {
             moe_layer_destroy(l);

@@ -19,7 +19,7 @@ struct moe_layer {
     int n_global; /* the ids the experts see range over [0, n_global): E, or the physical slots under EPLB */
     /* CUDA, with shared experts: they run on a stream of their own beside the routing and the routed experts,
      * forked from and joined back to the caller's stream by these events (one forward at a time per layer) */
-    void *side_stream, *fork_event, *join_event;
+    void *side_stream, *fork_event, *join_event, *xq_event;
     /* c.expert_format set: the layouts of w13 (E, 2I, H) and w2 (E, H, I) as E matrices each */
     bool quantized;
     moe_qlayout q13, q2;
@@ -107,10 +107,12 @@ moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe
  * moe_layer_scratch from counts to hs; the rest unset). */
 moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T);
 /* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens; skipped when permuted: the
- * scratch already holds it), GEMM 1, GEMM 2: y (rows, H) bf16 in the scratch and slot_row (T, k) in s->slot_row. */
+ * scratch already holds it), GEMM 1, GEMM 2: y (rows, H) bf16 in the scratch and slot_row (T, k) in s->slot_row.
+ * x_codes: W8A8's x codes and scales are already in the scratch (moe__cuda_layer_forward's side stream), ready
+ * once l->xq_event has fired. */
 moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids, const float *weights,
-                                   int64_t plan_tokens, int permuted, const moe_layer_scratch *s, void *workspace,
-                                   void *stream);
+                                   int64_t plan_tokens, int permuted, int x_codes, const moe_layer_scratch *s,
+                                   void *workspace, void *stream);
 /* GPU: the shared experts of x (T tokens, kernels chosen from plan_tokens) into s->shared_y, on the layer's side
  * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. */
 moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_t plan_tokens,

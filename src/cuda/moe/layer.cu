@@ -6,7 +6,7 @@
  *   h       = act(w13[e] . x[token(row)] + b13[e])       grouped GEMM, GLU epilogue      (rows, I)
  *   y       = w2[e] . h + b2[e]                          grouped GEMM                    (rows, H)
  *   shared  = the same two GEMMs, dense over all tokens,  grid.z = shared expert          (S, T, H)
- *             on a side stream beside everything above (forked and joined by events)
+ *             on a side stream beside everything above (forked and joined by events; W8A8's x codes first)
  *   out[t]  = sum_j w[t, j] y[row(t, j)] + g_s sum_s shared[s, t], slot order   combine_kernel
  * Every launch is asynchronous on the caller's stream; grids are sized from T on the host (tiles past the
  * permutation's last row exit at once), so nothing waits for the device. */
@@ -80,15 +80,19 @@ extern "C" moe_status moe__cuda_layer_init(moe_layer *l) {
     l->fork_event = fork;
     MOE_CUDA_TRY(ctx, cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
     l->join_event = join;
+    cudaEvent_t xq;
+    MOE_CUDA_TRY(ctx, cudaEventCreateWithFlags(&xq, cudaEventDisableTiming));
+    l->xq_event = xq;
     return MOE_OK;
 }
 
 extern "C" void moe__cuda_layer_fini(moe_layer *l) {
     moe__cuda_enter(l->ctx, NULL);
+    if (l->xq_event) cudaEventDestroy((cudaEvent_t)l->xq_event);
     if (l->join_event) cudaEventDestroy((cudaEvent_t)l->join_event);
     if (l->fork_event) cudaEventDestroy((cudaEvent_t)l->fork_event);
     if (l->side_stream) cudaStreamDestroy((cudaStream_t)l->side_stream);
-    l->side_stream = l->fork_event = l->join_event = NULL;
+    l->side_stream = l->fork_event = l->join_event = l->xq_event = NULL;
 }
 
 static size_t align256(size_t n) {
@@ -130,6 +134,24 @@ static moe_gemm_shape routed_shape(const moe_layer *l, int64_t T, int k, int E) 
     const int64_t large_min = !sm90 ? 128 : w8a8_mma(l) ? 16 : 64;
     return assignments < 16 * touched ? MOE_GEMM_SMALL : assignments < large_min * touched ? MOE_GEMM_MEDIUM
                                                                                            : MOE_GEMM_LARGE;
+}
+
+/* Whether the routed GEMMs run W8A8 on the FP8 kernels for this tile: the wgmma tile (LARGE) or the decode kernel
+ * (SMALL), which read x as codes and scales. */
+static bool w8a8_fp8_shape(const moe_layer *l, moe_gemm_shape shape) {
+    return (shape == MOE_GEMM_LARGE || shape == MOE_GEMM_SMALL) && w8a8_mma(l);
+}
+
+/* x (T, H) bf16 -> W8A8's codes and scales in the scratch (s->xq, s->xs), by the formats' kernel. */
+static moe_status quantize_x(moe_layer *l, const void *x, int64_t T, const moe_layer_scratch *s, char *ws,
+                             cudaStream_t st) {
+    const int H = l->c.hidden;
+    moe_qlayout lx;
+    const int64_t sx[2] = {T, H};
+    MOE_TRY(moe__qlayout(l->ctx, &l->c.act_format, 2, sx, &lx));
+    moe_tensor xt = moe_tensor_2d((void *)x, MOE_DTYPE_BF16, T, H);
+    moe_qtensor xq = {lx.f, 2, {T, H}, ws + s->xq, ws + s->xs, NULL};
+    return moe__cuda_quantize(l->ctx, &lx, &xt, &xq, st);
 }
 
 extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T) {
@@ -221,9 +243,10 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
 static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
                               bool permute, void *stream);
 
-/* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts);
- * gate logits, routing, permutation and the two routed GEMMs on the caller's stream; join; combine in slot
- * order. A capture follows the fork and the join. */
+/* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts),
+ * after W8A8's x codes where the FP8 kernels read them (GEMM 1 waits for those alone); gate logits, routing,
+ * permutation and the two routed GEMMs on the caller's stream; join; combine in slot order. A capture follows the
+ * fork and the joins. */
 extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *sp,
                                               void *workspace, void *stream) {
     const moe_layer_config *c = &l->c;
@@ -231,6 +254,21 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     const moe_layer_scratch &s = *sp;
     char *ws = (char *)workspace;
     const void *x = io->x->data;
+    /* W8A8 on the FP8 kernels: x's codes on the side stream too (before the shared experts), off the chain of
+     * gate, routing and permutation that GEMM 1 waits for */
+    const bool x_codes = l->side_stream && T > 0 &&
+                         w8a8_fp8_shape(l, routed_shape(l, T, c->router.top_k, c->router.n_experts));
+    if (x_codes) {
+        cudaStream_t st = moe__cuda_enter(l->ctx, stream), side = (cudaStream_t)l->side_stream;
+        MOE_CUDA_TRY(l->ctx, cudaEventRecord((cudaEvent_t)l->fork_event, st));
+        MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent(side, (cudaEvent_t)l->fork_event, 0));
+        const moe_status qs = quantize_x(l, x, T, &s, ws, side);
+        MOE_CUDA_TRY(l->ctx, cudaEventRecord((cudaEvent_t)l->xq_event, side)); /* even on failure: always joined */
+        if (qs != MOE_OK) {
+            MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->xq_event, 0));
+            return qs;
+        }
+    }
     if (c->n_shared) {
         const moe_status ss = moe__cuda_layer_shared(l, x, T, T, &s, ws, stream);
         if (ss != MOE_OK) {
@@ -241,7 +279,9 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     moe_status rs = layer_route(l, io, &s, ws, true, stream);
     if (rs == MOE_OK)
         rs = moe__cuda_layer_experts(l, x, T, (const int32_t *)(ws + s.ids), (const float *)(ws + s.weights), T, 1,
-                                     &s, ws, stream);
+                                     x_codes, &s, ws, stream);
+    if (x_codes) MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent(moe__cuda_enter(l->ctx, stream),
+                                                          (cudaEvent_t)l->xq_event, 0)); /* always joined */
     if (c->n_shared) MOE_TRY(moe__cuda_layer_join(l, stream)); /* always joined */
     if (rs != MOE_OK) return rs;
     return moe__cuda_layer_combine(l, ws + s.y, (const int32_t *)(ws + s.slot_row), (const float *)(ws + s.weights),
@@ -323,21 +363,17 @@ static void expert_storage(const moe_layer *l, int which, moe_gemm_params &g) {
  * writing h quantised (the decode kernel writes h in f32 and act_quant.cu quantises it), GEMM 2 reading the codes.
  * Elsewhere (the MEDIUM tile, other weights, other GPUs) x and h are replaced by their quantised values in bf16
  * around the bf16 GEMMs. */
-static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params g2, const void *x, int64_t T,
-                               moe_gemm_shape shape, int64_t tiles, const moe_layer_scratch *s, char *ws,
+static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params g2, const void *x, int x_codes,
+                               int64_t T, moe_gemm_shape shape, int64_t tiles, const moe_layer_scratch *s, char *ws,
                                cudaStream_t st) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const int H = c->hidden, I = c->intermediate;
     const moe_qformat &af = c->act_format;
-    const bool fp8 = moe__cuda_gemm_fp8_fits(ctx, g, true) && moe__cuda_gemm_fp8_fits(ctx, g2, false);
-    if (fp8 && (shape == MOE_GEMM_LARGE || shape == MOE_GEMM_SMALL)) {
-        moe_qlayout lx;
-        const int64_t sx[2] = {T, H};
-        MOE_TRY(moe__qlayout(ctx, &af, 2, sx, &lx));
-        moe_tensor xt = moe_tensor_2d((void *)x, MOE_DTYPE_BF16, T, H);
-        moe_qtensor xq = {lx.f, 2, {T, H}, ws + s->xq, ws + s->xs, NULL};
-        MOE_TRY(moe__cuda_quantize(ctx, &lx, &xt, &xq, st));
+    const moe_scale_rule rule = l->qx.f.rule; /* resolved at create */
+    if (w8a8_fp8_shape(l, shape)) {
+        if (x_codes) MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->xq_event, 0));
+        else MOE_TRY(quantize_x(l, x, T, s, ws, st));
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
             moe_gemm_fp8 f = {};
             f.a = (const uint8_t *)(ws + s->xq), f.a_scale = (const float *)(ws + s->xs);
@@ -347,7 +383,7 @@ static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params 
             uint8_t *hq = (uint8_t *)(ws + s->hq);
             float *hqs = (float *)(ws + s->hqs);
             MOE_TRY(moe__cuda_act_quant(ctx, g.c32, hq, hqs, s->rows, rows < s->rows ? rows : s->rows,
-                                        g.offsets + g.n_groups, I, lx.f.rule, af.amax_floor, st));
+                                        g.offsets + g.n_groups, I, rule, af.amax_floor, st));
             moe_gemm_fp8 f2 = {};
             f2.a = hq, f2.a_scale = hqs, f2.a_scale_ld = s->rows;
             return moe__cuda_grouped_gemm_fp8_decode(ctx, g2, f2, false, tiles, st);
@@ -355,7 +391,7 @@ static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params 
         moe_gemm_fp8 f = {};
         f.a = (const uint8_t *)(ws + s->xq), f.a_scale = (const float *)(ws + s->xs);
         f.c = (uint8_t *)(ws + s->h8), f.c_scale = (float *)(ws + s->hs), f.c_scale_ld = s->rows;
-        f.rule = lx.f.rule, f.amax_floor = af.amax_floor;
+        f.rule = rule, f.amax_floor = af.amax_floor;
         MOE_TRY(moe__cuda_grouped_gemm_fp8(ctx, g, f, true, tiles, st));
         moe_gemm_fp8 f2 = {};
         f2.a = f.c, f2.a_scale = f.c_scale, f2.a_scale_ld = s->rows;
@@ -365,7 +401,6 @@ static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params 
      * would move about 3% of its codes by a step) */
     __nv_bfloat16 *xq = (__nv_bfloat16 *)(ws + s->xq), *h = (__nv_bfloat16 *)g.c;
     float *h32 = (float *)(ws + s->h8);
-    const moe_scale_rule rule = l->qx.f.rule; /* resolved at create */
     MOE_TRY(moe__cuda_act_fake_quant(ctx, x, MOE_DTYPE_BF16, xq, T, nullptr, H, rule, af.amax_floor, st));
     g.a = xq, g.c32 = h32;
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
@@ -376,7 +411,7 @@ static moe_status experts_w8a8(moe_layer *l, moe_gemm_params g, moe_gemm_params 
 }
 
 extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids,
-                                              const float *weights, int64_t plan_tokens, int permuted,
+                                              const float *weights, int64_t plan_tokens, int permuted, int x_codes,
                                               const moe_layer_scratch *s, void *workspace, void *stream) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
@@ -417,7 +452,7 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
     g2.bias = w->b2, g2.bias_group_stride = H;
     g2.c = y;
-    if (l->act_quantized) return experts_w8a8(l, g, g2, x, T, shape, tiles, s, ws, st);
+    if (l->act_quantized) return experts_w8a8(l, g, g2, x, x_codes, T, shape, tiles, s, ws, st);
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
 }
