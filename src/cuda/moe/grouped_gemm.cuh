@@ -141,8 +141,8 @@ moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, co
                                       int64_t m_tiles, cudaStream_t stream);
 
 /* W8A8 at decode (grouped_gemm_fp8_decode.cu): the same GEMMs over 16-row tiles (the SMALL shape's permutation),
- * streaming the weights through mma.sync m16n8k32 E4M3 (sm_89+). A as for the W8A8 tile; GEMM 1 (GLU) writes h in
- * f32 to p.c32 (every row of every tile, padding too), for moe__cuda_act_quant; GEMM 2 writes bf16 p.c. Runs
+ * streaming the weights through mma.sync (E4M3 codes as f16; sm_89+). A as for the W8A8 tile; GEMM 1 (GLU) writes h
+ * in f32 to p.c32 (every row of every tile, padding too), for moe__cuda_act_quant; GEMM 2 writes bf16 p.c. Runs
  * where moe__cuda_gemm_fp8_fits. */
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream);

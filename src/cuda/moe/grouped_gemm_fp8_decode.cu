@@ -1,21 +1,23 @@
-/* grouped_gemm_fp8_decode.cu — W8A8's routed GEMMs at decode (the SMALL tile: 16 rows an expert) on the FP8 tensor
- * cores through mma.sync m16n8k32 (sm_89 and later; built into the sm_90a code). Contract in grouped_gemm.cuh
- * (moe_gemm_fp8, moe__cuda_grouped_gemm_fp8_decode); the arithmetic is the W8A8 tile's (grouped_gemm_sm90_fp8.cu):
- * each 128-wide K block's products summed on the tensor cores, then added to f32 accumulators times
- * a_scale(row) * b_scale(block).
+/* grouped_gemm_fp8_decode.cu — W8A8's routed GEMMs at decode (the SMALL tile: 16 rows an expert) on the tensor cores
+ * through mma.sync (sm_89 and later; built into the sm_90a code). Contract in grouped_gemm.cuh (moe_gemm_fp8,
+ * moe__cuda_grouped_gemm_fp8_decode); the arithmetic is the W8A8 tile's (grouped_gemm_sm90_fp8.cu): each 128-wide K
+ * block's products summed on the tensor cores, then added to f32 accumulators times a_scale(row) * b_scale(block).
  *
  * At decode an expert has a few rows, so the GEMM streams weights: a CTA of 4 warps takes one 16-row tile and 1, 2
  * or 4 column tiles of 16 B rows each (GLU: the gate and up rows of 8 output columns; plain: 16 columns), the 4, 2
  * or 1 warps of a column tile splitting K by 128-wide blocks (warp w of s takes blocks w, w + s, ...), and sums
  * their partial tiles in shared memory in warp order (deterministic). The weights are the mma's A operand
  * (M = 16 B rows) and the tokens its B operand (N = 8 rows a half tile; the second half runs only when the tile
- * has more than 8 rows), so no weight is converted: each lane copies 16 bytes of two weight rows and of its first
- * half's token row into its own slots of a per-warp ring in shared memory (cp.async, 3 stages), and reads back only
- * those; a second half's token rows (rare at decode) are read from global memory when used.
- * The reduction order inside a K block does not matter to an mma, so a lane's 16 contiguous bytes
- * (k = 64c + 16q .. + 15 of the block, q = lane % 4) feed two mma K slots of its own (bytes 8h .. 8h + 7 of chunk
- * c are mma 2c + h's slots 4q .. 4q + 3 and 16 + 4q .. 16 + 4q + 3) in A and B alike. A tile's scales are copied
- * to shared memory before its K loop, so that no block waits on a scale load.
+ * has more than 8 rows): each lane copies 16 bytes of two weight rows and of its first half's token row into its
+ * own slots of a per-warp ring in shared memory (cp.async, 3 stages) and reads back only those; a second half's
+ * token rows (rare at decode) are read from global memory when used. Lanes 0-17 also copy the block's scales into
+ * the stage, which every lane reads (hence a __syncwarp before a stage is read and before it is refilled), so that
+ * no block waits on a scale load and a tile needs no prologue.
+ * Hopper has no E4M3 mma.sync of its own (the compiler turns one into f16 conversions, two HMMA and f32 adds), so
+ * the codes are converted to f16 pairs here (exact) and a block's products chain through m16n8k16 f16. The
+ * reduction order inside a K block does not matter to an mma, so a lane's 16 contiguous bytes (k = 64c + 16q ..
+ * + 15 of the block, q = lane % 4) fill K slots of its own: word j's codes 0-1 slots 2q, 2q + 1 and codes 2-3 slots
+ * 2q + 8, 2q + 9 of mma (c, j), in A and B alike.
  * GEMM 1 writes h in f32 (p.c32); moe__cuda_act_quant turns it into GEMM 2's codes. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
@@ -31,7 +33,7 @@ constexpr int kWarps = kDecodeWarps;
 constexpr int kStages = 3; /* K blocks a warp has in flight */
 constexpr int kBK = 128;   /* a scale block of K */
 /* A warp's stage: 16-byte slots, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what it copied,
- * so no barrier is needed and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c] (slot 2h + c),
+ * and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c] (slot 2h + c),
  * 4-5 the first half's tokens a[c]; then a 4-byte word a lane: lanes 0-15 the A scale of tile row `lane`, lanes 16
  * and 17 the B scales of the column tile's two halves (an E8M0 scale as the aligned word that holds it). */
 constexpr int kSlots = 6, kScaleOff = kSlots * 32 * 16, kStageBytes = kScaleOff + 32 * 4;
@@ -180,7 +182,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const uint32_t v = h ? sbw.y : sbw.x;
-            sb[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0) : __uint_as_float(v);
+            sb[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0)
+                          : __uint_as_float(v);
         }
 #pragma unroll
         for (int n = 0; n < (kTwo ? 2 : 1); n++) {
