@@ -17,8 +17,9 @@ struct moe_layer {
      * for a layer of its own; a rank's slice inside expert parallelism, src/ep/) */
     int expert_begin, n_local;
     int n_global; /* the ids the experts see range over [0, n_global): E, or the physical slots under EPLB */
-    /* CUDA, with shared experts: they run on a stream of their own beside the routing and the routed experts,
-     * forked from and joined back to the caller's stream by these events (one forward at a time per layer) */
+    /* CUDA, with shared experts or W8A8: the shared experts and x's codes run on a stream of their own beside the
+     * routing, forked from and joined back to the caller's stream by these events (one forward at a time per
+     * layer) */
     void *side_stream, *fork_event, *join_event, *xq_event;
     /* c.expert_format set: the layouts of w13 (E, 2I, H) and w2 (E, H, I) as E matrices each */
     bool quantized;

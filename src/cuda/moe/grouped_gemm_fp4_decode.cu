@@ -103,10 +103,6 @@ __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)
 }
 #endif
 
-template <bool B> struct moe_bool_tag {
-    static constexpr bool value = B;
-};
-
 template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit) {

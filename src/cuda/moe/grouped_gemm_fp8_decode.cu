@@ -73,10 +73,6 @@ __device__ __forceinline__ void piece_mma(float (&tmp)[4], const uint4 &w0, cons
 }
 #endif
 
-template <bool B> struct bool_tag {
-    static constexpr bool value = B;
-};
-
 template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f, int ksplit) {
@@ -224,8 +220,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
                 block(i, s * kStageBytes, two_tag);
             }
     };
-    if (two) k_loop(bool_tag<true>());
-    else k_loop(bool_tag<false>());
+    if (two) k_loop(moe_bool_tag<true>());
+    else k_loop(moe_bool_tag<false>());
     moe_cp_async_wait<0>(); /* the empty groups past nk */
 
     if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))

@@ -185,6 +185,13 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
     return s;
 }
 
+/* Forks the layer's side stream from st: what is queued on it next runs after what st holds now. */
+static moe_status fork_side(moe_layer *l, cudaStream_t st) {
+    MOE_CUDA_TRY(l->ctx, cudaEventRecord((cudaEvent_t)l->fork_event, st));
+    MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent((cudaStream_t)l->side_stream, (cudaEvent_t)l->fork_event, 0));
+    return MOE_OK;
+}
+
 extern "C" moe_status moe__cuda_layer_shared(moe_layer *l, const void *xv, int64_t T, int64_t plan_tokens,
                                              const moe_layer_scratch *s, void *workspace, void *stream) {
     moe_ctx *ctx = l->ctx;
@@ -192,8 +199,7 @@ extern "C" moe_status moe__cuda_layer_shared(moe_layer *l, const void *xv, int64
     cudaStream_t st = moe__cuda_enter(ctx, stream), side = (cudaStream_t)l->side_stream;
     const int H = c->hidden, S = c->n_shared, Is = c->shared_intermediate;
     char *ws = (char *)workspace;
-    MOE_CUDA_TRY(ctx, cudaEventRecord((cudaEvent_t)l->fork_event, st));
-    MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(side, (cudaEvent_t)l->fork_event, 0));
+    MOE_TRY(fork_side(l, st));
     /* dense over the tokens, a shared expert per grid.z; the tile from the step's tokens */
     const moe_gemm_shape dense = plan_tokens < 64 ? MOE_GEMM_SMALL : plan_tokens < 512 ? MOE_GEMM_MEDIUM
                                                                                         : MOE_GEMM_LARGE;
@@ -260,8 +266,7 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
                          w8a8_fp8_shape(l, routed_shape(l, T, c->router.top_k, c->router.n_experts));
     if (x_codes) {
         cudaStream_t st = moe__cuda_enter(l->ctx, stream), side = (cudaStream_t)l->side_stream;
-        MOE_CUDA_TRY(l->ctx, cudaEventRecord((cudaEvent_t)l->fork_event, st));
-        MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent(side, (cudaEvent_t)l->fork_event, 0));
+        MOE_TRY(fork_side(l, st));
         const moe_status qs = quantize_x(l, x, T, &s, ws, side);
         MOE_CUDA_TRY(l->ctx, cudaEventRecord((cudaEvent_t)l->xq_event, side)); /* even on failure: always joined */
         if (qs != MOE_OK) {
