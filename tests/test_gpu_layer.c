@@ -103,6 +103,15 @@ TEST_IMPL(gpu_layer_tiles) {
             bad += layer_compare_gpu(env, &p, 0, what);
             layer_problem_free(&p);
         }
+    /* the streaming decode kernels' K not a multiple of their 64- and 128-wide blocks (H = 200, I = 72: a partial
+     * last block in both GEMMs), a tile with one half and with two */
+    for (int i = 0; i < 2; i++) {
+        moe_layer_config f = layer_config("qwen3-30b-a3b", 200, 72, 8, 4, MOE_ACT_SILU_GLU);
+        layer_problem p;
+        layer_problem_random(&p, &f, i ? 24 : 1, 0, seed++);
+        bad += layer_compare_gpu(env, &p, 0, i ? "decode, K off the block, T = 24" : "decode, K off the block, T = 1");
+        layer_problem_free(&p);
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }
