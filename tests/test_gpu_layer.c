@@ -104,9 +104,11 @@ TEST_IMPL(gpu_layer_tiles) {
             layer_problem_free(&p);
         }
     /* the streaming decode kernels' K not a multiple of their 64- and 128-wide blocks (H = 200, I = 72: a partial
-     * last block in both GEMMs), a tile with one half and with two */
+     * last block in both GEMMs), a tile with one half and with two; two dense shared experts on the same kernel
+     * (a group each, 1 and 2 row tiles) */
     for (int i = 0; i < 2; i++) {
         moe_layer_config f = layer_config("qwen3-30b-a3b", 200, 72, 8, 4, MOE_ACT_SILU_GLU);
+        f.n_shared = 2, f.shared_intermediate = 40;
         layer_problem p;
         layer_problem_random(&p, &f, i ? 24 : 1, 0, seed++);
         bad += layer_compare_gpu(env, &p, 0, i ? "decode, K off the block, T = 24" : "decode, K off the block, T = 1");

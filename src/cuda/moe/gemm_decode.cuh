@@ -49,12 +49,23 @@ __device__ __forceinline__ int64_t moe_decode_b_row(const moe_gemm_params &p, co
     return row < p.n ? row : -1;
 }
 
-/* A row (token with gather, else permuted row) of tile row n, -1 for padding and past the end. */
+/* A row (token with gather, else permuted row; dense: the group's row) of tile row n, -1 for padding and past the
+ * end. */
 __device__ __forceinline__ int64_t moe_decode_a_row(const moe_gemm_params &p, const moe_gemm_tile &t, int n) {
     const int64_t r = t.row0 + n;
     if (r >= t.row_end) return -1;
+    if (!p.offsets) return r;
     const int32_t src = p.row_src[r];
     return src < 0 ? -1 : p.gather ? src / p.top_k : r;
+}
+
+/* The tile of a decode CTA (moe_gemm_locate_warp for routed GEMMs; dense: group blockIdx.z, rows 0 .. p.m), called
+ * by a whole warp; false when it holds no row. */
+__device__ __forceinline__ bool moe_decode_locate(const moe_gemm_params &p, moe_gemm_tile &t, int lane) {
+    if (p.offsets) return moe_gemm_locate_warp(p, kDecodeRows, blockIdx.x, t, lane);
+    moe_gemm_tile_at(p, kDecodeRows, blockIdx.x, t);
+    t.row_end = p.m, t.group = blockIdx.z;
+    return t.row0 < t.row_end;
 }
 
 /* K split over 4 warps where a warp still gets 8 K blocks or more, else over 2 or 1 with 2 or 4 column tiles a
@@ -83,11 +94,13 @@ __device__ __forceinline__ bool moe_decode_reduce(float (&acc)[2][4], float (*pa
 /* Epilogue of a column tile: acc[n][e] is tile row 2q + e + 8n at M row g, acc[n][2 + e] at M row g + 8 (q = lane
  * % 4, g = lane / 4), times ro.g * factor (factor: a power of two the kernel's weights were scaled by, or 1), then
  * as moe_gemm_store. Every row of a GLU tile is written (padding rows too: a quantiser of h may read them); GLU
- * writes h to p.c32 when set, else bf16 to p.c; plain writes bf16 to p.c (columns brow). */
+ * writes h to p.c32 when set (routed only), else bf16 to p.c; plain writes bf16 to p.c (columns brow); dense GEMMs
+ * write group t.group's rows at p.c + t.group * p.c_group_stride. */
 template <bool kGlu>
 __device__ __forceinline__ void moe_decode_epilogue(const moe_gemm_params &p, const moe_gemm_tile &t,
                                                     const float (&acc)[2][4], const int64_t (&brow)[2], int g, int q,
                                                     float factor) {
+    __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride); /* dense: the group's rows */
     moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
         constexpr int A = decltype(act)::value;
 #pragma unroll
@@ -110,7 +123,7 @@ __device__ __forceinline__ void moe_decode_epilogue(const moe_gemm_params &p, co
                     }
                     const float h = moe_glu<A>(gate, up, p.alpha, p.limit);
                     if (p.c32) p.c32[r * p.n + col] = h;
-                    else p.c[r * p.n + col] = __float2bfloat16_rn(h);
+                    else c[r * p.n + col] = __float2bfloat16_rn(h);
                 } else {
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
@@ -118,7 +131,7 @@ __device__ __forceinline__ void moe_decode_epilogue(const moe_gemm_params &p, co
                         if (col < 0) continue;
                         const float v = acc[n][2 * h + e] * s +
                                         (p.bias ? p.bias[t.group * p.bias_group_stride + col] : 0.0f);
-                        p.c[r * p.n + col] = __float2bfloat16_rn(v);
+                        c[r * p.n + col] = __float2bfloat16_rn(v);
                     }
                 }
             }

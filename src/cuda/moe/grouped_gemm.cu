@@ -251,7 +251,7 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
         if (moe__cuda_gemm_fp4_decode_fits(p) && !getenv("MOE_GEMM_NO_FP4_DECODE"))
             return moe__cuda_grouped_gemm_fp4_decode(ctx, p, glu, m_tiles, stream);
         if (moe__cuda_gemm_bf16_decode_fits(p) && !getenv("MOE_GEMM_NO_BF16_DECODE"))
-            return moe__cuda_grouped_gemm_bf16_decode(ctx, p, glu, m_tiles, stream);
+            return moe__cuda_grouped_gemm_bf16_decode(ctx, p, glu, m_tiles, groups, stream);
         return p.b_fmt == MOE_B_BF16 ? launch<small_tile>(ctx, p, glu, m_tiles, groups, stream)
                                      : launch<small_q_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);

@@ -148,11 +148,12 @@ moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params
                                              int64_t m_tiles, cudaStream_t stream);
 
 /* BF16 weights at decode (grouped_gemm_bf16_decode.cu): the routed GEMMs over 16-row tiles, streaming the weights
- * through mma.sync m16n8k16 bf16 (sm_80+) with the K of a column tile split over warps. moe__cuda_grouped_gemm takes
- * it for the SMALL shape where it fits: routed rows, K a multiple of 8, 16-byte aligned weights and A. */
+ * through mma.sync m16n8k16 bf16 (sm_80+) with the K of a column tile split over warps; routed, or dense with a group
+ * per grid.z (groups). moe__cuda_grouped_gemm takes it for the SMALL shape where it fits: K a multiple of 8, 16-byte
+ * aligned weights and A (and each dense group's A). */
 bool moe__cuda_gemm_bf16_decode_fits(const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_bf16_decode(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
-                                              cudaStream_t stream);
+                                              int groups, cudaStream_t stream);
 
 /* FP4 weights at decode (grouped_gemm_fp4_decode.cu): the routed GEMMs over 16-row tiles with MXFP4 or NVFP4 B and
  * bf16 A, streaming the codes through mma.sync m16n8k16 bf16 (sm_80+), each weight bf16(code * block scale) as in

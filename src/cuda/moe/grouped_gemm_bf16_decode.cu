@@ -6,11 +6,13 @@
  * and 1, 2 or 4 column tiles of 16 weight rows (GLU: the gate and up rows of 8 output columns; plain: 16 columns),
  * the 4, 2 or 1 warps of a column tile splitting K by 64-wide blocks (128 bytes of a row, so a warp's block is the
  * 2 KB of weights a W8A8 block is, and the K split follows the same rule); their partial tiles are added in warp
- * order (deterministic). Each lane copies the 16-byte pieces c = 0, 1 (K values 8q + 32c .. + 7 of the block, q =
+ * order (deterministic). Routed GEMMs find their tile's expert as the other decode kernels do; dense ones (the
+ * shared experts) take group blockIdx.z. Each lane copies the 16-byte pieces c = 0, 1 (K values 8q + 32c .. + 7 of the block, q =
  * lane % 4) of weight rows g and g + 8 and of its first-half token row g (g = lane / 4; the token's only when that
  * row is real) into its own slots of a per-warp cp.async ring (3 stages) and reads back only those, so no barrier is
  * needed; a second half's token rows (more than 8 rows in the tile, rare at decode) are read from global memory
- * when used. Nothing is converted: a piece's bf16 pairs 0 and 1 are the A registers of one mma (K slots 2q, 2q + 1
+ * when used (measured on the H200 against copying them through the ring too, 8 slots and 4 CTAs an SM: as fast or
+ * faster at T = 1-128 but for Mixtral T = 128). Nothing is converted: a piece's bf16 pairs 0 and 1 are the A registers of one mma (K slots 2q, 2q + 1
  * and 2q + 8, 2q + 9, rows g and g + 8) and pairs 2 and 3 those of a second; the token's pairs at the same K fill
  * the B registers (the order of a sum does not matter to an mma). */
 #include "cuda/common/cuda.cuh"
@@ -57,7 +59,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
     const int kblocks = (p.k + kBK - 1) / kBK;
     const int nk = kw < kblocks ? (kblocks - kw + ksplit - 1) / ksplit : 0; /* this warp's blocks */
     moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
-    if (!moe_gemm_locate_warp(p, kDecodeRows, blockIdx.x, t, lane)) return; /* the same for the whole CTA */
+    if (!moe_decode_locate(p, t, lane)) return; /* the same for the whole CTA */
     t.tile_n = t.tile_n * cper + ct;
     const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
     /* the lane's first pieces (bytes 16q .. 16q + 15 of the warp's first block, and + 64); block i of the warp is
@@ -72,7 +74,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
     }
     const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start: past 8 only if 8 is real */
     const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
-    const uint8_t *abase = reinterpret_cast<const uint8_t *>(p.a) + kw * kBlockBytes + 16 * q;
+    const uint8_t *abase = reinterpret_cast<const uint8_t *>(p.a + (p.offsets ? 0 : t.group * p.a_group_stride)) +
+                           kw * kBlockBytes + 16 * q;
     const uint8_t *tok = abase + (a0 < 0 ? 0 : a0 * row_bytes);
     const uint8_t *tok1 = abase + (a1 < 0 ? 0 : a1 * row_bytes); /* second half: read when used */
     const int bstep = ksplit * kBlockBytes;
@@ -147,7 +150,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
 #endif
 }
 
-template <bool kGlu> moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaStream_t st) {
+template <bool kGlu>
+moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
     moe_gemm_params q = p;
     const int ksplit = moe_decode_ksplit((p.k + kBK - 1) / kBK), cper = kWarps / ksplit;
     const int64_t col_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
@@ -157,21 +161,22 @@ template <bool kGlu> moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, i
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "BF16 decode GEMM: %lld tiles exceed the grid", (long long)tiles);
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_bf16_decode_kernel<kGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)kRing));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_bf16_decode_kernel<kGlu>, dim3((unsigned)tiles), kWarps * 32, kRing, st,
-                                 q, ksplit));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_bf16_decode_kernel<kGlu>, dim3((unsigned)tiles, 1, groups), kWarps * 32,
+                                 kRing, st, q, ksplit));
     return MOE_OK;
 }
 
 } // namespace
 
 bool moe__cuda_gemm_bf16_decode_fits(const moe_gemm_params &p) {
-    /* routed rows; 16-byte pieces of weight and token rows (K a multiple of 8, aligned bases) */
-    return p.b_fmt == MOE_B_BF16 && p.offsets && p.k % 8 == 0 && (uintptr_t)p.b % 16 == 0 &&
-           p.b_group_stride % 8 == 0 && (uintptr_t)p.a % 16 == 0;
+    /* 16-byte pieces of weight and token rows (K a multiple of 8, aligned bases, each group's too) */
+    return p.b_fmt == MOE_B_BF16 && p.k % 8 == 0 && (uintptr_t)p.b % 16 == 0 && p.b_group_stride % 8 == 0 &&
+           (uintptr_t)p.a % 16 == 0 && (p.offsets || p.a_group_stride % 8 == 0);
 }
 
 moe_status moe__cuda_grouped_gemm_bf16_decode(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
-                                              cudaStream_t stream) {
+                                              int groups, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
-    return glu ? launch<true>(ctx, p, m_tiles, stream) : launch<false>(ctx, p, m_tiles, stream);
+    groups = p.offsets ? 1 : groups; /* dense: a group per grid.z */
+    return glu ? launch<true>(ctx, p, m_tiles, groups, stream) : launch<false>(ctx, p, m_tiles, groups, stream);
 }
