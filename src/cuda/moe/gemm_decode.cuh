@@ -49,12 +49,13 @@ __device__ __forceinline__ int64_t moe_decode_b_row(const moe_gemm_params &p, co
     return row < p.n ? row : -1;
 }
 
-/* A row (token with gather, else permuted row; dense: the group's row) of tile row n, -1 for padding and past the
- * end. */
+/* A row (token with gather, else permuted row; kDense: also the group's row of a dense GEMM) of tile row n, -1 for
+ * padding and past the end. */
+template <bool kDense = false>
 __device__ __forceinline__ int64_t moe_decode_a_row(const moe_gemm_params &p, const moe_gemm_tile &t, int n) {
     const int64_t r = t.row0 + n;
     if (r >= t.row_end) return -1;
-    if (!p.offsets) return r;
+    if (kDense && !p.offsets) return r;
     const int32_t src = p.row_src[r];
     return src < 0 ? -1 : p.gather ? src / p.top_k : r;
 }
@@ -94,13 +95,13 @@ __device__ __forceinline__ bool moe_decode_reduce(float (&acc)[2][4], float (*pa
 /* Epilogue of a column tile: acc[n][e] is tile row 2q + e + 8n at M row g, acc[n][2 + e] at M row g + 8 (q = lane
  * % 4, g = lane / 4), times ro.g * factor (factor: a power of two the kernel's weights were scaled by, or 1), then
  * as moe_gemm_store. Every row of a GLU tile is written (padding rows too: a quantiser of h may read them); GLU
- * writes h to p.c32 when set (routed only), else bf16 to p.c; plain writes bf16 to p.c (columns brow); dense GEMMs
- * write group t.group's rows at p.c + t.group * p.c_group_stride. */
-template <bool kGlu>
+ * writes h to p.c32 when set (routed only), else bf16 to p.c; plain writes bf16 to p.c (columns brow); with kDense,
+ * dense GEMMs write group t.group's rows at p.c + t.group * p.c_group_stride. */
+template <bool kGlu, bool kDense = false>
 __device__ __forceinline__ void moe_decode_epilogue(const moe_gemm_params &p, const moe_gemm_tile &t,
                                                     const float (&acc)[2][4], const int64_t (&brow)[2], int g, int q,
                                                     float factor) {
-    __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride); /* dense: the group's rows */
+    __nv_bfloat16 *c = p.c + (kDense && !p.offsets ? t.group * p.c_group_stride : 0); /* dense: the group's rows */
     moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
         constexpr int A = decltype(act)::value;
 #pragma unroll

@@ -72,8 +72,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
                   (brow[h] < 0 ? 0 : brow[h] * row_bytes) + kw * kBlockBytes + 16 * q;
         wfill[h] = brow[h] < 0;
     }
-    const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start: past 8 only if 8 is real */
-    const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
+    const bool two = moe_decode_a_row<true>(p, t, 8) >= 0; /* rows fill a tile from its start: past 8 if 8 is real */
+    const int64_t a0 = moe_decode_a_row<true>(p, t, g), a1 = two ? moe_decode_a_row<true>(p, t, g + 8) : -1;
     const uint8_t *abase = reinterpret_cast<const uint8_t *>(p.a + (p.offsets ? 0 : t.group * p.a_group_stride)) +
                            kw * kBlockBytes + 16 * q;
     const uint8_t *tok = abase + (a0 < 0 ? 0 : a0 * row_bytes);
@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
     moe_cp_async_wait<0>(); /* the empty groups past nk */
 
     if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
-        moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, 1.0f);
+        moe_decode_epilogue<kGlu, true>(p, t, acc, brow, g, q, 1.0f);
 #endif
 }
 
