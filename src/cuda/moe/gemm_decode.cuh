@@ -2,7 +2,7 @@
  * weights, bf16 activations) share. Both stream the weights of 16-row tiles (the SMALL shape's permutation) with
  * the weights as the M operand of mma.sync (16 B rows a column tile) and the tokens as its N operand (8 rows a
  * half tile), a CTA of kDecodeWarps warps taking 1, 2 or 4 column tiles whose K is split over 4, 2 or 1 warps.
- * Here: the B rows of a column tile, the K split, the partial tiles' sum and the epilogue. Device code only. */
+ * Here: the B rows of a column tile, the K split and the grid, the partial tiles' sum and the epilogue. */
 #ifndef MOE_CUDA_MOE_GEMM_DECODE_CUH
 #define MOE_CUDA_MOE_GEMM_DECODE_CUH
 
@@ -74,6 +74,23 @@ __device__ __forceinline__ bool moe_decode_locate(const moe_gemm_params &p, moe_
  * W8A8 GEMM 2, K = 2048, ran at 53% of the DRAM peak with 4 blocks a warp). */
 static inline int moe_decode_ksplit(int kblocks) {
     return kblocks >= 32 ? 4 : kblocks >= 16 ? 2 : 1;
+}
+
+/* The grid of a decode GEMM (host code): q is p with m_tiles and n_tiles set (n_tiles counts groups of kDecodeWarps /
+ * ksplit column tiles), ksplit for K blocks of kbk values, a CTA a tile; an error naming `what` when the tiles pass
+ * the grid's limit. */
+inline moe_status moe_decode_grid(moe_ctx *ctx, const char *what, const moe_gemm_params &p, bool glu, int64_t m_tiles,
+                                  int kbk, moe_gemm_params &q, int &ksplit, unsigned &tiles) {
+    q = p;
+    ksplit = moe_decode_ksplit((p.k + kbk - 1) / kbk);
+    const int cper = kDecodeWarps / ksplit;
+    const int64_t col_tiles = glu ? (p.n + 7) / 8 : (p.n + 15) / 16;
+    q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper;
+    const int64_t n = q.m_tiles * q.n_tiles;
+    if (n > 0x7FFFFFFF)
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "%s decode GEMM: %lld tiles exceed the grid", what, (long long)n);
+    tiles = (unsigned)n;
+    return MOE_OK;
 }
 
 /* The K warps 1.. of a column tile hand their partial tiles (acc[n][e]: 2 halves x 4) to its K warp 0 through

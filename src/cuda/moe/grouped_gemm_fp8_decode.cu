@@ -231,17 +231,14 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 
 template <bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
-    moe_gemm_params q = p;
-    const int ksplit = moe_decode_ksplit((p.k + kBK - 1) / kBK), cper = kWarps / ksplit;
-    const int64_t col_tiles = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16;
-    q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper; /* groups of cper column tiles */
-    const int64_t tiles = q.m_tiles * q.n_tiles; /* a CTA each */
-    if (tiles > 0x7FFFFFFF)
-        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 decode GEMM: %lld tiles exceed the grid", (long long)tiles);
+    moe_gemm_params q;
+    int ksplit = 1;
+    unsigned tiles = 0;
+    MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, q, ksplit, tiles));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, dim3((unsigned)tiles), kWarps * 32, kRing,
-                                 st, q, f, ksplit));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, dim3(tiles), kWarps * 32, kRing, st, q, f,
+                                 ksplit));
     return MOE_OK;
 }
 
