@@ -31,6 +31,43 @@ __device__ __forceinline__ void moe_decode_copy16_ca_if(uint32_t smem, const voi
                  ::"r"(smem), "l"(gmem), "r"((int)fill));
 }
 
+/* A lane's 16-byte pieces of a block in the kernels that stream bytes (W8A8, BF16): pieces 0 and 1 (at + 0 and + 64
+ * bytes) of weight rows g and g + 8 into slots 2h and 2h + 1 of the stage at dst (zeros past N: wfill), and of its
+ * first-half token row into slots 4 and 5 when the row is real; in0 / in1: piece 0 / 1 lies inside K (else zeros,
+ * nothing read). Slot i of the lane at dst + 512 i (32 lanes of 16 bytes a slot). */
+__device__ __forceinline__ void moe_decode_copy_pieces(uint32_t dst, const uint8_t *const (&bsrc)[2],
+                                                       const bool (&wfill)[2], const uint8_t *tok, bool tok_real,
+                                                       bool in0, bool in1) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        moe_decode_copy16_cg_if(dst + 2 * h * 512, bsrc[h], !in0 || wfill[h]);
+        moe_decode_copy16_cg_if(dst + (2 * h + 1) * 512, bsrc[h] + 64, !in1 || wfill[h]);
+    }
+    if (tok_real) {
+        moe_decode_copy16_ca_if(dst + 4 * 512, tok, !in0);
+        moe_decode_copy16_ca_if(dst + 5 * 512, tok + 64, !in1);
+    }
+}
+
+/* The K loop of a decode kernel over its nk blocks, unrolled over the kStages stages of its ring so that their
+ * offsets are constants: before block i, issue(offset) refills the stage block i - 1 was read from, then the
+ * wait leaves block i's copies done, then block(i, offset of block i's stage). kSync: a __syncwarp before the
+ * refill and after the wait, for stages whose words lanes read from each other (the W8A8 kernel's scales). */
+template <int kStages, int kStageBytes, bool kSync, class Issue, class Block>
+__device__ __forceinline__ void moe_decode_k_loop(int nk, Issue &&issue, Block &&block) {
+    for (int i0 = 0; i0 < nk; i0 += kStages)
+#pragma unroll
+        for (int s = 0; s < kStages; s++) {
+            const int i = i0 + s;
+            if (i >= nk) break;
+            if (kSync) __syncwarp();
+            issue(((s + kStages - 1) % kStages) * kStageBytes);
+            moe_cp_async_wait<kStages - 1>();
+            if (kSync) __syncwarp();
+            block(i, s * kStageBytes);
+        }
+}
+
 /* A compile-time bool as a type, for lambdas compiled once per case (a tile with a second half, a block whose
  * scales need a wider path). */
 template <bool B> struct moe_bool_tag {

@@ -88,15 +88,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
     auto issue = [&](uint32_t wr) {
         if (todo > 0) {
             const bool in0 = rem > 0, in1 = rem > 64;
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                moe_decode_copy16_cg_if(ring_s + wr + 2 * h * 512, bsrc[h], !in0 || wfill[h]);
-                moe_decode_copy16_cg_if(ring_s + wr + (2 * h + 1) * 512, bsrc[h] + 64, !in1 || wfill[h]);
-            }
-            if (a0 >= 0) {
-                moe_decode_copy16_ca_if(ring_s + wr + 4 * 512, tok, !in0);
-                moe_decode_copy16_ca_if(ring_s + wr + 5 * 512, tok + 64, !in1);
-            }
+            moe_decode_copy_pieces(ring_s + wr, bsrc, wfill, tok, a0 >= 0, in0, in1);
             if (rem > bstep) {
 #pragma unroll
                 for (int h = 0; h < 2; h++) bsrc[h] += bstep;
@@ -128,18 +120,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
                               : make_uint4(0, 0, 0, 0));
         }
     };
-    /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages so that their
-     * offsets are constants */
+    /* the K loop, compiled apart for tiles with one half and with two */
     auto k_loop = [&](auto two_tag) {
-        for (int i0 = 0; i0 < nk; i0 += kStages)
-#pragma unroll
-            for (int s = 0; s < kStages; s++) {
-                const int i = i0 + s;
-                if (i >= nk) break;
-                issue(((s + kStages - 1) % kStages) * kStageBytes); /* the stage read at i - 1 */
-                moe_cp_async_wait<kStages - 1>();
-                block(i, s * kStageBytes, two_tag);
-            }
+        moe_decode_k_loop<kStages, kStageBytes, false>(nk, issue, [&](int i, uint32_t rd) { block(i, rd, two_tag); });
     };
     if (two) k_loop(moe_bool_tag<true>());
     else k_loop(moe_bool_tag<false>());

@@ -228,22 +228,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages so that their
      * offsets are constants; blocks whose MX scales pass 2^9 (a warp-uniform test) take the 2^126 path */
     auto k_loop = [&](auto two_tag) {
-        for (int i0 = 0; i0 < nk; i0 += kStages)
-#pragma unroll
-            for (int s = 0; s < kStages; s++) {
-                const int i = i0 + s;
-                if (i >= nk) break;
-                issue(((s + kStages - 1) % kStages) * kStageBytes); /* the stage read at i - 1 */
-                moe_cp_async_wait<kStages - 1>();
-                bool big = false;
-                if (kMx) {
-                    const uint2 sw = *reinterpret_cast<const uint2 *>(stage0 + s * kStageBytes + kSlots * 512 +
-                                                                      lane * 8);
-                    big = ((sw.x >> shift[0]) & 0xFF) > 136 || ((sw.y >> shift[1]) & 0xFF) > 136;
-                }
-                if (kMx && __any_sync(0xFFFFFFFFu, big)) block(i, s * kStageBytes, moe_bool_tag<true>(), two_tag);
-                else block(i, s * kStageBytes, moe_bool_tag<false>(), two_tag);
+        moe_decode_k_loop<kStages, kStageBytes, false>(nk, issue, [&](int i, uint32_t rd) {
+            bool big = false;
+            if (kMx) {
+                const uint2 sw = *reinterpret_cast<const uint2 *>(stage0 + rd + kSlots * 512 + lane * 8);
+                big = ((sw.x >> shift[0]) & 0xFF) > 136 || ((sw.y >> shift[1]) & 0xFF) > 136;
             }
+            if (kMx && __any_sync(0xFFFFFFFFu, big)) block(i, rd, moe_bool_tag<true>(), two_tag);
+            else block(i, rd, moe_bool_tag<false>(), two_tag);
+        });
     };
     if (two) k_loop(moe_bool_tag<true>());
     else k_loop(moe_bool_tag<false>());
