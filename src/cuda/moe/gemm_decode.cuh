@@ -35,18 +35,23 @@ __device__ __forceinline__ void moe_decode_copy16_ca_if(uint32_t smem, const voi
  * bytes) of weight rows g and g + 8 into slots 2h and 2h + 1 of the stage at dst (zeros past N: wfill), and of its
  * first-half token row into slots 4 and 5 when the row is real; in0 / in1: piece 0 / 1 lies inside K (else zeros,
  * nothing read). Slot i of the lane at dst + 512 i (32 lanes of 16 bytes a slot). */
+__device__ __forceinline__ void moe_decode_copy_weights(uint32_t dst, const uint8_t *const (&bsrc)[2],
+                                                        const bool (&wfill)[2], bool in0, bool in1, int64_t off = 0) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        moe_decode_copy16_cg_if(dst + 2 * h * 512, bsrc[h] + off, !in0 || wfill[h]);
+        moe_decode_copy16_cg_if(dst + (2 * h + 1) * 512, bsrc[h] + off + 64, !in1 || wfill[h]);
+    }
+}
+__device__ __forceinline__ void moe_decode_copy_tokens(uint32_t dst, const uint8_t *tok, bool in0, bool in1) {
+    moe_decode_copy16_ca_if(dst + 4 * 512, tok, !in0);
+    moe_decode_copy16_ca_if(dst + 5 * 512, tok + 64, !in1);
+}
 __device__ __forceinline__ void moe_decode_copy_pieces(uint32_t dst, const uint8_t *const (&bsrc)[2],
                                                        const bool (&wfill)[2], const uint8_t *tok, bool tok_real,
                                                        bool in0, bool in1) {
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        moe_decode_copy16_cg_if(dst + 2 * h * 512, bsrc[h], !in0 || wfill[h]);
-        moe_decode_copy16_cg_if(dst + (2 * h + 1) * 512, bsrc[h] + 64, !in1 || wfill[h]);
-    }
-    if (tok_real) {
-        moe_decode_copy16_ca_if(dst + 4 * 512, tok, !in0);
-        moe_decode_copy16_ca_if(dst + 5 * 512, tok + 64, !in1);
-    }
+    moe_decode_copy_weights(dst, bsrc, wfill, in0, in1);
+    if (tok_real) moe_decode_copy_tokens(dst, tok, in0, in1);
 }
 
 /* The K loop of a decode kernel over its nk blocks, unrolled over the kStages stages of its ring so that their

@@ -45,7 +45,8 @@ __device__ __forceinline__ void piece_mma(float (&d)[4], const uint4 &w0, const 
 
 template <bool kGlu>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kernel(const moe_gemm_params p, int ksplit) {
-    moe_pdl_wait();
+    /* the wait for the previous grid comes after the first weights are on their way (below): before it, only what
+     * was written before the previous grid started is read (the permutation, weights) */
     moe_pdl_launch_next();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     extern __shared__ uint4 smem_ring[];
@@ -99,8 +100,33 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
         moe_cp_async_commit();
     };
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    /* the first kStages - 1 blocks: their weights, then the wait for the previous grid (GEMM 2 is launched as a
+     * dependent of GEMM 1, so its first weights stream during GEMM 1's tail), then their tokens; block j's pieces
+     * are complete with the group committed after its tokens (the loop's wait counts groups), and the pointers then
+     * move on as issue() moves them */
+    static_assert(kStages == 3, "the prologue below is written for two blocks ahead");
 #pragma unroll
-    for (int i = 0; i < kStages - 1; i++) issue(i * kStageBytes);
+    for (int j = 0; j < kStages - 1; j++) {
+        const int64_t r = rem - (int64_t)j * bstep;
+        if (j < todo) moe_decode_copy_weights(ring_s + j * kStageBytes, bsrc, wfill, r > 0, r > 64, j && rem > bstep ? bstep : 0);
+    }
+    moe_pdl_wait();
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++) {
+        const int64_t r = rem - (int64_t)j * bstep;
+        if (j < todo && a0 >= 0) moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
+        moe_cp_async_commit();
+    }
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++)
+        if (todo > 0) {
+            if (rem > bstep) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) bsrc[h] += bstep;
+                tok += bstep;
+            }
+            rem -= bstep, todo--;
+        }
 
     /* block i from the stage at rd (kTwo: the tile has a second half) */
     auto block = [&](int i, uint32_t rd, auto two_tag) {
@@ -141,8 +167,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
     MOE_TRY(moe_decode_grid(ctx, "BF16", p, kGlu, m_tiles, kBK, q, ksplit, tiles));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_bf16_decode_kernel<kGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)kRing));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_bf16_decode_kernel<kGlu>, dim3(tiles, 1, groups), kWarps * 32, kRing, st,
-                                 q, ksplit));
+    /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue. Not the dense shared
+     * experts' (beside the routed GEMMs on the side stream, their CTAs would hold SM slots while they wait) */
+    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && p.offsets && moe__cuda_pdl(ctx), gemm_bf16_decode_kernel<kGlu>,
+                                 dim3(tiles, 1, groups), kWarps * 32, kRing, st, q, ksplit));
     return MOE_OK;
 }
 
