@@ -106,7 +106,8 @@ __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)
 template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit) {
-    moe_pdl_wait();
+    /* the wait for the previous grid comes after the first codes are on their way (below): before it, only what was
+     * written before the previous grid started is read (the permutation, weights, scales) */
     moe_pdl_launch_next();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr bool kMx = F == MOE_B_E2M1_E8M0;
@@ -184,8 +185,40 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         moe_cp_async_commit();
     };
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    /* the first kStages - 1 blocks as issue() would copy them: codes and scales, the wait for the previous grid
+     * (the routed GEMM 2 is a dependent launch of GEMM 1), then the tokens, a group committed after each block's;
+     * then the pointers move on as issue() moves them */
+    static_assert(kStages == 3, "the prologue below is written for two blocks ahead");
 #pragma unroll
-    for (int i = 0; i < kStages - 1; i++) issue(i * kStageBytes);
+    for (int j = 0; j < kStages - 1; j++) {
+        const bool out = left - j <= 0, on = j && left > 1; /* block j's pieces: past K; one step further */
+        if (j < todo)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                moe_decode_copy16_cg_if(ring_s + j * kStageBytes + h * 512, bsrc[h] + (on ? wstep : 0), out || wfill[h]);
+                moe_cp_async4(scale_s + j * kStageBytes + 4 * h, ssrc[h] + (on ? sstep : 0), out ? 0 : sbytes[h]);
+            }
+    }
+    moe_pdl_wait();
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++) {
+        const bool out = left - j <= 0, on = j && left > 1;
+        if (j < todo && a0 >= 0)
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                moe_decode_copy16_ca_if(ring_s + j * kStageBytes + (2 + c) * 512, tok + (on ? astep : 0) + 8 * c, out);
+        moe_cp_async_commit();
+    }
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++)
+        if (todo > 0) {
+            if (left > 1) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) bsrc[h] += wstep, ssrc[h] += sstep;
+                tok += astep;
+            }
+            left--, todo--;
+        }
 
     /* block i from stage rd (kBig: some lane's MX scale needs the 2^126 path; kTwo: the tile has a second half) */
     auto block = [&](int i, uint32_t rd, auto big_tag, auto two_tag) {
@@ -254,7 +287,9 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
     MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, q, ksplit, tiles));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp4_decode_kernel<kGlu, F>, dim3(tiles), kWarps * 32, kRing, st, q, ksplit));
+    /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue */
+    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_fp4_decode_kernel<kGlu, F>, dim3(tiles),
+                                 kWarps * 32, kRing, st, q, ksplit));
     return MOE_OK;
 }
 

@@ -76,7 +76,8 @@ __device__ __forceinline__ void piece_mma(float (&tmp)[4], const uint4 &w0, cons
 template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f, int ksplit) {
-    moe_pdl_wait();
+    /* the wait for the previous grid comes after the first weights are on their way (below): before it, only what
+     * was written before the previous grid started is read (the permutation, weights, B scales) */
     moe_pdl_launch_next();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     constexpr bool kE8m0 = F == MOE_B_E4M3_E8M0;
@@ -155,8 +156,42 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         moe_cp_async_commit();
     };
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    /* the first kStages - 1 blocks as issue() would copy them: weights and B scales, the wait for the previous grid
+     * (GEMM 2 is a dependent launch of h's quantisation), then the tokens and A scales, a group committed after each
+     * block's; then the pointers move on as issue() moves them */
+    static_assert(kStages == 3, "the prologue below is written for two blocks ahead");
+    auto scale_word = [&](int j) { /* block j's scale word of the lane */
+        moe_cp_async4(scale_s + j * kStageBytes,
+                      reinterpret_cast<const void *>((uintptr_t)(ssrc + j * sstep) & ~(uintptr_t)3), sbytes);
+    };
 #pragma unroll
-    for (int i = 0; i < kStages - 1; i++) issue(i * kStageBytes);
+    for (int j = 0; j < kStages - 1; j++) {
+        const int r = rem - j * bstep;
+        if (j < todo) {
+            moe_decode_copy_weights(ring_s + j * kStageBytes, bsrc, wfill, r > 0, r > 64, j && rem > bstep ? bstep : 0);
+            if (lane == 16 || lane == 17) scale_word(j);
+        }
+    }
+    moe_pdl_wait();
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++) {
+        const int r = rem - j * bstep;
+        if (j < todo) {
+            if (a0 >= 0) moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
+            if (lane < 16) scale_word(j);
+        }
+        moe_cp_async_commit();
+    }
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++)
+        if (todo > 0) {
+            if (rem > bstep) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) bsrc[h] += bstep;
+                tok += bstep;
+            }
+            ssrc += sstep, rem -= bstep, todo--;
+        }
 
     /* block i from the stage at rd (kTwo: the tile has a second half) */
     auto block = [&](int i, uint32_t rd, auto two_tag) {
@@ -219,8 +254,9 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, q, ksplit, tiles));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_decode_kernel<kGlu, F>, dim3(tiles), kWarps * 32, kRing, st, q, f,
-                                 ksplit));
+    /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
+    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_fp8_decode_kernel<kGlu, F>, dim3(tiles),
+                                 kWarps * 32, kRing, st, q, f, ksplit));
     return MOE_OK;
 }
 
