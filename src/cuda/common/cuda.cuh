@@ -246,9 +246,11 @@ __device__ __forceinline__ uint32_t moe_e2m1x2_f16(__half2 h) {
  * f16x2, so that the codes land in place with one shift. EXACT: each value converts to f16 exactly (or lies
  * below 2^-14 in magnitude, where every route gives a zero code), as bf16 or f16 inputs times a power of two do
  * (MX blocks); checked for every bf16 and f16 input times every power of two 2^-127..2^127. Otherwise the value
- * is rounded to f16 toward zero with a sticky bit ORed into the last place (round to odd: 11 bits against
- * E2M1's 2 keep every midpoint on its side, so the second rounding is exact); checked on all 2^32 f32 inputs
- * on the CPU, with toward-zero emulated bit by bit. */
+ * is rounded to f16 toward zero with a sticky bit in the last place (round to odd: 11 bits against E2M1's 2 keep
+ * every midpoint on its side, so the second rounding is exact), the sticky bit set in the f32 input's bit 13
+ * before the conversion (two integer operations; below 2^-14, where that bit falls under f16's last place, every
+ * code is a zero); checked on all 2^32 f32 inputs on the CPU (scripts/check_e2m1.c), toward-zero emulated bit by
+ * bit. */
 template <bool EXACT> __device__ __forceinline__ uint32_t moe_e2m1x8_f16(const float *v) {
     uint32_t w = 0;
 #pragma unroll
@@ -257,10 +259,12 @@ template <bool EXACT> __device__ __forceinline__ uint32_t moe_e2m1x8_f16(const f
         if (EXACT) {
             h = __floats2half2_rn(v[j], v[j + 4]);
         } else {
+            /* the sticky bit into bit 13, the f16 result's last place: u | ((u + 0x1FFF) & 0x2000) */
             const uint32_t lo = __float_as_uint(v[j]), hi = __float_as_uint(v[j + 4]);
+            const float lo_j = __uint_as_float(lo | ((lo + 0x1FFFu) & 0x2000u));
+            const float hi_j = __uint_as_float(hi | ((hi + 0x1FFFu) & 0x2000u));
             uint32_t r;
-            asm("cvt.rz.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v[j + 4]), "f"(v[j])); /* a to the high half */
-            r |= min(lo & 0x1FFFu, 1u) | (min(hi & 0x1FFFu, 1u) << 16);
+            asm("cvt.rz.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi_j), "f"(lo_j)); /* a to the high half */
             h = *reinterpret_cast<const __half2 *>(&r);
         }
         w |= moe_e2m1x2_f16(h) << (4 * j);
