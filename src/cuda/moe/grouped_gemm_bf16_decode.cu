@@ -3,18 +3,18 @@
  * (moe__cuda_grouped_gemm_bf16_decode); the arithmetic is the other bf16 tiles': bf16 products summed in f32.
  *
  * The layout is the W8A8 decode kernel's, counted in bytes (gemm_decode.cuh): a CTA of 4 warps takes one 16-row tile
- * and 1, 2 or 4 column tiles of 16 weight rows (GLU: the gate and up rows of 8 output columns; plain: 16 columns),
- * the 4, 2 or 1 warps of a column tile splitting K by 64-wide blocks (128 bytes of a row, so a warp's block is the
- * 2 KB of weights a W8A8 block is, and the K split follows the same rule); their partial tiles are added in warp
- * order (deterministic). Routed GEMMs find their tile's expert as the other decode kernels do; dense ones (the
- * shared experts) take group blockIdx.z. Each lane copies the 16-byte pieces c = 0, 1 (K values 8q + 32c .. + 7 of the block, q =
- * lane % 4) of weight rows g and g + 8 and of its first-half token row g (g = lane / 4; the token's only when that
+ * and 1, 2 or 4 column tiles of 16 weight rows (GLU: the gate and up rows of 8 output columns; plain: 16 columns), the
+ * 4, 2 or 1 warps of a column tile splitting K by 64-wide blocks (128 bytes of a row, so a warp's block is the 2 KB of
+ * weights a W8A8 block is, and the K split follows the same rule); their partial tiles are added in warp order
+ * (deterministic). Routed GEMMs find their tile's expert as the other decode kernels do; dense ones (the shared
+ * experts) take group blockIdx.z. Each lane copies the 16-byte pieces c = 0, 1 (K values 8q + 32c .. + 7 of the block,
+ * q = lane % 4) of weight rows g and g + 8 and of its first-half token row g (g = lane / 4; the token's only when that
  * row is real) into its own slots of a per-warp cp.async ring (3 stages) and reads back only those, so no barrier is
- * needed; a second half's token rows (more than 8 rows in the tile, rare at decode) are read from global memory
- * when used (measured on the H200 against copying them through the ring too, 8 slots and 4 CTAs an SM: as fast or
- * faster at T = 1-128 but for Mixtral T = 128). Nothing is converted: a piece's bf16 pairs 0 and 1 are the A registers of one mma (K slots 2q, 2q + 1
- * and 2q + 8, 2q + 9, rows g and g + 8) and pairs 2 and 3 those of a second; the token's pairs at the same K fill
- * the B registers (the order of a sum does not matter to an mma). */
+ * needed; a second half's token rows (more than 8 rows in the tile, rare at decode) are read from global memory when
+ * used (measured on the H200 against copying them through the ring too, 8 slots and 4 CTAs an SM: as fast or faster at
+ * T = 1-128 but for Mixtral T = 128). Nothing is converted: a piece's bf16 pairs 0 and 1 are the A registers of one
+ * mma (K slots 2q, 2q + 1 and 2q + 8, 2q + 9, rows g and g + 8) and pairs 2 and 3 those of a second; the token's pairs
+ * at the same K fill the B registers (the order of a sum does not matter to an mma). */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/moe/gemm_decode.cuh"
@@ -44,7 +44,8 @@ __device__ __forceinline__ void piece_mma(float (&d)[4], const uint4 &w0, const 
 #endif
 
 template <bool kGlu>
-__global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kernel(const moe_gemm_params p, int ksplit) {
+__global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
+    gemm_bf16_decode_kernel(const moe_gemm_params p, int ksplit) {
     /* the wait for the previous grid comes after the first weights are on their way (below): before it, only what
      * was written before the previous grid started is read (the permutation, weights) */
     moe_pdl_launch_next();
@@ -69,8 +70,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
     bool wfill[2]; /* a row past N: its weights read as zeros */
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        bsrc[h] = reinterpret_cast<const uint8_t *>(static_cast<const __nv_bfloat16 *>(p.b) + t.group * p.b_group_stride) +
-                  (brow[h] < 0 ? 0 : brow[h] * row_bytes) + kw * kBlockBytes + 16 * q;
+        const __nv_bfloat16 *b = static_cast<const __nv_bfloat16 *>(p.b) + t.group * p.b_group_stride;
+        bsrc[h] = reinterpret_cast<const uint8_t *>(b) + (brow[h] < 0 ? 0 : brow[h] * row_bytes) + kw * kBlockBytes +
+                  16 * q;
         wfill[h] = brow[h] < 0;
     }
     const bool two = moe_decode_a_row<true>(p, t, 8) >= 0; /* rows fill a tile from its start: past 8 if 8 is real */
@@ -108,13 +110,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) gemm_bf16_decode_kern
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++) {
         const int64_t r = rem - (int64_t)j * bstep;
-        if (j < todo) moe_decode_copy_weights(ring_s + j * kStageBytes, bsrc, wfill, r > 0, r > 64, j && rem > bstep ? bstep : 0);
+        if (j < todo)
+            moe_decode_copy_weights(ring_s + j * kStageBytes, bsrc, wfill, r > 0, r > 64, j && rem > bstep ? bstep : 0);
     }
     moe_pdl_wait();
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++) {
         const int64_t r = rem - (int64_t)j * bstep;
-        if (j < todo && a0 >= 0) moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
+        if (j < todo && a0 >= 0)
+            moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
         moe_cp_async_commit();
     }
 #pragma unroll

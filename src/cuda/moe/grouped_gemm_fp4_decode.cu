@@ -195,7 +195,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         if (j < todo)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                moe_decode_copy16_cg_if(ring_s + j * kStageBytes + h * 512, bsrc[h] + (on ? wstep : 0), out || wfill[h]);
+                moe_decode_copy16_cg_if(ring_s + j * kStageBytes + h * 512, bsrc[h] + (on ? wstep : 0),
+                                        out || wfill[h]);
                 moe_cp_async4(scale_s + j * kStageBytes + 4 * h, ssrc[h] + (on ? sstep : 0), out ? 0 : sbytes[h]);
             }
     }

@@ -177,7 +177,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     for (int j = 0; j < kStages - 1; j++) {
         const int r = rem - j * bstep;
         if (j < todo) {
-            if (a0 >= 0) moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
+            if (a0 >= 0)
+                moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
             if (lane < 16) scale_word(j);
         }
         moe_cp_async_commit();
