@@ -1,8 +1,10 @@
 /* gemm_decode.cuh — what the decode kernels (grouped_gemm_fp8_decode.cu: W8A8; grouped_gemm_fp4_decode.cu: FP4
- * weights, bf16 activations) share. Both stream the weights of 16-row tiles (the SMALL shape's permutation) with
- * the weights as the M operand of mma.sync (16 B rows a column tile) and the tokens as its N operand (8 rows a
- * half tile), a CTA of kDecodeWarps warps taking 1, 2 or 4 column tiles whose K is split over 4, 2 or 1 warps.
- * Here: the B rows of a column tile, the K split and the grid, the partial tiles' sum and the epilogue. */
+ * weights, bf16 activations; grouped_gemm_bf16_decode.cu: BF16) share. All three stream the weights of 16-row tiles
+ * (the SMALL shape's permutation, or a dense GEMM's rows) with the weights as the M operand of mma.sync (16 B rows
+ * a column tile) and the tokens as its N operand (8 rows a half tile), a CTA of kDecodeWarps warps taking 1, 2 or 4
+ * column tiles whose K is split over 4, 2 or 1 warps.
+ * Here: the tile, the B rows of a column tile, the piece copies, the K loop, the K split and the grid, the partial
+ * tiles' sum and the epilogue. */
 #ifndef MOE_CUDA_MOE_GEMM_DECODE_CUH
 #define MOE_CUDA_MOE_GEMM_DECODE_CUH
 
@@ -32,9 +34,9 @@ __device__ __forceinline__ void moe_decode_copy16_ca_if(uint32_t smem, const voi
 }
 
 /* A lane's 16-byte pieces of a block in the kernels that stream bytes (W8A8, BF16): pieces 0 and 1 (at + 0 and + 64
- * bytes) of weight rows g and g + 8 into slots 2h and 2h + 1 of the stage at dst (zeros past N: wfill), and of its
- * first-half token row into slots 4 and 5 when the row is real; in0 / in1: piece 0 / 1 lies inside K (else zeros,
- * nothing read). Slot i of the lane at dst + 512 i (32 lanes of 16 bytes a slot). */
+ * bytes, + off) of weight rows g and g + 8 into slots 2h and 2h + 1 of the stage at dst (zeros past N: wfill), and
+ * of its first-half token row into slots 4 and 5 (copy_pieces: when the row is real); in0 / in1: piece 0 / 1 lies
+ * inside K (else zeros, nothing read). Slot i of the lane at dst + 512 i (32 lanes of 16 bytes a slot). */
 __device__ __forceinline__ void moe_decode_copy_weights(uint32_t dst, const uint8_t *const (&bsrc)[2],
                                                         const bool (&wfill)[2], bool in0, bool in1, int64_t off = 0) {
 #pragma unroll

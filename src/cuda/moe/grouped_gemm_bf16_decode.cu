@@ -88,16 +88,18 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     /* the warp's next block into the stage at smem offset wr; a group committed either way, so that the counts
      * match. A piece past K (K % 8 == 0: all in or all out) fills zeros and reads nothing; the pointers stop at
      * the last block with a piece inside K. */
+    auto advance = [&]() { /* past a block issued */
+        if (rem > bstep) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) bsrc[h] += bstep;
+            tok += bstep;
+        }
+        rem -= bstep, todo--;
+    };
     auto issue = [&](uint32_t wr) {
         if (todo > 0) {
-            const bool in0 = rem > 0, in1 = rem > 64;
-            moe_decode_copy_pieces(ring_s + wr, bsrc, wfill, tok, a0 >= 0, in0, in1);
-            if (rem > bstep) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) bsrc[h] += bstep;
-                tok += bstep;
-            }
-            rem -= bstep, todo--;
+            moe_decode_copy_pieces(ring_s + wr, bsrc, wfill, tok, a0 >= 0, rem > 0, rem > 64);
+            advance();
         }
         moe_cp_async_commit();
     };
@@ -123,14 +125,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     }
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++)
-        if (todo > 0) {
-            if (rem > bstep) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) bsrc[h] += bstep;
-                tok += bstep;
-            }
-            rem -= bstep, todo--;
-        }
+        if (todo > 0) advance();
 
     /* block i from the stage at rd (kTwo: the tile has a second half) */
     auto block = [&](int i, uint32_t rd, auto two_tag) {

@@ -164,6 +164,14 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 
     /* the warp's next block into the stage at smem offset wr; a group committed either way, so that the counts
      * match. Past K the pointers stay on the lane's last block inside K and the copies fill zeros. */
+    auto advance = [&]() { /* past a block issued */
+        if (left > 1) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) bsrc[h] += wstep, ssrc[h] += sstep;
+            tok += astep;
+        }
+        left--, todo--;
+    };
     auto issue = [&](uint32_t wr) {
         if (todo > 0) {
             const bool out = left <= 0;
@@ -175,12 +183,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
             if (a0 >= 0)
 #pragma unroll
                 for (int j = 0; j < 4; j++) moe_decode_copy16_ca_if(ring_s + wr + (2 + j) * 512, tok + 8 * j, out);
-            if (left > 1) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) bsrc[h] += wstep, ssrc[h] += sstep;
-                tok += astep;
-            }
-            left--, todo--;
+            advance();
         }
         moe_cp_async_commit();
     };
@@ -212,14 +215,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     }
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++)
-        if (todo > 0) {
-            if (left > 1) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) bsrc[h] += wstep, ssrc[h] += sstep;
-                tok += astep;
-            }
-            left--, todo--;
-        }
+        if (todo > 0) advance();
 
     /* block i from stage rd (kBig: some lane's MX scale needs the 2^126 path; kTwo: the tile has a second half) */
     auto block = [&](int i, uint32_t rd, auto big_tag, auto two_tag) {
