@@ -28,19 +28,24 @@ template <moe_dtype ELEM> __device__ __forceinline__ uint2 load_codes8(const uin
     return make_uint2(w[0], w[1]);
 }
 
-/* Decodes 8 codes. E2M1 goes through f16: the 3 magnitude bits of a code placed at f16 bits 11..9 give the code's
- * value times 2^-14 (e2m1 exponent bias 1 against f16's 15; code 0.5 lands on the f16 subnormal 2^-15), and
- * one packed multiply by 2^14 makes it exact, two values per instruction. */
+/* Decodes 8 codes. E2M1 through a table of the f16 values' high bytes (0, 0.5, 1, 1.5, 2, 3, 4, 6: a low byte of
+ * zero each), looked up by byte permutes: the 3 magnitude bits of 4 codes select 4 bytes at once (prmt reads a
+ * selector nibble's top bit as "replicate the sign", so the sign bits are masked off first), two more permutes a
+ * pair place them as the high bytes of an f16x2 word, and a third and an AND-OR add the two signs (code bits 3 and
+ * 7 of each byte, brought to f16 bit 15 and 31). Exact: the f16 values are the codes' values, -0 included. */
 template <moe_dtype ELEM> __device__ __forceinline__ void decode8(uint2 c, float (&v)[8]) {
     if (ELEM == MOE_DTYPE_E2M1) {
-        const __half2 bias = __floats2half2_rn(16384.0f, 16384.0f);
+        constexpr uint32_t kLow = 0x3E3C3800u, kHigh = 0x46444240u; /* high bytes of codes 0-3 and 4-7 */
+        const uint32_t mag = c.x & 0x77777777u, low4 = c.x << 4;      /* low4: each low nibble's sign at bit 7 */
+        const uint32_t hb[2] = {__byte_perm(kLow, kHigh, mag), __byte_perm(kLow, kHigh, mag >> 16)};
 #pragma unroll
-        for (int j = 0; j < 8; j += 2) {
-            const uint32_t n = c.x >> (4 * j); /* nibbles j (bits 3..0) and j + 1 (bits 7..4) */
-            const uint32_t h = ((n & 0x7u) << 9) | ((n & 0x8u) << 12) | ((n & 0x70u) << 21) | ((n & 0x80u) << 24);
-            const float2 f = __half22float2(__hmul2(*reinterpret_cast<const __half2 *>(&h), bias));
-            v[j] = f.x;
-            v[j + 1] = f.y;
+        for (int j = 0; j < 4; j++) { /* elements 2j, 2j + 1: byte j of the codes */
+            const uint32_t w = __byte_perm(hb[j / 2], 0u, j % 2 ? 0x3424u : 0x1404u);
+            const uint32_t sign = __byte_perm(low4, c.x, (uint32_t)((4 + j) << 12 | j << 4));
+            const uint32_t h = w | (sign & 0x80008000u);
+            const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&h));
+            v[2 * j] = f.x;
+            v[2 * j + 1] = f.y;
         }
     } else {
         const __nv_fp8_interpretation_t t = ELEM == MOE_DTYPE_E4M3 ? __NV_E4M3 : __NV_E5M2;
@@ -62,6 +67,17 @@ enum { kTensor = 0, kF32 = 1, kE8M0 = 2, kNvfp4 = 3 };
 template <int SK> __device__ __forceinline__ float load_scale(const moe_qparams &p, int64_t index) {
     if (SK == kF32) return static_cast<const float *>(p.scale)[index];
     return moe_decode(static_cast<const uint8_t *>(p.scale)[index], SK == kE8M0 ? MOE_DTYPE_E8M0 : MOE_DTYPE_E4M3);
+}
+
+/* 8 codes times their block scale (and NVFP4's decode global scale after it), each product rounded once. */
+template <moe_dtype ELEM, int SK>
+__device__ __forceinline__ void decode_scaled8(uint2 codes, float scale, float g_dec, float (&v)[8]) {
+    decode8<ELEM>(codes, v);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        v[j] = __fmul_rn(v[j], scale);
+        if (SK == kNvfp4) v[j] = __fmul_rn(v[j], g_dec);
+    }
 }
 
 /* One step of a warp along a row: H parts of 256 elements, lane l taking the 8 at 256 h + 8 l, so every load and
@@ -92,13 +108,38 @@ __device__ __forceinline__ void dequantize_step(const moe_qparams &p, T *y, int6
         const int count = FULL ? 8 : (int)max((int64_t)0, min((int64_t)8, p.cols - c));
         if (count == 0) continue;
         float v[8];
-        decode8<ELEM>(codes[h], v);
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            v[j] = __fmul_rn(v[j], scale[h]);
-            if (SK == kNvfp4) v[j] = __fmul_rn(v[j], g_dec);
-        }
+        decode_scaled8<ELEM, SK>(codes[h], scale[h], g_dec, v);
         moe_store8(y, row * p.cols + c, count, FULL || (p.vec && count == 8), v);
+    }
+}
+
+/* A step inside the row with linear scales and aligned rows (the common case, as dequantize_step with FULL): the
+ * lane's first codes, scale and outputs are located once (codes, scales, out), and part h lies at constant offsets
+ * from them: h x 256 elements, h x sstep scales (256 >> the block's shift, or 0 for one scale a row), so the step
+ * holds no 64-bit index arithmetic per part. */
+template <typename T, moe_dtype ELEM, int SK, int H>
+__device__ __forceinline__ void dequantize_step_linear(const uint8_t *codes, const void *scales, int sstep, T *out,
+                                                       float tensor_scale, float g_dec) {
+    constexpr int kCodeBytes = ELEM == MOE_DTYPE_E2M1 ? 128 : 256; /* a part's codes, the warp's 256 elements */
+    uint2 c[H];
+    float scale[H];
+#pragma unroll
+    for (int h = 0; h < H; h++) {
+        if (ELEM == MOE_DTYPE_E2M1)
+            c[h] = make_uint2(__ldg(reinterpret_cast<const uint32_t *>(codes + h * kCodeBytes)), 0u);
+        else
+            c[h] = __ldg(reinterpret_cast<const uint2 *>(codes + h * kCodeBytes));
+        scale[h] = tensor_scale;
+        if (SK == kF32) scale[h] = __ldg(static_cast<const float *>(scales) + h * sstep);
+        else if (SK != kTensor)
+            scale[h] = moe_decode(__ldg(static_cast<const uint8_t *>(scales) + h * sstep),
+                                  SK == kE8M0 ? MOE_DTYPE_E8M0 : MOE_DTYPE_E4M3);
+    }
+#pragma unroll
+    for (int h = 0; h < H; h++) {
+        float v[8];
+        decode_scaled8<ELEM, SK>(c[h], scale[h], g_dec, v);
+        moe_store8(out + h * 256, 0, 8, true, v);
     }
 }
 
@@ -117,10 +158,16 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
         const int64_t b = p.by_rows.div(row), r = row - b * p.rows, sr = p.block_rows == 1 ? r : r / 128;
         const int64_t srow = linear ? moe_scale_index(p, b, sr, 0) : 0;
         int64_t c0 = 0;
-        if (p.vec)
-            for (; c0 + STEP <= p.cols; c0 += STEP)
-                dequantize_step<T, ELEM, SK, H, true>(p, y, row, c0, lane, block_shift, linear, b, sr, srow,
-                                                      tensor_scale, g_dec);
+        if (p.vec && linear && block_shift <= 8) { /* blocks of 16, 32 or 128, or a scale a row */
+            const int sstep = block_shift < 0 ? 0 : 256 >> block_shift, scale_bytes = SK == kF32 ? 4 : 1;
+            for (; c0 + STEP <= p.cols; c0 += STEP) {
+                const int64_t i = row * p.cols + c0 + lane * 8;
+                const int64_t sc = block_shift < 0 ? 0 : (c0 + lane * 8) >> block_shift;
+                dequantize_step_linear<T, ELEM, SK, H>(p.data + (ELEM == MOE_DTYPE_E2M1 ? i / 2 : i),
+                                                       static_cast<const char *>(p.scale) + (srow + sc) * scale_bytes,
+                                                       sstep, y + i, tensor_scale, g_dec);
+            }
+        }
         for (; c0 < p.cols; c0 += STEP)
             dequantize_step<T, ELEM, SK, H, false>(p, y, row, c0, lane, block_shift, linear, b, sr, srow,
                                                    tensor_scale, g_dec);
