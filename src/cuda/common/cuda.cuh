@@ -81,6 +81,31 @@ cudaError_t moe_launch(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 bloc
     return moe_launch_ex(pdl, 1, kernel, grid, block, smem, stream, args...);
 }
 
+/* The most CTAs of `kernel` (`threads` a CTA, no dynamic shared memory) one thread block cluster may hold here: 0
+ * where the kernel's sm_90 code does not run (an older GPU, or a newer one running the portable sm_80 PTX, which
+ * holds no cluster code), else `want` (non-portable above 8, at most 16) where the GPU schedules such a cluster,
+ * else the portable 8. */
+template <class... Params> int moe_cluster_limit(void (*kernel)(Params...), int threads, int want) {
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, kernel) != cudaSuccess || fa.ptxVersion < 90) {
+        cudaGetLastError(); /* not an error: no clusters */
+        return 0;
+    }
+    if (want > 8) {
+        cudaLaunchAttribute a;
+        a.id = cudaLaunchAttributeClusterDimension;
+        a.val.clusterDim.x = (unsigned)want, a.val.clusterDim.y = 1, a.val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)want), cfg.blockDim = dim3((unsigned)threads), cfg.attrs = &a, cfg.numAttrs = 1;
+        int clusters = 0;
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess &&
+            cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0)
+            return want;
+        cudaGetLastError(); /* not an error: the portable size */
+    }
+    return 8;
+}
+
 /* Blocks for a grid-stride loop over n items of threads each: enough to fill the GPU, never past the limits. */
 static inline unsigned moe__grid_for(const moe_ctx *ctx, int64_t n, int threads) {
     int64_t blocks = (n + threads - 1) / threads;

@@ -83,29 +83,21 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
     if (rank == 0 && threadIdx.x == 0 && pp.invalid) *pp.invalid = 0; /* routed ids are never invalid */
 }
 
-/* Launches route_permute_kernel<kPerLane> for T tokens as one cluster (sm_90; one CTA elsewhere): a CTA per 8
- * tokens, up to 16. A cluster of 16 is non-portable: allowed once per kernel and used where the GPU can
- * schedule one (H100 / H200 can), else 8 CTAs with 2 tokens a warp. */
+/* The CTAs of route_permute_kernel<kPerLane>'s cluster at most: 16 where its sm_90 code runs and the GPU schedules
+ * a non-portable cluster of 16 such CTAs (H100 / H200 can), else 8 with 2 tokens a warp; 1 where the sm_90 code does
+ * not run (older GPUs, or the portable PTX on newer ones). Asked once a kernel. */
+template <int kPerLane> int cluster_ctas() {
+    static const int limit = moe_cluster_limit(route_permute_kernel<kPerLane>, kThreads, 16);
+    return limit ? limit : 1;
+}
+
+/* Launches route_permute_kernel<kPerLane> for T tokens as one cluster of up to cluster_ctas() CTAs, a CTA per 8
+ * tokens. */
 template <int kPerLane>
-cudaError_t launch(const moe_ctx *ctx, bool pdl, cudaStream_t st, const route_warp::params &rp,
+cudaError_t launch(bool pdl, cudaStream_t st, const route_warp::params &rp,
                    const permute_cta::permute_params &pp) {
     void (*kernel)(route_warp::params, permute_cta::permute_params) = route_permute_kernel<kPerLane>;
-    int max_ctas = 1;
-    if (ctx->cuda.cc_major >= 9) {
-        static const bool cluster16 = [kernel] { /* thread-safe, once */
-            cudaLaunchAttribute a;
-            a.id = cudaLaunchAttributeClusterDimension;
-            a.val.clusterDim.x = 16, a.val.clusterDim.y = 1, a.val.clusterDim.z = 1;
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = 16, cfg.blockDim = kThreads, cfg.attrs = &a, cfg.numAttrs = 1;
-            int clusters = 0;
-            const bool ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess &&
-                            cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
-            if (!ok) cudaGetLastError(); /* not an error: the portable size is used */
-            return ok;
-        }();
-        max_ctas = cluster16 ? 16 : 8;
-    }
+    const int max_ctas = cluster_ctas<kPerLane>();
     /* a warp a token, and at most two experts' padding a warp: more CTAs than the tokens need when the list
      * touches many experts (DeepSeek-V3 at T = 16: 128 entries, 2 CTAs for the tokens, 8 for the padding) */
     const int64_t touched = min(rp.n_tokens * rp.c.top_k, (int64_t)pp.c.n_experts);
@@ -117,7 +109,8 @@ cudaError_t launch(const moe_ctx *ctx, bool pdl, cudaStream_t st, const route_wa
 } // namespace
 
 extern "C" int moe__cuda_route_permute_fuses(const moe_ctx *ctx, int64_t n_tokens, int top_k) {
-    const int64_t max_tokens = ctx->cuda.cc_major >= 9 ? MOE_ROUTE_PERMUTE_MAX_TOKENS : kTokensPerWarp * kWarps;
+    (void)ctx; /* every kPerLane is compiled alike: clusters for one are clusters for all */
+    const int64_t max_tokens = cluster_ctas<4>() > 1 ? MOE_ROUTE_PERMUTE_MAX_TOKENS : kTokensPerWarp * kWarps;
     return n_tokens >= 1 && n_tokens <= max_tokens && n_tokens * top_k <= MOE_PERMUTE_CHUNK;
 }
 
@@ -130,12 +123,12 @@ extern "C" moe_status moe__cuda_route_permute(moe_ctx *ctx, const moe_router_con
     const bool pdl = moe__cuda_pdl(ctx);
     const int E = rc->n_experts;
     if (E <= 64)
-        MOE_CUDA_TRY(ctx, launch<2>(ctx, pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<2>(pdl, st, rp, pp));
     else if (E <= 128)
-        MOE_CUDA_TRY(ctx, launch<4>(ctx, pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<4>(pdl, st, rp, pp));
     else if (E <= 256)
-        MOE_CUDA_TRY(ctx, launch<8>(ctx, pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<8>(pdl, st, rp, pp));
     else
-        MOE_CUDA_TRY(ctx, launch<16>(ctx, pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch<16>(pdl, st, rp, pp));
     return MOE_OK;
 }
