@@ -247,7 +247,7 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
 }
 
 static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
-                              bool permute, void *stream);
+                              bool permute, bool alone, void *stream);
 
 /* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts),
  * after W8A8's x codes where the FP8 kernels read them (GEMM 1 waits for those alone); gate logits, routing,
@@ -281,7 +281,8 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
             return ss;
         }
     }
-    moe_status rs = layer_route(l, io, &s, ws, true, stream);
+    /* alone: nothing of the layer's runs beside the gate on the side stream */
+    moe_status rs = layer_route(l, io, &s, ws, true, !x_codes && !c->n_shared, stream);
     if (rs == MOE_OK)
         rs = moe__cuda_layer_experts(l, x, T, (const int32_t *)(ws + s.ids), (const float *)(ws + s.weights), T, 1,
                                      x_codes, &s, ws, stream);
@@ -307,9 +308,9 @@ static void layer_plan(const moe_layer *l, int64_t plan_tokens, const moe_layer_
 }
 
 /* Gate logits and routing; with permute, the permutation too, in one call (moe_route_permute: one kernel at
- * decode sizes). */
+ * decode sizes). alone: no other kernel of the layer runs beside them (the gate's cluster may use any SMs). */
 static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
-                              bool permute, void *stream) {
+                              bool permute, bool alone, void *stream) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const moe_layer_weights *w = &l->w;
@@ -324,7 +325,7 @@ static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_la
         float *lg = (float *)(ws + s->logits);
         MOE_TRY(moe__cuda_gate_logits(ctx, (const __nv_bfloat16 *)io->x->data, logits ? nullptr : w->gate,
                                       w->gate_bias, w->shared_gate, T, H, E, lg, shared_scale,
-                                      (float *)(ws + s->gate_partial), st));
+                                      (float *)(ws + s->gate_partial), alone, st));
         if (!logits) {
             logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
             logits = &logits_t;
@@ -341,7 +342,7 @@ static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_la
 
 extern "C" moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s,
                                             void *workspace, void *stream) {
-    return layer_route(l, io, s, workspace, false, stream);
+    return layer_route(l, io, s, workspace, false, false, stream);
 }
 
 /* How the routed experts' w13 (which 0) or w2 (1) is stored, for the grouped GEMM. */
