@@ -120,15 +120,34 @@ static inline int moe_decode_ksplit(int kblocks) {
     return kblocks >= 32 ? 4 : kblocks >= 16 ? 2 : 1;
 }
 
+/* The K split once the grid is known (routed GEMMs; slots: the CTAs the GPU holds at once, 0 to keep ksplit). A
+ * grid under half a wave leaves most SMs one or two CTAs, too few loads in flight: twice the split. A grid whose
+ * second wave is under a quarter full leaves those few CTAs streaming alone at the end: with `halve`, half the split,
+ * where that fits in one wave (not for the FP4 kernel, whose warps convert every weight: fewer, longer warps were
+ * slower there). Measured on the H200 at T = 1 (docs/performance.md): twice the split for Qwen3-30B-A3B's and
+ * OLMoE's GEMM 2 (256 CTAs), half for Qwen3-30B-A3B's BF16 GEMM 1 (768 CTAs of 660) and GPT-OSS-120B's (720). */
+static inline int moe_decode_ksplit_for_grid(int ksplit, int64_t m_tiles, int64_t col_tiles, int64_t slots,
+                                             bool halve) {
+    if (slots <= 0) return ksplit;
+    auto ctas = [&](int ks) { return m_tiles * ((col_tiles + kDecodeWarps / ks - 1) / (kDecodeWarps / ks)); };
+    const int64_t n = ctas(ksplit);
+    if (halve && ksplit > 1 && n > slots && 4 * n < 5 * slots && ctas(ksplit / 2) <= slots) return ksplit / 2;
+    if (ksplit < kDecodeWarps && 2 * n < slots) return ksplit * 2;
+    return ksplit;
+}
+
 /* The grid of a decode GEMM (host code): q is p with m_tiles and n_tiles set (n_tiles counts groups of kDecodeWarps /
- * ksplit column tiles), ksplit for K blocks of kbk values, a CTA a tile; an error naming `what` when the tiles pass
- * the grid's limit. */
+ * ksplit column tiles), ksplit for K blocks of kbk values and, for routed GEMMs, for the grid of a kernel that holds
+ * ctas_per_sm CTAs an SM (moe_decode_ksplit_for_grid; halve as there), a CTA a tile; an error naming `what` when the
+ * tiles pass the grid's limit. The dense shared experts keep the K rule: they share the GPU with the routed GEMMs. */
 inline moe_status moe_decode_grid(moe_ctx *ctx, const char *what, const moe_gemm_params &p, bool glu, int64_t m_tiles,
-                                  int kbk, moe_gemm_params &q, int &ksplit, unsigned &tiles) {
+                                  int kbk, int ctas_per_sm, bool halve, moe_gemm_params &q, int &ksplit,
+                                  unsigned &tiles) {
     q = p;
-    ksplit = moe_decode_ksplit((p.k + kbk - 1) / kbk);
-    const int cper = kDecodeWarps / ksplit;
     const int64_t col_tiles = glu ? (p.n + 7) / 8 : (p.n + 15) / 16;
+    const int64_t slots = p.offsets ? (int64_t)ctx->cuda.sm_count * ctas_per_sm : 0;
+    ksplit = moe_decode_ksplit_for_grid(moe_decode_ksplit((p.k + kbk - 1) / kbk), m_tiles, col_tiles, slots, halve);
+    const int cper = kDecodeWarps / ksplit;
     q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper;
     const int64_t n = q.m_tiles * q.n_tiles;
     if (n > 0x7FFFFFFF)

@@ -281,7 +281,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
     moe_gemm_params q;
     int ksplit = 1;
     unsigned tiles = 0;
-    MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, q, ksplit, tiles));
+    MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, kCtasPerSm, false, q, ksplit, tiles));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
     /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue */

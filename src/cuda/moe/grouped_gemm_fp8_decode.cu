@@ -247,7 +247,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     moe_gemm_params q;
     int ksplit = 1;
     unsigned tiles = 0;
-    MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, q, ksplit, tiles));
+    MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, kCtasPerSm, true, q, ksplit, tiles));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
     /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
