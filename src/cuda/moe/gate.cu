@@ -2,7 +2,7 @@
  *  - few tokens (T < 64): a warp per (expert, group of 8 tokens, slice of H); each lane streams its float4s of
  *    the gate row once and uses them for the 8 tokens;
  *  - many tokens: 64 x 64 output tiles, K in steps of 32 through shared memory, 4 x 4 outputs a thread.
- * The H slices (grid.x) are sized so that the grid fills the GPU even at T = 1, where the whole gate matrix
+ * The H slices are sized so that the grid fills the GPU even at T = 1, where the whole gate matrix
  * (E x H f32: 7 MB for DeepSeek-V3) must be read by many SMs at once. With more than one slice the slices' sums
  * are added in slice order, so the bits do not depend on timing: for one group of few tokens on sm_90 the
  * slices are one thread block cluster, each CTA adding a share of the outputs over the others' shared memory (no
@@ -113,10 +113,10 @@ __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) 
     moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ float xs[kBK][kTile + 4], gs[kBK][kTile + 4]; /* k-major: a thread reads 4 tokens / experts */
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16, z = blockIdx.x;
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
-    const int e0 = blockIdx.y * kTile;
-    const int64_t t0 = (int64_t)blockIdx.z * kTile;
+    const int e0 = blockIdx.x * kTile;
+    const int64_t t0 = (int64_t)blockIdx.y * kTile;
     /* copy duty: row tid / 4 of the x and gate tiles, 8 columns at (tid % 4) * 8 */
     const int lr = tid / 4, lc = (tid % 4) * 8;
     const __nv_bfloat16 *xrow = t0 + lr < a.T ? a.x + (t0 + lr) * a.H : nullptr;
@@ -126,8 +126,8 @@ __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) 
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
-    const int k_end = min(a.H, (z + 1) * a.slice);
-    for (int k0 = z * a.slice; k0 < k_end; k0 += kBK) {
+    const int k_end = min(a.H, (blockIdx.z + 1) * a.slice);
+    for (int k0 = blockIdx.z * a.slice; k0 < k_end; k0 += kBK) {
         const bool in = k0 + lc < k_end;
         float xv[8], gv[8];
         moe_load8(a.x, xrow ? (t0 + lr) * a.H + k0 + lc : 0, xrow && in ? 8 : 0, xrow && in, xv);
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) 
         for (int j = 0; j < 4; j++) {
             const int64_t t = t0 + ty * 4 + i;
             const int e = e0 + tx * 4 + j;
-            if (t < a.T && e < n_out) a.store(z, t, e, acc[i][j]);
+            if (t < a.T && e < n_out) a.store(blockIdx.z, t, e, acc[i][j]);
         }
 }
 
@@ -216,9 +216,11 @@ moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const flo
     }
     const bool clustered = cluster && a.splits > 1;
     void (*kernel)(gate_args) = !few ? gate_many_kernel : clustered ? gate_few_kernel<true> : gate_few_kernel<false>;
-    const int tile_e = few ? kWarps : kTile, tile_t = few ? kGroup : kTile;
-    const dim3 grid((unsigned)a.splits, (unsigned)((n_out + tile_e - 1) / tile_e),
-                    (unsigned)((T + tile_t - 1) / tile_t));
+    /* few: (split, expert group, token group), the split first so that a cluster holds a tile's splits; many:
+     * (expert tile, token tile, split) */
+    const unsigned e_tiles = (unsigned)((n_out + (few ? kWarps : kTile) - 1) / (few ? kWarps : kTile));
+    const unsigned t_tiles = (unsigned)((T + (few ? kGroup : kTile) - 1) / (few ? kGroup : kTile));
+    const dim3 grid = few ? dim3((unsigned)a.splits, e_tiles, t_tiles) : dim3(e_tiles, t_tiles, (unsigned)a.splits);
     MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, clustered ? (unsigned)a.splits : 1u, kernel, grid,
                                     few ? kWarps * 32 : kThreads, 0, stream, a));
     if (a.splits > 1 && !clustered) {
