@@ -145,7 +145,7 @@ __device__ __forceinline__ void dequantize_step_linear(const uint8_t *codes, con
 
 /* A warp walks a row in steps of H x 256 elements (dequantize_step). */
 template <typename T, moe_dtype ELEM, int SK>
-__global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int block_shift) {
+__device__ __forceinline__ void dequantize_rows(const moe_qparams &p, int block_shift) {
     constexpr int H = 8, STEP = 256 * H;
     T *y = static_cast<T *>(const_cast<void *>(p.x));
     const int lane = threadIdx.x % 32;
@@ -174,6 +174,18 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int
     }
 }
 
+template <typename T, moe_dtype ELEM, int SK>
+__global__ void __launch_bounds__(kThreads) dequantize_kernel(moe_qparams p, int block_shift) {
+    dequantize_rows<T, ELEM, SK>(p, block_shift);
+}
+
+/* FP8 codes with E8M0 scales, with room kept for 3 CTAs an SM: left to itself ptxas held this one at 64 registers
+ * by spilling 4 bytes (scripts/check_spills.sh). */
+template <typename T, moe_dtype ELEM>
+__global__ void __launch_bounds__(kThreads, 3) dequantize_fp8_e8m0_kernel(moe_qparams p, int block_shift) {
+    dequantize_rows<T, ELEM, kE8M0>(p, block_shift);
+}
+
 /* FP8 elements: a per-tensor scale, or block scales in f32 or E8M0. */
 template <typename T, moe_dtype ELEM>
 void launch_fp8(const moe_qlayout *l, const moe_qparams &p, int shift, unsigned grid, cudaStream_t st) {
@@ -182,7 +194,7 @@ void launch_fp8(const moe_qlayout *l, const moe_qparams &p, int shift, unsigned 
     else if (l->f.scale_dtype == MOE_DTYPE_F32)
         dequantize_kernel<T, ELEM, kF32><<<grid, kThreads, 0, st>>>(p, shift);
     else
-        dequantize_kernel<T, ELEM, kE8M0><<<grid, kThreads, 0, st>>>(p, shift);
+        dequantize_fp8_e8m0_kernel<T, ELEM><<<grid, kThreads, 0, st>>>(p, shift);
 }
 
 template <typename T> void launch(const moe_qlayout *l, const moe_qparams &p, unsigned grid, cudaStream_t st) {
