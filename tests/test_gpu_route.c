@@ -172,6 +172,8 @@ static int compare_permute(test_env *env, const moe_permute_config *c, int64_t T
     moe_alloc(gpu, 4, (void **)&go.dropped);
     moe_memset(gpu, go.row_src, 0xF7, 4 * (size_t)rows, NULL); /* poison: -9-ish bytes differ from any result */
     moe_memset(gpu, go.slot_row, 0xF7, 4 * (size_t)n, NULL);
+    moe_memset(gpu, go.invalid, 0xF7, 4, NULL); /* the counters are written, not added to */
+    moe_memset(gpu, go.dropped, 0xF7, 4, NULL);
     const int64_t used = c->layout == MOE_PERMUTE_CONTIGUOUS ? off[0][c->n_experts] : rows;
     if (!bad && (moe_permute(gpu, c, dids, T, &go, dws, ws, NULL) != MOE_OK ||
                  test_download(gpu, h[1][0], go.counts, 4 * (size_t)c->n_experts) ||
