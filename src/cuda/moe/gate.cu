@@ -62,6 +62,8 @@ template <class Done> __device__ __forceinline__ void cluster_sum(float *mine, i
 #endif
 }
 
+/* Few tokens: grid (split, group of kWarps experts, group of kGroup tokens), a warp an expert. kCluster: a tile's
+ * splits are one cluster and add their sums (cluster_sum); else each split stores its own (gate_args::store). */
 template <bool kCluster>
 __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a) {
     moe_pdl_wait();
@@ -109,6 +111,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
         });
 }
 
+/* Many tokens: grid (expert tile, token tile, split), each split storing its own sums (gate_args::store). */
 __global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) {
     moe_pdl_wait();
     moe_pdl_launch_next();
