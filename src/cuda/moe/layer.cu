@@ -246,8 +246,11 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
     return MOE_OK;
 }
 
+static bool layer_gates(const moe_layer *l, const moe_layer_io *io);
+static moe_status layer_gate(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, char *ws, bool alone,
+                             cudaStream_t st);
 static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
-                              bool permute, bool alone, void *stream);
+                              bool permute, bool gated, void *stream);
 
 /* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts),
  * after W8A8's x codes where the FP8 kernels read them (GEMM 1 waits for those alone); gate logits, routing,
@@ -260,6 +263,10 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     const moe_layer_scratch &s = *sp;
     char *ws = (char *)workspace;
     const void *x = io->x->data;
+    /* a decode step's gate (one group of tokens) first, alone on the GPU, where its splits run as one cluster
+     * (gate.cu); the side stream forks after it. Elsewhere the gate runs beside the side stream's kernels. */
+    const bool gate_first = T >= 1 && T <= MOE_GATE_GROUP && layer_gates(l, io);
+    if (gate_first) MOE_TRY(layer_gate(l, io, &s, ws, true, moe__cuda_enter(l->ctx, stream)));
     /* W8A8 on the FP8 kernels: x's codes on the side stream too (before the shared experts), off the chain of
      * gate, routing and permutation that GEMM 1 waits for */
     const bool x_codes = l->side_stream && T > 0 &&
@@ -281,8 +288,7 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
             return ss;
         }
     }
-    /* alone: nothing of the layer's runs beside the gate on the side stream */
-    moe_status rs = layer_route(l, io, &s, ws, true, !x_codes && !c->n_shared, stream);
+    moe_status rs = layer_route(l, io, &s, ws, true, gate_first, stream);
     if (rs == MOE_OK)
         rs = moe__cuda_layer_experts(l, x, T, (const int32_t *)(ws + s.ids), (const float *)(ws + s.weights), T, 1,
                                      x_codes, &s, ws, stream);
@@ -307,30 +313,37 @@ static void layer_plan(const moe_layer *l, int64_t plan_tokens, const moe_layer_
            (int32_t *)(ws + s->slot_row), NULL, NULL};
 }
 
-/* Gate logits and routing; with permute, the permutation too, in one call (moe_route_permute: one kernel at
- * decode sizes). alone: no other kernel of the layer runs beside them (the gate's cluster may use any SMs). */
-static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
-                              bool permute, bool alone, void *stream) {
-    moe_ctx *ctx = l->ctx;
+/* Whether the layer computes gate logits (from its gate weight, when the caller gives none) or Qwen2-MoE's shared
+ * scale (always from x). */
+static bool layer_gates(const moe_layer *l, const moe_layer_io *io) {
+    return (!io->logits && l->w.gate) || l->c.shared_gate;
+}
+
+/* The gate's logits and shared scale into the scratch (layer_gates). alone: no other kernel of the layer runs
+ * beside it (the gate's cluster may use any SMs). */
+static moe_status layer_gate(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, char *ws, bool alone,
+                             cudaStream_t st) {
     const moe_layer_config *c = &l->c;
     const moe_layer_weights *w = &l->w;
+    return moe__cuda_gate_logits(l->ctx, (const __nv_bfloat16 *)io->x->data, io->logits ? nullptr : w->gate,
+                                 w->gate_bias, w->shared_gate, io->x->shape[0], c->hidden, c->router.n_experts,
+                                 (float *)(ws + s->logits), c->shared_gate ? (float *)(ws + s->shared_scale) : nullptr,
+                                 (float *)(ws + s->gate_partial), alone, st);
+}
+
+/* Routing, after the gate unless gated (it ran already); with permute, the permutation too, in one call
+ * (moe_route_permute: one kernel at decode sizes). */
+static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
+                              bool permute, bool gated, void *stream) {
+    moe_ctx *ctx = l->ctx;
+    const moe_layer_config *c = &l->c;
     cudaStream_t st = moe__cuda_enter(ctx, stream);
     char *ws = (char *)workspace;
     const int64_t T = io->x->shape[0];
-    const int H = c->hidden, E = c->router.n_experts;
-    float *shared_scale = c->shared_gate ? (float *)(ws + s->shared_scale) : nullptr;
-    moe_tensor logits_t;
-    const moe_tensor *logits = io->logits;
-    if ((!logits && w->gate) || shared_scale) {
-        float *lg = (float *)(ws + s->logits);
-        MOE_TRY(moe__cuda_gate_logits(ctx, (const __nv_bfloat16 *)io->x->data, logits ? nullptr : w->gate,
-                                      w->gate_bias, w->shared_gate, T, H, E, lg, shared_scale,
-                                      (float *)(ws + s->gate_partial), alone, st));
-        if (!logits) {
-            logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
-            logits = &logits_t;
-        }
-    }
+    if (!gated && layer_gates(l, io)) MOE_TRY(layer_gate(l, io, s, ws, false, st));
+    /* the caller's logits, else the gate's */
+    const moe_tensor logits_t = moe_tensor_2d(ws + s->logits, MOE_DTYPE_F32, T, c->router.n_experts);
+    const moe_tensor *logits = io->logits ? io->logits : l->w.gate ? &logits_t : nullptr;
     const moe_route_args ra = {logits, io->token_ids, T, (int32_t *)(ws + s->ids), (float *)(ws + s->weights), NULL,
                                io->stats, io->stats_layer};
     if (!permute) return moe_route(ctx, &c->router, &ra, st);
