@@ -6,7 +6,8 @@
  *   h       = act(w13[e] . x[token(row)] + b13[e])       grouped GEMM, GLU epilogue      (rows, I)
  *   y       = w2[e] . h + b2[e]                          grouped GEMM                    (rows, H)
  *   shared  = the same two GEMMs, dense over all tokens,  grid.z = shared expert          (S, T, H)
- *             on a side stream beside everything above (forked and joined by events; W8A8's x codes first)
+ *             on a side stream beside everything above (forked and joined by events; W8A8's x codes first;
+ *             a decode step of T <= 8 forks after its gate, which then runs alone)
  *   out[t]  = sum_j w[t, j] y[row(t, j)] + g_s sum_s shared[s, t], slot order   combine_kernel
  * Every launch is asynchronous on the caller's stream; grids are sized from T on the host (tiles past the
  * permutation's last row exit at once), so nothing waits for the device. */
@@ -252,10 +253,10 @@ static moe_status layer_gate(moe_layer *l, const moe_layer_io *io, const moe_lay
 static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
                               bool permute, bool gated, void *stream);
 
-/* shared experts forked onto the side stream (they need only x, and run beside routing and the routed experts),
- * after W8A8's x codes where the FP8 kernels read them (GEMM 1 waits for those alone); gate logits, routing,
- * permutation and the two routed GEMMs on the caller's stream; join; combine in slot order. A capture follows the
- * fork and the joins. */
+/* at T <= 8 the gate first; shared experts forked onto the side stream (they need only x, and run beside routing and
+ * the routed experts), after W8A8's x codes where the FP8 kernels read them (GEMM 1 waits for those alone); gate
+ * logits (unless run first), routing, permutation and the two routed GEMMs on the caller's stream; join; combine in
+ * slot order. A capture follows the fork and the joins. */
 extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *sp,
                                               void *workspace, void *stream) {
     const moe_layer_config *c = &l->c;
