@@ -80,12 +80,12 @@ __device__ __forceinline__ void decode_scaled8(uint2 codes, float scale, float g
     }
 }
 
-/* One step of a warp along a row: H parts of 256 elements, lane l taking the 8 at 256 h + 8 l, so every load and
- * store instruction of the warp covers one contiguous stretch; the loads of all H parts come first. FULL: the
- * step lies inside the row and every access is aligned (no per-part checks). The scale column of element c is
- * c >> block_shift, or 0 when the block is the whole row (block_shift < 0); srow is the row's first scale in a
- * linear layout. */
-template <typename T, moe_dtype ELEM, int SK, int H, bool FULL>
+/* One step of a warp along a row, any layout, any alignment, the row's end checked a part at a time (the tail of a
+ * row, unaligned rows, swizzled scales; dequantize_step_linear takes the rest): H parts of 256 elements, lane l
+ * taking the 8 at 256 h + 8 l, so every load and store instruction of the warp covers one contiguous stretch; the
+ * loads of all H parts come first. The scale column of element c is c >> block_shift, or 0 when the block is the
+ * whole row (block_shift < 0); srow is the row's first scale in a linear layout. */
+template <typename T, moe_dtype ELEM, int SK, int H>
 __device__ __forceinline__ void dequantize_step(const moe_qparams &p, T *y, int64_t row, int64_t c0, int lane,
                                                 int block_shift, bool linear, int64_t b, int64_t sr, int64_t srow,
                                                 float tensor_scale, float g_dec) {
@@ -94,8 +94,8 @@ __device__ __forceinline__ void dequantize_step(const moe_qparams &p, T *y, int6
 #pragma unroll
     for (int h = 0; h < H; h++) {
         const int64_t c = c0 + h * 256 + lane * 8;
-        const int count = FULL ? 8 : (int)max((int64_t)0, min((int64_t)8, p.cols - c));
-        codes[h] = load_codes8<ELEM>(p.data, row * p.cols + c, count, FULL || (p.vec && count == 8));
+        const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
+        codes[h] = load_codes8<ELEM>(p.data, row * p.cols + c, count, p.vec && count == 8);
         scale[h] = tensor_scale;
         if (SK != kTensor && count > 0) {
             const int64_t sc = block_shift < 0 ? 0 : c >> block_shift;
@@ -105,15 +105,15 @@ __device__ __forceinline__ void dequantize_step(const moe_qparams &p, T *y, int6
 #pragma unroll
     for (int h = 0; h < H; h++) {
         const int64_t c = c0 + h * 256 + lane * 8;
-        const int count = FULL ? 8 : (int)max((int64_t)0, min((int64_t)8, p.cols - c));
+        const int count = (int)max((int64_t)0, min((int64_t)8, p.cols - c));
         if (count == 0) continue;
         float v[8];
         decode_scaled8<ELEM, SK>(codes[h], scale[h], g_dec, v);
-        moe_store8(y, row * p.cols + c, count, FULL || (p.vec && count == 8), v);
+        moe_store8(y, row * p.cols + c, count, p.vec && count == 8, v);
     }
 }
 
-/* A step inside the row with linear scales and aligned rows (the common case, as dequantize_step with FULL): the
+/* A step inside the row with linear scales and aligned rows (the common case): the
  * lane's first codes, scale and outputs are located once (codes, scales, out), and part h lies at constant offsets
  * from them: h x 256 elements, h x sstep scales (256 >> the block's shift, or 0 for one scale a row), so the step
  * holds no 64-bit index arithmetic per part. */
@@ -169,7 +169,7 @@ __device__ __forceinline__ void dequantize_rows(const moe_qparams &p, int block_
             }
         }
         for (; c0 < p.cols; c0 += STEP)
-            dequantize_step<T, ELEM, SK, H, false>(p, y, row, c0, lane, block_shift, linear, b, sr, srow,
+            dequantize_step<T, ELEM, SK, H>(p, y, row, c0, lane, block_shift, linear, b, sr, srow,
                                                    tensor_scale, g_dec);
     }
 }

@@ -204,8 +204,11 @@ moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const flo
     const int64_t want = few ? MOE_GATE_WANT_FEW : MOE_GATE_WANT_MANY, max_splits = (H + kSlice - 1) / kSlice;
     int64_t splits = (want + base - 1) / base;
     splits = splits < 1 ? 1 : splits > max_splits ? max_splits : splits;
-    a.slice = (int)((H + splits - 1) / splits + kSlice - 1) / kSlice * kSlice;
-    a.splits = (H + a.slice - 1) / a.slice;
+    auto split_into = [&](int64_t n) { /* n slices of whole kSlice columns at most: a.slice and a.splits */
+        a.slice = (int)((H + n - 1) / n + kSlice - 1) / kSlice * kSlice;
+        a.splits = (H + a.slice - 1) / a.slice;
+    };
+    split_into(splits);
     /* one group of tokens (T <= 8) with no other kernel beside it: the splits as one cluster, where the kernel runs
      * its sm_90 code and the GPU schedules a cluster of that many CTAs (16 on H100 / H200; else the portable 8, with
      * fewer, wider slices); else gate_reduce_kernel adds them. Measured on the H200 (docs/performance.md): at T = 1
@@ -213,10 +216,7 @@ moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const flo
      * ran beside it on the side stream, it cost 1-8 µs (a cluster's CTAs wait until one GPC has room for them all) */
     const bool pdl = moe__cuda_pdl(ctx);
     const int cluster = a.splits > 1 && T <= kGroup && alone ? cluster_limit() : 0;
-    if (cluster && a.splits > cluster) {
-        a.slice = (int)((H + cluster - 1) / cluster + kSlice - 1) / kSlice * kSlice;
-        a.splits = (H + a.slice - 1) / a.slice;
-    }
+    if (cluster && a.splits > cluster) split_into(cluster);
     const bool clustered = cluster && a.splits > 1;
     void (*kernel)(gate_args) = !few ? gate_many_kernel : clustered ? gate_few_kernel<true> : gate_few_kernel<false>;
     /* few: (split, expert group, token group), the split first so that a cluster holds a tile's splits; many:
