@@ -17,9 +17,9 @@ moe_status moe_permute_workspace_size(moe_ctx *ctx, const moe_permute_config *c,
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, bytes && moe_permute_config_ok(c) && n_tokens >= 0,
                   "moe_permute_workspace_size: bad config or token count");
+    /* the GPU keeps a count per (chunk, expert) and one of invalid ids per chunk when the list spans several */
     const int64_t chunks = (n_tokens * c->top_k + MOE_PERMUTE_CHUNK - 1) / MOE_PERMUTE_CHUNK;
-    /* the GPU keeps one count per (chunk, expert) when the list spans several chunks */
-    *bytes = ctx && ctx->backend == MOE_BACKEND_CUDA && chunks > 1 ? (size_t)chunks * (size_t)c->n_experts * 4 : 0;
+    *bytes = ctx && ctx->backend == MOE_BACKEND_CUDA && chunks > 1 ? (size_t)chunks * (size_t)(c->n_experts + 1) * 4 : 0;
     return MOE_OK;
 }
 

@@ -8,9 +8,13 @@
 extern "C" {
 #endif
 
-/* Expert-load counters (stats.c): (n_layers, n_experts) int64 counts and (n_layers) invalid counts. */
+/* Expert-load counters (stats.c): (n_layers, stripes, n_experts) int64 counts and (n_layers) invalid counts; a
+ * layer's count of an expert is the sum over its stripes. The GPU keeps MOE_STATS_STRIPES stripes and each CTA adds
+ * to stripe blockIdx % stripes: 8192 tokens of top 8 over 128 experts put 512 atomics on every counter of one
+ * stripe, and those serialised in the L2 (the router took 25.9 us where 10.5 without counters). The CPU keeps 1. */
+#define MOE_STATS_STRIPES 32 /* a power of two */
 struct moe_expert_stats {
-    int n_layers, n_experts;
+    int n_layers, n_experts, stripes;
     int64_t *counts;
     int64_t *invalid;
 };

@@ -177,7 +177,7 @@ moe_status moe__cpu_route(moe_ctx *ctx, const moe_router_config *c, const moe_ro
     if (a->invalid_rows) *a->invalid_rows += (int32_t)invalid;
     if (a->stats) {
         const int k = c->top_k;
-        int64_t *counts = a->stats->counts + (int64_t)a->stats_layer * c->n_experts;
+        int64_t *counts = a->stats->counts + (int64_t)a->stats_layer * c->n_experts; /* one stripe on the CPU */
         for (int64_t i = 0; i < a->n_tokens * k; i++)
             if (a->ids[i] >= 0) counts[a->ids[i]]++;
     }

@@ -8,6 +8,11 @@ moe_status moe__cuda_stats_record(moe_ctx *ctx, moe_expert_stats *s, int layer, 
                                   void *stream);
 #endif
 
+/* Bytes of the counters, every stripe. */
+static size_t moe__stats_bytes(const moe_expert_stats *s) {
+    return sizeof(int64_t) * (size_t)s->n_layers * (size_t)s->stripes * (size_t)s->n_experts;
+}
+
 moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, moe_expert_stats **out) {
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
@@ -19,7 +24,8 @@ moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, mo
     if (!s) return moe__error(ctx, MOE_ERR_OOM, "moe_expert_stats_create: out of host memory");
     s->n_layers = n_layers;
     s->n_experts = n_experts;
-    moe_status st = moe_alloc(ctx, sizeof(int64_t) * (size_t)n_layers * (size_t)n_experts, (void **)&s->counts);
+    s->stripes = ctx->backend == MOE_BACKEND_CUDA ? MOE_STATS_STRIPES : 1;
+    moe_status st = moe_alloc(ctx, moe__stats_bytes(s), (void **)&s->counts);
     if (st == MOE_OK) st = moe_alloc(ctx, sizeof(int64_t) * (size_t)n_layers, (void **)&s->invalid);
     if (st == MOE_OK) st = moe_expert_stats_reset(ctx, s, NULL);
     if (st == MOE_OK) st = moe_sync(ctx, NULL);
@@ -55,7 +61,7 @@ moe_status moe_expert_stats_record(moe_ctx *ctx, moe_expert_stats *s, int layer,
     }
 #endif
     (void)stream;
-    int64_t *counts = s->counts + (int64_t)layer * s->n_experts;
+    int64_t *counts = s->counts + (int64_t)layer * s->n_experts; /* one stripe on the CPU */
     for (int64_t i = 0; i < n; i++) {
         if (ids[i] >= 0 && ids[i] < s->n_experts)
             counts[ids[i]]++;
@@ -69,8 +75,24 @@ moe_status moe_expert_stats_read(moe_ctx *ctx, moe_expert_stats *s, int64_t *cou
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, s && counts, "moe_expert_stats_read: stats and counts must not be NULL");
-    MOE_TRY(moe_memcpy(ctx, counts, s->counts, sizeof(int64_t) * (size_t)s->n_layers * (size_t)s->n_experts,
-                       MOE_COPY_CTX_TO_HOST, stream));
+    const size_t n = (size_t)s->n_layers * (size_t)s->n_experts;
+    if (s->stripes == 1) {
+        MOE_TRY(moe_memcpy(ctx, counts, s->counts, sizeof(int64_t) * n, MOE_COPY_CTX_TO_HOST, stream));
+    } else { /* the stripes' sum */
+        int64_t *all = malloc(moe__stats_bytes(s));
+        if (!all) return moe__error(ctx, MOE_ERR_OOM, "moe_expert_stats_read: out of host memory");
+        moe_status st = moe_memcpy(ctx, all, s->counts, moe__stats_bytes(s), MOE_COPY_CTX_TO_HOST, stream);
+        if (st == MOE_OK) st = moe_sync(ctx, stream);
+        for (size_t l = 0; st == MOE_OK && l < (size_t)s->n_layers; l++)
+            for (size_t e = 0; e < (size_t)s->n_experts; e++) {
+                int64_t sum = 0;
+                for (size_t r = 0; r < (size_t)s->stripes; r++)
+                    sum += all[(l * (size_t)s->stripes + r) * (size_t)s->n_experts + e];
+                counts[l * (size_t)s->n_experts + e] = sum;
+            }
+        free(all);
+        MOE_TRY(st);
+    }
     if (invalid)
         MOE_TRY(moe_memcpy(ctx, invalid, s->invalid, sizeof(int64_t) * (size_t)s->n_layers, MOE_COPY_CTX_TO_HOST,
                            stream));
@@ -81,7 +103,7 @@ moe_status moe_expert_stats_reset(moe_ctx *ctx, moe_expert_stats *s, void *strea
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, s, "moe_expert_stats_reset: stats is NULL");
-    MOE_TRY(moe_memset(ctx, s->counts, 0, sizeof(int64_t) * (size_t)s->n_layers * (size_t)s->n_experts, stream));
+    MOE_TRY(moe_memset(ctx, s->counts, 0, moe__stats_bytes(s), stream));
     return moe_memset(ctx, s->invalid, 0, sizeof(int64_t) * (size_t)s->n_layers, stream);
 }
 

@@ -4,7 +4,10 @@
  * is deterministic. A row's rank inside its expert = (entries of that expert in earlier chunks) + (its position
  * among the chunk's entries of that expert).
  *   one chunk (decode):  one CTA: histogram, layout, then a warp places the entries in order
- *   several chunks:      count per chunk -> scan over chunks (a warp per expert) -> place per chunk
+ *   several chunks:      count per chunk -> place per chunk, each place CTA summing the counts of the chunks
+ *                        before its own (up to kInlineChunks chunks; beyond, a scan kernel sums them once)
+ * Nothing needs zeroing first (the invalid ids are counted per chunk and summed by one CTA), so no memset sits in
+ * the chain of launches.
  * Grids are one-dimensional (up to 2^31 - 1 CTAs); row ids are int32 (checked by the caller), offsets int64.
  * The per-CTA pieces are in permute_cta.cuh. */
 #include "cuda/route/permute_cta.cuh"
@@ -18,69 +21,115 @@ __global__ void __launch_bounds__(kThreads) permute_single_kernel(permute_params
     moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
-    int keys[kItems], vals[kItems];
-    load_chunk(p, 0, sm, keys, vals);
-#pragma unroll
-    for (int j = 0; j < kItems; j++) sm.key[threadIdx.x * kItems + j] = keys[j];
+    load_keys(p, 0, p.n, sm);
     place_single(p, sm);
 }
 
-/* Several chunks, step 1: each chunk's histogram into chunk_base. */
+constexpr int64_t kInlineChunks = 128; /* the place kernel sums the chunk counts itself up to this many chunks */
+
+/* Several chunks, step 1: each chunk's histogram and invalid ids into the workspace. */
 __global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params p) {
     moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
-    int keys[kItems], vals[kItems];
-    load_chunk(p, blockIdx.x, sm, keys, vals);
+    const int64_t first = blockIdx.x * p.chunk_len;
+    load_keys(p, first, min(p.chunk_len, p.n - first), sm);
     for (int e = threadIdx.x; e < p.c.n_experts; e += kThreads)
         p.chunk_base[(int64_t)blockIdx.x * p.c.n_experts + e] = sm.hist[e];
-    if (threadIdx.x == 0 && sm.invalid && p.invalid) atomicAdd(p.invalid, sm.invalid);
+    if (threadIdx.x == 0) p.chunk_invalid[blockIdx.x] = sm.invalid;
 }
 
-/* Step 2: a warp per expert turns its per-chunk counts into their exclusive prefix over chunks (32 chunks a
- * step, a warp scan each) and writes the expert's total to counts. */
-__global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p, int64_t chunks) {
+/* Step 2, for more than kInlineChunks chunks: a warp per expert turns its per-chunk counts into their exclusive
+ * prefix over chunks (32 chunks a step, a warp scan each) and writes the expert's total to counts; warp E sums
+ * the invalid ids into *invalid. */
+__global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p) {
     moe_pdl_wait();
     moe_pdl_launch_next();
     const int E = p.c.n_experts, lane = threadIdx.x % 32, e = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
-    if (e >= E) return;
+    if (e > E) return;
     int running = 0;
-    for (int64_t c0 = 0; c0 < chunks; c0 += 32) {
+    for (int64_t c0 = 0; c0 < p.chunks; c0 += 32) {
         const int64_t c = c0 + lane;
-        const int v = c < chunks ? p.chunk_base[c * E + e] : 0;
+        const int v = c >= p.chunks ? 0 : e < E ? p.chunk_base[c * E + e] : p.chunk_invalid[c];
         int incl = v;
 #pragma unroll
         for (int o = 1; o < 32; o *= 2) {
             const int up = __shfl_up_sync(0xffffffffu, incl, o);
             if (lane >= o) incl += up;
         }
-        if (c < chunks) p.chunk_base[c * E + e] = running + incl - v;
+        if (c < p.chunks && e < E) p.chunk_base[c * E + e] = running + incl - v;
         running += __shfl_sync(0xffffffffu, incl, 31);
     }
-    if (lane == 0) p.counts[e] = running;
+    if (lane == 0 && e < E) p.counts[e] = running;
+    if (lane == 0 && e == E && p.invalid) *p.invalid = running;
 }
 
-/* Step 3: each chunk sorted and placed; every CTA derives the offsets from the totals, CTA 0 writes them, and
- * CTA b fills the padding of experts b, b + grid, ... */
-__global__ void __launch_bounds__(kThreads) permute_place_kernel(permute_params p) {
+/* For up to kInlineChunks chunks, in place of the scan: the entries of each expert in the chunks before `chunk`
+ * (into base) and in all chunks (into sm.off), from the per-chunk counts; CTA 0 also writes the invalid ids of all
+ * chunks. Thread j takes expert j % W and every S-th chunk from j / W (W = min(E, kThreads), S = kThreads / W), so
+ * its loads do not depend on one another and go out together. Ends with a barrier. */
+__device__ __forceinline__ void chunk_prefix(const permute_params &p, permute_smem &sm, int64_t chunk, int *base) {
+    const int E = p.c.n_experts, W = E < kThreads ? E : kThreads, S = kThreads / W;
+    for (int e = threadIdx.x; e < E; e += kThreads) base[e] = 0, sm.off[e] = 0;
+    if (threadIdx.x == 0) sm.invalid = 0;
+    __syncthreads();
+    if (threadIdx.x < W * S)
+        for (int e = threadIdx.x % W; e < E; e += W) {
+            int before = 0, all = 0;
+#pragma unroll 16
+            for (int64_t c = threadIdx.x / W; c < p.chunks; c += S) {
+                const int v = p.chunk_base[c * E + e];
+                all += v;
+                before += c < chunk ? v : 0;
+            }
+            atomicAdd(&base[e], before);
+            atomicAdd(reinterpret_cast<unsigned long long *>(&sm.off[e]), (unsigned long long)all);
+        }
+    if (chunk == 0) {
+        int invalid = 0;
+        for (int64_t c = threadIdx.x; c < p.chunks; c += kThreads) invalid += p.chunk_invalid[c];
+        if (invalid) atomicAdd(&sm.invalid, invalid);
+    }
+    __syncthreads();
+    if (chunk == 0 && threadIdx.x == 0 && p.invalid) *p.invalid = sm.invalid;
+}
+
+/* Step 3: each chunk placed; every CTA derives the layout from the totals, CTA 0 writes it, and CTA b fills the
+ * padding of experts b, b + grid, ... With prefix_inline the CTA sums the chunk counts itself (chunk_prefix), else
+ * they are the scan kernel's prefixes and totals. */
+/* (kThreads, 1): without a minimum of CTAs, ptxas held this kernel to 48 registers and spilled the ids */
+__global__ void __launch_bounds__(kThreads, 1) permute_place_kernel(permute_params p, int prefix_inline) {
     moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
     const int E = p.c.n_experts;
-    for (int e = threadIdx.x; e < E; e += kThreads) sm.off[e] = p.counts[e]; /* totals, parked in off */
+    int *base = sm.seg; /* this chunk's first rank of each expert */
+    const int64_t first = blockIdx.x * p.chunk_len, len = min(p.chunk_len, p.n - first);
+    int32_t id[kPerThread];
+    fetch_ids(p, first, len, id); /* in flight while the counts are summed */
+    if (prefix_inline) {
+        chunk_prefix(p, sm, blockIdx.x, base); /* totals in sm.off */
+    } else {
+        for (int e = threadIdx.x; e < E; e += kThreads)
+            sm.off[e] = p.counts[e], base[e] = p.chunk_base[(int64_t)blockIdx.x * E + e];
+    }
+    store_keys(p, len, id, sm); /* its histogram is not needed: the totals are */
+    for (int e = threadIdx.x; e < E; e += kThreads) sm.hist[e] = (int)sm.off[e];
     __syncthreads();
-    int keys[kItems], vals[kItems];
-    load_chunk(p, blockIdx.x, sm, keys, vals); /* sm.hist: this chunk's counts */
-    exclusive_scan<int>(sm, E, [&](int e) { return (long long)sm.hist[e]; }, sm.seg);
-    int chunk_hist[4] = {0, 0, 0, 0}; /* E <= 1024 = 4 per thread */
-    for (int e = threadIdx.x, i = 0; e < E; e += kThreads, i++) chunk_hist[i] = sm.hist[e], sm.hist[e] = (int)sm.off[e];
-    __syncthreads();
-    compute_layout(p, sm, blockIdx.x == 0, false); /* sm.hist now holds the totals; counts are written */
+    compute_layout(p, sm, blockIdx.x == 0, prefix_inline);
     fill_padding(p, sm, blockIdx.x, gridDim.x);
-    __syncthreads(); /* fill_padding reads the totals in sm.hist */
-    for (int e = threadIdx.x, i = 0; e < E; e += kThreads, i++) sm.hist[e] = chunk_hist[i];
-    __syncthreads();
-    place_chunk(p, sm, keys, vals, p.chunk_base + (int64_t)blockIdx.x * E);
+    place_stretches(p, sm, first, len, base);
+}
+
+/* Several chunks whose counts are in the workspace: the prefix over chunks and the placement. */
+moe_status place_chunks(moe_ctx *ctx, const permute_params &p, cudaStream_t st) {
+    const bool pdl = moe__cuda_pdl(ctx), prefix_inline = p.chunks <= kInlineChunks;
+    if (!prefix_inline) {
+        const unsigned blocks = (unsigned)((p.c.n_experts + 1 + kThreads / 32 - 1) / (kThreads / 32));
+        MOE_CUDA_TRY(ctx, moe_launch(pdl, permute_scan_kernel, blocks, kThreads, 0, st, p));
+    }
+    MOE_CUDA_TRY(ctx, moe_launch(pdl, permute_place_kernel, (unsigned)p.chunks, kThreads, 0, st, p, (int)prefix_inline));
+    return MOE_OK;
 }
 
 } // namespace
@@ -91,17 +140,10 @@ extern "C" moe_status moe__cuda_permute(moe_ctx *ctx, const moe_permute_config *
     (void)rows;
     cudaStream_t st = moe__cuda_enter(ctx, stream);
     const permute_params p = make_params(c, ids, n_tokens, out, workspace);
-    const int64_t chunks = (p.n + MOE_PERMUTE_CHUNK - 1) / MOE_PERMUTE_CHUNK;
-    if (chunks <= 1) { /* the kernel zeroes dropped itself */
+    if (p.chunks <= 1) {
         MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_single_kernel, 1, kThreads, 0, st, p));
-    } else {
-        if (out->invalid) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->invalid, 0, sizeof(int32_t), st));
-        if (out->dropped) MOE_CUDA_TRY(ctx, cudaMemsetAsync(out->dropped, 0, sizeof(int32_t), st));
-        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_count_kernel, (unsigned)chunks, kThreads, 0, st,
-                                     p));
-        const unsigned scan_blocks = (unsigned)((c->n_experts + kThreads / 32 - 1) / (kThreads / 32));
-        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_scan_kernel, scan_blocks, kThreads, 0, st, p, chunks));
-        MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_place_kernel, (unsigned)chunks, kThreads, 0, st, p));
+        return MOE_OK;
     }
-    return MOE_OK;
+    MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), permute_count_kernel, (unsigned)p.chunks, kThreads, 0, st, p));
+    return place_chunks(ctx, p, st);
 }

@@ -4,7 +4,6 @@
 #ifndef MOE_CUDA_PERMUTE_CTA_CUH
 #define MOE_CUDA_PERMUTE_CTA_CUH
 
-#include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include "cuda/common/cuda.cuh"
@@ -12,9 +11,8 @@
 
 namespace permute_cta {
 
-constexpr int kThreads = 256, kItems = MOE_PERMUTE_CHUNK / kThreads, kMaxExperts = 1024;
+constexpr int kThreads = 256, kMaxExperts = 1024;
 
-using block_sort = cub::BlockRadixSort<int, kThreads, kItems, int>;
 using block_scan = cub::BlockScan<long long, kThreads>;
 
 struct permute_params {
@@ -24,12 +22,16 @@ struct permute_params {
     int32_t *counts;
     int64_t *offsets;
     int32_t *row_src, *slot_row, *invalid, *dropped;
-    int32_t *chunk_base; /* (chunks, E): counts per chunk, then their exclusive prefix over chunks */
+    int64_t chunk_len;      /* entries a chunk: MOE_PERMUTE_CHUNK, or a route block's T k (route + permute) */
+    int64_t chunks;         /* ceil(n / chunk_len) */
+    int32_t *chunk_base;    /* (chunks, E): counts per chunk, then (the scan kernel) their prefix over chunks */
+    int32_t *chunk_invalid; /* (chunks): invalid ids per chunk */
 };
 
-/* The kernels' view of a moe_permute call. */
+/* The kernels' view of a moe_permute call, in chunks of chunk_len entries (workspace: moe_permute_workspace_size). */
 inline permute_params make_params(const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
-                                  const moe_permute_outputs *out, void *workspace) {
+                                  const moe_permute_outputs *out, void *workspace,
+                                  int64_t chunk_len = MOE_PERMUTE_CHUNK) {
     permute_params p;
     p.c = *c;
     p.ids = ids;
@@ -40,28 +42,28 @@ inline permute_params make_params(const moe_permute_config *c, const int32_t *id
     p.slot_row = out->slot_row;
     p.invalid = out->invalid;
     p.dropped = out->dropped;
+    p.chunk_len = chunk_len;
+    p.chunks = (p.n + p.chunk_len - 1) / p.chunk_len;
     p.chunk_base = static_cast<int32_t *>(workspace);
+    p.chunk_invalid = p.chunk_base ? p.chunk_base + p.chunks * c->n_experts : NULL;
     return p;
 }
 
 /* Shared memory of one CTA. */
 struct permute_smem {
     union {
-        block_sort::TempStorage sort;
         block_scan::TempStorage scan;
-        uint16_t warp_count[kThreads / 32][kMaxExperts]; /* single-chunk path: entries per (warp stretch, expert) */
+        uint16_t warp_count[kThreads / 32][kMaxExperts]; /* entries per (warp stretch, expert) */
     } tmp;
-    int key[MOE_PERMUTE_CHUNK]; /* the single-chunk path: the keys in list order */
-    int hist[kMaxExperts + 2];      /* entries per key in this chunk (key E: skipped, E + 1: past the end) */
-    int seg[kMaxExperts];           /* exclusive prefix of hist: where each expert starts in the sorted chunk */
+    int key[MOE_PERMUTE_CHUNK];     /* the chunk's keys in list order */
+    int hist[kMaxExperts + 2];      /* entries per key (key E: skipped, E + 1: past the end) */
+    int seg[kMaxExperts];           /* several chunks: this chunk's first rank of each expert */
     long long off[kMaxExperts + 1]; /* first row of each expert (contiguous) */
-    int invalid;
+    int invalid, dropped;
 };
 
-/* The sort key of flat entry i: its local expert, E when skipped, E + 1 past the end of the list. */
-__device__ __forceinline__ int key_of(const permute_params &p, int64_t i, int &invalid) {
-    if (i >= p.n) return p.c.n_experts + 1;
-    const int32_t id = p.ids[i];
+/* The key of an id: its local expert, E when skipped; invalid counts ids < -1 or >= the global expert count. */
+__device__ __forceinline__ int key_of(const permute_params &p, int32_t id, int &invalid) {
     invalid += id < -1 || id >= p.c.n_experts_global;
     const int e = id - p.c.expert_begin;
     return id >= p.c.expert_begin && e < p.c.n_experts ? e : p.c.n_experts;
@@ -82,47 +84,44 @@ __device__ long long exclusive_scan(permute_smem &sm, int E, F value, T *out) {
     return total;
 }
 
-/* Loads chunk `chunk`, builds its histogram in shared memory and the invalid count. */
-__device__ inline void load_chunk(const permute_params &p, int64_t chunk, permute_smem &sm, int (&keys)[kItems],
-                           int (&vals)[kItems]) {
+constexpr int kPerThread = MOE_PERMUTE_CHUNK / kThreads; /* entries of a chunk a thread */
+
+/* The ids of entries [first, first + len) (len <= MOE_PERMUTE_CHUNK), thread t's j-th at first + t + j kThreads
+ * (coalesced), -1 past len: loads that are all issued before any is used, so a caller can overlap their latency
+ * with other work before store_keys. */
+__device__ __forceinline__ void fetch_ids(const permute_params &p, int64_t first, int64_t len,
+                                          int32_t (&id)[kPerThread]) {
+#pragma unroll
+    for (int j = 0; j < kPerThread; j++) {
+        const int l = threadIdx.x + j * kThreads;
+        id[j] = l < len ? p.ids[first + l] : -1;
+    }
+}
+
+/* fetch_ids' ids as keys into sm.key, their histogram into sm.hist and their invalid ids into sm.invalid. Ends with
+ * a barrier. */
+__device__ inline void store_keys(const permute_params &p, int64_t len, const int32_t (&id)[kPerThread],
+                                  permute_smem &sm) {
     const int E = p.c.n_experts;
     for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
     if (threadIdx.x == 0) sm.invalid = 0;
     __syncthreads();
     int invalid = 0;
 #pragma unroll
-    for (int j = 0; j < kItems; j++) {
-        const int64_t i = chunk * MOE_PERMUTE_CHUNK + threadIdx.x * kItems + j;
-        keys[j] = key_of(p, i, invalid);
-        vals[j] = (int)i;
-        if (keys[j] < E) atomicAdd(&sm.hist[keys[j]], 1); /* skipped and past-the-end entries are not counted */
+    for (int j = 0; j < kPerThread; j++) {
+        const int l = threadIdx.x + j * kThreads, key = key_of(p, id[j], invalid);
+        if (l < len) sm.key[l] = key;
+        if (l < len && key < E) atomicAdd(&sm.hist[key], 1); /* skipped entries are not counted */
     }
     if (invalid) atomicAdd(&sm.invalid, invalid);
     __syncthreads();
 }
 
-/* Sorts the chunk by key and writes each entry's row: rank = base[e] + position among the chunk's e entries. */
-__device__ inline void place_chunk(const permute_params &p, permute_smem &sm, int (&keys)[kItems], int (&vals)[kItems],
-                            const int32_t *base) {
-    const int E = p.c.n_experts;
-    int bits = 1;
-    while ((1 << bits) < E + 2) bits++;
-    block_sort(sm.tmp.sort).Sort(keys, vals, 0, bits); /* blocked: thread t holds sorted positions t*kItems + j */
-#pragma unroll
-    for (int j = 0; j < kItems; j++) {
-        const int e = keys[j], pos = threadIdx.x * kItems + j;
-        if (e > E) continue;
-        int64_t row = -1;
-        if (e < E) {
-            const int64_t rank = (base ? base[e] : 0) + pos - sm.seg[e];
-            if (p.c.layout == MOE_PERMUTE_CONTIGUOUS)
-                row = sm.off[e] + rank;
-            else if (rank < p.c.max_rows)
-                row = (int64_t)e * p.c.max_rows + rank;
-        }
-        p.slot_row[vals[j]] = (int32_t)row;
-        if (row >= 0) p.row_src[row] = vals[j];
-    }
+/* Entries [first, first + len) into sm.key, sm.hist and sm.invalid (fetch_ids, then store_keys). */
+__device__ inline void load_keys(const permute_params &p, int64_t first, int64_t len, permute_smem &sm) {
+    int32_t id[kPerThread];
+    fetch_ids(p, first, len, id);
+    store_keys(p, len, id, sm);
 }
 
 /* From the per-expert totals in sm.hist: the first row of each expert (sm.off, contiguous layout); with write,
@@ -142,10 +141,15 @@ __device__ inline void compute_layout(const permute_params &p, permute_smem &sm,
         for (int e = threadIdx.x; e < E; e += kThreads) p.counts[e] = sm.hist[e];
     if (p.c.layout == MOE_PERMUTE_CONTIGUOUS) {
         for (int e = threadIdx.x; e <= E; e += kThreads) p.offsets[e] = sm.off[e];
-    } else if (p.dropped) {
+        if (threadIdx.x == 0 && p.dropped) *p.dropped = 0; /* nothing is dropped */
+    } else if (p.dropped) { /* summed in the CTA and stored: no zeroing before, no other writer */
+        if (threadIdx.x == 0) sm.dropped = 0;
+        __syncthreads();
         int dropped = 0;
         for (int e = threadIdx.x; e < E; e += kThreads) dropped += sm.hist[e] > max_rows ? sm.hist[e] - max_rows : 0;
-        if (dropped) atomicAdd(p.dropped, dropped);
+        if (dropped) atomicAdd(&sm.dropped, dropped);
+        __syncthreads();
+        if (threadIdx.x == 0) *p.dropped = sm.dropped;
     }
 }
 
@@ -186,16 +190,18 @@ __device__ inline void fill_padding(const permute_params &p, const permute_smem 
     }
 }
 
-/* Places the entries [lo, hi) of the list in sm.key with the calling warp, 32 a step in list order: entries with the
- * same expert find each other with __match_any_sync and take consecutive ranks after next[e], which holds the
- * entries of expert e placed before lo on entry and is advanced as the steps go. sm.off holds the layout. */
+/* Places the entries [lo, hi) of the list with the calling warp, 32 a step in list order (their keys in sm.key from
+ * entry `first` on): entries with the same expert find each other with __match_any_sync and take consecutive ranks
+ * after base[e] + next[e]; next[e] holds the entries of expert e placed before lo in this chunk on entry and is
+ * advanced as the steps go, base[e] (none: 0) those of the chunks before. sm.off holds the layout. */
 template <typename T>
-__device__ inline void place_range(const permute_params &p, const permute_smem &sm, int64_t lo, int64_t hi, T *next) {
+__device__ inline void place_range(const permute_params &p, const permute_smem &sm, int64_t lo, int64_t hi, T *next,
+                                   int64_t first = 0, const int *base = nullptr) {
     const int E = p.c.n_experts, lane = threadIdx.x % 32;
     const unsigned lower = (1u << lane) - 1u;
-    for (int64_t base = lo; base < hi; base += 32) {
-        const int64_t i = base + lane;
-        const int key = i < hi ? sm.key[i] : E + 1;
+    for (int64_t step = lo; step < hi; step += 32) {
+        const int64_t i = step + lane;
+        const int key = i < hi ? sm.key[i - first] : E + 1;
         const unsigned peers = __match_any_sync(0xffffffffu, key);
         const int start = key < E ? next[key] : 0;
         __syncwarp();
@@ -204,7 +210,7 @@ __device__ inline void place_range(const permute_params &p, const permute_smem &
         if (key > E) continue;
         int64_t row = -1;
         if (key < E) {
-            const int64_t rank = start + __popc(peers & lower);
+            const int64_t rank = (base ? base[key] : 0) + start + __popc(peers & lower);
             if (p.c.layout == MOE_PERMUTE_CONTIGUOUS)
                 row = sm.off[key] + rank;
             else if (rank < p.c.max_rows)
@@ -215,29 +221,23 @@ __device__ inline void place_range(const permute_params &p, const permute_smem &
     }
 }
 
-/* The whole list in one chunk, by one CTA of kThreads, from the keys in sm.key (list order), their histogram in
- * sm.hist and sm.invalid (which end with a barrier). The layout as in the multi-chunk path; then
- * each warp takes a stretch of the list in order, 32 entries a step: entries with the same expert find each
- * other with __match_any_sync and take consecutive ranks. Pass 1 counts each stretch's entries per expert, a
- * prefix over the warps gives each stretch its first rank per expert, pass 2 places. Stable by construction, and
- * cheaper than a block sort for the few entries of a decode step. The padding of experts pad_first, pad_first +
- * pad_step, ... only: the others' is left to other CTAs (the fused route + permute kernel). */
-__device__ __forceinline__ void place_single(const permute_params &p, permute_smem &sm, int pad_first = 0,
-                                             int pad_step = 1) {
+/* Places the entries [first, first + len) with their keys in sm.key, the layout in sm.off and base as in place_range:
+ * each warp takes a stretch of them in order, 32 entries a step. Pass 1 counts each stretch's entries per expert
+ * (__match_any_sync groups equal keys), a prefix over the warps gives each stretch its first rank per expert, pass
+ * 2 places. Stable by construction, and cheaper than a block sort: two passes of a few match steps a warp. */
+__device__ inline void place_stretches(const permute_params &p, permute_smem &sm, int64_t first, int64_t len,
+                                       const int *base = nullptr) {
     constexpr int W = kThreads / 32;
     const int E = p.c.n_experts, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (threadIdx.x == 0 && p.dropped) *p.dropped = 0; /* compute_layout adds to it */
-    __syncthreads();
-    compute_layout(p, sm, true, true); /* ends with a barrier; tmp is free again */
-    fill_padding(p, sm, pad_first, pad_step);
 #pragma unroll
     for (int w = 0; w < W; w++)
         for (int e = threadIdx.x; e < E; e += kThreads) sm.tmp.warp_count[w][e] = 0;
     __syncthreads();
-    const int64_t stretch = (p.n + W * 32 - 1) / (W * 32) * 32, lo = warp * stretch, hi = min(lo + stretch, p.n);
+    const int64_t stretch = (len + W * 32 - 1) / (W * 32) * 32, lo = first + min(len, warp * stretch),
+                  hi = first + min(len, (warp + 1) * stretch);
     const unsigned lower = (1u << lane) - 1u;
-    for (int64_t base = lo; base < hi; base += 32) { /* pass 1: counts of this stretch */
-        const int key = base + lane < hi ? sm.key[base + lane] : E + 1;
+    for (int64_t step = lo; step < hi; step += 32) { /* pass 1: counts of this stretch */
+        const int key = step + lane < hi ? sm.key[step + lane - first] : E + 1;
         const unsigned peers = __match_any_sync(0xffffffffu, key);
         if (key < E && (peers & lower) == 0) sm.tmp.warp_count[warp][key] += (uint16_t)__popc(peers);
         __syncwarp(); /* the next step's leaders read these counters */
@@ -254,10 +254,17 @@ __device__ __forceinline__ void place_single(const permute_params &p, permute_sm
         }
     }
     __syncthreads();
-    place_range(p, sm, lo, hi, sm.tmp.warp_count[warp]); /* pass 2: place */
-    if (threadIdx.x == 0 && p.invalid) *p.invalid = sm.invalid;
+    place_range(p, sm, lo, hi, sm.tmp.warp_count[warp], first, base); /* pass 2: place */
 }
 
+/* The whole list in one chunk, by one CTA of kThreads, from load_keys' keys, histogram and invalid count: the
+ * layout, the padding and the placement. */
+__device__ __forceinline__ void place_single(const permute_params &p, permute_smem &sm) {
+    compute_layout(p, sm, true, true); /* ends with a barrier; tmp is free again */
+    fill_padding(p, sm, 0, 1);
+    place_stretches(p, sm, 0, p.n);
+    if (threadIdx.x == 0 && p.invalid) *p.invalid = sm.invalid;
+}
 
 } // namespace permute_cta
 

@@ -37,7 +37,6 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
     /* the counters are cleared while the tokens are routed */
     for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
     for (int e = threadIdx.x; e < E; e += kThreads) sm.seg[e] = 0;
-    if (rank == 0 && threadIdx.x == 0 && pp.dropped) *pp.dropped = 0; /* compute_layout adds to it */
     const int64_t first = rank * kWarps + warp, stride = (int64_t)n_ctas * kWarps;
     int ids[kTokensPerWarp];
 #pragma unroll 1 /* one copy of the router's code: at decode sizes its instruction fetch is the cost */

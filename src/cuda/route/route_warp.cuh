@@ -27,7 +27,8 @@ struct params {
     int32_t *ids;
     float *weights;
     int32_t *invalid_rows;
-    unsigned long long *counts; /* the stats layer's row, or NULL */
+    unsigned long long *counts; /* the stats layer's stripe 0, or NULL; stripe r at counts + r E (router.h) */
+    int stripes;
 };
 
 /* The kernels' view of a moe_route call. */
@@ -41,8 +42,10 @@ inline params make_params(const moe_router_config *c, const moe_route_args *a) {
     p.ids = a->ids;
     p.weights = a->weights;
     p.invalid_rows = a->invalid_rows;
-    p.counts = a->stats ? reinterpret_cast<unsigned long long *>(a->stats->counts) + (int64_t)a->stats_layer * c->n_experts
+    p.counts = a->stats ? reinterpret_cast<unsigned long long *>(a->stats->counts) +
+                              (int64_t)a->stats_layer * a->stats->stripes * c->n_experts
                         : NULL;
+    p.stripes = a->stats ? a->stats->stripes : 1;
     return p;
 }
 
@@ -295,7 +298,7 @@ template <int kPerLane> __device__ __forceinline__ void route_token(const params
     if (lane < k) {
         p.ids[t * k + lane] = my_id;
         p.weights[t * k + lane] = my_w;
-        if (p.counts && my_id >= 0) atomicAdd(p.counts + my_id, 1ull);
+        if (p.counts && my_id >= 0) atomicAdd(p.counts + (int64_t)(blockIdx.x & (p.stripes - 1)) * E + my_id, 1ull);
     }
     if (empty && lane == 0 && p.invalid_rows) atomicAdd(p.invalid_rows, 1);
     out_id = my_id;

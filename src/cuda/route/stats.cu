@@ -1,5 +1,5 @@
-/* stats.cu — expert-load counters: one atomic per valid id, aggregated per CTA in shared memory first so hot
- * experts do not serialise on one global address. */
+/* stats.cu — expert-load counters: one atomic per valid id, aggregated per CTA in shared memory first and added
+ * to the CTA's stripe (router.h), so hot experts do not serialise on one global address. */
 #include "cuda/common/cuda.cuh"
 #include "route/router.h"
 
@@ -7,8 +7,10 @@ namespace {
 
 constexpr int kThreads = 256, kMaxSharedExperts = 4096;
 
-__global__ void record_kernel(const int32_t *ids, int64_t n, int n_experts, unsigned long long *counts,
+/* counts: the layer's stripe 0; stripe r is counts + r n_experts. */
+__global__ void record_kernel(const int32_t *ids, int64_t n, int n_experts, int stripes, unsigned long long *counts,
                               unsigned long long *invalid) {
+    counts += (int64_t)(blockIdx.x & (stripes - 1)) * n_experts;
     __shared__ unsigned int local[kMaxSharedExperts];
     const bool use_shared = n_experts <= kMaxSharedExperts;
     if (use_shared)
@@ -38,9 +40,10 @@ __global__ void record_kernel(const int32_t *ids, int64_t n, int n_experts, unsi
 extern "C" moe_status moe__cuda_stats_record(moe_ctx *ctx, moe_expert_stats *s, int layer, const int32_t *ids,
                                              int64_t n, void *stream) {
     cudaStream_t st = moe__cuda_enter(ctx, stream);
-    unsigned long long *counts = reinterpret_cast<unsigned long long *>(s->counts) + (int64_t)layer * s->n_experts;
+    unsigned long long *counts =
+        reinterpret_cast<unsigned long long *>(s->counts) + (int64_t)layer * s->stripes * s->n_experts;
     unsigned long long *invalid = reinterpret_cast<unsigned long long *>(s->invalid) + layer;
-    record_kernel<<<moe__grid_for(ctx, n, kThreads), kThreads, 0, st>>>(ids, n, s->n_experts, counts, invalid);
+    record_kernel<<<moe__grid_for(ctx, n, kThreads), kThreads, 0, st>>>(ids, n, s->n_experts, s->stripes, counts, invalid);
     MOE_CUDA_LAUNCHED(ctx, "record_kernel");
     return MOE_OK;
 }
