@@ -8,8 +8,11 @@
 extern "C" {
 #endif
 
-/* The GPU sorts the flat (token, slot) list in chunks of this many entries, one CTA each. */
-#define MOE_PERMUTE_CHUNK 2048
+/* The GPU places the flat (token, slot) list in chunks of MOE_PERMUTE_CHUNK entries, a CTA each (a list of at most
+ * that many is one CTA, one launch). MOE_PERMUTE_CTA_MAX: the most entries one CTA holds (the fused route + permute
+ * takes lists up to that). */
+#define MOE_PERMUTE_CHUNK 512
+#define MOE_PERMUTE_CTA_MAX 2048
 
 /* Every check of moe_permute (config, sizes, outputs, workspace, pointers), with its error set. */
 moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,

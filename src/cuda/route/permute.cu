@@ -32,8 +32,8 @@ __global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params 
     moe_pdl_wait();
     moe_pdl_launch_next();
     __shared__ permute_smem sm;
-    const int64_t first = blockIdx.x * p.chunk_len;
-    load_keys(p, first, min(p.chunk_len, p.n - first), sm);
+    const int64_t first = (int64_t)blockIdx.x * MOE_PERMUTE_CHUNK;
+    load_keys(p, first, min((int64_t)MOE_PERMUTE_CHUNK, p.n - first), sm);
     for (int e = threadIdx.x; e < p.c.n_experts; e += kThreads)
         p.chunk_base[(int64_t)blockIdx.x * p.c.n_experts + e] = sm.hist[e];
     if (threadIdx.x == 0) p.chunk_invalid[blockIdx.x] = sm.invalid;
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, 1) permute_place_kernel(permute_para
     __shared__ permute_smem sm;
     const int E = p.c.n_experts;
     int *base = sm.seg; /* this chunk's first rank of each expert */
-    const int64_t first = blockIdx.x * p.chunk_len, len = min(p.chunk_len, p.n - first);
+    const int64_t first = (int64_t)blockIdx.x * MOE_PERMUTE_CHUNK, len = min((int64_t)MOE_PERMUTE_CHUNK, p.n - first);
     int32_t id[kPerThread];
     fetch_ids(p, first, len, id); /* in flight while the counts are summed */
     if (prefix_inline) {

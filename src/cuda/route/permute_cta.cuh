@@ -12,6 +12,7 @@
 namespace permute_cta {
 
 constexpr int kThreads = 256, kMaxExperts = 1024;
+static_assert(MOE_PERMUTE_CHUNK % kThreads == 0 && MOE_PERMUTE_CHUNK <= MOE_PERMUTE_CTA_MAX, "chunk");
 
 using block_scan = cub::BlockScan<long long, kThreads>;
 
@@ -22,16 +23,14 @@ struct permute_params {
     int32_t *counts;
     int64_t *offsets;
     int32_t *row_src, *slot_row, *invalid, *dropped;
-    int64_t chunk_len;      /* entries a chunk: MOE_PERMUTE_CHUNK, or a route block's T k (route + permute) */
-    int64_t chunks;         /* ceil(n / chunk_len) */
+    int64_t chunks;         /* ceil(n / MOE_PERMUTE_CHUNK) */
     int32_t *chunk_base;    /* (chunks, E): counts per chunk, then (the scan kernel) their prefix over chunks */
     int32_t *chunk_invalid; /* (chunks): invalid ids per chunk */
 };
 
-/* The kernels' view of a moe_permute call, in chunks of chunk_len entries (workspace: moe_permute_workspace_size). */
+/* The kernels' view of a moe_permute call (workspace: moe_permute_workspace_size). */
 inline permute_params make_params(const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,
-                                  const moe_permute_outputs *out, void *workspace,
-                                  int64_t chunk_len = MOE_PERMUTE_CHUNK) {
+                                  const moe_permute_outputs *out, void *workspace) {
     permute_params p;
     p.c = *c;
     p.ids = ids;
@@ -42,8 +41,7 @@ inline permute_params make_params(const moe_permute_config *c, const int32_t *id
     p.slot_row = out->slot_row;
     p.invalid = out->invalid;
     p.dropped = out->dropped;
-    p.chunk_len = chunk_len;
-    p.chunks = (p.n + p.chunk_len - 1) / p.chunk_len;
+    p.chunks = (p.n + MOE_PERMUTE_CHUNK - 1) / MOE_PERMUTE_CHUNK;
     p.chunk_base = static_cast<int32_t *>(workspace);
     p.chunk_invalid = p.chunk_base ? p.chunk_base + p.chunks * c->n_experts : NULL;
     return p;
@@ -55,7 +53,7 @@ struct permute_smem {
         block_scan::TempStorage scan;
         uint16_t warp_count[kThreads / 32][kMaxExperts]; /* entries per (warp stretch, expert) */
     } tmp;
-    int key[MOE_PERMUTE_CHUNK];     /* the chunk's keys in list order */
+    int key[MOE_PERMUTE_CTA_MAX];   /* the chunk's keys in list order */
     int hist[kMaxExperts + 2];      /* entries per key (key E: skipped, E + 1: past the end) */
     int seg[kMaxExperts];           /* several chunks: this chunk's first rank of each expert */
     long long off[kMaxExperts + 1]; /* first row of each expert (contiguous) */

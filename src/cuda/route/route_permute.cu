@@ -110,7 +110,7 @@ cudaError_t launch(bool pdl, cudaStream_t st, const route_warp::params &rp,
 extern "C" int moe__cuda_route_permute_fuses(const moe_ctx *ctx, int64_t n_tokens, int top_k) {
     (void)ctx; /* every kPerLane is compiled alike: clusters for one are clusters for all */
     const int64_t max_tokens = cluster_ctas<4>() > 1 ? MOE_ROUTE_PERMUTE_MAX_TOKENS : kTokensPerWarp * kWarps;
-    return n_tokens >= 1 && n_tokens <= max_tokens && n_tokens * top_k <= MOE_PERMUTE_CHUNK;
+    return n_tokens >= 1 && n_tokens <= max_tokens && n_tokens * top_k <= MOE_PERMUTE_CTA_MAX;
 }
 
 extern "C" moe_status moe__cuda_route_permute(moe_ctx *ctx, const moe_router_config *rc, const moe_route_args *ra,
