@@ -337,8 +337,8 @@ TEST_IMPL(gpu_route_permute) {
     const char *models[] = {"qwen3-30b-a3b", "deepseek-v3", "mixtral-8x7b", "llama4-scout", "gpt-oss-120b",
                             "deepseek-v2"};
     /* around the fused path's limits: one CTA (8 warps), the cluster of 8 (64), 2 tokens a warp (128); beyond, the
-     * two ops, with the permute's chunk counts summed by the place kernel (up to 128 chunks) or by the scan kernel
-     * (20001 tokens of top 8 or 16: 79 or 157 chunks) */
+     * two ops, with the permute's chunk counts (512 entries a chunk) summed by the place kernel (up to 16 K counts:
+     * Qwen3 at 4099 tokens) or by the scan kernel (DeepSeek-V3 at 4099, everything at 20001) */
     const int64_t sizes[] = {1, 2, 7, 8, 9, 33, 64, 65, 127, 128, 129, 300, 1000, 4099, 20001};
     int bad = 0;
     for (size_t m = 0; m < sizeof models / sizeof models[0]; m++)
