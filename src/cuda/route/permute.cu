@@ -1,8 +1,8 @@
 /* permute.cu — permute / align on the GPU (docs/routing.md §6), exactly the CPU's arrays with no host
- * synchronisation. The flat (token, slot) list is cut into chunks of MOE_PERMUTE_CHUNK entries; a chunk is
- * sorted by local expert with CUB's block radix sort, which is stable, so rows keep token order and the result
- * is deterministic. A row's rank inside its expert = (entries of that expert in earlier chunks) + (its position
- * among the chunk's entries of that expert).
+ * synchronisation. The flat (token, slot) list is cut into chunks of MOE_PERMUTE_CHUNK entries; a chunk is placed
+ * in list order by warp stretches (permute_cta.cuh's place_stretches), which is stable, so rows keep token order
+ * and the result is deterministic. A row's rank inside its expert = (entries of that expert in earlier chunks) +
+ * (its position among the chunk's entries of that expert).
  *   one chunk (decode):  one CTA: histogram, layout, then a warp places the entries in order
  *   several chunks:      count per chunk -> place per chunk, each place CTA summing the counts of the chunks
  *                        before its own (up to kInlineCounts counts in all; beyond, a scan kernel sums them once)

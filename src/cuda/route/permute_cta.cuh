@@ -1,6 +1,6 @@
 /* permute_cta.cuh — the per-CTA pieces of permute / align (docs/routing.md §6), shared by the permute kernels
- * (permute.cu) and the fused route + permute kernel (route_permute.cu): the chunk's keys and histogram, its
- * sort and placement, the expert layout and the padding, and the whole single-chunk placement. */
+ * (permute.cu) and the fused route + permute kernel (route_permute.cu): the chunk's keys and histogram, the expert
+ * layout and the padding, the placement by warp stretches, and the whole single-chunk placement. */
 #ifndef MOE_CUDA_PERMUTE_CTA_CUH
 #define MOE_CUDA_PERMUTE_CTA_CUH
 
@@ -54,7 +54,7 @@ struct permute_smem {
         uint16_t warp_count[kThreads / 32][kMaxExperts]; /* entries per (warp stretch, expert) */
     } tmp;
     int key[MOE_PERMUTE_CTA_MAX];   /* the chunk's keys in list order */
-    int hist[kMaxExperts + 2];      /* entries per key (key E: skipped, E + 1: past the end) */
+    int hist[kMaxExperts + 2];      /* entries per expert key (key E, skipped, is not counted) */
     int seg[kMaxExperts];           /* several chunks: this chunk's first rank of each expert */
     long long off[kMaxExperts + 1]; /* first row of each expert (contiguous) */
     int invalid, dropped;
