@@ -44,24 +44,34 @@ __global__ void __launch_bounds__(kThreads) permute_count_kernel(permute_params 
 
 /* Step 2, for more than kInlineCounts counts: a warp per expert turns its per-chunk counts into their exclusive
  * prefix over chunks (32 chunks a step, a warp scan each) and writes the expert's total to counts; warp E sums
- * the invalid ids into *invalid. */
+ * the invalid ids into *invalid. The loads of kScanBatch steps go out before the first scan, so that a warp waits
+ * for the memory once a batch rather than once a step. */
+constexpr int kScanBatch = 8;
 __global__ void __launch_bounds__(kThreads) permute_scan_kernel(permute_params p) {
     moe_pdl_wait();
     moe_pdl_launch_next();
     const int E = p.c.n_experts, lane = threadIdx.x % 32, e = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
     if (e > E) return;
     int running = 0;
-    for (int64_t c0 = 0; c0 < p.chunks; c0 += 32) {
-        const int64_t c = c0 + lane;
-        const int v = c >= p.chunks ? 0 : e < E ? p.chunk_base[c * E + e] : p.chunk_invalid[c];
-        int incl = v;
+    for (int64_t c0 = 0; c0 < p.chunks; c0 += 32 * kScanBatch) {
+        int v[kScanBatch];
 #pragma unroll
-        for (int o = 1; o < 32; o *= 2) {
-            const int up = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += up;
+        for (int b = 0; b < kScanBatch; b++) {
+            const int64_t c = c0 + 32 * b + lane;
+            v[b] = c >= p.chunks ? 0 : e < E ? p.chunk_base[c * E + e] : p.chunk_invalid[c];
         }
-        if (c < p.chunks && e < E) p.chunk_base[c * E + e] = running + incl - v;
-        running += __shfl_sync(0xffffffffu, incl, 31);
+#pragma unroll
+        for (int b = 0; b < kScanBatch; b++) {
+            const int64_t c = c0 + 32 * b + lane;
+            int incl = v[b];
+#pragma unroll
+            for (int o = 1; o < 32; o *= 2) {
+                const int up = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += up;
+            }
+            if (c < p.chunks && e < E) p.chunk_base[c * E + e] = running + incl - v[b];
+            running += __shfl_sync(0xffffffffu, incl, 31);
+        }
     }
     if (lane == 0 && e < E) p.counts[e] = running;
     if (lane == 0 && e == E && p.invalid) *p.invalid = running;
@@ -116,9 +126,8 @@ __global__ void __launch_bounds__(kThreads, 1) permute_place_kernel(permute_para
         for (int e = threadIdx.x; e < E; e += kThreads)
             sm.off[e] = p.counts[e], base[e] = p.chunk_base[(int64_t)blockIdx.x * E + e];
     }
-    store_keys(p, len, id, sm); /* its histogram is not needed: the totals are */
-    for (int e = threadIdx.x; e < E; e += kThreads) sm.hist[e] = (int)sm.off[e];
-    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += kThreads) sm.hist[e] = (int)sm.off[e]; /* the totals */
+    store_keys<false>(p, len, id, sm);
     compute_layout(p, sm, blockIdx.x == 0, prefix_inline);
     fill_padding(p, sm, blockIdx.x, gridDim.x);
     place_stretches(p, sm, first, len, base);

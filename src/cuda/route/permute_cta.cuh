@@ -96,22 +96,25 @@ __device__ __forceinline__ void fetch_ids(const permute_params &p, int64_t first
     }
 }
 
-/* fetch_ids' ids as keys into sm.key, their histogram into sm.hist and their invalid ids into sm.invalid. Ends with
- * a barrier. */
+/* fetch_ids' ids as keys into sm.key; with kCount also their histogram into sm.hist and their invalid ids into
+ * sm.invalid (the place kernel of several chunks takes both from the chunk counts instead). Ends with a barrier. */
+template <bool kCount = true>
 __device__ inline void store_keys(const permute_params &p, int64_t len, const int32_t (&id)[kPerThread],
                                   permute_smem &sm) {
     const int E = p.c.n_experts;
-    for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
-    if (threadIdx.x == 0) sm.invalid = 0;
-    __syncthreads();
+    if (kCount) {
+        for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
+        if (threadIdx.x == 0) sm.invalid = 0;
+        __syncthreads();
+    }
     int invalid = 0;
 #pragma unroll
     for (int j = 0; j < kPerThread; j++) {
         const int l = threadIdx.x + j * kThreads, key = key_of(p, id[j], invalid);
         if (l < len) sm.key[l] = key;
-        if (l < len && key < E) atomicAdd(&sm.hist[key], 1); /* skipped entries are not counted */
+        if (kCount && l < len && key < E) atomicAdd(&sm.hist[key], 1); /* skipped entries are not counted */
     }
-    if (invalid) atomicAdd(&sm.invalid, invalid);
+    if (kCount && invalid) atomicAdd(&sm.invalid, invalid);
     __syncthreads();
 }
 
