@@ -501,11 +501,12 @@ typedef enum moe_w13_layout {
     MOE_W13_INTERLEAVED    /* even rows gate, odd rows up (GPT-OSS) */
 } moe_w13_layout;
 
-/* The tile of the GPU's routed expert GEMMs (docs/layer.md §7): SMALL (16 rows of an expert a CTA, decode), MEDIUM
- * (64) or LARGE (128: wgmma and TMA on Hopper, the FP8 tensor cores for W8A8). */
+/* The tile of the GPU's routed expert GEMMs (docs/layer.md §7), by the rows of an expert a CTA takes: SMALL (16,
+ * decode), MEDIUM32 (32), MEDIUM (64) or LARGE (128: wgmma and TMA on Hopper, the FP8 tensor cores for W8A8). */
 typedef enum moe_expert_tile {
     MOE_EXPERT_TILE_AUTO = 0,
     MOE_EXPERT_TILE_SMALL,
+    MOE_EXPERT_TILE_MEDIUM32,
     MOE_EXPERT_TILE_MEDIUM,
     MOE_EXPERT_TILE_LARGE,
 } moe_expert_tile;

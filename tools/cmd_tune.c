@@ -1,4 +1,4 @@
-/* cmd_tune.c — `moe tune`: times the routed expert GEMMs' three tiles (moe_layer_config.expert_tile forced) in the
+/* cmd_tune.c — `moe tune`: times the routed expert GEMMs' four tiles (moe_layer_config.expert_tile forced) in the
  * whole layer forward at a model's shapes, weight formats and token counts, and prints the rows of
  * src/cuda/moe/tile_table.inc that pick the fastest of each point (docs/layer.md §7). Run on the GPU the table is
  * for; the rows name its generation (sm 90: the Hopper kernels, 80: the portable ones). */
@@ -9,7 +9,7 @@
 
 static const char usage[] =
     "usage: moe tune [options]\n"
-    "Times the routed experts' GEMM tiles (small, medium, large) in the layer forward and prints rows for\n"
+    "Times the routed experts' GEMM tiles (small, medium32, medium, large) in the layer forward and prints rows for\n"
     "src/cuda/moe/tile_table.inc: the fastest tile of each (model, weights, T); a row covers the token counts\n"
     "above the previous T listed, up to its own (the last one also every T above). Progress goes to stderr.\n"
     "  --model LIST    layer presets, comma separated (default qwen3-30b-a3b,deepseek-v3,mixtral-8x7b)\n"
@@ -22,7 +22,10 @@ static const char usage[] =
     "  --backend B     cuda (auto finds it; the CPU has no tiles)\n";
 
 static const char *tile_name(moe_expert_tile t) {
-    return t == MOE_EXPERT_TILE_SMALL ? "SMALL" : t == MOE_EXPERT_TILE_MEDIUM ? "MEDIUM" : "LARGE";
+    return t == MOE_EXPERT_TILE_SMALL      ? "SMALL"
+           : t == MOE_EXPERT_TILE_MEDIUM32 ? "MEDIUM32"
+           : t == MOE_EXPERT_TILE_MEDIUM   ? "MEDIUM"
+                                           : "LARGE";
 }
 
 /* 90 where the Hopper kernels run (an sm_90 GPU and a build with sm_90a code), else 80. */
@@ -50,7 +53,7 @@ static int tune_model(moe_ctx *ctx, const char *model, const char *dtype, const 
     const int sm = tile_generation(ctx);
     for (int ti = 0; ti < n_tok; ti++) {
         const int64_t T = tokens[ti];
-        double us[4] = {0, 0, 0, 0};
+        double us[MOE_EXPERT_TILE_LARGE + 1] = {0};
         moe_expert_tile best = MOE_EXPERT_TILE_SMALL;
         for (int t = MOE_EXPERT_TILE_SMALL; t <= MOE_EXPERT_TILE_LARGE; t++) {
             fprintf(stderr, "  %s %s T=%lld %s...          \r", model, dtype, (long long)T, tile_name(t));
@@ -61,10 +64,11 @@ static int tune_model(moe_ctx *ctx, const char *model, const char *dtype, const 
             json_array_append_new(results, json_pack("{s:s, s:s, s:I, s:s, s:f}", "model", model, "weights", dtype,
                                                      "tokens", (json_int_t)T, "tile", tile_name(t), "us", us[t]));
         }
-        printf("    {%d, \"%s\", %d, %d, %d, %d, %lld, MOE_EXPERT_TILE_%s}, /* %s T=%lld: small %.1f us, medium %.1f, "
-               "large %.1f */\n",
+        printf("    {%d, \"%s\", %d, %d, %d, %d, %lld, MOE_EXPERT_TILE_%s}, /* %s T=%lld: small %.1f us, medium32 %.1f, "
+               "medium %.1f, large %.1f */\n",
                sm, dtype, c.hidden, c.intermediate, c.router.n_experts, c.router.top_k, (long long)T, tile_name(best),
-               model, (long long)T, us[1], us[2], us[3]);
+               model, (long long)T, us[MOE_EXPERT_TILE_SMALL], us[MOE_EXPERT_TILE_MEDIUM32], us[MOE_EXPERT_TILE_MEDIUM],
+               us[MOE_EXPERT_TILE_LARGE]);
         fflush(stdout);
     }
     rc = CLI_OK;

@@ -35,6 +35,7 @@ using small_tile = tile_config<16, 32, 128, 1, 2, 4, 4>;
  * over quantised weights is bound by instructions (code conversion), not by bytes (ncu on the H200). */
 using small_q_tile = tile_config<16, 64, 128, 1, 2, 4, 4>;
 using medium_tile = tile_config<64, 128, 64, 2, 4, 1, 4>;
+using medium32_tile = tile_config<32, 128, 64, 2, 4, 1, 4>;
 using large_tile = tile_config<128, 128, 32, 2, 4, 1, 4>;
 
 /* How a tile shape reads quantised B: in registers when its warps share no B rows (SMALL: one warp row), else
@@ -240,7 +241,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_ti
 } // namespace
 
 int moe__gemm_tile_m(moe_gemm_shape shape) {
-    return shape == MOE_GEMM_SMALL ? small_tile::BM : shape == MOE_GEMM_MEDIUM ? medium_tile::BM : large_tile::BM;
+    return shape == MOE_GEMM_SMALL      ? small_tile::BM
+           : shape == MOE_GEMM_MEDIUM32 ? medium32_tile::BM
+           : shape == MOE_GEMM_MEDIUM   ? medium_tile::BM
+                                        : large_tile::BM;
 }
 
 moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
@@ -255,6 +259,7 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
         return p.b_fmt == MOE_B_BF16 ? launch<small_tile>(ctx, p, glu, m_tiles, groups, stream)
                                      : launch<small_q_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
+    case MOE_GEMM_MEDIUM32: return launch<medium32_tile>(ctx, p, glu, m_tiles, groups, stream);
     default:
         if (moe__cuda_gemm_sm90_usable(ctx)) {
             moe_status st;

@@ -79,12 +79,14 @@ template <class Launch> moe_status moe_gemm_by_bfmt(moe_ctx *ctx, moe_gemm_bfmt 
 /* Tile shapes, chosen on the host from the rows an expert gets on average:
  *  SMALL  (16 rows): decode; CTAs of 32 weight rows streaming K in steps of 128 through 4 stages, the K step
  *                    split over 4 warps: many small CTAs keep every SM's loads in flight on the touched experts;
+ *  MEDIUM32 (32 rows): 32 x 128 tiles, 8 warps of 16 x 32, K steps of 64 through 4 stages: experts of about 16
+ *                    rows, where 64-row tiles would compute (and stage) half or more of padding;
  *  MEDIUM (64 rows): 64 x 128 tiles, 8 warps of 32 x 32, K steps of 64 through 4 stages;
  *  LARGE (128 rows): prefill; on Hopper wgmma (grouped_gemm_sm90.cu), elsewhere 128 x 128 tiles, 8 warps of
  *                    64 x 32, K steps of 32 through 4 stages.
  * (Measured on the H200 against 128 x 256 tiles of 64 x 64 warps, which need 226 registers a thread and run one
  * CTA an SM: those were 1.3-1.6x slower; see docs/performance.md.) */
-enum moe_gemm_shape { MOE_GEMM_SMALL, MOE_GEMM_MEDIUM, MOE_GEMM_LARGE };
+enum moe_gemm_shape { MOE_GEMM_SMALL, MOE_GEMM_MEDIUM32, MOE_GEMM_MEDIUM, MOE_GEMM_LARGE };
 
 /* Rows of a tile of that shape: the permutation's tile_m. */
 int moe__gemm_tile_m(moe_gemm_shape shape);
