@@ -5,7 +5,8 @@
 #include "layer_cases.h"
 
 /* Quantised experts, every weight format, on the GPU against the CPU reference over the same codes: the tiles of
- * every shape (T = 1, 200, 1500 over 8 experts: registers, MEDIUM, wgmma, and the portable LARGE tile), shapes off
+ * every shape (T = 1, 200, 1500 over 8 experts: registers, MEDIUM, wgmma, and the portable LARGE tile; T = 60 with
+ * MEDIUM32 forced: 15 rows an expert on average, some past one tile), shapes off
  * the 128 grid (2I = 192, H = 160), and GPT-OSS's
  * interleaved w13 with biases over MXFP4 as the checkpoint ships it. Small enough for compute-sanitizer. */
 TEST_IMPL(gpu_layer_quant) {
@@ -18,11 +19,12 @@ TEST_IMPL(gpu_layer_quant) {
     for (int i = 0; i < n; i++) {
         moe_layer_config c = layer_config("qwen3-30b-a3b", 160, 96, 8, 2, MOE_ACT_SILU_GLU);
         c.n_shared = 1, c.shared_intermediate = 32;
-        const int64_t sizes[] = {1, 200, 1500, 1500}; /* the last with the portable (mma.sync) prefill tiles */
-        for (int j = 0; j < 4; j++) {
+        const int64_t sizes[] = {1, 200, 1500, 1500, 60}; /* 3: the portable (mma.sync) prefill tiles; 4: MEDIUM32 */
+        for (int j = 0; j < 5; j++) {
             layer_problem p;
             layer_qweights q;
             if (j == 3) setenv("MOE_GEMM_PORTABLE", "1", 1);
+            c.expert_tile = j == 4 ? MOE_EXPERT_TILE_MEDIUM32 : MOE_EXPERT_TILE_AUTO;
             layer_problem_random(&p, &c, sizes[j], 0, seed++);
             if (layer_problem_quantize(env->cpu, &p, &fmts[i], &q, NULL)) {
                 bad++;
@@ -31,7 +33,7 @@ TEST_IMPL(gpu_layer_quant) {
             }
             p.qw = &q;
             char what[64];
-            snprintf(what, sizeof what, "%s experts%s", names[i], j == 3 ? ", portable" : "");
+            snprintf(what, sizeof what, "%s experts%s", names[i], j == 3 ? ", portable" : j == 4 ? ", MEDIUM32" : "");
             bad += layer_compare_gpu(env, &p, 0, what);
             unsetenv("MOE_GEMM_PORTABLE");
             layer_qweights_free(&q);
