@@ -121,9 +121,9 @@ static bool w8a8_mma(const moe_layer *l) {
  * expert gets on average. LARGE from 64 rows an expert on Hopper (wgmma: measured 1.2-1.3x faster there than
  * 64-row mma.sync tiles despite the padding; worse from 32), from 128 elsewhere; from 16 for W8A8 on the FP8
  * tensor cores, where the bf16 tiles would convert every weight of the step and the padding costs only FP8
- * tensor-core time. Between SMALL and LARGE, MEDIUM32 below 24 rows with bf16 weights (H200, 16 rows an expert:
- * 3-10% faster than the best other tile; 32 rows: 10-28% slower than MEDIUM, whose one tile covers most experts
- * there), else MEDIUM. */
+ * tensor-core time. Between SMALL and LARGE, MEDIUM32 below 24 rows (H200, 16 rows an expert: 0.5-12% faster than
+ * the best other tile with bf16 weights, 11-26% with FP8 and FP4 weights; 32 rows: 10-28% slower than MEDIUM, whose
+ * one tile covers most experts there), else MEDIUM. */
 static moe_gemm_shape routed_shape(const moe_layer *l, int64_t T, int k, int E) {
     const bool sm90 = moe__cuda_gemm_sm90_usable(l->ctx);
     moe_expert_tile tile = l->c.expert_tile;
@@ -141,8 +141,7 @@ static moe_gemm_shape routed_shape(const moe_layer *l, int64_t T, int k, int E) 
     const int64_t large_min = !sm90 ? 128 : w8a8_mma(l) ? 16 : 64;
     if (assignments < 16 * touched) return MOE_GEMM_SMALL;
     if (assignments >= large_min * touched) return MOE_GEMM_LARGE;
-    /* bf16 weights (the quantised ones convert each weight once a CTA: unmeasured on 32-row tiles) */
-    return assignments < 24 * touched && !l->quantized ? MOE_GEMM_MEDIUM32 : MOE_GEMM_MEDIUM;
+    return assignments < 24 * touched ? MOE_GEMM_MEDIUM32 : MOE_GEMM_MEDIUM;
 }
 
 /* Whether the routed GEMMs run W8A8 on the FP8 kernels for this tile: the wgmma tile (LARGE) or the decode kernel
