@@ -40,12 +40,18 @@ __device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\
 template <int N> __device__ __forceinline__ void waitg() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 /* A warp's stage: the 16 rows x 128 bytes of K block kb of the row-major tile at base (or, packed, the block's
- * 2 KB at base + kb * 2048), 4 pieces of 16 bytes a lane. */
-template <bool kPacked>
+ * 2 KB at base + kb * 2048), 4 pieces of 16 bytes a lane. kPattern 0: 8 lanes a row, each copy instruction 4 whole
+ * 128-byte lines; 1: the decode kernels' pieces until 2026-12-03 (lane g, q: rows g and g + 8, bytes 16q and
+ * 64 + 16q, an instruction 8 half lines); 2: rows g and g + 8, bytes 32q and 32q + 16 (an instruction touches every
+ * sector of 8 lines, half of each). */
+template <bool kPacked, int kPattern = 0>
 __device__ __forceinline__ void copy_block(uint32_t st, const uint8_t *base, int64_t K, int kb, int lane) {
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        const int piece = j * 32 + lane, r = piece >> 3, c = piece & 7; /* row piece / 8, 16-byte column piece % 8 */
+        const int piece = j * 32 + lane;
+        int r = piece >> 3, c = piece & 7; /* row, 16-byte column piece */
+        if (kPattern == 1) r = (lane >> 2) + 8 * (j >> 1), c = (lane & 3) + 4 * (j & 1);
+        if (kPattern == 2) r = (lane >> 2) + 8 * (j >> 1), c = 2 * (lane & 3) + (j & 1);
         cp16(st + piece * 16,
              kPacked ? base + (int64_t)kb * 2048 + piece * 16 : base + (int64_t)r * K + kb * 128 + c * 16);
     }
@@ -63,6 +69,7 @@ __device__ __forceinline__ void use_block(const uint4 *st, int lane, unsigned &a
 // mode 0: row-major W (rows x K), tile = 16 rows, warp w takes K blocks w, w+4, ... (128 B per row per block)
 // mode 1: packed: tile's blocks contiguous [kb][16][128]
 // mode 2: row-major, warp w takes contiguous K range (blocks w*nb/4 ...)
+// modes 5, 6: mode 0 with copy_block's pieces patterns 1 and 2
 // rows_per_slot: each lane copies 4 x 16 B per stage (16 rows x 128 B = 2048 B = 128 x 16 B; 32 lanes x 4)
 template <int MODE>
 __global__ void __launch_bounds__(128, 5)
@@ -79,7 +86,8 @@ __global__ void __launch_bounds__(128, 5)
         auto issue = [&](int i) {
             if (i < nk) {
                 const int kb = MODE == 2 ? warp * nk + i : warp + 4 * i;
-                copy_block<MODE == 1>(my_s + (i % kStages) * 2048, base, K, kb, lane);
+                copy_block<MODE == 1, MODE == 5 ? 1 : MODE == 6 ? 2 : 0>(my_s + (i % kStages) * 2048, base, K, kb,
+                                                                          lane);
             }
             commit();
         };
@@ -264,6 +272,15 @@ int main() {
     // repeat first for noise
     run<0>("rowmajor interleaved", buf, 32768, 7168, big);
     run<1>("packed", buf, 32768, 7168, big);
+    // the pieces' patterns (copy_block), twice
+    for (int i = 0; i < 2; i++) {
+        run<0>("lines", buf, 32768, 7168, big);
+        run<5>("half lines (kernels before)", buf, 32768, 7168, big);
+        run<6>("32q + 16c", buf, 32768, 7168, big);
+        run<0>("G2 lines", buf, 57344, 2048, big);
+        run<5>("G2 half lines", buf, 57344, 2048, big);
+        run<6>("G2 32q + 16c", buf, 57344, 2048, big);
+    }
 
     int *rs;
     float *sc;
