@@ -42,19 +42,43 @@ struct moe_gemm_tile {
     int group;
 };
 
-/* Tile `index` of the 1-D tile order (bands of kGemmBand row tiles, all column tiles of a band before the next
- * band, so that the CTAs resident at once share A rows and B rows through L2): its first row and column tile. */
-__device__ __forceinline__ void moe_gemm_tile_at(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
+/* Tile `index` of the 1-D tile order over m_tiles row tiles (bands of kGemmBand row tiles, all column tiles of a band
+ * before the next band, so that the CTAs resident at once share A rows and B rows through L2): its first row and
+ * column tile. */
+__device__ __forceinline__ void moe_gemm_tile_at(const moe_gemm_params &p, int bm, int64_t m_tiles, int64_t index,
+                                                 moe_gemm_tile &t) {
     const int64_t band = index / ((int64_t)kGemmBand * p.n_tiles);
     const int64_t in_band = index - band * kGemmBand * p.n_tiles;
-    const int64_t rows_in_band = p.m_tiles - band * kGemmBand < kGemmBand ? p.m_tiles - band * kGemmBand : kGemmBand;
+    const int64_t rows_in_band = m_tiles - band * kGemmBand < kGemmBand ? m_tiles - band * kGemmBand : kGemmBand;
     t.row0 = (band * kGemmBand + in_band % rows_in_band) * bm;
     t.tile_n = in_band / rows_in_band;
 }
+__device__ __forceinline__ void moe_gemm_tile_at(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
+    moe_gemm_tile_at(p, bm, p.m_tiles, index, t);
+}
 
-/* The whole tile `index` (a CTA's blockIdx.x, or the tiles a persistent CTA walks); false when it holds no row. */
-__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
-    moe_gemm_tile_at(p, bm, index, t);
+/* The tile order a persistent kernel walks: the row tiles the permutation wrote (its rows, offsets[n_groups], over
+ * bm), not the most there could be (p.m_tiles, what the host sized the grid for), and their tiles. Over p.m_tiles,
+ * the empty row tiles lie in every band and the CTAs' strided walks met unequal numbers of real tiles: Mixtral-8x7B
+ * at T = 128, the LARGE tile's GEMM 2 had 128 real of 160 tiles for 132 CTAs, so 22 CTAs took two while 26 took none
+ * (Nsight Compute: the SMs active 51% of the kernel's time). */
+struct moe_gemm_order {
+    int64_t m_tiles, tiles;
+};
+__device__ __forceinline__ moe_gemm_order moe_gemm_order_of(const moe_gemm_params &p, int bm) {
+    int64_t m = p.m_tiles;
+    if (p.offsets) {
+        const int64_t written = (p.offsets[p.n_groups] + bm - 1) / bm;
+        m = written < m ? written : m;
+    }
+    return {m, m * p.n_tiles};
+}
+
+/* The whole tile `index` of the order over m_tiles row tiles (p.m_tiles: a CTA's blockIdx.x; moe_gemm_order: the
+ * tiles a persistent CTA walks); false when it holds no row. */
+__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, int64_t m_tiles, int64_t index,
+                                                moe_gemm_tile &t) {
+    moe_gemm_tile_at(p, bm, m_tiles, index, t);
     if (!p.offsets) {
         t.row_end = p.m;
         t.group = blockIdx.z;
@@ -70,6 +94,9 @@ __device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm
     }
     t.group = lo;
     return true;
+}
+__device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
+    return moe_gemm_locate(p, bm, p.m_tiles, index, t);
 }
 
 /* The same for routed GEMMs (p.offsets set), called by a whole warp: its 32 lanes probe 32 groups a round, so

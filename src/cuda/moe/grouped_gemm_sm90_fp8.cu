@@ -5,7 +5,8 @@
  * follows:
  *
  * A CTA computes 128 rows x 256 B rows, K in blocks of 128 codes (one 128-byte swizzle row, one scale block)
- * through 4 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales). Three warpgroups, persistent CTAs:
+ * through 4 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales). Three warpgroups, persistent CTAs (walking
+ * the tiles of the rows written, moe_gemm_order):
  *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
  *    all 128 threads cp.async the 128 A rows (gathered tokens for GEMM 1, zeros for padding and past K) and one
  *    A scale each; the stage is full when the TMA bytes landed and every producer thread's copies completed;
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     /* full: 128 cp.async arrivals + the TMA thread's expect_tx arrival; empty: lane 0 of the consumers' 8 warps */
     pipe.init(128 + 1, 2 * 4);
     const int k_tiles = (p.k + kBK - 1) / kBK;
-    const int64_t n_tiles = p.m_tiles * p.n_tiles;
+    const moe_gemm_order order = moe_gemm_order_of(p, kBM); /* the tiles with rows */
     const int64_t b_rows = kGlu ? 2 * (int64_t)p.n : p.n;
 
     if (wg == 0) { /* producer */
@@ -86,9 +87,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
         const int kc = tid & 7; /* 16-byte chunk kc of rows tid / 8 + 16 i */
         const uint32_t k16 = (uint32_t)(p.k / 16);
         uint32_t it = 0;
-        for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+            if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
             /* A row offsets in 16-byte units (kNoRow: zeros), and row tid's scale: base + kt * step */
             auto row_of = [&](int64_t r) -> int64_t { /* token or row index of A row r, or -1 */
                 if (r >= t.row_end) return -1;
@@ -140,9 +141,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
     const int arow = cw * 64 + warp * 16 + (lane >> 2); /* this thread's rows in the tile: arow, arow + 8 */
     uint32_t it = 0;
-    for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+    for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
-        if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+        if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
         int64_t b0, b1;
         if (kGlu && !p.interleaved) b0 = t.tile_n * kBoxRows, b1 = p.n + b0;
         else b0 = t.tile_n * kBN, b1 = b0 + kBoxRows;

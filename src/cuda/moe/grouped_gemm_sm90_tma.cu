@@ -12,8 +12,8 @@
  *  - two consumers (warpgroups 1, 2), 64 rows each: wait for a stage, issue its 8 wgmma.m64n128k16 (4 K steps of
  *    16 x 2 halves of B), keep one stage's wgmma in flight and release the stage before it; then the epilogue of
  *    gemm_tile.cuh from the accumulators (128 f32 a thread).
- * The CTAs are persistent (one an SM, walking the tile order with a stride of the grid), so the producer loads the
- * next tile's first stages while the consumers store the last one's outputs.
+ * The CTAs are persistent (one an SM, walking the tiles of the rows written, moe_gemm_order, with a stride of the
+ * grid), so the producer loads the next tile's first stages while the consumers store the last one's outputs.
  * TMA zero-fills B past N and past K, so the K tail and the last column tile need no special case. For GLU over
  * concatenated w13 the tile's 256 B rows are 128 gate rows then the 128 matching up rows, so the accumulator
  * halves pair register by register; for interleaved w13 they are 256 consecutive rows (pairs side by side). */
@@ -54,17 +54,18 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     /* full: 128 cp.async arrivals + the TMA thread's expect_tx arrival; empty: lane 0 of the consumers' 8 warps */
     pipe.init(128 + 1, 2 * 4);
     const int k_tiles = (p.k + kBK - 1) / kBK;
-    const int64_t n_tiles = p.m_tiles * p.n_tiles;
-    /* Both roles walk the same tiles (index blockIdx.x + i gridDim.x, the empty ones skipped) and count K steps
-     * over all of them (it): stage it % kStages, in its (it / kStages)-th use. */
+    const moe_gemm_order order = moe_gemm_order_of(p, kBM); /* the tiles with rows */
+    /* Both roles walk the same tiles (index blockIdx.x + i gridDim.x of the order's, moe_gemm_order: the row tiles
+     * the permutation wrote) and count K steps over all of them (it): stage it % kStages, in its (it / kStages)-th
+     * use. */
 
     if (wg == 0) { /* producer */
         moe_regs_dec<56>();
         const int kc = tid & 7; /* chunk kc of rows tid / 8 + 16 i */
         uint32_t it = 0;
-        for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+            if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
             const __nv_bfloat16 *a_row[kBM / 16];
 #pragma unroll
             for (int i = 0; i < kBM / 16; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid >> 3) + 16 * i);
@@ -100,9 +101,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     moe_regs_inc<224>();
     const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
     uint32_t it = 0;
-    for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+    for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
-        if (!moe_gemm_locate(p, kBM, tile, t)) continue;
+        if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
         float acc[2][64];
 #pragma unroll
         for (int h = 0; h < 2; h++)

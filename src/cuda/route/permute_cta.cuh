@@ -54,7 +54,7 @@ struct permute_smem {
         uint16_t warp_count[kThreads / 32][kMaxExperts]; /* entries per (warp stretch, expert) */
     } tmp;
     int key[MOE_PERMUTE_CTA_MAX];   /* the chunk's keys in list order */
-    int hist[kMaxExperts + 2];      /* entries per expert key (key E, skipped, is not counted) */
+    int hist[kMaxExperts];          /* entries per expert key (key E, skipped, is not counted) */
     int seg[kMaxExperts];           /* several chunks: this chunk's first rank of each expert */
     long long off[kMaxExperts + 1]; /* first row of each expert (contiguous) */
     int invalid, dropped;
@@ -103,7 +103,7 @@ __device__ inline void store_keys(const permute_params &p, int64_t len, const in
                                   permute_smem &sm) {
     const int E = p.c.n_experts;
     if (kCount) {
-        for (int e = threadIdx.x; e < E + 2; e += kThreads) sm.hist[e] = 0;
+        for (int e = threadIdx.x; e < E; e += kThreads) sm.hist[e] = 0;
         if (threadIdx.x == 0) sm.invalid = 0;
         __syncthreads();
     }
