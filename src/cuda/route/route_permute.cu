@@ -35,8 +35,7 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
     const int rank = 0, n_ctas = 1; /* launched as one CTA */
 #endif
     /* the counters are cleared while the tokens are routed */
-    for (int e = threadIdx.x; e < E; e += kThreads) sm.hist[e] = 0;
-    for (int e = threadIdx.x; e < E; e += kThreads) sm.seg[e] = 0;
+    for (int e = threadIdx.x; e < E; e += kThreads) sm.hist[e] = 0, sm.seg[e] = 0;
     const int64_t first = rank * kWarps + warp, stride = (int64_t)n_ctas * kWarps;
     int ids[kTokensPerWarp];
 #pragma unroll 1 /* one copy of the router's code: at decode sizes its instruction fetch is the cost */
