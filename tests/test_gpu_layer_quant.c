@@ -65,8 +65,11 @@ TEST_IMPL(gpu_layer_quant) {
  * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
  * boundary, so W8A8 magnifies differences (docs/layer.md §6). The FP8 kernels differ from the CPU only in the
  * order of f32 sums: 4e-3 overall measured, bound 8e-3. The bf16 path also rounds weights with f32 scales and x
- * with f32 scales to bf16 (2^-9 each) before the quantisation of h: up to 1.4e-2 measured, bound 2.5e-2; single
- * tokens up to 4.4e-2, bound 8e-2 for both. */
+ * with f32 scales to bf16 (2^-9 each) before the quantisation of h: up to 1.4e-2 measured, bound 2.5e-2. Single
+ * tokens, bound 1.2e-1 for both: Llama-4's weight on the input with f32 weight scales on the FP8 kernels (T = 600)
+ * gave 2.4e-2 to 5.6e-2 over 12 seeds and 8.3e-2 at seed 92085416 (6.8e-3 overall), the same bits from the kernels
+ * before and after the K-loop change of 2026-12-03 (bench/results/2026-12-03-w8a8-kloop-profile-h200.txt); the
+ * bound was 8e-2 before that seed was met. A wrong expert, scale or row gives O(1). */
 TEST_IMPL(gpu_layer_w8a8) {
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
@@ -122,7 +125,7 @@ TEST_IMPL(gpu_layer_w8a8) {
             /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
              * then differs as the FP8 kernels do */
             const int exact = f && cases[i].rule;
-            bad += layer_compare_gpu_tol(env, &p, 0, what, mma || exact ? 8e-3 : 2.5e-2, 8e-2);
+            bad += layer_compare_gpu_tol(env, &p, 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
             unsetenv("MOE_GEMM_NO_FP8_MMA");
             layer_qweights_free(&q);
             layer_problem_free(&p);

@@ -17,6 +17,11 @@
 __device__ __forceinline__ uint64_t moe_smem_desc(uint32_t addr) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
 }
+/* The same descriptor from its low word (moe_smem_desc(addr) & 0xFFFFFFFF): addresses 16 n bytes further are the low
+ * word plus n while they stay below 256 KB, so a loop can step its descriptors with 32-bit additions. */
+__device__ __forceinline__ uint64_t moe_smem_desc_of(uint32_t lo) {
+    return (uint64_t)lo | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
+}
 
 /* d (64 x 128 f32, wgmma's accumulator layout) += A (64 x 16) . B (128 x 16)^T, both from shared memory. */
 __device__ __forceinline__ void moe_wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db) {

@@ -5,11 +5,12 @@
  * follows:
  *
  * A CTA computes 128 rows x 256 B rows, K in blocks of 128 codes (one 128-byte swizzle row, one scale block)
- * through 4 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales). Three warpgroups, persistent CTAs (walking
- * the tiles of the rows written, moe_gemm_order):
+ * through 3 (GEMM 1) or 4 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales, B's 2). Three warpgroups,
+ * persistent CTAs (walking the tiles of the rows written, moe_gemm_order):
  *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
  *    all 128 threads cp.async the 128 A rows (gathered tokens for GEMM 1, zeros for padding and past K) and one
- *    A scale each; the stage is full when the TMA bytes landed and every producer thread's copies completed;
+ *    A scale each, two of them also B's block scales; the stage is full when the TMA bytes landed and every
+ *    producer thread's copies completed;
  *  - two consumers of 64 rows each: per K block and per half of B, four wgmma.m64n128k32 into a temporary
  *    (the first one overwrites it), wait, then acc += tmp * (a_scale(row) * b_scale(half)) in f32. The
  *    temporaries of both halves would not fit beside the 128 accumulators, so the halves take turns; each
@@ -32,7 +33,8 @@
 namespace {
 
 constexpr int kBM = 128, kBN = 256, kBK = 128, kThreads = 384;
-constexpr int kStageA = kBM * kBK, kStageB = kBN * kBK, kStageS = kBM * 4; /* 16 KB, 32 KB, 512 B */
+/* a stage: A 16 KB, B 32 KB, then A's 128 scales and the words holding B's two block scales (528 bytes) */
+constexpr int kStageA = kBM * kBK, kStageB = kBN * kBK, kStageS = kBM * 4 + 16;
 constexpr int kBoxRows = 128;
 /* GEMM 1's epilogue goes through shared memory, 8 rows of (gate, up) pairs a consumer warp at a time (rows of
  * kEpiLd floats: 128 pairs and 32 bytes of padding against bank conflicts), which leaves room for 3 stages */
@@ -47,13 +49,18 @@ static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the W8A8 tile is the permutation's l
 #ifdef MOE_WGMMA
 constexpr uint32_t kNoRow = 0xFFFFFFFFu; /* an A row that reads as zeros */
 
-/* Block scale of B rows [row, row + 128) (row a multiple of 128) at K block kb of group g; 0 past the rows. */
+/* The block scales of B rows [row, row + 128) (row a multiple of 128) of group g, from K block 0; consecutive K
+ * blocks' scales are consecutive (128x128 blocks, row-major). nullptr past the rows, whose B reads as zeros. */
 template <int F>
-__device__ __forceinline__ float b_scale(const moe_gemm_params &p, int g, int64_t row, int64_t rows, int kb) {
-    if (row >= rows) return 0.0f;
-    const int64_t i = g * p.bs.group_stride + (row >> 7) * p.bs.cols + kb;
-    if (F == MOE_B_E4M3_F32) return __ldg(static_cast<const float *>(p.bs.scale) + i);
-    return moe_decode(__ldg(static_cast<const uint8_t *>(p.bs.scale) + i), MOE_DTYPE_E8M0);
+__device__ __forceinline__ const uint8_t *b_scale_row(const moe_gemm_params &p, int g, int64_t row, int64_t rows) {
+    if (row >= rows) return nullptr;
+    const int64_t i = g * p.bs.group_stride + (row >> 7) * p.bs.cols;
+    return static_cast<const uint8_t *>(p.bs.scale) + i * (F == MOE_B_E4M3_F32 ? 4 : 1);
+}
+/* The aligned word holding K block kb's scale (E8M0: a byte of it, at bit 8 ((row + kb) % 4)). */
+template <int F> __device__ __forceinline__ const void *b_scale_word(const uint8_t *row, int kb) {
+    if (F == MOE_B_E4M3_F32) return row + 4 * kb;
+    return reinterpret_cast<const void *>((uintptr_t)(row + kb) & ~(uintptr_t)3);
 }
 
 #endif
@@ -86,7 +93,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
         moe_regs_dec<40>();
         const int kc = tid & 7; /* 16-byte chunk kc of rows tid / 8 + 16 i */
         const uint32_t k16 = (uint32_t)(p.k / 16);
-        uint32_t it = 0;
+        int s = 0;          /* the stage of the next K block, over the tiles */
+        uint32_t phase = 1; /* the parity of its empty barrier's phase to wait for (a fresh one: at once) */
         for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
             if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
@@ -109,9 +117,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
             int b0, b1;
             if (kGlu && !p.interleaved) b0 = (int)t.tile_n * kBoxRows, b1 = p.n + b0;
             else b0 = (int)t.tile_n * kBN, b1 = b0 + kBoxRows;
-            for (int kt = 0; kt < k_tiles; kt++, it++) {
-                const int s = it % kStages;
-                moe_mbar_wait(empty(s), ((it / kStages) & 1) ^ 1);
+            /* threads 0 and 1 copy the block scales of B's halves (nothing past the rows: the stage's word reads 0,
+             * multiplying zeros) */
+            const uint8_t *sb_row = tid < 2 ? b_scale_row<F>(p, t.group, tid ? b1 : b0, b_rows) : nullptr;
+            for (int kt = 0; kt < k_tiles; kt++) {
+                moe_mbar_wait(empty(s), phase);
                 if (tid == 0) {
                     moe_mbar_arrive_expect_tx(full(s), kStageB);
                     moe_tma_load_3d(b_smem + s * kStageB, &tmap_b, full(s), kt * kBK, b0, t.group);
@@ -129,7 +139,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
                 }
                 moe_cp_async4(s_smem + s * kStageS + 4 * tid, srow < 0 ? f.a_scale : s_src + kt * s_step,
                               srow < 0 ? 0 : 4);
+                if (tid < 2)
+                    moe_cp_async4(s_smem + s * kStageS + 4 * (kBM + tid),
+                                  sb_row ? b_scale_word<F>(sb_row, kt) : f.a_scale, sb_row ? 4 : 0);
                 moe_mbar_arrive_cp_async(full(s));
+                if (++s == kStages) s = 0, phase ^= 1;
             }
         }
         moe_cp_async_wait<0>();
@@ -140,33 +154,50 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     moe_regs_inc<232>();
     const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
     const int arow = cw * 64 + warp * 16 + (lane >> 2); /* this thread's rows in the tile: arow, arow + 8 */
-    uint32_t it = 0;
+    /* the descriptors' low words at stage 0 (this consumer's 64 A rows; B's first half): a stage, a half and a
+     * 32-byte K step further are 32-bit additions (moe_smem_desc_of), which keeps the loop's per-block work close to
+     * the wgmma and the promotion */
+    const uint32_t da0 = (uint32_t)moe_smem_desc(a_smem + cw * 64 * kBK), db0 = (uint32_t)moe_smem_desc(b_smem);
+    int s = 0;          /* the stage of the next K block, over the tiles */
+    uint32_t phase = 0; /* the parity its full barrier completes with */
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
         if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
         int64_t b0, b1;
         if (kGlu && !p.interleaved) b0 = t.tile_n * kBoxRows, b1 = p.n + b0;
         else b0 = t.tile_n * kBN, b1 = b0 + kBoxRows;
+        /* E8M0 B scales: the bit offset of block 0's byte in its word, for each half */
+        const uint32_t sb_lo[2] = {(uint32_t)(uintptr_t)b_scale_row<F>(p, t.group, b0, b_rows),
+                                   (uint32_t)(uintptr_t)b_scale_row<F>(p, t.group, b1, b_rows)};
         float acc[2][64], tmp[64];
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int i = 0; i < 64; i++) acc[h][i] = 0.0f;
-        for (int kt = 0; kt < k_tiles; kt++, it++) {
-            const int s = it % kStages;
-            const float sb[2] = {b_scale<F>(p, t.group, b0, b_rows, kt), b_scale<F>(p, t.group, b1, b_rows, kt)};
-            moe_mbar_wait(full(s), (it / kStages) & 1);
+        for (int kt = 0; kt < k_tiles; kt++) {
+            /* no global load may be in flight here: the proxy fence below waits for this thread's memory accesses,
+             * and a block scale read from global memory at each K block made every block wait for it */
+            moe_mbar_wait(full(s), phase);
             moe_fence_proxy_async(); /* the producers' cp.async writes -> this warpgroup's wgmma reads */
-            const float sa0 = sa[s * kBM + arow], sa1 = sa[s * kBM + arow + 8];
-            const uint32_t a_addr = a_smem + s * kStageA + cw * 64 * kBK, b_addr = b_smem + s * kStageB;
+            const float *ss = sa + s * (kStageS / 4);
+            const float sa0 = ss[arow], sa1 = ss[arow + 8];
+            float sb[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint32_t w = reinterpret_cast<const uint32_t *>(ss)[kBM + h];
+                sb[h] = F == MOE_B_E4M3_F32
+                            ? __uint_as_float(w)
+                            : moe_decode((uint8_t)(w >> (8 * ((sb_lo[h] + kt) & 3))), MOE_DTYPE_E8M0);
+            }
+            const uint32_t da = da0 + s * (kStageA >> 4), db = db0 + s * (kStageB >> 4);
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 moe_acc_fence(tmp);
                 moe_wgmma_fence();
 #pragma unroll
                 for (int kk = 0; kk < kBK / 32; kk++) /* 32 codes = 32 bytes further into the swizzled rows */
-                    moe_wgmma_m64n128k32_e4m3(tmp, moe_smem_desc(a_addr + kk * 32),
-                                              moe_smem_desc(b_addr + h * kBoxRows * kBK + kk * 32), kk > 0);
+                    moe_wgmma_m64n128k32_e4m3(tmp, moe_smem_desc_of(da + 2 * kk),
+                                              moe_smem_desc_of(db + h * (kBoxRows * kBK >> 4) + 2 * kk), kk > 0);
                 moe_wgmma_commit();
                 moe_wgmma_wait<0>();
                 moe_acc_fence(tmp);
@@ -180,6 +211,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
                 }
             }
             if (lane == 0) moe_mbar_arrive(empty(s)); /* both halves' wgmma have read the stage */
+            if (++s == kStages) s = 0, phase ^= 1;
         }
 
         /* epilogue: registers 4j + {0, 1} of half h hold row arow, B rows h * 128 + 8j + 2 (lane % 4) + {0, 1};
