@@ -34,19 +34,20 @@ struct moe_layer {
 #define MOE_LAYER_MAX_TILE_M 128
 
 /* How the GPU's gate logits split H (cuda/moe/gate.cu): slices of multiples of MOE_GATE_SLICE columns, as many as
- * bring the grid to about MOE_GATE_WANT_FEW CTAs (T < MOE_GATE_TILE: CTAs of MOE_GATE_GROUP tokens) or
- * MOE_GATE_WANT_MANY CTAs (tiles of MOE_GATE_TILE tokens). */
+ * bring the grid to about MOE_GATE_WANT_FEW CTAs (T < MOE_GATE_MANY_T: CTAs of MOE_GATE_GROUP tokens) or
+ * MOE_GATE_WANT_MANY CTAs (the tensor-core kernel's tiles of MOE_GATE_MMA_M tokens). */
 #define MOE_GATE_SLICE 128
 #define MOE_GATE_GROUP 8
-#define MOE_GATE_TILE 64
+#define MOE_GATE_MANY_T 64
+#define MOE_GATE_MMA_M 128
 #define MOE_GATE_WANT_FEW 1024
-#define MOE_GATE_WANT_MANY 264
+#define MOE_GATE_WANT_MANY 132
 
 /* Rows (of E + 1 floats) the partial sums of the gate's splits need: splits s with s * T <= ceil(H / SLICE) * T,
- * and s <= ceil(WANT / ceil(T / TILE_OR_GROUP)), so s * T <= WANT * TILE_OR_GROUP + T (the larger: 264 x 64). */
+ * and s <= ceil(WANT / ceil(T / TOKENS_A_CTA)), so s * T <= WANT * TOKENS_A_CTA + T (the larger: 132 x 128). */
 static inline int64_t moe__gate_partial_rows(int64_t T, int H) {
     const int64_t a = (int64_t)((H + MOE_GATE_SLICE - 1) / MOE_GATE_SLICE) * T;
-    const int64_t few = (int64_t)MOE_GATE_WANT_FEW * MOE_GATE_GROUP, many = (int64_t)MOE_GATE_WANT_MANY * MOE_GATE_TILE;
+    const int64_t few = (int64_t)MOE_GATE_WANT_FEW * MOE_GATE_GROUP, many = (int64_t)MOE_GATE_WANT_MANY * MOE_GATE_MMA_M;
     const int64_t b = (few > many ? few : many) + T;
     return a < b ? a : b;
 }

@@ -1,7 +1,8 @@
-/* gate.cu — the router's logits (gate.cuh), on the CUDA cores in f32: two kernels by T, both split over H.
- *  - few tokens (T < 64): a warp per (expert, group of 8 tokens, slice of H); each lane streams its float4s of
- *    the gate row once and uses them for the 8 tokens;
- *  - many tokens: 64 x 64 output tiles, K in steps of 32 through shared memory, 4 x 4 outputs a thread.
+/* gate.cu — the router's logits (gate.cuh), summed in f32: two kernels by T, both split over H.
+ *  - few tokens (T < 64), on the CUDA cores: a warp per (expert, group of 8 tokens, slice of H); each lane
+ *    streams its float4s of the gate row once and uses them for the 8 tokens;
+ *  - many tokens, on the bf16 tensor cores: each f32 gate weight as three bf16 terms, so that the products stay
+ *    exact (gate_mma_kernel); 128 x 64 output tiles.
  * The H slices are sized so that the grid fills the GPU even at T = 1, where the whole gate matrix
  * (E x H f32: 7 MB for DeepSeek-V3) must be read by many SMs at once. With more than one slice the slices' sums
  * are added in slice order, so the bits do not depend on timing: for one group of few tokens on sm_90 the
@@ -11,6 +12,7 @@
 #include <cooperative_groups.h>
 
 #include "cuda/common/cuda.cuh"
+#include "cuda/common/mma.cuh"
 #include "cuda/moe/gate.cuh"
 #include "moe/layer.h"
 #include "route/route_math.h"
@@ -19,8 +21,7 @@ namespace cg = cooperative_groups;
 
 namespace {
 
-constexpr int kGroup = MOE_GATE_GROUP, kWarps = 4, kTile = MOE_GATE_TILE, kBK = 32, kThreads = 256,
-              kSlice = MOE_GATE_SLICE;
+constexpr int kGroup = MOE_GATE_GROUP, kWarps = 4, kSlice = MOE_GATE_SLICE;
 
 struct gate_args {
     const __nv_bfloat16 *x;
@@ -111,61 +112,139 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
         });
 }
 
-/* Many tokens: grid (expert tile, token tile, split), each split storing its own sums (gate_args::store). */
-__global__ void __launch_bounds__(kThreads) gate_many_kernel(const gate_args a) {
+/* Many tokens, on the tensor cores: grid (expert tile, token tile, split), each split storing its own sums
+ * (gate_args::store). x is bf16 and each gate weight g (f32) is the exact sum of three bf16 terms, hi = bf16(g),
+ * mid = bf16(g - hi), lo = g - hi - mid (g's 24 significant bits in three pieces of 8: each difference is exact, and
+ * lo needs no rounding), so x . g is three bf16 mma.sync whose products are exact, summed in f32 as the CUDA-core
+ * FMA chain sums its exact products (docs/layer.md §1: only the order of the sum differs). A non-finite g is hi
+ * alone. A CTA: 128 tokens x 64 outputs, K in steps of 32 (two stages: x by cp.async, the gate through registers,
+ * split once a CTA when stored), 8 warps of 32 x 32; the hi products in one set of accumulators, mid and lo in
+ * another, added at the end. Shared rows are 64 bytes, their 16-byte chunks XOR-swizzled by row / 2 so that
+ * ldmatrix's 8 rows hit distinct banks. */
+constexpr int kMmaM = MOE_GATE_MMA_M, kMmaN = 64, kMmaK = 32, kMmaThreads = 256;
+
+__device__ __forceinline__ uint32_t swz(int row, int chunk) { /* byte offset of a 16-byte chunk */
+    return (uint32_t)(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
+}
+
+/* (g0, g1) as the bf16 pairs hi, mid, lo (low half g0) */
+__device__ __forceinline__ void split3(float g0, float g1, uint32_t &hi, uint32_t &mid, uint32_t &lo) {
+    auto pack = [](float a, float b) {
+        const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+        return *reinterpret_cast<const uint32_t *>(&v);
+    };
+    auto lo_f = [](uint32_t v) { return __uint_as_float(v << 16); };
+    auto hi_f = [](uint32_t v) { return __uint_as_float(v & 0xFFFF0000u); };
+    hi = pack(g0, g1);
+    const float r0 = isfinite(g0) ? g0 - lo_f(hi) : 0.0f, r1 = isfinite(g1) ? g1 - hi_f(hi) : 0.0f;
+    mid = pack(r0, r1);
+    lo = pack(r0 - lo_f(mid), r1 - hi_f(mid));
+}
+
+__global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_args a) {
     moe_pdl_wait();
     moe_pdl_launch_next();
-    __shared__ float xs[kBK][kTile + 4], gs[kBK][kTile + 4]; /* k-major: a thread reads 4 tokens / experts */
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    __shared__ __align__(128) unsigned char xs[2][kMmaM * 64], gs[2][3][kMmaN * 64]; /* [stage][hi, mid, lo] */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp & 3, wn = warp >> 2;
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
-    const int e0 = blockIdx.x * kTile;
-    const int64_t t0 = (int64_t)blockIdx.y * kTile;
-    /* copy duty: row tid / 4 of the x and gate tiles, 8 columns at (tid % 4) * 8 */
-    const int lr = tid / 4, lc = (tid % 4) * 8;
-    const __nv_bfloat16 *xrow = t0 + lr < a.T ? a.x + (t0 + lr) * a.H : nullptr;
-    const float *grow = e0 + lr < n_out ? a.row(e0 + lr) : nullptr;
-    float acc[4][4];
+    const int e0 = blockIdx.x * kMmaN;
+    const int64_t t0 = (int64_t)blockIdx.y * kMmaM;
+    const int k_begin = blockIdx.z * a.slice, k_end = min(a.H, k_begin + a.slice);
+    /* copy duty: x chunks tid and tid + 256 (row id / 4, chunk id % 4); gate float4s tid and tid + 256 (row
+     * id / 8, columns 4 (id % 8)) */
+    const __nv_bfloat16 *xrow[2];
+    const float *grow[2];
 #pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
-    const int k_end = min(a.H, (blockIdx.z + 1) * a.slice);
-    for (int k0 = blockIdx.z * a.slice; k0 < k_end; k0 += kBK) {
-        const bool in = k0 + lc < k_end;
-        float xv[8], gv[8];
-        moe_load8(a.x, xrow ? (t0 + lr) * a.H + k0 + lc : 0, xrow && in ? 8 : 0, xrow && in, xv);
-        if (grow && in) {
-            const float4 g0 = __ldg(reinterpret_cast<const float4 *>(grow + k0 + lc));
-            const float4 g1 = __ldg(reinterpret_cast<const float4 *>(grow + k0 + lc + 4));
-            gv[0] = g0.x, gv[1] = g0.y, gv[2] = g0.z, gv[3] = g0.w, gv[4] = g1.x, gv[5] = g1.y, gv[6] = g1.z,
-            gv[7] = g1.w;
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; j++) gv[j] = 0.0f;
-        }
-        __syncthreads(); /* the previous step's reads are done */
-#pragma unroll
-        for (int j = 0; j < 8; j++) xs[lc + j][lr] = xv[j], gs[lc + j][lr] = gv[j];
-        __syncthreads();
-#pragma unroll 8
-        for (int k = 0; k < kBK; k++) {
-            const float4 xa = *reinterpret_cast<const float4 *>(&xs[k][ty * 4]);
-            const float4 ga = *reinterpret_cast<const float4 *>(&gs[k][tx * 4]);
-            const float xr[4] = {xa.x, xa.y, xa.z, xa.w}, gr[4] = {ga.x, ga.y, ga.z, ga.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(xr[i], gr[j], acc[i][j]);
-        }
+    for (int j = 0; j < 2; j++) {
+        const int id = tid + 256 * j;
+        xrow[j] = t0 + (id >> 2) < a.T ? a.x + (t0 + (id >> 2)) * a.H + 8 * (id & 3) : nullptr;
+        grow[j] = e0 + (id >> 3) < n_out ? a.row(e0 + (id >> 3)) + 4 * (id & 7) : nullptr;
     }
+    float4 gv[2];
+    auto load = [&](int st, int k0) { /* x's step into stage st (cp.async), the gate's into gv */
 #pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int64_t t = t0 + ty * 4 + i;
-            const int e = e0 + tx * 4 + j;
-            if (t < a.T && e < n_out) a.store(blockIdx.z, t, e, acc[i][j]);
+        for (int j = 0; j < 2; j++) {
+            const int id = tid + 256 * j;
+            const bool xin = xrow[j] && k0 + 8 * (id & 3) < k_end;
+            moe_cp_async16(xs[st] + swz(id >> 2, id & 3), xin ? xrow[j] + k0 : a.x, xin ? 16 : 0);
+            const bool gin = grow[j] && k0 + 4 * (id & 7) < k_end;
+            gv[j] = gin ? __ldg(reinterpret_cast<const float4 *>(grow[j] + k0)) : make_float4(0, 0, 0, 0);
         }
+        moe_cp_async_commit();
+    };
+    auto store_gate = [&](int st) { /* gv split into the three planes of stage st */
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int id = tid + 256 * j;
+            const uint32_t off = swz(id >> 3, (id & 7) >> 1) + 8 * (id & 1);
+            uint2 h, m, l;
+            split3(gv[j].x, gv[j].y, h.x, m.x, l.x);
+            split3(gv[j].z, gv[j].w, h.y, m.y, l.y);
+            *reinterpret_cast<uint2 *>(gs[st][0] + off) = h;
+            *reinterpret_cast<uint2 *>(gs[st][1] + off) = m;
+            *reinterpret_cast<uint2 *>(gs[st][2] + off) = l;
+        }
+    };
+    float acc[2][2][4][4]; /* [hi, mid + lo][m16 tile][n8 tile] */
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[s][i][j][r] = 0.0f;
+    const int steps = k_end > k_begin ? (k_end - k_begin + kMmaK - 1) / kMmaK : 0;
+    if (steps > 0) load(0, k_begin);
+    for (int i = 0; i < steps; i++) {
+        const int st = i & 1;
+        store_gate(st); /* stage st was last read two steps ago, before the barrier that ended the last step */
+        if (i + 1 < steps) {
+            load(st ^ 1, k_begin + (i + 1) * kMmaK);
+            moe_cp_async_wait<1>();
+        } else {
+            moe_cp_async_wait<0>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) { /* k16 steps: chunks 2 kk, 2 kk + 1 */
+            uint32_t af[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const int r = wm * 32 + mt * 16 + (lane & 15);
+                moe_ldmatrix_x4(af[mt], xs[st] + swz(r, 2 * kk + (lane >> 4)));
+            }
+#pragma unroll
+            for (int pl = 2; pl >= 0; pl--) { /* lo, mid, then hi */
+#pragma unroll
+                for (int np = 0; np < 2; np++) { /* n8 tiles 2 np, 2 np + 1 */
+                    uint32_t bf[4];
+                    const int r = wn * 32 + np * 16 + ((lane >> 4) << 3) + (lane & 7);
+                    moe_ldmatrix_x4(bf, gs[st][pl] + swz(r, 2 * kk + ((lane >> 3) & 1)));
+                    const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) {
+                        moe_mma_bf16_16816(acc[pl == 0 ? 0 : 1][mt][2 * np], af[mt], b0);
+                        moe_mma_bf16_16816(acc[pl == 0 ? 0 : 1][mt][2 * np + 1], af[mt], b1);
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* the step's reads done before its stage is refilled */
+    }
+    /* acc[.][mt][nt][r]: token wm 32 + mt 16 + lane / 4 + 8 (r / 2), output wn 32 + nt 8 + 2 (lane % 4) + r % 2 */
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int64_t t = t0 + wm * 32 + mt * 16 + (lane >> 2) + 8 * (r >> 1);
+                const int e = e0 + wn * 32 + nt * 8 + 2 * (lane & 3) + (r & 1);
+                if (t < a.T && e < n_out) a.store(blockIdx.z, t, e, acc[0][mt][nt][r] + acc[1][mt][nt][r]);
+            }
+#endif
 }
 
 __global__ void gate_reduce_kernel(const gate_args a) {
@@ -190,17 +269,19 @@ int cluster_limit() {
 
 } // namespace
 
-moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const float *gate, const float *gate_bias,
-                                 const float *shared_gate, int64_t T, int H, int E, float *logits,
-                                 float *shared_scale, float *partial, bool alone, cudaStream_t stream) {
+extern "C" moe_status moe__cuda_gate_logits(moe_ctx *ctx, const void *xv, const float *gate, const float *gate_bias,
+                                            const float *shared_gate, int64_t T, int H, int E, float *logits,
+                                            float *shared_scale, float *partial, bool alone, void *sv) {
+    const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(xv);
+    const cudaStream_t stream = moe__cuda_enter(ctx, sv);
     gate_args a = {x, gate, gate_bias, shared_gate, T, H, gate ? E : 0, logits, shared_scale, partial, H, 1};
     const int n_out = a.E + (shared_gate ? 1 : 0);
     if (T == 0 || n_out == 0) return MOE_OK;
     /* split H until the grid has about `want` CTAs; moe__gate_partial_rows (layer.h) bounds splits x T for these
-     * choices: want / ceil(T / 8) x T <= 8192 + T (few), want / ceil(T / 64) x T <= 16896 + T (many) */
-    const bool few = T < kTile;
+     * choices: want / ceil(T / 8) x T <= 8192 + T (few), want / ceil(T / 128) x T <= 16896 + T (many) */
+    const bool few = T < MOE_GATE_MANY_T;
     const int64_t base = few ? (int64_t)((n_out + kWarps - 1) / kWarps) * ((T + kGroup - 1) / kGroup)
-                             : (int64_t)((n_out + kTile - 1) / kTile) * ((T + kTile - 1) / kTile);
+                             : (int64_t)((n_out + kMmaN - 1) / kMmaN) * ((T + kMmaM - 1) / kMmaM);
     const int64_t want = few ? MOE_GATE_WANT_FEW : MOE_GATE_WANT_MANY, max_splits = (H + kSlice - 1) / kSlice;
     int64_t splits = (want + base - 1) / base;
     splits = splits < 1 ? 1 : splits > max_splits ? max_splits : splits;
@@ -218,14 +299,14 @@ moe_status moe__cuda_gate_logits(moe_ctx *ctx, const __nv_bfloat16 *x, const flo
     const int cluster = a.splits > 1 && T <= kGroup && alone ? cluster_limit() : 0;
     if (cluster && a.splits > cluster) split_into(cluster);
     const bool clustered = cluster && a.splits > 1;
-    void (*kernel)(gate_args) = !few ? gate_many_kernel : clustered ? gate_few_kernel<true> : gate_few_kernel<false>;
+    void (*kernel)(gate_args) = !few ? gate_mma_kernel : clustered ? gate_few_kernel<true> : gate_few_kernel<false>;
     /* few: (split, expert group, token group), the split first so that a cluster holds a tile's splits; many:
      * (expert tile, token tile, split) */
-    const unsigned e_tiles = (unsigned)((n_out + (few ? kWarps : kTile) - 1) / (few ? kWarps : kTile));
-    const unsigned t_tiles = (unsigned)((T + (few ? kGroup : kTile) - 1) / (few ? kGroup : kTile));
+    const unsigned e_tiles = (unsigned)((n_out + (few ? kWarps : kMmaN) - 1) / (few ? kWarps : kMmaN));
+    const unsigned t_tiles = (unsigned)((T + (few ? kGroup : kMmaM) - 1) / (few ? kGroup : kMmaM));
     const dim3 grid = few ? dim3((unsigned)a.splits, e_tiles, t_tiles) : dim3(e_tiles, t_tiles, (unsigned)a.splits);
     MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, clustered ? (unsigned)a.splits : 1u, kernel, grid,
-                                    few ? kWarps * 32 : kThreads, 0, stream, a));
+                                    few ? kWarps * 32 : kMmaThreads, 0, stream, a));
     if (a.splits > 1 && !clustered) {
         const unsigned blocks = moe__grid_for(ctx, T * n_out, 256);
         MOE_CUDA_TRY(ctx, moe_launch(pdl, gate_reduce_kernel, blocks, 256, 0, stream, a));

@@ -1,0 +1,136 @@
+/* test_gpu_gate.c — the GPU's router logits (cuda/moe/gate.cu) against a float64 sum on fresh random problems:
+ * both kernels (T < 64 on the CUDA cores; from 64 on the tensor cores, each f32 gate weight as three bf16
+ * pieces), H split into slices, the gate bias, Qwen2-MoE's shared gate, an infinite gate weight. Skipped without a
+ * GPU. */
+#include <stdlib.h>
+
+#include "conversions.h"
+#include "test.h"
+
+#ifdef MOE_WITH_CUDA
+#include "cuda/moe/gate.cuh"
+#include "moe/layer.h"
+
+/* Uniform in [-1, 1) times 2^[-4, 4): gate weights with all 24 significant bits in use. */
+static float wide(uint64_t *st) {
+    const double u = (double)(test_splitmix64(st) >> 11) * 0x1p-53 * 2.0 - 1.0;
+    return (float)ldexp(u, (int)(test_splitmix64(st) % 8) - 4);
+}
+
+/* One problem; returns the failures (printed). A token t with t % 5 == 3 has one nonzero x, so its logit is one
+ * product rounded once: within an ulp of the exact one (the split's third piece moves it by up to 2^-16). */
+static int check_gate(test_env *env, int64_t T, int H, int E, int with_bias, int with_shared, uint64_t seed) {
+    uint64_t st = seed;
+    const size_t nx = (size_t)T * H, ng = (size_t)E * H;
+    float *x = malloc(sizeof(float) * (nx + 1)), *g = malloc(sizeof(float) * (ng + 1));
+    float *bias = malloc(sizeof(float) * (size_t)(E + 1)), *sg = malloc(sizeof(float) * (size_t)(H + 1));
+    uint16_t *xb = malloc(2 * (nx + 1));
+    for (size_t i = 0; i < nx; i++) {
+        const int64_t t = (int64_t)(i / (size_t)H);
+        const int h = (int)(i % (size_t)H);
+        const float v = wide(&st);
+        x[i] = t % 5 == 3 ? (h == (int)(t % H) ? v : 0.0f) : v;
+        xb[i] = (uint16_t)conv_bf16(x[i]);
+        x[i] = test_f32_from_bits((uint32_t)xb[i] << 16);
+    }
+    for (size_t i = 0; i < ng; i++) g[i] = wide(&st);
+    if (E > 1) g[(size_t)H + 1] = INFINITY; /* expert 1: inf where x is nonzero, NaN where it is 0 */
+    for (int e = 0; e < E; e++) bias[e] = wide(&st);
+    for (int h = 0; h < H; h++) sg[h] = wide(&st) / 16.0f;
+    const size_t parts = (size_t)moe__gate_partial_rows(T, H) * (size_t)(E + 1);
+    void *dx = test_upload(env->gpu, xb, 2 * nx), *dg = test_upload(env->gpu, g, sizeof(float) * ng);
+    void *db = with_bias ? test_upload(env->gpu, bias, sizeof(float) * (size_t)E) : NULL;
+    void *dsg = with_shared ? test_upload(env->gpu, sg, sizeof(float) * (size_t)H) : NULL;
+    void *dl = NULL, *ds = NULL, *dp = NULL;
+    int bad = 0;
+    if (moe_alloc(env->gpu, sizeof(float) * (size_t)(T * E) + 4, &dl) != MOE_OK ||
+        moe_alloc(env->gpu, sizeof(float) * (size_t)T + 4, &ds) != MOE_OK ||
+        moe_alloc(env->gpu, sizeof(float) * parts + 4, &dp) != MOE_OK) {
+        fprintf(stderr, "  allocation: %s\n", moe_last_error(env->gpu));
+        bad = 1;
+    }
+    float *logits = malloc(sizeof(float) * (size_t)(T * E) + 4), *scale = malloc(sizeof(float) * (size_t)T + 4);
+    if (!bad) {
+        const moe_status s = moe__cuda_gate_logits(env->gpu, dx, dg, db, dsg, T, H, E, dl, ds, dp, false, NULL);
+        if (s != MOE_OK) fprintf(stderr, "  T=%lld H=%d E=%d: %s\n", (long long)T, H, E, moe_last_error(env->gpu)), bad = 1;
+    }
+    if (!bad && (test_download(env->gpu, logits, dl, sizeof(float) * (size_t)(T * E)) ||
+                 (with_shared && test_download(env->gpu, scale, ds, sizeof(float) * (size_t)T))))
+        fprintf(stderr, "  download failed\n"), bad = 1;
+    double worst = 0.0, worst_one = 0.0;
+    int64_t nwrong = 0, tlo = T, thi = -1, elo = E, ehi = -1, zeros = 0;
+    const int ran = !bad;
+    for (int64_t t = 0; ran && t < T; t++)
+        for (int e = 0; e <= E; e++) {
+            const float *w = e < E ? g + (size_t)e * H : sg;
+            double sum = 0.0, mag = 0.0;
+            for (int h = 0; h < H; h++) {
+                const double p = (double)x[t * H + h] * (double)w[h];
+                sum += p, mag += fabs(p);
+            }
+            if (e == E && !with_shared) continue;
+            const float got = e < E ? logits[t * E + e] : scale[t];
+            double want = sum;
+            if (e < E && with_bias) want += bias[e], mag += fabs(bias[e]);
+            if (e == E) want = 1.0 / (1.0 + exp(-sum));
+            if (isnan(want) || isinf(want)) {
+                if (!(isnan(want) ? isnan(got) : got == (float)want)) {
+                    if (bad < 5) fprintf(stderr, "  T=%lld t=%lld e=%d: %g, want %g\n", (long long)T, (long long)t, e, got, want);
+                    bad++, nwrong++;
+                }
+                continue;
+            }
+            /* one product (no bias): within an ulp; a sum: f32 rounding of the running sums, far below 1e-5 of the
+             * products' magnitudes; the sigmoid (slope at most 1/4) of such a sum, and its own f32 rounding */
+            const int one = t % 5 == 3 && !(e < E && with_bias) && e < E;
+            const double err = fabs((double)got - want);
+            const double tol = one ? ldexp(fabs(want), -23) : e == E ? 1e-6 + 2.5e-6 * mag : 1e-5 * mag;
+            const double rel = err / (one ? fabs(want) + 1e-300 : mag + 1e-300);
+            if (one) worst_one = rel > worst_one ? rel : worst_one;
+            else if (e < E) worst = rel > worst ? rel : worst;
+            if (!(err <= tol)) {
+                if (bad < 5)
+                    fprintf(stderr, "  T=%lld H=%d E=%d t=%lld e=%d: %.9g, want %.9g (err %.3g, tol %.3g)\n",
+                            (long long)T, H, E, (long long)t, e, got, want, err, tol);
+                bad++, nwrong++, zeros += got == 0.0f;
+                tlo = t < tlo ? t : tlo, thi = t > thi ? t : thi, elo = e < elo ? e : elo, ehi = e > ehi ? e : ehi;
+            }
+        }
+    if (nwrong)
+        fprintf(stderr, "  %lld wrong (%lld zeros), tokens %lld..%lld, outputs %lld..%lld\n", (long long)nwrong,
+                (long long)zeros, (long long)tlo, (long long)thi, (long long)elo, (long long)ehi);
+    fprintf(stderr, "  T=%-5lld H=%-5d E=%-3d%s%s: worst error %.2e of the products' magnitude, one-product tokens %.2e\n",
+            (long long)T, H, E, with_bias ? " bias" : "", with_shared ? " shared" : "", worst, worst_one);
+    void *dev[] = {dx, dg, db, dsg, dl, ds, dp};
+    for (int i = 0; i < 7; i++) moe_free(env->gpu, dev[i]);
+    free(x), free(g), free(bias), free(sg), free(xb), free(logits), free(scale);
+    return bad;
+}
+#endif
+
+TEST_IMPL(gpu_gate_logits) {
+    SKIP_WITHOUT_GPU(env);
+#ifdef MOE_WITH_CUDA
+    const struct {
+        int64_t T;
+        int H, E, bias, shared;
+    } cases[] = {
+        {5, 392, 60, 1, 1},       /* few tokens, one group: split over H */
+        {63, 392, 60, 0, 1},      /* the last T of the CUDA-core kernel */
+        {64, 392, 60, 0, 1},      /* the tensor cores from here: a partial tile, split over H */
+        {300, 1024, 129, 1, 0},   /* expert tiles past E */
+        {1000, 7168, 256, 0, 0},  /* DeepSeek-V3's shape */
+        {4133, 2048, 128, 1, 1},  /* Qwen3-30B-A3B's, more than a wave of tiles */
+        {1000, 392, 256, 0, 0},   /* many tiles, short slices */
+        {64, 7168, 256, 0, 0},    /* one token tile, long slices */
+        {200, 7168, 64, 0, 0},    /* one expert tile, slices of 128 */
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        bad += check_gate(env, cases[i].T, cases[i].H, cases[i].E, cases[i].bias, cases[i].shared, env->seed + i);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+#else
+    SKIP("CPU-only build");
+#endif
+}
