@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
         });
 }
 
-/* Many tokens, on the tensor cores: grid (expert tile, token tile, split), each split storing its own sums
+/* Many tokens, on the tensor cores: grid (expert tile + token tile x expert tiles, split), each split storing its own sums
  * (gate_args::store). x is bf16 and each gate weight g (f32) is the exact sum of three bf16 terms, hi = bf16(g),
  * mid = bf16(g - hi), lo = g - hi - mid (g's 24 significant bits in three pieces of 8: each difference is exact, and
  * lo needs no rounding, for |g| >= 2^-110, where lo's last bit is still a bf16 subnormal), so x . g is three bf16 mma.sync whose products are exact, summed in f32 as the CUDA-core
@@ -148,9 +148,10 @@ __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_arg
     __shared__ __align__(128) unsigned char xs[2][kMmaM * 64], gs[2][3][kMmaN * 64]; /* [stage][hi, mid, lo] */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp & 3, wn = warp >> 2;
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
-    const int e0 = blockIdx.x * kMmaN;
-    const int64_t t0 = (int64_t)blockIdx.y * kMmaM;
-    const int k_begin = blockIdx.z * a.slice, k_end = min(a.H, k_begin + a.slice);
+    const int e_tiles = (n_out + kMmaN - 1) / kMmaN, z = blockIdx.y; /* blockIdx.x: expert tiles fastest */
+    const int e0 = (int)(blockIdx.x % e_tiles) * kMmaN;
+    const int64_t t0 = (int64_t)(blockIdx.x / e_tiles) * kMmaM;
+    const int k_begin = z * a.slice, k_end = min(a.H, k_begin + a.slice);
     /* copy duty: x chunks tid and tid + 256 (row id / 4, chunk id % 4); gate float4s tid and tid + 256 (row
      * id / 8, columns 4 (id % 8)) */
     const __nv_bfloat16 *xrow[2];
@@ -242,7 +243,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_arg
             for (int r = 0; r < 4; r++) {
                 const int64_t t = t0 + wm * 32 + mt * 16 + (lane >> 2) + 8 * (r >> 1);
                 const int e = e0 + wn * 32 + nt * 8 + 2 * (lane & 3) + (r & 1);
-                if (t < a.T && e < n_out) a.store(blockIdx.z, t, e, acc[0][mt][nt][r] + acc[1][mt][nt][r]);
+                if (t < a.T && e < n_out) a.store(z, t, e, acc[0][mt][nt][r] + acc[1][mt][nt][r]);
             }
 #endif
 }
@@ -303,10 +304,14 @@ extern "C" moe_status moe__cuda_gate_logits(moe_ctx *ctx, const void *xv, const 
     const bool clustered = cluster && a.splits > 1;
     void (*kernel)(gate_args) = !few ? gate_mma_kernel : clustered ? gate_few_kernel<true> : gate_few_kernel<false>;
     /* few: (split, expert group, token group), the split first so that a cluster holds a tile's splits; many:
-     * (expert tile, token tile, split) */
-    const unsigned e_tiles = (unsigned)((n_out + (few ? kWarps : kMmaN) - 1) / (few ? kWarps : kMmaN));
-    const unsigned t_tiles = (unsigned)((T + (few ? kGroup : kMmaM) - 1) / (few ? kGroup : kMmaM));
-    const dim3 grid = few ? dim3((unsigned)a.splits, e_tiles, t_tiles) : dim3(e_tiles, t_tiles, (unsigned)a.splits);
+     * (expert tile + token tile x expert tiles, split): consecutive CTAs share their token rows, and the grid's x
+     * dimension (2^31 - 1) bounds T far past any workspace */
+    const int64_t e_tiles = (n_out + (few ? kWarps : kMmaN) - 1) / (few ? kWarps : kMmaN);
+    const int64_t t_tiles = (T + (few ? kGroup : kMmaM) - 1) / (few ? kGroup : kMmaM);
+    if (!few && e_tiles * t_tiles > 0x7FFFFFFF)
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "gate logits: %lld tokens exceed the grid", (long long)T);
+    const dim3 grid = few ? dim3((unsigned)a.splits, (unsigned)e_tiles, (unsigned)t_tiles)
+                          : dim3((unsigned)(e_tiles * t_tiles), (unsigned)a.splits);
     MOE_CUDA_TRY(ctx, moe_launch_ex(pdl, clustered ? (unsigned)a.splits : 1u, kernel, grid,
                                     few ? kWarps * 32 : kMmaThreads, 0, stream, a));
     if (a.splits > 1 && !clustered) {
