@@ -537,6 +537,11 @@ typedef struct moe_layer_config {
      * the rows a touched expert gets where the table has no row); the others force one tile (for `moe tune`,
      * and to compare). The CPU ignores it. */
     moe_expert_tile expert_tile;
+    /* The shared experts' shared_w13 and shared_w2 stored quantised (docs/layer.md §5), in one of expert_format's
+     * weight formats and layout (S matrices); kind MOE_QFORMAT_INVALID (zero) keeps them in dtype. With act_format
+     * set, their inputs and h are quantised as the routed experts' are (DeepSeek-V3 quantises the activations of
+     * every FP8 linear). The CPU runs them; the GPU does not yet (MOE_ERR_UNSUPPORTED). */
+    moe_qformat shared_format;
 } moe_layer_config;
 
 /* The layer of a known model (the router presets' names: "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", ...):
@@ -560,6 +565,10 @@ typedef struct moe_layer_weights {
      * NVFP4 one global scale per expert matrix (a checkpoint's per-expert weight_scale_2). */
     const void *w13_scale, *w2_scale;
     const float *w13_global, *w2_global; /* (E) NVFP4 only */
+    /* config.shared_format only: shared_w13 and shared_w2 hold the elements of (S, 2Is, H) and (S, H, Is), these
+     * their scales (S matrices) and NVFP4's global scales (S), as for the routed experts above. */
+    const void *shared_w13_scale, *shared_w2_scale;
+    const float *shared_w13_global, *shared_w2_global;
 } moe_layer_weights;
 
 typedef struct moe_layer moe_layer;

@@ -321,8 +321,20 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     UP(w.b2, p->b2, E * H, F);
     UP(w.gate, use_logits ? NULL : p->gate, E * H, F);
     UP(w.gate_bias, p->gate_bias, E, F);
-    UP(w.shared_w13, p->sw13, S * 2 * Is * H, dtype);
-    UP(w.shared_w2, p->sw2, S * H * Is, dtype);
+    if (p->sqw) { /* the quantised shared experts as they are */
+        cc.shared_format = p->sqw->f;
+        void **dst[2][3] = {{(void **)&w.shared_w13, (void **)&w.shared_w13_scale, (void **)&w.shared_w13_global},
+                            {(void **)&w.shared_w2, (void **)&w.shared_w2_scale, (void **)&w.shared_w2_global}};
+        for (int m = 0; m < 2; m++) {
+            *dst[m][0] = bufs[nb++] = test_upload(ctx, p->sqw->data[m], p->sqw->data_bytes[m]);
+            *dst[m][1] = bufs[nb++] = test_upload(ctx, p->sqw->scale[m], p->sqw->scale_bytes[m]);
+            if (p->sqw->global[m])
+                *dst[m][2] = bufs[nb++] = test_upload(ctx, p->sqw->global[m], sizeof(float) * (size_t)S);
+        }
+    } else {
+        UP(w.shared_w13, p->sw13, S * 2 * Is * H, dtype);
+        UP(w.shared_w2, p->sw2, S * H * Is, dtype);
+    }
     UP(w.shared_gate, p->sgate, H, F);
     void *x, *logits;
     UP(x, p->x, T * H, dtype);

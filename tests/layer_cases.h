@@ -30,6 +30,7 @@ typedef struct layer_problem {
     int32_t *hash_table;    /* hash routing: (c.router.hash_vocab, k) distinct experts a row, or NULL */
     int32_t *token_ids;     /* hash routing: (T) in [0, hash_vocab), or NULL */
     const layer_qweights *qw; /* the routed experts quantised (layer_run uploads these instead of w13, w2), or NULL */
+    const layer_qweights *sqw; /* the shared experts quantised (instead of sw13, sw2), or NULL */
 } layer_problem;
 
 /* Golden case `name` of layer.moeg; 0 on success. */

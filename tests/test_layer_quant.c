@@ -97,6 +97,93 @@ TEST_IMPL(layer_quant_errors) {
     b.expert_format.global = MOE_NVFP4_GLOBAL_DECODE;
     ASSERT_OK(ctx, moe_layer_create(ctx, &b, &nw, &l));
     moe_layer_destroy(l);
+    l = NULL;
+    /* quantised shared experts: the same checks, named for them */
+    moe_layer_config sc = c;
+    sc.n_shared = 2, sc.shared_intermediate = 32;
+    moe_layer_weights sw = w;
+    sw.shared_w13 = sw.shared_w2 = data;
+    sc.shared_format = moe_qformat_preset(MOE_QFORMAT_FP8_TENSOR);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "shared_format fp8_tensor is not a weight format",
+                 moe_layer_create(ctx, &sc, &sw, &l));
+    sc.shared_format = moe_qformat_preset(MOE_QFORMAT_FP8_128X128);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "shared_w13_scale", moe_layer_create(ctx, &sc, &sw, &l));
+    sw.shared_w13_scale = sw.shared_w2_scale = scale;
+    sc.shared_format = moe_qformat_preset(MOE_QFORMAT_NVFP4);
+    sc.shared_format.global = MOE_NVFP4_GLOBAL_DECODE;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "shared_w13_global", moe_layer_create(ctx, &sc, &sw, &l));
+    sw.shared_w13_global = sw.shared_w2_global = global;
+    ASSERT(l == NULL);
+    ASSERT_OK(ctx, moe_layer_create(ctx, &sc, &sw, &l));
+    moe_layer_destroy(l);
+    return TEST_OK;
+}
+
+/* Quantised shared experts (config.shared_format) on the CPU. In every weight format the layer over the shared
+ * experts' codes gives exactly the bits of the layer over the values they stand for (two shared experts, Qwen2's
+ * gate, the routed experts plain). With W8A8 a shared expert is computed as a routed one is: one expert routed at
+ * weight 1 and a shared expert with the same codes give exactly twice the output of that expert alone. */
+TEST_IMPL(layer_shared_quant_cpu) {
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    const char *names[LAYER_WEIGHT_FORMATS];
+    const int n = layer_weight_formats(fmts, names);
+    moe_layer_config c = quant_config();
+    c.n_shared = 2, c.shared_intermediate = 64, c.shared_gate = 1;
+    const int64_t T = 29, H = c.hidden;
+    layer_problem p;
+    layer_problem_random(&p, &c, T, 1, env->seed + 60);
+    layer_problem ps = p; /* the shared weights as experts of their own, for layer_problem_quantize */
+    ps.c.router.n_experts = c.n_shared, ps.c.intermediate = c.shared_intermediate, ps.w13 = p.sw13, ps.w2 = p.sw2;
+    float *plain = malloc(sizeof(float) * (size_t)(T * H)), *quant = malloc(sizeof(float) * (size_t)(T * H)),
+          *deq_out = malloc(sizeof(float) * (size_t)(T * H));
+    ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, plain, 0));
+    for (int i = 0; i < n; i++) {
+        layer_qweights q;
+        float *deq[2];
+        ASSERT_MSG(layer_problem_quantize(env->cpu, &ps, &fmts[i], &q, deq) == 0, "%s", names[i]);
+        layer_problem pq = p, pd = p;
+        pq.sqw = &q;
+        pd.sw13 = deq[0], pd.sw2 = deq[1];
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &pq, MOE_DTYPE_F32, 1, quant, 0));
+        ASSERT_OK(env->cpu, layer_run(env->cpu, &pd, MOE_DTYPE_F32, 1, deq_out, 0));
+        for (int64_t j = 0; j < T * H; j++)
+            ASSERT_MSG(test_same_f32(quant[j], deq_out[j]), "%s: out[%lld] = %.9g over the shared codes, %.9g over "
+                       "their values", names[i], (long long)j, quant[j], deq_out[j]);
+        const double e = test_rel_l2(quant, plain, T * H), bound = fmts[i].elem == MOE_DTYPE_E2M1 ? 0.25 : 0.08;
+        fprintf(stderr, "  %-20s relative L2 to the unquantised shared experts %.3g\n", names[i], e);
+        ASSERT_MSG(e > 0.0 && e < bound, "%s: %g", names[i], e);
+        free(deq[0]), free(deq[1]);
+        layer_qweights_free(&q);
+    }
+    free(plain), free(quant), free(deq_out);
+    layer_problem_free(&p);
+
+    /* W8A8: one routed expert and one shared expert, the same FP8 128x128 codes */
+    c = quant_config();
+    c.router.n_experts = 1, c.router.top_k = 1; /* softmax over one logit: weight 1 */
+    c.n_shared = 1, c.shared_intermediate = c.intermediate;
+    c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+    layer_problem_random(&p, &c, T, 1, env->seed + 61);
+    for (int64_t t = 0; t < T; t++) p.logits[t] = 0.0f; /* every token routed (random logits hold NaN rows) */
+    layer_qweights q;
+    const moe_qformat f = moe_qformat_preset(MOE_QFORMAT_FP8_128X128);
+    ASSERT(layer_problem_quantize(env->cpu, &p, &f, &q, NULL) == 0);
+    float *both = malloc(sizeof(float) * (size_t)(T * H)), *alone = malloc(sizeof(float) * (size_t)(T * H));
+    layer_problem pb = p, pa = p;
+    pb.qw = pb.sqw = &q;
+    pa.qw = &q, pa.c.n_shared = 0;
+    ASSERT_OK(env->cpu, layer_run(env->cpu, &pb, MOE_DTYPE_F32, 1, both, 0));
+    ASSERT_OK(env->cpu, layer_run(env->cpu, &pa, MOE_DTYPE_F32, 1, alone, 0));
+    double mag = 0.0;
+    for (int64_t j = 0; j < T * H; j++) {
+        ASSERT_MSG(test_same_f32(both[j], 2.0f * alone[j]), "W8A8: out[%lld] = %.9g with the shared expert, %.9g "
+                   "for the routed one alone", (long long)j, both[j], alone[j]);
+        mag += fabs(alone[j]);
+    }
+    ASSERT_MSG(mag > 0.0, "W8A8: an all-zero output tests nothing");
+    free(both), free(alone);
+    layer_qweights_free(&q);
+    layer_problem_free(&p);
     return TEST_OK;
 }
 

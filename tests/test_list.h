@@ -29,6 +29,7 @@
     X(layer_quant_cpu)            \
     X(layer_quant_golden)         \
     X(layer_quant_errors)         \
+    X(layer_shared_quant_cpu)     \
     X(layer_w8a8_cpu)             \
     X(layer_w8a8_errors)          \
     X(ep_cpu_exact)               \

@@ -107,9 +107,10 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
     if (c->shared_gate) w->sgate = host_f32_to_ctx(ctx, (int64_t)H, 1.0 / sqrt((double)H), seed + 5);
     w->config = *c;
     w->config.router.bias = w->bias;
-    const moe_layer_weights lw = {w->w13,    w->w2,      w->b13,      w->b2,       w->gate,
-                                  w->gate_bias, w->sw13,  w->sw2,      w->sgate,    w->scale[0],
-                                  w->scale[1], w->global[0], w->global[1]};
+    const moe_layer_weights lw = {.w13 = w->w13, .w2 = w->w2, .b13 = w->b13, .b2 = w->b2, .gate = w->gate,
+                                  .gate_bias = w->gate_bias, .shared_w13 = w->sw13, .shared_w2 = w->sw2,
+                                  .shared_gate = w->sgate, .w13_scale = w->scale[0], .w2_scale = w->scale[1],
+                                  .w13_global = w->global[0], .w2_global = w->global[1]};
     w->weights = lw;
     return moe_layer_create(ctx, &w->config, &w->weights, &w->layer);
 }

@@ -236,6 +236,10 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
                           "moe_ep_create: quantised experts (expert_format %s) are not supported under expert "
                           "parallelism yet (the rebalance moves bf16/f32 expert weights)",
                           moe_qformat_kind_name(config->layer.expert_format.kind));
+    if (config->layer.shared_format.kind != MOE_QFORMAT_INVALID && config->layer.n_shared > 0)
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED,
+                          "moe_ep_create: quantised shared experts (shared_format %s) are not supported under expert "
+                          "parallelism yet", moe_qformat_kind_name(config->layer.shared_format.kind));
     if (config->layer.act_format.kind != MOE_QFORMAT_INVALID)
         return moe__error(ctx, MOE_ERR_UNSUPPORTED,
                           "moe_ep_create: quantised expert inputs (act_format %s) are not supported under expert "

@@ -46,37 +46,47 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
     return s;
 }
 
-/* Quantised routed experts: a weight format (block scales along each row, or 128x128 tiles; linear scales) whose
- * layouts for w13 (E, 2I, H) and w2 (E, H, I) are valid, and its scale buffers. */
-static moe_status moe_check_expert_format(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w,
-                                          moe_qlayout *q13, moe_qlayout *q2) {
-    const moe_qformat *f = &c->expert_format;
+/* One set of quantised expert matrices for the checks below: n experts' w13 (n, 2I, H) and w2 (n, H, I) in format f,
+ * with their scale buffers; what names the config field and pre the weights' prefix in messages. */
+typedef struct moe_expert_set {
+    const moe_qformat *f;
+    const char *what, *noun, *pre; /* "expert_format", "experts", "" or "shared_format", "shared experts", "shared_" */
+    int64_t n, I;
+    const void *s13, *s2;
+    const float *g13, *g2;
+} moe_expert_set;
+
+/* Quantised experts (routed, or shared): a weight format (block scales along each row, or 128x128 tiles; linear
+ * scales) whose layouts for w13 and w2 are valid, and its scale buffers. */
+static moe_status moe_check_weight_format(moe_ctx *ctx, int64_t H, const moe_expert_set *x, moe_qlayout *q13,
+                                          moe_qlayout *q2) {
+    const moe_qformat *f = x->f;
     const moe_qformat_kind k = f->kind;
     MOE_CHECK_ARG(ctx, k == MOE_QFORMAT_FP8_ROW || k == MOE_QFORMAT_FP8_1X128 || k == MOE_QFORMAT_FP8_128X128 ||
                            k == MOE_QFORMAT_MXFP8 || k == MOE_QFORMAT_MXFP4 || k == MOE_QFORMAT_NVFP4,
-                  "moe_layer_create: expert_format %s is not a weight format (fp8_row, fp8_1x128, fp8_128x128, mxfp8, "
-                  "mxfp4, nvfp4)", moe_qformat_kind_name(k));
+                  "moe_layer_create: %s %s is not a weight format (fp8_row, fp8_1x128, fp8_128x128, mxfp8, mxfp4, "
+                  "nvfp4)", x->what, moe_qformat_kind_name(k));
     MOE_CHECK_ARG(ctx, f->elem == MOE_DTYPE_E4M3 || f->elem == MOE_DTYPE_E2M1,
-                  "moe_layer_create: expert_format elements must be e4m3 or e2m1, not %s", moe_dtype_name(f->elem));
-    MOE_CHECK_ARG(ctx, f->layout == MOE_SCALE_LINEAR, "moe_layer_create: expert_format scales must be linear");
-    const int64_t E = c->router.n_experts, I = c->intermediate, H = c->hidden;
-    const int64_t s13[3] = {E, 2 * I, H}, s2[3] = {E, H, I};
+                  "moe_layer_create: %s elements must be e4m3 or e2m1, not %s", x->what, moe_dtype_name(f->elem));
+    MOE_CHECK_ARG(ctx, f->layout == MOE_SCALE_LINEAR, "moe_layer_create: %s scales must be linear", x->what);
+    const int64_t s13[3] = {x->n, 2 * x->I, H}, s2[3] = {x->n, H, x->I};
     MOE_TRY(moe__qlayout(ctx, f, 3, s13, q13));
     MOE_TRY(moe__qlayout(ctx, f, 3, s2, q2));
-    MOE_CHECK_ARG(ctx, w->w13_scale && w->w2_scale, "moe_layer_create: expert_format %s needs w13_scale and w2_scale",
-                  moe_qformat_kind_name(k));
-    MOE_CHECK_ARG(ctx, k != MOE_QFORMAT_NVFP4 || (w->w13_global && w->w2_global),
-                  "moe_layer_create: nvfp4 experts need w13_global and w2_global (one per expert)");
-    MOE_CHECK_ARG(ctx,
-                  q13->scale_bytes_each == 1 ||
-                      ((uintptr_t)w->w13_scale % 4 == 0 && (uintptr_t)w->w2_scale % 4 == 0),
-                  "moe_layer_create: the f32 scales w13_scale and w2_scale must be 4-byte aligned");
+    MOE_CHECK_ARG(ctx, x->s13 && x->s2, "moe_layer_create: %s %s needs %sw13_scale and %sw2_scale", x->what,
+                  moe_qformat_kind_name(k), x->pre, x->pre);
+    MOE_CHECK_ARG(ctx, k != MOE_QFORMAT_NVFP4 || (x->g13 && x->g2),
+                  "moe_layer_create: nvfp4 %s need %sw13_global and %sw2_global (one per expert)", x->noun, x->pre,
+                  x->pre);
+    MOE_CHECK_ARG(ctx, q13->scale_bytes_each == 1 || ((uintptr_t)x->s13 % 4 == 0 && (uintptr_t)x->s2 % 4 == 0),
+                  "moe_layer_create: the f32 scales %sw13_scale and %sw2_scale must be 4-byte aligned", x->pre,
+                  x->pre);
     return MOE_OK;
 }
 
 /* Quantised expert inputs (W8A8): FP8 1x128 groups of E4M3 with f32 scales (any rule), linear; the layouts of one
- * row of x and of h. */
-static moe_status moe_check_act_format(moe_ctx *ctx, const moe_layer_config *c, moe_qlayout *qx, moe_qlayout *qh) {
+ * row of x and of h, and of the quantised shared experts' h. */
+static moe_status moe_check_act_format(moe_ctx *ctx, const moe_layer_config *c, moe_qlayout *qx, moe_qlayout *qh,
+                                       moe_qlayout *qsh) {
     const moe_qformat *f = &c->act_format;
     MOE_CHECK_ARG(ctx, f->kind == MOE_QFORMAT_FP8_1X128,
                   "moe_layer_create: act_format %s is not an activation format of the layer (fp8_1x128)",
@@ -87,7 +97,10 @@ static moe_status moe_check_act_format(moe_ctx *ctx, const moe_layer_config *c, 
                   "moe_layer_create: act_format scales must be f32 (of any rule) and linear");
     const int64_t sx[2] = {1, c->hidden}, sh[2] = {1, c->intermediate};
     MOE_TRY(moe__qlayout(ctx, f, 2, sx, qx));
-    return moe__qlayout(ctx, f, 2, sh, qh);
+    MOE_TRY(moe__qlayout(ctx, f, 2, sh, qh));
+    if (c->shared_format.kind == MOE_QFORMAT_INVALID || c->n_shared == 0) return MOE_OK;
+    const int64_t ss[2] = {1, c->shared_intermediate};
+    return moe__qlayout(ctx, f, 2, ss, qsh);
 }
 
 static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w) {
@@ -124,6 +137,10 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                               c->hidden, c->intermediate, c->shared_intermediate);
         MOE_CHECK_ARG(ctx, c->router.n_experts <= 1024, "moe_layer_create: at most 1024 experts on the GPU, not %d",
                       c->router.n_experts);
+        if (c->shared_format.kind != MOE_QFORMAT_INVALID && c->n_shared > 0)
+            return moe__error(ctx, MOE_ERR_UNSUPPORTED,
+                              "moe_layer_create: quantised shared experts (shared_format %s) run on the CPU only, not "
+                              "yet on the GPU", moe_qformat_kind_name(c->shared_format.kind));
         if (c->expert_format.kind != MOE_QFORMAT_INVALID && (c->hidden % 32 || c->intermediate % 32))
             return moe__error(ctx, MOE_ERR_UNSUPPORTED,
                               "moe_layer_create: quantised experts on the GPU need hidden (%d) and intermediate (%d) "
@@ -197,12 +214,24 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     MOE_CHECK_ARG(ctx, out, "moe_layer_create: out is NULL");
     *out = NULL;
     MOE_TRY(moe_check_layer(ctx, config, weights));
-    moe_qlayout q13, q2;
+    moe_qlayout q13, q2, qs13, qs2;
     const bool quantized = config->expert_format.kind != MOE_QFORMAT_INVALID;
-    if (quantized) MOE_TRY(moe_check_expert_format(ctx, config, weights, &q13, &q2));
-    moe_qlayout qx, qh;
+    if (quantized) {
+        const moe_expert_set x = {&config->expert_format, "expert_format", "experts", "", config->router.n_experts,
+                                  config->intermediate, weights->w13_scale, weights->w2_scale, weights->w13_global,
+                                  weights->w2_global};
+        MOE_TRY(moe_check_weight_format(ctx, config->hidden, &x, &q13, &q2));
+    }
+    const bool shared_quantized = config->shared_format.kind != MOE_QFORMAT_INVALID && config->n_shared > 0;
+    if (shared_quantized) {
+        const moe_expert_set x = {&config->shared_format, "shared_format", "shared experts", "shared_",
+                                  config->n_shared, config->shared_intermediate, weights->shared_w13_scale,
+                                  weights->shared_w2_scale, weights->shared_w13_global, weights->shared_w2_global};
+        MOE_TRY(moe_check_weight_format(ctx, config->hidden, &x, &qs13, &qs2));
+    }
+    moe_qlayout qx, qh, qsh;
     const bool act_quantized = config->act_format.kind != MOE_QFORMAT_INVALID;
-    if (act_quantized) MOE_TRY(moe_check_act_format(ctx, config, &qx, &qh));
+    if (act_quantized) MOE_TRY(moe_check_act_format(ctx, config, &qx, &qh, &qsh));
     moe_layer *l = calloc(1, sizeof *l);
     if (!l) return moe__error(ctx, MOE_ERR_OOM, "moe_layer_create: out of host memory");
     l->ctx = ctx;
@@ -211,6 +240,8 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     l->expert_begin = 0, l->n_local = l->n_global = config->router.n_experts;
     if (quantized) l->quantized = true, l->q13 = q13, l->q2 = q2;
     if (act_quantized) l->act_quantized = true, l->qx = qx, l->qh = qh;
+    if (shared_quantized) l->shared_quantized = true, l->qs13 = qs13, l->qs2 = qs2;
+    if (shared_quantized && act_quantized) l->qsh = qsh;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA && (config->n_shared > 0 || act_quantized)) { /* the side stream */
         const moe_status s = moe__cuda_layer_init(l);

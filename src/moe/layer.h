@@ -27,6 +27,10 @@ struct moe_layer {
     /* c.act_format set (W8A8): the layouts of one row of x (1, H) and of h (1, I), for the CPU reference */
     bool act_quantized;
     moe_qlayout qx, qh;
+    /* c.shared_format set: the layouts of shared_w13 (S, 2Is, H) and shared_w2 (S, H, Is); with act_format, of one
+     * row of the shared experts' h (1, Is) */
+    bool shared_quantized;
+    moe_qlayout qs13, qs2, qsh;
 };
 
 /* The GPU's grouped GEMMs work on tiles of 16, 64 or 128 rows (chosen per forward from T); the permutation pads

@@ -45,6 +45,18 @@ static moe_wmat moe_expert_mat(const moe_layer *l, int which, int64_t e) {
     return m;
 }
 
+/* Shared expert e's shared_w13 (which 0) or shared_w2 (1): plain values of the layer's dtype, or matrix e of the
+ * quantised shared tensors (config.shared_format). */
+static moe_wmat moe_shared_mat(const moe_layer *l, int which, int64_t e) {
+    const moe_layer_config *c = &l->c;
+    const int64_t Is = c->shared_intermediate, H = c->hidden, esize = c->dtype == MOE_DTYPE_BF16 ? 2 : 4;
+    const void *data = which ? l->w.shared_w2 : l->w.shared_w13;
+    if (!l->shared_quantized) return moe_plain((const char *)data + e * (which ? H * Is : 2 * Is * H) * esize, c->dtype);
+    const moe_wmat m = {data, c->dtype, which ? &l->qs2 : &l->qs13, which ? l->w.shared_w2_scale : l->w.shared_w13_scale,
+                        which ? l->w.shared_w2_global : l->w.shared_w13_global, e};
+    return m;
+}
+
 /* Row r (cols values) of m in f32. */
 static void moe_wmat_row(const moe_wmat *m, int64_t r, int cols, float *out) {
     if (m->q) {
@@ -175,12 +187,18 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
     int failed = 0;
 #pragma omp parallel num_threads(l->ctx->n_threads)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(4 * H + 4 * Is));
+        /* x, acc, sh (H), a (2Is), h (Is), a weight row (H + Is >= either), xq (H); W8A8: scales and codes */
+        const int wide = H > Is ? H : Is;
+        float *buf = malloc(sizeof(float) * (size_t)(5 * H + 4 * Is + wide / 128 + 1) + (size_t)wide);
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
         } else {
             float *x = buf, *acc = x + H, *sh = acc + H, *a = sh + H, *h = a + 2 * Is, *row = h + Is;
+            float *xq = row + H + Is, *scales = xq + H;
+            uint8_t *codes = (uint8_t *)(scales + wide / 128 + 1);
+            /* W8A8 with quantised shared experts: their input is Q(x) and their h Q(h), as the routed experts' */
+            const bool aq = l->act_quantized && l->shared_quantized;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < T; t++) {
                 for (int i = 0; i < H; i++) acc[i] = 0.0f;
@@ -199,11 +217,14 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
                         g = moe__sigmoidf(d);
                     }
                     for (int i = 0; i < H; i++) sh[i] = 0.0f;
-                    const int64_t s13 = (int64_t)2 * Is * H * (c->dtype == MOE_DTYPE_BF16 ? 2 : 4);
+                    if (aq) {
+                        for (int i = 0; i < H; i++) xq[i] = x[i];
+                        moe_act_quantize(l->ctx, &l->qx, xq, codes, scales);
+                    }
                     for (int e = 0; e < c->n_shared; e++) {
-                        const moe_wmat w13 = moe_plain((const char *)l->w.shared_w13 + e * s13, c->dtype),
-                                       w2 = moe_plain((const char *)l->w.shared_w2 + e * s13 / 2, c->dtype);
-                        moe_ffn_up(l, &w13, NULL, Is, x, a, h, row);
+                        const moe_wmat w13 = moe_shared_mat(l, 0, e), w2 = moe_shared_mat(l, 1, e);
+                        moe_ffn_up(l, &w13, NULL, Is, aq ? xq : x, a, h, row);
+                        if (aq) moe_act_quantize(l->ctx, &l->qsh, h, codes, scales);
                         moe_ffn_down(l, &w2, NULL, Is, h, 1.0f, sh, row);
                     }
                     for (int i = 0; i < H; i++) acc[i] += g * sh[i];
