@@ -284,6 +284,18 @@ void *layer_upload_as(moe_ctx *ctx, const float *v, int64_t n, moe_dtype dtype) 
     return d;
 }
 
+/* q's codes, scales and (n) NVFP4 globals of w13 and w2 into ctx, at dst[matrix][codes, scales, globals]; the
+ * buffers are also listed in bufs, their count returned. */
+static int upload_qweights(moe_ctx *ctx, const layer_qweights *q, int64_t n, void **const (*dst)[3], void **bufs) {
+    int nb = 0;
+    for (int m = 0; m < 2; m++) {
+        *dst[m][0] = bufs[nb++] = test_upload(ctx, q->data[m], q->data_bytes[m]);
+        *dst[m][1] = bufs[nb++] = test_upload(ctx, q->scale[m], q->scale_bytes[m]);
+        if (q->global[m]) *dst[m][2] = bufs[nb++] = test_upload(ctx, q->global[m], sizeof(float) * (size_t)n);
+    }
+    return nb;
+}
+
 moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out,
                      int capture) {
     const moe_layer_config *c = &p->c;
@@ -307,12 +319,7 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
         cc.expert_format = p->qw->f;
         void **dst[2][3] = {{(void **)&w.w13, (void **)&w.w13_scale, (void **)&w.w13_global},
                             {(void **)&w.w2, (void **)&w.w2_scale, (void **)&w.w2_global}};
-        for (int m = 0; m < 2; m++) {
-            *dst[m][0] = bufs[nb++] = test_upload(ctx, p->qw->data[m], p->qw->data_bytes[m]);
-            *dst[m][1] = bufs[nb++] = test_upload(ctx, p->qw->scale[m], p->qw->scale_bytes[m]);
-            if (p->qw->global[m])
-                *dst[m][2] = bufs[nb++] = test_upload(ctx, p->qw->global[m], sizeof(float) * (size_t)E);
-        }
+        nb += upload_qweights(ctx, p->qw, E, dst, bufs + nb);
     } else {
         UP(w.w13, p->w13, E * 2 * I * H, dtype);
         UP(w.w2, p->w2, E * H * I, dtype);
@@ -325,12 +332,7 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
         cc.shared_format = p->sqw->f;
         void **dst[2][3] = {{(void **)&w.shared_w13, (void **)&w.shared_w13_scale, (void **)&w.shared_w13_global},
                             {(void **)&w.shared_w2, (void **)&w.shared_w2_scale, (void **)&w.shared_w2_global}};
-        for (int m = 0; m < 2; m++) {
-            *dst[m][0] = bufs[nb++] = test_upload(ctx, p->sqw->data[m], p->sqw->data_bytes[m]);
-            *dst[m][1] = bufs[nb++] = test_upload(ctx, p->sqw->scale[m], p->sqw->scale_bytes[m]);
-            if (p->sqw->global[m])
-                *dst[m][2] = bufs[nb++] = test_upload(ctx, p->sqw->global[m], sizeof(float) * (size_t)S);
-        }
+        nb += upload_qweights(ctx, p->sqw, S, dst, bufs + nb);
     } else {
         UP(w.shared_w13, p->sw13, S * 2 * Is * H, dtype);
         UP(w.shared_w2, p->sw2, S * H * Is, dtype);

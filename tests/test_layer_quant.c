@@ -19,39 +19,51 @@ static moe_layer_config quant_config(void) {
     return c;
 }
 
-TEST_IMPL(layer_quant_cpu) {
+/* In every weight format, the layer over the codes of p's routed experts (shared 0) or shared experts (1) gives
+ * exactly the bits of the f32 layer over the values they stand for, and moves the output from the unquantised
+ * layer by about the format's precision (the codes are not the f32 weights). */
+static test_result codes_give_their_values(test_env *env, const layer_problem *p, int shared) {
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
     const char *names[LAYER_WEIGHT_FORMATS];
     const int n = layer_weight_formats(fmts, names);
-    const moe_layer_config c = quant_config();
-    const int64_t T = 37, H = c.hidden;
-    layer_problem p;
-    layer_problem_random(&p, &c, T, 1, env->seed);
+    const int64_t T = p->T, H = p->c.hidden;
+    layer_problem pm = *p; /* the quantised matrices as experts of their own, for layer_problem_quantize */
+    if (shared)
+        pm.c.router.n_experts = p->c.n_shared, pm.c.intermediate = p->c.shared_intermediate, pm.w13 = p->sw13,
+        pm.w2 = p->sw2;
     float *plain = malloc(sizeof(float) * (size_t)(T * H)), *quant = malloc(sizeof(float) * (size_t)(T * H)),
           *deq_out = malloc(sizeof(float) * (size_t)(T * H));
-    ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, plain, 0));
+    ASSERT_OK(env->cpu, layer_run(env->cpu, p, MOE_DTYPE_F32, 1, plain, 0));
     for (int i = 0; i < n; i++) {
         layer_qweights q;
         float *deq[2];
-        ASSERT_MSG(layer_problem_quantize(env->cpu, &p, &fmts[i], &q, deq) == 0, "%s", names[i]);
-        layer_problem pq = p, pd = p;
-        pq.qw = &q;
-        pd.w13 = deq[0], pd.w2 = deq[1];
+        ASSERT_MSG(layer_problem_quantize(env->cpu, &pm, &fmts[i], &q, deq) == 0, "%s", names[i]);
+        layer_problem pq = *p, pd = *p;
+        if (shared) pq.sqw = &q, pd.sw13 = deq[0], pd.sw2 = deq[1];
+        else pq.qw = &q, pd.w13 = deq[0], pd.w2 = deq[1];
         ASSERT_OK(env->cpu, layer_run(env->cpu, &pq, MOE_DTYPE_F32, 1, quant, 0));
         ASSERT_OK(env->cpu, layer_run(env->cpu, &pd, MOE_DTYPE_F32, 1, deq_out, 0));
         for (int64_t j = 0; j < T * H; j++)
-            ASSERT_MSG(test_same_f32(quant[j], deq_out[j]), "%s: out[%lld] = %.9g over the codes, %.9g over their "
-                       "values", names[i], (long long)j, quant[j], deq_out[j]);
-        /* the codes are not the f32 weights: the output moved, by about the format's precision */
+            ASSERT_MSG(test_same_f32(quant[j], deq_out[j]), "%s%s: out[%lld] = %.9g over the codes, %.9g over "
+                       "their values", shared ? "shared " : "", names[i], (long long)j, quant[j], deq_out[j]);
         const double e = test_rel_l2(quant, plain, T * H), bound = fmts[i].elem == MOE_DTYPE_E2M1 ? 0.25 : 0.08;
-        fprintf(stderr, "  %-20s relative L2 to the unquantised layer %.3g\n", names[i], e);
+        fprintf(stderr, "  %-20s relative L2 to the unquantised %s %.3g\n", names[i],
+                shared ? "shared experts" : "layer", e);
         ASSERT_MSG(e > 0.0 && e < bound, "%s: %g", names[i], e);
         free(deq[0]), free(deq[1]);
         layer_qweights_free(&q);
     }
     free(plain), free(quant), free(deq_out);
-    layer_problem_free(&p);
     return TEST_OK;
+}
+
+TEST_IMPL(layer_quant_cpu) {
+    const moe_layer_config c = quant_config();
+    layer_problem p;
+    layer_problem_random(&p, &c, 37, 1, env->seed);
+    const test_result r = codes_give_their_values(env, &p, 0);
+    layer_problem_free(&p);
+    return r;
 }
 
 TEST_IMPL(layer_quant_golden) {
@@ -124,39 +136,14 @@ TEST_IMPL(layer_quant_errors) {
  * gate, the routed experts plain). With W8A8 a shared expert is computed as a routed one is: one expert routed at
  * weight 1 and a shared expert with the same codes give exactly twice the output of that expert alone. */
 TEST_IMPL(layer_shared_quant_cpu) {
-    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
-    const char *names[LAYER_WEIGHT_FORMATS];
-    const int n = layer_weight_formats(fmts, names);
     moe_layer_config c = quant_config();
     c.n_shared = 2, c.shared_intermediate = 64, c.shared_gate = 1;
     const int64_t T = 29, H = c.hidden;
     layer_problem p;
     layer_problem_random(&p, &c, T, 1, env->seed + 60);
-    layer_problem ps = p; /* the shared weights as experts of their own, for layer_problem_quantize */
-    ps.c.router.n_experts = c.n_shared, ps.c.intermediate = c.shared_intermediate, ps.w13 = p.sw13, ps.w2 = p.sw2;
-    float *plain = malloc(sizeof(float) * (size_t)(T * H)), *quant = malloc(sizeof(float) * (size_t)(T * H)),
-          *deq_out = malloc(sizeof(float) * (size_t)(T * H));
-    ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_F32, 1, plain, 0));
-    for (int i = 0; i < n; i++) {
-        layer_qweights q;
-        float *deq[2];
-        ASSERT_MSG(layer_problem_quantize(env->cpu, &ps, &fmts[i], &q, deq) == 0, "%s", names[i]);
-        layer_problem pq = p, pd = p;
-        pq.sqw = &q;
-        pd.sw13 = deq[0], pd.sw2 = deq[1];
-        ASSERT_OK(env->cpu, layer_run(env->cpu, &pq, MOE_DTYPE_F32, 1, quant, 0));
-        ASSERT_OK(env->cpu, layer_run(env->cpu, &pd, MOE_DTYPE_F32, 1, deq_out, 0));
-        for (int64_t j = 0; j < T * H; j++)
-            ASSERT_MSG(test_same_f32(quant[j], deq_out[j]), "%s: out[%lld] = %.9g over the shared codes, %.9g over "
-                       "their values", names[i], (long long)j, quant[j], deq_out[j]);
-        const double e = test_rel_l2(quant, plain, T * H), bound = fmts[i].elem == MOE_DTYPE_E2M1 ? 0.25 : 0.08;
-        fprintf(stderr, "  %-20s relative L2 to the unquantised shared experts %.3g\n", names[i], e);
-        ASSERT_MSG(e > 0.0 && e < bound, "%s: %g", names[i], e);
-        free(deq[0]), free(deq[1]);
-        layer_qweights_free(&q);
-    }
-    free(plain), free(quant), free(deq_out);
+    const test_result r = codes_give_their_values(env, &p, 1);
     layer_problem_free(&p);
+    if (r != TEST_OK) return r;
 
     /* W8A8: one routed expert and one shared expert, the same FP8 128x128 codes */
     c = quant_config();
