@@ -350,6 +350,10 @@ TEST_IMPL(ep_errors) {
     qec = ec, qec.layer.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128); /* nor W8A8 */
     ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_UNSUPPORTED && !ep);
     ASSERT(strstr(moe_last_error(ctxs[0]), "act_format fp8_1x128"));
+    qec = ec, qec.layer.n_shared = 1, qec.layer.shared_intermediate = 16; /* nor quantised shared experts */
+    qec.layer.shared_format = moe_qformat_preset(MOE_QFORMAT_FP8_128X128);
+    ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_UNSUPPORTED && !ep);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "shared_format fp8_128x128"));
     ASSERT_OK(ctxs[0], moe_ep_create(comms[0], &ec, &w, &ep));
     moe_tensor xt = moe_tensor_2d(p.x, MOE_DTYPE_F32, 10, 32), yt = moe_tensor_2d(out, MOE_DTYPE_F32, 10, 32),
                lt = moe_tensor_2d(p.logits, MOE_DTYPE_F32, 10, 12);
