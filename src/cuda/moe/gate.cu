@@ -112,15 +112,15 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
         });
 }
 
-/* Many tokens, on the tensor cores: grid (expert tile + token tile x expert tiles, split), each split storing its own sums
- * (gate_args::store). x is bf16 and each gate weight g (f32) is the exact sum of three bf16 terms, hi = bf16(g),
- * mid = bf16(g - hi), lo = g - hi - mid (g's 24 significant bits in three pieces of 8: each difference is exact, and
- * lo needs no rounding, for |g| >= 2^-110, where lo's last bit is still a bf16 subnormal), so x . g is three bf16 mma.sync whose products are exact, summed in f32 as the CUDA-core
- * FMA chain sums its exact products (docs/layer.md §1: only the order of the sum differs). A non-finite g is hi
- * alone. A CTA: 128 tokens x 64 outputs, K in steps of 32 (two stages: x by cp.async, the gate through registers,
- * split once a CTA when stored), 8 warps of 32 x 32; the hi products in one set of accumulators, mid and lo in
- * another, added at the end. Shared rows are 64 bytes, their 16-byte chunks XOR-swizzled by row / 2 so that
- * ldmatrix's 8 rows hit distinct banks. */
+/* Many tokens, on the tensor cores: grid (expert tile + token tile x expert tiles, split), each split storing its
+ * own sums (gate_args::store). x is bf16 and each gate weight g (f32) is the exact sum of three bf16 terms,
+ * hi = bf16(g), mid = bf16(g - hi), lo = g - hi - mid (g's 24 significant bits in three pieces of 8: each difference
+ * is exact, and lo needs no rounding, for |g| >= 2^-110, where lo's last bit is still a bf16 subnormal), so x . g is
+ * three bf16 mma.sync whose products are exact, summed in f32 as the CUDA-core FMA chain sums its exact products
+ * (docs/layer.md §1: only the order of the sum differs). A non-finite g is hi alone. A CTA: 128 tokens x 64
+ * outputs, K in steps of 32 (two stages: x by cp.async, the gate through registers, split once a CTA when stored),
+ * 8 warps of 32 x 32; the hi products in one set of accumulators, mid and lo in another, added at the end. Shared
+ * rows are 64 bytes, their 16-byte chunks XOR-swizzled by row / 2 so that ldmatrix's 8 rows hit distinct banks. */
 constexpr int kMmaM = MOE_GATE_MMA_M, kMmaN = 64, kMmaK = 32, kMmaThreads = 256;
 
 __device__ __forceinline__ uint32_t swz(int row, int chunk) { /* byte offset of a 16-byte chunk */
