@@ -268,6 +268,14 @@ int layer_weight_formats(moe_qformat *f, const char **names) {
     return n;
 }
 
+int layer_problem_quantize_shared(moe_ctx *cpu, const layer_problem *p, const moe_qformat *f, layer_qweights *q,
+                                  float *deq[2]) {
+    layer_problem pm = *p; /* the shared matrices as experts of their own */
+    pm.c.router.n_experts = p->c.n_shared, pm.c.intermediate = p->c.shared_intermediate;
+    pm.w13 = p->sw13, pm.w2 = p->sw2;
+    return layer_problem_quantize(cpu, &pm, f, q, deq);
+}
+
 void layer_qweights_free(layer_qweights *q) {
     for (int m = 0; m < 2; m++) free(q->data[m]), free(q->scale[m]), free(q->global[m]);
     memset(q, 0, sizeof *q);

@@ -64,6 +64,9 @@ int layer_run_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, int use_logit
  * (moe_dequantize's; the caller frees them). */
 int layer_problem_quantize(moe_ctx *cpu, const layer_problem *p, const moe_qformat *f, layer_qweights *q,
                            float *deq[2]);
+/* The same for p's shared experts (sw13, sw2: each shared expert a matrix of its own), for p->sqw. */
+int layer_problem_quantize_shared(moe_ctx *cpu, const layer_problem *p, const moe_qformat *f, layer_qweights *q,
+                                  float *deq[2]);
 void layer_qweights_free(layer_qweights *q);
 /* The expert weight formats the layer takes, as real checkpoints ship them (FP8 per row, 128x128 with f32 or E8M0
  * scales, 1x128, MXFP8, MXFP4, NVFP4 with either global convention): fills f[] and names[] (either may be NULL)

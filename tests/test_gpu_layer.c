@@ -212,13 +212,19 @@ TEST_IMPL(gpu_layer_errors) {
     ASSERT_OK(ctx, moe_layer_create(ctx, &c, &qw, &l));
     moe_layer_destroy(l);
     l = NULL;
-    /* quantised shared experts run on the CPU only so far */
+    /* quantised shared experts: the same 16-byte rows of FP4 codes, and their scales on the device */
     moe_layer_config sc = c;
-    sc.n_shared = 1, sc.shared_intermediate = 32, sc.shared_format = moe_qformat_preset(MOE_QFORMAT_FP8_128X128);
+    sc.n_shared = 1, sc.shared_intermediate = 16, sc.shared_format = moe_qformat_preset(MOE_QFORMAT_MXFP4);
     moe_layer_weights sw = qw;
     sw.shared_w13 = w13, sw.shared_w2 = w2, sw.shared_w13_scale = sw.shared_w2_scale = w13;
-    ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "CPU only", moe_layer_create(ctx, &sc, &sw, &l));
+    ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "shared_intermediate (16)", moe_layer_create(ctx, &sc, &sw, &l));
+    sc.shared_intermediate = 32;
+    sw.shared_w2_scale = host_w2;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "shared_w2_scale", moe_layer_create(ctx, &sc, &sw, &l));
     ASSERT(l == NULL);
+    sw.shared_w2_scale = w13;
+    ASSERT_OK(ctx, moe_layer_create(ctx, &sc, &sw, &l));
+    moe_layer_destroy(l);
     moe_free(ctx, w13), moe_free(ctx, w2);
     return TEST_OK;
 }

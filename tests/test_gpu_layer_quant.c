@@ -1,5 +1,7 @@
 /* test_gpu_layer_quant.c — the CUDA MoE layer with quantised experts against the CPU reference over the same codes:
  * every weight format through every tile, FP4 weights through the decode kernel, and W8A8. Skipped without a GPU. */
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "layer_cases.h"
@@ -235,6 +237,124 @@ TEST_IMPL(gpu_layer_fp4_decode) {
             layer_qweights_free(&q);
             layer_problem_free(&p);
         }
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
+/* One GPU layer run of p with bf16 weights and x (given logits): out (T, H); 0 on success, else prints why. */
+static int gpu_run(test_env *env, const layer_problem *p, float *out, const char *what) {
+    if (layer_run(env->gpu, p, MOE_DTYPE_BF16, 1, out, 0) == MOE_OK) return 0;
+    fprintf(stderr, "  %s: GPU: %s\n", what, moe_last_error(env->gpu));
+    return 1;
+}
+
+/* On the GPU, a shared expert with the codes of a routed expert (one expert, top-1, logits 0: weight 1) gives the
+ * routed expert's y exactly: the shared experts take the routed GEMMs with the same tile, grid and bits, so the
+ * layer's output is exactly twice the routed expert's alone. 1 when it is not. */
+static int shared_twice_routed(test_env *env, const moe_qformat *wf, int w8a8, int64_t T, uint64_t seed) {
+    moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 1, 1, MOE_ACT_SILU_GLU);
+    c.n_shared = 1, c.shared_intermediate = c.intermediate;
+    if (w8a8) c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+    layer_problem p;
+    layer_qweights q;
+    layer_problem_random(&p, &c, T, 1, seed);
+    for (int64_t t = 0; t < T; t++) p.logits[t] = 0.0f; /* every token routed (random logits hold NaN rows) */
+    int bad = layer_problem_quantize(env->cpu, &p, wf, &q, NULL) != 0;
+    const int64_t n = T * c.hidden;
+    float *both = malloc(sizeof(float) * (size_t)n), *alone = malloc(sizeof(float) * (size_t)n);
+    layer_problem pb = p, pa = p;
+    pb.qw = pb.sqw = &q;
+    pa.qw = &q, pa.c.n_shared = 0;
+    char what[80];
+    snprintf(what, sizeof what, "shared = routed, %s%s", moe_qformat_kind_name(wf->kind), w8a8 ? ", w8a8" : "");
+    bad = bad || gpu_run(env, &pb, both, what) || gpu_run(env, &pa, alone, what);
+    int64_t diff = 0, first = -1;
+    double mag = 0.0;
+    for (int64_t j = 0; j < n && !bad; j++) {
+        if (!test_same_f32(both[j], 2.0f * alone[j]) && diff++ == 0) first = j;
+        mag += fabs(alone[j]);
+    }
+    if (!bad)
+        fprintf(stderr, "  %-44s T=%-5lld %lld of %lld outputs differ from twice the routed expert's%s\n", what,
+                (long long)T, (long long)diff, (long long)n, mag > 0 ? "" : ", ALL ZEROS");
+    if (first >= 0)
+        fprintf(stderr, "    first: out[%lld] = %.9g, routed alone %.9g\n", (long long)first, both[first], alone[first]);
+    bad = bad || diff || !(mag > 0);
+    free(both), free(alone);
+    layer_qweights_free(&q);
+    layer_problem_free(&p);
+    return bad;
+}
+
+/* Quantised shared experts on the GPU (docs/layer.md §5: the routed experts' GEMMs over a plan of their own) against
+ * the CPU reference over the same codes:
+ *  - every weight format with bf16 activations, two shared experts under Qwen2's gate beside bf16 routed experts, at
+ *    T = 1, 20, 40, 300 (their SMALL, MEDIUM32, MEDIUM and LARGE tiles; shared_intermediate 64 is off the 128 grid);
+ *  - W8A8 with FP8 128x128 shared experts (f32 and E8M0 scales) at T = 1, 5 (the FP8 decode kernel), 40, 300 (the
+ *    FP8 tensor-core tile), beside FP8 routed experts (whose x codes the shared experts reuse) and beside bf16 ones
+ *    (the shared experts quantise x themselves), and with shared_intermediate 96 (the bf16 path); tolerances as in
+ *    gpu_layer_w8a8;
+ *  - bit for bit: a shared expert with a routed expert's codes adds exactly that expert's output (W8A8 FP8 at T = 1,
+ *    40, 300; NVFP4 and MXFP8 with bf16 activations at T = 1 and 300). */
+TEST_IMPL(gpu_layer_shared_quant) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    const char *names[LAYER_WEIGHT_FORMATS];
+    const int n = layer_weight_formats(fmts, names);
+    int bad = 0;
+    uint64_t seed = env->seed + 1700;
+    const int64_t sizes[] = {1, 20, 40, 300};
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 4; j++) {
+            moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 96, 8, 2, MOE_ACT_SILU_GLU);
+            c.n_shared = 2, c.shared_intermediate = 64, c.shared_gate = 1;
+            layer_problem p;
+            layer_qweights q;
+            layer_problem_random(&p, &c, sizes[j], 0, seed++);
+            if (layer_problem_quantize_shared(env->cpu, &p, &fmts[i], &q, NULL)) {
+                bad++;
+                layer_problem_free(&p);
+                continue;
+            }
+            p.sqw = &q;
+            char what[64];
+            snprintf(what, sizeof what, "%s shared experts", names[i]);
+            bad += layer_compare_gpu(env, &p, 0, what);
+            layer_qweights_free(&q);
+            layer_problem_free(&p);
+        }
+    const int64_t w8a8_sizes[] = {1, 5, 40, 300};
+    for (int f = 1; f <= 2; f++)               /* fp8_128x128 with f32, with E8M0 scales */
+        for (int routed = 0; routed < 3; routed++) /* FP8 routed experts, bf16 ones, shared_intermediate 96 */
+            for (int j = 0; j < 4; j++) {
+                moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
+                c.n_shared = 1, c.shared_intermediate = routed == 2 ? 96 : 256;
+                c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+                layer_problem p;
+                layer_qweights q, qr;
+                layer_problem_random(&p, &c, w8a8_sizes[j], 0, seed++);
+                if (layer_problem_quantize_shared(env->cpu, &p, &fmts[f], &q, NULL) ||
+                    (routed == 0 && layer_problem_quantize(env->cpu, &p, &fmts[f], &qr, NULL))) {
+                    bad++;
+                    layer_problem_free(&p);
+                    continue;
+                }
+                p.sqw = &q;
+                if (routed == 0) p.qw = &qr;
+                char what[96];
+                snprintf(what, sizeof what, "w8a8 shared, %s, %s", names[f],
+                         routed == 0 ? "fp8 routed" : routed == 1 ? "bf16 routed" : "Is 96");
+                /* the bf16 path's roundings (bf16 routed experts, or Is 96) as in gpu_layer_w8a8 */
+                bad += layer_compare_gpu_tol(env, &p, 0, what, routed == 0 ? 8e-3 : 2.5e-2, 1.2e-1);
+                if (routed == 0) layer_qweights_free(&qr);
+                layer_qweights_free(&q);
+                layer_problem_free(&p);
+            }
+    for (int j = 0; j < 3; j++) bad += shared_twice_routed(env, &fmts[1], 1, sizes[j == 0 ? 0 : j + 1], seed++);
+    for (int j = 0; j < 2; j++) {
+        bad += shared_twice_routed(env, &fmts[6], 0, j ? 300 : 1, seed++); /* nvfp4 */
+        bad += shared_twice_routed(env, &fmts[4], 0, j ? 300 : 1, seed++); /* mxfp8 */
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

@@ -27,17 +27,14 @@ static test_result codes_give_their_values(test_env *env, const layer_problem *p
     const char *names[LAYER_WEIGHT_FORMATS];
     const int n = layer_weight_formats(fmts, names);
     const int64_t T = p->T, H = p->c.hidden;
-    layer_problem pm = *p; /* the quantised matrices as experts of their own, for layer_problem_quantize */
-    if (shared)
-        pm.c.router.n_experts = p->c.n_shared, pm.c.intermediate = p->c.shared_intermediate, pm.w13 = p->sw13,
-        pm.w2 = p->sw2;
     float *plain = malloc(sizeof(float) * (size_t)(T * H)), *quant = malloc(sizeof(float) * (size_t)(T * H)),
           *deq_out = malloc(sizeof(float) * (size_t)(T * H));
     ASSERT_OK(env->cpu, layer_run(env->cpu, p, MOE_DTYPE_F32, 1, plain, 0));
     for (int i = 0; i < n; i++) {
         layer_qweights q;
         float *deq[2];
-        ASSERT_MSG(layer_problem_quantize(env->cpu, &pm, &fmts[i], &q, deq) == 0, "%s", names[i]);
+        ASSERT_MSG((shared ? layer_problem_quantize_shared : layer_problem_quantize)(env->cpu, p, &fmts[i], &q, deq) ==
+                       0, "%s", names[i]);
         layer_problem pq = *p, pd = *p;
         if (shared) pq.sqw = &q, pd.sw13 = deq[0], pd.sw2 = deq[1];
         else pq.qw = &q, pd.w13 = deq[0], pd.w2 = deq[1];

@@ -119,7 +119,8 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
     static const struct option opts[] = {{"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},     {"dtype", 1, 0, 'd'},
                                          {"reps", 1, 0, 'r'},  {"json", 1, 0, 'j'},       {"backend", 1, 0, 'b'},
                                          {"help", 0, 0, 'h'},  {"route-only", 0, 0, 'o'}, {"idle-ms", 1, 0, 'i'},
-                                         {"unfused", 0, 0, 'u'},   {0, 0, 0, 0}};
+                                         {"unfused", 0, 0, 'u'},   {"shared-bf16", 0, 0, 's'},
+                                         {0, 0, 0, 0}};
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
         switch (c) {
@@ -150,6 +151,13 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
                 return CLI_USAGE;
             }
             *o->unfused = 1;
+            break;
+        case 's':
+            if (!o->shared_bf16) {
+                fputs(usage, stderr);
+                return CLI_USAGE;
+            }
+            *o->shared_bf16 = 1;
             break;
         default: fputs(usage, stderr); return CLI_USAGE;
         }

@@ -41,6 +41,7 @@ typedef struct cli_bench_opts {
     int *route_only; /* --route-only; NULL where the command has no such option */
     int *idle_ms;    /* --idle-ms; NULL where the command has no such option */
     int *unfused;    /* --unfused; NULL where the command has no such option */
+    int *shared_bf16; /* --shared-bf16; NULL where the command has no such option */
 } cli_bench_opts;
 int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o);
 
@@ -53,6 +54,7 @@ int cli_expert_format(const char *name, moe_qformat *f, moe_qformat *act);
 typedef struct layer_copy {
     void *w13, *w2, *b13, *b2, *gate, *gate_bias, *bias, *sw13, *sw2, *sgate;
     void *scale[2], *global[2]; /* quantised experts: w13's and w2's scales and NVFP4 globals */
+    void *sscale[2], *sglobal[2]; /* the same for quantised shared experts */
     moe_layer_config config;    /* as created (router.bias set) */
     moe_layer_weights weights;
     moe_layer *layer;

@@ -29,22 +29,21 @@ int cli_expert_format(const char *name, moe_qformat *f, moe_qformat *act) {
     return -1;
 }
 
-/* Replaces the bf16 w13 (which 0) or w2 (1) of a copy by its quantisation in c->expert_format, on the device:
- * the E experts as E matrices, each with an NVFP4 global of its own. */
-static moe_status quantize_experts(moe_ctx *ctx, const moe_layer_config *c, layer_copy *w, int which) {
-    const int64_t E = c->router.n_experts, rows = which ? c->hidden : 2 * (int64_t)c->intermediate,
-                  cols = which ? c->intermediate : c->hidden, shape[2] = {rows, cols};
+/* Replaces E bf16 matrices (E, rows, cols) at *bf by their quantisation in format f, on the device: each matrix with
+ * scales of its own at *scale and, for NVFP4, a global of its own at *global. */
+static moe_status quantize_matrices(moe_ctx *ctx, const moe_qformat *f, int64_t E, int64_t rows, int64_t cols,
+                                    void **bf, void **scale, void **global) {
+    const int64_t shape[2] = {rows, cols};
     moe_qsizes qs;
-    void **bf = which ? &w->w2 : &w->w13, *data = NULL;
-    moe_status s = moe_qtensor_sizes(ctx, &c->expert_format, 2, shape, &qs);
+    void *data = NULL;
+    moe_status s = moe_qtensor_sizes(ctx, f, 2, shape, &qs);
     if (s == MOE_OK) s = moe_alloc(ctx, qs.data_bytes * (size_t)E, &data);
-    if (s == MOE_OK) s = moe_alloc(ctx, qs.scale_bytes * (size_t)E, &w->scale[which]);
-    if (s == MOE_OK && qs.global_scale_bytes) s = moe_alloc(ctx, sizeof(float) * (size_t)E, &w->global[which]);
+    if (s == MOE_OK) s = moe_alloc(ctx, qs.scale_bytes * (size_t)E, scale);
+    if (s == MOE_OK && qs.global_scale_bytes) s = moe_alloc(ctx, sizeof(float) * (size_t)E, global);
     for (int64_t e = 0; e < E && s == MOE_OK; e++) {
         moe_tensor x = moe_tensor_2d((char *)*bf + (size_t)(e * rows * cols) * 2, MOE_DTYPE_BF16, rows, cols);
-        moe_qtensor q = {c->expert_format, 2, {rows, cols}, (char *)data + (size_t)e * qs.data_bytes,
-                         (char *)w->scale[which] + (size_t)e * qs.scale_bytes,
-                         w->global[which] ? (float *)w->global[which] + e : NULL};
+        moe_qtensor q = {*f, 2, {rows, cols}, (char *)data + (size_t)e * qs.data_bytes,
+                         (char *)*scale + (size_t)e * qs.scale_bytes, *global ? (float *)*global + e : NULL};
         s = moe_quantize(ctx, &x, &q, NULL);
     }
     moe_free(ctx, *bf);
@@ -94,7 +93,12 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
     if (s == MOE_OK) s = alloc_fill(ctx, &w->w2, E * H * I * 2, pool, pool_bytes);
     if (s == MOE_OK) s = alloc_fill(ctx, &w->sw13, S * 2 * Is * H * 2, pool, pool_bytes);
     if (s == MOE_OK) s = alloc_fill(ctx, &w->sw2, S * H * Is * 2, pool, pool_bytes);
-    for (int m = 0; m < 2 && s == MOE_OK && c->expert_format.kind; m++) s = quantize_experts(ctx, c, w, m);
+    for (int m = 0; m < 2 && s == MOE_OK && c->expert_format.kind; m++)
+        s = quantize_matrices(ctx, &c->expert_format, (int64_t)E, m ? (int64_t)H : 2 * (int64_t)I,
+                              m ? (int64_t)I : (int64_t)H, m ? &w->w2 : &w->w13, &w->scale[m], &w->global[m]);
+    for (int m = 0; m < 2 && s == MOE_OK && S && c->shared_format.kind; m++)
+        s = quantize_matrices(ctx, &c->shared_format, (int64_t)S, m ? (int64_t)H : 2 * (int64_t)Is,
+                              m ? (int64_t)Is : (int64_t)H, m ? &w->sw2 : &w->sw13, &w->sscale[m], &w->sglobal[m]);
     if (s != MOE_OK) return s;
     w->gate = host_f32_to_ctx(ctx, (int64_t)(E * H), 1.0 / sqrt((double)H), seed);
     if (c->activation == MOE_ACT_GPTOSS_GLU) {
@@ -110,7 +114,9 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
     const moe_layer_weights lw = {.w13 = w->w13, .w2 = w->w2, .b13 = w->b13, .b2 = w->b2, .gate = w->gate,
                                   .gate_bias = w->gate_bias, .shared_w13 = w->sw13, .shared_w2 = w->sw2,
                                   .shared_gate = w->sgate, .w13_scale = w->scale[0], .w2_scale = w->scale[1],
-                                  .w13_global = w->global[0], .w2_global = w->global[1]};
+                                  .w13_global = w->global[0], .w2_global = w->global[1],
+                                  .shared_w13_scale = w->sscale[0], .shared_w2_scale = w->sscale[1],
+                                  .shared_w13_global = w->sglobal[0], .shared_w2_global = w->sglobal[1]};
     w->weights = lw;
     return moe_layer_create(ctx, &w->config, &w->weights, &w->layer);
 }
@@ -118,7 +124,8 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
 static void free_copy(moe_ctx *ctx, layer_copy *w) {
     moe_layer_destroy(w->layer);
     void *all[] = {w->w13,  w->w2,   w->b13,      w->b2,       w->gate,     w->gate_bias, w->bias,
-                   w->sw13, w->sw2,  w->sgate,    w->scale[0], w->scale[1], w->global[0], w->global[1]};
+                   w->sw13, w->sw2,  w->sgate,    w->scale[0], w->scale[1], w->global[0], w->global[1],
+                   w->sscale[0], w->sscale[1], w->sglobal[0], w->sglobal[1]};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) moe_free(ctx, all[i]);
     memset(w, 0, sizeof *w);
 }

@@ -126,7 +126,7 @@ static moe_status ep_shared_fork(moe_ep *ep, const moe_layer_io *io, int64_t pla
 #ifdef MOE_WITH_CUDA
     const int64_t T = io->x->shape[0];
     if (ep->comm->ctx->backend == MOE_BACKEND_CUDA && ep->c.layer.n_shared && T > 0) {
-        const moe_status ss = moe__cuda_layer_shared(ep->layer, io->x->data, T, plan_tokens, &ep->ls, ep->scratch,
+        const moe_status ss = moe__cuda_layer_shared(ep->layer, io->x->data, T, plan_tokens, 0, &ep->ls, ep->scratch,
                                                      stream);
         if (ss != MOE_OK) moe__cuda_layer_join(ep->layer, stream);
         return ss;
@@ -158,7 +158,7 @@ static moe_status ep_combine(moe_ep *ep, const moe_layer_io *io, const int32_t *
 #ifdef MOE_WITH_CUDA
     if (ep->comm->ctx->backend == MOE_BACKEND_CUDA)
         return moe__cuda_layer_combine(ep->layer, ep->y_home, slot_row, wts, T,
-                                       c->n_shared ? ep->scratch + ls->shared_y : NULL,
+                                       c->n_shared ? ep->scratch + ls->shared_y : NULL, NULL, /* bf16 shared */
                                        c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
                                        io->out->data, stream);
 #endif

@@ -32,8 +32,28 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
         at += x.bytes;
         s.shared_scale = at, at += moe_align256(t * 4);
         s.gate_partial = at, at += moe_align256((size_t)moe__gate_partial_rows((int64_t)t, c->hidden) * (E + 1) * 4);
-        s.shared_h = at, at += moe_align256(S * t * Is * 2);
-        s.shared_y = at, at += moe_align256(S * t * H * 2);
+        if (!l->shared_quantized || t == 0) {
+            s.shared_h = at, at += moe_align256(S * t * Is * 2);
+            s.shared_y = at, at += moe_align256(S * t * H * 2);
+            s.bytes = at;
+            return s;
+        }
+        /* the quantised shared experts' plan and buffers, sized as the routed experts' (layer.cu) for S experts of
+         * every token, each padded to the largest tile */
+        const size_t rows = S * (t + MOE_LAYER_MAX_TILE_M - 1);
+        s.shared_rows = (int64_t)rows;
+        s.shared_offsets = at, at += moe_align256((S + 1) * 8);
+        s.shared_row_src = at, at += moe_align256(rows * 4);
+        s.shared_h = at, at += moe_align256(rows * Is * 2);
+        s.shared_y = at, at += moe_align256(rows * H * 2);
+        if (l->act_quantized) {
+            s.shared_xq = at, at += moe_align256(t * H * 2);
+            s.shared_xs = at, at += moe_align256(t * ((H + 127) / 128) * 4);
+            const size_t codes = moe_align256(rows * Is) + moe_align256(rows * ((Is + 127) / 128) * 4);
+            const size_t h32 = moe_align256(rows * Is * 4);
+            s.shared_h8 = at, s.shared_hs = at + moe_align256(rows * Is), at += codes > h32 ? codes : h32;
+            s.shared_hq = s.shared_h, s.shared_hqs = s.shared_h + moe_align256(rows * Is); /* as the routed hq */
+        }
         s.bytes = at;
         return s;
     }
@@ -137,10 +157,12 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                               c->hidden, c->intermediate, c->shared_intermediate);
         MOE_CHECK_ARG(ctx, c->router.n_experts <= 1024, "moe_layer_create: at most 1024 experts on the GPU, not %d",
                       c->router.n_experts);
-        if (c->shared_format.kind != MOE_QFORMAT_INVALID && c->n_shared > 0)
+        if (c->shared_format.kind != MOE_QFORMAT_INVALID && c->n_shared > 0 &&
+            (c->hidden % 32 || c->shared_intermediate % 32))
             return moe__error(ctx, MOE_ERR_UNSUPPORTED,
-                              "moe_layer_create: quantised shared experts (shared_format %s) run on the CPU only, not "
-                              "yet on the GPU", moe_qformat_kind_name(c->shared_format.kind));
+                              "moe_layer_create: quantised shared experts on the GPU need hidden (%d) and "
+                              "shared_intermediate (%d) to be multiples of 32 (16-byte rows of FP4 codes)",
+                              c->hidden, c->shared_intermediate);
         if (c->expert_format.kind != MOE_QFORMAT_INVALID && (c->hidden % 32 || c->intermediate % 32))
             return moe__error(ctx, MOE_ERR_UNSUPPORTED,
                               "moe_layer_create: quantised experts on the GPU need hidden (%d) and intermediate (%d) "
@@ -157,7 +179,9 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                   {w->shared_w13, "shared_w13", 1}, {w->shared_w2, "shared_w2", 1},
                   {w->shared_gate, "shared_gate", 1}, {w->w13_scale, "w13_scale", 0},
                   {w->w2_scale, "w2_scale", 0},     {w->w13_global, "w13_global", 0},
-                  {w->w2_global, "w2_global", 0}};
+                  {w->w2_global, "w2_global", 0},   {w->shared_w13_scale, "shared_w13_scale", 0},
+                  {w->shared_w2_scale, "shared_w2_scale", 0}, {w->shared_w13_global, "shared_w13_global", 0},
+                  {w->shared_w2_global, "shared_w2_global", 0}};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
             if (!ws[i].ptr) continue;
             MOE_TRY(moe__cuda_check_pointer(ctx, ws[i].ptr, ws[i].name));

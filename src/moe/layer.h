@@ -73,7 +73,14 @@ typedef struct moe_layer_scratch {
     size_t hq, hqs;
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t gate_partial;         /* (moe__gate_partial_rows, E + 1) f32 */
-    size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16 */
+    size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16; quantised shared: (shared_rows, Is), (.., H) */
+    /* GPU, quantised shared experts (config.shared_format): they run through the routed experts' GEMMs as S experts
+     * of every token, over a plan of their own (shared_offsets (S + 1), shared_row_src (shared_rows)), each expert's
+     * rows padded to the tile; W8A8: x's codes or bf16 values (when the routed experts' are not there to reuse), and
+     * h's codes or f32 values as the routed experts' xq .. hqs */
+    size_t shared_offsets, shared_row_src;
+    size_t shared_xq, shared_xs, shared_h8, shared_hs, shared_hq, shared_hqs;
+    int64_t shared_rows;         /* S (T + MAX_TILE_M - 1) */
     int64_t rows;                /* row capacity of the permutation: T k + E (MAX_TILE_M - 1) */
     size_t bytes;                /* total */
 } moe_layer_scratch;
@@ -120,15 +127,17 @@ moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const
                                    int64_t plan_tokens, int permuted, int x_codes, const moe_layer_scratch *s,
                                    void *workspace, void *stream);
 /* GPU: the shared experts of x (T tokens, kernels chosen from plan_tokens) into s->shared_y, on the layer's side
- * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. */
-moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_t plan_tokens,
+ * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. x_codes: W8A8's x codes are in
+ * s->xq, queued on the side stream before this call (quantised shared experts reuse them). */
+moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_t plan_tokens, int x_codes,
                                   const moe_layer_scratch *s, void *workspace, void *stream);
 moe_status moe__cuda_layer_join(moe_layer *l, void *stream);
-/* GPU: out_t = sum over j in order of w_tj y[slot_row[t k + j]] + g_t sum_s shared_y[s, t] (shared_y, shared_scale
- * may be NULL). */
+/* GPU: out_t = sum over j in order of w_tj y[slot_row[t k + j]] + g_t sum_s shared_y[row(s) + t] (shared_y,
+ * shared_scale may be NULL), where row(s) is shared_offsets[s] (device memory: the quantised shared experts' plan)
+ * or s T (shared_offsets NULL). */
 moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const int32_t *slot_row, const float *weights,
-                                   int64_t T, const void *shared_y, const float *shared_scale, void *out,
-                                   void *stream);
+                                   int64_t T, const void *shared_y, const int64_t *shared_offsets,
+                                   const float *shared_scale, void *out, void *stream);
 #endif
 
 #ifdef __cplusplus
