@@ -119,7 +119,8 @@ TEST_IMPL(gpu_layer_tiles) {
 }
 
 /* The Hopper prefill tiles over bf16 weights: every case picks the LARGE shape (64 rows an expert or more), and
- * runs twice, through the warp-specialised TMA tile and through the cp.async wgmma tile (MOE_GEMM_SM90_CPASYNC):
+ * runs three times, through the warp-specialised TMA tile, through the cp.async wgmma tile (MOE_GEMM_SM90_CPASYNC),
+ * and with the MEDIUM shape forced (the TMA tile of 64 rows, each consumer half of the B rows):
  * K off the 64-column step (H = 136), N off the 256-row tile, K long enough to wrap the 4 stages several times,
  * concatenated and interleaved w13 with biases and clamps, the weight on the input, dense shared experts, padding
  * and -1 slots. On other GPUs both runs take the portable tiles. Small enough for compute-sanitizer. */
@@ -127,19 +128,23 @@ TEST_IMPL(gpu_layer_sm90) {
     SKIP_WITHOUT_GPU(env);
     int bad = 0;
     uint64_t seed = env->seed + 300;
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass) setenv("MOE_GEMM_SM90_CPASYNC", "1", 1);
-        const char *kernel = pass ? "cp.async" : "tma";
+    for (int pass = 0; pass < 3; pass++) {
+        if (pass == 1) setenv("MOE_GEMM_SM90_CPASYNC", "1", 1);
+        if (pass == 2) unsetenv("MOE_GEMM_SM90_CPASYNC");
+        const char *kernel = pass == 0 ? "tma" : pass == 1 ? "cp.async" : "tma 64 rows";
+        const moe_expert_tile tile = pass == 2 ? MOE_EXPERT_TILE_MEDIUM : MOE_EXPERT_TILE_AUTO;
         char what[64];
         layer_problem p;
         moe_layer_config c = layer_config("mixtral-8x7b", 136, 120, 8, 2, MOE_ACT_SILU_GLU);
         c.n_shared = 1, c.shared_intermediate = 64;
+        c.expert_tile = tile;
         layer_problem_random(&p, &c, 600, 0, seed++);
         snprintf(what, sizeof what, "%s: concat, K tail, dense shared", kernel);
         bad += layer_compare_gpu(env, &p, 0, what);
         layer_problem_free(&p);
         c = layer_config("gpt-oss-20b", 256, 96, 8, 4, MOE_ACT_GPTOSS_GLU);
         c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+        c.expert_tile = tile;
         layer_problem_random(&p, &c, 300, 0, seed++);
         for (int64_t i = 0; i < p.T * 256; i++) p.x[i] *= 3.0f; /* past the clamps */
         snprintf(what, sizeof what, "%s: gptoss interleaved, biases", kernel);
@@ -147,11 +152,13 @@ TEST_IMPL(gpu_layer_sm90) {
         layer_problem_free(&p);
         c = layer_config("llama4-scout", 128, 320, 4, 1, MOE_ACT_SILU_GLU);
         c.n_shared = 1, c.shared_intermediate = 200;
+        c.expert_tile = tile;
         layer_problem_random(&p, &c, 520, 0, seed++);
         snprintf(what, sizeof what, "%s: llama4 weight on input, 2I = 640", kernel);
         bad += layer_compare_gpu(env, &p, 0, what);
         layer_problem_free(&p);
         c = layer_config("qwen3-30b-a3b", 1024, 384, 16, 4, MOE_ACT_SILU_GLU);
+        c.expert_tile = tile;
         layer_problem_random(&p, &c, 512, 0, seed++);
         snprintf(what, sizeof what, "%s: qwen3 1024 x 384, 16 K steps", kernel);
         bad += layer_compare_gpu(env, &p, 0, what);
@@ -159,6 +166,7 @@ TEST_IMPL(gpu_layer_sm90) {
         c = layer_config("deepseek-v3", 256, 64, 64, 6, MOE_ACT_SILU_GLU);
         c.router.n_groups = 8, c.router.topk_groups = 3;
         c.router.bias = (const float *)1; /* drawn by layer_problem_random */
+        c.expert_tile = tile;
         layer_problem_random(&p, &c, 1500, 1, seed++);
         snprintf(what, sizeof what, "%s: deepseek-v3, -1 slots", kernel);
         bad += layer_compare_gpu(env, &p, 1, what);

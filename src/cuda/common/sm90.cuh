@@ -43,6 +43,25 @@ __device__ __forceinline__ void moe_wgmma_m64n128k16(float (&d)[64], uint64_t da
                  : "l"(da), "l"(db));
 }
 
+/* d (64 x 64 f32, wgmma's accumulator layout) += A (64 x 16) . B (64 x 16)^T, both from shared memory. */
+__device__ __forceinline__ void moe_wgmma_m64n64k16(float (&d)[32], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db));
+}
+/* The bf16 step of n = 128 or 64 columns. */
+template <int N> __device__ __forceinline__ void moe_wgmma_bf16(float (&d)[N / 2], uint64_t da, uint64_t db) {
+    if constexpr (N == 128) moe_wgmma_m64n128k16(d, da, db);
+    else moe_wgmma_m64n64k16(d, da, db);
+}
+
 /* d (64 x 128 f32) = A (64 x 32) . B (128 x 32)^T, plus d when accumulate: FP8 E4M3 operands from shared memory
  * (K-major, 32 bytes a row a step: the same descriptors as the bf16 step of 16). */
 __device__ __forceinline__ void moe_wgmma_m64n128k32_e4m3(float (&d)[64], uint64_t da, uint64_t db, bool accumulate) {
@@ -69,11 +88,11 @@ __device__ __forceinline__ void moe_acc_fence(float (&d)[64]) {
 #pragma unroll
     for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
-template <int NH> __device__ __forceinline__ void moe_acc_fence(float (&d)[NH][64]) {
+template <int NH, int N> __device__ __forceinline__ void moe_acc_fence(float (&d)[NH][N]) {
 #pragma unroll
     for (int h = 0; h < NH; h++)
 #pragma unroll
-        for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[h][i])::"memory");
+        for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[h][i])::"memory");
 }
 
 __device__ __forceinline__ void moe_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }

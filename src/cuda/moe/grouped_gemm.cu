@@ -258,12 +258,17 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
             return moe__cuda_grouped_gemm_bf16_decode(ctx, p, glu, m_tiles, groups, stream);
         return p.b_fmt == MOE_B_BF16 ? launch<small_tile>(ctx, p, glu, m_tiles, groups, stream)
                                      : launch<small_q_tile>(ctx, p, glu, m_tiles, groups, stream);
-    case MOE_GEMM_MEDIUM: return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
+    case MOE_GEMM_MEDIUM:
+        if (moe__cuda_gemm_sm90_usable(ctx)) {
+            moe_status st;
+            if (moe__cuda_grouped_gemm_sm90_tma(ctx, p, glu, medium_tile::BM, m_tiles, groups, stream, &st)) return st;
+        }
+        return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM32: return launch<medium32_tile>(ctx, p, glu, m_tiles, groups, stream);
     default:
         if (moe__cuda_gemm_sm90_usable(ctx)) {
             moe_status st;
-            if (moe__cuda_grouped_gemm_sm90_tma(ctx, p, glu, m_tiles, groups, stream, &st)) return st;
+            if (moe__cuda_grouped_gemm_sm90_tma(ctx, p, glu, large_tile::BM, m_tiles, groups, stream, &st)) return st;
             return moe__cuda_grouped_gemm_sm90(ctx, p, glu, m_tiles, groups, stream);
         }
         return launch<large_tile>(ctx, p, glu, m_tiles, groups, stream);

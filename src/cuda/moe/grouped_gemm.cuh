@@ -81,7 +81,8 @@ template <class Launch> moe_status moe_gemm_by_bfmt(moe_ctx *ctx, moe_gemm_bfmt 
  *                    split over 4 warps: many small CTAs keep every SM's loads in flight on the touched experts;
  *  MEDIUM32 (32 rows): 32 x 128 tiles, 8 warps of 16 x 32, K steps of 64 through 4 stages: experts of about 16
  *                    rows, where 64-row tiles would compute (and stage) half or more of padding;
- *  MEDIUM (64 rows): 64 x 128 tiles, 8 warps of 32 x 32, K steps of 64 through 4 stages;
+ *  MEDIUM (64 rows): on Hopper with bf16 weights the wgmma tile of LARGE at 64 x 256; else 64 x 128 tiles, 8 warps
+ *                    of 32 x 32, K steps of 64 through 4 stages;
  *  LARGE (128 rows): prefill; on Hopper wgmma (grouped_gemm_sm90.cu), elsewhere 128 x 128 tiles, 8 warps of
  *                    64 x 32, K steps of 32 through 4 stages.
  * (Measured on the H200 against 128 x 256 tiles of 64 x 64 warps, which need 226 registers a thread and run one
@@ -105,12 +106,13 @@ bool moe__cuda_gemm_sm90_usable(moe_ctx *ctx);
 moe_status moe__cuda_grouped_gemm_sm90(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
                                        cudaStream_t stream);
 
-/* The LARGE shape on Hopper for bf16 weights (grouped_gemm_sm90_tma.cu): warp-specialised, TMA, 128 x 256 tiles.
- * Runs and returns true (status in *st) when B is bf16 and TMA can address it (16-byte aligned rows and groups)
- * and the environment does not set MOE_GEMM_SM90_CPASYNC (which keeps the cp.async wgmma tile, to compare);
- * false when it did not run. Called only where moe__cuda_gemm_sm90_usable. */
-bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
-                                     cudaStream_t stream, moe_status *st);
+/* The LARGE (tile_m 128) and MEDIUM (64) shapes on Hopper for bf16 weights (grouped_gemm_sm90_tma.cu):
+ * warp-specialised, TMA, tile_m x 256 tiles. Runs and returns true (status in *st) when B is bf16 and TMA can
+ * address it (16-byte aligned rows and groups) and the environment does not set MOE_GEMM_SM90_CPASYNC (which keeps
+ * the cp.async wgmma tile for LARGE and the mma.sync tile for MEDIUM, to compare); false when it did not run.
+ * Called only where moe__cuda_gemm_sm90_usable. */
+bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int tile_m, int64_t m_tiles,
+                                     int groups, cudaStream_t stream, moe_status *st);
 
 /* A TMA descriptor of a 3-D tensor (d0 innermost, contiguous rows of d0 elements, d2 matrices stride2 elements
  * apart) read in boxes of box0 x box1 x 1 in the 128-byte swizzle (grouped_gemm_sm90_tma.cu); false when the

@@ -1,22 +1,26 @@
-/* grouped_gemm_sm90_tma.cu — the prefill (LARGE) tile of the grouped GEMM on Hopper for bf16 weights:
- * warp-specialised, TMA for the weights, mbarriers between producer and consumers (sm_90a). Same contract as
- * grouped_gemm.cuh, same tile order, operand rows and epilogue (gemm_tile.cuh) as the other kernels.
+/* grouped_gemm_sm90_tma.cu — the wgmma tiles of the grouped GEMM on Hopper for bf16 weights (LARGE: 128 rows;
+ * MEDIUM: 64 rows): warp-specialised, TMA for the weights, mbarriers between producer and consumers (sm_90a). Same
+ * contract as grouped_gemm.cuh, same tile order, operand rows and epilogue (gemm_tile.cuh) as the other kernels.
  *
- * A CTA computes 128 rows x 256 B rows, K in steps of 64 bf16 (one 128-byte swizzle row) through 4 stages of
- * shared memory (48 KB each), one CTA an SM. Three warpgroups:
+ * A CTA computes BM = 128 (or 64) rows x 256 B rows, K in steps of 64 bf16 (one 128-byte swizzle row) through 4
+ * stages of shared memory (48 KB each; 64 rows: 5 stages of 40 KB), one CTA an SM. Three warpgroups:
  *  - the producer (warpgroup 0, its registers handed to the consumers): for each stage, once the consumers have
  *    released it (mbarrier `empty`), one thread starts two TMA boxes of 128 B rows x 64 (gate and up rows for
  *    GLU, or 256 consecutive rows) and all 128 threads cp.async the 128 A rows, whose addresses come from the
  *    permutation (gathered tokens, zeros for padding rows and the K tail); the stage is full (mbarrier `full`)
  *    when the TMA bytes have landed and every producer thread's copies completed;
- *  - two consumers (warpgroups 1, 2), 64 rows each: wait for a stage, issue its 8 wgmma.m64n128k16 (4 K steps of
- *    16 x 2 halves of B), keep one stage's wgmma in flight and release the stage before it; then the epilogue of
- *    gemm_tile.cuh from the accumulators (128 f32 a thread).
+ *  - two consumers (warpgroups 1, 2), 64 rows each (BM 64: the same 64 rows, each with half of each box's B rows):
+ *    wait for a stage, issue its 8 wgmma.m64n128k16 (4 K steps of 16 x 2 halves of B; BM 64: m64n64k16), keep one
+ *    stage's wgmma in flight and release the stage before it; then the epilogue of gemm_tile.cuh from the
+ *    accumulators (128 f32 a thread; BM 64: 64).
  * The CTAs are persistent (one an SM, walking the tiles of the rows written, moe_gemm_order, with a stride of the
  * grid), so the producer loads the next tile's first stages while the consumers store the last one's outputs.
  * TMA zero-fills B past N and past K, so the K tail and the last column tile need no special case. For GLU over
  * concatenated w13 the tile's 256 B rows are 128 gate rows then the 128 matching up rows, so the accumulator
- * halves pair register by register; for interleaved w13 they are 256 consecutive rows (pairs side by side). */
+ * halves pair register by register; for interleaved w13 they are 256 consecutive rows (pairs side by side). With
+ * 64 rows a consumer takes rows [64 c, 64 c + 64) of each box, so a gate row and its up row stay in one consumer.
+ * The 64-row tile halves the padding of experts of about 64 rows and less, where the weights' bytes, not the
+ * tensor cores, should bound the GEMM. */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <stdlib.h>
@@ -30,19 +34,25 @@
 
 namespace {
 
-constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4, kThreads = 384;
-constexpr int kRow = kBK * 2;                        /* bytes a row a stage: one swizzle atom */
-constexpr int kStageA = kBM * kRow, kStageB = kBN * kRow; /* 16 KB, 32 KB */
-constexpr int kBoxRows = 128;                        /* B rows a TMA box */
-constexpr size_t kSmem = (size_t)kStages * (kStageA + kStageB) + 2 * kStages * 8 + 1024; /* + barriers, alignment */
-static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the LARGE tile is the permutation's largest");
+constexpr int kBN = 256, kBK = 64, kThreads = 384;
+constexpr int kRow = kBK * 2;       /* bytes a row a stage: one swizzle atom */
+constexpr int kStageB = kBN * kRow; /* 32 KB */
+constexpr int kBoxRows = 128;       /* B rows a TMA box */
+/* The tile of BM rows: its stages, and the B rows of a box each consumer multiplies (all, or its half). */
+template <int BM> struct tma_tile {
+    static constexpr int stage_a = BM * kRow, stages = BM == 128 ? 4 : 5, wn = BM == 128 ? 128 : 64;
+    static constexpr size_t smem = (size_t)stages * (stage_a + kStageB) + 2 * stages * 8 + 1024; /* + barriers */
+};
+static_assert(MOE_LAYER_MAX_TILE_M == 128, "the LARGE tile is the permutation's largest");
+static_assert(tma_tile<64>::wn == 64 && tma_tile<128>::wn == 128, "BM 64: each consumer half of a box's B rows");
 
-template <bool kGlu>
+template <int kBM, bool kGlu>
 __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_gemm_params p,
                                                                     const __grid_constant__ CUtensorMap tmap_b) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
+    constexpr int kStages = tma_tile<kBM>::stages, kStageA = tma_tile<kBM>::stage_a, kWN = tma_tile<kBM>::wn;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (base - raw); /* A stages, B stages, full[kStages], empty[kStages] */
@@ -104,16 +114,18 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
         if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
-        float acc[2][64];
+        float acc[2][kWN / 2];
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int i = 0; i < 64; i++) acc[h][i] = 0.0f;
+            for (int i = 0; i < kWN / 2; i++) acc[h][i] = 0.0f;
         for (int kt = 0; kt < k_tiles; kt++, it++) {
             const int s = it % kStages;
             moe_mbar_wait(full(s), (it / kStages) & 1);
             moe_fence_proxy_async(); /* the producers' cp.async writes -> this warpgroup's wgmma reads */
-            const uint32_t a_addr = a_smem + s * kStageA + cw * 64 * kRow, b_addr = b_smem + s * kStageB;
+            /* BM 128: this consumer's 64 A rows, all of each box; BM 64: all A rows, its half of each box */
+            const uint32_t a_addr = a_smem + s * kStageA + (kBM == 128 ? cw * 64 * kRow : 0);
+            const uint32_t b_addr = b_smem + s * kStageB + (kBM == 128 ? 0 : cw * 64 * kRow);
             moe_acc_fence<2>(acc);
             moe_wgmma_fence();
 #pragma unroll
@@ -121,7 +133,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
                 const uint64_t da = moe_smem_desc(a_addr + kk * 32);
 #pragma unroll
                 for (int h = 0; h < 2; h++)
-                    moe_wgmma_m64n128k16(acc[h], da, moe_smem_desc(b_addr + h * kBoxRows * kRow + kk * 32));
+                    moe_wgmma_bf16<kWN>(acc[h], da, moe_smem_desc(b_addr + h * kBoxRows * kRow + kk * 32));
             }
             moe_wgmma_commit();
             moe_acc_fence<2>(acc);
@@ -134,18 +146,19 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
         if (lane == 0) moe_mbar_arrive(empty((it - 1) % kStages)); /* the tile's last stage */
 
         /* epilogue: the accumulator layout of wgmma m64nN: registers 4j + {0, 1} hold row 16 warp + lane / 4,
-         * columns 8j + 2 (lane % 4) + {0, 1}; 4j + {2, 3} the row 8 below. Half h holds B rows h * 128 + column.
-         * Meanwhile the producer fills the stages for the next tile. */
+         * columns 8j + 2 (lane % 4) + {0, 1}; 4j + {2, 3} the row 8 below. Half h holds B rows h * 128 + c0 +
+         * column (c0: 64 cw for BM 64, else 0). Meanwhile the producer fills the stages for the next tile. */
+        const int r0 = kBM == 128 ? cw * 64 : 0, c0 = kBM == 128 ? 0 : cw * 64;
         moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
             constexpr int A = decltype(act)::value;
             auto rows = [&](auto store) { /* store(r, ro, c, q): columns c, c + 1 of row r, registers q, q + 1 */
 #pragma unroll
                 for (int i = 0; i < 2; i++) {
-                    const int64_t r = t.row0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * i;
+                    const int64_t r = t.row0 + r0 + warp * 16 + (lane >> 2) + 8 * i;
                     const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
                     if (ro.skip) continue;
 #pragma unroll
-                    for (int j = 0; j < 16; j++) store(r, ro, j * 8 + 2 * (lane & 3), 4 * j + 2 * i);
+                    for (int j = 0; j < kWN / 8; j++) store(r, ro, c0 + j * 8 + 2 * (lane & 3), 4 * j + 2 * i);
                 }
             };
             if (kGlu && !p.interleaved) /* gate of tile columns c, c + 1 in half 0, their up in half 1 */
@@ -170,18 +183,19 @@ bool encode_b(const moe_gemm_params &p, bool glu, CUtensorMap *m) {
                              p.n_groups, p.b_group_stride, kBK, kBoxRows);
 }
 
-template <bool kGlu>
+template <int kBM, bool kGlu>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const CUtensorMap &m, int64_t m_tiles, int groups,
                   cudaStream_t st) {
+    constexpr size_t kSmem = tma_tile<kBM>::smem;
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
     /* persistent: one CTA an SM (the shared memory allows no more), split over the dense groups */
     const int64_t tiles = q.m_tiles * q.n_tiles;
     const int64_t per_group = ctx->cuda.sm_count / groups > 0 ? ctx->cuda.sm_count / groups : 1;
     const dim3 grid((unsigned)(tiles < per_group ? tiles : per_group), 1, (unsigned)groups);
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_tma_kernel<kGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)kSmem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_sm90_tma_kernel<kGlu>, grid, kThreads, kSmem, st, q, m));
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_tma_kernel<kBM, kGlu>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmem));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_sm90_tma_kernel<kBM, kGlu>, grid, kThreads, kSmem, st, q, m));
     return MOE_OK;
 }
 
@@ -213,12 +227,17 @@ bool moe__cuda_tmap_3d(CUtensorMap *m, CUtensorMapDataType type, int elem_bytes,
            CUDA_SUCCESS;
 }
 
-bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
-                                     cudaStream_t stream, moe_status *st) {
+bool moe__cuda_grouped_gemm_sm90_tma(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int tile_m, int64_t m_tiles,
+                                     int groups, cudaStream_t stream, moe_status *st) {
     if (p.b_fmt != MOE_B_BF16 || getenv("MOE_GEMM_SM90_CPASYNC")) return false;
     if ((uintptr_t)p.b % 16 || p.k % 8 || p.b_group_stride % 8 || p.n_groups < 1) return false; /* TMA's alignment */
     CUtensorMap m;
     if (!encode_b(p, glu, &m)) return false;
-    *st = glu ? launch<true>(ctx, p, m, m_tiles, groups, stream) : launch<false>(ctx, p, m, m_tiles, groups, stream);
+    if (tile_m == 64)
+        *st = glu ? launch<64, true>(ctx, p, m, m_tiles, groups, stream)
+                  : launch<64, false>(ctx, p, m, m_tiles, groups, stream);
+    else
+        *st = glu ? launch<128, true>(ctx, p, m, m_tiles, groups, stream)
+                  : launch<128, false>(ctx, p, m, m_tiles, groups, stream);
     return true;
 }
