@@ -63,7 +63,8 @@ TEST_IMPL(gpu_layer_quant) {
  * block, with the FP8 kernels (decode: a warp with no K block) and with the bf16 wgmma tile; H = 4096 and
  * I = 2048 at decode (the decode kernel's K over 4 and over 2 warps; else over 1); I = 192 with
  * concatenated w13 (not on the 128 grid: the bf16 path) and interleaved (the FP8 kernels, a partial last tile),
- * GPT-OSS's clamps and biases, and Llama-4's weight on the input, at decode and prefill sizes.
+ * GPT-OSS's clamps and biases, and Llama-4's weight on the input, at decode and prefill sizes; the prefill cases
+ * also with MEDIUM forced (on Hopper the FP8 tile at 64 rows: both consumers on the same rows, half of B each).
  * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
  * boundary, so W8A8 magnifies differences (docs/layer.md §6). The FP8 kernels differ from the CPU only in the
  * order of f32 sums: 4e-3 overall measured, bound 8e-3. The bf16 path also rounds weights with f32 scales and x
@@ -103,35 +104,40 @@ TEST_IMPL(gpu_layer_w8a8) {
         {"qwen3-30b-a3b", "silu, I 2048, decode (K over 2 warps)", 256, 2048, 4, 1, 0, 3, 1, 0, MOE_ACT_SILU_GLU},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        for (int f = 0; f < 2; f++) {
-            moe_layer_config c = layer_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
-                                             cases[i].act);
-            if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
-            c.n_shared = f, c.shared_intermediate = 64; /* shared experts stay bf16 */
-            c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
-            if (cases[i].rule) c.act_format.rule = MOE_SCALE_UE8M0_RCEIL;
-            layer_problem p;
-            layer_qweights q;
-            layer_problem_random(&p, &c, cases[i].T, 0, seed++);
-            if (layer_problem_quantize(env->cpu, &p, wf[f], &q, NULL)) {
-                bad++;
+        for (int f = 0; f < 2; f++)
+            for (int medium = 0; medium < 2; medium++) {
+                /* the prefill cases once more with MEDIUM forced: on Hopper the FP8 tile at 64 rows */
+                if (medium && (cases[i].T < 200 || cases[i].no_mma)) continue;
+                moe_layer_config c = layer_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
+                                                 cases[i].act);
+                if (medium) c.expert_tile = MOE_EXPERT_TILE_MEDIUM;
+                if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+                c.n_shared = f, c.shared_intermediate = 64; /* shared experts stay bf16 */
+                c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+                if (cases[i].rule) c.act_format.rule = MOE_SCALE_UE8M0_RCEIL;
+                layer_problem p;
+                layer_qweights q;
+                layer_problem_random(&p, &c, cases[i].T, 0, seed++);
+                if (layer_problem_quantize(env->cpu, &p, wf[f], &q, NULL)) {
+                    bad++;
+                    layer_problem_free(&p);
+                    continue;
+                }
+                p.qw = &q;
+                if (cases[i].no_mma) setenv("MOE_GEMM_NO_FP8_MMA", "1", 1);
+                char what[96];
+                snprintf(what, sizeof what, "w8a8 %s, %s%s", cases[i].what, f ? "e8m0 w" : "f32 w",
+                         medium ? ", MEDIUM" : "");
+                /* on Hopper the FP8 kernels take every tile size there (decode below 16 rows an expert) */
+                const int mma = !cases[i].no_mma && (cases[i].interleaved || cases[i].I % 128 == 0);
+                /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
+                 * then differs as the FP8 kernels do */
+                const int exact = f && cases[i].rule;
+                bad += layer_compare_gpu_tol(env, &p, 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
+                unsetenv("MOE_GEMM_NO_FP8_MMA");
+                layer_qweights_free(&q);
                 layer_problem_free(&p);
-                continue;
             }
-            p.qw = &q;
-            if (cases[i].no_mma) setenv("MOE_GEMM_NO_FP8_MMA", "1", 1);
-            char what[96];
-            snprintf(what, sizeof what, "w8a8 %s, %s", cases[i].what, f ? "e8m0 w" : "f32 w");
-            /* on Hopper the FP8 kernels take every tile size there (decode below 16 rows an expert) */
-            const int mma = !cases[i].no_mma && (cases[i].interleaved || cases[i].I % 128 == 0);
-            /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
-             * then differs as the FP8 kernels do */
-            const int exact = f && cases[i].rule;
-            bad += layer_compare_gpu_tol(env, &p, 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
-            unsetenv("MOE_GEMM_NO_FP8_MMA");
-            layer_qweights_free(&q);
-            layer_problem_free(&p);
-        }
     /* the LARGE tile forced at decode sizes: the FP8 tensor-core kernels over one or a few rows an expert. Over one
      * to five tokens the relative L2 is a per-token figure, and single tokens reach 3.9e-2 on these kernels
      * (docs/layer.md §6; a wrong expert, scale or row gives O(1)): 5e-2 on it (T = 5 measured 9.4e-3) */
@@ -278,7 +284,8 @@ static int shared_twice_routed(test_env *env, const moe_qformat *wf, int w8a8, i
         fprintf(stderr, "  %-44s T=%-5lld %lld of %lld outputs differ from twice the routed expert's%s\n", what,
                 (long long)T, (long long)diff, (long long)n, mag > 0 ? "" : ", ALL ZEROS");
     if (first >= 0)
-        fprintf(stderr, "    first: out[%lld] = %.9g, routed alone %.9g\n", (long long)first, both[first], alone[first]);
+        fprintf(stderr, "    first: out[%lld] = %.9g, routed alone %.9g\n", (long long)first, both[first],
+                alone[first]);
     bad = bad || diff || !(mag > 0);
     free(both), free(alone);
     layer_qweights_free(&q);

@@ -83,10 +83,35 @@ __device__ __forceinline__ void moe_wgmma_m64n128k32_e4m3(float (&d)[64], uint64
                  : "l"(da), "l"(db), "r"((int)accumulate));
 }
 
+/* d (64 x 64 f32) = A (64 x 32) . B (64 x 32)^T, plus d when accumulate: FP8 E4M3 operands from shared memory. */
+__device__ __forceinline__ void moe_wgmma_m64n64k32_e4m3(float (&d)[32], uint64_t da, uint64_t db, bool accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"((int)accumulate));
+}
+/* The FP8 step of n = 128 or 64 columns. */
+template <int N>
+__device__ __forceinline__ void moe_wgmma_e4m3(float (&d)[N / 2], uint64_t da, uint64_t db, bool accumulate) {
+    if constexpr (N == 128) moe_wgmma_m64n128k32_e4m3(d, da, db, accumulate);
+    else moe_wgmma_m64n64k32_e4m3(d, da, db, accumulate);
+}
+
+/* Named barrier 1 + w of 64 threads: warp w of two consumer warpgroups (barrier 0 is __syncthreads). */
+__device__ __forceinline__ void moe_bar_sync_pair(int w) {
+    asm volatile("bar.sync %0, 64;\n" ::"r"(1 + w) : "memory");
+}
+
 /* Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma. */
-__device__ __forceinline__ void moe_acc_fence(float (&d)[64]) {
+template <int N> __device__ __forceinline__ void moe_acc_fence(float (&d)[N]) {
 #pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 template <int NH, int N> __device__ __forceinline__ void moe_acc_fence(float (&d)[NH][N]) {
 #pragma unroll

@@ -140,9 +140,9 @@ struct moe_gemm_fp8 {
  * that TMA can address, K a multiple of 16, and for concatenated GLU n a multiple of 128 (so that a tile's gate
  * and up rows each lie in one block row). */
 bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu);
-/* Runs it (m_tiles of 128 rows); call only where moe__cuda_gemm_fp8_fits. */
+/* Runs it (m_tiles of tile_m = 128 rows, LARGE, or 64, MEDIUM); call only where moe__cuda_gemm_fp8_fits. */
 moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
-                                      int64_t m_tiles, cudaStream_t stream);
+                                      int tile_m, int64_t m_tiles, cudaStream_t stream);
 
 /* W8A8 at decode (grouped_gemm_fp8_decode.cu): the same GEMMs over 16-row tiles (the SMALL shape's permutation),
  * streaming the weights through mma.sync (E4M3 codes as f16; sm_89+). A as for the W8A8 tile; GEMM 1 (GLU) writes h

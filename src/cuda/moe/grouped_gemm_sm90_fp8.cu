@@ -18,7 +18,12 @@
  * Epilogues: GEMM 2 (plain) stores bf16 through gemm_tile.cuh. GEMM 1 (GLU) stages the (gate, up) pairs of its
  * 128 columns (the tile's 128 gate and 128 up rows) in shared memory, then a warp a row computes h, the row's amax
  * and FP8 codes and one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly as it
- * was written. */
+ * was written.
+ * The MEDIUM shape runs the same kernel on 64-row tiles (BM 64: half the padding of experts of 16 to 64 rows, where
+ * the 128-row tile spends most of its tensor-core time on zeros): both consumers take the tile's 64 rows, each the
+ * rows [64 c, 64 c + 64) of each box of B (wgmma.m64n64k32, same block scales), so in GLU's epilogue warp w of each
+ * consumer stages its half of the same rows' 128 columns in one buffer, and after a barrier of the pair each
+ * quantises 4 of the 8 rows. 4 stages (GLU) or 5. */
 #include <cuda.h>
 #include <stdlib.h>
 
@@ -32,19 +37,25 @@
 
 namespace {
 
-constexpr int kBM = 128, kBN = 256, kBK = 128, kThreads = 384;
-/* a stage: A 16 KB, B 32 KB, then A's 128 scales and the words holding B's two block scales (528 bytes) */
-constexpr int kStageA = kBM * kBK, kStageB = kBN * kBK, kStageS = kBM * 4 + 16;
+constexpr int kBN = 256, kBK = 128, kThreads = 384;
+constexpr int kStageB = kBN * kBK;
 constexpr int kBoxRows = 128;
 /* GEMM 1's epilogue goes through shared memory, 8 rows of (gate, up) pairs a consumer warp at a time (rows of
  * kEpiLd floats: 128 pairs and 32 bytes of padding against bank conflicts), which leaves room for 3 stages */
 constexpr int kEpiLd = 2 * 128 + 8, kEpiWarp = 8 * kEpiLd * 4;
-template <bool kGlu> struct fp8_tile {
-    static constexpr int stages = kGlu ? 3 : 4;
-    static constexpr size_t epi = kGlu ? 8 * kEpiWarp : 0;
-    static constexpr size_t smem = (size_t)stages * (kStageA + kStageB + kStageS) + epi + 2 * stages * 8 + 1024;
+/* The tile of BM rows: a stage is A (BM x 128 codes), B 32 KB, then A's BM scales and the words holding B's two
+ * block scales; the B rows of a box each consumer multiplies (all, or its half); GLU's staging buffers (a consumer
+ * warp each, or a pair of warps each for BM 64). */
+template <int BM, bool kGlu> struct fp8_tile {
+    static constexpr int stage_a = BM * kBK, stage_s = BM * 4 + 16, wn = BM == 128 ? 128 : 64;
+    static constexpr int stages = kGlu ? (BM == 128 ? 3 : 4) : (BM == 128 ? 4 : 5);
+    static constexpr size_t epi = kGlu ? (BM == 128 ? 8 : 4) * kEpiWarp : 0;
+    static constexpr size_t smem = (size_t)stages * (stage_a + kStageB + stage_s) + epi + 2 * stages * 8 + 1024;
 };
-static_assert(kBM == MOE_LAYER_MAX_TILE_M, "the W8A8 tile is the permutation's largest");
+static_assert(MOE_LAYER_MAX_TILE_M == 128, "the W8A8 tile is the permutation's largest");
+static_assert(fp8_tile<64, true>::wn == 64 && fp8_tile<64, false>::wn == 64 && fp8_tile<128, true>::wn == 128 &&
+                  fp8_tile<128, false>::wn == 128,
+              "a consumer's B rows of a box");
 
 #ifdef MOE_WGMMA
 constexpr uint32_t kNoRow = 0xFFFFFFFFu; /* an A row that reads as zeros */
@@ -65,19 +76,20 @@ template <int F> __device__ __forceinline__ const void *b_scale_word(const uint8
 
 #endif
 
-template <bool kGlu, int F>
+template <int kBM, bool kGlu, int F>
 __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_params p, const moe_gemm_fp8 f,
                                                               const __grid_constant__ CUtensorMap tmap_b) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
+    using tile_t = fp8_tile<kBM, kGlu>;
+    constexpr int kStages = tile_t::stages, kStageA = tile_t::stage_a, kStageS = tile_t::stage_s, kWN = tile_t::wn;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
-    constexpr int kStages = fp8_tile<kGlu>::stages;
     /* A stages, B stages, A scales, GEMM 1's epilogue rows, full[kStages], empty[kStages] */
     unsigned char *smem = smem_raw + (base - raw);
     const uint32_t a_smem = base, b_smem = base + kStages * kStageA, s_smem = b_smem + kStages * kStageB;
-    const uint32_t e_smem = s_smem + kStages * kStageS, bars = e_smem + (uint32_t)fp8_tile<kGlu>::epi;
+    const uint32_t e_smem = s_smem + kStages * kStageS, bars = e_smem + (uint32_t)tile_t::epi;
     const float *sa = reinterpret_cast<const float *>(smem + (s_smem - base));
     const moe_pipe pipe = {bars, kStages};
     auto full = [&](int s) { return pipe.full(s); };
@@ -111,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
                 const int64_t a = row_of(t.row0 + (tid >> 3) + 16 * i);
                 a_off[i] = a < 0 ? kNoRow : (uint32_t)a * k16;
             }
-            const int64_t srow = row_of(t.row0 + tid);
+            const int64_t srow = tid < kBM ? row_of(t.row0 + tid) : -1; /* BM 64: threads 64-127 copy no scale */
             const float *s_src = srow < 0 ? f.a_scale : p.gather ? f.a_scale + srow * k_tiles : f.a_scale + srow;
             const int64_t s_step = p.gather ? 1 : f.a_scale_ld;
             int b0, b1;
@@ -137,8 +149,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
                     moe_cp_async16(a_st + r * kBK + ((kc ^ (r & 7)) << 4), ok ? f.a + 16 * (int64_t)(a_off[i] + c16) : f.a,
                                    ok ? 16 : 0);
                 }
-                moe_cp_async4(s_smem + s * kStageS + 4 * tid, srow < 0 ? f.a_scale : s_src + kt * s_step,
-                              srow < 0 ? 0 : 4);
+                if (tid < kBM)
+                    moe_cp_async4(s_smem + s * kStageS + 4 * tid, srow < 0 ? f.a_scale : s_src + kt * s_step,
+                                  srow < 0 ? 0 : 4);
                 if (tid < 2)
                     moe_cp_async4(s_smem + s * kStageS + 4 * (kBM + tid),
                                   sb_row ? b_scale_word<F>(sb_row, kt) : f.a_scale, sb_row ? 4 : 0);
@@ -153,11 +166,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     /* consumers */
     moe_regs_inc<232>();
     const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
-    const int arow = cw * 64 + warp * 16 + (lane >> 2); /* this thread's rows in the tile: arow, arow + 8 */
-    /* the descriptors' low words at stage 0 (this consumer's 64 A rows; B's first half): a stage, a half and a
-     * 32-byte K step further are 32-bit additions (moe_smem_desc_of), which keeps the loop's per-block work close to
-     * the wgmma and the promotion */
-    const uint32_t da0 = (uint32_t)moe_smem_desc(a_smem + cw * 64 * kBK), db0 = (uint32_t)moe_smem_desc(b_smem);
+    /* BM 128: this consumer's 64 rows, all of each box; BM 64: the tile's 64 rows, B rows [c0, c0 + 64) of each box */
+    const int r0 = kBM == 128 ? cw * 64 : 0, c0 = kBM == 128 ? 0 : cw * 64;
+    const int arow = r0 + warp * 16 + (lane >> 2); /* this thread's rows in the tile: arow, arow + 8 */
+    /* the descriptors' low words at stage 0 (this consumer's A rows; its part of B's first half): a stage, a half
+     * and a 32-byte K step further are 32-bit additions (moe_smem_desc_of), which keeps the loop's per-block work
+     * close to the wgmma and the promotion */
+    const uint32_t da0 = (uint32_t)moe_smem_desc(a_smem + r0 * kBK), db0 = (uint32_t)moe_smem_desc(b_smem + c0 * kBK);
     int s = 0;          /* the stage of the next K block, over the tiles */
     uint32_t phase = 0; /* the parity its full barrier completes with */
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
@@ -169,11 +184,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
         /* E8M0 B scales: the bit offset of block 0's byte in its word, for each half */
         const uint32_t sb_lo[2] = {(uint32_t)(uintptr_t)b_scale_row<F>(p, t.group, b0, b_rows),
                                    (uint32_t)(uintptr_t)b_scale_row<F>(p, t.group, b1, b_rows)};
-        float acc[2][64], tmp[64];
+        float acc[2][kWN / 2], tmp[kWN / 2];
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int i = 0; i < 64; i++) acc[h][i] = 0.0f;
+            for (int i = 0; i < kWN / 2; i++) acc[h][i] = 0.0f;
         for (int kt = 0; kt < k_tiles; kt++) {
             /* no global load may be in flight here: the proxy fence below waits for this thread's memory accesses,
              * and a block scale read from global memory at each K block made every block wait for it */
@@ -196,14 +211,14 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
                 moe_wgmma_fence();
 #pragma unroll
                 for (int kk = 0; kk < kBK / 32; kk++) /* 32 codes = 32 bytes further into the swizzled rows */
-                    moe_wgmma_m64n128k32_e4m3(tmp, moe_smem_desc_of(da + 2 * kk),
-                                              moe_smem_desc_of(db + h * (kBoxRows * kBK >> 4) + 2 * kk), kk > 0);
+                    moe_wgmma_e4m3<kWN>(tmp, moe_smem_desc_of(da + 2 * kk),
+                                        moe_smem_desc_of(db + h * (kBoxRows * kBK >> 4) + 2 * kk), kk > 0);
                 moe_wgmma_commit();
                 moe_wgmma_wait<0>();
                 moe_acc_fence(tmp);
                 const float s0 = sa0 * sb[h], s1 = sa1 * sb[h];
 #pragma unroll
-                for (int j = 0; j < 16; j++) {
+                for (int j = 0; j < kWN / 8; j++) {
                     acc[h][4 * j] = __fmaf_rn(tmp[4 * j], s0, acc[h][4 * j]);
                     acc[h][4 * j + 1] = __fmaf_rn(tmp[4 * j + 1], s0, acc[h][4 * j + 1]);
                     acc[h][4 * j + 2] = __fmaf_rn(tmp[4 * j + 2], s1, acc[h][4 * j + 2]);
@@ -214,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
             if (++s == kStages) s = 0, phase ^= 1;
         }
 
-        /* epilogue: registers 4j + {0, 1} of half h hold row arow, B rows h * 128 + 8j + 2 (lane % 4) + {0, 1};
+        /* epilogue: registers 4j + {0, 1} of half h hold row arow, B rows h * 128 + c0 + 8j + 2 (lane % 4) + {0, 1};
          * 4j + {2, 3} row arow + 8. Meanwhile the producer fills the stages for the next tile. */
         if (!kGlu) {
 #pragma unroll
@@ -225,8 +240,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
-                    for (int j = 0; j < 16; j++)
-                        moe_gemm_store<false, MOE_ACT_SILU_GLU>(p, t, kBN, r, ro, h * kBoxRows + j * 8 + 2 * (lane & 3),
+                    for (int j = 0; j < kWN / 8; j++)
+                        moe_gemm_store<false, MOE_ACT_SILU_GLU>(p, t, kBN, r, ro,
+                                                                h * kBoxRows + c0 + j * 8 + 2 * (lane & 3),
                                                                 acc[h][4 * j + 2 * i], acc[h][4 * j + 2 * i + 1]);
             }
             continue;
@@ -235,29 +251,34 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
          * (concatenated: half 0 gate, half 1 up, columns side by side; interleaved: pairs in registers q, q + 1 of
          * both halves), then walks those rows in a loop: a lane takes 4 columns, the warp a row's 128, reduces
          * its amax with shuffles and stores the row's codes in one 128-byte store. Short code: an epilogue
-         * unrolled over all 64 values, with the activation inlined in each, ran out of the instruction cache. */
-        float *epi = reinterpret_cast<float *>(smem + (e_smem - base) + (cw * 4 + warp) * kEpiWarp);
+         * unrolled over all 64 values, with the activation inlined in each, ran out of the instruction cache.
+         * BM 64: warp w of both consumers stage their halves of the same rows' columns in one buffer; after the
+         * pair's barrier each walks 4 of the 8 rows. */
+        const int buf = kBM == 128 ? cw * 4 + warp : warp;
+        float *epi = reinterpret_cast<float *>(smem + (e_smem - base) + buf * kEpiWarp);
         const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
         moe_qparams q;
         q.rule = f.rule, q.elem_max = 448.0f, q.elem_emax = 8;
 #pragma unroll
         for (int i = 0; i < 2; i++) {
 #pragma unroll
-            for (int j = 0; j < 16; j++)
+            for (int j = 0; j < kWN / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int qi = 4 * j + 2 * i;
-                    const int c = p.interleaved ? e * 64 + j * 4 + (lane & 3) : j * 8 + 2 * (lane & 3) + e;
+                    const int c = p.interleaved ? e * 64 + c0 / 2 + j * 4 + (lane & 3)
+                                                : c0 + j * 8 + 2 * (lane & 3) + e;
                     const float2 gu = p.interleaved ? make_float2(acc[e][qi], acc[e][qi + 1])
                                                     : make_float2(acc[0][qi + e], acc[1][qi + e]);
                     *reinterpret_cast<float2 *>(epi + (lane >> 2) * kEpiLd + 2 * c) = gu;
                 }
-            __syncwarp();
+            if (kBM == 128) __syncwarp();
+            else moe_bar_sync_pair(warp);
             moe_gemm_by_act<true>(p.act, [&](auto act) {
                 constexpr int A = decltype(act)::value;
 #pragma unroll 1
-                for (int rr = 0; rr < 8; rr++) {
-                    const int64_t r = t.row0 + cw * 64 + warp * 16 + 8 * i + rr;
+                for (int rr = kBM == 128 ? 0 : 4 * cw; rr < (kBM == 128 ? 8 : 4 * cw + 4); rr++) {
+                    const int64_t r = t.row0 + r0 + warp * 16 + 8 * i + rr;
                     const moe_gemm_row_out ro = moe_gemm_row<true>(p, t, r); /* the same for the whole warp */
                     if (ro.skip) continue;
                     const int64_t col0 = t.tile_n * kBoxRows + 4 * lane;
@@ -291,23 +312,24 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
                     if (lane == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
                 }
             });
-            __syncwarp();
+            if (kBM == 128) __syncwarp();
+            else moe_bar_sync_pair(warp); /* both have read the buffer before either refills it */
         }
     }
 #endif
 }
 
-template <bool kGlu, int F>
+template <int kBM, bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, const CUtensorMap &m,
                   int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
     const int64_t tiles = q.m_tiles * q.n_tiles, sms = ctx->cuda.sm_count;
     const dim3 grid((unsigned)(tiles < sms ? tiles : sms)); /* persistent: one CTA an SM */
-    constexpr size_t smem = fp8_tile<kGlu>::smem;
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_kernel<kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)smem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_kernel<kGlu, F>, grid, kThreads, smem, st, q, f, m));
+    constexpr size_t smem = fp8_tile<kBM, kGlu>::smem;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_kernel<kBM, kGlu, F>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_kernel<kBM, kGlu, F>, grid, kThreads, smem, st, q, f, m));
     return MOE_OK;
 }
 
@@ -323,15 +345,22 @@ bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu) {
     return !glu || p.interleaved || p.n % 128 == 0;
 }
 
+template <int kBM>
+moe_status launch_bm(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, const CUtensorMap &m,
+                     int64_t m_tiles, cudaStream_t stream) {
+    const bool f32 = p.b_fmt == MOE_B_E4M3_F32;
+    if (glu) return f32 ? launch<kBM, true, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
+                        : launch<kBM, true, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
+    return f32 ? launch<kBM, false, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
+               : launch<kBM, false, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
+}
+
 moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
-                                      int64_t m_tiles, cudaStream_t stream) {
+                                      int tile_m, int64_t m_tiles, cudaStream_t stream) {
     CUtensorMap m;
     if (!moe__cuda_tmap_3d(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.b, p.k, glu ? 2 * (int64_t)p.n : p.n, p.n_groups,
                            p.b_group_stride, kBK, kBoxRows))
         return moe__error(ctx, MOE_ERR_CUDA, "W8A8 grouped GEMM: the driver refused the weights' TMA descriptor");
-    const bool f32 = p.b_fmt == MOE_B_E4M3_F32;
-    if (glu) return f32 ? launch<true, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
-                        : launch<true, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
-    return f32 ? launch<false, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
-               : launch<false, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
+    return tile_m == 64 ? launch_bm<64>(ctx, p, f, glu, m, m_tiles, stream)
+                        : launch_bm<128>(ctx, p, f, glu, m, m_tiles, stream);
 }

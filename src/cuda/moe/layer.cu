@@ -221,10 +221,10 @@ static moe_gemm_shape shared_shape(const moe_layer *l, int64_t T) {
     return shape_by_rows(moe__cuda_gemm_sm90_usable(l->ctx), w8a8_fits(l, shared_set(l)), false, T, 1);
 }
 
-/* Whether the set's GEMMs run W8A8 on the FP8 kernels for this tile: the wgmma tile (LARGE) or the decode kernel
- * (SMALL), which read x as codes and scales. */
+/* Whether the set's GEMMs run W8A8 on the FP8 kernels for this tile: the wgmma tile (LARGE, MEDIUM: 128 or 64
+ * rows) or the decode kernel (SMALL), which read x as codes and scales. */
 static bool w8a8_fp8_shape(const moe_layer *l, const expert_set &x, moe_gemm_shape shape) {
-    return (shape == MOE_GEMM_LARGE || shape == MOE_GEMM_SMALL) && w8a8_fits(l, x);
+    return shape != MOE_GEMM_MEDIUM32 && w8a8_fits(l, x);
 }
 
 /* x (T, H) bf16 -> W8A8's codes and scales at ws + xq, ws + xs (row-major (T, ceil(H / 128))), by the formats'
@@ -529,10 +529,10 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
 }
 
 /* The set's two GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the kernels
- * take both (LARGE: the wgmma tile; SMALL: the decode kernel): x quantised to codes and scales (x_codes: where they
- * come from), GEMM 1 writing h quantised (the decode kernel writes h in f32 and act_quant.cu quantises it), GEMM 2
- * reading the codes. Elsewhere (the MEDIUM tiles, other weights, other GPUs) x and h are replaced by their quantised
- * values in bf16 around the bf16 GEMMs. */
+ * take both (LARGE, MEDIUM: the wgmma tile; SMALL: the decode kernel): x quantised to codes and scales (x_codes:
+ * where they come from), GEMM 1 writing h quantised (the decode kernel writes h in f32 and act_quant.cu quantises
+ * it), GEMM 2 reading the codes. Elsewhere (MEDIUM32, other weights, other GPUs) x and h are replaced by their
+ * quantised values in bf16 around the bf16 GEMMs. */
 static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_params g, moe_gemm_params g2,
                                const void *xv, x_codes_at x_codes, int64_t T, moe_gemm_shape shape, int64_t tiles,
                                const expert_bufs &b, char *ws, cudaStream_t st) {
@@ -560,10 +560,11 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         }
         f.c = (uint8_t *)(ws + b.h8), f.c_scale = (float *)(ws + b.hs), f.c_scale_ld = b.rows;
         f.rule = rule, f.amax_floor = af.amax_floor;
-        MOE_TRY(moe__cuda_grouped_gemm_fp8(ctx, g, f, true, tiles, st));
+        const int tile_m = moe__gemm_tile_m(shape);
+        MOE_TRY(moe__cuda_grouped_gemm_fp8(ctx, g, f, true, tile_m, tiles, st));
         moe_gemm_fp8 f2 = {};
         f2.a = f.c, f2.a_scale = f.c_scale, f2.a_scale_ld = b.rows;
-        return moe__cuda_grouped_gemm_fp8(ctx, g2, f2, false, tiles, st);
+        return moe__cuda_grouped_gemm_fp8(ctx, g2, f2, false, tile_m, tiles, st);
     }
     /* h leaves GEMM 1 in f32, so that it is quantised from the value the reference quantises (a bf16 h first
      * would move about 3% of its codes by a step) */
