@@ -173,14 +173,14 @@ static bool w8a8_mma(const moe_layer *l) {
 
 /* The tile by the rows a touched expert gets on average (assignments / touched): LARGE from 64 rows on Hopper
  * (wgmma: measured 1.2-1.3x faster there than 64-row mma.sync tiles despite the padding; worse from 32), from 128
- * elsewhere; from 16 for W8A8 on the FP8 tensor cores (fp8), where the bf16 tiles would convert every weight of the
- * step and the padding costs only FP8 tensor-core time. Between SMALL and LARGE: where MEDIUM is Hopper's wgmma tile
- * (bf16 weights; H200, 16 rows an expert: 0-11% faster than MEDIUM32 for all seven models of the table, 32 rows:
- * faster than LARGE for all seven, 64 rows: 2-19% either way), MEDIUM; elsewhere MEDIUM32 below 24 rows (16 rows an
- * expert: 11-26% faster than the best other tile with FP8 and FP4 weights; 32 rows: 10-28% slower than MEDIUM, whose
- * one tile covers most experts there), else MEDIUM. */
-static moe_gemm_shape shape_by_rows(bool sm90, bool fp8, bool medium_wgmma, int64_t assignments, int64_t touched) {
-    const int64_t large_min = !sm90 ? 128 : fp8 ? 16 : 64;
+ * elsewhere. Between SMALL and LARGE: where MEDIUM is a Hopper wgmma tile (medium_wgmma: bf16 weights, or W8A8 on
+ * the FP8 kernels), MEDIUM (H200, bf16: 0-11% faster than MEDIUM32 at 16 rows an expert for all seven models of
+ * the table, faster than LARGE at 32 rows for all seven, 2-19% either way at 64; W8A8, Qwen3-30B-A3B and
+ * DeepSeek-V3: 17-26% faster than LARGE at 16 and 32 rows, at 64 8% faster and 4% slower); elsewhere MEDIUM32 below
+ * 24 rows (16 rows an expert: 11-26% faster than the best other tile with FP8 and FP4 weights; 32 rows: 10-28% slower
+ * than MEDIUM, whose one tile covers most experts there), else MEDIUM. */
+static moe_gemm_shape shape_by_rows(bool sm90, bool medium_wgmma, int64_t assignments, int64_t touched) {
+    const int64_t large_min = sm90 ? 64 : 128;
     if (assignments < 16 * touched) return MOE_GEMM_SMALL;
     if (assignments >= large_min * touched) return MOE_GEMM_LARGE;
     return assignments < 24 * touched && !medium_wgmma ? MOE_GEMM_MEDIUM32 : MOE_GEMM_MEDIUM;
@@ -209,7 +209,7 @@ static moe_gemm_shape routed_shape(const moe_layer *l, int64_t T, int k, int E) 
     const moe_gemm_shape f = forced_shape(tile, &forced);
     if (forced) return f;
     const int64_t assignments = T * k, touched = assignments < E ? assignments : E;
-    return shape_by_rows(sm90, w8a8_mma(l), sm90 && !l->quantized, assignments, touched);
+    return shape_by_rows(sm90, sm90 && (!l->quantized || w8a8_mma(l)), assignments, touched);
 }
 
 /* The quantised shared experts' tile for T tokens, each expert's rows all T: the config's forced tile, else
@@ -218,7 +218,8 @@ static moe_gemm_shape shared_shape(const moe_layer *l, int64_t T) {
     bool forced;
     const moe_gemm_shape f = forced_shape(l->c.expert_tile, &forced);
     if (forced) return f;
-    return shape_by_rows(moe__cuda_gemm_sm90_usable(l->ctx), w8a8_fits(l, shared_set(l)), false, T, 1);
+    const bool sm90 = moe__cuda_gemm_sm90_usable(l->ctx);
+    return shape_by_rows(sm90, sm90 && w8a8_fits(l, shared_set(l)), T, 1);
 }
 
 /* Whether the set's GEMMs run W8A8 on the FP8 kernels for this tile: the wgmma tile (LARGE, MEDIUM: 128 or 64
