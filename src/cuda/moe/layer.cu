@@ -152,7 +152,7 @@ static expert_bufs shared_bufs(const moe_layer_scratch *s) {
 
 static void expert_storage(const expert_set &x, int which, moe_gemm_params &g);
 
-/* Whether the set's GEMMs run W8A8 on the FP8 tensor cores when their tile is LARGE or SMALL. */
+/* Whether the set's GEMMs run W8A8 on the FP8 tensor cores when their tile is LARGE, MEDIUM or SMALL. */
 static bool w8a8_fits(const moe_layer *l, const expert_set &x) {
     if (!l->act_quantized || !x.q13) return false;
     const moe_layer_config *c = &l->c;
