@@ -96,11 +96,12 @@ int layer_problem_from_golden(const golden *g, const char *name, layer_problem *
     return problem_from_golden(g, name, p, 0);
 }
 
-int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p, layer_qweights *q) {
-    memset(q, 0, sizeof *q);
-    if (problem_from_golden(g, name, p, 1)) return -1;
-    char fmt[256], kind[32] = "", scale[16] = "", glob[16] = "";
-    const golden_record *f = golden_case(g, name, "fmt");
+/* One set of quantised matrices of case `name`: the format record `pre`fmt and the records `pre`q13 ... `pre`g2
+ * (pre "" for the routed experts, "s" for the shared ones), n matrices each; 0 on success. */
+static int qweights_from_golden(const golden *g, const char *name, const char *pre, int64_t n, layer_qweights *q) {
+    char key[16], fmt[256], kind[32] = "", scale[16] = "", glob[16] = "";
+    snprintf(key, sizeof key, "%sfmt", pre);
+    const golden_record *f = golden_case(g, name, key);
     if (!f || f->bytes >= sizeof fmt) return -1;
     memcpy(fmt, f->data, f->bytes), fmt[f->bytes] = 0;
     golden_cfg_word(fmt, "kind=", kind, sizeof kind);
@@ -112,11 +113,34 @@ int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p,
     q->f.global = !strcmp(glob, "decode")   ? MOE_NVFP4_GLOBAL_DECODE
                   : !strcmp(glob, "encode") ? MOE_NVFP4_GLOBAL_ENCODE
                                             : MOE_NVFP4_GLOBAL_UNSET;
+    const char *mat[2] = {"13", "2"};
+    for (int m = 0; m < 2; m++) {
+        char qn[16], sn[16], gn[16];
+        snprintf(qn, sizeof qn, "%sq%s", pre, mat[m]);
+        snprintf(sn, sizeof sn, "%ss%s", pre, mat[m]);
+        snprintf(gn, sizeof gn, "%sg%s", pre, mat[m]);
+        const golden_record *c = golden_case(g, name, qn), *sc = golden_case(g, name, sn);
+        if (!c || !sc) return -1;
+        q->data_bytes[m] = c->bytes, q->scale_bytes[m] = sc->bytes;
+        q->data[m] = memcpy(malloc(c->bytes + 16), c->data, c->bytes);
+        q->scale[m] = memcpy(malloc(sc->bytes + 16), sc->data, sc->bytes);
+        if (q->f.global != MOE_NVFP4_GLOBAL_UNSET) {
+            const golden_record *gl = golden_case(g, name, gn);
+            if (!gl || gl->numel != n) return -1;
+            q->global[m] = memcpy(malloc(gl->bytes + 16), gl->data, gl->bytes);
+        }
+    }
+    return 0;
+}
+
+int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p, layer_qweights q[2]) {
+    memset(q, 0, 2 * sizeof *q);
+    if (problem_from_golden(g, name, p, 1)) return -1;
     char act_key[256];
     snprintf(act_key, sizeof act_key, "%s.act", name);
     const golden_record *act = golden_find(g, act_key); /* W8A8 cases only (docs/layer.md §6) */
     if (act) {
-        char a[128], rule[16] = "";
+        char a[128], kind[32] = "", rule[16] = "";
         if (act->bytes >= sizeof a) return -1;
         memcpy(a, act->data, act->bytes), a[act->bytes] = 0;
         golden_cfg_word(a, "kind=", kind, sizeof kind);
@@ -124,20 +148,14 @@ int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p,
         p->c.act_format = moe_qformat_preset(moe_qformat_kind_from_name(kind));
         if (!strcmp(rule, "rceil")) p->c.act_format.rule = MOE_SCALE_UE8M0_RCEIL;
     }
-    const char *qn[2] = {"q13", "q2"}, *sn[2] = {"s13", "s2"}, *gn[2] = {"g13", "g2"};
-    for (int m = 0; m < 2; m++) {
-        const golden_record *c = golden_case(g, name, qn[m]), *sc = golden_case(g, name, sn[m]);
-        if (!c || !sc) return -1;
-        q->data_bytes[m] = c->bytes, q->scale_bytes[m] = sc->bytes;
-        q->data[m] = memcpy(malloc(c->bytes + 16), c->data, c->bytes);
-        q->scale[m] = memcpy(malloc(sc->bytes + 16), sc->data, sc->bytes);
-        if (q->f.global != MOE_NVFP4_GLOBAL_UNSET) {
-            const golden_record *gl = golden_case(g, name, gn[m]);
-            if (!gl || gl->numel != p->c.router.n_experts) return -1;
-            q->global[m] = memcpy(malloc(gl->bytes + 16), gl->data, gl->bytes);
-        }
+    if (qweights_from_golden(g, name, "", p->c.router.n_experts, &q[0])) return -1;
+    p->qw = &q[0];
+    char sfmt_key[256];
+    snprintf(sfmt_key, sizeof sfmt_key, "%s.sfmt", name);
+    if (golden_find(g, sfmt_key)) { /* quantised shared experts (docs/layer.md §5) */
+        if (qweights_from_golden(g, name, "s", p->c.n_shared, &q[1])) return -1;
+        p->sqw = &q[1];
     }
-    p->qw = q;
     return 0;
 }
 
@@ -404,8 +422,9 @@ static int run_golden_cases(test_env *env, moe_ctx *ctx, const char *file, const
     double worst = 0.0;
     for (int i = 0; names && names[i]; i++, n++) {
         layer_problem p;
-        layer_qweights q = {0};
-        if (quantised ? layer_quant_from_golden(&g, names[i], &p, &q) : layer_problem_from_golden(&g, names[i], &p)) {
+        layer_qweights q[2];
+        memset(q, 0, sizeof q);
+        if (quantised ? layer_quant_from_golden(&g, names[i], &p, q) : layer_problem_from_golden(&g, names[i], &p)) {
             bad++;
         } else {
             float *out = malloc(sizeof(float) * (size_t)(p.T * p.c.hidden + 1));
@@ -418,7 +437,7 @@ static int run_golden_cases(test_env *env, moe_ctx *ctx, const char *file, const
             if (e > worst) worst = e;
             free(out);
         }
-        layer_qweights_free(&q);
+        layer_qweights_free(&q[0]), layer_qweights_free(&q[1]);
         layer_problem_free(&p);
     }
     fprintf(stderr, "  %d %scases (%s, %s), worst relative L2 error %.3g\n", n, quantised ? "quantised-expert " : "",

@@ -47,9 +47,10 @@ void layer_problem_free(layer_problem *p);
 moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out,
                      int capture);
 
-/* Case `name` of layer_quant.moeg: the problem (no w13, w2) and its experts' codes and scales in q, which p->qw
- * then points at (free q with layer_qweights_free); 0 on success. */
-int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p, layer_qweights *q);
+/* Case `name` of layer_quant.moeg: the problem (no w13, w2) and its experts' codes and scales in q[0], which p->qw
+ * then points at, and where the case has them its shared experts' in q[1], for p->sqw (free both with
+ * layer_qweights_free); 0 on success. */
+int layer_quant_from_golden(const golden *g, const char *name, layer_problem *p, layer_qweights q[2]);
 /* Runs every case of layer_quant.moeg on ctx in dtype (given logits) and compares with the oracle's output;
  * returns the number of cases beyond tol (relative L2; tol_w8a8 for the W8A8 cases), or -1 when the file cannot
  * be read. */

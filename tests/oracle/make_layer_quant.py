@@ -19,6 +19,9 @@ Records, besides make_layer.py's (README.md, "layer_quant.moeg"):
             .g13 .g2   NVFP4: (E) f32 bits of the stored global (its convention in .fmt)
             .act       W8A8 cases only: str "kind=fp8_1x128 rule=<f32|rceil>", the experts' inputs quantised
                        (docs/layer.md section 6); .out is then the float64 contract of that section
+            .sfmt .sq13 .sq2 .ss13 .ss2 [.sg13 .sg2]
+                       quantised shared experts only (config.shared_format): the same for shared_w13 and shared_w2
+                       (S matrices); .sw13 .sw2 then hold the values the codes stand for
 """
 
 import os
@@ -83,24 +86,30 @@ def pack_e2m1(codes):
     return (c[:, 0::2] | (c[:, 1::2] << 4)).astype(np.uint8)
 
 
-def quantize_experts(f):
+def quantize_experts(f, shared=None):
+    """The routed experts' w13 and w2 in format f (records q13, s13, ...), and with `shared` the shared experts'
+    sw13 and sw2 in that format (records sfmt, sq13, ss13, ...), each replaced by the values its codes stand for."""
     def replace(P):
         extra = {"fmt": f}
-        for m in ("w13", "w2"):
-            w = P[m]
-            qs, ss, gs, vs = [], [], [], []
-            for e in range(w.shape[0]):
-                c, s, g, v = quantize(f, w[e])
-                qs.append(pack_e2m1(c) if f.elem == "e2m1" else c)
-                ss.append(s)
-                gs.append(g)
-                vs.append(v)
-            extra["q" + m[1:]] = np.stack(qs)
-            extra["s" + m[1:]] = np.stack(ss)
-            if f.glob != "none":
-                g = np.array(gs, dtype=F32)
-                extra["g" + m[1:]] = g if f.glob == "decode" else (F32(1.0) / g).astype(F32)
-            P[m] = np.stack(vs)
+        sets = [("", f, ("w13", "w2"))] + ([("s", shared, ("sw13", "sw2"))] if shared else [])
+        for pre, fm, mats in sets:
+            if pre:
+                extra[pre + "fmt"] = fm
+            for m in mats:
+                w, tag = P[m], m[m.index("w") + 1:]   # "13" or "2"
+                qs, ss, gs, vs = [], [], [], []
+                for e in range(w.shape[0]):
+                    c, s, g, v = quantize(fm, w[e])
+                    qs.append(pack_e2m1(c) if fm.elem == "e2m1" else c)
+                    ss.append(s)
+                    gs.append(g)
+                    vs.append(v)
+                extra[pre + "q" + tag] = np.stack(qs)
+                extra[pre + "s" + tag] = np.stack(ss)
+                if fm.glob != "none":
+                    g = np.array(gs, dtype=F32)
+                    extra[pre + "g" + tag] = g if fm.glob == "decode" else (F32(1.0) / g).astype(F32)
+                P[m] = np.stack(vs)
         return extra
     return replace
 
@@ -130,11 +139,20 @@ def act_quant(v, rule):
 def contract_w8a8(c, rule):
     """docs/layer.md section 6 in float64 after each quantisation: x quantised per token (then weighted, with the
     weight on the input), h = act(w13 . x + b13) rounded to f32 and quantised, y = w2 . h + b2; the slots in order;
-    the shared experts unquantised."""
+    then quantised shared experts (section 5) the same way over the quantised x, added unscaled (DeepSeek-V3)."""
     L, P, x, ids, w = c["L"], c["P"], c["x"], c["ids"], c["w"]
     f64 = np.float64
     out = np.zeros((x.shape[0], L.H), dtype=f64)
+
+    def glu(a, n):
+        g, u = (a[:n], a[n:]) if L.w13 == "concat" else (a[0::2], a[1::2])
+        return ml.act_glu(L, ml.torch.from_numpy(g), ml.torch.from_numpy(u)).numpy()
+
+    assert not L.S or ("sfmt" in c and not L.sgate)   # shared experts only quantised, and without Qwen2's gate
     for tok in range(x.shape[0]):
+        for s in range(L.S):
+            h = glu(P["sw13"][s].astype(f64) @ act_quant(x[tok], rule).astype(f64), L.Is)
+            out[tok] += P["sw2"][s].astype(f64) @ act_quant(h.astype(F32), rule).astype(f64)
         for j in range(L.k):
             e = int(ids[tok, j])
             if e < 0:
@@ -145,15 +163,22 @@ def contract_w8a8(c, rule):
             a = P["w13"][e].astype(f64) @ xin
             if P.get("b13") is not None:
                 a = a + P["b13"][e].astype(f64)
-            n = L.I
-            g, u = (a[:n], a[n:]) if L.w13 == "concat" else (a[0::2], a[1::2])
-            h = ml.act_glu(L, ml.torch.from_numpy(g), ml.torch.from_numpy(u)).numpy()
+            h = glu(a, L.I)
             y = P["w2"][e].astype(f64) @ act_quant(h.astype(F32), rule).astype(f64)
             if P.get("b2") is not None:
                 y = y + P["b2"][e].astype(f64)
             out[tok] += y if L.woi else f64(w[tok, j]) * y
-    assert not L.S
     return out
+
+
+def make_w8a8(c, rule):
+    """Turns the last case into a W8A8 one: .out becomes the contract with x and h quantised to FP8 1x128."""
+    q = contract_w8a8(c, rule)
+    moved = ml.rel_l2(q, c["out64"])
+    if not 1e-3 < moved < 0.2:   # by about FP8's precision, and the quantisation cannot be a no-op
+        ml.fail(f"{c['name']}: W8A8 moves the output by {moved:.3g}")
+    ml.CHECKS.append(f"{c['name']}: W8A8 contract ({rule} scales) moves the output by {moved:.3g} (relative L2)")
+    c["act"], c["out64"] = f"kind=fp8_1x128 rule={rule}", q
 
 
 def build_cases():
@@ -184,13 +209,14 @@ def build_cases():
     for seed, model, rule in ((307, "qwen3", "f32"), (308, "mixtral", "rceil")):
         ml.hf_case(f"q_{model}_w8a8_{rule}_t9", model, seed, 9, LCfg(64, 96, 8, 2, ts(8, 2, 1)),
                    weights=quantize_experts(fp8_128))
-        c = ml.CASES[-1]
-        q = contract_w8a8(c, rule)
-        moved = ml.rel_l2(q, c["out64"])
-        if not 1e-3 < moved < 0.2:   # by about FP8's precision, and the quantisation cannot be a no-op
-            ml.fail(f"{c['name']}: W8A8 moves the output by {moved:.3g}")
-        ml.CHECKS.append(f"{c['name']}: W8A8 contract ({rule} scales) moves the output by {moved:.3g} (relative L2)")
-        c["act"], c["out64"] = f"kind=fp8_1x128 rule={rule}", q
+        make_w8a8(ml.CASES[-1], rule)
+    # DeepSeek-V3 as its checkpoint ships: the shared expert in FP8 128x128 too (section 5), with bf16 activations,
+    # and with W8A8 (two shared experts of 32 fused into HF's one MLP of 64; their x and h quantised as well)
+    ml.hf_case("q_dsv3_fp8_shared_fp8_t9", "dsv3", 309, 9, LCfg(32, 32, 16, 4, dsv3, S=1, Is=32), n_shared_hf=1,
+               weights=quantize_experts(fp8_128, shared=fp8_128))
+    ml.hf_case("q_dsv3_w8a8_shared_fp8_f32_t9", "dsv3", 310, 9, LCfg(64, 32, 16, 4, dsv3, S=2, Is=32),
+               n_shared_hf=2, weights=quantize_experts(fp8_128, shared=fp8_128))
+    make_w8a8(ml.CASES[-1], "f32")
 
 
 def main():
@@ -206,14 +232,20 @@ def main():
             w_.add_str(f"{n}.fmt", f.text())
             if "act" in c:
                 w_.add_str(f"{n}.act", c["act"])
-            for m in ("13", "2"):
-                w_.add(f"{n}.q{m}", c["q" + m].astype(np.uint8).reshape(-1))
-                s = c["s" + m]
-                w_.add(f"{n}.s{m}", bits(s).reshape(-1) if s.dtype == F32 else s.astype(np.uint8).reshape(-1))
-                if f.glob != "none":
-                    w_.add(f"{n}.g{m}", bits(c["g" + m]))
+            for pre, fm in (("", f), ("s", c.get("sfmt"))):
+                if fm is None:
+                    continue
+                if pre:
+                    w_.add_str(f"{n}.sfmt", fm.text())
+                for m in ("13", "2"):
+                    w_.add(f"{n}.{pre}q{m}", c[pre + "q" + m].astype(np.uint8).reshape(-1))
+                    s = c[pre + "s" + m]
+                    w_.add(f"{n}.{pre}s{m}", bits(s).reshape(-1) if s.dtype == F32 else s.astype(np.uint8).reshape(-1))
+                    if fm.glob != "none":
+                        w_.add(f"{n}.{pre}g{m}", bits(c[pre + "g" + m]))
 
-        c["src"] += f"; experts as {f.text()}, decoded by ml_dtypes {ml_dtypes.__version__}"
+        c["src"] += f"; experts as {f.text()}" + (f", shared experts as {c['sfmt'].text()}" if "sfmt" in c else "")
+        c["src"] += f", decoded by ml_dtypes {ml_dtypes.__version__}"
         ml.add_case(w, c, experts)
     w.save(OUT)
     assert list(mg.read(OUT)) == w.names()
