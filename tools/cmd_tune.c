@@ -13,7 +13,7 @@ static const char usage[] =
     "src/cuda/moe/tile_table.inc: the fastest tile of each (model, weights, T); a row covers the token counts\n"
     "above the previous T listed, up to its own (the last one also every T above). Progress goes to stderr.\n"
     "  --model LIST    layer presets, comma separated (default qwen3-30b-a3b,deepseek-v3,mixtral-8x7b)\n"
-    "  --tokens LIST   token counts (default 1,4,16,32,64,128,256,512,1024,8192)\n"
+    "  --tokens LIST   token counts (default 1,4,16,32,64,128,256,512,1024,2048,8192)\n"
     "  --dtype LIST    the experts' weights, comma separated: bf16 (default), fp8, fp8-row, mxfp8, mxfp4, nvfp4,\n"
     "                  w8a8 (as `moe bench layer --dtype`)\n"
     "  --reps N        forwards per timing (default: about 30 ms of work)\n"
@@ -87,7 +87,7 @@ int cmd_tune(int argc, char **argv) {
     if (parsed >= 0) return parsed;
     const char *models = o.models ? o.models : "qwen3-30b-a3b,deepseek-v3,mixtral-8x7b";
     int64_t tokens[16];
-    const int n_tok = cli_parse_shape(o.tokens ? o.tokens : "1,4,16,32,64,128,256,512,1024,8192", tokens, 16);
+    const int n_tok = cli_parse_shape(o.tokens ? o.tokens : "1,4,16,32,64,128,256,512,1024,2048,8192", tokens, 16);
     int ok = n_tok > 0 && o.reps >= 0;
     for (int i = 1; i < n_tok; i++) ok = ok && tokens[i] > tokens[i - 1];
     if (!ok || tokens[0] < 1) {
