@@ -273,7 +273,7 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
      * moe_permute's for its three uses */
     ep->ls = moe__layer_scratch(ep->layer, M);
 #ifdef MOE_WITH_CUDA
-    if (ctx->backend == MOE_BACKEND_CUDA) ep->xs = moe__cuda_layer_experts_scratch(ep->layer, (int64_t)N * M);
+    if (ctx->backend == MOE_BACKEND_CUDA) ep->xs = moe__cuda_layer_experts_scratch(ep->layer, (int64_t)N * M, 0);
 #endif
     const moe_permute_config pcs[4] = {{N, 0, N, k, 1, MOE_PERMUTE_CONTIGUOUS, 0},
                                        {N, 0, N, N, 1, MOE_PERMUTE_CONTIGUOUS, 0},

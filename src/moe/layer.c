@@ -6,61 +6,45 @@
 
 #include "moe/layer.h"
 
-static size_t moe_align256(size_t n) {
-    return (n + 255) / 256 * 256;
-}
-
 moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
     const moe_layer_config *c = &l->c;
     const size_t E = (size_t)c->router.n_experts, k = (size_t)c->router.top_k, t = (size_t)(T > 0 ? T : 0);
     const size_t H = (size_t)c->hidden;
     moe_layer_scratch s = {0};
     size_t at = 0;
-    s.logits = at, at += moe_align256(t * E * 4);
-    s.ids = at, at += moe_align256(t * k * 4);
-    s.weights = at, at += moe_align256(t * k * 4);
+    s.logits = at, at += moe__align256(t * E * 4);
+    s.ids = at, at += moe__align256(t * k * 4);
+    s.weights = at, at += moe__align256(t * k * 4);
 #ifdef MOE_WITH_CUDA
     if (l->ctx->backend == MOE_BACKEND_CUDA) {
-        const moe_layer_scratch x = moe__cuda_layer_experts_scratch(l, T);
         const size_t S = (size_t)c->n_shared, Is = (size_t)c->shared_intermediate;
-        s.rows = x.rows;
-        s.counts = at + x.counts, s.offsets = at + x.offsets, s.row_src = at + x.row_src;
-        s.slot_row = at + x.slot_row, s.permute = at + x.permute, s.permute_bytes = x.permute_bytes;
-        s.h = at + x.h, s.y = at + x.y;
-        s.xq = at + x.xq, s.xs = at + x.xs, s.h8 = at + x.h8, s.hs = at + x.hs;
-        s.hq = at + x.hq, s.hqs = at + x.hqs;
-        at += x.bytes;
-        s.shared_scale = at, at += moe_align256(t * 4);
-        s.gate_partial = at, at += moe_align256((size_t)moe__gate_partial_rows((int64_t)t, c->hidden) * (E + 1) * 4);
+        moe_layer_scratch x = moe__cuda_layer_experts_scratch(l, T, at); /* the routed experts' part */
+        x.logits = s.logits, x.ids = s.ids, x.weights = s.weights;
+        s = x, at = x.bytes;
+        s.shared_scale = at, at += moe__align256(t * 4);
+        s.gate_partial = at, at += moe__align256((size_t)moe__gate_partial_rows((int64_t)t, c->hidden) * (E + 1) * 4);
         if (!l->shared_quantized || t == 0) {
-            s.shared_h = at, at += moe_align256(S * t * Is * 2);
-            s.shared_y = at, at += moe_align256(S * t * H * 2);
+            s.shared_h = at, at += moe__align256(S * t * Is * 2);
+            s.shared_y = at, at += moe__align256(S * t * H * 2);
             s.bytes = at;
             return s;
         }
-        /* the quantised shared experts' plan and buffers, sized as the routed experts' (layer.cu) for S experts of
-         * every token, each padded to the largest tile */
+        /* the quantised shared experts' plan and buffers, sized as the routed experts' (layer_experts.cu) for S
+         * experts of every token, each padded to the largest tile */
         const size_t rows = S * (t + MOE_LAYER_MAX_TILE_M - 1);
         s.shared_rows = (int64_t)rows;
-        s.shared_offsets = at, at += moe_align256((S + 1) * 8);
-        s.shared_row_src = at, at += moe_align256(rows * 4);
-        s.shared_h = at, at += moe_align256(rows * Is * 2);
-        s.shared_y = at, at += moe_align256(rows * H * 2);
-        if (l->act_quantized) {
-            s.shared_xq = at, at += moe_align256(t * H * 2);
-            s.shared_xs = at, at += moe_align256(t * ((H + 127) / 128) * 4);
-            const size_t codes = moe_align256(rows * Is) + moe_align256(rows * ((Is + 127) / 128) * 4);
-            const size_t h32 = moe_align256(rows * Is * 4);
-            s.shared_h8 = at, s.shared_hs = at + moe_align256(rows * Is), at += codes > h32 ? codes : h32;
-            s.shared_hq = s.shared_h, s.shared_hqs = s.shared_h + moe_align256(rows * Is); /* as the routed hq */
-        }
+        s.shared_offsets = at, at += moe__align256((S + 1) * 8);
+        s.shared_row_src = at, at += moe__align256(rows * 4);
+        s.shared_h = at, at += moe__align256(rows * Is * 2);
+        s.shared_y = at, at += moe__align256(rows * H * 2);
+        if (l->act_quantized) s.shared_w8a8 = moe__w8a8_scratch(&at, t, H, rows, Is, s.shared_h);
         s.bytes = at;
         return s;
     }
 #endif
     /* CPU: a (T, k) row map and the expert outputs (T k, H) in f32 */
-    s.slot_row = at, at += moe_align256(t * k * 4);
-    s.y = at, at += moe_align256(t * k * H * 4);
+    s.slot_row = at, at += moe__align256(t * k * 4);
+    s.y = at, at += moe__align256(t * k * H * 4);
     s.rows = (int64_t)(t * k);
     s.bytes = at;
     return s;

@@ -56,6 +56,32 @@ static inline int64_t moe__gate_partial_rows(int64_t T, int H) {
     return a < b ? a : b;
 }
 
+static inline size_t moe__align256(size_t n) {
+    return (n + 255) / 256 * 256;
+}
+
+/* W8A8's GPU buffers of one set of experts (routed, or quantised shared), as offsets into the workspace: x quantised,
+ * (T, H) as bf16 values or E4M3 codes with (T, ceil(H / 128)) f32 scales (xq, xs); h as codes (rows, I) with
+ * (ceil(I / 128), rows) scales (h8, hs), or in f32 at h8 (the decode kernel and the bf16 path), whose codes and
+ * scales then go to hq, hqs inside the set's bf16 h region, which those paths do not use. */
+typedef struct moe_w8a8_scratch {
+    size_t xq, xs, h8, hs, hq, hqs;
+} moe_w8a8_scratch;
+
+/* Carves them from *at for T tokens of width H and `rows` rows of width I whose bf16 h region starts at h (hq, hqs
+ * fit in it: rows I + rows ceil(I / 128) 4 + 255 <= 2 rows I for every I >= 8 and rows >= 127). */
+static inline moe_w8a8_scratch moe__w8a8_scratch(size_t *at, size_t T, size_t H, size_t rows, size_t I, size_t h) {
+    moe_w8a8_scratch w;
+    w.xq = *at, *at += moe__align256(T * H * 2);
+    w.xs = *at, *at += moe__align256(T * ((H + 127) / 128) * 4);
+    /* the FP8 kernels' h codes and scales, or the f32 h, in one region */
+    const size_t codes = moe__align256(rows * I) + moe__align256(rows * ((I + 127) / 128) * 4);
+    const size_t h32 = moe__align256(rows * I * 4);
+    w.h8 = *at, w.hs = *at + moe__align256(rows * I), *at += codes > h32 ? codes : h32;
+    w.hq = h, w.hqs = h + moe__align256(rows * I);
+    return w;
+}
+
 /* Scratch of one forward of T tokens, as offsets into the caller's workspace (a bump allocator: sizing and
  * carving follow the same code). The CPU uses logits, ids, weights, slot_row and y (f32, a row per (token, slot));
  * the GPU all but y is bf16 rows of the permutation. */
@@ -65,21 +91,15 @@ typedef struct moe_layer_scratch {
     size_t row_src, slot_row;    /* (rows) int32, (T, k) int32 */
     size_t permute, permute_bytes; /* moe_permute's own scratch */
     size_t h, y;                 /* (rows, I) bf16 activations, (rows, H) bf16 expert outputs */
-    /* W8A8 (GPU): x quantised, (T, H) as bf16 values or E4M3 codes with (T, ceil(H / 128)) f32 scales; h as
-     * codes (rows, I) with (ceil(I / 128), rows) scales */
-    size_t xq, xs, h8, hs;
-    /* W8A8 decode (GPU): h leaves GEMM 1 in f32 at h8, and its codes (rows, I) and scales (ceil(I / 128), rows)
-     * go to hq, hqs, inside the bf16 h region, which that path does not use */
-    size_t hq, hqs;
+    moe_w8a8_scratch w8a8;       /* W8A8 (GPU) */
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t gate_partial;         /* (moe__gate_partial_rows, E + 1) f32 */
     size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16; quantised shared: (shared_rows, Is), (.., H) */
     /* GPU, quantised shared experts (config.shared_format): they run through the routed experts' GEMMs as S experts
      * of every token, over a plan of their own (shared_offsets (S + 1), shared_row_src (shared_rows)), each expert's
-     * rows padded to the tile; W8A8: x's codes or bf16 values (when the routed experts' are not there to reuse), and
-     * h's codes or f32 values as the routed experts' xq .. hqs */
+     * rows padded to the tile, and W8A8's buffers (x's own: when the routed experts' codes are not there to reuse) */
     size_t shared_offsets, shared_row_src;
-    size_t shared_xq, shared_xs, shared_h8, shared_hs, shared_hq, shared_hqs;
+    moe_w8a8_scratch shared_w8a8;
     int64_t shared_rows;         /* S (T + MAX_TILE_M - 1) */
     int64_t rows;                /* row capacity of the permutation: T k + E (MAX_TILE_M - 1) */
     size_t bytes;                /* total */
@@ -116,9 +136,10 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x, int64_t T, const 
 #ifdef MOE_WITH_CUDA
 moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
                                  void *stream);
-/* GPU scratch of the routed experts for T tokens: the permutation, h and y, and W8A8's buffers (the fields of
- * moe_layer_scratch from counts to hs; the rest unset). */
-moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T);
+/* GPU scratch of the routed experts for T tokens, carved from offset `at` on: the permutation, h and y, and W8A8's
+ * buffers (the fields of moe_layer_scratch from counts to w8a8, and rows; bytes: the offset past them; the rest
+ * unset). */
+moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T, size_t at);
 /* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens; skipped when permuted: the
  * scratch already holds it), GEMM 1, GEMM 2: y (rows, H) bf16 in the scratch and slot_row (T, k) in s->slot_row.
  * x_codes: W8A8's x codes and scales are already in the scratch (moe__cuda_layer_forward's side stream), ready
@@ -128,7 +149,7 @@ moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const
                                    void *workspace, void *stream);
 /* GPU: the shared experts of x (T tokens, kernels chosen from plan_tokens) into s->shared_y, on the layer's side
  * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. x_codes: W8A8's x codes are in
- * s->xq, queued on the side stream before this call (quantised shared experts reuse them). */
+ * s->w8a8, queued on the side stream before this call (quantised shared experts reuse them). */
 moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_t plan_tokens, int x_codes,
                                   const moe_layer_scratch *s, void *workspace, void *stream);
 moe_status moe__cuda_layer_join(moe_layer *l, void *stream);

@@ -24,10 +24,6 @@ __global__ void shared_plan_kernel(int S, int64_t T, int64_t Tp, int64_t *offset
 
 } // namespace
 
-static size_t align256(size_t n) {
-    return (n + 255) / 256 * 256;
-}
-
 /* One set of experts for the grouped GEMMs: the layer's routed experts, or its quantised shared experts, which run
  * through the same GEMMs as n experts of every token. q13 NULL: bf16 weights. */
 struct expert_set {
@@ -56,17 +52,17 @@ static expert_set shared_set(const moe_layer *l) {
 /* Where one set's two GEMMs keep their rows, as offsets into the workspace (moe_layer_scratch): the permutation, h,
  * y, and W8A8's x and h (codes, or bf16 and f32 values); rows: the row capacity. */
 struct expert_bufs {
-    size_t offsets, row_src, h, y, xq, xs, h8, hs, hq, hqs;
+    size_t offsets, row_src, h, y;
+    moe_w8a8_scratch q;
     int64_t rows;
 };
 
 static expert_bufs routed_bufs(const moe_layer_scratch *s) {
-    return {s->offsets, s->row_src, s->h, s->y, s->xq, s->xs, s->h8, s->hs, s->hq, s->hqs, s->rows};
+    return {s->offsets, s->row_src, s->h, s->y, s->w8a8, s->rows};
 }
 
 static expert_bufs shared_bufs(const moe_layer_scratch *s) {
-    return {s->shared_offsets, s->shared_row_src, s->shared_h, s->shared_y, s->shared_xq, s->shared_xs,
-            s->shared_h8,      s->shared_hs,      s->shared_hq, s->shared_hqs, s->shared_rows};
+    return {s->shared_offsets, s->shared_row_src, s->shared_h, s->shared_y, s->shared_w8a8, s->shared_rows};
 }
 
 /* How the set's w13 (which 0) or w2 (1) is stored, for the grouped GEMM. */
@@ -176,33 +172,23 @@ static moe_status quantize_x(moe_layer *l, const void *x, int64_t T, size_t xq, 
     return moe__cuda_quantize(l->ctx, &lx, &xt, &q, st);
 }
 
-extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T) {
+extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T, size_t at) {
     const moe_layer_config *c = &l->c;
     const size_t E = (size_t)l->n_local, k = (size_t)c->router.top_k, t = (size_t)(T > 0 ? T : 0);
     const size_t H = (size_t)c->hidden, I = (size_t)c->intermediate;
     moe_layer_scratch s = {};
-    size_t at = 0;
     s.rows = (int64_t)(t * k + E * (MOE_LAYER_MAX_TILE_M - 1));
     const moe_permute_config pc = {l->n_global, 0, (int)E, (int)k, 1, MOE_PERMUTE_CONTIGUOUS, 0};
     size_t pb = 0;
     moe_permute_workspace_size(l->ctx, &pc, (int64_t)t, &pb);
-    s.counts = at, at += align256(E * 4);
-    s.offsets = at, at += align256((E + 1) * 8);
-    s.row_src = at, at += align256((size_t)s.rows * 4);
-    s.slot_row = at, at += align256(t * k * 4);
-    s.permute = at, s.permute_bytes = pb, at += align256(pb);
-    s.h = at, at += align256((size_t)s.rows * I * 2);
-    s.y = at, at += align256((size_t)s.rows * H * 2);
-    if (l->act_quantized) {
-        s.xq = at, at += align256(t * H * 2);
-        s.xs = at, at += align256(t * ((H + 127) / 128) * 4);
-        /* the FP8 kernels' h codes and scales, or the bf16 path's f32 h, in one region */
-        const size_t codes = align256((size_t)s.rows * I) + align256((size_t)s.rows * ((I + 127) / 128) * 4);
-        const size_t h32 = align256((size_t)s.rows * I * 4);
-        s.h8 = at, s.hs = at + align256((size_t)s.rows * I), at += codes > h32 ? codes : h32;
-        /* rows I + rows ceil(I / 128) 4 + 255 <= 2 rows I for every I >= 8 (rows >= 127) */
-        s.hq = s.h, s.hqs = s.h + align256((size_t)s.rows * I);
-    }
+    s.counts = at, at += moe__align256(E * 4);
+    s.offsets = at, at += moe__align256((E + 1) * 8);
+    s.row_src = at, at += moe__align256((size_t)s.rows * 4);
+    s.slot_row = at, at += moe__align256(t * k * 4);
+    s.permute = at, s.permute_bytes = pb, at += moe__align256(pb);
+    s.h = at, at += moe__align256((size_t)s.rows * I * 2);
+    s.y = at, at += moe__align256((size_t)s.rows * H * 2);
+    if (l->act_quantized) s.w8a8 = moe__w8a8_scratch(&at, t, H, (size_t)s.rows, I, s.h);
     s.bytes = at;
     return s;
 }
@@ -259,21 +245,21 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
     const int64_t rows = tiles * moe__gemm_tile_m(shape), live = rows < b.rows ? rows : b.rows; /* offsets[G] exact */
     if (w8a8_fp8_shape(l, x, shape)) {
         if (x_codes == X_CODES_EVENT) MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->xq_event, 0));
-        else if (x_codes == X_CODES_HERE) MOE_TRY(quantize_x(l, xv, T, b.xq, b.xs, ws, st));
+        else if (x_codes == X_CODES_HERE) MOE_TRY(quantize_x(l, xv, T, b.q.xq, b.q.xs, ws, st));
         moe_gemm_fp8 f = {};
-        f.a = (const uint8_t *)(ws + b.xq), f.a_scale = (const float *)(ws + b.xs);
+        f.a = (const uint8_t *)(ws + b.q.xq), f.a_scale = (const float *)(ws + b.q.xs);
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
-            g.c32 = (float *)(ws + b.h8);
+            g.c32 = (float *)(ws + b.q.h8);
             MOE_TRY(moe__cuda_grouped_gemm_fp8_decode(ctx, g, f, true, tiles, st));
-            uint8_t *hq = (uint8_t *)(ws + b.hq);
-            float *hqs = (float *)(ws + b.hqs);
+            uint8_t *hq = (uint8_t *)(ws + b.q.hq);
+            float *hqs = (float *)(ws + b.q.hqs);
             MOE_TRY(moe__cuda_act_quant(ctx, g.c32, hq, hqs, b.rows, live, g.offsets + g.n_groups, I, rule,
                                         af.amax_floor, st));
             moe_gemm_fp8 f2 = {};
             f2.a = hq, f2.a_scale = hqs, f2.a_scale_ld = b.rows;
             return moe__cuda_grouped_gemm_fp8_decode(ctx, g2, f2, false, tiles, st);
         }
-        f.c = (uint8_t *)(ws + b.h8), f.c_scale = (float *)(ws + b.hs), f.c_scale_ld = b.rows;
+        f.c = (uint8_t *)(ws + b.q.h8), f.c_scale = (float *)(ws + b.q.hs), f.c_scale_ld = b.rows;
         f.rule = rule, f.amax_floor = af.amax_floor;
         const int tile_m = moe__gemm_tile_m(shape);
         MOE_TRY(moe__cuda_grouped_gemm_fp8(ctx, g, f, true, tile_m, tiles, st));
@@ -283,8 +269,8 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
     }
     /* h leaves GEMM 1 in f32, so that it is quantised from the value the reference quantises (a bf16 h first
      * would move about 3% of its codes by a step) */
-    __nv_bfloat16 *xq = (__nv_bfloat16 *)(ws + b.xq), *h = (__nv_bfloat16 *)g.c;
-    float *h32 = (float *)(ws + b.h8);
+    __nv_bfloat16 *xq = (__nv_bfloat16 *)(ws + b.q.xq), *h = (__nv_bfloat16 *)g.c;
+    float *h32 = (float *)(ws + b.q.h8);
     MOE_TRY(moe__cuda_act_fake_quant(ctx, xv, MOE_DTYPE_BF16, xq, T, nullptr, H, rule, af.amax_floor, st));
     g.a = xq, g.c32 = h32;
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
@@ -343,7 +329,7 @@ moe_status moe__cuda_layer_shared_quantized(moe_layer *l, const void *xv, int64_
         return moe__cuda_grouped_gemm(l->ctx, g2, false, shape, tiles, 1, side);
     }
     x_codes_at at = X_CODES_HERE;
-    if (x_codes && w8a8_fp8_shape(l, x, shape)) b.xq = s->xq, b.xs = s->xs, at = X_CODES_READY;
+    if (x_codes && w8a8_fp8_shape(l, x, shape)) b.q.xq = s->w8a8.xq, b.q.xs = s->w8a8.xs, at = X_CODES_READY;
     return experts_w8a8(l, x, g, g2, xv, at, T, shape, tiles, b, ws, side);
 }
 
@@ -354,5 +340,5 @@ bool moe__cuda_layer_x_codes(const moe_layer *l, int64_t T) {
 
 moe_status moe__cuda_layer_quantize_x(moe_layer *l, const void *x, int64_t T, const moe_layer_scratch *s, char *ws,
                                       cudaStream_t st) {
-    return quantize_x(l, x, T, s->xq, s->xs, ws, st);
+    return quantize_x(l, x, T, s->w8a8.xq, s->w8a8.xs, ws, st);
 }
