@@ -213,6 +213,19 @@ void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T
     }
 }
 
+void layer_problem_route_counts(layer_problem *p, const int64_t *counts) {
+    const int64_t E = p->c.router.n_experts;
+    int64_t left[512], t = 0;
+    for (int64_t e = 0; e < E; e++) left[e] = counts[e];
+    while (t < p->T) /* round robin over the experts with tokens left, so that an expert's tokens interleave */
+        for (int64_t e = 0; e < E && t < p->T; e++) {
+            if (!left[e]) continue;
+            left[e]--;
+            for (int64_t j = 0; j < E; j++) p->logits[t * E + j] = j == e ? 4.0f : -4.0f + 0.01f * (float)j;
+            t++;
+        }
+}
+
 void layer_problem_free(layer_problem *p) {
     float *all[] = {p->x, p->logits, p->gate, p->gate_bias, p->bias, p->w13, p->w2, p->b13, p->b2, p->sw13, p->sw2,
                     p->sgate, p->want};

@@ -39,6 +39,9 @@ int layer_problem_from_golden(const golden *g, const char *name, layer_problem *
  * it is non-NULL; hash routing: the table and the token ids too); logits are drawn as well when with_logits (a few
  * rows entirely NaN: all slots -1). */
 void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T, int with_logits, uint64_t seed);
+/* Top-1 logits (p->logits, drawn with with_logits; E <= 512) that send counts[e] of p's T = sum counts tokens to
+ * expert e, interleaved. */
+void layer_problem_route_counts(layer_problem *p, const int64_t *counts);
 void layer_problem_free(layer_problem *p);
 
 /* Runs p on ctx with weights and x in dtype (bf16: rounded from the f32 values); use_logits passes p->logits

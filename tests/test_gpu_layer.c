@@ -163,6 +163,17 @@ TEST_IMPL(gpu_layer_sm90) {
         snprintf(what, sizeof what, "%s: qwen3 1024 x 384, 16 K steps", kernel);
         bad += layer_compare_gpu(env, &p, 0, what);
         layer_problem_free(&p);
+        /* experts of 64, 65, 192 and 0 rows: with 128-row tiles, a consumer's 64 rows are all padding in expert
+         * 0's only tile (it skips them) and in expert 2's last tile (computed: the first reads the same B), and
+         * hold one row in expert 1's */
+        static const int64_t counts[4] = {64, 65, 192, 0};
+        c = layer_config("qwen3-30b-a3b", 256, 192, 4, 1, MOE_ACT_SILU_GLU);
+        c.expert_tile = pass == 2 ? MOE_EXPERT_TILE_MEDIUM : MOE_EXPERT_TILE_LARGE;
+        layer_problem_random(&p, &c, 64 + 65 + 192, 1, seed++);
+        layer_problem_route_counts(&p, counts);
+        snprintf(what, sizeof what, "%s: experts of 64, 65, 192 and 0 rows", kernel);
+        bad += layer_compare_gpu(env, &p, 1, what);
+        layer_problem_free(&p);
         c = layer_config("deepseek-v3", 256, 64, 64, 6, MOE_ACT_SILU_GLU);
         c.router.n_groups = 8, c.router.topk_groups = 3;
         c.router.bias = (const float *)1; /* drawn by layer_problem_random */

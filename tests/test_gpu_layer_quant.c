@@ -159,6 +159,29 @@ TEST_IMPL(gpu_layer_w8a8) {
         layer_qweights_free(&q);
         layer_problem_free(&p);
     }
+    /* experts of 64, 65, 192 and 0 rows on the 128-row FP8 tile (GEMM 1 and GEMM 2): a consumer's 64 rows are all
+     * padding in expert 0's only tile (it skips them) and in expert 2's last (computed), one row in expert 1's;
+     * and at 64 rows */
+    for (int medium = 0; medium < 2; medium++) {
+        static const int64_t counts[4] = {64, 65, 192, 0};
+        moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 4, 1, MOE_ACT_SILU_GLU);
+        c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+        c.expert_tile = medium ? MOE_EXPERT_TILE_MEDIUM : MOE_EXPERT_TILE_LARGE;
+        layer_problem p;
+        layer_qweights q;
+        layer_problem_random(&p, &c, 64 + 65 + 192, 1, seed++);
+        layer_problem_route_counts(&p, counts);
+        if (layer_problem_quantize(env->cpu, &p, wf[0], &q, NULL) == 0) {
+            p.qw = &q;
+            bad += layer_compare_gpu_tol(env, &p, 1,
+                                         medium ? "w8a8, experts of 64, 65, 192, 0 rows, MEDIUM"
+                                                : "w8a8, experts of 64, 65, 192, 0 rows, LARGE",
+                                         8e-3, 8e-2);
+            layer_qweights_free(&q);
+        } else
+            bad++;
+        layer_problem_free(&p);
+    }
     /* the decode kernel forced at a prefill size: many 16-row tiles an expert, both halves of each */
     {
         moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);

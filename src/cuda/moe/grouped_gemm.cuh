@@ -3,8 +3,10 @@
  *
  * Rows come in one of two ways:
  *  - routed: the contiguous permutation (offsets (G + 1), multiples of the tile's rows) gives each row tile its
- *    group; with `gather`, A row r is token row_src[r] / top_k of A (x), and padding rows (row_src -1) read zeros;
- *    without, A row r is row r (the activations GEMM1 wrote in permuted order);
+ *    group, a group's rows first and its padding rows (row_src -1) after them; with `gather`, A row r is token
+ *    row_src[r] / top_k of A (x) (zeros for padding), without, A row r is row r (the activations GEMM1 wrote in
+ *    permuted order); the outputs of padding rows are undefined (GEMM 1 may leave them unwritten: GEMM 2 reads
+ *    them, but its rows never mix and it stores none of them);
  *  - dense: grid.z is the group (a shared expert), every row 0..m-1 belongs to it.
  * GLU (GEMM1): B is w13 (2N, K); each output column n pairs gate row and up row of w13 (concatenated or
  * interleaved), and the epilogue gives act(gate, up) (after * row weight, + bias). Plain (GEMM2): B is (N, K),

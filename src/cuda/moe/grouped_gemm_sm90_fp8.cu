@@ -14,7 +14,8 @@
  *  - two consumers of 64 rows each: per K block and per half of B, four wgmma.m64n128k32 into a temporary
  *    (the first one overwrites it), wait, then acc += tmp * (a_scale(row) * b_scale(half)) in f32. The
  *    temporaries of both halves would not fit beside the 128 accumulators, so the halves take turns; each
- *    consumer's promotion overlaps the other consumer's wgmma.
+ *    consumer's promotion overlaps the other consumer's wgmma. A consumer whose 64 rows are all padding in an
+ *    expert's only row tile (64 rows or fewer: moe_gemm_rows_idle) issues no wgmma and stores nothing.
  * Epilogues: GEMM 2 (plain) stores bf16 through gemm_tile.cuh. GEMM 1 (GLU) stages the (gate, up) pairs of its
  * 128 columns (the tile's 128 gate and 128 up rows) in shared memory, then a warp a row computes h, the row's amax
  * and FP8 codes and one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly as it
@@ -175,9 +176,20 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     const uint32_t da0 = (uint32_t)moe_smem_desc(a_smem + r0 * kBK), db0 = (uint32_t)moe_smem_desc(b_smem + c0 * kBK);
     int s = 0;          /* the stage of the next K block, over the tiles */
     uint32_t phase = 0; /* the parity its full barrier completes with */
+    const bool lone = moe_gemm_lone_tiles(p, kBM, order);
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
         if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
+        if (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + r0)) {
+            /* this consumer's 64 rows are all padding in an expert's only row tile: it releases each stage unread,
+             * once full (so that its arrivals stay one a use of the stage), and stores nothing */
+            for (int kt = 0; kt < k_tiles; kt++) {
+                moe_mbar_wait(full(s), phase);
+                if (lane == 0) moe_mbar_arrive(empty(s));
+                if (++s == kStages) s = 0, phase ^= 1;
+            }
+            continue;
+        }
         int64_t b0, b1;
         if (kGlu && !p.interleaved) b0 = t.tile_n * kBoxRows, b1 = p.n + b0;
         else b0 = t.tile_n * kBN, b1 = b0 + kBoxRows;

@@ -12,7 +12,9 @@
  *  - two consumers (warpgroups 1, 2), 64 rows each (BM 64: the same 64 rows, each with half of each box's B rows):
  *    wait for a stage, issue its 8 wgmma.m64n128k16 (4 K steps of 16 x 2 halves of B; BM 64: m64n64k16), keep one
  *    stage's wgmma in flight and release the stage before it; then the epilogue of gemm_tile.cuh from the
- *    accumulators (128 f32 a thread; BM 64: 64).
+ *    accumulators (128 f32 a thread; BM 64: 64). With BM 128, a consumer whose 64 rows are all padding in an
+ *    expert's only row tile (64 rows or fewer: moe_gemm_rows_idle) issues no wgmma and stores nothing: the other
+ *    consumer has the tensor cores alone, and the tile costs about half.
  * The CTAs are persistent (one an SM, walking the tiles of the rows written, moe_gemm_order, with a stride of the
  * grid), so the producer loads the next tile's first stages while the consumers store the last one's outputs.
  * TMA zero-fills B past N and past K, so the K tail and the last column tile need no special case. For GLU over
@@ -111,9 +113,19 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     moe_regs_inc<224>();
     const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
     uint32_t it = 0;
+    const bool lone = moe_gemm_lone_tiles(p, kBM, order);
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
         if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
+        if (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + cw * 64)) {
+            /* this consumer's 64 rows are all padding in an expert's only row tile: it releases each stage unread,
+             * once full (so that its arrivals stay one a use of the stage), and stores nothing */
+            for (int kt = 0; kt < k_tiles; kt++, it++) {
+                moe_mbar_wait(full(it % kStages), (it / kStages) & 1);
+                if (lane == 0) moe_mbar_arrive(empty(it % kStages));
+            }
+            continue;
+        }
         float acc[2][kWN / 2];
 #pragma unroll
         for (int h = 0; h < 2; h++)
