@@ -44,13 +44,14 @@ struct moe_gemm_tile {
 
 /* Tile `index` of the 1-D tile order over m_tiles row tiles (bands of kGemmBand row tiles, all column tiles of a band
  * before the next band, so that the CTAs resident at once share A rows and B rows through L2): its first row and
- * column tile. */
+ * column tile. In 32 bits: a launch has fewer than 2^31 tiles (a grid's limit, or checked where CTAs are
+ * persistent), and a 64-bit division costs several times a 32-bit one at the start of every tile. */
 __device__ __forceinline__ void moe_gemm_tile_at(const moe_gemm_params &p, int bm, int64_t m_tiles, int64_t index,
                                                  moe_gemm_tile &t) {
-    const int64_t band = index / ((int64_t)kGemmBand * p.n_tiles);
-    const int64_t in_band = index - band * kGemmBand * p.n_tiles;
-    const int64_t rows_in_band = m_tiles - band * kGemmBand < kGemmBand ? m_tiles - band * kGemmBand : kGemmBand;
-    t.row0 = (band * kGemmBand + in_band % rows_in_band) * bm;
+    const uint32_t per_band = kGemmBand * (uint32_t)p.n_tiles, i = (uint32_t)index;
+    const uint32_t band = i / per_band, in_band = i - band * per_band;
+    const uint32_t left = (uint32_t)m_tiles - band * kGemmBand, rows_in_band = left < kGemmBand ? left : kGemmBand;
+    t.row0 = (int64_t)(band * kGemmBand + in_band % rows_in_band) * bm;
     t.tile_n = in_band / rows_in_band;
 }
 __device__ __forceinline__ void moe_gemm_tile_at(const moe_gemm_params &p, int bm, int64_t index, moe_gemm_tile &t) {
@@ -102,9 +103,9 @@ __device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm
 /* The same for routed GEMMs (p.offsets set), called by a whole warp: its 32 lanes probe 32 groups a round, so
  * that E groups cost about log32(E) dependent loads instead of log2(E) (the start of a short-lived decode CTA
  * waits on that chain before its first weight load). */
-__device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, int bm, int64_t index,
+__device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, int bm, int64_t m_tiles, int64_t index,
                                                      moe_gemm_tile &t, int lane) {
-    moe_gemm_tile_at(p, bm, index, t);
+    moe_gemm_tile_at(p, bm, m_tiles, index, t);
     int lo = 0, hi = p.n_groups - 1; /* invariant: offsets[lo] <= row0 (offsets[0] = 0) */
     int step = (hi + 32) >> 5;       /* ceil(n_groups / 32) */
     const int64_t first = lane * step <= hi ? p.offsets[lane * step] : INT64_MAX;
@@ -120,6 +121,18 @@ __device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, i
     }
     t.group = lo;
     return true;
+}
+__device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, int bm, int64_t index,
+                                                     moe_gemm_tile &t, int lane) {
+    return moe_gemm_locate_warp(p, bm, p.m_tiles, index, t, lane);
+}
+
+/* Tile `index` of a persistent kernel's walk (moe_gemm_order), called by whole warps (routed GEMMs: the warp's
+ * search, 2 dependent loads for 256 groups where the binary search waits on 8 at the start of every tile). */
+__device__ __forceinline__ bool moe_gemm_locate_order(const moe_gemm_params &p, int bm, const moe_gemm_order &order,
+                                                      int64_t index, moe_gemm_tile &t) {
+    return p.offsets ? moe_gemm_locate_warp(p, bm, order.m_tiles, index, t, threadIdx.x & 31)
+                     : moe_gemm_locate(p, bm, order.m_tiles, index, t);
 }
 
 /* A row r of the tile's group, or NULL where it reads as zeros (past the end, padding). */

@@ -231,6 +231,9 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_ti
     const int cols_per_tile = glu ? C::BN / 2 : C::BN;
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + cols_per_tile - 1) / cols_per_tile;
+    if (q.m_tiles * q.n_tiles > INT32_MAX) /* a grid's limit, and the tile order's 32-bit arithmetic */
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: %lld tiles exceed 2^31",
+                          (long long)(q.m_tiles * q.n_tiles));
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
     return moe_gemm_by_bfmt(ctx, q.b_fmt, [&](auto f) {
         return glu ? launch_one<C, true, decltype(f)::value>(ctx, q, grid, st)

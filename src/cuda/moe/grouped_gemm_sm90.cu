@@ -175,6 +175,9 @@ template <class C, bool kGlu>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? C::BN / 2 : C::BN) - 1) / (kGlu ? C::BN / 2 : C::BN);
+    if (q.m_tiles * q.n_tiles > INT32_MAX) /* a grid's limit, and the tile order's 32-bit arithmetic */
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: %lld tiles exceed 2^31",
+                          (long long)(q.m_tiles * q.n_tiles));
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
     return moe_gemm_by_bfmt(ctx, q.b_fmt,
                             [&](auto f) { return launch_one<C, kGlu, decltype(f)::value>(ctx, q, grid, st); });

@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
         uint32_t phase = 1; /* the parity of its empty barrier's phase to wait for (a fresh one: at once) */
         for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
+            if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
             /* A row offsets in 16-byte units (kNoRow: zeros), and row tid's scale: base + kt * step */
             auto row_of = [&](int64_t r) -> int64_t { /* token or row index of A row r, or -1 */
                 if (r >= t.row_end) return -1;
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     const bool lone = moe_gemm_lone_tiles(p, kBM, order);
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
-        if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
+        if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
         if (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + r0)) {
             /* this consumer's 64 rows are all padding in an expert's only row tile: it releases each stage unread,
              * once full (so that its arrivals stay one a use of the stage), and stores nothing */
@@ -337,6 +337,8 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
     const int64_t tiles = q.m_tiles * q.n_tiles, sms = ctx->cuda.sm_count;
+    if (tiles > INT32_MAX) /* the tile order's 32-bit arithmetic (gemm_tile.cuh) */
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 grouped GEMM: %lld tiles exceed 2^31", (long long)tiles);
     const dim3 grid((unsigned)(tiles < sms ? tiles : sms)); /* persistent: one CTA an SM */
     constexpr size_t smem = fp8_tile<kBM, kGlu>::smem;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_kernel<kBM, kGlu, F>,

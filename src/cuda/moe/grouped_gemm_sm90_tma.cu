@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
         uint32_t it = 0;
         for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
+            if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
             const __nv_bfloat16 *a_row[kBM / 16];
 #pragma unroll
             for (int i = 0; i < kBM / 16; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid >> 3) + 16 * i);
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     const bool lone = moe_gemm_lone_tiles(p, kBM, order);
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
         moe_gemm_tile t;
-        if (!moe_gemm_locate(p, kBM, order.m_tiles, tile, t)) continue;
+        if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
         if (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + cw * 64)) {
             /* this consumer's 64 rows are all padding in an expert's only row tile: it releases each stage unread,
              * once full (so that its arrivals stay one a use of the stage), and stores nothing */
@@ -203,6 +203,8 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const CUtensorMap &m, 
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
     /* persistent: one CTA an SM (the shared memory allows no more), split over the dense groups */
     const int64_t tiles = q.m_tiles * q.n_tiles;
+    if (tiles > INT32_MAX) /* the tile order's 32-bit arithmetic (gemm_tile.cuh) */
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: %lld tiles exceed 2^31", (long long)tiles);
     const int64_t per_group = ctx->cuda.sm_count / groups > 0 ? ctx->cuda.sm_count / groups : 1;
     const dim3 grid((unsigned)(tiles < per_group ? tiles : per_group), 1, (unsigned)groups);
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_sm90_tma_kernel<kBM, kGlu>,
