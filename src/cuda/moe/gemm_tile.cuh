@@ -145,17 +145,18 @@ __device__ __forceinline__ const __nv_bfloat16 *moe_gemm_a_row(const moe_gemm_pa
     return src >= 0 ? p.a + (int64_t)(src / p.top_k) * p.k : nullptr;
 }
 
-/* Whether a consumer warpgroup may skip rows [r, r + 64) of a tile of bm rows: they hold no row to compute (past
- * the end, or padding: a group's padding rows follow its rows in the contiguous permutation and the shared
- * experts' plan, so row r tells), and the tile is its group's only row tile. Where a group has several, the CTAs
- * walking them (neighbours in the tile order) read the same B rows at about the same time, so that L2 serves most
- * of them; a tile made shorter lets its CTA run ahead of the others, and B comes from DRAM more often (measured on
- * the H200: DeepSeek-V3 at T = 8192, 256 rows an expert, 13% slower when the last tiles were skipped too). */
-/* Whether a GEMM's consumers look for such rows (moe_gemm_rows_idle, a dependent load at each tile's start): with
- * 128-row tiles where most groups have one row tile, i.e. the row tiles written are at most twice the groups. */
+/* Whether a GEMM's consumers look for rows to skip (moe_gemm_rows_idle, a dependent load at each tile's start):
+ * with 128-row tiles where most groups have one row tile, i.e. the row tiles written are at most twice the groups. */
 __device__ __forceinline__ bool moe_gemm_lone_tiles(const moe_gemm_params &p, int bm, const moe_gemm_order &order) {
     return bm == 128 && order.m_tiles <= 2 * (int64_t)(p.offsets ? p.n_groups : 1);
 }
+
+/* Whether a consumer warpgroup may skip rows [r, r + 64) of a tile of bm rows: they hold no row to compute (past
+ * the end, or padding: a group's padding rows follow its rows in the contiguous permutation and the shared
+ * experts' plan, so row r tells), and the tile is its group's only row tile. Skipping the padding of a group's
+ * last tile too made DeepSeek-V3 at T = 8192 (256 rows an expert) 13% slower on the H200. The likely cause, not yet
+ * confirmed by a profile: the CTAs walking a group's tiles (neighbours in the tile order) read the same B rows at
+ * about the same time, so that L2 serves most of them, and a shorter tile lets its CTA run ahead of the others. */
 __device__ __forceinline__ bool moe_gemm_rows_idle(const moe_gemm_params &p, const moe_gemm_tile &t, int bm,
                                                    int64_t r) {
     if (!p.offsets) return t.row_end <= bm && r >= t.row_end;
