@@ -56,6 +56,19 @@ TEST_IMPL(gpu_layer_quant) {
     return TEST_OK;
 }
 
+/* p's routed experts quantised in f (p->qw while it runs), then the GPU against the CPU reference as
+ * layer_compare_gpu_tol; a failed quantisation counts as one failure. */
+static int compare_quantized(test_env *env, layer_problem *p, const moe_qformat *f, int use_logits, const char *what,
+                             double tol_l2, double tol_token) {
+    layer_qweights q;
+    if (layer_problem_quantize(env->cpu, p, f, &q, NULL)) return 1;
+    p->qw = &q;
+    const int bad = layer_compare_gpu_tol(env, p, use_logits, what, tol_l2, tol_token);
+    p->qw = NULL;
+    layer_qweights_free(&q);
+    return bad;
+}
+
 /* W8A8 (act_format FP8 1x128) on the GPU against the CPU reference: FP8 128x128 experts with f32 and E8M0 scales
  * and both act scale rules at T = 1 and 40 (the 16-row tile: on Hopper the FP8 decode kernel, one and two halves
  * of a tile), 200 and 600 (the FP8 tensor-core tile from 16 rows an expert); 200 and 40 again with the bf16 path
@@ -116,14 +129,7 @@ TEST_IMPL(gpu_layer_w8a8) {
                 c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
                 if (cases[i].rule) c.act_format.rule = MOE_SCALE_UE8M0_RCEIL;
                 layer_problem p;
-                layer_qweights q;
                 layer_problem_random(&p, &c, cases[i].T, 0, seed++);
-                if (layer_problem_quantize(env->cpu, &p, wf[f], &q, NULL)) {
-                    bad++;
-                    layer_problem_free(&p);
-                    continue;
-                }
-                p.qw = &q;
                 if (cases[i].no_mma) setenv("MOE_GEMM_NO_FP8_MMA", "1", 1);
                 char what[96];
                 snprintf(what, sizeof what, "w8a8 %s, %s%s", cases[i].what, f ? "e8m0 w" : "f32 w",
@@ -133,9 +139,8 @@ TEST_IMPL(gpu_layer_w8a8) {
                 /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
                  * then differs as the FP8 kernels do */
                 const int exact = f && cases[i].rule;
-                bad += layer_compare_gpu_tol(env, &p, 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
+                bad += compare_quantized(env, &p, wf[f], 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
                 unsetenv("MOE_GEMM_NO_FP8_MMA");
-                layer_qweights_free(&q);
                 layer_problem_free(&p);
             }
     /* the LARGE tile forced at decode sizes: the FP8 tensor-core kernels over one or a few rows an expert. Over one
@@ -146,17 +151,9 @@ TEST_IMPL(gpu_layer_w8a8) {
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
         c.expert_tile = MOE_EXPERT_TILE_LARGE;
         layer_problem p;
-        layer_qweights q;
         layer_problem_random(&p, &c, T, 0, seed++);
-        if (layer_problem_quantize(env->cpu, &p, wf[0], &q, NULL)) {
-            bad++;
-            layer_problem_free(&p);
-            continue;
-        }
-        p.qw = &q;
-        bad += layer_compare_gpu_tol(env, &p, 0, T == 1 ? "w8a8, LARGE forced, T = 1" : "w8a8, LARGE forced, T = 5",
+        bad += compare_quantized(env, &p, wf[0], 0, T == 1 ? "w8a8, LARGE forced, T = 1" : "w8a8, LARGE forced, T = 5",
                                  5e-2, 8e-2);
-        layer_qweights_free(&q);
         layer_problem_free(&p);
     }
     /* experts of 64, 65, 192 and 0 rows on the 128-row FP8 tile (GEMM 1 and GEMM 2): a consumer's 64 rows are all
@@ -168,18 +165,12 @@ TEST_IMPL(gpu_layer_w8a8) {
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
         c.expert_tile = medium ? MOE_EXPERT_TILE_MEDIUM : MOE_EXPERT_TILE_LARGE;
         layer_problem p;
-        layer_qweights q;
         layer_problem_random(&p, &c, 64 + 65 + 192, 1, seed++);
         layer_problem_route_counts(&p, counts);
-        if (layer_problem_quantize(env->cpu, &p, wf[0], &q, NULL) == 0) {
-            p.qw = &q;
-            bad += layer_compare_gpu_tol(env, &p, 1,
-                                         medium ? "w8a8, experts of 64, 65, 192, 0 rows, MEDIUM"
-                                                : "w8a8, experts of 64, 65, 192, 0 rows, LARGE",
-                                         8e-3, 8e-2);
-            layer_qweights_free(&q);
-        } else
-            bad++;
+        bad += compare_quantized(env, &p, wf[0], 1,
+                                 medium ? "w8a8, experts of 64, 65, 192, 0 rows, MEDIUM"
+                                        : "w8a8, experts of 64, 65, 192, 0 rows, LARGE",
+                                 8e-3, 8e-2);
         layer_problem_free(&p);
     }
     /* the decode kernel forced at a prefill size: many 16-row tiles an expert, both halves of each */
@@ -188,14 +179,8 @@ TEST_IMPL(gpu_layer_w8a8) {
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
         c.expert_tile = MOE_EXPERT_TILE_SMALL;
         layer_problem p;
-        layer_qweights q;
         layer_problem_random(&p, &c, 600, 0, seed++);
-        if (layer_problem_quantize(env->cpu, &p, wf[1], &q, NULL) == 0) {
-            p.qw = &q;
-            bad += layer_compare_gpu_tol(env, &p, 0, "w8a8, SMALL forced, T = 600", 8e-3, 8e-2);
-            layer_qweights_free(&q);
-        } else
-            bad++;
+        bad += compare_quantized(env, &p, wf[1], 0, "w8a8, SMALL forced, T = 600", 8e-3, 8e-2);
         layer_problem_free(&p);
     }
     ASSERT_EQ_I64(bad, 0);
