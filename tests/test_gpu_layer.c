@@ -119,8 +119,9 @@ TEST_IMPL(gpu_layer_tiles) {
 }
 
 /* The Hopper prefill tiles over bf16 weights: every case picks the LARGE shape (64 rows an expert or more), and
- * runs three times, through the warp-specialised TMA tile, through the cp.async wgmma tile (MOE_GEMM_SM90_CPASYNC),
- * and with the MEDIUM shape forced (the TMA tile of 64 rows, each consumer half of the B rows):
+ * runs three times, through the warp-specialised TMA tile (routed row tiles in expert bands), through the cp.async
+ * wgmma tile (MOE_GEMM_SM90_CPASYNC), and with the MEDIUM shape forced (the TMA tile of 64 rows, each consumer half
+ * of the B rows):
  * K off the 64-column step (H = 136), N off the 256-row tile, K long enough to wrap the 4 stages several times,
  * concatenated and interleaved w13 with biases and clamps, the weight on the input, dense shared experts, padding
  * and -1 slots. On other GPUs both runs take the portable tiles. Small enough for compute-sanitizer. */
@@ -163,17 +164,22 @@ TEST_IMPL(gpu_layer_sm90) {
         snprintf(what, sizeof what, "%s: qwen3 1024 x 384, 16 K steps", kernel);
         bad += layer_compare_gpu(env, &p, 0, what);
         layer_problem_free(&p);
-        /* experts of 64, 65, 192 and 0 rows: with 128-row tiles, a consumer's 64 rows are all padding in expert
-         * 0's only tile (it skips them) and in expert 2's last tile (computed: the first reads the same B), and
-         * hold one row in expert 1's */
-        static const int64_t counts[4] = {64, 65, 192, 0};
-        c = layer_config("qwen3-30b-a3b", 256, 192, 4, 1, MOE_ACT_SILU_GLU);
-        c.expert_tile = pass == 2 ? MOE_EXPERT_TILE_MEDIUM : MOE_EXPERT_TILE_LARGE;
-        layer_problem_random(&p, &c, 64 + 65 + 192, 1, seed++);
-        layer_problem_route_counts(&p, counts);
-        snprintf(what, sizeof what, "%s: experts of 64, 65, 192 and 0 rows", kernel);
-        bad += layer_compare_gpu(env, &p, 1, what);
-        layer_problem_free(&p);
+        /* rows set per expert (4 experts, k = 1): experts of 64, 65, 192 and 0 rows: with 128-row tiles, a
+         * consumer's 64 rows are all padding in expert 0's only tile (it skips them) and in expert 2's last tile
+         * (computed: the first reads the same B), and hold one row in expert 1's; an expert of 2100 rows beside two
+         * small ones and an empty one: the TMA tile walks an expert's row tiles in bands of at most 16 (17 tiles of
+         * 128 rows: bands of 16 and 1; at 64 rows, 33 tiles: 16, 16 and 1) */
+        static const int64_t counts[2][4] = {{64, 65, 192, 0}, {2100, 50, 0, 130}};
+        static const char *const counts_what[2] = {"experts of 64, 65, 192 and 0 rows", "an expert of 2100 rows"};
+        for (int i = 0; i < 2; i++) {
+            c = layer_config("qwen3-30b-a3b", 256, 192, 4, 1, MOE_ACT_SILU_GLU);
+            c.expert_tile = pass == 2 ? MOE_EXPERT_TILE_MEDIUM : MOE_EXPERT_TILE_LARGE;
+            layer_problem_random(&p, &c, counts[i][0] + counts[i][1] + counts[i][2] + counts[i][3], 1, seed++);
+            layer_problem_route_counts(&p, counts[i]);
+            snprintf(what, sizeof what, "%s: %s", kernel, counts_what[i]);
+            bad += layer_compare_gpu(env, &p, 1, what);
+            layer_problem_free(&p);
+        }
         c = layer_config("deepseek-v3", 256, 64, 64, 6, MOE_ACT_SILU_GLU);
         c.router.n_groups = 8, c.router.topk_groups = 3;
         c.router.bias = (const float *)1; /* drawn by layer_problem_random */

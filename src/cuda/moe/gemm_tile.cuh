@@ -100,31 +100,70 @@ __device__ __forceinline__ bool moe_gemm_locate(const moe_gemm_params &p, int bm
     return moe_gemm_locate(p, bm, p.m_tiles, index, t);
 }
 
-/* The same for routed GEMMs (p.offsets set), called by a whole warp: its 32 lanes probe 32 groups a round, so
- * that E groups cost about log32(E) dependent loads instead of log2(E) (the start of a short-lived decode CTA
- * waits on that chain before its first weight load). */
-__device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, int bm, int64_t m_tiles, int64_t index,
-                                                     moe_gemm_tile &t, int lane) {
-    moe_gemm_tile_at(p, bm, m_tiles, index, t);
-    int lo = 0, hi = p.n_groups - 1; /* invariant: offsets[lo] <= row0 (offsets[0] = 0) */
+/* The group of routed row `row` (below offsets[n_groups]: the last group starting at or before it, never empty),
+ * found by a whole warp: its 32 lanes probe 32 groups a round, so that E groups cost about log32(E) dependent loads
+ * instead of log2(E) (the start of a short-lived decode CTA waits on that chain before its first weight load).
+ * `first` is the lane's first probe, offsets[lane * ceil(n_groups / 32)] (or INT64_MAX past the groups), which a
+ * caller may load before it knows the row. */
+__device__ __forceinline__ int moe_gemm_group_warp(const moe_gemm_params &p, int64_t row, int64_t first, int lane) {
+    int lo = 0, hi = p.n_groups - 1; /* invariant: offsets[lo] <= row (offsets[0] = 0) */
     int step = (hi + 32) >> 5;       /* ceil(n_groups / 32) */
-    const int64_t first = lane * step <= hi ? p.offsets[lane * step] : INT64_MAX;
-    t.row_end = p.offsets[p.n_groups];
-    if (t.row0 >= t.row_end) return false;
     for (int64_t off = first;;) {
-        const unsigned le = __ballot_sync(0xFFFFFFFFu, off <= t.row0);
+        const unsigned le = __ballot_sync(0xFFFFFFFFu, off <= row);
         lo += (31 - __clz(le)) * step;
         hi = min(hi, lo + step - 1);
-        if (lo >= hi) break;
+        if (lo >= hi) return lo;
         step = (hi - lo + 32) >> 5;
         off = lo + lane * step <= hi ? p.offsets[lo + lane * step] : INT64_MAX;
     }
-    t.group = lo;
+}
+__device__ __forceinline__ int64_t moe_gemm_group_warp_first(const moe_gemm_params &p, int lane) {
+    const int step = (p.n_groups + 31) >> 5;
+    return lane * step < p.n_groups ? p.offsets[lane * step] : INT64_MAX;
+}
+
+/* moe_gemm_locate for routed GEMMs (p.offsets set), called by a whole warp (moe_gemm_group_warp). */
+__device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, int bm, int64_t m_tiles, int64_t index,
+                                                     moe_gemm_tile &t, int lane) {
+    moe_gemm_tile_at(p, bm, m_tiles, index, t);
+    const int64_t first = moe_gemm_group_warp_first(p, lane);
+    t.row_end = p.offsets[p.n_groups];
+    if (t.row0 >= t.row_end) return false;
+    t.group = moe_gemm_group_warp(p, t.row0, first, lane);
     return true;
 }
 __device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, int bm, int64_t index,
                                                      moe_gemm_tile &t, int lane) {
     return moe_gemm_locate_warp(p, bm, p.m_tiles, index, t, lane);
+}
+
+/* Tile `index` of a persistent kernel's walk over routed row tiles in expert bands: a band holds one expert's row
+ * tiles (at most kGemmBand of them; an expert with more has several bands), all its column tiles before the next
+ * band. So the CTAs that read an expert's B rows at once are the tiles of that expert, which start together and
+ * keep step, and L2 serves the later reads. Called by whole warps. The index lies in the band of row tile
+ * index / n_tiles (bands cover whole row tiles, so band b's indices are [R_b n_tiles, R_{b+1} n_tiles)); the warp's
+ * search finds that row tile's expert, whose tiles start at offsets[e] / bm (the permutation pads experts to bm).
+ * The bf16 TMA tile walks this order: against the striped bands of moe_gemm_tile_at it took DeepSeek-V3's layer
+ * 5.6% and Mixtral-8x7B's 5.0% less time at T = 2048 on the H200; the W8A8 tile keeps the striped bands, which
+ * measured level or faster there (docs/performance.md, "Since b0efb3c"). */
+__device__ __forceinline__ bool moe_gemm_locate_expert_band(const moe_gemm_params &p, int bm,
+                                                            const moe_gemm_order &order, int64_t index,
+                                                            moe_gemm_tile &t) {
+    const int lane = threadIdx.x & 31;
+    const int64_t first = moe_gemm_group_warp_first(p, lane);
+    const uint32_t i = (uint32_t)index, n_tiles = (uint32_t)p.n_tiles, u = i / n_tiles;
+    t.row_end = p.offsets[p.n_groups];
+    if ((int64_t)u * bm >= t.row_end) return false;
+    t.group = moe_gemm_group_warp(p, (int64_t)u * bm, first, lane);
+    const uint32_t start = (uint32_t)(p.offsets[t.group] / bm), written = (uint32_t)order.m_tiles;
+    uint32_t end = (uint32_t)(p.offsets[t.group + 1] / bm);
+    end = end < written ? end : written; /* the walk's row tiles (the host's bound holds them all) */
+    static_assert((kGemmBand & (kGemmBand - 1)) == 0, "bands of a power of two row tiles");
+    const uint32_t band = start + ((u - start) & ~(uint32_t)(kGemmBand - 1)), left = end - band;
+    const uint32_t rows = left < (uint32_t)kGemmBand ? left : (uint32_t)kGemmBand, in_band = i - band * n_tiles;
+    t.row0 = (int64_t)(band + in_band % rows) * bm;
+    t.tile_n = in_band / rows;
+    return true;
 }
 
 /* Tile `index` of a persistent kernel's walk (moe_gemm_order), called by whole warps (routed GEMMs: the warp's
@@ -154,9 +193,10 @@ __device__ __forceinline__ bool moe_gemm_lone_tiles(const moe_gemm_params &p, in
 /* Whether a consumer warpgroup may skip rows [r, r + 64) of a tile of bm rows: they hold no row to compute (past
  * the end, or padding: a group's padding rows follow its rows in the contiguous permutation and the shared
  * experts' plan, so row r tells), and the tile is its group's only row tile. Skipping the padding of a group's
- * last tile too made DeepSeek-V3 at T = 8192 (256 rows an expert) 13% slower on the H200. The likely cause, not yet
- * confirmed by a profile: the CTAs walking a group's tiles (neighbours in the tile order) read the same B rows at
- * about the same time, so that L2 serves most of them, and a shorter tile lets its CTA run ahead of the others. */
+ * last tile too made DeepSeek-V3 at T = 8192 (256 rows an expert) 13-15% slower on the H200: the CTAs walking a
+ * group's tiles (neighbours in the tile order) read the same B rows at about the same time, so that L2 serves most
+ * of them, and a shorter tile lets its CTA run ahead of the others (Nsight Compute: GEMM 1's DRAM reads 21.3 -> 41.1
+ * GB, L2 hit rate 50% -> 31%; docs/performance.md, "Since b0efb3c"). */
 __device__ __forceinline__ bool moe_gemm_rows_idle(const moe_gemm_params &p, const moe_gemm_tile &t, int bm,
                                                    int64_t r) {
     if (!p.offsets) return t.row_end <= bm && r >= t.row_end;

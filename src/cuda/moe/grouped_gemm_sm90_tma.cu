@@ -16,7 +16,9 @@
  *    expert's only row tile (64 rows or fewer: moe_gemm_rows_idle) issues no wgmma and stores nothing: the other
  *    consumer has the tensor cores alone, and the tile costs about half.
  * The CTAs are persistent (one an SM, walking the tiles of the rows written, moe_gemm_order, with a stride of the
- * grid), so the producer loads the next tile's first stages while the consumers store the last one's outputs.
+ * grid; routed row tiles in expert bands, moe_gemm_locate_expert_band), so the producer loads the next tile's first
+ * stages while the consumers store the last one's outputs; it also finds each tile and passes its descriptor to the
+ * consumers beside the tile's first stage.
  * TMA zero-fills B past N and past K, so the K tail and the last column tile need no special case. For GLU over
  * concatenated w13 the tile's 256 B rows are 128 gate rows then the 128 matching up rows, so the accumulator
  * halves pair register by register; for interleaved w13 they are 256 consecutive rows (pairs side by side). With
@@ -43,10 +45,19 @@ constexpr int kBoxRows = 128;       /* B rows a TMA box */
 /* The tile of BM rows: its stages, and the B rows of a box each consumer multiplies (all, or its half). */
 template <int BM> struct tma_tile {
     static constexpr int stage_a = BM * kRow, stages = BM == 128 ? 4 : 5, wn = BM == 128 ? 128 : 64;
-    static constexpr size_t smem = (size_t)stages * (stage_a + kStageB) + 2 * stages * 8 + 1024; /* + barriers */
+    /* + barriers and the tiles' descriptors (moe_gemm_tile, 24 bytes, in a 32-byte slot a stage) */
+    static constexpr size_t smem = (size_t)stages * (stage_a + kStageB) + 2 * stages * 8 + stages * 32 + 1024;
 };
 static_assert(MOE_LAYER_MAX_TILE_M == 128, "the LARGE tile is the permutation's largest");
 static_assert(tma_tile<64>::wn == 64 && tma_tile<128>::wn == 128, "BM 64: each consumer half of a box's B rows");
+
+/* Tile `index` of a CTA's walk: routed GEMMs in expert bands (gemm_tile.cuh), dense ones as the other tiles. */
+template <int kBM>
+__device__ __forceinline__ bool locate(const moe_gemm_params &p, const moe_gemm_order &order, int64_t index,
+                                       moe_gemm_tile &t) {
+    return p.offsets ? moe_gemm_locate_expert_band(p, kBM, order, index, t)
+                     : moe_gemm_locate_order(p, kBM, order, index, t);
+}
 
 template <int kBM, bool kGlu>
 __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_gemm_params p,
@@ -57,8 +68,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     constexpr int kStages = tma_tile<kBM>::stages, kStageA = tma_tile<kBM>::stage_a, kWN = tma_tile<kBM>::wn;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = smem_raw + (base - raw); /* A stages, B stages, full[kStages], empty[kStages] */
+    /* A stages, B stages, full[kStages], empty[kStages], the tile of each stage */
+    unsigned char *smem = smem_raw + (base - raw);
     const uint32_t a_smem = base, b_smem = base + kStages * kStageA, bars = b_smem + kStages * kStageB;
+    moe_gemm_tile *stage_tile = reinterpret_cast<moe_gemm_tile *>(smem + (bars - base) + 2 * kStages * 8);
+    static_assert(sizeof(moe_gemm_tile) <= 32, "a tile's descriptor in its slot");
     const moe_pipe pipe = {bars, kStages};
     auto full = [&](int s) { return pipe.full(s); };
     auto empty = [&](int s) { return pipe.empty(s); };
@@ -69,7 +83,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     const moe_gemm_order order = moe_gemm_order_of(p, kBM); /* the tiles with rows */
     /* Both roles walk the same tiles (index blockIdx.x + i gridDim.x of the order's, moe_gemm_order: the row tiles
      * the permutation wrote) and count K steps over all of them (it): stage it % kStages, in its (it / kStages)-th
-     * use. */
+     * use. The producer finds each tile (the expert's lookup: dependent loads) and hands it to the consumers with
+     * the tile's first stage, so that a consumer's next tile waits on no global load after its epilogue. */
 
     if (wg == 0) { /* producer */
         moe_regs_dec<56>();
@@ -77,7 +92,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
         uint32_t it = 0;
         for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
+            /* every tile of the order has rows; were one found without, its stages would hold zeros and the
+             * consumers would store nothing (row_end 0, group -1) */
+            if (!locate<kBM>(p, order, tile, t)) t.row0 = 0, t.row_end = 0, t.tile_n = 0, t.group = -1;
             const __nv_bfloat16 *a_row[kBM / 16];
 #pragma unroll
             for (int i = 0; i < kBM / 16; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid >> 3) + 16 * i);
@@ -89,6 +106,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
                 const int s = it % kStages;
                 moe_mbar_wait(empty(s), ((it / kStages) & 1) ^ 1);
                 if (tid == 0) {
+                    if (kt == 0) stage_tile[s] = t; /* seen by the consumers through the arrival below */
                     moe_mbar_arrive_expect_tx(full(s), kStageB);
                     moe_tma_load_3d(b_smem + s * kStageB, &tmap_b, full(s), kt * kBK, b0, t.group);
                     moe_tma_load_3d(b_smem + s * kStageB + kBoxRows * kRow, &tmap_b, full(s), kt * kBK, b1, t.group);
@@ -115,11 +133,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
     uint32_t it = 0;
     const bool lone = moe_gemm_lone_tiles(p, kBM, order);
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
-        moe_gemm_tile t;
-        if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
-        if (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + cw * 64)) {
-            /* this consumer's 64 rows are all padding in an expert's only row tile: it releases each stage unread,
-             * once full (so that its arrivals stay one a use of the stage), and stores nothing */
+        moe_mbar_wait(full(it % kStages), (it / kStages) & 1); /* the tile's first stage, and its descriptor */
+        const moe_gemm_tile t = stage_tile[it % kStages];
+        if (t.group < 0 || (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + cw * 64))) {
+            /* this consumer's 64 rows are all padding in an expert's only row tile (or the tile has none): it
+             * releases each stage unread, once full (so that its arrivals stay one a use of the stage), and stores
+             * nothing */
             for (int kt = 0; kt < k_tiles; kt++, it++) {
                 moe_mbar_wait(full(it % kStages), (it / kStages) & 1);
                 if (lane == 0) moe_mbar_arrive(empty(it % kStages));
