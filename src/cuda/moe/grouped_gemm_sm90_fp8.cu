@@ -6,7 +6,8 @@
  *
  * A CTA computes 128 rows x 256 B rows, K in blocks of 128 codes (one 128-byte swizzle row, one scale block)
  * through 3 (GEMM 1) or 4 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales, B's 2). Three warpgroups,
- * persistent CTAs (walking the tiles of the rows written, moe_gemm_order):
+ * persistent CTAs (walking the tiles of the rows written, moe_gemm_order; the producer finds each tile and hands
+ * its descriptor to the consumers beside the tile's first stage):
  *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
  *    all 128 threads cp.async the 128 A rows (gathered tokens for GEMM 1, zeros for padding and past K) and one
  *    A scale each, two of them also B's block scales; the stage is full when the TMA bytes landed and every
@@ -51,7 +52,9 @@ template <int BM, bool kGlu> struct fp8_tile {
     static constexpr int stage_a = BM * kBK, stage_s = BM * 4 + 16, wn = BM == 128 ? 128 : 64;
     static constexpr int stages = kGlu ? (BM == 128 ? 3 : 4) : (BM == 128 ? 4 : 5);
     static constexpr size_t epi = kGlu ? (BM == 128 ? 8 : 4) * kEpiWarp : 0;
-    static constexpr size_t smem = (size_t)stages * (stage_a + kStageB + stage_s) + epi + 2 * stages * 8 + 1024;
+    /* + barriers and the tiles' descriptors (a 32-byte slot a stage) */
+    static constexpr size_t smem =
+        (size_t)stages * (stage_a + kStageB + stage_s) + epi + 2 * stages * 8 + stages * 32 + 1024;
 };
 static_assert(MOE_LAYER_MAX_TILE_M == 128, "the W8A8 tile is the permutation's largest");
 static_assert(fp8_tile<64, true>::wn == 64 && fp8_tile<64, false>::wn == 64 && fp8_tile<128, true>::wn == 128 &&
@@ -91,6 +94,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     unsigned char *smem = smem_raw + (base - raw);
     const uint32_t a_smem = base, b_smem = base + kStages * kStageA, s_smem = b_smem + kStages * kStageB;
     const uint32_t e_smem = s_smem + kStages * kStageS, bars = e_smem + (uint32_t)tile_t::epi;
+    moe_gemm_tile *stage_tile = reinterpret_cast<moe_gemm_tile *>(smem + (bars - base) + 2 * kStages * 8);
+    static_assert(sizeof(moe_gemm_tile) <= 32, "a tile's descriptor in its slot");
     const float *sa = reinterpret_cast<const float *>(smem + (s_smem - base));
     const moe_pipe pipe = {bars, kStages};
     auto full = [&](int s) { return pipe.full(s); };
@@ -110,7 +115,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
         uint32_t phase = 1; /* the parity of its empty barrier's phase to wait for (a fresh one: at once) */
         for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
+            /* every tile of the order has rows; were one found without, its stages would hold zeros and the
+             * consumers would store nothing (row_end 0, group -1) */
+            if (!moe_gemm_locate_order(p, kBM, order, tile, t)) t.row0 = 0, t.row_end = 0, t.tile_n = 0, t.group = -1;
             /* A row offsets in 16-byte units (kNoRow: zeros), and row tid's scale: base + kt * step */
             auto row_of = [&](int64_t r) -> int64_t { /* token or row index of A row r, or -1 */
                 if (r >= t.row_end) return -1;
@@ -132,10 +139,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
             else b0 = (int)t.tile_n * kBN, b1 = b0 + kBoxRows;
             /* threads 0 and 1 copy the block scales of B's halves (nothing past the rows: the stage's word reads 0,
              * multiplying zeros) */
-            const uint8_t *sb_row = tid < 2 ? b_scale_row<F>(p, t.group, tid ? b1 : b0, b_rows) : nullptr;
+            const uint8_t *sb_row =
+                tid < 2 && t.group >= 0 ? b_scale_row<F>(p, t.group, tid ? b1 : b0, b_rows) : nullptr;
             for (int kt = 0; kt < k_tiles; kt++) {
                 moe_mbar_wait(empty(s), phase);
                 if (tid == 0) {
+                    if (kt == 0) stage_tile[s] = t; /* seen by the consumers through the arrival below */
                     moe_mbar_arrive_expect_tx(full(s), kStageB);
                     moe_tma_load_3d(b_smem + s * kStageB, &tmap_b, full(s), kt * kBK, b0, t.group);
                     moe_tma_load_3d(b_smem + s * kStageB + kBoxRows * kBK, &tmap_b, full(s), kt * kBK, b1, t.group);
@@ -178,11 +187,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
     uint32_t phase = 0; /* the parity its full barrier completes with */
     const bool lone = moe_gemm_lone_tiles(p, kBM, order);
     for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
-        moe_gemm_tile t;
-        if (!moe_gemm_locate_order(p, kBM, order, tile, t)) continue;
-        if (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + r0)) {
-            /* this consumer's 64 rows are all padding in an expert's only row tile: it releases each stage unread,
-             * once full (so that its arrivals stay one a use of the stage), and stores nothing */
+        moe_mbar_wait(full(s), phase); /* the tile's first stage, and its descriptor */
+        const moe_gemm_tile t = stage_tile[s];
+        if (t.group < 0 || (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + r0))) {
+            /* this consumer's 64 rows are all padding in an expert's only row tile (or the tile has none): it
+             * releases each stage unread, once full (so that its arrivals stay one a use of the stage), and stores
+             * nothing */
             for (int kt = 0; kt < k_tiles; kt++) {
                 moe_mbar_wait(full(s), phase);
                 if (lane == 0) moe_mbar_arrive(empty(s));
