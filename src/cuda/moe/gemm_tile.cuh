@@ -143,9 +143,10 @@ __device__ __forceinline__ bool moe_gemm_locate_warp(const moe_gemm_params &p, i
  * keep step, and L2 serves the later reads. Called by whole warps. The index lies in the band of row tile
  * index / n_tiles (bands cover whole row tiles, so band b's indices are [R_b n_tiles, R_{b+1} n_tiles)); the warp's
  * search finds that row tile's expert, whose tiles start at offsets[e] / bm (the permutation pads experts to bm).
- * The bf16 TMA tile walks this order: against the striped bands of moe_gemm_tile_at it took DeepSeek-V3's layer
- * 5.6% and Mixtral-8x7B's 5.0% less time at T = 2048 on the H200; the W8A8 tile keeps the striped bands, which
- * measured level or faster there (docs/performance.md, "Since b0efb3c"). */
+ * The bf16 TMA tile walks this order: against the striped bands of moe_gemm_tile_at, the H200 ran the layer of
+ * DeepSeek-V3 4-5.5% faster at T = 1024 and 2048, Mixtral-8x7B 3-9% and Qwen3-30B-A3B 2-4% at T = 1024 to 8192. The
+ * W8A8 tile keeps the striped bands: this order measured level to 4% slower there (docs/performance.md, "Since
+ * b0efb3c"). */
 __device__ __forceinline__ bool moe_gemm_locate_expert_band(const moe_gemm_params &p, int bm,
                                                             const moe_gemm_order &order, int64_t index,
                                                             moe_gemm_tile &t) {
