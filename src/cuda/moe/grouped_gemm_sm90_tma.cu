@@ -45,7 +45,7 @@ constexpr int kBoxRows = 128;       /* B rows a TMA box */
 /* The tile of BM rows: its stages, and the B rows of a box each consumer multiplies (all, or its half). */
 template <int BM> struct tma_tile {
     static constexpr int stage_a = BM * kRow, stages = BM == 128 ? 4 : 5, wn = BM == 128 ? 128 : 64;
-    /* + barriers and the tiles' descriptors (moe_gemm_tile, 24 bytes, in a 32-byte slot a stage) */
+    /* + barriers and the tiles' descriptors (a moe_gemm_tile, 32 bytes, a stage) */
     static constexpr size_t smem = (size_t)stages * (stage_a + kStageB) + 2 * stages * 8 + stages * 32 + 1024;
 };
 static_assert(MOE_LAYER_MAX_TILE_M == 128, "the LARGE tile is the permutation's largest");
