@@ -156,19 +156,26 @@ inline moe_status moe_decode_grid(moe_ctx *ctx, const char *what, const moe_gemm
     return MOE_OK;
 }
 
-/* The K warps 1.. of a column tile hand their partial tiles (acc[n][e]: 2 halves x 4) to its K warp 0 through
- * part (kDecodeWarps - 1 slots of 8 x 32 floats), which adds them in warp order (deterministic). Returns whether
- * this warp holds the sum (K warp 0). Ends with all the CTA's warps past a barrier. */
-__device__ __forceinline__ bool moe_decode_reduce(float (&acc)[2][4], float (*part)[8][32], int warp, int kw,
+/* The K warps 1.. of a column tile hand their partial tiles (acc[n][e]: 2 halves x 4) to its K warp 0 through their
+ * own rings (ring: the CTA's dynamic shared memory, ring_bytes a warp; 1 KB a warp, free once the warp's copies are
+ * done, as the caller's moe_cp_async_wait<0> makes them, and its lanes are past reading it), which adds them in warp
+ * order (deterministic). No static buffer, so that the ring is all a CTA holds. Returns whether this warp holds the
+ * sum (K warp 0). Ends with all the CTA's warps past a barrier. */
+__device__ __forceinline__ bool moe_decode_reduce(float (&acc)[2][4], char *ring, int ring_bytes, int warp, int kw,
                                                   int ksplit, int lane) {
-    if (kw > 0)
+    __syncwarp(); /* a lane's partials land on other lanes' slots */
+    if (kw > 0) {
+        float *const part = reinterpret_cast<float *>(ring + warp * ring_bytes);
 #pragma unroll
-        for (int i = 0; i < 8; i++) part[warp - 1][i][lane] = acc[i >> 2][i & 3];
+        for (int i = 0; i < 8; i++) part[i * 32 + lane] = acc[i >> 2][i & 3];
+    }
     __syncthreads();
     if (kw > 0) return false;
-    for (int w = 1; w < ksplit; w++)
+    for (int w = 1; w < ksplit; w++) {
+        const float *const part = reinterpret_cast<const float *>(ring + (warp + w) * ring_bytes);
 #pragma unroll
-        for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += part[warp + w - 1][i][lane];
+        for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += part[i * 32 + lane];
+    }
     return true;
 }
 

@@ -37,7 +37,7 @@ constexpr int kBK = 128;   /* K values a block: 64 bytes of a weight row */
 /* A warp's stage: 16-byte slots, slot i of lane l at (32 i + l) 16 bytes: 0-1 the codes of rows g and g + 8,
  * 2-5 the token's values 8j .. 8j + 7 of the lane's 32; then 8 bytes a lane: the rows' scale words. */
 constexpr int kSlots = 6, kStageBytes = kSlots * 32 * 16 + 32 * 8;
-/* 39 KB, and part: 5 CTAs an SM (at most 96 registers) */
+/* 39 KB (the partial tiles' sum passes through it too): 5 CTAs an SM (at most 96 registers) */
 constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
 constexpr float kUndo = 256.0f; /* the weights enter the mma times 2^-8 */
@@ -114,7 +114,6 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     constexpr int kScaleBytes = kMx ? 1 : 2;   /* a lane's scales a row and block: its 32 values */
     constexpr int kGroupShift = kMx ? 5 : 4;   /* values a scale: 32 or 16 */
     extern __shared__ uint4 smem_ring[];
-    __shared__ float part[kWarps - 1][8][32]; /* by warp - 1: warp 0 always adds */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int cper = kWarps / ksplit, ct = warp / ksplit, kw = warp - ct * ksplit;
     const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
@@ -271,7 +270,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     if (two) k_loop(moe_bool_tag<true>());
     else k_loop(moe_bool_tag<false>());
     moe_cp_async_wait<0>(); /* the empty groups past nk */
-    if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
+    if (moe_decode_reduce(acc, reinterpret_cast<char *>(smem_ring), kStages * kStageBytes, warp, kw, ksplit, lane))
         moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kUndo);
 #endif
 }

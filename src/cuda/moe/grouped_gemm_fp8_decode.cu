@@ -37,7 +37,7 @@ constexpr int kBK = 128;   /* a scale block of K */
  * 4-5 the first half's tokens a[c]; then a 4-byte word a lane: lanes 0-15 the A scale of tile row `lane`, lanes 16
  * and 17 the B scales of the column tile's two halves (an E8M0 scale as the aligned word that holds it). */
 constexpr int kSlots = 6, kScaleOff = kSlots * 32 * 16, kStageBytes = kScaleOff + 32 * 4;
-/* 37.5 KB, and part: 5 CTAs an SM (registers bounded to allow 5; measured on the H200 faster than 8 slots and 4
+/* 37.5 KB (the partial tiles' sum passes through it too): 5 CTAs an SM (registers bounded to allow 5; measured on the H200 faster than 8 slots and 4
  * CTAs: DeepSeek-V3 W8A8 at T = 16, 1155 against 1206 us a layer) */
 constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
@@ -82,7 +82,6 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     constexpr bool kE8m0 = F == MOE_B_E4M3_E8M0;
     extern __shared__ uint4 smem_ring[];
-    __shared__ float part[kWarps - 1][8][32]; /* by warp - 1: warp 0 always adds */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     /* the CTA's 4 warps: kWarps / ksplit column tiles of 16 B rows, each summed over K by ksplit warps */
     const int cper = kWarps / ksplit, ct = warp / ksplit, kw = warp - ct * ksplit;
@@ -237,7 +236,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     else k_loop(moe_bool_tag<false>());
     moe_cp_async_wait<0>(); /* the empty groups past nk */
 
-    if (moe_decode_reduce(acc, part, warp, kw, ksplit, lane))
+    if (moe_decode_reduce(acc, reinterpret_cast<char *>(smem_ring), kStages * kStageBytes, warp, kw, ksplit, lane))
         moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, 1.0f);
 #endif
 }
