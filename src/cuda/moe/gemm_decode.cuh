@@ -125,12 +125,19 @@ static inline int moe_decode_ksplit(int kblocks) {
  * second wave is under a quarter full leaves those few CTAs streaming alone at the end: with `halve`, half the split,
  * where that fits in one wave (not for the FP4 kernel, whose warps convert every weight: fewer, longer warps were
  * slower there). Measured on the H200 at T = 1 (docs/performance.md): twice the split for Qwen3-30B-A3B's and
- * OLMoE's GEMM 2 (256 CTAs), half for Qwen3-30B-A3B's BF16 GEMM 1 (768 CTAs of 660) and GPT-OSS-120B's (720). */
+ * OLMoE's GEMM 2 (256 CTAs), half for Qwen3-30B-A3B's BF16 GEMM 1 (768 CTAs of 660) and GPT-OSS-120B's (720).
+ * With `longer`, a grid of two waves or more takes half the split where its waves, each then twice as long less
+ * the eighth that longer warps save (fewer tile starts and partial sums for the same bytes), take no more time:
+ * 7 * waves(halved) <= 4 * waves(now). Measured for the MXFP4 kernel on the H200 (docs/performance.md): 5-13% faster
+ * at T = 16-128 and DeepSeek-V3 T = 1; without the waves test Qwen3-235B-A22B at T = 1 (1536 CTAs to 768 of 660
+ * slots) was 2% slower. The NVFP4 kernel was up to 12% slower with it (GPT-OSS-120B) and keeps the rule above. */
 static inline int moe_decode_ksplit_for_grid(int ksplit, int64_t m_tiles, int64_t col_tiles, int64_t slots,
-                                             bool halve) {
+                                             bool halve, bool longer = false) {
     if (slots <= 0) return ksplit;
     auto ctas = [&](int ks) { return m_tiles * ((col_tiles + kDecodeWarps / ks - 1) / (kDecodeWarps / ks)); };
+    auto waves = [&](int64_t c) { return (c + slots - 1) / slots; };
     const int64_t n = ctas(ksplit);
+    if (longer && ksplit > 1 && n >= 2 * slots && 7 * waves(ctas(ksplit / 2)) <= 4 * waves(n)) return ksplit / 2;
     if (halve && ksplit > 1 && n > slots && 4 * n < 5 * slots && ctas(ksplit / 2) <= slots) return ksplit / 2;
     if (ksplit < kDecodeWarps && 2 * n < slots) return ksplit * 2;
     return ksplit;
@@ -138,15 +145,17 @@ static inline int moe_decode_ksplit_for_grid(int ksplit, int64_t m_tiles, int64_
 
 /* The grid of a decode GEMM (host code): q is p with m_tiles and n_tiles set (n_tiles counts groups of kDecodeWarps /
  * ksplit column tiles), ksplit for K blocks of kbk values and, for routed GEMMs, for the grid of a kernel that holds
- * ctas_per_sm CTAs an SM (moe_decode_ksplit_for_grid; halve as there), a CTA a tile; an error naming `what` when the
- * tiles pass the grid's limit. The dense shared experts keep the K rule: they share the GPU with the routed GEMMs. */
+ * ctas_per_sm CTAs an SM (moe_decode_ksplit_for_grid; halve and longer as there), a CTA a tile; an error naming
+ * `what` when the tiles pass the grid's limit. The dense shared experts keep the K rule: they share the GPU with the
+ * routed GEMMs. */
 inline moe_status moe_decode_grid(moe_ctx *ctx, const char *what, const moe_gemm_params &p, bool glu, int64_t m_tiles,
                                   int kbk, int ctas_per_sm, bool halve, moe_gemm_params &q, int &ksplit,
-                                  unsigned &tiles) {
+                                  unsigned &tiles, bool longer = false) {
     q = p;
     const int64_t col_tiles = glu ? (p.n + 7) / 8 : (p.n + 15) / 16;
     const int64_t slots = p.offsets ? (int64_t)ctx->cuda.sm_count * ctas_per_sm : 0;
-    ksplit = moe_decode_ksplit_for_grid(moe_decode_ksplit((p.k + kbk - 1) / kbk), m_tiles, col_tiles, slots, halve);
+    ksplit = moe_decode_ksplit_for_grid(moe_decode_ksplit((p.k + kbk - 1) / kbk), m_tiles, col_tiles, slots, halve,
+                                        longer);
     const int cper = kDecodeWarps / ksplit;
     q.m_tiles = m_tiles, q.n_tiles = (col_tiles + cper - 1) / cper;
     const int64_t n = q.m_tiles * q.n_tiles;

@@ -280,7 +280,9 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
     moe_gemm_params q;
     int ksplit = 1;
     unsigned tiles = 0;
-    MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, kCtasPerSm, false, q, ksplit, tiles));
+    /* MXFP4: a grid of several waves takes longer warps (moe_decode_ksplit_for_grid); NVFP4 was slower so */
+    const bool longer = F == MOE_B_E2M1_E8M0;
+    MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, kCtasPerSm, false, q, ksplit, tiles, longer));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
     /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue */
