@@ -30,7 +30,7 @@ constexpr int kBlockBytes = 128; /* of a row */
  * slots 0-3 the weights w[h][c] (slot 2h + c: row g + 8h, piece c), 4-5 the first half's token pieces a[c]. */
 constexpr int kSlots = 6, kStageBytes = kSlots * 32 * 16;
 /* 36 KB (the partial tiles' sum passes through it too), and the 1 KB a CTA the driver keeps: 6 CTAs an SM, at most
- * 80 registers (78 used, no spills). Measured on the H200 against 5 CTAs (two A/B runs, bf16 layer): Qwen3-30B-A3B
+ * 80 registers (80 used, no spills). Measured on the H200 against 5 CTAs (two A/B runs, bf16 layer): Qwen3-30B-A3B
  * -2.8% at T = 1 and -1.1% at 16 and 128, GPT-OSS-120B -4.5% at T = 1, DeepSeek-V3 -1.6% at T = 16; Mixtral-8x7B
  * and OLMoE +0.8% at T = 1; other decode points within 0.5%. Warps of 2 or 4 column tiles against the same token
  * pieces (less token traffic, fewer CTAs an SM) were slower at every point (docs/performance.md). */

@@ -37,8 +37,8 @@ constexpr int kBK = 128;   /* a scale block of K */
  * 4-5 the first half's tokens a[c]; then a 4-byte word a lane: lanes 0-15 the A scale of tile row `lane`, lanes 16
  * and 17 the B scales of the column tile's two halves (an E8M0 scale as the aligned word that holds it). */
 constexpr int kSlots = 6, kScaleOff = kSlots * 32 * 16, kStageBytes = kScaleOff + 32 * 4;
-/* 37.5 KB (the partial tiles' sum passes through it too): 5 CTAs an SM (registers bounded to allow 5; measured on the H200 faster than 8 slots and 4
- * CTAs: DeepSeek-V3 W8A8 at T = 16, 1155 against 1206 us a layer) */
+/* 37.5 KB (the partial tiles' sum passes through it too): 5 CTAs an SM (registers bounded to allow 5; measured on
+ * the H200 faster than 8 slots and 4 CTAs: DeepSeek-V3 W8A8 at T = 16, 1155 against 1206 us a layer) */
 constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
 
