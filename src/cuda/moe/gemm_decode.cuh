@@ -115,7 +115,8 @@ __device__ __forceinline__ int64_t moe_decode_a_row(const moe_gemm_params &p, co
     if (r >= t.row_end) return -1;
     if (kDense && !p.offsets) return r;
     const int32_t src = p.row_src[r];
-    return src < 0 ? -1 : p.gather ? src / p.top_k : r;
+    /* src / top_k by moe_decode_top_k_magic's multiply: a division would cost some thirty instructions a row */
+    return src < 0 ? -1 : p.gather ? (int64_t)(__umulhi((uint32_t)src << 1, p.top_k_magic) >> p.top_k_shift) : r;
 }
 
 /* The tile of a decode CTA (moe_gemm_locate_warp for routed GEMMs; dense: group blockIdx.z, rows 0 .. p.m), called
@@ -157,6 +158,16 @@ static inline int moe_decode_ksplit_for_grid(int ksplit, int64_t m_tiles, int64_
     return ksplit;
 }
 
+/* n / d for 0 <= n < 2^31 as umulhi(2n, magic) >> shift (host code; d >= 1): shift = ceil(log2 d) and magic =
+ * ceil(2^(31 + shift) / d), which fits 32 bits. Exact: with magic d = 2^(31 + shift) + e, 0 <= e < d, and n = q d + r,
+ * n magic / 2^(31 + shift) = q + (r + n e / 2^(31 + shift)) / d, where n e / 2^(31 + shift) < d / 2^shift <= 1, so
+ * the fraction stays under 1 (the same argument as Granlund and Montgomery's). */
+inline void moe_decode_top_k_magic(int d, uint32_t &magic, int &shift) {
+    shift = 0;
+    while ((1LL << shift) < d) shift++;
+    magic = (uint32_t)(((1ULL << (31 + shift)) + (uint64_t)d - 1) / (uint64_t)d);
+}
+
 /* The grid of a decode GEMM (host code): q is p with m_tiles and n_tiles set (n_tiles counts groups of kDecodeWarps /
  * ksplit column tiles), ksplit for K blocks of kbk values and, for routed GEMMs, for the grid of a kernel that holds
  * ctas_per_sm CTAs an SM (moe_decode_ksplit_for_grid; halve and longer as there), a CTA a tile; an error naming
@@ -166,6 +177,7 @@ inline moe_status moe_decode_grid(moe_ctx *ctx, const char *what, const moe_gemm
                                   int kbk, int ctas_per_sm, bool halve, moe_gemm_params &q, int &ksplit,
                                   unsigned &tiles, bool longer = false) {
     q = p;
+    if (p.top_k >= 1) moe_decode_top_k_magic(p.top_k, q.top_k_magic, q.top_k_shift);
     const int64_t col_tiles = glu ? (p.n + 7) / 8 : (p.n + 15) / 16;
     const int64_t slots = p.offsets ? (int64_t)ctx->cuda.sm_count * ctas_per_sm : 0;
     ksplit = moe_decode_ksplit_for_grid(moe_decode_ksplit((p.k + kbk - 1) / kbk), m_tiles, col_tiles, slots, halve,

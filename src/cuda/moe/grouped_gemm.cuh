@@ -42,6 +42,8 @@ struct moe_gemm_params {
     const int32_t *row_src;  /* routed: (rows) flat (token, slot) index, -1 for padding */
     int top_k;
     bool gather;             /* routed: A row = row_src / top_k */
+    uint32_t top_k_magic;    /* set by moe_decode_grid: row_src / top_k as a multiply (moe_decode_a_row) */
+    int top_k_shift;
     const int64_t *offsets;  /* routed: (n_groups + 1); NULL: dense */
     int n_groups;
     int64_t m;               /* dense: rows per group */
