@@ -114,6 +114,16 @@ TEST_IMPL(gpu_layer_tiles) {
         bad += layer_compare_gpu(env, &p, 0, i ? "decode, K off the block, T = 24" : "decode, K off the block, T = 1");
         layer_problem_free(&p);
     }
+    /* top_k off the powers of two (the decode kernel's token index is a multiply, not a division): DeepSeek-V2's
+     * top 6 at decode, and top 3 with SMALL forced over 300 tokens (token indices up to 899, tiles of two halves) */
+    for (int i = 0; i < 2; i++) {
+        moe_layer_config f = layer_config("qwen3-30b-a3b", 256, 128, i ? 8 : 64, i ? 3 : 6, MOE_ACT_SILU_GLU);
+        if (i) f.expert_tile = MOE_EXPERT_TILE_SMALL;
+        layer_problem p;
+        layer_problem_random(&p, &f, i ? 300 : 7, 0, seed++);
+        bad += layer_compare_gpu(env, &p, 0, i ? "decode, top 3, SMALL forced, T = 300" : "decode, top 6, T = 7");
+        layer_problem_free(&p);
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

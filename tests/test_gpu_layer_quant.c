@@ -115,6 +115,9 @@ TEST_IMPL(gpu_layer_w8a8) {
         {"llama4-scout", "silu, weight on input, decode", 256, 128, 4, 1, 0, 9, 1, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "silu, H 4096, decode (K over 4 warps)", 4096, 256, 4, 1, 0, 3, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "silu, I 2048, decode (K over 2 warps)", 256, 2048, 4, 1, 0, 3, 1, 0, MOE_ACT_SILU_GLU},
+        /* top_k off the powers of two: the decode kernels' token index is a multiply, not a division */
+        {"qwen3-30b-a3b", "silu, top 6, decode", 256, 256, 32, 6, 0, 5, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "silu, top 3, decode", 256, 256, 16, 3, 0, 40, 0, 0, MOE_ACT_SILU_GLU},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         for (int f = 0; f < 2; f++)
@@ -217,6 +220,9 @@ TEST_IMPL(gpu_layer_fp4_decode) {
         {"llama4-scout", "weight on input", 256, 128, 4, 1, 0, 6, 0, 0, 1, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "scales past 2^9", 256, 256, 8, 2, 0, 4, 1, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "SMALL forced, T = 600", 256, 256, 8, 2, 0, 600, 0, 1, 0, MOE_ACT_SILU_GLU},
+        /* top_k off the powers of two: the kernel's token index is a multiply, not a division */
+        {"qwen3-30b-a3b", "top 6", 256, 256, 32, 6, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "top 3, SMALL forced, T = 300", 256, 256, 8, 3, 0, 300, 0, 1, 0, MOE_ACT_SILU_GLU},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         for (int f = 0; f < 3; f++) {
