@@ -56,11 +56,11 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     extern __shared__ uint4 smem_ring[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    /* the CTA's 4 warps: kWarps / ksplit column tiles of 16 B rows, each summed over K by ksplit warps */
     const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(stage0) + lane * 16; /* the lane's slot 0 */
     const int64_t row_bytes = 2 * (int64_t)p.k;
     const int kblocks = (p.k + kBK - 1) / kBK;
+    /* the CTA's 4 warps: kWarps / ksplit column tiles of 16 B rows, each summed over K by ksplit warps */
     const moe_decode_warp wr = moe_decode_warp_of(warp, ksplit, kblocks);
     const int cper = wr.cper, ct = wr.ct, kw = wr.kw, nk = wr.nk; /* nk: this warp's blocks */
     moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */

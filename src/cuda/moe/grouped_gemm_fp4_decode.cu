@@ -61,7 +61,7 @@ __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
 /* Codes (3 - t, 7 - t) of word w as a bf16 pair, each its value times 2^-126 (see the head of the file); w8 = w >> 8
  * holds codes 3 and 7 (t = 0) at 1 and 5, codes 2 and 6 (t = 1) at 0 and 4. */
 __device__ __forceinline__ uint32_t fp4_pair(uint32_t w, uint32_t w8, int t) {
-    const uint32_t c = (t < 2 ? w8 : w) & ((t & 1) ? 0x000F000Fu : 0x00F000F0u); /* codes at n = t & 1 ^ 1 */
+    const uint32_t c = (t < 2 ? w8 : w) & ((t & 1) ? 0x000F000Fu : 0x00F000F0u); /* codes n, n + 4: n = 1 - (t & 1) */
     return (c * ((t & 1) ? 4160u : 260u)) & 0x81C081C0u;                        /* 2^12 + 2^6, 2^8 + 2^2 */
 }
 

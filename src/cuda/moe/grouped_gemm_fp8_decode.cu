@@ -83,12 +83,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     constexpr bool kE8m0 = F == MOE_B_E4M3_E8M0;
     extern __shared__ uint4 smem_ring[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    /* the CTA's 4 warps: kWarps / ksplit column tiles of 16 B rows, each summed over K by ksplit warps */
     const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(stage0) + lane * 16; /* the lane's slot 0 */
     const uint32_t scale_s = (uint32_t)__cvta_generic_to_shared(stage0) + kScaleOff + lane * 4;
     const int64_t K = p.k;
     const int kblocks = (int)((K + kBK - 1) / kBK);
+    /* the CTA's 4 warps: kWarps / ksplit column tiles of 16 B rows, each summed over K by ksplit warps */
     const moe_decode_warp wr = moe_decode_warp_of(warp, ksplit, kblocks);
     const int cper = wr.cper, ct = wr.ct, kw = wr.kw, nk = wr.nk; /* nk: this warp's blocks */
     moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
