@@ -77,14 +77,15 @@ __device__ __forceinline__ void moe_decode_k_loop(int nk, Issue &&issue, Block &
 
 /* A decode warp's place in its CTA for a K split of ksplit warps (1, 2 or 4: a power of two, so shifts and masks
  * where divisions would cost some twenty instructions each): cper column tiles a CTA, the warp's column tile ct
- * and K warp kw, and its nk of the kblocks K blocks (kw, kw + ksplit, ...). */
+ * and K warp kw, and its nk of the kblocks K blocks (kw, kw + ksplit, ...); shift for the caller's own counts. */
 struct moe_decode_warp {
     int cper, ct, kw, nk;
+    int shift; /* log2 ksplit */
 };
 __device__ __forceinline__ moe_decode_warp moe_decode_warp_of(int warp, int ksplit, int kblocks) {
     const int s = __ffs(ksplit) - 1;
     moe_decode_warp w;
-    w.cper = kDecodeWarps >> s, w.ct = warp >> s, w.kw = warp & (ksplit - 1);
+    w.cper = kDecodeWarps >> s, w.ct = warp >> s, w.kw = warp & (ksplit - 1), w.shift = s;
     w.nk = w.kw < kblocks ? (kblocks - w.kw + ksplit - 1) >> s : 0;
     return w;
 }

@@ -42,6 +42,12 @@ struct moe_gemm_tile {
     int group;
 };
 
+/* The descriptor a persistent kernel's producer hands its consumers for a tile found without rows (none is, in the
+ * order of the rows written): stages of zeros, nothing stored (row_end 0, group -1). */
+__device__ __forceinline__ void moe_gemm_tile_none(moe_gemm_tile &t) {
+    t.row0 = 0, t.row_end = 0, t.tile_n = 0, t.group = -1;
+}
+
 /* Tile `index` of the 1-D tile order over m_tiles row tiles (bands of kGemmBand row tiles, all column tiles of a band
  * before the next band, so that the CTAs resident at once share A rows and B rows through L2): its first row and
  * column tile. In 32 bits: a launch has fewer than 2^31 tiles (a grid's limit, or checked where CTAs are

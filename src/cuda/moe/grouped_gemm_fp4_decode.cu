@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
                                     p.a + (a1 < 0 ? 0 : a1 * K) + kw * kBK + 32 * q};
     /* the lane's 32 values lie inside K for its first nin blocks (K % 32 == 0: all in or all out) */
     const int kin = (int)((K - 32 * q + kBK - 1) / kBK) - kw; /* K >= 32: the sum is positive */
-    const int nin = kin <= 0 ? 0 : (kin + ksplit - 1) >> (__ffs(ksplit) - 1);
+    const int nin = kin <= 0 ? 0 : (kin + ksplit - 1) >> wr.shift;
     const uint32_t wstep = ksplit * (kBK / 2), sstep = ksplit * (kBK >> kGroupShift), astep = ksplit * kBK;
     const __nv_bfloat16 *tok = asrc[0];
     if (nin == 0) { /* no piece inside K: point at the rows' first pieces, never read (zero fill) */

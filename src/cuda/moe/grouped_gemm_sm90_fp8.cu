@@ -115,9 +115,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
         uint32_t phase = 1; /* the parity of its empty barrier's phase to wait for (a fresh one: at once) */
         for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            /* every tile of the order has rows; were one found without, its stages would hold zeros and the
-             * consumers would store nothing (row_end 0, group -1) */
-            if (!moe_gemm_locate_order(p, kBM, order, tile, t)) t.row0 = 0, t.row_end = 0, t.tile_n = 0, t.group = -1;
+            if (!moe_gemm_locate_order(p, kBM, order, tile, t)) moe_gemm_tile_none(t);
             /* A row offsets in 16-byte units (kNoRow: zeros), and row tid's scale: base + kt * step */
             auto row_of = [&](int64_t r) -> int64_t { /* token or row index of A row r, or -1 */
                 if (r >= t.row_end) return -1;

@@ -92,9 +92,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_sm90_tma_kernel(const moe_ge
         uint32_t it = 0;
         for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
             moe_gemm_tile t;
-            /* every tile of the order has rows; were one found without, its stages would hold zeros and the
-             * consumers would store nothing (row_end 0, group -1) */
-            if (!locate<kBM>(p, order, tile, t)) t.row0 = 0, t.row_end = 0, t.tile_n = 0, t.group = -1;
+            if (!locate<kBM>(p, order, tile, t)) moe_gemm_tile_none(t);
             const __nv_bfloat16 *a_row[kBM / 16];
 #pragma unroll
             for (int i = 0; i < kBM / 16; i++) a_row[i] = moe_gemm_a_row(p, t, t.row0 + (tid >> 3) + 16 * i);
