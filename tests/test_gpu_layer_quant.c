@@ -261,6 +261,80 @@ TEST_IMPL(gpu_layer_fp4_decode) {
     return TEST_OK;
 }
 
+/* W4A8 (MXFP4 experts, act_format FP8 1x128) at decode against the CPU reference over the same codes: on Hopper the
+ * SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_w4a8_decode.cu), and each case runs once more on the
+ * bf16 path (MOE_GEMM_NO_W4A8_DECODE: the FP4 decode kernel over x and h quantised in bf16). Cases: one token row a
+ * tile (T = 1, 5) and two halves (T = 40, and the SMALL tile forced at T = 300); K past one chunk of staged tokens
+ * (H 4224 at T = 3: two chunks of 8 rows; at T = 40: three of 16 rows) and over 2 and 4 warpgroups (H 4096, I 2048);
+ * H 160 and I 96 (K ends inside a block, a column tile past N); GPT-OSS's interleaved w13 with biases and clamps;
+ * Llama-4's weight on the input; top 6; scales past 2^121 in every other expert (the exact-factor path: GPT-OSS's
+ * clamps keep h finite); a quantised shared expert beside (it reuses the routed x codes). Tolerances as the W8A8
+ * kernels' in gpu_layer_w8a8 (8e-3 overall, 1.2e-1 a token) on the FP8 path; the bf16 path rounds x's and h's
+ * values to bf16 (2.5e-2). */
+TEST_IMPL(gpu_layer_w4a8) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    layer_weight_formats(fmts, NULL);
+    const moe_qformat *mx = &fmts[5];
+    int bad = 0;
+    uint64_t seed = env->seed + 2100;
+    struct {
+        const char *preset, *what;
+        int H, I, E, k, interleaved, T, big, forced, shared;
+        moe_activation act;
+    } cases[] = {
+        {"qwen3-30b-a3b", "T 1", 256, 256, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "T 5", 256, 256, 8, 2, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "two halves, T 40", 256, 256, 8, 2, 0, 40, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "SMALL forced, T 300", 256, 256, 8, 2, 0, 300, 0, 1, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "H 4224, T 3 (two chunks)", 4224, 256, 8, 2, 0, 3, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "H 4224, T 40 (three chunks)", 4224, 256, 8, 2, 0, 40, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "H 4096, I 2048", 4096, 2048, 4, 1, 0, 2, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "H 160, I 96", 160, 96, 8, 2, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", "gptoss interleaved, H 320", 320, 192, 8, 4, 1, 3, 0, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"llama4-scout", "weight on input", 256, 128, 4, 1, 0, 6, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"qwen3-30b-a3b", "top 6", 256, 256, 32, 6, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", "scales past 2^121", 256, 256, 8, 2, 1, 4, 1, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"qwen3-30b-a3b", "quantised shared expert", 256, 256, 8, 2, 0, 3, 0, 0, 1, MOE_ACT_SILU_GLU},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        moe_layer_config c = layer_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
+                                          cases[i].act);
+        if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+        if (cases[i].forced) c.expert_tile = MOE_EXPERT_TILE_SMALL;
+        c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+        c.n_shared = cases[i].shared, c.shared_intermediate = 128;
+        layer_problem p;
+        layer_qweights q, sq;
+        layer_problem_random(&p, &c, cases[i].T, 0, seed++);
+        if (cases[i].big) { /* every other expert's w13 times 2^120: its block scales pass 2^121 */
+            const int64_t H = c.hidden, I = c.intermediate;
+            for (int e = 0; e < c.router.n_experts; e += 2)
+                for (int64_t j = 0; j < 2 * I * H; j++) p.w13[e * 2 * I * H + j] *= 0x1p120f;
+        }
+        if (layer_problem_quantize(env->cpu, &p, mx, &q, NULL) ||
+            (cases[i].shared && layer_problem_quantize_shared(env->cpu, &p, mx, &sq, NULL))) {
+            bad++;
+            layer_problem_free(&p);
+            continue;
+        }
+        p.qw = &q;
+        if (cases[i].shared) p.sqw = &sq;
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            if (bf16) setenv("MOE_GEMM_NO_W4A8_DECODE", "1", 1);
+            char what[96];
+            snprintf(what, sizeof what, "w4a8 %s%s", cases[i].what, bf16 ? ", bf16 path" : "");
+            bad += layer_compare_gpu_tol(env, &p, 0, what, bf16 ? 2.5e-2 : 8e-3, 1.2e-1);
+            unsetenv("MOE_GEMM_NO_W4A8_DECODE");
+        }
+        layer_qweights_free(&q);
+        if (cases[i].shared) layer_qweights_free(&sq);
+        layer_problem_free(&p);
+    }
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
 /* One GPU layer run of p with bf16 weights and x (given logits): out (T, H); 0 on success, else prints why. */
 static int gpu_run(test_env *env, const layer_problem *p, float *out, const char *what) {
     if (layer_run(env->gpu, p, MOE_DTYPE_BF16, 1, out, 0) == MOE_OK) return 0;

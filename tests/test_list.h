@@ -59,6 +59,7 @@
     X(gpu_layer_quant)            \
     X(gpu_layer_w8a8)             \
     X(gpu_layer_fp4_decode)       \
+    X(gpu_layer_w4a8)             \
     X(gpu_layer_shared_quant)     \
     X(gpu_layer_golden)           \
     X(gpu_layer_errors)           \

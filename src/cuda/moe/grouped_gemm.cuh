@@ -155,6 +155,15 @@ moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, co
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream);
 
+/* W4A8 at decode on Hopper (grouped_gemm_w4a8_decode.cu): the W8A8 decode GEMMs (A and h as for
+ * moe__cuda_grouped_gemm_fp8_decode) with MXFP4 B (p.b_fmt E2M1_E8M0), the codes turned into E4M3 in registers for
+ * wgmma. Fits: sm_90a code and GPU, routed rows, K a multiple of 32, a scale a row and 32 codes, 16-byte aligned
+ * codes, and MOE_GEMM_NO_W4A8_DECODE unset in the environment (the tests and benchmarks use it to run the bf16 path
+ * instead). max_rows: the most rows an expert can hold (the tokens): up to 8, one half of a tile's token rows. */
+bool moe__cuda_gemm_w4a8_decode_fits(moe_ctx *ctx, const moe_gemm_params &p);
+moe_status moe__cuda_grouped_gemm_w4a8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
+                                              int64_t m_tiles, int64_t max_rows, cudaStream_t stream);
+
 /* BF16 weights at decode (grouped_gemm_bf16_decode.cu): the routed GEMMs over 16-row tiles, streaming the weights
  * through mma.sync m16n8k16 bf16 (sm_80+) with the K of a column tile split over warps; routed, or dense with a group
  * per grid.z (groups). moe__cuda_grouped_gemm takes it for the SMALL shape where it fits: K a multiple of 8, 16-byte

@@ -84,18 +84,32 @@ static void expert_storage(const expert_set &x, int which, moe_gemm_params &g) {
     }
 }
 
-/* Whether the set's GEMMs run W8A8 on the FP8 tensor cores when their tile is LARGE, MEDIUM or SMALL. */
-static bool w8a8_fits(const moe_layer *l, const expert_set &x) {
-    if (!l->act_quantized || !x.q13) return false;
+/* The set's two GEMMs as far as the kernels' fit tests read them: storage, shapes, groups. */
+static void fit_params(const moe_layer *l, const expert_set &x, moe_gemm_params &g, moe_gemm_params &g2) {
     const moe_layer_config *c = &l->c;
-    moe_gemm_params g = {}, g2 = {};
+    g = {}, g2 = {};
     g.offsets = g2.offsets = (const int64_t *)1; /* routed: only its presence is read */
     g.n_groups = g2.n_groups = x.n;
     g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
     expert_storage(x, 0, g), expert_storage(x, 1, g2);
     g.b_group_stride = (int64_t)2 * x.I * c->hidden, g.n = x.I, g.k = c->hidden;
     g2.b_group_stride = (int64_t)c->hidden * x.I, g2.n = c->hidden, g2.k = x.I;
+}
+
+/* Whether the set's GEMMs run W8A8 on the FP8 tensor cores when their tile is LARGE, MEDIUM or SMALL. */
+static bool w8a8_fits(const moe_layer *l, const expert_set &x) {
+    if (!l->act_quantized || !x.q13) return false;
+    moe_gemm_params g, g2;
+    fit_params(l, x, g, g2);
     return moe__cuda_gemm_fp8_fits(l->ctx, g, true) && moe__cuda_gemm_fp8_fits(l->ctx, g2, false);
+}
+
+/* Whether the set's GEMMs run W4A8 on the FP8 tensor cores when their tile is SMALL (MXFP4 weights on Hopper). */
+static bool w4a8_fits(const moe_layer *l, const expert_set &x) {
+    if (!l->act_quantized || !x.q13) return false;
+    moe_gemm_params g, g2;
+    fit_params(l, x, g, g2);
+    return moe__cuda_gemm_w4a8_decode_fits(l->ctx, g) && moe__cuda_gemm_w4a8_decode_fits(l->ctx, g2);
 }
 
 /* The layer's routed GEMMs on the FP8 tensor cores (w8a8_fits). */
@@ -155,8 +169,9 @@ static moe_gemm_shape shared_shape(const moe_layer *l, int64_t T) {
 }
 
 /* Whether the set's GEMMs run W8A8 on the FP8 kernels for this tile: the wgmma tile (LARGE, MEDIUM: 128 or 64
- * rows) or the decode kernel (SMALL), which read x as codes and scales. */
+ * rows) or a decode kernel (SMALL: FP8 weights, or MXFP4 through W4A8), which read x as codes and scales. */
 static bool w8a8_fp8_shape(const moe_layer *l, const expert_set &x, moe_gemm_shape shape) {
+    if (shape == MOE_GEMM_SMALL) return w8a8_fits(l, x) || w4a8_fits(l, x);
     return shape != MOE_GEMM_MEDIUM32 && w8a8_fits(l, x);
 }
 
@@ -230,9 +245,9 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
  * made them for the routed experts), or ready in stream order (the shared experts, on the side stream after them). */
 enum x_codes_at { X_CODES_HERE, X_CODES_EVENT, X_CODES_READY };
 /* The set's two GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the kernels
- * take both (LARGE, MEDIUM: the wgmma tile; SMALL: the decode kernel): x quantised to codes and scales (x_codes:
- * where they come from), GEMM 1 writing h quantised (the decode kernel writes h in f32 and act_quant.cu quantises
- * it), GEMM 2 reading the codes. Elsewhere (MEDIUM32, other weights, other GPUs) x and h are replaced by their
+ * take both (LARGE, MEDIUM: the wgmma tile; SMALL: the decode kernel, W4A8's for MXFP4 weights): x quantised to
+ * codes and scales (x_codes: where they come from), GEMM 1 writing h quantised (the decode kernels write h in f32
+ * and act_quant.cu quantises it), GEMM 2 reading the codes. Elsewhere (MEDIUM32, other weights, other GPUs) x and h are replaced by their
  * quantised values in bf16 around the bf16 GEMMs. */
 static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_params g, moe_gemm_params g2,
                                const void *xv, x_codes_at x_codes, int64_t T, moe_gemm_shape shape, int64_t tiles,
@@ -249,15 +264,20 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         moe_gemm_fp8 f = {};
         f.a = (const uint8_t *)(ws + b.q.xq), f.a_scale = (const float *)(ws + b.q.xs);
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
+            const bool w4 = g.b_fmt == MOE_B_E2M1_E8M0; /* MXFP4 weights: W4A8 */
+            auto decode = [&](const moe_gemm_params &gp, const moe_gemm_fp8 &fp, bool glu) {
+                return w4 ? moe__cuda_grouped_gemm_w4a8_decode(ctx, gp, fp, glu, tiles, T, st)
+                          : moe__cuda_grouped_gemm_fp8_decode(ctx, gp, fp, glu, tiles, st);
+            };
             g.c32 = (float *)(ws + b.q.h8);
-            MOE_TRY(moe__cuda_grouped_gemm_fp8_decode(ctx, g, f, true, tiles, st));
+            MOE_TRY(decode(g, f, true));
             uint8_t *hq = (uint8_t *)(ws + b.q.hq);
             float *hqs = (float *)(ws + b.q.hqs);
             MOE_TRY(moe__cuda_act_quant(ctx, g.c32, hq, hqs, b.rows, live, g.offsets + g.n_groups, I, rule,
                                         af.amax_floor, st));
             moe_gemm_fp8 f2 = {};
             f2.a = hq, f2.a_scale = hqs, f2.a_scale_ld = b.rows;
-            return moe__cuda_grouped_gemm_fp8_decode(ctx, g2, f2, false, tiles, st);
+            return decode(g2, f2, false);
         }
         f.c = (uint8_t *)(ws + b.q.h8), f.c_scale = (float *)(ws + b.q.hs), f.c_scale_ld = b.rows;
         f.rule = rule, f.amax_floor = af.amax_floor;
