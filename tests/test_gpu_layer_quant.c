@@ -262,8 +262,8 @@ TEST_IMPL(gpu_layer_fp4_decode) {
 }
 
 /* W4A8 (MXFP4 experts, act_format FP8 1x128) at decode against the CPU reference over the same codes: on Hopper the
- * SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_w4a8_decode.cu), and each case runs once more on the
- * bf16 path (MOE_GEMM_NO_W4A8_DECODE: the FP4 decode kernel over x and h quantised in bf16). Cases: one token row a
+ * SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_w4a8_decode.cu, opt-in: MOE_GEMM_W4A8_DECODE=1), and
+ * each case runs once more on the bf16 path (the FP4 decode kernel over x and h quantised in bf16). Cases: one token row a
  * tile (T = 1, 5) and two halves (T = 40, and the SMALL tile forced at T = 300); K past one chunk of staged tokens
  * (H 4224 at T = 3: two chunks of 8 rows; at T = 40: three of 16 rows) and over 2 and 4 warpgroups (H 4096, I 2048);
  * H 160 and I 96 (K ends inside a block, a column tile past N); GPT-OSS's interleaved w13 with biases and clamps;
@@ -321,11 +321,11 @@ TEST_IMPL(gpu_layer_w4a8) {
         p.qw = &q;
         if (cases[i].shared) p.sqw = &sq;
         for (int bf16 = 0; bf16 < 2; bf16++) {
-            if (bf16) setenv("MOE_GEMM_NO_W4A8_DECODE", "1", 1);
+            if (!bf16) setenv("MOE_GEMM_W4A8_DECODE", "1", 1);
             char what[96];
             snprintf(what, sizeof what, "w4a8 %s%s", cases[i].what, bf16 ? ", bf16 path" : "");
             bad += layer_compare_gpu_tol(env, &p, 0, what, bf16 ? 2.5e-2 : 8e-3, 1.2e-1);
-            unsetenv("MOE_GEMM_NO_W4A8_DECODE");
+            unsetenv("MOE_GEMM_W4A8_DECODE");
         }
         layer_qweights_free(&q);
         if (cases[i].shared) layer_qweights_free(&sq);

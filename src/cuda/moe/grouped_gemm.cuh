@@ -158,8 +158,9 @@ moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params
 /* W4A8 at decode on Hopper (grouped_gemm_w4a8_decode.cu): the W8A8 decode GEMMs (A and h as for
  * moe__cuda_grouped_gemm_fp8_decode) with MXFP4 B (p.b_fmt E2M1_E8M0), the codes turned into E4M3 in registers for
  * wgmma. Fits: sm_90a code and GPU, routed rows, K a multiple of 32, a scale a row and 32 codes, 16-byte aligned
- * codes, and MOE_GEMM_NO_W4A8_DECODE unset in the environment (the tests and benchmarks use it to run the bf16 path
- * instead). max_rows: the most rows an expert can hold (the tokens): up to 8, one half of a tile's token rows. */
+ * codes, and MOE_GEMM_W4A8_DECODE=1 in the environment: opt-in until the kernel has run on a GPU (without it the
+ * layer runs W4A8 on the bf16 path). max_rows: the most rows an expert can hold (the tokens): up to 8, one half of
+ * a tile's token rows. */
 bool moe__cuda_gemm_w4a8_decode_fits(moe_ctx *ctx, const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_w4a8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                               int64_t m_tiles, int64_t max_rows, cudaStream_t stream);
