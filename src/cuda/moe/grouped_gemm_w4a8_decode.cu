@@ -70,6 +70,13 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
                  : "r"(addr));
 }
 
+/* x, held in a register from here on: the compiler otherwise rebuilds some per-lane addresses from the lane index
+ * in every K step (register pressure heuristics), a dozen instructions a block. */
+__device__ __forceinline__ uint32_t pinned(uint32_t x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
 __device__ __forceinline__ uint2 lds64(uint32_t addr) {
     uint2 v;
     asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
@@ -77,7 +84,7 @@ __device__ __forceinline__ uint2 lds64(uint32_t addr) {
 }
 #endif
 
-template <bool kGlu, int kN>
+template <bool kGlu, int kN, int kTp>
 __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f,
                                                                    int ksplit, int cb) {
     /* the wait for the previous grid comes after the first codes are on their way: before it, only what was written
@@ -103,7 +110,7 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
     const uint8_t *const wrow = static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) +
                                 (crow < 0 ? 0 : crow) * (K / 2);
     const uint32_t wdst = ring + warp * kWarpBytes + cm * 64;
-    const uint32_t wdst0 = wdst + (((2 * ch) ^ sw_m) << 4), wdst1 = wdst + (((2 * ch + 1) ^ sw_m) << 4);
+    const uint32_t wdst0 = pinned(wdst + (((2 * ch) ^ sw_m) << 4)), wdst1 = pinned(wdst + (((2 * ch + 1) ^ sw_m) << 4));
     const int cols = p.bs.cols; /* scale bytes a row: K / 32 */
     auto scale_row = [&](int64_t r) {
         return static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride + (r < 0 ? 0 : r) * cols;
@@ -111,16 +118,16 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
     const uint8_t *const srow = scale_row(crow);
     const int soff = (int)((uintptr_t)srow & 3);
     const uint8_t *const sword = srow - soff + 4 * ch; /* word ch of the aligned pair holding block 0's scales */
-    const uint32_t sdst = ring + kScaleOff + warp * 128 + cm * 8 + 4 * ch;
+    const uint32_t sdst = pinned(ring + kScaleOff + warp * 128 + cm * 8 + 4 * ch);
 
     /* the lane's next block to copy: its codes and scale word (the pointers stop on the lane's last block with
      * codes inside K, so that they stay valid), and the K values from its first chunk (a row past N: far below zero,
-     * so nothing is read). The scale word takes the bytes up to the block's last scale in the row: all 4 scales
-     * (full), or the row's last block's (tail, on the group that has that block). */
+     * so nothing is read). The scale words take the bytes up to the block's last scale and no further: all 4
+     * scales (full), or the row's last block's (tail, on the group that has that block). */
     const uint8_t *wp = wrow + wg * 64 + 32 * ch, *sp = sword + 4 * wg;
     int kleft = crow < 0 ? -0x40000000 : K - 128 * wg - 64 * ch;
     const int tail_scales = cols - 4 * (kblocks - 1), tail_sum = soff + tail_scales;
-    const int full = crow < 0 ? 0 : ch ? soff : 4;
+    const int full = crow < 0 ? 0 : ch ? soff : 4; /* exact: the last row's bytes end the allocation */
     const int tail = crow < 0 || (wg != ((kblocks - 1) & (ksplit - 1))) ? full
                      : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
     const int wstep = 64 << shift, sstep = 4 << shift, kstep = 128 << shift;
@@ -144,21 +151,76 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
     /* what thread (g, q) reads: rows g and g + 8 through ldmatrix (lane l gives row l % 8 (+ 8) of matrix l / 8, the
      * block's 32-code group l / 8), their scale words and where their scales start in them */
     const int lr = lane & 7, lj = lane >> 3;
-    const uint32_t lm0 = ring + warp * kWarpBytes + lr * 64 + ((lj ^ ((lr >> 1) & 3)) << 4), lm1 = lm0 + 8 * 64;
-    const uint32_t sr0 = ring + kScaleOff + warp * 128 + g * 8, sr1 = sr0 + 64;
+    const uint32_t lm0 = pinned(ring + warp * kWarpBytes + lr * 64 + ((lj ^ ((lr >> 1) & 3)) << 4)), lm1 = lm0 + 8 * 64;
+    const uint32_t sr0 = pinned(ring + kScaleOff + warp * 128 + g * 8), sr1 = sr0 + 64;
     const int sh0 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g)) & 3);
     const int sh1 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g + 8)) & 3);
 
-    /* the token row this thread stages (blockDim is a multiple of kN) */
+    /* kTp token rows a tile: kN of them (dense), or kN / 4 (diagonal: column c of wgmma j holds token c % kTp where
+     * c / kTp = j, and zeros elsewhere, so that the 4 groups of a block sum into one accumulator, group j in its
+     * own columns) */
+    constexpr bool kDiag = kTp * 4 == kN;
+    static_assert(kDiag || kTp == kN, "dense or diagonal tokens");
+    /* the B row this thread stages (blockDim is a multiple of kN) and its token */
     const int tn = threadIdx.x & (kN - 1);
-    const int64_t arow = moe_decode_a_row(p, t, tn);
-    constexpr int kGroupBytes = kN * 32; /* a 32-code group of the kN token rows */
+    const int64_t arow = moe_decode_a_row(p, t, tn & (kTp - 1));
+    constexpr int kGroupBytes = kN * 32; /* a 32-code group's B: kN rows */
     /* the descriptor of the chunk's first group (K halves 128 bytes apart, 8-row blocks 256); a group's is its low
      * word plus the group's offset in 16 bytes (the chunk lies in the first 256 KB: no carry out of the field) */
     const uint64_t desc_hi = moe_smem_desc_plain(tok_s, 128, 256) & 0xFFFFFFFF00000000ull;
     const uint32_t desc_lo = (uint32_t)moe_smem_desc_plain(tok_s, 128, 256);
 
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    /* Diagonal: the block's 4 wgmmas sum into d, whose register r is row g + 8 ((r >> 1) & 1) and column c =
+     * 8 (r >> 2) + 2q + (r & 1): group c / kTp's products for token c % kTp. acc_d sums them times the row's factor
+     * for that group and the token's scale; a thread's groups are gs[k] / 8 (k = r >> 2). */
+    float acc_d[kN / 2];
+#pragma unroll
+    for (int r = 0; r < kN / 2; r++) acc_d[r] = 0.0f;
+    int gs[kN / 8];
+#pragma unroll
+    for (int k = 0; k < kN / 8; k++) gs[k] = 8 * ((8 * k + 2 * q) / kTp);
+    auto diag_block = [&](const uint32_t (&w0)[4], const uint32_t (&w1)[4], const uint32_t (&sw)[2], int kb,
+                          uint32_t desc0, const float *xb) {
+        float d[kN / 2];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t a[4] = {e4m3_even(w0[j]), e4m3_even(w1[j]), e4m3_odd(w0[j]), e4m3_odd(w1[j])};
+            moe_wgmma_fence();
+            moe_wgmma_m64nNk32_e4m3_ra<kN>(d, a, desc_hi | (desc0 + j * (kGroupBytes / 16)), j > 0);
+        }
+        moe_wgmma_commit();
+        /* the factors of the thread's groups, while the wgmmas run */
+        uint32_t e[2][kN / 8];
+        bool big = false;
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int k = 0; k < kN / 8; k++) e[h][k] = (sw[h] >> gs[k]) & 0xFF, big |= e[h][k] > 248;
+        float fac[2][kN / 8], comp = 1.0f;
+        if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^121: exact factors, the 2^6 on the sum */
+            const int groups = (K - 128 * kb) >> 5;
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int k = 0; k < kN / 8; k++)
+                    fac[h][k] = gs[k] < 8 * groups ? moe_decode((uint8_t)e[h][k], MOE_DTYPE_E8M0) : 0.0f;
+            comp = 64.0f;
+        } else {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int k = 0; k < kN / 8; k++) fac[h][k] = __uint_as_float((e[h][k] + 6) << 23);
+        }
+        float x[2]; /* the scales of the thread's tokens 2q + u (mod kTp) */
+#pragma unroll
+        for (int u = 0; u < 2; u++) x[u] = xb[(2 * q + u) & (kTp - 1)] * comp;
+        moe_wgmma_wait<0>();
+        moe_acc_fence(d);
+#pragma unroll
+        for (int r = 0; r < kN / 2; r++)
+            acc_d[r] = __fmaf_rn(d[r] * fac[(r >> 1) & 1][r >> 2], x[r & 1], acc_d[r]);
+    };
     int i0 = 0; /* the group's blocks before the chunk */
     for (int kb0 = 0; kb0 < kblocks; kb0 += cb) {
         const int kb1 = kb0 + cb < kblocks ? kb0 + cb : kblocks;
@@ -168,7 +230,7 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
         for (int it = threadIdx.x; it < (kb1 - kb0) * 4 * kN; it += blockDim.x) {
             const int gl = it / kN, gk = kb0 * 4 + gl;
             uint4 e = make_uint4(0, 0, 0, 0), o = e;
-            if (arow >= 0 && 32 * gk < K) {
+            if (arow >= 0 && 32 * gk < K && (!kDiag || tn / kTp == (gl & 3))) {
                 const uint4 *src = reinterpret_cast<const uint4 *>(f.a + arow * K + 32 * gk);
                 const uint4 x0 = __ldg(src), x1 = __ldg(src + 1);
                 e = make_uint4(prmt(x0.x, x0.y, 0x6420), prmt(x0.z, x0.w, 0x6420), prmt(x1.x, x1.y, 0x6420),
@@ -180,8 +242,8 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
             *reinterpret_cast<uint4 *>(d) = e;
             *reinterpret_cast<uint4 *>(d + 128) = o;
         }
-        for (int it = threadIdx.x; it < (kb1 - kb0) * kN; it += blockDim.x) {
-            const int kb = kb0 + it / kN;
+        for (int it = threadIdx.x; it < (kb1 - kb0) * kTp; it += blockDim.x) { /* token it % kTp: this thread's */
+            const int kb = kb0 + it / kTp;
             xs[it] = arow < 0 ? 0.0f : p.gather ? f.a_scale[arow * kblocks + kb] : f.a_scale[kb * f.a_scale_ld + arow];
         }
         moe_fence_proxy_async(); /* the codes are read by wgmma */
@@ -195,6 +257,11 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
             ldmatrix_x4(w1, lm1 + rd);
             const uint2 s0 = lds64(sr0 + rd), s1 = lds64(sr1 + rd);
             const uint32_t sw[2] = {__funnelshift_r(s0.x, s0.y, sh0), __funnelshift_r(s1.x, s1.y, sh1)};
+            const uint32_t desc0 = desc_lo + lb * (4 * kGroupBytes / 16);
+            if constexpr (kDiag) {
+                diag_block(w0, w1, sw, kb, desc0, xs + lb * kTp);
+                return;
+            }
             /* the rows' factors for the block's 4 groups */
             float fac[2][4], comp = 1.0f;
             const uint32_t big = ((((sw[0] & 0x7F7F7F7Fu) + 0x07070707u) & sw[0]) |
@@ -218,7 +285,6 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
             }
             /* group j: its product into part[j % 2] while group j - 1's is added */
             float part[2][kN / 2], sum[kN / 2];
-            const uint32_t desc0 = desc_lo + lb * (4 * kGroupBytes / 16);
             auto add = [&](int j) {
                 moe_acc_fence(part[j & 1]);
 #pragma unroll
@@ -231,7 +297,7 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
             for (int j = 0; j < 4; j++) {
                 const uint32_t a[4] = {e4m3_even(w0[j]), e4m3_even(w1[j]), e4m3_odd(w0[j]), e4m3_odd(w1[j])};
                 moe_wgmma_fence();
-                moe_wgmma_m64nNk32_e4m3_ra<kN>(part[j & 1], a, desc_hi | (desc0 + j * (kGroupBytes / 16)));
+                moe_wgmma_m64nNk32_e4m3_ra<kN>(part[j & 1], a, desc_hi | (desc0 + j * (kGroupBytes / 16)), false);
                 moe_wgmma_commit();
                 if (j) {
                     moe_wgmma_wait<1>();
@@ -258,6 +324,23 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
         i0 += here;
     }
     moe_cp_async_wait<0>(); /* the empty groups past nk */
+    if constexpr (kDiag) {
+        /* acc_d to the epilogue's layout: each (row, token) summed over the thread's groups, then over the lanes of
+         * the quad that hold the same tokens (all 4 for kTp 2, q and q ^ 2 for 4); lane q keeps tokens 2q, 2q + 1 */
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            v[e] = acc_d[e];
+#pragma unroll
+            for (int k = 1; k < kN / 8; k++) v[e] += acc_d[4 * k + e];
+        }
+#pragma unroll
+        for (int m = kTp / 2; m < 4; m <<= 1)
+#pragma unroll
+            for (int e = 0; e < 4; e++) v[e] += __shfl_xor_sync(0xFFFFFFFFu, v[e], m);
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[0][e] = 2 * q < kTp ? v[e] : 0.0f;
+    }
 
     /* groups 1.. hand their partial tiles to group 0 through their rings (a warp's first 1 KB: its own codes'
      * slots, which no lane reads any more), which adds them in group order */
@@ -280,7 +363,7 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
 #endif
 }
 
-template <bool kGlu, int kN>
+template <bool kGlu, int kN, int kTp>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
     if (p.top_k >= 1) moe_decode_top_k_magic(p.top_k, q.top_k_magic, q.top_k_shift);
@@ -299,10 +382,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     int ksplit = 1;
     while (ksplit < 4 && ctas * ksplit * 2 <= slots && kblocks >= 16 * ksplit) ksplit *= 2;
     const int bytes = token_bytes(cb, kN) + ksplit * kRingBytes;
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_w4a8_decode_kernel<kGlu, kN>,
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_w4a8_decode_kernel<kGlu, kN, kTp>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
-    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_w4a8_decode_kernel<kGlu, kN>, dim3((unsigned)ctas),
+    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_w4a8_decode_kernel<kGlu, kN, kTp>, dim3((unsigned)ctas),
                                  128 * ksplit, bytes, st, q, f, ksplit, cb));
     return MOE_OK;
 }
@@ -324,6 +407,9 @@ moe_status moe__cuda_grouped_gemm_w4a8_decode(moe_ctx *ctx, const moe_gemm_param
     if (m_tiles <= 0) return MOE_OK;
     if ((uintptr_t)f.a % 16 != 0)
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W4A8 decode GEMM: input codes not 16-byte aligned");
-    if (max_rows <= 8) return glu ? launch<true, 8>(ctx, p, f, m_tiles, stream) : launch<false, 8>(ctx, p, f, m_tiles, stream);
-    return glu ? launch<true, 16>(ctx, p, f, m_tiles, stream) : launch<false, 16>(ctx, p, f, m_tiles, stream);
+    /* up to 2 or 4 rows a tile: the diagonal tokens (kN = 4 kTp); up to 8 or 16: dense */
+    if (max_rows <= 2) return glu ? launch<true, 8, 2>(ctx, p, f, m_tiles, stream) : launch<false, 8, 2>(ctx, p, f, m_tiles, stream);
+    if (max_rows <= 4) return glu ? launch<true, 16, 4>(ctx, p, f, m_tiles, stream) : launch<false, 16, 4>(ctx, p, f, m_tiles, stream);
+    if (max_rows <= 8) return glu ? launch<true, 8, 8>(ctx, p, f, m_tiles, stream) : launch<false, 8, 8>(ctx, p, f, m_tiles, stream);
+    return glu ? launch<true, 16, 16>(ctx, p, f, m_tiles, stream) : launch<false, 16, 16>(ctx, p, f, m_tiles, stream);
 }

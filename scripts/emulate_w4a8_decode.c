@@ -1,0 +1,373 @@
+/* scripts/emulate_w4a8_decode.c — the W4A8 decode kernel's data movement (src/cuda/moe/grouped_gemm_w4a8_decode.cu)
+ * replayed on the CPU, thread by thread, against a direct sum over the dequantised weights and tokens. Not a test
+ * and not a substitute for running the kernel: it checks the kernel's own index arithmetic (the lanes' copies and
+ * their swizzle, the pointers and byte counts of the scale words, the funnel shift, ldmatrix's hand-out, the codes'
+ * conversion and the tokens' permutation against the A fragment's K slots, the diagonal tokens, the chunks, the K
+ * split and the quad sums) under the hardware's documented layouts: ldmatrix (thread t gets bytes 4 (t % 4) ..
+ * + 3 of row t / 4 of each matrix, row r of matrix j addressed by lane 8 j + r), wgmma's register A (CUTLASS
+ * ALayout_64x32: byte v0 of register v1 + 2 v2 is row 16 w + lane / 4 + 8 v1, K 4 (lane % 4) + v0 + 16 v2), the
+ * accumulator (CLayout_64xN: register v0 + 2 v1 + 4 v2 is row 16 w + lane / 4 + 8 v1, column 2 (lane % 4) + v0 +
+ * 8 v2), and B through a K-major descriptor without swizzle (row n of K half h at start + (n / 8) SBO + h LBO +
+ * (n % 8) 16). The index formulas below are the kernel's, copied; keep them in step.
+ *   gcc -O2 -std=c11 -Isrc -Iinclude scripts/emulate_w4a8_decode.c -o /tmp/emulate_w4a8 -lm && /tmp/emulate_w4a8 */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/scalar.h"
+
+enum { kStages = 4, kWarpBytes = 16 * 64, kScaleOff = 4 * kWarpBytes, kStageBytes = kScaleOff + 4 * 16 * 8 };
+enum { kRingBytes = kStages * kStageBytes };
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (uint32_t)(rng >> 11);
+}
+
+static uint32_t e4m3_even(uint32_t w) { return (w & 0x07070707u) * 4u + (w & 0x08080808u) * 16u; }
+static uint32_t e4m3_odd(uint32_t w) { return ((w >> 2) & 0x1C1C1C1Cu) | (w & 0x80808080u); }
+static uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    const uint8_t by[8] = {a, a >> 8, a >> 16, a >> 24, b, b >> 8, b >> 16, b >> 24};
+    uint32_t d = 0;
+    for (int i = 0; i < 4; i++) d |= (uint32_t)by[(sel >> (4 * i)) & 7] << (8 * i);
+    return d;
+}
+static uint32_t funnel_r(uint32_t lo, uint32_t hi, int s) { return (uint32_t)((((uint64_t)hi << 32) | lo) >> s); }
+static float bits_f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static float e8m0(uint8_t e) { return e == 0xFF ? NAN : ldexpf(1.0f, (int)e - 127); }
+
+/* one problem: B rows (brows, K) as E2M1 codes with E8M0 scales (a row's cols = K / 32 bytes, starting soff bytes
+ * past an aligned address), tokens (T, K) as E4M3 codes with (T, kblocks) f32 scales */
+typedef struct {
+    int K, kblocks, cols, brows, T, glu, n_out, soff;
+    uint8_t *codes;  /* (brows, K / 2) */
+    uint8_t *sbase;  /* 4-aligned, scales at sbase + soff */
+    uint8_t *x;      /* (T, K) */
+    float *xs;       /* (T, kblocks) */
+} problem;
+
+/* moe_decode_b_row: M row m of column tile tn */
+static int64_t b_row(const problem *P, int64_t tn, int m) {
+    if (P->glu) {
+        const int64_t col = tn * 8 + (m & 7);
+        return col >= P->n_out ? -1 : (m >> 3) * P->n_out + col; /* concatenated w13 */
+    }
+    const int64_t row = tn * 16 + m;
+    return row < P->n_out ? row : -1;
+}
+
+/* the lanes' copy state, as the kernel's registers */
+typedef struct {
+    const uint8_t *wp, *sp;
+    int kleft, todo, full, tail;
+    uint32_t wdst0, wdst1, sdst;
+} lane_copy;
+static lane_copy lanes[512];
+static float acc[512][2][4], acc_d[512][8];
+static uint8_t *copy_smem;
+static int copy_shift, bad_reads, bad_copies;
+static const problem *copy_P;
+
+/* the copies lane tid issues into its stage at ring offset wr (cp.async: src-size bytes, zeros after) */
+static void issue(int tid, uint32_t wr) {
+    lane_copy *c = &lanes[tid];
+    const problem *P = copy_P;
+    if (c->todo <= 0) return;
+    const uint8_t *codes_end = P->codes + (size_t)P->brows * (P->K / 2);
+    const uint8_t *scale_end = P->sbase + P->soff + (size_t)P->brows * P->cols;
+    for (int h = 0; h < 2; h++) {
+        uint8_t *d = copy_smem + (h ? c->wdst1 : c->wdst0) + wr;
+        if (c->kleft <= 32 * h) memset(d, 0, 16);
+        else {
+            if (c->wp + 16 * h + 16 > codes_end) bad_reads++;
+            memcpy(d, c->wp + 16 * h, 16);
+        }
+    }
+    const int bytes = c->todo == 1 ? c->tail : c->full;
+    uint8_t *d = copy_smem + c->sdst + wr;
+    memset(d, 0, 4);
+    if (bytes) {
+        if (c->sp + bytes > scale_end || c->sp < P->sbase) bad_reads++;
+        memcpy(d, c->sp, (size_t)bytes);
+    }
+    if (c->kleft > (128 << copy_shift)) c->wp += 64 << copy_shift, c->sp += 4 << copy_shift;
+    c->kleft -= 128 << copy_shift, c->todo--;
+}
+
+/* one CTA: column tiles 4 T0 .. 4 T0 + 3, tokens 0 .. T - 1 (tile rows), ksplit groups, chunks of cb blocks; kN
+ * B rows, kTp tokens (diagonal when kN = 4 kTp). out[m row of the 64][token] */
+static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kTp, double out[64][16]) {
+    const int K = P->K, kblocks = P->kblocks, kDiag = kTp * 4 == kN, kGroupBytes = kN * 32;
+    int shift = 0;
+    while ((1 << shift) < ksplit) shift++;
+    const int tokb = (cb * kN * 132 + 127) / 128 * 128;
+    uint8_t *smem = calloc((size_t)(tokb + ksplit * kRingBytes), 1);
+    float *xs = (float *)(smem + cb * kN * 128);
+    memset(acc, 0, sizeof acc), memset(acc_d, 0, sizeof acc_d);
+    const int nthreads = 128 * ksplit;
+    for (int tid = 0; tid < nthreads; tid++) {
+        const int wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+        const int64_t tn = T0 * 4 + warp;
+        const int cm = lane >> 1, ch = lane & 1, sw_m = (cm >> 1) & 3;
+        const int64_t crow = b_row(P, tn, cm);
+        const uint8_t *wrow = P->codes + (crow < 0 ? 0 : crow) * (K / 2);
+        const uint32_t ring = tokb + wg * kRingBytes, wdst = ring + warp * kWarpBytes + cm * 64;
+        lanes[tid].wdst0 = wdst + (((2 * ch) ^ sw_m) << 4), lanes[tid].wdst1 = wdst + (((2 * ch + 1) ^ sw_m) << 4);
+        const uint8_t *srow = P->sbase + P->soff + (crow < 0 ? 0 : crow) * P->cols;
+        const int soff = (int)((uintptr_t)(srow - P->sbase) & 3);
+        const uint8_t *sword = srow - soff + 4 * ch;
+        lanes[tid].sdst = ring + kScaleOff + warp * 128 + cm * 8 + 4 * ch;
+        lanes[tid].wp = wrow + wg * 64 + 32 * ch, lanes[tid].sp = sword + 4 * wg;
+        lanes[tid].kleft = crow < 0 ? -0x40000000 : K - 128 * wg - 64 * ch;
+        const int tail_scales = P->cols - 4 * (kblocks - 1), tail_sum = soff + tail_scales;
+        lanes[tid].full = crow < 0 ? 0 : ch ? soff : 4;
+        lanes[tid].tail = crow < 0 || (wg != ((kblocks - 1) & (ksplit - 1)))
+                              ? lanes[tid].full
+                              : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
+        lanes[tid].todo = wg < kblocks ? (kblocks - wg + ksplit - 1) >> shift : 0;
+    }
+    copy_smem = smem, copy_shift = shift, copy_P = P, bad_reads = 0;
+    for (int j = 0; j < kStages - 1; j++)
+        for (int tid = 0; tid < nthreads; tid++) issue(tid, j * kStageBytes);
+    int i0[4] = {0, 0, 0, 0};
+    for (int kb0 = 0; kb0 < kblocks; kb0 += cb) {
+        const int kb1 = kb0 + cb < kblocks ? kb0 + cb : kblocks;
+        /* staging, thread by thread */
+        for (int tid = 0; tid < nthreads; tid++) {
+            const int tn = tid & (kN - 1), tok = tn & (kTp - 1);
+            const int64_t arow = tok < P->T ? tok : -1;
+            for (int it = tid; it < (kb1 - kb0) * 4 * kN; it += nthreads) {
+                const int gl = it / kN, gk = kb0 * 4 + gl;
+                uint32_t e[4] = {0, 0, 0, 0}, o[4] = {0, 0, 0, 0};
+                if (arow >= 0 && 32 * gk < K && (!kDiag || tn / kTp == (gl & 3))) {
+                    uint32_t x[8];
+                    memcpy(x, P->x + arow * K + 32 * gk, 32);
+                    for (int v = 0; v < 4; v++)
+                        e[v] = prmt(x[2 * v], x[2 * v + 1], 0x6420), o[v] = prmt(x[2 * v], x[2 * v + 1], 0x7531);
+                }
+                uint8_t *d = smem + gl * kGroupBytes + (tn >> 3) * 256 + (tn & 7) * 16;
+                memcpy(d, e, 16), memcpy(d + 128, o, 16);
+            }
+            for (int it = tid; it < (kb1 - kb0) * kTp; it += nthreads) {
+                const int kb = kb0 + it / kTp;
+                xs[it] = arow < 0 ? 0.0f : P->xs[arow * kblocks + kb];
+            }
+        }
+        /* every group's blocks of the chunk, in lockstep by local index (the groups are independent) */
+        int here[4];
+        for (int wg = 0; wg < ksplit; wg++) here[wg] = (kb1 > wg ? (kb1 - wg + ksplit - 1) >> shift : 0) - i0[wg];
+        for (int wg = 0; wg < ksplit; wg++)
+            for (int j = 0; j < here[wg]; j++) {
+                const int i = i0[wg] + j, s = j % kStages;
+                for (int l = 0; l < 128; l++) issue(wg * 128 + l, ((s + kStages - 1) % kStages) * kStageBytes);
+                const int kb = wg + (i << shift), lb = kb - kb0;
+                const uint32_t rd = s * kStageBytes, ring = tokb + wg * kRingBytes;
+                /* per thread: ldmatrix, scale words, A registers of the 4 groups */
+                uint32_t A[128][4][4];
+                float fac[128][2][4], comp[128];
+                for (int l = 0; l < 128; l++) {
+                    const int warp = l >> 5, lane = l & 31, g = lane >> 2;
+                    uint32_t w0[4], w1[4];
+                    for (int mj = 0; mj < 4; mj++) { /* matrix mj: rows from lanes 8 mj + r */
+                        for (int half = 0; half < 2; half++) {
+                            const int src_lane = 8 * mj + g; /* the lane that gives row g of matrix mj */
+                            const int lr = src_lane & 7, lj = src_lane >> 3;
+                            const uint32_t lm0 = ring + warp * kWarpBytes + lr * 64 + ((lj ^ ((lr >> 1) & 3)) << 4);
+                            const uint32_t addr = (half ? lm0 + 8 * 64 : lm0) + rd;
+                            uint32_t v;
+                            memcpy(&v, smem + addr + 4 * (lane & 3), 4);
+                            if (half) w1[mj] = v;
+                            else w0[mj] = v;
+                        }
+                    }
+                    const int tid = wg * 128 + l;
+                    const int64_t tn = T0 * 4 + warp;
+                    (void)tid;
+                    const int sh[2] = {8 * (int)((P->soff + (b_row(P, tn, g) < 0 ? 0 : b_row(P, tn, g)) * P->cols) & 3),
+                                       8 * (int)((P->soff + (b_row(P, tn, g + 8) < 0 ? 0 : b_row(P, tn, g + 8)) * P->cols) & 3)};
+                    uint32_t sw[2];
+                    for (int h = 0; h < 2; h++) {
+                        uint32_t lo, hi;
+                        const uint32_t sr = ring + kScaleOff + warp * 128 + g * 8 + 64 * h + rd;
+                        memcpy(&lo, smem + sr, 4), memcpy(&hi, smem + sr + 4, 4);
+                        sw[h] = funnel_r(lo, hi, sh[h]);
+                    }
+                    /* the exact factors (both paths of the kernel give these values; the path is the kernel's
+                     * concern, the value is checked here): 2^(e - 127), 2^6 folded in comp */
+                    const int groups = (K - 128 * kb) >> 5;
+                    for (int h = 0; h < 2; h++)
+                        for (int gj = 0; gj < 4; gj++)
+                            fac[l][h][gj] = gj < groups ? e8m0((uint8_t)(sw[h] >> (8 * gj))) : 0.0f;
+                    comp[l] = 64.0f;
+                    for (int gj = 0; gj < 4; gj++) {
+                        A[l][gj][0] = e4m3_even(w0[gj]), A[l][gj][1] = e4m3_even(w1[gj]);
+                        A[l][gj][2] = e4m3_odd(w0[gj]), A[l][gj][3] = e4m3_odd(w1[gj]);
+                    }
+                }
+                /* the wgmmas: A (64 x 32) from the registers, B (kN x 32) from the descriptor, D in f32 */
+                float D[4][64][16];
+                for (int gj = 0; gj < 4; gj++) {
+                    float Am[64][32], Bm[16][32];
+                    for (int l = 0; l < 128; l++)
+                        for (int r = 0; r < 4; r++)
+                            for (int v0 = 0; v0 < 4; v0++) {
+                                const int v1 = r & 1, v2 = r >> 1, warp = l >> 5, lane = l & 31;
+                                const int m = 16 * warp + lane / 4 + 8 * v1, k = 4 * (lane % 4) + v0 + 16 * v2;
+                                Am[m][k] = moe__e4m3_to_f32((uint8_t)(A[l][gj][r] >> (8 * v0)));
+                            }
+                    const uint32_t start = (uint32_t)((lb * 4 + gj) * kGroupBytes);
+                    for (int n = 0; n < kN; n++)
+                        for (int k = 0; k < 32; k++)
+                            Bm[n][k] = moe__e4m3_to_f32(smem[start + (n / 8) * 256 + (k / 16) * 128 + (n % 8) * 16 + k % 16]);
+                    for (int m = 0; m < 64; m++)
+                        for (int n = 0; n < kN; n++) {
+                            double sacc = 0;
+                            for (int k = 0; k < 32; k++) sacc += (double)Am[m][k] * Bm[n][k];
+                            D[gj][m][n] = (float)sacc;
+                        }
+                }
+                /* per thread: the accumulators */
+                for (int l = 0; l < 128; l++) {
+                    const int warp = l >> 5, lane = l & 31, g = lane >> 2, q = lane & 3, tid = wg * 128 + l;
+                    const float *xb = xs + lb * (kDiag ? kTp : kN);
+                    for (int r = 0; r < kN / 2; r++) {
+                        const int v0 = r & 1, v1 = (r >> 1) & 1, v2 = r >> 2;
+                        const int m = 16 * warp + g + 8 * v1, col = 2 * q + v0 + 8 * v2;
+                        if (kDiag) { /* the 4 groups summed in one accumulator, group col / kTp in column col */
+                            float d = 0;
+                            for (int gj = 0; gj < 4; gj++) d += D[gj][m][col];
+                            const int G = col / kTp;
+                            const float x = xb[(2 * q + v0) & (kTp - 1)] * comp[l];
+                            acc_d[tid][r] = fmaf(d * fac[l][v1][G], x, acc_d[tid][r]);
+                        } else {
+                            float sum = 0;
+                            for (int gj = 0; gj < 4; gj++) sum = fmaf(D[gj][m][col], fac[l][v1][gj], sum);
+                            acc[tid][v2][2 * v1 + v0] = fmaf(sum, xb[8 * v2 + 2 * q + v0] * comp[l], acc[tid][v2][2 * v1 + v0]);
+                        }
+                    }
+                }
+            }
+        for (int wg = 0; wg < ksplit; wg++) {
+            if (kb1 != kblocks && here[wg] % kStages) printf("  a chunk of %d blocks for group %d\n", here[wg], wg);
+            i0[wg] += here[wg];
+        }
+    }
+    /* diagonal: per-thread sums over groups, then the quad sums */
+    if (kDiag)
+        for (int w = 0; w < nthreads / 32; w++) {
+            float v[32][4];
+            for (int lane = 0; lane < 32; lane++)
+                for (int e = 0; e < 4; e++) {
+                    v[lane][e] = acc_d[32 * w + lane][e];
+                    for (int k = 1; k < kN / 8; k++) v[lane][e] += acc_d[32 * w + lane][4 * k + e];
+                }
+            for (int m = kTp / 2; m < 4; m <<= 1) {
+                float nv[32][4];
+                for (int lane = 0; lane < 32; lane++)
+                    for (int e = 0; e < 4; e++) nv[lane][e] = v[lane][e] + v[lane ^ m][e];
+                memcpy(v, nv, sizeof v);
+            }
+            for (int lane = 0; lane < 32; lane++)
+                for (int e = 0; e < 4; e++) acc[32 * w + lane][0][e] = 2 * (lane & 3) < kTp ? v[lane][e] : 0.0f;
+        }
+    /* the groups' sum in group order, then the epilogue's (row, token) */
+    for (int l = 0; l < 128; l++) {
+        const int warp = l >> 5, lane = l & 31, g = lane >> 2, q = lane & 3;
+        float a[2][4];
+        memcpy(a, acc[l], sizeof a);
+        for (int w = 1; w < ksplit; w++)
+            for (int k = 0; k < 8; k++) a[k >> 2][k & 3] += acc[w * 128 + l][k >> 2][k & 3];
+        for (int n = 0; n < 2; n++)
+            for (int e = 0; e < 4; e++) {
+                const int m = 16 * warp + g + 8 * (e >> 1), tok = 2 * q + (e & 1) + 8 * n;
+                out[m][tok] = a[n][e];
+            }
+    }
+    if (bad_reads) printf("  %d copies read outside the codes or scales\n", bad_reads);
+    bad_copies += bad_reads;
+    free(smem);
+}
+
+static int run(int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN, int kTp, int64_t T0) {
+    problem P = {0};
+    P.K = K, P.kblocks = (K + 127) / 128, P.cols = K / 32, P.glu = glu, P.n_out = n_out, P.T = T, P.soff = soff;
+    P.brows = glu ? 2 * n_out : n_out;
+    P.codes = malloc((size_t)P.brows * K / 2);
+    P.sbase = malloc((size_t)P.brows * P.cols + 8);
+    P.x = malloc((size_t)T * K);
+    P.xs = malloc(sizeof(float) * (size_t)T * P.kblocks);
+    for (size_t i = 0; i < (size_t)P.brows * K / 2; i++) P.codes[i] = (uint8_t)rnd();
+    for (size_t i = 0; i < (size_t)P.brows * P.cols + 8; i++) P.sbase[i] = (uint8_t)(110 + rnd() % 30);
+    for (size_t i = 0; i < (size_t)T * K; i++) {
+        uint8_t c = (uint8_t)rnd();
+        if ((c & 0x7F) == 0x7F) c &= 0xFE; /* no NaN codes */
+        P.x[i] = c;
+    }
+    for (size_t i = 0; i < (size_t)T * P.kblocks; i++) P.xs[i] = ldexpf(1.0f + (rnd() % 100) / 100.0f, -8);
+    const int cb = P.kblocks < cb_max ? P.kblocks : cb_max;
+    static double out[64][16];
+    for (int m = 0; m < 64; m++)
+        for (int t = 0; t < 16; t++) out[m][t] = NAN;
+    cta(&P, T0, ksplit, cb, kN, kTp, out);
+    double worst = 0;
+    int bad = 0;
+    for (int warp = 0; warp < 4; warp++)
+        for (int mm = 0; mm < 16; mm++) {
+            const int64_t r = b_row(&P, T0 * 4 + warp, mm);
+            for (int t = 0; t < (kTp < 16 ? kTp : 16); t++) {
+                double ref = 0, mag = 0; /* the sum, and the sum of its terms' magnitudes */
+                if (r >= 0 && t < T)
+                    for (int k = 0; k < K; k++) {
+                        const uint8_t byte = P.codes[r * (K / 2) + k / 2];
+                        const float w = moe__e2m1_to_f32((uint8_t)(k & 1 ? byte >> 4 : byte & 15)) *
+                                        e8m0(P.sbase[P.soff + r * P.cols + k / 32]);
+                        const double term = (double)w * moe__e4m3_to_f32(P.x[t * K + k]) * P.xs[t * P.kblocks + k / 128];
+                        ref += term, mag += fabs(term);
+                    }
+                const double got = out[16 * warp + mm][t];
+                const double err = fabs(got - ref) / (mag + 1e-30); /* f32 sums: a few 2^-24 of mag */
+                if (r >= 0 && t < T) {
+                    if (!(err < 1e-5)) bad++;
+                    if (err > worst) worst = err;
+                }
+            }
+        }
+    printf("K %5d T %2d %s n %4d soff %d ksplit %d cb %2d N %2d Tp %2d tile %lld: worst error / magnitude %.2e%s\n", K, T,
+           glu ? "glu  " : "plain", n_out, soff, ksplit, cb, kN, kTp, (long long)T0, worst, bad ? "  FAIL" : "");
+    free(P.codes), free(P.sbase), free(P.x), free(P.xs);
+    return bad != 0;
+}
+
+int main(void) {
+    int bad = 0;
+    /* the kernel's fast factors: 2^(e - 121) from the dense path's shifted word and the diagonal's byte, up to 248 */
+    for (uint32_t e = 0; e <= 248; e++)
+        for (int j = 0; j < 4; j++) {
+            const uint32_t sw = (0x5A5A5A5Au & ~(0xFFu << (8 * j))) | e << (8 * j), e6 = sw + 0x06060606u;
+            const float dense = bits_f((j < 3 ? e6 << (23 - 8 * j) : e6 >> 1) & 0x7F800000u);
+            const float diag = bits_f((((sw >> (8 * j)) & 0xFF) + 6) << 23);
+            if (dense != e8m0((uint8_t)e) * 64.0f || diag != dense) bad++;
+        }
+    printf("fast factors: %s\n", bad ? "WRONG" : "2^(e - 121) for every e up to 248");
+    /* (kN, kTp): diagonal 2 and 4 tokens, dense 8 and 16 */
+    const int modes[4][2] = {{8, 2}, {16, 4}, {8, 8}, {16, 16}};
+    for (int mo = 0; mo < 4; mo++) {
+        const int kN = modes[mo][0], kTp = modes[mo][1], T = kTp < 16 ? kTp : 11;
+        const int cbm = 32 * 1024 / (kN * 128);
+        bad += run(2880, T, 1, 2880, 2, 1, cbm, kN, kTp, 3);     /* GPT-OSS GEMM 1: K ends at half a block */
+        bad += run(2880, T, 0, 2880, 0, 2, cbm, kN, kTp, 44);    /* GEMM 2, two groups, the last column tile */
+        bad += run(352, T, 1, 40, 1, 1, cbm, kN, kTp, 1);        /* K 352 (3 groups past K), rows past N */
+        bad += run(4224, T, 0, 100, 3, 4, 16, kN, kTp, 1);       /* three chunks over 4 groups, odd soff */
+        bad += run(4224, T, 1, 64, 1, 2, cbm, kN, kTp, 0);       /* chunks by the budget */
+        bad += run(160, T, 0, 48, 2, 1, cbm, kN, kTp, 0);        /* one block, 5 scales a row */
+    }
+    printf("%s\n", bad || bad_copies ? "FAIL" : "every output within 1e-5 of its terms' magnitude, no copy outside the inputs");
+    return bad || bad_copies;
+}
