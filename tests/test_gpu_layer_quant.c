@@ -190,6 +190,22 @@ TEST_IMPL(gpu_layer_w8a8) {
     return TEST_OK;
 }
 
+/* A decode case of the FP4 and W4A8 tests: the model preset and shapes, GPT-OSS's interleaved w13 and clamps, T,
+ * block scales made large (big), the SMALL tile forced, a shared expert beside. */
+typedef struct {
+    const char *preset, *what;
+    int H, I, E, k, interleaved, T, big, forced, shared;
+    moe_activation act;
+} decode_case;
+
+static moe_layer_config decode_case_config(const decode_case *d, int shared_intermediate) {
+    moe_layer_config c = layer_config(d->preset, d->H, d->I, d->E, d->k, d->act);
+    if (d->interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+    if (d->forced) c.expert_tile = MOE_EXPERT_TILE_SMALL;
+    c.n_shared = d->shared, c.shared_intermediate = shared_intermediate;
+    return c;
+}
+
 /* FP4 weights at decode against the CPU reference over the same codes, MXFP4 and NVFP4 with either global
  * convention: on sm_80 and later the SMALL tile's rows run through the FP4 decode kernel
  * (grouped_gemm_fp4_decode.cu), and once more through the register tile (MOE_GEMM_NO_FP4_DECODE), so that both
@@ -207,11 +223,7 @@ TEST_IMPL(gpu_layer_fp4_decode) {
     const int fp4[3] = {5, 6, 7}; /* mxfp4, nvfp4 decode global, nvfp4 encode global */
     int bad = 0;
     uint64_t seed = env->seed + 1300;
-    struct {
-        const char *preset, *what;
-        int H, I, E, k, interleaved, T, big, forced, shared;
-        moe_activation act;
-    } cases[] = {
+    const decode_case cases[] = {
         {"qwen3-30b-a3b", "H 4096", 4096, 256, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "I 2048", 256, 2048, 8, 2, 0, 3, 0, 0, 1, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "H 160, I 96", 160, 96, 8, 2, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
@@ -226,11 +238,7 @@ TEST_IMPL(gpu_layer_fp4_decode) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         for (int f = 0; f < 3; f++) {
-            moe_layer_config c = layer_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
-                                              cases[i].act);
-            if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
-            if (cases[i].forced) c.expert_tile = MOE_EXPERT_TILE_SMALL;
-            c.n_shared = cases[i].shared, c.shared_intermediate = 64;
+            moe_layer_config c = decode_case_config(&cases[i], 64);
             layer_problem p;
             layer_qweights q;
             layer_problem_random(&p, &c, cases[i].T, 0, seed++);
@@ -263,9 +271,10 @@ TEST_IMPL(gpu_layer_fp4_decode) {
 
 /* W4A8 (MXFP4 experts, act_format FP8 1x128) at decode against the CPU reference over the same codes: on Hopper the
  * SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_w4a8_decode.cu, opt-in: MOE_GEMM_W4A8_DECODE=1), and
- * each case runs once more on the bf16 path (the FP4 decode kernel over x and h quantised in bf16). Cases: one token row a
- * tile (T = 1, 5) and two halves (T = 40, and the SMALL tile forced at T = 300); K past one chunk of staged tokens
- * (H 4224 at T = 3: two chunks of 8 rows; at T = 40: three of 16 rows) and over 2 and 4 warpgroups (H 4096, I 2048);
+ * each case runs once more on the bf16 path (the FP4 decode kernel over x and h quantised in bf16). Cases: the four
+ * token layouts, diagonal at up to 2 rows a tile (T = 1, 2) and 4 (T = 3), dense at 8 (T = 5, 6) and 16 (T = 40, and
+ * the SMALL tile forced at T = 300); K past one chunk of staged tokens (H 4224 at T = 3 and 40: three chunks of 16
+ * blocks) and over 2 and 4 warpgroups (H 4096, I 2048);
  * H 160 and I 96 (K ends inside a block, a column tile past N); GPT-OSS's interleaved w13 with biases and clamps;
  * Llama-4's weight on the input; top 6; scales past 2^121 in every other expert (the exact-factor path: GPT-OSS's
  * clamps keep h finite); a quantised shared expert beside (it reuses the routed x codes). Tolerances as the W8A8
@@ -278,11 +287,7 @@ TEST_IMPL(gpu_layer_w4a8) {
     const moe_qformat *mx = &fmts[5];
     int bad = 0;
     uint64_t seed = env->seed + 2100;
-    struct {
-        const char *preset, *what;
-        int H, I, E, k, interleaved, T, big, forced, shared;
-        moe_activation act;
-    } cases[] = {
+    const decode_case cases[] = {
         {"qwen3-30b-a3b", "T 1", 256, 256, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "T 5", 256, 256, 8, 2, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "two halves, T 40", 256, 256, 8, 2, 0, 40, 0, 0, 0, MOE_ACT_SILU_GLU},
@@ -298,12 +303,8 @@ TEST_IMPL(gpu_layer_w4a8) {
         {"qwen3-30b-a3b", "quantised shared expert", 256, 256, 8, 2, 0, 3, 0, 0, 1, MOE_ACT_SILU_GLU},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        moe_layer_config c = layer_config(cases[i].preset, cases[i].H, cases[i].I, cases[i].E, cases[i].k,
-                                          cases[i].act);
-        if (cases[i].interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
-        if (cases[i].forced) c.expert_tile = MOE_EXPERT_TILE_SMALL;
+        moe_layer_config c = decode_case_config(&cases[i], 128);
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
-        c.n_shared = cases[i].shared, c.shared_intermediate = 128;
         layer_problem p;
         layer_qweights q, sq;
         layer_problem_random(&p, &c, cases[i].T, 0, seed++);
