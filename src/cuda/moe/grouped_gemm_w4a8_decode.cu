@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
     const int full = crow < 0 ? 0 : ch ? soff : 4; /* exact: the last row's bytes end the allocation */
     const int tail = crow < 0 || (wg != ((kblocks - 1) & (ksplit - 1))) ? full
                      : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
-    const int wstep = 64 << shift, sstep = 4 << shift, kstep = 128 << shift;
+    const int wstep = (int)pinned(64u << shift), sstep = (int)pinned(4u << shift), kstep = (int)pinned(128u << shift);
     /* the group's next block into the stage at ring offset wr; a group committed either way, so that the counts
      * match. Chunks past K and rows past N fill zeros and read nothing. */
     int todo = nk; /* blocks to issue */
