@@ -6,7 +6,7 @@ set -u
 OUT=${OUT:-/tmp/moe-gpu}
 mkdir -p "$OUT"
 BUILD=${BUILD:-build}
-TESTS="gpu_layer_random gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_w8a8 gpu_layer_golden gpu_layer_errors"
+TESTS="gpu_layer_random gpu_layer_tiles gpu_layer_sm90 gpu_layer_quant gpu_layer_w8a8 gpu_layer_w4a8 gpu_layer_golden gpu_layer_errors"
 echo "=== layer tests" | tee -a "$OUT/summary.txt"
 "$BUILD/moe_tests" --data tests/data $TESTS layer_ 2>&1 | tee "$OUT/layer-tests.log" | tail -40 | tee -a "$OUT/summary.txt"
 echo "=== compute-sanitizer memcheck" | tee -a "$OUT/summary.txt"
