@@ -138,7 +138,8 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
         if (todo > 0) {
             moe_decode_copy16_cg_if(wdst0 + wr, wp, kleft <= 0);
             moe_decode_copy16_cg_if(wdst1 + wr, wp + 16, kleft <= 32);
-            moe_cp_async4(sdst + wr, sp, todo == 1 ? tail : full);
+            const int bytes = todo == 1 ? tail : full;
+            moe_cp_async4(sdst + wr, bytes ? sp : srow - soff, bytes); /* none: an address inside the row */
             if (kleft > kstep) wp += wstep, sp += sstep;
             kleft -= kstep, todo--;
         }
