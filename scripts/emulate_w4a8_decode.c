@@ -97,8 +97,8 @@ static void issue(int tid, uint32_t wr) {
         if (c->sp + bytes > scale_end || c->sp < P->sbase) bad_reads++;
         memcpy(d, c->sp, (size_t)bytes);
     }
-    if (c->kleft > (128 << copy_shift)) c->wp += 64 << copy_shift, c->sp += 4 << copy_shift;
-    c->kleft -= 128 << copy_shift, c->todo--;
+    if (c->kleft > (128 << copy_shift)) c->wp += 64 << copy_shift;
+    c->sp += 4 << copy_shift, c->kleft -= 128 << copy_shift, c->todo--;
 }
 
 /* one CTA: column tiles 4 T0 .. 4 T0 + 3, tokens 0 .. T - 1 (tile rows), ksplit groups, chunks of cb blocks; kN
@@ -362,6 +362,8 @@ int main(void) {
         const int kN = modes[mo][0], kTp = modes[mo][1], T = kTp < 16 ? kTp : 11;
         const int cbm = 32 * 1024 / (kN * 128);
         bad += run(2880, T, 1, 2880, 2, 1, cbm, kN, kTp, 3);     /* GPT-OSS GEMM 1: K ends at half a block */
+        bad += run(2880, T, 0, 200, 3, 1, cbm, kN, kTp, 1);      /* rows at scale offsets 3 and 1: the last block's
+                                                                    second scale in the pair's second word */
         bad += run(2880, T, 0, 2880, 0, 2, cbm, kN, kTp, 44);    /* GEMM 2, two groups, the last column tile */
         bad += run(352, T, 1, 40, 1, 1, cbm, kN, kTp, 1);        /* K 352 (3 groups past K), rows past N */
         bad += run(4224, T, 0, 100, 3, 4, 16, kN, kTp, 1);       /* three chunks over 4 groups, odd soff */

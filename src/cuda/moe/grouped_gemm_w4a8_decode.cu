@@ -120,8 +120,8 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
     const uint8_t *const sword = srow - soff + 4 * ch; /* word ch of the aligned pair holding block 0's scales */
     const uint32_t sdst = pinned(ring + kScaleOff + warp * 128 + cm * 8 + 4 * ch);
 
-    /* the lane's next block to copy: its codes and scale word (the pointers stop on the lane's last block with
-     * codes inside K, so that they stay valid), and the K values from its first chunk (a row past N: far below zero,
+    /* the lane's next block to copy: its codes (the pointer stops on the lane's last block with codes inside K, so
+     * that it stays valid) and scale word (every block's), and the K values from its first chunk (a row past N: far below zero,
      * so nothing is read). The scale words take the bytes up to the block's last scale and no further: all 4
      * scales (full), or the row's last block's (tail, on the group that has that block). */
     const uint8_t *wp = wrow + wg * 64 + 32 * ch, *sp = sword + 4 * wg;
@@ -140,8 +140,8 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
             moe_decode_copy16_cg_if(wdst1 + wr, wp + 16, kleft <= 32);
             const int bytes = todo == 1 ? tail : full;
             moe_cp_async4(sdst + wr, bytes ? sp : srow - soff, bytes); /* none: an address inside the row */
-            if (kleft > kstep) wp += wstep, sp += sstep;
-            kleft -= kstep, todo--;
+            if (kleft > kstep) wp += wstep;
+            sp += sstep, kleft -= kstep, todo--; /* every block has scales: a copy of none reads elsewhere */
         }
         moe_cp_async_commit();
     };
