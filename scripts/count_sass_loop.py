@@ -6,7 +6,7 @@ QGMMA, HGMMA: the main loop unrolled over the stages); its instructions are divi
 instructions over the ones a block issues). Paths behind a warp vote (VOTE.ANY then a branch: the kernels' rare wide-scale paths) are counted apart.
 A static count, not a measurement of time: it says how many instructions a warp issues a block on the common path.
 
-  cuobjdump -sass build/src/cuda/moe/grouped_gemm_w4a8_decode.o > /tmp/k.sass
+  cuobjdump -sass build/src/cuda/moe/grouped_gemm_rs_decode.o > /tmp/k.sass
   python3 scripts/count_sass_loop.py /tmp/k.sass --mma-per-block 4 --loop-mma 16
   (the FP4 decode kernel, one half of a tile: --mma-per-block 8 --loop-mma 24)
 """

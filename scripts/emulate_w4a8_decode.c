@@ -1,14 +1,15 @@
-/* scripts/emulate_w4a8_decode.c — the W4A8 decode kernel's data movement (src/cuda/moe/grouped_gemm_w4a8_decode.cu)
- * replayed on the CPU, thread by thread, against a direct sum over the dequantised weights and tokens. Not a test
- * and not a substitute for running the kernel: it checks the kernel's own index arithmetic (the lanes' copies and
- * their swizzle, the pointers and byte counts of the scale words, the funnel shift, ldmatrix's hand-out, the codes'
- * conversion and the tokens' permutation against the A fragment's K slots, the diagonal tokens, the chunks, the K
- * split and the quad sums) under the hardware's documented layouts: ldmatrix (thread t gets bytes 4 (t % 4) ..
- * + 3 of row t / 4 of each matrix, row r of matrix j addressed by lane 8 j + r), wgmma's register A (CUTLASS
- * ALayout_64x32: byte v0 of register v1 + 2 v2 is row 16 w + lane / 4 + 8 v1, K 4 (lane % 4) + v0 + 16 v2), the
- * accumulator (CLayout_64xN: register v0 + 2 v1 + 4 v2 is row 16 w + lane / 4 + 8 v1, column 2 (lane % 4) + v0 +
- * 8 v2), and B through a K-major descriptor without swizzle (row n of K half h at start + (n / 8) SBO + h LBO +
- * (n % 8) 16). The index formulas below are the kernel's, copied; keep them in step.
+/* scripts/emulate_w4a8_decode.c — the wgmma decode kernel's data movement (src/cuda/moe/grouped_gemm_rs_decode.cu:
+ * W4A8's MXFP4 variants, dense and diagonal, and W8A8's FP8 ones) replayed on the CPU, thread by thread, against a
+ * direct sum over the dequantised weights and tokens. Not a test and not a substitute for running the kernel: it
+ * checks the kernel's own index arithmetic (the lanes' copies and their swizzle, the pointers and byte counts of the
+ * scale words, the funnel shift, ldmatrix's hand-out, the codes' conversion and the tokens' permutation against the
+ * A fragment's K slots, the diagonal tokens, the chunks, the K split and the quad sums) under the hardware's
+ * documented layouts: ldmatrix (thread t gets bytes 4 (t % 4) .. + 3 of row t / 4 of each matrix, row r of matrix j
+ * addressed by lane 8 j + r), wgmma's register A (CUTLASS ALayout_64x32: byte v0 of register v1 + 2 v2 is row
+ * 16 w + lane / 4 + 8 v1, K 4 (lane % 4) + v0 + 16 v2), the accumulator (CLayout_64xN: register v0 + 2 v1 + 4 v2
+ * is row 16 w + lane / 4 + 8 v1, column 2 (lane % 4) + v0 + 8 v2), and B through a K-major descriptor without
+ * swizzle (row n of K half h at start + (n / 8) SBO + h LBO + (n % 8) 16). The index formulas below are the
+ * kernel's, copied; keep them in step.
  *   gcc -O2 -std=c11 -Isrc -Iinclude scripts/emulate_w4a8_decode.c -o /tmp/emulate_w4a8 -lm && /tmp/emulate_w4a8 */
 #include <math.h>
 #include <stdint.h>
@@ -18,8 +19,13 @@
 
 #include "formats/scalar.h"
 
-enum { kStages = 4, kWarpBytes = 16 * 64, kScaleOff = 4 * kWarpBytes, kStageBytes = kScaleOff + 4 * 16 * 8 };
-enum { kRingBytes = kStages * kStageBytes };
+enum { kStages = 4 };
+/* the ring of the weights' storage (ring_of in the kernel): FP4 rows of 64 bytes a block, FP8 of 128 */
+static int kRowBytes, kWarpBytes, kScaleOff, kStageBytes, kRingBytes;
+static void set_ring(int fp8) {
+    kRowBytes = fp8 ? 128 : 64, kWarpBytes = 16 * kRowBytes, kScaleOff = 4 * kWarpBytes;
+    kStageBytes = kScaleOff + 4 * 16 * 8, kRingBytes = kStages * kStageBytes;
+}
 
 static uint64_t rng = 88172645463325252ull;
 static uint32_t rnd(void) {
@@ -43,15 +49,34 @@ static float bits_f(uint32_t u) {
 }
 static float e8m0(uint8_t e) { return e == 0xFF ? NAN : ldexpf(1.0f, (int)e - 127); }
 
-/* one problem: B rows (brows, K) as E2M1 codes with E8M0 scales (a row's cols = K / 32 bytes, starting soff bytes
- * past an aligned address), tokens (T, K) as E4M3 codes with (T, kblocks) f32 scales */
+/* one problem: B rows (brows, K) as E2M1 codes with E8M0 scales (a row's cols = K / 32 bytes), or (fp8) as E4M3
+ * codes with a scale a 128x128 block (cols = kblocks a block row; f32, or E8M0 bytes), the scales starting soff bytes
+ * past an aligned address; tokens (T, K) as E4M3 codes with (T, kblocks) f32 scales */
 typedef struct {
-    int K, kblocks, cols, brows, T, glu, n_out, soff;
-    uint8_t *codes;  /* (brows, K / 2) */
+    int K, kblocks, cols, brows, T, glu, n_out, soff, fp8, e8m0;
+    uint8_t *codes;  /* (brows, K / 2), or (brows, K) */
     uint8_t *sbase;  /* 4-aligned, scales at sbase + soff */
     uint8_t *x;      /* (T, K) */
     float *xs;       /* (T, kblocks) */
 } problem;
+
+/* scale entry size and the address of row r's scales (FP8: its 128-row block's) */
+static int scale_size(const problem *P) { return P->fp8 && !P->e8m0 ? 4 : 1; }
+static const uint8_t *scale_row(const problem *P, int64_t r) {
+    const int64_t br = r < 0 ? 0 : P->fp8 ? r >> 7 : r;
+    return P->sbase + P->soff + br * P->cols * scale_size(P);
+}
+static float weight_value(const problem *P, int64_t r, int k) {
+    if (!P->fp8) {
+        const uint8_t byte = P->codes[r * (P->K / 2) + k / 2];
+        return moe__e2m1_to_f32((uint8_t)(k & 1 ? byte >> 4 : byte & 15)) * e8m0(scale_row(P, r)[k / 32]);
+    }
+    const uint8_t *s = scale_row(P, r) + (k / 128) * scale_size(P);
+    float sc;
+    if (P->e8m0) sc = e8m0(*s);
+    else memcpy(&sc, s, 4);
+    return moe__e4m3_to_f32(P->codes[r * P->K + k]) * sc;
+}
 
 /* moe_decode_b_row: M row m of column tile tn */
 static int64_t b_row(const problem *P, int64_t tn, int m) {
@@ -67,7 +92,8 @@ static int64_t b_row(const problem *P, int64_t tn, int m) {
 typedef struct {
     const uint8_t *wp, *sp;
     int kleft, todo, full, tail;
-    uint32_t wdst0, wdst1, sdst;
+    uint32_t wdst[4], sdst;
+    int scale_lane; /* copies a scale word (FP4: every lane; FP8: lanes 0 and 1) */
 } lane_copy;
 static lane_copy lanes[512];
 static float acc[512][2][4], acc_d[512][8];
@@ -80,25 +106,31 @@ static void issue(int tid, uint32_t wr) {
     lane_copy *c = &lanes[tid];
     const problem *P = copy_P;
     if (c->todo <= 0) return;
-    const uint8_t *codes_end = P->codes + (size_t)P->brows * (P->K / 2);
-    const uint8_t *scale_end = P->sbase + P->soff + (size_t)P->brows * P->cols;
-    for (int h = 0; h < 2; h++) {
-        uint8_t *d = copy_smem + (h ? c->wdst1 : c->wdst0) + wr;
-        if (c->kleft <= 32 * h) memset(d, 0, 16);
+    const uint8_t *codes_end = P->codes + (size_t)P->brows * (P->fp8 ? P->K : P->K / 2);
+    const int srows = P->fp8 ? (P->brows + 127) / 128 : P->brows;
+    const uint8_t *scale_end = P->sbase + P->soff + (size_t)srows * P->cols * scale_size(P);
+    const int chunks = P->fp8 ? 4 : 2, per = P->fp8 ? 16 : 32;
+    for (int h = 0; h < chunks; h++) {
+        uint8_t *d = copy_smem + c->wdst[h] + wr;
+        if (c->kleft <= per * h) memset(d, 0, 16);
         else {
             if (c->wp + 16 * h + 16 > codes_end) bad_reads++;
             memcpy(d, c->wp + 16 * h, 16);
         }
     }
     const int bytes = c->todo == 1 ? c->tail : c->full;
-    uint8_t *d = copy_smem + c->sdst + wr;
-    memset(d, 0, 4);
-    if (bytes) {
-        if (c->sp + bytes > scale_end || c->sp < P->sbase) bad_reads++;
-        memcpy(d, c->sp, (size_t)bytes);
+    if (c->scale_lane) {
+        uint8_t *d = copy_smem + c->sdst + wr;
+        const uint8_t *src = P->fp8 ? P->sbase + ((c->sp - P->sbase) & ~3) : c->sp;
+        const uint8_t *end = P->fp8 ? P->sbase + ((scale_end - P->sbase + 3) & ~3) : scale_end; /* FP8: the word */
+        memset(d, 0, 4);
+        if (bytes) {
+            if (src + bytes > end || src < P->sbase) bad_reads++;
+            memcpy(d, src, (size_t)bytes);
+        }
     }
-    if (c->kleft > (128 << copy_shift)) c->wp += 64 << copy_shift;
-    c->sp += 4 << copy_shift, c->kleft -= 128 << copy_shift, c->todo--;
+    if (c->kleft > (128 << copy_shift)) c->wp += kRowBytes << copy_shift;
+    c->sp += (P->fp8 ? scale_size(P) : 4) << copy_shift, c->kleft -= 128 << copy_shift, c->todo--;
 }
 
 /* one CTA: column tiles 4 T0 .. 4 T0 + 3, tokens 0 .. T - 1 (tile rows), ksplit groups, chunks of cb blocks; kN
@@ -115,20 +147,26 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
     for (int tid = 0; tid < nthreads; tid++) {
         const int wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
         const int64_t tn = T0 * 4 + warp;
-        const int cm = lane >> 1, ch = lane & 1, sw_m = (cm >> 1) & 3;
+        const int cm = lane >> 1, ch = lane & 1, fp4 = !P->fp8;
         const int64_t crow = b_row(P, tn, cm);
-        const uint8_t *wrow = P->codes + (crow < 0 ? 0 : crow) * (K / 2);
-        const uint32_t ring = tokb + wg * kRingBytes, wdst = ring + warp * kWarpBytes + cm * 64;
-        lanes[tid].wdst0 = wdst + (((2 * ch) ^ sw_m) << 4), lanes[tid].wdst1 = wdst + (((2 * ch + 1) ^ sw_m) << 4);
-        const uint8_t *srow = P->sbase + P->soff + (crow < 0 ? 0 : crow) * P->cols;
+        const uint8_t *wrow = P->codes + (crow < 0 ? 0 : crow) * (fp4 ? K / 2 : K);
+        const uint32_t ring = tokb + wg * kRingBytes, wdst = ring + warp * kWarpBytes + cm * kRowBytes;
+        for (int c = 0; c < (fp4 ? 2 : 4); c++) {
+            const int cc = (fp4 ? 2 : 4) * ch + c;
+            lanes[tid].wdst[c] = wdst + ((fp4 ? cc ^ ((cm >> 1) & 3) : cc ^ (cm & 7)) << 4);
+        }
+        const uint8_t *srow = fp4 ? scale_row(P, crow) : scale_row(P, b_row(P, tn, 8 * (lane & 1)));
         const int soff = (int)((uintptr_t)(srow - P->sbase) & 3);
-        const uint8_t *sword = srow - soff + 4 * ch;
-        lanes[tid].sdst = ring + kScaleOff + warp * 128 + cm * 8 + 4 * ch;
-        lanes[tid].wp = wrow + wg * 64 + 32 * ch, lanes[tid].sp = sword + 4 * wg;
+        const uint8_t *sword = fp4 ? srow - soff + 4 * ch : srow;
+        lanes[tid].sdst = ring + kScaleOff + (fp4 ? warp * 128 + cm * 8 + 4 * ch : warp * 8 + 4 * (lane & 1));
+        lanes[tid].scale_lane = fp4 || lane < 2;
+        lanes[tid].wp = wrow + wg * kRowBytes + (kRowBytes / 2) * ch;
+        lanes[tid].sp = sword + (fp4 ? 4 : scale_size(P)) * wg;
         lanes[tid].kleft = crow < 0 ? -0x40000000 : K - 128 * wg - 64 * ch;
         const int tail_scales = P->cols - 4 * (kblocks - 1), tail_sum = soff + tail_scales;
-        lanes[tid].full = crow < 0 ? 0 : ch ? soff : 4;
-        lanes[tid].tail = crow < 0 || (wg != ((kblocks - 1) & (ksplit - 1)))
+        const int srow_real = fp4 ? crow >= 0 : lane < 2 && b_row(P, tn, 8 * (lane & 1)) >= 0;
+        lanes[tid].full = !srow_real ? 0 : !fp4 ? 4 : ch ? soff : 4;
+        lanes[tid].tail = !fp4 || !srow_real || (wg != ((kblocks - 1) & (ksplit - 1)))
                               ? lanes[tid].full
                               : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
         lanes[tid].todo = wg < kblocks ? (kblocks - wg + ksplit - 1) >> shift : 0;
@@ -150,7 +188,8 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                     uint32_t x[8];
                     memcpy(x, P->x + arow * K + 32 * gk, 32);
                     for (int v = 0; v < 4; v++)
-                        e[v] = prmt(x[2 * v], x[2 * v + 1], 0x6420), o[v] = prmt(x[2 * v], x[2 * v + 1], 0x7531);
+                        if (P->fp8) e[v] = x[v], o[v] = x[4 + v]; /* FP8: K in order */
+                        else e[v] = prmt(x[2 * v], x[2 * v + 1], 0x6420), o[v] = prmt(x[2 * v], x[2 * v + 1], 0x7531);
                 }
                 uint8_t *d = smem + gl * kGroupBytes + (tn >> 3) * 256 + (tn & 7) * 16;
                 memcpy(d, e, 16), memcpy(d + 128, o, 16);
@@ -172,7 +211,26 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                 /* per thread: ldmatrix, scale words, A registers of the 4 groups */
                 uint32_t A[128][4][4];
                 float fac[128][2][4], comp[128];
-                for (int l = 0; l < 128; l++) {
+                float ws[128][2];
+                for (int l = 0; l < 128 && P->fp8; l++) { /* FP8: ldmatrix gives the A registers; two block scales */
+                    const int warp = l >> 5, lane = l & 31, g = lane >> 2;
+                    for (int gj = 0; gj < 4; gj++)
+                        for (int mi = 0; mi < 4; mi++) { /* matrix mi: row g from lane 8 mi + g */
+                            const int src = 8 * mi + g, fr = (src & 7) + 8 * ((src >> 3) & 1);
+                            const uint32_t addr =
+                                ring + warp * kWarpBytes + fr * 128 + (((2 * gj + (src >> 4)) ^ (fr & 7)) << 4) + rd;
+                            memcpy(&A[l][gj][mi], smem + addr + 4 * (lane & 3), 4);
+                        }
+                    const int64_t tn = T0 * 4 + warp;
+                    for (int h = 0; h < 2; h++) {
+                        uint32_t v;
+                        memcpy(&v, smem + ring + kScaleOff + warp * 8 + 4 * h + rd, 4);
+                        const int sb_lo = (int)((uintptr_t)(scale_row(P, b_row(P, tn, 8 * h)) - P->sbase) & 3);
+                        ws[l][h] = P->e8m0 ? e8m0((uint8_t)(v >> (8 * ((sb_lo + kb) & 3)))) : bits_f(v);
+                    }
+                    comp[l] = 1.0f;
+                }
+                for (int l = 0; l < 128 && !P->fp8; l++) {
                     const int warp = l >> 5, lane = l & 31, g = lane >> 2;
                     uint32_t w0[4], w1[4];
                     for (int mj = 0; mj < 4; mj++) { /* matrix mj: rows from lanes 8 mj + r */
@@ -190,8 +248,8 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                     const int tid = wg * 128 + l;
                     const int64_t tn = T0 * 4 + warp;
                     (void)tid;
-                    const int sh[2] = {8 * (int)((P->soff + (b_row(P, tn, g) < 0 ? 0 : b_row(P, tn, g)) * P->cols) & 3),
-                                       8 * (int)((P->soff + (b_row(P, tn, g + 8) < 0 ? 0 : b_row(P, tn, g + 8)) * P->cols) & 3)};
+                    const int sh[2] = {8 * (int)((uintptr_t)(scale_row(P, b_row(P, tn, g)) - P->sbase) & 3),
+                                       8 * (int)((uintptr_t)(scale_row(P, b_row(P, tn, g + 8)) - P->sbase) & 3)};
                     uint32_t sw[2];
                     for (int h = 0; h < 2; h++) {
                         uint32_t lo, hi;
@@ -240,7 +298,11 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                     for (int r = 0; r < kN / 2; r++) {
                         const int v0 = r & 1, v1 = (r >> 1) & 1, v2 = r >> 2;
                         const int m = 16 * warp + g + 8 * v1, col = 2 * q + v0 + 8 * v2;
-                        if (kDiag) { /* the 4 groups summed in one accumulator, group col / kTp in column col */
+                        if (P->fp8) { /* the 4 groups summed in the tensor core, then both scales */
+                            float d = 0;
+                            for (int gj = 0; gj < 4; gj++) d += D[gj][m][col];
+                            acc[tid][v2][2 * v1 + v0] = fmaf(d, ws[l][v1] * xb[8 * v2 + 2 * q + v0], acc[tid][v2][2 * v1 + v0]);
+                        } else if (kDiag) { /* the 4 groups summed in one accumulator, group col / kTp in column col */
                             float d = 0;
                             for (int gj = 0; gj < 4; gj++) d += D[gj][m][col];
                             const int G = col / kTp;
@@ -295,16 +357,30 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
     free(smem);
 }
 
-static int run(int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN, int kTp, int64_t T0) {
+static int run_as(int fp8, int e8m0s, int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN,
+                  int kTp, int64_t T0) {
     problem P = {0};
-    P.K = K, P.kblocks = (K + 127) / 128, P.cols = K / 32, P.glu = glu, P.n_out = n_out, P.T = T, P.soff = soff;
+    P.K = K, P.kblocks = (K + 127) / 128, P.glu = glu, P.n_out = n_out, P.T = T, P.soff = soff;
+    P.fp8 = fp8, P.e8m0 = e8m0s, P.cols = fp8 ? P.kblocks : K / 32;
     P.brows = glu ? 2 * n_out : n_out;
-    P.codes = malloc((size_t)P.brows * K / 2);
-    P.sbase = malloc((size_t)P.brows * P.cols + 8);
+    set_ring(fp8);
+    const int srows = fp8 ? (P.brows + 127) / 128 : P.brows;
+    const size_t code_bytes = (size_t)P.brows * (fp8 ? K : K / 2), scale_bytes = (size_t)srows * P.cols * scale_size(&P);
+    P.codes = malloc(code_bytes);
+    P.sbase = malloc(scale_bytes + 8);
     P.x = malloc((size_t)T * K);
     P.xs = malloc(sizeof(float) * (size_t)T * P.kblocks);
-    for (size_t i = 0; i < (size_t)P.brows * K / 2; i++) P.codes[i] = (uint8_t)rnd();
-    for (size_t i = 0; i < (size_t)P.brows * P.cols + 8; i++) P.sbase[i] = (uint8_t)(110 + rnd() % 30);
+    for (size_t i = 0; i < code_bytes; i++) {
+        uint8_t c = (uint8_t)rnd();
+        if (fp8 && (c & 0x7F) == 0x7F) c &= 0xFE; /* no NaN codes */
+        P.codes[i] = c;
+    }
+    for (size_t i = 0; i < scale_bytes + 8; i++) P.sbase[i] = (uint8_t)(110 + rnd() % 30);
+    if (fp8 && !e8m0s) /* f32 scales, aligned */
+        for (size_t i = 0; i < scale_bytes / 4; i++) {
+            const float v = ldexpf(1.0f + (rnd() % 100) / 128.0f, -(int)(rnd() % 8));
+            memcpy(P.sbase + 4 * i, &v, 4);
+        }
     for (size_t i = 0; i < (size_t)T * K; i++) {
         uint8_t c = (uint8_t)rnd();
         if ((c & 0x7F) == 0x7F) c &= 0xFE; /* no NaN codes */
@@ -325,10 +401,8 @@ static int run(int K, int T, int glu, int n_out, int soff, int ksplit, int cb_ma
                 double ref = 0, mag = 0; /* the sum, and the sum of its terms' magnitudes */
                 if (r >= 0 && t < T)
                     for (int k = 0; k < K; k++) {
-                        const uint8_t byte = P.codes[r * (K / 2) + k / 2];
-                        const float w = moe__e2m1_to_f32((uint8_t)(k & 1 ? byte >> 4 : byte & 15)) *
-                                        e8m0(P.sbase[P.soff + r * P.cols + k / 32]);
-                        const double term = (double)w * moe__e4m3_to_f32(P.x[t * K + k]) * P.xs[t * P.kblocks + k / 128];
+                        const double term = (double)weight_value(&P, r, k) * moe__e4m3_to_f32(P.x[t * K + k]) *
+                                            P.xs[t * P.kblocks + k / 128];
                         ref += term, mag += fabs(term);
                     }
                 const double got = out[16 * warp + mm][t];
@@ -339,10 +413,15 @@ static int run(int K, int T, int glu, int n_out, int soff, int ksplit, int cb_ma
                 }
             }
         }
-    printf("K %5d T %2d %s n %4d soff %d ksplit %d cb %2d N %2d Tp %2d tile %lld: worst error / magnitude %.2e%s\n", K, T,
-           glu ? "glu  " : "plain", n_out, soff, ksplit, cb, kN, kTp, (long long)T0, worst, bad ? "  FAIL" : "");
+    printf("%s K %5d T %2d %s n %4d soff %d ksplit %d cb %2d N %2d Tp %2d tile %lld: worst error / magnitude %.2e%s\n",
+           fp8 ? (e8m0s ? "fp8 e8m0" : "fp8 f32 ") : "mxfp4   ", K, T, glu ? "glu  " : "plain", n_out, soff, ksplit, cb,
+           kN, kTp, (long long)T0, worst, bad ? "  FAIL" : "");
     free(P.codes), free(P.sbase), free(P.x), free(P.xs);
     return bad != 0;
+}
+
+static int run(int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN, int kTp, int64_t T0) {
+    return run_as(0, 0, K, T, glu, n_out, soff, ksplit, cb_max, kN, kTp, T0);
 }
 
 int main(void) {
@@ -370,6 +449,15 @@ int main(void) {
         bad += run(4224, T, 1, 64, 1, 2, cbm, kN, kTp, 0);       /* chunks by the budget */
         bad += run(160, T, 0, 48, 2, 1, cbm, kN, kTp, 0);        /* one block, 5 scales a row */
     }
+    /* FP8 in 128x128 blocks (f32 and E8M0 scales), dense tokens: DeepSeek-V3's shapes and the edges */
+    for (int e8 = 0; e8 < 2; e8++)
+        for (int mo = 2; mo < 4; mo++) {
+            const int kN = modes[mo][0], T = kN == 8 ? 8 : 13, cbm = 32 * 1024 / (kN * 128);
+            bad += run_as(1, e8, 7168, T, 1, 2048, e8 ? 1 : 0, 1, cbm, kN, kN, 5);  /* GEMM 1: chunks */
+            bad += run_as(1, e8, 2048, T, 0, 7168, e8 ? 3 : 0, 2, cbm, kN, kN, 111); /* GEMM 2, the last tiles */
+            bad += run_as(1, e8, 336, T, 1, 200, e8 ? 2 : 0, 1, cbm, kN, kN, 6);     /* K % 128 = 80, rows past N */
+            bad += run_as(1, e8, 4224, T, 0, 300, 0, 4, 16, kN, kN, 4);              /* 4 groups, 3 chunks */
+        }
     printf("%s\n", bad || bad_copies ? "FAIL" : "every output within 1e-5 of its terms' magnitude, no copy outside the inputs");
     return bad || bad_copies;
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/gpu_w4a8.sh — the first GPU round of the W4A8 decode kernel (grouped_gemm_w4a8_decode.cu, opt-in with
+# scripts/gpu_w4a8.sh — the first GPU round of the W4A8 decode kernel (grouped_gemm_rs_decode.cu, opt-in with
 # MOE_GEMM_W4A8_DECODE=1): its test on the kernel and the bf16 path, compute-sanitizer memcheck and racecheck of it,
 # `moe bench layer --dtype w4a8` with the kernel and without (alternated twice, one binary) beside --dtype mxfp4, and
 # Nsight Compute of GEMM 1 at T = 1 on both kernels. Logs and JSON under $OUT (one device call: about 5 minutes).

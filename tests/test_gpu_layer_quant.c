@@ -77,7 +77,9 @@ static int compare_quantized(test_env *env, layer_problem *p, const moe_qformat 
  * I = 2048 at decode (the decode kernel's K over 4 and over 2 warps; else over 1); I = 192 with
  * concatenated w13 (not on the 128 grid: the bf16 path) and interleaved (the FP8 kernels, a partial last tile),
  * GPT-OSS's clamps and biases, and Llama-4's weight on the input, at decode and prefill sizes; the prefill cases
- * also with MEDIUM forced (on Hopper the FP8 tile at 64 rows: both consumers on the same rows, half of B each).
+ * also with MEDIUM forced (on Hopper the FP8 tile at 64 rows: both consumers on the same rows, half of B each);
+ * the decode sizes (and the SMALL tile forced at T = 600) once more on the wgmma decode kernel
+ * (grouped_gemm_rs_decode.cu, opt-in: MOE_GEMM_W8A8_RS_DECODE=1).
  * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
  * boundary, so W8A8 magnifies differences (docs/layer.md §6). The FP8 kernels differ from the CPU only in the
  * order of f32 sums: 4e-3 overall measured, bound 8e-3. The bf16 path also rounds weights with f32 scales and x
@@ -134,15 +136,20 @@ TEST_IMPL(gpu_layer_w8a8) {
                 layer_problem p;
                 layer_problem_random(&p, &c, cases[i].T, 0, seed++);
                 if (cases[i].no_mma) setenv("MOE_GEMM_NO_FP8_MMA", "1", 1);
-                char what[96];
-                snprintf(what, sizeof what, "w8a8 %s, %s%s", cases[i].what, f ? "e8m0 w" : "f32 w",
-                         medium ? ", MEDIUM" : "");
                 /* on Hopper the FP8 kernels take every tile size there (decode below 16 rows an expert) */
                 const int mma = !cases[i].no_mma && (cases[i].interleaved || cases[i].I % 128 == 0);
                 /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
                  * then differs as the FP8 kernels do */
                 const int exact = f && cases[i].rule;
-                bad += compare_quantized(env, &p, wf[f], 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
+                /* decode sizes once more on the wgmma decode kernel (opt-in: MOE_GEMM_W8A8_RS_DECODE) */
+                for (int rs = 0; rs < (cases[i].T < 16 && !medium ? 2 : 1); rs++) {
+                    if (rs) setenv("MOE_GEMM_W8A8_RS_DECODE", "1", 1);
+                    char what[96];
+                    snprintf(what, sizeof what, "w8a8 %s, %s%s%s", cases[i].what, f ? "e8m0 w" : "f32 w",
+                             medium ? ", MEDIUM" : "", rs ? ", wgmma decode" : "");
+                    bad += compare_quantized(env, &p, wf[f], 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
+                    unsetenv("MOE_GEMM_W8A8_RS_DECODE");
+                }
                 unsetenv("MOE_GEMM_NO_FP8_MMA");
                 layer_problem_free(&p);
             }
@@ -176,14 +183,17 @@ TEST_IMPL(gpu_layer_w8a8) {
                                  8e-3, 8e-2);
         layer_problem_free(&p);
     }
-    /* the decode kernel forced at a prefill size: many 16-row tiles an expert, both halves of each */
-    {
+    /* the decode kernels forced at a prefill size: many 16-row tiles an expert, both halves of each */
+    for (int rs = 0; rs < 2; rs++) {
         moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
         c.expert_tile = MOE_EXPERT_TILE_SMALL;
         layer_problem p;
         layer_problem_random(&p, &c, 600, 0, seed++);
-        bad += compare_quantized(env, &p, wf[1], 0, "w8a8, SMALL forced, T = 600", 8e-3, 8e-2);
+        if (rs) setenv("MOE_GEMM_W8A8_RS_DECODE", "1", 1);
+        bad += compare_quantized(env, &p, wf[1], 0, rs ? "w8a8, SMALL forced, T = 600, wgmma decode"
+                                                       : "w8a8, SMALL forced, T = 600", 8e-3, 8e-2);
+        unsetenv("MOE_GEMM_W8A8_RS_DECODE");
         layer_problem_free(&p);
     }
     ASSERT_EQ_I64(bad, 0);
@@ -270,7 +280,7 @@ TEST_IMPL(gpu_layer_fp4_decode) {
 }
 
 /* W4A8 (MXFP4 experts, act_format FP8 1x128) at decode against the CPU reference over the same codes: on Hopper the
- * SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_w4a8_decode.cu, opt-in: MOE_GEMM_W4A8_DECODE=1), and
+ * SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_rs_decode.cu, opt-in: MOE_GEMM_W4A8_DECODE=1), and
  * each case runs once more on the bf16 path (the FP4 decode kernel over x and h quantised in bf16). Cases: the four
  * token layouts, diagonal at up to 2 rows a tile (T = 1, 2) and 4 (T = 3), dense at 8 (T = 5, 6) and 16 (T = 40, and
  * the SMALL tile forced at T = 300); K past one chunk of staged tokens (H 4224 at T = 3 and 40: three chunks of 16

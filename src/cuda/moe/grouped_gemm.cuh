@@ -155,15 +155,16 @@ moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, co
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream);
 
-/* W4A8 at decode on Hopper (grouped_gemm_w4a8_decode.cu): the W8A8 decode GEMMs (A and h as for
- * moe__cuda_grouped_gemm_fp8_decode) with MXFP4 B (p.b_fmt E2M1_E8M0), the codes turned into E4M3 in registers for
- * wgmma. Fits: sm_90a code and GPU, routed rows, K a multiple of 32, a scale a row and 32 codes, 16-byte aligned
- * codes, and MOE_GEMM_W4A8_DECODE=1 in the environment: opt-in until the kernel has run on a GPU (without it the
- * layer runs W4A8 on the bf16 path). max_rows: the most rows an expert can hold (the tokens): up to 8, one half of
- * a tile's token rows. */
-bool moe__cuda_gemm_w4a8_decode_fits(moe_ctx *ctx, const moe_gemm_params &p);
-moe_status moe__cuda_grouped_gemm_w4a8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
-                                              int64_t m_tiles, int64_t max_rows, cudaStream_t stream);
+/* The W8A8 decode GEMMs on wgmma with the weights as A in registers (grouped_gemm_rs_decode.cu, Hopper): A and h as
+ * for moe__cuda_grouped_gemm_fp8_decode, with B in MXFP4 (p.b_fmt E2M1_E8M0: W4A8, the codes turned into E4M3 in
+ * registers) or in FP8 128x128 blocks (E4M3_F32, E4M3_E8M0: ldmatrix hands wgmma the codes as they are). Fits:
+ * sm_90a code and GPU, routed rows, K a multiple of 32 (MXFP4, a scale a row and 32 codes) or 16 (FP8), 16-byte
+ * aligned codes, and opted in until each has run on a GPU: MOE_GEMM_W4A8_DECODE=1 (MXFP4),
+ * MOE_GEMM_W8A8_RS_DECODE=1 (FP8) in the environment (without, the layer runs W4A8 on the bf16 path and W8A8 on the
+ * mma.sync decode kernel). max_rows: the most rows an expert can hold (the tokens). */
+bool moe__cuda_gemm_rs_decode_fits(moe_ctx *ctx, const moe_gemm_params &p);
+moe_status moe__cuda_grouped_gemm_rs_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
+                                            int64_t m_tiles, int64_t max_rows, cudaStream_t stream);
 
 /* BF16 weights at decode (grouped_gemm_bf16_decode.cu): the routed GEMMs over 16-row tiles, streaming the weights
  * through mma.sync m16n8k16 bf16 (sm_80+) with the K of a column tile split over warps; routed, or dense with a group

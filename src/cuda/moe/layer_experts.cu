@@ -109,7 +109,8 @@ static bool w4a8_fits(const moe_layer *l, const expert_set &x) {
     if (!l->act_quantized || !x.q13) return false;
     moe_gemm_params g, g2;
     fit_params(l, x, g, g2);
-    return moe__cuda_gemm_w4a8_decode_fits(l->ctx, g) && moe__cuda_gemm_w4a8_decode_fits(l->ctx, g2);
+    return g.b_fmt == MOE_B_E2M1_E8M0 && moe__cuda_gemm_rs_decode_fits(l->ctx, g) &&
+           moe__cuda_gemm_rs_decode_fits(l->ctx, g2);
 }
 
 /* The layer's routed GEMMs on the FP8 tensor cores (w8a8_fits). */
@@ -245,7 +246,7 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
  * made them for the routed experts), or ready in stream order (the shared experts, on the side stream after them). */
 enum x_codes_at { X_CODES_HERE, X_CODES_EVENT, X_CODES_READY };
 /* The set's two GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the kernels
- * take both (LARGE, MEDIUM: the wgmma tile; SMALL: the decode kernel, W4A8's for MXFP4 weights): x quantised to
+ * take both (LARGE, MEDIUM: the wgmma tile; SMALL: a decode kernel, the wgmma one for MXFP4 weights): x quantised to
  * codes and scales (x_codes: where they come from), GEMM 1 writing h quantised (the decode kernels write h in f32
  * and act_quant.cu quantises it), GEMM 2 reading the codes. Elsewhere (MEDIUM32, other weights, other GPUs) x and h are replaced by their
  * quantised values in bf16 around the bf16 GEMMs. */
@@ -264,9 +265,10 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         moe_gemm_fp8 f = {};
         f.a = (const uint8_t *)(ws + b.q.xq), f.a_scale = (const float *)(ws + b.q.xs);
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
-            const bool w4 = g.b_fmt == MOE_B_E2M1_E8M0; /* MXFP4 weights: W4A8 */
+            /* wgmma with the weights in registers (MXFP4 always: W4A8; FP8 where opted in), else mma.sync */
+            const bool rs = moe__cuda_gemm_rs_decode_fits(ctx, g) && moe__cuda_gemm_rs_decode_fits(ctx, g2);
             auto decode = [&](const moe_gemm_params &gp, const moe_gemm_fp8 &fp, bool glu) {
-                return w4 ? moe__cuda_grouped_gemm_w4a8_decode(ctx, gp, fp, glu, tiles, T, st)
+                return rs ? moe__cuda_grouped_gemm_rs_decode(ctx, gp, fp, glu, tiles, T, st)
                           : moe__cuda_grouped_gemm_fp8_decode(ctx, gp, fp, glu, tiles, st);
             };
             g.c32 = (float *)(ws + b.q.h8);

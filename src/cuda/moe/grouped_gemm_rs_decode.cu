@@ -1,32 +1,36 @@
-/* grouped_gemm_w4a8_decode.cu — W4A8 at decode on Hopper: MXFP4 expert weights (E2M1 codes, an E8M0 scale a
- * 32-code block) against FP8 inputs (E4M3 codes, an f32 scale a 1x128 group: the layer's act_format), the SMALL
- * tile's GEMMs (16 rows an expert) on the FP8 tensor cores through wgmma with the weights as A in registers
- * (sm_90a). Contract in grouped_gemm.cuh (moe__cuda_grouped_gemm_w4a8_decode); the arithmetic is the CPU
- * reference's (each weight code * 2^(e - 127), each input code * its group's scale, products summed in f32), up to
- * the order of the sums and the tensor cores' own within a 32-code block.
- *
- * Why: the bf16 decode kernel (grouped_gemm_fp4_decode.cu) spends four operations a pair of codes turning them into
- * bf16 weights and is bound by them (docs/performance.md). An E2M1 code c is exactly the E4M3 byte
- * ((c & 8) << 4) | ((c & 7) << 2) times 2^6 (its exponent and mantissa bits land on E4M3's low exponent bits and
- * top mantissa bit, bias 7 instead of 1; the subnormal code 0.5 on E4M3's subnormal 2^-7 * 2^6), so a word of 8
- * codes becomes two words of E4M3 bytes with seven integer operations (e4m3_even, e4m3_odd), and the block scale
- * and the 2^6 leave the tensor core as one f32 factor a row and block.
+/* grouped_gemm_rs_decode.cu — W8A8's decode GEMMs (the SMALL tile: 16 rows an expert; FP8 inputs: E4M3 codes, an
+ * f32 scale a 1x128 group, the layer's act_format) on Hopper's FP8 tensor cores through wgmma with the weights as A
+ * in registers ("RS", sm_90a), for two weight storages:
+ *  - MXFP4 (W4A8: E2M1 codes, an E8M0 scale a 32-code block). An E2M1 code c is exactly the E4M3 byte
+ *    ((c & 8) << 4) | ((c & 7) << 2) times 2^6 (its exponent and mantissa bits land on E4M3's low exponent bits and
+ *    top mantissa bit, bias 7 instead of 1; the subnormal code 0.5 on E4M3's subnormal), so a word of 8 codes becomes
+ *    two words of E4M3 bytes with seven integer operations (e4m3_even, e4m3_odd), and a block's scale and the 2^6
+ *    leave the tensor core as one f32 factor a row and 32-code group. Why: the bf16 FP4 decode kernel
+ *    (grouped_gemm_fp4_decode.cu) spends four operations a pair of codes on bf16 weights and is bound by them.
+ *  - FP8 in 128x128 blocks (f32 or E8M0 scales): ldmatrix hands wgmma the codes as they are, and a block's 4 wgmmas
+ *    sum in the tensor core before its two scales (a row's 128-row block's, the token's group's) apply. Why: the
+ *    mma.sync decode kernel (grouped_gemm_fp8_decode.cu) turns every code into f16 first (Hopper has no E4M3
+ *    mma.sync), 48 of its 140 instructions a block.
+ * Contract in grouped_gemm.cuh (moe__cuda_grouped_gemm_rs_decode); the arithmetic is the CPU reference's (each
+ * weight code times its scale, each input code times its group's scale, products summed in f32), up to the order
+ * of the sums and the tensor cores' own within a wgmma.
  *
  * Layout. A CTA takes one 16-row tile and 64 B rows (4 column tiles of gemm_decode.cuh: GLU the gate and up rows of
  * 32 output columns, plain 64 columns), with ksplit warpgroups (1, 2 or 4) splitting its K blocks of 128 (group w
  * takes blocks w, w + ksplit, ...) and summed in shared memory in group order (deterministic). Warp w of a group
- * holds column tile 4 T + w, the A rows 16 w .. 16 w + 15 of the wgmma (m64nNk32, N = 8 token rows, or 16 where an
- * expert may have more than 8 rows: T > 8). Each warp streams its rows' codes and scale words through its own
- * 4-stage cp.async ring (so a __syncwarp orders it), a lane 32 bytes of one row and one scale word a block; ldmatrix
- * hands thread (g, q) word q of each 32-code block of rows g and g + 8 (the 16-byte chunks stored XOR-swizzled by
- * the row pair, free of bank conflicts), so wgmma j of a block covers exactly the block's 32-code group j: its
- * product leaves in f32 and is added times the rows' factors, then the block's sum times the tokens' scales.
+ * holds column tile 4 T + w, the A rows 16 w .. 16 w + 15 of the wgmma (m64nNk32, N = 8 or 16). Each warp streams
+ * its rows' codes and scale words through its own 4-stage cp.async ring (so a __syncwarp orders it), 16-byte
+ * chunks stored XOR-swizzled so that ldmatrix reads them without bank conflicts. MXFP4: ldmatrix hands thread
+ * (g, q) word q of each 32-code group of rows g and g + 8, so wgmma j of a block covers exactly group j; its product
+ * leaves in f32 and is added times the rows' factors (dense tokens), or, for tiles of up to 2 or 4 rows, the 4
+ * groups' tokens sit in columns of their own (diagonal: column c of wgmma j holds token c % kTp where c / kTp = j,
+ * zeros elsewhere), so that the block's 4 wgmmas sum into one accumulator, each group in its own columns.
  * The tokens' codes of a chunk of K (all of K where it fits 32 KB) are staged once a CTA in the wgmma's K-major
- * layout without swizzle, each 32-byte group permuted to the order the conversion gives the weights (even codes in
- * K slots 0-15, odd ones in 16-31: e4m3_even feeds a0 / a1, e4m3_odd a2 / a3), padding rows and K past the end as
- * zeros, with the group scales beside them.
- * Scales: the factor 2^(e - 121) is (e + 6) << 23 as f32 bits up to e = 248; a block where some lane's scale passes
- * that (a warp-uniform test) takes exact factors 2^(e - 127) (NaN for 0xFF, zero past K) and the 2^6 on its sum. */
+ * layout without swizzle (MXFP4: each 32-byte group permuted to the order the conversion gives the weights, even
+ * codes in K slots 0-15, odd ones in 16-31), padding rows and K past the end as zeros, with the group scales.
+ * MXFP4 scales: the factor 2^(e - 121) is (e + 6) << 23 as f32 bits up to e = 248; a block where some lane's scale
+ * passes that (a warp-uniform test) takes exact factors 2^(e - 127) (NaN for 0xFF, zero past K) and the 2^6 on its
+ * sum. scripts/emulate_w4a8_decode.c replays the MXFP4 variants' index arithmetic on the CPU. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/common/sm90.cuh"
@@ -37,12 +41,19 @@
 
 namespace {
 
-constexpr int kStages = 4;                             /* K blocks a warp has in flight, plus the one it reads */
-constexpr int kWarpBytes = 16 * 64;                    /* a warp's 16 rows of 64 code bytes a block */
-constexpr int kScaleOff = 4 * kWarpBytes;              /* then 4 warps x 16 rows x 8 bytes of scale words */
-constexpr int kStageBytes = kScaleOff + 4 * 16 * 8;    /* 4.5 KB */
-constexpr int kRingBytes = kStages * kStageBytes;      /* 18 KB a warpgroup */
-constexpr int kTokenBudget = 32 * 1024;                /* token code bytes of a chunk */
+constexpr int kStages = 4;              /* K blocks a warp has in flight, plus the one it reads */
+constexpr int kTokenBudget = 32 * 1024; /* token code bytes of a chunk */
+
+/* A warpgroup's ring for weights stored as F: a stage holds 4 warps x 16 rows of a block's codes (64 bytes a row for
+ * FP4, 128 for FP8), then the scale words (FP4: 8 bytes a row; FP8: 2 words a warp, its 128-row blocks' scales). */
+template <int F> struct ring_of {
+    static constexpr bool kFp4 = F == MOE_B_E2M1_E8M0;
+    static constexpr int kRowBytes = kFp4 ? 64 : 128;
+    static constexpr int kWarpBytes = 16 * kRowBytes;
+    static constexpr int kScaleOff = 4 * kWarpBytes;
+    static constexpr int kStageBytes = kScaleOff + 4 * 16 * 8; /* 4.5 KB (FP4), 8.5 KB (FP8) */
+    static constexpr int kRingBytes = kStages * kStageBytes;   /* 18 KB, 34 KB */
+};
 
 /* Shared memory of a CTA: the chunk's token codes (cb blocks of kN rows x 128 bytes), its scales (cb x kN f32),
  * then a ring a warpgroup. */
@@ -84,13 +95,17 @@ __device__ __forceinline__ uint2 lds64(uint32_t addr) {
 }
 #endif
 
-template <bool kGlu, int kN, int kTp>
-__global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f,
-                                                                   int ksplit, int cb) {
+template <int F, bool kGlu, int kN, int kTp>
+__global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f,
+                                                                 int ksplit, int cb) {
     /* the wait for the previous grid comes after the first codes are on their way: before it, only what was written
      * before the previous grid started is read (the permutation, weights, scales) */
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
+    using R = ring_of<F>;
+    constexpr bool kFp4 = R::kFp4, kE8m0 = F == MOE_B_E4M3_E8M0;
+    constexpr int kRowBytes = R::kRowBytes, kWarpBytes = R::kWarpBytes, kScaleOff = R::kScaleOff;
+    constexpr int kStageBytes = R::kStageBytes, kRingBytes = R::kRingBytes;
     extern __shared__ __align__(128) uint8_t smem[];
     const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
               q = lane & 3;
@@ -104,42 +119,58 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
     float *const xs = reinterpret_cast<float *>(smem + cb * kN * 128);
     const uint32_t ring = smem_s + token_bytes(cb, kN) + wg * kRingBytes;
 
-    /* the lane's copies: 32 bytes (chunks 2h, 2h + 1) of row m = lane / 2 and word h of its scales, h = lane % 2 */
-    const int cm = lane >> 1, ch = lane & 1, sw_m = (cm >> 1) & 3;
+    /* the lane's copies: half h = lane % 2 of row m = lane / 2 (FP4: 32 bytes, chunks 2h, 2h + 1 of the row's 4,
+     * XOR-swizzled by the row pair; FP8: 64 bytes, chunks 4h .. 4h + 3 of 8, swizzled by the row: either way
+     * ldmatrix then reads without bank conflicts) and a scale word (FP4: word h of the aligned pair holding the row's
+     * 4 scales; FP8: lanes 0 and 1, the scale of M rows 0-7 and 8-15, each 16-aligned run in one 128-row block) */
+    const int cm = lane >> 1, ch = lane & 1;
     const int64_t crow = moe_decode_b_row<kGlu>(p, t, cm);
-    const uint8_t *const wrow = static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) +
-                                (crow < 0 ? 0 : crow) * (K / 2);
-    const uint32_t wdst = ring + warp * kWarpBytes + cm * 64;
-    const uint32_t wdst0 = pinned(wdst + (((2 * ch) ^ sw_m) << 4)), wdst1 = pinned(wdst + (((2 * ch + 1) ^ sw_m) << 4));
-    const int cols = p.bs.cols; /* scale bytes a row: K / 32 */
-    auto scale_row = [&](int64_t r) {
-        return static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride + (r < 0 ? 0 : r) * cols;
+    const uint8_t *const wrow = static_cast<const uint8_t *>(p.b) + t.group * (kFp4 ? p.b_group_stride / 2 : p.b_group_stride) +
+                                (crow < 0 ? 0 : crow) * (kFp4 ? K / 2 : K);
+    const uint32_t wdst = ring + warp * kWarpBytes + cm * kRowBytes;
+    auto chunk_at = [&](int c) { return wdst + ((kFp4 ? c ^ ((cm >> 1) & 3) : c ^ (cm & 7)) << 4); };
+    uint32_t wdst_c[kFp4 ? 2 : 4];
+#pragma unroll
+    for (int c = 0; c < (kFp4 ? 2 : 4); c++) wdst_c[c] = pinned(chunk_at((kFp4 ? 2 : 4) * ch + c));
+    const int cols = p.bs.cols; /* scale entries a row (block row for FP8) */
+    auto scale_row = [&](int64_t r) { /* FP4: the row's scales; FP8: its 128-row block's */
+        const int64_t br = r < 0 ? 0 : kFp4 ? r : r >> 7;
+        return static_cast<const uint8_t *>(p.bs.scale) +
+               (t.group * p.bs.group_stride + br * cols) * (kFp4 || kE8m0 ? 1 : 4);
     };
-    const uint8_t *const srow = scale_row(crow);
+    const uint8_t *const srow = kFp4 ? scale_row(crow) : scale_row(moe_decode_b_row<kGlu>(p, t, 8 * (lane & 1)));
     const int soff = (int)((uintptr_t)srow & 3);
-    const uint8_t *const sword = srow - soff + 4 * ch; /* word ch of the aligned pair holding block 0's scales */
-    const uint32_t sdst = pinned(ring + kScaleOff + warp * 128 + cm * 8 + 4 * ch);
+    /* FP4: the aligned word ch of the pair holding block 0's scales; FP8: block 0's scale (its word when copied) */
+    const uint8_t *const sword = kFp4 ? srow - soff + 4 * ch : srow;
+    const uint32_t sdst = pinned(ring + kScaleOff + (kFp4 ? warp * 128 + cm * 8 + 4 * ch : warp * 8 + 4 * (lane & 1)));
 
     /* the lane's next block to copy: its codes (the pointer stops on the lane's last block with codes inside K, so
      * that it stays valid) and scale word (every block's), and the K values from its first chunk (a row past N: far below zero,
-     * so nothing is read). The scale words take the bytes up to the block's last scale and no further: all 4
-     * scales (full), or the row's last block's (tail, on the group that has that block). */
-    const uint8_t *wp = wrow + wg * 64 + 32 * ch, *sp = sword + 4 * wg;
+     * so nothing is read). FP4's scale words take the bytes up to the block's last scale and no further: all 4
+     * scales (full), or the row's last block's (tail, on the group that has that block); FP8's a whole word on
+     * lanes 0 and 1 where the rows are real (as the W8A8 decode kernel copies them). */
+    const uint8_t *wp = wrow + wg * (kRowBytes / 2) * 2 + (kRowBytes / 2) * ch, *sp = sword + (kFp4 ? 4 : kE8m0 ? 1 : 4) * wg;
     int kleft = crow < 0 ? -0x40000000 : K - 128 * wg - 64 * ch;
     const int tail_scales = cols - 4 * (kblocks - 1), tail_sum = soff + tail_scales;
-    const int full = crow < 0 ? 0 : ch ? soff : 4; /* exact: the last row's bytes end the allocation */
-    const int tail = crow < 0 || (wg != ((kblocks - 1) & (ksplit - 1))) ? full
+    const bool srow_real = kFp4 ? crow >= 0 : lane < 2 && moe_decode_b_row<kGlu>(p, t, 8 * (lane & 1)) >= 0;
+    const int full = !srow_real ? 0 : !kFp4 ? 4 : ch ? soff : 4; /* exact: the last row's bytes end the allocation */
+    const int tail = !kFp4 || !srow_real || (wg != ((kblocks - 1) & (ksplit - 1))) ? full
                      : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
-    const int wstep = (int)pinned(64u << shift), sstep = (int)pinned(4u << shift), kstep = (int)pinned(128u << shift);
+    const int wstep = (int)pinned((uint32_t)kRowBytes << shift), kstep = (int)pinned(128u << shift);
+    const int sstep = (int)pinned((kFp4 ? 4u : kE8m0 ? 1u : 4u) << shift);
     /* the group's next block into the stage at ring offset wr; a group committed either way, so that the counts
      * match. Chunks past K and rows past N fill zeros and read nothing. */
     int todo = nk; /* blocks to issue */
     auto issue = [&](uint32_t wr) {
         if (todo > 0) {
-            moe_decode_copy16_cg_if(wdst0 + wr, wp, kleft <= 0);
-            moe_decode_copy16_cg_if(wdst1 + wr, wp + 16, kleft <= 32);
+            /* chunk c holds K values 32c .. (FP4) or 16c .. (FP8) from the lane's first */
+#pragma unroll
+            for (int c = 0; c < (kFp4 ? 2 : 4); c++)
+                moe_decode_copy16_cg_if(wdst_c[c] + wr, wp + 16 * c, kleft <= (kFp4 ? 32 : 16) * c);
             const int bytes = todo == 1 ? tail : full;
-            moe_cp_async4(sdst + wr, bytes ? sp : srow - soff, bytes); /* none: an address inside the row */
+            const uint8_t *src = kFp4 ? sp : reinterpret_cast<const uint8_t *>((uintptr_t)sp & ~(uintptr_t)3);
+            if (kFp4 || lane < 2) /* FP8: the other lanes would zero the same words */
+                moe_cp_async4(sdst + wr, bytes ? src : srow - soff, bytes); /* none: an address inside the row */
             if (kleft > kstep) wp += wstep;
             sp += sstep, kleft -= kstep, todo--; /* every block has scales: a copy of none reads elsewhere */
         }
@@ -156,12 +187,25 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
     const uint32_t sr0 = pinned(ring + kScaleOff + warp * 128 + g * 8), sr1 = sr0 + 64;
     const int sh0 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g)) & 3);
     const int sh1 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g + 8)) & 3);
+    /* FP8: ldmatrix of group j hands thread (g, q) its A registers directly (matrices: rows 0-7 and 8-15 of K
+     * 32j .. + 15, then of + 16 .. + 31; lane l gives row (l % 8) + 8 ((l / 8) % 2) of chunk 2j + l / 16); the two
+     * block scales of M rows 0-7 and 8-15, and where an E8M0 one sits in its word */
+    uint32_t lmf[4];
+    const int fr = (lane & 7) + 8 * ((lane >> 3) & 1);
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        lmf[j] = pinned(ring + warp * kWarpBytes + fr * 128 + (((2 * j + (lane >> 4)) ^ (fr & 7)) << 4));
+    const uint32_t srf = pinned(ring + kScaleOff + warp * 8);
+    int sb_lo[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) sb_lo[h] = (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, 8 * h)) & 3);
 
     /* kTp token rows a tile: kN of them (dense), or kN / 4 (diagonal: column c of wgmma j holds token c % kTp where
      * c / kTp = j, and zeros elsewhere, so that the 4 groups of a block sum into one accumulator, group j in its
      * own columns) */
     constexpr bool kDiag = kTp * 4 == kN;
     static_assert(kDiag || kTp == kN, "dense or diagonal tokens");
+    static_assert(kFp4 || !kDiag, "diagonal tokens are MXFP4's (FP8's groups share a scale)");
     /* the B row this thread stages (blockDim is a multiple of kN) and its token */
     const int tn = threadIdx.x & (kN - 1);
     const int64_t arow = moe_decode_a_row(p, t, tn & (kTp - 1));
@@ -222,6 +266,35 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
         for (int r = 0; r < kN / 2; r++)
             acc_d[r] = __fmaf_rn(d[r] * fac[(r >> 1) & 1][r >> 2], x[r & 1], acc_d[r]);
     };
+    /* FP8: the block's 4 wgmmas sum into d (one 128x128 weight scale and one token scale a block), then d times the
+     * rows' weight scales and the tokens' scales */
+    auto fp8_block = [&](int kb, uint32_t rd, uint32_t desc0, const float *xb) {
+        float d[kN / 2];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t a[4];
+            ldmatrix_x4(a, lmf[j] + rd);
+            moe_wgmma_fence();
+            moe_wgmma_m64nNk32_e4m3_ra<kN>(d, a, desc_hi | (desc0 + j * (kGroupBytes / 16)), j > 0);
+        }
+        moe_wgmma_commit();
+        const uint2 sw = lds64(srf + rd);
+        float ws[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint32_t v = h ? sw.y : sw.x;
+            ws[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0) : __uint_as_float(v);
+        }
+        moe_wgmma_wait<0>();
+        moe_acc_fence(d);
+#pragma unroll
+        for (int n = 0; n < kN / 8; n++) {
+            const float2 x = *reinterpret_cast<const float2 *>(xb + 8 * n + 2 * q);
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[n][e] = __fmaf_rn(d[4 * n + e], ws[e >> 1] * (e & 1 ? x.y : x.x), acc[n][e]);
+        }
+    };
     int i0 = 0; /* the group's blocks before the chunk */
     for (int kb0 = 0; kb0 < kblocks; kb0 += cb) {
         const int kb1 = kb0 + cb < kblocks ? kb0 + cb : kblocks;
@@ -234,10 +307,14 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
             if (arow >= 0 && 32 * gk < K && (!kDiag || tn / kTp == (gl & 3))) {
                 const uint4 *src = reinterpret_cast<const uint4 *>(f.a + arow * K + 32 * gk);
                 const uint4 x0 = __ldg(src), x1 = __ldg(src + 1);
-                e = make_uint4(prmt(x0.x, x0.y, 0x6420), prmt(x0.z, x0.w, 0x6420), prmt(x1.x, x1.y, 0x6420),
-                               prmt(x1.z, x1.w, 0x6420));
-                o = make_uint4(prmt(x0.x, x0.y, 0x7531), prmt(x0.z, x0.w, 0x7531), prmt(x1.x, x1.y, 0x7531),
-                               prmt(x1.z, x1.w, 0x7531));
+                if constexpr (kFp4) {
+                    e = make_uint4(prmt(x0.x, x0.y, 0x6420), prmt(x0.z, x0.w, 0x6420), prmt(x1.x, x1.y, 0x6420),
+                                   prmt(x1.z, x1.w, 0x6420));
+                    o = make_uint4(prmt(x0.x, x0.y, 0x7531), prmt(x0.z, x0.w, 0x7531), prmt(x1.x, x1.y, 0x7531),
+                                   prmt(x1.z, x1.w, 0x7531));
+                } else { /* FP8 weights keep K in order */
+                    e = x0, o = x1;
+                }
             }
             uint8_t *d = smem + gl * kGroupBytes + (tn >> 3) * 256 + (tn & 7) * 16;
             *reinterpret_cast<uint4 *>(d) = e;
@@ -253,6 +330,10 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
         /* block i of the group from the stage at ring offset rd */
         auto block = [&](int i, uint32_t rd) {
             const int kb = wg + (i << shift), lb = kb - kb0;
+            if constexpr (!kFp4) {
+                fp8_block(kb, rd, desc_lo + lb * (4 * kGroupBytes / 16), xs + lb * kN);
+                return;
+            }
             uint32_t w0[4], w1[4];
             ldmatrix_x4(w0, lm0 + rd);
             ldmatrix_x4(w1, lm1 + rd);
@@ -364,7 +445,7 @@ __global__ void __launch_bounds__(512, 1) gemm_w4a8_decode_kernel(const moe_gemm
 #endif
 }
 
-template <bool kGlu, int kN, int kTp>
+template <int F, bool kGlu, int kN, int kTp>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
     if (p.top_k >= 1) moe_decode_top_k_magic(p.top_k, q.top_k_magic, q.top_k_shift);
@@ -372,7 +453,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     q.m_tiles = m_tiles, q.n_tiles = (col_tiles + 3) / 4;
     const int64_t ctas = q.m_tiles * q.n_tiles;
     if (ctas > 0x7FFFFFFF)
-        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W4A8 decode GEMM: %lld tiles exceed the grid", (long long)ctas);
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: %lld tiles exceed the grid", (long long)ctas);
     const int kblocks = (p.k + 127) / 128;
     /* blocks a chunk: 32 or 16, a multiple of kStages times any split (see the kernel's K loop) */
     const int cb = kblocks < kTokenBudget / (kN * 128) ? kblocks : kTokenBudget / (kN * 128);
@@ -382,35 +463,60 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     const int64_t slots = (int64_t)ctx->cuda.sm_count * 4;
     int ksplit = 1;
     while (ksplit < 4 && ctas * ksplit * 2 <= slots && kblocks >= 16 * ksplit) ksplit *= 2;
-    const int bytes = token_bytes(cb, kN) + ksplit * kRingBytes;
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_w4a8_decode_kernel<kGlu, kN, kTp>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    const int bytes = token_bytes(cb, kN) + ksplit * ring_of<F>::kRingBytes;
+    auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp>;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
-    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_w4a8_decode_kernel<kGlu, kN, kTp>, dim3((unsigned)ctas),
-                                 128 * ksplit, bytes, st, q, f, ksplit, cb));
+    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), kernel, dim3((unsigned)ctas), 128 * ksplit, bytes, st, q,
+                                 f, ksplit, cb));
     return MOE_OK;
+}
+
+/* The instance for B's storage F and up to max_rows rows a tile: diagonal tokens (kN = 4 kTp) for MXFP4 at up to 2
+ * or 4 rows, else dense at 8 or 16. */
+template <int F>
+moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, int64_t m_tiles,
+                       int64_t max_rows, cudaStream_t st) {
+    if constexpr (F == MOE_B_E2M1_E8M0) {
+        if (max_rows <= 2)
+            return glu ? launch<F, true, 8, 2>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 2>(ctx, p, f, m_tiles, st);
+        if (max_rows <= 4)
+            return glu ? launch<F, true, 16, 4>(ctx, p, f, m_tiles, st) : launch<F, false, 16, 4>(ctx, p, f, m_tiles, st);
+    }
+    if (max_rows <= 8)
+        return glu ? launch<F, true, 8, 8>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 8>(ctx, p, f, m_tiles, st);
+    return glu ? launch<F, true, 16, 16>(ctx, p, f, m_tiles, st) : launch<F, false, 16, 16>(ctx, p, f, m_tiles, st);
+}
+
+/* Whether the environment variable `name` is "1". */
+bool opted_in(const char *name) {
+    const char *v = getenv(name);
+    return v && strcmp(v, "1") == 0;
 }
 
 } // namespace
 
-bool moe__cuda_gemm_w4a8_decode_fits(moe_ctx *ctx, const moe_gemm_params &p) {
-    /* opt-in until it has run on a GPU (built and costed from its SASS only, docs/performance.md) */
-    const char *on = getenv("MOE_GEMM_W4A8_DECODE");
-    if (!on || strcmp(on, "1") != 0 || !moe__cuda_gemm_sm90_usable(ctx)) return false;
-    if (p.b_fmt != MOE_B_E2M1_E8M0 || !p.offsets || p.k % 32 != 0) return false;
-    if (p.bs.row_shift != 0 || p.bs.col_shift != 5) return false; /* a scale a row and 32 codes */
-    /* 16-byte pieces of codes */
-    return (uintptr_t)p.b % 16 == 0 && (p.b_group_stride / 2) % 16 == 0;
+bool moe__cuda_gemm_rs_decode_fits(moe_ctx *ctx, const moe_gemm_params &p) {
+    if (!p.offsets || (uintptr_t)p.b % 16 != 0 || !moe__cuda_gemm_sm90_usable(ctx)) return false;
+    /* opt-in until each has run on a GPU (built and costed from their SASS only, docs/performance.md) */
+    if (p.b_fmt == MOE_B_E2M1_E8M0) /* MXFP4: a scale a row and 32 codes, 16-byte pieces of codes */
+        return opted_in("MOE_GEMM_W4A8_DECODE") && p.k % 32 == 0 && p.bs.row_shift == 0 && p.bs.col_shift == 5 &&
+               (p.b_group_stride / 2) % 16 == 0;
+    if (p.b_fmt == MOE_B_E4M3_F32 || p.b_fmt == MOE_B_E4M3_E8M0) /* FP8 in 128x128 blocks, 16-byte pieces */
+        return opted_in("MOE_GEMM_W8A8_RS_DECODE") && p.k % 16 == 0 && p.bs.row_shift == 7 && p.bs.col_shift == 7 &&
+               p.b_group_stride % 16 == 0;
+    return false;
 }
 
-moe_status moe__cuda_grouped_gemm_w4a8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
-                                              int64_t m_tiles, int64_t max_rows, cudaStream_t stream) {
+moe_status moe__cuda_grouped_gemm_rs_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
+                                            int64_t m_tiles, int64_t max_rows, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
     if ((uintptr_t)f.a % 16 != 0)
-        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W4A8 decode GEMM: input codes not 16-byte aligned");
-    /* up to 2 or 4 rows a tile: the diagonal tokens (kN = 4 kTp); up to 8 or 16: dense */
-    if (max_rows <= 2) return glu ? launch<true, 8, 2>(ctx, p, f, m_tiles, stream) : launch<false, 8, 2>(ctx, p, f, m_tiles, stream);
-    if (max_rows <= 4) return glu ? launch<true, 16, 4>(ctx, p, f, m_tiles, stream) : launch<false, 16, 4>(ctx, p, f, m_tiles, stream);
-    if (max_rows <= 8) return glu ? launch<true, 8, 8>(ctx, p, f, m_tiles, stream) : launch<false, 8, 8>(ctx, p, f, m_tiles, stream);
-    return glu ? launch<true, 16, 16>(ctx, p, f, m_tiles, stream) : launch<false, 16, 16>(ctx, p, f, m_tiles, stream);
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: input codes not 16-byte aligned");
+    switch (p.b_fmt) {
+    case MOE_B_E2M1_E8M0: return launch_rows<MOE_B_E2M1_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream);
+    case MOE_B_E4M3_F32: return launch_rows<MOE_B_E4M3_F32>(ctx, p, f, glu, m_tiles, max_rows, stream);
+    case MOE_B_E4M3_E8M0: return launch_rows<MOE_B_E4M3_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream);
+    default: return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: weight storage %d", (int)p.b_fmt);
+    }
 }
