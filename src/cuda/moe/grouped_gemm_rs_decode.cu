@@ -125,7 +125,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
      * 4 scales; FP8: lanes 0 and 1, the scale of M rows 0-7 and 8-15, each 16-aligned run in one 128-row block) */
     const int cm = lane >> 1, ch = lane & 1;
     const int64_t crow = moe_decode_b_row<kGlu>(p, t, cm);
-    const uint8_t *const wrow = static_cast<const uint8_t *>(p.b) + t.group * (kFp4 ? p.b_group_stride / 2 : p.b_group_stride) +
+    const uint8_t *const wrow = static_cast<const uint8_t *>(p.b) +
+                                t.group * (kFp4 ? p.b_group_stride / 2 : p.b_group_stride) +
                                 (crow < 0 ? 0 : crow) * (kFp4 ? K / 2 : K);
     const uint32_t wdst = ring + warp * kWarpBytes + cm * kRowBytes;
     auto chunk_at = [&](int c) { return wdst + ((kFp4 ? c ^ ((cm >> 1) & 3) : c ^ (cm & 7)) << 4); };
@@ -145,11 +146,12 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     const uint32_t sdst = pinned(ring + kScaleOff + (kFp4 ? warp * 128 + cm * 8 + 4 * ch : warp * 8 + 4 * (lane & 1)));
 
     /* the lane's next block to copy: its codes (the pointer stops on the lane's last block with codes inside K, so
-     * that it stays valid) and scale word (every block's), and the K values from its first chunk (a row past N: far below zero,
-     * so nothing is read). FP4's scale words take the bytes up to the block's last scale and no further: all 4
-     * scales (full), or the row's last block's (tail, on the group that has that block); FP8's a whole word on
+     * that it stays valid) and scale word (every block's), and the K values from its first chunk (a row past N: far
+     * below zero, so nothing is read). FP4's scale words take the bytes up to the block's last scale and no further:
+     * all 4 scales (full), or the row's last block's (tail, on the group that has that block); FP8's a whole word on
      * lanes 0 and 1 where the rows are real (as the W8A8 decode kernel copies them). */
-    const uint8_t *wp = wrow + wg * (kRowBytes / 2) * 2 + (kRowBytes / 2) * ch, *sp = sword + (kFp4 ? 4 : kE8m0 ? 1 : 4) * wg;
+    const int sbytes = kFp4 ? 4 : kE8m0 ? 1 : 4; /* a block's scales: FP4 4 E8M0 (a word), FP8 one f32 or E8M0 */
+    const uint8_t *wp = wrow + wg * kRowBytes + (kRowBytes / 2) * ch, *sp = sword + sbytes * wg;
     int kleft = crow < 0 ? -0x40000000 : K - 128 * wg - 64 * ch;
     const int tail_scales = cols - 4 * (kblocks - 1), tail_sum = soff + tail_scales;
     const bool srow_real = kFp4 ? crow >= 0 : lane < 2 && moe_decode_b_row<kGlu>(p, t, 8 * (lane & 1)) >= 0;
@@ -157,7 +159,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     const int tail = !kFp4 || !srow_real || (wg != ((kblocks - 1) & (ksplit - 1))) ? full
                      : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
     const int wstep = (int)pinned((uint32_t)kRowBytes << shift), kstep = (int)pinned(128u << shift);
-    const int sstep = (int)pinned((kFp4 ? 4u : kE8m0 ? 1u : 4u) << shift);
+    const int sstep = (int)pinned((uint32_t)sbytes << shift);
     /* the group's next block into the stage at ring offset wr; a group committed either way, so that the counts
      * match. Chunks past K and rows past N fill zeros and read nothing. */
     int todo = nk; /* blocks to issue */
@@ -283,7 +285,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const uint32_t v = h ? sw.y : sw.x;
-            ws[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0) : __uint_as_float(v);
+            ws[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0)
+                          : __uint_as_float(v);
         }
         moe_wgmma_wait<0>();
         moe_acc_fence(d);
@@ -481,7 +484,8 @@ moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp
         if (max_rows <= 2)
             return glu ? launch<F, true, 8, 2>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 2>(ctx, p, f, m_tiles, st);
         if (max_rows <= 4)
-            return glu ? launch<F, true, 16, 4>(ctx, p, f, m_tiles, st) : launch<F, false, 16, 4>(ctx, p, f, m_tiles, st);
+            return glu ? launch<F, true, 16, 4>(ctx, p, f, m_tiles, st)
+                       : launch<F, false, 16, 4>(ctx, p, f, m_tiles, st);
     }
     if (max_rows <= 8)
         return glu ? launch<F, true, 8, 8>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 8>(ctx, p, f, m_tiles, st);
