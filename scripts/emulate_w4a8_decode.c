@@ -185,8 +185,8 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                 const int gl = it / kN, gk = kb0 * 4 + gl;
                 uint32_t e[4] = {0, 0, 0, 0}, o[4] = {0, 0, 0, 0};
                 if (arow >= 0 && 32 * gk < K && (!kDiag || tn / kTp == (gl & 3))) {
-                    uint32_t x[8];
-                    memcpy(x, P->x + arow * K + 32 * gk, 32);
+                    uint32_t x[8] = {0};
+                    memcpy(x, P->x + arow * K + 32 * gk, 32 * gk + 16 < K ? 32 : 16);
                     for (int v = 0; v < 4; v++)
                         if (P->fp8) e[v] = x[v], o[v] = x[4 + v]; /* FP8: K in order */
                         else e[v] = prmt(x[2 * v], x[2 * v + 1], 0x6420), o[v] = prmt(x[2 * v], x[2 * v + 1], 0x7531);

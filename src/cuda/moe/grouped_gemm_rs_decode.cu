@@ -309,7 +309,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             uint4 e = make_uint4(0, 0, 0, 0), o = e;
             if (arow >= 0 && 32 * gk < K && (!kDiag || tn / kTp == (gl & 3))) {
                 const uint4 *src = reinterpret_cast<const uint4 *>(f.a + arow * K + 32 * gk);
-                const uint4 x0 = __ldg(src), x1 = __ldg(src + 1);
+                /* FP8's K may end half a group in (K % 32 = 16): nothing read past it */
+                const uint4 x0 = __ldg(src), x1 = 32 * gk + 16 < K ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
                 if constexpr (kFp4) {
                     e = make_uint4(prmt(x0.x, x0.y, 0x6420), prmt(x0.z, x0.w, 0x6420), prmt(x1.x, x1.y, 0x6420),
                                    prmt(x1.z, x1.w, 0x6420));
