@@ -161,7 +161,9 @@ moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params
  * sm_90a code and GPU, routed rows, K a multiple of 32 (MXFP4, a scale a row and 32 codes) or 16 (FP8), 16-byte
  * aligned codes, and opted in until each has run on a GPU: MOE_GEMM_W4A8_DECODE=1 (MXFP4),
  * MOE_GEMM_W8A8_RS_DECODE=1 (FP8) in the environment (without, the layer runs W4A8 on the bf16 path and W8A8 on the
- * mma.sync decode kernel). max_rows: the most rows an expert can hold (the tokens). */
+ * mma.sync decode kernel). FP8 also asks what moe__cuda_gemm_fp8_fits does of a GLU (n a multiple of 128 for
+ * concatenated w13: a warp's gate and up rows each in one block row). max_rows: the most rows an expert can hold
+ * (the tokens). */
 bool moe__cuda_gemm_rs_decode_fits(moe_ctx *ctx, const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_rs_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                             int64_t m_tiles, int64_t max_rows, cudaStream_t stream);
