@@ -3,12 +3,14 @@
 
 The loop is the smallest backward branch whose range holds the given number of tensor-core instructions (HMMA,
 QGMMA, HGMMA: the main loop unrolled over the stages); its instructions are divided by the blocks it holds (those
-instructions over the ones a block issues). Paths behind a warp vote (VOTE.ANY then a branch: the kernels' rare wide-scale paths) are counted apart.
-A static count, not a measurement of time: it says how many instructions a warp issues a block on the common path.
+instructions over the ones a block issues). Paths behind a warp vote (VOTE.ANY then a branch: the kernels' rare
+wide-scale paths) are counted apart. A static count, not a measurement of time: it says how many instructions a
+warp issues a block on the common path.
 
   cuobjdump -sass build/src/cuda/moe/grouped_gemm_rs_decode.o > /tmp/k.sass
   python3 scripts/count_sass_loop.py /tmp/k.sass --mma-per-block 4 --loop-mma 16
-  (the FP4 decode kernel, one half of a tile: --mma-per-block 8 --loop-mma 24)
+  (the FP4 decode kernel, one half of a tile: --mma-per-block 8, --loop-mma 48 for MXFP4, whose wide-scale path
+  doubles the loop's HMMA, 24 for NVFP4; the W8A8 mma.sync one: 8 and 24, two halves 16 and 48)
 """
 import argparse
 import re
