@@ -462,14 +462,18 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     /* blocks a chunk: 32 or 16, a multiple of kStages times any split (see the kernel's K loop) */
     const int cb = kblocks < kTokenBudget / (kN * 128) ? kblocks : kTokenBudget / (kN * 128);
     static_assert(kTokenBudget / (16 * 128) % (kStages * 4) == 0, "chunks of whole rounds of the stages");
-    /* warpgroups a CTA: doubled while the grid's groups stay within half of what the GPU holds (about 4 an SM) and
-     * each keeps 8 K blocks or more */
-    const int64_t slots = (int64_t)ctx->cuda.sm_count * 4;
+    /* warpgroups a CTA: doubled while the grid's groups stay within half of the groups the GPU holds (a group a CTA:
+     * its registers and shared memory, a token chunk and a ring, bound them) and each keeps 8 K blocks or more */
+    auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp>;
+    const int most = token_bytes(cb, kN) + 4 * ring_of<F>::kRingBytes;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+    int per_sm = 0;
+    MOE_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128,
+                                                                    token_bytes(cb, kN) + ring_of<F>::kRingBytes));
+    const int64_t slots = (int64_t)ctx->cuda.sm_count * (per_sm > 0 ? per_sm : 1);
     int ksplit = 1;
     while (ksplit < 4 && ctas * ksplit * 2 <= slots && kblocks >= 16 * ksplit) ksplit *= 2;
     const int bytes = token_bytes(cb, kN) + ksplit * ring_of<F>::kRingBytes;
-    auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp>;
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
     MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), kernel, dim3((unsigned)ctas), 128 * ksplit, bytes, st, q,
                                  f, ksplit, cb));
