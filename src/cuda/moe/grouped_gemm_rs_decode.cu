@@ -30,7 +30,8 @@
  * codes in K slots 0-15, odd ones in 16-31), padding rows and K past the end as zeros, with the group scales.
  * MXFP4 scales: the factor 2^(e - 121) is (e + 6) << 23 as f32 bits up to e = 248; a block where some lane's scale
  * passes that (a warp-uniform test) takes exact factors 2^(e - 127) (NaN for 0xFF, zero past K) and the 2^6 on its
- * sum. scripts/emulate_w4a8_decode.c replays the MXFP4 variants' index arithmetic on the CPU. */
+ * sum. scripts/emulate_w4a8_decode.c replays the index arithmetic of every variant on the CPU: a change to the copies,
+ * the swizzles, the token staging or the scale words goes there too. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/common/sm90.cuh"
