@@ -24,12 +24,22 @@ template <int N> __device__ __forceinline__ void moe_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-/* Four 8x8 b16 matrices from shared memory (each lane gives one row address). */
-__device__ __forceinline__ void moe_ldmatrix_x4(uint32_t (&r)[4], const void *smem) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+/* Four 8x8 b16 matrices from shared memory (each lane gives one row address: a shared::cta address, or a
+ * generic pointer into shared memory). */
+__device__ __forceinline__ void moe_ldmatrix_x4(uint32_t (&r)[4], uint32_t smem) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
+                 : "r"(smem));
+}
+__device__ __forceinline__ void moe_ldmatrix_x4(uint32_t (&r)[4], const void *smem) {
+    moe_ldmatrix_x4(r, (uint32_t)__cvta_generic_to_shared(smem));
+}
+
+/* PTX prmt in its default mode: byte i of the result is byte sel[4i .. 4i + 3] of the pair (b:a). */
+__device__ __forceinline__ uint32_t moe_prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
 }
 
 /* d += a (16x16, row) * b (16x8, col): bf16 inputs, f32 accumulators. */

@@ -41,12 +41,6 @@ __device__ __forceinline__ uint32_t bq_fp8_pair_2m112(uint32_t codes) {
     return ((u >> 3) & 0x0FFF0FFFu) | (u & 0x80008000u);
 }
 
-__device__ __forceinline__ uint32_t bq_prmt(uint32_t a, uint32_t b, uint32_t sel) { /* PTX prmt, default mode */
-    uint32_t d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-
 /* Two FP8 codes (low byte first) times s as a bf16 pair: the codes' values exactly (E4M3 -> f16 -> f32), times s
  * in f32, rounded to bf16. (Measured on the H200 in the wide tiles: faster than reading the values out of
  * bq_fp8_pair_2m112's bits with integer operations.) */
@@ -65,9 +59,9 @@ __device__ __forceinline__ void bq_fp4x8(uint32_t w, uint32_t (&o)[4]) {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const uint32_t x = w >> (16 * h), m = x & 0x7777u; /* codes 4h .. 4h + 3; their magnitudes */
-        const uint32_t sign = ((bq_prmt(0x80808080u, 0x80808080u, x) ^ 0x80808080u) & 0x40404040u) << 1;
-        const uint32_t lo = bq_prmt(lo0, lo1, m), hi = bq_prmt(hi0, hi1, m) | sign;
-        o[2 * h] = bq_prmt(lo, hi, 0x5140), o[2 * h + 1] = bq_prmt(lo, hi, 0x7362);
+        const uint32_t sign = ((moe_prmt(0x80808080u, 0x80808080u, x) ^ 0x80808080u) & 0x40404040u) << 1;
+        const uint32_t lo = moe_prmt(lo0, lo1, m), hi = moe_prmt(hi0, hi1, m) | sign;
+        o[2 * h] = moe_prmt(lo, hi, 0x5140), o[2 * h + 1] = moe_prmt(lo, hi, 0x7362);
     }
 }
 

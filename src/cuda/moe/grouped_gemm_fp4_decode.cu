@@ -46,12 +46,6 @@ constexpr int kCtasPerSm = 5;
 constexpr float kUndo = 256.0f; /* the weights enter the mma times 2^-8 */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-    uint32_t d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-
 __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
     const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&a),
                                      *reinterpret_cast<const __nv_bfloat162 *>(&b));
@@ -79,7 +73,7 @@ template <bool kMx> __device__ __forceinline__ void fp4_factors(uint32_t word, u
         const float2 v = __half22float2(__half2(h));
         const __nv_bfloat162 b = __floats2bfloat162_rn(v.x * 0x1p118f, v.y * 0x1p118f);
         const uint32_t u = *reinterpret_cast<const uint32_t *>(&b);
-        f[0] = prmt(u, u, 0x1010), f[1] = prmt(u, u, 0x3232);
+        f[0] = moe_prmt(u, u, 0x1010), f[1] = moe_prmt(u, u, 0x3232);
         *big = false;
     }
 }
@@ -102,8 +96,8 @@ __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1, uin
 __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)[4], const uint32_t (&w1)[4],
                                              const uint4 &x) {
     /* (x3, x7), (x2, x6), (x1, x5), (x0, x4): the codes' pairs */
-    mma(d, w0[0], w1[0], w0[1], w1[1], prmt(x.y, x.w, 0x7632), prmt(x.y, x.w, 0x5410));
-    mma(d, w0[2], w1[2], w0[3], w1[3], prmt(x.x, x.z, 0x7632), prmt(x.x, x.z, 0x5410));
+    mma(d, w0[0], w1[0], w0[1], w1[1], moe_prmt(x.y, x.w, 0x7632), moe_prmt(x.y, x.w, 0x5410));
+    mma(d, w0[2], w1[2], w0[3], w1[3], moe_prmt(x.x, x.z, 0x7632), moe_prmt(x.x, x.z, 0x5410));
 }
 #endif
 

@@ -70,18 +70,6 @@ __device__ __forceinline__ uint32_t e4m3_odd(uint32_t w) {
     return ((w >> 2) & 0x1C1C1C1Cu) | (w & 0x80808080u);
 }
 
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-    uint32_t d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
 /* x, held in a register from here on: the compiler otherwise rebuilds some per-lane addresses from the lane index
  * in every K step (register pressure heuristics), a dozen instructions a block. */
 __device__ __forceinline__ uint32_t pinned(uint32_t x) {
@@ -186,8 +174,9 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     /* what thread (g, q) reads: rows g and g + 8 through ldmatrix (lane l gives row l % 8 (+ 8) of matrix l / 8, the
      * block's 32-code group l / 8), their scale words and where their scales start in them */
     const int lr = lane & 7, lj = lane >> 3;
-    const uint32_t lm0 = pinned(ring + warp * kWarpBytes + lr * 64 + ((lj ^ ((lr >> 1) & 3)) << 4)), lm1 = lm0 + 8 * 64;
-    const uint32_t sr0 = pinned(ring + kScaleOff + warp * 128 + g * 8), sr1 = sr0 + 64;
+    /* (each storage pins only its own addresses: a pinned value is kept even where nothing reads it) */
+    const uint32_t lm0 = kFp4 ? pinned(ring + warp * kWarpBytes + lr * 64 + ((lj ^ ((lr >> 1) & 3)) << 4)) : 0;
+    const uint32_t sr0 = kFp4 ? pinned(ring + kScaleOff + warp * 128 + g * 8) : 0, lm1 = lm0 + 8 * 64, sr1 = sr0 + 64;
     const int sh0 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g)) & 3);
     const int sh1 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g + 8)) & 3);
     /* FP8: ldmatrix of group j hands thread (g, q) its A registers directly (matrices: rows 0-7 and 8-15 of K
@@ -197,8 +186,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     const int fr = (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
     for (int j = 0; j < 4; j++)
-        lmf[j] = pinned(ring + warp * kWarpBytes + fr * 128 + (((2 * j + (lane >> 4)) ^ (fr & 7)) << 4));
-    const uint32_t srf = pinned(ring + kScaleOff + warp * 8);
+        lmf[j] = kFp4 ? 0 : pinned(ring + warp * kWarpBytes + fr * 128 + (((2 * j + (lane >> 4)) ^ (fr & 7)) << 4));
+    const uint32_t srf = kFp4 ? 0 : pinned(ring + kScaleOff + warp * 8);
     int sb_lo[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) sb_lo[h] = (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, 8 * h)) & 3);
@@ -276,7 +265,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             uint32_t a[4];
-            ldmatrix_x4(a, lmf[j] + rd);
+            moe_ldmatrix_x4(a, lmf[j] + rd);
             moe_wgmma_fence();
             moe_wgmma_m64nNk32_e4m3_ra<kN>(d, a, desc_hi | (desc0 + j * (kGroupBytes / 16)), j > 0);
         }
@@ -313,10 +302,10 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                 /* FP8's K may end half a group in (K % 32 = 16): nothing read past it */
                 const uint4 x0 = __ldg(src), x1 = 32 * gk + 16 < K ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
                 if constexpr (kFp4) {
-                    e = make_uint4(prmt(x0.x, x0.y, 0x6420), prmt(x0.z, x0.w, 0x6420), prmt(x1.x, x1.y, 0x6420),
-                                   prmt(x1.z, x1.w, 0x6420));
-                    o = make_uint4(prmt(x0.x, x0.y, 0x7531), prmt(x0.z, x0.w, 0x7531), prmt(x1.x, x1.y, 0x7531),
-                                   prmt(x1.z, x1.w, 0x7531));
+                    e = make_uint4(moe_prmt(x0.x, x0.y, 0x6420), moe_prmt(x0.z, x0.w, 0x6420),
+                                   moe_prmt(x1.x, x1.y, 0x6420), moe_prmt(x1.z, x1.w, 0x6420));
+                    o = make_uint4(moe_prmt(x0.x, x0.y, 0x7531), moe_prmt(x0.z, x0.w, 0x7531),
+                                   moe_prmt(x1.x, x1.y, 0x7531), moe_prmt(x1.z, x1.w, 0x7531));
                 } else { /* FP8 weights keep K in order */
                     e = x0, o = x1;
                 }
@@ -340,8 +329,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                 return;
             }
             uint32_t w0[4], w1[4];
-            ldmatrix_x4(w0, lm0 + rd);
-            ldmatrix_x4(w1, lm1 + rd);
+            moe_ldmatrix_x4(w0, lm0 + rd);
+            moe_ldmatrix_x4(w1, lm1 + rd);
             const uint2 s0 = lds64(sr0 + rd), s1 = lds64(sr1 + rd);
             const uint32_t sw[2] = {__funnelshift_r(s0.x, s0.y, sh0), __funnelshift_r(s1.x, s1.y, sh1)};
             const uint32_t desc0 = desc_lo + lb * (4 * kGroupBytes / 16);
