@@ -105,7 +105,7 @@ __device__ __forceinline__ void moe_wgmma_e4m3(float (&d)[N / 2], uint64_t da, u
 
 /* d (64 x N f32) = A (64 x 32, registers) . B (N x 32, shared memory)^T, plus d when accumulate, for N = 8 or 16:
  * FP8 E4M3 operands, A held as mma.m16n8k32's A a warp (a0 / a2 rows 16 w + g of K 4q .. 4q + 3 / 16 + 4q .., a1 /
- * a3 the same at row + 8). The decode kernels' step, whose A is converted from FP4 codes in registers. */
+ * a3 the same at row + 8). The wgmma decode kernel's step: A is FP8 codes from ldmatrix, or FP4 codes converted. */
 template <int N>
 __device__ __forceinline__ void moe_wgmma_m64nNk32_e4m3_ra(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db,
                                                            bool accumulate) {
