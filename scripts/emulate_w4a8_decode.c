@@ -1,16 +1,19 @@
 /* scripts/emulate_w4a8_decode.c — the wgmma decode kernel's data movement (src/cuda/moe/grouped_gemm_rs_decode.cu:
- * W4A8's MXFP4 variants, dense and diagonal, and W8A8's FP8 ones) replayed on the CPU, thread by thread, against a
+ * W4A8's MXFP4 and NVFP4 variants, dense and diagonal, and W8A8's FP8 ones) replayed on the CPU, thread by thread,
+ * against a
  * direct sum over the dequantised weights and tokens. Not a test and not a substitute for running the kernel: it
  * checks the kernel's own index arithmetic (the lanes' copies and their swizzle, the pointers and byte counts of the
  * scale words, the funnel shift, ldmatrix's hand-out, the codes' conversion and the tokens' permutation against the
- * A fragment's K slots, the diagonal tokens, the chunks, the K split and the quad sums) under the hardware's
+ * A fragment's K slots, NVFP4's half groups and scale selectors, the diagonal tokens, the chunks, the K split and
+ * the quad sums) under the hardware's
  * documented layouts: ldmatrix (thread t gets bytes 4 (t % 4) .. + 3 of row t / 4 of each matrix, row r of matrix j
  * addressed by lane 8 j + r), wgmma's register A (CUTLASS ALayout_64x32: byte v0 of register v1 + 2 v2 is row
  * 16 w + lane / 4 + 8 v1, K 4 (lane % 4) + v0 + 16 v2), the accumulator (CLayout_64xN: register v0 + 2 v1 + 4 v2
  * is row 16 w + lane / 4 + 8 v1, column 2 (lane % 4) + v0 + 8 v2), and B through a K-major descriptor without
  * swizzle (row n of K half h at start + (n / 8) SBO + h LBO + (n % 8) 16). The index formulas below are the
  * kernel's, copied; keep them in step.
- *   gcc -O2 -std=c11 -Isrc -Iinclude scripts/emulate_w4a8_decode.c -o /tmp/emulate_w4a8 -lm && /tmp/emulate_w4a8 */
+ *   gcc -O2 -std=c11 -Isrc -Iinclude scripts/emulate_w4a8_decode.c -o /tmp/emulate_w4a8 -lm && /tmp/emulate_w4a8
+ * (about 4 minutes; an argument mx, nv or fp8 runs those cases only) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,12 +23,15 @@
 #include "formats/scalar.h"
 
 enum { kStages = 4 };
-/* the ring of the weights' storage (ring_of in the kernel): FP4 rows of 64 bytes a block, FP8 of 128 */
-static int kRowBytes, kWarpBytes, kScaleOff, kStageBytes, kRingBytes;
-static void set_ring(int fp8) {
-    kRowBytes = fp8 ? 128 : 64, kWarpBytes = 16 * kRowBytes, kScaleOff = 4 * kWarpBytes;
-    kStageBytes = kScaleOff + 4 * 16 * 8, kRingBytes = kStages * kStageBytes;
+/* the ring of the weights' storage (ring_of in the kernel): FP4 rows of 64 bytes a block, FP8 of 128; a row's scale
+ * bytes (FP4: 8 MXFP4, 16 NVFP4) */
+static int kRowBytes, kWarpBytes, kScaleOff, kScaleRow, kStageBytes, kRingBytes;
+static void set_ring(int fp8, int nv) {
+    kRowBytes = fp8 ? 128 : 64, kWarpBytes = 16 * kRowBytes, kScaleOff = 4 * kWarpBytes, kScaleRow = nv ? 16 : 8;
+    kStageBytes = kScaleOff + 4 * 16 * kScaleRow, kRingBytes = kStages * kStageBytes;
 }
+/* blocks a chunk of staged tokens (chunk_blocks in the kernel) */
+static int chunk_blocks(int n) { return 32 * 1024 / (n * 128) > 16 ? 32 * 1024 / (n * 128) : 16; }
 
 static uint64_t rng = 88172645463325252ull;
 static uint32_t rnd(void) {
@@ -49,11 +55,12 @@ static float bits_f(uint32_t u) {
 }
 static float e8m0(uint8_t e) { return e == 0xFF ? NAN : ldexpf(1.0f, (int)e - 127); }
 
-/* one problem: B rows (brows, K) as E2M1 codes with E8M0 scales (a row's cols = K / 32 bytes), or (fp8) as E4M3
- * codes with a scale a 128x128 block (cols = kblocks a block row; f32, or E8M0 bytes), the scales starting soff bytes
- * past an aligned address; tokens (T, K) as E4M3 codes with (T, kblocks) f32 scales */
+/* one problem: B rows (brows, K) as E2M1 codes with E8M0 scales (a row's cols = K / 32 bytes) or (nv) E4M3 scales
+ * (cols = K / 16), or (fp8) as E4M3 codes with a scale a 128x128 block (cols = kblocks a block row; f32, or E8M0
+ * bytes), the scales starting soff bytes past an aligned address; tokens (T, K) as E4M3 codes with (T, kblocks) f32
+ * scales */
 typedef struct {
-    int K, kblocks, cols, brows, T, glu, n_out, soff, fp8, e8m0;
+    int K, kblocks, cols, brows, T, glu, n_out, soff, fp8, e8m0, nv;
     uint8_t *codes;  /* (brows, K / 2), or (brows, K) */
     uint8_t *sbase;  /* 4-aligned, scales at sbase + soff */
     uint8_t *x;      /* (T, K) */
@@ -69,7 +76,8 @@ static const uint8_t *scale_row(const problem *P, int64_t r) {
 static float weight_value(const problem *P, int64_t r, int k) {
     if (!P->fp8) {
         const uint8_t byte = P->codes[r * (P->K / 2) + k / 2];
-        return moe__e2m1_to_f32((uint8_t)(k & 1 ? byte >> 4 : byte & 15)) * e8m0(scale_row(P, r)[k / 32]);
+        const float c = moe__e2m1_to_f32((uint8_t)(k & 1 ? byte >> 4 : byte & 15));
+        return P->nv ? c * moe__e4m3_to_f32(scale_row(P, r)[k / 16]) : c * e8m0(scale_row(P, r)[k / 32]);
     }
     const uint8_t *s = scale_row(P, r) + (k / 128) * scale_size(P);
     float sc;
@@ -91,7 +99,8 @@ static int64_t b_row(const problem *P, int64_t tn, int m) {
 /* the lanes' copy state, as the kernel's registers */
 typedef struct {
     const uint8_t *wp, *sp;
-    int kleft, todo, full, tail;
+    int kleft, todo, full, tail, full2, tail2; /* 2: NVFP4's word 2 (half 0) */
+    int ch;
     uint32_t wdst[4], sdst;
     int scale_lane; /* copies a scale word (FP4: every lane; FP8: lanes 0 and 1) */
 } lane_copy;
@@ -119,24 +128,36 @@ static void issue(int tid, uint32_t wr) {
         }
     }
     const int bytes = c->todo == 1 ? c->tail : c->full;
+    const uint8_t *end = P->fp8 ? P->sbase + ((scale_end - P->sbase + 3) & ~3) : scale_end; /* FP8: the word */
     if (c->scale_lane) {
         uint8_t *d = copy_smem + c->sdst + wr;
         const uint8_t *src = P->fp8 ? P->sbase + ((c->sp - P->sbase) & ~3) : c->sp;
-        const uint8_t *end = P->fp8 ? P->sbase + ((scale_end - P->sbase + 3) & ~3) : scale_end; /* FP8: the word */
         memset(d, 0, 4);
         if (bytes) {
             if (src + bytes > end || src < P->sbase) bad_reads++;
             memcpy(d, src, (size_t)bytes);
         }
     }
+    if (P->nv && !c->ch) { /* word 2 */
+        const int bytes2 = c->todo == 1 ? c->tail2 : c->full2;
+        uint8_t *d = copy_smem + c->sdst + 8 + wr;
+        memset(d, 0, 4);
+        if (bytes2) {
+            if (c->sp + 8 + bytes2 > end || c->sp + 8 < P->sbase) bad_reads++;
+            memcpy(d, c->sp + 8, (size_t)bytes2);
+        }
+    }
     if (c->kleft > (128 << copy_shift)) c->wp += kRowBytes << copy_shift;
-    c->sp += (P->fp8 ? scale_size(P) : 4) << copy_shift, c->kleft -= 128 << copy_shift, c->todo--;
+    c->sp += (P->fp8 ? scale_size(P) : P->nv ? 8 : 4) << copy_shift, c->kleft -= 128 << copy_shift, c->todo--;
 }
 
+/* word_bytes in the kernel */
+static int word_bytes(int end, int w) { return end - 4 * w < 0 ? 0 : end - 4 * w > 4 ? 4 : end - 4 * w; }
+
 /* one CTA: column tiles 4 T0 .. 4 T0 + 3, tokens 0 .. T - 1 (tile rows), ksplit groups, chunks of cb blocks; kN
- * B rows, kTp tokens (diagonal when kN = 4 kTp). out[m row of the 64][token] */
+ * B rows, kTp tokens (diagonal when kN = 4 kTp, NVFP4 8 kTp). out[m row of the 64][token] */
 static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kTp, double out[64][16]) {
-    const int K = P->K, kblocks = P->kblocks, kDiag = kTp * 4 == kN, kGroupBytes = kN * 32;
+    const int nv = P->nv, K = P->K, kblocks = P->kblocks, kDiag = kTp * (nv ? 8 : 4) == kN, kGroupBytes = kN * 32;
     int shift = 0;
     while ((1 << shift) < ksplit) shift++;
     const int tokb = (cb * kN * 132 + 127) / 128 * 128;
@@ -158,17 +179,20 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
         const uint8_t *srow = fp4 ? scale_row(P, crow) : scale_row(P, b_row(P, tn, 8 * (lane & 1)));
         const int soff = (int)((uintptr_t)(srow - P->sbase) & 3);
         const uint8_t *sword = fp4 ? srow - soff + 4 * ch : srow;
-        lanes[tid].sdst = ring + kScaleOff + (fp4 ? warp * 128 + cm * 8 + 4 * ch : warp * 8 + 4 * (lane & 1));
+        lanes[tid].sdst = ring + kScaleOff + (fp4 ? (warp * 16 + cm) * kScaleRow + 4 * ch : warp * 8 + 4 * (lane & 1));
         lanes[tid].scale_lane = fp4 || lane < 2;
+        lanes[tid].ch = ch;
         lanes[tid].wp = wrow + wg * kRowBytes + (kRowBytes / 2) * ch;
-        lanes[tid].sp = sword + (fp4 ? 4 : scale_size(P)) * wg;
+        const int block_scales = nv ? 8 : 4;
+        lanes[tid].sp = sword + (fp4 ? block_scales : scale_size(P)) * wg;
         lanes[tid].kleft = crow < 0 ? -0x40000000 : K - 128 * wg - 64 * ch;
-        const int tail_scales = P->cols - 4 * (kblocks - 1), tail_sum = soff + tail_scales;
+        const int tail_scales = P->cols - block_scales * (kblocks - 1), tail_sum = soff + tail_scales;
         const int srow_real = fp4 ? crow >= 0 : lane < 2 && b_row(P, tn, 8 * (lane & 1)) >= 0;
-        lanes[tid].full = !srow_real ? 0 : !fp4 ? 4 : ch ? soff : 4;
-        lanes[tid].tail = !fp4 || !srow_real || (wg != ((kblocks - 1) & (ksplit - 1)))
-                              ? lanes[tid].full
-                              : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
+        const int last = wg == ((kblocks - 1) & (ksplit - 1));
+        lanes[tid].full = !srow_real ? 0 : !fp4 ? 4 : word_bytes(soff + block_scales, ch);
+        lanes[tid].tail = fp4 && srow_real && last ? word_bytes(tail_sum, ch) : lanes[tid].full;
+        lanes[tid].full2 = nv && srow_real ? soff : 0;
+        lanes[tid].tail2 = nv && srow_real && last ? word_bytes(tail_sum, 2) : lanes[tid].full2;
         lanes[tid].todo = wg < kblocks ? (kblocks - wg + ksplit - 1) >> shift : 0;
     }
     copy_smem = smem, copy_shift = shift, copy_P = P, bad_reads = 0;
@@ -179,17 +203,20 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
         const int kb1 = kb0 + cb < kblocks ? kb0 + cb : kblocks;
         /* staging, thread by thread */
         for (int tid = 0; tid < nthreads; tid++) {
-            const int tn = tid & (kN - 1), tok = tn & (kTp - 1);
+            const int tn = tid & (kN - 1), tok = tn & (kTp - 1), tblk = tn / kTp;
             const int64_t arow = tok < P->T ? tok : -1;
             for (int it = tid; it < (kb1 - kb0) * 4 * kN; it += nthreads) {
                 const int gl = it / kN, gk = kb0 * 4 + gl;
                 uint32_t e[4] = {0, 0, 0, 0}, o[4] = {0, 0, 0, 0};
-                if (arow >= 0 && 32 * gk < K && (!kDiag || tn / kTp == (gl & 3))) {
+                if (arow >= 0 && 32 * gk < K && (!kDiag || (nv ? tblk >> 1 : tblk) == (gl & 3))) {
                     uint32_t x[8] = {0};
                     memcpy(x, P->x + arow * K + 32 * gk, 32 * gk + 16 < K ? 32 : 16);
                     for (int v = 0; v < 4; v++)
                         if (P->fp8) e[v] = x[v], o[v] = x[4 + v]; /* FP8: K in order */
                         else e[v] = prmt(x[2 * v], x[2 * v + 1], 0x6420), o[v] = prmt(x[2 * v], x[2 * v + 1], 0x7531);
+                    if (nv) /* half tblk % 2 keeps words 2h, 2h + 1 of e and o */
+                        for (int v = 0; v < 4; v++)
+                            if (v >> 1 != (tblk & 1)) e[v] = o[v] = 0;
                 }
                 uint8_t *d = smem + gl * kGroupBytes + (tn >> 3) * 256 + (tn & 7) * 16;
                 memcpy(d, e, 16), memcpy(d + 128, o, 16);
@@ -212,6 +239,7 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                 uint32_t A[128][4][4];
                 float fac[128][2][4], comp[128];
                 float ws[128][2];
+                float fnd[128][2][2], fnn[128][2][4][2]; /* NVFP4: diagonal and dense factors, as the kernel picks */
                 for (int l = 0; l < 128 && P->fp8; l++) { /* FP8: ldmatrix gives the A registers; two block scales */
                     const int warp = l >> 5, lane = l & 31, g = lane >> 2;
                     for (int gj = 0; gj < 4; gj++)
@@ -250,12 +278,26 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                     (void)tid;
                     const int sh[2] = {8 * (int)((uintptr_t)(scale_row(P, b_row(P, tn, g)) - P->sbase) & 3),
                                        8 * (int)((uintptr_t)(scale_row(P, b_row(P, tn, g + 8)) - P->sbase) & 3)};
-                    uint32_t sw[2];
+                    uint32_t sw[4] = {0, 0, 0, 0};
                     for (int h = 0; h < 2; h++) {
-                        uint32_t lo, hi;
-                        const uint32_t sr = ring + kScaleOff + warp * 128 + g * 8 + 64 * h + rd;
-                        memcpy(&lo, smem + sr, 4), memcpy(&hi, smem + sr + 4, 4);
-                        sw[h] = funnel_r(lo, hi, sh[h]);
+                        uint32_t wd[3];
+                        const uint32_t sr = ring + kScaleOff + (warp * 16 + g) * kScaleRow + 8 * kScaleRow * h + rd;
+                        memcpy(wd, smem + sr, nv ? 12 : 8);
+                        if (nv) sw[2 * h] = funnel_r(wd[0], wd[1], sh[h]), sw[2 * h + 1] = funnel_r(wd[1], wd[2], sh[h]);
+                        else sw[h] = funnel_r(wd[0], wd[1], sh[h]);
+                    }
+                    if (nv) { /* the kernel's selections: diagonal by nsel, dense by word and half */
+                        const int q = lane & 3;
+                        const uint32_t nsel = kTp == 1 ? (uint32_t)(2 * q | (2 * q + 1) << 4) : (uint32_t)(q | (q + 4) << 4);
+                        for (int h = 0; h < 2; h++) {
+                            const uint32_t pr = prmt(sw[2 * h], sw[2 * h + 1], nsel);
+                            fnd[l][h][0] = moe__e4m3_to_f32((uint8_t)pr), fnd[l][h][1] = moe__e4m3_to_f32((uint8_t)(pr >> 8));
+                            for (int gj = 0; gj < 4; gj++) {
+                                const uint32_t v = sw[2 * h + (gj >> 1)] >> (16 * (gj & 1));
+                                fnn[l][h][gj][0] = moe__e4m3_to_f32((uint8_t)v);
+                                fnn[l][h][gj][1] = moe__e4m3_to_f32((uint8_t)(v >> 8));
+                            }
+                        }
                     }
                     /* the exact factors (both paths of the kernel give these values; the path is the kernel's
                      * concern, the value is checked here): 2^(e - 127), 2^6 folded in comp */
@@ -263,16 +305,16 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                     for (int h = 0; h < 2; h++)
                         for (int gj = 0; gj < 4; gj++)
                             fac[l][h][gj] = gj < groups ? e8m0((uint8_t)(sw[h] >> (8 * gj))) : 0.0f;
-                    comp[l] = 64.0f;
+                    comp[l] = nv ? 1.0f : 64.0f; /* NVFP4: the 2^6 in the epilogue */
                     for (int gj = 0; gj < 4; gj++) {
                         A[l][gj][0] = e4m3_even(w0[gj]), A[l][gj][1] = e4m3_even(w1[gj]);
                         A[l][gj][2] = e4m3_odd(w0[gj]), A[l][gj][3] = e4m3_odd(w1[gj]);
                     }
                 }
                 /* the wgmmas: A (64 x 32) from the registers, B (kN x 32) from the descriptor, D in f32 */
-                float D[4][64][16];
+                static float D[4][64][32];
                 for (int gj = 0; gj < 4; gj++) {
-                    float Am[64][32], Bm[16][32];
+                    float Am[64][32], Bm[32][32];
                     for (int l = 0; l < 128; l++)
                         for (int r = 0; r < 4; r++)
                             for (int v0 = 0; v0 < 4; v0++) {
@@ -294,7 +336,22 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                 /* per thread: the accumulators */
                 for (int l = 0; l < 128; l++) {
                     const int warp = l >> 5, lane = l & 31, g = lane >> 2, q = lane & 3, tid = wg * 128 + l;
-                    const float *xb = xs + lb * (kDiag ? kTp : kN);
+                    const float *xb = xs + lb * kTp;
+                    if (nv && !kDiag) { /* dense halves: sums over the groups, then both halves of a token */
+                        float sum[16];
+                        for (int r = 0; r < kN / 2; r++) {
+                            const int v0 = r & 1, v1 = (r >> 1) & 1, v2 = r >> 2;
+                            const int m = 16 * warp + g + 8 * v1, col = 2 * q + v0 + 8 * v2;
+                            sum[r] = 0;
+                            for (int gj = 0; gj < 4; gj++) sum[r] = fmaf(D[gj][m][col], fnn[l][v1][gj][8 * v2 / kTp], sum[r]);
+                        }
+                        for (int n = 0; n < kTp / 8; n++)
+                            for (int e = 0; e < 4; e++) {
+                                const float v = sum[4 * n + e] + sum[4 * (kTp / 8 + n) + e];
+                                acc[tid][n][e] = fmaf(v, xb[8 * n + 2 * q + (e & 1)], acc[tid][n][e]);
+                            }
+                        continue;
+                    }
                     for (int r = 0; r < kN / 2; r++) {
                         const int v0 = r & 1, v1 = (r >> 1) & 1, v2 = r >> 2;
                         const int m = 16 * warp + g + 8 * v1, col = 2 * q + v0 + 8 * v2;
@@ -302,6 +359,11 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                             float d = 0;
                             for (int gj = 0; gj < 4; gj++) d += D[gj][m][col];
                             acc[tid][v2][2 * v1 + v0] = fmaf(d, ws[l][v1] * xb[8 * v2 + 2 * q + v0], acc[tid][v2][2 * v1 + v0]);
+                        } else if (kDiag && nv) { /* half group col / kTp in column col */
+                            float d = 0;
+                            for (int gj = 0; gj < 4; gj++) d += D[gj][m][col];
+                            const float fr = fnd[l][v1][kTp == 1 ? v0 : v2];
+                            acc_d[tid][r] = fmaf(d * fr, xb[(2 * q + v0) & (kTp - 1)], acc_d[tid][r]);
                         } else if (kDiag) { /* the 4 groups summed in one accumulator, group col / kTp in column col */
                             float d = 0;
                             for (int gj = 0; gj < 4; gj++) d += D[gj][m][col];
@@ -330,7 +392,10 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                     v[lane][e] = acc_d[32 * w + lane][e];
                     for (int k = 1; k < kN / 8; k++) v[lane][e] += acc_d[32 * w + lane][4 * k + e];
                 }
-            for (int m = kTp / 2; m < 4; m <<= 1) {
+            if (kTp == 1) /* both columns token 0 */
+                for (int lane = 0; lane < 32; lane++)
+                    v[lane][0] += v[lane][1], v[lane][2] += v[lane][3], v[lane][1] = v[lane][3] = 0;
+            for (int m = kTp > 1 ? kTp / 2 : 1; m < 4; m <<= 1) {
                 float nv[32][4];
                 for (int lane = 0; lane < 32; lane++)
                     for (int e = 0; e < 4; e++) nv[lane][e] = v[lane][e] + v[lane ^ m][e];
@@ -349,7 +414,7 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
         for (int n = 0; n < 2; n++)
             for (int e = 0; e < 4; e++) {
                 const int m = 16 * warp + g + 8 * (e >> 1), tok = 2 * q + (e & 1) + 8 * n;
-                out[m][tok] = a[n][e];
+                out[m][tok] = a[n][e] * (nv ? 64.0f : 1.0f); /* the epilogue's factor */
             }
     }
     if (bad_reads) printf("  %d copies read outside the codes or scales\n", bad_reads);
@@ -357,13 +422,15 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
     free(smem);
 }
 
-static int run_as(int fp8, int e8m0s, int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN,
+/* storage: 0 MXFP4, 1 FP8 (f32 scales, or E8M0 with e8m0s), 2 NVFP4 */
+static int run_as(int storage, int e8m0s, int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN,
                   int kTp, int64_t T0) {
     problem P = {0};
+    const int fp8 = storage == 1, nv = storage == 2;
     P.K = K, P.kblocks = (K + 127) / 128, P.glu = glu, P.n_out = n_out, P.T = T, P.soff = soff;
-    P.fp8 = fp8, P.e8m0 = e8m0s, P.cols = fp8 ? P.kblocks : K / 32;
+    P.fp8 = fp8, P.nv = nv, P.e8m0 = e8m0s, P.cols = fp8 ? P.kblocks : nv ? K / 16 : K / 32;
     P.brows = glu ? 2 * n_out : n_out;
-    set_ring(fp8);
+    set_ring(fp8, nv);
     const int srows = fp8 ? (P.brows + 127) / 128 : P.brows;
     const size_t code_bytes = (size_t)P.brows * (fp8 ? K : K / 2), scale_bytes = (size_t)srows * P.cols * scale_size(&P);
     P.codes = malloc(code_bytes);
@@ -376,6 +443,11 @@ static int run_as(int fp8, int e8m0s, int K, int T, int glu, int n_out, int soff
         P.codes[i] = c;
     }
     for (size_t i = 0; i < scale_bytes + 8; i++) P.sbase[i] = (uint8_t)(110 + rnd() % 30);
+    if (nv) /* E4M3 scales: normal ones, subnormal ones and zeros, no NaN */
+        for (size_t i = 0; i < scale_bytes + 8; i++) {
+            const uint32_t r = rnd() % 64;
+            P.sbase[i] = (uint8_t)(r == 0 ? 0 : r == 1 ? 1 + rnd() % 7 : 0x18 + rnd() % 0x50);
+        }
     if (fp8 && !e8m0s) /* f32 scales, aligned */
         for (size_t i = 0; i < scale_bytes / 4; i++) {
             const float v = ldexpf(1.0f + (rnd() % 100) / 128.0f, -(int)(rnd() % 8));
@@ -414,17 +486,21 @@ static int run_as(int fp8, int e8m0s, int K, int T, int glu, int n_out, int soff
             }
         }
     printf("%s K %5d T %2d %s n %4d soff %d ksplit %d cb %2d N %2d Tp %2d tile %lld: worst error / magnitude %.2e%s\n",
-           fp8 ? (e8m0s ? "fp8 e8m0" : "fp8 f32 ") : "mxfp4   ", K, T, glu ? "glu  " : "plain", n_out, soff, ksplit, cb,
+           fp8 ? (e8m0s ? "fp8 e8m0" : "fp8 f32 ") : nv ? "nvfp4   " : "mxfp4   ", K, T, glu ? "glu  " : "plain", n_out,
+           soff, ksplit, cb,
            kN, kTp, (long long)T0, worst, bad ? "  FAIL" : "");
     free(P.codes), free(P.sbase), free(P.x), free(P.xs);
     return bad != 0;
 }
 
-static int run(int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN, int kTp, int64_t T0) {
-    return run_as(0, 0, K, T, glu, n_out, soff, ksplit, cb_max, kN, kTp, T0);
+static int run(int nv, int K, int T, int glu, int n_out, int soff, int ksplit, int cb_max, int kN, int kTp,
+               int64_t T0) {
+    return run_as(nv ? 2 : 0, 0, K, T, glu, n_out, soff, ksplit, cb_max, kN, kTp, T0);
 }
 
-int main(void) {
+/* argument: mx, nv or fp8 runs only those cases (all by default) */
+int main(int argc, char **argv) {
+    const char *only = argc > 1 ? argv[1] : "";
     int bad = 0;
     /* the kernel's fast factors: 2^(e - 121) from the dense path's shifted word and the diagonal's byte, up to 248 */
     for (uint32_t e = 0; e <= 248; e++)
@@ -435,24 +511,26 @@ int main(void) {
             if (dense != e8m0((uint8_t)e) * 64.0f || diag != dense) bad++;
         }
     printf("fast factors: %s\n", bad ? "WRONG" : "2^(e - 121) for every e up to 248");
-    /* (kN, kTp): diagonal 2 and 4 tokens, dense 8 and 16 */
-    const int modes[4][2] = {{8, 2}, {16, 4}, {8, 8}, {16, 16}};
-    for (int mo = 0; mo < 4; mo++) {
-        const int kN = modes[mo][0], kTp = modes[mo][1], T = kTp < 16 ? kTp : 11;
-        const int cbm = 32 * 1024 / (kN * 128);
-        bad += run(2880, T, 1, 2880, 2, 1, cbm, kN, kTp, 3);     /* GPT-OSS GEMM 1: K ends at half a block */
-        bad += run(2880, T, 0, 200, 3, 1, cbm, kN, kTp, 1);      /* rows at scale offsets 3 and 1: the last block's
-                                                                    second scale in the pair's second word */
-        bad += run(2880, T, 0, 2880, 0, 2, cbm, kN, kTp, 44);    /* GEMM 2, two groups, the last column tile */
-        bad += run(352, T, 1, 40, 1, 1, cbm, kN, kTp, 1);        /* K 352 (3 groups past K), rows past N */
-        bad += run(4224, T, 0, 100, 3, 4, 16, kN, kTp, 1);       /* three chunks over 4 groups, odd soff */
-        bad += run(4224, T, 1, 64, 1, 2, cbm, kN, kTp, 0);       /* chunks by the budget */
-        bad += run(160, T, 0, 48, 2, 1, cbm, kN, kTp, 0);        /* one block, 5 scales a row */
-    }
+    /* (kN, kTp): MXFP4 diagonal 2 and 4 tokens, dense 8 and 16; NVFP4 diagonal 1 and 2, dense 8 and 16 */
+    const int modes[2][4][2] = {{{8, 2}, {16, 4}, {8, 8}, {16, 16}}, {{8, 1}, {16, 2}, {16, 8}, {32, 16}}};
+    for (int nv = 0; nv < 2; nv++)
+        for (int mo = 0; mo < 4 && (!*only || !strcmp(only, nv ? "nv" : "mx")); mo++) {
+            const int kN = modes[nv][mo][0], kTp = modes[nv][mo][1], T = kTp < 16 ? kTp : 11;
+            const int cbm = chunk_blocks(kN);
+            bad += run(nv, 2880, T, 1, 2880, 2, 1, cbm, kN, kTp, 3);  /* GPT-OSS GEMM 1: K ends at half a block */
+            bad += run(nv, 2880, T, 0, 200, 3, 1, cbm, kN, kTp, 1);   /* rows at scale offsets 3 and 1: the last
+                                                                         block's last scale in a later word */
+            bad += run(nv, 2880, T, 0, 2880, 0, 2, cbm, kN, kTp, 44); /* GEMM 2, two groups, the last column tile */
+            bad += run(nv, 352, T, 1, 40, 1, 1, cbm, kN, kTp, 1);     /* K 352 (3 groups past K), rows past N */
+            bad += run(nv, 4224, T, 0, 100, 3, 4, 16, kN, kTp, 1);    /* three chunks over 4 groups, odd soff */
+            bad += run(nv, 4224, T, 1, 64, 1, 2, cbm, kN, kTp, 0);    /* chunks by the budget */
+            bad += run(nv, 160, T, 0, 48, 2, 1, cbm, kN, kTp, 0);     /* one block, 5 (10) scales a row */
+            if (nv) bad += run(nv, 7168, T, 1, 2048, 0, 4, cbm, kN, kTp, 7); /* DeepSeek-V3 GEMM 1 */
+        }
     /* FP8 in 128x128 blocks (f32 and E8M0 scales), dense tokens: DeepSeek-V3's shapes and the edges */
     for (int e8 = 0; e8 < 2; e8++)
-        for (int mo = 2; mo < 4; mo++) {
-            const int kN = modes[mo][0], T = kN == 8 ? 8 : 13, cbm = 32 * 1024 / (kN * 128);
+        for (int mo = 2; mo < 4 && (!*only || !strcmp(only, "fp8")); mo++) {
+            const int kN = modes[0][mo][0], T = kN == 8 ? 8 : 13, cbm = chunk_blocks(kN);
             bad += run_as(1, e8, 7168, T, 1, 2048, e8 ? 1 : 0, 1, cbm, kN, kN, 5);  /* GEMM 1: chunks */
             bad += run_as(1, e8, 2048, T, 0, 7168, e8 ? 3 : 0, 2, cbm, kN, kN, 111); /* GEMM 2, the last tiles */
             bad += run_as(1, e8, 336, T, 1, 200, e8 ? 2 : 0, 1, cbm, kN, kN, 6);     /* K % 128 = 80, rows past N */

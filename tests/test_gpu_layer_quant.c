@@ -279,11 +279,13 @@ TEST_IMPL(gpu_layer_fp4_decode) {
     return TEST_OK;
 }
 
-/* W4A8 (MXFP4 experts, act_format FP8 1x128) at decode against the CPU reference over the same codes: on Hopper the
- * SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_rs_decode.cu, opt-in: MOE_GEMM_W4A8_DECODE=1), and
- * each case runs once more on the bf16 path (the FP4 decode kernel over x and h quantised in bf16). Cases: the four
- * token layouts, diagonal at up to 2 rows a tile (T = 1, 2) and 4 (T = 3), dense at 8 (T = 5, 6) and 16 (T = 40, and
- * the SMALL tile forced at T = 300); K past one chunk of staged tokens (H 4224 at T = 3 and 40: three chunks of 16
+/* W4A8 (MXFP4 or NVFP4 experts, act_format FP8 1x128) at decode against the CPU reference over the same codes: on
+ * Hopper the SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_rs_decode.cu, opt-in:
+ * MOE_GEMM_W4A8_DECODE=1), and each case runs once more on the bf16 path (the FP4 decode kernel over x and h
+ * quantised in bf16). Every case runs with MXFP4 weights and with NVFP4 ones (the decode global convention in even
+ * cases, the encode one in odd cases). Cases: the token layouts, MXFP4 diagonal at up to 2 rows a tile (T = 1, 2)
+ * and 4 (T = 3), dense at 8 (T = 5, 6) and 16 (T = 40, and the SMALL tile forced at T = 300); NVFP4 diagonal at 1
+ * and 2 rows, dense at 8 and 16; K past one chunk of staged tokens (H 4224 at T = 3 and 40: three chunks of 16
  * blocks) and over 2 and 4 warpgroups (H 4096, I 2048);
  * H 160 and I 96 (K ends inside a block, a column tile past N); GPT-OSS's interleaved w13 with biases and clamps;
  * Llama-4's weight on the input; top 6; scales past 2^121 in every other expert (the exact-factor path: GPT-OSS's
@@ -293,8 +295,8 @@ TEST_IMPL(gpu_layer_fp4_decode) {
 TEST_IMPL(gpu_layer_w4a8) {
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
-    layer_weight_formats(fmts, NULL);
-    const moe_qformat *mx = &fmts[5];
+    const char *names[LAYER_WEIGHT_FORMATS];
+    layer_weight_formats(fmts, names);
     int bad = 0;
     uint64_t seed = env->seed + 2100;
     const decode_case cases[] = {
@@ -312,34 +314,37 @@ TEST_IMPL(gpu_layer_w4a8) {
         {"gpt-oss-20b", "scales past 2^121", 256, 256, 8, 2, 1, 4, 1, 0, 0, MOE_ACT_GPTOSS_GLU},
         {"qwen3-30b-a3b", "quantised shared expert", 256, 256, 8, 2, 0, 3, 0, 0, 1, MOE_ACT_SILU_GLU},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        moe_layer_config c = decode_case_config(&cases[i], 128);
+    for (size_t i = 0; i < 2 * sizeof cases / sizeof cases[0]; i++) {
+        const size_t ci = i / 2;
+        const int wf = i % 2 ? 6 + (int)(ci % 2) : 5; /* mxfp4; nvfp4 with the decode or the encode global */
+        const moe_qformat *fmt = &fmts[wf];
+        moe_layer_config c = decode_case_config(&cases[ci], 128);
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
         layer_problem p;
         layer_qweights q, sq;
-        layer_problem_random(&p, &c, cases[i].T, 0, seed++);
-        if (cases[i].big) { /* every other expert's w13 times 2^120: its block scales pass 2^121 */
+        layer_problem_random(&p, &c, cases[ci].T, 0, seed++);
+        if (cases[ci].big) { /* every other expert's w13 times 2^120: its MXFP4 block scales pass 2^121 */
             const int64_t H = c.hidden, I = c.intermediate;
             for (int e = 0; e < c.router.n_experts; e += 2)
                 for (int64_t j = 0; j < 2 * I * H; j++) p.w13[e * 2 * I * H + j] *= 0x1p120f;
         }
-        if (layer_problem_quantize(env->cpu, &p, mx, &q, NULL) ||
-            (cases[i].shared && layer_problem_quantize_shared(env->cpu, &p, mx, &sq, NULL))) {
+        if (layer_problem_quantize(env->cpu, &p, fmt, &q, NULL) ||
+            (cases[ci].shared && layer_problem_quantize_shared(env->cpu, &p, fmt, &sq, NULL))) {
             bad++;
             layer_problem_free(&p);
             continue;
         }
         p.qw = &q;
-        if (cases[i].shared) p.sqw = &sq;
+        if (cases[ci].shared) p.sqw = &sq;
         for (int bf16 = 0; bf16 < 2; bf16++) {
             if (!bf16) setenv("MOE_GEMM_W4A8_DECODE", "1", 1);
-            char what[96];
-            snprintf(what, sizeof what, "w4a8 %s%s", cases[i].what, bf16 ? ", bf16 path" : "");
+            char what[128];
+            snprintf(what, sizeof what, "w4a8 %s, %s%s", names[wf], cases[ci].what, bf16 ? ", bf16 path" : "");
             bad += layer_compare_gpu_tol(env, &p, 0, what, bf16 ? 2.5e-2 : 8e-3, 1.2e-1);
             unsetenv("MOE_GEMM_W4A8_DECODE");
         }
         layer_qweights_free(&q);
-        if (cases[i].shared) layer_qweights_free(&sq);
+        if (cases[ci].shared) layer_qweights_free(&sq);
         layer_problem_free(&p);
     }
     ASSERT_EQ_I64(bad, 0);

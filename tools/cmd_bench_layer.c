@@ -22,8 +22,8 @@ static const char usage[] =
     "  --dtype T       the routed experts' weights: bf16 (default), fp8 (E4M3, 128x128 blocks, f32 scales:\n"
     "                  DeepSeek-V3), fp8-row, mxfp8, mxfp4 (gpt-oss), nvfp4; activations stay bf16;\n"
     "                  w8a8: fp8 weights and the experts' inputs in FP8 1x128 groups (the FP8 tensor cores);\n"
-    "                  w4a8: mxfp4 weights and FP8 1x128 inputs (at decode on Hopper with MOE_GEMM_W4A8_DECODE=1:\n"
-    "                  the FP8 tensor cores; else the bf16 path);\n"
+    "                  w4a8: mxfp4 weights and FP8 1x128 inputs, w4a8-nvfp4 the same with nvfp4 weights (at\n"
+    "                  decode on Hopper with MOE_GEMM_W4A8_DECODE=1: the FP8 tensor cores; else the bf16 path);\n"
     "                  shared experts are stored as the routed ones (DeepSeek-V3's checkpoint ships both in FP8)\n"
     "  --shared-bf16   keep the shared experts in bf16 whatever --dtype says\n"
     "  --reps N        forwards per timing (default: about 30 ms of work on a GPU, 1 on the CPU)\n"
@@ -118,7 +118,8 @@ int bench_layer(int argc, char **argv) {
     const int reps = o.reps;
     moe_qformat format, act;
     if (cli_expert_format(dtype_name, &format, &act) || reps < 0) {
-        fprintf(stderr, "moe bench layer: --dtype bf16, fp8, fp8-row, mxfp8, mxfp4, nvfp4, w8a8 or w4a8; --reps >= 0\n");
+        fprintf(stderr, "moe bench layer: --dtype bf16, fp8, fp8-row, mxfp8, mxfp4, nvfp4, w8a8, w4a8 or w4a8-nvfp4; "
+                        "--reps >= 0\n");
         return CLI_USAGE;
     }
     moe_ctx *ctx = cli_ctx(o.backend, 0);

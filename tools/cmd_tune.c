@@ -15,7 +15,7 @@ static const char usage[] =
     "  --model LIST    layer presets, comma separated (default qwen3-30b-a3b,deepseek-v3,mixtral-8x7b)\n"
     "  --tokens LIST   token counts (default 1,4,16,32,64,128,256,512,1024,2048,8192)\n"
     "  --dtype LIST    the experts' weights, comma separated: bf16 (default), fp8, fp8-row, mxfp8, mxfp4, nvfp4,\n"
-    "                  w8a8, w4a8 (as `moe bench layer --dtype`)\n"
+    "                  w8a8, w4a8, w4a8-nvfp4 (as `moe bench layer --dtype`)\n"
     "  --reps N        forwards per timing (default: about 30 ms of work)\n"
     "  --idle-ms N     idle time before each timing (default 200)\n"
     "  --json FILE     also write every timing as JSON\n"

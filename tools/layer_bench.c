@@ -17,7 +17,8 @@ int cli_expert_format(const char *name, moe_qformat *f, moe_qformat *act) {
                 {"fp8-row", MOE_QFORMAT_FP8_ROW, MOE_QFORMAT_INVALID},  {"mxfp8", MOE_QFORMAT_MXFP8, MOE_QFORMAT_INVALID},
                 {"mxfp4", MOE_QFORMAT_MXFP4, MOE_QFORMAT_INVALID},      {"nvfp4", MOE_QFORMAT_NVFP4, MOE_QFORMAT_INVALID},
                 {"w8a8", MOE_QFORMAT_FP8_128X128, MOE_QFORMAT_FP8_1X128},
-                {"w4a8", MOE_QFORMAT_MXFP4, MOE_QFORMAT_FP8_1X128}};
+                {"w4a8", MOE_QFORMAT_MXFP4, MOE_QFORMAT_FP8_1X128},
+                {"w4a8-nvfp4", MOE_QFORMAT_NVFP4, MOE_QFORMAT_FP8_1X128}};
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
         if (!strcmp(name, list[i].name)) {
             memset(f, 0, sizeof *f);

@@ -103,24 +103,32 @@ __device__ __forceinline__ void moe_wgmma_e4m3(float (&d)[N / 2], uint64_t da, u
     else moe_wgmma_m64n64k32_e4m3(d, da, db, accumulate);
 }
 
-/* d (64 x N f32) = A (64 x 32, registers) . B (N x 32, shared memory)^T, plus d when accumulate, for N = 8 or 16:
+/* d (64 x N f32) = A (64 x 32, registers) . B (N x 32, shared memory)^T, plus d when accumulate, for N = 8, 16, 32:
  * FP8 E4M3 operands, A held as mma.m16n8k32's A a warp (a0 / a2 rows 16 w + g of K 4q .. 4q + 3 / 16 + 4q .., a1 /
  * a3 the same at row + 8). The wgmma decode kernel's step: A is FP8 codes from ldmatrix, or FP4 codes converted. */
 template <int N>
 __device__ __forceinline__ void moe_wgmma_m64nNk32_e4m3_ra(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db,
                                                            bool accumulate) {
-    static_assert(N == 8 || N == 16, "N = 8 or 16");
+    static_assert(N == 8 || N == 16 || N == 32, "N = 8, 16 or 32");
     if constexpr (N == 8)
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, "
                      "1;\n}\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"((int)accumulate));
-    else
+    else if constexpr (N == 16)
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, "
                      "%10, %11}, %12, p, 1, 1;\n}\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"((int)accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, "
+                     "%10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+                       "+f"(d[15])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"((int)accumulate));
 }
 

@@ -1,12 +1,16 @@
 /* grouped_gemm_rs_decode.cu — W8A8's decode GEMMs (the SMALL tile: 16 rows an expert; FP8 inputs: E4M3 codes, an
  * f32 scale a 1x128 group, the layer's act_format) on Hopper's FP8 tensor cores through wgmma with the weights as A
- * in registers ("RS", sm_90a), for two weight storages:
+ * in registers ("RS", sm_90a), for three weight storages:
  *  - MXFP4 (W4A8: E2M1 codes, an E8M0 scale a 32-code block). An E2M1 code c is exactly the E4M3 byte
  *    ((c & 8) << 4) | ((c & 7) << 2) times 2^6 (its exponent and mantissa bits land on E4M3's low exponent bits and
  *    top mantissa bit, bias 7 instead of 1; the subnormal code 0.5 on E4M3's subnormal), so a word of 8 codes becomes
  *    two words of E4M3 bytes with seven integer operations (e4m3_even, e4m3_odd), and a block's scale and the 2^6
  *    leave the tensor core as one f32 factor a row and 32-code group. Why: the bf16 FP4 decode kernel
  *    (grouped_gemm_fp4_decode.cu) spends four operations a pair of codes on bf16 weights and is bound by them.
+ *  - NVFP4 (W4A8: the same codes, an E4M3 scale a 16-code block, the group's f32 global): as MXFP4, with each
+ *    token's 32-code group split into two B rows (columns), one a 16-code half with zeros in the other's K slots, so
+ *    that each column leaves the tensor core under one scale (its f32 value, exact from E4M3); the 2^6 and the
+ *    global apply in the epilogue.
  *  - FP8 in 128x128 blocks (f32 or E8M0 scales): ldmatrix hands wgmma the codes as they are, and a block's 4 wgmmas
  *    sum in the tensor core before its two scales (a row's 128-row block's, the token's group's) apply. Why: the
  *    mma.sync decode kernel (grouped_gemm_fp8_decode.cu) turns every code into f16 first (Hopper has no E4M3
@@ -27,7 +31,8 @@
  * zeros elsewhere), so that the block's 4 wgmmas sum into one accumulator, each group in its own columns.
  * The tokens' codes of a chunk of K (all of K where it fits 32 KB) are staged once a CTA in the wgmma's K-major
  * layout without swizzle (MXFP4: each 32-byte group permuted to the order the conversion gives the weights, even
- * codes in K slots 0-15, odd ones in 16-31), padding rows and K past the end as zeros, with the group scales.
+ * codes in K slots 0-15, odd ones in 16-31; NVFP4's half h keeps K slots 8h .. 8h + 7 and 16 + 8h .. 16 + 8h + 7),
+ * padding rows and K past the end as zeros, with the group scales.
  * MXFP4 scales: the factor 2^(e - 121) is (e + 6) << 23 as f32 bits up to e = 248; a block where some lane's scale
  * passes that (a warp-uniform test) takes exact factors 2^(e - 127) (NaN for 0xFF, zero past K) and the 2^6 on its
  * sum. scripts/emulate_w4a8_decode.c replays the index arithmetic of every variant on the CPU: a change to the copies,
@@ -38,6 +43,7 @@
 #include "cuda/moe/gemm_decode.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 
+#include <cuda_fp8.h>
 #include <string.h>
 
 namespace {
@@ -46,15 +52,24 @@ constexpr int kStages = 4;              /* K blocks a warp has in flight, plus t
 constexpr int kTokenBudget = 32 * 1024; /* token code bytes of a chunk */
 
 /* A warpgroup's ring for weights stored as F: a stage holds 4 warps x 16 rows of a block's codes (64 bytes a row for
- * FP4, 128 for FP8), then the scale words (FP4: 8 bytes a row; FP8: 2 words a warp, its 128-row blocks' scales). */
+ * FP4, 128 for FP8), then the scale words (MXFP4: the 2 words a row that hold its block's 4 scales; NVFP4: the 3
+ * that hold its 8, in 16 bytes; FP8: 2 words a warp, its 128-row blocks' scales). */
 template <int F> struct ring_of {
-    static constexpr bool kFp4 = F == MOE_B_E2M1_E8M0;
+    static constexpr bool kNv = F == MOE_B_E2M1_E4M3;
+    static constexpr bool kFp4 = F == MOE_B_E2M1_E8M0 || kNv;
     static constexpr int kRowBytes = kFp4 ? 64 : 128;
     static constexpr int kWarpBytes = 16 * kRowBytes;
     static constexpr int kScaleOff = 4 * kWarpBytes;
-    static constexpr int kStageBytes = kScaleOff + 4 * 16 * 8; /* 4.5 KB (FP4), 8.5 KB (FP8) */
-    static constexpr int kRingBytes = kStages * kStageBytes;   /* 18 KB, 34 KB */
+    static constexpr int kScaleRow = kNv ? 16 : 8;                     /* a row's scale bytes (FP4) */
+    static constexpr int kStageBytes = kScaleOff + 4 * 16 * kScaleRow; /* 4.5 KB (MX), 5 KB (NV), 8.5 KB (FP8) */
+    static constexpr int kRingBytes = kStages * kStageBytes;           /* 18, 20, 34 KB */
 };
+
+/* Blocks of K a chunk of staged tokens holds for kN B rows: what fits kTokenBudget, and at least 16, so that each of
+ * up to 4 warpgroups has a multiple of kStages blocks in a chunk (see the kernel's K loop); N = 32: 64 KB. */
+__host__ __device__ constexpr int chunk_blocks(int n) {
+    return kTokenBudget / (n * 128) > 16 ? kTokenBudget / (n * 128) : 16;
+}
 
 /* Shared memory of a CTA: the chunk's token codes (cb blocks of kN rows x 128 bytes), its scales (cb x kN f32),
  * then a ring a warpgroup. */
@@ -77,10 +92,32 @@ __device__ __forceinline__ uint32_t pinned(uint32_t x) {
     return x;
 }
 
+__device__ __forceinline__ uint64_t pinned64(uint64_t x) {
+    asm volatile("" : "+l"(x));
+    return x;
+}
+
 __device__ __forceinline__ uint2 lds64(uint32_t addr) {
     uint2 v;
     asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
     return v;
+}
+
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+
+/* Whether some E8M0 byte of w passes 248 (its factor 2^(e - 121) would not be (e + 6) << 23 as f32 bits). */
+__device__ __forceinline__ bool big_scale(uint32_t w) {
+    return ((((w & 0x7F7F7F7Fu) + 0x07070707u) & w) & 0x80808080u) != 0;
+}
+
+/* The E4M3 bytes 0 and 1 of v as f32, exactly (through f16, which holds every E4M3 value; NaN stays NaN). */
+__device__ __forceinline__ float2 e4m3x2_float2(uint32_t v) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xFFFF), __NV_E4M3);
+    return __half22float2(__half2(h));
 }
 #endif
 
@@ -92,7 +129,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
     using R = ring_of<F>;
-    constexpr bool kFp4 = R::kFp4, kE8m0 = F == MOE_B_E4M3_E8M0;
+    constexpr bool kFp4 = R::kFp4, kNv = R::kNv, kE8m0 = F == MOE_B_E4M3_E8M0;
     constexpr int kRowBytes = R::kRowBytes, kWarpBytes = R::kWarpBytes, kScaleOff = R::kScaleOff;
     constexpr int kStageBytes = R::kStageBytes, kRingBytes = R::kRingBytes;
     extern __shared__ __align__(128) uint8_t smem[];
@@ -110,8 +147,9 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 
     /* the lane's copies: half h = lane % 2 of row m = lane / 2 (FP4: 32 bytes, chunks 2h, 2h + 1 of the row's 4,
      * XOR-swizzled by the row pair; FP8: 64 bytes, chunks 4h .. 4h + 3 of 8, swizzled by the row: either way
-     * ldmatrix then reads without bank conflicts) and a scale word (FP4: word h of the aligned pair holding the row's
-     * 4 scales; FP8: lanes 0 and 1, the scale of M rows 0-7 and 8-15, each 16-aligned run in one 128-row block) */
+     * ldmatrix then reads without bank conflicts) and a scale word (MXFP4: word h of the aligned pair holding the
+     * row's 4 scales; NVFP4: word h of the three holding its 8, and word 2 on half 0; FP8: lanes 0 and 1, the scale of
+     * M rows 0-7 and 8-15, each 16-aligned run in one 128-row block) */
     const int cm = lane >> 1, ch = lane & 1;
     const int64_t crow = moe_decode_b_row<kGlu>(p, t, cm);
     const uint8_t *const wrow = static_cast<const uint8_t *>(p.b) +
@@ -130,23 +168,32 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     };
     const uint8_t *const srow = kFp4 ? scale_row(crow) : scale_row(moe_decode_b_row<kGlu>(p, t, 8 * (lane & 1)));
     const int soff = (int)((uintptr_t)srow & 3);
-    /* FP4: the aligned word ch of the pair holding block 0's scales; FP8: block 0's scale (its word when copied) */
+    /* FP4: the aligned word ch of the words holding block 0's scales; FP8: block 0's scale (its word when copied) */
     const uint8_t *const sword = kFp4 ? srow - soff + 4 * ch : srow;
-    const uint32_t sdst = pinned(ring + kScaleOff + (kFp4 ? warp * 128 + cm * 8 + 4 * ch : warp * 8 + 4 * (lane & 1)));
+    /* where a copy of no scale bytes points: the row's first aligned word */
+    const uint8_t *const snone = reinterpret_cast<const uint8_t *>(pinned64((uintptr_t)(srow - soff)));
+    const uint32_t sdst =
+        pinned(ring + kScaleOff + (kFp4 ? (warp * 16 + cm) * R::kScaleRow + 4 * ch : warp * 8 + 4 * (lane & 1)));
 
     /* the lane's next block to copy: its codes (the pointer stops on the lane's last block with codes inside K, so
-     * that it stays valid) and scale word (every block's), and the K values from its first chunk (a row past N: far
+     * that it stays valid) and scale words (every block's), and the K values from its first chunk (a row past N: far
      * below zero, so nothing is read). FP4's scale words take the bytes up to the block's last scale and no further:
-     * all 4 scales (full), or the row's last block's (tail, on the group that has that block); FP8's a whole word on
-     * lanes 0 and 1 where the rows are real (as the W8A8 decode kernel copies them). */
-    const int sbytes = kFp4 ? 4 : kE8m0 ? 1 : 4; /* a block's scales: FP4 4 E8M0 (a word), FP8 one f32 or E8M0 */
+     * all its scales (full), or the row's last block's (tail, on the group that has that block); FP8's a whole word
+     * on lanes 0 and 1 where the rows are real (as the W8A8 decode kernel copies them). */
+    constexpr int kBlockScales = kNv ? 8 : 4; /* FP4: a block's scales a row */
+    const int sbytes = kFp4 ? kBlockScales : kE8m0 ? 1 : 4; /* a block's scale bytes: FP8 one f32 or E8M0 */
     const uint8_t *wp = wrow + wg * kRowBytes + (kRowBytes / 2) * ch, *sp = sword + sbytes * wg;
     int kleft = crow < 0 ? -0x40000000 : K - 128 * wg - 64 * ch;
-    const int tail_scales = cols - 4 * (kblocks - 1), tail_sum = soff + tail_scales;
+    const int tail_scales = cols - kBlockScales * (kblocks - 1), tail_sum = soff + tail_scales;
     const bool srow_real = kFp4 ? crow >= 0 : lane < 2 && moe_decode_b_row<kGlu>(p, t, 8 * (lane & 1)) >= 0;
-    const int full = !srow_real ? 0 : !kFp4 ? 4 : ch ? soff : 4; /* exact: the last row's bytes end the allocation */
-    const int tail = !kFp4 || !srow_real || (wg != ((kblocks - 1) & (ksplit - 1))) ? full
-                     : ch ? (tail_sum > 4 ? tail_sum - 4 : 0) : (tail_sum < 4 ? tail_sum : 4);
+    const bool last = wg == ((kblocks - 1) & (ksplit - 1)); /* the group with the row's last block */
+    /* the bytes of word w of the words from the aligned start that hold scales up to byte `end` of them: exact, for
+     * the last row's bytes end the allocation */
+    auto word_bytes = [](int end, int w) { return end - 4 * w < 0 ? 0 : end - 4 * w > 4 ? 4 : end - 4 * w; };
+    const int full = !srow_real ? 0 : !kFp4 ? 4 : word_bytes(soff + kBlockScales, ch);
+    const int tail = kFp4 && srow_real && last ? word_bytes(tail_sum, ch) : full;
+    /* NVFP4's word 2 (half 0's second copy) */
+    const int full2 = kNv && srow_real ? soff : 0, tail2 = kNv && srow_real && last ? word_bytes(tail_sum, 2) : full2;
     const int wstep = (int)pinned((uint32_t)kRowBytes << shift), kstep = (int)pinned(128u << shift);
     const int sstep = (int)pinned((uint32_t)sbytes << shift);
     /* the group's next block into the stage at ring offset wr; a group committed either way, so that the counts
@@ -161,7 +208,11 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             const int bytes = todo == 1 ? tail : full;
             const uint8_t *src = kFp4 ? sp : reinterpret_cast<const uint8_t *>((uintptr_t)sp & ~(uintptr_t)3);
             if (kFp4 || lane < 2) /* FP8: the other lanes would zero the same words */
-                moe_cp_async4(sdst + wr, bytes ? src : srow - soff, bytes); /* none: an address inside the row */
+                moe_cp_async4(sdst + wr, bytes ? src : snone, bytes);
+            if (kNv && !ch) {
+                const int bytes2 = todo == 1 ? tail2 : full2;
+                moe_cp_async4(sdst + 8 + wr, bytes2 ? sp + 8 : snone, bytes2);
+            }
             if (kleft > kstep) wp += wstep;
             sp += sstep, kleft -= kstep, todo--; /* every block has scales: a copy of none reads elsewhere */
         }
@@ -176,7 +227,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     const int lr = lane & 7, lj = lane >> 3;
     /* (each storage pins only its own addresses: a pinned value is kept even where nothing reads it) */
     const uint32_t lm0 = kFp4 ? pinned(ring + warp * kWarpBytes + lr * 64 + ((lj ^ ((lr >> 1) & 3)) << 4)) : 0;
-    const uint32_t sr0 = kFp4 ? pinned(ring + kScaleOff + warp * 128 + g * 8) : 0, lm1 = lm0 + 8 * 64, sr1 = sr0 + 64;
+    const uint32_t sr0 = kFp4 ? pinned(ring + kScaleOff + (warp * 16 + g) * R::kScaleRow) : 0, lm1 = lm0 + 8 * 64,
+                   sr1 = sr0 + 8 * R::kScaleRow;
     const int sh0 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g)) & 3);
     const int sh1 = 8 * (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, g + 8)) & 3);
     /* FP8: ldmatrix of group j hands thread (g, q) its A registers directly (matrices: rows 0-7 and 8-15 of K
@@ -192,14 +244,17 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
     for (int h = 0; h < 2; h++) sb_lo[h] = (int)((uintptr_t)scale_row(moe_decode_b_row<kGlu>(p, t, 8 * h)) & 3);
 
-    /* kTp token rows a tile: kN of them (dense), or kN / 4 (diagonal: column c of wgmma j holds token c % kTp where
-     * c / kTp = j, and zeros elsewhere, so that the 4 groups of a block sum into one accumulator, group j in its
-     * own columns) */
-    constexpr bool kDiag = kTp * 4 == kN;
-    static_assert(kDiag || kTp == kN, "dense or diagonal tokens");
-    static_assert(kFp4 || !kDiag, "diagonal tokens are MXFP4's (FP8's groups share a scale)");
-    /* the B row this thread stages (blockDim is a multiple of kN) and its token */
-    const int tn = threadIdx.x & (kN - 1);
+    /* kTp token rows a tile. Column c of a wgmma holds token c % kTp, and c / kTp is its scale block: MXFP4 and FP8
+     * dense (kN = kTp), every column of every group; MXFP4 diagonal (kN = 4 kTp), group c / kTp of the block's 4,
+     * zeros elsewhere, so that the 4 groups of a block sum into one accumulator, each group in its own columns.
+     * NVFP4 (scales a 16-code half group) the same with halves: dense (kN = 2 kTp), half c / kTp of every group;
+     * diagonal (kN = 8 kTp), half group c / kTp of the block's 8. A half's B row keeps its 16 codes, zeros in the
+     * other half's K slots. */
+    constexpr bool kDiag = kTp * (kNv ? 8 : 4) == kN;
+    static_assert(kDiag || kTp * (kNv ? 2 : 1) == kN, "dense or diagonal tokens");
+    static_assert(kFp4 || !kDiag, "diagonal tokens are FP4's (FP8's groups share a scale)");
+    /* the B row this thread stages (blockDim is a multiple of kN), its token and scale block */
+    const int tn = threadIdx.x & (kN - 1), tblk = tn / kTp;
     const int64_t arow = moe_decode_a_row(p, t, tn & (kTp - 1));
     constexpr int kGroupBytes = kN * 32; /* a 32-code group's B: kN rows */
     /* the descriptor of the chunk's first group (K halves 128 bytes apart, 8-row blocks 256); a group's is its low
@@ -209,15 +264,19 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
     /* Diagonal: the block's 4 wgmmas sum into d, whose register r is row g + 8 ((r >> 1) & 1) and column c =
-     * 8 (r >> 2) + 2q + (r & 1): group c / kTp's products for token c % kTp. acc_d sums them times the row's factor
-     * for that group and the token's scale; a thread's groups are gs[k] / 8 (k = r >> 2). */
+     * 8 (r >> 2) + 2q + (r & 1): scale block c / kTp's products for token c % kTp. acc_d sums them times the row's
+     * factor for that block and the token's scale. MXFP4: a thread's groups are gs[k] / 8 (k = r >> 2). NVFP4: its
+     * two half groups are bytes nsel & 0xF and nsel >> 4 of the block's 8 scales (kTp 1: 2q and 2q + 1, by r & 1;
+     * kTp 2: q and q + 4, by r >> 2). */
     float acc_d[kN / 2];
 #pragma unroll
     for (int r = 0; r < kN / 2; r++) acc_d[r] = 0.0f;
     int gs[kN / 8];
 #pragma unroll
     for (int k = 0; k < kN / 8; k++) gs[k] = 8 * ((8 * k + 2 * q) / kTp);
-    auto diag_block = [&](const uint32_t (&w0)[4], const uint32_t (&w1)[4], const uint32_t (&sw)[2], int kb,
+    static_assert(!kNv || !kDiag || kTp <= 2, "NVFP4 diagonal: 1 or 2 tokens");
+    const uint32_t nsel = kTp == 1 ? 2 * q | (2 * q + 1) << 4 : q | (q + 4) << 4;
+    auto diag_block = [&](const uint32_t (&w0)[4], const uint32_t (&w1)[4], const uint32_t *sw, int kb,
                           uint32_t desc0, const float *xb) {
         float d[kN / 2];
 #pragma unroll
@@ -227,6 +286,23 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             moe_wgmma_m64nNk32_e4m3_ra<kN>(d, a, desc_hi | (desc0 + j * (kGroupBytes / 16)), j > 0);
         }
         moe_wgmma_commit();
+        if constexpr (kNv) { /* sw: the rows' scales of the block, 4 a word (lo, hi) */
+            float2 fn[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) fn[h] = e4m3x2_float2(moe_prmt(sw[2 * h], sw[2 * h + 1], nsel));
+            float x[2];
+#pragma unroll
+            for (int u = 0; u < 2; u++) x[u] = xb[(2 * q + u) & (kTp - 1)];
+            moe_wgmma_wait<0>();
+            moe_acc_fence(d);
+#pragma unroll
+            for (int r = 0; r < kN / 2; r++) {
+                const float2 f2 = fn[(r >> 1) & 1];
+                const float fr = (kTp == 1 ? r & 1 : r >> 2) ? f2.y : f2.x;
+                acc_d[r] = __fmaf_rn(d[r] * fr, x[r & 1], acc_d[r]);
+            }
+            return;
+        }
         /* the factors of the thread's groups, while the wgmmas run */
         uint32_t e[2][kN / 8];
         bool big = false;
@@ -297,7 +373,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         for (int it = threadIdx.x; it < (kb1 - kb0) * 4 * kN; it += blockDim.x) {
             const int gl = it / kN, gk = kb0 * 4 + gl;
             uint4 e = make_uint4(0, 0, 0, 0), o = e;
-            if (arow >= 0 && 32 * gk < K && (!kDiag || tn / kTp == (gl & 3))) {
+            if (arow >= 0 && 32 * gk < K && (!kDiag || (kNv ? tblk >> 1 : tblk) == (gl & 3))) {
                 const uint4 *src = reinterpret_cast<const uint4 *>(f.a + arow * K + 32 * gk);
                 /* FP8's K may end half a group in (K % 32 = 16): nothing read past it */
                 const uint4 x0 = __ldg(src), x1 = 32 * gk + 16 < K ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
@@ -306,6 +382,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                                    moe_prmt(x1.x, x1.y, 0x6420), moe_prmt(x1.z, x1.w, 0x6420));
                     o = make_uint4(moe_prmt(x0.x, x0.y, 0x7531), moe_prmt(x0.z, x0.w, 0x7531),
                                    moe_prmt(x1.x, x1.y, 0x7531), moe_prmt(x1.z, x1.w, 0x7531));
+                    if (kNv && (tblk & 1)) e.x = e.y = o.x = o.y = 0; /* half 1: codes 16-31 of the group */
+                    if (kNv && !(tblk & 1)) e.z = e.w = o.z = o.w = 0;
                 } else { /* FP8 weights keep K in order */
                     e = x0, o = x1;
                 }
@@ -325,30 +403,47 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         auto block = [&](int i, uint32_t rd) {
             const int kb = wg + (i << shift), lb = kb - kb0;
             if constexpr (!kFp4) {
-                fp8_block(kb, rd, desc_lo + lb * (4 * kGroupBytes / 16), xs + lb * kN);
+                fp8_block(kb, rd, desc_lo + lb * (4 * kGroupBytes / 16), xs + lb * kTp);
                 return;
             }
             uint32_t w0[4], w1[4];
             moe_ldmatrix_x4(w0, lm0 + rd);
             moe_ldmatrix_x4(w1, lm1 + rd);
-            const uint2 s0 = lds64(sr0 + rd), s1 = lds64(sr1 + rd);
-            const uint32_t sw[2] = {__funnelshift_r(s0.x, s0.y, sh0), __funnelshift_r(s1.x, s1.y, sh1)};
+            /* the rows' scales from the block's first: MXFP4 sw[0], sw[1] (rows g, g + 8: 4 E8M0 a word); NVFP4
+             * sw[2h], sw[2h + 1] (row g + 8h: 8 E4M3 in two words) */
+            uint32_t sw[kNv ? 4 : 2];
+            if constexpr (kNv) {
+                const uint4 s0 = lds128(sr0 + rd), s1 = lds128(sr1 + rd);
+                sw[0] = __funnelshift_r(s0.x, s0.y, sh0), sw[1] = __funnelshift_r(s0.y, s0.z, sh0);
+                sw[2] = __funnelshift_r(s1.x, s1.y, sh1), sw[3] = __funnelshift_r(s1.y, s1.z, sh1);
+            } else {
+                const uint2 s0 = lds64(sr0 + rd), s1 = lds64(sr1 + rd);
+                sw[0] = __funnelshift_r(s0.x, s0.y, sh0), sw[1] = __funnelshift_r(s1.x, s1.y, sh1);
+            }
             const uint32_t desc0 = desc_lo + lb * (4 * kGroupBytes / 16);
             if constexpr (kDiag) {
                 diag_block(w0, w1, sw, kb, desc0, xs + lb * kTp);
                 return;
             }
-            /* the rows' factors for the block's 4 groups */
-            float fac[2][4], comp = 1.0f;
-            const uint32_t big = ((((sw[0] & 0x7F7F7F7Fu) + 0x07070707u) & sw[0]) |
-                                  (((sw[1] & 0x7F7F7F7Fu) + 0x07070707u) & sw[1])) & 0x80808080u;
-            if (__any_sync(0xFFFFFFFFu, big != 0)) { /* some scale past 2^121: exact factors, the 2^6 on the sum */
+            /* the rows' factors for the block's 4 groups (NVFP4: and both halves of each) */
+            constexpr int kHalves = kNv ? 2 : 1;
+            float fac[2][4][kHalves], comp = 1.0f;
+            if constexpr (kNv) {
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const float2 f2 = e4m3x2_float2(sw[2 * h + (j >> 1)] >> (16 * (j & 1)));
+                        fac[h][j][0] = f2.x, fac[h][j][kHalves - 1] = f2.y;
+                    }
+            } else if (__any_sync(0xFFFFFFFFu, big_scale(sw[0]) | big_scale(sw[1]))) {
+                /* some scale past 2^121: exact factors, the 2^6 on the sum */
                 const int groups = (K - 128 * kb) >> 5;
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        fac[h][j] = j < groups ? moe_decode((uint8_t)(sw[h] >> (8 * j)), MOE_DTYPE_E8M0) : 0.0f;
+                        fac[h][j][0] = j < groups ? moe_decode((uint8_t)(sw[h] >> (8 * j)), MOE_DTYPE_E8M0) : 0.0f;
                 comp = 64.0f;
             } else {
 #pragma unroll
@@ -356,16 +451,17 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                     const uint32_t e6 = sw[h] + 0x06060606u; /* no byte passes 254: no carries */
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        fac[h][j] = __uint_as_float((j < 3 ? e6 << (23 - 8 * j) : e6 >> 1) & 0x7F800000u);
+                        fac[h][j][0] = __uint_as_float((j < 3 ? e6 << (23 - 8 * j) : e6 >> 1) & 0x7F800000u);
                 }
             }
-            /* group j: its product into part[j % 2] while group j - 1's is added */
+            /* group j: its product into part[j % 2] while group j - 1's is added (register e: row g + 8 ((e >> 1) & 1),
+             * column 8 (e >> 2) + 2q + (e & 1), NVFP4's half (8 (e >> 2)) / kTp) */
             float part[2][kN / 2], sum[kN / 2];
             auto add = [&](int j) {
                 moe_acc_fence(part[j & 1]);
 #pragma unroll
                 for (int e = 0; e < kN / 2; e++) {
-                    const float v = part[j & 1][e], s = fac[(e >> 1) & 1][j];
+                    const float v = part[j & 1][e], s = fac[(e >> 1) & 1][j][kNv ? 8 * (e >> 2) / kTp : 0];
                     sum[e] = j ? __fmaf_rn(v, s, sum[e]) : v * s;
                 }
             };
@@ -382,15 +478,19 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             }
             moe_wgmma_wait<0>();
             add(3);
-            /* the block's sum times the tokens' scales: columns 8n + 2q (+ 1) */
+            /* the block's sum times the tokens' scales: tokens 8n + 2q (+ 1), NVFP4's two halves (columns kTp
+             * apart) added first */
 #pragma unroll
-            for (int n = 0; n < kN / 8; n++) {
-                const float2 x = *reinterpret_cast<const float2 *>(xs + lb * kN + 8 * n + 2 * q);
+            for (int n = 0; n < kTp / 8; n++) {
+                const float2 x = *reinterpret_cast<const float2 *>(xs + lb * kTp + 8 * n + 2 * q);
                 const float x0 = x.x * comp, x1 = x.y * comp;
-                acc[n][0] = __fmaf_rn(sum[4 * n + 0], x0, acc[n][0]);
-                acc[n][1] = __fmaf_rn(sum[4 * n + 1], x1, acc[n][1]);
-                acc[n][2] = __fmaf_rn(sum[4 * n + 2], x0, acc[n][2]);
-                acc[n][3] = __fmaf_rn(sum[4 * n + 3], x1, acc[n][3]);
+                float v[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) v[e] = kNv ? sum[4 * n + e] + sum[4 * (kTp / 8 + n) + e] : sum[4 * n + e];
+                acc[n][0] = __fmaf_rn(v[0], x0, acc[n][0]);
+                acc[n][1] = __fmaf_rn(v[1], x1, acc[n][1]);
+                acc[n][2] = __fmaf_rn(v[2], x0, acc[n][2]);
+                acc[n][3] = __fmaf_rn(v[3], x1, acc[n][3]);
             }
         };
         /* the group's blocks in the chunk (a chunk other than the last holds a multiple of kStages of them, so that
@@ -401,8 +501,9 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     }
     moe_cp_async_wait<0>(); /* the empty groups past nk */
     if constexpr (kDiag) {
-        /* acc_d to the epilogue's layout: each (row, token) summed over the thread's groups, then over the lanes of
-         * the quad that hold the same tokens (all 4 for kTp 2, q and q ^ 2 for 4); lane q keeps tokens 2q, 2q + 1 */
+        /* acc_d to the epilogue's layout: each (row, token) summed over the thread's scale blocks (kTp 1: both
+         * columns too), then over the lanes of the quad that hold the same tokens (all 4 for kTp 1 and 2, q and q ^ 2
+         * for 4); lane q keeps tokens 2q, 2q + 1 */
         float v[4];
 #pragma unroll
         for (int e = 0; e < 4; e++) {
@@ -410,8 +511,9 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
             for (int k = 1; k < kN / 8; k++) v[e] += acc_d[4 * k + e];
         }
+        if (kTp == 1) v[0] += v[1], v[2] += v[3], v[1] = v[3] = 0.0f; /* columns 2q, 2q + 1: both token 0 */
 #pragma unroll
-        for (int m = kTp / 2; m < 4; m <<= 1)
+        for (int m = kTp > 1 ? kTp / 2 : 1; m < 4; m <<= 1)
 #pragma unroll
             for (int e = 0; e < 4; e++) v[e] += __shfl_xor_sync(0xFFFFFFFFu, v[e], m);
 #pragma unroll
@@ -435,7 +537,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         for (int k = 0; k < 8; k++) acc[k >> 2][k & 3] += part[k * 32 + lane];
     }
     const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
-    moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, 1.0f);
+    moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kNv ? 64.0f : 1.0f); /* NVFP4: the codes' 2^-6 (MXFP4's is in
+                                                                            its factors); and the global there */
 #endif
 }
 
@@ -450,8 +553,8 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: %lld tiles exceed the grid", (long long)ctas);
     const int kblocks = (p.k + 127) / 128;
     /* blocks a chunk: 32 or 16, a multiple of kStages times any split (see the kernel's K loop) */
-    const int cb = kblocks < kTokenBudget / (kN * 128) ? kblocks : kTokenBudget / (kN * 128);
-    static_assert(kTokenBudget / (16 * 128) % (kStages * 4) == 0, "chunks of whole rounds of the stages");
+    const int cb = kblocks < chunk_blocks(kN) ? kblocks : chunk_blocks(kN);
+    static_assert(chunk_blocks(kN) % (kStages * 4) == 0, "chunks of whole rounds of the stages");
     /* warpgroups a CTA: doubled while the grid's groups stay within half of the groups the GPU holds (a group a CTA:
      * its registers and shared memory, a token chunk and a ring, bound them) and each keeps 8 K blocks or more */
     auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp>;
@@ -470,21 +573,36 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     return MOE_OK;
 }
 
-/* The instance for B's storage F and up to max_rows rows a tile: diagonal tokens (kN = 4 kTp) for MXFP4 at up to 2
- * or 4 rows, else dense at 8 or 16. */
+/* The instance for B's storage F and up to max_rows rows a tile: diagonal tokens for MXFP4 at up to 2 or 4 rows
+ * (kN = 4 kTp), dense at 8 or 16; NVFP4 diagonal at 1 or 2 rows (kN = 8 kTp), dense (two halves, kN = 2 kTp) at 8 or
+ * 16; FP8 dense at 8 or 16. */
 template <int F>
 moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, int64_t m_tiles,
                        int64_t max_rows, cudaStream_t st) {
-    if constexpr (F == MOE_B_E2M1_E8M0) {
+    if constexpr (F == MOE_B_E2M1_E4M3) {
+        if (max_rows <= 1)
+            return glu ? launch<F, true, 8, 1>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 1>(ctx, p, f, m_tiles, st);
         if (max_rows <= 2)
-            return glu ? launch<F, true, 8, 2>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 2>(ctx, p, f, m_tiles, st);
-        if (max_rows <= 4)
-            return glu ? launch<F, true, 16, 4>(ctx, p, f, m_tiles, st)
-                       : launch<F, false, 16, 4>(ctx, p, f, m_tiles, st);
+            return glu ? launch<F, true, 16, 2>(ctx, p, f, m_tiles, st)
+                       : launch<F, false, 16, 2>(ctx, p, f, m_tiles, st);
+        if (max_rows <= 8)
+            return glu ? launch<F, true, 16, 8>(ctx, p, f, m_tiles, st)
+                       : launch<F, false, 16, 8>(ctx, p, f, m_tiles, st);
+        return glu ? launch<F, true, 32, 16>(ctx, p, f, m_tiles, st) : launch<F, false, 32, 16>(ctx, p, f, m_tiles, st);
+    } else {
+        if constexpr (F == MOE_B_E2M1_E8M0) {
+            if (max_rows <= 2)
+                return glu ? launch<F, true, 8, 2>(ctx, p, f, m_tiles, st)
+                           : launch<F, false, 8, 2>(ctx, p, f, m_tiles, st);
+            if (max_rows <= 4)
+                return glu ? launch<F, true, 16, 4>(ctx, p, f, m_tiles, st)
+                           : launch<F, false, 16, 4>(ctx, p, f, m_tiles, st);
+        }
+        if (max_rows <= 8)
+            return glu ? launch<F, true, 8, 8>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 8>(ctx, p, f, m_tiles, st);
+        return glu ? launch<F, true, 16, 16>(ctx, p, f, m_tiles, st)
+                   : launch<F, false, 16, 16>(ctx, p, f, m_tiles, st);
     }
-    if (max_rows <= 8)
-        return glu ? launch<F, true, 8, 8>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 8>(ctx, p, f, m_tiles, st);
-    return glu ? launch<F, true, 16, 16>(ctx, p, f, m_tiles, st) : launch<F, false, 16, 16>(ctx, p, f, m_tiles, st);
 }
 
 /* Whether the environment variable `name` is "1". */
@@ -501,6 +619,9 @@ bool moe__cuda_gemm_rs_decode_fits(moe_ctx *ctx, const moe_gemm_params &p) {
     if (p.b_fmt == MOE_B_E2M1_E8M0) /* MXFP4: a scale a row and 32 codes, 16-byte pieces of codes */
         return opted_in("MOE_GEMM_W4A8_DECODE") && p.k % 32 == 0 && p.bs.row_shift == 0 && p.bs.col_shift == 5 &&
                (p.b_group_stride / 2) % 16 == 0;
+    if (p.b_fmt == MOE_B_E2M1_E4M3) /* NVFP4: a scale a row and 16 codes */
+        return opted_in("MOE_GEMM_W4A8_DECODE") && p.k % 32 == 0 && p.bs.row_shift == 0 && p.bs.col_shift == 4 &&
+               (p.b_group_stride / 2) % 16 == 0;
     if (p.b_fmt == MOE_B_E4M3_F32 || p.b_fmt == MOE_B_E4M3_E8M0) /* FP8 in 128x128 blocks, 16-byte pieces */
         return opted_in("MOE_GEMM_W8A8_RS_DECODE") && p.k % 16 == 0 && p.bs.row_shift == 7 && p.bs.col_shift == 7 &&
                p.b_group_stride % 16 == 0;
@@ -514,6 +635,7 @@ moe_status moe__cuda_grouped_gemm_rs_decode(moe_ctx *ctx, const moe_gemm_params 
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: input codes not 16-byte aligned");
     switch (p.b_fmt) {
     case MOE_B_E2M1_E8M0: return launch_rows<MOE_B_E2M1_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream);
+    case MOE_B_E2M1_E4M3: return launch_rows<MOE_B_E2M1_E4M3>(ctx, p, f, glu, m_tiles, max_rows, stream);
     case MOE_B_E4M3_F32: return launch_rows<MOE_B_E4M3_F32>(ctx, p, f, glu, m_tiles, max_rows, stream);
     case MOE_B_E4M3_E8M0: return launch_rows<MOE_B_E4M3_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream);
     default: return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: weight storage %d", (int)p.b_fmt);

@@ -104,12 +104,12 @@ static bool w8a8_fits(const moe_layer *l, const expert_set &x) {
     return moe__cuda_gemm_fp8_fits(l->ctx, g, true) && moe__cuda_gemm_fp8_fits(l->ctx, g2, false);
 }
 
-/* Whether the set's GEMMs run W4A8 on the FP8 tensor cores when their tile is SMALL (MXFP4 weights on Hopper). */
+/* Whether the set's GEMMs run W4A8 on the FP8 tensor cores when their tile is SMALL (FP4 weights on Hopper). */
 static bool w4a8_fits(const moe_layer *l, const expert_set &x) {
     if (!l->act_quantized || !x.q13) return false;
     moe_gemm_params g, g2;
     fit_params(l, x, g, g2);
-    return g.b_fmt == MOE_B_E2M1_E8M0 && moe__cuda_gemm_rs_decode_fits(l->ctx, g) &&
+    return (g.b_fmt == MOE_B_E2M1_E8M0 || g.b_fmt == MOE_B_E2M1_E4M3) && moe__cuda_gemm_rs_decode_fits(l->ctx, g) &&
            moe__cuda_gemm_rs_decode_fits(l->ctx, g2);
 }
 
@@ -265,7 +265,7 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         moe_gemm_fp8 f = {};
         f.a = (const uint8_t *)(ws + b.q.xq), f.a_scale = (const float *)(ws + b.q.xs);
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
-            /* wgmma with the weights in registers (MXFP4 always: W4A8; FP8 where opted in), else mma.sync */
+            /* wgmma with the weights in registers (FP4 always: W4A8; FP8 where opted in), else mma.sync */
             const bool rs = moe__cuda_gemm_rs_decode_fits(ctx, g) && moe__cuda_gemm_rs_decode_fits(ctx, g2);
             auto decode = [&](const moe_gemm_params &gp, const moe_gemm_fp8 &fp, bool glu) {
                 return rs ? moe__cuda_grouped_gemm_rs_decode(ctx, gp, fp, glu, tiles, T, st)
