@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# scripts/gpu_rs_decode.sh — the first GPU round of the wgmma decode kernel (grouped_gemm_rs_decode.cu, opt-in with
-# MOE_GEMM_W4A8_DECODE=1 for MXFP4 and MOE_GEMM_W8A8_RS_DECODE=1 for FP8): its tests (gpu_layer_w4a8 and
-# gpu_layer_w8a8 run each decode case on it and on the path it replaces), compute-sanitizer memcheck and racecheck
-# of them, `moe bench layer` with and without it (alternated twice, one binary): --dtype w4a8 beside --dtype mxfp4,
-# and --dtype w8a8; Nsight Compute of GEMM 1 at T = 1. Logs and JSON under $OUT (one device call: about 8 minutes).
+# scripts/gpu_rs_decode.sh [tests|bench|ncu|all] — the first GPU round of the wgmma decode kernel
+# (grouped_gemm_rs_decode.cu, opt-in with MOE_GEMM_W4A8_DECODE=1 for MXFP4 and NVFP4 weights and
+# MOE_GEMM_W8A8_RS_DECODE=1 for FP8 ones), in parts that each fit one device call (default: all):
+#  tests  gpu_layer_w4a8 (every case on the kernel and on the bf16 path, MXFP4 and NVFP4) and gpu_layer_w8a8 (each
+#         decode case on it and on the mma.sync kernel), then compute-sanitizer memcheck and racecheck of both;
+#  bench  `moe bench layer` with and without each opt-in, alternated twice in one binary: --dtype w4a8 and
+#         w4a8-nvfp4 beside mxfp4 and nvfp4 (bf16 inputs), and --dtype w8a8;
+#  ncu    Nsight Compute of GEMM 1 at T = 1 on each kernel and the one it replaces.
+# Logs and JSON under $OUT; the summary in $OUT/summary.txt. Not yet timed on a GPU: if a part passes the device's
+# 10-minute limit, split it (REPS=1, then REPS=2; FP4_MODELS, FP8_MODELS, TOKENS narrower).
 set -u
+PART=${1:-all}
 OUT=${OUT:-/tmp/moe-gpu}
 mkdir -p "$OUT"
 BUILD=${BUILD:-build}
 M="$BUILD/moe"
 TOKENS=${TOKENS:-1,2,4,8,16,64}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt"
-for t in gpu_layer_w4a8 gpu_layer_w8a8; do
-    echo "=== $t" | tee -a "$OUT/summary.txt"
-    "$BUILD/moe_tests" --data tests/data $t > "$OUT/$t.log" 2>&1
-    echo "exit $?" >> "$OUT/$t.log"; tail -3 "$OUT/$t.log" | tee -a "$OUT/summary.txt"
-    for tool in memcheck racecheck; do
-        echo "=== compute-sanitizer $tool $t" | tee -a "$OUT/summary.txt"
-        compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/moe_tests" --data tests/data $t \
-            > "$OUT/$t-$tool.log" 2>&1
-        echo "exit $?" >> "$OUT/$t-$tool.log"; tail -2 "$OUT/$t-$tool.log" | tee -a "$OUT/summary.txt"
+if [ "$PART" = tests ] || [ "$PART" = all ]; then
+    for t in gpu_layer_w4a8 gpu_layer_w8a8; do
+        echo "=== $t" | tee -a "$OUT/summary.txt"
+        "$BUILD/moe_tests" --data tests/data $t > "$OUT/$t.log" 2>&1
+        echo "exit $?" >> "$OUT/$t.log"; tail -3 "$OUT/$t.log" | tee -a "$OUT/summary.txt"
+        for tool in memcheck racecheck; do
+            echo "=== compute-sanitizer $tool $t" | tee -a "$OUT/summary.txt"
+            compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/moe_tests" --data tests/data $t \
+                > "$OUT/$t-$tool.log" 2>&1
+            echo "exit $?" >> "$OUT/$t-$tool.log"; tail -2 "$OUT/$t-$tool.log" | tee -a "$OUT/summary.txt"
+        done
     done
-done
+fi
 bench() { # dtype models tag [env]
     echo "=== $1 $3" | tee -a "$OUT/summary.txt"
     env $4 "$M" bench layer --model "$2" --tokens "$TOKENS" --dtype "$1" --idle-ms 50 \
@@ -29,21 +37,30 @@ bench() { # dtype models tag [env]
 }
 FP4_MODELS=${FP4_MODELS:-gpt-oss-120b,gpt-oss-20b,deepseek-v3,qwen3-235b-a22b}
 FP8_MODELS=${FP8_MODELS:-deepseek-v3,qwen3-30b-a3b,qwen3-235b-a22b}
-for rep in 1 2; do
-    bench w4a8 "$FP4_MODELS" "rs-$rep" MOE_GEMM_W4A8_DECODE=1
-    bench w4a8 "$FP4_MODELS" "bf16path-$rep" MOE_GEMM_W4A8_DECODE=0
-    bench mxfp4 "$FP4_MODELS" "$rep" MOE_GEMM_W4A8_DECODE=0
-    bench w8a8 "$FP8_MODELS" "rs-$rep" MOE_GEMM_W8A8_RS_DECODE=1
-    bench w8a8 "$FP8_MODELS" "mma-$rep" MOE_GEMM_W8A8_RS_DECODE=0
-done
+if [ "$PART" = bench ] || [ "$PART" = all ]; then
+    for rep in ${REPS:-1 2}; do
+        for w in w4a8 w4a8-nvfp4; do
+            bench $w "$FP4_MODELS" "rs-$rep" MOE_GEMM_W4A8_DECODE=1
+            bench $w "$FP4_MODELS" "bf16path-$rep" MOE_GEMM_W4A8_DECODE=0
+        done
+        bench mxfp4 "$FP4_MODELS" "$rep" MOE_GEMM_W4A8_DECODE=0
+        bench nvfp4 "$FP4_MODELS" "$rep" MOE_GEMM_W4A8_DECODE=0
+        bench w8a8 "$FP8_MODELS" "rs-$rep" MOE_GEMM_W8A8_RS_DECODE=1
+        bench w8a8 "$FP8_MODELS" "mma-$rep" MOE_GEMM_W8A8_RS_DECODE=0
+    done
+fi
 METRICS=gpu__time_duration.sum,smsp__inst_executed.sum,smsp__issue_active.avg.per_cycle_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active
 ncu1() { # tag kernel-regex model dtype [env]
     env $5 ncu --clock-control none --cache-control all -k "regex:$2" --launch-count 2 --page raw --csv \
         --metrics "$METRICS" "$M" bench layer --model "$3" --tokens 1 --dtype "$4" --reps 1 --idle-ms 0 \
         > "$OUT/ncu-$1.csv" 2>&1
 }
-ncu1 w4a8-rs gemm_rs_decode gpt-oss-120b w4a8 MOE_GEMM_W4A8_DECODE=1
-ncu1 w4a8-bf16path gemm_fp4_decode gpt-oss-120b w4a8 MOE_GEMM_W4A8_DECODE=0
-ncu1 w8a8-rs gemm_rs_decode deepseek-v3 w8a8 MOE_GEMM_W8A8_RS_DECODE=1
-ncu1 w8a8-mma gemm_fp8_decode deepseek-v3 w8a8 MOE_GEMM_W8A8_RS_DECODE=0
-echo "=== done" | tee -a "$OUT/summary.txt"
+if [ "$PART" = ncu ] || [ "$PART" = all ]; then
+    ncu1 w4a8-rs gemm_rs_decode gpt-oss-120b w4a8 MOE_GEMM_W4A8_DECODE=1
+    ncu1 w4a8-bf16path gemm_fp4_decode gpt-oss-120b w4a8 MOE_GEMM_W4A8_DECODE=0
+    ncu1 w4a8-nvfp4-rs gemm_rs_decode deepseek-v3 w4a8-nvfp4 MOE_GEMM_W4A8_DECODE=1
+    ncu1 w4a8-nvfp4-bf16path gemm_fp4_decode deepseek-v3 w4a8-nvfp4 MOE_GEMM_W4A8_DECODE=0
+    ncu1 w8a8-rs gemm_rs_decode deepseek-v3 w8a8 MOE_GEMM_W8A8_RS_DECODE=1
+    ncu1 w8a8-mma gemm_fp8_decode deepseek-v3 w8a8 MOE_GEMM_W8A8_RS_DECODE=0
+fi
+echo "=== done $PART" | tee -a "$OUT/summary.txt"
