@@ -22,14 +22,15 @@
  * Layout. A CTA takes one 16-row tile and 64 B rows (4 column tiles of gemm_decode.cuh: GLU the gate and up rows of
  * 32 output columns, plain 64 columns), with ksplit warpgroups (1, 2 or 4) splitting its K blocks of 128 (group w
  * takes blocks w, w + ksplit, ...) and summed in shared memory in group order (deterministic). Warp w of a group
- * holds column tile 4 T + w, the A rows 16 w .. 16 w + 15 of the wgmma (m64nNk32, N = 8 or 16). Each warp streams
+ * holds column tile 4 T + w, the A rows 16 w .. 16 w + 15 of the wgmma (m64nNk32, N = 8, 16 or 32). Each warp streams
  * its rows' codes and scale words through its own 4-stage cp.async ring (so a __syncwarp orders it), 16-byte
- * chunks stored XOR-swizzled so that ldmatrix reads them without bank conflicts. MXFP4: ldmatrix hands thread
+ * chunks stored XOR-swizzled so that ldmatrix reads them without bank conflicts. FP4: ldmatrix hands thread
  * (g, q) word q of each 32-code group of rows g and g + 8, so wgmma j of a block covers exactly group j; its product
- * leaves in f32 and is added times the rows' factors (dense tokens), or, for tiles of up to 2 or 4 rows, the 4
- * groups' tokens sit in columns of their own (diagonal: column c of wgmma j holds token c % kTp where c / kTp = j,
- * zeros elsewhere), so that the block's 4 wgmmas sum into one accumulator, each group in its own columns.
- * The tokens' codes of a chunk of K (all of K where it fits 32 KB) are staged once a CTA in the wgmma's K-major
+ * leaves in f32 and is added times the rows' factors (dense tokens), or, for tiles of up to 2 or 4 rows (NVFP4: 1 or
+ * 2), the 4 groups' (8 half groups') tokens sit in columns of their own (diagonal: column c holds token c % kTp of
+ * scale block c / kTp, zeros elsewhere), so that the block's 4 wgmmas sum into one accumulator.
+ * The tokens' codes of a chunk of K (all of K where it fits 32 KB; 64 KB at N = 32) are staged once a CTA in the
+ * wgmma's K-major
  * layout without swizzle (MXFP4: each 32-byte group permuted to the order the conversion gives the weights, even
  * codes in K slots 0-15, odd ones in 16-31; NVFP4's half h keeps K slots 8h .. 8h + 7 and 16 + 8h .. 16 + 8h + 7),
  * padding rows and K past the end as zeros, with the group scales.
