@@ -468,6 +468,28 @@ int layer_run_quant_golden(test_env *env, moe_ctx *ctx, moe_dtype dtype, double 
     return run_golden_cases(env, ctx, "layer_quant.moeg", "layer_quant_cases", 1, dtype, 1, tol, tol_w8a8);
 }
 
+/* Where a failed comparison's error sits, to tell a layout mistake from a numeric one without another GPU run: the
+ * relative L2 error of the output columns by column % 16 (a row of a 16-row weight tile in GEMM 2), by (column / 16) %
+ * 4 (the warp of a 64-row CTA), and by token (the first 16). */
+static void error_profile(const float *cpu, const float *gpu, int64_t T, int64_t H) {
+    double num[3][16] = {{0}}, den[3][16] = {{0}};
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            const double d = (double)gpu[t * H + h] - cpu[t * H + h], c = (double)cpu[t * H + h] * cpu[t * H + h];
+            const int64_t at[3] = {h % 16, (h / 16) % 4, t < 16 ? t : -1};
+            for (int k = 0; k < 3; k++)
+                if (at[k] >= 0) num[k][at[k]] += d * d, den[k][at[k]] += c;
+        }
+    static const char *const names[3] = {"column % 16", "warp (column / 16 % 4)", "token"};
+    const int count[3] = {16, 4, T < 16 ? (int)T : 16};
+    for (int k = 0; k < 3; k++) {
+        fprintf(stderr, "    error by %s:", names[k]);
+        for (int i = 0; i < count[k]; i++)
+            fprintf(stderr, " %.1e", den[k][i] > 0 ? sqrt(num[k][i] / den[k][i]) : sqrt(num[k][i]));
+        fprintf(stderr, "\n");
+    }
+}
+
 int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits, const char *what, double tol_l2,
                           double tol_token) {
     const int64_t n = p->T * p->c.hidden, H = p->c.hidden;
@@ -499,6 +521,7 @@ int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits,
                 (long long)worst_t, worst, same ? "" : ", GRAPH REPLAY DIFFERS",
                 norm > 0 ? "" : ", REFERENCE ALL ZEROS");
         bad = !(e <= tol_l2) || !(worst <= tol_token) || !same || !(norm > 0); /* zeros would prove nothing */
+        if (bad) error_profile(cpu, gpu, p->T, H);
     }
     free(cpu), free(gpu), free(again);
     return bad;
