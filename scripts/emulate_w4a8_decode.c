@@ -525,6 +525,7 @@ int main(int argc, char **argv) {
             bad += run(nv, 4224, T, 0, 100, 3, 4, 16, kN, kTp, 1);    /* three chunks over 4 groups, odd soff */
             bad += run(nv, 4224, T, 1, 64, 1, 2, cbm, kN, kTp, 0);    /* chunks by the budget */
             bad += run(nv, 160, T, 0, 48, 2, 1, cbm, kN, kTp, 0);     /* one block, 5 (10) scales a row */
+            bad += run(nv, 160, T, 1, 48, 2, 4, cbm, kN, kTp, 0);     /* MOE_GEMM_RS_KSPLIT=4 past K's blocks */
             if (nv) bad += run(nv, 7168, T, 1, 2048, 0, 4, cbm, kN, kTp, 7); /* DeepSeek-V3 GEMM 1 */
         }
     /* FP8 in 128x128 blocks (f32 and E8M0 scales), dense tokens: DeepSeek-V3's shapes and the edges */

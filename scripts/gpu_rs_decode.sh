@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# scripts/gpu_rs_decode.sh [tests|bench|ncu|all] — the first GPU round of the wgmma decode kernel
+# scripts/gpu_rs_decode.sh [tests|bench|ncu|all|ksplit] — the first GPU round of the wgmma decode kernel
 # (grouped_gemm_rs_decode.cu, opt-in with MOE_GEMM_W4A8_DECODE=1 for MXFP4 and NVFP4 weights and
-# MOE_GEMM_W8A8_RS_DECODE=1 for FP8 ones), in parts that each fit one device call (default: all):
+# MOE_GEMM_W8A8_RS_DECODE=1 for FP8 ones), in parts that each fit one device call (default: all, which is the first
+# three):
 #  tests  gpu_layer_w4a8 (every case on the kernel and on the bf16 path, MXFP4 and NVFP4) and gpu_layer_w8a8 (each
 #         decode case on it and on the mma.sync kernel), then compute-sanitizer memcheck and racecheck of both;
 #  bench  `moe bench layer` with and without each opt-in, alternated twice in one binary: --dtype w4a8 and
 #         w4a8-nvfp4 beside mxfp4 and nvfp4 (bf16 inputs), and --dtype w8a8;
-#  ncu    Nsight Compute of GEMM 1 at T = 1 on each kernel and the one it replaces.
+#  ncu    Nsight Compute of GEMM 1 at T = 1 on each kernel and the one it replaces;
+#  ksplit the kernel's K split forced to 1, 2 and 4 (MOE_GEMM_RS_KSPLIT) against its rule, at T = 1, 4, 16, to
+#         retune the rule in launch().
 # Logs and JSON under $OUT; the summary in $OUT/summary.txt. Not yet timed on a GPU: if a part passes the device's
 # 10-minute limit, split it (REPS=1, then REPS=2; FP4_MODELS, FP8_MODELS, TOKENS narrower).
 set -u
@@ -62,5 +65,16 @@ if [ "$PART" = ncu ] || [ "$PART" = all ]; then
     ncu1 w4a8-nvfp4-bf16path gemm_fp4_decode deepseek-v3 w4a8-nvfp4 MOE_GEMM_W4A8_DECODE=0
     ncu1 w8a8-rs gemm_rs_decode deepseek-v3 w8a8 MOE_GEMM_W8A8_RS_DECODE=1
     ncu1 w8a8-mma gemm_fp8_decode deepseek-v3 w8a8 MOE_GEMM_W8A8_RS_DECODE=0
+fi
+if [ "$PART" = ksplit ]; then
+    for rep in ${REPS:-1 2}; do
+        for ks in rule 1 2 4; do
+            e="MOE_GEMM_W4A8_DECODE=1 MOE_GEMM_W8A8_RS_DECODE=1"
+            [ $ks = rule ] || e="$e MOE_GEMM_RS_KSPLIT=$ks"
+            TOKENS=1,4,16 bench w4a8 "$FP4_MODELS" "ks$ks-$rep" "$e"
+            TOKENS=1,4,16 bench w4a8-nvfp4 "$FP4_MODELS" "ks$ks-$rep" "$e"
+            TOKENS=1,4,16 bench w8a8 "$FP8_MODELS" "ks$ks-$rep" "$e"
+        done
+    done
 fi
 echo "=== done $PART" | tee -a "$OUT/summary.txt"

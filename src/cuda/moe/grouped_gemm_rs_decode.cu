@@ -567,6 +567,9 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     const int64_t slots = (int64_t)ctx->cuda.sm_count * (per_sm > 0 ? per_sm : 1);
     int ksplit = 1;
     while (ksplit < 4 && ctas * ksplit * 2 <= slots && kblocks >= 16 * ksplit) ksplit *= 2;
+    /* a knob for tuning this rule on a GPU (scripts/gpu_rs_decode.sh ksplit): 1, 2 or 4 forces the split */
+    if (const char *v = getenv("MOE_GEMM_RS_KSPLIT"))
+        if (!strcmp(v, "1") || !strcmp(v, "2") || !strcmp(v, "4")) ksplit = v[0] - '0';
     const int bytes = token_bytes(cb, kN) + ksplit * ring_of<F>::kRingBytes;
     /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
     MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), kernel, dim3((unsigned)ctas), 128 * ksplit, bytes, st, q,
