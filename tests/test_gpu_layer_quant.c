@@ -284,8 +284,8 @@ TEST_IMPL(gpu_layer_fp4_decode) {
  * MOE_GEMM_W4A8_DECODE=1), and each case runs once more on the bf16 path (the FP4 decode kernel over x and h
  * quantised in bf16). Every case runs with MXFP4 weights and with NVFP4 ones (the decode global convention in even
  * cases, the encode one in odd cases). Cases: the token layouts, MXFP4 diagonal at up to 2 rows a tile (T = 1, 2)
- * and 4 (T = 3), dense at 8 (T = 5, 6) and 16 (T = 40, and the SMALL tile forced at T = 300); NVFP4 diagonal at 1
- * and 2 rows, dense at 8 and 16; K past one chunk of staged tokens (H 4224 at T = 3 and 40: three chunks of 16
+ * and 4 (T = 3, 4), dense at 8 (T = 5, 6) and 16 (T = 40, and the SMALL tile forced at T = 300); NVFP4 diagonal at
+ * 1, 2 and 4 rows, dense at 8 and 16; K past one chunk of staged tokens (H 4224 at T = 3 and 40: three chunks of 16
  * blocks) and over 2 and 4 warpgroups (H 4096, I 2048);
  * H 160 and I 96 (K ends inside a block, a column tile past N); GPT-OSS's interleaved w13 with biases and clamps;
  * Llama-4's weight on the input; top 6; scales past 2^121 in every other expert (the exact-factor path: GPT-OSS's

@@ -26,14 +26,13 @@
  * its rows' codes and scale words through its own 4-stage cp.async ring (so a __syncwarp orders it), 16-byte
  * chunks stored XOR-swizzled so that ldmatrix reads them without bank conflicts. FP4: ldmatrix hands thread
  * (g, q) word q of each 32-code group of rows g and g + 8, so wgmma j of a block covers exactly group j; its product
- * leaves in f32 and is added times the rows' factors (dense tokens), or, for tiles of up to 2 or 4 rows (NVFP4: 1 or
- * 2), the 4 groups' (8 half groups') tokens sit in columns of their own (diagonal: column c holds token c % kTp of
+ * leaves in f32 and is added times the rows' factors (dense tokens), or, for tiles of up to 2 or 4 rows (NVFP4: 1, 2
+ * or 4), the 4 groups' (8 half groups') tokens sit in columns of their own (diagonal: column c holds token c % kTp of
  * scale block c / kTp, zeros elsewhere), so that the block's 4 wgmmas sum into one accumulator.
- * The tokens' codes of a chunk of K (all of K where it fits 32 KB; 64 KB at N = 32) are staged once a CTA in the
- * wgmma's K-major
- * layout without swizzle (MXFP4: each 32-byte group permuted to the order the conversion gives the weights, even
- * codes in K slots 0-15, odd ones in 16-31; NVFP4's half h keeps K slots 8h .. 8h + 7 and 16 + 8h .. 16 + 8h + 7),
- * padding rows and K past the end as zeros, with the group scales.
+ * The tokens' codes of a chunk of K (all of K where it fits 32 KB; 64 KB at N = 32 with 4 warpgroups) are staged
+ * once a CTA in the wgmma's K-major layout without swizzle (MXFP4: each 32-byte group permuted to the order the
+ * conversion gives the weights, even codes in K slots 0-15, odd ones in 16-31; NVFP4's half h keeps K slots 8h ..
+ * 8h + 7 and 16 + 8h .. 16 + 8h + 7), padding rows and K past the end as zeros, with the group scales.
  * MXFP4 scales: the factor 2^(e - 121) is (e + 6) << 23 as f32 bits up to e = 248; a block where some lane's scale
  * passes that (a warp-uniform test) takes exact factors 2^(e - 127) (NaN for 0xFF, zero past K) and the 2^6 on its
  * sum. scripts/emulate_w4a8_decode.c replays the index arithmetic of every variant on the CPU: a change to the copies,
@@ -66,10 +65,11 @@ template <int F> struct ring_of {
     static constexpr int kRingBytes = kStages * kStageBytes;           /* 18, 20, 34 KB */
 };
 
-/* Blocks of K a chunk of staged tokens holds for kN B rows: what fits kTokenBudget, and at least 16, so that each of
- * up to 4 warpgroups has a multiple of kStages blocks in a chunk (see the kernel's K loop); N = 32: 64 KB. */
-__host__ __device__ constexpr int chunk_blocks(int n) {
-    return kTokenBudget / (n * 128) > 16 ? kTokenBudget / (n * 128) : 16;
+/* Blocks of K a chunk of staged tokens holds for n B rows and ksplit warpgroups: what fits kTokenBudget, and at
+ * least kStages a group, so that each group has a multiple of kStages blocks in a chunk (see the kernel's K loop):
+ * 32 (N = 8) or 16 (N = 16); N = 32 8, or 16 (64 KB) for 4 groups. */
+constexpr int chunk_blocks(int n, int ksplit) {
+    return kTokenBudget / (n * 128) > kStages * ksplit ? kTokenBudget / (n * 128) : kStages * ksplit;
 }
 
 /* Shared memory of a CTA: the chunk's token codes (cb blocks of kN rows x 128 bytes), its scales (cb x kN f32),
@@ -267,16 +267,22 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
     /* Diagonal: the block's 4 wgmmas sum into d, whose register r is row g + 8 ((r >> 1) & 1) and column c =
      * 8 (r >> 2) + 2q + (r & 1): scale block c / kTp's products for token c % kTp. acc_d sums them times the row's
      * factor for that block and the token's scale. MXFP4: a thread's groups are gs[k] / 8 (k = r >> 2). NVFP4: its
-     * two half groups are bytes nsel & 0xF and nsel >> 4 of the block's 8 scales (kTp 1: 2q and 2q + 1, by r & 1;
-     * kTp 2: q and q + 4, by r >> 2). */
+     * half groups c / kTp, bytes of the block's 8 scales picked in pairs by the selectors nsel[i] (kTp 1: 2q and
+     * 2q + 1, by r & 1; kTp 2: q and q + 4, by k; kTp 4: pair k / 2 of q / 2 + {0, 2} and q / 2 + {4, 6}, by k % 2). */
     float acc_d[kN / 2];
 #pragma unroll
     for (int r = 0; r < kN / 2; r++) acc_d[r] = 0.0f;
     int gs[kN / 8];
 #pragma unroll
     for (int k = 0; k < kN / 8; k++) gs[k] = 8 * ((8 * k + 2 * q) / kTp);
-    static_assert(!kNv || !kDiag || kTp <= 2, "NVFP4 diagonal: 1 or 2 tokens");
-    const uint32_t nsel = kTp == 1 ? 2 * q | (2 * q + 1) << 4 : q | (q + 4) << 4;
+    static_assert(!kNv || !kDiag || kTp <= 4, "NVFP4 diagonal: 1, 2 or 4 tokens");
+    constexpr int kPairs = kTp == 4 ? 2 : 1; /* NVFP4 diagonal: scale pairs a row */
+    uint32_t nsel[kPairs];
+#pragma unroll
+    for (int i = 0; i < kPairs; i++)
+        nsel[i] = kTp == 1 ? 2 * q | (2 * q + 1) << 4
+                  : kTp == 2 ? q | (q + 4) << 4
+                             : (4 * i + (q >> 1)) | (4 * i + 2 + (q >> 1)) << 4;
     auto diag_block = [&](const uint32_t (&w0)[4], const uint32_t (&w1)[4], const uint32_t *sw, int kb,
                           uint32_t desc0, const float *xb) {
         float d[kN / 2];
@@ -288,9 +294,11 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         }
         moe_wgmma_commit();
         if constexpr (kNv) { /* sw: the rows' scales of the block, 4 a word (lo, hi) */
-            float2 fn[2];
+            float2 fn[2][kPairs];
 #pragma unroll
-            for (int h = 0; h < 2; h++) fn[h] = e4m3x2_float2(moe_prmt(sw[2 * h], sw[2 * h + 1], nsel));
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int i = 0; i < kPairs; i++) fn[h][i] = e4m3x2_float2(moe_prmt(sw[2 * h], sw[2 * h + 1], nsel[i]));
             float x[2];
 #pragma unroll
             for (int u = 0; u < 2; u++) x[u] = xb[(2 * q + u) & (kTp - 1)];
@@ -298,8 +306,9 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             moe_acc_fence(d);
 #pragma unroll
             for (int r = 0; r < kN / 2; r++) {
-                const float2 f2 = fn[(r >> 1) & 1];
-                const float fr = (kTp == 1 ? r & 1 : r >> 2) ? f2.y : f2.x;
+                const int k = r >> 2;
+                const float2 f2 = fn[(r >> 1) & 1][kTp == 4 ? k >> 1 : 0];
+                const float fr = (kTp == 1 ? r & 1 : kTp == 2 ? k : k & 1) ? f2.y : f2.x;
                 acc_d[r] = __fmaf_rn(d[r] * fr, x[r & 1], acc_d[r]);
             }
             return;
@@ -553,24 +562,25 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     if (ctas > 0x7FFFFFFF)
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: %lld tiles exceed the grid", (long long)ctas);
     const int kblocks = (p.k + 127) / 128;
-    /* blocks a chunk: 32 or 16, a multiple of kStages times any split (see the kernel's K loop) */
-    const int cb = kblocks < chunk_blocks(kN) ? kblocks : chunk_blocks(kN);
-    static_assert(chunk_blocks(kN) % (kStages * 4) == 0, "chunks of whole rounds of the stages");
+    /* blocks a chunk for ksplit groups: all of K, or chunk_blocks, a multiple of kStages a group */
+    auto chunk = [&](int ksplit) { return kblocks < chunk_blocks(kN, ksplit) ? kblocks : chunk_blocks(kN, ksplit); };
+    static_assert(chunk_blocks(kN, 4) % (kStages * 4) == 0 && chunk_blocks(kN, 2) % (kStages * 2) == 0,
+                  "chunks of whole rounds of the stages");
     /* warpgroups a CTA: doubled while the grid's groups stay within half of the groups the GPU holds (a group a CTA:
      * its registers and shared memory, a token chunk and a ring, bound them) and each keeps 8 K blocks or more */
     auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp>;
-    const int most = token_bytes(cb, kN) + 4 * ring_of<F>::kRingBytes;
+    const int most = token_bytes(chunk(4), kN) + 4 * ring_of<F>::kRingBytes;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
     int per_sm = 0;
-    MOE_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128,
-                                                                    token_bytes(cb, kN) + ring_of<F>::kRingBytes));
+    const int one = token_bytes(chunk(1), kN) + ring_of<F>::kRingBytes; /* a CTA of one group */
+    MOE_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, one));
     const int64_t slots = (int64_t)ctx->cuda.sm_count * (per_sm > 0 ? per_sm : 1);
     int ksplit = 1;
     while (ksplit < 4 && ctas * ksplit * 2 <= slots && kblocks >= 16 * ksplit) ksplit *= 2;
     /* a knob for tuning this rule on a GPU (scripts/gpu_rs_decode.sh ksplit): 1, 2 or 4 forces the split */
     if (const char *v = getenv("MOE_GEMM_RS_KSPLIT"))
         if (!strcmp(v, "1") || !strcmp(v, "2") || !strcmp(v, "4")) ksplit = v[0] - '0';
-    const int bytes = token_bytes(cb, kN) + ksplit * ring_of<F>::kRingBytes;
+    const int cb = chunk(ksplit), bytes = token_bytes(cb, kN) + ksplit * ring_of<F>::kRingBytes;
     /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
     MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), kernel, dim3((unsigned)ctas), 128 * ksplit, bytes, st, q,
                                  f, ksplit, cb));
@@ -578,8 +588,8 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
 }
 
 /* The instance for B's storage F and up to max_rows rows a tile: diagonal tokens for MXFP4 at up to 2 or 4 rows
- * (kN = 4 kTp), dense at 8 or 16; NVFP4 diagonal at 1 or 2 rows (kN = 8 kTp), dense (two halves, kN = 2 kTp) at 8 or
- * 16; FP8 dense at 8 or 16. */
+ * (kN = 4 kTp), dense at 8 or 16; NVFP4 diagonal at 1, 2 or 4 rows (kN = 8 kTp), dense (two halves, kN = 2 kTp) at 8
+ * or 16; FP8 dense at 8 or 16. */
 template <int F>
 moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, int64_t m_tiles,
                        int64_t max_rows, cudaStream_t st) {
@@ -589,6 +599,9 @@ moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp
         if (max_rows <= 2)
             return glu ? launch<F, true, 16, 2>(ctx, p, f, m_tiles, st)
                        : launch<F, false, 16, 2>(ctx, p, f, m_tiles, st);
+        if (max_rows <= 4)
+            return glu ? launch<F, true, 32, 4>(ctx, p, f, m_tiles, st)
+                       : launch<F, false, 32, 4>(ctx, p, f, m_tiles, st);
         if (max_rows <= 8)
             return glu ? launch<F, true, 16, 8>(ctx, p, f, m_tiles, st)
                        : launch<F, false, 16, 8>(ctx, p, f, m_tiles, st);
