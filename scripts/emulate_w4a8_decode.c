@@ -507,10 +507,38 @@ static int run(int nv, int K, int T, int glu, int n_out, int soff, int ksplit, i
     return run_as(nv ? 2 : 0, 0, K, T, glu, n_out, soff, ksplit, cb_max, kN, kTp, T0);
 }
 
-/* argument: mx, nv or fp8 runs only those cases (all by default) */
+/* n random problems over every storage and token layout: K, N, GLU, the scales' offset, the split, the tile, the
+ * tokens a tile */
+static int fuzz(int n) {
+    static const int modes[4][5][2] = {{{8, 2}, {16, 4}, {8, 8}, {16, 16}},
+                                       {{8, 8}, {16, 16}},
+                                       {{8, 1}, {16, 2}, {32, 4}, {16, 8}, {32, 16}},
+                                       {{8, 8}, {16, 16}}};
+    static const int nmodes[4] = {4, 2, 5, 2};
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        const int st = (int)(rnd() % 4), e8 = st == 3, storage = st == 3 ? 1 : st; /* mx, fp8 f32, nv, fp8 e8m0 */
+        const int mo = (int)(rnd() % (uint32_t)nmodes[st]), kN = modes[st][mo][0], kTp = modes[st][mo][1];
+        const int fp8 = storage == 1, glu = (int)(rnd() % 2);
+        const int K = fp8 ? 16 * (1 + (int)(rnd() % 400)) : 32 * (1 + (int)(rnd() % 200));
+        const int n_out = fp8 && glu ? 128 * (1 + (int)(rnd() % 16)) : 8 * (1 + (int)(rnd() % 400));
+        const int soff = fp8 && !e8 ? 0 : (int)(rnd() % 4), ksplit = 1 << (rnd() % 3);
+        const int64_t col_tiles = glu ? (n_out + 7) / 8 : (n_out + 15) / 16, T0 = (int64_t)(rnd() % ((col_tiles + 3) / 4));
+        const int T = 1 + (int)(rnd() % (uint32_t)kTp);
+        bad += run_as(storage, e8, K, T, glu, n_out, soff, ksplit, 0, kN, kTp, T0);
+    }
+    return bad;
+}
+
+/* argument: mx, nv or fp8 runs only those cases (all by default); fuzz [n] runs n random problems instead */
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : "";
     int bad = 0;
+    if (!strcmp(only, "fuzz")) {
+        bad = fuzz(argc > 2 ? atoi(argv[2]) : 200);
+        printf("%s\n", bad || bad_copies ? "FAIL" : "every output within 1e-5 of its terms' magnitude, no copy outside the inputs");
+        return bad || bad_copies;
+    }
     /* the kernel's fast factors: 2^(e - 121) from the dense path's shifted word and the diagonal's byte, up to 248 */
     for (uint32_t e = 0; e <= 248; e++)
         for (int j = 0; j < 4; j++) {
