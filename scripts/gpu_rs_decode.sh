@@ -8,8 +8,8 @@
 #  bench  `moe bench layer` with and without each opt-in, alternated twice in one binary: --dtype w4a8 and
 #         w4a8-nvfp4 beside mxfp4 and nvfp4 (bf16 inputs), and --dtype w8a8;
 #  ncu    Nsight Compute of GEMM 1 at T = 1 on each kernel and the one it replaces;
-#  ksplit the kernel's K split forced to 1, 2 and 4 (MOE_GEMM_RS_KSPLIT) against its rule, at T = 1, 4, 16, to
-#         retune the rule in launch().
+#  ksplit the kernel's K split forced to 1, 2 and 4 (MOE_GEMM_RS_KSPLIT), and the one-wave rule (wave), against its
+#         rule, at T = 1, 4, 16, to retune the rule in launch().
 # Logs and JSON under $OUT; the summary in $OUT/summary.txt. Not yet timed on a GPU: if a part passes the device's
 # 10-minute limit, split it (REPS=1, then REPS=2; FP4_MODELS, FP8_MODELS, TOKENS narrower).
 set -u
@@ -68,7 +68,7 @@ if [ "$PART" = ncu ] || [ "$PART" = all ]; then
 fi
 if [ "$PART" = ksplit ]; then
     for rep in ${REPS:-1 2}; do
-        for ks in rule 1 2 4; do
+        for ks in rule wave 1 2 4; do
             e="MOE_GEMM_W4A8_DECODE=1 MOE_GEMM_W8A8_RS_DECODE=1"
             [ $ks = rule ] || e="$e MOE_GEMM_RS_KSPLIT=$ks"
             TOKENS=1,4,16 bench w4a8 "$FP4_MODELS" "ks$ks-$rep" "$e"

@@ -571,15 +571,29 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp>;
     const int most = token_bytes(chunk(4), kN) + 4 * ring_of<F>::kRingBytes;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
-    int per_sm = 0;
-    const int one = token_bytes(chunk(1), kN) + ring_of<F>::kRingBytes; /* a CTA of one group */
-    MOE_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, one));
-    const int64_t slots = (int64_t)ctx->cuda.sm_count * (per_sm > 0 ? per_sm : 1);
+    /* the CTAs the GPU holds at once with ks groups a CTA */
+    auto slots = [&](int ks, int64_t *n) {
+        int per_sm = 0;
+        const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &per_sm, kernel, 128 * ks, token_bytes(chunk(ks), kN) + ks * ring_of<F>::kRingBytes);
+        *n = (int64_t)ctx->cuda.sm_count * (per_sm > 0 ? per_sm : 1);
+        return e;
+    };
+    int64_t one = 0;
+    MOE_CUDA_TRY(ctx, slots(1, &one));
     int ksplit = 1;
-    while (ksplit < 4 && ctas * ksplit * 2 <= slots && kblocks >= 16 * ksplit) ksplit *= 2;
-    /* a knob for tuning this rule on a GPU (scripts/gpu_rs_decode.sh ksplit): 1, 2 or 4 forces the split */
-    if (const char *v = getenv("MOE_GEMM_RS_KSPLIT"))
+    while (ksplit < 4 && ctas * ksplit * 2 <= one && kblocks >= 16 * ksplit) ksplit *= 2;
+    /* knobs for retuning this rule on a GPU (scripts/gpu_rs_decode.sh ksplit): 1, 2 or 4 forces the split; "wave"
+     * takes the largest split whose grid still fits one wave at that split's occupancy, each group 8 blocks or more */
+    if (const char *v = getenv("MOE_GEMM_RS_KSPLIT")) {
         if (!strcmp(v, "1") || !strcmp(v, "2") || !strcmp(v, "4")) ksplit = v[0] - '0';
+        if (!strcmp(v, "wave"))
+            for (ksplit = 4; ksplit > 1; ksplit /= 2) {
+                int64_t n = 0;
+                MOE_CUDA_TRY(ctx, slots(ksplit, &n));
+                if (ctas <= n && kblocks >= 8 * ksplit) break;
+            }
+    }
     const int cb = chunk(ksplit), bytes = token_bytes(cb, kN) + ksplit * ring_of<F>::kRingBytes;
     /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
     MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), kernel, dim3((unsigned)ctas), 128 * ksplit, bytes, st, q,
