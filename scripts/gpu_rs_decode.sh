@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# scripts/gpu_rs_decode.sh [tests|bench|ncu|all|ksplit] — the first GPU round of the wgmma decode kernel
+# scripts/gpu_rs_decode.sh [tests|sanitize|bench|ncu|all|ksplit] — the first GPU round of the wgmma decode kernel
 # (grouped_gemm_rs_decode.cu, opt-in with MOE_GEMM_W4A8_DECODE=1 for MXFP4 and NVFP4 weights and
 # MOE_GEMM_W8A8_RS_DECODE=1 for FP8 ones), in parts that each fit one device call (default: all, which is the first
-# three):
+# four):
 #  tests  gpu_layer_w4a8 (every case on the kernel and on the bf16 path, MXFP4 and NVFP4) and gpu_layer_w8a8 (each
-#         decode case on it and on the mma.sync kernel), then compute-sanitizer memcheck and racecheck of both;
+#         decode case on it and on the mma.sync kernel);
+#  sanitize  compute-sanitizer memcheck and racecheck of both;
 #  bench  `moe bench layer` with and without each opt-in, alternated twice in one binary: --dtype w4a8 and
 #         w4a8-nvfp4 beside mxfp4 and nvfp4 (bf16 inputs), and --dtype w8a8;
 #  ncu    Nsight Compute of GEMM 1 at T = 1 on each kernel and the one it replaces;
@@ -20,19 +21,21 @@ BUILD=${BUILD:-build}
 M="$BUILD/moe"
 TOKENS=${TOKENS:-1,2,4,8,16,64}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt"
-if [ "$PART" = tests ] || [ "$PART" = all ]; then
-    for t in gpu_layer_w4a8 gpu_layer_w8a8; do
+for t in gpu_layer_w4a8 gpu_layer_w8a8; do
+    if [ "$PART" = tests ] || [ "$PART" = all ]; then
         echo "=== $t" | tee -a "$OUT/summary.txt"
         "$BUILD/moe_tests" --data tests/data $t > "$OUT/$t.log" 2>&1
         echo "exit $?" >> "$OUT/$t.log"; tail -3 "$OUT/$t.log" | tee -a "$OUT/summary.txt"
+    fi
+    if [ "$PART" = sanitize ] || [ "$PART" = all ]; then
         for tool in memcheck racecheck; do
             echo "=== compute-sanitizer $tool $t" | tee -a "$OUT/summary.txt"
             compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/moe_tests" --data tests/data $t \
                 > "$OUT/$t-$tool.log" 2>&1
             echo "exit $?" >> "$OUT/$t-$tool.log"; tail -2 "$OUT/$t-$tool.log" | tee -a "$OUT/summary.txt"
         done
-    done
-fi
+    fi
+done
 bench() { # dtype models tag [env]
     echo "=== $1 $3" | tee -a "$OUT/summary.txt"
     env $4 "$M" bench layer --model "$2" --tokens "$TOKENS" --dtype "$1" --idle-ms 50 \
