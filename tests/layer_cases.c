@@ -500,7 +500,8 @@ int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits,
     if (s != MOE_OK) fprintf(stderr, "  %s: CPU: %s\n", what, moe_last_error(env->cpu)), bad = 1;
     if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, gpu, 0)) != MOE_OK)
         fprintf(stderr, "  %s: GPU: %s\n", what, moe_last_error(env->gpu)), bad = 1;
-    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, again, 1)) != MOE_OK) bad = 1;
+    if (!bad && (s = layer_run(env->gpu, p, MOE_DTYPE_BF16, use_logits, again, 1)) != MOE_OK)
+        fprintf(stderr, "  %s: GPU, graph replay: %s\n", what, moe_last_error(env->gpu)), bad = 1;
     if (!bad) {
         const double e = test_rel_l2(gpu, cpu, n);
         double worst = 0.0;
