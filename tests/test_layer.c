@@ -161,6 +161,12 @@ TEST_IMPL(layer_tile_table) {
     ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "fp8"), "fp8 experts: %s", moe__tile_weights_name(&c));
     c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
     ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "w8a8"), "w8a8: %s", moe__tile_weights_name(&c));
+    c.expert_format = moe_qformat_preset(MOE_QFORMAT_MXFP4);
+    ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "w4a8"), "w4a8: %s", moe__tile_weights_name(&c));
+    c.expert_format = moe_qformat_preset(MOE_QFORMAT_NVFP4);
+    ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), "w4a8-nvfp4"), "w4a8-nvfp4: %s", moe__tile_weights_name(&c));
+    c.expert_format = moe_qformat_preset(MOE_QFORMAT_MXFP8); /* no dtype of `moe tune` names it */
+    ASSERT_MSG(!strcmp(moe__tile_weights_name(&c), ""), "mxfp8 with fp8 inputs: %s", moe__tile_weights_name(&c));
     return TEST_OK;
 #endif
 }

@@ -14,7 +14,13 @@ const moe_tile_row kRows[] = {
 
 const char *moe__tile_weights_name(const moe_layer_config *c) {
     if (!c->expert_format.kind) return "bf16";
-    if (c->act_format.kind) return c->expert_format.kind == MOE_QFORMAT_FP8_128X128 ? "w8a8" : "";
+    if (c->act_format.kind) /* FP8 inputs: the names of `moe bench layer --dtype` */
+        switch (c->expert_format.kind) {
+        case MOE_QFORMAT_FP8_128X128: return "w8a8";
+        case MOE_QFORMAT_MXFP4: return "w4a8";
+        case MOE_QFORMAT_NVFP4: return "w4a8-nvfp4";
+        default: return "";
+        }
     switch (c->expert_format.kind) {
     case MOE_QFORMAT_FP8_128X128: return "fp8";
     case MOE_QFORMAT_FP8_ROW: return "fp8-row";
