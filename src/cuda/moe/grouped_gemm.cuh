@@ -156,12 +156,13 @@ moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params
                                              int64_t m_tiles, cudaStream_t stream);
 
 /* The W8A8 decode GEMMs on wgmma with the weights as A in registers (grouped_gemm_rs_decode.cu, Hopper): A and h as
- * for moe__cuda_grouped_gemm_fp8_decode, with B in MXFP4 (p.b_fmt E2M1_E8M0: W4A8, the codes turned into E4M3 in
- * registers) or in FP8 128x128 blocks (E4M3_F32, E4M3_E8M0: ldmatrix hands wgmma the codes as they are). Fits:
- * sm_90a code and GPU, routed rows, K a multiple of 32 (MXFP4, a scale a row and 32 codes) or 16 (FP8), 16-byte
- * aligned codes, and opted in until each has run on a GPU: MOE_GEMM_W4A8_DECODE=1 (MXFP4),
- * MOE_GEMM_W8A8_RS_DECODE=1 (FP8) in the environment (without, the layer runs W4A8 on the bf16 path and W8A8 on the
- * mma.sync decode kernel). FP8 also asks what moe__cuda_gemm_fp8_fits does of a GLU (n a multiple of 128 for
+ * for moe__cuda_grouped_gemm_fp8_decode, with B in MXFP4 or NVFP4 (p.b_fmt E2M1_E8M0, E2M1_E4M3: W4A8, the codes
+ * turned into E4M3 in registers; NVFP4's global as the epilogue's) or in FP8 128x128 blocks (E4M3_F32, E4M3_E8M0:
+ * ldmatrix hands wgmma the codes as they are). Fits: sm_90a code and GPU, routed rows, K a multiple of 32 (FP4, a
+ * scale a row and 32 or 16 codes) or 16 (FP8), 16-byte aligned codes, and opted in until each has run on a GPU:
+ * MOE_GEMM_W4A8_DECODE=1 (MXFP4, NVFP4), MOE_GEMM_W8A8_RS_DECODE=1 (FP8) in the environment (without, the layer runs
+ * W4A8 on the bf16 path and W8A8 on the mma.sync decode kernel); MOE_GEMM_RS_KSPLIT (1, 2, 4, wave) overrides the
+ * K split, for tuning. FP8 also asks what moe__cuda_gemm_fp8_fits does of a GLU (n a multiple of 128 for
  * concatenated w13: a warp's gate and up rows each in one block row). max_rows: the most rows an expert can hold
  * (the tokens). */
 bool moe__cuda_gemm_rs_decode_fits(moe_ctx *ctx, const moe_gemm_params &p);
