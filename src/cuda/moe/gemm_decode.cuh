@@ -120,6 +120,12 @@ __device__ __forceinline__ int64_t moe_decode_a_row(const moe_gemm_params &p, co
     return src < 0 ? -1 : p.gather ? (int64_t)(__umulhi((uint32_t)src << 1, p.top_k_magic) >> p.top_k_shift) : r;
 }
 
+/* An FP8 128x128 weight block's scale from the aligned word v that holds it: its f32 bits, or (kE8m0) the E8M0 byte
+ * (first + kb) % 4 of v, where first is the row block's first scale's byte in its word and kb the block column. */
+template <bool kE8m0> __device__ __forceinline__ float moe_decode_block_scale(uint32_t v, int first, int kb) {
+    return kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((first + kb) & 3))), MOE_DTYPE_E8M0) : __uint_as_float(v);
+}
+
 /* The tile of a decode CTA (moe_gemm_locate_warp for routed GEMMs; dense: group blockIdx.z, rows 0 .. p.m), called
  * by a whole warp; false when it holds no row. */
 __device__ __forceinline__ bool moe_decode_locate(const moe_gemm_params &p, moe_gemm_tile &t, int lane) {

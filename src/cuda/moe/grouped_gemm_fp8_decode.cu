@@ -198,11 +198,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         const uint2 sbw = *reinterpret_cast<const uint2 *>(st + kScaleOff + 64);
         float sb[2];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const uint32_t v = h ? sbw.y : sbw.x;
-            sb[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0)
-                          : __uint_as_float(v);
-        }
+        for (int h = 0; h < 2; h++) sb[h] = moe_decode_block_scale<kE8m0>(h ? sbw.y : sbw.x, sb_lo[h], kb);
 #pragma unroll
         for (int n = 0; n < (kTwo ? 2 : 1); n++) {
             uint4 a[2];

@@ -285,11 +285,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         const uint2 sw = lds64(srf + rd);
         float ws[2];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const uint32_t v = h ? sw.y : sw.x;
-            ws[h] = kE8m0 ? moe_decode((uint8_t)(v >> (8 * ((sb_lo[h] + kb) & 3))), MOE_DTYPE_E8M0)
-                          : __uint_as_float(v);
-        }
+        for (int h = 0; h < 2; h++) ws[h] = moe_decode_block_scale<kE8m0>(h ? sw.y : sw.x, sb_lo[h], kb);
         moe_wgmma_wait<0>();
         moe_acc_fence(d);
 #pragma unroll
@@ -527,6 +523,13 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     return MOE_OK;
 }
 
+/* The instance <kN, kTp> of GEMM 1 (glu) or GEMM 2. */
+template <int F, int kN, int kTp>
+moe_status launch_glu(bool glu, moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles,
+                      cudaStream_t st) {
+    return glu ? launch<F, true, kN, kTp>(ctx, p, f, m_tiles, st) : launch<F, false, kN, kTp>(ctx, p, f, m_tiles, st);
+}
+
 /* The instance for B's storage F and up to max_rows rows a tile: diagonal tokens for MXFP4 at up to 2 or 4 rows
  * (kN = 4 kTp), dense at 8 or 16; NVFP4 diagonal at 1, 2 or 4 rows (kN = 8 kTp), dense (two halves, kN = 2 kTp) at 8
  * or 16; FP8 dense at 8 or 16. */
@@ -534,31 +537,18 @@ template <int F>
 moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, int64_t m_tiles,
                        int64_t max_rows, cudaStream_t st) {
     if constexpr (F == MOE_B_E2M1_E4M3) {
-        if (max_rows <= 1)
-            return glu ? launch<F, true, 8, 1>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 1>(ctx, p, f, m_tiles, st);
-        if (max_rows <= 2)
-            return glu ? launch<F, true, 16, 2>(ctx, p, f, m_tiles, st)
-                       : launch<F, false, 16, 2>(ctx, p, f, m_tiles, st);
-        if (max_rows <= 4)
-            return glu ? launch<F, true, 32, 4>(ctx, p, f, m_tiles, st)
-                       : launch<F, false, 32, 4>(ctx, p, f, m_tiles, st);
-        if (max_rows <= 8)
-            return glu ? launch<F, true, 16, 8>(ctx, p, f, m_tiles, st)
-                       : launch<F, false, 16, 8>(ctx, p, f, m_tiles, st);
-        return glu ? launch<F, true, 32, 16>(ctx, p, f, m_tiles, st) : launch<F, false, 32, 16>(ctx, p, f, m_tiles, st);
+        if (max_rows <= 1) return launch_glu<F, 8, 1>(glu, ctx, p, f, m_tiles, st);
+        if (max_rows <= 2) return launch_glu<F, 16, 2>(glu, ctx, p, f, m_tiles, st);
+        if (max_rows <= 4) return launch_glu<F, 32, 4>(glu, ctx, p, f, m_tiles, st);
+        if (max_rows <= 8) return launch_glu<F, 16, 8>(glu, ctx, p, f, m_tiles, st);
+        return launch_glu<F, 32, 16>(glu, ctx, p, f, m_tiles, st);
     } else {
         if constexpr (F == MOE_B_E2M1_E8M0) {
-            if (max_rows <= 2)
-                return glu ? launch<F, true, 8, 2>(ctx, p, f, m_tiles, st)
-                           : launch<F, false, 8, 2>(ctx, p, f, m_tiles, st);
-            if (max_rows <= 4)
-                return glu ? launch<F, true, 16, 4>(ctx, p, f, m_tiles, st)
-                           : launch<F, false, 16, 4>(ctx, p, f, m_tiles, st);
+            if (max_rows <= 2) return launch_glu<F, 8, 2>(glu, ctx, p, f, m_tiles, st);
+            if (max_rows <= 4) return launch_glu<F, 16, 4>(glu, ctx, p, f, m_tiles, st);
         }
-        if (max_rows <= 8)
-            return glu ? launch<F, true, 8, 8>(ctx, p, f, m_tiles, st) : launch<F, false, 8, 8>(ctx, p, f, m_tiles, st);
-        return glu ? launch<F, true, 16, 16>(ctx, p, f, m_tiles, st)
-                   : launch<F, false, 16, 16>(ctx, p, f, m_tiles, st);
+        if (max_rows <= 8) return launch_glu<F, 8, 8>(glu, ctx, p, f, m_tiles, st);
+        return launch_glu<F, 16, 16>(glu, ctx, p, f, m_tiles, st);
     }
 }
 
