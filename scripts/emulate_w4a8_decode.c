@@ -13,7 +13,7 @@
  * swizzle (row n of K half h at start + (n / 8) SBO + h LBO + (n % 8) 16). The index formulas below are the
  * kernel's, copied; keep them in step.
  *   gcc -O2 -std=c11 -Isrc -Iinclude scripts/emulate_w4a8_decode.c -o /tmp/emulate_w4a8 -lm && /tmp/emulate_w4a8
- * (about 4 minutes; an argument mx, nv or fp8 runs those cases only) */
+ * (about 4 minutes; an argument mx, nv or fp8 runs those cases only, big the mx ones with scales past 2^108) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,7 +22,8 @@
 
 #include "formats/scalar.h"
 
-enum { kStages = 4 };
+enum { kStages = 4, kFastScaleMax = 235 /* the kernel's (grouped_gemm_rs_decode.cuh) */ };
+static int g_big; /* argument big: MXFP4 scales past kFastScaleMax in some blocks, tokens' scales 2^-40 */
 /* the ring of the weights' storage (ring_of in the kernel): FP4 rows of 64 bytes a block, FP8 of 128; a row's scale
  * bytes (FP4: 8 MXFP4, 16 NVFP4) */
 static int kRowBytes, kWarpBytes, kScaleOff, kScaleRow, kStageBytes, kRingBytes;
@@ -240,6 +241,7 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                 /* per thread: ldmatrix, scale words, A registers of the 4 groups */
                 uint32_t A[128][4][4];
                 float fac[128][2][4], comp[128];
+                uint32_t msw[128][2]; /* MXFP4: the thread's two scale words */
                 float ws[128][2];
                 float fnd[128][2][2][2], fnn[128][2][4][2]; /* NVFP4: diagonal and dense factors, as the kernel picks */
                 for (int l = 0; l < 128 && P->fp8; l++) { /* FP8: ldmatrix gives the A registers; two block scales */
@@ -306,16 +308,31 @@ static void cta(const problem *P, int64_t T0, int ksplit, int cb, int kN, int kT
                             }
                         }
                     }
-                    /* the exact factors (both paths of the kernel give these values; the path is the kernel's
-                     * concern, the value is checked here): 2^(e - 127), 2^6 folded in comp */
+                    /* MXFP4's factors as the kernel forms them, in f32 (the magnitudes matter: a sum times a factor
+                     * must not overflow): 2^(e - 121) and no comp where every byte of the warp's scale words is up to
+                     * kFastScaleMax, else 2^(e - 143) (zero past K) and 2^22 in comp; NVFP4: its 2^6 in the
+                     * epilogue */
                     const int groups = (K - 128 * kb) >> 5;
-                    for (int h = 0; h < 2; h++)
+                    for (int h = 0; h < 2; h++) {
+                        msw[l][h] = sw[h];
                         for (int gj = 0; gj < 4; gj++)
-                            fac[l][h][gj] = gj < groups ? e8m0((uint8_t)(sw[h] >> (8 * gj))) : 0.0f;
-                    comp[l] = nv ? 1.0f : 64.0f; /* NVFP4: the 2^6 in the epilogue */
+                            fac[l][h][gj] = gj < groups ? e8m0((uint8_t)(sw[h] >> (8 * gj))) * 0x1p-16f : 0.0f;
+                    }
+                    comp[l] = nv ? 1.0f : 0x1p22f;
                     for (int gj = 0; gj < 4; gj++) {
                         A[l][gj][0] = e4m3_even(w0[gj]), A[l][gj][1] = e4m3_even(w1[gj]);
                         A[l][gj][2] = e4m3_odd(w0[gj]), A[l][gj][3] = e4m3_odd(w1[gj]);
+                    }
+                }
+                for (int warp = 0; warp < 4 && !P->fp8 && !nv; warp++) { /* the warp-uniform test */
+                    int big = 0;
+                    for (int l = 32 * warp; l < 32 * warp + 32; l++)
+                        for (int b = 0; b < 8; b++) big |= ((msw[l][b >> 2] >> (8 * (b & 3))) & 0xFF) > kFastScaleMax;
+                    for (int l = 32 * warp; l < 32 * warp + 32 && !big; l++) {
+                        comp[l] = 1.0f;
+                        for (int h = 0; h < 2; h++)
+                            for (int gj = 0; gj < 4; gj++)
+                                fac[l][h][gj] = bits_f((((msw[l][h] >> (8 * gj)) & 0xFF) + 6) << 23);
                     }
                 }
                 /* the wgmmas: A (64 x 32) from the registers, B (kN x 32) from the descriptor, D in f32 */
@@ -450,7 +467,8 @@ static int run_as(int storage, int e8m0s, int K, int T, int glu, int n_out, int 
         if (fp8 && (c & 0x7F) == 0x7F) c &= 0xFE; /* no NaN codes */
         P.codes[i] = c;
     }
-    for (size_t i = 0; i < scale_bytes + 8; i++) P.sbase[i] = (uint8_t)(110 + rnd() % 30);
+    for (size_t i = 0; i < scale_bytes + 8; i++) /* g_big: an eighth of them past kFastScaleMax */
+        P.sbase[i] = (uint8_t)(g_big && rnd() % 8 == 0 ? 236 + rnd() % 10 : 110 + rnd() % 30);
     if (nv) /* E4M3 scales: normal ones, subnormal ones and zeros, no NaN */
         for (size_t i = 0; i < scale_bytes + 8; i++) {
             const uint32_t r = rnd() % 64;
@@ -466,7 +484,8 @@ static int run_as(int storage, int e8m0s, int K, int T, int glu, int n_out, int 
         if ((c & 0x7F) == 0x7F) c &= 0xFE; /* no NaN codes */
         P.x[i] = c;
     }
-    for (size_t i = 0; i < (size_t)T * P.kblocks; i++) P.xs[i] = ldexpf(1.0f + (rnd() % 100) / 100.0f, -8);
+    for (size_t i = 0; i < (size_t)T * P.kblocks; i++) /* g_big: small enough that every output stays finite */
+        P.xs[i] = ldexpf(1.0f + (rnd() % 100) / 100.0f, g_big ? -40 : -8);
     if (!cb_max) cb_max = chunk_blocks(kN, ksplit); /* 0: the kernel's chunk */
     const int cb = P.kblocks < cb_max ? P.kblocks : cb_max;
     static double out[64][16];
@@ -530,10 +549,12 @@ static int fuzz(int n) {
     return bad;
 }
 
-/* argument: mx, nv or fp8 runs only those cases (all by default); fuzz [n] runs n random problems instead */
+/* argument: mx, nv or fp8 runs only those cases (all by default); big the mx ones with scales past the fast factors'
+ * range; fuzz [n] runs n random problems instead */
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : "";
     int bad = 0;
+    if (!strcmp(only, "big")) g_big = 1, only = "mx";
     if (!strcmp(only, "fuzz")) {
         bad = fuzz(argc > 2 ? atoi(argv[2]) : 200);
         printf("%s\n", bad || bad_copies ? "FAIL" : "every output within 1e-5 of its terms' magnitude, no copy outside the inputs");

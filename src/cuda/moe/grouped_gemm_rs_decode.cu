@@ -33,9 +33,11 @@
  * once a CTA in the wgmma's K-major layout without swizzle (MXFP4: each 32-byte group permuted to the order the
  * conversion gives the weights, even codes in K slots 0-15, odd ones in 16-31; NVFP4's half h keeps K slots 8h ..
  * 8h + 7 and 16 + 8h .. 16 + 8h + 7), padding rows and K past the end as zeros, with the group scales.
- * MXFP4 scales: the factor 2^(e - 121) is (e + 6) << 23 as f32 bits up to e = 248; a block where some lane's scale
- * passes that (a warp-uniform test) takes exact factors 2^(e - 127) (NaN for 0xFF, zero past K) and the 2^6 on its
- * sum. scripts/emulate_w4a8_decode.c replays the index arithmetic of every variant on the CPU: a change to the copies,
+ * MXFP4 scales: the factor 2^(e - 121) is (e + 6) << 23 as f32 bits, taken up to e = 235 (kFastScaleMax), where a
+ * block's products times it still fit f32 (the true value is formed as (sum x factor) x token scale); a block where
+ * some lane's scale passes that (a warp-uniform test) takes exact factors 2^(e - 143) (NaN for 0xFF, zero past K)
+ * and 2^22 on the token scale, so that the sum times the factor stays below 2^125 and the factors are normal f32
+ * down to scales of 2^-110. scripts/emulate_w4a8_decode.c replays the index arithmetic of every variant on the CPU: a change to the copies,
  * the swizzles, the token staging or the scale words goes there too. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
@@ -245,7 +247,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int k = 0; k < kN / 8; k++) e[h][k] = (sw[h] >> gs[k]) & 0xFF, big |= e[h][k] > 248;
+            for (int k = 0; k < kN / 8; k++) e[h][k] = (sw[h] >> gs[k]) & 0xFF, big |= e[h][k] > kFastScaleMax;
         float fac[2][kN / 8], comp = 1.0f;
         if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^121: exact factors, the 2^6 on the sum */
             const int groups = (K - 128 * kb) >> 5;
@@ -253,8 +255,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int k = 0; k < kN / 8; k++)
-                    fac[h][k] = gs[k] < 8 * groups ? moe_decode((uint8_t)e[h][k], MOE_DTYPE_E8M0) : 0.0f;
-            comp = 64.0f;
+                    fac[h][k] = gs[k] < 8 * groups ? moe_decode((uint8_t)e[h][k], MOE_DTYPE_E8M0) * 0x1p-16f : 0.0f;
+            comp = 0x1p22f;
         } else {
 #pragma unroll
             for (int h = 0; h < 2; h++)
@@ -375,8 +377,9 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                 for (int h = 0; h < 2; h++)
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        fac[h][j][0] = j < groups ? moe_decode((uint8_t)(sw[h] >> (8 * j)), MOE_DTYPE_E8M0) : 0.0f;
-                comp = 64.0f;
+                        fac[h][j][0] =
+                            j < groups ? moe_decode((uint8_t)(sw[h] >> (8 * j)), MOE_DTYPE_E8M0) * 0x1p-16f : 0.0f;
+                comp = 0x1p22f;
             } else {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {

@@ -13,6 +13,7 @@ namespace {
 
 constexpr int kStages = 4;              /* K blocks a warp has in flight, plus the one it reads */
 constexpr int kTokenBudget = 32 * 1024; /* token code bytes of a chunk */
+constexpr uint32_t kFastScaleMax = 235;   /* the largest E8M0 byte on the fast factors (big_scale) */
 
 /* A warpgroup's ring for weights stored as F: a stage holds 4 warps x 16 rows of a block's codes (64 bytes a row for
  * FP4, 128 for FP8), then the scale words (MXFP4: the 2 words a row that hold its block's 4 scales; NVFP4: the 3
@@ -73,9 +74,11 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
     return v;
 }
 
-/* Whether some E8M0 byte of w passes 248 (its factor 2^(e - 121) would not be (e + 6) << 23 as f32 bits). */
+/* Whether some E8M0 byte of w passes 235 (scale 2^108): up to there, a block's sum of products times its fast factor
+ * 2^(e - 121) stays below 2^127 (|sum| < 4 * 32 * 6 * 2^-6 * 448 < 2^13), and (e + 6) << 23 is that factor's f32 bits.
+ * (b & 0x7F) + 20 carries into bit 7 exactly from 108 on; no byte carries into the next. */
 __device__ __forceinline__ bool big_scale(uint32_t w) {
-    return ((((w & 0x7F7F7F7Fu) + 0x07070707u) & w) & 0x80808080u) != 0;
+    return ((((w & 0x7F7F7F7Fu) + 0x14141414u) & w) & 0x80808080u) != 0;
 }
 
 /* The E4M3 bytes 0 and 1 of v as f32, exactly (through f16, which holds every E4M3 value; NaN stays NaN). */
