@@ -37,7 +37,8 @@
  * block's products times it still fit f32 (the true value is formed as (sum x factor) x token scale); a block where
  * some lane's scale passes that (a warp-uniform test) takes exact factors 2^(e - 143) (NaN for 0xFF, zero past K)
  * and 2^22 on the token scale, so that the sum times the factor stays below 2^125 and the factors are normal f32
- * down to scales of 2^-110. scripts/emulate_w4a8_decode.c replays the index arithmetic of every variant on the CPU: a change to the copies,
+ * down to scales of 2^-110. scripts/emulate_w4a8_decode.c replays the index arithmetic of every variant on the CPU
+ * (and the factors' f32 magnitudes: its argument big): a change to the copies,
  * the swizzles, the token staging or the scale words goes there too. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
@@ -249,7 +250,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
             for (int k = 0; k < kN / 8; k++) e[h][k] = (sw[h] >> gs[k]) & 0xFF, big |= e[h][k] > kFastScaleMax;
         float fac[2][kN / 8], comp = 1.0f;
-        if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^121: exact factors, the 2^6 on the sum */
+        if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^108: exact factors / 2^16, 2^22 on the tokens' */
             const int groups = (K - 128 * kb) >> 5;
 #pragma unroll
             for (int h = 0; h < 2; h++)
@@ -371,7 +372,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                         fac[h][j][0] = f2.x, fac[h][j][kHalves - 1] = f2.y;
                     }
             } else if (__any_sync(0xFFFFFFFFu, big_scale(sw[0]) | big_scale(sw[1]))) {
-                /* some scale past 2^121: exact factors, the 2^6 on the sum */
+                /* some scale past 2^108: exact factors over 2^16, 2^22 on the token scale */
                 const int groups = (K - 128 * kb) >> 5;
 #pragma unroll
                 for (int h = 0; h < 2; h++)
