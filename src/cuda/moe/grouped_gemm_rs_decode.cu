@@ -250,14 +250,14 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
             for (int k = 0; k < kN / 8; k++) e[h][k] = (sw[h] >> gs[k]) & 0xFF, big |= e[h][k] > kFastScaleMax;
         float fac[2][kN / 8], comp = 1.0f;
-        if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^108: exact factors / 2^16, 2^22 on the tokens' */
+        if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^108: exact factors */
             const int groups = (K - 128 * kb) >> 5;
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int k = 0; k < kN / 8; k++)
-                    fac[h][k] = gs[k] < 8 * groups ? moe_decode((uint8_t)e[h][k], MOE_DTYPE_E8M0) * 0x1p-16f : 0.0f;
-            comp = 0x1p22f;
+                    fac[h][k] = gs[k] < 8 * groups ? exact_factor(e[h][k]) : 0.0f;
+            comp = kExactTokenScale;
         } else {
 #pragma unroll
             for (int h = 0; h < 2; h++)
@@ -372,15 +372,14 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                         fac[h][j][0] = f2.x, fac[h][j][kHalves - 1] = f2.y;
                     }
             } else if (__any_sync(0xFFFFFFFFu, big_scale(sw[0]) | big_scale(sw[1]))) {
-                /* some scale past 2^108: exact factors over 2^16, 2^22 on the token scale */
+                /* some scale past 2^108: exact factors */
                 const int groups = (K - 128 * kb) >> 5;
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        fac[h][j][0] =
-                            j < groups ? moe_decode((uint8_t)(sw[h] >> (8 * j)), MOE_DTYPE_E8M0) * 0x1p-16f : 0.0f;
-                comp = 0x1p22f;
+                        fac[h][j][0] = j < groups ? exact_factor((sw[h] >> (8 * j)) & 0xFF) : 0.0f;
+                comp = kExactTokenScale;
             } else {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {

@@ -14,6 +14,7 @@ namespace {
 constexpr int kStages = 4;              /* K blocks a warp has in flight, plus the one it reads */
 constexpr int kTokenBudget = 32 * 1024; /* token code bytes of a chunk */
 constexpr uint32_t kFastScaleMax = 235;   /* the largest E8M0 byte on the fast factors (big_scale) */
+constexpr float kExactTokenScale = 0x1p22f; /* beside the exact factors 2^(e - 143): 2^6 x 2^16 */
 
 /* A warpgroup's ring for weights stored as F: a stage holds 4 warps x 16 rows of a block's codes (64 bytes a row for
  * FP4, 128 for FP8), then the scale words (MXFP4: the 2 words a row that hold its block's 4 scales; NVFP4: the 3
@@ -74,11 +75,20 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
     return v;
 }
 
-/* Whether some E8M0 byte of w passes 235 (scale 2^108): up to there, a block's sum of products times its fast factor
- * 2^(e - 121) stays below 2^127 (|sum| < 4 * 32 * 6 * 2^-6 * 448 < 2^13), and (e + 6) << 23 is that factor's f32 bits.
- * (b & 0x7F) + 20 carries into bit 7 exactly from 108 on; no byte carries into the next. */
+/* Whether some E8M0 byte of w passes kFastScaleMax (scale 2^108): up to there, a block's sum of products times its
+ * fast factor 2^(e - 121) stays below 2^127 (|sum| < 4 * 32 * 6 * 2^-6 * 448 < 2^13), and (e + 6) << 23 is that
+ * factor's f32 bits. For a byte b of 128 or more, (b & 0x7F) + 255 - kFastScaleMax carries into bit 7 exactly past
+ * kFastScaleMax; no byte carries into the next. */
 __device__ __forceinline__ bool big_scale(uint32_t w) {
-    return ((((w & 0x7F7F7F7Fu) + 0x14141414u) & w) & 0x80808080u) != 0;
+    static_assert(kFastScaleMax >= 128 && kFastScaleMax < 255, "big_scale: a threshold in the top half of a byte");
+    return ((((w & 0x7F7F7F7Fu) + (255 - kFastScaleMax) * 0x01010101u) & w) & 0x80808080u) != 0;
+}
+
+/* The exact factor 2^(e - 143) of an E8M0 byte (NaN for 0xFF), for blocks past the fast factors' range: with
+ * kExactTokenScale on the token scale, a block's sum times it stays below 2^125, and it is a normal f32 down to
+ * scales of 2^-110. */
+__device__ __forceinline__ float exact_factor(uint32_t e) {
+    return moe_decode((uint8_t)e, MOE_DTYPE_E8M0) * 0x1p-16f;
 }
 
 /* The E4M3 bytes 0 and 1 of v as f32, exactly (through f16, which holds every E4M3 value; NaN stays NaN). */
