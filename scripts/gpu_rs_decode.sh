@@ -10,7 +10,12 @@
 #         w4a8-nvfp4 beside mxfp4 and nvfp4 (bf16 inputs), and --dtype w8a8;
 #  ncu    Nsight Compute of GEMM 1 at T = 1 on each kernel and the one it replaces;
 #  ksplit the kernel's K split forced to 1, 2 and 4 (MOE_GEMM_RS_KSPLIT), and the one-wave rule (wave), against its
-#         rule, at T = 1, 4, 16, to retune the rule in launch().
+#         rule, at T = 1, 4, 16, to retune the rule in launch();
+#  repro  gpu_layer_w4a8 at one seed (SEED, default the one whose H 160, I 96 case failed under memcheck at 2dd4379)
+#         twice plainly and once under memcheck, then at three fresh seeds: a fault that depends on timing moves,
+#         numerics of the seed's inputs do not;
+#  stalls Nsight Compute's warp-state, scheduler, memory and source sections of GEMM 1 at T = 1 on the kernel
+#         (GPT-OSS-120B W4A8, DeepSeek-V3 W4A8-NVFP4 and W8A8): where its warps wait.
 # Logs and JSON under $OUT; the summary in $OUT/summary.txt. Not yet timed on a GPU: if a part passes the device's
 # 10-minute limit, split it (REPS=1, then REPS=2; FP4_MODELS, FP8_MODELS, TOKENS narrower).
 set -u
@@ -79,5 +84,34 @@ if [ "$PART" = ksplit ]; then
             TOKENS=1,4,16 bench w8a8 "$FP8_MODELS" "ks$ks-$rep" "$e"
         done
     done
+fi
+if [ "$PART" = repro ]; then
+    SEED=${SEED:-54937075}
+    run_seed() { # tag seed [prefix...]
+        local tag=$1 seed=$2
+        shift 2
+        MOE_TEST_SEED=$seed timeout 240 "$@" "$BUILD/moe_tests" --data tests/data gpu_layer_w4a8 > "$OUT/repro-$tag.log" 2>&1
+        echo "exit $?" >> "$OUT/repro-$tag.log"
+        echo "=== repro $tag (seed $seed)" | tee -a "$OUT/summary.txt"
+        grep -E "H 160|FAIL|passed|ERROR SUMMARY|exit" "$OUT/repro-$tag.log" | tee -a "$OUT/summary.txt"
+    }
+    run_seed plain1 "$SEED"
+    run_seed plain2 "$SEED"
+    run_seed memcheck "$SEED" compute-sanitizer --tool memcheck --error-exitcode 9
+    for s in 1 2 3; do run_seed fresh$s $((SEED + 7919 * s)); done
+fi
+SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis --section InstructionStats --section SourceCounters"
+ncu_stalls() { # tag model dtype env
+    echo "=== ncu stalls $1" | tee -a "$OUT/summary.txt"
+    env $4 timeout 150 ncu --clock-control none --cache-control all -k "regex:gemm_rs_decode" --launch-count 1 $SECTIONS \
+        "$M" bench layer --model "$2" --tokens 1 --dtype "$3" --reps 1 --idle-ms 0 > "$OUT/ncu-stalls-$1.txt" 2>&1
+    echo "exit $?" >> "$OUT/ncu-stalls-$1.txt"
+    grep -E "Duration|DRAM Throughput|Issue Slots Busy|Warp Cycles Per Issued|Achieved Occupancy|exit" "$OUT/ncu-stalls-$1.txt" |
+        tee -a "$OUT/summary.txt"
+}
+if [ "$PART" = stalls ]; then
+    ncu_stalls w4a8-gptoss120b gpt-oss-120b w4a8 MOE_GEMM_W4A8_DECODE=1
+    ncu_stalls w4a8-nvfp4-dsv3 deepseek-v3 w4a8-nvfp4 MOE_GEMM_W4A8_DECODE=1
+    ncu_stalls w8a8-dsv3 deepseek-v3 w8a8 MOE_GEMM_W8A8_RS_DECODE=1
 fi
 echo "=== done $PART" | tee -a "$OUT/summary.txt"
