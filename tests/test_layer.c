@@ -115,6 +115,51 @@ TEST_IMPL(layer_errors) {
     return TEST_OK;
 }
 
+
+/* The GPU layer tests' comparison (layer_compare_outputs) on made-up outputs: token t of gpu is cpu's row times
+ * 1 + err[t], so that its relative error is exactly err[t]. With FP8 activations one token in 16 (rounded up) past
+ * the overall tolerance is set aside (h's requantisation); without them, or with one more such token, or past the
+ * token tolerance, or a replay that differs, or a NaN, the comparison fails. */
+static int compare_made_up(int64_t T, const double *err, int act_quantized, int replay_differs, int nan) {
+    const int64_t H = 64;
+    float *cpu = malloc(sizeof(float) * (size_t)(T * H)), *gpu = malloc(sizeof(float) * (size_t)(T * H)),
+          *again = malloc(sizeof(float) * (size_t)(T * H));
+    uint64_t r = 12345;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            cpu[t * H + h] = (float)((double)(r >> 40) / (double)(1ull << 24) - 0.5);
+            gpu[t * H + h] = (float)(cpu[t * H + h] * (1.0 + err[t]));
+        }
+    memcpy(again, gpu, sizeof(float) * (size_t)(T * H));
+    if (replay_differs) again[H + 3] += 1.0f;
+    if (nan) gpu[2 * H + 5] = again[2 * H + 5] = NAN;
+    const int bad = layer_compare_outputs(cpu, gpu, again, T, H, act_quantized, "made up", 8e-3, 1.2e-1);
+    free(cpu), free(gpu), free(again);
+    return bad;
+}
+
+TEST_IMPL(layer_compare_rules) {
+    (void)env;
+    double err[17];
+    for (int t = 0; t < 17; t++) err[t] = 2e-3;
+    ASSERT(!compare_made_up(5, err, 0, 0, 0));
+    ASSERT(!compare_made_up(5, err, 1, 0, 0));
+    err[4] = 2.4e-2; /* one flipped token at T = 5: 1.1e-2 overall */
+    ASSERT(compare_made_up(5, err, 0, 0, 0));
+    ASSERT(!compare_made_up(5, err, 1, 0, 0));
+    ASSERT(compare_made_up(5, err, 1, 1, 0));
+    ASSERT(compare_made_up(5, err, 1, 0, 1));
+    err[1] = 2.4e-2; /* two at T = 5: one set aside, the other fails the overall figure */
+    ASSERT(compare_made_up(5, err, 1, 0, 0));
+    ASSERT(!compare_made_up(17, err, 1, 0, 0)); /* T = 17: two set aside */
+    err[1] = err[4] = err[9] = 4e-2; /* three: two set aside, the third alone 1.05e-2 over 15 tokens */
+    ASSERT(compare_made_up(17, err, 1, 0, 0));
+    err[1] = err[9] = 2e-3, err[4] = 0.2; /* past the token tolerance: fails, though set aside from the overall */
+    ASSERT(compare_made_up(5, err, 1, 0, 0));
+    return TEST_OK;
+}
+
 /* The measured tile table's lookup (src/cuda/moe/tile_table.cu) on rows made up here: the key must match in full;
  * a row covers the token counts above the previous row of its key up to its own, the last one every T above. */
 TEST_IMPL(layer_tile_table) {

@@ -25,6 +25,7 @@
     X(layer_golden)               \
     X(layer_skipped_slots)        \
     X(layer_errors)               \
+    X(layer_compare_rules)        \
     X(layer_tile_table)           \
     X(layer_quant_cpu)            \
     X(layer_quant_golden)         \
