@@ -106,7 +106,8 @@ typedef struct golden_record {
 } golden_record;
 
 typedef struct golden {
-    uint8_t *buf;
+    uint8_t *buf;     /* the file */
+    uint8_t *payload; /* the records' payloads, each 16-byte aligned (their data points here) */
     golden_record *recs;
     int count;
 } golden;
