@@ -136,6 +136,7 @@ static int bench_formats(int argc, char **argv) {
     b.bytes = in_bytes;
     if (moe_alloc(ctx, in_bytes, &b.x.data) || moe_alloc(ctx, in_bytes, &b.copy_dst)) {
         fprintf(stderr, "moe bench formats: %s\n", moe_last_error(ctx));
+        moe_free(ctx, b.x.data), moe_ctx_destroy(ctx);
         return CLI_FAIL;
     }
     b.x = moe_tensor_2d(b.x.data, dtype, rows, cols);
@@ -144,6 +145,11 @@ static int bench_formats(int argc, char **argv) {
     /* Random normal data: one 64 MiB chunk generated on the host, repeated over the buffer. */
     const int64_t chunk = n < (16 << 20) ? n : (16 << 20);
     float *host = malloc((size_t)chunk * 4);
+    if (!host) {
+        fprintf(stderr, "moe bench formats: no host memory for a %lld-value chunk\n", (long long)chunk);
+        moe_free(ctx, b.x.data), moe_free(ctx, b.copy_dst), moe_ctx_destroy(ctx);
+        return CLI_FAIL;
+    }
     cli_random(host, chunk, "normal", 7);
     if (dtype != MOE_DTYPE_F32)
         for (int64_t i = 0; i < chunk; i++)

@@ -107,6 +107,13 @@ static void *rank_forward(void *arg) {
     const int64_t T = r->T, H = c->hidden, E = c->router.n_experts;
     float *h = malloc(sizeof(float) * (size_t)(T * (H > E ? H : E) + 1));
     uint16_t *hb = malloc(2 * (size_t)(T * H + 1));
+    if (!h || !hb) {
+        free(h), free(hb);
+        r->status = MOE_ERR_OOM;
+        snprintf(r->message, sizeof r->message, "rank %d: no host memory for %lld tokens", moe_comm_rank(r->comm),
+                 (long long)T);
+        return NULL;
+    }
     cli_random(h, T * H, "normal", r->seed);
     for (int64_t i = 0; i < T * H; i++) hb[i] = moe_bf16_from_f32(h[i]);
     RANK_TRY(r, moe_memcpy(r->ctx, r->x, hb, (size_t)(T * H * 2), MOE_COPY_HOST_TO_CTX, NULL));
@@ -261,6 +268,11 @@ int bench_ep(int argc, char **argv) {
     int64_t M = 1;
     for (int i = 0; i < nT; i++) M = Ts[i] > M ? Ts[i] : M;
     bench_rank *ranks = calloc((size_t)n, sizeof *ranks);
+    if (!ranks) {
+        fprintf(stderr, "moe bench ep: no host memory\n");
+        for (int i = 0; i < n; i++) moe_comm_destroy(comms[i]), moe_ctx_destroy(ctxs[i]);
+        return CLI_FAIL;
+    }
     /* EPLB: E/8 redundant slots, rounded up to a multiple of the ranks */
     const int redundant = eplb_interval ? ((c.router.n_experts / 8 + n - 1) / n) * n : 0;
     for (int i = 0; i < n; i++) {

@@ -102,7 +102,8 @@ static int bench_model(moe_ctx *ctx, const char *model, const moe_qformat *forma
     rc = CLI_OK;
     goto done;
 fail:
-    fprintf(stderr, "moe bench layer: %s: %s\n", model, moe_last_error(ctx));
+    /* (host allocations set no message in the context) */
+    fprintf(stderr, "moe bench layer: %s: %s\n", model, moe_last_error(ctx)[0] ? moe_last_error(ctx) : "out of host memory");
 done:
     moe_expert_stats_destroy(ctx, stats);
     cli_layer_bench_close(&b);

@@ -145,6 +145,11 @@ int bench_route(int argc, char **argv) {
             const int64_t rows = moe_permute_rows(&b.perm, T);
             moe_permute_workspace_size(ctx, &b.perm, T, &b.ws_bytes);
             float *hl = malloc(4 * (size_t)(T * E) + 4);
+            if (!hl) {
+                fprintf(stderr, "moe bench route: %s T=%lld: no host memory for the logits\n", model, (long long)T);
+                rc = CLI_FAIL;
+                continue;
+            }
             cli_random(hl, T * E, "normal", (uint64_t)(T + E));
             if (dtype == MOE_DTYPE_BF16)
                 for (int64_t i = 0; i < T * E; i++) ((uint16_t *)hl)[i] = moe_bf16_from_f32(hl[i]);

@@ -103,6 +103,10 @@ static int run_format(moe_ctx *ctx, const moe_qformat *f, const char *label, con
            t1 - t0, t2 - t1);
     if (output) {
         uint8_t *host = malloc(sz.data_bytes + sz.scale_bytes + 4);
+        if (!host) {
+            fprintf(stderr, "moe quantize: %s: no host memory for the output\n", label);
+            goto done;
+        }
         float global = 0;
         moe_memcpy(ctx, host, q.data, sz.data_bytes, MOE_COPY_CTX_TO_HOST, NULL);
         moe_memcpy(ctx, host + sz.data_bytes, q.scale, sz.scale_bytes, MOE_COPY_CTX_TO_HOST, NULL);
