@@ -277,6 +277,17 @@ TEST_IMPL(route_errors) {
     b = c;
     b.kind = MOE_ROUTER_HASH;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "hash_table", moe_route(ctx, &b, &a, NULL));
+    /* an unscored hash router takes logits of any shape and never reads them (the CPU once read T x E of them
+     * unchecked: here a NULL buffer) */
+    const int32_t table[2 * 8] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 300, 13, 14, 15}, token = 1;
+    b.score = MOE_SCORE_NONE, b.hash_table = table, b.hash_vocab = 2, b.bias = NULL, b.renormalize = 0;
+    b.scaling_factor = 1.0f;
+    moe_tensor unread = moe_tensor_2d(NULL, MOE_DTYPE_F16, 5, 3);
+    a.logits = &unread, a.token_ids = &token;
+    ASSERT_OK(ctx, moe_route(ctx, &b, &a, NULL));
+    for (int j = 0; j < 8; j++)
+        ASSERT_MSG(ids[j] == (j == 4 ? -1 : 8 + j) && w[j] == (j == 4 ? 0.0f : 0.125f), "slot %d: %d %g", j, ids[j], w[j]);
+    a.logits = NULL, a.token_ids = NULL;
     moe_waterfill_config wf = {256, 3, 0, 8, 2.5f, 0, 0, 64};
     int64_t load[3];
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "multiple of world", moe_waterfill(ctx, &wf, ids, w, 1, load, ids, w, NULL));

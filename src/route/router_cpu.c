@@ -109,9 +109,11 @@ static int moe_route_row(const moe_router_config *c, const moe_route_args *a, in
     const int E = c->n_experts, k = c->top_k;
     int32_t *ids = a->ids + t * k;
     float *w = a->weights + t * k;
-    if (a->logits)
+    /* an unscored hash router neither checks nor reads logits (a caller may pass any) */
+    if (c->kind != MOE_ROUTER_HASH || c->score != MOE_SCORE_NONE) {
         for (int e = 0; e < E; e++) x[e] = moe_load_logit(a->logits, t * E + e);
-    if (c->kind != MOE_ROUTER_HASH || c->score != MOE_SCORE_NONE) moe_scores(c, x, r);
+        moe_scores(c, x, r);
+    }
 
     if (c->kind == MOE_ROUTER_HASH) {
         const int64_t tok = a->token_ids[t];
