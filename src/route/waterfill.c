@@ -39,7 +39,7 @@ moe_status moe_waterfill_rank_load(moe_ctx *ctx, const moe_waterfill_config *c, 
     const int epr = c->n_experts / c->world;
     for (int r = 0; r < c->world; r++) rank_load[r] = 0;
     for (int64_t i = 0; i < n_tokens * c->top_k; i++)
-        if (ids[i] >= 0) rank_load[moe__wf_rank(ids[i], epr, c->world)]++;
+        if (moe__wf_valid(ids[i], c)) rank_load[moe__wf_rank(ids[i], epr, c->world)]++;
     return MOE_OK;
 }
 

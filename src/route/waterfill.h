@@ -5,7 +5,13 @@
 
 #include "core/internal.h"
 
-/* The rank of routed id (id >= 0), clamped to the ranks. */
+/* Whether a routed id counts: in [0, E). -1 and anything outside (a caller's bad id) are skipped, never remapped to
+ * a slot past the ranks' (docs/routing.md §5). */
+static inline MOE_HD bool moe__wf_valid(int32_t id, const moe_waterfill_config *c) {
+    return id >= 0 && id < c->n_experts;
+}
+
+/* The rank of a valid routed id, clamped to the ranks. */
 static inline MOE_HD int moe__wf_rank(int32_t id, int epr, int world) {
     int r = id / epr;
     return r < 0 ? 0 : r >= world ? world - 1 : r;
@@ -19,7 +25,7 @@ static inline MOE_HD int moe__wf_choose(const moe_waterfill_config *c, const int
     int best = src;
     int64_t best_count = load[src];
     for (int j = 0; j < c->top_k && !c->all_ranks; j++) {
-        if (ids[j] < 0) continue;
+        if (!moe__wf_valid(ids[j], c)) continue;
         const int r = moe__wf_rank(ids[j], epr, world);
         cand |= 1u << r;
         if (load[r] * 11 < best_count * 10) best = r, best_count = load[r];
@@ -54,9 +60,10 @@ static inline MOE_HD void moe__wf_token(const moe_waterfill_config *c, const int
     int valid = 0;
     for (int j = 0; j < k; j++) {
         const int32_t id = ids[j];
-        valid |= id >= 0;
-        out_ids[j] = id >= 0 ? id + id / epr : -1;
-        out_w[j] = id >= 0 ? w[j] : 0.0f;
+        const bool ok = moe__wf_valid(id, c);
+        valid |= ok;
+        out_ids[j] = ok ? id + id / epr : -1;
+        out_w[j] = ok ? w[j] : 0.0f;
     }
     const int rank = n_tokens < c->min_tokens ? c->source_rank : moe__wf_choose(c, ids, load, target, t);
     out_ids[k] = valid ? rank * (epr + 1) + epr : -1;

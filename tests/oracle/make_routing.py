@@ -1694,10 +1694,10 @@ def waterfill_ref(ids, w, E, world, source, scale, target, allow_all, min_tokens
     SL = int(sum(int(v) for v in load))
     tgt = target if target > 0 else (SL + SL // k + world - 1) // world
     for t in range(T):
-        valid = [j for j in range(k) if ids[t, j] >= 0]
+        valid = [j for j in range(k) if 0 <= ids[t, j] < E]
         for j in range(k):
             e = int(ids[t, j])
-            if e >= 0:
+            if 0 <= e < E:
                 out_ids[t, j] = e + e // epr
                 out_w[t, j] = w[t, j]
         if not valid:
@@ -1742,7 +1742,7 @@ def waterfill_np(ids, w, E, world, source, scale, target, allow_all, min_tokens,
     T, k = ids.shape
     epr = E // world
     load = np.asarray(load, dtype=np.int64)
-    valid = ids >= 0
+    valid = (ids >= 0) & (ids < E)
     has = valid.any(axis=1)
     oi = np.where(valid, ids + ids // epr, -1)
     ow = np.where(valid, w, F32(0)).astype(F32)
@@ -1858,6 +1858,13 @@ def wf_cases():
     ids[40, :4] = -1
     cnt = np.bincount((ids[ids >= 0] // 32), minlength=8).astype(np.int64)
     add_wf("wf.counted_w8", ids, weights(200, 8), 256, 8, 5, 2.5, cnt * 3)
+    # ids outside [0, E) (a caller's bad ids: E, past it, below -1) are skipped like -1: never remapped past the
+    # ranks' slots, never a candidate; a row of only those gets no shared slot
+    ids = wf_ids(rng, 70, 4, 16, ())
+    ids[3, 1], ids[8, 0], ids[9, 2], ids[20, 3] = 16, 1000, -7, 2**31 - 1
+    ids[30] = [16, 17, -2, -(2**31)]
+    add_wf("wf.out_of_range_w4", ids, weights(70, 4), 16, 4, 1, 2.5, [30, 10, 50, 20],
+           expect=lambda oi, p: (oi[30] == -1).all() and oi[3, 1] == -1 and oi[8, 0] == -1 and oi.max() < 20)
 
 
 # ================================================================================================

@@ -11,7 +11,7 @@ __global__ void rank_load_kernel(moe_waterfill_config c, const int32_t *ids, int
     __syncthreads();
     const int epr = c.n_experts / c.world;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        if (ids[i] >= 0) atomicAdd(&local[moe__wf_rank(ids[i], epr, c.world)], 1u);
+        if (moe__wf_valid(ids[i], &c)) atomicAdd(&local[moe__wf_rank(ids[i], epr, c.world)], 1u);
     __syncthreads();
     if (threadIdx.x < c.world && local[threadIdx.x]) atomicAdd(load + threadIdx.x, (unsigned long long)local[threadIdx.x]);
 }
