@@ -50,7 +50,7 @@ TOOL_OBJ = $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
-.PHONY: all lib test run install uninstall clean FORCE
+.PHONY: all lib test sanitize run install uninstall clean FORCE
 all: $(BUILD)/libmoe.a $(BUILD)/libmoe.so $(BUILD)/moe $(BUILD)/moe_tests
 lib: $(BUILD)/libmoe.a $(BUILD)/libmoe.so
 
@@ -102,6 +102,15 @@ ifeq ($(MPI),1)
 	    mpirun $(MPIRUN_FLAGS) -np $$n ./$(BUILD)/moe_tests --data tests/data ep_mpi || exit 1; \
 	done
 endif
+
+# The CPU-only library and tests under AddressSanitizer (with leak checks) and UBSan, any finding fatal, in
+# build-san; then the API fuzz test at more rounds (.ci/run runs this).
+SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+sanitize:
+	$(MAKE) CUDA=0 MPI=0 BUILD=build-san CFLAGS="$(SAN_FLAGS)" LDLIBS="-fopenmp -lm -lpthread $(SAN_FLAGS)" \
+	  build-san/moe_tests
+	./build-san/moe_tests --data tests/data
+	MOE_FUZZ_ITERS=20000 ./build-san/moe_tests --data tests/data api_fuzz
 
 # The README's main job on its built-in default.
 run: $(BUILD)/moe

@@ -14,6 +14,7 @@
     X(blocks_error_bounds)        \
     X(blocks_dequant_dtypes)      \
     X(errors_bad_input)           \
+    X(api_fuzz)                   \
     X(route_golden)               \
     X(eplb_spec_vectors)          \
     X(route_properties)           \

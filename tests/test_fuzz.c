@@ -1,0 +1,310 @@
+/* test_fuzz.c — the public API on the CPU fed random, mostly invalid, configurations and inputs: routers (a real
+ * one with a field changed, or random fields), permute, quantise and dequantise, whole layers at small shapes,
+ * EPLB plan and map, waterfill and the load counters. Buffers are sized as the call's contract says for the sizes
+ * in play, so that a call may fail but must never read or write past them. Checked here: every failure carries a
+ * message naming the problem, and what a successful call writes stays in range (expert ids, rows). What a plain
+ * build cannot see (reads past a buffer, undefined behaviour) the sanitizer job of .ci/run sees: it runs this test
+ * under ASan and UBSan. MOE_FUZZ_ITERS sets the rounds (default 1000). */
+#include <math.h>
+#include <stdlib.h>
+
+#include "test.h"
+
+typedef struct fuzz {
+    uint64_t state;
+    moe_ctx *ctx;
+    long ok, failed, bad; /* calls that succeeded, that failed with a message, property violations */
+} fuzz;
+
+static uint64_t fz_next(fuzz *f) { return test_splitmix64(&f->state); }
+static int fz_pick(fuzz *f, const int *v, int n) { return v[fz_next(f) % (uint64_t)n]; }
+#define PICK(f, ...) fz_pick(f, (const int[]){__VA_ARGS__}, (int)(sizeof((const int[]){__VA_ARGS__}) / sizeof(int)))
+/* A float that is often special: NaN, +-Inf, 0, else a small value. */
+static float fz_float(fuzz *f) {
+    switch (fz_next(f) % 10) {
+    case 0: return NAN;
+    case 1: return INFINITY;
+    case 2: return -INFINITY;
+    case 3: return 0.0f;
+    default: return (float)((int64_t)(fz_next(f) % 2001) - 1000) / 100.0f;
+    }
+}
+
+/* Counts a call's status: a failure must name its problem. */
+static void fz_status(fuzz *f, moe_status s, const char *what) {
+    if (s == MOE_OK) {
+        f->ok++;
+    } else if (!moe_last_error(f->ctx)[0]) {
+        fprintf(stderr, "  %s failed (%s) without a message\n", what, moe_status_string(s));
+        f->bad++;
+    } else {
+        f->failed++;
+    }
+}
+
+static void fz_range(fuzz *f, const char *what, const int32_t *v, int64_t n, int64_t hi) {
+    for (int64_t i = 0; i < n; i++)
+        if (v[i] < -1 || v[i] >= hi) {
+            fprintf(stderr, "  %s[%lld] = %d is outside -1..%lld\n", what, (long long)i, v[i], (long long)hi - 1);
+            f->bad++;
+            return;
+        }
+}
+
+static const char *const kModels[] = {"mixtral-8x7b", "qwen2-moe", "qwen3-30b-a3b", "olmoe", "deepseek-v2",
+                                      "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "llama4-scout"};
+#define EXPERTS(f) PICK(f, -1, 0, 1, 2, 3, 7, 8, 16, 32, 33, 64, 128, 256, 512, 513, 1024, 1025, 100000)
+#define TOPK(f) PICK(f, -1, 0, 1, 2, 3, 4, 6, 8, 16, 17, 32, 64)
+
+/* A router and T tokens of logits, then a permute of its ids (or of random ones). */
+static void fuzz_route_permute(fuzz *f) {
+    moe_router_config c;
+    memset(&c, 0, sizeof c);
+    if (fz_next(f) % 2) {
+        moe_router_preset(kModels[fz_next(f) % 9], &c);
+        switch (fz_next(f) % 8) {
+        case 0: c.top_k = TOPK(f); break;
+        case 1: c.renormalize = (int)(fz_next(f) % 3); break;
+        case 2: c.scaling_factor = fz_float(f); break;
+        case 3: c.n_groups = PICK(f, -1, 0, 1, 2, 3, 4, 8, 32, 33), c.topk_groups = PICK(f, -1, 0, 1, 2, 4, 9); break;
+        case 4: c.n_experts = EXPERTS(f); break;
+        case 5: c.score = (moe_score_func)(fz_next(f) % 4); break;
+        default: break;
+        }
+    } else {
+        c.kind = (moe_router_kind)(fz_next(f) % 6), c.score = (moe_score_func)(fz_next(f) % 4);
+        c.n_experts = EXPERTS(f), c.top_k = TOPK(f);
+        c.n_groups = PICK(f, -1, 0, 1, 2, 3, 4, 8, 32, 33), c.topk_groups = PICK(f, -1, 0, 1, 2, 4, 9);
+        c.group_score = (moe_group_score)(fz_next(f) % 3), c.group_mask = (moe_group_mask)(fz_next(f) % 3);
+        c.renormalize = (int)(fz_next(f) % 3), c.scaling_factor = fz_next(f) % 3 ? 1.0f : fz_float(f);
+    }
+    c.weight_on_input = (int)(fz_next(f) % 2);
+    /* the buffers follow the config where it is sane; the logits sometimes have another width */
+    const int E = c.n_experts > 0 && c.n_experts <= 2048 ? c.n_experts : 8, El = fz_next(f) % 5 ? E : 5;
+    const int K = c.top_k > 0 && c.top_k <= 4096 ? c.top_k : 1;
+    const int64_t T = PICK(f, 0, 1, 2, 5, 17, 64, 130);
+    float *logits = malloc(sizeof(float) * (size_t)(T * El + 1)), *bias = NULL, *w = NULL;
+    for (int64_t i = 0; i < T * El; i++) logits[i] = fz_float(f);
+    if (fz_next(f) % 2) {
+        bias = malloc(sizeof(float) * (size_t)E);
+        for (int i = 0; i < E; i++) bias[i] = fz_float(f);
+        c.bias = bias;
+    }
+    int32_t *table = NULL, *tokens = NULL, *ids = malloc(4 * (size_t)(T * K + 1)), invalid = 0;
+    if (c.kind == MOE_ROUTER_HASH || fz_next(f) % 4 == 0) {
+        c.hash_vocab = PICK(f, -1, 0, 1, 10, 100);
+        const int64_t v = c.hash_vocab > 0 ? c.hash_vocab : 1;
+        table = malloc(4 * (size_t)(v * K));
+        for (int64_t i = 0; i < v * K; i++) table[i] = (int32_t)(fz_next(f) % (uint64_t)(E + 6)) - 3;
+        tokens = malloc(4 * (size_t)(T + 1));
+        for (int64_t i = 0; i < T; i++) tokens[i] = (int32_t)(fz_next(f) % 120) - 10;
+        c.hash_table = table;
+    }
+    static const moe_dtype dtypes[] = {MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_E4M3};
+    moe_tensor lt = moe_tensor_2d(logits, fz_next(f) % 4 ? MOE_DTYPE_F32 : dtypes[fz_next(f) % 4], T, El);
+    w = malloc(sizeof(float) * (size_t)(T * K + 1));
+    moe_route_args a = {fz_next(f) % 20 ? &lt : NULL, tokens, T, ids, w, fz_next(f) % 2 ? &invalid : NULL, NULL, 0};
+    moe_status s = moe_route(f->ctx, &c, &a, NULL);
+    fz_status(f, s, "moe_route");
+    if (s == MOE_OK) fz_range(f, "moe_route ids", ids, T * c.top_k, c.n_experts);
+
+    moe_permute_config pc = {fz_next(f) % 2 ? c.n_experts : EXPERTS(f), fz_next(f) % 2 ? 0 : PICK(f, -1, 0, 1, 4, 1000),
+                             fz_next(f) % 2 ? c.n_experts : EXPERTS(f), c.top_k, PICK(f, -1, 0, 1, 2, 16, 128, 1 << 20),
+                             (moe_permute_layout)(fz_next(f) % 3), PICK(f, -1, 0, 1, 3, 100)};
+    if (s != MOE_OK || fz_next(f) % 2) {
+        const uint64_t span = pc.n_experts_global > 0 && pc.n_experts_global < 100000 ? (uint64_t)pc.n_experts_global + 6 : 10;
+        for (int64_t i = 0; i < T * K; i++) ids[i] = (int32_t)(fz_next(f) % span) - 3;
+    }
+    const int64_t rows = moe_permute_rows(&pc, T);
+    if (rows >= 0 && rows < (1 << 24) && (pc.top_k < 1 || pc.top_k <= K)) {
+        const int PE = pc.n_experts > 0 && pc.n_experts < 200000 ? pc.n_experts : 1;
+        int32_t *counts = malloc(4 * (size_t)PE), *row_src = malloc(4 * (size_t)(rows + 1)),
+                *slot_row = malloc(4 * (size_t)(T * K + 1)), pinv = 0, dropped = 0;
+        int64_t *offsets = malloc(8 * (size_t)(PE + 1));
+        const moe_permute_outputs out = {counts, offsets, row_src, slot_row, &pinv, &dropped};
+        s = moe_permute(f->ctx, &pc, ids, T, &out, NULL, 0, NULL);
+        fz_status(f, s, "moe_permute");
+        if (s == MOE_OK) fz_range(f, "moe_permute slot_row", slot_row, T * pc.top_k, rows);
+        free(counts), free(row_src), free(slot_row), free(offsets);
+    }
+    free(logits), free(bias), free(w), free(table), free(tokens), free(ids);
+}
+
+/* A format (a preset, fields perhaps changed) and a shape: quantise, then dequantise. */
+static void fuzz_quantize(fuzz *f) {
+    moe_qformat q = moe_qformat_preset((moe_qformat_kind)(fz_next(f) % 9));
+    if (q.kind == MOE_QFORMAT_NVFP4) q.global = (moe_nvfp4_global)(1 + fz_next(f) % 2);
+    if (fz_next(f) % 3 == 0) q.elem = (moe_dtype)(fz_next(f) % 16);
+    if (fz_next(f) % 3 == 0) q.rule = (moe_scale_rule)(fz_next(f) % 7);
+    if (fz_next(f) % 3 == 0) q.scale_dtype = (moe_dtype)(fz_next(f) % 16);
+    if (fz_next(f) % 4 == 0) q.layout = (moe_scale_layout)(fz_next(f) % 3);
+    if (fz_next(f) % 4 == 0) q.global = (moe_nvfp4_global)(fz_next(f) % 4);
+    if (fz_next(f) % 4 == 0) q.static_scale = 1;
+    if (fz_next(f) % 4 == 0) q.amax_floor = fz_float(f);
+    const int rank = fz_next(f) % 3 ? 2 : (int)(fz_next(f) % 5);
+    int64_t shape[MOE_MAX_RANK] = {0}, n = 1;
+    for (int d = 0; d < rank; d++) shape[d] = PICK(f, -1, 0, 1, 2, 15, 16, 31, 32, 33, 128, 129, 300), n *= shape[d];
+    moe_qsizes sz;
+    moe_status s = moe_qtensor_sizes(f->ctx, &q, rank, shape, &sz);
+    fz_status(f, s, "moe_qtensor_sizes");
+    if (s != MOE_OK || n >= (1 << 22)) return;
+    float *x = malloc(4 * (size_t)(n + 1)), *y = malloc(4 * (size_t)(n + 1)), global = fz_float(f);
+    void *data = malloc(sz.data_bytes + 1), *scale = malloc(sz.scale_bytes + 4);
+    for (int64_t i = 0; i < n; i++) x[i] = fz_float(f);
+    memset(scale, 0x3C, sz.scale_bytes + 4); /* a static scale the caller wrote */
+    moe_qtensor qt = {q, rank, {0}, data, scale, sz.global_scale_bytes ? &global : NULL};
+    moe_tensor xt = {x, MOE_DTYPE_F32, rank, {0}};
+    memcpy(qt.shape, shape, sizeof shape), memcpy(xt.shape, shape, sizeof shape);
+    fz_status(f, moe_quantize(f->ctx, &xt, &qt, NULL), "moe_quantize");
+    xt.data = y;
+    fz_status(f, moe_dequantize(f->ctx, &qt, &xt, NULL), "moe_dequantize");
+    free(x), free(y), free(data), free(scale);
+}
+
+/* A model's layer at small shapes, fields perhaps changed, its weights allocated as the config says; then a
+ * forward of T tokens (sometimes one more than the workspace's, or a short workspace, or x of the wrong width). */
+static void fuzz_layer(fuzz *f) {
+    moe_layer_config c;
+    moe_layer_preset(kModels[fz_next(f) % 9], &c);
+    c.hidden = fz_next(f) % 4 ? PICK(f, 8, 16, 24, 40, 64, 136, 256) : PICK(f, 7, 0, -8);
+    c.intermediate = fz_next(f) % 4 ? PICK(f, 8, 16, 32, 48, 72) : PICK(f, 9, 0);
+    c.router.n_experts = fz_next(f) % 4 ? PICK(f, 1, 2, 4, 8, 16, 32) : PICK(f, 0, 3);
+    if (c.router.kind == MOE_ROUTER_GROUPED) c.router.n_groups = c.router.topk_groups = c.router.n_experts >= 4 ? 4 : 1;
+    c.router.top_k = fz_next(f) % 4 ? PICK(f, 1, 2, 4, 8) : PICK(f, 0, 40);
+    c.router.bias = NULL;
+    if (fz_next(f) % 4 == 0) c.dtype = (moe_dtype)PICK(f, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_E4M3);
+    else c.dtype = MOE_DTYPE_F32;
+    if (fz_next(f) % 8 == 0) c.activation = (moe_activation)(fz_next(f) % 6);
+    if (fz_next(f) % 8 == 0) c.w13_layout = (moe_w13_layout)(fz_next(f) % 3);
+    if (fz_next(f) % 3 == 0) c.n_shared = PICK(f, 0, 1, 2, -1);
+    if (c.n_shared) c.shared_intermediate = fz_next(f) % 4 ? PICK(f, 8, 16, 24) : PICK(f, 0, 5);
+    if (fz_next(f) % 6 == 0) c.shared_gate = 1;
+    if (fz_next(f) % 3 == 0) {
+        c.expert_format = moe_qformat_preset((moe_qformat_kind)(fz_next(f) % 9));
+        if (c.expert_format.kind == MOE_QFORMAT_NVFP4) c.expert_format.global = (moe_nvfp4_global)(fz_next(f) % 3);
+    }
+    if (fz_next(f) % 4 == 0) c.act_format = moe_qformat_preset((moe_qformat_kind)(fz_next(f) % 9));
+    if (fz_next(f) % 6 == 0 && c.n_shared > 0) c.shared_format = c.expert_format;
+    const int64_t H = c.hidden > 0 ? c.hidden : 8, I = c.intermediate > 0 ? c.intermediate : 8,
+                  E = c.router.n_experts > 0 ? c.router.n_experts : 1, S = c.n_shared > 0 ? c.n_shared : 0,
+                  Is = c.shared_intermediate > 0 ? c.shared_intermediate : 8;
+    void *held[24];
+    int n_held = 0;
+#define HOLD(bytes) (held[n_held] = calloc((size_t)(bytes) + 64, 1), held[n_held++])
+    moe_layer_weights w;
+    memset(&w, 0, sizeof w);
+    /* routed (E matrices) and shared (S) w13 and w2: dtype values, or the format's elements and scales */
+    for (int shared = 0; shared < 2; shared++) {
+        const int64_t m = shared ? S : E, width = shared ? Is : I;
+        if (shared && !S) break;
+        const moe_qformat *fmt = shared ? &c.shared_format : &c.expert_format;
+        const int64_t s13[3] = {m, 2 * width, H}, s2[3] = {m, H, width};
+        moe_qsizes q13 = {0}, q2 = {0};
+        const int quant = fmt->kind != MOE_QFORMAT_INVALID && !moe_qtensor_sizes(NULL, fmt, 3, s13, &q13) &&
+                          !moe_qtensor_sizes(NULL, fmt, 3, s2, &q2);
+        const void *d13 = HOLD(quant ? q13.data_bytes : (size_t)(m * 2 * width * H) * 4);
+        const void *d2 = HOLD(quant ? q2.data_bytes : (size_t)(m * H * width) * 4);
+        const void *sc13 = quant ? HOLD(q13.scale_bytes) : NULL, *sc2 = quant ? HOLD(q2.scale_bytes) : NULL;
+        const float *g13 = quant && q13.global_scale_bytes ? HOLD(4 * m) : NULL;
+        const float *g2 = quant && q13.global_scale_bytes ? HOLD(4 * m) : NULL;
+        if (shared)
+            w.shared_w13 = d13, w.shared_w2 = d2, w.shared_w13_scale = sc13, w.shared_w2_scale = sc2,
+            w.shared_w13_global = g13, w.shared_w2_global = g2;
+        else
+            w.w13 = d13, w.w2 = d2, w.w13_scale = sc13, w.w2_scale = sc2, w.w13_global = g13, w.w2_global = g2;
+    }
+    if (fz_next(f) % 2) w.b13 = HOLD(4 * E * 2 * I), w.b2 = HOLD(4 * E * H);
+    if (fz_next(f) % 4) w.gate = HOLD(4 * E * H);
+    if (fz_next(f) % 4 == 0) w.gate_bias = HOLD(4 * E);
+    if (c.shared_gate) w.shared_gate = HOLD(4 * H);
+    if (fz_next(f) % 10 == 0) w.w2 = NULL;
+    moe_layer *l = NULL;
+    moe_status s = moe_layer_create(f->ctx, &c, &w, &l);
+    fz_status(f, s, "moe_layer_create");
+    size_t ws_bytes = 0;
+    const int64_t T_max = PICK(f, 0, 1, 3, 17), T = fz_next(f) % 5 ? T_max : T_max + 1;
+    if (s == MOE_OK && (s = moe_layer_workspace_size(l, T_max, &ws_bytes)) == MOE_OK) {
+        void *ws = calloc(ws_bytes + 64, 1);
+        float *x = calloc((size_t)(T * H + 2), 4), *out = calloc((size_t)(T * H + 2), 4),
+              *logits = calloc((size_t)(T * E + 1), 4);
+        int32_t *tokens = calloc((size_t)(T + 1), 4);
+        for (int64_t i = 0; i < T * H; i++) x[i] = fz_next(f) % 50 ? (float)((int)(fz_next(f) % 200) - 100) / 50 : fz_float(f);
+        for (int64_t i = 0; i < T * E; i++) logits[i] = fz_float(f);
+        for (int64_t i = 0; i < T; i++) tokens[i] = (int32_t)(fz_next(f) % 40) - 5;
+        moe_tensor xt = moe_tensor_2d(x, c.dtype, T, fz_next(f) % 10 ? H : H + 1), ot = moe_tensor_2d(out, c.dtype, T, H),
+                   lt = moe_tensor_2d(logits, MOE_DTYPE_F32, T, E);
+        const moe_layer_io io = {&xt, fz_next(f) % 2 || !w.gate ? &lt : NULL, &ot, tokens, NULL, 0};
+        fz_status(f, moe_layer_forward(l, &io, ws, fz_next(f) % 10 ? ws_bytes : ws_bytes / 2, NULL), "moe_layer_forward");
+        free(ws), free(x), free(out), free(logits), free(tokens);
+    } else if (l) {
+        fz_status(f, s, "moe_layer_workspace_size");
+    }
+    moe_layer_destroy(l);
+    for (int i = 0; i < n_held; i++) free(held[i]);
+#undef HOLD
+}
+
+/* EPLB plan (then its map over ids, with its tables sometimes spoiled), waterfill, load counters. */
+static void fuzz_balance(fuzz *f) {
+    const moe_eplb_config ec = {PICK(f, -1, 0, 1, 3), PICK(f, -1, 0, 1, 4, 8, 12, 16), PICK(f, -1, 0, 4, 8, 16, 20, 24, 32),
+                                PICK(f, -1, 0, 1, 2, 3, 4), PICK(f, -1, 0, 1, 2, 3), PICK(f, -1, 0, 1, 2, 3, 4, 8)};
+    const int L = ec.n_layers > 0 ? ec.n_layers : 1, E = ec.n_logical > 0 ? ec.n_logical : 1,
+              R = ec.n_physical > 0 ? ec.n_physical : 1, MR = R > E ? R - E + 1 : 1;
+    double *load = malloc(sizeof(double) * (size_t)(L * E));
+    for (int i = 0; i < L * E; i++) load[i] = fz_next(f) % 10 ? (double)(fz_next(f) % 1000) : (double)fz_float(f);
+    int32_t *p2l = malloc(4 * (size_t)(L * R)), *l2p = malloc(4 * (size_t)(L * E * MR)), *cnt = malloc(4 * (size_t)(L * E));
+    moe_status s = moe_eplb_plan(f->ctx, &ec, load, p2l, l2p, cnt);
+    fz_status(f, s, "moe_eplb_plan");
+    if (s == MOE_OK) {
+        fz_range(f, "moe_eplb_plan phy2log", p2l, (int64_t)L * R, E);
+        const int64_t T = PICK(f, 0, 1, 9);
+        const int kt = PICK(f, 0, 1, 2, 9), kr = PICK(f, -1, 0, 1, 2, 9), K = kt > 0 ? kt : 1;
+        int32_t *ids = malloc(4 * (size_t)(T * K + 1));
+        for (int64_t i = 0; i < T * K; i++) ids[i] = (int32_t)(fz_next(f) % (uint64_t)(E + 6)) - 3;
+        if (fz_next(f) % 3 == 0) for (int i = 0; i < E; i++) cnt[i] = (int32_t)(fz_next(f) % 5) - 1;
+        if (fz_next(f) % 3 == 0) for (int i = 0; i < E * MR; i++) l2p[i] = (int32_t)(fz_next(f) % (uint64_t)(R + 4)) - 2;
+        fz_status(f, moe_eplb_map(f->ctx, l2p, cnt, E, MR, ids, ids, T, kt, kr, NULL), "moe_eplb_map");
+        free(ids);
+    }
+    free(load), free(p2l), free(l2p), free(cnt);
+
+    const moe_waterfill_config wc = {PICK(f, -1, 0, 8, 12, 16), PICK(f, -1, 0, 1, 2, 4, 33), PICK(f, -1, 0, 1, 3, 40),
+                                     PICK(f, -1, 0, 1, 2, 8), fz_float(f), PICK(f, -1, 0, 5), (int)(fz_next(f) % 2),
+                                     PICK(f, 0, 1, 64)};
+    const int64_t T = PICK(f, 0, 1, 7, 70);
+    const int K = wc.top_k > 0 ? wc.top_k : 1, W = wc.world > 0 && wc.world < 64 ? wc.world : 1;
+    int32_t *ids = malloc(4 * (size_t)(T * K + 1)), *out_ids = malloc(4 * (size_t)(T * (K + 1) + 1));
+    float *w = malloc(4 * (size_t)(T * K + 1)), *out_w = malloc(4 * (size_t)(T * (K + 1) + 1));
+    int64_t *rank_load = calloc((size_t)W, 8);
+    for (int64_t i = 0; i < T * K; i++) ids[i] = (int32_t)(fz_next(f) % 24) - 3, w[i] = fz_float(f);
+    fz_status(f, moe_waterfill_rank_load(f->ctx, &wc, ids, T, rank_load, NULL), "moe_waterfill_rank_load");
+    if (fz_next(f) % 3 == 0) for (int i = 0; i < W; i++) rank_load[i] = (int64_t)(fz_next(f) % 100) - 10;
+    s = moe_waterfill(f->ctx, &wc, ids, w, T, rank_load, out_ids, out_w, NULL);
+    fz_status(f, s, "moe_waterfill");
+    if (s == MOE_OK) fz_range(f, "moe_waterfill out_ids", out_ids, T * (K + 1), wc.n_experts + wc.world);
+    moe_expert_stats *stats = NULL;
+    s = moe_expert_stats_create(f->ctx, PICK(f, -1, 0, 1, 2), PICK(f, -1, 0, 1, 8), &stats);
+    fz_status(f, s, "moe_expert_stats_create");
+    if (s == MOE_OK) {
+        fz_status(f, moe_expert_stats_record(f->ctx, stats, PICK(f, -1, 0, 1, 2), ids, T * K, NULL),
+                  "moe_expert_stats_record");
+        moe_expert_stats_destroy(f->ctx, stats);
+    }
+    free(ids), free(out_ids), free(w), free(out_w), free(rank_load);
+}
+
+TEST_IMPL(api_fuzz) {
+    const char *v = getenv("MOE_FUZZ_ITERS");
+    const int rounds = v ? atoi(v) : 1000;
+    fuzz f = {env->seed ^ 0xF0220ull, env->cpu, 0, 0, 0};
+    for (int i = 0; i < rounds && f.bad == 0; i++) {
+        fuzz_route_permute(&f);
+        fuzz_quantize(&f);
+        fuzz_balance(&f);
+        if (i % 4 == 0) fuzz_layer(&f);
+    }
+    fprintf(stderr, "  %d rounds: %ld calls succeeded, %ld failed with a message\n", rounds, f.ok, f.failed);
+    ASSERT_EQ_I64(f.bad, 0);
+    ASSERT(f.ok > rounds && f.failed > rounds); /* both kinds of call were reached */
+    return TEST_OK;
+}
