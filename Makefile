@@ -110,7 +110,7 @@ sanitize:
 	$(MAKE) CUDA=0 MPI=0 BUILD=build-san CFLAGS="$(SAN_FLAGS)" LDLIBS="-fopenmp -lm -lpthread $(SAN_FLAGS)" \
 	  build-san/moe_tests
 	./build-san/moe_tests --data tests/data
-	MOE_FUZZ_ITERS=20000 ./build-san/moe_tests --data tests/data api_fuzz
+	MOE_FUZZ_ITERS=10000 ./build-san/moe_tests --data tests/data api_fuzz
 
 # The README's main job on its built-in default.
 run: $(BUILD)/moe

@@ -15,7 +15,8 @@
 #         twice plainly and once under memcheck, then at three fresh seeds: a fault that depends on timing moves,
 #         numerics of the seed's inputs do not;
 #  stalls Nsight Compute's warp-state, scheduler, memory and source sections of GEMM 1 at T = 1 on the kernel
-#         (GPT-OSS-120B W4A8, DeepSeek-V3 W4A8-NVFP4 and W8A8): where its warps wait.
+#         (GPT-OSS-120B W4A8, DeepSeek-V3 W4A8-NVFP4 and W8A8): where its warps wait;
+#  fuzz   gpu_api_fuzz (the API on the GPU fed random, mostly invalid input) plainly and under memcheck.
 # Logs and JSON under $OUT; the summary in $OUT/summary.txt. Not yet timed on a GPU: if a part passes the device's
 # 10-minute limit, split it (REPS=1, then REPS=2; FP4_MODELS, FP8_MODELS, TOKENS narrower).
 set -u
@@ -99,6 +100,16 @@ if [ "$PART" = repro ]; then
     run_seed plain2 "$SEED"
     run_seed memcheck "$SEED" compute-sanitizer --tool memcheck --error-exitcode 9
     for s in 1 2 3; do run_seed fresh$s $((SEED + 7919 * s)); done
+fi
+if [ "$PART" = fuzz ]; then
+    for tool in plain memcheck; do
+        pre=""
+        [ $tool = memcheck ] && pre="compute-sanitizer --tool memcheck --error-exitcode 9"
+        timeout 300 $pre "$BUILD/moe_tests" --data tests/data gpu_api_fuzz > "$OUT/fuzz-$tool.log" 2>&1
+        echo "exit $?" >> "$OUT/fuzz-$tool.log"
+        echo "=== gpu_api_fuzz $tool" | tee -a "$OUT/summary.txt"
+        tail -4 "$OUT/fuzz-$tool.log" | tee -a "$OUT/summary.txt"
+    done
 fi
 SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis --section InstructionStats --section SourceCounters"
 ncu_stalls() { # tag model dtype env

@@ -1,10 +1,12 @@
-/* test_fuzz.c — the public API on the CPU fed random, mostly invalid, configurations and inputs: routers (a real
- * one with a field changed, or random fields), permute, quantise and dequantise, whole layers at small shapes,
- * EPLB plan and map, waterfill and the load counters. Buffers are sized as the call's contract says for the sizes
- * in play, so that a call may fail but must never read or write past them. Checked here: every failure carries a
- * message naming the problem, and what a successful call writes stays in range (expert ids, rows). What a plain
- * build cannot see (reads past a buffer, undefined behaviour) the sanitizer job of .ci/run sees: it runs this test
- * under ASan and UBSan. MOE_FUZZ_ITERS sets the rounds (default 1000). */
+/* test_fuzz.c — the public API fed random, mostly invalid, configurations and inputs, on the CPU (api_fuzz) and on
+ * the GPU (gpu_api_fuzz): routers (a real one with a field changed, or random fields), permute, quantise and
+ * dequantise, whole layers at small shapes, EPLB plan and map, waterfill and the load counters. Buffers live in the
+ * context's memory, sized as the call's contract says for the sizes in play (on the CPU with malloc, to the byte),
+ * so that a call may fail but must never read or write past them. Checked here: every failure carries a message
+ * naming the problem, and what a successful call writes stays in range (expert ids, rows). What a plain build
+ * cannot see (reads past a buffer, undefined behaviour), the sanitizers see: `make sanitize` runs the CPU test
+ * under ASan and UBSan, compute-sanitizer the GPU one. MOE_FUZZ_ITERS sets the rounds (default 1000 on the CPU,
+ * 200 on the GPU). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -13,8 +15,46 @@
 typedef struct fuzz {
     uint64_t state;
     moe_ctx *ctx;
+    int gpu;
     long ok, failed, bad; /* calls that succeeded, that failed with a message, property violations */
+    void *held[32];       /* this op's buffers in the context's memory */
+    int n_held;
 } fuzz;
+
+/* bytes in the context's memory (zeros, or a copy of init): malloc'd to the byte on the CPU, so that ASan sees
+ * one past the end; NULL when it cannot be had (the op then passes NULL on, which calls must reject). */
+static void *fz_buf(fuzz *f, size_t bytes, const void *init) {
+    void *p = NULL;
+    if (f->n_held == (int)(sizeof f->held / sizeof f->held[0])) return NULL;
+    if (!f->gpu) {
+        p = calloc(bytes ? bytes : 1, 1);
+        if (p && init) memcpy(p, init, bytes);
+    } else if (moe_alloc(f->ctx, bytes ? bytes : 1, &p) != MOE_OK ||
+               (init ? moe_memcpy(f->ctx, p, init, bytes, MOE_COPY_HOST_TO_CTX, NULL)
+                     : moe_memset(f->ctx, p, 0, bytes ? bytes : 1, NULL)) != MOE_OK) {
+        moe_free(f->ctx, p);
+        p = NULL;
+    }
+    if (p) f->held[f->n_held++] = p;
+    return p;
+}
+
+/* bytes of a buffer of fz_buf back to the host. */
+static int fz_get(fuzz *f, void *host, const void *buf, size_t bytes) {
+    if (!f->gpu) return memcpy(host, buf, bytes), 0;
+    return moe_memcpy(f->ctx, host, buf, bytes, MOE_COPY_CTX_TO_HOST, NULL) != MOE_OK || moe_sync(f->ctx, NULL) != MOE_OK;
+}
+
+/* Frees the op's buffers; on the GPU after its work is done, which must still succeed (a kernel that faulted
+ * leaves the context failing every call after it, each with a message). */
+static void fz_release(fuzz *f) {
+    if (f->gpu && moe_sync(f->ctx, NULL) != MOE_OK) {
+        fprintf(stderr, "  the GPU failed after an op: %s\n", moe_last_error(f->ctx));
+        f->bad++;
+    }
+    for (int i = 0; i < f->n_held; i++) f->gpu ? moe_free(f->ctx, f->held[i]) : free(f->held[i]);
+    f->n_held = 0;
+}
 
 static uint64_t fz_next(fuzz *f) { return test_splitmix64(&f->state); }
 static int fz_pick(fuzz *f, const int *v, int n) { return v[fz_next(f) % (uint64_t)n]; }
@@ -42,13 +82,21 @@ static void fz_status(fuzz *f, moe_status s, const char *what) {
     }
 }
 
-static void fz_range(fuzz *f, const char *what, const int32_t *v, int64_t n, int64_t hi) {
+/* The n int32 of buf (context memory) are all in -1 .. hi - 1. */
+static void fz_range(fuzz *f, const char *what, const int32_t *buf, int64_t n, int64_t hi) {
+    int32_t *v = malloc(4 * (size_t)(n + 1));
+    if (n > 0 && fz_get(f, v, buf, 4 * (size_t)n)) {
+        fprintf(stderr, "  %s: cannot read the output back: %s\n", what, moe_last_error(f->ctx));
+        f->bad++;
+        n = 0;
+    }
     for (int64_t i = 0; i < n; i++)
         if (v[i] < -1 || v[i] >= hi) {
             fprintf(stderr, "  %s[%lld] = %d is outside -1..%lld\n", what, (long long)i, v[i], (long long)hi - 1);
             f->bad++;
-            return;
+            break;
         }
+    free(v);
 }
 
 static const char *const kModels[] = {"mixtral-8x7b", "qwen2-moe", "qwen3-30b-a3b", "olmoe", "deepseek-v2",
@@ -83,27 +131,27 @@ static void fuzz_route_permute(fuzz *f) {
     const int E = c.n_experts > 0 && c.n_experts <= 2048 ? c.n_experts : 8, El = fz_next(f) % 5 ? E : 5;
     const int K = c.top_k > 0 && c.top_k <= 4096 ? c.top_k : 1;
     const int64_t T = PICK(f, 0, 1, 2, 5, 17, 64, 130);
-    float *logits = malloc(sizeof(float) * (size_t)(T * El + 1)), *bias = NULL, *w = NULL;
-    for (int64_t i = 0; i < T * El; i++) logits[i] = fz_float(f);
-    if (fz_next(f) % 2) {
-        bias = malloc(sizeof(float) * (size_t)E);
-        for (int i = 0; i < E; i++) bias[i] = fz_float(f);
-        c.bias = bias;
-    }
-    int32_t *table = NULL, *tokens = NULL, *ids = malloc(4 * (size_t)(T * K + 1)), invalid = 0;
+    float *h = malloc(sizeof(float) * (size_t)(T * El + E + 1));
+    for (int64_t i = 0; i < T * El + E; i++) h[i] = fz_float(f);
+    const float *logits = fz_buf(f, sizeof(float) * (size_t)(T * El), h);
+    if (fz_next(f) % 2) c.bias = fz_buf(f, sizeof(float) * (size_t)E, h + T * El);
+    const int32_t *tokens = NULL;
     if (c.kind == MOE_ROUTER_HASH || fz_next(f) % 4 == 0) {
         c.hash_vocab = PICK(f, -1, 0, 1, 10, 100);
-        const int64_t v = c.hash_vocab > 0 ? c.hash_vocab : 1;
-        table = malloc(4 * (size_t)(v * K));
-        for (int64_t i = 0; i < v * K; i++) table[i] = (int32_t)(fz_next(f) % (uint64_t)(E + 6)) - 3;
-        tokens = malloc(4 * (size_t)(T + 1));
-        for (int64_t i = 0; i < T; i++) tokens[i] = (int32_t)(fz_next(f) % 120) - 10;
-        c.hash_table = table;
+        const int64_t v = c.hash_vocab > 0 ? c.hash_vocab : 1, n = v * K > T ? v * K : T;
+        int32_t *hi = malloc(4 * (size_t)(n + 1));
+        for (int64_t i = 0; i < v * K; i++) hi[i] = (int32_t)(fz_next(f) % (uint64_t)(E + 6)) - 3;
+        c.hash_table = fz_buf(f, 4 * (size_t)(v * K), hi);
+        for (int64_t i = 0; i < T; i++) hi[i] = (int32_t)(fz_next(f) % 120) - 10;
+        tokens = fz_buf(f, 4 * (size_t)T, hi);
+        free(hi);
     }
+    free(h);
     static const moe_dtype dtypes[] = {MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_E4M3};
-    moe_tensor lt = moe_tensor_2d(logits, fz_next(f) % 4 ? MOE_DTYPE_F32 : dtypes[fz_next(f) % 4], T, El);
-    w = malloc(sizeof(float) * (size_t)(T * K + 1));
-    moe_route_args a = {fz_next(f) % 20 ? &lt : NULL, tokens, T, ids, w, fz_next(f) % 2 ? &invalid : NULL, NULL, 0};
+    moe_tensor lt = moe_tensor_2d((void *)logits, fz_next(f) % 4 ? MOE_DTYPE_F32 : dtypes[fz_next(f) % 4], T, El);
+    int32_t *ids = fz_buf(f, 4 * (size_t)(T * K), NULL), *invalid = fz_buf(f, 4, NULL);
+    float *w = fz_buf(f, sizeof(float) * (size_t)(T * K), NULL);
+    moe_route_args a = {fz_next(f) % 20 ? &lt : NULL, tokens, T, ids, w, fz_next(f) % 2 ? invalid : NULL, NULL, 0};
     moe_status s = moe_route(f->ctx, &c, &a, NULL);
     fz_status(f, s, "moe_route");
     if (s == MOE_OK) fz_range(f, "moe_route ids", ids, T * c.top_k, c.n_experts);
@@ -111,23 +159,27 @@ static void fuzz_route_permute(fuzz *f) {
     moe_permute_config pc = {fz_next(f) % 2 ? c.n_experts : EXPERTS(f), fz_next(f) % 2 ? 0 : PICK(f, -1, 0, 1, 4, 1000),
                              fz_next(f) % 2 ? c.n_experts : EXPERTS(f), c.top_k, PICK(f, -1, 0, 1, 2, 16, 128, 1 << 20),
                              (moe_permute_layout)(fz_next(f) % 3), PICK(f, -1, 0, 1, 3, 100)};
-    if (s != MOE_OK || fz_next(f) % 2) {
+    if (s != MOE_OK || fz_next(f) % 2) { /* random ids, some outside the experts */
         const uint64_t span = pc.n_experts_global > 0 && pc.n_experts_global < 100000 ? (uint64_t)pc.n_experts_global + 6 : 10;
-        for (int64_t i = 0; i < T * K; i++) ids[i] = (int32_t)(fz_next(f) % span) - 3;
+        int32_t *hi = malloc(4 * (size_t)(T * K + 1));
+        for (int64_t i = 0; i < T * K; i++) hi[i] = (int32_t)(fz_next(f) % span) - 3;
+        ids = fz_buf(f, 4 * (size_t)(T * K), hi);
+        free(hi);
     }
     const int64_t rows = moe_permute_rows(&pc, T);
     if (rows >= 0 && rows < (1 << 24) && (pc.top_k < 1 || pc.top_k <= K)) {
         const int PE = pc.n_experts > 0 && pc.n_experts < 200000 ? pc.n_experts : 1;
-        int32_t *counts = malloc(4 * (size_t)PE), *row_src = malloc(4 * (size_t)(rows + 1)),
-                *slot_row = malloc(4 * (size_t)(T * K + 1)), pinv = 0, dropped = 0;
-        int64_t *offsets = malloc(8 * (size_t)(PE + 1));
-        const moe_permute_outputs out = {counts, offsets, row_src, slot_row, &pinv, &dropped};
-        s = moe_permute(f->ctx, &pc, ids, T, &out, NULL, 0, NULL);
+        const moe_permute_outputs out = {fz_buf(f, 4 * (size_t)PE, NULL), fz_buf(f, 8 * (size_t)(PE + 1), NULL),
+                                         fz_buf(f, 4 * (size_t)rows, NULL), fz_buf(f, 4 * (size_t)(T * K), NULL),
+                                         fz_buf(f, 4, NULL), fz_buf(f, 4, NULL)};
+        size_t ws_bytes = 0;
+        void *ws = NULL;
+        if (moe_permute_workspace_size(f->ctx, &pc, T, &ws_bytes) == MOE_OK && ws_bytes) ws = fz_buf(f, ws_bytes, NULL);
+        s = moe_permute(f->ctx, &pc, ids, T, &out, ws, ws_bytes, NULL);
         fz_status(f, s, "moe_permute");
-        if (s == MOE_OK) fz_range(f, "moe_permute slot_row", slot_row, T * pc.top_k, rows);
-        free(counts), free(row_src), free(slot_row), free(offsets);
+        if (s == MOE_OK) fz_range(f, "moe_permute slot_row", out.slot_row, T * pc.top_k, rows);
     }
-    free(logits), free(bias), free(w), free(table), free(tokens), free(ids);
+    fz_release(f);
 }
 
 /* A format (a preset, fields perhaps changed) and a shape: quantise, then dequantise. */
@@ -148,21 +200,23 @@ static void fuzz_quantize(fuzz *f) {
     moe_status s = moe_qtensor_sizes(f->ctx, &q, rank, shape, &sz);
     fz_status(f, s, "moe_qtensor_sizes");
     if (s != MOE_OK || n >= (1 << 22)) return;
-    float *x = malloc(4 * (size_t)(n + 1)), *y = malloc(4 * (size_t)(n + 1)), global = fz_float(f);
-    void *data = malloc(sz.data_bytes + 1), *scale = malloc(sz.scale_bytes + 4);
-    for (int64_t i = 0; i < n; i++) x[i] = fz_float(f);
-    memset(scale, 0x3C, sz.scale_bytes + 4); /* a static scale the caller wrote */
-    moe_qtensor qt = {q, rank, {0}, data, scale, sz.global_scale_bytes ? &global : NULL};
-    moe_tensor xt = {x, MOE_DTYPE_F32, rank, {0}};
+    float *hx = malloc(4 * (size_t)(n + 1)), global = fz_float(f);
+    uint8_t *hs = malloc(sz.scale_bytes + 1);
+    for (int64_t i = 0; i < n; i++) hx[i] = fz_float(f);
+    memset(hs, 0x3C, sz.scale_bytes + 1); /* a static scale the caller wrote */
+    moe_qtensor qt = {q, rank, {0}, fz_buf(f, sz.data_bytes, NULL), fz_buf(f, sz.scale_bytes, hs),
+                      sz.global_scale_bytes ? fz_buf(f, 4, &global) : NULL};
+    moe_tensor xt = {fz_buf(f, 4 * (size_t)n, hx), MOE_DTYPE_F32, rank, {0}};
     memcpy(qt.shape, shape, sizeof shape), memcpy(xt.shape, shape, sizeof shape);
     fz_status(f, moe_quantize(f->ctx, &xt, &qt, NULL), "moe_quantize");
-    xt.data = y;
+    xt.data = fz_buf(f, 4 * (size_t)n, NULL);
     fz_status(f, moe_dequantize(f->ctx, &qt, &xt, NULL), "moe_dequantize");
-    free(x), free(y), free(data), free(scale);
+    free(hx), free(hs);
+    fz_release(f);
 }
 
-/* A model's layer at small shapes, fields perhaps changed, its weights allocated as the config says; then a
- * forward of T tokens (sometimes one more than the workspace's, or a short workspace, or x of the wrong width). */
+/* A model's layer at small shapes, fields perhaps changed, its weights (zeros) as the config says; then a forward
+ * of T tokens (sometimes one more than the workspace's, or a short workspace, or x of the wrong width). */
 static void fuzz_layer(fuzz *f) {
     moe_layer_config c;
     moe_layer_preset(kModels[fz_next(f) % 9], &c);
@@ -173,7 +227,7 @@ static void fuzz_layer(fuzz *f) {
     c.router.top_k = fz_next(f) % 4 ? PICK(f, 1, 2, 4, 8) : PICK(f, 0, 40);
     c.router.bias = NULL;
     if (fz_next(f) % 4 == 0) c.dtype = (moe_dtype)PICK(f, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_E4M3);
-    else c.dtype = MOE_DTYPE_F32;
+    else c.dtype = f->gpu ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
     if (fz_next(f) % 8 == 0) c.activation = (moe_activation)(fz_next(f) % 6);
     if (fz_next(f) % 8 == 0) c.w13_layout = (moe_w13_layout)(fz_next(f) % 3);
     if (fz_next(f) % 3 == 0) c.n_shared = PICK(f, 0, 1, 2, -1);
@@ -188,35 +242,32 @@ static void fuzz_layer(fuzz *f) {
     const int64_t H = c.hidden > 0 ? c.hidden : 8, I = c.intermediate > 0 ? c.intermediate : 8,
                   E = c.router.n_experts > 0 ? c.router.n_experts : 1, S = c.n_shared > 0 ? c.n_shared : 0,
                   Is = c.shared_intermediate > 0 ? c.shared_intermediate : 8;
-    void *held[24];
-    int n_held = 0;
-#define HOLD(bytes) (held[n_held] = calloc((size_t)(bytes) + 64, 1), held[n_held++])
     moe_layer_weights w;
     memset(&w, 0, sizeof w);
     /* routed (E matrices) and shared (S) w13 and w2: dtype values, or the format's elements and scales */
-    for (int shared = 0; shared < 2; shared++) {
+    for (int shared = 0; shared < 2 && (!shared || S); shared++) {
         const int64_t m = shared ? S : E, width = shared ? Is : I;
-        if (shared && !S) break;
         const moe_qformat *fmt = shared ? &c.shared_format : &c.expert_format;
         const int64_t s13[3] = {m, 2 * width, H}, s2[3] = {m, H, width};
         moe_qsizes q13 = {0}, q2 = {0};
         const int quant = fmt->kind != MOE_QFORMAT_INVALID && !moe_qtensor_sizes(NULL, fmt, 3, s13, &q13) &&
                           !moe_qtensor_sizes(NULL, fmt, 3, s2, &q2);
-        const void *d13 = HOLD(quant ? q13.data_bytes : (size_t)(m * 2 * width * H) * 4);
-        const void *d2 = HOLD(quant ? q2.data_bytes : (size_t)(m * H * width) * 4);
-        const void *sc13 = quant ? HOLD(q13.scale_bytes) : NULL, *sc2 = quant ? HOLD(q2.scale_bytes) : NULL;
-        const float *g13 = quant && q13.global_scale_bytes ? HOLD(4 * m) : NULL;
-        const float *g2 = quant && q13.global_scale_bytes ? HOLD(4 * m) : NULL;
+        const void *d13 = fz_buf(f, quant ? q13.data_bytes : (size_t)(m * 2 * width * H) * 4, NULL);
+        const void *d2 = fz_buf(f, quant ? q2.data_bytes : (size_t)(m * H * width) * 4, NULL);
+        const void *sc13 = quant ? fz_buf(f, q13.scale_bytes, NULL) : NULL;
+        const void *sc2 = quant ? fz_buf(f, q2.scale_bytes, NULL) : NULL;
+        const float *g13 = quant && q13.global_scale_bytes ? fz_buf(f, 4 * (size_t)m, NULL) : NULL;
+        const float *g2 = quant && q13.global_scale_bytes ? fz_buf(f, 4 * (size_t)m, NULL) : NULL;
         if (shared)
             w.shared_w13 = d13, w.shared_w2 = d2, w.shared_w13_scale = sc13, w.shared_w2_scale = sc2,
             w.shared_w13_global = g13, w.shared_w2_global = g2;
         else
             w.w13 = d13, w.w2 = d2, w.w13_scale = sc13, w.w2_scale = sc2, w.w13_global = g13, w.w2_global = g2;
     }
-    if (fz_next(f) % 2) w.b13 = HOLD(4 * E * 2 * I), w.b2 = HOLD(4 * E * H);
-    if (fz_next(f) % 4) w.gate = HOLD(4 * E * H);
-    if (fz_next(f) % 4 == 0) w.gate_bias = HOLD(4 * E);
-    if (c.shared_gate) w.shared_gate = HOLD(4 * H);
+    if (fz_next(f) % 2) w.b13 = fz_buf(f, 4 * (size_t)(E * 2 * I), NULL), w.b2 = fz_buf(f, 4 * (size_t)(E * H), NULL);
+    if (fz_next(f) % 4) w.gate = fz_buf(f, 4 * (size_t)(E * H), NULL);
+    if (fz_next(f) % 4 == 0) w.gate_bias = fz_buf(f, 4 * (size_t)E, NULL);
+    if (c.shared_gate) w.shared_gate = fz_buf(f, 4 * (size_t)H, NULL);
     if (fz_next(f) % 10 == 0) w.w2 = NULL;
     moe_layer *l = NULL;
     moe_status s = moe_layer_create(f->ctx, &c, &w, &l);
@@ -224,27 +275,30 @@ static void fuzz_layer(fuzz *f) {
     size_t ws_bytes = 0;
     const int64_t T_max = PICK(f, 0, 1, 3, 17), T = fz_next(f) % 5 ? T_max : T_max + 1;
     if (s == MOE_OK && (s = moe_layer_workspace_size(l, T_max, &ws_bytes)) == MOE_OK) {
-        void *ws = calloc(ws_bytes + 64, 1);
-        float *x = calloc((size_t)(T * H + 2), 4), *out = calloc((size_t)(T * H + 2), 4),
-              *logits = calloc((size_t)(T * E + 1), 4);
-        int32_t *tokens = calloc((size_t)(T + 1), 4);
-        for (int64_t i = 0; i < T * H; i++) x[i] = fz_next(f) % 50 ? (float)((int)(fz_next(f) % 200) - 100) / 50 : fz_float(f);
-        for (int64_t i = 0; i < T * E; i++) logits[i] = fz_float(f);
-        for (int64_t i = 0; i < T; i++) tokens[i] = (int32_t)(fz_next(f) % 40) - 5;
-        moe_tensor xt = moe_tensor_2d(x, c.dtype, T, fz_next(f) % 10 ? H : H + 1), ot = moe_tensor_2d(out, c.dtype, T, H),
-                   lt = moe_tensor_2d(logits, MOE_DTYPE_F32, T, E);
-        const moe_layer_io io = {&xt, fz_next(f) % 2 || !w.gate ? &lt : NULL, &ot, tokens, NULL, 0};
+        float *h = malloc(4 * (size_t)(T * H + T * E + 1));
+        int32_t *tok = malloc(4 * (size_t)(T + 1));
+        for (int64_t i = 0; i < T * H; i++) h[i] = fz_next(f) % 50 ? (float)((int)(fz_next(f) % 200) - 100) / 50 : fz_float(f);
+        if (c.dtype != MOE_DTYPE_F32) /* two-byte values: the first half's bytes */
+            for (int64_t i = 0; i < T * H; i++) ((uint16_t *)h)[i] = moe_bf16_from_f32(h[i]);
+        for (int64_t i = 0; i < T * E; i++) h[T * H + i] = fz_float(f);
+        for (int64_t i = 0; i < T; i++) tok[i] = (int32_t)(fz_next(f) % 40) - 5;
+        const int64_t Hx = fz_next(f) % 10 ? H : H + 1;
+        moe_tensor xt = moe_tensor_2d(fz_buf(f, 4 * (size_t)(T * Hx), h), c.dtype, T, Hx),
+                   ot = moe_tensor_2d(fz_buf(f, 4 * (size_t)(T * H), NULL), c.dtype, T, H),
+                   lt = moe_tensor_2d(fz_buf(f, 4 * (size_t)(T * E), h + T * H), MOE_DTYPE_F32, T, E);
+        const moe_layer_io io = {&xt, fz_next(f) % 2 || !w.gate ? &lt : NULL, &ot, fz_buf(f, 4 * (size_t)T, tok), NULL, 0};
+        void *ws = fz_buf(f, ws_bytes, NULL);
         fz_status(f, moe_layer_forward(l, &io, ws, fz_next(f) % 10 ? ws_bytes : ws_bytes / 2, NULL), "moe_layer_forward");
-        free(ws), free(x), free(out), free(logits), free(tokens);
+        free(h), free(tok);
     } else if (l) {
         fz_status(f, s, "moe_layer_workspace_size");
     }
+    if (f->gpu) moe_sync(f->ctx, NULL); /* the forward's kernels read the weights */
     moe_layer_destroy(l);
-    for (int i = 0; i < n_held; i++) free(held[i]);
-#undef HOLD
+    fz_release(f);
 }
 
-/* EPLB plan (then its map over ids, with its tables sometimes spoiled), waterfill, load counters. */
+/* EPLB plan (host memory), then its map over ids with its tables sometimes spoiled; waterfill; load counters. */
 static void fuzz_balance(fuzz *f) {
     const moe_eplb_config ec = {PICK(f, -1, 0, 1, 3), PICK(f, -1, 0, 1, 4, 8, 12, 16), PICK(f, -1, 0, 4, 8, 16, 20, 24, 32),
                                 PICK(f, -1, 0, 1, 2, 3, 4), PICK(f, -1, 0, 1, 2, 3), PICK(f, -1, 0, 1, 2, 3, 4, 8)};
@@ -256,14 +310,17 @@ static void fuzz_balance(fuzz *f) {
     moe_status s = moe_eplb_plan(f->ctx, &ec, load, p2l, l2p, cnt);
     fz_status(f, s, "moe_eplb_plan");
     if (s == MOE_OK) {
-        fz_range(f, "moe_eplb_plan phy2log", p2l, (int64_t)L * R, E);
+        for (int i = 0; i < L * R && f->bad == 0; i++)
+            if (p2l[i] < 0 || p2l[i] >= E) fprintf(stderr, "  moe_eplb_plan: phy2log[%d] = %d\n", i, p2l[i]), f->bad++;
         const int64_t T = PICK(f, 0, 1, 9);
         const int kt = PICK(f, 0, 1, 2, 9), kr = PICK(f, -1, 0, 1, 2, 9), K = kt > 0 ? kt : 1;
         int32_t *ids = malloc(4 * (size_t)(T * K + 1));
         for (int64_t i = 0; i < T * K; i++) ids[i] = (int32_t)(fz_next(f) % (uint64_t)(E + 6)) - 3;
         if (fz_next(f) % 3 == 0) for (int i = 0; i < E; i++) cnt[i] = (int32_t)(fz_next(f) % 5) - 1;
         if (fz_next(f) % 3 == 0) for (int i = 0; i < E * MR; i++) l2p[i] = (int32_t)(fz_next(f) % (uint64_t)(R + 4)) - 2;
-        fz_status(f, moe_eplb_map(f->ctx, l2p, cnt, E, MR, ids, ids, T, kt, kr, NULL), "moe_eplb_map");
+        int32_t *d_ids = fz_buf(f, 4 * (size_t)(T * K), ids);
+        fz_status(f, moe_eplb_map(f->ctx, fz_buf(f, 4 * (size_t)(E * MR), l2p), fz_buf(f, 4 * (size_t)E, cnt), E, MR,
+                                  d_ids, d_ids, T, kt, kr, NULL), "moe_eplb_map");
         free(ids);
     }
     free(load), free(p2l), free(l2p), free(cnt);
@@ -273,30 +330,37 @@ static void fuzz_balance(fuzz *f) {
                                      PICK(f, 0, 1, 64)};
     const int64_t T = PICK(f, 0, 1, 7, 70);
     const int K = wc.top_k > 0 ? wc.top_k : 1, W = wc.world > 0 && wc.world < 64 ? wc.world : 1;
-    int32_t *ids = malloc(4 * (size_t)(T * K + 1)), *out_ids = malloc(4 * (size_t)(T * (K + 1) + 1));
-    float *w = malloc(4 * (size_t)(T * K + 1)), *out_w = malloc(4 * (size_t)(T * (K + 1) + 1));
-    int64_t *rank_load = calloc((size_t)W, 8);
+    int32_t *ids = malloc(4 * (size_t)(T * K + 1));
+    float *w = malloc(4 * (size_t)(T * K + 1));
+    int64_t *loads = malloc(8 * (size_t)W);
     for (int64_t i = 0; i < T * K; i++) ids[i] = (int32_t)(fz_next(f) % 24) - 3, w[i] = fz_float(f);
-    fz_status(f, moe_waterfill_rank_load(f->ctx, &wc, ids, T, rank_load, NULL), "moe_waterfill_rank_load");
-    if (fz_next(f) % 3 == 0) for (int i = 0; i < W; i++) rank_load[i] = (int64_t)(fz_next(f) % 100) - 10;
-    s = moe_waterfill(f->ctx, &wc, ids, w, T, rank_load, out_ids, out_w, NULL);
+    for (int i = 0; i < W; i++) loads[i] = (int64_t)(fz_next(f) % 100) - 10;
+    int32_t *d_ids = fz_buf(f, 4 * (size_t)(T * K), ids), *out_ids = fz_buf(f, 4 * (size_t)(T * (K + 1)), NULL);
+    int64_t *rank_load = fz_buf(f, 8 * (size_t)W, NULL);
+    fz_status(f, moe_waterfill_rank_load(f->ctx, &wc, d_ids, T, rank_load, NULL), "moe_waterfill_rank_load");
+    if (fz_next(f) % 3 == 0) rank_load = fz_buf(f, 8 * (size_t)W, loads);
+    s = moe_waterfill(f->ctx, &wc, d_ids, fz_buf(f, 4 * (size_t)(T * K), w), T, rank_load, out_ids,
+                      fz_buf(f, 4 * (size_t)(T * (K + 1)), NULL), NULL);
     fz_status(f, s, "moe_waterfill");
     if (s == MOE_OK) fz_range(f, "moe_waterfill out_ids", out_ids, T * (K + 1), wc.n_experts + wc.world);
     moe_expert_stats *stats = NULL;
     s = moe_expert_stats_create(f->ctx, PICK(f, -1, 0, 1, 2), PICK(f, -1, 0, 1, 8), &stats);
     fz_status(f, s, "moe_expert_stats_create");
     if (s == MOE_OK) {
-        fz_status(f, moe_expert_stats_record(f->ctx, stats, PICK(f, -1, 0, 1, 2), ids, T * K, NULL),
+        fz_status(f, moe_expert_stats_record(f->ctx, stats, PICK(f, -1, 0, 1, 2), d_ids, T * K, NULL),
                   "moe_expert_stats_record");
+        if (f->gpu) moe_sync(f->ctx, NULL);
         moe_expert_stats_destroy(f->ctx, stats);
     }
-    free(ids), free(out_ids), free(w), free(out_w), free(rank_load);
+    free(ids), free(w), free(loads);
+    fz_release(f);
 }
 
-TEST_IMPL(api_fuzz) {
-    const char *v = getenv("MOE_FUZZ_ITERS");
-    const int rounds = v ? atoi(v) : 1000;
-    fuzz f = {env->seed ^ 0xF0220ull, env->cpu, 0, 0, 0};
+/* rounds of every op on ctx; its figures printed, properties asserted */
+static test_result fuzz_rounds(moe_ctx *ctx, int gpu, uint64_t seed, int rounds) {
+    fuzz f;
+    memset(&f, 0, sizeof f);
+    f.state = seed ^ 0xF0220ull, f.ctx = ctx, f.gpu = gpu;
     for (int i = 0; i < rounds && f.bad == 0; i++) {
         fuzz_route_permute(&f);
         fuzz_quantize(&f);
@@ -307,4 +371,15 @@ TEST_IMPL(api_fuzz) {
     ASSERT_EQ_I64(f.bad, 0);
     ASSERT(f.ok > rounds && f.failed > rounds); /* both kinds of call were reached */
     return TEST_OK;
+}
+
+TEST_IMPL(api_fuzz) {
+    const char *v = getenv("MOE_FUZZ_ITERS");
+    return fuzz_rounds(env->cpu, 0, env->seed, v ? atoi(v) : 1000);
+}
+
+TEST_IMPL(gpu_api_fuzz) {
+    SKIP_WITHOUT_GPU(env);
+    const char *v = getenv("MOE_FUZZ_ITERS");
+    return fuzz_rounds(env->gpu, 1, env->seed, v ? atoi(v) : 200);
 }

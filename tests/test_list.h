@@ -65,4 +65,5 @@
     X(gpu_layer_shared_quant)     \
     X(gpu_layer_golden)           \
     X(gpu_layer_errors)           \
+    X(gpu_api_fuzz)               \
     X(gpu_ep)
