@@ -1,6 +1,7 @@
 /* test_fuzz.c — the public API fed random, mostly invalid, configurations and inputs, on the CPU (api_fuzz) and on
- * the GPU (gpu_api_fuzz): routers (a real one with a field changed, or random fields), permute, quantise and
- * dequantise, whole layers at small shapes, EPLB plan and map, waterfill and the load counters. Buffers live in the
+ * the GPU (gpu_api_fuzz): routers (a real one with a field changed, or random fields), permute and the fused
+ * route + permute, quantise and dequantise, conversions, scale swizzles, whole layers at small shapes, EPLB plan
+ * and map, waterfill and the load counters. Buffers live in the
  * context's memory, sized as the call's contract says for the sizes in play (on the CPU with malloc, to the byte),
  * so that a call may fail but must never read or write past them. Checked here: every failure carries a message
  * naming the problem, and what a successful call writes stays in range (expert ids, rows). What a plain build
@@ -178,6 +179,10 @@ static void fuzz_route_permute(fuzz *f) {
         s = moe_permute(f->ctx, &pc, ids, T, &out, ws, ws_bytes, NULL);
         fz_status(f, s, "moe_permute");
         if (s == MOE_OK) fz_range(f, "moe_permute slot_row", out.slot_row, T * pc.top_k, rows);
+        a.ids = fz_buf(f, 4 * (size_t)(T * K), NULL); /* the fused step routes anew */
+        s = moe_route_permute(f->ctx, &c, &a, &pc, &out, ws, ws_bytes, NULL);
+        fz_status(f, s, "moe_route_permute");
+        if (s == MOE_OK) fz_range(f, "moe_route_permute slot_row", out.slot_row, T * pc.top_k, rows);
     }
     fz_release(f);
 }
@@ -212,6 +217,35 @@ static void fuzz_quantize(fuzz *f) {
     xt.data = fz_buf(f, 4 * (size_t)n, NULL);
     fz_status(f, moe_dequantize(f->ctx, &qt, &xt, NULL), "moe_dequantize");
     free(hx), free(hs);
+    fz_release(f);
+}
+
+/* Conversions between dtypes, and block scales to and from the swizzled layout, at random shapes. */
+static void fuzz_convert_swizzle(fuzz *f) {
+    const int rank = (int)(fz_next(f) % 5);
+    int64_t shape[MOE_MAX_RANK] = {0}, n = 1; /* n: the elements of the shape's non-negative dims */
+    for (int d = 0; d < rank; d++) shape[d] = PICK(f, -1, 0, 1, 3, 32, 129, 200), n *= shape[d] > 0 ? shape[d] : 0;
+    if (n >= (1 << 18)) return;
+    uint8_t *h = malloc(4 * (size_t)(n + 1));
+    for (int64_t i = 0; i < 4 * n; i++) h[i] = (uint8_t)fz_next(f);
+    moe_tensor src = {fz_buf(f, 4 * (size_t)n, h), (moe_dtype)(fz_next(f) % 16), rank, {0}};
+    moe_tensor dst = {fz_buf(f, 4 * (size_t)n, NULL), (moe_dtype)(fz_next(f) % 16), rank, {0}};
+    memcpy(src.shape, shape, sizeof shape), memcpy(dst.shape, shape, sizeof shape);
+    if (fz_next(f) % 8 == 0) dst.shape[0] += 1; /* a shape that does not match */
+    const moe_convert_options o = {(moe_round)(fz_next(f) % 5), (int)(fz_next(f) % 2)};
+    fz_status(f, moe_convert(f->ctx, &src, &dst, fz_next(f) % 2 ? &o : NULL, NULL), "moe_convert");
+    /* scales: one byte each; the swizzled size from the last two dims where the rank has them */
+    const int64_t rows = rank >= 2 ? shape[rank - 2] : 1, cols = rank >= 1 ? shape[rank - 1] : 1;
+    const int64_t per = moe_scale_swizzled_bytes(rows, cols), batch = rank > 2 ? n / (rows * cols > 0 ? rows * cols : 1) : 1;
+    if (rows >= 0 && cols >= 0 && per >= 0 && per * batch < (1 << 24)) {
+        moe_tensor lin = {src.data, fz_next(f) % 4 ? MOE_DTYPE_E8M0 : (moe_dtype)(fz_next(f) % 16), rank, {0}};
+        memcpy(lin.shape, shape, sizeof shape);
+        void *sw = fz_buf(f, (size_t)(per * batch), NULL);
+        fz_status(f, moe_scale_swizzle(f->ctx, &lin, sw, NULL), "moe_scale_swizzle");
+        lin.data = dst.data;
+        fz_status(f, moe_scale_unswizzle(f->ctx, sw, &lin, NULL), "moe_scale_unswizzle");
+    }
+    free(h);
     fz_release(f);
 }
 
@@ -364,6 +398,7 @@ static test_result fuzz_rounds(moe_ctx *ctx, int gpu, uint64_t seed, int rounds)
     for (int i = 0; i < rounds && f.bad == 0; i++) {
         fuzz_route_permute(&f);
         fuzz_quantize(&f);
+        fuzz_convert_swizzle(&f);
         fuzz_balance(&f);
         if (i % 4 == 0) fuzz_layer(&f);
     }
