@@ -17,6 +17,11 @@ TEST_IMPL(errors_bad_input) {
 
     ASSERT_OK(ctx, moe_quantize(ctx, &xt, &q, NULL));
     ASSERT(moe_quantize(NULL, &xt, &q, NULL) == MOE_ERR_INVALID_ARG);
+    /* a size whose rounding to the allocator's 256 bytes would wrap (it once returned a 256-byte buffer) */
+    void *huge = &global;
+    for (size_t back = 0; back < 300; back += 37)
+        ASSERT_FAILS(ctx, MOE_ERR_OOM, "not available", moe_alloc(ctx, SIZE_MAX - back, &huge));
+    ASSERT(huge == NULL);
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "tensor is NULL", moe_quantize(ctx, NULL, &q, NULL));
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "quantised tensor is NULL", moe_quantize(ctx, &xt, NULL, NULL));
 

@@ -156,6 +156,8 @@ moe_status moe_alloc(moe_ctx *ctx, size_t bytes, void **ptr) {
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) return moe__cuda_alloc(ctx, bytes, ptr);
 #endif
+    if (bytes > SIZE_MAX - 255) /* the rounding below would wrap to a small buffer */
+        return moe__error(ctx, MOE_ERR_OOM, "moe_alloc: %zu bytes of host memory not available", bytes);
     size_t rounded = (bytes + 255) / 256 * 256;
     *ptr = aligned_alloc(256, rounded ? rounded : 256);
     if (!*ptr) return moe__error(ctx, MOE_ERR_OOM, "moe_alloc: %zu bytes of host memory not available", bytes);
