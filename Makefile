@@ -104,13 +104,15 @@ ifeq ($(MPI),1)
 endif
 
 # The CPU-only library and tests under AddressSanitizer (with leak checks) and UBSan, any finding fatal, in
-# build-san; then the API fuzz test at more rounds (.ci/run runs this).
+# build-san; then the API fuzz test at more rounds (.ci/run runs this). An allocation too large for any machine
+# returns NULL there, as malloc does, instead of stopping the run (the tests ask for such sizes on purpose).
 SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+SAN_ENV = ASAN_OPTIONS=allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1
 sanitize:
 	$(MAKE) CUDA=0 MPI=0 BUILD=build-san CFLAGS="$(SAN_FLAGS)" LDLIBS="-fopenmp -lm -lpthread $(SAN_FLAGS)" \
 	  build-san/moe_tests
-	./build-san/moe_tests --data tests/data
-	MOE_FUZZ_ITERS=10000 ./build-san/moe_tests --data tests/data api_fuzz
+	$(SAN_ENV) ./build-san/moe_tests --data tests/data
+	$(SAN_ENV) MOE_FUZZ_ITERS=10000 ./build-san/moe_tests --data tests/data api_fuzz
 
 # The README's main job on its built-in default.
 run: $(BUILD)/moe

@@ -296,7 +296,8 @@ MOE_API moe_status moe_quantize(moe_ctx *ctx, const moe_tensor *x, moe_qtensor *
 MOE_API moe_status moe_dequantize(moe_ctx *ctx, const moe_qtensor *q, moe_tensor *y, void *stream);
 
 /* Swizzle layout of block scales (docs/formats.md §3), for one-byte scales (E8M0, E4M3, U8).
- * linear: (batch..., rows, cols) bytes; swizzled: batch x moe_scale_swizzled_bytes(rows, cols) bytes. */
+ * linear: (batch..., rows, cols) bytes; swizzled: batch x moe_scale_swizzled_bytes(rows, cols) bytes (-1 for a
+ * negative shape, or one whose padded size passes int64). */
 MOE_API int64_t moe_scale_swizzled_bytes(int64_t rows, int64_t cols);
 MOE_API moe_status moe_scale_swizzle(moe_ctx *ctx, const moe_tensor *linear, void *swizzled, void *stream);
 MOE_API moe_status moe_scale_unswizzle(moe_ctx *ctx, const void *swizzled, moe_tensor *linear, void *stream);
@@ -465,7 +466,7 @@ typedef struct moe_permute_outputs {
     int32_t *dropped;  /* optional (1): set to the number of assignments past max_rows (masked) */
 } moe_permute_outputs;
 
-/* Rows row_src must hold: contiguous T*k + E*(tile_m - 1); masked E*max_rows. -1 on bad config. */
+/* Rows row_src must hold: contiguous T*k + E*(tile_m - 1); masked E*max_rows. -1 on a bad config, or past int64. */
 MOE_API int64_t moe_permute_rows(const moe_permute_config *config, int64_t n_tokens);
 /* Scratch the GPU needs for T tokens (0 on the CPU). */
 MOE_API moe_status moe_permute_workspace_size(moe_ctx *ctx, const moe_permute_config *config, int64_t n_tokens,
@@ -512,15 +513,15 @@ typedef enum moe_expert_tile {
 } moe_expert_tile;
 
 typedef struct moe_layer_config {
-    int hidden;               /* H */
-    int intermediate;         /* I: each expert's FFN width */
+    int hidden;               /* H (up to 2^20) */
+    int intermediate;         /* I: each expert's FFN width (up to 2^20) */
     moe_router_config router; /* n_experts E and top_k k live here; router.bias may point at the correction bias */
     moe_activation activation;
     float act_alpha, act_limit; /* MOE_ACT_GPTOSS_GLU: 1.702 and 7.0 in GPT-OSS */
     moe_w13_layout w13_layout;
     moe_dtype dtype;          /* weights, x and out: MOE_DTYPE_BF16 (CUDA and CPU) or MOE_DTYPE_F32 (CPU) */
     int n_shared;             /* shared experts: dense FFNs run on every token and added to the output */
-    int shared_intermediate;  /* their width */
+    int shared_intermediate;  /* their width (up to 2^20; up to 64 shared experts) */
     int shared_gate;          /* Qwen2-MoE: the shared output is scaled by sigmoid(x . shared_gate) */
     /* The routed experts' w13 and w2 stored quantised (docs/layer.md §5); kind MOE_QFORMAT_INVALID (zero) keeps
      * them in dtype. FP8_ROW, FP8_1X128, FP8_128X128 (E4M3; f32 or E8M0 scales; DeepSeek-V3), MXFP8 (E4M3),

@@ -80,6 +80,16 @@ TEST_IMPL(layer_errors) {
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "top_k 1", moe_layer_create(ctx, &b, &w, &l));
     b = c, b.router.kind = MOE_ROUTER_INVALID;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "router", moe_layer_create(ctx, &b, &w, &l));
+    /* the router is checked at create: its E and k size the layer's buffers */
+    b = c, b.router.top_k = 0;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "top_k 0", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.router.n_experts = 0;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "n_experts is 0", moe_layer_create(ctx, &b, &w, &l));
+    /* widths and shared experts past what the layer's sizes allow */
+    b = c, b.hidden = (1 << 20) + 8;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "2^20", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.n_shared = 65, b.shared_intermediate = 8;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "up to 64", moe_layer_create(ctx, &b, &w, &l));
     moe_layer_weights nw = w;
     nw.w2 = NULL;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "w2", moe_layer_create(ctx, &c, &nw, &l));
@@ -89,6 +99,11 @@ TEST_IMPL(layer_errors) {
     size_t need = 0;
     ASSERT_OK(ctx, moe_layer_workspace_size(l, 3, &need));
     ASSERT(need > 0 && need <= sizeof ws);
+    /* token counts whose rows pass int32 ids (their byte sizes once wrapped to 0) */
+    size_t none = 7;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "too many", moe_layer_workspace_size(l, (int64_t)1 << 31, &none));
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "too many", moe_layer_workspace_size(l, (int64_t)1 << 62, &none));
+    ASSERT(none == 7);
     moe_tensor xt = moe_tensor_2d(x, MOE_DTYPE_F32, 3, 8), yt = moe_tensor_2d(y, MOE_DTYPE_F32, 3, 8);
     moe_tensor bad_x = moe_tensor_2d(x, MOE_DTYPE_F32, 3, 6), bad_y = moe_tensor_2d(y, MOE_DTYPE_BF16, 3, 8);
     moe_tensor bad_logits = moe_tensor_2d(gate, MOE_DTYPE_F32, 3, 5);

@@ -288,6 +288,14 @@ TEST_IMPL(route_errors) {
     for (int j = 0; j < 8; j++)
         ASSERT_MSG(ids[j] == (j == 4 ? -1 : 8 + j) && w[j] == (j == 4 ? 0.0f : 0.125f), "slot %d: %d %g", j, ids[j], w[j]);
     a.logits = NULL, a.token_ids = NULL;
+    /* permute sizes past int64 are -1 (they once overflowed), and such a permute fails */
+    moe_permute_config pc = {8, 0, 8, 2, 1 << 30, MOE_PERMUTE_CONTIGUOUS, 0};
+    ASSERT_EQ_I64(moe_permute_rows(&pc, INT64_MAX / 2), -1);
+    pc.layout = MOE_PERMUTE_MASKED, pc.max_rows = (int64_t)1 << 62;
+    ASSERT_EQ_I64(moe_permute_rows(&pc, 5), -1);
+    int32_t counts[8], row_src[8], slot_row[16];
+    const moe_permute_outputs po = {counts, NULL, row_src, slot_row, NULL, NULL};
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "int32 row ids", moe_permute(ctx, &pc, ids, 4, &po, NULL, 0, NULL));
     moe_waterfill_config wf = {256, 3, 0, 8, 2.5f, 0, 0, 64};
     int64_t load[3];
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "multiple of world", moe_waterfill(ctx, &wf, ids, w, 1, load, ids, w, NULL));

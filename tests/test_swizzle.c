@@ -10,6 +10,12 @@ TEST_IMPL(swizzle_spec_vectors) {
     enum { R = 300, C = 10 };
     ASSERT_EQ_I64(moe_scale_swizzled_bytes(R, C), 4608);
     static uint8_t lin[R * C], back[R * C], swz[4608];
+    /* negative, or padded past int64 (the product once overflowed): -1, and swizzling such a shape fails */
+    ASSERT_EQ_I64(moe_scale_swizzled_bytes(-1, 4), -1);
+    ASSERT_EQ_I64(moe_scale_swizzled_bytes((int64_t)1 << 40, (int64_t)1 << 40), -1);
+    ASSERT_EQ_I64(moe_scale_swizzled_bytes(1, INT64_MAX), -1);
+    moe_tensor huge = moe_tensor_2d(lin, MOE_DTYPE_U8, 1, ((int64_t)1 << 62) + 1);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "too large", moe_scale_swizzle(ctx, &huge, NULL, NULL));
     static const int vec[][3] = {{5, 2, 82}, {37, 5, 597}, {130, 0, 1568}, {299, 9, 4277},
                                  {0, 4, 512}, {32, 0, 4},  {64, 3, 11}};
     for (size_t v = 0; v < sizeof vec / sizeof vec[0]; v++) {

@@ -4,8 +4,9 @@
 #include "formats/swizzle.h"
 
 int64_t moe_scale_swizzled_bytes(int64_t rows, int64_t cols) {
-    if (rows < 0 || cols < 0) return -1;
-    return (rows + 127) / 128 * 128 * ((cols + 3) / 4 * 4);
+    if (rows < 0 || cols < 0 || rows > INT64_MAX - 127 || cols > INT64_MAX - 3) return -1;
+    const int64_t r = (rows + 127) / 128 * 128, c = (cols + 3) / 4 * 4;
+    return c != 0 && r > INT64_MAX / c ? -1 : r * c; /* past int64: too large */
 }
 
 /* Validates a (batch..., rows, cols) one-byte scale tensor and the swizzled pointer. */
@@ -15,8 +16,11 @@ static moe_status moe_check_swizzle(moe_ctx *ctx, const char *fn, const moe_tens
     MOE_CHECK_ARG(ctx, moe_dtype_bits(linear->dtype) == 8,
                   "%s: swizzling is for one-byte scales (e8m0, e4m3, u8), not %s", fn, moe_dtype_name(linear->dtype));
     moe__shape_matrices(linear->rank, linear->shape, batch, rows, cols);
-    MOE_CHECK_ARG(ctx, swizzled || *batch * moe_scale_swizzled_bytes(*rows, *cols) == 0, "%s: swizzled is NULL",
-                  fn);
+    const int64_t per = moe_scale_swizzled_bytes(*rows, *cols);
+    MOE_CHECK_ARG(ctx, per >= 0 && (per == 0 || *batch <= INT64_MAX / per),
+                  "%s: the swizzled layout of %lld x %lld x %lld scales is too large", fn, (long long)*batch,
+                  (long long)*rows, (long long)*cols);
+    MOE_CHECK_ARG(ctx, swizzled || *batch * per == 0, "%s: swizzled is NULL", fn);
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA && *batch * *rows * *cols > 0) {
         MOE_TRY(moe__cuda_check_pointer(ctx, linear->data, "linear scales"));

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "moe/layer.h"
+#include "route/router.h"
 
 moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
     const moe_layer_config *c = &l->c;
@@ -109,8 +110,10 @@ static moe_status moe_check_act_format(moe_ctx *ctx, const moe_layer_config *c, 
 
 static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w) {
     MOE_CHECK_ARG(ctx, c && w, "moe_layer_create: config and weights must not be NULL");
-    MOE_CHECK_ARG(ctx, c->hidden >= 1 && c->intermediate >= 1, "moe_layer_create: hidden %d, intermediate %d", c->hidden,
-                  c->intermediate);
+    /* widths up to 2^20 (real models: up to 2^15) and 64 shared experts: with the tokens' int32 row ids, no size
+     * the layer computes can pass 64 bits */
+    MOE_CHECK_ARG(ctx, c->hidden >= 1 && c->intermediate >= 1 && c->hidden <= (1 << 20) && c->intermediate <= (1 << 20),
+                  "moe_layer_create: hidden %d, intermediate %d (each 1 .. 2^20)", c->hidden, c->intermediate);
     MOE_CHECK_ARG(ctx, c->activation >= MOE_ACT_SILU_GLU && c->activation <= MOE_ACT_GPTOSS_GLU,
                   "moe_layer_create: unknown activation %d", (int)c->activation);
     MOE_CHECK_ARG(ctx, c->w13_layout == MOE_W13_CONCAT || c->w13_layout == MOE_W13_INTERLEAVED,
@@ -118,13 +121,15 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
     MOE_CHECK_ARG(ctx, c->dtype == MOE_DTYPE_BF16 || c->dtype == MOE_DTYPE_F32,
                   "moe_layer_create: dtype must be bf16 or f32, not %s", moe_dtype_name(c->dtype));
     MOE_CHECK_ARG(ctx, w->w13 && w->w2, "moe_layer_create: the expert weights w13 and w2 are NULL");
-    MOE_CHECK_ARG(ctx, c->n_shared >= 0 && (c->n_shared == 0 || (c->shared_intermediate >= 1 && w->shared_w13 &&
-                                                                  w->shared_w2)),
-                  "moe_layer_create: %d shared experts need shared_intermediate, shared_w13 and shared_w2",
-                  c->n_shared);
+    MOE_CHECK_ARG(ctx, c->n_shared >= 0 && c->n_shared <= 64 &&
+                           (c->n_shared == 0 || (c->shared_intermediate >= 1 && c->shared_intermediate <= (1 << 20) &&
+                                                 w->shared_w13 && w->shared_w2)),
+                  "moe_layer_create: %d shared experts (up to 64) need shared_intermediate (1 .. 2^20), shared_w13 and "
+                  "shared_w2", c->n_shared);
     MOE_CHECK_ARG(ctx, !c->shared_gate || (c->n_shared > 0 && w->shared_gate),
                   "moe_layer_create: shared_gate needs shared experts and weights.shared_gate");
     MOE_CHECK_ARG(ctx, c->router.kind != MOE_ROUTER_INVALID, "moe_layer_create: the router is not configured");
+    MOE_TRY(moe__router_check(ctx, &c->router)); /* its E and k size the layer's buffers */
     MOE_CHECK_ARG(ctx, c->expert_tile >= MOE_EXPERT_TILE_AUTO && c->expert_tile <= MOE_EXPERT_TILE_LARGE,
                   "moe_layer_create: expert_tile %d is not a moe_expert_tile", (int)c->expert_tile);
     MOE_CHECK_ARG(ctx, !c->router.weight_on_input || c->router.top_k == 1,
@@ -270,10 +275,18 @@ void moe_layer_destroy(moe_layer *l) {
     free(l);
 }
 
+/* Whether T tokens' (token, slot) rows, each expert's padded to the largest tile, fit int32 row ids. */
+static int moe_layer_tokens_fit(const moe_layer *l, int64_t T) {
+    const int64_t room = INT32_MAX - 1 - (int64_t)l->c.router.n_experts * MOE_LAYER_MAX_TILE_M;
+    return T >= 0 && room > 0 && T <= room / l->c.router.top_k;
+}
+
 moe_status moe_layer_workspace_size(moe_layer *l, int64_t max_tokens, size_t *bytes) {
     if (!l) return MOE_ERR_INVALID_ARG;
     moe__clear_error(l->ctx);
     MOE_CHECK_ARG(l->ctx, bytes && max_tokens >= 0, "moe_layer_workspace_size: bytes NULL or max_tokens < 0");
+    MOE_CHECK_ARG(l->ctx, moe_layer_tokens_fit(l, max_tokens),
+                  "moe_layer_workspace_size: %lld tokens are too many for int32 row ids", (long long)max_tokens);
     *bytes = moe__layer_scratch(l, max_tokens).bytes;
     return MOE_OK;
 }
@@ -300,14 +313,14 @@ moe_status moe_layer_forward(moe_layer *l, const moe_layer_io *io, void *workspa
                   "moe_layer_forward: logits must be (%lld, %d)", (long long)T, E);
     MOE_CHECK_ARG(ctx, io->logits || l->w.gate || (l->c.router.kind == MOE_ROUTER_HASH && !l->c.router.score),
                   "moe_layer_forward: no logits given and the layer has no gate weight");
+    MOE_CHECK_ARG(ctx, moe_layer_tokens_fit(l, T), "moe_layer_forward: %lld tokens are too many for int32 row ids",
+                  (long long)T);
     const moe_layer_scratch s = moe__layer_scratch(l, T);
     const size_t need = s.bytes;
     MOE_CHECK_ARG(ctx, workspace_bytes >= need && (workspace || need == 0),
                   "moe_layer_forward: the workspace has %zu bytes, %zu needed for %lld tokens", workspace_bytes, need,
                   (long long)T);
     if (T == 0) return MOE_OK;
-    MOE_CHECK_ARG(ctx, T * l->c.router.top_k + (int64_t)E * MOE_LAYER_MAX_TILE_M < INT32_MAX,
-                  "moe_layer_forward: %lld tokens are too many for int32 row ids", (long long)T);
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
         MOE_CHECK_ARG(ctx, (uintptr_t)io->x->data % 16 == 0 && (uintptr_t)io->out->data % 16 == 0,

@@ -9,13 +9,15 @@ static int moe_permute_config_ok(const moe_permute_config *c) {
 
 int64_t moe_permute_rows(const moe_permute_config *c, int64_t n_tokens) {
     if (!moe_permute_config_ok(c) || n_tokens < 0) return -1;
-    if (c->layout == MOE_PERMUTE_MASKED) return (int64_t)c->n_experts * c->max_rows;
-    return n_tokens * c->top_k + (int64_t)c->n_experts * (c->tile_m - 1);
+    if (c->layout == MOE_PERMUTE_MASKED) /* -1 past int64 too */
+        return c->max_rows > INT64_MAX / c->n_experts ? -1 : (int64_t)c->n_experts * c->max_rows;
+    const int64_t pad = (int64_t)c->n_experts * (c->tile_m - 1); /* below 2^62 */
+    return n_tokens > (INT64_MAX - pad) / c->top_k ? -1 : n_tokens * c->top_k + pad;
 }
 
 moe_status moe_permute_workspace_size(moe_ctx *ctx, const moe_permute_config *c, int64_t n_tokens, size_t *bytes) {
     moe__clear_error(ctx);
-    MOE_CHECK_ARG(ctx, bytes && moe_permute_config_ok(c) && n_tokens >= 0,
+    MOE_CHECK_ARG(ctx, bytes && moe_permute_config_ok(c) && n_tokens >= 0 && n_tokens <= INT64_MAX / c->top_k,
                   "moe_permute_workspace_size: bad config or token count");
     /* the GPU keeps a count per (chunk, expert) and one of invalid ids per chunk when the list spans several */
     const int64_t chunks = (n_tokens * c->top_k + MOE_PERMUTE_CHUNK - 1) / MOE_PERMUTE_CHUNK;
@@ -68,7 +70,7 @@ moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const i
     MOE_CHECK_ARG(ctx, moe_permute_config_ok(c),
                   "moe_permute: bad config (need 0 <= expert_begin, expert_begin + n_experts <= n_experts_global, "
                   "top_k >= 1, tile_m >= 1 or max_rows >= 0, a known layout)");
-    MOE_CHECK_ARG(ctx, n_tokens >= 0 && n_tokens * c->top_k < INT32_MAX,
+    MOE_CHECK_ARG(ctx, n_tokens >= 0 && n_tokens <= (INT32_MAX - 1) / c->top_k,
                   "moe_permute: %lld tokens x top_k %d must stay below 2^31 (row ids are int32)", (long long)n_tokens,
                   c->top_k);
     MOE_CHECK_ARG(ctx, c->n_experts <= 1024, "moe_permute: at most 1024 local experts, not %d", c->n_experts);
@@ -77,7 +79,8 @@ moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const i
                   "moe_permute: counts, row_src, slot_row (and offsets for the contiguous layout) must not be NULL");
     MOE_CHECK_ARG(ctx, ids || n_tokens == 0, "moe_permute: ids is NULL");
     const int64_t rows = moe_permute_rows(c, n_tokens);
-    MOE_CHECK_ARG(ctx, rows < INT32_MAX, "moe_permute: %lld rows do not fit int32 row ids", (long long)rows);
+    MOE_CHECK_ARG(ctx, rows >= 0 && rows < INT32_MAX, "moe_permute: the rows (%lld; -1: past int64) do not fit int32 row ids",
+                  (long long)rows);
     size_t need = 0;
     MOE_TRY(moe_permute_workspace_size(ctx, c, n_tokens, &need));
     MOE_CHECK_ARG(ctx, workspace_bytes >= need && (workspace || need == 0),

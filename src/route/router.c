@@ -56,7 +56,7 @@ moe_status moe_router_preset(const char *model, moe_router_config *c) {
     return MOE_ERR_INVALID_ARG;
 }
 
-static moe_status moe_check_router(moe_ctx *ctx, const moe_router_config *c) {
+moe_status moe__router_check(moe_ctx *ctx, const moe_router_config *c) {
     MOE_CHECK_ARG(ctx, c, "moe_route: config is NULL");
     const char *kn = moe_router_kind_name(c->kind);
     MOE_CHECK_ARG(ctx, c->kind > MOE_ROUTER_INVALID && c->kind < MOE_ROUTER_KIND_COUNT_, "moe_route: unknown router kind %d",
@@ -103,7 +103,7 @@ static moe_status moe_check_router(moe_ctx *ctx, const moe_router_config *c) {
 }
 
 moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a) {
-    MOE_TRY(moe_check_router(ctx, c));
+    MOE_TRY(moe__router_check(ctx, c));
     MOE_CHECK_ARG(ctx, a, "moe_route: args is NULL");
     MOE_CHECK_ARG(ctx, a->n_tokens >= 0, "moe_route: n_tokens is %lld", (long long)a->n_tokens);
     const int needs_logits = !(c->kind == MOE_ROUTER_HASH && c->score == MOE_SCORE_NONE);

@@ -19,6 +19,9 @@ struct moe_expert_stats {
     int64_t *invalid;
 };
 
+/* The router config alone (kind, E, k, score, groups, hash table), as moe_route checks it; the layer checks its
+ * router with it at create. */
+moe_status moe__router_check(moe_ctx *ctx, const moe_router_config *c);
 /* Every check of moe_route (config, arguments, pointers, backend limits), with its error set. */
 moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a);
 /* moe_route after its checks: the backend's router. */
