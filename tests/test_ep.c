@@ -339,6 +339,9 @@ TEST_IMPL(ep_errors) {
     ASSERT(moe_comm_create_local(ctxs, 1, comms) == MOE_OK);
     ec.max_tokens = 0;
     ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG);
+    ec.max_tokens = INT64_MAX; /* its rows' product once wrapped before the int32 test */
+    ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "too many for int32 row ids"));
     ec.max_tokens = 4, ec.wire = MOE_DTYPE_E4M3;
     ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG);
     ASSERT(strstr(moe_last_error(ctxs[0]), "e4m3"));

@@ -176,7 +176,8 @@ static moe_status ep_check_config(moe_comm *comm, const moe_ep_config *c) {
     MOE_CHECK_ARG(ctx, wire != MOE_DTYPE_E4M3 || c->backend != MOE_EP_ALLGATHER,
                   "moe_ep_create: FP8 on the wire is for the all-to-all backends");
     const int64_t M = c->max_tokens, k = c->layer.router.top_k;
-    MOE_CHECK_ARG(ctx, (int64_t)N * M * (k > N ? k : N) + (int64_t)E * MOE_LAYER_MAX_TILE_M < INT32_MAX,
+    const int64_t room = INT32_MAX - 1 - (int64_t)E * MOE_LAYER_MAX_TILE_M; /* (no product that can wrap) */
+    MOE_CHECK_ARG(ctx, room > 0 && M <= room / ((int64_t)N * (k > N ? k : N)),
                   "moe_ep_create: max_tokens %lld x %d ranks is too many for int32 row ids", (long long)M, N);
     return MOE_OK;
 }
