@@ -51,7 +51,7 @@
 
 namespace {
 
-template <int F, bool kGlu, int kN, int kTp>
+template <int F, bool kGlu, int kN, int kTp, bool kPipe>
 __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f,
                                                                  int ksplit, int cb) {
     /* the wait for the previous grid comes after the first codes are on their way: before it, only what was written
@@ -212,9 +212,23 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         nsel[i] = kTp == 1 ? 2 * q | (2 * q + 1) << 4
                   : kTp == 2 ? q | (q + 4) << 4
                              : (4 * i + (q >> 1)) | (4 * i + 2 + (q >> 1)) << 4;
-    auto diag_block = [&](const uint32_t (&w0)[4], const uint32_t (&w1)[4], const uint32_t *sw, int kb,
-                          uint32_t desc0, const float *xb) {
-        float d[kN / 2];
+    /* FP4: the codes of the stage at ring offset rd (w0, w1: rows g and g + 8) and the rows' scales from the block's
+     * first: MXFP4 sw[0], sw[1] (rows g, g + 8: 4 E8M0 a word); NVFP4 sw[2h], sw[2h + 1] (row g + 8h: 8 E4M3 in two
+     * words) */
+    auto load_fp4 = [&](uint32_t rd, uint32_t (&w0)[4], uint32_t (&w1)[4], uint32_t (&sw)[kNv ? 4 : 2]) {
+        moe_ldmatrix_x4(w0, lm0 + rd);
+        moe_ldmatrix_x4(w1, lm1 + rd);
+        if constexpr (kNv) {
+            const uint4 s0 = lds128(sr0 + rd), s1 = lds128(sr1 + rd);
+            sw[0] = __funnelshift_r(s0.x, s0.y, sh0), sw[1] = __funnelshift_r(s0.y, s0.z, sh0);
+            sw[2] = __funnelshift_r(s1.x, s1.y, sh1), sw[3] = __funnelshift_r(s1.y, s1.z, sh1);
+        } else {
+            const uint2 s0 = lds64(sr0 + rd), s1 = lds64(sr1 + rd);
+            sw[0] = __funnelshift_r(s0.x, s0.y, sh0), sw[1] = __funnelshift_r(s1.x, s1.y, sh1);
+        }
+    };
+    /* Diagonal: the block's 4 wgmmas into d, committed as one group */
+    auto diag_issue = [&](float (&d)[kN / 2], const uint32_t (&w0)[4], const uint32_t (&w1)[4], uint32_t desc0) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const uint32_t a[4] = {e4m3_even(w0[j]), e4m3_even(w1[j]), e4m3_odd(w0[j]), e4m3_odd(w1[j])};
@@ -222,6 +236,45 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             moe_wgmma_m64nNk32_e4m3_ra<kN>(d, a, desc_hi | (desc0 + j * (kGroupBytes / 16)), j > 0);
         }
         moe_wgmma_commit();
+    };
+    /* MXFP4 diagonal: the factors of the thread's groups (sw: the rows' scale words of block kb) and its tokens'
+     * scales 2q + u (mod kTp), with the exact path's 2^22 on them */
+    auto mx_factors = [&](const uint32_t *sw, int kb, const float *xb, float (&fac)[2][kN / 8], float (&x)[2]) {
+        uint32_t e[2][kN / 8];
+        bool big = false;
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int k = 0; k < kN / 8; k++) e[h][k] = (sw[h] >> gs[k]) & 0xFF, big |= e[h][k] > kFastScaleMax;
+        float comp = 1.0f;
+        if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^108: exact factors */
+            const int groups = (K - 128 * kb) >> 5;
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int k = 0; k < kN / 8; k++)
+                    fac[h][k] = gs[k] < 8 * groups ? exact_factor(e[h][k]) : 0.0f;
+            comp = kExactTokenScale;
+        } else {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int k = 0; k < kN / 8; k++) fac[h][k] = __uint_as_float((e[h][k] + 6) << 23);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) x[u] = xb[(2 * q + u) & (kTp - 1)] * comp;
+    };
+    /* MXFP4 diagonal: a finished d times its factors and token scales into acc_d */
+    auto mx_finish = [&](float (&d)[kN / 2], const float (&fac)[2][kN / 8], const float (&x)[2]) {
+        moe_acc_fence(d);
+#pragma unroll
+        for (int r = 0; r < kN / 2; r++)
+            acc_d[r] = __fmaf_rn(d[r] * fac[(r >> 1) & 1][r >> 2], x[r & 1], acc_d[r]);
+    };
+    auto diag_block = [&](const uint32_t (&w0)[4], const uint32_t (&w1)[4], const uint32_t *sw, int kb,
+                          uint32_t desc0, const float *xb) {
+        float d[kN / 2];
+        diag_issue(d, w0, w1, desc0);
         if constexpr (kNv) { /* sw: the rows' scales of the block, 4 a word (lo, hi) */
             float2 fn[2][kPairs];
 #pragma unroll
@@ -242,41 +295,14 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             }
             return;
         }
-        /* the factors of the thread's groups, while the wgmmas run */
-        uint32_t e[2][kN / 8];
-        bool big = false;
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-#pragma unroll
-            for (int k = 0; k < kN / 8; k++) e[h][k] = (sw[h] >> gs[k]) & 0xFF, big |= e[h][k] > kFastScaleMax;
-        float fac[2][kN / 8], comp = 1.0f;
-        if (__any_sync(0xFFFFFFFFu, big)) { /* some scale past 2^108: exact factors */
-            const int groups = (K - 128 * kb) >> 5;
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int k = 0; k < kN / 8; k++)
-                    fac[h][k] = gs[k] < 8 * groups ? exact_factor(e[h][k]) : 0.0f;
-            comp = kExactTokenScale;
-        } else {
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int k = 0; k < kN / 8; k++) fac[h][k] = __uint_as_float((e[h][k] + 6) << 23);
-        }
-        float x[2]; /* the scales of the thread's tokens 2q + u (mod kTp) */
-#pragma unroll
-        for (int u = 0; u < 2; u++) x[u] = xb[(2 * q + u) & (kTp - 1)] * comp;
+        float fac[2][kN / 8], x[2]; /* while the wgmmas run */
+        mx_factors(sw, kb, xb, fac, x);
         moe_wgmma_wait<0>();
-        moe_acc_fence(d);
-#pragma unroll
-        for (int r = 0; r < kN / 2; r++)
-            acc_d[r] = __fmaf_rn(d[r] * fac[(r >> 1) & 1][r >> 2], x[r & 1], acc_d[r]);
+        mx_finish(d, fac, x);
     };
     /* FP8: the block's 4 wgmmas sum into d (one 128x128 weight scale and one token scale a block), then d times the
      * rows' weight scales and the tokens' scales */
-    auto fp8_block = [&](int kb, uint32_t rd, uint32_t desc0, const float *xb) {
-        float d[kN / 2];
+    auto fp8_issue = [&](float (&d)[kN / 2], uint32_t rd, uint32_t desc0) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             uint32_t a[4];
@@ -285,11 +311,13 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             moe_wgmma_m64nNk32_e4m3_ra<kN>(d, a, desc_hi | (desc0 + j * (kGroupBytes / 16)), j > 0);
         }
         moe_wgmma_commit();
+    };
+    auto fp8_scales = [&](uint32_t rd, int kb, float (&ws)[2]) { /* M rows 0-7's and 8-15's weight scales */
         const uint2 sw = lds64(srf + rd);
-        float ws[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) ws[h] = moe_decode_block_scale<kE8m0>(h ? sw.y : sw.x, sb_lo[h], kb);
-        moe_wgmma_wait<0>();
+    };
+    auto fp8_finish = [&](float (&d)[kN / 2], const float (&ws)[2], const float *xb) {
         moe_acc_fence(d);
 #pragma unroll
         for (int n = 0; n < kN / 8; n++) {
@@ -298,6 +326,13 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             for (int e = 0; e < 4; e++)
                 acc[n][e] = __fmaf_rn(d[4 * n + e], ws[e >> 1] * (e & 1 ? x.y : x.x), acc[n][e]);
         }
+    };
+    auto fp8_block = [&](int kb, uint32_t rd, uint32_t desc0, const float *xb) {
+        float d[kN / 2], ws[2];
+        fp8_issue(d, rd, desc0);
+        fp8_scales(rd, kb, ws);
+        moe_wgmma_wait<0>();
+        fp8_finish(d, ws, xb);
     };
     int i0 = 0; /* the group's blocks before the chunk */
     for (int kb0 = 0; kb0 < kblocks; kb0 += cb) {
@@ -341,20 +376,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                 fp8_block(kb, rd, desc_lo + lb * (4 * kGroupBytes / 16), xs + lb * kTp);
                 return;
             }
-            uint32_t w0[4], w1[4];
-            moe_ldmatrix_x4(w0, lm0 + rd);
-            moe_ldmatrix_x4(w1, lm1 + rd);
-            /* the rows' scales from the block's first: MXFP4 sw[0], sw[1] (rows g, g + 8: 4 E8M0 a word); NVFP4
-             * sw[2h], sw[2h + 1] (row g + 8h: 8 E4M3 in two words) */
-            uint32_t sw[kNv ? 4 : 2];
-            if constexpr (kNv) {
-                const uint4 s0 = lds128(sr0 + rd), s1 = lds128(sr1 + rd);
-                sw[0] = __funnelshift_r(s0.x, s0.y, sh0), sw[1] = __funnelshift_r(s0.y, s0.z, sh0);
-                sw[2] = __funnelshift_r(s1.x, s1.y, sh1), sw[3] = __funnelshift_r(s1.y, s1.z, sh1);
-            } else {
-                const uint2 s0 = lds64(sr0 + rd), s1 = lds64(sr1 + rd);
-                sw[0] = __funnelshift_r(s0.x, s0.y, sh0), sw[1] = __funnelshift_r(s1.x, s1.y, sh1);
-            }
+            uint32_t w0[4], w1[4], sw[kNv ? 4 : 2];
+            load_fp4(rd, w0, w1, sw);
             const uint32_t desc0 = desc_lo + lb * (4 * kGroupBytes / 16);
             if constexpr (kDiag) {
                 diag_block(w0, w1, sw, kb, desc0, xs + lb * kTp);
@@ -493,7 +516,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
                   "chunks of whole rounds of the stages");
     /* warpgroups a CTA: doubled while the grid's groups stay within half of the groups the GPU holds (a group a CTA:
      * its registers and shared memory, a token chunk and a ring, bound them) and each keeps 8 K blocks or more */
-    auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp>;
+    auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp, false>;
     const int most = token_bytes(chunk(4), kN) + 4 * ring_of<F>::kRingBytes;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
     /* the CTAs the GPU holds at once with ks groups a CTA */
