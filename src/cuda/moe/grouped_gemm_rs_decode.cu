@@ -317,22 +317,42 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #pragma unroll
         for (int h = 0; h < 2; h++) ws[h] = moe_decode_block_scale<kE8m0>(h ? sw.y : sw.x, sb_lo[h], kb);
     };
-    auto fp8_finish = [&](float (&d)[kN / 2], const float (&ws)[2], const float *xb) {
-        moe_acc_fence(d);
+    /* FP8: the multipliers of d's registers, the rows' weight scales times the tokens' (xb: the block's) */
+    auto fp8_multipliers = [&](const float (&ws)[2], const float *xb, float (&m)[kN / 2]) {
 #pragma unroll
         for (int n = 0; n < kN / 8; n++) {
             const float2 x = *reinterpret_cast<const float2 *>(xb + 8 * n + 2 * q);
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-                acc[n][e] = __fmaf_rn(d[4 * n + e], ws[e >> 1] * (e & 1 ? x.y : x.x), acc[n][e]);
+            for (int e = 0; e < 4; e++) m[4 * n + e] = ws[e >> 1] * (e & 1 ? x.y : x.x);
         }
     };
+    auto fp8_finish = [&](float (&d)[kN / 2], const float (&m)[kN / 2]) {
+        moe_acc_fence(d);
+#pragma unroll
+        for (int n = 0; n < kN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[n][e] = __fmaf_rn(d[4 * n + e], m[4 * n + e], acc[n][e]);
+    };
     auto fp8_block = [&](int kb, uint32_t rd, uint32_t desc0, const float *xb) {
-        float d[kN / 2], ws[2];
+        float d[kN / 2], ws[2], m[kN / 2];
         fp8_issue(d, rd, desc0);
         fp8_scales(rd, kb, ws);
         moe_wgmma_wait<0>();
-        fp8_finish(d, ws, xb);
+        fp8_multipliers(ws, xb, m);
+        fp8_finish(d, m);
+    };
+    /* kPipe (MXFP4 diagonal and FP8; opt-in, MOE_GEMM_RS_PIPE=1): block j's wgmmas run while block j - 1's results
+     * are added, instead of each block waiting for its own. Two accumulators, by the parity of j within the chunk (a
+     * chunk's blocks start at j = 0 on stage 0, so the parity is the stage's, a constant of the unrolled loop), each
+     * with what its finish needs. Each round of the stages (4 blocks) ends with its wgmmas done: with a group still
+     * pending across the loop's back edge, or a wait on a branch, ptxas serialises the wgmmas (C7514, C7518). A
+     * chunk's last blocks short of a round run unpipelined. */
+    constexpr bool kPipeOn = kPipe && ((kDiag && !kNv) || !kFp4);
+    float pd[2][kN / 2], pfac[2][2][kN / 8], px[2][2], pm[2][kN / 2];
+    auto pipe_finish = [&](auto odd) {
+        constexpr int Q = decltype(odd)::value ? 1 : 0;
+        if constexpr (kFp4) mx_finish(pd[Q], pfac[Q], px[Q]);
+        else fp8_finish(pd[Q], pm[Q]);
     };
     int i0 = 0; /* the group's blocks before the chunk */
     for (int kb0 = 0; kb0 < kblocks; kb0 += cb) {
@@ -454,7 +474,58 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         /* the group's blocks in the chunk (a chunk other than the last holds a multiple of kStages of them, so that
          * the stages' offsets stay constants over the unrolled loop) */
         const int here = (kb1 > wg ? (kb1 - wg + ksplit - 1) >> shift : 0) - i0;
-        moe_decode_k_loop<kStages, kStageBytes, true>(here, issue, [&](int j, uint32_t rd) { block(i0 + j, rd); });
+        if constexpr (kPipeOn) {
+            /* block j of the chunk from the stage at ring offset rd into accumulator odd, then (prev) block j - 1's
+             * finish */
+            auto pipe_block = [&](auto odd, int j, uint32_t rd, bool prev) {
+                constexpr int P = decltype(odd)::value ? 1 : 0;
+                const int kb = wg + ((i0 + j) << shift), lb = kb - kb0;
+                const uint32_t desc0 = desc_lo + lb * (4 * kGroupBytes / 16);
+                if constexpr (kFp4) {
+                    uint32_t w0[4], w1[4], sw[2];
+                    load_fp4(rd, w0, w1, sw);
+                    diag_issue(pd[P], w0, w1, desc0);
+                    mx_factors(sw, kb, xs + lb * kTp, pfac[P], px[P]);
+                } else {
+                    float ws[2];
+                    fp8_issue(pd[P], rd, desc0);
+                    fp8_scales(rd, kb, ws);
+                    fp8_multipliers(ws, xs + lb * kTp, pm[P]);
+                }
+                if (prev) { /* block j - 1's group is done once at most this one is pending */
+                    moe_wgmma_wait<1>();
+                    pipe_finish(moe_bool_tag<P == 0>{});
+                }
+            };
+            const int full = here & ~(kStages - 1); /* whole rounds of the stages */
+            for (int j0 = 0; j0 < full; j0 += kStages) {
+#pragma unroll
+                for (int sg = 0; sg < kStages; sg++) { /* moe_decode_k_loop's steps; sg a constant once unrolled */
+                    __syncwarp();
+                    issue(((sg + kStages - 1) % kStages) * kStageBytes);
+                    moe_cp_async_wait<kStages - 1>();
+                    __syncwarp();
+                    if (sg & 1)
+                        pipe_block(moe_bool_tag<true>{}, j0 + sg, sg * kStageBytes, sg > 0);
+                    else
+                        pipe_block(moe_bool_tag<false>{}, j0 + sg, sg * kStageBytes, sg > 0);
+                }
+                moe_wgmma_wait<0>(); /* the round's last block (odd: kStages is even) */
+                pipe_finish(moe_bool_tag<true>{});
+            }
+#pragma unroll
+            for (int sg = 0; sg < kStages; sg++) { /* the rest, unpipelined, on the stages from 0 */
+                const int j = full + sg;
+                if (j >= here) break;
+                __syncwarp();
+                issue(((sg + kStages - 1) % kStages) * kStageBytes);
+                moe_cp_async_wait<kStages - 1>();
+                __syncwarp();
+                block(i0 + j, sg * kStageBytes);
+            }
+        } else {
+            moe_decode_k_loop<kStages, kStageBytes, true>(here, issue, [&](int j, uint32_t rd) { block(i0 + j, rd); });
+        }
         i0 += here;
     }
     moe_cp_async_wait<0>(); /* the empty groups past nk */
@@ -500,7 +571,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
 #endif
 }
 
-template <int F, bool kGlu, int kN, int kTp>
+template <int F, bool kGlu, int kN, int kTp, bool kPipe>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
     if (p.top_k >= 1) moe_decode_top_k_magic(p.top_k, q.top_k_magic, q.top_k_shift);
@@ -516,7 +587,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
                   "chunks of whole rounds of the stages");
     /* warpgroups a CTA: doubled while the grid's groups stay within half of the groups the GPU holds (a group a CTA:
      * its registers and shared memory, a token chunk and a ring, bound them) and each keeps 8 K blocks or more */
-    auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp, false>;
+    auto kernel = gemm_rs_decode_kernel<F, kGlu, kN, kTp, kPipe>;
     const int most = token_bytes(chunk(4), kN) + 4 * ring_of<F>::kRingBytes;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
     /* the CTAs the GPU holds at once with ks groups a CTA */
@@ -549,11 +620,15 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     return MOE_OK;
 }
 
-/* The instance <kN, kTp> of GEMM 1 (glu) or GEMM 2. */
-template <int F, int kN, int kTp>
+/* The instance <kN, kTp> of GEMM 1 (glu) or GEMM 2; with kPipeable, the pipelined one when pipe. */
+template <int F, int kN, int kTp, bool kPipeable = false>
 moe_status launch_glu(bool glu, moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles,
-                      cudaStream_t st) {
-    return glu ? launch<F, true, kN, kTp>(ctx, p, f, m_tiles, st) : launch<F, false, kN, kTp>(ctx, p, f, m_tiles, st);
+                      cudaStream_t st, bool pipe = false) {
+    if (kPipeable && pipe)
+        return glu ? launch<F, true, kN, kTp, kPipeable>(ctx, p, f, m_tiles, st)
+                   : launch<F, false, kN, kTp, kPipeable>(ctx, p, f, m_tiles, st);
+    return glu ? launch<F, true, kN, kTp, false>(ctx, p, f, m_tiles, st)
+               : launch<F, false, kN, kTp, false>(ctx, p, f, m_tiles, st);
 }
 
 /* The instance for B's storage F and up to max_rows rows a tile: diagonal tokens for MXFP4 at up to 2 or 4 rows
@@ -561,7 +636,7 @@ moe_status launch_glu(bool glu, moe_ctx *ctx, const moe_gemm_params &p, const mo
  * or 16; FP8 dense at 8 or 16. */
 template <int F>
 moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, int64_t m_tiles,
-                       int64_t max_rows, cudaStream_t st) {
+                       int64_t max_rows, cudaStream_t st, bool pipe) {
     if constexpr (F == MOE_B_E2M1_E4M3) {
         if (max_rows <= 1) return launch_glu<F, 8, 1>(glu, ctx, p, f, m_tiles, st);
         if (max_rows <= 2) return launch_glu<F, 16, 2>(glu, ctx, p, f, m_tiles, st);
@@ -570,11 +645,12 @@ moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp
         return launch_glu<F, 32, 16>(glu, ctx, p, f, m_tiles, st);
     } else {
         if constexpr (F == MOE_B_E2M1_E8M0) {
-            if (max_rows <= 2) return launch_glu<F, 8, 2>(glu, ctx, p, f, m_tiles, st);
-            if (max_rows <= 4) return launch_glu<F, 16, 4>(glu, ctx, p, f, m_tiles, st);
+            if (max_rows <= 2) return launch_glu<F, 8, 2, true>(glu, ctx, p, f, m_tiles, st, pipe);
+            if (max_rows <= 4) return launch_glu<F, 16, 4>(glu, ctx, p, f, m_tiles, st); /* (pipelined: spills) */
         }
-        if (max_rows <= 8) return launch_glu<F, 8, 8>(glu, ctx, p, f, m_tiles, st);
-        return launch_glu<F, 16, 16>(glu, ctx, p, f, m_tiles, st);
+        constexpr bool kFp8 = F == MOE_B_E4M3_F32 || F == MOE_B_E4M3_E8M0; /* (MXFP4 dense: not pipelined) */
+        if (max_rows <= 8) return launch_glu<F, 8, 8, kFp8>(glu, ctx, p, f, m_tiles, st, pipe);
+        return launch_glu<F, 16, 16, kFp8>(glu, ctx, p, f, m_tiles, st, pipe);
     }
 }
 
@@ -606,11 +682,12 @@ moe_status moe__cuda_grouped_gemm_rs_decode(moe_ctx *ctx, const moe_gemm_params 
     if (m_tiles <= 0) return MOE_OK;
     if ((uintptr_t)f.a % 16 != 0)
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: input codes not 16-byte aligned");
+    const bool pipe = opted_in("MOE_GEMM_RS_PIPE"); /* an experiment: MXFP4 diagonal and FP8 blocks pipelined */
     switch (p.b_fmt) {
-    case MOE_B_E2M1_E8M0: return launch_rows<MOE_B_E2M1_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream);
-    case MOE_B_E2M1_E4M3: return launch_rows<MOE_B_E2M1_E4M3>(ctx, p, f, glu, m_tiles, max_rows, stream);
-    case MOE_B_E4M3_F32: return launch_rows<MOE_B_E4M3_F32>(ctx, p, f, glu, m_tiles, max_rows, stream);
-    case MOE_B_E4M3_E8M0: return launch_rows<MOE_B_E4M3_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream);
+    case MOE_B_E2M1_E8M0: return launch_rows<MOE_B_E2M1_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream, pipe);
+    case MOE_B_E2M1_E4M3: return launch_rows<MOE_B_E2M1_E4M3>(ctx, p, f, glu, m_tiles, max_rows, stream, pipe);
+    case MOE_B_E4M3_F32: return launch_rows<MOE_B_E4M3_F32>(ctx, p, f, glu, m_tiles, max_rows, stream, pipe);
+    case MOE_B_E4M3_E8M0: return launch_rows<MOE_B_E4M3_E8M0>(ctx, p, f, glu, m_tiles, max_rows, stream, pipe);
     default: return moe__error(ctx, MOE_ERR_UNSUPPORTED, "wgmma decode GEMM: weight storage %d", (int)p.b_fmt);
     }
 }
