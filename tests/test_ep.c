@@ -290,6 +290,55 @@ TEST_IMPL(ep_cpu_eplb) {
     return TEST_OK;
 }
 
+/* Random layers over random CPU ranks against the single layer: 1-4 ranks, each router family of ep_config with E
+ * from 4 to 32 (a multiple of the ranks; DeepSeek's 4 groups of 2 or more) and k from 1 to 4, widths 8-64, T of 0-41
+ * split at random (idle ranks included), f32 or bf16, given logits or the gate, each backend: the all-to-all and
+ * low-latency backends the same bits, the all-gather within rounding. */
+TEST_IMPL(ep_cpu_random) {
+    uint64_t st = env->seed ^ 0xE9E9ull;
+    int cases = 0;
+    for (int it = 0; it < 40; it++) {
+        const int n = 1 + (int)(test_splitmix64(&st) % 4), kind = (int)(test_splitmix64(&st) % 5);
+        static const int Hs[] = {8, 16, 40, 64}, Is[] = {8, 24, 32}, Es[] = {4, 8, 12, 16, 24, 32}, Ts[] = {0, 1, 5, 17, 41};
+        moe_layer_config c = ep_config(kind, Hs[test_splitmix64(&st) % 4], Is[test_splitmix64(&st) % 3]);
+        int E = 0;
+        for (int tries = 0; tries < 20 && (E == 0 || E % n || (kind == 1 && E % 8)); tries++)
+            E = Es[test_splitmix64(&st) % 6];
+        if (E % n || (kind == 1 && E % 8)) continue; /* DeepSeek: 4 groups of 2 or more (its top-2 group score) */
+        c.router.n_experts = E;
+        c.router.top_k = kind == 3 ? 1 : 1 + (int)(test_splitmix64(&st) % (E < 4 ? (uint64_t)E : 4));
+        if (kind == 1) c.router.topk_groups = 2 + (int)(test_splitmix64(&st) % 3); /* 2-4 of the 4 groups */
+        if (kind == 1 && c.router.topk_groups * (E / 4) < c.router.top_k) c.router.topk_groups = 4;
+        const int64_t T = Ts[test_splitmix64(&st) % 5];
+        int64_t split[4] = {0, 0, 0, 0}, left = T;
+        for (int r = 0; r < n - 1; r++) split[r] = left ? (int64_t)(test_splitmix64(&st) % (uint64_t)(left + 1)) : 0, left -= split[r];
+        split[n - 1] = left;
+        const moe_dtype dt = test_splitmix64(&st) % 2 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
+        const moe_ep_backend b = (moe_ep_backend)(test_splitmix64(&st) % 3);
+        const int use_logits = (int)(test_splitmix64(&st) % 2);
+        layer_problem p;
+        layer_problem_random(&p, &c, T, 1, test_splitmix64(&st));
+        moe_ctx *ctxs[4];
+        moe_comm *comms[4];
+        moe_ctx_options o = moe_ctx_options_default();
+        o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
+        for (int r = 0; r < n; r++) ASSERT(moe_ctx_create(&o, &ctxs[r]) == MOE_OK);
+        ASSERT(moe_comm_create_local(ctxs, n, comms) == MOE_OK);
+        char what[96];
+        snprintf(what, sizeof what, "%s E %d k %d H %d I %d", ep_kind_name[kind], E, c.router.top_k, c.hidden,
+                 c.intermediate);
+        const int ok = ep_check_on(env->cpu, comms, n, &p, split, dt, b, 0, use_logits, 0, what, NULL, 0);
+        for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+        layer_problem_free(&p);
+        ASSERT_MSG(ok, "%s over %d ranks (parts %lld %lld %lld %lld, %s, backend %d, logits %d) differs", what, n,
+                   (long long)split[0], (long long)split[1], (long long)split[2], (long long)split[3],
+                   moe_dtype_name(dt), (int)b, use_logits);
+        cases++;
+    }
+    ASSERT(cases >= 20);
+    return TEST_OK;
+}
+
 /* A rank whose config differs: every rank fails at creation, naming the field. A rank that never joins the
  * forward: the others fail with MOE_ERR_COMM after the timeout. Bad arguments. */
 TEST_IMPL(ep_errors) {
@@ -346,7 +395,11 @@ TEST_IMPL(ep_errors) {
     ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG);
     ASSERT(strstr(moe_last_error(ctxs[0]), "e4m3"));
     ec.wire = 0;
-    moe_ep_config qec = ec; /* quantised experts: not under expert parallelism yet */
+    moe_ep_config qec = ec; /* a router config moe_route would refuse: at create */
+    qec.layer.router.top_k = 0;
+    ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "top_k 0"));
+    qec = ec; /* quantised experts: not under expert parallelism yet */
     qec.layer.expert_format = moe_qformat_preset(MOE_QFORMAT_MXFP4);
     ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_UNSUPPORTED && !ep);
     ASSERT(strstr(moe_last_error(ctxs[0]), "expert_format mxfp4"));

@@ -39,6 +39,7 @@
     X(ep_cpu_fp8_wire)            \
     X(ep_cpu_allgather)           \
     X(ep_cpu_eplb)                \
+    X(ep_cpu_random)              \
     X(ep_cpu_hash)                \
     X(ep_errors)                  \
     X(ep_mpi)                     \
