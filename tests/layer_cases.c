@@ -508,10 +508,11 @@ int layer_compare_outputs(const float *cpu, const float *gpu, const float *again
     /* FP8 activations: h is requantised, so a GEMM 1 sum a few f32 ulps off the CPU's flips one of h's codes where
      * h's value lies that close to a rounding midpoint: a step of up to 1/8 of that element, which at T = 5 alone
      * takes the overall figure past 8e-3 (seed 54937075 on an H200; the CPU reproduces it with its own GEMM 1 summed
-     * in double: one h value, 2.2603576 or 2.2603588, about the midpoint, its codes one step apart). So up to
-     * ceil(T / 16) tokens past tol_l2 are set aside from the overall figure, worst first; each still answers to
-     * tol_token. */
-    const int64_t most = act_quantized ? (T + 15) / 16 : 0;
+     * in double: one h value, 2.2603576 or 2.2603588, about the midpoint, its codes one step apart). So one token
+     * past tol_l2, the worst, is set aside from the overall figure; it still answers to tol_token. One, not a share
+     * of T: a flip matters to the overall figure at small T only (at T = 300 one such token is about 1e-3 of it),
+     * and a bug in a few rows of every tile must still show. */
+    const int64_t most = act_quantized ? 1 : 0;
     int64_t aside = 0;
     for (; aside < most; aside++) {
         int64_t t_max = -1;

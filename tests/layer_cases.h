@@ -88,7 +88,7 @@ int layer_compare_outputs(const float *cpu, const float *gpu, const float *again
 /* Runs p on the CPU and the GPU context of env in bf16 and compares: relative L2 over all outputs within tol_l2,
  * over each token within tol_token (of the norm of its row, or absolutely when that is 0), the reference not all
  * zeros, and a second GPU run, captured in a CUDA graph and replayed, bit for bit. With FP8 activations (act_format)
- * up to ceil(T / 16) tokens past tol_l2 are left out of the overall figure (h's requantisation: see the function).
+ * the one token most past tol_l2 is left out of the overall figure (h's requantisation: see the function).
  * Prints one line; returns 1 when a check fails, else 0. layer_compare_gpu: tolerances 1e-2 and 3e-2. */
 int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits, const char *what, double tol_l2,
                           double tol_token);
