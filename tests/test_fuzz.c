@@ -1,6 +1,6 @@
 /* test_fuzz.c — the public API fed random, mostly invalid, configurations and inputs, on the CPU (api_fuzz) and on
  * the GPU (gpu_api_fuzz): routers (a real one with a field changed, or random fields), permute and the fused
- * route + permute, quantise and dequantise, conversions, scale swizzles, whole layers at small shapes, EPLB plan
+ * route + permute (the same bits as the two ops where both ran), quantise and dequantise, conversions, scale swizzles, whole layers at small shapes, EPLB plan
  * and map, waterfill and the load counters. Buffers live in the
  * context's memory, sized as the call's contract says for the sizes in play (on the CPU with malloc, to the byte),
  * so that a call may fail but must never read or write past them. Checked here: every failure carries a message
@@ -18,6 +18,7 @@ typedef struct fuzz {
     moe_ctx *ctx;
     int gpu;
     long ok, failed, bad; /* calls that succeeded, that failed with a message, property violations */
+    long compared;        /* fused route + permute steps compared with the two ops */
     void *held[32];       /* this op's buffers in the context's memory */
     int n_held;
 } fuzz;
@@ -100,6 +101,22 @@ static void fz_range(fuzz *f, const char *what, const int32_t *buf, int64_t n, i
     free(v);
 }
 
+/* The bytes of two buffers of fz_buf are the same (a property violation otherwise). */
+static void fz_same(fuzz *f, const char *what, const void *a, const void *b, size_t bytes) {
+    if (!bytes) return;
+    char *ha = malloc(bytes), *hb = malloc(bytes);
+    if (fz_get(f, ha, a, bytes) || fz_get(f, hb, b, bytes)) {
+        fprintf(stderr, "  %s: cannot read the outputs back: %s\n", what, moe_last_error(f->ctx));
+        f->bad++;
+    } else if (memcmp(ha, hb, bytes)) {
+        size_t i = 0;
+        while (ha[i] == hb[i]) i++;
+        fprintf(stderr, "  %s differ from byte %zu of %zu\n", what, i, bytes);
+        f->bad++;
+    }
+    free(ha), free(hb);
+}
+
 static const char *const kModels[] = {"mixtral-8x7b", "qwen2-moe", "qwen3-30b-a3b", "olmoe", "deepseek-v2",
                                       "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "llama4-scout"};
 #define EXPERTS(f) PICK(f, -1, 0, 1, 2, 3, 7, 8, 16, 32, 33, 64, 128, 256, 512, 513, 1024, 1025, 100000)
@@ -160,7 +177,14 @@ static void fuzz_route_permute(fuzz *f) {
     moe_permute_config pc = {fz_next(f) % 2 ? c.n_experts : EXPERTS(f), fz_next(f) % 2 ? 0 : PICK(f, -1, 0, 1, 4, 1000),
                              fz_next(f) % 2 ? c.n_experts : EXPERTS(f), c.top_k, PICK(f, -1, 0, 1, 2, 16, 128, 1 << 20),
                              (moe_permute_layout)(fz_next(f) % 3), PICK(f, -1, 0, 1, 3, 100)};
-    if (s != MOE_OK || fz_next(f) % 2) { /* random ids, some outside the experts */
+    if (s == MOE_OK && fz_next(f) % 2) { /* a plan the fused step takes too: this rank's slice of the router's experts */
+        const int local = fz_next(f) % 2 ? c.n_experts : (c.n_experts + 1) / 2;
+        pc = (moe_permute_config){c.n_experts, fz_next(f) % 2 ? 0 : c.n_experts - local, local, c.top_k,
+                                  PICK(f, 1, 2, 16, 128), (moe_permute_layout)(fz_next(f) % 2), PICK(f, 0, 1, 3, 100)};
+    }
+    int routed = s == MOE_OK; /* ids: the router's */
+    if (s != MOE_OK || fz_next(f) % 4 == 0) { /* random ids, some outside the experts */
+        routed = 0;
         const uint64_t span = pc.n_experts_global > 0 && pc.n_experts_global < 100000 ? (uint64_t)pc.n_experts_global + 6 : 10;
         int32_t *hi = malloc(4 * (size_t)(T * K + 1));
         for (int64_t i = 0; i < T * K; i++) hi[i] = (int32_t)(fz_next(f) % span) - 3;
@@ -179,10 +203,36 @@ static void fuzz_route_permute(fuzz *f) {
         s = moe_permute(f->ctx, &pc, ids, T, &out, ws, ws_bytes, NULL);
         fz_status(f, s, "moe_permute");
         if (s == MOE_OK) fz_range(f, "moe_permute slot_row", out.slot_row, T * pc.top_k, rows);
-        a.ids = fz_buf(f, 4 * (size_t)(T * K), NULL); /* the fused step routes anew */
-        s = moe_route_permute(f->ctx, &c, &a, &pc, &out, ws, ws_bytes, NULL);
+        const int permuted = s == MOE_OK;
+        /* the fused step routes anew, into outputs of its own: where both ran on the router's ids, the same bits */
+        const moe_permute_outputs out2 = {fz_buf(f, 4 * (size_t)PE, NULL), fz_buf(f, 8 * (size_t)(PE + 1), NULL),
+                                          fz_buf(f, 4 * (size_t)rows, NULL), fz_buf(f, 4 * (size_t)(T * K), NULL),
+                                          fz_buf(f, 4, NULL), fz_buf(f, 4, NULL)};
+        int32_t *routed_ids = a.ids;
+        float *routed_w = a.weights;
+        a.ids = fz_buf(f, 4 * (size_t)(T * K), NULL), a.weights = fz_buf(f, sizeof(float) * (size_t)(T * K), NULL);
+        a.invalid_rows = NULL;
+        s = moe_route_permute(f->ctx, &c, &a, &pc, &out2, ws, ws_bytes, NULL);
         fz_status(f, s, "moe_route_permute");
-        if (s == MOE_OK) fz_range(f, "moe_route_permute slot_row", out.slot_row, T * pc.top_k, rows);
+        if (s == MOE_OK) fz_range(f, "moe_route_permute slot_row", out2.slot_row, T * pc.top_k, rows);
+        if (s == MOE_OK && permuted && routed) {
+            f->compared++;
+            const size_t tk = (size_t)(T * pc.top_k);
+            fz_same(f, "moe_route_permute ids (against moe_route)", a.ids, routed_ids, 4 * tk);
+            fz_same(f, "moe_route_permute weights (against moe_route)", a.weights, routed_w, 4 * tk);
+            fz_same(f, "moe_route_permute counts (against moe_permute)", out2.counts, out.counts, 4 * (size_t)PE);
+            fz_same(f, "moe_route_permute slot_row (against moe_permute)", out2.slot_row, out.slot_row, 4 * tk);
+            fz_same(f, "moe_route_permute invalid (against moe_permute)", out2.invalid, out.invalid, 4);
+            int64_t used = rows; /* contiguous: the rows up to offsets[E] */
+            if (pc.layout == MOE_PERMUTE_CONTIGUOUS) {
+                fz_same(f, "moe_route_permute offsets (against moe_permute)", out2.offsets, out.offsets, 8 * (size_t)(PE + 1));
+                if (fz_get(f, &used, out.offsets + PE, 8)) used = 0;
+            } else {
+                fz_same(f, "moe_route_permute dropped (against moe_permute)", out2.dropped, out.dropped, 4);
+            }
+            fz_same(f, "moe_route_permute row_src (against moe_permute)", out2.row_src, out.row_src,
+                    4 * (size_t)(used >= 0 && used <= rows ? used : 0));
+        }
     }
     fz_release(f);
 }
@@ -402,7 +452,8 @@ static test_result fuzz_rounds(moe_ctx *ctx, int gpu, uint64_t seed, int rounds)
         fuzz_balance(&f);
         if (i % 4 == 0) fuzz_layer(&f);
     }
-    fprintf(stderr, "  %d rounds: %ld calls succeeded, %ld failed with a message\n", rounds, f.ok, f.failed);
+    fprintf(stderr, "  %d rounds: %ld calls succeeded, %ld failed with a message; %ld fused route + permute steps "
+                    "compared with the two ops\n", rounds, f.ok, f.failed, f.compared);
     ASSERT_EQ_I64(f.bad, 0);
     ASSERT(f.ok > rounds && f.failed > rounds); /* both kinds of call were reached */
     return TEST_OK;
