@@ -493,7 +493,8 @@ static void error_profile(const float *cpu, const float *gpu, int64_t T, int64_t
 int layer_compare_outputs(const float *cpu, const float *gpu, const float *again, int64_t T, int64_t H,
                           int act_quantized, const char *what, double tol_l2, double tol_token) {
     /* each token's relative L2 error (of its row's norm, or absolute where that is 0) */
-    double worst = 0.0, *tok = malloc(sizeof(double) * (size_t)(T + 1)), *den = malloc(sizeof(double) * (size_t)(T + 1));
+    double worst = 0.0, *tok = malloc(sizeof(double) * (size_t)(T + 1));
+    double *den = malloc(sizeof(double) * (size_t)(T + 1));
     int64_t worst_t = -1;
     for (int64_t t = 0; t < T; t++) {
         double num = 0;

@@ -299,7 +299,8 @@ TEST_IMPL(ep_cpu_random) {
     int cases = 0;
     for (int it = 0; it < 40; it++) {
         const int n = 1 + (int)(test_splitmix64(&st) % 4), kind = (int)(test_splitmix64(&st) % 5);
-        static const int Hs[] = {8, 16, 40, 64}, Is[] = {8, 24, 32}, Es[] = {4, 8, 12, 16, 24, 32}, Ts[] = {0, 1, 5, 17, 41};
+        static const int Hs[] = {8, 16, 40, 64}, Is[] = {8, 24, 32}, Es[] = {4, 8, 12, 16, 24, 32};
+        static const int Ts[] = {0, 1, 5, 17, 41};
         moe_layer_config c = ep_config(kind, Hs[test_splitmix64(&st) % 4], Is[test_splitmix64(&st) % 3]);
         int E = 0;
         for (int tries = 0; tries < 20 && (E == 0 || E % n || (kind == 1 && E % 8)); tries++)
@@ -311,7 +312,8 @@ TEST_IMPL(ep_cpu_random) {
         if (kind == 1 && c.router.topk_groups * (E / 4) < c.router.top_k) c.router.topk_groups = 4;
         const int64_t T = Ts[test_splitmix64(&st) % 5];
         int64_t split[4] = {0, 0, 0, 0}, left = T;
-        for (int r = 0; r < n - 1; r++) split[r] = left ? (int64_t)(test_splitmix64(&st) % (uint64_t)(left + 1)) : 0, left -= split[r];
+        for (int r = 0; r < n - 1; r++)
+            split[r] = left ? (int64_t)(test_splitmix64(&st) % (uint64_t)(left + 1)) : 0, left -= split[r];
         split[n - 1] = left;
         const moe_dtype dt = test_splitmix64(&st) % 2 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
         const moe_ep_backend b = (moe_ep_backend)(test_splitmix64(&st) % 3);

@@ -1,13 +1,13 @@
 /* test_fuzz.c — the public API fed random, mostly invalid, configurations and inputs, on the CPU (api_fuzz) and on
  * the GPU (gpu_api_fuzz): routers (a real one with a field changed, or random fields), permute and the fused
- * route + permute (the same bits as the two ops where both ran), quantise and dequantise, conversions, scale swizzles, whole layers at small shapes, EPLB plan
- * and map, waterfill and the load counters. Buffers live in the
- * context's memory, sized as the call's contract says for the sizes in play (on the CPU with malloc, to the byte),
- * so that a call may fail but must never read or write past them. Checked here: every failure carries a message
- * naming the problem, and what a successful call writes stays in range (expert ids, rows). What a plain build
- * cannot see (reads past a buffer, undefined behaviour), the sanitizers see: `make sanitize` runs the CPU test
- * under ASan and UBSan, compute-sanitizer the GPU one. MOE_FUZZ_ITERS sets the rounds (default 1000 on the CPU,
- * 200 on the GPU). */
+ * route + permute, quantise and dequantise, conversions, scale swizzles, whole layers at small shapes, EPLB plan
+ * and map, waterfill and the load counters. Buffers live in the context's memory, sized as the call's contract
+ * says for the sizes in play (on the CPU with malloc, to the byte), so that a call may fail but must never read or
+ * write past them. Checked here: every failure carries a message naming the problem; what a successful call writes
+ * stays in range (expert ids, rows); the fused route + permute gives the two ops' bits wherever both ran on the
+ * router's ids. What a plain build cannot see (reads past a buffer, undefined behaviour), the sanitizers see:
+ * `make sanitize` runs the CPU test under ASan and UBSan, compute-sanitizer the GPU one. MOE_FUZZ_ITERS sets the
+ * rounds (default 1000 on the CPU, 200 on the GPU). */
 #include <math.h>
 #include <stdlib.h>
 

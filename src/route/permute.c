@@ -79,8 +79,8 @@ moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const i
                   "moe_permute: counts, row_src, slot_row (and offsets for the contiguous layout) must not be NULL");
     MOE_CHECK_ARG(ctx, ids || n_tokens == 0, "moe_permute: ids is NULL");
     const int64_t rows = moe_permute_rows(c, n_tokens);
-    MOE_CHECK_ARG(ctx, rows >= 0 && rows < INT32_MAX, "moe_permute: the rows (%lld; -1: past int64) do not fit int32 row ids",
-                  (long long)rows);
+    MOE_CHECK_ARG(ctx, rows >= 0 && rows < INT32_MAX,
+                  "moe_permute: the rows (%lld; -1: past int64) do not fit int32 row ids", (long long)rows);
     size_t need = 0;
     MOE_TRY(moe_permute_workspace_size(ctx, c, n_tokens, &need));
     MOE_CHECK_ARG(ctx, workspace_bytes >= need && (workspace || need == 0),
