@@ -1,5 +1,5 @@
 /* scripts/check_e2m1_e4m3.c — the W4A8 decode kernel's code conversion (e4m3_even, e4m3_odd in
- * src/cuda/moe/grouped_gemm_rs_decode.cu, copied here) checked on every 32-bit word of E2M1 codes against the CPU
+ * src/cuda/moe/grouped_gemm_rs_decode.cuh, copied here) checked on every 32-bit word of E2M1 codes against the CPU
  * definitions (src/formats/scalar.h): byte i of e4m3_even(w) is code 2i of w (the low nibble of byte i), byte i of
  * e4m3_odd(w) code 2i + 1 (the high nibble), each an E4M3 byte whose value is the code's value times 2^-6, exactly,
  * sign of zero included. Not a test (about a minute on two cores):

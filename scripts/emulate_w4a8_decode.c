@@ -1,4 +1,4 @@
-/* scripts/emulate_w4a8_decode.c — the wgmma decode kernel's data movement (src/cuda/moe/grouped_gemm_rs_decode.cu:
+/* scripts/emulate_w4a8_decode.c — the wgmma decode kernel's data movement (src/cuda/moe/grouped_gemm_rs_decode_kernel.cuh:
  * W4A8's MXFP4 and NVFP4 variants, dense and diagonal, and W8A8's FP8 ones) replayed on the CPU, thread by thread,
  * against a
  * direct sum over the dequantised weights and tokens. Not a test and not a substitute for running the kernel: it

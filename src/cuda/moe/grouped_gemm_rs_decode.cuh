@@ -1,5 +1,5 @@
 /* grouped_gemm_rs_decode.cuh — the wgmma decode kernel's layout constants and register-level steps
- * (grouped_gemm_rs_decode.cu, which alone includes it): the per-warp ring of each weight storage, the chunk of staged
+ * (grouped_gemm_rs_decode_kernel.cuh, which alone includes it): the per-warp ring of each weight storage, the chunk of staged
  * tokens, the E2M1-to-E4M3 conversion and the shared-memory loads it pins. */
 #ifndef MOE_CUDA_MOE_GROUPED_GEMM_RS_DECODE_CUH
 #define MOE_CUDA_MOE_GROUPED_GEMM_RS_DECODE_CUH
