@@ -79,7 +79,7 @@ static int compare_quantized(test_env *env, layer_problem *p, const moe_qformat 
  * GPT-OSS's clamps and biases, and Llama-4's weight on the input, at decode and prefill sizes; the prefill cases
  * also with MEDIUM forced (on Hopper the FP8 tile at 64 rows: both consumers on the same rows, half of B each);
  * the decode sizes (and the SMALL tile forced at T = 600) once more on the wgmma decode kernel
- * (grouped_gemm_rs_decode.cu, opt-in: MOE_GEMM_W8A8_RS_DECODE=1).
+ * (grouped_gemm_rs_decode.cu, opt-in: MOE_GEMM_W8A8_RS_DECODE=1) and on its pipelined variant (MOE_GEMM_RS_PIPE=1).
  * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
  * boundary, so W8A8 magnifies differences (docs/layer.md §6). The FP8 kernels differ from the CPU only in the
  * order of f32 sums: 4e-3 overall measured, bound 8e-3. The bf16 path also rounds weights with f32 scales and x
@@ -141,14 +141,17 @@ TEST_IMPL(gpu_layer_w8a8) {
                 /* with E8M0 weight scales and UE8M0 activation scales every value is exact in bf16: the bf16 path
                  * then differs as the FP8 kernels do */
                 const int exact = f && cases[i].rule;
-                /* decode sizes once more on the wgmma decode kernel (opt-in: MOE_GEMM_W8A8_RS_DECODE) */
-                for (int rs = 0; rs < (cases[i].T < 16 && !medium ? 2 : 1); rs++) {
+                /* decode sizes once more on the wgmma decode kernel (opt-in: MOE_GEMM_W8A8_RS_DECODE), and on its
+                 * pipelined variant (MOE_GEMM_RS_PIPE: whole rounds of 4 K blocks a warpgroup, as at H 4096) */
+                for (int rs = 0; rs < (cases[i].T < 16 && !medium ? 3 : 1); rs++) {
                     if (rs) setenv("MOE_GEMM_W8A8_RS_DECODE", "1", 1);
+                    if (rs == 2) setenv("MOE_GEMM_RS_PIPE", "1", 1);
                     char what[96];
                     snprintf(what, sizeof what, "w8a8 %s, %s%s%s", cases[i].what, f ? "e8m0 w" : "f32 w",
-                             medium ? ", MEDIUM" : "", rs ? ", wgmma decode" : "");
+                             medium ? ", MEDIUM" : "", rs == 2 ? ", wgmma pipelined" : rs ? ", wgmma decode" : "");
                     bad += compare_quantized(env, &p, wf[f], 0, what, mma || exact ? 8e-3 : 2.5e-2, 1.2e-1);
                     unsetenv("MOE_GEMM_W8A8_RS_DECODE");
+                    unsetenv("MOE_GEMM_RS_PIPE");
                 }
                 unsetenv("MOE_GEMM_NO_FP8_MMA");
                 layer_problem_free(&p);
@@ -282,7 +285,8 @@ TEST_IMPL(gpu_layer_fp4_decode) {
 /* W4A8 (MXFP4 or NVFP4 experts, act_format FP8 1x128) at decode against the CPU reference over the same codes: on
  * Hopper the SMALL tile's GEMMs run on the FP8 tensor cores (grouped_gemm_rs_decode.cu, opt-in:
  * MOE_GEMM_W4A8_DECODE=1), and each case runs once more on the bf16 path (the FP4 decode kernel over x and h
- * quantised in bf16). Every case runs with MXFP4 weights and with NVFP4 ones (the decode global convention in even
+ * quantised in bf16), and MXFP4 cases of up to 2 rows a tile once more on the kernel's pipelined variant
+ * (MOE_GEMM_RS_PIPE=1). Every case runs with MXFP4 weights and with NVFP4 ones (the decode global convention in even
  * cases, the encode one in odd cases). Cases: the token layouts, MXFP4 diagonal at up to 2 rows a tile (T = 1, 2)
  * and 4 (T = 3, 4), dense at 8 (T = 5, 6) and 16 (T = 40, and the SMALL tile forced at T = 300); NVFP4 diagonal at
  * 1, 2 and 4 rows, dense at 8 and 16; K past one chunk of staged tokens (H 4224 at T = 3 and 40: three chunks of 16
@@ -339,12 +343,19 @@ TEST_IMPL(gpu_layer_w4a8) {
         /* the bf16 path skips the big case: it rounds x to bf16, and gate and up values of 2^120 make GPT-OSS's
          * clamps steps on their sign, which that rounding flips where a sum is near zero (rel L2 0.08-0.09 on an
          * H200); the FP8 path reads the reference's own x codes */
-        for (int bf16 = 0; bf16 < (cases[ci].big ? 1 : 2); bf16++) {
+        /* pass 2: MXFP4 at up to 2 rows a tile on the kernel's pipelined variant (MOE_GEMM_RS_PIPE; its rounds of 4
+         * K blocks a warpgroup at H 4096) */
+        for (int pass = 0; pass < 3; pass++) {
+            const int bf16 = pass == 1;
+            if ((bf16 && cases[ci].big) || (pass == 2 && (wf != 5 || cases[ci].T > 2))) continue;
             if (!bf16) setenv("MOE_GEMM_W4A8_DECODE", "1", 1);
+            if (pass == 2) setenv("MOE_GEMM_RS_PIPE", "1", 1);
             char what[128];
-            snprintf(what, sizeof what, "w4a8 %s, %s%s", names[wf], cases[ci].what, bf16 ? ", bf16 path" : "");
+            snprintf(what, sizeof what, "w4a8 %s, %s%s", names[wf], cases[ci].what,
+                     bf16 ? ", bf16 path" : pass == 2 ? ", pipelined" : "");
             bad += layer_compare_gpu_tol(env, &p, 0, what, bf16 ? 2.5e-2 : 8e-3, 1.2e-1);
             unsetenv("MOE_GEMM_W4A8_DECODE");
+            unsetenv("MOE_GEMM_RS_PIPE");
         }
         layer_qweights_free(&q);
         if (cases[ci].shared) layer_qweights_free(&sq);
