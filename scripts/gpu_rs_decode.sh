@@ -18,8 +18,9 @@
 #         (GPT-OSS-120B W4A8, DeepSeek-V3 W4A8-NVFP4 and W8A8): where its warps wait;
 #  fuzz   gpu_api_fuzz (the API on the GPU fed random, mostly invalid input) plainly and under memcheck;
 #  pipe   the pipelined variant (MOE_GEMM_RS_PIPE=1: MXFP4 at up to 2 rows a tile and FP8, block j's wgmmas in
-#         flight while block j - 1's are added): gpu_layer_w4a8 and gpu_layer_w8a8 with it, racecheck of the first,
-#         then `moe bench layer` at T = 1, 2 with and without it, alternated twice.
+#         flight while block j - 1's are added): racecheck of gpu_layer_w4a8 and gpu_layer_w8a8 (whose decode
+#         cases run it too; `tests` runs them plainly), then `moe bench layer` at T = 1, 2 with and without it,
+#         alternated twice.
 # Logs and JSON under $OUT; the summary in $OUT/summary.txt. Not yet timed on a GPU: if a part passes the device's
 # 10-minute limit, split it (REPS=1, then REPS=2; FP4_MODELS, FP8_MODELS, TOKENS narrower).
 set -u
@@ -115,15 +116,13 @@ if [ "$PART" = fuzz ]; then
     done
 fi
 if [ "$PART" = pipe ]; then
-    for t in gpu_layer_w4a8 gpu_layer_w8a8; do
-        echo "=== $t, pipelined" | tee -a "$OUT/summary.txt"
-        MOE_GEMM_RS_PIPE=1 timeout 240 "$BUILD/moe_tests" --data tests/data $t > "$OUT/pipe-$t.log" 2>&1
-        echo "exit $?" >> "$OUT/pipe-$t.log"; tail -3 "$OUT/pipe-$t.log" | tee -a "$OUT/summary.txt"
+    for t in gpu_layer_w4a8 gpu_layer_w8a8; do # their decode cases run the pipelined variant too
+        echo "=== racecheck $t" | tee -a "$OUT/summary.txt"
+        timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/moe_tests" --data tests/data $t \
+            > "$OUT/pipe-racecheck-$t.log" 2>&1
+        echo "exit $?" >> "$OUT/pipe-racecheck-$t.log"; grep -E "pipelined" "$OUT/pipe-racecheck-$t.log" | head -4 |
+            tee -a "$OUT/summary.txt"; tail -2 "$OUT/pipe-racecheck-$t.log" | tee -a "$OUT/summary.txt"
     done
-    echo "=== racecheck gpu_layer_w4a8, pipelined" | tee -a "$OUT/summary.txt"
-    MOE_GEMM_RS_PIPE=1 timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/moe_tests" --data tests/data \
-        gpu_layer_w4a8 > "$OUT/pipe-racecheck.log" 2>&1
-    echo "exit $?" >> "$OUT/pipe-racecheck.log"; tail -2 "$OUT/pipe-racecheck.log" | tee -a "$OUT/summary.txt"
     for rep in ${REPS:-1 2}; do
         for pipe in 0 1; do
             TOKENS=1,2 bench w4a8 "$FP4_MODELS" "pipe$pipe-$rep" "MOE_GEMM_W4A8_DECODE=1 MOE_GEMM_RS_PIPE=$pipe"
