@@ -202,10 +202,12 @@ int cmd_quantize(int argc, char **argv) {
 
     const int64_t n = shape[0] * shape[1];
     float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
-    void *raw = malloc((size_t)n * 4);
+    void *raw = malloc((size_t)n * 4), *xdev = NULL;
+    moe_ctx *ctx = NULL;
+    int rc = CLI_FAIL;
     if (!x || !y || !raw) {
         fprintf(stderr, "moe quantize: %lld values do not fit in memory\n", (long long)n);
-        return CLI_FAIL;
+        goto done;
     }
     const size_t item = (size_t)moe_dtype_bytes(dtype, 1);
     if (input) {
@@ -214,12 +216,13 @@ int cmd_quantize(int argc, char **argv) {
         if (f) fclose(f);
         if (got != (size_t)n) {
             fprintf(stderr, "moe quantize: %s: expected %lld %s values\n", input, (long long)n, dtype_name);
-            return CLI_FAIL;
+            goto done;
         }
     } else {
         if (cli_random(x, n, dist, seed)) {
             fprintf(stderr, "moe quantize: unknown distribution \"%s\"\n", dist);
-            return CLI_USAGE;
+            rc = CLI_USAGE;
+            goto done;
         }
     }
     /* x: the input's values as f32 (exact for every input dtype); raw: the input in its dtype */
@@ -236,26 +239,24 @@ int cmd_quantize(int argc, char **argv) {
     }
     if (dtype == MOE_DTYPE_F32) memcpy(raw, x, (size_t)n * 4);
 
-    moe_ctx *ctx = cli_ctx(backend, threads);
-    if (!ctx) return CLI_FAIL;
-    void *xdev = NULL;
+    ctx = cli_ctx(backend, threads);
+    if (!ctx) goto done;
     if (moe_alloc(ctx, (size_t)n * item, &xdev) ||
         moe_memcpy(ctx, xdev, raw, (size_t)n * item, MOE_COPY_HOST_TO_CTX, NULL)) {
         fprintf(stderr, "moe quantize: %s\n", moe_last_error(ctx));
-        return CLI_FAIL;
+        goto done;
     }
     moe_tensor xd = moe_tensor_2d(xdev, dtype, shape[0], shape[1]);
     printf("moe quantize: %lld x %lld %s values (%s), on %s\n", (long long)shape[0], (long long)shape[1],
            dtype_name, input ? input : dist, moe_ctx_describe(ctx));
     printf("%-17s %-5s %-6s %-5s %9s %8s %12s %12s %9s %9s\n", "format", "elem", "rule", "scale", "bits/val",
            "SNR dB", "mean rel", "max rel", "quant ms", "deq ms");
-    int rc = CLI_OK;
+    rc = CLI_OK;
     for (int k = 0; k < nf; k++)
         if (run_format(ctx, &formats[k], labels[k], &xd, x, y, output) != CLI_OK) rc = CLI_FAIL;
+done:
     moe_free(ctx, xdev);
     moe_ctx_destroy(ctx);
-    free(x);
-    free(y);
-    free(raw);
+    free(x), free(y), free(raw);
     return rc;
 }
