@@ -50,6 +50,19 @@ static int ep_jobs_ok(const ep_job *jobs, int n) {
     return ok;
 }
 
+/* n CPU ranks of one thread each, and a local comm over them; 1 on success. */
+static int ep_cpu_ranks(int n, moe_ctx **ctxs, moe_comm **comms) {
+    moe_ctx_options o = moe_ctx_options_default();
+    o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
+    for (int r = 0; r < n; r++)
+        if (moe_ctx_create(&o, &ctxs[r]) != MOE_OK) return 0;
+    return moe_comm_create_local(ctxs, n, comms) == MOE_OK;
+}
+
+static void ep_cpu_ranks_free(int n, moe_ctx **ctxs, moe_comm **comms) {
+    for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+}
+
 /* Runs p over the n ranks of comms (threads) and compares with the layer on ref. The all-to-all backend must give
  * the same bits, unless tol > 0 (then: relative error); the all-gather backend is within rounding. */
 static int ep_check_on(moe_ctx *ref, moe_comm **comms, int n, const layer_problem *p, const int64_t *split,
@@ -85,14 +98,11 @@ static int ep_check_on(moe_ctx *ref, moe_comm **comms, int n, const layer_proble
 /* The same over n CPU ranks, threads of this process. */
 static int ep_check_cpu(test_env *env, const layer_problem *p, int n, const int64_t *split, moe_dtype dt,
                         moe_ep_backend backend, int use_logits, const char *what) {
-    moe_ctx *ctxs[4];
-    moe_comm *comms[4];
-    moe_ctx_options o = moe_ctx_options_default();
-    o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
-    for (int r = 0; r < n; r++) moe_ctx_create(&o, &ctxs[r]);
-    int ok = moe_comm_create_local(ctxs, n, comms) == MOE_OK;
+    moe_ctx *ctxs[4] = {0};
+    moe_comm *comms[4] = {0};
+    int ok = ep_cpu_ranks(n, ctxs, comms);
     if (ok) ok = ep_check_on(env->cpu, comms, n, p, split, dt, backend, 0, use_logits, 0, what, NULL, 0);
-    for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+    ep_cpu_ranks_free(n, ctxs, comms);
     return ok;
 }
 
@@ -190,12 +200,9 @@ TEST_IMPL(ep_cpu_fp8_wire) {
         moe_layer_config c = ep_config(kind, 264, 24); /* H = 2 x 128 + 8: a partial 1x128 group */
         layer_problem p;
         layer_problem_random(&p, &c, 21, 1, env->seed + (uint64_t)kind);
-        moe_ctx *ctxs[2];
-        moe_comm *comms[2];
-        moe_ctx_options o = moe_ctx_options_default();
-        o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
-        for (int r = 0; r < 2; r++) ASSERT(moe_ctx_create(&o, &ctxs[r]) == MOE_OK);
-        ASSERT(moe_comm_create_local(ctxs, 2, comms) == MOE_OK);
+        moe_ctx *ctxs[2] = {0};
+        moe_comm *comms[2] = {0};
+        ASSERT(ep_cpu_ranks(2, ctxs, comms));
         const int64_t TH = p.T * 264;
         float *out = calloc((size_t)TH, sizeof(float)), *want = calloc((size_t)TH, sizeof(float));
         ep_job jobs[2];
@@ -214,7 +221,7 @@ TEST_IMPL(ep_cpu_fp8_wire) {
         /* and the wire's rounding is visible: it is not the bf16 result */
         ASSERT_OK(env->cpu, layer_run(env->cpu, &p, MOE_DTYPE_BF16, 1, want, 0));
         ASSERT(test_rel_l2(out, want, TH) > 0 && test_rel_l2(out, want, TH) < 0.1);
-        for (int r = 0; r < 2; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+        ep_cpu_ranks_free(2, ctxs, comms);
         free(out), free(want), free(xr);
         layer_problem_free(&p);
     }
@@ -274,16 +281,13 @@ TEST_IMPL(ep_cpu_eplb) {
         layer_problem_random(&p, &c, 48, 1, env->seed + (uint64_t)kind);
         for (int64_t t = 0; t < p.T; t++) p.logits[t * 12 + 10] += 4.0f, p.logits[t * 12 + 11] += 4.0f;
         for (int n = 2; n <= 4; n++) {
-            moe_ctx *ctxs[4];
-            moe_comm *comms[4];
-            moe_ctx_options o = moe_ctx_options_default();
-            o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
-            for (int r = 0; r < n; r++) ASSERT(moe_ctx_create(&o, &ctxs[r]) == MOE_OK);
-            ASSERT(moe_comm_create_local(ctxs, n, comms) == MOE_OK);
+            moe_ctx *ctxs[4] = {0};
+            moe_comm *comms[4] = {0};
+            ASSERT(ep_cpu_ranks(n, ctxs, comms));
             for (int b = MOE_EP_ALL_TO_ALL; b <= MOE_EP_LOW_LATENCY; b += 2)
                 ASSERT_MSG(ep_check_eplb(env, comms, n, &p, (moe_ep_backend)b, env->cpu, ep_kind_name[kind]),
                            "%s, %d ranks, EPLB", ep_kind_name[kind], n);
-            for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+            ep_cpu_ranks_free(n, ctxs, comms);
         }
         layer_problem_free(&p);
     }
@@ -320,17 +324,14 @@ TEST_IMPL(ep_cpu_random) {
         const int use_logits = (int)(test_splitmix64(&st) % 2);
         layer_problem p;
         layer_problem_random(&p, &c, T, 1, test_splitmix64(&st));
-        moe_ctx *ctxs[4];
-        moe_comm *comms[4];
-        moe_ctx_options o = moe_ctx_options_default();
-        o.backend = MOE_BACKEND_CPU, o.n_threads = 1;
-        for (int r = 0; r < n; r++) ASSERT(moe_ctx_create(&o, &ctxs[r]) == MOE_OK);
-        ASSERT(moe_comm_create_local(ctxs, n, comms) == MOE_OK);
+        moe_ctx *ctxs[4] = {0};
+        moe_comm *comms[4] = {0};
+        ASSERT(ep_cpu_ranks(n, ctxs, comms));
         char what[96];
         snprintf(what, sizeof what, "%s E %d k %d H %d I %d", ep_kind_name[kind], E, c.router.top_k, c.hidden,
                  c.intermediate);
         const int ok = ep_check_on(env->cpu, comms, n, &p, split, dt, b, 0, use_logits, 0, what, NULL, 0);
-        for (int r = 0; r < n; r++) moe_comm_destroy(comms[r]), moe_ctx_destroy(ctxs[r]);
+        ep_cpu_ranks_free(n, ctxs, comms);
         layer_problem_free(&p);
         ASSERT_MSG(ok, "%s over %d ranks (parts %lld %lld %lld %lld, %s, backend %d, logits %d) differs", what, n,
                    (long long)split[0], (long long)split[1], (long long)split[2], (long long)split[3],
