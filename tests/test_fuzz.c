@@ -5,9 +5,9 @@
  * says for the sizes in play (on the CPU with malloc, to the byte), so that a call may fail but must never read or
  * write past them. Checked here: every failure carries a message naming the problem; what a successful call writes
  * stays in range (expert ids, rows); the fused route + permute gives the two ops' bits wherever both ran on the
- * router's ids. What a plain build cannot see (reads past a buffer, undefined behaviour), the sanitizers see:
- * `make sanitize` runs the CPU test under ASan and UBSan, compute-sanitizer the GPU one. MOE_FUZZ_ITERS sets the
- * rounds (default 1000 on the CPU, 200 on the GPU). */
+ * router's ids; the load counters read back the ids' histogram. What a plain build cannot see (reads past a
+ * buffer, undefined behaviour), the sanitizers see: `make sanitize` runs the CPU test under ASan and UBSan,
+ * compute-sanitizer the GPU one. MOE_FUZZ_ITERS sets the rounds (default 1000 on the CPU, 200 on the GPU). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -428,12 +428,22 @@ static void fuzz_balance(fuzz *f) {
     fz_status(f, s, "moe_waterfill");
     if (s == MOE_OK) fz_range(f, "moe_waterfill out_ids", out_ids, T * (K + 1), wc.n_experts + wc.world);
     moe_expert_stats *stats = NULL;
-    s = moe_expert_stats_create(f->ctx, PICK(f, -1, 0, 1, 2), PICK(f, -1, 0, 1, 8), &stats);
+    const int layers = PICK(f, -1, 0, 1, 2), experts = PICK(f, -1, 0, 1, 8), layer = PICK(f, -1, 0, 1, 2);
+    s = moe_expert_stats_create(f->ctx, layers, experts, &stats);
     fz_status(f, s, "moe_expert_stats_create");
     if (s == MOE_OK) {
-        fz_status(f, moe_expert_stats_record(f->ctx, stats, PICK(f, -1, 0, 1, 2), d_ids, T * K, NULL),
-                  "moe_expert_stats_record");
-        if (f->gpu) moe_sync(f->ctx, NULL);
+        s = moe_expert_stats_record(f->ctx, stats, layer, d_ids, T * K, NULL);
+        fz_status(f, s, "moe_expert_stats_record");
+        /* recorded: the layer's counts are the ids' histogram, the ids outside -1 .. E - 1 its invalid count */
+        int64_t got[2 * 8 + 1], invalid[2 + 1], want[8 + 1] = {0}, want_invalid = 0;
+        if (s == MOE_OK && moe_expert_stats_read(f->ctx, stats, got, invalid, NULL) == MOE_OK) {
+            for (int64_t i = 0; i < T * K; i++)
+                if (ids[i] >= 0 && ids[i] < experts) want[ids[i]]++;
+                else if (ids[i] != -1) want_invalid++;
+            int same = invalid[layer] == want_invalid;
+            for (int e = 0; e < experts; e++) same = same && got[layer * experts + e] == want[e];
+            if (!same) fprintf(stderr, "  moe_expert_stats_read: not the ids' histogram\n"), f->bad++;
+        }
         moe_expert_stats_destroy(f->ctx, stats);
     }
     free(ids), free(w), free(loads);
