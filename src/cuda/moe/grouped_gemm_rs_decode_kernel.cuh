@@ -475,6 +475,7 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
         /* the group's blocks in the chunk (a chunk other than the last holds a multiple of kStages of them, so that
          * the stages' offsets stay constants over the unrolled loop) */
         const int here = (kb1 > wg ? (kb1 - wg + ksplit - 1) >> shift : 0) - i0;
+        int done = 0; /* the chunk's blocks the pipelined rounds took */
         if constexpr (kPipeOn) {
             /* block j of the chunk from the stage at ring offset rd into accumulator odd, then (prev) block j - 1's
              * finish */
@@ -498,8 +499,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                     pipe_finish(moe_bool_tag<P == 0>{});
                 }
             };
-            const int full = here & ~(kStages - 1); /* whole rounds of the stages */
-            for (int j0 = 0; j0 < full; j0 += kStages) {
+            done = here & ~(kStages - 1); /* whole rounds of the stages */
+            for (int j0 = 0; j0 < done; j0 += kStages) {
 #pragma unroll
                 for (int sg = 0; sg < kStages; sg++) { /* moe_decode_k_loop's steps; sg a constant once unrolled */
                     __syncwarp();
@@ -514,19 +515,10 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
                 moe_wgmma_wait<0>(); /* the round's last block (odd: kStages is even) */
                 pipe_finish(moe_bool_tag<true>{});
             }
-#pragma unroll
-            for (int sg = 0; sg < kStages; sg++) { /* the rest, unpipelined, on the stages from 0 */
-                const int j = full + sg;
-                if (j >= here) break;
-                __syncwarp();
-                issue(((sg + kStages - 1) % kStages) * kStageBytes);
-                moe_cp_async_wait<kStages - 1>();
-                __syncwarp();
-                block(i0 + j, sg * kStageBytes);
-            }
-        } else {
-            moe_decode_k_loop<kStages, kStageBytes, true>(here, issue, [&](int j, uint32_t rd) { block(i0 + j, rd); });
         }
+        /* the rest (all of it unpipelined), on the stages from 0 */
+        moe_decode_k_loop<kStages, kStageBytes, true>(here - done, issue,
+                                                      [&](int j, uint32_t rd) { block(i0 + done + j, rd); });
         i0 += here;
     }
     moe_cp_async_wait<0>(); /* the empty groups past nk */
