@@ -124,10 +124,12 @@ typedef enum moe_log_level { MOE_LOG_DEBUG = 0, MOE_LOG_INFO, MOE_LOG_NOTICE, MO
 /* Called for notices (e.g. "no GPU: running on the CPU"); NULL sends them to stderr. */
 typedef void (*moe_log_fn)(void *user, moe_log_level level, const char *message);
 
+#define MOE_MAX_CPU_THREADS 1024
+
 typedef struct moe_ctx_options {
     moe_backend backend;
     int device;        /* CUDA device ordinal (CUDA backend) */
-    int n_threads;     /* CPU threads; 0 = all available */
+    int n_threads;     /* CPU threads, 0..MOE_MAX_CPU_THREADS; 0 = OpenMP's default (all processors) */
     moe_log_fn log;    /* NULL = stderr */
     void *log_user;    /* passed to log */
     int log_level;     /* messages below this level are dropped; default MOE_LOG_NOTICE */

@@ -7,6 +7,12 @@ static void quiet(void *user, moe_log_level level, const char *message) {
     (void)message;
 }
 
+/* Keeps the last message in user (256 bytes). */
+static void keep(void *user, moe_log_level level, const char *message) {
+    (void)level;
+    snprintf((char *)user, 256, "%s", message);
+}
+
 TEST_IMPL(errors_bad_input) {
     moe_ctx *ctx = env->cpu;
     float x[64] = {0};
@@ -117,5 +123,18 @@ TEST_IMPL(errors_bad_input) {
     }
     ASSERT(moe_ctx_create(NULL, NULL) == MOE_ERR_INVALID_ARG);
     ASSERT(!strcmp(moe_last_error(NULL), ""));
+    /* thread counts the OpenMP runtime would crash on (100 000) fail at creation, naming the field */
+    char said[256];
+    o = moe_ctx_options_default();
+    o.backend = MOE_BACKEND_CPU, o.log = keep, o.log_user = said;
+    const int bad_threads[] = {-1, MOE_MAX_CPU_THREADS + 1, 100000};
+    for (int i = 0; i < 3; i++) {
+        said[0] = 0, o.n_threads = bad_threads[i];
+        ASSERT(moe_ctx_create(&o, &c2) == MOE_ERR_INVALID_ARG && c2 == NULL);
+        ASSERT_MSG(strstr(said, "n_threads"), "%d threads: \"%s\"", bad_threads[i], said);
+    }
+    o.n_threads = 3;
+    ASSERT(moe_ctx_create(&o, &c2) == MOE_OK && strstr(moe_ctx_describe(c2), "3 threads"));
+    moe_ctx_destroy(c2);
     return TEST_OK;
 }

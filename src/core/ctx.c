@@ -73,12 +73,16 @@ moe_ctx_options moe_ctx_options_default(void) {
     return o;
 }
 
+/* The CPU threads of a context: the request, or for 0 OpenMP's default (OMP_NUM_THREADS or the processors),
+ * at most MOE_MAX_CPU_THREADS either way: the OpenMP runtime crashes when it cannot start a team (libgomp at
+ * 100 000 threads), so an absurd count must fail here, not inside an op. */
 static int moe_cpu_threads(int requested) {
 #ifdef _OPENMP
     int available = omp_get_max_threads();
 #else
     int available = 1;
 #endif
+    if (available > MOE_MAX_CPU_THREADS) available = MOE_MAX_CPU_THREADS;
     return requested > 0 ? requested : available;
 }
 
@@ -89,6 +93,12 @@ moe_status moe_ctx_create(const moe_ctx_options *options, moe_ctx **out) {
     if (o.backend != MOE_BACKEND_AUTO && o.backend != MOE_BACKEND_CPU && o.backend != MOE_BACKEND_CUDA) {
         moe_ctx logger = {.log = o.log, .log_user = o.log_user, .log_level = o.log_level};
         moe__log(&logger, MOE_LOG_ERROR, "moe_ctx_create: unknown backend %d", (int)o.backend);
+        return MOE_ERR_INVALID_ARG;
+    }
+    if (o.n_threads < 0 || o.n_threads > MOE_MAX_CPU_THREADS) {
+        moe_ctx logger = {.log = o.log, .log_user = o.log_user, .log_level = o.log_level};
+        moe__log(&logger, MOE_LOG_ERROR, "moe_ctx_create: n_threads %d is outside 0..%d", o.n_threads,
+                 MOE_MAX_CPU_THREADS);
         return MOE_ERR_INVALID_ARG;
     }
     moe_ctx *ctx = calloc(1, sizeof *ctx);
