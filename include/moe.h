@@ -624,7 +624,9 @@ MOE_API int moe_comm_rank(const moe_comm *comm);
 MOE_API int moe_comm_size(const moe_comm *comm);
 MOE_API moe_ctx *moe_comm_ctx(const moe_comm *comm); /* the context the comm was made for */
 /* A collective that waits longer than this for a peer fails with MOE_ERR_COMM (and, on NCCL, aborts the
- * communicator: the comm is unusable afterwards). Default 60 s; MOE_COMM_TIMEOUT_S in the environment sets it. */
+ * communicator: the comm is unusable afterwards). Default 60 s; MOE_COMM_TIMEOUT_S in the environment sets it.
+ * Longer than MOE_COMM_TIMEOUT_MAX_S (a week) counts as that; zero, negative or NaN leaves it as it was. */
+#define MOE_COMM_TIMEOUT_MAX_S 604800.0
 MOE_API void moe_comm_set_timeout(moe_comm *comm, double seconds);
 
 /* Collective: every rank sends `bytes` bytes to every rank: send holds size blocks (block p goes to rank p), recv

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ep/comm.h"
 #include "ep_cases.h"
 
 /* Small layers of five router families; E = 12 splits over 1-4 ranks. */
@@ -366,6 +367,14 @@ TEST_IMPL(ep_errors) {
     for (int r = 0; r < 3; r++) moe_comm_destroy(comms[r]);
 
     ASSERT(moe_comm_create_local(ctxs, 3, comms) == MOE_OK);
+    /* timeouts the deadlines could not hold (seconds to time_t, to the GPU wait's nanoseconds) are capped;
+     * zero, negative and NaN leave the timeout as it was */
+    const double asked[] = {INFINITY, 1e300, 2.0, NAN, -1.0, 0.0, 5.0};
+    const double kept[] = {MOE_COMM_TIMEOUT_MAX_S, MOE_COMM_TIMEOUT_MAX_S, 2.0, 2.0, 2.0, 2.0, 5.0};
+    for (int i = 0; i < 7; i++) {
+        moe_comm_set_timeout(comms[0], asked[i]);
+        ASSERT_MSG(comms[0]->timeout_s == kept[i], "asked %g: %g", asked[i], comms[0]->timeout_s);
+    }
     for (int r = 0; r < 3; r++) moe_comm_set_timeout(comms[r], 0.3);
     ep_jobs_make(jobs, comms, 3, &p, NULL, out);
     jobs[1].skip_forward = 1;

@@ -3,12 +3,19 @@
 
 #include "ep/comm.h"
 
+/* A timeout as the transports can use it: fallback unless positive (NaN is not), at most MOE_COMM_TIMEOUT_MAX_S,
+ * so that deadlines in seconds, nanoseconds (the GPU's wait kernel) and time_t stay finite and in range. */
+static double comm_timeout(double seconds, double fallback) {
+    if (!(seconds > 0)) return fallback;
+    return seconds < MOE_COMM_TIMEOUT_MAX_S ? seconds : MOE_COMM_TIMEOUT_MAX_S;
+}
+
 moe_comm *moe__comm_new(moe_ctx *ctx, int rank, int size) {
     moe_comm *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->ctx = ctx, c->rank = rank, c->size = size;
     const char *t = getenv("MOE_COMM_TIMEOUT_S");
-    c->timeout_s = t && atof(t) > 0 ? atof(t) : 60.0;
+    c->timeout_s = comm_timeout(t ? atof(t) : 0.0, 60.0);
     return c;
 }
 
@@ -54,7 +61,7 @@ moe_ctx *moe_comm_ctx(const moe_comm *c) {
 }
 
 void moe_comm_set_timeout(moe_comm *c, double seconds) {
-    if (c && seconds > 0) c->timeout_s = seconds;
+    if (c) c->timeout_s = comm_timeout(seconds, c->timeout_s);
 }
 
 moe_status moe_comm_alltoall(moe_comm *c, const void *send, size_t bytes, void *recv, void *stream) {
