@@ -93,8 +93,9 @@ $(BUILD)/moe_tests: $(TEST_OBJ) $(BUILD)/libmoe.a
 # The README's test command. On a machine with a GPU the same runner also runs the GPU tests. With MPI, the
 # expert-parallel test runs again under mpirun on 1, 2, 3 and 4 processes (one seed for all ranks).
 MPIRUN_FLAGS ?= --oversubscribe
-test: $(BUILD)/moe_tests
+test: $(BUILD)/moe_tests $(BUILD)/moe
 	./$(BUILD)/moe_tests --data tests/data
+	bash tests/cli_test.sh $(BUILD)/moe
 ifeq ($(MPI),1)
 	@for n in 1 2 3 4; do \
 	  echo "mpirun -np $$n $(BUILD)/moe_tests ep_mpi"; \
@@ -103,15 +104,16 @@ ifeq ($(MPI),1)
 	done
 endif
 
-# The CPU-only library and tests under AddressSanitizer (with leak checks) and UBSan, any finding fatal, in
-# build-san; then the API fuzz test at more rounds (.ci/run runs this). An allocation too large for any machine
-# returns NULL there, as malloc does, instead of stopping the run (the tests ask for such sizes on purpose).
+# The CPU-only library, tests and command line under AddressSanitizer (with leak checks) and UBSan, any finding
+# fatal, in build-san; then the API fuzz test at more rounds (.ci/run runs this). An allocation too large for any
+# machine returns NULL there, as malloc does, instead of stopping the run (the tests ask for such sizes on purpose).
 SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 SAN_ENV = ASAN_OPTIONS=allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1
 sanitize:
 	$(MAKE) CUDA=0 MPI=0 BUILD=build-san CFLAGS="$(SAN_FLAGS)" LDLIBS="-fopenmp -lm -lpthread $(SAN_FLAGS)" \
-	  build-san/moe_tests
+	  build-san/moe_tests build-san/moe
 	$(SAN_ENV) ./build-san/moe_tests --data tests/data
+	$(SAN_ENV) bash tests/cli_test.sh build-san/moe
 	$(SAN_ENV) MOE_FUZZ_ITERS=10000 ./build-san/moe_tests --data tests/data api_fuzz
 
 # The README's main job on its built-in default.

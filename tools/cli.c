@@ -1,4 +1,5 @@
 /* cli.c — helpers shared by the subcommands: contexts, shapes, random data, the format list, bench options. */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -26,6 +27,37 @@ moe_ctx *cli_ctx(const char *backend, int threads) {
     return ctx;
 }
 
+int cli_int64(const char *option, const char *text, int64_t lo, int64_t hi, int64_t *out) {
+    char *end;
+    errno = 0;
+    const long long v = strtoll(text, &end, 10);
+    if (end == text || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "moe: %s takes a whole number from %lld to %lld, not \"%s\"\n", option, (long long)lo,
+                (long long)hi, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_int(const char *option, const char *text, int lo, int hi, int *out) {
+    int64_t v;
+    if (cli_int64(option, text, lo, hi, &v)) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int cli_real(const char *option, const char *text, double lo, double hi, double *out) {
+    char *end;
+    const double v = strtod(text, &end);
+    if (end == text || *end || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "moe: %s takes a number from %g to %g, not \"%s\"\n", option, lo, hi, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 int cli_parse_shape(const char *text, int64_t *shape, int max_rank) {
     int rank = 0;
     const char *p = text;
@@ -39,6 +71,37 @@ int cli_parse_shape(const char *text, int64_t *shape, int max_rank) {
         p = end;
     }
     return *p ? 0 : rank;
+}
+
+int cli_parse_tokens(const char *text, int64_t *list, int cap) {
+    const int n = cli_parse_shape(text, list, cap);
+    for (int i = 0; i < n; i++)
+        if (list[i] < 1 || list[i] > CLI_MAX_TOKENS) {
+            fprintf(stderr, "moe: --tokens takes up to %d counts from 1 to %lld, like 1,16,128, not \"%s\"\n", cap,
+                    (long long)CLI_MAX_TOKENS, text);
+            return 0;
+        }
+    if (!n)
+        fprintf(stderr, "moe: --tokens takes up to %d counts from 1 to %lld, like 1,16,128, not \"%s\"\n", cap,
+                (long long)CLI_MAX_TOKENS, text);
+    return n;
+}
+
+int cli_check_models(const char *list, int router_only) {
+    char copy[512];
+    if (snprintf(copy, sizeof copy, "%s", list) >= (int)sizeof copy) {
+        fprintf(stderr, "moe: --model: the list is longer than %d characters\n", (int)sizeof copy - 1);
+        return -1;
+    }
+    for (char *save = NULL, *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
+        moe_layer_config c;
+        moe_router_config r;
+        if ((router_only ? moe_router_preset(m, &r) : moe_layer_preset(m, &c)) != MOE_OK) {
+            fprintf(stderr, "moe: --model: no %s preset is called \"%s\"\n", router_only ? "router" : "layer", m);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static uint64_t splitmix64(uint64_t *s) {
@@ -127,7 +190,9 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
         case 'm': o->models = optarg; break;
         case 't': o->tokens = optarg; break;
         case 'd': o->dtype = optarg; break;
-        case 'r': o->reps = atoi(optarg); break;
+        case 'r':
+            if (cli_int("--reps", optarg, 0, CLI_MAX_REPS, &o->reps)) return CLI_USAGE;
+            break;
         case 'j': o->json = optarg; break;
         case 'b': o->backend = optarg; break;
         case 'h': fputs(usage, stdout); return CLI_OK;
@@ -143,7 +208,7 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
                 fputs(usage, stderr);
                 return CLI_USAGE;
             }
-            *o->idle_ms = atoi(optarg);
+            if (cli_int("--idle-ms", optarg, 0, CLI_MAX_IDLE_MS, o->idle_ms)) return CLI_USAGE;
             break;
         case 'u':
             if (!o->unfused) {

@@ -10,6 +10,10 @@
 /* Exit codes: 0 success, 1 failure of the work, 2 bad command line. */
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 
+/* The largest --reps (a CUDA graph holds them all) and --idle-ms the benchmarks take. */
+enum { CLI_MAX_REPS = 10000, CLI_MAX_IDLE_MS = 600000 };
+#define CLI_MAX_TOKENS ((int64_t)1 << 24)
+
 int cmd_quantize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int bench_route(int argc, char **argv);
@@ -20,6 +24,20 @@ int cmd_info(int argc, char **argv);
 
 /* Creates a context for --backend auto|cpu|cuda (NULL name: auto) and --threads; prints why on failure. */
 moe_ctx *cli_ctx(const char *backend, int threads);
+
+/* An option's value as a whole number in [lo, hi] (cli_int64) or a finite real in [lo, hi] (cli_real), all of
+ * text; 0 on success, else -1 after a line on stderr naming the option and the range. */
+int cli_int64(const char *option, const char *text, int64_t lo, int64_t hi, int64_t *out);
+int cli_int(const char *option, const char *text, int lo, int hi, int *out);
+int cli_real(const char *option, const char *text, double lo, double hi, double *out);
+
+/* A --tokens list ("1,16,128"): up to cap counts, each from 1 to CLI_MAX_TOKENS; returns how many, or 0 after a
+ * line on stderr. */
+int cli_parse_tokens(const char *text, int64_t *list, int cap);
+
+/* Whether every name of a comma-separated --model list is a layer preset (moe_layer_preset; with router_only,
+ * a router preset); 0 if so, else -1 after a line on stderr naming the first that is not. */
+int cli_check_models(const char *list, int router_only);
 
 /* Parses "4096,7168" into shape; returns the rank (0 on error). */
 int cli_parse_shape(const char *text, int64_t *shape, int max_rank);

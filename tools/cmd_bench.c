@@ -105,14 +105,24 @@ static int bench_formats(int argc, char **argv) {
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
         switch (c) {
-        case 'm': mib = atoll(optarg); break;
-        case 'c': cols = atoll(optarg); break;
+        case 'm':
+            if (cli_int64("--mib", optarg, 0, 1 << 20, &mib)) return CLI_USAGE;
+            break;
+        case 'c':
+            if (cli_int64("--cols", optarg, 32, 1 << 24, &cols)) return CLI_USAGE;
+            break;
         case 't': dtype_name = optarg; break;
-        case 'i': iters = atoi(optarg); break;
-        case 'r': repeat = atoi(optarg); break;
+        case 'i':
+            if (cli_int("--iters", optarg, 0, CLI_MAX_REPS, &iters)) return CLI_USAGE;
+            break;
+        case 'r':
+            if (cli_int("--repeat", optarg, 1, 64, &repeat)) return CLI_USAGE;
+            break;
         case 'j': json_path = optarg; break;
         case 'b': backend = optarg; break;
-        case 'T': threads = atoi(optarg); break;
+        case 'T':
+            if (cli_int("--threads", optarg, 0, MOE_MAX_CPU_THREADS, &threads)) return CLI_USAGE;
+            break;
         case 'h': fputs(usage, stdout); return CLI_OK;
         default: fputs(usage, stderr); return CLI_USAGE;
         }

@@ -206,13 +206,21 @@ int bench_ep(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 't': tokens = optarg; break;
         case 'w': wire = optarg; break;
-        case 'n': n = atoi(optarg); break;
-        case 'r': reps = atoi(optarg); break;
+        case 'n':
+            if (cli_int("--ranks", optarg, 0, MAX_RANKS, &n)) return CLI_USAGE;
+            break;
+        case 'r':
+            if (cli_int("--reps", optarg, 0, MAX_REPS, &reps)) return CLI_USAGE;
+            break;
         case 'b': backend = optarg; break;
         case 'e': ep_backend = optarg; break;
         case 'j': json_path = optarg; break;
-        case 's': skew = atof(optarg); break;
-        case 'i': eplb_interval = atoi(optarg); break;
+        case 's':
+            if (cli_real("--skew", optarg, -1e30, 1e30, &skew)) return CLI_USAGE;
+            break;
+        case 'i':
+            if (cli_int("--eplb-interval", optarg, 0, 1000000, &eplb_interval)) return CLI_USAGE;
+            break;
         case 'h': fputs(usage, stdout); return CLI_OK;
         default: fputs(usage, stderr); return CLI_USAGE;
         }
@@ -220,9 +228,8 @@ int bench_ep(int argc, char **argv) {
     const moe_ep_backend eb = !strcmp(ep_backend, "all-gather")    ? MOE_EP_ALLGATHER
                               : !strcmp(ep_backend, "low-latency") ? MOE_EP_LOW_LATENCY
                                                                    : MOE_EP_ALL_TO_ALL;
-    if ((strcmp(wire, "fp8") && strcmp(wire, "bf16")) || (eb == MOE_EP_ALL_TO_ALL && strcmp(ep_backend, "all-to-all")) ||
-        n < 0 || n > MAX_RANKS || reps < 0 || reps > MAX_REPS || eplb_interval < 0) {
-        fputs(usage, stderr);
+    if ((strcmp(wire, "fp8") && strcmp(wire, "bf16")) || (eb == MOE_EP_ALL_TO_ALL && strcmp(ep_backend, "all-to-all"))) {
+        fprintf(stderr, "moe bench ep: --wire fp8|bf16, --ep-backend all-to-all|all-gather|low-latency\n");
         return CLI_USAGE;
     }
     /* the ranks: every GPU (or --ranks of them), else CPU ranks */
@@ -251,10 +258,10 @@ int bench_ep(int argc, char **argv) {
     if (!reps) reps = gpu ? 20 : 2;
     moe_layer_config c;
     int64_t Ts[16];
-    const int nT = cli_parse_shape(tokens, Ts, 16);
+    const int nT = cli_parse_tokens(tokens, Ts, 16);
     if (moe_layer_preset(model, &c) != MOE_OK || nT == 0 || c.router.n_experts % n) {
-        fprintf(stderr, "moe bench ep: unknown model '%s', bad --tokens, or experts that do not split over %d ranks\n",
-                model, n);
+        if (nT)
+            fprintf(stderr, "moe bench ep: unknown model '%s', or experts that do not split over %d ranks\n", model, n);
         for (int i = 0; i < n; i++) moe_ctx_destroy(ctxs[i]);
         return CLI_USAGE;
     }

@@ -118,9 +118,8 @@ int bench_layer(int argc, char **argv) {
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
     const int reps = o.reps;
     moe_qformat format, act;
-    if (cli_expert_format(dtype_name, &format, &act) || reps < 0) {
-        fprintf(stderr, "moe bench layer: --dtype bf16, fp8, fp8-row, mxfp8, mxfp4, nvfp4, w8a8, w4a8 or w4a8-nvfp4; "
-                        "--reps >= 0\n");
+    if (cli_expert_format(dtype_name, &format, &act)) {
+        fprintf(stderr, "moe bench layer: --dtype bf16, fp8, fp8-row, mxfp8, mxfp4, nvfp4, w8a8, w4a8 or w4a8-nvfp4\n");
         return CLI_USAGE;
     }
     moe_ctx *ctx = cli_ctx(o.backend, 0);
@@ -130,15 +129,8 @@ int bench_layer(int argc, char **argv) {
     if (!models) models = gpu ? "qwen3-30b-a3b,deepseek-v3,mixtral-8x7b" : "qwen3-30b-a3b";
     if (!tokens) tokens = gpu ? "1,16,128,1024,8192" : "1,16";
     int64_t token_list[16];
-    const int n_tok = cli_parse_shape(tokens, token_list, 16);
-    for (int i = 0; i < n_tok; i++)
-        if (token_list[i] < 1) {
-            fprintf(stderr, "moe bench layer: token counts must be >= 1\n");
-            moe_ctx_destroy(ctx);
-            return CLI_USAGE;
-        }
-    if (!n_tok) {
-        fprintf(stderr, "moe bench layer: --tokens takes a list like 1,16,128\n");
+    const int n_tok = cli_parse_tokens(tokens, token_list, 16);
+    if (!n_tok || cli_check_models(models, 0)) {
         moe_ctx_destroy(ctx);
         return CLI_USAGE;
     }

@@ -82,10 +82,11 @@ int bench_route(int argc, char **argv) {
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
     int reps = o.reps;
     int64_t token_list[16];
-    const int n_tok = cli_parse_shape(tokens, token_list, 16);
+    const int n_tok = cli_parse_tokens(tokens, token_list, 16);
     const moe_dtype dtype = moe_dtype_from_name(dtype_name);
-    if (!n_tok || (dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_BF16)) {
-        fprintf(stderr, "moe bench route: --tokens takes a list like 1,16,128; --dtype f32 or bf16\n");
+    if (!n_tok || cli_check_models(models, 1)) return CLI_USAGE;
+    if (dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_BF16) {
+        fprintf(stderr, "moe bench route: --dtype f32 or bf16\n");
         return CLI_USAGE;
     }
     moe_ctx *ctx = cli_ctx(o.backend, 0);
@@ -117,7 +118,7 @@ int bench_route(int argc, char **argv) {
     printf("%-16s %6s %10s %10s %8s\n", "model", "T", "step us", "limit us", "x limit");
     json_t *results = json_array();
     int rc = CLI_OK;
-    char list[256];
+    char list[512];
     snprintf(list, sizeof list, "%s", models);
     for (char *save = NULL, *model = strtok_r(list, ",", &save); model; model = strtok_r(NULL, ",", &save)) {
         route_bench b;

@@ -133,7 +133,7 @@ int cmd_quantize(int argc, char **argv) {
     const char *elem = NULL, *rule = NULL, *scale_dtype = NULL, *layout = NULL, *global = NULL, *output = NULL;
     const char *backend = "auto";
     double amax_floor = -1;
-    uint64_t seed = 1;
+    int64_t seed = 1;
     int threads = 0;
     static const struct option opts[] = {
         {"shape", 1, 0, 's'},  {"dist", 1, 0, 'd'},   {"seed", 1, 0, 'S'},        {"input", 1, 0, 'i'},
@@ -146,7 +146,9 @@ int cmd_quantize(int argc, char **argv) {
         switch (c) {
         case 's': shape_text = optarg; break;
         case 'd': dist = optarg; break;
-        case 'S': seed = strtoull(optarg, NULL, 0); break;
+        case 'S':
+            if (cli_int64("--seed", optarg, 0, INT64_MAX, &seed)) return CLI_USAGE;
+            break;
         case 'i': input = optarg; break;
         case 't': dtype_name = optarg; break;
         case 'f': format = optarg; break;
@@ -155,10 +157,14 @@ int cmd_quantize(int argc, char **argv) {
         case 'c': scale_dtype = optarg; break;
         case 'l': layout = optarg; break;
         case 'g': global = optarg; break;
-        case 'a': amax_floor = atof(optarg); break;
+        case 'a':
+            if (cli_real("--amax-floor", optarg, 0.0, 3.4e38, &amax_floor)) return CLI_USAGE;
+            break;
         case 'o': output = optarg; break;
         case 'b': backend = optarg; break;
-        case 'T': threads = atoi(optarg); break;
+        case 'T':
+            if (cli_int("--threads", optarg, 0, MOE_MAX_CPU_THREADS, &threads)) return CLI_USAGE;
+            break;
         case 'h': fputs(usage, stdout); return CLI_OK;
         default: fputs(usage, stderr); return CLI_USAGE;
         }
@@ -168,6 +174,22 @@ int cmd_quantize(int argc, char **argv) {
     moe_dtype dtype = moe_dtype_from_name(dtype_name);
     if (rank != 2 || (dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_BF16 && dtype != MOE_DTYPE_F16)) {
         fprintf(stderr, "moe quantize: --shape takes R,C and --dtype f32, bf16 or f16\n");
+        return CLI_USAGE;
+    }
+    if (shape[0] < 1 || shape[1] < 1 || shape[0] > INT64_MAX / 4 / shape[1]) { /* f32 bytes must fit int64 */
+        fprintf(stderr, "moe quantize: --shape %s: R and C from 1, R x C x 4 bytes within int64\n", shape_text);
+        return CLI_USAGE;
+    }
+    const int per_format = elem || rule || scale_dtype || layout || global || amax_floor >= 0;
+    if (per_format && !strcmp(format, "all")) {
+        fprintf(stderr, "moe quantize: --elem, --rule, --scale-dtype, --layout, --global and --amax-floor go with one "
+                        "--format\n");
+        return CLI_USAGE;
+    }
+    if ((rule && moe_scale_rule_from_name(rule) == MOE_SCALE_RULE_COUNT_) ||
+        (layout && strcmp(layout, "linear") && strcmp(layout, "swizzled")) ||
+        (global && strcmp(global, "encode") && strcmp(global, "decode"))) {
+        fprintf(stderr, "moe quantize: --rule f32|floor|ceil|rceil, --layout linear|swizzled, --global encode|decode\n");
         return CLI_USAGE;
     }
 
@@ -189,10 +211,7 @@ int cmd_quantize(int argc, char **argv) {
         if (rule) formats[0].rule = moe_scale_rule_from_name(rule);
         if (scale_dtype) formats[0].scale_dtype = moe_dtype_from_name(scale_dtype);
         if (layout) formats[0].layout = !strcmp(layout, "swizzled") ? MOE_SCALE_SWIZZLED_128X4 : MOE_SCALE_LINEAR;
-        if (global)
-            formats[0].global = !strcmp(global, "encode")   ? MOE_NVFP4_GLOBAL_ENCODE
-                                : !strcmp(global, "decode") ? MOE_NVFP4_GLOBAL_DECODE
-                                                            : (moe_nvfp4_global)-1;
+        if (global) formats[0].global = !strcmp(global, "encode") ? MOE_NVFP4_GLOBAL_ENCODE : MOE_NVFP4_GLOBAL_DECODE;
         if (amax_floor >= 0) formats[0].amax_floor = (float)amax_floor;
     }
     if (output && nf != 1) {

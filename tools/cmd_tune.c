@@ -87,13 +87,14 @@ int cmd_tune(int argc, char **argv) {
     if (parsed >= 0) return parsed;
     const char *models = o.models ? o.models : "qwen3-30b-a3b,deepseek-v3,mixtral-8x7b";
     int64_t tokens[16];
-    const int n_tok = cli_parse_shape(o.tokens ? o.tokens : "1,4,16,32,64,128,256,512,1024,2048,8192", tokens, 16);
-    int ok = n_tok > 0 && o.reps >= 0;
+    const int n_tok = cli_parse_tokens(o.tokens ? o.tokens : "1,4,16,32,64,128,256,512,1024,2048,8192", tokens, 16);
+    int ok = n_tok > 0;
     for (int i = 1; i < n_tok; i++) ok = ok && tokens[i] > tokens[i - 1];
-    if (!ok || tokens[0] < 1) {
-        fprintf(stderr, "moe tune: --tokens takes increasing counts >= 1, like 1,16,128; --reps >= 0\n");
+    if (!ok) {
+        if (n_tok) fprintf(stderr, "moe tune: --tokens takes increasing counts, like 1,16,128\n");
         return CLI_USAGE;
     }
+    if (cli_check_models(models, 0)) return CLI_USAGE;
     moe_ctx *ctx = cli_ctx(o.backend, 0);
     if (!ctx) return CLI_FAIL;
     if (moe_ctx_backend(ctx) != MOE_BACKEND_CUDA) {
