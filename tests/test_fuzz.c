@@ -1,133 +1,28 @@
 /* test_fuzz.c — the public API fed random, mostly invalid, configurations and inputs, on the CPU (api_fuzz) and on
  * the GPU (gpu_api_fuzz): routers (a real one with a field changed, or random fields), permute and the fused
  * route + permute, quantise and dequantise, conversions, scale swizzles, whole layers at small shapes, EPLB plan
- * and map, waterfill and the load counters. Buffers live in the context's memory, sized as the call's contract
+ * and map, waterfill and the load counters, and (test_fuzz_ep.c) the expert-parallel layer on one rank. Buffers live in the context's memory, sized as the call's contract
  * says for the sizes in play (on the CPU with malloc, to the byte), so that a call may fail but must never read or
  * write past them. Checked here: every failure carries a message naming the problem; what a successful call writes
  * stays in range (expert ids, rows); the fused route + permute gives the two ops' bits wherever both ran on the
  * router's ids; the load counters read back the ids' histogram. What a plain build cannot see (reads past a
  * buffer, undefined behaviour), the sanitizers see: `make sanitize` runs the CPU test under ASan and UBSan,
- * compute-sanitizer the GPU one. MOE_FUZZ_ITERS sets the rounds (default 1000 on the CPU, 200 on the GPU). */
+ * compute-sanitizer the GPU one. MOE_FUZZ_ITERS sets the rounds (default 1000 on the CPU, 200 on the GPU);
+ * MOE_FUZZ_VERBOSE=1 prints every failure's message. */
 #include <math.h>
 #include <stdlib.h>
 
-#include "test.h"
+#include "fuzz.h"
 
-typedef struct fuzz {
-    uint64_t state;
-    moe_ctx *ctx;
-    int gpu;
-    long ok, failed, bad; /* calls that succeeded, that failed with a message, property violations */
-    long compared;        /* fused route + permute steps compared with the two ops */
-    void *held[32];       /* this op's buffers in the context's memory */
-    int n_held;
-} fuzz;
-
-/* bytes in the context's memory (zeros, or a copy of init): malloc'd to the byte on the CPU, so that ASan sees
- * one past the end; NULL when it cannot be had (the op then passes NULL on, which calls must reject). */
-static void *fz_buf(fuzz *f, size_t bytes, const void *init) {
-    void *p = NULL;
-    if (f->n_held == (int)(sizeof f->held / sizeof f->held[0])) return NULL;
-    if (!f->gpu) {
-        p = calloc(bytes ? bytes : 1, 1);
-        if (p && init) memcpy(p, init, bytes);
-    } else if (moe_alloc(f->ctx, bytes ? bytes : 1, &p) != MOE_OK ||
-               (init ? moe_memcpy(f->ctx, p, init, bytes, MOE_COPY_HOST_TO_CTX, NULL)
-                     : moe_memset(f->ctx, p, 0, bytes ? bytes : 1, NULL)) != MOE_OK) {
-        moe_free(f->ctx, p);
-        p = NULL;
-    }
-    if (p) f->held[f->n_held++] = p;
-    return p;
-}
-
-/* bytes of a buffer of fz_buf back to the host. */
-static int fz_get(fuzz *f, void *host, const void *buf, size_t bytes) {
-    if (!f->gpu) return memcpy(host, buf, bytes), 0;
-    return moe_memcpy(f->ctx, host, buf, bytes, MOE_COPY_CTX_TO_HOST, NULL) != MOE_OK || moe_sync(f->ctx, NULL) != MOE_OK;
-}
-
-/* Frees the op's buffers; on the GPU after its work is done, which must still succeed (a kernel that faulted
- * leaves the context failing every call after it, each with a message). */
-static void fz_release(fuzz *f) {
-    if (f->gpu && moe_sync(f->ctx, NULL) != MOE_OK) {
-        fprintf(stderr, "  the GPU failed after an op: %s\n", moe_last_error(f->ctx));
-        f->bad++;
-    }
-    for (int i = 0; i < f->n_held; i++) f->gpu ? moe_free(f->ctx, f->held[i]) : free(f->held[i]);
-    f->n_held = 0;
-}
-
-static uint64_t fz_next(fuzz *f) { return test_splitmix64(&f->state); }
-static int fz_pick(fuzz *f, const int *v, int n) { return v[fz_next(f) % (uint64_t)n]; }
-#define PICK(f, ...) fz_pick(f, (const int[]){__VA_ARGS__}, (int)(sizeof((const int[]){__VA_ARGS__}) / sizeof(int)))
-/* A float that is often special: NaN, +-Inf, 0, else a small value. */
-static float fz_float(fuzz *f) {
-    switch (fz_next(f) % 10) {
-    case 0: return NAN;
-    case 1: return INFINITY;
-    case 2: return -INFINITY;
-    case 3: return 0.0f;
-    default: return (float)((int64_t)(fz_next(f) % 2001) - 1000) / 100.0f;
-    }
-}
-
-/* Counts a call's status: a failure must name its problem. */
-static void fz_status(fuzz *f, moe_status s, const char *what) {
-    if (s == MOE_OK) {
-        f->ok++;
-    } else if (!moe_last_error(f->ctx)[0]) {
-        fprintf(stderr, "  %s failed (%s) without a message\n", what, moe_status_string(s));
-        f->bad++;
-    } else {
-        f->failed++;
-    }
-}
-
-/* The n int32 of buf (context memory) are all in -1 .. hi - 1. */
-static void fz_range(fuzz *f, const char *what, const int32_t *buf, int64_t n, int64_t hi) {
-    int32_t *v = malloc(4 * (size_t)(n + 1));
-    if (n > 0 && fz_get(f, v, buf, 4 * (size_t)n)) {
-        fprintf(stderr, "  %s: cannot read the output back: %s\n", what, moe_last_error(f->ctx));
-        f->bad++;
-        n = 0;
-    }
-    for (int64_t i = 0; i < n; i++)
-        if (v[i] < -1 || v[i] >= hi) {
-            fprintf(stderr, "  %s[%lld] = %d is outside -1..%lld\n", what, (long long)i, v[i], (long long)hi - 1);
-            f->bad++;
-            break;
-        }
-    free(v);
-}
-
-/* The bytes of two buffers of fz_buf are the same (a property violation otherwise). */
-static void fz_same(fuzz *f, const char *what, const void *a, const void *b, size_t bytes) {
-    if (!bytes) return;
-    char *ha = malloc(bytes), *hb = malloc(bytes);
-    if (fz_get(f, ha, a, bytes) || fz_get(f, hb, b, bytes)) {
-        fprintf(stderr, "  %s: cannot read the outputs back: %s\n", what, moe_last_error(f->ctx));
-        f->bad++;
-    } else if (memcmp(ha, hb, bytes)) {
-        size_t i = 0;
-        while (ha[i] == hb[i]) i++;
-        fprintf(stderr, "  %s differ from byte %zu of %zu\n", what, i, bytes);
-        f->bad++;
-    }
-    free(ha), free(hb);
-}
-
-static const char *const kModels[] = {"mixtral-8x7b", "qwen2-moe", "qwen3-30b-a3b", "olmoe", "deepseek-v2",
-                                      "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "llama4-scout"};
 #define EXPERTS(f) PICK(f, -1, 0, 1, 2, 3, 7, 8, 16, 32, 33, 64, 128, 256, 512, 513, 1024, 1025, 100000)
 #define TOPK(f) PICK(f, -1, 0, 1, 2, 3, 4, 6, 8, 16, 17, 32, 64)
 
 /* A router and T tokens of logits, then a permute of its ids (or of random ones). */
-static void fuzz_route_permute(fuzz *f) {
+void fuzz_route_permute(fuzz *f) {
     moe_router_config c;
     memset(&c, 0, sizeof c);
     if (fz_next(f) % 2) {
-        moe_router_preset(kModels[fz_next(f) % 9], &c);
+        moe_router_preset(fz_models[fz_next(f) % 9], &c);
         switch (fz_next(f) % 8) {
         case 0: c.top_k = TOPK(f); break;
         case 1: c.renormalize = (int)(fz_next(f) % 3); break;
@@ -238,7 +133,7 @@ static void fuzz_route_permute(fuzz *f) {
 }
 
 /* A format (a preset, fields perhaps changed) and a shape: quantise, then dequantise. */
-static void fuzz_quantize(fuzz *f) {
+void fuzz_quantize(fuzz *f) {
     moe_qformat q = moe_qformat_preset((moe_qformat_kind)(fz_next(f) % 9));
     if (q.kind == MOE_QFORMAT_NVFP4) q.global = (moe_nvfp4_global)(1 + fz_next(f) % 2);
     if (fz_next(f) % 3 == 0) q.elem = (moe_dtype)(fz_next(f) % 16);
@@ -271,7 +166,7 @@ static void fuzz_quantize(fuzz *f) {
 }
 
 /* Conversions between dtypes, and block scales to and from the swizzled layout, at random shapes. */
-static void fuzz_convert_swizzle(fuzz *f) {
+void fuzz_convert_swizzle(fuzz *f) {
     const int rank = (int)(fz_next(f) % 5);
     int64_t shape[MOE_MAX_RANK] = {0}, n = 1; /* n: the elements of the shape's non-negative dims */
     for (int d = 0; d < rank; d++) shape[d] = PICK(f, -1, 0, 1, 3, 32, 129, 200), n *= shape[d] > 0 ? shape[d] : 0;
@@ -299,81 +194,24 @@ static void fuzz_convert_swizzle(fuzz *f) {
     fz_release(f);
 }
 
-/* A model's layer at small shapes, fields perhaps changed, its weights (zeros) as the config says; then a forward
- * of T tokens (sometimes one more than the workspace's, or a short workspace, or x of the wrong width). */
-static void fuzz_layer(fuzz *f) {
+/* A model's layer at small shapes, fields perhaps changed, random weights as the config says; then a forward of T
+ * tokens (sometimes one more than the workspace's, or a short workspace, or x of the wrong width). */
+void fuzz_layer(fuzz *f) {
     moe_layer_config c;
-    moe_layer_preset(kModels[fz_next(f) % 9], &c);
-    c.hidden = fz_next(f) % 4 ? PICK(f, 8, 16, 24, 40, 64, 136, 256) : PICK(f, 7, 0, -8);
-    c.intermediate = fz_next(f) % 4 ? PICK(f, 8, 16, 32, 48, 72) : PICK(f, 9, 0);
-    c.router.n_experts = fz_next(f) % 4 ? PICK(f, 1, 2, 4, 8, 16, 32) : PICK(f, 0, 3);
-    if (c.router.kind == MOE_ROUTER_GROUPED) c.router.n_groups = c.router.topk_groups = c.router.n_experts >= 4 ? 4 : 1;
-    c.router.top_k = fz_next(f) % 4 ? PICK(f, 1, 2, 4, 8) : PICK(f, 0, 40);
-    c.router.bias = NULL;
-    if (fz_next(f) % 4 == 0) c.dtype = (moe_dtype)PICK(f, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_E4M3);
-    else c.dtype = f->gpu ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
-    if (fz_next(f) % 8 == 0) c.activation = (moe_activation)(fz_next(f) % 6);
-    if (fz_next(f) % 8 == 0) c.w13_layout = (moe_w13_layout)(fz_next(f) % 3);
-    if (fz_next(f) % 3 == 0) c.n_shared = PICK(f, 0, 1, 2, -1);
-    if (c.n_shared) c.shared_intermediate = fz_next(f) % 4 ? PICK(f, 8, 16, 24) : PICK(f, 0, 5);
-    if (fz_next(f) % 6 == 0) c.shared_gate = 1;
-    if (fz_next(f) % 3 == 0) {
-        c.expert_format = moe_qformat_preset((moe_qformat_kind)(fz_next(f) % 9));
-        if (c.expert_format.kind == MOE_QFORMAT_NVFP4) c.expert_format.global = (moe_nvfp4_global)(fz_next(f) % 3);
-    }
-    if (fz_next(f) % 4 == 0) c.act_format = moe_qformat_preset((moe_qformat_kind)(fz_next(f) % 9));
-    if (fz_next(f) % 6 == 0 && c.n_shared > 0) c.shared_format = c.expert_format;
-    const int64_t H = c.hidden > 0 ? c.hidden : 8, I = c.intermediate > 0 ? c.intermediate : 8,
-                  E = c.router.n_experts > 0 ? c.router.n_experts : 1, S = c.n_shared > 0 ? c.n_shared : 0,
-                  Is = c.shared_intermediate > 0 ? c.shared_intermediate : 8;
+    const fz_dims d = fz_layer_config(f, &c);
     moe_layer_weights w;
-    memset(&w, 0, sizeof w);
-    /* routed (E matrices) and shared (S) w13 and w2: dtype values, or the format's elements and scales */
-    for (int shared = 0; shared < 2 && (!shared || S); shared++) {
-        const int64_t m = shared ? S : E, width = shared ? Is : I;
-        const moe_qformat *fmt = shared ? &c.shared_format : &c.expert_format;
-        const int64_t s13[3] = {m, 2 * width, H}, s2[3] = {m, H, width};
-        moe_qsizes q13 = {0}, q2 = {0};
-        const int quant = fmt->kind != MOE_QFORMAT_INVALID && !moe_qtensor_sizes(NULL, fmt, 3, s13, &q13) &&
-                          !moe_qtensor_sizes(NULL, fmt, 3, s2, &q2);
-        const void *d13 = fz_buf(f, quant ? q13.data_bytes : (size_t)(m * 2 * width * H) * 4, NULL);
-        const void *d2 = fz_buf(f, quant ? q2.data_bytes : (size_t)(m * H * width) * 4, NULL);
-        const void *sc13 = quant ? fz_buf(f, q13.scale_bytes, NULL) : NULL;
-        const void *sc2 = quant ? fz_buf(f, q2.scale_bytes, NULL) : NULL;
-        const float *g13 = quant && q13.global_scale_bytes ? fz_buf(f, 4 * (size_t)m, NULL) : NULL;
-        const float *g2 = quant && q13.global_scale_bytes ? fz_buf(f, 4 * (size_t)m, NULL) : NULL;
-        if (shared)
-            w.shared_w13 = d13, w.shared_w2 = d2, w.shared_w13_scale = sc13, w.shared_w2_scale = sc2,
-            w.shared_w13_global = g13, w.shared_w2_global = g2;
-        else
-            w.w13 = d13, w.w2 = d2, w.w13_scale = sc13, w.w2_scale = sc2, w.w13_global = g13, w.w2_global = g2;
-    }
-    if (fz_next(f) % 2) w.b13 = fz_buf(f, 4 * (size_t)(E * 2 * I), NULL), w.b2 = fz_buf(f, 4 * (size_t)(E * H), NULL);
-    if (fz_next(f) % 4) w.gate = fz_buf(f, 4 * (size_t)(E * H), NULL);
-    if (fz_next(f) % 4 == 0) w.gate_bias = fz_buf(f, 4 * (size_t)E, NULL);
-    if (c.shared_gate) w.shared_gate = fz_buf(f, 4 * (size_t)H, NULL);
-    if (fz_next(f) % 10 == 0) w.w2 = NULL;
+    fz_layer_weights(f, &c, &d, d.E, &w);
     moe_layer *l = NULL;
     moe_status s = moe_layer_create(f->ctx, &c, &w, &l);
     fz_status(f, s, "moe_layer_create");
     size_t ws_bytes = 0;
     const int64_t T_max = PICK(f, 0, 1, 3, 17), T = fz_next(f) % 5 ? T_max : T_max + 1;
     if (s == MOE_OK && (s = moe_layer_workspace_size(l, T_max, &ws_bytes)) == MOE_OK) {
-        float *h = malloc(4 * (size_t)(T * H + T * E + 1));
-        int32_t *tok = malloc(4 * (size_t)(T + 1));
-        for (int64_t i = 0; i < T * H; i++) h[i] = fz_next(f) % 50 ? (float)((int)(fz_next(f) % 200) - 100) / 50 : fz_float(f);
-        if (c.dtype != MOE_DTYPE_F32) /* two-byte values: the first half's bytes */
-            for (int64_t i = 0; i < T * H; i++) ((uint16_t *)h)[i] = moe_bf16_from_f32(h[i]);
-        for (int64_t i = 0; i < T * E; i++) h[T * H + i] = fz_float(f);
-        for (int64_t i = 0; i < T; i++) tok[i] = (int32_t)(fz_next(f) % 40) - 5;
-        const int64_t Hx = fz_next(f) % 10 ? H : H + 1;
-        moe_tensor xt = moe_tensor_2d(fz_buf(f, 4 * (size_t)(T * Hx), h), c.dtype, T, Hx),
-                   ot = moe_tensor_2d(fz_buf(f, 4 * (size_t)(T * H), NULL), c.dtype, T, H),
-                   lt = moe_tensor_2d(fz_buf(f, 4 * (size_t)(T * E), h + T * H), MOE_DTYPE_F32, T, E);
-        const moe_layer_io io = {&xt, fz_next(f) % 2 || !w.gate ? &lt : NULL, &ot, fz_buf(f, 4 * (size_t)T, tok), NULL, 0};
+        fz_inputs in;
+        fz_layer_inputs(f, &c, &d, T, fz_next(f) % 10 ? d.H : d.H + 1, &in);
+        const moe_layer_io io = {&in.x, fz_next(f) % 2 || !w.gate ? &in.logits : NULL, &in.out, in.token_ids, NULL, 0};
         void *ws = fz_buf(f, ws_bytes, NULL);
         fz_status(f, moe_layer_forward(l, &io, ws, fz_next(f) % 10 ? ws_bytes : ws_bytes / 2, NULL), "moe_layer_forward");
-        free(h), free(tok);
     } else if (l) {
         fz_status(f, s, "moe_layer_workspace_size");
     }
@@ -383,7 +221,7 @@ static void fuzz_layer(fuzz *f) {
 }
 
 /* EPLB plan (host memory), then its map over ids with its tables sometimes spoiled; waterfill; load counters. */
-static void fuzz_balance(fuzz *f) {
+void fuzz_balance(fuzz *f) {
     const moe_eplb_config ec = {PICK(f, -1, 0, 1, 3), PICK(f, -1, 0, 1, 4, 8, 12, 16), PICK(f, -1, 0, 4, 8, 16, 20, 24, 32),
                                 PICK(f, -1, 0, 1, 2, 3, 4), PICK(f, -1, 0, 1, 2, 3), PICK(f, -1, 0, 1, 2, 3, 4, 8)};
     const int L = ec.n_layers > 0 ? ec.n_layers : 1, E = ec.n_logical > 0 ? ec.n_logical : 1,
@@ -455,16 +293,21 @@ static test_result fuzz_rounds(moe_ctx *ctx, int gpu, uint64_t seed, int rounds)
     fuzz f;
     memset(&f, 0, sizeof f);
     f.state = seed ^ 0xF0220ull, f.ctx = ctx, f.gpu = gpu;
+    ASSERT_OK(ctx, moe_comm_create_local(&ctx, 1, &f.comm));
     for (int i = 0; i < rounds && f.bad == 0; i++) {
         fuzz_route_permute(&f);
         fuzz_quantize(&f);
         fuzz_convert_swizzle(&f);
         fuzz_balance(&f);
         if (i % 4 == 0) fuzz_layer(&f);
+        if (i % 4 == 2) fuzz_ep(&f);
     }
+    moe_comm_destroy(f.comm);
     fprintf(stderr, "  %d rounds: %ld calls succeeded, %ld failed with a message; %ld fused route + permute steps "
-                    "compared with the two ops\n", rounds, f.ok, f.failed, f.compared);
+                    "compared with the two ops, %ld expert-parallel forwards with the layer\n", rounds, f.ok, f.failed,
+            f.compared, f.ep_compared);
     ASSERT_EQ_I64(f.bad, 0);
+    ASSERT(gpu || rounds < 100 || f.ep_compared > 0);
     ASSERT(f.ok > rounds && f.failed > rounds); /* both kinds of call were reached */
     return TEST_OK;
 }
