@@ -263,9 +263,9 @@ typedef struct moe_qformat {
  * dynamic scales, the kind's amax floor. For NVFP4 the caller still has to set .global. */
 MOE_API moe_qformat moe_qformat_preset(moe_qformat_kind kind);
 MOE_API const char *moe_qformat_kind_name(moe_qformat_kind kind);  /* "mxfp4" */
-MOE_API moe_qformat_kind moe_qformat_kind_from_name(const char *name);
+MOE_API moe_qformat_kind moe_qformat_kind_from_name(const char *name); /* MOE_QFORMAT_INVALID when unknown */
 MOE_API const char *moe_scale_rule_name(moe_scale_rule rule);      /* "rceil" */
-MOE_API moe_scale_rule moe_scale_rule_from_name(const char *name);
+MOE_API moe_scale_rule moe_scale_rule_from_name(const char *name); /* MOE_SCALE_RULE_COUNT_ when unknown */
 
 /* A quantised tensor: the logical (unquantised) shape plus its buffers, all in the context's memory. */
 typedef struct moe_qtensor {

@@ -212,3 +212,13 @@ void fz_layer_inputs(fuzz *f, const moe_layer_config *c, const fz_dims *d, int64
     in->token_ids = fz_buf(f, 4 * (size_t)T, tok);
     free(h), free(tok);
 }
+
+moe_expert_stats *fz_stats(fuzz *f, const fz_dims *d, int *stats_layer) {
+    moe_expert_stats *st = NULL;
+    *stats_layer = 0;
+    if (fz_next(f) % 3) return NULL;
+    const int experts = (int)d->E + (fz_next(f) % 4 == 0);
+    if (moe_expert_stats_create(f->ctx, PICK(f, 1, 2), experts, &st) != MOE_OK) return NULL;
+    *stats_layer = PICK(f, 0, 0, 1, -1, 2);
+    return st;
+}

@@ -59,6 +59,9 @@ typedef struct fz_inputs {
     const int32_t *token_ids;
 } fz_inputs;
 void fz_layer_inputs(fuzz *f, const moe_layer_config *c, const fz_dims *d, int64_t T, int64_t Hx, fz_inputs *in);
+/* Load counters for a forward's io: none mostly, else of 1 or 2 layers of E or E + 1 experts, and a layer index
+ * in or out of range; the caller destroys them (moe_expert_stats_destroy accepts NULL). */
+moe_expert_stats *fz_stats(fuzz *f, const fz_dims *d, int *stats_layer);
 
 void fuzz_route_permute(fuzz *f);
 void fuzz_quantize(fuzz *f);

@@ -415,6 +415,9 @@ TEST_IMPL(ep_errors) {
     qec.layer.expert_format = moe_qformat_preset(MOE_QFORMAT_MXFP4);
     ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_UNSUPPORTED && !ep);
     ASSERT(strstr(moe_last_error(ctxs[0]), "expert_format mxfp4"));
+    qec.layer.expert_format.kind = MOE_QFORMAT_COUNT_; /* no format at all: a bad argument */
+    ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "expert_format kind"));
     qec = ec, qec.layer.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128); /* nor W8A8 */
     ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_UNSUPPORTED && !ep);
     ASSERT(strstr(moe_last_error(ctxs[0]), "act_format fp8_1x128"));

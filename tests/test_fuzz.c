@@ -209,9 +209,14 @@ void fuzz_layer(fuzz *f) {
     if (s == MOE_OK && (s = moe_layer_workspace_size(l, T_max, &ws_bytes)) == MOE_OK) {
         fz_inputs in;
         fz_layer_inputs(f, &c, &d, T, fz_next(f) % 10 ? d.H : d.H + 1, &in);
-        const moe_layer_io io = {&in.x, fz_next(f) % 2 || !w.gate ? &in.logits : NULL, &in.out, in.token_ids, NULL, 0};
+        int stats_layer;
+        moe_expert_stats *st = fz_stats(f, &d, &stats_layer);
+        const moe_layer_io io = {&in.x, fz_next(f) % 2 || !w.gate ? &in.logits : NULL, &in.out, in.token_ids, st,
+                                 stats_layer};
         void *ws = fz_buf(f, ws_bytes, NULL);
         fz_status(f, moe_layer_forward(l, &io, ws, fz_next(f) % 10 ? ws_bytes : ws_bytes / 2, NULL), "moe_layer_forward");
+        if (f->gpu) moe_sync(f->ctx, NULL); /* the counters' memory is freed next */
+        moe_expert_stats_destroy(f->ctx, st);
     } else if (l) {
         fz_status(f, s, "moe_layer_workspace_size");
     }

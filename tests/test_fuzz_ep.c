@@ -65,9 +65,14 @@ void fuzz_ep(fuzz *f) {
         const int64_t T = fz_next(f) % 6 ? (int64_t)(fz_next(f) % (uint64_t)(M + 1)) : M + 1;
         fz_inputs in;
         fz_layer_inputs(f, c, &d, T, fz_next(f) % 12 ? d.H : d.H + 1, &in);
-        const moe_layer_io io = {&in.x, fz_next(f) % 2 || !w.gate ? &in.logits : NULL, &in.out, in.token_ids, NULL, 0};
+        int stats_layer;
+        moe_expert_stats *st = fz_stats(f, &d, &stats_layer);
+        const moe_layer_io io = {&in.x, fz_next(f) % 2 || !w.gate ? &in.logits : NULL, &in.out, in.token_ids, st,
+                                 stats_layer};
         s = moe_ep_forward(ep, &io, NULL);
         fz_status(f, s, "moe_ep_forward");
+        if (f->gpu) moe_sync(f->ctx, NULL); /* the counters' memory is freed next */
+        moe_expert_stats_destroy(f->ctx, st);
         const size_t out_bytes = (size_t)(T * d.H) * (c->dtype == MOE_DTYPE_F32 ? 4 : 2);
         void *ref = fz_buf(f, out_bytes, NULL);
         if (s == MOE_OK && exact && ref && !layer_reference(f, c, &wr, &io, ref)) {
