@@ -615,8 +615,8 @@ MOE_API int moe_built_with_mpi(void);
  * comm is destroyed. */
 MOE_API moe_status moe_comm_create_mpi(moe_ctx *ctx, moe_comm **comm);
 
-/* One process driving n ranks: comms[i] is rank i of n on ctxs[i] (all CPU contexts, or all CUDA contexts on
- * distinct GPUs: NCCL). Each rank's collective calls must then come from a thread of its own. The contexts'
+/* One process driving n ranks: comms[i] is rank i of n on ctxs[i] (n distinct contexts: all CPU contexts, or all
+ * CUDA contexts on distinct GPUs: NCCL). Each rank's collective calls must then come from a thread of its own. The contexts'
  * errors name the failing rank. */
 MOE_API moe_status moe_comm_create_local(moe_ctx *const *ctxs, int n, moe_comm **comms);
 MOE_API void moe_comm_destroy(moe_comm *comm); /* NULL is fine */

@@ -390,6 +390,9 @@ TEST_IMPL(ep_errors) {
     /* 12 experts do not split over 5 ranks; max_tokens 0; FP8 wire on an f32 layer; T > max_tokens */
     moe_ctx *five[5] = {ctxs[0], ctxs[1], ctxs[2], ctxs[0], ctxs[1]};
     moe_comm *c5[5];
+    ASSERT(moe_comm_create_local(five, 5, c5) == MOE_ERR_INVALID_ARG); /* a context is one rank's */
+    ASSERT(strstr(moe_last_error(ctxs[0]), "ranks 0 and 3 share a context"));
+    ASSERT(moe_ctx_create(&o, &five[3]) == MOE_OK && moe_ctx_create(&o, &five[4]) == MOE_OK);
     ASSERT(moe_comm_create_local(five, 5, c5) == MOE_OK);
     moe_ep_config ec = {c, MOE_EP_ALL_TO_ALL, 0, 16, 0};
     moe_layer_weights w = {.w13 = p.w13, .w2 = p.w2};
@@ -397,6 +400,7 @@ TEST_IMPL(ep_errors) {
     ASSERT(moe_ep_create(c5[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
     ASSERT(strstr(moe_last_error(ctxs[0]), "do not split evenly"));
     for (int r = 0; r < 5; r++) moe_comm_destroy(c5[r]);
+    moe_ctx_destroy(five[3]), moe_ctx_destroy(five[4]);
     ASSERT(moe_comm_create_local(ctxs, 1, comms) == MOE_OK);
     ec.max_tokens = 0;
     ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG);
@@ -435,6 +439,12 @@ TEST_IMPL(ep_errors) {
     xt.shape[0] = yt.shape[0] = 4;
     ASSERT(moe_ep_forward(ep, &io, NULL) == MOE_ERR_INVALID_ARG);
     moe_ep_destroy(ep);
+    /* the plain all-to-all: blocks whose offsets would wrap (a size_t past int64) and NULL buffers */
+    char blk[8] = {0}, got[8];
+    ASSERT(moe_comm_alltoall(comms[0], blk, SIZE_MAX, got, NULL) == MOE_ERR_INVALID_ARG);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "64-bit offsets"));
+    ASSERT(moe_comm_alltoall(comms[0], NULL, 8, got, NULL) == MOE_ERR_INVALID_ARG);
+    ASSERT_OK(ctxs[0], moe_comm_alltoall(comms[0], blk, 8, got, NULL));
     moe_comm_destroy(comms[0]);
     ASSERT(moe_comm_create_local(ctxs, 0, comms) == MOE_ERR_INVALID_ARG);
     for (int r = 0; r < 3; r++) moe_ctx_destroy(ctxs[r]);

@@ -26,6 +26,11 @@ moe_status moe_comm_create_local(moe_ctx *const *ctxs, int n, moe_comm **comms) 
         comms[i] = NULL;
     }
     for (int i = 0; i < n; i++) moe__clear_error(ctxs[i]);
+    for (int i = 1; i < n; i++) /* a context is one thread's: ranks run at once, each on a thread of its own */
+        for (int j = 0; j < i; j++)
+            if (ctxs[i] == ctxs[j])
+                return moe__error(ctxs[i], MOE_ERR_INVALID_ARG,
+                                  "moe_comm_create_local: ranks %d and %d share a context (each rank needs its own)", j, i);
     for (int i = 1; i < n; i++)
         if (ctxs[i]->backend != ctxs[0]->backend) {
             for (int j = 0; j < n; j++)
@@ -68,6 +73,8 @@ moe_status moe_comm_alltoall(moe_comm *c, const void *send, size_t bytes, void *
     if (!c) return MOE_ERR_INVALID_ARG;
     moe__clear_error(c->ctx);
     MOE_CHECK_ARG(c->ctx, (send && recv) || bytes == 0, "moe_comm_alltoall: send and recv must not be NULL");
+    MOE_CHECK_ARG(c->ctx, bytes <= (size_t)(INT64_MAX / c->size),
+                  "moe_comm_alltoall: %zu bytes a block for %d ranks is past 64-bit offsets", bytes, c->size);
     int64_t *v = malloc(sizeof(int64_t) * 4 * (size_t)c->size);
     if (!v) return moe__error(c->ctx, MOE_ERR_OOM, "moe_comm_alltoall: out of host memory");
     for (int p = 0; p < c->size; p++) v[p] = (int64_t)bytes, v[c->size + p] = (int64_t)bytes * p;
