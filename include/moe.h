@@ -394,10 +394,14 @@ MOE_API double moe_balancedness(const int64_t *counts, int n);
  * EPLB (docs/routing.md §4): replicas and placement of logical experts on physical slots
  * ------------------------------------------------------------------------------------------------------- */
 
+/* The most physical slots EPLB plans for (and an expert-parallel layer takes): 64 K, so that every table size,
+ * E (R - E + 1) log2phy entries at most, is an int. */
+#define MOE_EPLB_MAX_SLOTS 65536
+
 typedef struct moe_eplb_config {
     int n_layers;   /* L */
     int n_logical;  /* E: logical (routed) experts */
-    int n_physical; /* R: physical slots, R >= E, a multiple of n_gpus */
+    int n_physical; /* R: physical slots, E <= R <= MOE_EPLB_MAX_SLOTS, a multiple of n_gpus */
     int n_groups;   /* expert groups (E a multiple); hierarchical when a multiple of n_nodes, else global */
     int n_nodes;
     int n_gpus;     /* a multiple of n_nodes */
@@ -652,8 +656,8 @@ typedef struct moe_ep_config {
     moe_dtype wire;          /* the tokens on the wire: layer.dtype (0 means that), or MOE_DTYPE_FP8_E4M3
                               * (bf16 layers: 1x128 groups with f32 scales, dequantised on arrival) */
     int64_t max_tokens;      /* the most tokens one rank passes to a forward (sizes the buffers) */
-    int n_physical;          /* expert slots over all ranks, E plus replicas (EPLB), a multiple of the ranks; 0
-                              * means E. At creation slot p holds logical expert p mod E */
+    int n_physical;          /* expert slots over all ranks, E plus replicas (EPLB), a multiple of the ranks, at
+                              * most MOE_EPLB_MAX_SLOTS; 0 means E. At creation slot p holds logical expert p mod E */
 } moe_ep_config;
 
 typedef struct moe_ep moe_ep;

@@ -411,6 +411,10 @@ TEST_IMPL(ep_errors) {
     ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG);
     ASSERT(strstr(moe_last_error(ctxs[0]), "e4m3"));
     ec.wire = 0;
+    ec.n_physical = MOE_EPLB_MAX_SLOTS + 12; /* past the slot tables' int sizes */
+    ASSERT(moe_ep_create(comms[0], &ec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);
+    ASSERT(strstr(moe_last_error(ctxs[0]), "expert slots"));
+    ec.n_physical = 0;
     moe_ep_config qec = ec; /* a router config moe_route would refuse: at create */
     qec.layer.router.top_k = 0;
     ASSERT(moe_ep_create(comms[0], &qec, &w, &ep) == MOE_ERR_INVALID_ARG && !ep);

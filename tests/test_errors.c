@@ -111,6 +111,23 @@ TEST_IMPL(errors_bad_input) {
     moe_qtensor qe = {moe_qformat_preset(MOE_QFORMAT_MXFP8), 2, {0, 32}, NULL, NULL, NULL};
     ASSERT_OK(ctx, moe_quantize(ctx, &empty, &qe, NULL));
 
+    /* EPLB past its slot bound (its int tables), and a map whose token count times k passes int64 */
+    const moe_eplb_config big = {1, 8, MOE_EPLB_MAX_SLOTS + 8, 1, 1, 8};
+    double load8[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    int32_t p2l[8], l2p[8], lcnt[8], one_id[1] = {0};
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "physical slots", moe_eplb_plan(ctx, &big, load8, p2l, l2p, lcnt));
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "64-bit sizes",
+                 moe_eplb_map(ctx, l2p, lcnt, 8, 1, one_id, one_id, INT64_MAX / 4, 8, 8, NULL));
+
+    /* a layer whose experts' weights pass 64-bit sizes: E x 3 x I x H = 2^31 x 3 x 2^40 */
+    moe_layer_config lc;
+    ASSERT(moe_layer_preset("mixtral-8x7b", &lc) == MOE_OK);
+    lc.hidden = lc.intermediate = 1 << 20, lc.router.n_experts = INT32_MAX, lc.dtype = MOE_DTYPE_F32;
+    const moe_layer_weights lw = {.w13 = load8, .w2 = load8};
+    moe_layer *big_layer = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "64-bit sizes", moe_layer_create(ctx, &lc, &lw, &big_layer));
+    ASSERT(big_layer == NULL);
+
     /* contexts */
     moe_ctx_options o = moe_ctx_options_default();
     o.log = quiet;

@@ -167,6 +167,8 @@ static moe_status ep_check_config(moe_comm *comm, const moe_ep_config *c) {
     const int R = c->n_physical ? c->n_physical : E;
     MOE_CHECK_ARG(ctx, R >= E && R % N == 0,
                   "moe_ep_create: %d expert slots (n_physical) for %d experts do not split evenly over %d ranks", R, E, N);
+    MOE_CHECK_ARG(ctx, R <= MOE_EPLB_MAX_SLOTS, "moe_ep_create: %d expert slots (n_physical), more than %d", R,
+                  MOE_EPLB_MAX_SLOTS);
     MOE_CHECK_ARG(ctx, c->backend >= MOE_EP_ALL_TO_ALL && c->backend <= MOE_EP_LOW_LATENCY,
                   "moe_ep_create: unknown backend %d", (int)c->backend);
     const moe_dtype wire = c->wire ? c->wire : c->layer.dtype;

@@ -110,8 +110,8 @@ static moe_status moe_check_act_format(moe_ctx *ctx, const moe_layer_config *c, 
 
 static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const moe_layer_weights *w) {
     MOE_CHECK_ARG(ctx, c && w, "moe_layer_create: config and weights must not be NULL");
-    /* widths up to 2^20 (real models: up to 2^15) and 64 shared experts: with the tokens' int32 row ids, no size
-     * the layer computes can pass 64 bits */
+    /* widths up to 2^20 (real models: up to 2^15), 64 shared experts and the routed experts' weights under 2^60
+     * values: with the tokens' int32 row ids, no size the layer computes can pass 64 bits */
     MOE_CHECK_ARG(ctx, c->hidden >= 1 && c->intermediate >= 1 && c->hidden <= (1 << 20) && c->intermediate <= (1 << 20),
                   "moe_layer_create: hidden %d, intermediate %d (each 1 .. 2^20)", c->hidden, c->intermediate);
     MOE_CHECK_ARG(ctx, c->activation >= MOE_ACT_SILU_GLU && c->activation <= MOE_ACT_GPTOSS_GLU,
@@ -130,6 +130,9 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                   "moe_layer_create: shared_gate needs shared experts and weights.shared_gate");
     MOE_CHECK_ARG(ctx, c->router.kind != MOE_ROUTER_INVALID, "moe_layer_create: the router is not configured");
     MOE_TRY(moe__router_check(ctx, &c->router)); /* its E and k size the layer's buffers */
+    MOE_CHECK_ARG(ctx, c->router.n_experts <= ((int64_t)1 << 60) / (3 * (int64_t)c->intermediate * c->hidden),
+                  "moe_layer_create: %d experts of 3 x %d x %d weights pass 64-bit sizes", c->router.n_experts,
+                  c->intermediate, c->hidden);
     MOE_CHECK_ARG(ctx, c->expert_tile >= MOE_EXPERT_TILE_AUTO && c->expert_tile <= MOE_EXPERT_TILE_LARGE,
                   "moe_layer_create: expert_tile %d is not a moe_expert_tile", (int)c->expert_tile);
     MOE_CHECK_ARG(ctx, !c->router.weight_on_input || c->router.top_k == 1,

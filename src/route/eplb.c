@@ -93,8 +93,9 @@ moe_status moe_eplb_plan(moe_ctx *ctx, const moe_eplb_config *c, const double *l
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, c && load && phy2log && log2phy && logcnt, "moe_eplb_plan: NULL argument");
     const int L = c->n_layers, E = c->n_logical, R = c->n_physical, M = c->n_gpus;
-    MOE_CHECK_ARG(ctx, L >= 1 && E >= 1 && R >= E, "moe_eplb_plan: %d layers, %d logical experts, %d physical slots",
-                  L, E, R);
+    MOE_CHECK_ARG(ctx, L >= 1 && E >= 1 && R >= E && R <= MOE_EPLB_MAX_SLOTS,
+                  "moe_eplb_plan: %d layers, %d logical experts, %d physical slots (E <= R <= %d)", L, E, R,
+                  MOE_EPLB_MAX_SLOTS);
     MOE_CHECK_ARG(ctx, c->n_nodes >= 1 && M >= 1 && M % c->n_nodes == 0 && R % M == 0,
                   "moe_eplb_plan: n_physical (%d) must be a multiple of n_gpus (%d), itself a multiple of n_nodes (%d)", R,
                   M, c->n_nodes);
@@ -132,6 +133,8 @@ moe_status moe_eplb_map(moe_ctx *ctx, const int32_t *log2phy, const int32_t *log
     MOE_CHECK_ARG(ctx, n_tokens >= 0 && k_total >= 1 && k_routed >= 0 && k_routed <= k_total,
                   "moe_eplb_map: %lld tokens, k_total %d, k_routed %d", (long long)n_tokens, k_total, k_routed);
     MOE_CHECK_ARG(ctx, (ids && out) || n_tokens == 0, "moe_eplb_map: ids and out must not be NULL");
+    MOE_CHECK_ARG(ctx, n_tokens <= INT64_MAX / k_total, "moe_eplb_map: %lld tokens of %d ids pass 64-bit sizes",
+                  (long long)n_tokens, k_total);
     if (n_tokens == 0) return MOE_OK;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
