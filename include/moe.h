@@ -377,6 +377,9 @@ MOE_API moe_status moe_route(moe_ctx *ctx, const moe_router_config *config, cons
  * Expert-load statistics (docs/routing.md §3): per layer, per expert (token, slot) counts on the device
  * ------------------------------------------------------------------------------------------------------- */
 
+/* The counters live in ctx's memory: every call that takes them (these, moe_route's args, a layer's io) must be
+ * on a context of the same backend and GPU, else MOE_ERR_INVALID_ARG (destroy on another one logs an error and
+ * leaves their memory). */
 MOE_API moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, moe_expert_stats **stats);
 MOE_API void moe_expert_stats_destroy(moe_ctx *ctx, moe_expert_stats *stats);
 /* Adds the n ids (any layout, e.g. (T, k)) to layer's counters; -1 skipped, out-of-range ids counted apart. */

@@ -1,4 +1,7 @@
 /* test_errors.c — bad input gives a status and a message naming the problem, never a crash. */
+#include <stdlib.h>
+
+#include "route/router.h"
 #include "test.h"
 
 static void quiet(void *user, moe_log_level level, const char *message) {
@@ -127,6 +130,43 @@ TEST_IMPL(errors_bad_input) {
     moe_layer *big_layer = NULL;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "64-bit sizes", moe_layer_create(ctx, &lc, &lw, &big_layer));
     ASSERT(big_layer == NULL);
+
+    moe_router_config rc8;
+    ASSERT(moe_router_preset("mixtral-8x7b", &rc8) == MOE_OK);
+    float lg8[8] = {0};
+    int32_t ids2[2];
+    float w2v[2];
+    moe_tensor lt8 = moe_tensor_2d(lg8, MOE_DTYPE_F32, 1, 8);
+    /* element pointers off their type's alignment (the GPU faults on them; the CPU reads them in undefined
+     * behaviour): each call names the pointer */
+    _Alignas(16) unsigned char raw[256] = {0};
+    moe_tensor odd = moe_tensor_2d(raw + 2, MOE_DTYPE_F32, 2, 4), bf = moe_tensor_2d(raw + 64, MOE_DTYPE_BF16, 2, 4);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "4-byte aligned", moe_convert(ctx, &odd, &bf, NULL, NULL));
+    const moe_route_args ra_odd = {&lt8, NULL, 1, (int32_t *)(raw + 130), w2v, NULL, NULL, 0};
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "ids is not 4-byte aligned", moe_route(ctx, &rc8, &ra_odd, NULL));
+    const moe_permute_config pc8 = {8, 0, 8, 2, 1, MOE_PERMUTE_CONTIGUOUS, 0};
+    int32_t pid[2] = {0, 1}, pcnt[8], prow[16], pslot[2];
+    const moe_permute_outputs po = {pcnt, (int64_t *)(raw + 132), prow, pslot, NULL, NULL};
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "offsets is not 8-byte aligned",
+                 moe_permute(ctx, &pc8, pid, 1, &po, NULL, 0, NULL));
+    moe_qtensor q_odd = {moe_qformat_preset(MOE_QFORMAT_FP8_ROW), 2, {2, 4}, raw + 200, raw + 1, NULL};
+    moe_tensor x24 = moe_tensor_2d(raw, MOE_DTYPE_F32, 2, 4);
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "f32 scales are not 4-byte aligned", moe_quantize(ctx, &x24, &q_odd, NULL));
+
+    /* load counters that live elsewhere (made on a GPU, here pretended): every use refuses them, naming where they
+     * live; destroying them on this context leaves their memory rather than freeing it with the wrong backend */
+    moe_expert_stats *st = NULL;
+    ASSERT_OK(ctx, moe_expert_stats_create(ctx, 1, 8, &st));
+    st->backend = MOE_BACKEND_CUDA, st->device = 0;
+    const moe_route_args ra = {&lt8, NULL, 1, ids2, w2v, NULL, st, 0};
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "made on a GPU", moe_route(ctx, &rc8, &ra, NULL));
+    int64_t c8[8];
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "made on a GPU", moe_expert_stats_read(ctx, st, c8, NULL, NULL));
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "made on a GPU", moe_expert_stats_reset(ctx, st, NULL));
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "made on a GPU", moe_expert_stats_record(ctx, st, 0, ids2, 2, NULL));
+    int64_t *held[2] = {st->counts, st->invalid};
+    moe_expert_stats_destroy(ctx, st); /* logs an error, frees the handle only */
+    free(held[0]), free(held[1]);
 
     /* contexts */
     moe_ctx_options o = moe_ctx_options_default();

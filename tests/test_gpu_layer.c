@@ -227,6 +227,20 @@ TEST_IMPL(gpu_layer_errors) {
     c.hidden = 16, c.dtype = MOE_DTYPE_F32;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "bf16", moe_layer_create(ctx, &c, &w, &l));
     c.dtype = MOE_DTYPE_BF16;
+    /* past the CUDA routers' reach: refused at creation, not at every forward */
+    moe_layer_config wide = c;
+    wide.router.n_experts = 768;
+    ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "up to 512 experts", moe_layer_create(ctx, &wide, &w, &l));
+    wide.router.n_experts = 32, wide.router.top_k = 20;
+    ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "top_k 16", moe_layer_create(ctx, &wide, &w, &l));
+    /* an expert-parallel layer whose rank holds more slots than one permute takes: refused at creation */
+    moe_comm *one = NULL;
+    ASSERT_OK(ctx, moe_comm_create_local(&ctx, 1, &one));
+    moe_ep_config ec = {c, MOE_EP_ALL_TO_ALL, 0, 4, 2048};
+    moe_ep *ep = NULL;
+    ASSERT_FAILS(ctx, MOE_ERR_UNSUPPORTED, "slots a rank", moe_ep_create(one, &ec, &w, &ep));
+    ASSERT(ep == NULL);
+    moe_comm_destroy(one);
     moe_layer_weights mis = w;
     mis.w2 = (const char *)w2 + 2;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "aligned", moe_layer_create(ctx, &c, &mis, &l));

@@ -361,6 +361,30 @@ TEST_IMPL(gpu_layer_w4a8) {
         if (cases[ci].shared) layer_qweights_free(&sq);
         layer_problem_free(&p);
     }
+    /* a hash table whose rows name one expert twice: that expert gets two rows of one token, so the kernel's
+     * instance must be picked for T k rows an expert, not T (T = 1, 3: one and three tokens of top 2) */
+    for (int64_t T = 1; T <= 3; T += 2) {
+        moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
+        c.router.kind = MOE_ROUTER_HASH, c.router.score = MOE_SCORE_NONE, c.router.hash_vocab = 5;
+        c.router.renormalize = 0;
+        c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+        layer_problem p;
+        layer_qweights q;
+        layer_problem_random(&p, &c, T, 0, seed++);
+        for (int64_t v = 0; v < 5; v++) p.hash_table[2 * v + 1] = p.hash_table[2 * v];
+        if (layer_problem_quantize(env->cpu, &p, &fmts[5], &q, NULL)) {
+            bad++;
+        } else {
+            p.qw = &q;
+            setenv("MOE_GEMM_W4A8_DECODE", "1", 1);
+            char what[64];
+            snprintf(what, sizeof what, "w4a8 mxfp4, hash rows naming an expert twice, T %lld", (long long)T);
+            bad += layer_compare_gpu_tol(env, &p, 0, what, 8e-3, 1.2e-1);
+            unsetenv("MOE_GEMM_W4A8_DECODE");
+            layer_qweights_free(&q);
+        }
+        layer_problem_free(&p);
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

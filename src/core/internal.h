@@ -69,6 +69,12 @@ static inline void moe__clear_error(moe_ctx *ctx) {
         if (!(cond)) return moe__error((ctx), MOE_ERR_INVALID_ARG, __VA_ARGS__); \
     } while (0)
 
+/* ptr (may be NULL) aligned to its type's size T, as its loads need (the GPU faults on a misaligned one, the CPU
+ * reads one in undefined behaviour); else the error naming it. */
+#define MOE_CHECK_ALIGNED(ctx, ptr, T, what)                                                                        \
+    MOE_CHECK_ARG(ctx, (uintptr_t)(const void *)(ptr) % sizeof(T) == 0, "%s is not %d-byte aligned", what,           \
+                  (int)sizeof(T))
+
 /* Product of the first n entries of shape; -1 when a dimension is negative or the product overflows. */
 int64_t moe__shape_numel(int rank, const int64_t *shape);
 /* Checks a tensor view: non-NULL data (unless empty), known dtype, rank 1..4, dims >= 0. name is for messages. */

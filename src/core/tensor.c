@@ -82,5 +82,8 @@ moe_status moe__check_tensor(moe_ctx *ctx, const moe_tensor *t, const char *name
     MOE_CHECK_ARG(ctx, n == 0 || t->data, "%s: data is NULL", name);
     MOE_CHECK_ARG(ctx, moe_dtype_bytes(t->dtype, n) >= 0, "%s: %lld elements of %s do not fill whole bytes", name,
                   (long long)n, moe_dtype_name(t->dtype));
+    const int item = moe_dtype_bits(t->dtype) / 8; /* an element's bytes, 0 for E2M1 */
+    MOE_CHECK_ARG(ctx, item <= 1 || (uintptr_t)t->data % (uintptr_t)item == 0, "%s: %s data is not %d-byte aligned",
+                  name, moe_dtype_name(t->dtype), item);
     return MOE_OK;
 }

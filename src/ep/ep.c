@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "ep/ep.h"
+#include "route/permute.h"
 
 static size_t ep_align(size_t n) {
     return (n + 255) / 256 * 256;
@@ -169,6 +170,9 @@ static moe_status ep_check_config(moe_comm *comm, const moe_ep_config *c) {
                   "moe_ep_create: %d expert slots (n_physical) for %d experts do not split evenly over %d ranks", R, E, N);
     MOE_CHECK_ARG(ctx, R <= MOE_EPLB_MAX_SLOTS, "moe_ep_create: %d expert slots (n_physical), more than %d", R,
                   MOE_EPLB_MAX_SLOTS);
+    if (ctx->backend == MOE_BACKEND_CUDA && R / N > MOE_PERMUTE_MAX_EXPERTS) /* a rank's rows go through one permute */
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "moe_ep_create: %d slots a rank on the GPU, more than %d", R / N,
+                          MOE_PERMUTE_MAX_EXPERTS);
     MOE_CHECK_ARG(ctx, c->backend >= MOE_EP_ALL_TO_ALL && c->backend <= MOE_EP_LOW_LATENCY,
                   "moe_ep_create: unknown backend %d", (int)c->backend);
     const moe_dtype wire = c->wire ? c->wire : c->layer.dtype;

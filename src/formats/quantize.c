@@ -20,6 +20,9 @@ static moe_status moe_check_pair(moe_ctx *ctx, const char *fn, const moe_tensor 
     MOE_CHECK_ARG(ctx, l->data_bytes == 0 || q->data, "%s: quantised data is NULL", fn);
     MOE_CHECK_ARG(ctx, l->scale_bytes == 0 || q->scale, "%s: scale buffer is NULL", fn);
     MOE_CHECK_ARG(ctx, l->global_bytes == 0 || q->global_scale, "%s: nvfp4 needs a global_scale buffer", fn);
+    MOE_CHECK_ARG(ctx, l->scale_bytes_each != 4 || (uintptr_t)q->scale % 4 == 0, "%s: the f32 scales are not 4-byte "
+                  "aligned", fn);
+    MOE_CHECK_ALIGNED(ctx, q->global_scale, float, "global_scale");
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
         if (l->data_bytes) MOE_TRY(moe__cuda_check_pointer(ctx, t->data, "tensor data"));

@@ -133,6 +133,10 @@ moe_status moe_eplb_map(moe_ctx *ctx, const int32_t *log2phy, const int32_t *log
     MOE_CHECK_ARG(ctx, n_tokens >= 0 && k_total >= 1 && k_routed >= 0 && k_routed <= k_total,
                   "moe_eplb_map: %lld tokens, k_total %d, k_routed %d", (long long)n_tokens, k_total, k_routed);
     MOE_CHECK_ARG(ctx, (ids && out) || n_tokens == 0, "moe_eplb_map: ids and out must not be NULL");
+    MOE_CHECK_ALIGNED(ctx, log2phy, int32_t, "moe_eplb_map: log2phy");
+    MOE_CHECK_ALIGNED(ctx, logcnt, int32_t, "moe_eplb_map: logcnt");
+    MOE_CHECK_ALIGNED(ctx, ids, int32_t, "moe_eplb_map: ids");
+    MOE_CHECK_ALIGNED(ctx, out, int32_t, "moe_eplb_map: out");
     MOE_CHECK_ARG(ctx, n_tokens <= INT64_MAX / k_total, "moe_eplb_map: %lld tokens of %d ids pass 64-bit sizes",
                   (long long)n_tokens, k_total);
     if (n_tokens == 0) return MOE_OK;

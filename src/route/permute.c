@@ -44,7 +44,7 @@ static void moe_cpu_permute(const moe_permute_config *c, const int32_t *ids, int
     }
     const int64_t used = c->layout == MOE_PERMUTE_CONTIGUOUS ? out->offsets[E] : rows;
     for (int64_t r = 0; r < used; r++) out->row_src[r] = -1;
-    int64_t cur[1024] = {0}; /* rank so far per expert (E <= 1024) */
+    int64_t cur[MOE_PERMUTE_MAX_EXPERTS] = {0}; /* rank so far per expert */
     for (int64_t i = 0; i < n; i++) {
         const int32_t id = ids[i];
         int64_t row = -1;
@@ -73,11 +73,19 @@ moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const i
     MOE_CHECK_ARG(ctx, n_tokens >= 0 && n_tokens <= (INT32_MAX - 1) / c->top_k,
                   "moe_permute: %lld tokens x top_k %d must stay below 2^31 (row ids are int32)", (long long)n_tokens,
                   c->top_k);
-    MOE_CHECK_ARG(ctx, c->n_experts <= 1024, "moe_permute: at most 1024 local experts, not %d", c->n_experts);
+    MOE_CHECK_ARG(ctx, c->n_experts <= MOE_PERMUTE_MAX_EXPERTS, "moe_permute: at most %d local experts, not %d",
+                  MOE_PERMUTE_MAX_EXPERTS, c->n_experts);
     MOE_CHECK_ARG(ctx, out && out->counts && out->row_src && out->slot_row &&
                            (out->offsets || c->layout == MOE_PERMUTE_MASKED),
                   "moe_permute: counts, row_src, slot_row (and offsets for the contiguous layout) must not be NULL");
     MOE_CHECK_ARG(ctx, ids || n_tokens == 0, "moe_permute: ids is NULL");
+    MOE_CHECK_ALIGNED(ctx, ids, int32_t, "moe_permute: ids");
+    MOE_CHECK_ALIGNED(ctx, out->counts, int32_t, "moe_permute: counts");
+    MOE_CHECK_ALIGNED(ctx, out->offsets, int64_t, "moe_permute: offsets");
+    MOE_CHECK_ALIGNED(ctx, out->row_src, int32_t, "moe_permute: row_src");
+    MOE_CHECK_ALIGNED(ctx, out->slot_row, int32_t, "moe_permute: slot_row");
+    MOE_CHECK_ALIGNED(ctx, out->invalid, int32_t, "moe_permute: invalid");
+    MOE_CHECK_ALIGNED(ctx, out->dropped, int32_t, "moe_permute: dropped");
     const int64_t rows = moe_permute_rows(c, n_tokens);
     MOE_CHECK_ARG(ctx, rows >= 0 && rows < INT32_MAX,
                   "moe_permute: the rows (%lld; -1: past int64) do not fit int32 row ids", (long long)rows);

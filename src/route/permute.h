@@ -13,6 +13,8 @@ extern "C" {
  * takes lists up to that). */
 #define MOE_PERMUTE_CHUNK 512
 #define MOE_PERMUTE_CTA_MAX 2048
+/* The most local experts a permute takes (a CTA's counters in shared memory). */
+#define MOE_PERMUTE_MAX_EXPERTS 1024
 
 /* Every check of moe_permute (config, sizes, outputs, workspace, pointers), with its error set. */
 moe_status moe__permute_check(moe_ctx *ctx, const moe_permute_config *c, const int32_t *ids, int64_t n_tokens,

@@ -67,6 +67,8 @@ moe_status moe__router_check(moe_ctx *ctx, const moe_router_config *c) {
     MOE_CHECK_ARG(ctx, c->score == MOE_SCORE_NONE || c->score == MOE_SCORE_SOFTMAX || c->score == MOE_SCORE_SIGMOID,
                   "moe_route (%s): unknown score function %d", kn, (int)c->score);
     MOE_CHECK_ARG(ctx, c->scaling_factor == c->scaling_factor, "moe_route (%s): scaling_factor is NaN", kn);
+    MOE_CHECK_ALIGNED(ctx, c->bias, float, "moe_route: the router's bias");
+    MOE_CHECK_ALIGNED(ctx, c->hash_table, int32_t, "moe_route: the router's hash_table");
     switch (c->kind) {
     case MOE_ROUTER_TOPK_SOFTMAX:
         MOE_CHECK_ARG(ctx, c->score == MOE_SCORE_NONE && !c->renormalize && !c->bias,
@@ -118,7 +120,12 @@ moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_
     }
     if (c->kind == MOE_ROUTER_HASH) MOE_CHECK_ARG(ctx, a->token_ids || a->n_tokens == 0, "moe_route (hash): token_ids are NULL");
     MOE_CHECK_ARG(ctx, (a->ids && a->weights) || a->n_tokens == 0, "moe_route: ids and weights must not be NULL");
+    MOE_CHECK_ALIGNED(ctx, a->ids, int32_t, "moe_route: ids");
+    MOE_CHECK_ALIGNED(ctx, a->weights, float, "moe_route: weights");
+    MOE_CHECK_ALIGNED(ctx, a->token_ids, int32_t, "moe_route: token_ids");
+    MOE_CHECK_ALIGNED(ctx, a->invalid_rows, int32_t, "moe_route: invalid_rows");
     if (a->stats) {
+        MOE_TRY(moe__stats_check(ctx, a->stats, "moe_route"));
         MOE_CHECK_ARG(ctx, a->stats->n_experts == c->n_experts, "moe_route: the stats count %d experts, the router %d",
                       a->stats->n_experts, c->n_experts);
         MOE_CHECK_ARG(ctx, a->stats_layer >= 0 && a->stats_layer < a->stats->n_layers,
@@ -135,10 +142,10 @@ moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_
         if (c->bias) MOE_TRY(moe__cuda_check_pointer(ctx, c->bias, "bias"));
         if (c->hash_table) MOE_TRY(moe__cuda_check_pointer(ctx, c->hash_table, "hash_table"));
         if (a->invalid_rows) MOE_TRY(moe__cuda_check_pointer(ctx, a->invalid_rows, "invalid_rows"));
-        if (c->n_experts > 512 || c->top_k > 16)
+        if (c->n_experts > MOE_CUDA_ROUTER_MAX_EXPERTS || c->top_k > MOE_CUDA_ROUTER_MAX_TOPK)
             return moe__error(ctx, MOE_ERR_UNSUPPORTED,
-                              "moe_route: the CUDA routers take up to 512 experts and top_k 16 (asked: %d, %d)",
-                              c->n_experts, c->top_k);
+                              "moe_route: the CUDA routers take up to %d experts and top_k %d (asked: %d, %d)",
+                              MOE_CUDA_ROUTER_MAX_EXPERTS, MOE_CUDA_ROUTER_MAX_TOPK, c->n_experts, c->top_k);
         return MOE_OK;
     }
 #endif

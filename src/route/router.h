@@ -13,11 +13,21 @@ extern "C" {
  * to stripe blockIdx % stripes: 8192 tokens of top 8 over 128 experts put 512 atomics on every counter of one
  * stripe, and those serialised in the L2 (the router took 25.9 us where 10.5 without counters). The CPU keeps 1. */
 #define MOE_STATS_STRIPES 32 /* a power of two */
+
+/* The CUDA routers' reach (a warp a token, up to 16 experts a lane): past it moe_route, and moe_layer_create for
+ * a CUDA layer, answer MOE_ERR_UNSUPPORTED. */
+#define MOE_CUDA_ROUTER_MAX_EXPERTS 512
+#define MOE_CUDA_ROUTER_MAX_TOPK 16
 struct moe_expert_stats {
     int n_layers, n_experts, stripes;
+    moe_backend backend; /* where the counters live: the making context's backend, and its GPU (else -1) */
+    int device;
     int64_t *counts;
     int64_t *invalid;
 };
+
+/* Whether s's counters live where ctx computes (its backend, its GPU); else the error, naming what asked. */
+moe_status moe__stats_check(moe_ctx *ctx, const moe_expert_stats *s, const char *what);
 
 /* The router config alone (kind, E, k, score, groups, hash table), as moe_route checks it; the layer checks its
  * router with it at create. */

@@ -13,6 +13,23 @@ static size_t moe__stats_bytes(const moe_expert_stats *s) {
     return sizeof(int64_t) * (size_t)s->n_layers * (size_t)s->stripes * (size_t)s->n_experts;
 }
 
+/* The GPU a context computes on, or -1. */
+static int moe__ctx_device(const moe_ctx *ctx) {
+#ifdef MOE_WITH_CUDA
+    if (ctx->backend == MOE_BACKEND_CUDA) return ctx->cuda.device;
+#endif
+    (void)ctx;
+    return -1;
+}
+
+moe_status moe__stats_check(moe_ctx *ctx, const moe_expert_stats *s, const char *what) {
+    if (s->backend == ctx->backend && s->device == moe__ctx_device(ctx)) return MOE_OK;
+    return moe__error(ctx, MOE_ERR_INVALID_ARG, "%s: the load counters were made on %s%s, this context computes on %s",
+                      what, s->backend == MOE_BACKEND_CUDA ? "a GPU" : "the CPU",
+                      s->backend == ctx->backend ? " (another one)" : "",
+                      ctx->backend == MOE_BACKEND_CUDA ? "a GPU" : "the CPU");
+}
+
 moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, moe_expert_stats **out) {
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
@@ -25,6 +42,7 @@ moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, mo
     s->n_layers = n_layers;
     s->n_experts = n_experts;
     s->stripes = ctx->backend == MOE_BACKEND_CUDA ? MOE_STATS_STRIPES : 1;
+    s->backend = ctx->backend, s->device = moe__ctx_device(ctx);
     moe_status st = moe_alloc(ctx, moe__stats_bytes(s), (void **)&s->counts);
     if (st == MOE_OK) st = moe_alloc(ctx, sizeof(int64_t) * (size_t)n_layers, (void **)&s->invalid);
     if (st == MOE_OK) st = moe_expert_stats_reset(ctx, s, NULL);
@@ -39,8 +57,13 @@ moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, mo
 
 void moe_expert_stats_destroy(moe_ctx *ctx, moe_expert_stats *s) {
     if (!s) return;
-    moe_free(ctx, s->counts);
-    moe_free(ctx, s->invalid);
+    if (!ctx || s->backend != ctx->backend || s->device != moe__ctx_device(ctx)) { /* freeing them there would crash */
+        moe__log(ctx, MOE_LOG_ERROR, "moe_expert_stats_destroy: the counters belong to another backend or GPU than "
+                                     "this context's; their memory is not freed");
+    } else {
+        moe_free(ctx, s->counts);
+        moe_free(ctx, s->invalid);
+    }
     free(s);
 }
 
@@ -49,10 +72,12 @@ moe_status moe_expert_stats_record(moe_ctx *ctx, moe_expert_stats *s, int layer,
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, s, "moe_expert_stats_record: stats is NULL");
+    MOE_TRY(moe__stats_check(ctx, s, "moe_expert_stats_record"));
     MOE_CHECK_ARG(ctx, layer >= 0 && layer < s->n_layers, "moe_expert_stats_record: layer %d is outside 0..%d", layer,
                   s->n_layers - 1);
     MOE_CHECK_ARG(ctx, n >= 0 && (ids || n == 0), "moe_expert_stats_record: %lld ids at %p", (long long)n,
                   (const void *)ids);
+    MOE_CHECK_ALIGNED(ctx, ids, int32_t, "moe_expert_stats_record: ids");
     if (n == 0) return MOE_OK;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
@@ -75,6 +100,7 @@ moe_status moe_expert_stats_read(moe_ctx *ctx, moe_expert_stats *s, int64_t *cou
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, s && counts, "moe_expert_stats_read: stats and counts must not be NULL");
+    MOE_TRY(moe__stats_check(ctx, s, "moe_expert_stats_read"));
     const size_t n = (size_t)s->n_layers * (size_t)s->n_experts;
     if (s->stripes == 1) {
         MOE_TRY(moe_memcpy(ctx, counts, s->counts, sizeof(int64_t) * n, MOE_COPY_CTX_TO_HOST, stream));
@@ -103,6 +129,7 @@ moe_status moe_expert_stats_reset(moe_ctx *ctx, moe_expert_stats *s, void *strea
     if (!ctx) return MOE_ERR_INVALID_ARG;
     moe__clear_error(ctx);
     MOE_CHECK_ARG(ctx, s, "moe_expert_stats_reset: stats is NULL");
+    MOE_TRY(moe__stats_check(ctx, s, "moe_expert_stats_reset"));
     MOE_TRY(moe_memset(ctx, s->counts, 0, moe__stats_bytes(s), stream));
     return moe_memset(ctx, s->invalid, 0, sizeof(int64_t) * (size_t)s->n_layers, stream);
 }

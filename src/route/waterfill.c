@@ -28,6 +28,8 @@ moe_status moe_waterfill_rank_load(moe_ctx *ctx, const moe_waterfill_config *c, 
     moe__clear_error(ctx);
     MOE_TRY(moe_check_waterfill(ctx, c, n_tokens));
     MOE_CHECK_ARG(ctx, rank_load && (ids || n_tokens == 0), "moe_waterfill_rank_load: NULL ids or rank_load");
+    MOE_CHECK_ALIGNED(ctx, ids, int32_t, "moe_waterfill_rank_load: ids");
+    MOE_CHECK_ALIGNED(ctx, rank_load, int64_t, "moe_waterfill_rank_load: rank_load");
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {
         MOE_TRY(moe__cuda_check_pointer(ctx, rank_load, "rank_load"));
@@ -52,6 +54,11 @@ moe_status moe_waterfill(moe_ctx *ctx, const moe_waterfill_config *c, const int3
     MOE_CHECK_ARG(ctx, rank_load, "moe_waterfill: rank_load is NULL");
     MOE_CHECK_ARG(ctx, (ids && weights && out_ids && out_weights) || n_tokens == 0,
                   "moe_waterfill: ids, weights, out_ids and out_weights must not be NULL");
+    MOE_CHECK_ALIGNED(ctx, ids, int32_t, "moe_waterfill: ids");
+    MOE_CHECK_ALIGNED(ctx, weights, float, "moe_waterfill: weights");
+    MOE_CHECK_ALIGNED(ctx, rank_load, int64_t, "moe_waterfill: rank_load");
+    MOE_CHECK_ALIGNED(ctx, out_ids, int32_t, "moe_waterfill: out_ids");
+    MOE_CHECK_ALIGNED(ctx, out_weights, float, "moe_waterfill: out_weights");
     if (n_tokens == 0) return MOE_OK;
 #ifdef MOE_WITH_CUDA
     if (ctx->backend == MOE_BACKEND_CUDA) {

@@ -164,7 +164,7 @@ moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params
  * W4A8 on the bf16 path and W8A8 on the mma.sync decode kernel); MOE_GEMM_RS_KSPLIT (1, 2, 4, wave) overrides the
  * K split, for tuning. FP8 also asks what moe__cuda_gemm_fp8_fits does of a GLU (n a multiple of 128 for
  * concatenated w13: a warp's gate and up rows each in one block row). max_rows: the most rows an expert can hold
- * (the tokens). */
+ * (the tokens; times top_k for a hash router, whose table rows may name an expert twice). */
 bool moe__cuda_gemm_rs_decode_fits(moe_ctx *ctx, const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_rs_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                             int64_t m_tiles, int64_t max_rows, cudaStream_t stream);

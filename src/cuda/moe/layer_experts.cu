@@ -267,8 +267,10 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
             /* wgmma with the weights in registers (FP4 always: W4A8; FP8 where opted in), else mma.sync */
             const bool rs = moe__cuda_gemm_rs_decode_fits(ctx, g) && moe__cuda_gemm_rs_decode_fits(ctx, g2);
+            /* an expert's rows: one a token, but a hash table row may name an expert more than once */
+            const int64_t max_rows = c->router.kind == MOE_ROUTER_HASH ? T * c->router.top_k : T;
             auto decode = [&](const moe_gemm_params &gp, const moe_gemm_fp8 &fp, bool glu) {
-                return rs ? moe__cuda_grouped_gemm_rs_decode(ctx, gp, fp, glu, tiles, T, st)
+                return rs ? moe__cuda_grouped_gemm_rs_decode(ctx, gp, fp, glu, tiles, max_rows, st)
                           : moe__cuda_grouped_gemm_fp8_decode(ctx, gp, fp, glu, tiles, st);
             };
             g.c32 = (float *)(ws + b.q.h8);

@@ -11,7 +11,7 @@
 
 namespace permute_cta {
 
-constexpr int kThreads = 256, kMaxExperts = 1024;
+constexpr int kThreads = 256, kMaxExperts = MOE_PERMUTE_MAX_EXPERTS;
 static_assert(MOE_PERMUTE_CHUNK % kThreads == 0 && MOE_PERMUTE_CHUNK <= MOE_PERMUTE_CTA_MAX, "chunk");
 
 using block_scan = cub::BlockScan<long long, kThreads>;
