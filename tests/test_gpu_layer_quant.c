@@ -377,7 +377,7 @@ TEST_IMPL(gpu_layer_w4a8) {
         } else {
             p.qw = &q;
             setenv("MOE_GEMM_W4A8_DECODE", "1", 1);
-            char what[64];
+            char what[96];
             snprintf(what, sizeof what, "w4a8 mxfp4, hash rows naming an expert twice, T %lld", (long long)T);
             bad += layer_compare_gpu_tol(env, &p, 0, what, 8e-3, 1.2e-1);
             unsetenv("MOE_GEMM_W4A8_DECODE");
