@@ -74,13 +74,9 @@ int cli_parse_shape(const char *text, int64_t *shape, int max_rank) {
 }
 
 int cli_parse_tokens(const char *text, int64_t *list, int cap) {
-    const int n = cli_parse_shape(text, list, cap);
+    int n = cli_parse_shape(text, list, cap);
     for (int i = 0; i < n; i++)
-        if (list[i] < 1 || list[i] > CLI_MAX_TOKENS) {
-            fprintf(stderr, "moe: --tokens takes up to %d counts from 1 to %lld, like 1,16,128, not \"%s\"\n", cap,
-                    (long long)CLI_MAX_TOKENS, text);
-            return 0;
-        }
+        if (list[i] < 1 || list[i] > CLI_MAX_TOKENS) n = 0;
     if (!n)
         fprintf(stderr, "moe: --tokens takes up to %d counts from 1 to %lld, like 1,16,128, not \"%s\"\n", cap,
                 (long long)CLI_MAX_TOKENS, text);

@@ -240,10 +240,10 @@ moe_status moe_ep_create(moe_comm *comm, const moe_ep_config *config, const moe_
     *out = NULL;
     const moe_qformat_kind kinds[3] = {config->layer.expert_format.kind, config->layer.shared_format.kind,
                                        config->layer.act_format.kind};
+    static const char *const fields[3] = {"expert_format", "shared_format", "act_format"};
     for (int i = 0; i < 3; i++) /* a kind that is no format is a bad argument, not an unsupported format */
         MOE_CHECK_ARG(ctx, kinds[i] >= MOE_QFORMAT_INVALID && kinds[i] < MOE_QFORMAT_COUNT_,
-                      "moe_ep_create: %s kind %d is not a format", i == 0 ? "expert_format" : i == 1 ? "shared_format" : "act_format",
-                      (int)kinds[i]);
+                      "moe_ep_create: %s kind %d is not a format", fields[i], (int)kinds[i]);
     if (config->layer.expert_format.kind != MOE_QFORMAT_INVALID)
         return moe__error(ctx, MOE_ERR_UNSUPPORTED,
                           "moe_ep_create: quantised experts (expert_format %s) are not supported under expert "

@@ -147,11 +147,7 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                               "moe_layer_create: the CUDA layer needs hidden (%d), intermediate (%d) and "
                               "shared_intermediate (%d) to be multiples of 8 (16-byte rows)",
                               c->hidden, c->intermediate, c->shared_intermediate);
-        if (c->router.n_experts > MOE_CUDA_ROUTER_MAX_EXPERTS || c->router.top_k > MOE_CUDA_ROUTER_MAX_TOPK)
-            return moe__error(ctx, MOE_ERR_UNSUPPORTED,
-                              "moe_layer_create: the CUDA routers take up to %d experts and top_k %d (asked: %d, %d)",
-                              MOE_CUDA_ROUTER_MAX_EXPERTS, MOE_CUDA_ROUTER_MAX_TOPK, c->router.n_experts,
-                              c->router.top_k);
+        MOE_TRY(moe__router_cuda_reach(ctx, &c->router, "moe_layer_create"));
         if (c->shared_format.kind != MOE_QFORMAT_INVALID && c->n_shared > 0 &&
             (c->hidden % 32 || c->shared_intermediate % 32))
             return moe__error(ctx, MOE_ERR_UNSUPPORTED,

@@ -104,6 +104,12 @@ moe_status moe__router_check(moe_ctx *ctx, const moe_router_config *c) {
     return MOE_OK;
 }
 
+moe_status moe__router_cuda_reach(moe_ctx *ctx, const moe_router_config *c, const char *fn) {
+    if (c->n_experts <= MOE_CUDA_ROUTER_MAX_EXPERTS && c->top_k <= MOE_CUDA_ROUTER_MAX_TOPK) return MOE_OK;
+    return moe__error(ctx, MOE_ERR_UNSUPPORTED, "%s: the CUDA routers take up to %d experts and top_k %d (asked: %d, %d)",
+                      fn, MOE_CUDA_ROUTER_MAX_EXPERTS, MOE_CUDA_ROUTER_MAX_TOPK, c->n_experts, c->top_k);
+}
+
 moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_route_args *a) {
     MOE_TRY(moe__router_check(ctx, c));
     MOE_CHECK_ARG(ctx, a, "moe_route: args is NULL");
@@ -142,11 +148,7 @@ moe_status moe__route_check(moe_ctx *ctx, const moe_router_config *c, const moe_
         if (c->bias) MOE_TRY(moe__cuda_check_pointer(ctx, c->bias, "bias"));
         if (c->hash_table) MOE_TRY(moe__cuda_check_pointer(ctx, c->hash_table, "hash_table"));
         if (a->invalid_rows) MOE_TRY(moe__cuda_check_pointer(ctx, a->invalid_rows, "invalid_rows"));
-        if (c->n_experts > MOE_CUDA_ROUTER_MAX_EXPERTS || c->top_k > MOE_CUDA_ROUTER_MAX_TOPK)
-            return moe__error(ctx, MOE_ERR_UNSUPPORTED,
-                              "moe_route: the CUDA routers take up to %d experts and top_k %d (asked: %d, %d)",
-                              MOE_CUDA_ROUTER_MAX_EXPERTS, MOE_CUDA_ROUTER_MAX_TOPK, c->n_experts, c->top_k);
-        return MOE_OK;
+        return moe__router_cuda_reach(ctx, c, "moe_route");
     }
 #endif
     MOE_CHECK_ARG(ctx, c->n_experts <= 1024, "moe_route: at most 1024 experts, not %d", c->n_experts);

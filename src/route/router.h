@@ -29,6 +29,9 @@ struct moe_expert_stats {
 /* Whether s's counters live where ctx computes (its backend, its GPU); else the error, naming what asked. */
 moe_status moe__stats_check(moe_ctx *ctx, const moe_expert_stats *s, const char *what);
 
+/* Whether the CUDA routers take c (MOE_CUDA_ROUTER_MAX_*); else MOE_ERR_UNSUPPORTED, the message led by fn. */
+moe_status moe__router_cuda_reach(moe_ctx *ctx, const moe_router_config *c, const char *fn);
+
 /* The router config alone (kind, E, k, score, groups, hash table), as moe_route checks it; the layer checks its
  * router with it at create. */
 moe_status moe__router_check(moe_ctx *ctx, const moe_router_config *c);

@@ -22,8 +22,13 @@ static int moe__ctx_device(const moe_ctx *ctx) {
     return -1;
 }
 
+/* Whether s's counters live in ctx's memory (its backend, its GPU). */
+static int moe__stats_here(const moe_ctx *ctx, const moe_expert_stats *s) {
+    return ctx && s->backend == ctx->backend && s->device == moe__ctx_device(ctx);
+}
+
 moe_status moe__stats_check(moe_ctx *ctx, const moe_expert_stats *s, const char *what) {
-    if (s->backend == ctx->backend && s->device == moe__ctx_device(ctx)) return MOE_OK;
+    if (moe__stats_here(ctx, s)) return MOE_OK;
     return moe__error(ctx, MOE_ERR_INVALID_ARG, "%s: the load counters were made on %s%s, this context computes on %s",
                       what, s->backend == MOE_BACKEND_CUDA ? "a GPU" : "the CPU",
                       s->backend == ctx->backend ? " (another one)" : "",
@@ -57,7 +62,7 @@ moe_status moe_expert_stats_create(moe_ctx *ctx, int n_layers, int n_experts, mo
 
 void moe_expert_stats_destroy(moe_ctx *ctx, moe_expert_stats *s) {
     if (!s) return;
-    if (!ctx || s->backend != ctx->backend || s->device != moe__ctx_device(ctx)) { /* freeing them there would crash */
+    if (!moe__stats_here(ctx, s)) { /* freeing them with this context's allocator would crash */
         moe__log(ctx, MOE_LOG_ERROR, "moe_expert_stats_destroy: the counters belong to another backend or GPU than "
                                      "this context's; their memory is not freed");
     } else {
