@@ -395,7 +395,9 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
         moe_layer_io io = {&xt, use_logits ? &lt : NULL, &yt, tok, NULL, 0};
         if (!capture) {
             s = moe_layer_forward(l, &io, ws, wsb, NULL);
-        } else { /* captured into a CUDA graph, then replayed twice */
+        } else { /* captured into a CUDA graph, then replayed twice, the workspace all 0xFF bytes between: a forward
+                  * keeps no state there (and counts the layer keeps for itself, like the FP4 decode kernel's split
+                  * walk, must be back at zero, or the second replay would skip tiles and read poison) */
             moe_graph *g = NULL;
             s = moe_graph_begin(ctx, NULL);
             if (s == MOE_OK) {
@@ -404,6 +406,7 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
                 if (fs != MOE_OK) s = fs;
             }
             if (s == MOE_OK) s = moe_graph_replay(ctx, g, NULL);
+            if (s == MOE_OK && wsb) s = moe_memset(ctx, ws, 0xFF, wsb, NULL);
             if (s == MOE_OK) s = moe_graph_replay(ctx, g, NULL);
             moe_graph_destroy(ctx, g);
         }
