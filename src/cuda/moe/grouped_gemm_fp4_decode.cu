@@ -104,9 +104,8 @@ __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)
 
 /* The split walk (routed GEMMs given p.split_*: a layer's). The work is U = R C KB units, R the row tiles the
  * permutation wrote, C the column tiles and KB the K blocks of one, in the order (row tile, column tile, K block).
- * Warp w of the W = min(the grid's warps, U / split_min) takes units [start(w), start(w + 1)), start(w) =
- * w base + min(w, rem) with base = U / W and rem = U % W: every warp streams the same bytes within a block, whatever
- * the tiles' count. (A tile a CTA, GPT-OSS-120B's GEMM 1 at T = 1 ran 1.1 waves, the SMs busy 71% of the kernel, and
+ * Warp w of the W = min(the grid's warps, U / split_min) takes its share of them (moe_split_share: base or base + 1
+ * units): every warp streams the same bytes within a block, whatever the tiles' count. (A tile a CTA, GPT-OSS-120B's GEMM 1 at T = 1 ran 1.1 waves, the SMs busy 71% of the kernel, and
  * its GEMM 2 half a wave: docs/performance.md.) A warp's range falls into pieces, one a column tile: a piece over the
  * tile's whole K takes the epilogue; the others leave their partial tiles at slot (w, 0) (the warp's first piece)
  * or (w, 1) (its last), and count themselves at the tile's first warp. The piece that counts last adds the tile's
@@ -120,10 +119,8 @@ __device__ __forceinline__ void split_walk(const moe_gemm_params &p, int kblocks
     const uint32_t W = min((uint32_t)gridDim.x * kWarps, max(U / (uint32_t)split_min, 1u));
     const uint32_t w = blockIdx.x * kWarps + warp;
     if (w >= W || U == 0) return;
-    const uint32_t base = U / W, rem = U % W, big = rem * (base + 1); /* warps [0, rem) take base + 1 units */
-    auto start = [&](uint32_t v) { return v * base + min(v, rem); };
-    auto warp_of = [&](uint32_t u) { return u < big ? u / (base + 1) : rem + (u - big) / base; };
-    const uint32_t u0 = start(w), u1 = start(w + 1);
+    const moe_split_share share(U, W);
+    const uint32_t u0 = share.start(w), u1 = share.start(w + 1);
     const int64_t first = moe_gemm_group_warp_first(p, lane);
     const int g = lane >> 2, q = lane & 3;
     for (uint32_t u = u0; u < u1;) {
@@ -134,7 +131,7 @@ __device__ __forceinline__ void split_walk(const moe_gemm_params &p, int kblocks
         const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
         float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
         tile_k(t, brow, (int)(u - tb), (int)(end - u), acc);
-        const uint32_t wlo = warp_of(tb), whi = warp_of(tb + KB - 1);
+        const uint32_t wlo = share.warp_of(tb), whi = share.warp_of(tb + KB - 1);
         u = end;
         if (wlo != whi) { /* a piece of the tile */
             float *const part = p.split_partials + ((size_t)(2 * w + (u0 < tb)) << 8);
@@ -149,7 +146,7 @@ __device__ __forceinline__ void split_walk(const moe_gemm_params &p, int kblocks
 #pragma unroll
             for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] = 0.0f;
             for (uint32_t v = wlo; v <= whi; v++) {
-                const float *const pv = p.split_partials + ((size_t)(2 * v + (start(v) < tb)) << 8);
+                const float *const pv = p.split_partials + ((size_t)(2 * v + (share.start(v) < tb)) << 8);
 #pragma unroll
                 for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += __ldcg(pv + i * 32 + lane); /* past L1 */
             }
