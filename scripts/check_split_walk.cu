@@ -1,9 +1,9 @@
 /* scripts/check_split_walk.cu — the FP4 decode kernel's split walk (grouped_gemm_fp4_decode.cu, split_walk) on the
  * host, over moe_split_share as the kernel uses it (src/cuda/moe/gemm_decode.cuh, included, not copied): for random
- * tile counts, K blocks a tile, grid warps and least blocks a warp, every unit is some warp's exactly once; a tile
- * in pieces has one piece of each warp wlo .. whi and no other; the partial slots (w, first piece or last) are
- * distinct and the adder finds each piece's at the slot its warp wrote; no two tiles in pieces share a count; a
- * whole tile is one warp's. The walk's loop is restated here in its own words (tiles, pieces, slots). Not a test
+ * tile counts, K blocks a tile, grid sizes and least blocks a worker (the walk's CTAs; "warp" in the names below,
+ * as in moe_split_share's warp_of), every unit is some worker's exactly once; a tile in pieces has one piece of
+ * each worker wlo .. whi and no other; the partial slots (w, first piece or last) are distinct and the adder finds
+ * each piece's at the slot its worker wrote; no two tiles in pieces share a count; a whole tile is one worker's. The walk's loop is restated here in its own words (tiles, pieces, slots). Not a test
  * (seconds):
  *   nvcc -std=c++17 -Isrc -Iinclude -DMOE_WITH_CUDA scripts/check_split_walk.cu -o /tmp/check_split_walk && /tmp/check_split_walk */
 #include "cuda/moe/gemm_decode.cuh"
@@ -70,8 +70,8 @@ int main() {
         const uint32_t KB = 1 + rng() % 64, tiles = 1 + rng() % 400, grid = 1 + rng() % 3000;
         walk(tiles, KB, grid, mins[rng() % 5]);
     }
-    walk(4 * 360, 23, 2640, 8); /* GPT-OSS-120B's GEMM 1 at T = 1 on 132 SMs */
-    walk(8 * 256, 56, 2640, 8); /* DeepSeek-V3's */
+    walk(4 * 360, 23, 660, 32); /* GPT-OSS-120B's GEMM 1 at T = 1 on 132 SMs */
+    walk(8 * 256, 56, 660, 32); /* DeepSeek-V3's */
     printf("%d walks, %s\n", n + 2, bad ? "FAILED" : "all checks pass");
     return bad != 0;
 }

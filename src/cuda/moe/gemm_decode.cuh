@@ -91,9 +91,9 @@ __device__ __forceinline__ moe_decode_warp moe_decode_warp_of(int warp, int kspl
     return w;
 }
 
-/* The split walk's share of U units among W warps (grouped_gemm_fp4_decode.cu; 1 <= W <= U < 2^31): warp v takes
- * [start(v), start(v + 1)), start(v) = v base + min(v, rem) with base = U / W and rem = U % W, so warps [0, rem)
- * take base + 1 units and the rest base; warp_of(u) is the warp whose share holds unit u. scripts/check_split_walk.cu
+/* The split walk's share of U units among W workers (grouped_gemm_fp4_decode.cu: CTAs; 1 <= W <= U < 2^31): worker
+ * v takes [start(v), start(v + 1)), start(v) = v base + min(v, rem) with base = U / W and rem = U % W, so workers
+ * [0, rem) take base + 1 units and the rest base; warp_of(u) is the worker whose share holds unit u. scripts/check_split_walk.cu
  * checks both, and the pieces and counts the walk builds on them, on the host. */
 struct moe_split_share {
     uint32_t base, rem, big; /* big: the units of warps [0, rem) */

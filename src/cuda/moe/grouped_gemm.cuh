@@ -62,8 +62,9 @@ struct moe_gemm_params {
     float *c32;              /* GLU: h written in f32 here instead of c (W8A8's bf16 path quantises it next); NULL */
     int64_t c_group_stride;  /* dense */
     int64_t m_tiles, n_tiles; /* set by moe__cuda_grouped_gemm */
-    /* The FP4 decode kernel's split walk (routed GEMMs of a layer; NULL elsewhere): split_warps warps' partial tiles
-     * (2 split_warps, 256) f32 and a count a warp, zero between launches (each launch leaves them zero) */
+    /* The FP4 decode kernel's split walk (routed GEMMs of a layer; NULL elsewhere): room for the partial tiles
+     * (2 split_warps, 256) f32 and counts (split_warps), zero between launches (each launch leaves them zero); the
+     * walk uses one of each a CTA */
     float *split_partials;
     int32_t *split_counts;
     int split_warps;

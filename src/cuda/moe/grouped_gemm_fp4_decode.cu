@@ -104,40 +104,45 @@ __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)
 
 /* The split walk (routed GEMMs given p.split_*: a layer's). The work is U = R C KB units, R the row tiles the
  * permutation wrote, C the column tiles and KB the K blocks of one, in the order (row tile, column tile, K block).
- * Warp w of the W = min(the grid's warps, U / split_min) takes its share of them (moe_split_share: base or base + 1
- * units): every warp streams the same bytes within a block, whatever the tiles' count. (A tile a CTA, GPT-OSS-120B's GEMM 1 at T = 1 ran 1.1 waves, the SMs busy 71% of the kernel, and
- * its GEMM 2 half a wave: docs/performance.md.) A warp's range falls into pieces, one a column tile: a piece over the
- * tile's whole K takes the epilogue; the others leave their partial tiles at slot (w, 0) (the warp's first piece)
- * or (w, 1) (its last), and count themselves at the tile's first warp. The piece that counts last adds the tile's
- * partial tiles in warp order, which is K order, so the sum is the same bits whichever warp comes last; it runs the
- * epilogue and sets the count back to zero for the next launch. No warp waits for another. */
+ * CTA c of the W = min(the grid, U / split_min) takes its share of them (moe_split_share: base or base + 1 units),
+ * so that every CTA slot streams the same bytes within a block, whatever the tiles' count. (A tile a CTA,
+ * GPT-OSS-120B's GEMM 1 at T = 1 ran 1.1 waves, the SMs busy 71% of the kernel, and its GEMM 2 half a wave:
+ * docs/performance.md.) A CTA's share falls into pieces, one a column tile, whose K blocks its 4 warps take in turn
+ * (so that they read 4 neighbouring blocks of each row at once, as a tile a CTA's K split does: one warp a piece
+ * streaming its blocks alone ran the layer 30-45% slower on the H200) and add in warp order (moe_decode_reduce).
+ * A piece over the tile's whole K takes the epilogue; the others leave their partial tiles at slot (c, 0) (the CTA's
+ * first piece) or (c, 1) (its last), and count themselves at the tile's first CTA. The piece that counts last adds
+ * the tile's partial tiles in CTA order, which is K order, so the sum is the same bits whichever CTA comes last; it
+ * runs the epilogue and sets the count back to zero for the next launch. No CTA waits for another. */
 template <bool kGlu, class TileK>
-__device__ __forceinline__ void split_walk(const moe_gemm_params &p, int kblocks, int split_min, int warp, int lane,
-                                           TileK &&tile_k) {
+__device__ __forceinline__ void split_walk(const moe_gemm_params &p, int kblocks, int split_min, char *ring,
+                                           int ring_bytes, int warp, int lane, TileK &&tile_k) {
     const uint32_t C = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16, KB = (uint32_t)kblocks;
     const uint32_t U = (uint32_t)moe_gemm_order_of(p, kDecodeRows).m_tiles * C * KB; /* < 2^31: the host checks */
-    const uint32_t W = min((uint32_t)gridDim.x * kWarps, max(U / (uint32_t)split_min, 1u));
-    const uint32_t w = blockIdx.x * kWarps + warp;
-    if (w >= W || U == 0) return;
+    const uint32_t W = min((uint32_t)gridDim.x, max(U / (uint32_t)split_min, 1u)), c = blockIdx.x;
+    if (c >= W || U == 0) return; /* the whole CTA */
     const moe_split_share share(U, W);
-    const uint32_t u0 = share.start(w), u1 = share.start(w + 1);
-    const int64_t first = moe_gemm_group_warp_first(p, lane);
+    const uint32_t u0 = share.start(c), u1 = share.start(c + 1);
     const int g = lane >> 2, q = lane & 3;
     for (uint32_t u = u0; u < u1;) {
         const uint32_t tile = u / KB, tb = tile * KB, end = min(u1, tb + KB), rt = tile / C;
         moe_gemm_tile t;
         t.row0 = (int64_t)rt * kDecodeRows, t.tile_n = tile - rt * C, t.row_end = p.offsets[p.n_groups];
-        t.group = moe_gemm_group_warp(p, t.row0, first, lane);
+        t.group = moe_gemm_group_warp(p, t.row0, moe_gemm_group_warp_first(p, lane), lane); /* (no spill: loaded) */
         const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
         float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-        tile_k(t, brow, (int)(u - tb), (int)(end - u), acc);
+        const int len = (int)(end - u); /* blocks u - tb + warp, + 4, ... of the piece's len */
+        tile_k(t, brow, (int)(u - tb) + warp, 2, warp < len ? (len - warp + kWarps - 1) >> 2 : 0, acc);
+        const bool sum = moe_decode_reduce(acc, ring, ring_bytes, warp, warp, kWarps, lane);
+        __syncthreads(); /* warp 0 has read the others' rings before they fill them again */
         const uint32_t wlo = share.warp_of(tb), whi = share.warp_of(tb + KB - 1);
         u = end;
+        if (!sum) continue;
         if (wlo != whi) { /* a piece of the tile */
-            float *const part = p.split_partials + ((size_t)(2 * w + (u0 < tb)) << 8);
+            float *const part = p.split_partials + ((size_t)(2 * c + (u0 < tb)) << 8);
 #pragma unroll
             for (int i = 0; i < 8; i++) part[i * 32 + lane] = acc[i >> 2][i & 3];
-            __threadfence(); /* the partial tile before the count, for whichever warp reads it */
+            __threadfence(); /* the partial tile before the count, for whichever CTA reads it */
             __syncwarp();
             uint32_t before = 0;
             if (lane == 0) before = atomicAdd(reinterpret_cast<unsigned *>(p.split_counts) + wlo, 1u);
@@ -157,8 +162,8 @@ __device__ __forceinline__ void split_walk(const moe_gemm_params &p, int kblocks
 }
 #endif
 
-/* kSplit: the split walk (split_walk above) over p.split_*, each warp split_min K blocks or more; else a tile a
- * CTA, its K split over ksplit warps of a column tile. */
+/* kSplit: the split walk (split_walk above) over p.split_*, each CTA split_min K blocks or more; else a tile a CTA,
+ * its K split over ksplit warps of a column tile. */
 template <bool kGlu, int F, bool kSplit>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit, int split_min) {
@@ -325,10 +330,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     };
 
     if constexpr (kSplit) {
-        split_walk<kGlu>(p, kblocks, split_min, warp, lane,
-                         [&](const moe_gemm_tile &t, const int64_t (&brow)[2], int kb0, int nk, float (&acc)[2][4]) {
-                             tile_k(t, brow, kb0, 0, nk, acc);
-                         });
+        split_walk<kGlu>(p, kblocks, split_min, reinterpret_cast<char *>(smem_ring), kStages * kStageBytes, warp,
+                         lane, tile_k);
     } else {
         const moe_decode_warp wr = moe_decode_warp_of(warp, ksplit, kblocks);
         moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
@@ -358,12 +361,12 @@ bool split_walk_fits(const moe_gemm_params &p, bool glu, int64_t m_tiles, int64_
     return 5 * n < 4 * waves * slots;
 }
 
-/* K blocks a warp of the split walk streams at least (MOE_GEMM_FP4_SPLIT_MIN, 1-64, to tune): fewer warps where the
- * work is short, so that a warp's stream still pays for its start. */
+/* K blocks a CTA of the split walk streams at least (MOE_GEMM_FP4_SPLIT_MIN, 1-256, to tune): fewer CTAs where the
+ * work is short, so that each warp's stream still pays for its start (8 blocks a warp, as moe_decode_ksplit). */
 int split_walk_min() {
     const char *v = getenv("MOE_GEMM_FP4_SPLIT_MIN");
     const int n = v ? atoi(v) : 0;
-    return n >= 1 && n <= 64 ? n : 8;
+    return n >= 1 && n <= 256 ? n : 8 * kWarps;
 }
 
 template <bool kGlu, int F>
@@ -376,11 +379,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
     MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, kCtasPerSm, false, q, ksplit, tiles, longer));
     const bool split = split_walk_fits(p, kGlu, m_tiles, tiles, (int64_t)ctx->cuda.sm_count * kCtasPerSm);
     const int split_min = split_walk_min();
-    if (split) { /* as many CTAs as the work's warps fill, at most the scratch's (every CTA slot) */
+    if (split) { /* as many CTAs as the work fills, at most the scratch's (every CTA slot) */
         const int64_t cols = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16, kblocks = (p.k + kBK - 1) / kBK;
-        int64_t warps = m_tiles * cols * kblocks / split_min;
-        warps = warps < 1 ? 1 : warps > p.split_warps ? p.split_warps : warps;
-        tiles = (unsigned)((warps + kWarps - 1) / kWarps);
+        const int64_t ctas = m_tiles * cols * kblocks / split_min, most = p.split_warps / kWarps;
+        tiles = (unsigned)(ctas < 1 ? 1 : ctas > most ? most : ctas);
     }
     auto kernel = split ? gemm_fp4_decode_kernel<kGlu, F, true> : gemm_fp4_decode_kernel<kGlu, F, false>;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
