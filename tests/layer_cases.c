@@ -396,8 +396,8 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
         if (!capture) {
             s = moe_layer_forward(l, &io, ws, wsb, NULL);
         } else { /* captured into a CUDA graph, then replayed twice, the workspace all 0xFF bytes between: a forward
-                  * keeps no state there (and counts the layer keeps for itself, like the FP4 decode kernel's split
-                  * walk, must be back at zero, or the second replay would skip tiles and read poison) */
+                  * keeps no state there, so the second replay must give the first run's bits (a kernel that left
+                  * a result to be reused, or counts to be zeroed, would read poison) */
             moe_graph *g = NULL;
             s = moe_graph_begin(ctx, NULL);
             if (s == MOE_OK) {

@@ -221,10 +221,8 @@ static moe_layer_config decode_case_config(const decode_case *d, int shared_inte
 
 /* FP4 weights at decode against the CPU reference over the same codes, MXFP4 and NVFP4 with either global
  * convention: on sm_80 and later the SMALL tile's rows run through the FP4 decode kernel
- * (grouped_gemm_fp4_decode.cu) as its rule picks, then a tile a CTA (MOE_GEMM_FP4_SPLIT=0), then on its split walk
- * with a K block a warp (MOE_GEMM_FP4_SPLIT=1, _MIN=1: every tile in pieces, up to a warp's whole grid of counts),
- * and once more through the register tile (MOE_GEMM_NO_FP4_DECODE), so that all stay checked; each with a graph
- * replay whose bits must match (the split walk's counts back at zero after each launch). Cases: H 4096 (GEMM 1's K over 4 warps) and I 2048 (GEMM 2's over 2); H 160 and I 96 (K ends
+ * (grouped_gemm_fp4_decode.cu), and once more through the register tile (MOE_GEMM_NO_FP4_DECODE), so that both
+ * stay checked. Cases: H 4096 (GEMM 1's K over 4 warps) and I 2048 (GEMM 2's over 2); H 160 and I 96 (K ends
  * inside a block, some lanes past K); tiles of more than 8 rows (the second half's tokens); GPT-OSS's interleaved
  * w13 with biases and clamps at H 320; Llama-4's weight on the input; MXFP4 scales past 2^9 in some experts (the
  * kernel's 2^126 path, rows with and without it in one warp); the SMALL tile forced at T = 600 (many tiles an
@@ -270,16 +268,12 @@ TEST_IMPL(gpu_layer_fp4_decode) {
                 continue;
             }
             p.qw = &q;
-            static const char *const pass_name[4] = {"", ", a tile a CTA", ", split walk, a block a warp",
-                                                     ", register tile"};
-            for (int pass = 0; pass < 4; pass++) {
-                if (pass == 1) setenv("MOE_GEMM_FP4_SPLIT", "0", 1);
-                if (pass == 2) setenv("MOE_GEMM_FP4_SPLIT", "1", 1), setenv("MOE_GEMM_FP4_SPLIT_MIN", "1", 1);
-                if (pass == 3) setenv("MOE_GEMM_NO_FP4_DECODE", "1", 1);
+            for (int reg = 0; reg < 2; reg++) {
+                if (reg) setenv("MOE_GEMM_NO_FP4_DECODE", "1", 1);
                 char what[96];
-                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], cases[i].what, pass_name[pass]);
+                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], cases[i].what, reg ? ", register tile" : "");
                 bad += layer_compare_gpu(env, &p, 0, what);
-                unsetenv("MOE_GEMM_FP4_SPLIT"), unsetenv("MOE_GEMM_FP4_SPLIT_MIN"), unsetenv("MOE_GEMM_NO_FP4_DECODE");
+                unsetenv("MOE_GEMM_NO_FP4_DECODE");
             }
             layer_qweights_free(&q);
             layer_problem_free(&p);

@@ -258,7 +258,7 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
     if (shared_quantized) l->shared_quantized = true, l->qs13 = qs13, l->qs2 = qs2;
     if (shared_quantized && act_quantized) l->qsh = qsh;
 #ifdef MOE_WITH_CUDA
-    if (ctx->backend == MOE_BACKEND_CUDA) { /* the side stream, the FP4 decode kernel's counts */
+    if (ctx->backend == MOE_BACKEND_CUDA && (config->n_shared > 0 || act_quantized)) { /* the side stream */
         const moe_status s = moe__cuda_layer_init(l);
         if (s != MOE_OK) {
             moe_layer_destroy(l);
@@ -272,7 +272,7 @@ moe_status moe_layer_create(moe_ctx *ctx, const moe_layer_config *config, const 
 
 void moe_layer_destroy(moe_layer *l) {
 #ifdef MOE_WITH_CUDA
-    if (l && l->ctx->backend == MOE_BACKEND_CUDA) moe__cuda_layer_fini(l);
+    if (l && l->side_stream) moe__cuda_layer_fini(l);
 #endif
     free(l);
 }

@@ -21,9 +21,6 @@ struct moe_layer {
      * routing, forked from and joined back to the caller's stream by these events (one forward at a time per
      * layer) */
     void *side_stream, *fork_event, *join_event, *xq_event;
-    /* CUDA, FP4 routed experts: the counts of the FP4 decode kernel's split walk (moe__cuda_gemm_fp4_split_warps
-     * int32, zero between launches; its partial tiles are in the workspace: moe_layer_scratch.split) */
-    void *split_counts;
     /* c.expert_format set: the layouts of w13 (E, 2I, H) and w2 (E, H, I) as E matrices each */
     bool quantized;
     moe_qlayout q13, q2;
@@ -94,7 +91,6 @@ typedef struct moe_layer_scratch {
     size_t row_src, slot_row;    /* (rows) int32, (T, k) int32 */
     size_t permute, permute_bytes; /* moe_permute's own scratch */
     size_t h, y;                 /* (rows, I) bf16 activations, (rows, H) bf16 expert outputs */
-    size_t split;                /* GPU, FP4 routed experts: the split walk's partial tiles (2 W, 256) f32, or 0 */
     moe_w8a8_scratch w8a8;       /* W8A8 (GPU) */
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t gate_partial;         /* (moe__gate_partial_rows, E + 1) f32 */

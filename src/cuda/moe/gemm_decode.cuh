@@ -8,7 +8,7 @@
 #ifndef MOE_CUDA_MOE_GEMM_DECODE_CUH
 #define MOE_CUDA_MOE_GEMM_DECODE_CUH
 
-#include "cuda/common/cuda.cuh"
+#include "cuda/common/cuda.cuh" /* moe_decode */
 #include "cuda/common/mma.cuh"
 #include "cuda/moe/gemm_tile.cuh"
 
@@ -90,17 +90,6 @@ __device__ __forceinline__ moe_decode_warp moe_decode_warp_of(int warp, int kspl
     w.nk = w.kw < kblocks ? (kblocks - w.kw + ksplit - 1) >> s : 0;
     return w;
 }
-
-/* The split walk's share of U units among W workers (grouped_gemm_fp4_decode.cu: CTAs; 1 <= W <= U < 2^31): worker
- * v takes [start(v), start(v + 1)), start(v) = v base + min(v, rem) with base = U / W and rem = U % W, so workers
- * [0, rem) take base + 1 units and the rest base; warp_of(u) is the worker whose share holds unit u. scripts/check_split_walk.cu
- * checks both, and the pieces and counts the walk builds on them, on the host. */
-struct moe_split_share {
-    uint32_t base, rem, big; /* big: the units of warps [0, rem) */
-    __host__ __device__ moe_split_share(uint32_t U, uint32_t W) : base(U / W), rem(U % W), big(rem * (base + 1)) {}
-    __host__ __device__ uint32_t start(uint32_t v) const { return v * base + (v < rem ? v : rem); }
-    __host__ __device__ uint32_t warp_of(uint32_t u) const { return u < big ? u / (base + 1) : rem + (u - big) / base; }
-};
 
 /* A compile-time bool as a type, for lambdas compiled once per case (a tile with a second half, a block whose
  * scales need a wider path). */

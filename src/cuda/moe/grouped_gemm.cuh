@@ -62,12 +62,6 @@ struct moe_gemm_params {
     float *c32;              /* GLU: h written in f32 here instead of c (W8A8's bf16 path quantises it next); NULL */
     int64_t c_group_stride;  /* dense */
     int64_t m_tiles, n_tiles; /* set by moe__cuda_grouped_gemm */
-    /* The FP4 decode kernel's split walk (routed GEMMs of a layer; NULL elsewhere): room for the partial tiles
-     * (2 split_warps, 256) f32 and counts (split_warps), zero between launches (each launch leaves them zero); the
-     * walk uses one of each a CTA */
-    float *split_partials;
-    int32_t *split_counts;
-    int split_warps;
 };
 
 /* Calls launch(tag) with tag::value the compiled instance of B's storage f (a switch written once for both GEMM
@@ -190,8 +184,5 @@ moe_status moe__cuda_grouped_gemm_bf16_decode(moe_ctx *ctx, const moe_gemm_param
 bool moe__cuda_gemm_fp4_decode_fits(const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_fp4_decode(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
                                              cudaStream_t stream);
-/* The warps of the FP4 decode kernel's split walk on this GPU (the grid it fills: every CTA slot), which sizes its
- * scratch (moe_gemm_params.split_*): split_warps counts and 2 split_warps partial tiles of 1 KB. */
-int moe__cuda_gemm_fp4_split_warps(moe_ctx *ctx);
 
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

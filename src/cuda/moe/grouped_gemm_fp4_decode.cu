@@ -31,8 +31,6 @@
 #include "cuda/moe/grouped_gemm.cuh"
 
 #include <cuda_fp8.h>
-#include <stdlib.h>
-#include <string.h>
 
 namespace {
 
@@ -101,72 +99,11 @@ __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)
     mma(d, w0[0], w1[0], w0[1], w1[1], moe_prmt(x.y, x.w, 0x7632), moe_prmt(x.y, x.w, 0x5410));
     mma(d, w0[2], w1[2], w0[3], w1[3], moe_prmt(x.x, x.z, 0x7632), moe_prmt(x.x, x.z, 0x5410));
 }
-
-/* The split walk (routed GEMMs given p.split_*: a layer's). The work is U = R C KB units, R the row tiles the
- * permutation wrote, C the column tiles and KB the K blocks of one, in the order (row tile, column tile, K block).
- * CTA c of the W = min(the grid, U / split_min) takes its share of them (moe_split_share: base or base + 1 units),
- * so that every CTA slot streams the same bytes within a block, whatever the tiles' count. (A tile a CTA,
- * GPT-OSS-120B's GEMM 1 at T = 1 ran 1.1 waves, the SMs busy 71% of the kernel, and its GEMM 2 half a wave:
- * docs/performance.md.) A CTA's share falls into pieces, one a column tile, whose K blocks its 4 warps take in turn
- * (so that they read 4 neighbouring blocks of each row at once, as a tile a CTA's K split does: one warp a piece
- * streaming its blocks alone ran the layer 30-45% slower on the H200) and add in warp order (moe_decode_reduce).
- * A piece over the tile's whole K takes the epilogue; the others leave their partial tiles at slot (c, 0) (the CTA's
- * first piece) or (c, 1) (its last), and count themselves at the tile's first CTA. The piece that counts last adds
- * the tile's partial tiles in CTA order, which is K order, so the sum is the same bits whichever CTA comes last; it
- * runs the epilogue and sets the count back to zero for the next launch. No CTA waits for another. */
-template <bool kGlu, class TileK>
-__device__ __forceinline__ void split_walk(const moe_gemm_params &p, int kblocks, int split_min, char *ring,
-                                           int ring_bytes, int warp, int lane, TileK &&tile_k) {
-    const uint32_t C = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16, KB = (uint32_t)kblocks;
-    const uint32_t U = (uint32_t)moe_gemm_order_of(p, kDecodeRows).m_tiles * C * KB; /* < 2^31: the host checks */
-    const uint32_t W = min((uint32_t)gridDim.x, max(U / (uint32_t)split_min, 1u)), c = blockIdx.x;
-    if (c >= W || U == 0) return; /* the whole CTA */
-    const moe_split_share share(U, W);
-    const uint32_t u0 = share.start(c), u1 = share.start(c + 1);
-    const int g = lane >> 2, q = lane & 3;
-    for (uint32_t u = u0; u < u1;) {
-        const uint32_t tile = u / KB, tb = tile * KB, end = min(u1, tb + KB), rt = tile / C;
-        moe_gemm_tile t;
-        t.row0 = (int64_t)rt * kDecodeRows, t.tile_n = tile - rt * C, t.row_end = p.offsets[p.n_groups];
-        t.group = moe_gemm_group_warp(p, t.row0, moe_gemm_group_warp_first(p, lane), lane); /* (no spill: loaded) */
-        const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
-        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-        const int len = (int)(end - u); /* blocks u - tb + warp, + 4, ... of the piece's len */
-        tile_k(t, brow, (int)(u - tb) + warp, 2, warp < len ? (len - warp + kWarps - 1) >> 2 : 0, acc);
-        const bool sum = moe_decode_reduce(acc, ring, ring_bytes, warp, warp, kWarps, lane);
-        __syncthreads(); /* warp 0 has read the others' rings before they fill them again */
-        const uint32_t wlo = share.warp_of(tb), whi = share.warp_of(tb + KB - 1);
-        u = end;
-        if (!sum) continue;
-        if (wlo != whi) { /* a piece of the tile */
-            float *const part = p.split_partials + ((size_t)(2 * c + (u0 < tb)) << 8);
-#pragma unroll
-            for (int i = 0; i < 8; i++) part[i * 32 + lane] = acc[i >> 2][i & 3];
-            __threadfence(); /* the partial tile before the count, for whichever CTA reads it */
-            __syncwarp();
-            uint32_t before = 0;
-            if (lane == 0) before = atomicAdd(reinterpret_cast<unsigned *>(p.split_counts) + wlo, 1u);
-            if (__shfl_sync(0xFFFFFFFFu, before, 0) != whi - wlo) continue;
-            __threadfence();
-#pragma unroll
-            for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] = 0.0f;
-            for (uint32_t v = wlo; v <= whi; v++) {
-                const float *const pv = p.split_partials + ((size_t)(2 * v + (share.start(v) < tb)) << 8);
-#pragma unroll
-                for (int i = 0; i < 8; i++) acc[i >> 2][i & 3] += __ldcg(pv + i * 32 + lane); /* past L1 */
-            }
-            if (lane == 0) p.split_counts[wlo] = 0;
-        }
-        moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kUndo);
-    }
-}
 #endif
 
-/* kSplit: the split walk (split_walk above) over p.split_*, each CTA split_min K blocks or more; else a tile a CTA,
- * its K split over ksplit warps of a column tile. */
-template <bool kGlu, int F, bool kSplit>
+template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
-    gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit, int split_min) {
+    gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit) {
     /* the wait for the previous grid comes after the first codes are on their way (below): before it, only what was
      * written before the previous grid started is read (the permutation, weights, scales) */
     moe_pdl_launch_next();
@@ -181,192 +118,157 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     const uint32_t scale_s = (uint32_t)__cvta_generic_to_shared(stage0) + kSlots * 512 + lane * 8;
     const int64_t K = p.k;
     const int kblocks = (int)((K + kBK - 1) / kBK);
-
-    /* column tile t.tile_n of tile t (brow: its B rows g and g + 8) over the warp's nk blocks kb0, kb0 + 2^kshift, ...
-     * added into acc (the lane's part of the mma tile); the warp's copies all done at the end */
-    auto tile_k = [&](const moe_gemm_tile &t, const int64_t (&brow)[2], int kb0, int kshift, int nk,
-                      float (&acc)[2][4]) {
-        int shift[2]; /* a row's scales: bits into their aligned word */
-        /* the lane's pieces of this warp's first block; block i of the warp is i 2^kshift blocks further */
-        const uint8_t *bsrc[2], *ssrc[2], *brow0[2], *srow0[2]; /* and the rows' first pieces */
-        bool wfill[2]; /* a row past N: its codes read as zeros */
-        int sbytes[2];
-    #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int64_t r = brow[h] < 0 ? 0 : brow[h];
-            brow0[h] = static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) + r * (K / 2);
-            bsrc[h] = brow0[h] + kb0 * (kBK / 2) + 16 * q;
-            const uint8_t *s0 = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride + r * p.bs.cols;
-            const uint8_t *sc = s0 + ((kb0 * kBK + 32 * q) >> kGroupShift);
-            const int soff = (int)((uintptr_t)sc & 3); /* the lane's first scale in its aligned word: every block */
-            ssrc[h] = sc - soff;
-            srow0[h] = s0 - ((uintptr_t)s0 & 3);
-            wfill[h] = brow[h] < 0;
-            sbytes[h] = brow[h] < 0 ? 0 : soff + kScaleBytes;
-            shift[h] = 8 * soff;
-        }
-        const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start */
-        const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
-        const __nv_bfloat16 *asrc[2] = {p.a + (a0 < 0 ? 0 : a0 * K) + kb0 * kBK + 32 * q,
-                                        p.a + (a1 < 0 ? 0 : a1 * K) + kb0 * kBK + 32 * q};
-        /* the lane's 32 values lie inside K for its first nin blocks (K % 32 == 0: all in or all out) */
-        const int kin = (int)((K - 32 * q + kBK - 1) / kBK) - kb0; /* K >= 32: the sum is positive */
-        const int nin = kin <= 0 ? 0 : min(nk, (kin + (1 << kshift) - 1) >> kshift);
-        const uint32_t wstep = (kBK / 2) << kshift, sstep = (kBK >> kGroupShift) << kshift, astep = kBK << kshift;
-        const __nv_bfloat16 *tok = asrc[0];
-        if (nin == 0) { /* no piece inside K: point at the rows' first pieces, never read (zero fill) */
-    #pragma unroll
-            for (int h = 0; h < 2; h++) bsrc[h] = brow0[h], ssrc[h] = srow0[h];
-            tok = p.a;
-        }
-        int left = nin, todo = nk; /* blocks of the lane inside K, blocks to issue */
-
-        /* the warp's next block into the stage at smem offset wr; a group committed either way, so that the counts
-         * match. Past K the pointers stay on the lane's last block inside K and the copies fill zeros. */
-        auto advance = [&]() { /* past a block issued */
-            if (left > 1) {
-    #pragma unroll
-                for (int h = 0; h < 2; h++) bsrc[h] += wstep, ssrc[h] += sstep;
-                tok += astep;
-            }
-            left--, todo--;
-        };
-        auto issue = [&](uint32_t wr) {
-            if (todo > 0) {
-                const bool out = left <= 0;
-    #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    moe_decode_copy16_cg_if(ring_s + wr + h * 512, bsrc[h], out || wfill[h]);
-                    moe_cp_async4(scale_s + wr + 4 * h, ssrc[h], out ? 0 : sbytes[h]);
-                }
-                if (a0 >= 0)
-    #pragma unroll
-                    for (int j = 0; j < 4; j++) moe_decode_copy16_ca_if(ring_s + wr + (2 + j) * 512, tok + 8 * j, out);
-                advance();
-            }
-            moe_cp_async_commit();
-        };
-        /* the first kStages - 1 blocks as issue() would copy them: codes and scales, the wait for the previous grid
-         * (the routed GEMM 2 is a dependent launch of GEMM 1), then the tokens, a group committed after each block's;
-         * then the pointers move on as issue() moves them */
-        static_assert(kStages == 3, "the prologue below is written for two blocks ahead");
-    #pragma unroll
-        for (int j = 0; j < kStages - 1; j++) {
-            const bool out = left - j <= 0, on = j && left > 1; /* block j's pieces: past K; one step further */
-            if (j < todo)
-    #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    moe_decode_copy16_cg_if(ring_s + j * kStageBytes + h * 512, bsrc[h] + (on ? wstep : 0),
-                                            out || wfill[h]);
-                    moe_cp_async4(scale_s + j * kStageBytes + 4 * h, ssrc[h] + (on ? sstep : 0), out ? 0 : sbytes[h]);
-                }
-        }
-        moe_pdl_wait();
-    #pragma unroll
-        for (int j = 0; j < kStages - 1; j++) {
-            const bool out = left - j <= 0, on = j && left > 1;
-            if (j < todo && a0 >= 0)
-    #pragma unroll
-                for (int c = 0; c < 4; c++)
-                    moe_decode_copy16_ca_if(ring_s + j * kStageBytes + (2 + c) * 512, tok + (on ? astep : 0) + 8 * c, out);
-            moe_cp_async_commit();
-        }
-    #pragma unroll
-        for (int j = 0; j < kStages - 1; j++)
-            if (todo > 0) advance();
-
-        /* block i from stage rd, whose scale words sw the K loop has read (kBig: some lane's MX scale needs the 2^126
-         * path; kTwo: the tile has a second half) */
-        auto block = [&](int i, uint32_t rd, uint2 sw, auto big_tag, auto two_tag) {
-            constexpr bool kBig = decltype(big_tag)::value, kTwo = decltype(two_tag)::value;
-            const char *st = stage0 + rd;
-            const uint4 *slot = reinterpret_cast<const uint4 *>(st) + lane;
-            const uint4 codes[2] = {slot[0], slot[32]};
-            /* the rows' factors: MX one for the lane's 32 values, NV one for each 16 */
-            uint32_t fac[2][2];
-            bool big[2];
-            fp4_factors<kMx>(sw.x >> shift[0], fac[0], &big[0]);
-            fp4_factors<kMx>(sw.y >> shift[1], fac[1], &big[1]);
-            if (kBig)
-    #pragma unroll
-                for (int h = 0; h < 2; h++)
-                    if (big[h]) fac[h][0] = fac[h][1] = fp4_factor_big((h ? sw.y : sw.x) >> shift[h]);
-            const bool in2 = kTwo && a1 >= 0 && i < nin; /* the second half's token: real, inside K */
-    #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint32_t w[2][4];
-    #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const uint32_t cw = (&codes[h].x)[j], f = fac[h][j >> 1], cw8 = cw >> 8;
-    #pragma unroll
-                    for (int t2 = 0; t2 < 4; t2++) {
-                        uint32_t v = fp4_pair(cw, cw8, t2);
-                        if (kBig && big[h]) v = bf16x2_mul(v, 0x7E807E80u); /* 2^126 */
-                        w[h][t2] = bf16x2_mul(v, f);
-                    }
-                }
-                const uint4 x = a0 >= 0 ? slot[(2 + j) * 32] : make_uint4(0, 0, 0, 0);
-                fp4_word_mma(acc[0], w[0], w[1], x);
-                if (kTwo) /* from global memory */
-                    fp4_word_mma(acc[1], w[0], w[1],
-                                 in2 ? __ldg(reinterpret_cast<const uint4 *>(asrc[1] + i * astep + 8 * j))
-                                     : make_uint4(0, 0, 0, 0));
-            }
-        };
-        /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages so that their
-         * offsets are constants; blocks whose MX scales pass 2^9 (a warp-uniform test) take the 2^126 path */
-        auto k_loop = [&](auto two_tag) {
-            moe_decode_k_loop<kStages, kStageBytes, false>(nk, issue, [&](int i, uint32_t rd) {
-                const uint2 sw = *reinterpret_cast<const uint2 *>(stage0 + rd + kSlots * 512 + lane * 8);
-                bool big = false;
-                if (kMx) big = ((sw.x >> shift[0]) & 0xFF) > 136 || ((sw.y >> shift[1]) & 0xFF) > 136;
-                if (kMx && __any_sync(0xFFFFFFFFu, big)) block(i, rd, sw, moe_bool_tag<true>(), two_tag);
-                else block(i, rd, sw, moe_bool_tag<false>(), two_tag);
-            });
-        };
-        if (two) k_loop(moe_bool_tag<true>());
-        else k_loop(moe_bool_tag<false>());
-        moe_cp_async_wait<0>(); /* the empty groups past nk */
-    };
-
-    if constexpr (kSplit) {
-        split_walk<kGlu>(p, kblocks, split_min, reinterpret_cast<char *>(smem_ring), kStages * kStageBytes, warp,
-                         lane, tile_k);
-    } else {
-        const moe_decode_warp wr = moe_decode_warp_of(warp, ksplit, kblocks);
-        moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
-        if (!moe_gemm_locate_warp(p, kDecodeRows, blockIdx.x, t, lane)) return; /* the same for the whole CTA */
-        t.tile_n = t.tile_n * wr.cper + wr.ct;
-        const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
-        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-        tile_k(t, brow, wr.kw, wr.shift, wr.nk, acc);
-        if (moe_decode_reduce(acc, reinterpret_cast<char *>(smem_ring), kStages * kStageBytes, warp, wr.kw, ksplit,
-                              lane))
-            moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kUndo);
+    const moe_decode_warp wr = moe_decode_warp_of(warp, ksplit, kblocks);
+    const int cper = wr.cper, ct = wr.ct, kw = wr.kw, nk = wr.nk; /* nk: this warp's blocks */
+    int shift[2]; /* a row's scales: bits into their aligned word */
+    moe_gemm_tile t; /* p.n_tiles counts groups of cper column tiles; t.tile_n is this warp's column tile */
+    if (!moe_gemm_locate_warp(p, kDecodeRows, blockIdx.x, t, lane)) return; /* the same for the whole CTA */
+    t.tile_n = t.tile_n * cper + ct;
+    const int64_t brow[2] = {moe_decode_b_row<kGlu>(p, t, g), moe_decode_b_row<kGlu>(p, t, g + 8)};
+    /* the lane's pieces of this warp's first block; block i of the warp is i * ksplit blocks further */
+    const uint8_t *bsrc[2], *ssrc[2], *brow0[2], *srow0[2]; /* and the rows' first pieces */
+    bool wfill[2]; /* a row past N: its codes read as zeros */
+    int sbytes[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t r = brow[h] < 0 ? 0 : brow[h];
+        brow0[h] = static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) + r * (K / 2);
+        bsrc[h] = brow0[h] + kw * (kBK / 2) + 16 * q;
+        const uint8_t *s0 = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride + r * p.bs.cols;
+        const uint8_t *sc = s0 + ((kw * kBK + 32 * q) >> kGroupShift);
+        const int soff = (int)((uintptr_t)sc & 3); /* the lane's first scale in its aligned word: every block */
+        ssrc[h] = sc - soff;
+        srow0[h] = s0 - ((uintptr_t)s0 & 3);
+        wfill[h] = brow[h] < 0;
+        sbytes[h] = brow[h] < 0 ? 0 : soff + kScaleBytes;
+        shift[h] = 8 * soff;
     }
-#else
-    (void)ksplit, (void)split_min;
+    const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start */
+    const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
+    const __nv_bfloat16 *asrc[2] = {p.a + (a0 < 0 ? 0 : a0 * K) + kw * kBK + 32 * q,
+                                    p.a + (a1 < 0 ? 0 : a1 * K) + kw * kBK + 32 * q};
+    /* the lane's 32 values lie inside K for its first nin blocks (K % 32 == 0: all in or all out) */
+    const int kin = (int)((K - 32 * q + kBK - 1) / kBK) - kw; /* K >= 32: the sum is positive */
+    const int nin = kin <= 0 ? 0 : (kin + ksplit - 1) >> wr.shift;
+    const uint32_t wstep = ksplit * (kBK / 2), sstep = ksplit * (kBK >> kGroupShift), astep = ksplit * kBK;
+    const __nv_bfloat16 *tok = asrc[0];
+    if (nin == 0) { /* no piece inside K: point at the rows' first pieces, never read (zero fill) */
+#pragma unroll
+        for (int h = 0; h < 2; h++) bsrc[h] = brow0[h], ssrc[h] = srow0[h];
+        tok = p.a;
+    }
+    int left = nin, todo = nk; /* blocks of the lane inside K, blocks to issue */
+
+    /* the warp's next block into the stage at smem offset wr; a group committed either way, so that the counts
+     * match. Past K the pointers stay on the lane's last block inside K and the copies fill zeros. */
+    auto advance = [&]() { /* past a block issued */
+        if (left > 1) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) bsrc[h] += wstep, ssrc[h] += sstep;
+            tok += astep;
+        }
+        left--, todo--;
+    };
+    auto issue = [&](uint32_t wr) {
+        if (todo > 0) {
+            const bool out = left <= 0;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                moe_decode_copy16_cg_if(ring_s + wr + h * 512, bsrc[h], out || wfill[h]);
+                moe_cp_async4(scale_s + wr + 4 * h, ssrc[h], out ? 0 : sbytes[h]);
+            }
+            if (a0 >= 0)
+#pragma unroll
+                for (int j = 0; j < 4; j++) moe_decode_copy16_ca_if(ring_s + wr + (2 + j) * 512, tok + 8 * j, out);
+            advance();
+        }
+        moe_cp_async_commit();
+    };
+    float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    /* the first kStages - 1 blocks as issue() would copy them: codes and scales, the wait for the previous grid
+     * (the routed GEMM 2 is a dependent launch of GEMM 1), then the tokens, a group committed after each block's;
+     * then the pointers move on as issue() moves them */
+    static_assert(kStages == 3, "the prologue below is written for two blocks ahead");
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++) {
+        const bool out = left - j <= 0, on = j && left > 1; /* block j's pieces: past K; one step further */
+        if (j < todo)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                moe_decode_copy16_cg_if(ring_s + j * kStageBytes + h * 512, bsrc[h] + (on ? wstep : 0),
+                                        out || wfill[h]);
+                moe_cp_async4(scale_s + j * kStageBytes + 4 * h, ssrc[h] + (on ? sstep : 0), out ? 0 : sbytes[h]);
+            }
+    }
+    moe_pdl_wait();
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++) {
+        const bool out = left - j <= 0, on = j && left > 1;
+        if (j < todo && a0 >= 0)
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                moe_decode_copy16_ca_if(ring_s + j * kStageBytes + (2 + c) * 512, tok + (on ? astep : 0) + 8 * c, out);
+        moe_cp_async_commit();
+    }
+#pragma unroll
+    for (int j = 0; j < kStages - 1; j++)
+        if (todo > 0) advance();
+
+    /* block i from stage rd, whose scale words sw the K loop has read (kBig: some lane's MX scale needs the 2^126
+     * path; kTwo: the tile has a second half) */
+    auto block = [&](int i, uint32_t rd, uint2 sw, auto big_tag, auto two_tag) {
+        constexpr bool kBig = decltype(big_tag)::value, kTwo = decltype(two_tag)::value;
+        const char *st = stage0 + rd;
+        const uint4 *slot = reinterpret_cast<const uint4 *>(st) + lane;
+        const uint4 codes[2] = {slot[0], slot[32]};
+        /* the rows' factors: MX one for the lane's 32 values, NV one for each 16 */
+        uint32_t fac[2][2];
+        bool big[2];
+        fp4_factors<kMx>(sw.x >> shift[0], fac[0], &big[0]);
+        fp4_factors<kMx>(sw.y >> shift[1], fac[1], &big[1]);
+        if (kBig)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (big[h]) fac[h][0] = fac[h][1] = fp4_factor_big((h ? sw.y : sw.x) >> shift[h]);
+        const bool in2 = kTwo && a1 >= 0 && i < nin; /* the second half's token: real, inside K */
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t w[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint32_t cw = (&codes[h].x)[j], f = fac[h][j >> 1], cw8 = cw >> 8;
+#pragma unroll
+                for (int t2 = 0; t2 < 4; t2++) {
+                    uint32_t v = fp4_pair(cw, cw8, t2);
+                    if (kBig && big[h]) v = bf16x2_mul(v, 0x7E807E80u); /* 2^126 */
+                    w[h][t2] = bf16x2_mul(v, f);
+                }
+            }
+            const uint4 x = a0 >= 0 ? slot[(2 + j) * 32] : make_uint4(0, 0, 0, 0);
+            fp4_word_mma(acc[0], w[0], w[1], x);
+            if (kTwo) /* from global memory */
+                fp4_word_mma(acc[1], w[0], w[1],
+                             in2 ? __ldg(reinterpret_cast<const uint4 *>(asrc[1] + i * astep + 8 * j))
+                                 : make_uint4(0, 0, 0, 0));
+        }
+    };
+    /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages so that their
+     * offsets are constants; blocks whose MX scales pass 2^9 (a warp-uniform test) take the 2^126 path */
+    auto k_loop = [&](auto two_tag) {
+        moe_decode_k_loop<kStages, kStageBytes, false>(nk, issue, [&](int i, uint32_t rd) {
+            const uint2 sw = *reinterpret_cast<const uint2 *>(stage0 + rd + kSlots * 512 + lane * 8);
+            bool big = false;
+            if (kMx) big = ((sw.x >> shift[0]) & 0xFF) > 136 || ((sw.y >> shift[1]) & 0xFF) > 136;
+            if (kMx && __any_sync(0xFFFFFFFFu, big)) block(i, rd, sw, moe_bool_tag<true>(), two_tag);
+            else block(i, rd, sw, moe_bool_tag<false>(), two_tag);
+        });
+    };
+    if (two) k_loop(moe_bool_tag<true>());
+    else k_loop(moe_bool_tag<false>());
+    moe_cp_async_wait<0>(); /* the empty groups past nk */
+    if (moe_decode_reduce(acc, reinterpret_cast<char *>(smem_ring), kStages * kStageBytes, warp, kw, ksplit, lane))
+        moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kUndo);
 #endif
-}
-
-/* Whether a GEMM takes the split walk: where p carries its scratch and U (split_walk) stays below 2^31, and the
- * tile-a-CTA grid of n CTAs would fill under 80% of the CTA slots of its waves (MOE_GEMM_FP4_SPLIT=0 or 1 in the
- * environment forces it off or on, to compare). */
-bool split_walk_fits(const moe_gemm_params &p, bool glu, int64_t m_tiles, int64_t n, int64_t slots) {
-    const int64_t cols = glu ? (p.n + 7) / 8 : (p.n + 15) / 16, kblocks = (p.k + kBK - 1) / kBK;
-    if (!p.split_partials || !p.split_counts || m_tiles * cols * kblocks >= ((int64_t)1 << 31)) return false;
-    const char *v = getenv("MOE_GEMM_FP4_SPLIT");
-    if (v && (!strcmp(v, "0") || !strcmp(v, "1"))) return v[0] == '1';
-    const int64_t waves = (n + slots - 1) / slots;
-    return 5 * n < 4 * waves * slots;
-}
-
-/* K blocks a CTA of the split walk streams at least (MOE_GEMM_FP4_SPLIT_MIN, 1-256, to tune): fewer CTAs where the
- * work is short, so that each warp's stream still pays for its start (8 blocks a warp, as moe_decode_ksplit). */
-int split_walk_min() {
-    const char *v = getenv("MOE_GEMM_FP4_SPLIT_MIN");
-    const int n = v ? atoi(v) : 0;
-    return n >= 1 && n <= 256 ? n : 8 * kWarps;
 }
 
 template <bool kGlu, int F>
@@ -377,18 +279,11 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
     /* MXFP4: a grid of several waves takes longer warps (moe_decode_ksplit_for_grid); NVFP4 was slower so */
     const bool longer = F == MOE_B_E2M1_E8M0;
     MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, kCtasPerSm, false, q, ksplit, tiles, longer));
-    const bool split = split_walk_fits(p, kGlu, m_tiles, tiles, (int64_t)ctx->cuda.sm_count * kCtasPerSm);
-    const int split_min = split_walk_min();
-    if (split) { /* as many CTAs as the work fills, at most the scratch's (every CTA slot) */
-        const int64_t cols = kGlu ? (p.n + 7) / 8 : (p.n + 15) / 16, kblocks = (p.k + kBK - 1) / kBK;
-        const int64_t ctas = m_tiles * cols * kblocks / split_min, most = p.split_warps / kWarps;
-        tiles = (unsigned)(ctas < 1 ? 1 : ctas > most ? most : ctas);
-    }
-    auto kernel = split ? gemm_fp4_decode_kernel<kGlu, F, true> : gemm_fp4_decode_kernel<kGlu, F, false>;
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
     /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue */
-    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), kernel, dim3(tiles), kWarps * 32, kRing, st, q, ksplit,
-                                 split_min));
+    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_fp4_decode_kernel<kGlu, F>, dim3(tiles),
+                                 kWarps * 32, kRing, st, q, ksplit));
     return MOE_OK;
 }
 
@@ -412,8 +307,4 @@ moe_status moe__cuda_grouped_gemm_fp4_decode(moe_ctx *ctx, const moe_gemm_params
                        : launch<true, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, stream);
     return mx ? launch<false, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, stream)
               : launch<false, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, stream);
-}
-
-int moe__cuda_gemm_fp4_split_warps(moe_ctx *ctx) {
-    return ctx->cuda.sm_count * kCtasPerSm * kWarps;
 }

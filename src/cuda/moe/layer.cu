@@ -73,12 +73,6 @@ __global__ void __launch_bounds__(kCombineThreads)
 extern "C" moe_status moe__cuda_layer_init(moe_layer *l) {
     moe_ctx *ctx = l->ctx;
     moe__cuda_enter(ctx, NULL);
-    if (l->quantized && l->q13.f.elem == MOE_DTYPE_E2M1) { /* zero once: each launch leaves them zero */
-        const size_t bytes = (size_t)moe__cuda_gemm_fp4_split_warps(ctx) * sizeof(int32_t);
-        MOE_CUDA_TRY(ctx, cudaMalloc(&l->split_counts, bytes));
-        MOE_CUDA_TRY(ctx, cudaMemset(l->split_counts, 0, bytes));
-    }
-    if (l->c.n_shared == 0 && !l->act_quantized) return MOE_OK; /* no side stream */
     cudaStream_t side;
     cudaEvent_t fork, join;
     MOE_CUDA_TRY(ctx, cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
@@ -95,12 +89,11 @@ extern "C" moe_status moe__cuda_layer_init(moe_layer *l) {
 
 extern "C" void moe__cuda_layer_fini(moe_layer *l) {
     moe__cuda_enter(l->ctx, NULL);
-    if (l->split_counts) cudaFree(l->split_counts);
     if (l->xq_event) cudaEventDestroy((cudaEvent_t)l->xq_event);
     if (l->join_event) cudaEventDestroy((cudaEvent_t)l->join_event);
     if (l->fork_event) cudaEventDestroy((cudaEvent_t)l->fork_event);
     if (l->side_stream) cudaStreamDestroy((cudaStream_t)l->side_stream);
-    l->side_stream = l->fork_event = l->join_event = l->xq_event = l->split_counts = NULL;
+    l->side_stream = l->fork_event = l->join_event = l->xq_event = NULL;
 }
 
 /* Forks the layer's side stream from st: what is queued on it next runs after what st holds now. */

@@ -204,7 +204,6 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
     s.permute = at, s.permute_bytes = pb, at += moe__align256(pb);
     s.h = at, at += moe__align256((size_t)s.rows * I * 2);
     s.y = at, at += moe__align256((size_t)s.rows * H * 2);
-    if (l->split_counts) s.split = at, at += moe__align256((size_t)moe__cuda_gemm_fp4_split_warps(l->ctx) * 2 * 1024);
     if (l->act_quantized) s.w8a8 = moe__w8a8_scratch(&at, t, H, (size_t)s.rows, I, s.h);
     s.bytes = at;
     return s;
@@ -329,11 +328,6 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     const expert_set es = routed_set(l);
     moe_gemm_params g, g2;
     expert_gemms(l, es, routed_bufs(s), ws, x, k, c->router.weight_on_input ? weights : nullptr, g, g2);
-    if (l->split_counts) { /* the FP4 decode kernel's split walk: GEMM 2 touches them after GEMM 1 is done */
-        g.split_partials = g2.split_partials = (float *)(ws + s->split);
-        g.split_counts = g2.split_counts = (int32_t *)l->split_counts;
-        g.split_warps = g2.split_warps = moe__cuda_gemm_fp4_split_warps(ctx);
-    }
     if (l->act_quantized)
         return experts_w8a8(l, es, g, g2, x, x_codes ? X_CODES_EVENT : X_CODES_HERE, T, shape, tiles, routed_bufs(s),
                             ws, st);
