@@ -14,6 +14,7 @@ typedef struct fuzz {
     long ok, failed, bad; /* calls that succeeded, that failed with a message, property violations */
     long compared;        /* fused route + permute steps compared with the two ops */
     long ep_compared;     /* expert-parallel forwards compared with the layer */
+    long replayed;        /* layer forwards run again over a poisoned workspace and compared */
     void *held[48];       /* this op's buffers in the context's memory */
     int n_held;
 } fuzz;

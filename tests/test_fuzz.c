@@ -214,7 +214,25 @@ void fuzz_layer(fuzz *f) {
         const moe_layer_io io = {&in.x, fz_next(f) % 2 || !w.gate ? &in.logits : NULL, &in.out, in.token_ids, st,
                                  stats_layer};
         void *ws = fz_buf(f, ws_bytes, NULL);
-        fz_status(f, moe_layer_forward(l, &io, ws, fz_next(f) % 10 ? ws_bytes : ws_bytes / 2, NULL), "moe_layer_forward");
+        const size_t wsb = fz_next(f) % 10 ? ws_bytes : ws_bytes / 2;
+        s = moe_layer_forward(l, &io, ws, wsb, NULL);
+        fz_status(f, s, "moe_layer_forward");
+        const size_t out_bytes = (size_t)(T * d.H) * (c.dtype == MOE_DTYPE_F32 ? 4 : 2);
+        void *first = s == MOE_OK && ws && T > 0 ? fz_buf(f, out_bytes, NULL) : NULL;
+        if (first && moe_memcpy(f->ctx, first, in.out.data, out_bytes, MOE_COPY_CTX_TO_CTX, NULL) == MOE_OK &&
+            moe_memset(f->ctx, ws, 0xFF, wsb, NULL) == MOE_OK) {
+            /* again over a workspace of 0xFF bytes (no counters: they would count twice): a forward keeps no state
+             * in its workspace, so the same bits */
+            const moe_layer_io again = {io.x, io.logits, io.out, io.token_ids, NULL, 0};
+            s = moe_layer_forward(l, &again, ws, wsb, NULL);
+            fz_status(f, s, "moe_layer_forward (again)");
+            if (s == MOE_OK) {
+                f->replayed++;
+                fz_same(f, "moe_layer_forward out over a poisoned workspace", in.out.data, first, out_bytes);
+            } else {
+                fprintf(stderr, "  moe_layer_forward failed over a poisoned workspace after it succeeded\n"), f->bad++;
+            }
+        }
         if (f->gpu) moe_sync(f->ctx, NULL); /* the counters' memory is freed next */
         moe_expert_stats_destroy(f->ctx, st);
     } else if (l) {
@@ -309,10 +327,12 @@ static test_result fuzz_rounds(moe_ctx *ctx, int gpu, uint64_t seed, int rounds)
     }
     moe_comm_destroy(f.comm);
     fprintf(stderr, "  %d rounds: %ld calls succeeded, %ld failed with a message; %ld fused route + permute steps "
-                    "compared with the two ops, %ld expert-parallel forwards with the layer\n", rounds, f.ok, f.failed,
-            f.compared, f.ep_compared);
+                    "compared with the two ops, %ld expert-parallel forwards with the layer, %ld layer forwards "
+                    "again over a poisoned workspace\n", rounds, f.ok, f.failed, f.compared, f.ep_compared,
+            f.replayed);
     ASSERT_EQ_I64(f.bad, 0);
     ASSERT(gpu || rounds < 100 || f.ep_compared > 0);
+    ASSERT(rounds < 100 || f.replayed > 0);
     ASSERT(f.ok > rounds && f.failed > rounds); /* both kinds of call were reached */
     return TEST_OK;
 }
