@@ -89,8 +89,10 @@ moe_status moe__ep_allgather_host(moe_comm *comm, const void *mine, int64_t byte
  * counted and mapped to slots (returns the ids the dispatch uses). */
 moe_status moe__ep_placement_init(moe_ep *ep);
 moe_status moe__ep_map_ids(moe_ep *ep, const int32_t *ids, int64_t T, const int32_t **out, void *stream);
-/* Checksums of n blocks of `bytes` bytes at base + i stride (a multiple of 4): sum over the block's 32-bit words
- * w_j of w_j (2j + 1) mod 2^64, added to out[i] (host). */
+/* Checksums of n blocks of `bytes` bytes at base + i stride: sum over the block's 32-bit words w_j (its bytes 4j ..
+ * 4j + 3 in memory order, the last word zero-padded) of w_j (2j + 1) mod 2^64, added to out[i] (host). Any stride
+ * and alignment on the CPU (a bf16 layer with H I odd has 2-byte aligned experts); the GPU's layers have widths of
+ * multiples of 8, so their blocks are whole, aligned words, which its kernel takes as they are. */
 moe_status moe__ep_checksum(moe_ep *ep, const void *base, int64_t stride, int64_t bytes, int n, uint64_t *out);
 
 /* Steps, dispatched on the context's backend. Counts on the device stay there; n_max bounds the grids. */

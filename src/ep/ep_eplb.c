@@ -62,9 +62,13 @@ moe_status moe__ep_checksum(moe_ep *ep, const void *base, int64_t stride, int64_
 #endif
     (void)ep;
     for (int i = 0; i < n; i++) {
-        const uint32_t *w = (const uint32_t *)((const char *)base + i * stride);
+        const char *b = (const char *)base + i * stride;
         uint64_t acc = 0;
-        for (int64_t j = 0; j < bytes / 4; j++) acc += (uint64_t)w[j] * (uint64_t)(2 * j + 1);
+        for (int64_t j = 0; 4 * j < bytes; j++) {
+            uint32_t w = 0; /* by memcpy: the block may be 2-byte aligned; the last word zero-padded */
+            memcpy(&w, b + 4 * j, (size_t)(bytes - 4 * j < 4 ? bytes - 4 * j : 4));
+            acc += (uint64_t)w * (uint64_t)(2 * j + 1);
+        }
         out[i] += acc;
     }
     return MOE_OK;
