@@ -47,7 +47,8 @@ void layer_problem_free(layer_problem *p);
 /* Runs p on ctx with weights and x in dtype (bf16: rounded from the f32 values); use_logits passes p->logits
  * instead of computing them from the gate; capture (GPU) records the forward in a CUDA graph and replays it twice,
  * the workspace filled with 0xFF bytes before the second: out is the second's, which must match a plain run's bits
- * (a forward keeps no state in its workspace; api_fuzz checks the same on the CPU). out (T, H) f32. Returns MOE_OK or the failing call's status (its message in the context). */
+ * (a forward keeps no state in its workspace; api_fuzz checks the same on the CPU). out (T, H) f32. Returns MOE_OK
+ * or the failing call's status (its message in the context). */
 moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int use_logits, float *out,
                      int capture);
 
