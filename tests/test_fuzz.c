@@ -325,14 +325,19 @@ static test_result fuzz_rounds(moe_ctx *ctx, int gpu, uint64_t seed, int rounds)
         if (i % 4 == 0) fuzz_layer(&f);
         if (i % 4 == 2) fuzz_ep(&f);
     }
+    /* Few random layers take a forward (some 4% of them: most have a field or buffer wrong on purpose), so the
+     * GPU's 50 could all fail; more layers from the same stream until one forward has run twice, so that the
+     * poisoned-workspace property is checked on every run (about 30 more expected, 2000 at most). */
+    int extra = 0;
+    while (rounds > 0 && f.replayed == 0 && f.bad == 0 && extra < 2000) fuzz_layer(&f), extra++;
     moe_comm_destroy(f.comm);
     fprintf(stderr, "  %d rounds: %ld calls succeeded, %ld failed with a message; %ld fused route + permute steps "
                     "compared with the two ops, %ld expert-parallel forwards with the layer, %ld layer forwards "
-                    "again over a poisoned workspace\n", rounds, f.ok, f.failed, f.compared, f.ep_compared,
-            f.replayed);
+                    "again over a poisoned workspace (%d more layers for one)\n", rounds, f.ok, f.failed,
+            f.compared, f.ep_compared, f.replayed, extra);
     ASSERT_EQ_I64(f.bad, 0);
     ASSERT(gpu || rounds < 100 || f.ep_compared > 0);
-    ASSERT(rounds < 100 || f.replayed > 0);
+    ASSERT(rounds == 0 || f.replayed > 0);
     ASSERT(f.ok > rounds && f.failed > rounds); /* both kinds of call were reached */
     return TEST_OK;
 }
