@@ -8,7 +8,9 @@
  * are added in slice order, so the bits do not depend on timing: for one group of few tokens on sm_90 the
  * slices are one thread block cluster, each CTA adding a share of the outputs over the others' shared memory (no
  * third kernel, no partial sums in global memory); otherwise each slice writes its partial sums and
- * gate_reduce_kernel adds them. The shared-expert gate is handled as one more expert row, E. */
+ * gate_reduce_kernel adds them. The shared-expert gate is handled as one more expert row, E. The few kernel loads
+ * its first gate columns before it waits for the previous grid (the gate is a weight, written before the forward),
+ * so that their latency passes while that grid drains. */
 #include <cooperative_groups.h>
 
 #include "cuda/common/cuda.cuh"
@@ -22,6 +24,7 @@ namespace cg = cooperative_groups;
 namespace {
 
 constexpr int kGroup = MOE_GATE_GROUP, kWarps = 4, kSlice = MOE_GATE_SLICE;
+constexpr int kPre = 4; /* float4 of the gate a lane loads before the previous grid ends: 512 columns of a slice */
 
 struct gate_args {
     const __nv_bfloat16 *x;
@@ -67,22 +70,27 @@ template <class Done> __device__ __forceinline__ void cluster_sum(float *mine, i
  * splits are one cluster and add their sums (cluster_sum); else each split stores its own (gate_args::store). */
 template <bool kCluster>
 __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a) {
-    moe_pdl_wait();
-    moe_pdl_launch_next();
     __shared__ float sums[kCluster ? kWarps * kGroup : 1]; /* cluster: this slice's sums, (warp, token) */
     const int lane = threadIdx.x & 31, e = blockIdx.y * kWarps + (threadIdx.x >> 5), z = blockIdx.x;
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
-    if (!kCluster && e >= n_out) return; /* a cluster's threads all reach its barriers */
     const int64_t t0 = (int64_t)blockIdx.z * kGroup;
     const int nt = a.T - t0 < kGroup ? (int)(a.T - t0) : kGroup;
     const float *w = a.row(e < n_out ? e : 0);
+    const int h_end = e < n_out ? min(a.H, (z + 1) * a.slice) : 0, h0 = z * a.slice + lane * 4;
+    /* the gate is the layer's weight, written before any grid of the forward: its first kPre float4 a lane are
+     * loaded before the wait for the previous grid (x's writer), so that their latency passes while it drains */
+    float4 pre[kPre];
+#pragma unroll
+    for (int i = 0; i < kPre; i++)
+        pre[i] = h0 + 128 * i < h_end ? __ldg(reinterpret_cast<const float4 *>(w + h0 + 128 * i))
+                                                    : make_float4(0, 0, 0, 0);
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+    if (!kCluster && e >= n_out) return; /* a cluster's threads all reach its barriers */
     float acc[kGroup];
 #pragma unroll
     for (int j = 0; j < kGroup; j++) acc[j] = 0.0f;
-    const int h_end = e < n_out ? min(a.H, (z + 1) * a.slice) : 0;
-#pragma unroll 4
-    for (int h = z * a.slice + lane * 4; h < h_end; h += 128) {
-        const float4 g = __ldg(reinterpret_cast<const float4 *>(w + h));
+    auto add = [&](int h, const float4 &g) { /* columns h .. h + 3 of every token */
 #pragma unroll
         for (int j = 0; j < kGroup; j++) {
             if (j >= nt) break;
@@ -94,7 +102,13 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
             acc[j] = fmaf(x23.x, g.z, acc[j]);
             acc[j] = fmaf(x23.y, g.w, acc[j]);
         }
-    }
+    };
+    const int pre_end = min(h_end, h0 + 128 * kPre); /* the columns loaded above, in order */
+#pragma unroll
+    for (int i = 0; i < kPre; i++)
+        if (h0 + 128 * i < pre_end) add(h0 + 128 * i, pre[i]);
+#pragma unroll 4
+    for (int h = pre_end; h < h_end; h += 128) add(h, __ldg(reinterpret_cast<const float4 *>(w + h)));
 #pragma unroll
     for (int j = 0; j < kGroup; j++) {
 #pragma unroll
