@@ -157,7 +157,7 @@ static moe_status ep_combine(moe_ep *ep, const moe_layer_io *io, const int32_t *
     const float *wts = (const float *)(ep->scratch + ls->weights);
 #ifdef MOE_WITH_CUDA
     if (ep->comm->ctx->backend == MOE_BACKEND_CUDA)
-        return moe__cuda_layer_combine(ep->layer, ep->y_home, slot_row, wts, T,
+        return moe__cuda_layer_combine(ep->layer, ep->y_home, slot_row, wts, 0, T,
                                        c->n_shared ? ep->scratch + ls->shared_y : NULL, NULL, /* bf16 shared */
                                        c->shared_gate ? (const float *)(ep->scratch + ls->shared_scale) : NULL,
                                        io->out->data, stream);

@@ -155,9 +155,10 @@ moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_
 moe_status moe__cuda_layer_join(moe_layer *l, void *stream);
 /* GPU: out_t = sum over j in order of w_tj y[slot_row[t k + j]] + g_t sum_s shared_y[row(s) + t] (shared_y,
  * shared_scale may be NULL), where row(s) is shared_offsets[s] (device memory: the quantised shared experts' plan)
- * or s T (shared_offsets NULL). */
+ * or s T (shared_offsets NULL). plan_early: slot_row and weights were written before the kernel last queued on
+ * `stream` started (then the combine reads them before its wait for that kernel). */
 moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const int32_t *slot_row, const float *weights,
-                                   int64_t T, const void *shared_y, const int64_t *shared_offsets,
+                                   int plan_early, int64_t T, const void *shared_y, const int64_t *shared_offsets,
                                    const float *shared_scale, void *out, void *stream);
 #endif
 

@@ -22,36 +22,59 @@
 namespace {
 
 constexpr int kCombineThreads = 64; /* x 8 columns a thread */
+constexpr int kPlanEarly = 8;       /* slots whose rows and weights may be read before the wait */
 
 /* out[t, h..h+8) = sum over slots j (in order) of coef_j y[slot_row[t, j]] + g_s sum_s shared_y[row(s) + t], row(s)
  * = shared_offsets[s] or s T. A CTA per (token, 512 columns); the rows of up to four slots are loaded before they are
- * added, so a thread keeps four loads in flight instead of waiting for each. */
+ * added, so a thread keeps four loads in flight instead of waiting for each. plan_early: slot_row and weights were
+ * written before the previous grid started (the layer's routing: GEMM 1 is always a plain launch), so the first
+ * kPlanEarly slots' rows and weights are read before the wait, and only y's loads follow it. */
 __global__ void __launch_bounds__(kCombineThreads)
     combine_kernel(const __nv_bfloat16 *y, const int32_t *slot_row, const float *weights, int k,
-                   bool weight_on_input, const __nv_bfloat16 *shared_y, const int64_t *shared_offsets, int n_shared,
-                   const float *shared_scale, int64_t T, int H, __nv_bfloat16 *out) {
+                   bool weight_on_input, bool plan_early, const __nv_bfloat16 *shared_y,
+                   const int64_t *shared_offsets, int n_shared, const float *shared_scale, int64_t T, int H,
+                   __nv_bfloat16 *out) {
+    const int64_t t = blockIdx.x;
+    auto plan = [&](int j, int32_t &r, float &c) { /* slot j's row (-1: none) and weight */
+        r = j < k ? slot_row[t * k + j] : -1;
+        c = r < 0 ? 0.0f : weight_on_input ? 1.0f : weights[t * k + j];
+    };
+    int32_t rows[kPlanEarly];
+    float coefs[kPlanEarly];
+    if (plan_early)
+#pragma unroll
+        for (int j = 0; j < kPlanEarly; j++) plan(j, rows[j], coefs[j]);
     moe_pdl_wait();
     moe_pdl_launch_next();
-    const int64_t t = blockIdx.x;
+    if (!plan_early)
+#pragma unroll
+        for (int j = 0; j < kPlanEarly; j++) plan(j, rows[j], coefs[j]);
     const int h = (blockIdx.y * kCombineThreads + threadIdx.x) * 8;
     if (h >= H) return;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int j0 = 0; j0 < k; j0 += 4) {
-        float v[4][8], coef[4];
-        bool used[4];
+    auto add4 = [&](const int32_t (&r)[4], const float (&c)[4]) { /* four slots, in order */
+        float v[4][8];
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const int j = j0 + q;
-            const int32_t r = j < k ? slot_row[t * k + j] : -1;
-            used[q] = r >= 0;
-            coef[q] = !used[q] ? 0.0f : weight_on_input ? 1.0f : weights[t * k + j];
-            moe_load8(y, used[q] ? (int64_t)r * H + h : 0, used[q] ? 8 : 0, used[q], v[q]);
-        }
+        for (int q = 0; q < 4; q++) moe_load8(y, r[q] >= 0 ? (int64_t)r[q] * H + h : 0, r[q] >= 0 ? 8 : 0, r[q] >= 0, v[q]);
 #pragma unroll
         for (int q = 0; q < 4; q++)
-            if (used[q])
+            if (r[q] >= 0)
 #pragma unroll
-                for (int e = 0; e < 8; e++) acc[e] += coef[q] * v[q][e];
+                for (int e = 0; e < 8; e++) acc[e] += c[q] * v[q][e];
+    };
+#pragma unroll
+    for (int j0 = 0; j0 < kPlanEarly; j0 += 4) {
+        if (j0 >= k) break;
+        const int32_t r[4] = {rows[j0], rows[j0 + 1], rows[j0 + 2], rows[j0 + 3]};
+        const float c[4] = {coefs[j0], coefs[j0 + 1], coefs[j0 + 2], coefs[j0 + 3]};
+        add4(r, c);
+    }
+    for (int j0 = kPlanEarly; j0 < k; j0 += 4) {
+        int32_t r[4];
+        float c[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) plan(j0 + q, r[q], c[q]);
+        add4(r, c);
     }
     if (n_shared) {
         float sh[8] = {0, 0, 0, 0, 0, 0, 0, 0}, v[8];
@@ -147,7 +170,7 @@ extern "C" moe_status moe__cuda_layer_join(moe_layer *l, void *stream) {
 }
 
 extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const int32_t *slot_row,
-                                              const float *weights, int64_t T, const void *shared_y,
+                                              const float *weights, int plan_early, int64_t T, const void *shared_y,
                                               const int64_t *shared_offsets, const float *shared_scale, void *out,
                                               void *stream) {
     moe_ctx *ctx = l->ctx;
@@ -158,7 +181,8 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
     const dim3 grid((unsigned)T, (unsigned)((H + kCombineThreads * 8 - 1) / (kCombineThreads * 8)));
     MOE_CUDA_TRY(ctx, moe_launch(moe__cuda_pdl(ctx), combine_kernel, grid, kCombineThreads, 0, st,
                                  (const __nv_bfloat16 *)y, slot_row, weights, c->router.top_k,
-                                 c->router.weight_on_input != 0, (const __nv_bfloat16 *)shared_y, shared_offsets,
+                                 c->router.weight_on_input != 0, plan_early != 0,
+                                 (const __nv_bfloat16 *)shared_y, shared_offsets,
                                  shared_y ? c->n_shared : 0, shared_scale, T, H, (__nv_bfloat16 *)out));
     return MOE_OK;
 }
@@ -212,8 +236,9 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
                                                           (cudaEvent_t)l->xq_event, 0)); /* always joined */
     if (c->n_shared) MOE_TRY(moe__cuda_layer_join(l, stream)); /* always joined */
     if (rs != MOE_OK) return rs;
+    /* the routing wrote slot_row and the weights before GEMM 1, a plain launch, started */
     return moe__cuda_layer_combine(l, ws + s.y, (const int32_t *)(ws + s.slot_row), (const float *)(ws + s.weights),
-                                   T, c->n_shared ? ws + s.shared_y : nullptr,
+                                   1, T, c->n_shared ? ws + s.shared_y : nullptr,
                                    l->shared_quantized ? (const int64_t *)(ws + s.shared_offsets) : nullptr,
                                    c->shared_gate ? (const float *)(ws + s.shared_scale) : nullptr, io->out->data,
                                    stream);
