@@ -81,6 +81,81 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
     if (rank == 0 && threadIdx.x == 0 && pp.invalid) *pp.invalid = 0; /* routed ids are never invalid */
 }
 
+/* A list of at most 32 entries (T * k <= 32, T <= kWarps), contiguous layout: one CTA and one barrier. Warp t
+ * routes token t and stores its keys; then every warp reads the whole list into its lanes, a lane an entry, and
+ * finds the layout with warp operations alone: the entries of an expert find each other with __match_any_sync (a
+ * rank in list order, a count), and the lane of an expert's first entry holds its padded rows. Warp w then lays
+ * out the experts of chunks w, w + kWarps, ... of 32 (a lane an expert: the chunk's leaders drop their padded rows
+ * and counts into the warp's shared row, a scan over the lanes gives the rows within the chunk, one reduction over
+ * the list the padded rows of the experts below it) and writes their counts, offsets and padding rows; warp 0 also
+ * places the entries, each entry's first row the padded rows of the present experts below it. So no thread waits
+ * for another after the routing (route_permute_kernel's histogram, scan, placement and fill are five
+ * barrier-separated phases, which at T = 1 cost as much as the routing). */
+constexpr int kSmallList = 32;
+
+template <int kPerLane>
+__global__ void __launch_bounds__(kThreads)
+    route_permute_small_kernel(route_warp::params rp, permute_cta::permute_params pp) {
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+    __shared__ int keys[kSmallList], chunk_pad[kWarps][32], chunk_count[kWarps][32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = rp.c.top_k, E = pp.c.n_experts;
+    if (warp < rp.n_tokens) {
+        int id = -1;
+        route_warp::route_token<kPerLane>(rp, warp, id);
+        const int e = id - pp.c.expert_begin; /* id is an expert of the router or -1 */
+        if (lane < k) keys[warp * k + lane] = id >= 0 && e >= 0 && e < E ? e : E;
+    }
+    __syncthreads();
+    const int n = (int)pp.n;
+    const unsigned lower = (1u << lane) - 1u, tm = (unsigned)pp.c.tile_m;
+    const int key = lane < n ? keys[lane] : E + 1; /* E: skipped; E + 1: no entry */
+    const unsigned peers = __match_any_sync(0xffffffffu, key);
+    const int rank = __popc(peers & lower), count = __popc(peers);
+    /* the expert's rows padded to the tile, held by the lane of its first entry (0 elsewhere); every sum of them
+     * stays below the rows moe_permute_rows allows (< 2^31) */
+    const int padded = key < E && rank == 0 ? (int)((count + tm - 1u) / tm * tm) : 0;
+    for (int c = warp; 32 * c <= E; c += kWarps) { /* experts e = 32 c + lane, offsets up to e = E */
+        chunk_pad[warp][lane] = 0, chunk_count[warp][lane] = 0;
+        __syncwarp();
+        if (padded > 0 && key / 32 == c) chunk_pad[warp][key % 32] = padded, chunk_count[warp][key % 32] = count;
+        __syncwarp();
+        const int p = chunk_pad[warp][lane], cnt = chunk_count[warp][lane];
+        int incl = p; /* inclusive scan over the chunk's lanes */
+#pragma unroll
+        for (int o = 1; o < 32; o *= 2) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += v;
+        }
+        const int first = (int)__reduce_add_sync(0xffffffffu, key < 32 * c ? (unsigned)padded : 0u) + incl - p;
+        const int e = 32 * c + lane;
+        if (e < E) pp.counts[e] = cnt;
+        if (e <= E) pp.offsets[e] = first;
+        /* the padding rows [first + cnt, first + p) of the chunk's experts, one expert at a time */
+        for (unsigned pads = __ballot_sync(0xffffffffu, p > cnt); pads; pads &= pads - 1) {
+            const int src = __ffs(pads) - 1;
+            const int lo = __shfl_sync(0xffffffffu, first + cnt, src), hi = __shfl_sync(0xffffffffu, first + p, src);
+            for (int r = lo + lane; r < hi; r += 32) pp.row_src[r] = -1;
+        }
+        __syncwarp(); /* the chunk's row is read before the next chunk clears it */
+    }
+    if (warp == 0) {
+        int first = 0; /* the entry's expert's first row */
+#pragma unroll
+        for (int src = 0; src < 32; src++) {
+            const int ks = __shfl_sync(0xffffffffu, key, src), ps = __shfl_sync(0xffffffffu, padded, src);
+            first += ks < key ? ps : 0;
+        }
+        if (lane < n) {
+            const int row = key < E ? first + rank : -1;
+            pp.slot_row[lane] = row;
+            if (row >= 0) pp.row_src[row] = lane;
+        }
+        if (lane == 0 && pp.dropped) *pp.dropped = 0;
+        if (lane == 0 && pp.invalid) *pp.invalid = 0; /* routed ids are never invalid */
+    }
+}
+
 /* The CTAs of route_permute_kernel<kPerLane>'s cluster at most: 16 where its sm_90 code runs and the GPU schedules
  * a non-portable cluster of 16 such CTAs (H100 / H200 can), else 8 with 2 tokens a warp; 1 where the sm_90 code does
  * not run (older GPUs, or the portable PTX on newer ones). Asked once a kernel. */
@@ -94,6 +169,8 @@ template <int kPerLane> int cluster_ctas() {
 template <int kPerLane>
 cudaError_t launch(bool pdl, cudaStream_t st, const route_warp::params &rp,
                    const permute_cta::permute_params &pp) {
+    if (pp.c.layout == MOE_PERMUTE_CONTIGUOUS && pp.n <= kSmallList && rp.n_tokens <= kWarps)
+        return moe_launch(pdl, route_permute_small_kernel<kPerLane>, 1, kThreads, 0, st, rp, pp);
     void (*kernel)(route_warp::params, permute_cta::permute_params) = route_permute_kernel<kPerLane>;
     const int max_ctas = cluster_ctas<kPerLane>();
     /* a warp a token, and at most two experts' padding a warp: more CTAs than the tokens need when the list
