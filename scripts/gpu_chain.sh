@@ -14,7 +14,9 @@ for d in $DTYPES; do
     for m in $MODELS; do
         for t in $TOKENS; do
             f="$OUT/ncu-chain-$m-$d-t$t.csv"
-            ncu --clock-control none --cache-control all --launch-count 12 --page raw --csv \
+            # the forward's kernels only (not the weights' quantisation before it)
+            ncu --clock-control none --cache-control all -k "regex:gate|route|gemm|combine|fake_quant" \
+                --launch-count 12 --page raw --csv \
                 --metrics gpu__time_duration.sum,launch__grid_size "$M" bench layer --model "$m" --tokens "$t" \
                 --dtype "$d" --reps 1 --idle-ms 0 > "$f" 2>&1
             echo "== $m $d T=$t (ncu, µs each)"
@@ -22,7 +24,7 @@ for d in $DTYPES; do
 import csv, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 h = rows[0]; k = h.index("Kernel Name"); d = h.index("gpu__time_duration.sum"); g = h.index("launch__grid_size")
-div = {"nsecond": 1000.0, "usecond": 1.0, "msecond": 0.001}.get(rows[1][d], 1.0)
+div = {"ns": 1000.0, "nsecond": 1000.0, "us": 1.0, "usecond": 1.0, "ms": 0.001, "msecond": 0.001}[rows[1][d]]
 for r in rows[2:]:
     print(f"  {r[k][:60]:60s} grid {r[g]:>6s} {float(r[d].replace(',', '')) / div:8.2f}")
 PY
