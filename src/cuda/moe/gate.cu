@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
 #pragma unroll
     for (int i = 0; i < kPre; i++)
         pre[i] = h0 + 128 * i < h_end ? __ldg(reinterpret_cast<const float4 *>(w + h0 + 128 * i))
-                                                    : make_float4(0, 0, 0, 0);
+                                      : make_float4(0, 0, 0, 0);
     moe_pdl_wait();
     moe_pdl_launch_next();
     if (!kCluster && e >= n_out) return; /* a cluster's threads all reach its barriers */

@@ -55,7 +55,8 @@ __global__ void __launch_bounds__(kCombineThreads)
     auto add4 = [&](const int32_t (&r)[4], const float (&c)[4]) { /* four slots, in order */
         float v[4][8];
 #pragma unroll
-        for (int q = 0; q < 4; q++) moe_load8(y, r[q] >= 0 ? (int64_t)r[q] * H + h : 0, r[q] >= 0 ? 8 : 0, r[q] >= 0, v[q]);
+        for (int q = 0; q < 4; q++)
+            moe_load8(y, r[q] >= 0 ? (int64_t)r[q] * H + h : 0, r[q] >= 0 ? 8 : 0, r[q] >= 0, v[q]);
 #pragma unroll
         for (int q = 0; q < 4; q++)
             if (r[q] >= 0)
