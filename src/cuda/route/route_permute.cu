@@ -4,7 +4,9 @@
  * (distributed shared memory). After the cluster barrier each CTA counts and lays out the whole list and places
  * its own share of it (permute_cta.cuh's place_range) and of the padding rows, so that no CTA's chain of phases
  * is longer than a share's. One kernel instead of two: the second launch's latency, a third of a decode step's
- * routing, is gone, and the ids never make a round trip through global memory. */
+ * routing, is gone, and the ids never make a round trip through global memory. A list of at most 32 entries
+ * (every one-token decode step) takes route_permute_small_kernel instead: one CTA, one barrier, the layout by warp
+ * operations. */
 #include <cooperative_groups.h>
 
 #include "cuda/route/permute_cta.cuh"
