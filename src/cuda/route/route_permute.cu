@@ -22,6 +22,12 @@ constexpr int kThreads = permute_cta::kThreads, kWarps = kThreads / 32;
 constexpr int kTokensPerWarp = 2;
 static_assert(MOE_ROUTE_PERMUTE_MAX_TOKENS <= kTokensPerWarp * kWarps * 8, "tokens a warp");
 
+/* The permute key of a routed id (an expert of the router or -1): its local expert, or E when skipped. */
+__device__ __forceinline__ int routed_key(const permute_cta::permute_params &pp, int id) {
+    const int e = id - pp.c.expert_begin;
+    return id >= 0 && e >= 0 && e < pp.c.n_experts ? e : pp.c.n_experts;
+}
+
 template <int kPerLane>
 __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::params rp, permute_cta::permute_params pp) {
     moe_pdl_wait();
@@ -54,9 +60,8 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
 #pragma unroll
     for (int i = 0; i < kTokensPerWarp; i++) {
         const int64_t t = first + i * stride;
-        const int e = ids[i] - pp.c.expert_begin; /* ids[i] is an expert of the router or -1 */
         if (t >= rp.n_tokens || lane >= k) continue;
-        const int key = ids[i] >= 0 && e >= 0 && e < E ? e : E;
+        const int key = routed_key(pp, ids[i]);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         for (int r = 0; r < n_ctas; r++) cluster.map_shared_rank(sm.key, r)[t * k + lane] = key; /* every CTA's */
 #else
@@ -105,8 +110,7 @@ __global__ void __launch_bounds__(kThreads)
     if (warp < rp.n_tokens) {
         int id = -1;
         route_warp::route_token<kPerLane>(rp, warp, id);
-        const int e = id - pp.c.expert_begin; /* id is an expert of the router or -1 */
-        if (lane < k) keys[warp * k + lane] = id >= 0 && e >= 0 && e < E ? e : E;
+        if (lane < k) keys[warp * k + lane] = routed_key(pp, id);
     }
     __syncthreads();
     const int n = (int)pp.n;
