@@ -57,23 +57,41 @@ __device__ __forceinline__ void moe_decode_copy_pieces(uint32_t dst, const uint8
     if (tok_real) moe_decode_copy_tokens(dst, tok, in0, in1);
 }
 
-/* The K loop of a decode kernel over its nk blocks, unrolled over the kStages stages of its ring so that their
- * offsets are constants: before block i, issue(offset) refills the stage block i - 1 was read from, then the
- * wait leaves block i's copies done, then block(i, offset of block i's stage). kSync: a __syncwarp before the
- * refill and after the wait, for stages whose words lanes read from each other (the W8A8 kernel's scales). */
-template <int kStages, int kStageBytes, bool kSync, class Issue, class Block>
+/* The K loop of a decode kernel over its nk blocks: before block i, issue(offset) refills the stage block i - 1 was
+ * read from, then the wait leaves block i's copies done, then block(i, offset of block i's stage). kSync: a
+ * __syncwarp before the refill and after the wait, for stages whose words lanes read from each other (the W8A8
+ * kernel's scales). kRolled: one copy of the block's code, the stages' offsets in registers; else the loop is
+ * unrolled over the kStages stages, so that the offsets are constants. Rolled suits blocks of many instructions:
+ * the FP4 kernel's loop unrolled spans 25 KB of code a tile (MXFP4's wide-scale path beside each stage's block),
+ * and rolled its layer ran up to 9% faster at T = 1-4 on the H100 (W8A8 up to 3% at T = 1; BF16 level or up to 1%
+ * slower: docs/performance.md, "Since 5b2ccb6"). */
+template <int kStages, int kStageBytes, bool kSync, bool kRolled, class Issue, class Block>
 __device__ __forceinline__ void moe_decode_k_loop(int nk, Issue &&issue, Block &&block) {
-    for (int i0 = 0; i0 < nk; i0 += kStages)
-#pragma unroll
-        for (int s = 0; s < kStages; s++) {
-            const int i = i0 + s;
-            if (i >= nk) break;
+    if constexpr (kRolled) {
+        uint32_t rd = 0, wr = (kStages - 1) * kStageBytes; /* block i's stage; the one block i - 1 was read from */
+#pragma unroll 1
+        for (int i = 0; i < nk; i++) {
             if (kSync) __syncwarp();
-            issue(((s + kStages - 1) % kStages) * kStageBytes);
+            issue(wr);
             moe_cp_async_wait<kStages - 1>();
             if (kSync) __syncwarp();
-            block(i, s * kStageBytes);
+            block(i, rd);
+            wr = rd;
+            rd = rd == (kStages - 1) * kStageBytes ? 0 : rd + kStageBytes;
         }
+    } else {
+        for (int i0 = 0; i0 < nk; i0 += kStages)
+#pragma unroll
+            for (int s = 0; s < kStages; s++) {
+                const int i = i0 + s;
+                if (i >= nk) break;
+                if (kSync) __syncwarp();
+                issue(((s + kStages - 1) % kStages) * kStageBytes);
+                moe_cp_async_wait<kStages - 1>();
+                if (kSync) __syncwarp();
+                block(i, s * kStageBytes);
+            }
+    }
 }
 
 /* A decode warp's place in its CTA for a K split of ksplit warps (1, 2 or 4: a power of two, so shifts and masks

@@ -148,9 +148,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
                               : make_uint4(0, 0, 0, 0));
         }
     };
-    /* the K loop, compiled apart for tiles with one half and with two */
+    /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages (moe_decode_k_loop) */
     auto k_loop = [&](auto two_tag) {
-        moe_decode_k_loop<kStages, kStageBytes, false>(nk, issue, [&](int i, uint32_t rd) { block(i, rd, two_tag); });
+        moe_decode_k_loop<kStages, kStageBytes, false, false>(nk, issue,
+                                                              [&](int i, uint32_t rd) { block(i, rd, two_tag); });
     };
     if (two) k_loop(moe_bool_tag<true>());
     else k_loop(moe_bool_tag<false>());

@@ -252,10 +252,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
                                  : make_uint4(0, 0, 0, 0));
         }
     };
-    /* the K loop, compiled apart for tiles with one half and with two, unrolled over the stages so that their
-     * offsets are constants; blocks whose MX scales pass 2^9 (a warp-uniform test) take the 2^126 path */
+    /* the K loop, compiled apart for tiles with one half and with two, rolled (one copy of the block's code: see
+     * moe_decode_k_loop); blocks whose MX scales pass 2^9 (a warp-uniform test) take the 2^126 path */
     auto k_loop = [&](auto two_tag) {
-        moe_decode_k_loop<kStages, kStageBytes, false>(nk, issue, [&](int i, uint32_t rd) {
+        moe_decode_k_loop<kStages, kStageBytes, false, true>(nk, issue, [&](int i, uint32_t rd) {
             const uint2 sw = *reinterpret_cast<const uint2 *>(stage0 + rd + kSlots * 512 + lane * 8);
             bool big = false;
             if (kMx) big = ((sw.x >> shift[0]) & 0xFF) > 136 || ((sw.y >> shift[1]) & 0xFF) > 136;

@@ -226,7 +226,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     /* the K loop, compiled apart for tiles with one half and with two; __syncwarp before a refill (every lane has
      * read block i - 1's scale words) and after the wait (block i's, copied by lanes 0-17, are visible to all) */
     auto k_loop = [&](auto two_tag) {
-        moe_decode_k_loop<kStages, kStageBytes, true>(nk, issue, [&](int i, uint32_t rd) { block(i, rd, two_tag); });
+        moe_decode_k_loop<kStages, kStageBytes, true, true>(nk, issue,
+                                                            [&](int i, uint32_t rd) { block(i, rd, two_tag); });
     };
     if (two) k_loop(moe_bool_tag<true>());
     else k_loop(moe_bool_tag<false>());

@@ -517,8 +517,8 @@ __global__ void __launch_bounds__(512, 1) gemm_rs_decode_kernel(const moe_gemm_p
             }
         }
         /* the rest (all of it unpipelined), on the stages from 0 */
-        moe_decode_k_loop<kStages, kStageBytes, true>(here - done, issue,
-                                                      [&](int j, uint32_t rd) { block(i0 + done + j, rd); });
+        moe_decode_k_loop<kStages, kStageBytes, true, false>(here - done, issue,
+                                                             [&](int j, uint32_t rd) { block(i0 + done + j, rd); });
         i0 += here;
     }
     moe_cp_async_wait<0>(); /* the empty groups past nk */
