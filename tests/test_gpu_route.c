@@ -230,7 +230,7 @@ TEST_IMPL(gpu_permute_random) {
 
 /* moe_route_permute on the GPU (fused for small T) against moe_route + moe_permute on the CPU: ids, weights,
  * load counters, invalid rows and every permute output equal, across the fused path's limits. */
-static int compare_route_permute(test_env *env, const char *model, int64_t T, int variant, uint64_t seed) {
+static int compare_route_permute(test_env *env, const char *model, int64_t T, int variant, int hard, uint64_t seed) {
     moe_ctx *gpu = env->gpu, *cpu = env->cpu;
     moe_router_config rc;
     moe_router_preset(model, &rc);
@@ -251,6 +251,12 @@ static int compare_route_permute(test_env *env, const char *model, int64_t T, in
     if (T > 2)
         for (int e = 0; e < E; e++) x[2 * E + e] = NAN; /* a row with no expert */
     for (int e = 0; e < E; e++) bias[e] = (float)((int)(test_splitmix64(&st) % 200) - 100) * 1e-3f;
+    if (hard) { /* biased scores that tie (equal biases in fours beside the tied logits), and in row T - 1 all groups
+                 * but the last two without a valid pair: only one expert of group 0 scores (invalid groups) */
+        for (int e = 0; e < E; e++) bias[e] = bias[e & ~3];
+        const int per = rc.n_groups > 1 ? E / rc.n_groups : E;
+        for (int e = 0; e < E - 2 * per; e++) x[(T - 1) * E + e] = e == 0 ? 1.0f : NAN;
+    }
     moe_router_config gc = rc;
     if (rc.kind == MOE_ROUTER_GROUPED && rc.score == MOE_SCORE_SIGMOID) rc.bias = bias;
     /* CPU: the two ops */
@@ -343,7 +349,11 @@ TEST_IMPL(gpu_route_permute) {
     int bad = 0;
     for (size_t m = 0; m < sizeof models / sizeof models[0]; m++)
         for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
-            bad += compare_route_permute(env, models[m], sizes[s], (int)((m + s) % 3), env->seed + 13 * m + s);
+            bad += compare_route_permute(env, models[m], sizes[s], (int)((m + s) % 3), 0, env->seed + 13 * m + s);
+    /* one token to four of DeepSeek-V3 (the small route + permute kernel) in both contiguous layouts,
+     * with tied biased scores and invalid groups */
+    for (int64_t T = 1; T <= 4; T++)
+        for (int v = 0; v < 2; v++) bad += compare_route_permute(env, "deepseek-v3", T, v, 1, env->seed + 977 * T + v);
     /* an error from either op's checks, before anything runs */
     moe_router_config rc;
     moe_router_preset("qwen3-30b-a3b", &rc);
