@@ -62,9 +62,9 @@ __device__ __forceinline__ void moe_decode_copy_pieces(uint32_t dst, const uint8
  * __syncwarp before the refill and after the wait, for stages whose words lanes read from each other (the W8A8
  * kernel's scales). kRolled: one copy of the block's code, the stages' offsets in registers; else the loop is
  * unrolled over the kStages stages, so that the offsets are constants. Rolled suits blocks of many instructions:
- * the FP4 kernel's loop unrolled spans 25 KB of code a tile (MXFP4's wide-scale path beside each stage's block),
- * and rolled its layer ran up to 9% faster at T = 1-4 on the H100 (W8A8 up to 3% at T = 1; BF16 level or up to 1%
- * slower: docs/performance.md, "Since 5b2ccb6"). */
+ * the FP4 kernel's loop, unrolled, spanned some 25 KB of code (MXFP4's wide-scale block beside each stage's), and
+ * rolled its layer ran up to 9% faster at T = 1-4 on the H100 and the H200 (W8A8 up to 3% at T = 1; BF16 level or
+ * up to 1% slower: docs/performance.md, "Since 5b2ccb6"). */
 template <int kStages, int kStageBytes, bool kSync, bool kRolled, class Issue, class Block>
 __device__ __forceinline__ void moe_decode_k_loop(int nk, Issue &&issue, Block &&block) {
     if constexpr (kRolled) {
