@@ -226,8 +226,9 @@ static moe_layer_config decode_case_config(const decode_case *d, int shared_inte
  * inside a block, some lanes past K); tiles of more than 8 rows (the second half's tokens); GPT-OSS's interleaved
  * w13 with biases and clamps at H 320; Llama-4's weight on the input; MXFP4 scales past 2^9 in some experts (the
  * kernel's 2^126 path, rows with and without it in one warp); the SMALL tile forced at T = 600 (many tiles an
- * expert, both halves full); a shared expert beside; T = 1 with K inside a block, K of 17 blocks, GPT-OSS and wide
- * scales. The kernel differs from the CPU only in the order of f32 sums. Small enough for compute-sanitizer. */
+ * expert, both halves full); a shared expert beside; T = 1 with K inside a block, K of 17 blocks, GPT-OSS, wide
+ * scales and K 9216 (MXFP4's tile scales in shared memory at their largest). The kernel differs from the CPU only
+ * in the order of f32 sums. Small enough for compute-sanitizer. */
 TEST_IMPL(gpu_layer_fp4_decode) {
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
@@ -253,6 +254,8 @@ TEST_IMPL(gpu_layer_fp4_decode) {
         {"qwen3-30b-a3b", "H 160, I 96, T = 1", 160, 96, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "H 2176, I 640, T = 1", 2176, 640, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
         {"gpt-oss-20b", "gptoss interleaved, H 320, T = 1", 320, 192, 8, 4, 1, 1, 0, 0, 0, MOE_ACT_GPTOSS_GLU},
+        /* K 9216: MXFP4's tile scales in shared memory at their largest here (16 rows of 288 bytes a column tile) */
+        {"qwen3-30b-a3b", "H 9216, I 64, T = 1", 9216, 64, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "scales past 2^9, T = 1", 256, 256, 8, 2, 0, 1, 1, 0, 0, MOE_ACT_SILU_GLU},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

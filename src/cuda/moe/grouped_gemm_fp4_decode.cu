@@ -11,7 +11,11 @@
  * of a per-warp cp.async ring (3 stages) and reads back only those, so no barrier is needed: 16 bytes of codes of
  * weight rows g and g + 8 (K values 32q .. 32q + 31 of the block, q = lane % 4), the matching 64 bytes of its
  * first-half token row g (copied only when that row is real), and the 4-byte words holding the two rows' scales
- * of those values.
+ * of those values. Or (kTile: MXFP4 with K split over 2 or 4 warps) the scales come once a tile: the column tile's
+ * K warps copy its rows' scales, two runs of consecutive rows' bytes, into the CTA's shared memory after the rings
+ * (a barrier before the K loop), and each lane reads its word from there a block. One 32-byte sector from each of
+ * 16 rows a block, the per-block copies cost a stream of DeepSeek-V3's GEMM 1 15% over its codes alone
+ * (bench/micro/decode_stream_fp4.cu); the runs come as whole lines.
  *
  * Codes become bf16 with three integer operations a pair: code i of a 32-bit word sits in bits 4i .. 4i + 3; for
  * codes n and n + 4 (n = 0, 1 of the word, or of the word shifted right by 8 for n = 2, 3), c = the word masked to
@@ -43,6 +47,16 @@ constexpr int kSlots = 6, kStageBytes = kSlots * 32 * 16 + 32 * 8;
 /* 39 KB (the partial tiles' sum passes through it too): 5 CTAs an SM (at most 96 registers) */
 constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
+/* With the tile's scales (kTile): a stage without the scale words, and after the warps' rings the scales of the
+ * CTA's column tiles, each in two runs of B rows (fp4_tile_runs) of at most fp4_run_bytes(cols) bytes; at most
+ * kTileScaleBytes in all, so that 5 CTAs still fit an SM (228 KB less 1 KB a CTA). */
+constexpr int kTileStageBytes = kSlots * 32 * 16;
+constexpr size_t kTileRing = (size_t)kWarps * kStages * kTileStageBytes;
+constexpr int kTileScaleBytes = 8704;
+static_assert(kCtasPerSm * (kTileRing + kTileScaleBytes + 1024) <= 228 * 1024, "5 CTAs an SM with the tile's scales");
+/* bytes a run of 8 rows' scales takes in shared memory: the rows' cols bytes each, copied as whole aligned words (up
+ * to 3 bytes more at each end), rounded to 16 */
+__host__ __device__ constexpr int64_t fp4_run_bytes(int64_t cols) { return (8 * cols + 8 + 15) / 16 * 16; }
 constexpr float kUndo = 256.0f; /* the weights enter the mma times 2^-8 */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -101,7 +115,36 @@ __device__ __forceinline__ void fp4_word_mma(float (&d)[4], const uint32_t (&w0)
 }
 #endif
 
-template <bool kGlu, int F>
+/* The B rows whose scales a column tile reads, as two runs [first, first + rows) of consecutive rows: run h holds
+ * the rows of M rows 8h .. 8h + 7 (plain: 8 rows from 16 tile_n + 8h; GLU: the gate's 8 rows, then the up's), or,
+ * for GPT-OSS's interleaved w13, run 0 all 16 (gate and up rows alternate) and run 1 none. Rows past N left out. */
+struct fp4_tile_runs {
+    int64_t first[2];
+    int rows[2];
+};
+template <bool kGlu>
+__device__ __forceinline__ fp4_tile_runs fp4_tile_runs_of(const moe_gemm_params &p, const moe_gemm_tile &t) {
+    fp4_tile_runs r;
+    if (!kGlu) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            r.first[h] = t.tile_n * 16 + 8 * h;
+            const int64_t left = p.n - r.first[h];
+            r.rows[h] = left <= 0 ? 0 : left < 8 ? (int)left : 8;
+        }
+        return r;
+    }
+    const int64_t col0 = t.tile_n * 8, left = p.n - col0;
+    const int cols = left <= 0 ? 0 : left < 8 ? (int)left : 8;
+    if (p.interleaved) {
+        r.first[0] = 2 * col0, r.rows[0] = 2 * cols, r.first[1] = 0, r.rows[1] = 0;
+    } else {
+        r.first[0] = col0, r.first[1] = p.n + col0, r.rows[0] = r.rows[1] = cols;
+    }
+    return r;
+}
+
+template <bool kGlu, int F, bool kTile>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit) {
     /* the wait for the previous grid comes after the first codes are on their way (below): before it, only what was
@@ -111,6 +154,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     constexpr bool kMx = F == MOE_B_E2M1_E8M0;
     constexpr int kScaleBytes = kMx ? 1 : 2;   /* a lane's scales a row and block: its 32 values */
     constexpr int kGroupShift = kMx ? 5 : 4;   /* values a scale: 32 or 16 */
+    constexpr int kStageBytes = kTile ? kTileStageBytes : ::kStageBytes;
     extern __shared__ uint4 smem_ring[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
@@ -142,6 +186,33 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         wfill[h] = brow[h] < 0;
         sbytes[h] = brow[h] < 0 ? 0 : soff + kScaleBytes;
         shift[h] = 8 * soff;
+    }
+    /* kTile: the column tile's scale rows, copied once (below, by its K warps) to the CTA's shared memory after the
+     * rings; toff[h]: the aligned word there of the lane's scales of row h in its first block */
+    const char *tile_scales = reinterpret_cast<const char *>(smem_ring) + kWarps * kStages * kStageBytes +
+                              ct * 2 * fp4_run_bytes(p.bs.cols);
+    int toff[2] = {0, 0};
+    if (kTile) {
+        const fp4_tile_runs runs = fp4_tile_runs_of<kGlu>(p, t);
+        const uint8_t *sg = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
+        const uint32_t dst = (uint32_t)__cvta_generic_to_shared(tile_scales);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *from = sg + runs.first[h] * p.bs.cols;
+            const int lead = (int)((uintptr_t)from & 3); /* the run's first byte in its word */
+            const int words = runs.rows[h] ? (lead + runs.rows[h] * (int)p.bs.cols + 3) >> 2 : 0;
+            for (int w = kw * 32 + lane; w < words; w += ksplit * 32)
+                moe_cp_async4(dst + h * fp4_run_bytes(p.bs.cols) + 4 * w, from - lead + 4 * w, 4);
+            /* the lane's row h: run h, or run 0 for interleaved rows; its bytes keep their offsets in a word */
+            const int hr = kGlu && p.interleaved ? 0 : h;
+            const int64_t first = runs.first[hr];
+            const int lead_r = (int)((uintptr_t)(sg + first * p.bs.cols) & 3);
+            const int64_t at = hr * fp4_run_bytes(p.bs.cols) + lead_r + (brow[h] - first) * p.bs.cols +
+                               ((kw * kBK + 32 * q) >> kGroupShift);
+            toff[h] = brow[h] < 0 ? 0 : (int)(at & ~(int64_t)3);
+            shift[h] = 8 * (int)(at & 3);
+        }
+        moe_cp_async_commit();
     }
     const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start */
     const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
@@ -175,7 +246,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 moe_decode_copy16_cg_if(ring_s + wr + h * 512, bsrc[h], out || wfill[h]);
-                moe_cp_async4(scale_s + wr + 4 * h, ssrc[h], out ? 0 : sbytes[h]);
+                if (!kTile) moe_cp_async4(scale_s + wr + 4 * h, ssrc[h], out ? 0 : sbytes[h]);
             }
             if (a0 >= 0)
 #pragma unroll
@@ -197,7 +268,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
             for (int h = 0; h < 2; h++) {
                 moe_decode_copy16_cg_if(ring_s + j * kStageBytes + h * 512, bsrc[h] + (on ? wstep : 0),
                                         out || wfill[h]);
-                moe_cp_async4(scale_s + j * kStageBytes + 4 * h, ssrc[h] + (on ? sstep : 0), out ? 0 : sbytes[h]);
+                if (!kTile)
+                    moe_cp_async4(scale_s + j * kStageBytes + 4 * h, ssrc[h] + (on ? sstep : 0), out ? 0 : sbytes[h]);
             }
     }
     moe_pdl_wait();
@@ -213,6 +285,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++)
         if (todo > 0) advance();
+    if (kTile) { /* the tile's scales (the oldest group) in, from every K warp */
+        moe_cp_async_wait<kStages - 1>();
+        __syncthreads();
+    }
 
     /* block i from stage rd, whose scale words sw the K loop has read (kBig: some lane's MX scale needs the 2^126
      * path; kTwo: the tile has a second half) */
@@ -256,7 +332,14 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
      * moe_decode_k_loop); blocks whose MX scales pass 2^9 (a warp-uniform test) take the 2^126 path */
     auto k_loop = [&](auto two_tag) {
         moe_decode_k_loop<kStages, kStageBytes, false, true>(nk, issue, [&](int i, uint32_t rd) {
-            const uint2 sw = *reinterpret_cast<const uint2 *>(stage0 + rd + kSlots * 512 + lane * 8);
+            uint2 sw;
+            if (kTile) { /* zeros past K and for rows past N, as the copies fill them */
+                const int step = i * (int)sstep;
+                sw.x = brow[0] >= 0 && i < nin ? *reinterpret_cast<const uint32_t *>(tile_scales + toff[0] + step) : 0;
+                sw.y = brow[1] >= 0 && i < nin ? *reinterpret_cast<const uint32_t *>(tile_scales + toff[1] + step) : 0;
+            } else {
+                sw = *reinterpret_cast<const uint2 *>(stage0 + rd + kSlots * 512 + lane * 8);
+            }
             bool big = false;
             if (kMx) big = ((sw.x >> shift[0]) & 0xFF) > 136 || ((sw.y >> shift[1]) & 0xFF) > 136;
             if (kMx && __any_sync(0xFFFFFFFFu, big)) block(i, rd, sw, moe_bool_tag<true>(), two_tag);
@@ -271,6 +354,16 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #endif
 }
 
+template <bool kGlu, int F, bool kTile>
+moe_status launch_as(moe_ctx *ctx, const moe_gemm_params &q, int ksplit, unsigned tiles, size_t smem, cudaStream_t st) {
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F, kTile>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue */
+    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_fp4_decode_kernel<kGlu, F, kTile>, dim3(tiles),
+                                 kWarps * 32, smem, st, q, ksplit));
+    return MOE_OK;
+}
+
 template <bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q;
@@ -279,12 +372,15 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
     /* MXFP4: a grid of several waves takes longer warps (moe_decode_ksplit_for_grid); NVFP4 was slower so */
     const bool longer = F == MOE_B_E2M1_E8M0;
     MOE_TRY(moe_decode_grid(ctx, "FP4", p, kGlu, m_tiles, kBK, kCtasPerSm, false, q, ksplit, tiles, longer));
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
-    /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue */
-    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_fp4_decode_kernel<kGlu, F>, dim3(tiles),
-                                 kWarps * 32, kRing, st, q, ksplit));
-    return MOE_OK;
+    /* MXFP4 with the K split over 2 or 4 warps: the tile's scales in shared memory, where the CTA's column tiles'
+     * runs fit (measured on the H100, docs/performance.md "Since 1877b75": up to 12% faster; NVFP4 level to 2%
+     * slower, and with one K warp a column tile, whose barrier then waits on the others, up to 7% slower) */
+    if constexpr (F == MOE_B_E2M1_E8M0) {
+        const int64_t scale_bytes = (int64_t)(kWarps / ksplit) * 2 * fp4_run_bytes(p.bs.cols);
+        if (ksplit >= 2 && scale_bytes <= kTileScaleBytes)
+            return launch_as<kGlu, F, true>(ctx, q, ksplit, tiles, kTileRing + (size_t)scale_bytes, st);
+    }
+    return launch_as<kGlu, F, false>(ctx, q, ksplit, tiles, kRing, st);
 }
 
 } // namespace
