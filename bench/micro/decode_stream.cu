@@ -14,14 +14,8 @@
 #include <cstdlib>
 #include <cuda_runtime.h>
 #include <vector>
-#define CK(x)                                                                                                          \
-    do {                                                                                                               \
-        cudaError_t e = (x);                                                                                           \
-        if (e != cudaSuccess) {                                                                                        \
-            printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e));                                           \
-            return 1;                                                                                                  \
-        }                                                                                                              \
-    } while (0)
+
+#include "micro.cuh"
 
 constexpr int kStages = 3;
 /* shared memory a CTA: the ring's 24 KB, or SMEM bytes (SMEM=42000: the decode kernels' 5 CTAs an SM) */
@@ -33,11 +27,6 @@ static int reps() {
     const char *e = getenv("REPS");
     return e ? atoi(e) : 21;
 }
-__device__ __forceinline__ void cp16(uint32_t s, const void *g) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g));
-}
-__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N> __device__ __forceinline__ void waitg() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 /* A warp's stage: the 16 rows x 128 bytes of K block kb of the row-major tile at base (or, packed, the block's
  * 2 KB at base + kb * 2048), 4 pieces of 16 bytes a lane. kPattern 0: 8 lanes a row, each copy instruction 4 whole

@@ -18,28 +18,10 @@
 #include <cuda_runtime.h>
 #include <vector>
 
+#include "micro.cuh"
+
 constexpr int kStages = 3;
 
-#define CK(x)                                                                                                          \
-    do {                                                                                                               \
-        cudaError_t e = (x);                                                                                           \
-        if (e != cudaSuccess) {                                                                                        \
-            printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e));                                           \
-            return 1;                                                                                                  \
-        }                                                                                                              \
-    } while (0)
-
-__device__ __forceinline__ void cp16(uint32_t s, const void *g) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g));
-}
-__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void cp16ca(uint32_t s, const void *g) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g));
-}
-__device__ __forceinline__ void cp4(uint32_t s, const void *g) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(g));
-}
-template <int N> __device__ __forceinline__ void waitg() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 /* kScale: 0 no scales; 1 the rows' scale words a block (a 4-byte copy a lane and row, through L1, as the kernel
  * copies its MXFP4 scales: one E8M0 byte a 32 codes); 2 the rows' scales in 16-byte chunks (4 K blocks' worth),
@@ -134,61 +116,57 @@ static int reps() {
     return e ? atoi(e) : 20;
 }
 
-/* One shape: rows x row_bytes at ksplit, REPS launches back to back (rotating buffers) a run, 5 runs, the median. */
+/* The median of 5 runs (after one dropped) of REPS launches back to back, µs a launch; launch(i) makes launch i of
+ * the REPS * 6, each on the next of the rotating buffers. */
+template <class Launch> static float median_us(Launch &&launch) {
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    std::vector<float> t;
+    for (int run = 0; run < 6; run++) {
+        cudaEventRecord(a);
+        for (int i = 0; i < reps(); i++) launch(run * reps() + i);
+        cudaEventRecord(b);
+        if (cudaEventSynchronize(b) != cudaSuccess) return -1.0f;
+        float ms;
+        cudaEventElapsedTime(&ms, a, b);
+        if (run) t.push_back(ms * 1e3f / reps());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+/* One shape: rows x row_bytes at ksplit, with the kernel's grid. */
 template <int kScale, bool kContig, bool kTokens>
 static int shape(const char *name, int64_t rows, int row_bytes, int ksplit, uint8_t *pool, size_t pool_bytes,
                  unsigned *out, const uint8_t *scales, const uint8_t *tok) {
     const size_t bytes = (size_t)rows * row_bytes;
     const int nbuf = (int)std::min<size_t>(pool_bytes / bytes, 64);
     const int cper = 4 / ksplit;
-    const int64_t groups = (rows / 16 + cper - 1) / cper;
+    const unsigned grid = (unsigned)((rows / 16 + cper - 1) / cper);
     const int smem = 4 * (kStages * (1024 + 4 * 512 + 256) + 512); /* the kernel's ring: 5 CTAs an SM */
     CK(cudaFuncSetAttribute(stream_fp4<kScale, kContig, kTokens>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const unsigned grid = (unsigned)groups;
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    std::vector<float> t;
-    for (int run = 0; run < 6; run++) {
-        CK(cudaEventRecord(a));
-        for (int i = 0; i < reps(); i++)
-            stream_fp4<kScale, kContig, kTokens><<<grid, 128, smem>>>(
-                pool + (size_t)((run * reps() + i) % nbuf) * bytes, scales, tok, rows, row_bytes, ksplit, out);
-        CK(cudaEventRecord(b));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        cudaEventElapsedTime(&ms, a, b);
-        if (run) t.push_back(ms * 1e3f / reps());
-    }
-    std::sort(t.begin(), t.end());
+    const float us = median_us([&](int i) {
+        stream_fp4<kScale, kContig, kTokens><<<grid, 128, smem>>>(pool + (size_t)(i % nbuf) * bytes, scales, tok, rows,
+                                                                   row_bytes, ksplit, out);
+    });
+    CK(cudaGetLastError());
     static const char *sc[] = {"-", "words", "chunks"};
     printf("%-20s scales %-6s %-6s %s tile %6lld rows x %5d B, ksplit %d, %5u CTAs: %7.2f us, %5.0f GB/s\n", name,
            sc[kScale], kContig ? "contig" : "interl", kTokens ? "tok" : "-", (long long)rows, row_bytes, ksplit, grid,
-           t[t.size() / 2], bytes / (t[t.size() / 2] * 1e-6) / 1e9);
+           us, bytes / (us * 1e-6) / 1e9);
     return 0;
 }
 
+/* The same bytes read once by read_flat. */
 static int flat(const char *name, size_t bytes, uint8_t *pool, size_t pool_bytes, unsigned *out, int sms) {
     const int nbuf = (int)std::min<size_t>(pool_bytes / bytes, 64);
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    std::vector<float> t;
-    for (int run = 0; run < 6; run++) {
-        CK(cudaEventRecord(a));
-        for (int i = 0; i < reps(); i++) {
-            const uint8_t *buf = pool + (size_t)((run * reps() + i) % nbuf) * bytes;
-            read_flat<<<sms * 8, 256>>>(reinterpret_cast<const uint4 *>(buf), (int64_t)(bytes / 16), out);
-        }
-        CK(cudaEventRecord(b));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        cudaEventElapsedTime(&ms, a, b);
-        if (run) t.push_back(ms * 1e3f / reps());
-    }
-    std::sort(t.begin(), t.end());
-    printf("%-22s flat read %9zu B: %7.2f us a launch, %5.0f GB/s\n", name, bytes, t[t.size() / 2],
-           bytes / (t[t.size() / 2] * 1e-6) / 1e9);
+    const float us = median_us([&](int i) {
+        const uint8_t *buf = pool + (size_t)(i % nbuf) * bytes;
+        read_flat<<<sms * 8, 256>>>(reinterpret_cast<const uint4 *>(buf), (int64_t)(bytes / 16), out);
+    });
+    CK(cudaGetLastError());
+    printf("%-22s flat read %9zu B: %7.2f us a launch, %5.0f GB/s\n", name, bytes, us, bytes / (us * 1e-6) / 1e9);
     return 0;
 }
 
