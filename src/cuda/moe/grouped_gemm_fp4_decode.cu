@@ -13,8 +13,8 @@
  * first-half token row g (copied only when that row is real), and the 4-byte words holding the two rows' scales
  * of those values. Or (kTile: MXFP4 with K split over 2 or 4 warps) the scales come once a tile: the column tile's
  * K warps copy its rows' scales, two runs of consecutive rows' bytes, into the CTA's shared memory after the rings
- * (a barrier before the K loop), and each lane reads its word from there a block. One 32-byte sector from each of
- * 16 rows a block, the per-block copies cost a stream of DeepSeek-V3's GEMM 1 15% over its codes alone
+ * (a barrier before the K loop), and each lane reads its word from there a block. The per-block copies ask for a
+ * 32-byte sector from each of 16 rows a block, which slowed a bare stream of DeepSeek-V3's GEMM 1 by 15%
  * (bench/micro/decode_stream_fp4.cu); the runs come as whole lines.
  *
  * Codes become bf16 with three integer operations a pair: code i of a 32-bit word sits in bits 4i .. 4i + 3; for
