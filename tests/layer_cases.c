@@ -329,7 +329,16 @@ static int upload_qweights(moe_ctx *ctx, const layer_qweights *q, int64_t n, voi
     int nb = 0;
     for (int m = 0; m < 2; m++) {
         *dst[m][0] = bufs[nb++] = test_upload(ctx, q->data[m], q->data_bytes[m]);
-        *dst[m][1] = bufs[nb++] = test_upload(ctx, q->scale[m], q->scale_bytes[m]);
+        if (q->scale_offset) { /* the scales at q->scale_offset bytes into their allocation */
+            void *d = NULL;
+            if (moe_alloc(ctx, q->scale_bytes[m] + 4, &d) == MOE_OK &&
+                moe_memcpy(ctx, (char *)d + q->scale_offset, q->scale[m], q->scale_bytes[m], MOE_COPY_HOST_TO_CTX,
+                           NULL) == MOE_OK)
+                *dst[m][1] = (char *)d + q->scale_offset;
+            bufs[nb++] = d;
+        } else {
+            *dst[m][1] = bufs[nb++] = test_upload(ctx, q->scale[m], q->scale_bytes[m]);
+        }
         if (q->global[m]) *dst[m][2] = bufs[nb++] = test_upload(ctx, q->global[m], sizeof(float) * (size_t)n);
     }
     return nb;

@@ -13,6 +13,8 @@ typedef struct layer_qweights {
     void *data[2], *scale[2];     /* w13, w2 */
     float *global[2];             /* (E) NVFP4, else NULL */
     size_t data_bytes[2], scale_bytes[2];
+    int scale_offset;             /* layer_run puts the scales this many bytes (0-3) past an aligned allocation, as
+                                   * a caller's view into a larger buffer may place them */
 } layer_qweights;
 
 typedef struct layer_problem {

@@ -227,8 +227,8 @@ static moe_layer_config decode_case_config(const decode_case *d, int shared_inte
  * w13 with biases and clamps at H 320; Llama-4's weight on the input; MXFP4 scales past 2^9 in some experts (the
  * kernel's 2^126 path, rows with and without it in one warp); the SMALL tile forced at T = 600 (many tiles an
  * expert, both halves full); a shared expert beside; T = 1 with K inside a block, K of 17 blocks, GPT-OSS, wide
- * scales and K 9216 (MXFP4's tile scales in shared memory at their largest). The kernel differs from the CPU only
- * in the order of f32 sums. Small enough for compute-sanitizer. */
+ * scales, K 9216 (MXFP4's tile scales in shared memory at their largest) and scales 1, 2 or 3 bytes past a
+ * word. The kernel differs from the CPU only in the order of f32 sums. Small enough for compute-sanitizer. */
 TEST_IMPL(gpu_layer_fp4_decode) {
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
@@ -258,13 +258,24 @@ TEST_IMPL(gpu_layer_fp4_decode) {
         {"qwen3-30b-a3b", "H 9216, I 64, T = 1", 9216, 64, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
         {"qwen3-30b-a3b", "scales past 2^9, T = 1", 256, 256, 8, 2, 0, 1, 1, 0, 0, MOE_ACT_SILU_GLU},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    /* the scales offset[i] bytes past a word (a caller's view into a larger buffer): MXFP4's tile runs and
+     * per-block words from a word's middle; NVFP4 at an odd address takes the register tile (the kernel reads its
+     * scale pairs as 2-byte aligned) */
+    const decode_case offset_cases[] = {
+        {"qwen3-30b-a3b", "scales 1 byte past a word, T = 1", 2176, 640, 8, 2, 0, 1, 0, 0, 0, MOE_ACT_SILU_GLU},
+        {"gpt-oss-20b", "scales 3 bytes past a word, T = 1", 320, 192, 8, 4, 1, 1, 0, 0, 0, MOE_ACT_GPTOSS_GLU},
+        {"qwen3-30b-a3b", "scales 2 bytes past a word, T = 5", 256, 256, 8, 2, 0, 5, 0, 0, 0, MOE_ACT_SILU_GLU},
+    };
+    const int offset[] = {1, 3, 2};
+    const size_t n_cases = sizeof cases / sizeof cases[0], n_offset = sizeof offset_cases / sizeof offset_cases[0];
+    for (size_t i = 0; i < n_cases + n_offset; i++)
         for (int f = 0; f < 3; f++) {
-            moe_layer_config c = decode_case_config(&cases[i], 64);
+            const decode_case *d = i < n_cases ? &cases[i] : &offset_cases[i - n_cases];
+            moe_layer_config c = decode_case_config(d, 64);
             layer_problem p;
             layer_qweights q;
-            layer_problem_random(&p, &c, cases[i].T, 0, seed++);
-            if (cases[i].big) { /* every other expert's weights times 2^24: its MXFP4 block scales pass 2^9 */
+            layer_problem_random(&p, &c, d->T, 0, seed++);
+            if (d->big) { /* every other expert's weights times 2^24: its MXFP4 block scales pass 2^9 */
                 const int64_t H = c.hidden, I = c.intermediate;
                 for (int e = 0; e < c.router.n_experts; e += 2) {
                     for (int64_t j = 0; j < 2 * I * H; j++) p.w13[e * 2 * I * H + j] *= 0x1p24f;
@@ -277,10 +288,11 @@ TEST_IMPL(gpu_layer_fp4_decode) {
                 continue;
             }
             p.qw = &q;
+            q.scale_offset = i < n_cases ? 0 : offset[i - n_cases];
             for (int reg = 0; reg < 2; reg++) {
                 if (reg) setenv("MOE_GEMM_NO_FP4_DECODE", "1", 1);
                 char what[96];
-                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], cases[i].what, reg ? ", register tile" : "");
+                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], d->what, reg ? ", register tile" : "");
                 bad += layer_compare_gpu(env, &p, 0, what);
                 unsetenv("MOE_GEMM_NO_FP4_DECODE");
             }
