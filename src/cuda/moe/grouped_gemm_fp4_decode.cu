@@ -57,6 +57,8 @@ static_assert(kCtasPerSm * (kTileRing + kTileScaleBytes + 1024) <= 228 * 1024, "
 /* bytes a run of 8 rows' scales takes in shared memory: the rows' cols bytes each, copied as whole aligned words (up
  * to 3 bytes more at each end), rounded to 16 */
 __host__ __device__ constexpr int64_t fp4_run_bytes(int64_t cols) { return (8 * cols + 8 + 15) / 16 * 16; }
+/* A column tile's two runs: the shared memory a column tile's scales take */
+__host__ __device__ constexpr int64_t fp4_tile_scale_bytes(int64_t cols) { return 2 * fp4_run_bytes(cols); }
 constexpr float kUndo = 256.0f; /* the weights enter the mma times 2^-8 */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -190,24 +192,25 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     /* kTile: the column tile's scale rows, copied once (below, by its K warps) to the CTA's shared memory after the
      * rings; toff[h]: the aligned word there of the lane's scales of row h in its first block */
     const char *tile_scales = reinterpret_cast<const char *>(smem_ring) + kWarps * kStages * kStageBytes +
-                              ct * 2 * fp4_run_bytes(p.bs.cols);
+                              ct * fp4_tile_scale_bytes(p.bs.cols);
     int toff[2] = {0, 0};
     if (kTile) {
         const fp4_tile_runs runs = fp4_tile_runs_of<kGlu>(p, t);
         const uint8_t *sg = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
         const uint32_t dst = (uint32_t)__cvta_generic_to_shared(tile_scales);
+        int lead[2]; /* each run's first byte in its word: the run keeps its bytes' offsets in words */
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const uint8_t *from = sg + runs.first[h] * p.bs.cols;
-            const int lead = (int)((uintptr_t)from & 3); /* the run's first byte in its word */
-            const int words = runs.rows[h] ? (lead + runs.rows[h] * (int)p.bs.cols + 3) >> 2 : 0;
+            lead[h] = (int)((uintptr_t)from & 3);
+            const int words = runs.rows[h] ? (lead[h] + runs.rows[h] * (int)p.bs.cols + 3) >> 2 : 0;
             for (int w = kw * 32 + lane; w < words; w += ksplit * 32)
-                moe_cp_async4(dst + h * fp4_run_bytes(p.bs.cols) + 4 * w, from - lead + 4 * w, 4);
-            /* the lane's row h: run h, or run 0 for interleaved rows; its bytes keep their offsets in a word */
+                moe_cp_async4(dst + h * fp4_run_bytes(p.bs.cols) + 4 * w, from - lead[h] + 4 * w, 4);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) { /* the lane's row h: in run h, or in run 0 for interleaved rows */
             const int hr = kGlu && p.interleaved ? 0 : h;
-            const int64_t first = runs.first[hr];
-            const int lead_r = (int)((uintptr_t)(sg + first * p.bs.cols) & 3);
-            const int64_t at = hr * fp4_run_bytes(p.bs.cols) + lead_r + (brow[h] - first) * p.bs.cols +
+            const int64_t at = hr * fp4_run_bytes(p.bs.cols) + lead[hr] + (brow[h] - runs.first[hr]) * p.bs.cols +
                                ((kw * kBK + 32 * q) >> kGroupShift);
             toff[h] = brow[h] < 0 ? 0 : (int)(at & ~(int64_t)3);
             shift[h] = 8 * (int)(at & 3);
@@ -376,7 +379,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, cudaS
      * runs fit (measured on the H100, docs/performance.md "Since 1877b75": up to 12% faster; NVFP4 level to 2%
      * slower, and with one K warp a column tile, whose barrier then waits on the others, up to 7% slower) */
     if constexpr (F == MOE_B_E2M1_E8M0) {
-        const int64_t scale_bytes = (int64_t)(kWarps / ksplit) * 2 * fp4_run_bytes(p.bs.cols);
+        const int64_t scale_bytes = (int64_t)(kWarps / ksplit) * fp4_tile_scale_bytes(p.bs.cols);
         if (ksplit >= 2 && scale_bytes <= kTileScaleBytes)
             return launch_as<kGlu, F, true>(ctx, q, ksplit, tiles, kTileRing + (size_t)scale_bytes, st);
     }
