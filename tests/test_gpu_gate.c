@@ -3,6 +3,7 @@
  * pieces), H split into slices, the gate bias, Qwen2-MoE's shared gate, an infinite gate weight. Skipped without a
  * GPU. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "conversions.h"
 #include "test.h"
@@ -51,7 +52,7 @@ static int check_gate(test_env *env, int64_t T, int H, int E, int with_bias, int
     }
     float *logits = malloc(sizeof(float) * (size_t)(T * E) + 4), *scale = malloc(sizeof(float) * (size_t)T + 4);
     if (!bad) {
-        const moe_status s = moe__cuda_gate_logits(env->gpu, dx, dg, db, dsg, T, H, E, dl, ds, dp, false, NULL);
+        const moe_status s = moe__cuda_gate_logits(env->gpu, dx, dg, db, dsg, T, H, E, dl, ds, dp, false, NULL, NULL);
         if (s != MOE_OK) fprintf(stderr, "  T=%lld H=%d E=%d: %s\n", (long long)T, H, E, moe_last_error(env->gpu)), bad = 1;
     }
     if (!bad && (test_download(env->gpu, logits, dl, sizeof(float) * (size_t)(T * E)) ||
@@ -106,7 +107,127 @@ static int check_gate(test_env *env, int64_t T, int H, int E, int with_bias, int
     free(x), free(g), free(bias), free(sg), free(xb), free(logits), free(scale);
     return bad;
 }
+
+/* W8A8's x codes written by the gate on its way (moe_gate_x_codes) against moe_quantize on the CPU in the same
+ * FP8 1x128 format, bit for bit, and the logits unchanged by it. x: random bf16 of wide magnitudes with NaN and Inf
+ * here and there, and whole groups of NaN, of zeros, of values past 2^126 and of subnormals; H % 128 != 0 gives a
+ * partial last group. Returns the failures (printed). */
+static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone, moe_scale_rule rule, float floor_,
+                              uint64_t seed) {
+    uint64_t st = seed;
+    const size_t nx = (size_t)T * H, ng = (size_t)E * H;
+    const int groups = (H + 127) / 128;
+    uint16_t *xb = malloc(2 * nx);
+    float *g = malloc(sizeof(float) * ng);
+    for (size_t i = 0; i < nx; i++) {
+        const uint64_t r = test_splitmix64(&st);
+        float v = wide(&st) * (float)ldexp(1.0, (int)(r % 40) - 20);
+        if (r % 997 == 1) v = NAN;
+        if (r % 997 == 2) v = (r & 8) ? INFINITY : -INFINITY;
+        xb[i] = (uint16_t)conv_bf16(v);
+    }
+    for (int64_t t = 0; t < T; t++) { /* token t's group t % groups: a special group */
+        const int gi = (int)(t % groups), kind = (int)(t % 4);
+        for (int h = gi * 128; h < H && h < gi * 128 + 128; h++) {
+            const float v = kind == 0 ? NAN : kind == 1 ? 0.0f : kind == 2 ? 0x1p127f * (1.0f + (float)(h % 7) / 8.0f)
+                                                                          : 0x1p-130f * (float)(h % 5);
+            xb[t * H + h] = (uint16_t)conv_bf16(h % 2 ? -v : v);
+        }
+    }
+    for (size_t i = 0; i < ng; i++) g[i] = wide(&st);
+    const moe_qformat f = {MOE_QFORMAT_FP8_1X128, MOE_DTYPE_E4M3, rule, MOE_DTYPE_F32, MOE_SCALE_LINEAR, 0, 0, floor_};
+    const int64_t shape[2] = {T, H};
+    moe_qsizes sz;
+    int bad = 0;
+    if (moe_qtensor_sizes(env->cpu, &f, 2, shape, &sz) != MOE_OK || sz.scale_bytes != (size_t)(T * groups) * 4) {
+        fprintf(stderr, "  sizes: %s\n", moe_last_error(env->cpu));
+        free(xb), free(g);
+        return 1;
+    }
+    uint8_t *want = malloc(sz.data_bytes), *got = malloc(sz.data_bytes);
+    float *want_s = malloc(sz.scale_bytes), *got_s = malloc(sz.scale_bytes);
+    float *l0 = malloc(sizeof(float) * (size_t)(T * E)), *l1 = malloc(sizeof(float) * (size_t)(T * E));
+    moe_tensor xt = {xb, MOE_DTYPE_BF16, 2, {T, H}};
+    moe_qtensor q = {f, 2, {T, H}, want, want_s, NULL};
+    if (moe_quantize(env->cpu, &xt, &q, NULL) != MOE_OK) fprintf(stderr, "  cpu: %s\n", moe_last_error(env->cpu)), bad = 1;
+    const size_t parts = (size_t)moe__gate_partial_rows(T, H) * (size_t)(E + 1);
+    void *dx = test_upload(env->gpu, xb, 2 * nx), *dg = test_upload(env->gpu, g, sizeof(float) * ng);
+    void *dl = NULL, *dp = NULL, *dc = NULL, *dsc = NULL;
+    if (moe_alloc(env->gpu, sizeof(float) * (size_t)(T * E), &dl) != MOE_OK ||
+        moe_alloc(env->gpu, sizeof(float) * parts + 4, &dp) != MOE_OK || moe_alloc(env->gpu, sz.data_bytes, &dc) != MOE_OK ||
+        moe_alloc(env->gpu, sz.scale_bytes, &dsc) != MOE_OK) {
+        fprintf(stderr, "  allocation: %s\n", moe_last_error(env->gpu));
+        bad = 1;
+    }
+    if (!bad) { /* poisoned outputs: every code and scale must be written */
+        moe_memset(env->gpu, dc, 0x7F, sz.data_bytes, NULL);
+        moe_memset(env->gpu, dsc, 0x7F, sz.scale_bytes, NULL);
+        const moe_gate_x_codes xc = {dc, dsc, rule, floor_};
+        if (moe__cuda_gate_logits(env->gpu, dx, dg, NULL, NULL, T, H, E, dl, NULL, dp, alone, NULL, NULL) != MOE_OK ||
+            test_download(env->gpu, l0, dl, sizeof(float) * (size_t)(T * E)) ||
+            moe__cuda_gate_logits(env->gpu, dx, dg, NULL, NULL, T, H, E, dl, NULL, dp, alone, &xc, NULL) != MOE_OK ||
+            test_download(env->gpu, l1, dl, sizeof(float) * (size_t)(T * E)) ||
+            test_download(env->gpu, got, dc, sz.data_bytes) || test_download(env->gpu, got_s, dsc, sz.scale_bytes)) {
+            fprintf(stderr, "  T=%lld H=%d: %s\n", (long long)T, H, moe_last_error(env->gpu));
+            bad = 1;
+        }
+    }
+    for (size_t i = 0; !bad && i < sz.scale_bytes / 4; i++)
+        if (memcmp(&got_s[i], &want_s[i], 4)) {
+            fprintf(stderr, "  T=%lld H=%d rule %s: scale %zu: %a, want %a\n", (long long)T, H, moe_scale_rule_name(rule),
+                    i, got_s[i], want_s[i]);
+            bad = 1;
+        }
+    for (size_t i = 0; !bad && i < sz.data_bytes; i++)
+        if (got[i] != want[i]) {
+            fprintf(stderr, "  T=%lld H=%d rule %s: code %zu: 0x%02x, want 0x%02x\n", (long long)T, H,
+                    moe_scale_rule_name(rule), i, got[i], want[i]);
+            bad = 1;
+        }
+    if (!bad && memcmp(l0, l1, sizeof(float) * (size_t)(T * E)))
+        fprintf(stderr, "  T=%lld H=%d: logits differ with the x codes\n", (long long)T, H), bad = 1;
+    fprintf(stderr, "  T=%-3lld H=%-5d E=%-3d %s rule %-5s floor %g: %s\n", (long long)T, H, E,
+            alone ? "alone" : "split", moe_scale_rule_name(rule), (double)floor_, bad ? "differs" : "same bits");
+    void *dev[] = {dx, dg, dl, dp, dc, dsc};
+    for (int i = 0; i < 6; i++) moe_free(env->gpu, dev[i]);
+    free(xb), free(g), free(want), free(got), free(want_s), free(got_s), free(l0), free(l1);
+    return bad;
+}
 #endif
+
+TEST_IMPL(gpu_gate_x_codes) {
+    SKIP_WITHOUT_GPU(env);
+#ifdef MOE_WITH_CUDA
+    const struct {
+        int64_t T;
+        int H, E, alone;
+        moe_scale_rule rule;
+        float floor_;
+    } cases[] = {
+        {1, 7168, 256, 1, MOE_SCALE_F32, 0.0f},         /* DeepSeek-V3 at decode: a cluster of splits */
+        {1, 7168, 256, 0, MOE_SCALE_UE8M0_RCEIL, 0.0f}, /* the splits summed by a second kernel */
+        {5, 392, 60, 1, MOE_SCALE_F32, 1e-4f},          /* a partial last group; a floor */
+        {8, 2048, 128, 1, MOE_SCALE_UE8M0_FLOOR, 0.0f}, /* a whole group of tokens */
+        {20, 1000, 8, 0, MOE_SCALE_UE8M0_CEIL, 1e-30f}, /* three token groups, few warps a split */
+        {63, 5120, 16, 0, MOE_SCALE_F32, 0.0f},         /* the last T of the few kernel */
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        bad += check_gate_x_codes(env, cases[i].T, cases[i].H, cases[i].E, cases[i].alone, cases[i].rule,
+                                  cases[i].floor_, env->seed + 100 + i);
+    /* the tensor-core kernel (T >= 64) does not write them: a clear error */
+    const moe_gate_x_codes xc = {NULL, NULL, MOE_SCALE_F32, 0.0f};
+    void *d = NULL;
+    ASSERT_EQ_I64(moe_alloc(env->gpu, 1 << 20, &d), MOE_OK);
+    const moe_status s = moe__cuda_gate_logits(env->gpu, d, d, NULL, NULL, 64, 128, 8, d, NULL, d, false, &xc, NULL);
+    moe_free(env->gpu, d);
+    ASSERT_EQ_I64(s, MOE_ERR_UNSUPPORTED);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+#else
+    SKIP("CPU-only build");
+#endif
+}
 
 TEST_IMPL(gpu_gate_logits) {
     SKIP_WITHOUT_GPU(env);

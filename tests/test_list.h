@@ -56,6 +56,7 @@
     X(gpu_eplb_waterfill_stats)   \
     X(gpu_route_errors)           \
     X(gpu_gate_logits)            \
+    X(gpu_gate_x_codes)           \
     X(gpu_layer_random)           \
     X(gpu_layer_tiles)            \
     X(gpu_layer_sm90)             \

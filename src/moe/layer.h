@@ -140,16 +140,19 @@ moe_status moe__cuda_layer_route(moe_layer *l, const moe_layer_io *io, const moe
  * buffers (the fields of moe_layer_scratch from counts to w8a8, and rows; bytes: the offset past them; the rest
  * unset). */
 moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T, size_t at);
+/* Where W8A8's x codes and scales (s->w8a8.xq, xs) come from for the calls below: the call makes them (NONE);
+ * moe__cuda_layer_forward's side stream made them, ready once l->xq_event has fired (SIDE); or the gate made them
+ * earlier on the caller's stream (READY; decode steps). */
+enum { MOE_X_CODES_NONE = 0, MOE_X_CODES_SIDE = 1, MOE_X_CODES_READY = 2 };
 /* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens; skipped when permuted: the
  * scratch already holds it), GEMM 1, GEMM 2: y (rows, H) bf16 in the scratch and slot_row (T, k) in s->slot_row.
- * x_codes: W8A8's x codes and scales are already in the scratch (moe__cuda_layer_forward's side stream), ready
- * once l->xq_event has fired. */
+ * x_codes: where W8A8's x codes and scales in the scratch come from (below). */
 moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids, const float *weights,
                                    int64_t plan_tokens, int permuted, int x_codes, const moe_layer_scratch *s,
                                    void *workspace, void *stream);
 /* GPU: the shared experts of x (T tokens, kernels chosen from plan_tokens) into s->shared_y, on the layer's side
- * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. x_codes: W8A8's x codes are in
- * s->w8a8, queued on the side stream before this call (quantised shared experts reuse them). */
+ * stream forked from `stream`; moe__cuda_layer_join makes `stream` wait for them. x_codes: as above; SIDE: queued
+ * on the side stream before this call (quantised shared experts reuse them either way). */
 moe_status moe__cuda_layer_shared(moe_layer *l, const void *x, int64_t T, int64_t plan_tokens, int x_codes,
                                   const moe_layer_scratch *s, void *workspace, void *stream);
 moe_status moe__cuda_layer_join(moe_layer *l, void *stream);

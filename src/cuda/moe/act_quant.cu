@@ -36,8 +36,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     moe_pdl_launch_next();
     if (live_rows && *live_rows < rows) rows = *live_rows;
     const int groups = (cols + 127) / 128, lane = threadIdx.x & 31;
-    moe_qparams q;
-    q.rule = rule, q.elem_max = 448.0f, q.elem_emax = 8;
     for (int64_t g = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); g < rows * groups;
          g += (int64_t)gridDim.x * kWarps) {
         const int64_t r = g / groups;
@@ -45,29 +43,16 @@ __global__ void __launch_bounds__(kWarps * 32)
         const bool in = c < cols; /* cols % 8 == 0: four columns are all in or all out */
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (in) load4(x + r * cols + c, v);
-        float m = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 4; e++) m = fmaxf(m, fabsf(v[e])); /* fmaxf drops NaN */
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        const moe_block_scale s = moe_scale_from_amax(q, moe_finish_amax(m, amax_floor));
-        const moe_divider d = moe_make_divider(s.value, m);
-        if (dst.codes && lane == 0) dst.scales[(c >> 7) * dst.scale_ld + r] = s.value;
+        float scale;
+        const uint32_t q4 = moe_act_quant_group(v, rule, amax_floor, &scale);
+        if (dst.codes && lane == 0) dst.scales[(c >> 7) * dst.scale_ld + r] = scale;
         if (!in) continue;
         if (dst.codes) {
-            uint32_t q4 = 0;
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                q4 |= (uint32_t)moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3)
-                      << (8 * e);
             *reinterpret_cast<uint32_t *>(dst.codes + r * cols + c) = q4;
             continue;
         }
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const uint8_t code = moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3);
-            v[e] = __fmul_rn(moe_decode(code, MOE_DTYPE_E4M3), s.value);
-        }
+        for (int e = 0; e < 4; e++) v[e] = __fmul_rn(moe_decode((uint8_t)(q4 >> (8 * e)), MOE_DTYPE_E4M3), scale);
         const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
         uint2 raw;
         raw.x = *reinterpret_cast<const uint32_t *>(&a), raw.y = *reinterpret_cast<const uint32_t *>(&b);

@@ -8,6 +8,35 @@
 
 #include "core/internal.h"
 
+#ifdef __CUDACC__
+#include "cuda/formats/qformat.cuh"
+
+/* One 1x128 group quantised by a warp, four columns a lane: v the lane's columns 4 lane .. 4 lane + 3 of the group
+ * (zeros where they lie past the row). Every lane of the warp calls it (shuffles). The group's amax (from 0, NaN
+ * dropped, Inf kept: docs/formats.md §2.1, as moe_quantize takes it) raised to amax_floor gives the scale by
+ * `rule`; each value is divided (f32 rule) or multiplied (powers of two) by it and rounded to E4M3 with
+ * saturation. Returns the lane's four codes (column 4 lane in the low byte) and the group's scale in *scale, the
+ * same on every lane. */
+__device__ __forceinline__ uint32_t moe_act_quant_group(const float (&v)[4], moe_scale_rule rule, float amax_floor,
+                                                        float *scale) {
+    moe_qparams q;
+    q.rule = rule, q.elem_max = 448.0f, q.elem_emax = 8;
+    float m = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 4; e++) m = fmaxf(m, fabsf(v[e])); /* fmaxf drops NaN */
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const moe_block_scale s = moe_scale_from_amax(q, moe_finish_amax(m, amax_floor));
+    const moe_divider d = moe_make_divider(s.value, m);
+    uint32_t q4 = 0;
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+        q4 |= (uint32_t)moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3) << (8 * e);
+    *scale = s.value;
+    return q4;
+}
+#endif
+
 /* out (rows, cols) = bf16(dequant(quant(x))) group by group: each row's 1x128 groups get their scale by `rule`
  * from the group's amax (raised to amax_floor), E4M3 codes, then code * scale rounded once to bf16. x is bf16 or
  * f32 (x_dtype). rows: the rows to cover; live_rows: a device count that may cut them short (the permutation's

@@ -15,6 +15,7 @@
 
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
+#include "cuda/moe/act_quant.cuh"
 #include "cuda/moe/gate.cuh"
 #include "moe/layer.h"
 #include "route/route_math.h"
@@ -35,6 +36,7 @@ struct gate_args {
     float *partial;   /* (splits, T, E + 1) when splits > 1 and the splits are not a cluster */
     int slice;        /* columns of H a split covers (a multiple of kSlice) */
     int splits;
+    moe_gate_x_codes xc; /* W8A8's x codes (few kernel), or codes NULL */
 
     __device__ const float *row(int e) const { return e < E ? gate + (int64_t)e * H : shared_gate; }
     __device__ void finish(int64_t t, int e, float acc) const {
@@ -66,6 +68,30 @@ template <class Done> __device__ __forceinline__ void cluster_sum(float *mine, i
 #endif
 }
 
+/* W8A8's x codes of the CTA's nt tokens from t0 over split z's columns: its whole 1x128 groups (a slice is a
+ * multiple of 128 columns), a (token, group) a warp in turn over the split's CTAs (blockIdx.y), so that at decode
+ * each warp takes one group at most. Called by whole warps. */
+__device__ __forceinline__ void gate_x_codes(const gate_args &a, int z, int64_t t0, int nt) {
+    const int lane = threadIdx.x & 31, groups = (a.H + 127) / 128, g0 = z * a.slice / 128;
+    const int ng = min(groups, (z + 1) * a.slice / 128) - g0;
+    for (int i = blockIdx.y * kWarps + (threadIdx.x >> 5); i < nt * ng; i += gridDim.y * kWarps) {
+        const int64_t t = t0 + i / ng;
+        const int g = g0 + i % ng, c = g * 128 + 4 * lane;
+        const bool in = c < a.H; /* H % 8 == 0: four columns are all in or all out */
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (in) {
+            const uint2 raw = __ldg(reinterpret_cast<const uint2 *>(a.x + t * a.H + c));
+            const float2 x01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
+            const float2 x23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
+            v[0] = x01.x, v[1] = x01.y, v[2] = x23.x, v[3] = x23.y;
+        }
+        float scale;
+        const uint32_t q4 = moe_act_quant_group(v, a.xc.rule, a.xc.amax_floor, &scale);
+        if (lane == 0) a.xc.scales[t * groups + g] = scale;
+        if (in) *reinterpret_cast<uint32_t *>(a.xc.codes + t * a.H + c) = q4;
+    }
+}
+
 /* Few tokens: grid (split, group of kWarps experts, group of kGroup tokens), a warp an expert. kCluster: a tile's
  * splits are one cluster and add their sums (cluster_sum); else each split stores its own (gate_args::store). */
 template <bool kCluster>
@@ -86,6 +112,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
                                       : make_float4(0, 0, 0, 0);
     moe_pdl_wait();
     moe_pdl_launch_next();
+    if (a.xc.codes) gate_x_codes(a, z, t0, nt);
     if (!kCluster && e >= n_out) return; /* a cluster's threads all reach its barriers */
     float acc[kGroup];
 #pragma unroll
@@ -286,11 +313,16 @@ int cluster_limit() {
 
 extern "C" moe_status moe__cuda_gate_logits(moe_ctx *ctx, const void *xv, const float *gate, const float *gate_bias,
                                             const float *shared_gate, int64_t T, int H, int E, float *logits,
-                                            float *shared_scale, float *partial, bool alone, void *sv) {
+                                            float *shared_scale, float *partial, bool alone,
+                                            const moe_gate_x_codes *x_codes, void *sv) {
     const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(xv);
     const cudaStream_t stream = moe__cuda_enter(ctx, sv);
-    gate_args a = {x, gate, gate_bias, shared_gate, T, H, gate ? E : 0, logits, shared_scale, partial, H, 1};
+    gate_args a = {x, gate, gate_bias, shared_gate, T, H, gate ? E : 0, logits, shared_scale, partial, H, 1, {}};
     const int n_out = a.E + (shared_gate ? 1 : 0);
+    if (x_codes && (T >= MOE_GATE_MANY_T || n_out == 0))
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "gate logits: x codes with %lld tokens and %d outputs (the few "
+                          "kernel's, T < %d, at least one output)", (long long)T, n_out, MOE_GATE_MANY_T);
+    if (x_codes) a.xc = *x_codes;
     if (T == 0 || n_out == 0) return MOE_OK;
     /* split H until the grid has about `want` CTAs; moe__gate_partial_rows (layer.h) bounds splits x T for these
      * choices: want / ceil(T / 8) x T <= 8192 + T (few), want / ceil(T / 128) x T <= 16896 + T (many) */

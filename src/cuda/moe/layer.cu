@@ -9,7 +9,7 @@
  *   shared  = the same two GEMMs, dense over all tokens,  grid.z = shared expert          (S, T, H)
  *             (quantised: as S experts of every token in layer_experts.cu), on a side stream beside everything
  *             above (forked and joined by events; W8A8's x codes first; a decode step of T <= 8 forks after its
- *             gate, which then runs alone)
+ *             gate, which then runs alone and writes W8A8's x codes on its way)
  *   out[t]  = sum_j w[t, j] y[row(t, j)] + g_s sum_s shared[s, t], slot order   combine_kernel
  * Every launch is asynchronous on the caller's stream; grids are sized from T on the host (tiles past the
  * permutation's last row exit at once), so nothing waits for the device. */
@@ -190,7 +190,7 @@ extern "C" moe_status moe__cuda_layer_combine(moe_layer *l, const void *y, const
 
 static bool layer_gates(const moe_layer *l, const moe_layer_io *io);
 static moe_status layer_gate(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, char *ws, bool alone,
-                             cudaStream_t st);
+                             bool x_codes, cudaStream_t st);
 static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, void *workspace,
                               bool permute, bool gated, void *stream);
 
@@ -208,11 +208,14 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     /* a decode step's gate (one group of tokens) first, alone on the GPU, where its splits run as one cluster
      * (gate.cu); the side stream forks after it. Elsewhere the gate runs beside the side stream's kernels. */
     const bool gate_first = T >= 1 && T <= MOE_GATE_GROUP && layer_gates(l, io);
-    if (gate_first) MOE_TRY(layer_gate(l, io, &s, ws, true, moe__cuda_enter(l->ctx, stream)));
-    /* W8A8 on the FP8 kernels: x's codes on the side stream too (before the shared experts), off the chain of
-     * gate, routing and permutation that GEMM 1 waits for */
-    const bool x_codes = l->side_stream && moe__cuda_layer_x_codes(l, T);
-    if (x_codes) {
+    /* W8A8 on the FP8 kernels: x's codes from that gate on its way (no kernel of their own, and GEMM 1 waits for
+     * the routing alone), else on the side stream (before the shared experts), off the chain of gate, routing and
+     * permutation that GEMM 1 waits for */
+    const bool gate_codes = gate_first && moe__cuda_layer_x_codes(l, T);
+    const bool side_codes = !gate_codes && l->side_stream && moe__cuda_layer_x_codes(l, T);
+    const int x_codes = gate_codes ? MOE_X_CODES_READY : side_codes ? MOE_X_CODES_SIDE : MOE_X_CODES_NONE;
+    if (gate_first) MOE_TRY(layer_gate(l, io, &s, ws, true, gate_codes, moe__cuda_enter(l->ctx, stream)));
+    if (side_codes) {
         cudaStream_t st = moe__cuda_enter(l->ctx, stream), side = (cudaStream_t)l->side_stream;
         MOE_TRY(fork_side(l, st));
         const moe_status qs = moe__cuda_layer_quantize_x(l, x, T, &s, ws, side);
@@ -233,8 +236,8 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     if (rs == MOE_OK)
         rs = moe__cuda_layer_experts(l, x, T, (const int32_t *)(ws + s.ids), (const float *)(ws + s.weights), T, 1,
                                      x_codes, &s, ws, stream);
-    if (x_codes) MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent(moe__cuda_enter(l->ctx, stream),
-                                                          (cudaEvent_t)l->xq_event, 0)); /* always joined */
+    if (side_codes) MOE_CUDA_TRY(l->ctx, cudaStreamWaitEvent(moe__cuda_enter(l->ctx, stream),
+                                                              (cudaEvent_t)l->xq_event, 0)); /* always joined */
     if (c->n_shared) MOE_TRY(moe__cuda_layer_join(l, stream)); /* always joined */
     if (rs != MOE_OK) return rs;
     /* the routing wrote slot_row and the weights before GEMM 1, a plain launch, started */
@@ -252,15 +255,18 @@ static bool layer_gates(const moe_layer *l, const moe_layer_io *io) {
 }
 
 /* The gate's logits and shared scale into the scratch (layer_gates). alone: no other kernel of the layer runs
- * beside it (the gate's cluster may use any SMs). */
+ * beside it (the gate's cluster may use any SMs). x_codes: W8A8's x codes into s->w8a8 too, as the layer's
+ * act_format quantises x. */
 static moe_status layer_gate(moe_layer *l, const moe_layer_io *io, const moe_layer_scratch *s, char *ws, bool alone,
-                             cudaStream_t st) {
+                             bool x_codes, cudaStream_t st) {
     const moe_layer_config *c = &l->c;
     const moe_layer_weights *w = &l->w;
+    const moe_gate_x_codes xc = {(uint8_t *)(ws + s->w8a8.xq), (float *)(ws + s->w8a8.xs), l->qx.f.rule,
+                                 c->act_format.amax_floor};
     return moe__cuda_gate_logits(l->ctx, (const __nv_bfloat16 *)io->x->data, io->logits ? nullptr : w->gate,
                                  w->gate_bias, w->shared_gate, io->x->shape[0], c->hidden, c->router.n_experts,
                                  (float *)(ws + s->logits), c->shared_gate ? (float *)(ws + s->shared_scale) : nullptr,
-                                 (float *)(ws + s->gate_partial), alone, st);
+                                 (float *)(ws + s->gate_partial), alone, x_codes ? &xc : nullptr, st);
 }
 
 /* Routing, after the gate unless gated (it ran already); with permute, the permutation too, in one call
@@ -272,7 +278,7 @@ static moe_status layer_route(moe_layer *l, const moe_layer_io *io, const moe_la
     cudaStream_t st = moe__cuda_enter(ctx, stream);
     char *ws = (char *)workspace;
     const int64_t T = io->x->shape[0];
-    if (!gated && layer_gates(l, io)) MOE_TRY(layer_gate(l, io, s, ws, false, st));
+    if (!gated && layer_gates(l, io)) MOE_TRY(layer_gate(l, io, s, ws, false, false, st));
     /* the caller's logits, else the gate's */
     const moe_tensor logits_t = moe_tensor_2d(ws + s->logits, MOE_DTYPE_F32, T, c->router.n_experts);
     const moe_tensor *logits = io->logits ? io->logits : l->w.gate ? &logits_t : nullptr;

@@ -243,7 +243,8 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
 }
 
 /* Where W8A8's x codes come from: quantised on the experts' stream, ready once l->xq_event fires (the side stream
- * made them for the routed experts), or ready in stream order (the shared experts, on the side stream after them). */
+ * made them for the routed experts), or ready in stream order (the shared experts, on the side stream after them;
+ * both sets after the gate that made them at decode). */
 enum x_codes_at { X_CODES_HERE, X_CODES_EVENT, X_CODES_READY };
 /* The set's two GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the kernels
  * take both (LARGE, MEDIUM: the wgmma tile; SMALL: a decode kernel, the wgmma one for MXFP4 weights): x quantised to
@@ -329,8 +330,11 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     moe_gemm_params g, g2;
     expert_gemms(l, es, routed_bufs(s), ws, x, k, c->router.weight_on_input ? weights : nullptr, g, g2);
     if (l->act_quantized)
-        return experts_w8a8(l, es, g, g2, x, x_codes ? X_CODES_EVENT : X_CODES_HERE, T, shape, tiles, routed_bufs(s),
-                            ws, st);
+        return experts_w8a8(l, es, g, g2, x,
+                            x_codes == MOE_X_CODES_SIDE    ? X_CODES_EVENT
+                            : x_codes == MOE_X_CODES_READY ? X_CODES_READY
+                                                           : X_CODES_HERE,
+                            T, shape, tiles, routed_bufs(s), ws, st);
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
 }

@@ -13,7 +13,8 @@ void moe__cuda_layer_plan(const moe_layer *l, int64_t plan_tokens, const moe_lay
                           moe_permute_config *pc, moe_permute_outputs *po);
 
 /* Whether the routed GEMMs of a step of T tokens read W8A8's x as codes and scales (the FP8 kernels' tiles), which
- * the forward then makes on the side stream (moe__cuda_layer_quantize_x into s->xq, s->xs). */
+ * the forward then makes: in the gate at decode (T <= MOE_GATE_GROUP, the gate first), else on the side stream
+ * (moe__cuda_layer_quantize_x into s->xq, s->xs). */
 bool moe__cuda_layer_x_codes(const moe_layer *l, int64_t T);
 moe_status moe__cuda_layer_quantize_x(moe_layer *l, const void *x, int64_t T, const moe_layer_scratch *s, char *ws,
                                       cudaStream_t st);
