@@ -63,11 +63,14 @@ TEST_IMPL(gpu_layer_random) {
     bad += layer_compare_gpu(env, &p, 0, "portable prefill tiles, shared");
     layer_problem_free(&p);
     unsetenv("MOE_GEMM_PORTABLE");
-    /* 65537 tokens (the 128-row tiles, dense shared tiles of 128 rows), and 0 tokens */
+    /* 65537 tokens (the 128-row tiles, dense shared tiles of 128 rows), and 0 tokens. The logits are given: from
+     * the gate, whose f32 sums the backends add in different orders, a token or two of so many may have its 4th
+     * and 5th logits within an ulp and be routed differently (seed 87019170: token 2657, logits 9e-8 apart, 4e-2
+     * off on every build) */
     c = layer_config("qwen3-30b-a3b", 64, 32, 16, 4, MOE_ACT_SILU_GLU);
     c.n_shared = 1, c.shared_intermediate = 32;
-    layer_problem_random(&p, &c, 65537, 0, seed++);
-    bad += layer_compare_gpu(env, &p, 0, "65537 tokens, 16 experts top 4, shared");
+    layer_problem_random(&p, &c, 65537, 1, seed++);
+    bad += layer_compare_gpu(env, &p, 1, "65537 tokens, 16 experts top 4, shared");
     layer_problem_free(&p);
     layer_problem_random(&p, &c, 0, 0, seed++);
     ASSERT_OK(env->gpu, layer_run(env->gpu, &p, MOE_DTYPE_BF16, 0, NULL, 0));

@@ -15,6 +15,21 @@
 constexpr int kDecodeWarps = 4; /* a CTA's warps: column tiles times K splits */
 constexpr int kDecodeRows = 16; /* rows of a tile: the permutation's SMALL tile */
 
+/* The start of a decode kernel. GEMM 2 (plain) is a programmatic dependent launch of the kernel before it and waits
+ * for it later, after its first weights are on their way (those, the B scales and the permutation were written
+ * before that kernel started). GEMM 1 (GLU) finds its tile in the permutation the kernel before it wrote, so it waits
+ * first; launched as a dependent too (p.early: the routing of a short decode step), its CTAs are then resident
+ * when the routing ends. Either lets the next kernel be scheduled only after that wait (GEMM 1) or at once (GEMM 2:
+ * the next kernel reads nothing of it before its own wait). */
+template <bool kGlu> __device__ __forceinline__ void moe_decode_start() {
+    if (kGlu) moe_pdl_wait();
+    moe_pdl_launch_next();
+}
+/* Whether a decode GEMM is launched as a programmatic dependent of the kernel before it (moe_decode_start). */
+inline bool moe_decode_dependent(moe_ctx *ctx, const moe_gemm_params &p, bool glu) {
+    return (!glu || p.early) && moe__cuda_pdl(ctx);
+}
+
 /* 16 bytes global -> shared, L2 only (weights: read once), or through L1 (tokens: every CTA reads them); bytes 0
  * writes zeros. */
 __device__ __forceinline__ void moe_decode_copy16_cg(uint32_t smem, const void *gmem, int bytes) {

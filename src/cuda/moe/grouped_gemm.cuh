@@ -62,6 +62,8 @@ struct moe_gemm_params {
     float *c32;              /* GLU: h written in f32 here instead of c (W8A8's bf16 path quantises it next); NULL */
     int64_t c_group_stride;  /* dense */
     int64_t m_tiles, n_tiles; /* set by moe__cuda_grouped_gemm */
+    bool early;              /* GLU on a decode kernel: a programmatic dependent launch of the kernel before it, which
+                              * it waits for before reading anything (moe_decode_start: a short step's routing) */
 };
 
 /* Calls launch(tag) with tag::value the compiled instance of B's storage f (a switch written once for both GEMM

@@ -50,9 +50,9 @@ __device__ __forceinline__ void piece_mma(float (&d)[4], const uint4 &w0, const 
 template <bool kGlu>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_bf16_decode_kernel(const moe_gemm_params p, int ksplit) {
-    /* the wait for the previous grid comes after the first weights are on their way (below): before it, only what
-     * was written before the previous grid started is read (the permutation, weights) */
-    moe_pdl_launch_next();
+    /* GEMM 2's wait for the previous grid comes after the first weights are on their way (below): before it, only
+     * what was written before the previous grid started is read (the permutation, weights) */
+    moe_decode_start<kGlu>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     extern __shared__ uint4 smem_ring[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -172,7 +172,7 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
                                            (int)kRing));
     /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue. Not the dense shared
      * experts' (beside the routed GEMMs on the side stream, their CTAs would hold SM slots while they wait) */
-    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && p.offsets && moe__cuda_pdl(ctx), gemm_bf16_decode_kernel<kGlu>,
+    MOE_CUDA_TRY(ctx, moe_launch(p.offsets && moe_decode_dependent(ctx, p, kGlu), gemm_bf16_decode_kernel<kGlu>,
                                  dim3(tiles, 1, groups), kWarps * 32, kRing, st, q, ksplit));
     return MOE_OK;
 }

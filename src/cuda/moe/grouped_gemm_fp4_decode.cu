@@ -149,9 +149,9 @@ __device__ __forceinline__ fp4_tile_runs fp4_tile_runs_of(const moe_gemm_params 
 template <bool kGlu, int F, bool kTile>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp4_decode_kernel(const moe_gemm_params p, int ksplit) {
-    /* the wait for the previous grid comes after the first codes are on their way (below): before it, only what was
-     * written before the previous grid started is read (the permutation, weights, scales) */
-    moe_pdl_launch_next();
+    /* GEMM 2's wait for the previous grid comes after the first codes are on their way (below): before it, only
+     * what was written before the previous grid started is read (the permutation, weights, scales) */
+    moe_decode_start<kGlu>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr bool kMx = F == MOE_B_E2M1_E8M0;
     constexpr int kScaleBytes = kMx ? 1 : 2;   /* a lane's scales a row and block: its 32 values */
@@ -361,8 +361,9 @@ template <bool kGlu, int F, bool kTile>
 moe_status launch_as(moe_ctx *ctx, const moe_gemm_params &q, int ksplit, unsigned tiles, size_t smem, cudaStream_t st) {
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_decode_kernel<kGlu, F, kTile>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1: see the kernel's prologue */
-    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_fp4_decode_kernel<kGlu, F, kTile>, dim3(tiles),
+    /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1, GEMM 1 of the routing where q.early: see the
+     * kernel's prologue and moe_decode_start */
+    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, q, kGlu), gemm_fp4_decode_kernel<kGlu, F, kTile>, dim3(tiles),
                                  kWarps * 32, smem, st, q, ksplit));
     return MOE_OK;
 }

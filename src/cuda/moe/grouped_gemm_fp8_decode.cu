@@ -76,9 +76,9 @@ __device__ __forceinline__ void piece_mma(float (&tmp)[4], const uint4 &w0, cons
 template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f, int ksplit) {
-    /* the wait for the previous grid comes after the first weights are on their way (below): before it, only what
-     * was written before the previous grid started is read (the permutation, weights, B scales) */
-    moe_pdl_launch_next();
+    /* GEMM 2's wait for the previous grid comes after the first weights are on their way (below): before it, only
+     * what was written before the previous grid started is read (the permutation, weights, B scales) */
+    moe_decode_start<kGlu>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     constexpr bool kE8m0 = F == MOE_B_E4M3_E8M0;
     extern __shared__ uint4 smem_ring[];
@@ -246,8 +246,9 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, kCtasPerSm, true, q, ksplit, tiles));
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
-    /* GEMM 2 (plain) as a dependent launch of h's quantisation: see the kernel's prologue */
-    MOE_CUDA_TRY(ctx, moe_launch(!kGlu && moe__cuda_pdl(ctx), gemm_fp8_decode_kernel<kGlu, F>, dim3(tiles),
+    /* GEMM 2 (plain) as a dependent launch of h's quantisation, GEMM 1 of the routing where p.early: see the
+     * kernel's prologue and moe_decode_start */
+    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, p, kGlu), gemm_fp8_decode_kernel<kGlu, F>, dim3(tiles),
                                  kWarps * 32, kRing, st, q, f, ksplit));
     return MOE_OK;
 }

@@ -329,6 +329,10 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     const expert_set es = routed_set(l);
     moe_gemm_params g, g2;
     expert_gemms(l, es, routed_bufs(s), ws, x, k, c->router.weight_on_input ? weights : nullptr, g, g2);
+    /* a decode step's GEMM 1 (the decode kernels) as a dependent launch of the routing, so that its CTAs are resident
+     * when the routing ends. Measured on the H100 (docs/performance.md): MXFP4 at T = 1 DeepSeek-V2 -8.7%,
+     * DeepSeek-V3 -3.9%, at T = 8 level; W8A8 level or slower (DeepSeek-V3 +0.4 to +1.2% at T = 1-8), so not there */
+    g.early = plan_tokens <= MOE_GATE_GROUP && !l->act_quantized;
     if (l->act_quantized)
         return experts_w8a8(l, es, g, g2, x,
                             x_codes == MOE_X_CODES_SIDE    ? X_CODES_EVENT
