@@ -109,13 +109,14 @@ static int check_gate(test_env *env, int64_t T, int H, int E, int with_bias, int
 }
 
 /* W8A8's x codes written by the gate on its way (moe_gate_x_codes) against moe_quantize on the CPU in the same
- * FP8 1x128 format, bit for bit, and the logits unchanged by it. x: random bf16 of wide magnitudes with NaN and Inf
+ * FP8 1x128 format, bit for bit, and the logits (E = 0: the shared gate's scales) unchanged by it. x: random bf16 of wide magnitudes with NaN and Inf
  * here and there, and whole groups of NaN, of zeros, of values past 2^126 and of subnormals; H % 128 != 0 gives a
  * partial last group. Returns the failures (printed). */
 static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone, moe_scale_rule rule, float floor_,
                               uint64_t seed) {
     uint64_t st = seed;
-    const size_t nx = (size_t)T * H, ng = (size_t)E * H;
+    /* E = 0: no router gate, only Qwen2-MoE's shared gate (one row), whose sigmoid is the output compared */
+    const size_t nx = (size_t)T * H, ng = (size_t)(E ? E : 1) * H, nout = (size_t)(E ? T * E : T);
     const int groups = (H + 127) / 128;
     uint16_t *xb = malloc(2 * nx);
     float *g = malloc(sizeof(float) * ng);
@@ -146,14 +147,14 @@ static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone,
     }
     uint8_t *want = malloc(sz.data_bytes), *got = malloc(sz.data_bytes);
     float *want_s = malloc(sz.scale_bytes), *got_s = malloc(sz.scale_bytes);
-    float *l0 = malloc(sizeof(float) * (size_t)(T * E)), *l1 = malloc(sizeof(float) * (size_t)(T * E));
+    float *l0 = malloc(sizeof(float) * nout), *l1 = malloc(sizeof(float) * nout);
     moe_tensor xt = {xb, MOE_DTYPE_BF16, 2, {T, H}};
     moe_qtensor q = {f, 2, {T, H}, want, want_s, NULL};
     if (moe_quantize(env->cpu, &xt, &q, NULL) != MOE_OK) fprintf(stderr, "  cpu: %s\n", moe_last_error(env->cpu)), bad = 1;
     const size_t parts = (size_t)moe__gate_partial_rows(T, H) * (size_t)(E + 1);
     void *dx = test_upload(env->gpu, xb, 2 * nx), *dg = test_upload(env->gpu, g, sizeof(float) * ng);
     void *dl = NULL, *dp = NULL, *dc = NULL, *dsc = NULL;
-    if (moe_alloc(env->gpu, sizeof(float) * (size_t)(T * E), &dl) != MOE_OK ||
+    if (moe_alloc(env->gpu, sizeof(float) * nout, &dl) != MOE_OK ||
         moe_alloc(env->gpu, sizeof(float) * parts + 4, &dp) != MOE_OK || moe_alloc(env->gpu, sz.data_bytes, &dc) != MOE_OK ||
         moe_alloc(env->gpu, sz.scale_bytes, &dsc) != MOE_OK) {
         fprintf(stderr, "  allocation: %s\n", moe_last_error(env->gpu));
@@ -163,10 +164,13 @@ static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone,
         moe_memset(env->gpu, dc, 0x7F, sz.data_bytes, NULL);
         moe_memset(env->gpu, dsc, 0x7F, sz.scale_bytes, NULL);
         const moe_gate_x_codes xc = {dc, dsc, rule, floor_};
-        if (moe__cuda_gate_logits(env->gpu, dx, dg, NULL, NULL, T, H, E, dl, NULL, dp, alone, NULL, NULL) != MOE_OK ||
-            test_download(env->gpu, l0, dl, sizeof(float) * (size_t)(T * E)) ||
-            moe__cuda_gate_logits(env->gpu, dx, dg, NULL, NULL, T, H, E, dl, NULL, dp, alone, &xc, NULL) != MOE_OK ||
-            test_download(env->gpu, l1, dl, sizeof(float) * (size_t)(T * E)) ||
+        void *gate = E ? dg : NULL, *shared_gate = E ? NULL : dg, *logits = E ? dl : NULL, *scale = E ? NULL : dl;
+        if (moe__cuda_gate_logits(env->gpu, dx, gate, NULL, shared_gate, T, H, E, logits, scale, dp, alone, NULL,
+                                  NULL) != MOE_OK ||
+            test_download(env->gpu, l0, dl, sizeof(float) * nout) ||
+            moe__cuda_gate_logits(env->gpu, dx, gate, NULL, shared_gate, T, H, E, logits, scale, dp, alone, &xc,
+                                  NULL) != MOE_OK ||
+            test_download(env->gpu, l1, dl, sizeof(float) * nout) ||
             test_download(env->gpu, got, dc, sz.data_bytes) || test_download(env->gpu, got_s, dsc, sz.scale_bytes)) {
             fprintf(stderr, "  T=%lld H=%d: %s\n", (long long)T, H, moe_last_error(env->gpu));
             bad = 1;
@@ -184,8 +188,9 @@ static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone,
                     moe_scale_rule_name(rule), i, got[i], want[i]);
             bad = 1;
         }
-    if (!bad && memcmp(l0, l1, sizeof(float) * (size_t)(T * E)))
-        fprintf(stderr, "  T=%lld H=%d: logits differ with the x codes\n", (long long)T, H), bad = 1;
+    if (!bad && memcmp(l0, l1, sizeof(float) * nout))
+        fprintf(stderr, "  T=%lld H=%d: %s differ with the x codes\n", (long long)T, H, E ? "logits" : "shared scales"),
+            bad = 1;
     fprintf(stderr, "  T=%-3lld H=%-5d E=%-3d %s rule %-5s floor %g: %s\n", (long long)T, H, E,
             alone ? "alone" : "split", moe_scale_rule_name(rule), (double)floor_, bad ? "differs" : "same bits");
     void *dev[] = {dx, dg, dl, dp, dc, dsc};
@@ -210,6 +215,7 @@ TEST_IMPL(gpu_gate_x_codes) {
         {8, 2048, 128, 1, MOE_SCALE_UE8M0_FLOOR, 0.0f}, /* a whole group of tokens */
         {20, 1000, 8, 0, MOE_SCALE_UE8M0_CEIL, 1e-30f}, /* three token groups, few warps a split */
         {63, 5120, 16, 0, MOE_SCALE_F32, 0.0f},         /* the last T of the few kernel */
+        {3, 2048, 0, 1, MOE_SCALE_F32, 0.0f},           /* no router gate (logits given), a shared gate alone */
     };
     int bad = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

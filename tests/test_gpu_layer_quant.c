@@ -79,7 +79,9 @@ static int compare_quantized(test_env *env, layer_problem *p, const moe_qformat 
  * GPT-OSS's clamps and biases, and Llama-4's weight on the input, at decode and prefill sizes; the prefill cases
  * also with MEDIUM forced (on Hopper the FP8 tile at 64 rows: both consumers on the same rows, half of B each);
  * the decode sizes (and the SMALL tile forced at T = 600) once more on the wgmma decode kernel
- * (grouped_gemm_rs_decode.cu, opt-in: MOE_GEMM_W8A8_RS_DECODE=1) and on its pipelined variant (MOE_GEMM_RS_PIPE=1).
+ * (grouped_gemm_rs_decode.cu, opt-in: MOE_GEMM_W8A8_RS_DECODE=1) and on its pipelined variant (MOE_GEMM_RS_PIPE=1);
+ * logits given with Qwen2-MoE's shared gate at decode (the gate kernel then runs for the shared gate alone and
+ * writes x's codes).
  * Tolerances: quantising h turns any difference in h into whole code steps for the few values near a rounding
  * boundary, so W8A8 magnifies differences (docs/layer.md §6). The FP8 kernels differ from the CPU only in the
  * order of f32 sums: 4e-3 overall measured, bound 8e-3. The bf16 path also rounds weights with f32 scales and x
@@ -156,6 +158,20 @@ TEST_IMPL(gpu_layer_w8a8) {
                 unsetenv("MOE_GEMM_NO_FP8_MMA");
                 layer_problem_free(&p);
             }
+    /* logits given and Qwen2-MoE's shared gate at decode: the gate kernel runs for the shared gate alone and writes
+     * x's codes for the FP8 kernels on its way (gate.cu) */
+    for (int T = 1; T <= 5; T += 4)
+        for (int f = 0; f < 2; f++) {
+            moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);
+            c.n_shared = 1, c.shared_intermediate = 64, c.shared_gate = 1;
+            c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+            layer_problem p;
+            layer_problem_random(&p, &c, T, 1, seed++);
+            char what[96];
+            snprintf(what, sizeof what, "w8a8, logits given, shared gate, T = %d, %s", T, f ? "e8m0 w" : "f32 w");
+            bad += compare_quantized(env, &p, wf[f], 1, what, 5e-2, 1.2e-1);
+            layer_problem_free(&p);
+        }
     /* the LARGE tile forced at decode sizes: the FP8 tensor-core kernels over one or a few rows an expert. Over one
      * to five tokens the relative L2 is a per-token figure, and single tokens reach 3.9e-2 on these kernels
      * (docs/layer.md §6; a wrong expert, scale or row gives O(1)): 5e-2 on it (T = 5 measured 9.4e-3) */
