@@ -146,7 +146,7 @@ moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l, int64_t T,
 enum { MOE_X_CODES_NONE = 0, MOE_X_CODES_SIDE = 1, MOE_X_CODES_READY = 2 };
 /* GPU: permutation of ids over the layer's experts (tiles chosen from plan_tokens; skipped when permuted: the
  * scratch already holds it), GEMM 1, GEMM 2: y (rows, H) bf16 in the scratch and slot_row (T, k) in s->slot_row.
- * x_codes: where W8A8's x codes and scales in the scratch come from (below). */
+ * x_codes: where W8A8's x codes and scales in the scratch come from (above). */
 moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64_t T, const int32_t *ids, const float *weights,
                                    int64_t plan_tokens, int permuted, int x_codes, const moe_layer_scratch *s,
                                    void *workspace, void *stream);

@@ -8,18 +8,6 @@ namespace {
 
 constexpr int kWarps = 8;
 
-/* Four values of a row from bf16 or f32. */
-__device__ __forceinline__ void load4(const __nv_bfloat16 *x, float (&v)[4]) {
-    const uint2 raw = *reinterpret_cast<const uint2 *>(x);
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-}
-__device__ __forceinline__ void load4(const float *x, float (&v)[4]) {
-    const float4 a = *reinterpret_cast<const float4 *>(x);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-}
-
 /* Where a kernel's groups go: bf16 values (out), or codes and scales (codes set). */
 struct quant_out {
     __nv_bfloat16 *out;
@@ -42,7 +30,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         const int c = (int)(g - r * groups) * 128 + 4 * lane;
         const bool in = c < cols; /* cols % 8 == 0: four columns are all in or all out */
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (in) load4(x + r * cols + c, v);
+        if (in) moe_load4(x + r * cols + c, v);
         float scale;
         const uint32_t q4 = moe_act_quant_group(v, rule, amax_floor, &scale);
         if (dst.codes && lane == 0) dst.scales[(c >> 7) * dst.scale_ld + r] = scale;

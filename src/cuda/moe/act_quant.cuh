@@ -11,6 +11,18 @@
 #ifdef __CUDACC__
 #include "cuda/formats/qformat.cuh"
 
+/* Four values of a row from bf16 or f32 (8- or 16-byte aligned). */
+__device__ __forceinline__ void moe_load4(const __nv_bfloat16 *x, float (&v)[4]) {
+    const uint2 raw = *reinterpret_cast<const uint2 *>(x);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+}
+__device__ __forceinline__ void moe_load4(const float *x, float (&v)[4]) {
+    const float4 a = *reinterpret_cast<const float4 *>(x);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+}
+
 /* One 1x128 group quantised by a warp, four columns a lane: v the lane's columns 4 lane .. 4 lane + 3 of the group
  * (zeros where they lie past the row). Every lane of the warp calls it (shuffles). The group's amax (from 0, NaN
  * dropped, Inf kept: docs/formats.md §2.1, as moe_quantize takes it) raised to amax_floor gives the scale by

@@ -79,12 +79,7 @@ __device__ __forceinline__ void gate_x_codes(const gate_args &a, int z, int64_t 
         const int g = g0 + i % ng, c = g * 128 + 4 * lane;
         const bool in = c < a.H; /* H % 8 == 0: four columns are all in or all out */
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (in) {
-            const uint2 raw = __ldg(reinterpret_cast<const uint2 *>(a.x + t * a.H + c));
-            const float2 x01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
-            const float2 x23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
-            v[0] = x01.x, v[1] = x01.y, v[2] = x23.x, v[3] = x23.y;
-        }
+        if (in) moe_load4(a.x + t * a.H + c, v);
         float scale;
         const uint32_t q4 = moe_act_quant_group(v, a.xc.rule, a.xc.amax_floor, &scale);
         if (lane == 0) a.xc.scales[t * groups + g] = scale;

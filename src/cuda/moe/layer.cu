@@ -211,8 +211,8 @@ extern "C" moe_status moe__cuda_layer_forward(moe_layer *l, const moe_layer_io *
     /* W8A8 on the FP8 kernels: x's codes from that gate on its way (no kernel of their own, and GEMM 1 waits for
      * the routing alone), else on the side stream (before the shared experts), off the chain of gate, routing and
      * permutation that GEMM 1 waits for */
-    const bool gate_codes = gate_first && moe__cuda_layer_x_codes(l, T);
-    const bool side_codes = !gate_codes && l->side_stream && moe__cuda_layer_x_codes(l, T);
+    const bool codes = moe__cuda_layer_x_codes(l, T);
+    const bool gate_codes = gate_first && codes, side_codes = !gate_first && codes && l->side_stream;
     const int x_codes = gate_codes ? MOE_X_CODES_READY : side_codes ? MOE_X_CODES_SIDE : MOE_X_CODES_NONE;
     if (gate_first) MOE_TRY(layer_gate(l, io, &s, ws, true, gate_codes, moe__cuda_enter(l->ctx, stream)));
     if (side_codes) {

@@ -242,17 +242,13 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
     g2.c = (__nv_bfloat16 *)(ws + b.y);
 }
 
-/* Where W8A8's x codes come from: quantised on the experts' stream, ready once l->xq_event fires (the side stream
- * made them for the routed experts), or ready in stream order (the shared experts, on the side stream after them;
- * both sets after the gate that made them at decode). */
-enum x_codes_at { X_CODES_HERE, X_CODES_EVENT, X_CODES_READY };
 /* The set's two GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the kernels
  * take both (LARGE, MEDIUM: the wgmma tile; SMALL: a decode kernel, the wgmma one for MXFP4 weights): x quantised to
- * codes and scales (x_codes: where they come from), GEMM 1 writing h quantised (the decode kernels write h in f32
+ * codes and scales (x_codes: where they come from, MOE_X_CODES_* of moe/layer.h), GEMM 1 writing h quantised (the decode kernels write h in f32
  * and act_quant.cu quantises it), GEMM 2 reading the codes. Elsewhere (MEDIUM32, other weights, other GPUs) x and
  * h are replaced by their quantised values in bf16 around the bf16 GEMMs. */
 static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_params g, moe_gemm_params g2,
-                               const void *xv, x_codes_at x_codes, int64_t T, moe_gemm_shape shape, int64_t tiles,
+                               const void *xv, int x_codes, int64_t T, moe_gemm_shape shape, int64_t tiles,
                                const expert_bufs &b, char *ws, cudaStream_t st) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
@@ -261,8 +257,8 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
     const moe_scale_rule rule = l->qx.f.rule; /* resolved at create */
     const int64_t rows = tiles * moe__gemm_tile_m(shape), live = rows < b.rows ? rows : b.rows; /* offsets[G] exact */
     if (w8a8_fp8_shape(l, x, shape)) {
-        if (x_codes == X_CODES_EVENT) MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->xq_event, 0));
-        else if (x_codes == X_CODES_HERE) MOE_TRY(quantize_x(l, xv, T, b.q.xq, b.q.xs, ws, st));
+        if (x_codes == MOE_X_CODES_SIDE) MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->xq_event, 0));
+        else if (x_codes == MOE_X_CODES_NONE) MOE_TRY(quantize_x(l, xv, T, b.q.xq, b.q.xs, ws, st));
         moe_gemm_fp8 f = {};
         f.a = (const uint8_t *)(ws + b.q.xq), f.a_scale = (const float *)(ws + b.q.xs);
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
@@ -334,11 +330,7 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
      * DeepSeek-V3 -3.9%, at T = 8 level; W8A8 level or slower (DeepSeek-V3 +0.4 to +1.2% at T = 1-8), so not there */
     g.early = plan_tokens <= MOE_GATE_GROUP && !l->act_quantized;
     if (l->act_quantized)
-        return experts_w8a8(l, es, g, g2, x,
-                            x_codes == MOE_X_CODES_SIDE    ? X_CODES_EVENT
-                            : x_codes == MOE_X_CODES_READY ? X_CODES_READY
-                                                           : X_CODES_HERE,
-                            T, shape, tiles, routed_bufs(s), ws, st);
+        return experts_w8a8(l, es, g, g2, x, x_codes, T, shape, tiles, routed_bufs(s), ws, st);
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
 }
@@ -360,8 +352,8 @@ moe_status moe__cuda_layer_shared_quantized(moe_layer *l, const void *xv, int64_
         MOE_TRY(moe__cuda_grouped_gemm(l->ctx, g, true, shape, tiles, 1, side));
         return moe__cuda_grouped_gemm(l->ctx, g2, false, shape, tiles, 1, side);
     }
-    x_codes_at at = X_CODES_HERE;
-    if (x_codes && w8a8_fp8_shape(l, x, shape)) b.q.xq = s->w8a8.xq, b.q.xs = s->w8a8.xs, at = X_CODES_READY;
+    int at = MOE_X_CODES_NONE; /* the side stream's x codes are ready in its order, the gate's before the fork */
+    if (x_codes && w8a8_fp8_shape(l, x, shape)) b.q.xq = s->w8a8.xq, b.q.xs = s->w8a8.xs, at = MOE_X_CODES_READY;
     return experts_w8a8(l, x, g, g2, xv, at, T, shape, tiles, b, ws, side);
 }
 
