@@ -135,6 +135,9 @@ struct moe_gemm_fp8 {
     const uint8_t *a;     /* codes: with p.gather x (tokens, k), else the rows (rows, k) */
     const float *a_scale; /* with p.gather (tokens, ceil(k / 128)), row-major; else (ceil(k / 128), a_scale_ld) */
     int64_t a_scale_ld;
+    const float *a32;     /* the decode kernel's GEMM 2 only, or NULL: A as h in f32 (rows, k), quantised by the
+                           * kernel on its way in (rule and amax_floor below) in place of a and a_scale; tiles of
+                           * 8 rows or fewer (moe__cuda_grouped_gemm_fp8_decode) */
     uint8_t *c;           /* GLU: h codes (rows, n) */
     float *c_scale;       /* GLU: (ceil(n / 128), c_scale_ld): the scales of a row tile lie side by side */
     int64_t c_scale_ld;
@@ -152,7 +155,8 @@ moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, co
 
 /* W8A8 at decode (grouped_gemm_fp8_decode.cu): the same GEMMs over 16-row tiles (the SMALL shape's permutation),
  * streaming the weights through mma.sync (E4M3 codes as f16; sm_89+). A as for the W8A8 tile; GEMM 1 (GLU) writes h
- * in f32 to p.c32 (every row of every tile, padding too), for moe__cuda_act_quant; GEMM 2 writes bf16 p.c. Runs
+ * in f32 to p.c32 (every row of every tile, padding too), for moe__cuda_act_quant, or for GEMM 2 itself (f.a32: no
+ * tile may then hold more than 8 rows, as where no expert gets more than 8 tokens); GEMM 2 writes bf16 p.c. Runs
  * where moe__cuda_gemm_fp8_fits. */
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream);
