@@ -19,10 +19,10 @@
  * + 15 of the block, q = lane % 4) fill K slots of its own: word j's codes 0-1 slots 2q, 2q + 1 and codes 2-3 slots
  * 2q + 8, 2q + 9 of mma (c, j), in A and B alike.
  * GEMM 1 writes h in f32 (p.c32); moe__cuda_act_quant turns it into GEMM 2's codes, or, in a step whose tiles hold 8
- * rows or fewer (f.a32), GEMM 2 copies h's f32 values into its stages and quantises each 1x128 group as it reads it:
- * the group's four lanes (one token row) meet their amax by two shuffles and encode with act_quant's arithmetic
- * (moe_act_group), so the codes and scales are act_quant's bits, with no kernel and no round trip through L2 between
- * the GEMMs. */
+ * rows or fewer (f.a32: kHq), GEMM 2 quantises them itself: once its wait for GEMM 1 is over, each CTA quantises its
+ * tile's real rows of h, a 1x128 group a warp in turn (moe_act_quant_group: act_quant's bits), into shared memory
+ * beside the ring, from which the K loop reads them; no kernel and no round trip through L2 between the GEMMs, and at
+ * T = 1 a CTA quantises one row. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/formats/qformat.cuh"
@@ -39,16 +39,28 @@ constexpr int kStages = 3; /* K blocks a warp has in flight */
 constexpr int kBK = 128;   /* a scale block of K */
 /* A warp's stage: 16-byte slots, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what it copied,
  * and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c] (slot 2h + c),
- * 4-5 the first half's tokens a[c] (kH32: slots 4 + 4c + j their f32 values, 4j .. 4j + 3 of piece c); then a 4-byte
- * word a lane: lanes 0-15 the A scale of tile row `lane` (not with kH32), lanes 16 and 17 the B scales of the column
- * tile's two halves (an E8M0 scale as the aligned word that holds it).
- * The ring, 37.5 KB (the partial tiles' sum passes through it too), holds 5 CTAs an SM (registers bounded to allow
- * 5; measured on the H200 faster than 8 slots and 4 CTAs: DeepSeek-V3 W8A8 at T = 16, 1155 against 1206 us a
- * layer); with kH32 73.5 KB, 3 CTAs an SM. */
-template <bool kH32> struct stage {
-    static constexpr int slots = kH32 ? 12 : 6, scale_off = slots * 32 * 16, bytes = scale_off + 32 * 4;
+ * 4-5 the first half's tokens a[c] (not with kHq); then a 4-byte word a lane: lanes 0-15 the A scale of tile row
+ * `lane` (not with kHq), lanes 16 and 17 the B scales of the column tile's two halves (an E8M0 scale as the aligned
+ * word that holds it). The ring (37.5 KB; kHq 25.5 KB, and h's codes beside it: hq_layout) holds 5 CTAs an SM
+ * (registers bounded to allow 5; measured on the H200 faster than 8 slots and 4 CTAs: DeepSeek-V3 W8A8 at T = 16,
+ * 1155 against 1206 us a layer); the partial tiles' sum passes through it too. */
+template <bool kHq> struct stage {
+    static constexpr int slots = kHq ? 4 : 6, scale_off = slots * 32 * 16, bytes = scale_off + 32 * 4;
     static constexpr size_t ring = (size_t)kWarps * kStages * bytes;
-    static constexpr int ctas_per_sm = kH32 ? 3 : 5;
+};
+constexpr int kCtasPerSm = 5;
+/* An SM's shared memory on Hopper, less the 1 KB the GPU reserves a CTA: the most a kHq CTA may hold at 5 an SM */
+constexpr size_t kSmemPerCta = 228 * 1024 / kCtasPerSm - 1024;
+
+/* kHq: h's codes and scales of a tile's rows beside the ring: rows of `stride` bytes (K padded to a 128-wide block,
+ * plus 64, so that a phase's two rows fall on distinct banks), then (rows, blocks) f32 scales. */
+struct hq_layout {
+    int blocks, stride;
+    size_t scales, bytes; /* offsets past the ring */
+    __host__ __device__ hq_layout(int64_t k, int rows) {
+        blocks = (int)((k + kBK - 1) / kBK), stride = blocks * kBK + 64;
+        scales = (size_t)rows * stride, bytes = scales + (size_t)rows * blocks * 4;
+    }
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
@@ -82,30 +94,15 @@ __device__ __forceinline__ void piece_mma(float (&tmp)[4], const uint4 &w0, cons
 }
 #endif
 
-/* A lane's two 16-code pieces of its token row into the stage at dst (in0 / in1: piece 0 / 1 inside K, else zeros):
- * the codes at a (slots 4, 5), or kH32 their f32 values (slots 4 + 4c + j). */
-template <bool kH32> __device__ __forceinline__ void copy_a(uint32_t dst, const char *a, bool in0, bool in1) {
-    if constexpr (kH32) {
-#pragma unroll
-        for (int c = 0; c < 2; c++)
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                moe_decode_copy16_ca_if(dst + (4 + 4 * c + j) * 512, a + 4 * (64 * c + 4 * j), !(c ? in1 : in0));
-    } else {
-        moe_decode_copy_tokens(dst, reinterpret_cast<const uint8_t *>(a), in0, in1);
-    }
-}
-
-template <bool kGlu, int F, bool kH32>
-__global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
+template <bool kGlu, int F, bool kHq>
+__global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f, int ksplit) {
     /* GEMM 2's wait for the previous grid comes after the first weights are on their way (below): before it, only
      * what was written before the previous grid started is read (the permutation, weights, B scales) */
     moe_decode_start<kGlu>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     constexpr bool kE8m0 = F == MOE_B_E4M3_E8M0;
-    constexpr int kStageBytes = stage<kH32>::bytes, kScaleOff = stage<kH32>::scale_off;
-    constexpr int kEs = kH32 ? 4 : 1; /* bytes of an A value */
+    constexpr int kStageBytes = stage<kHq>::bytes, kScaleOff = stage<kHq>::scale_off;
     extern __shared__ uint4 smem_ring[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
@@ -132,8 +129,7 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
     }
     const bool two = moe_decode_a_row(p, t, 8) >= 0; /* rows fill a tile from its start: past 8 only if 8 is real */
     const int64_t a0 = moe_decode_a_row(p, t, g), a1 = two ? moe_decode_a_row(p, t, g + 8) : -1;
-    const char *tok = (kH32 ? reinterpret_cast<const char *>(f.a32) : reinterpret_cast<const char *>(f.a)) +
-                      ((a0 < 0 ? 0 : a0 * K) + kw * kBK + 16 * q) * kEs;
+    const uint8_t *tok = f.a + (a0 < 0 ? 0 : a0 * K) + kw * kBK + 16 * q;
     const uint8_t *tok1 = f.a + (a1 < 0 ? 0 : a1 * K) + kw * kBK + 16 * q; /* second half: read when used */
     /* the lane's scale word a block: lanes 0-15 A's of tile row `lane` (zeros for padding), 16-17 B's of the half
      * (zeros past N); B's index is its row block's start + kb (one block column when K <= 128: kb is then 0) */
@@ -150,7 +146,7 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
         if (lane == 16 + h && r >= 0)
             ssrc = s + kw * (kE8m0 ? 1 : 4), sstep = ksplit * (kE8m0 ? 1 : 4), sbytes = 4;
     }
-    if (!kH32 && lane < 16) {
+    if (!kHq && lane < 16) {
         const int64_t a = moe_decode_a_row(p, t, lane);
         if (a >= 0) {
             ssrc = reinterpret_cast<const char *>(p.gather ? f.a_scale + a * kblocks + kw
@@ -169,15 +165,14 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
         if (rem > bstep) {
 #pragma unroll
             for (int h = 0; h < 2; h++) bsrc[h] += bstep;
-            tok += bstep * kEs;
+            tok += bstep;
         }
         ssrc += sstep, rem -= bstep, todo--;
     };
     auto issue = [&](uint32_t wr) {
         if (todo > 0) {
-            moe_decode_copy_weights(ring_s + wr, bsrc, wfill, rem > 0, rem > 64);
-            if (a0 >= 0) copy_a<kH32>(ring_s + wr, tok, rem > 0, rem > 64);
-            if (lane < 18)
+            moe_decode_copy_pieces(ring_s + wr, bsrc, wfill, tok, !kHq && a0 >= 0, rem > 0, rem > 64);
+            if (kHq ? lane == 16 || lane == 17 : lane < 18) /* kHq: no A scales to copy */
                 moe_cp_async4(scale_s + wr, reinterpret_cast<const void *>((uintptr_t)ssrc & ~(uintptr_t)3), sbytes);
             advance();
         }
@@ -185,7 +180,7 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
     };
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
     /* the first kStages - 1 blocks as issue() would copy them: weights and B scales, the wait for the previous grid
-     * (GEMM 2 is a dependent launch of h's quantisation, or with kH32 of GEMM 1), then the tokens and A scales, a group committed after each
+     * (GEMM 2 is a dependent launch of h's quantisation, or with kHq of GEMM 1), then the tokens and A scales, a group committed after each
      * block's; then the pointers move on as issue() moves them */
     static_assert(kStages == 3, "the prologue below is written for two blocks ahead");
     auto scale_word = [&](int j) { /* block j's scale word of the lane */
@@ -204,11 +199,32 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++) {
         const int r = rem - j * bstep;
-        if (j < todo) {
-            if (a0 >= 0) copy_a<kH32>(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep * kEs : 0), r > 0, r > 64);
-            if (!kH32 && lane < 16) scale_word(j);
+        if (!kHq && j < todo) {
+            if (a0 >= 0)
+                moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
+            if (lane < 16) scale_word(j);
         }
         moe_cp_async_commit();
+    }
+    /* kHq: the tile's n real rows of h (they fill it from its start), group by group, a warp a group in turn */
+    const hq_layout hl(K, kHq ? f.a32_rows : 0);
+    uint8_t *const hq = reinterpret_cast<uint8_t *>(smem_ring) + stage<kHq>::ring;
+    float *const hs = reinterpret_cast<float *>(hq + hl.scales);
+    int n_rows = 0;
+    if constexpr (kHq) {
+        const int64_t row = lane < 8 ? moe_decode_a_row(p, t, lane) : -1;
+        n_rows = __popc(__ballot_sync(0xffffffffu, row >= 0));
+        for (int i = warp; i < n_rows * hl.blocks; i += kWarps) {
+            const int r = i / hl.blocks, b = i - r * hl.blocks, c = b * kBK + 4 * lane;
+            const int64_t src = __shfl_sync(0xffffffffu, row, r);
+            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (c < K) moe_load4(f.a32 + src * K + c, v); /* K % 16 == 0: four columns all in or all out */
+            float scale;
+            const uint32_t q4 = moe_act_quant_group(v, f.rule, f.amax_floor, &scale);
+            *reinterpret_cast<uint32_t *>(hq + r * hl.stride + c) = q4;
+            if (lane == 0) hs[r * hl.blocks + b] = scale;
+        }
+        __syncthreads();
     }
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++)
@@ -229,30 +245,13 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
         for (int n = 0; n < (kTwo ? 2 : 1); n++) {
             uint4 a[2];
             float2 sa;
-            if (kH32) { /* one half: h's values of the lane's row g, its group's scale met over lanes 4g .. 4g + 3 */
-                float v[2][16];
-                float m = 0.0f;
+            if (kHq) { /* one half: row g's codes, rows 2q and 2q + 1's scales, from the CTA's h codes */
 #pragma unroll
                 for (int c = 0; c < 2; c++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const float4 x = a0 >= 0 ? reinterpret_cast<const float4 *>(slot)[(4 + 4 * c + j) * 32]
-                                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                        v[c][4 * j] = x.x, v[c][4 * j + 1] = x.y, v[c][4 * j + 2] = x.z, v[c][4 * j + 3] = x.w;
-#pragma unroll
-                        for (int e = 0; e < 4; e++) m = fmaxf(m, fabsf(v[c][4 * j + e])); /* fmaxf drops NaN */
-                    }
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-                const moe_act_group grp(m, f.rule, f.amax_floor);
-#pragma unroll
-                for (int c = 0; c < 2; c++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        (&a[c].x)[j] = grp.code(v[c][4 * j]) | grp.code(v[c][4 * j + 1]) << 8 |
-                                       grp.code(v[c][4 * j + 2]) << 16 | grp.code(v[c][4 * j + 3]) << 24;
-                sa.x = __shfl_sync(0xffffffffu, grp.s.value, 8 * q); /* rows 2q and 2q + 1 */
-                sa.y = __shfl_sync(0xffffffffu, grp.s.value, 8 * q + 4);
+                    a[c] = g < n_rows ? *reinterpret_cast<const uint4 *>(hq + g * hl.stride + kb * kBK + 64 * c + 16 * q)
+                                      : make_uint4(0, 0, 0, 0);
+                sa.x = 2 * q < n_rows ? hs[2 * q * hl.blocks + kb] : 0.0f;
+                sa.y = 2 * q + 1 < n_rows ? hs[(2 * q + 1) * hl.blocks + kb] : 0.0f;
             } else if (n == 0) {
 #pragma unroll
                 for (int c = 0; c < 2; c++) a[c] = a0 >= 0 ? slot[(4 + c) * 32] : make_uint4(0, 0, 0, 0);
@@ -267,7 +266,7 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
             float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int c = 0; c < 2; c++) piece_mma(tmp, w[0][c], w[1][c], a[c]);
-            if (!kH32) sa = *reinterpret_cast<const float2 *>(st + kScaleOff + 32 * n + 8 * q); /* rows 2q, + 1 */
+            if (!kHq) sa = *reinterpret_cast<const float2 *>(st + kScaleOff + 32 * n + 8 * q); /* rows 2q, + 1 */
             acc[n][0] = __fmaf_rn(tmp[0], sa.x * sb[0], acc[n][0]);
             acc[n][1] = __fmaf_rn(tmp[1], sa.y * sb[0], acc[n][1]);
             acc[n][2] = __fmaf_rn(tmp[2], sa.x * sb[1], acc[n][2]);
@@ -280,7 +279,7 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
         moe_decode_k_loop<kStages, kStageBytes, true, true>(nk, issue,
                                                             [&](int i, uint32_t rd) { block(i, rd, two_tag); });
     };
-    if (!kH32 && two) k_loop(moe_bool_tag<true>()); /* kH32: never two halves */
+    if (!kHq && two) k_loop(moe_bool_tag<true>()); /* kHq: 8 rows a tile at most */
     else k_loop(moe_bool_tag<false>());
     moe_cp_async_wait<0>(); /* the empty groups past nk */
 
@@ -289,30 +288,39 @@ __global__ void __launch_bounds__(kWarps * 32, stage<kH32>::ctas_per_sm)
 #endif
 }
 
-template <bool kGlu, int F, bool kH32 = false>
+template <bool kGlu, int F, bool kHq = false>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
-    using S = stage<kH32>;
     moe_gemm_params q;
     int ksplit = 1;
     unsigned tiles = 0;
-    MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, S::ctas_per_sm, true, q, ksplit, tiles));
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F, kH32>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::ring));
-    /* GEMM 2 (plain) as a dependent launch of h's quantisation or (f.a32) of GEMM 1, GEMM 1 of the routing where p.early: see the
-     * kernel's prologue and moe_decode_start */
-    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, p, kGlu), gemm_fp8_decode_kernel<kGlu, F, kH32>,
-                                 dim3(tiles), kWarps * 32, S::ring, st, q, f, ksplit));
+    MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, kCtasPerSm, true, q, ksplit, tiles));
+    const size_t smem = stage<kHq>::ring + (kHq ? hq_layout(p.k, f.a32_rows).bytes : 0);
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F, kHq>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    /* GEMM 2 (plain) as a dependent launch of h's quantisation or (kHq) of GEMM 1, GEMM 1 of the routing where
+     * p.early: see the kernel's prologue and moe_decode_start */
+    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, p, kGlu), gemm_fp8_decode_kernel<kGlu, F, kHq>,
+                                 dim3(tiles), kWarps * 32, smem, st, q, f, ksplit));
     return MOE_OK;
 }
 
 } // namespace
 
+bool moe__cuda_fp8_decode_quantizes_h(int64_t k, int64_t max_rows) {
+    return max_rows >= 1 && max_rows <= 8 && stage<true>::ring + hq_layout(k, (int)max_rows).bytes <= kSmemPerCta;
+}
+
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
     const bool f32 = p.b_fmt == MOE_B_E4M3_F32;
-    if (!glu && f.a32) return f32 ? launch<false, MOE_B_E4M3_F32, true>(ctx, p, f, m_tiles, stream)
-                                  : launch<false, MOE_B_E4M3_E8M0, true>(ctx, p, f, m_tiles, stream);
+    if (!glu && f.a32) {
+        if (!moe__cuda_fp8_decode_quantizes_h(p.k, f.a32_rows))
+            return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 decode GEMM 2: h in f32 over tiles of %d rows, K %lld",
+                              f.a32_rows, (long long)p.k);
+        return f32 ? launch<false, MOE_B_E4M3_F32, true>(ctx, p, f, m_tiles, stream)
+                   : launch<false, MOE_B_E4M3_E8M0, true>(ctx, p, f, m_tiles, stream);
+    }
     if (glu) return f32 ? launch<true, MOE_B_E4M3_F32>(ctx, p, f, m_tiles, stream)
                         : launch<true, MOE_B_E4M3_E8M0>(ctx, p, f, m_tiles, stream);
     return f32 ? launch<false, MOE_B_E4M3_F32>(ctx, p, f, m_tiles, stream)
