@@ -214,15 +214,26 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     if constexpr (kHq) {
         const int64_t row = lane < 8 ? moe_decode_a_row(p, t, lane) : -1;
         n_rows = __popc(__ballot_sync(0xffffffffu, row >= 0));
-        for (int i = warp; i < n_rows * hl.blocks; i += kWarps) {
-            const int r = i / hl.blocks, b = i - r * hl.blocks, c = b * kBK + 4 * lane;
-            const int64_t src = __shfl_sync(0xffffffffu, row, r);
-            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (c < K) moe_load4(f.a32 + src * K + c, v); /* K % 16 == 0: four columns all in or all out */
-            float scale;
-            const uint32_t q4 = moe_act_quant_group(v, f.rule, f.amax_floor, &scale);
-            *reinterpret_cast<uint32_t *>(hq + r * hl.stride + c) = q4;
-            if (lane == 0) hs[r * hl.blocks + b] = scale;
+        /* kBatch groups a warp loaded at once, so that it waits for L2 once a batch rather than once a group */
+        constexpr int kBatch = 8;
+        for (int i0 = warp; i0 < n_rows * hl.blocks; i0 += kWarps * kBatch) {
+            float v[kBatch][4];
+#pragma unroll
+            for (int j = 0; j < kBatch; j++) {
+                const int i = i0 + j * kWarps, r = i / hl.blocks, c = (i - r * hl.blocks) * kBK + 4 * lane;
+                const int64_t src = __shfl_sync(0xffffffffu, row, r < 8 ? r : 0);
+                v[j][0] = v[j][1] = v[j][2] = v[j][3] = 0.0f;
+                if (r < n_rows && c < K) moe_load4(f.a32 + src * K + c, v[j]); /* K % 16 == 0: all in or all out */
+            }
+#pragma unroll
+            for (int j = 0; j < kBatch; j++) {
+                const int i = i0 + j * kWarps, r = i / hl.blocks, b = i - r * hl.blocks, c = b * kBK + 4 * lane;
+                if (r >= n_rows) break; /* the same for the whole warp */
+                float scale;
+                const uint32_t q4 = moe_act_quant_group(v[j], f.rule, f.amax_floor, &scale);
+                *reinterpret_cast<uint32_t *>(hq + r * hl.stride + c) = q4;
+                if (lane == 0) hs[r * hl.blocks + b] = scale;
+            }
         }
         __syncthreads();
     }
