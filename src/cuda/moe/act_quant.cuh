@@ -23,38 +23,28 @@ __device__ __forceinline__ void moe_load4(const float *x, float (&v)[4]) {
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
 }
 
-/* A 1x128 group's scale from its amax (from 0, NaN dropped, Inf kept: docs/formats.md §2.1, as moe_quantize takes
- * it) raised to amax_floor, by `rule`; code() rounds a value of the group to E4M3 with saturation, divided (f32 rule)
- * or multiplied (powers of two) by the scale. */
-struct moe_act_group {
-    moe_block_scale s;
-    moe_divider d;
-    __device__ __forceinline__ moe_act_group(float amax, moe_scale_rule rule, float amax_floor) {
-        moe_qparams q;
-        q.rule = rule, q.elem_max = 448.0f, q.elem_emax = 8;
-        s = moe_scale_from_amax(q, moe_finish_amax(amax, amax_floor));
-        d = moe_make_divider(s.value, amax);
-    }
-    __device__ __forceinline__ uint32_t code(float v) const {
-        return moe_encode(s.divide ? moe_divide(d, v) : __fmul_rn(v, s.mul), MOE_DTYPE_E4M3);
-    }
-};
-
 /* One 1x128 group quantised by a warp, four columns a lane: v the lane's columns 4 lane .. 4 lane + 3 of the group
- * (zeros where they lie past the row). Every lane of the warp calls it (shuffles). Returns the lane's four codes
- * (column 4 lane in the low byte) and the group's scale in *scale, the same on every lane. */
+ * (zeros where they lie past the row). Every lane of the warp calls it (shuffles). The group's amax (from 0, NaN
+ * dropped, Inf kept: docs/formats.md §2.1, as moe_quantize takes it) raised to amax_floor gives the scale by
+ * `rule`; each value is divided (f32 rule) or multiplied (powers of two) by it and rounded to E4M3 with
+ * saturation. Returns the lane's four codes (column 4 lane in the low byte) and the group's scale in *scale, the
+ * same on every lane. */
 __device__ __forceinline__ uint32_t moe_act_quant_group(const float (&v)[4], moe_scale_rule rule, float amax_floor,
                                                         float *scale) {
+    moe_qparams q;
+    q.rule = rule, q.elem_max = 448.0f, q.elem_emax = 8;
     float m = 0.0f;
 #pragma unroll
     for (int e = 0; e < 4; e++) m = fmaxf(m, fabsf(v[e])); /* fmaxf drops NaN */
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    const moe_act_group grp(m, rule, amax_floor);
+    const moe_block_scale s = moe_scale_from_amax(q, moe_finish_amax(m, amax_floor));
+    const moe_divider d = moe_make_divider(s.value, m);
     uint32_t q4 = 0;
 #pragma unroll
-    for (int e = 0; e < 4; e++) q4 |= grp.code(v[e]) << (8 * e);
-    *scale = grp.s.value;
+    for (int e = 0; e < 4; e++)
+        q4 |= (uint32_t)moe_encode(s.divide ? moe_divide(d, v[e]) : __fmul_rn(v[e], s.mul), MOE_DTYPE_E4M3) << (8 * e);
+    *scale = s.value;
     return q4;
 }
 #endif

@@ -135,10 +135,6 @@ struct moe_gemm_fp8 {
     const uint8_t *a;     /* codes: with p.gather x (tokens, k), else the rows (rows, k) */
     const float *a_scale; /* with p.gather (tokens, ceil(k / 128)), row-major; else (ceil(k / 128), a_scale_ld) */
     int64_t a_scale_ld;
-    const float *a32;     /* the decode kernel's GEMM 2 only, or NULL: A as h in f32 (rows, k), quantised by the
-                           * kernel (rule and amax_floor below) in place of a and a_scale, where
-                           * moe__cuda_fp8_decode_quantizes_h(k, a32_rows) */
-    int a32_rows;         /* the most rows a tile holds (1..8) */
     uint8_t *c;           /* GLU: h codes (rows, n) */
     float *c_scale;       /* GLU: (ceil(n / 128), c_scale_ld): the scales of a row tile lie side by side */
     int64_t c_scale_ld;
@@ -156,13 +152,10 @@ moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, co
 
 /* W8A8 at decode (grouped_gemm_fp8_decode.cu): the same GEMMs over 16-row tiles (the SMALL shape's permutation),
  * streaming the weights through mma.sync (E4M3 codes as f16; sm_89+). A as for the W8A8 tile; GEMM 1 (GLU) writes h
- * in f32 to p.c32 (every row of every tile, padding too), for moe__cuda_act_quant, or for GEMM 2 itself (f.a32; no
- * tile may then hold more than f.a32_rows rows); GEMM 2 writes bf16 p.c. Runs where moe__cuda_gemm_fp8_fits. */
+ * in f32 to p.c32 (every row of every tile, padding too), for moe__cuda_act_quant; GEMM 2 writes bf16 p.c. Runs
+ * where moe__cuda_gemm_fp8_fits. */
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream);
-/* Whether that kernel's GEMM 2 over K = k takes h in f32 (f.a32) for tiles of up to max_rows rows: 8 at most, and
- * their codes beside its ring leave it 5 CTAs an SM (Hopper's shared memory). */
-bool moe__cuda_fp8_decode_quantizes_h(int64_t k, int64_t max_rows);
 
 /* The W8A8 decode GEMMs on wgmma with the weights as A in registers (grouped_gemm_rs_decode.cu, Hopper): A and h as
  * for moe__cuda_grouped_gemm_fp8_decode, with B in MXFP4 or NVFP4 (p.b_fmt E2M1_E8M0, E2M1_E4M3: W4A8, the codes

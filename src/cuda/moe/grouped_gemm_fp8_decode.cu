@@ -18,15 +18,10 @@
  * reduction order inside a K block does not matter to an mma, so a lane's 16 contiguous bytes (k = 64c + 16q ..
  * + 15 of the block, q = lane % 4) fill K slots of its own: word j's codes 0-1 slots 2q, 2q + 1 and codes 2-3 slots
  * 2q + 8, 2q + 9 of mma (c, j), in A and B alike.
- * GEMM 1 writes h in f32 (p.c32); moe__cuda_act_quant turns it into GEMM 2's codes, or, in a step whose tiles hold 8
- * rows or fewer (f.a32: kHq), GEMM 2 quantises them itself: once its wait for GEMM 1 is over, each CTA quantises its
- * tile's real rows of h, a 1x128 group a warp in turn (moe_act_quant_group: act_quant's bits), into shared memory
- * beside the ring, from which the K loop reads them; no kernel and no round trip through L2 between the GEMMs, and at
- * T = 1 a CTA quantises one row. */
+ * GEMM 1 writes h in f32 (p.c32); moe__cuda_act_quant turns it into GEMM 2's codes. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/formats/qformat.cuh"
-#include "cuda/moe/act_quant.cuh"
 #include "cuda/moe/gemm_decode.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 
@@ -39,29 +34,13 @@ constexpr int kStages = 3; /* K blocks a warp has in flight */
 constexpr int kBK = 128;   /* a scale block of K */
 /* A warp's stage: 16-byte slots, slot i of lane l at (32 i + l) 16 bytes (each lane reads back only what it copied,
  * and no two lanes of a phase share a bank): slots 0-3 the weights w[h][c] (slot 2h + c),
- * 4-5 the first half's tokens a[c] (not with kHq); then a 4-byte word a lane: lanes 0-15 the A scale of tile row
- * `lane` (not with kHq), lanes 16 and 17 the B scales of the column tile's two halves (an E8M0 scale as the aligned
- * word that holds it). The ring (37.5 KB; kHq 25.5 KB, and h's codes beside it: hq_layout) holds 5 CTAs an SM
- * (registers bounded to allow 5; measured on the H200 faster than 8 slots and 4 CTAs: DeepSeek-V3 W8A8 at T = 16,
- * 1155 against 1206 us a layer); the partial tiles' sum passes through it too. */
-template <bool kHq> struct stage {
-    static constexpr int slots = kHq ? 4 : 6, scale_off = slots * 32 * 16, bytes = scale_off + 32 * 4;
-    static constexpr size_t ring = (size_t)kWarps * kStages * bytes;
-};
+ * 4-5 the first half's tokens a[c]; then a 4-byte word a lane: lanes 0-15 the A scale of tile row `lane`, lanes 16
+ * and 17 the B scales of the column tile's two halves (an E8M0 scale as the aligned word that holds it). */
+constexpr int kSlots = 6, kScaleOff = kSlots * 32 * 16, kStageBytes = kScaleOff + 32 * 4;
+/* 37.5 KB (the partial tiles' sum passes through it too): 5 CTAs an SM (registers bounded to allow 5; measured on
+ * the H200 faster than 8 slots and 4 CTAs: DeepSeek-V3 W8A8 at T = 16, 1155 against 1206 us a layer) */
+constexpr size_t kRing = (size_t)kWarps * kStages * kStageBytes;
 constexpr int kCtasPerSm = 5;
-/* An SM's shared memory on Hopper, less the 1 KB the GPU reserves a CTA: the most a kHq CTA may hold at 5 an SM */
-constexpr size_t kSmemPerCta = 228 * 1024 / kCtasPerSm - 1024;
-
-/* kHq: h's codes and scales of a tile's rows beside the ring: rows of `stride` bytes (K padded to a 128-wide block,
- * plus 64, so that a phase's two rows fall on distinct banks), then (rows, blocks) f32 scales. */
-struct hq_layout {
-    int blocks, stride;
-    size_t scales, bytes; /* offsets past the ring */
-    __host__ __device__ hq_layout(int64_t k, int rows) {
-        blocks = (int)((k + kBK - 1) / kBK), stride = blocks * kBK + 64;
-        scales = (size_t)rows * stride, bytes = scales + (size_t)rows * blocks * 4;
-    }
-};
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 /* d += a (16 x 16, row) * b (16 x 8, col), f16 inputs, f32 accumulators. a0 / a2: row g, a1 / a3: row g + 8. */
@@ -94,7 +73,7 @@ __device__ __forceinline__ void piece_mma(float (&tmp)[4], const uint4 &w0, cons
 }
 #endif
 
-template <bool kGlu, int F, bool kHq>
+template <bool kGlu, int F>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     gemm_fp8_decode_kernel(const moe_gemm_params p, const moe_gemm_fp8 f, int ksplit) {
     /* GEMM 2's wait for the previous grid comes after the first weights are on their way (below): before it, only
@@ -102,7 +81,6 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     moe_decode_start<kGlu>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     constexpr bool kE8m0 = F == MOE_B_E4M3_E8M0;
-    constexpr int kStageBytes = stage<kHq>::bytes, kScaleOff = stage<kHq>::scale_off;
     extern __shared__ uint4 smem_ring[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const char *stage0 = reinterpret_cast<const char *>(smem_ring) + warp * kStages * kStageBytes;
@@ -146,7 +124,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         if (lane == 16 + h && r >= 0)
             ssrc = s + kw * (kE8m0 ? 1 : 4), sstep = ksplit * (kE8m0 ? 1 : 4), sbytes = 4;
     }
-    if (!kHq && lane < 16) {
+    if (lane < 16) {
         const int64_t a = moe_decode_a_row(p, t, lane);
         if (a >= 0) {
             ssrc = reinterpret_cast<const char *>(p.gather ? f.a_scale + a * kblocks + kw
@@ -171,8 +149,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     };
     auto issue = [&](uint32_t wr) {
         if (todo > 0) {
-            moe_decode_copy_pieces(ring_s + wr, bsrc, wfill, tok, !kHq && a0 >= 0, rem > 0, rem > 64);
-            if (kHq ? lane == 16 || lane == 17 : lane < 18) /* kHq: no A scales to copy */
+            moe_decode_copy_pieces(ring_s + wr, bsrc, wfill, tok, a0 >= 0, rem > 0, rem > 64);
+            if (lane < 18)
                 moe_cp_async4(scale_s + wr, reinterpret_cast<const void *>((uintptr_t)ssrc & ~(uintptr_t)3), sbytes);
             advance();
         }
@@ -180,7 +158,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     };
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
     /* the first kStages - 1 blocks as issue() would copy them: weights and B scales, the wait for the previous grid
-     * (GEMM 2 is a dependent launch of h's quantisation, or with kHq of GEMM 1), then the tokens and A scales, a group committed after each
+     * (GEMM 2 is a dependent launch of h's quantisation), then the tokens and A scales, a group committed after each
      * block's; then the pointers move on as issue() moves them */
     static_assert(kStages == 3, "the prologue below is written for two blocks ahead");
     auto scale_word = [&](int j) { /* block j's scale word of the lane */
@@ -199,43 +177,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++) {
         const int r = rem - j * bstep;
-        if (!kHq && j < todo) {
+        if (j < todo) {
             if (a0 >= 0)
                 moe_decode_copy_tokens(ring_s + j * kStageBytes, tok + (j && rem > bstep ? bstep : 0), r > 0, r > 64);
             if (lane < 16) scale_word(j);
         }
         moe_cp_async_commit();
-    }
-    /* kHq: the tile's n real rows of h (they fill it from its start), group by group, a warp a group in turn */
-    const hq_layout hl(K, kHq ? f.a32_rows : 0);
-    uint8_t *const hq = reinterpret_cast<uint8_t *>(smem_ring) + stage<kHq>::ring;
-    float *const hs = reinterpret_cast<float *>(hq + hl.scales);
-    int n_rows = 0;
-    if constexpr (kHq) {
-        const int64_t row = lane < 8 ? moe_decode_a_row(p, t, lane) : -1;
-        n_rows = __popc(__ballot_sync(0xffffffffu, row >= 0));
-        /* kBatch groups a warp loaded at once, so that it waits for L2 once a batch rather than once a group */
-        constexpr int kBatch = 8;
-        for (int i0 = warp; i0 < n_rows * hl.blocks; i0 += kWarps * kBatch) {
-            float v[kBatch][4];
-#pragma unroll
-            for (int j = 0; j < kBatch; j++) {
-                const int i = i0 + j * kWarps, r = i / hl.blocks, c = (i - r * hl.blocks) * kBK + 4 * lane;
-                const int64_t src = __shfl_sync(0xffffffffu, row, r < 8 ? r : 0);
-                v[j][0] = v[j][1] = v[j][2] = v[j][3] = 0.0f;
-                if (r < n_rows && c < K) moe_load4(f.a32 + src * K + c, v[j]); /* K % 16 == 0: all in or all out */
-            }
-#pragma unroll
-            for (int j = 0; j < kBatch; j++) {
-                const int i = i0 + j * kWarps, r = i / hl.blocks, b = i - r * hl.blocks, c = b * kBK + 4 * lane;
-                if (r >= n_rows) break; /* the same for the whole warp */
-                float scale;
-                const uint32_t q4 = moe_act_quant_group(v[j], f.rule, f.amax_floor, &scale);
-                *reinterpret_cast<uint32_t *>(hq + r * hl.stride + c) = q4;
-                if (lane == 0) hs[r * hl.blocks + b] = scale;
-            }
-        }
-        __syncthreads();
     }
 #pragma unroll
     for (int j = 0; j < kStages - 1; j++)
@@ -255,15 +202,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #pragma unroll
         for (int n = 0; n < (kTwo ? 2 : 1); n++) {
             uint4 a[2];
-            float2 sa;
-            if (kHq) { /* one half: row g's codes, rows 2q and 2q + 1's scales, from the CTA's h codes */
-#pragma unroll
-                for (int c = 0; c < 2; c++)
-                    a[c] = g < n_rows ? *reinterpret_cast<const uint4 *>(hq + g * hl.stride + kb * kBK + 64 * c + 16 * q)
-                                      : make_uint4(0, 0, 0, 0);
-                sa.x = 2 * q < n_rows ? hs[2 * q * hl.blocks + kb] : 0.0f;
-                sa.y = 2 * q + 1 < n_rows ? hs[(2 * q + 1) * hl.blocks + kb] : 0.0f;
-            } else if (n == 0) {
+            if (n == 0) {
 #pragma unroll
                 for (int c = 0; c < 2; c++) a[c] = a0 >= 0 ? slot[(4 + c) * 32] : make_uint4(0, 0, 0, 0);
             } else { /* from global memory */
@@ -277,7 +216,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
             float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int c = 0; c < 2; c++) piece_mma(tmp, w[0][c], w[1][c], a[c]);
-            if (!kHq) sa = *reinterpret_cast<const float2 *>(st + kScaleOff + 32 * n + 8 * q); /* rows 2q, + 1 */
+            const float2 sa = *reinterpret_cast<const float2 *>(st + kScaleOff + 32 * n + 8 * q); /* rows 2q, + 1 */
             acc[n][0] = __fmaf_rn(tmp[0], sa.x * sb[0], acc[n][0]);
             acc[n][1] = __fmaf_rn(tmp[1], sa.y * sb[0], acc[n][1]);
             acc[n][2] = __fmaf_rn(tmp[2], sa.x * sb[1], acc[n][2]);
@@ -290,7 +229,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
         moe_decode_k_loop<kStages, kStageBytes, true, true>(nk, issue,
                                                             [&](int i, uint32_t rd) { block(i, rd, two_tag); });
     };
-    if (!kHq && two) k_loop(moe_bool_tag<true>()); /* kHq: 8 rows a tile at most */
+    if (two) k_loop(moe_bool_tag<true>());
     else k_loop(moe_bool_tag<false>());
     moe_cp_async_wait<0>(); /* the empty groups past nk */
 
@@ -299,39 +238,27 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #endif
 }
 
-template <bool kGlu, int F, bool kHq = false>
+template <bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q;
     int ksplit = 1;
     unsigned tiles = 0;
     MOE_TRY(moe_decode_grid(ctx, "W8A8", p, kGlu, m_tiles, kBK, kCtasPerSm, true, q, ksplit, tiles));
-    const size_t smem = stage<kHq>::ring + (kHq ? hq_layout(p.k, f.a32_rows).bytes : 0);
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F, kHq>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    /* GEMM 2 (plain) as a dependent launch of h's quantisation or (kHq) of GEMM 1, GEMM 1 of the routing where
-     * p.early: see the kernel's prologue and moe_decode_start */
-    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, p, kGlu), gemm_fp8_decode_kernel<kGlu, F, kHq>,
-                                 dim3(tiles), kWarps * 32, smem, st, q, f, ksplit));
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_decode_kernel<kGlu, F>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kRing));
+    /* GEMM 2 (plain) as a dependent launch of h's quantisation, GEMM 1 of the routing where p.early: see the
+     * kernel's prologue and moe_decode_start */
+    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, p, kGlu), gemm_fp8_decode_kernel<kGlu, F>, dim3(tiles),
+                                 kWarps * 32, kRing, st, q, f, ksplit));
     return MOE_OK;
 }
 
 } // namespace
 
-bool moe__cuda_fp8_decode_quantizes_h(int64_t k, int64_t max_rows) {
-    return max_rows >= 1 && max_rows <= 8 && stage<true>::ring + hq_layout(k, (int)max_rows).bytes <= kSmemPerCta;
-}
-
 moe_status moe__cuda_grouped_gemm_fp8_decode(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                              int64_t m_tiles, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
     const bool f32 = p.b_fmt == MOE_B_E4M3_F32;
-    if (!glu && f.a32) {
-        if (!moe__cuda_fp8_decode_quantizes_h(p.k, f.a32_rows))
-            return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 decode GEMM 2: h in f32 over tiles of %d rows, K %lld",
-                              f.a32_rows, (long long)p.k);
-        return f32 ? launch<false, MOE_B_E4M3_F32, true>(ctx, p, f, m_tiles, stream)
-                   : launch<false, MOE_B_E4M3_E8M0, true>(ctx, p, f, m_tiles, stream);
-    }
     if (glu) return f32 ? launch<true, MOE_B_E4M3_F32>(ctx, p, f, m_tiles, stream)
                         : launch<true, MOE_B_E4M3_E8M0>(ctx, p, f, m_tiles, stream);
     return f32 ? launch<false, MOE_B_E4M3_F32>(ctx, p, f, m_tiles, stream)

@@ -272,17 +272,11 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
             };
             g.c32 = (float *)(ws + b.q.h8);
             MOE_TRY(decode(g, f, true));
-            moe_gemm_fp8 f2 = {};
-            /* tiles of up to 8 rows whose codes fit beside the kernel's ring: GEMM 2 quantises h itself (act_quant's
-             * bits; MOE_GEMM_W8A8_ACT_QUANT=1 keeps act_quant.cu there, for the tests' bit-for-bit check) */
-            if (!rs && moe__cuda_fp8_decode_quantizes_h(I, max_rows) && !getenv("MOE_GEMM_W8A8_ACT_QUANT")) {
-                f2.a32 = g.c32, f2.a32_rows = (int)max_rows, f2.rule = rule, f2.amax_floor = af.amax_floor;
-                return decode(g2, f2, false);
-            }
             uint8_t *hq = (uint8_t *)(ws + b.q.hq);
             float *hqs = (float *)(ws + b.q.hqs);
             MOE_TRY(moe__cuda_act_quant(ctx, g.c32, hq, hqs, b.rows, live, g.offsets + g.n_groups, I, rule,
                                         af.amax_floor, st));
+            moe_gemm_fp8 f2 = {};
             f2.a = hq, f2.a_scale = hqs, f2.a_scale_ld = b.rows;
             return decode(g2, f2, false);
         }
