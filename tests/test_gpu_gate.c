@@ -52,7 +52,8 @@ static int check_gate(test_env *env, int64_t T, int H, int E, int with_bias, int
     }
     float *logits = malloc(sizeof(float) * (size_t)(T * E) + 4), *scale = malloc(sizeof(float) * (size_t)T + 4);
     if (!bad) {
-        const moe_status s = moe__cuda_gate_logits(env->gpu, dx, dg, db, dsg, T, H, E, dl, ds, dp, false, NULL, NULL);
+        const moe_status s =
+            moe__cuda_gate_logits(env->gpu, dx, dg, db, dsg, T, H, E, dl, ds, dp, false, NULL, NULL);
         if (s != MOE_OK) fprintf(stderr, "  T=%lld H=%d E=%d: %s\n", (long long)T, H, E, moe_last_error(env->gpu)), bad = 1;
     }
     if (!bad && (test_download(env->gpu, logits, dl, sizeof(float) * (size_t)(T * E)) ||
@@ -109,9 +110,9 @@ static int check_gate(test_env *env, int64_t T, int H, int E, int with_bias, int
 }
 
 /* W8A8's x codes written by the gate on its way (moe_gate_x_codes) against moe_quantize on the CPU in the same
- * FP8 1x128 format, bit for bit, and the logits (E = 0: the shared gate's scales) unchanged by it. x: random bf16 of wide magnitudes with NaN and Inf
- * here and there, and whole groups of NaN, of zeros, of values past 2^126 and of subnormals; H % 128 != 0 gives a
- * partial last group. Returns the failures (printed). */
+ * FP8 1x128 format, bit for bit, and the logits (E = 0: the shared gate's scales) unchanged by it. x: random bf16
+ * of wide magnitudes with NaN and Inf here and there, and whole groups of NaN, of zeros, of values past 2^126 and
+ * of subnormals; H % 128 != 0 gives a partial last group. Returns the failures (printed). */
 static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone, moe_scale_rule rule, float floor_,
                               uint64_t seed) {
     uint64_t st = seed;
@@ -150,13 +151,14 @@ static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone,
     float *l0 = malloc(sizeof(float) * nout), *l1 = malloc(sizeof(float) * nout);
     moe_tensor xt = {xb, MOE_DTYPE_BF16, 2, {T, H}};
     moe_qtensor q = {f, 2, {T, H}, want, want_s, NULL};
-    if (moe_quantize(env->cpu, &xt, &q, NULL) != MOE_OK) fprintf(stderr, "  cpu: %s\n", moe_last_error(env->cpu)), bad = 1;
+    if (moe_quantize(env->cpu, &xt, &q, NULL) != MOE_OK)
+        fprintf(stderr, "  cpu: %s\n", moe_last_error(env->cpu)), bad = 1;
     const size_t parts = (size_t)moe__gate_partial_rows(T, H) * (size_t)(E + 1);
     void *dx = test_upload(env->gpu, xb, 2 * nx), *dg = test_upload(env->gpu, g, sizeof(float) * ng);
     void *dl = NULL, *dp = NULL, *dc = NULL, *dsc = NULL;
     if (moe_alloc(env->gpu, sizeof(float) * nout, &dl) != MOE_OK ||
-        moe_alloc(env->gpu, sizeof(float) * parts + 4, &dp) != MOE_OK || moe_alloc(env->gpu, sz.data_bytes, &dc) != MOE_OK ||
-        moe_alloc(env->gpu, sz.scale_bytes, &dsc) != MOE_OK) {
+        moe_alloc(env->gpu, sizeof(float) * parts + 4, &dp) != MOE_OK ||
+        moe_alloc(env->gpu, sz.data_bytes, &dc) != MOE_OK || moe_alloc(env->gpu, sz.scale_bytes, &dsc) != MOE_OK) {
         fprintf(stderr, "  allocation: %s\n", moe_last_error(env->gpu));
         bad = 1;
     }
@@ -178,8 +180,8 @@ static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone,
     }
     for (size_t i = 0; !bad && i < sz.scale_bytes / 4; i++)
         if (memcmp(&got_s[i], &want_s[i], 4)) {
-            fprintf(stderr, "  T=%lld H=%d rule %s: scale %zu: %a, want %a\n", (long long)T, H, moe_scale_rule_name(rule),
-                    i, got_s[i], want_s[i]);
+            fprintf(stderr, "  T=%lld H=%d rule %s: scale %zu: %a, want %a\n", (long long)T, H,
+                    moe_scale_rule_name(rule), i, got_s[i], want_s[i]);
             bad = 1;
         }
     for (size_t i = 0; !bad && i < sz.data_bytes; i++)

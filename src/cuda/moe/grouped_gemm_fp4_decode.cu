@@ -363,8 +363,8 @@ moe_status launch_as(moe_ctx *ctx, const moe_gemm_params &q, int ksplit, unsigne
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     /* the routed GEMM 2 (plain) as a dependent launch of GEMM 1, GEMM 1 of the routing where q.early: see the
      * kernel's prologue and moe_decode_start */
-    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, q, kGlu), gemm_fp4_decode_kernel<kGlu, F, kTile>, dim3(tiles),
-                                 kWarps * 32, smem, st, q, ksplit));
+    MOE_CUDA_TRY(ctx, moe_launch(moe_decode_dependent(ctx, q, kGlu), gemm_fp4_decode_kernel<kGlu, F, kTile>,
+                                 dim3(tiles), kWarps * 32, smem, st, q, ksplit));
     return MOE_OK;
 }
 
