@@ -529,6 +529,10 @@ typedef struct moe_layer_config {
     float act_alpha, act_limit; /* MOE_ACT_GPTOSS_GLU: 1.702 and 7.0 in GPT-OSS */
     moe_w13_layout w13_layout;
     moe_dtype dtype;          /* weights, x and out: MOE_DTYPE_BF16 (CUDA and CPU) or MOE_DTYPE_F32 (CPU) */
+    /* weights.gate and weights.shared_gate: MOE_DTYPE_F32 (zero means f32) or MOE_DTYPE_BF16, as checkpoints ship
+     * router weights (DeepSeek-V3, Qwen3, GPT-OSS); the logits are summed in f32 either way, so a bf16 gate gives
+     * the bits its f32 copy gives, from half the bytes */
+    moe_dtype gate_dtype;
     int n_shared;             /* shared experts: dense FFNs run on every token and added to the output */
     int shared_intermediate;  /* their width (up to 2^20; up to 64 shared experts) */
     int shared_gate;          /* Qwen2-MoE: the shared output is scaled by sigmoid(x . shared_gate) */
@@ -558,18 +562,19 @@ typedef struct moe_layer_config {
  * shapes, router, activation, w13 layout and shared experts, dtype bf16. */
 MOE_API moe_status moe_layer_preset(const char *model, moe_layer_config *config);
 
-/* The weights, in the context's memory, in config.dtype (router weights and biases in f32). The layer keeps
- * these pointers; it does not copy the weights. */
+/* The weights, in the context's memory, in config.dtype (router weights in config.gate_dtype, biases in f32). The
+ * layer keeps these pointers; it does not copy the weights. */
 typedef struct moe_layer_weights {
     const void *w13;          /* (E, 2I, H) */
     const void *w2;           /* (E, H, I) */
     const float *b13;         /* (E, 2I) or NULL (GPT-OSS has biases) */
     const float *b2;          /* (E, H) or NULL */
-    const float *gate;        /* (E, H) router weight, or NULL when forward is always given logits */
+    const void *gate;         /* (E, H) router weight in config.gate_dtype, or NULL when forward is always given
+                               * logits */
     const float *gate_bias;   /* (E) or NULL (GPT-OSS) */
     const void *shared_w13;   /* (S, 2Is, H) */
     const void *shared_w2;    /* (S, H, Is) */
-    const float *shared_gate; /* (H) when config.shared_gate */
+    const void *shared_gate;  /* (H) in config.gate_dtype, when config.shared_gate */
     /* config.expert_format only: w13 and w2 hold the quantised elements of (E, 2I, H) and (E, H, I) (E2M1 two a
      * byte), these their block scales as moe_quantize writes them for that shape (E matrices, linear), and for
      * NVFP4 one global scale per expert matrix (a checkpoint's per-expert weight_scale_2). */

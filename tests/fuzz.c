@@ -117,6 +117,7 @@ fz_dims fz_layer_config(fuzz *f, moe_layer_config *c) {
     if (fz_next(f) % 3 == 0) c->n_shared = PICK(f, 0, 1, 2, -1);
     if (c->n_shared) c->shared_intermediate = fz_next(f) % 4 ? PICK(f, 8, 16, 24) : PICK(f, 0, 5);
     if (fz_next(f) % 6 == 0) c->shared_gate = 1;
+    if (fz_next(f) % 4 == 0) c->gate_dtype = (moe_dtype)PICK(f, MOE_DTYPE_BF16, MOE_DTYPE_F32, MOE_DTYPE_F16);
     if (fz_next(f) % 3 == 0) {
         c->expert_format = moe_qformat_preset((moe_qformat_kind)(fz_next(f) % 9));
         if (c->expert_format.kind == MOE_QFORMAT_NVFP4) c->expert_format.global = (moe_nvfp4_global)(fz_next(f) % 3);
@@ -190,9 +191,14 @@ void fz_layer_weights(fuzz *f, const moe_layer_config *c, const fz_dims *d, int6
     if (fz_next(f) % 2)
         w->b13 = fz_weight(f, 4 * (size_t)(E * 2 * d->I), copies, FZ_F32, MOE_DTYPE_F32),
         w->b2 = fz_weight(f, 4 * (size_t)(E * H), copies, FZ_F32, MOE_DTYPE_F32);
-    if (fz_next(f) % 4) w->gate = fz_weight(f, 4 * (size_t)(E * H), 1, FZ_F32, MOE_DTYPE_F32);
+    /* the router weights in gate_dtype: bf16 as two-byte values, anything else (f16 is refused) as f32 */
+    const int gate_bf16 = c->gate_dtype == MOE_DTYPE_BF16;
+    const size_t gb = gate_bf16 ? 2 : 4;
+    const fz_content gw = gate_bf16 ? FZ_VALUES : FZ_F32;
+    const moe_dtype gd = gate_bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
+    if (fz_next(f) % 4) w->gate = fz_weight(f, gb * (size_t)(E * H), 1, gw, gd);
     if (fz_next(f) % 4 == 0) w->gate_bias = fz_weight(f, 4 * (size_t)E, 1, FZ_F32, MOE_DTYPE_F32);
-    if (c->shared_gate) w->shared_gate = fz_weight(f, 4 * (size_t)H, 1, FZ_F32, MOE_DTYPE_F32);
+    if (c->shared_gate) w->shared_gate = fz_weight(f, gb * (size_t)H, 1, gw, gd);
     if (fz_next(f) % 10 == 0) w->w2 = NULL;
 }
 

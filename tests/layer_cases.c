@@ -374,7 +374,8 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
     }
     UP(w.b13, p->b13, E * 2 * I, F);
     UP(w.b2, p->b2, E * H, F);
-    UP(w.gate, use_logits ? NULL : p->gate, E * H, F);
+    const moe_dtype G = c->gate_dtype == MOE_DTYPE_BF16 ? MOE_DTYPE_BF16 : F; /* the router weights' */
+    UP(w.gate, use_logits ? NULL : p->gate, E * H, G);
     UP(w.gate_bias, p->gate_bias, E, F);
     if (p->sqw) { /* the quantised shared experts as they are */
         cc.shared_format = p->sqw->f;
@@ -385,7 +386,7 @@ moe_status layer_run(moe_ctx *ctx, const layer_problem *p, moe_dtype dtype, int 
         UP(w.shared_w13, p->sw13, S * 2 * Is * H, dtype);
         UP(w.shared_w2, p->sw2, S * H * Is, dtype);
     }
-    UP(w.shared_gate, p->sgate, H, F);
+    UP(w.shared_gate, p->sgate, H, G);
     void *x, *logits;
     UP(x, p->x, T * H, dtype);
     UP(logits, use_logits ? p->logits : NULL, T * E, F);
@@ -542,6 +543,31 @@ int layer_compare_outputs(const float *cpu, const float *gpu, const float *again
             (long long)worst_t, worst, same ? "" : ", GRAPH REPLAY DIFFERS", all > 0 ? "" : ", REFERENCE ALL ZEROS");
     const int bad = !(e <= tol_l2) || !(worst <= tol_token) || !same || !(all > 0); /* zeros would prove nothing */
     if (bad) error_profile(cpu, gpu, T, H);
+    return bad;
+}
+
+int layer_gate_bf16_same(moe_ctx *ctx, layer_problem *p, moe_dtype dtype, const char *what) {
+    const int64_t T = p->T, H = p->c.hidden, E = p->c.router.n_experts;
+    for (int64_t i = 0; i < E * H; i++) p->gate[i] = moe_bf16_to_f32(moe_bf16_from_f32(p->gate[i]));
+    for (int64_t i = 0; p->sgate && i < H; i++) p->sgate[i] = moe_bf16_to_f32(moe_bf16_from_f32(p->sgate[i]));
+    float *out[2] = {malloc(sizeof(float) * (size_t)(T * H) + 4), malloc(sizeof(float) * (size_t)(T * H) + 4)};
+    int bad = 0;
+    for (int b = 0; b < 2 && !bad; b++) {
+        p->c.gate_dtype = b ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
+        const moe_status s = layer_run(ctx, p, dtype, 0, out[b], 0);
+        if (s != MOE_OK)
+            fprintf(stderr, "  %s, gate in %s: %s\n", what, b ? "bf16" : "f32", moe_last_error(ctx)), bad = 1;
+    }
+    p->c.gate_dtype = MOE_DTYPE_INVALID;
+    int64_t differ = 0, nonzero = 0;
+    for (int64_t i = 0; !bad && i < T * H; i++) {
+        differ += !test_same_f32(out[0][i], out[1][i]);
+        nonzero += out[0][i] != 0.0f;
+    }
+    if (!bad && (differ || !nonzero)) bad = 1;
+    fprintf(stderr, "  %-44s T=%-4lld bf16 gate against its f32 copy: %lld of %lld outputs differ%s\n", what,
+            (long long)T, (long long)differ, (long long)(T * H), nonzero || !T ? "" : " (all zeros)");
+    free(out[0]), free(out[1]);
     return bad;
 }
 

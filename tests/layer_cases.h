@@ -97,6 +97,11 @@ int layer_compare_outputs(const float *cpu, const float *gpu, const float *again
 int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits, const char *what, double tol_l2,
                           double tol_token);
 int layer_compare_gpu(test_env *env, const layer_problem *p, int use_logits, const char *what);
+/* A bf16 router weight against its f32 copy: p (its gate and shared gate rounded to bf16 values here, given
+ * no logits) run on ctx in dtype with config.gate_dtype f32 and then bf16 must give the same output bits, and not
+ * all zeros. Prints one line; returns 1 when a check fails, else 0. */
+int layer_gate_bf16_same(moe_ctx *ctx, layer_problem *p, moe_dtype dtype, const char *what);
+
 /* A bf16 layer config of the router preset's kind with these shapes and activation (nothing else set). */
 moe_layer_config layer_config(const char *preset, int H, int I, int E, int k, moe_activation act);
 

@@ -1,7 +1,7 @@
 /* test_gpu_gate.c — the GPU's router logits (cuda/moe/gate.cu) against a float64 sum on fresh random problems:
  * both kernels (T < 64 on the CUDA cores; from 64 on the tensor cores, each f32 gate weight as three bf16
- * pieces), H split into slices, the gate bias, Qwen2-MoE's shared gate, an infinite gate weight. Skipped without a
- * GPU. */
+ * pieces), H split into slices, the gate bias, Qwen2-MoE's shared gate, an infinite gate weight; a bf16 gate
+ * against its f32 copy, bit for bit. Skipped without a GPU. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,7 +53,7 @@ static int check_gate(test_env *env, int64_t T, int H, int E, int with_bias, int
     float *logits = malloc(sizeof(float) * (size_t)(T * E) + 4), *scale = malloc(sizeof(float) * (size_t)T + 4);
     if (!bad) {
         const moe_status s =
-            moe__cuda_gate_logits(env->gpu, dx, dg, db, dsg, T, H, E, dl, ds, dp, false, NULL, NULL);
+            moe__cuda_gate_logits(env->gpu, dx, dg, MOE_DTYPE_F32, db, dsg, T, H, E, dl, ds, dp, false, NULL, NULL);
         if (s != MOE_OK) fprintf(stderr, "  T=%lld H=%d E=%d: %s\n", (long long)T, H, E, moe_last_error(env->gpu)), bad = 1;
     }
     if (!bad && (test_download(env->gpu, logits, dl, sizeof(float) * (size_t)(T * E)) ||
@@ -167,11 +167,11 @@ static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone,
         moe_memset(env->gpu, dsc, 0x7F, sz.scale_bytes, NULL);
         const moe_gate_x_codes xc = {dc, dsc, rule, floor_};
         void *gate = E ? dg : NULL, *shared_gate = E ? NULL : dg, *logits = E ? dl : NULL, *scale = E ? NULL : dl;
-        if (moe__cuda_gate_logits(env->gpu, dx, gate, NULL, shared_gate, T, H, E, logits, scale, dp, alone, NULL,
-                                  NULL) != MOE_OK ||
+        if (moe__cuda_gate_logits(env->gpu, dx, gate, MOE_DTYPE_F32, NULL, shared_gate, T, H, E, logits, scale, dp,
+                                  alone, NULL, NULL) != MOE_OK ||
             test_download(env->gpu, l0, dl, sizeof(float) * nout) ||
-            moe__cuda_gate_logits(env->gpu, dx, gate, NULL, shared_gate, T, H, E, logits, scale, dp, alone, &xc,
-                                  NULL) != MOE_OK ||
+            moe__cuda_gate_logits(env->gpu, dx, gate, MOE_DTYPE_F32, NULL, shared_gate, T, H, E, logits, scale, dp,
+                                  alone, &xc, NULL) != MOE_OK ||
             test_download(env->gpu, l1, dl, sizeof(float) * nout) ||
             test_download(env->gpu, got, dc, sz.data_bytes) || test_download(env->gpu, got_s, dsc, sz.scale_bytes)) {
             fprintf(stderr, "  T=%lld H=%d: %s\n", (long long)T, H, moe_last_error(env->gpu));
@@ -198,6 +198,59 @@ static int check_gate_x_codes(test_env *env, int64_t T, int H, int E, int alone,
     void *dev[] = {dx, dg, dl, dp, dc, dsc};
     for (int i = 0; i < 6; i++) moe_free(env->gpu, dev[i]);
     free(xb), free(g), free(want), free(got), free(want_s), free(got_s), free(l0), free(l1);
+    return bad;
+}
+
+/* A bf16 gate against its f32 copy: gate and shared gate of wide bf16 values (one infinite), random finite x; the
+ * logits and shared scales from gate_dtype bf16 must be the f32 copy's bits, on either kernel, split by a cluster
+ * (alone) or by the reduce kernel. Returns the failures (printed). */
+static int check_gate_bf16(test_env *env, int64_t T, int H, int E, int with_bias, int with_shared, int alone,
+                           uint64_t seed) {
+    uint64_t st = seed;
+    const size_t nx = (size_t)T * H, ng = (size_t)E * H + H, nout = (size_t)T * (E + 1); /* the shared row last */
+    uint16_t *xb = malloc(2 * nx), *gb = malloc(2 * ng);
+    float *g = malloc(sizeof(float) * ng), *bias = malloc(sizeof(float) * (size_t)E + 4);
+    for (size_t i = 0; i < nx; i++) xb[i] = (uint16_t)conv_bf16(wide(&st));
+    for (size_t i = 0; i < ng; i++) {
+        gb[i] = (uint16_t)conv_bf16(wide(&st) / (i >= (size_t)E * H ? 16.0f : 1.0f));
+        g[i] = test_f32_from_bits((uint32_t)gb[i] << 16);
+    }
+    if (E > 1) g[(size_t)H + 3] = INFINITY, gb[(size_t)H + 3] = 0x7F80; /* expert 1: +-inf */
+    for (int e = 0; e < E; e++) bias[e] = wide(&st);
+    const size_t parts = (size_t)moe__gate_partial_rows(T, H) * (size_t)(E + 1);
+    void *dx = test_upload(env->gpu, xb, 2 * nx), *dg = test_upload(env->gpu, g, sizeof(float) * ng);
+    void *dgb = test_upload(env->gpu, gb, 2 * ng);
+    void *db = with_bias ? test_upload(env->gpu, bias, sizeof(float) * (size_t)E) : NULL;
+    float *out[2] = {malloc(sizeof(float) * nout), malloc(sizeof(float) * nout)};
+    void *dl = NULL, *dp = NULL;
+    int bad = 0;
+    if (moe_alloc(env->gpu, sizeof(float) * nout, &dl) != MOE_OK ||
+        moe_alloc(env->gpu, sizeof(float) * parts + 4, &dp) != MOE_OK)
+        fprintf(stderr, "  allocation: %s\n", moe_last_error(env->gpu)), bad = 1;
+    for (int b = 0; b < 2 && !bad; b++) {
+        const char *w = b ? (const char *)dgb : (const char *)dg;
+        const size_t row = (b ? 2 : 4) * (size_t)E * H; /* the shared gate follows the router gate */
+        float *scale = with_shared ? (float *)dl + (size_t)T * E : NULL;
+        moe_memset(env->gpu, dl, 0x7F, sizeof(float) * nout, NULL);
+        if (moe__cuda_gate_logits(env->gpu, dx, w, b ? MOE_DTYPE_BF16 : MOE_DTYPE_F32, db, with_shared ? w + row : NULL,
+                                  T, H, E, dl, scale, dp, alone, NULL, NULL) != MOE_OK ||
+            test_download(env->gpu, out[b], dl, sizeof(float) * nout))
+            fprintf(stderr, "  T=%lld H=%d E=%d: %s\n", (long long)T, H, E, moe_last_error(env->gpu)), bad = 1;
+    }
+    const size_t n = (size_t)T * E + (with_shared ? (size_t)T : 0);
+    size_t differ = 0, first = n;
+    for (size_t i = 0; !bad && i < n; i++)
+        if (memcmp(&out[0][i], &out[1][i], 4)) differ++, first = first < i ? first : i;
+    if (differ) {
+        fprintf(stderr, "  output %zu: %a, f32 copy %a\n", first, out[1][first], out[0][first]);
+        bad = 1;
+    }
+    fprintf(stderr, "  T=%-4lld H=%-5d E=%-3d%s%s %s: bf16 gate against its f32 copy, %zu of %zu outputs differ\n",
+            (long long)T, H, E, with_bias ? " bias" : "", with_shared ? " shared" : "", alone ? "alone" : "split",
+            differ, n);
+    void *dev[] = {dx, dg, dgb, db, dl, dp};
+    for (int i = 0; i < 6; i++) moe_free(env->gpu, dev[i]);
+    free(xb), free(gb), free(g), free(bias), free(out[0]), free(out[1]);
     return bad;
 }
 #endif
@@ -227,7 +280,8 @@ TEST_IMPL(gpu_gate_x_codes) {
     const moe_gate_x_codes xc = {NULL, NULL, MOE_SCALE_F32, 0.0f};
     void *d = NULL;
     ASSERT_EQ_I64(moe_alloc(env->gpu, 1 << 20, &d), MOE_OK);
-    const moe_status s = moe__cuda_gate_logits(env->gpu, d, d, NULL, NULL, 64, 128, 8, d, NULL, d, false, &xc, NULL);
+    const moe_status s =
+        moe__cuda_gate_logits(env->gpu, d, d, MOE_DTYPE_F32, NULL, NULL, 64, 128, 8, d, NULL, d, false, &xc, NULL);
     moe_free(env->gpu, d);
     ASSERT_EQ_I64(s, MOE_ERR_UNSUPPORTED);
     ASSERT_EQ_I64(bad, 0);
@@ -257,6 +311,22 @@ TEST_IMPL(gpu_gate_logits) {
     int bad = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         bad += check_gate(env, cases[i].T, cases[i].H, cases[i].E, cases[i].bias, cases[i].shared, env->seed + i);
+    /* a bf16 gate (as checkpoints ship it) gives its f32 copy's bits, on every path */
+    const struct {
+        int64_t T;
+        int H, E, bias, shared, alone;
+    } halves[] = {
+        {1, 7168, 256, 0, 0, 1},  /* DeepSeek-V3 at decode: a cluster of splits */
+        {1, 7168, 256, 1, 0, 0},  /* the splits summed by the reduce kernel */
+        {5, 392, 60, 1, 1, 1},    /* a shared gate, a partial slice */
+        {63, 2048, 128, 0, 1, 0}, /* the last T of the CUDA-core kernel */
+        {64, 392, 60, 0, 1, 0},   /* the tensor cores: one plane of bf16 terms, a partial tile */
+        {1000, 7168, 256, 1, 0, 0},
+        {300, 1024, 129, 0, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof halves / sizeof halves[0]; i++)
+        bad += check_gate_bf16(env, halves[i].T, halves[i].H, halves[i].E, halves[i].bias, halves[i].shared,
+                               halves[i].alone, env->seed + 50 + i);
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 #else

@@ -207,6 +207,58 @@ TEST_IMPL(gpu_layer_sm90) {
     return TEST_OK;
 }
 
+/* A bf16 router weight against its f32 copy on the GPU, bit for bit (gate.cu reads half the bytes, sums the same
+ * products in the same order): at decode (one token: the gate first, its splits a cluster; 5 and 8: one token
+ * group), past the first group (17), on the tensor cores (100), with Qwen2-MoE's shared gate; W8A8 at decode (the
+ * gate writes x's codes); and a bf16 gate against the CPU. */
+TEST_IMPL(gpu_layer_gate_bf16) {
+    SKIP_WITHOUT_GPU(env);
+    int bad = 0;
+    uint64_t seed = env->seed;
+    layer_problem p;
+    moe_layer_config c = layer_config("deepseek-v3", 1024, 128, 64, 6, MOE_ACT_SILU_GLU);
+    c.router.n_groups = 8, c.router.topk_groups = 3, c.router.bias = (const float *)1; /* drawn */
+    c.n_shared = 1, c.shared_intermediate = 128;
+    const int64_t sizes[] = {1, 5, 8, 17, 100};
+    for (int i = 0; i < 5; i++) {
+        layer_problem_random(&p, &c, sizes[i], 0, seed++);
+        bad += layer_gate_bf16_same(env->gpu, &p, MOE_DTYPE_BF16, "deepseek-v3 grouped, bias, shared");
+        layer_problem_free(&p);
+    }
+    c = layer_config("qwen3-30b-a3b", 392, 200, 16, 4, MOE_ACT_SILU_GLU);
+    c.n_shared = 1, c.shared_intermediate = 136, c.shared_gate = 1;
+    for (int i = 0; i < 2; i++) {
+        layer_problem_random(&p, &c, i ? 70 : 1, 0, seed++);
+        bad += layer_gate_bf16_same(env->gpu, &p, MOE_DTYPE_BF16, "softmax top 4, shared gate");
+        layer_problem_free(&p);
+    }
+    c = layer_config("deepseek-v3", 512, 256, 16, 4, MOE_ACT_SILU_GLU);
+    c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+    moe_qformat fp8 = moe_qformat_preset(MOE_QFORMAT_FP8_128X128);
+    for (int T = 1; T <= 4; T += 3) {
+        layer_problem_random(&p, &c, T, 0, seed++);
+        layer_qweights q;
+        if (layer_problem_quantize(env->cpu, &p, &fp8, &q, NULL)) {
+            bad++;
+        } else {
+            p.qw = &q;
+            bad += layer_gate_bf16_same(env->gpu, &p, MOE_DTYPE_BF16, "w8a8 (the gate writes x's codes)");
+            p.qw = NULL;
+            layer_qweights_free(&q);
+        }
+        layer_problem_free(&p);
+    }
+    c = layer_config("qwen3-30b-a3b", 392, 200, 16, 4, MOE_ACT_SILU_GLU);
+    c.gate_dtype = MOE_DTYPE_BF16, c.n_shared = 1, c.shared_intermediate = 136, c.shared_gate = 1;
+    for (int i = 0; i < 2; i++) {
+        layer_problem_random(&p, &c, i ? 300 : 1, 0, seed++);
+        bad += layer_compare_gpu(env, &p, 0, "bf16 gate against the cpu");
+        layer_problem_free(&p);
+    }
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
+
 TEST_IMPL(gpu_layer_golden) {
     SKIP_WITHOUT_GPU(env);
     /* bf16 on the GPU against the f32 HF blocks, with their logits (bf16 x would move the routing) */

@@ -74,6 +74,8 @@ TEST_IMPL(layer_errors) {
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "dtype", moe_layer_create(ctx, &b, &w, &l));
     b = c, b.hidden = 0;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "hidden", moe_layer_create(ctx, &b, &w, &l));
+    b = c, b.gate_dtype = MOE_DTYPE_F16;
+    ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "gate_dtype", moe_layer_create(ctx, &b, &w, &l));
     b = c, b.n_shared = 1, b.shared_intermediate = 8;
     ASSERT_FAILS(ctx, MOE_ERR_INVALID_ARG, "shared", moe_layer_create(ctx, &b, &w, &l));
     b = c, b.router.top_k = 2, b.router.weight_on_input = 1;
@@ -130,6 +132,24 @@ TEST_IMPL(layer_errors) {
     return TEST_OK;
 }
 
+/* A bf16 router weight (config.gate_dtype, as checkpoints ship it) gives the bits of its f32 copy: softmax top-k
+ * with Qwen2-MoE's shared gate, and DeepSeek-V3's grouped sigmoid routing with its correction bias. */
+TEST_IMPL(layer_gate_bf16) {
+    int bad = 0;
+    moe_layer_config c = layer_config("qwen3-30b-a3b", 64, 32, 16, 4, MOE_ACT_SILU_GLU);
+    c.dtype = MOE_DTYPE_F32, c.n_shared = 1, c.shared_intermediate = 24, c.shared_gate = 1;
+    layer_problem p;
+    layer_problem_random(&p, &c, 37, 0, env->seed);
+    bad += layer_gate_bf16_same(env->cpu, &p, MOE_DTYPE_F32, "softmax top 4, shared gate");
+    layer_problem_free(&p);
+    c = layer_config("deepseek-v3", 72, 32, 32, 6, MOE_ACT_SILU_GLU);
+    c.router.n_groups = 8, c.router.topk_groups = 3, c.router.bias = (const float *)1; /* drawn */
+    layer_problem_random(&p, &c, 21, 0, env->seed + 1);
+    bad += layer_gate_bf16_same(env->cpu, &p, MOE_DTYPE_BF16, "deepseek-v3 grouped, bias");
+    layer_problem_free(&p);
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
 
 /* The GPU layer tests' comparison (layer_compare_outputs) on made-up outputs: token t of gpu is cpu's row times
  * 1 + err[t], so that its relative error is exactly err[t]. With FP8 activations the one token most past the

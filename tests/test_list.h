@@ -26,6 +26,7 @@
     X(layer_golden)               \
     X(layer_skipped_slots)        \
     X(layer_errors)               \
+    X(layer_gate_bf16)            \
     X(layer_compare_rules)        \
     X(layer_tile_table)           \
     X(layer_quant_cpu)            \
@@ -65,6 +66,7 @@
     X(gpu_layer_fp4_decode)       \
     X(gpu_layer_w4a8)             \
     X(gpu_layer_shared_quant)     \
+    X(gpu_layer_gate_bf16)        \
     X(gpu_layer_golden)           \
     X(gpu_layer_errors)           \
     X(gpu_api_fuzz)               \

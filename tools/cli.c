@@ -179,7 +179,7 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
                                          {"reps", 1, 0, 'r'},  {"json", 1, 0, 'j'},       {"backend", 1, 0, 'b'},
                                          {"help", 0, 0, 'h'},  {"route-only", 0, 0, 'o'}, {"idle-ms", 1, 0, 'i'},
                                          {"unfused", 0, 0, 'u'},   {"shared-bf16", 0, 0, 's'},
-                                         {0, 0, 0, 0}};
+                                         {"gate-bf16", 0, 0, 'g'}, {0, 0, 0, 0}};
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
         switch (c) {
@@ -219,6 +219,13 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
                 return CLI_USAGE;
             }
             *o->shared_bf16 = 1;
+            break;
+        case 'g':
+            if (!o->gate_bf16) {
+                fputs(usage, stderr);
+                return CLI_USAGE;
+            }
+            *o->gate_bf16 = 1;
             break;
         default: fputs(usage, stderr); return CLI_USAGE;
         }

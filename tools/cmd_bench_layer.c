@@ -26,6 +26,7 @@ static const char usage[] =
     "                  decode on Hopper with MOE_GEMM_W4A8_DECODE=1: the FP8 tensor cores; else the bf16 path);\n"
     "                  shared experts are stored as the routed ones (DeepSeek-V3's checkpoint ships both in FP8)\n"
     "  --shared-bf16   keep the shared experts in bf16 whatever --dtype says\n"
+    "  --gate-bf16     the router weights in bf16, as the checkpoints ship them (default f32: the API's default)\n"
     "  --reps N        forwards per timing (default: about 30 ms of work on a GPU, 1 on the CPU)\n"
     "  --idle-ms N     idle time before each point's timings (default 500 on a GPU, 0 on the CPU): the GPU's\n"
     "                  power cap otherwise makes a point's clocks depend on the points just before it\n"
@@ -50,8 +51,8 @@ static double expert_matrix_bytes(const moe_layer_config *c, const moe_qformat *
 
 /* One model at every token count; appends to results. */
 static int bench_model(moe_ctx *ctx, const char *model, const moe_qformat *format, const moe_qformat *act,
-                       int shared_bf16, const int64_t *tokens, int n_tok, int reps_opt, int idle_ms, double read_gbps,
-                       double tflops, json_t *results) {
+                       int shared_bf16, int gate_bf16, const int64_t *tokens, int n_tok, int reps_opt, int idle_ms,
+                       double read_gbps, double tflops, json_t *results) {
     moe_layer_config c;
     if (moe_layer_preset(model, &c) != MOE_OK) {
         fprintf(stderr, "moe bench layer: unknown model %s\n", model);
@@ -60,6 +61,7 @@ static int bench_model(moe_ctx *ctx, const char *model, const moe_qformat *forma
     c.expert_format = *format;
     c.act_format = *act;
     if (c.n_shared && !shared_bf16) c.shared_format = *format;
+    c.gate_dtype = gate_bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
     const double expert_bytes = expert_matrix_bytes(&c, format, c.intermediate, 0) +
                                 expert_matrix_bytes(&c, format, c.intermediate, 1);
     const double shared_bytes = c.n_shared * (expert_matrix_bytes(&c, &c.shared_format, c.shared_intermediate, 0) +
@@ -87,7 +89,7 @@ static int bench_model(moe_ctx *ctx, const char *model, const moe_qformat *forma
         const double us = cli_layer_bench_time(&b, T, reps_opt, idle_ms, &reps);
         if (us < 0) goto fail;
         const double flops = 2.0 * T * (k * 3.0 * I * H + S * 3.0 * Is * H + (double)E * H);
-        const double bytes = touched * expert_bytes + shared_bytes + 4.0 * E * H + 2.0 * 2 * T * H;
+        const double bytes = touched * expert_bytes + shared_bytes + (gate_bf16 ? 2.0 : 4.0) * E * H + 2.0 * 2 * T * H;
         const double limit = read_gbps > 0 ? fmax(bytes / (read_gbps * 1e3), flops / (tflops * 1e6)) : 0;
         printf("%-16s %6lld %4lld %10.1f %9.1f %8.0f %9.1f %7.1f\n", model, (long long)T, (long long)touched, us,
                flops / us / 1e6, bytes / us / 1e3, limit, limit > 0 ? 100.0 * limit / us : 0);
@@ -111,8 +113,8 @@ done:
 }
 
 int bench_layer(int argc, char **argv) {
-    int idle_ms = -1, shared_bf16 = 0;
-    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, &shared_bf16};
+    int idle_ms = -1, shared_bf16 = 0, gate_bf16 = 0;
+    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, &shared_bf16, &gate_bf16};
     const int parsed = cli_bench_parse(argc, argv, usage, &o);
     if (parsed >= 0) return parsed;
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;
@@ -137,8 +139,8 @@ int bench_layer(int argc, char **argv) {
     double read_gbps, tflops;
     device_ceilings(moe_ctx_describe(ctx), &read_gbps, &tflops);
     if (act.kind) tflops *= 2; /* Hopper's FP8 tensor cores: twice the BF16 rate */
-    printf("moe bench layer: %s experts (shared: %s), %s activations, on %s, commit %s; limit from %s\n", dtype_name,
-           shared_bf16 ? "bf16" : dtype_name, act.kind ? "fp8 1x128" : "bf16",
+    printf("moe bench layer: %s experts (shared: %s), %s activations, %s gate, on %s, commit %s; limit from %s\n",
+           dtype_name, shared_bf16 ? "bf16" : dtype_name, act.kind ? "fp8 1x128" : "bf16", gate_bf16 ? "bf16" : "f32",
            moe_ctx_describe(ctx), MOE_GIT_COMMIT,
            read_gbps > 0 ? "the ceilings of docs/performance.md" : "(no ceilings known for this device)");
     printf("%-16s %6s %4s %10s %9s %8s %9s %7s\n", "model", "T", "u", "us", "TFLOP/s", "GB/s", "limit us",
@@ -149,17 +151,18 @@ int bench_layer(int argc, char **argv) {
     snprintf(list, sizeof list, "%s", models);
     for (char *save = NULL, *model = strtok_r(list, ",", &save); model; model = strtok_r(NULL, ",", &save)) {
         const int r =
-            bench_model(ctx, model, &format, &act, shared_bf16, token_list, n_tok, reps, idle_ms, read_gbps, tflops,
-                        results);
+            bench_model(ctx, model, &format, &act, shared_bf16, gate_bf16, token_list, n_tok, reps, idle_ms,
+                        read_gbps, tflops, results);
         if (r != CLI_OK) rc = r;
     }
     fprintf(stderr, "%60s\r", "");
     if (json_path) {
         char date[32];
         cli_utc_date(date, sizeof date);
-        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:f, s:f, s:s, s:i, s:o}", "bench", "layer", "device",
-                                moe_ctx_describe(ctx), "commit", MOE_GIT_COMMIT, "date", date, "dtype", dtype_name,
-                                "shared_dtype", shared_bf16 ? "bf16" : dtype_name,
+        json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:f, s:f, s:s, s:i, s:o}", "bench", "layer",
+                                "device", moe_ctx_describe(ctx), "commit", MOE_GIT_COMMIT, "date", date, "dtype",
+                                dtype_name, "shared_dtype", shared_bf16 ? "bf16" : dtype_name, "gate_dtype",
+                                gate_bf16 ? "bf16" : "f32",
                                 "read_gbps", read_gbps, "tflops", tflops, "ceilings", "docs/performance.md",
                                 "idle_ms", idle_ms, "results", results);
         if (!doc || json_dump_file(doc, json_path, JSON_INDENT(2)) != 0) rc = CLI_FAIL;

@@ -82,7 +82,7 @@ done:
 
 int cmd_tune(int argc, char **argv) {
     int idle_ms = 200;
-    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, NULL};
+    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, NULL, NULL};
     const int parsed = cli_bench_parse(argc, argv, usage, &o);
     if (parsed >= 0) return parsed;
     const char *models = o.models ? o.models : "qwen3-30b-a3b,deepseek-v3,mixtral-8x7b";

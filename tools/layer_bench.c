@@ -73,17 +73,26 @@ static moe_status alloc_fill(moe_ctx *ctx, void **p, size_t n, const void *pool,
     return s == MOE_OK ? fill(ctx, *p, n, pool, pool_bytes) : s;
 }
 
-static void *host_f32_to_ctx(moe_ctx *ctx, int64_t n, double scale, uint64_t seed) {
+/* n normal values times scale in ctx memory, in f32 or (dtype bf16) rounded to bf16 */
+static void *host_to_ctx(moe_ctx *ctx, int64_t n, double scale, uint64_t seed, moe_dtype dtype) {
+    const int bf16 = dtype == MOE_DTYPE_BF16;
     float *h = malloc(sizeof(float) * (size_t)n);
+    uint16_t *b = bf16 ? malloc(2 * (size_t)n) : NULL;
     void *d = NULL;
-    if (h) {
+    if (h && (b || !bf16)) {
         cli_random(h, n, "normal", seed);
         for (int64_t i = 0; i < n; i++) h[i] *= (float)scale;
-        if (moe_alloc(ctx, sizeof(float) * (size_t)n, &d) == MOE_OK)
-            moe_memcpy(ctx, d, h, sizeof(float) * (size_t)n, MOE_COPY_HOST_TO_CTX, NULL);
+        for (int64_t i = 0; bf16 && i < n; i++) b[i] = moe_bf16_from_f32(h[i]);
+        const size_t bytes = (bf16 ? 2 : 4) * (size_t)n;
+        if (moe_alloc(ctx, bytes, &d) == MOE_OK)
+            moe_memcpy(ctx, d, bf16 ? (const void *)b : (const void *)h, bytes, MOE_COPY_HOST_TO_CTX, NULL);
     }
-    free(h);
+    free(h), free(b);
     return d;
+}
+
+static void *host_f32_to_ctx(moe_ctx *ctx, int64_t n, double scale, uint64_t seed) {
+    return host_to_ctx(ctx, n, scale, seed, MOE_DTYPE_F32);
 }
 
 static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void *pool, size_t pool_bytes,
@@ -102,7 +111,8 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
         s = quantize_matrices(ctx, &c->shared_format, (int64_t)S, m ? (int64_t)H : 2 * (int64_t)Is,
                               m ? (int64_t)Is : (int64_t)H, m ? &w->sw2 : &w->sw13, &w->sscale[m], &w->sglobal[m]);
     if (s != MOE_OK) return s;
-    w->gate = host_f32_to_ctx(ctx, (int64_t)(E * H), 1.0 / sqrt((double)H), seed);
+    const moe_dtype gd = c->gate_dtype == MOE_DTYPE_BF16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
+    w->gate = host_to_ctx(ctx, (int64_t)(E * H), 1.0 / sqrt((double)H), seed, gd);
     if (c->activation == MOE_ACT_GPTOSS_GLU) {
         w->b13 = host_f32_to_ctx(ctx, (int64_t)(E * 2 * I), 0.1, seed + 1);
         w->b2 = host_f32_to_ctx(ctx, (int64_t)(E * H), 0.1, seed + 2);
@@ -110,7 +120,7 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
     }
     if (c->router.kind == MOE_ROUTER_GROUPED && c->router.score == MOE_SCORE_SIGMOID)
         w->bias = host_f32_to_ctx(ctx, (int64_t)E, 0.01, seed + 4);
-    if (c->shared_gate) w->sgate = host_f32_to_ctx(ctx, (int64_t)H, 1.0 / sqrt((double)H), seed + 5);
+    if (c->shared_gate) w->sgate = host_to_ctx(ctx, (int64_t)H, 1.0 / sqrt((double)H), seed + 5, gd);
     w->config = *c;
     w->config.router.bias = w->bias;
     const moe_layer_weights lw = {.w13 = w->w13, .w2 = w->w2, .b13 = w->b13, .b2 = w->b2, .gate = w->gate,

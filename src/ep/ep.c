@@ -57,6 +57,7 @@ static int ep_fields(const moe_ep_config *c, ep_field *f) {
     EP_FIELD("n_shared", l->n_shared);
     EP_FIELD("shared_intermediate", l->shared_intermediate);
     EP_FIELD("shared_gate", l->shared_gate);
+    EP_FIELD("gate_dtype", moe__layer_gate_dtype(l));
     EP_FIELD("backend", c->backend);
     EP_FIELD("wire", c->wire);
     EP_FIELD("max_tokens", c->max_tokens);

@@ -120,6 +120,9 @@ static moe_status moe_check_layer(moe_ctx *ctx, const moe_layer_config *c, const
                   "moe_layer_create: unknown w13 layout %d", (int)c->w13_layout);
     MOE_CHECK_ARG(ctx, c->dtype == MOE_DTYPE_BF16 || c->dtype == MOE_DTYPE_F32,
                   "moe_layer_create: dtype must be bf16 or f32, not %s", moe_dtype_name(c->dtype));
+    MOE_CHECK_ARG(ctx, c->gate_dtype == MOE_DTYPE_INVALID || c->gate_dtype == MOE_DTYPE_F32 ||
+                           c->gate_dtype == MOE_DTYPE_BF16,
+                  "moe_layer_create: gate_dtype must be f32 or bf16, not %s", moe_dtype_name(c->gate_dtype));
     MOE_CHECK_ARG(ctx, w->w13 && w->w2, "moe_layer_create: the expert weights w13 and w2 are NULL");
     MOE_CHECK_ARG(ctx, c->n_shared >= 0 && c->n_shared <= 64 &&
                            (c->n_shared == 0 || (c->shared_intermediate >= 1 && c->shared_intermediate <= (1 << 20) &&

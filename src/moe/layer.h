@@ -33,6 +33,11 @@ struct moe_layer {
     moe_qlayout qs13, qs2, qsh;
 };
 
+/* The dtype of the layer's gate weights (config.gate_dtype, zero meaning f32). */
+static inline moe_dtype moe__layer_gate_dtype(const moe_layer_config *c) {
+    return c->gate_dtype == MOE_DTYPE_BF16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
+}
+
 /* The GPU's grouped GEMMs work on tiles of 16, 64 or 128 rows (chosen per forward from T); the permutation pads
  * each expert's rows to the tile, so the scratch holds rows for the largest. */
 #define MOE_LAYER_MAX_TILE_M 128

@@ -124,11 +124,13 @@ static moe_status moe_cpu_route(moe_layer *l, const moe_layer_io *io, const moe_
     const moe_tensor *logits = io->logits;
     if (!logits && l->w.gate) {
         float *lg = (float *)(ws + s->logits);
+        const moe_dtype gd = moe__layer_gate_dtype(c);
 #pragma omp parallel for num_threads(ctx->n_threads) schedule(static)
         for (int64_t t = 0; t < T; t++)
             for (int e = 0; e < E; e++) {
                 float acc = 0.0f;
-                for (int h = 0; h < H; h++) acc += l->w.gate[(int64_t)e * H + h] * moe_ld(io->x->data, c->dtype, t * H + h);
+                for (int h = 0; h < H; h++)
+                    acc += moe_ld(l->w.gate, gd, (int64_t)e * H + h) * moe_ld(io->x->data, c->dtype, t * H + h);
                 lg[t * E + e] = l->w.gate_bias ? acc + l->w.gate_bias[e] : acc;
             }
         logits_t = moe_tensor_2d(lg, MOE_DTYPE_F32, T, E);
@@ -213,7 +215,7 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
                     float g = 1.0f;
                     if (c->shared_gate) {
                         float d = 0.0f;
-                        for (int i = 0; i < H; i++) d += l->w.shared_gate[i] * x[i];
+                        for (int i = 0; i < H; i++) d += moe_ld(l->w.shared_gate, moe__layer_gate_dtype(c), i) * x[i];
                         g = moe__sigmoidf(d);
                     }
                     for (int i = 0; i < H; i++) sh[i] = 0.0f;

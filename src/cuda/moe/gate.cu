@@ -1,8 +1,9 @@
-/* gate.cu — the router's logits (gate.cuh), summed in f32: two kernels by T, both split over H.
+/* gate.cu — the router's logits (gate.cuh), summed in f32: two kernels by T, both split over H, both for a gate
+ * of f32 or bf16 weights (the template's W; a bf16 gate gives the bits its f32 copy gives, from half the bytes).
  *  - few tokens (T < 64), on the CUDA cores: a warp per (expert, group of 8 tokens, slice of H); each lane
- *    streams its float4s of the gate row once and uses them for the 8 tokens;
- *  - many tokens, on the bf16 tensor cores: each f32 gate weight as three bf16 terms, so that the products stay
- *    exact (gate_mma_kernel); 128 x 64 output tiles.
+ *    streams its four-weight pieces of the gate row once and uses them for the 8 tokens;
+ *  - many tokens, on the bf16 tensor cores: each f32 gate weight as three bf16 terms (a bf16 weight is its own
+ *    one), so that the products stay exact (gate_mma_kernel); 128 x 64 output tiles.
  * The H slices are sized so that the grid fills the GPU even at T = 1, where the whole gate matrix
  * (E x H f32: 7 MB for DeepSeek-V3) must be read by many SMs at once. With more than one slice the slices' sums
  * are added in slice order, so the bits do not depend on timing: for one group of few tokens on sm_90 the
@@ -25,11 +26,14 @@ namespace cg = cooperative_groups;
 namespace {
 
 constexpr int kGroup = MOE_GATE_GROUP, kWarps = 4, kSlice = MOE_GATE_SLICE;
-constexpr int kPre = 4; /* float4 of the gate a lane loads before the previous grid ends: 512 columns of a slice */
+/* The gate's bytes a lane of the few kernel loads before the previous grid ends (64: 512 f32 or 1024 bf16 columns
+ * of a slice), and keeps in flight in its loop after them. */
+constexpr int kPreBytes = 64;
 
 struct gate_args {
     const __nv_bfloat16 *x;
-    const float *gate, *gate_bias, *shared_gate;
+    const void *gate, *shared_gate; /* W (the kernels' template argument) */
+    const float *gate_bias;
     int64_t T;
     int H, E;
     float *logits, *shared_scale;
@@ -38,7 +42,9 @@ struct gate_args {
     int splits;
     moe_gate_x_codes xc; /* W8A8's x codes (few kernel), or codes NULL */
 
-    __device__ const float *row(int e) const { return e < E ? gate + (int64_t)e * H : shared_gate; }
+    template <class W> __device__ const W *row(int e) const {
+        return e < E ? static_cast<const W *>(gate) + (int64_t)e * H : static_cast<const W *>(shared_gate);
+    }
     __device__ void finish(int64_t t, int e, float acc) const {
         if (e < E) logits[t * E + e] = gate_bias ? acc + gate_bias[e] : acc;
         else shared_scale[t] = moe__sigmoidf(acc);
@@ -47,6 +53,25 @@ struct gate_args {
     __device__ void store(int z, int64_t t, int e, float acc) const {
         if (splits == 1) finish(t, e, acc);
         else partial[((int64_t)z * T + t) * (E + 1) + e] = acc;
+    }
+};
+
+/* Four consecutive gate weights of type W (16-byte aligned rows, columns 4 apart): `raw` as loaded, which a
+ * lane may hold across the wait for the previous grid, and their f32 values. */
+template <class W> struct gate_w4;
+template <> struct gate_w4<float> {
+    using raw = float4;
+    static __device__ raw load(const float *p) { return __ldg(reinterpret_cast<const float4 *>(p)); }
+    static __device__ raw zero() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+    static __device__ float4 f32(const raw &r) { return r; }
+};
+template <> struct gate_w4<__nv_bfloat16> {
+    using raw = uint2;
+    static __device__ raw load(const __nv_bfloat16 *p) { return __ldg(reinterpret_cast<const uint2 *>(p)); }
+    static __device__ raw zero() { return make_uint2(0u, 0u); }
+    static __device__ float4 f32(const raw &r) {
+        return make_float4(__uint_as_float(r.x << 16), __uint_as_float(r.x & 0xFFFF0000u), __uint_as_float(r.y << 16),
+                           __uint_as_float(r.y & 0xFFFF0000u));
     }
 };
 
@@ -89,22 +114,22 @@ __device__ __forceinline__ void gate_x_codes(const gate_args &a, int z, int64_t 
 
 /* Few tokens: grid (split, group of kWarps experts, group of kGroup tokens), a warp an expert. kCluster: a tile's
  * splits are one cluster and add their sums (cluster_sum); else each split stores its own (gate_args::store). */
-template <bool kCluster>
+template <class W, bool kCluster>
 __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a) {
+    using w4 = gate_w4<W>;
+    constexpr int kPre = kPreBytes / sizeof(typename w4::raw); /* pieces of four weights */
     __shared__ float sums[kCluster ? kWarps * kGroup : 1]; /* cluster: this slice's sums, (warp, token) */
     const int lane = threadIdx.x & 31, e = blockIdx.y * kWarps + (threadIdx.x >> 5), z = blockIdx.x;
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
     const int64_t t0 = (int64_t)blockIdx.z * kGroup;
     const int nt = a.T - t0 < kGroup ? (int)(a.T - t0) : kGroup;
-    const float *w = a.row(e < n_out ? e : 0);
+    const W *w = a.row<W>(e < n_out ? e : 0);
     const int h_end = e < n_out ? min(a.H, (z + 1) * a.slice) : 0, h0 = z * a.slice + lane * 4;
-    /* the gate is the layer's weight, written before any grid of the forward: its first kPre float4 a lane are
+    /* the gate is the layer's weight, written before any grid of the forward: its first kPre pieces a lane are
      * loaded before the wait for the previous grid (x's writer), so that their latency passes while it drains */
-    float4 pre[kPre];
+    typename w4::raw pre[kPre];
 #pragma unroll
-    for (int i = 0; i < kPre; i++)
-        pre[i] = h0 + 128 * i < h_end ? __ldg(reinterpret_cast<const float4 *>(w + h0 + 128 * i))
-                                      : make_float4(0, 0, 0, 0);
+    for (int i = 0; i < kPre; i++) pre[i] = h0 + 128 * i < h_end ? w4::load(w + h0 + 128 * i) : w4::zero();
     moe_pdl_wait();
     moe_pdl_launch_next();
     if (a.xc.codes) gate_x_codes(a, z, t0, nt);
@@ -128,9 +153,9 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
     const int pre_end = min(h_end, h0 + 128 * kPre); /* the columns loaded above, in order */
 #pragma unroll
     for (int i = 0; i < kPre; i++)
-        if (h0 + 128 * i < pre_end) add(h0 + 128 * i, pre[i]);
-#pragma unroll 4
-    for (int h = pre_end; h < h_end; h += 128) add(h, __ldg(reinterpret_cast<const float4 *>(w + h)));
+        if (h0 + 128 * i < pre_end) add(h0 + 128 * i, w4::f32(pre[i]));
+#pragma unroll kPre
+    for (int h = pre_end; h < h_end; h += 128) add(h, w4::f32(w4::load(w + h)));
 #pragma unroll
     for (int j = 0; j < kGroup; j++) {
 #pragma unroll
@@ -153,7 +178,8 @@ __global__ void __launch_bounds__(kWarps * 32) gate_few_kernel(const gate_args a
  * hi = bf16(g), mid = bf16(g - hi), lo = g - hi - mid (g's 24 significant bits in three pieces of 8: each difference
  * is exact, and lo needs no rounding, for |g| >= 2^-110, where lo's last bit is still a bf16 subnormal), so x . g is
  * three bf16 mma.sync whose products are exact, summed in f32 as the CUDA-core FMA chain sums its exact products
- * (docs/layer.md §1: only the order of the sum differs). A non-finite g is hi alone. A CTA: 128 tokens x 64
+ * (docs/layer.md §1: only the order of the sum differs). A non-finite g is hi alone. A bf16 g is hi alone: its mid
+ * and lo products would add zeros, so the sums are its f32 copy's bits, from one mma in three. A CTA: 128 tokens x 64
  * outputs, K in steps of 32 (two stages: x by cp.async, the gate through registers, split once a CTA when stored),
  * 8 warps of 32 x 32; the hi products in one set of accumulators, mid and lo in another, added at the end. Shared
  * rows are 64 bytes, their 16-byte chunks XOR-swizzled by row / 2 so that ldmatrix's 8 rows hit distinct banks. */
@@ -177,11 +203,13 @@ __device__ __forceinline__ void split3(float g0, float g1, uint32_t &hi, uint32_
     lo = pack(r0 - lo_f(mid), r1 - hi_f(mid));
 }
 
-__global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_args a) {
+template <class W> __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_args a) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    __shared__ __align__(128) unsigned char xs[2][kMmaM * 64], gs[2][3][kMmaN * 64]; /* [stage][hi, mid, lo] */
+    using w4 = gate_w4<W>;
+    constexpr int kPlanes = sizeof(W) == 4 ? 3 : 1; /* the bf16 terms of a weight */
+    __shared__ __align__(128) unsigned char xs[2][kMmaM * 64], gs[2][kPlanes][kMmaN * 64]; /* [stage][hi, mid, lo] */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp & 3, wn = warp >> 2;
     const int n_out = a.E + (a.shared_gate ? 1 : 0);
     const int e_tiles = (n_out + kMmaN - 1) / kMmaN, z = blockIdx.y; /* blockIdx.x: expert tiles fastest */
@@ -191,14 +219,14 @@ __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_arg
     /* copy duty: x chunks tid and tid + 256 (row id / 4, chunk id % 4); gate float4s tid and tid + 256 (row
      * id / 8, columns 4 (id % 8)) */
     const __nv_bfloat16 *xrow[2];
-    const float *grow[2];
+    const W *grow[2];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int id = tid + 256 * j;
         xrow[j] = t0 + (id >> 2) < a.T ? a.x + (t0 + (id >> 2)) * a.H + 8 * (id & 3) : nullptr;
-        grow[j] = e0 + (id >> 3) < n_out ? a.row(e0 + (id >> 3)) + 4 * (id & 7) : nullptr;
+        grow[j] = e0 + (id >> 3) < n_out ? a.row<W>(e0 + (id >> 3)) + 4 * (id & 7) : nullptr;
     }
-    float4 gv[2];
+    typename w4::raw gv[2];
     auto load = [&](int st, int k0) { /* x's step into stage st (cp.async), the gate's into gv */
 #pragma unroll
         for (int j = 0; j < 2; j++) {
@@ -206,7 +234,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_arg
             const bool xin = xrow[j] && k0 + 8 * (id & 3) < k_end;
             moe_cp_async16(xs[st] + swz(id >> 2, id & 3), xin ? xrow[j] + k0 : a.x, xin ? 16 : 0);
             const bool gin = grow[j] && k0 + 4 * (id & 7) < k_end;
-            gv[j] = gin ? __ldg(reinterpret_cast<const float4 *>(grow[j] + k0)) : make_float4(0, 0, 0, 0);
+            gv[j] = gin ? w4::load(grow[j] + k0) : w4::zero();
         }
         moe_cp_async_commit();
     };
@@ -215,12 +243,16 @@ __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_arg
         for (int j = 0; j < 2; j++) {
             const int id = tid + 256 * j;
             const uint32_t off = swz(id >> 3, (id & 7) >> 1) + 8 * (id & 1);
-            uint2 h, m, l;
-            split3(gv[j].x, gv[j].y, h.x, m.x, l.x);
-            split3(gv[j].z, gv[j].w, h.y, m.y, l.y);
-            *reinterpret_cast<uint2 *>(gs[st][0] + off) = h;
-            *reinterpret_cast<uint2 *>(gs[st][1] + off) = m;
-            *reinterpret_cast<uint2 *>(gs[st][2] + off) = l;
+            if constexpr (kPlanes == 1) {
+                *reinterpret_cast<uint2 *>(gs[st][0] + off) = gv[j];
+            } else {
+                uint2 h, m, l;
+                split3(gv[j].x, gv[j].y, h.x, m.x, l.x);
+                split3(gv[j].z, gv[j].w, h.y, m.y, l.y);
+                *reinterpret_cast<uint2 *>(gs[st][0] + off) = h;
+                *reinterpret_cast<uint2 *>(gs[st][1] + off) = m;
+                *reinterpret_cast<uint2 *>(gs[st][2] + off) = l;
+            }
         }
     };
     float acc[2][2][4][4]; /* [hi, mid + lo][m16 tile][n8 tile] */
@@ -253,7 +285,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_kernel(const gate_arg
                 moe_ldmatrix_x4(af[mt], xs[st] + swz(r, 2 * kk + (lane >> 4)));
             }
 #pragma unroll
-            for (int pl = 2; pl >= 0; pl--) { /* lo, mid, then hi */
+            for (int pl = kPlanes - 1; pl >= 0; pl--) { /* lo, mid, then hi */
 #pragma unroll
                 for (int np = 0; np < 2; np++) { /* n8 tiles 2 np, 2 np + 1 */
                     uint32_t bf[4];
@@ -299,20 +331,29 @@ __global__ void gate_reduce_kernel(const gate_args a) {
 }
 
 /* The most CTAs a cluster of the few kernel's splits may hold here (moe_cluster_limit), asked once. */
-int cluster_limit() {
-    static const int limit = moe_cluster_limit(gate_few_kernel<true>, kWarps * 32, 16);
+template <class W> int cluster_limit() {
+    static const int limit = moe_cluster_limit(gate_few_kernel<W, true>, kWarps * 32, 16);
     return limit;
+}
+
+/* The kernel for a launch: many tokens (the tensor cores), else the CUDA cores with or without a cluster. */
+template <class W> void (*gate_kernel(bool few, bool clustered))(gate_args) {
+    return !few ? gate_mma_kernel<W> : clustered ? gate_few_kernel<W, true> : gate_few_kernel<W, false>;
 }
 
 } // namespace
 
-extern "C" moe_status moe__cuda_gate_logits(moe_ctx *ctx, const void *xv, const float *gate, const float *gate_bias,
-                                            const float *shared_gate, int64_t T, int H, int E, float *logits,
-                                            float *shared_scale, float *partial, bool alone,
+extern "C" moe_status moe__cuda_gate_logits(moe_ctx *ctx, const void *xv, const void *gate, moe_dtype gate_dtype,
+                                            const float *gate_bias, const void *shared_gate, int64_t T, int H, int E,
+                                            float *logits, float *shared_scale, float *partial, bool alone,
                                             const moe_gate_x_codes *x_codes, void *sv) {
     const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(xv);
     const cudaStream_t stream = moe__cuda_enter(ctx, sv);
-    gate_args a = {x, gate, gate_bias, shared_gate, T, H, gate ? E : 0, logits, shared_scale, partial, H, 1, {}};
+    if (gate_dtype != MOE_DTYPE_F32 && gate_dtype != MOE_DTYPE_BF16)
+        return moe__error(ctx, MOE_ERR_INVALID_ARG, "gate logits: gate weights in %s (f32 or bf16)",
+                          moe_dtype_name(gate_dtype));
+    const bool bf16 = gate_dtype == MOE_DTYPE_BF16;
+    gate_args a = {x, gate, shared_gate, gate_bias, T, H, gate ? E : 0, logits, shared_scale, partial, H, 1, {}};
     const int n_out = a.E + (shared_gate ? 1 : 0);
     if (x_codes && (T >= MOE_GATE_MANY_T || n_out == 0))
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "gate logits: x codes with %lld tokens and %d outputs (the few "
@@ -340,10 +381,12 @@ extern "C" moe_status moe__cuda_gate_logits(moe_ctx *ctx, const void *xv, const 
      * the cluster saved 1-3 µs of a BF16 decode step; at T = 16, and wherever the shared experts or W8A8's x codes
      * ran beside it on the side stream, it cost 1-8 µs (a cluster's CTAs wait until one GPC has room for them all) */
     const bool pdl = moe__cuda_pdl(ctx);
-    const int cluster = a.splits > 1 && T <= kGroup && alone ? cluster_limit() : 0;
+    const int cluster = a.splits > 1 && T <= kGroup && alone ? bf16 ? cluster_limit<__nv_bfloat16>()
+                                                                    : cluster_limit<float>()
+                                                             : 0;
     if (cluster && a.splits > cluster) split_into(cluster);
     const bool clustered = cluster && a.splits > 1;
-    void (*kernel)(gate_args) = !few ? gate_mma_kernel : clustered ? gate_few_kernel<true> : gate_few_kernel<false>;
+    void (*kernel)(gate_args) = bf16 ? gate_kernel<__nv_bfloat16>(few, clustered) : gate_kernel<float>(few, clustered);
     /* few: (split, expert group, token group), the split first so that a cluster holds a tile's splits; many:
      * (expert tile + token tile x expert tiles, split): consecutive CTAs share their token rows, and the grid's x
      * dimension (2^31 - 1) bounds T far past any workspace */

@@ -264,7 +264,8 @@ static moe_status layer_gate(moe_layer *l, const moe_layer_io *io, const moe_lay
     const moe_gate_x_codes xc = {(uint8_t *)(ws + s->w8a8.xq), (float *)(ws + s->w8a8.xs), l->qx.f.rule,
                                  c->act_format.amax_floor};
     return moe__cuda_gate_logits(l->ctx, (const __nv_bfloat16 *)io->x->data, io->logits ? nullptr : w->gate,
-                                 w->gate_bias, w->shared_gate, io->x->shape[0], c->hidden, c->router.n_experts,
+                                 moe__layer_gate_dtype(c), w->gate_bias, w->shared_gate, io->x->shape[0], c->hidden,
+                                 c->router.n_experts,
                                  (float *)(ws + s->logits), c->shared_gate ? (float *)(ws + s->shared_scale) : nullptr,
                                  (float *)(ws + s->gate_partial), alone, x_codes ? &xc : nullptr, st);
 }
