@@ -32,6 +32,7 @@ expect 0 'nvfp4 '                          quantize --backend cpu --shape 3,32 -
 expect 0 'qwen3-30b-a3b'                   bench route --backend cpu --model qwen3-30b-a3b --tokens 1,16 --reps 1
 expect 0 'GB/s'                            bench formats --backend cpu --mib 1 --iters 1 --repeat 1 --threads 1
 expect 0 'olmoe +1 '                       bench layer --backend cpu --model olmoe --tokens 1 --reps 1
+expect 0 'bf16 gate'                       bench layer --backend cpu --model olmoe --tokens 1 --reps 1 --gate-bf16
 expect 0 'a2a'                             bench ep --backend cpu --tokens 4 --reps 1
 # --output writes the codes and scales, which --input reads back as raw values of their size (64 bf16 values)
 expect 0 'mxfp8 '                          quantize --backend cpu --shape 2,64 --format mxfp8 --output "$dir/q"
