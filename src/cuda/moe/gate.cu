@@ -216,7 +216,7 @@ template <class W> __global__ void __launch_bounds__(kMmaThreads, 2) gate_mma_ke
     const int e0 = (int)(blockIdx.x % e_tiles) * kMmaN;
     const int64_t t0 = (int64_t)(blockIdx.x / e_tiles) * kMmaM;
     const int k_begin = z * a.slice, k_end = min(a.H, k_begin + a.slice);
-    /* copy duty: x chunks tid and tid + 256 (row id / 4, chunk id % 4); gate float4s tid and tid + 256 (row
+    /* copy duty: x chunks tid and tid + 256 (row id / 4, chunk id % 4); gate pieces of four tid and tid + 256 (row
      * id / 8, columns 4 (id % 8)) */
     const __nv_bfloat16 *xrow[2];
     const W *grow[2];
