@@ -111,8 +111,7 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
         s = quantize_matrices(ctx, &c->shared_format, (int64_t)S, m ? (int64_t)H : 2 * (int64_t)Is,
                               m ? (int64_t)Is : (int64_t)H, m ? &w->sw2 : &w->sw13, &w->sscale[m], &w->sglobal[m]);
     if (s != MOE_OK) return s;
-    const moe_dtype gd = c->gate_dtype == MOE_DTYPE_BF16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
-    w->gate = host_to_ctx(ctx, (int64_t)(E * H), 1.0 / sqrt((double)H), seed, gd);
+    w->gate = host_to_ctx(ctx, (int64_t)(E * H), 1.0 / sqrt((double)H), seed, c->gate_dtype);
     if (c->activation == MOE_ACT_GPTOSS_GLU) {
         w->b13 = host_f32_to_ctx(ctx, (int64_t)(E * 2 * I), 0.1, seed + 1);
         w->b2 = host_f32_to_ctx(ctx, (int64_t)(E * H), 0.1, seed + 2);
@@ -120,7 +119,7 @@ static moe_status make_copy(moe_ctx *ctx, const moe_layer_config *c, const void 
     }
     if (c->router.kind == MOE_ROUTER_GROUPED && c->router.score == MOE_SCORE_SIGMOID)
         w->bias = host_f32_to_ctx(ctx, (int64_t)E, 0.01, seed + 4);
-    if (c->shared_gate) w->sgate = host_to_ctx(ctx, (int64_t)H, 1.0 / sqrt((double)H), seed + 5, gd);
+    if (c->shared_gate) w->sgate = host_to_ctx(ctx, (int64_t)H, 1.0 / sqrt((double)H), seed + 5, c->gate_dtype);
     w->config = *c;
     w->config.router.bias = w->bias;
     const moe_layer_weights lw = {.w13 = w->w13, .w2 = w->w2, .b13 = w->b13, .b2 = w->b2, .gate = w->gate,

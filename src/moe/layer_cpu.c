@@ -186,6 +186,7 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
                                   const float *weights, void *out) {
     const moe_layer_config *c = &l->c;
     const int H = c->hidden, k = c->router.top_k, Is = c->shared_intermediate;
+    const moe_dtype gd = moe__layer_gate_dtype(c); /* the shared gate's */
     int failed = 0;
 #pragma omp parallel num_threads(l->ctx->n_threads)
     {
@@ -215,7 +216,7 @@ moe_status moe__cpu_layer_combine(moe_layer *l, const void *x_in, int64_t T, con
                     float g = 1.0f;
                     if (c->shared_gate) {
                         float d = 0.0f;
-                        for (int i = 0; i < H; i++) d += moe_ld(l->w.shared_gate, moe__layer_gate_dtype(c), i) * x[i];
+                        for (int i = 0; i < H; i++) d += moe_ld(l->w.shared_gate, gd, i) * x[i];
                         g = moe__sigmoidf(d);
                     }
                     for (int i = 0; i < H; i++) sh[i] = 0.0f;

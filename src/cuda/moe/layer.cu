@@ -265,8 +265,8 @@ static moe_status layer_gate(moe_layer *l, const moe_layer_io *io, const moe_lay
                                  c->act_format.amax_floor};
     return moe__cuda_gate_logits(l->ctx, (const __nv_bfloat16 *)io->x->data, io->logits ? nullptr : w->gate,
                                  moe__layer_gate_dtype(c), w->gate_bias, w->shared_gate, io->x->shape[0], c->hidden,
-                                 c->router.n_experts,
-                                 (float *)(ws + s->logits), c->shared_gate ? (float *)(ws + s->shared_scale) : nullptr,
+                                 c->router.n_experts, (float *)(ws + s->logits),
+                                 c->shared_gate ? (float *)(ws + s->shared_scale) : nullptr,
                                  (float *)(ws + s->gate_partial), alone, x_codes ? &xc : nullptr, st);
 }
 
