@@ -265,6 +265,8 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
         if (moe__cuda_gemm_sm90_usable(ctx)) {
             moe_status st;
             if (moe__cuda_grouped_gemm_sm90_tma(ctx, p, glu, medium_tile::BM, m_tiles, groups, stream, &st)) return st;
+            if (moe__cuda_gemm_fp4_rs_fits(ctx, p))
+                return moe__cuda_grouped_gemm_fp4_rs(ctx, p, glu, m_tiles, groups, stream);
         }
         return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM32: return launch<medium32_tile>(ctx, p, glu, m_tiles, groups, stream);

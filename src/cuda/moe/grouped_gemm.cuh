@@ -87,8 +87,9 @@ template <class Launch> moe_status moe_gemm_by_bfmt(moe_ctx *ctx, moe_gemm_bfmt 
  *                    split over 4 warps: many small CTAs keep every SM's loads in flight on the touched experts;
  *  MEDIUM32 (32 rows): 32 x 128 tiles, 8 warps of 16 x 32, K steps of 64 through 4 stages: experts of about 16
  *                    rows, where 64-row tiles would compute (and stage) half or more of padding;
- *  MEDIUM (64 rows): on Hopper with bf16 weights the wgmma tile of LARGE at 64 x 256; else 64 x 128 tiles, 8 warps
- *                    of 32 x 32, K steps of 64 through 4 stages;
+ *  MEDIUM (64 rows): on Hopper with bf16 weights the wgmma tile of LARGE at 64 x 256, with FP4 weights the RS
+ *                    wgmma tile (grouped_gemm_fp4_rs.cu); else 64 x 128 tiles, 8 warps of 32 x 32, K steps of 64
+ *                    through 4 stages;
  *  LARGE (128 rows): prefill; on Hopper wgmma (grouped_gemm_sm90.cu), elsewhere 128 x 128 tiles, 8 warps of
  *                    64 x 32, K steps of 32 through 4 stages.
  * (Measured on the H200 against 128 x 256 tiles of 64 x 64 warps, which need 226 registers a thread and run one
@@ -186,5 +187,14 @@ moe_status moe__cuda_grouped_gemm_bf16_decode(moe_ctx *ctx, const moe_gemm_param
 bool moe__cuda_gemm_fp4_decode_fits(const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_fp4_decode(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
                                              cudaStream_t stream);
+
+/* FP4 weights at 64-row tiles on Hopper (grouped_gemm_fp4_rs.cu): the MEDIUM shape with MXFP4 or NVFP4 B and bf16 A
+ * on wgmma, the weights as A in registers converted by the threads that hold them (no bf16 copy of B in shared
+ * memory). moe__cuda_grouped_gemm takes it for MEDIUM where it fits: sm_90a code and GPU, K a multiple of 32,
+ * per-row block scales, 16-byte aligned codes and A, unless the environment sets MOE_GEMM_NO_FP4_RS (which keeps the
+ * mma.sync tile, to compare). */
+bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p);
+moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
+                                         int groups, cudaStream_t stream);
 
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

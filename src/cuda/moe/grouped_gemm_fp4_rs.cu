@@ -1,0 +1,304 @@
+/* grouped_gemm_fp4_rs.cu — the MEDIUM tile (64 rows of an expert) of the grouped GEMM for FP4 weights (MXFP4, NVFP4)
+ * and bf16 activations on Hopper: wgmma with the weights as A in registers ("RS", sm_90a). Same contract as
+ * grouped_gemm.cu (grouped_gemm.cuh), same tile order, operand rows and epilogue (gemm_tile.cuh).
+ *
+ * Why: the other quantised tiles turn each K step of codes into a bf16 copy of the weights in shared memory, which
+ * their warps then read back (bquant.cuh's bq_tile): for every weight a 2-byte store and, with wgmma, a 2-byte read
+ * by each warpgroup, where the codes are half a byte. Mixtral-8x7B at T = 128 (32 rows an expert) ran those tiles
+ * at about a third of the weights' bandwidth (docs/performance.md). Here each thread turns the codes it holds into
+ * its own A fragments (bq_fp4x8, times the block scale in bf16: exact, as in the other tiles), so the weights cross
+ * shared memory once, as codes.
+ *
+ * Roles swap against the other tiles: the CTA's 128 weight rows are wgmma's M (two warpgroups of 64), the tile's
+ * 64 token rows its N (m64n64k16, B from shared memory). Weight row pairs (s, s + 1) of the tile (GLU: gate and up
+ * of one column) sit at M rows g and g + 8 of a warp's 16, so that a thread's accumulators hold both.
+ *
+ * K order. A thread of an A fragment holds K slots 2q, 2q + 1 and 8 + 2q, 9 + 2q of each 16; a 32-bit word of codes
+ * holds 8 consecutive K values. So within each span of 32 K values the thread's codes are its natural K values
+ * 8q .. 8q + 7 (one word, read without waste), and K slot 16j + 8h + 2q + e carries natural K value 8q + 4j + 2h + e.
+ * The tokens take the same permutation on their way into shared memory: staged as they are (cp.async), then each
+ * 64-byte span of a row is rewritten with 16-byte chunk m, word c taken from chunk c, word m (a 4 x 4 transpose of
+ * words, in registers). The sum is the same set of products; its order within a wgmma is the tensor core's.
+ *
+ * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 64. Step kt: wait for
+ * its stage; permute its tokens into the token buffer; convert the thread's codes into its A registers; issue the
+ * step's 4 wgmma and retire them. A step's conversion overlaps the wgmma of the other warpgroups of the SM (two
+ * CTAs an SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while
+ * another wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
+#include <stdlib.h>
+
+#include "cuda/common/cuda.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/common/sm90.cuh"
+#include "cuda/moe/bquant.cuh"
+#include "cuda/moe/gemm_tile.cuh"
+#include "cuda/moe/grouped_gemm.cuh"
+
+namespace {
+
+constexpr int kRows = 64;                      /* token rows a tile: MEDIUM's tile_m, wgmma's N */
+constexpr int kBW = 128;                       /* weight rows a CTA: two warpgroups of wgmma's M */
+constexpr int kBK = 64;                        /* K a step: two spans of 32 */
+constexpr int kStages = 4, kThreads = 256;
+constexpr int kCodeStage = kBW * kBK / 2;      /* 4 KB */
+constexpr int kTokStage = kRows * kBK * 2;     /* 8 KB: a stage of tokens, and the token buffer */
+
+#ifdef MOE_WGMMA
+/* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
+ * warp's reads of rows 2g (or 2g + 1) for g = 0..7 fall in 8 distinct 16-byte bank groups. */
+__device__ __forceinline__ uint32_t code_off(int s, int sp) {
+    return (uint32_t)(sp * (kBW * 16) + ((s ^ ((s >> 3) & 1)) << 4));
+}
+/* Natural 16-byte chunk c (0..7) of token row r in a raw stage: the chunks of each 64-byte span rotated by r % 4, so
+ * that the transposing reads of 4 rows x 2 spans hit distinct banks. */
+__device__ __forceinline__ uint32_t raw_off(int r, int c) {
+    return (uint32_t)(r * 128 + ((c >> 2) << 6) + (((c & 3) ^ (r & 3)) << 4));
+}
+/* Chunk c of token row r in a token buffer: the 128-byte swizzle that moe_smem_desc names. */
+__device__ __forceinline__ uint32_t tok_off(int r, int c) {
+    return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
+}
+
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ uint2 lds64(uint32_t addr) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+/* Keeps A registers live (and unchanged) up to here: a wgmma reads them after it issues. */
+template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) asm volatile("" : "+r"(a[i][j])::"memory");
+}
+#endif
+
+/* kSub sub-steps of 64 K a step (its stages, token buffer and A registers kSub times as large): one pair of barriers
+ * and one wgmma wait for kSub x 4 wgmma. */
+template <int kSub> constexpr size_t smem_bytes() {
+    return (size_t)kSub * kTokStage + (size_t)kStages * kSub * (kTokStage + kCodeStage) + 1024;
+}
+
+template <bool kGlu, int F, int kSub>
+__global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm_params p) {
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+#ifdef MOE_WGMMA
+    constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's bytes */
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = smem_raw + (base - raw);
+    /* the token buffer (sub-step u at u kTokStage), then the raw token stages, then the code stages */
+    const uint32_t tok_s = base, stage_s = base + kTok, code_s = stage_s + kStages * kTok;
+    unsigned char *stage_p = smem + kTok, *code_p = stage_p + kStages * kTok;
+    const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
+
+    moe_gemm_tile t;
+    if (!moe_gemm_locate(p, kRows, blockIdx.x, t)) return;
+
+    /* copy duty: codes span tid % 2 of weight row tid / 2; tokens chunk tid % 8 of rows tid / 8 and 32 + tid / 8 */
+    const int cs = tid >> 1, csp = tid & 1, ac = tid & 7;
+    const int64_t crow = moe_gemm_b_index<kGlu>(p, t, kBW, cs);
+    const uint8_t *const csrc = crow < 0 ? nullptr
+                                         : static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) +
+                                               crow * (p.k / 2) + csp * 16;
+    const uint32_t cdst = code_off(cs, csp);
+    const __nv_bfloat16 *arow[2];
+    uint32_t adst[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = (tid >> 3) + 32 * i;
+        arow[i] = moe_gemm_a_row(p, t, t.row0 + r);
+        adst[i] = raw_off(r, ac);
+    }
+    const int k_tiles = (p.k + kSub * kBK - 1) / (kSub * kBK);
+    /* step kt's copies; K is a multiple of 32: a code span or token chunk is all in or all out */
+    auto load = [&](int stage, int kt) {
+#pragma unroll
+        for (int u = 0; u < kSub; u++) {
+            const int k = (kt * kSub + u) * kBK; /* the sub-step's first K */
+            const bool cin = csrc && k + csp * 32 < p.k;
+            moe_cp_async16(code_p + stage * kCode + u * kCodeStage + cdst,
+                           cin ? (const void *)(csrc + k / 2) : p.b, cin ? 16 : 0);
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const bool in = arow[i] && k + ac * 8 < p.k;
+                moe_cp_async16(stage_p + stage * kTok + u * kTokStage + adst[i],
+                               in ? (const void *)(arow[i] + k + ac * 8) : p.a, in ? 16 : 0);
+            }
+        }
+    };
+
+    /* the thread's weight rows: tile rows s0, s0 + 1 at M rows g, g + 8 of its warp; their scale rows */
+    const int s0 = wg * 64 + 16 * warp + 2 * g;
+    int64_t srow[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t r = moe_gemm_b_index<kGlu>(p, t, kBW, s0 + h);
+        srow[h] = r < 0 ? -1 : (r >> p.bs.row_shift) * p.bs.cols;
+    }
+    const uint8_t *const sbase = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
+    /* [sub-step][row][span]: the scale of the thread's 8 codes */
+    auto scales = [&](int kt, uint32_t(&dst)[kSub][2][2]) {
+#pragma unroll
+        for (int u = 0; u < kSub; u++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int sp = 0; sp < 2; sp++) {
+                    const int k = (kt * kSub + u) * kBK + sp * 32 + 8 * q;
+                    dst[u][h][sp] =
+                        bq_scale_raw<F>(sbase, srow[h] + (k >> p.bs.col_shift), srow[h] >= 0 && k < p.k);
+                }
+    };
+
+    /* the permutation's duty: half tid % 2 (words 2 hh, 2 hh + 1 of each chunk) of span tid / 2 % 2 of row tid / 4 */
+    const int hh = tid & 1, psp = (tid >> 1) & 1, pr = tid >> 2;
+    auto permute = [&](int stage) {
+#pragma unroll
+        for (int u = 0; u < kSub; u++) {
+            uint2 in[4];
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                in[c] = lds64(stage_s + stage * kTok + u * kTokStage + raw_off(pr, psp * 4 + c) + hh * 8);
+            const uint32_t out = tok_s + u * kTokStage;
+            sts128(out + tok_off(pr, psp * 4 + 2 * hh), in[0].x, in[1].x, in[2].x, in[3].x);
+            sts128(out + tok_off(pr, psp * 4 + 2 * hh + 1), in[0].y, in[1].y, in[2].y, in[3].y);
+        }
+    };
+
+    /* the thread's A fragments of a step: [k16 step][register]; k16 step 4u + 2 sp + j holds natural K values
+     * 8q + 4j + {0, 1} (registers 0, 1: rows s0, s0 + 1) and 8q + 4j + {2, 3} (registers 2, 3) of span sp of
+     * sub-step u */
+    auto convert = [&](int stage, const uint32_t(&sc)[kSub][2][2], uint32_t(&a)[4 * kSub][4]) {
+#pragma unroll
+        for (int u = 0; u < kSub; u++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int sp = 0; sp < 2; sp++) {
+                    uint32_t o[4];
+                    bq_fp4x8(lds32(code_s + stage * kCode + u * kCodeStage + code_off(s0 + h, sp) + 4 * q), o);
+                    const __nv_bfloat162 s2 = bq_scale_bf16x2<F>(sc[u][h][sp]);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&o[e]), s2);
+                        o[e] = *reinterpret_cast<const uint32_t *>(&v);
+                    }
+#pragma unroll
+                    for (int j = 0; j < 2; j++)
+                        a[4 * u + 2 * sp + j][h] = o[2 * j], a[4 * u + 2 * sp + j][2 + h] = o[2 * j + 1];
+                }
+    };
+
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) acc[i] = 0.0f;
+    uint32_t a[4 * kSub][4], sc[kSub][2][2], next[kSub][2][2];
+#pragma unroll
+    for (int s = 0; s < kStages - 1; s++) {
+        if (s < k_tiles) load(s, s);
+        moe_cp_async_commit();
+    }
+    scales(0, next);
+
+    for (int kt = 0; kt < k_tiles; kt++) {
+        moe_cp_async_wait<kStages - 2>();
+        __syncthreads(); /* stage kt landed; every thread is past step kt - 1 (its reads, its wgmma retired) */
+        const int st = kt % kStages;
+        const int refill = kt + kStages - 1; /* into the stage step kt - 1 read */
+        if (refill < k_tiles) load(refill % kStages, refill);
+        moe_cp_async_commit();
+        permute(st);
+#pragma unroll
+        for (int u = 0; u < kSub; u++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int sp = 0; sp < 2; sp++) sc[u][h][sp] = next[u][h][sp];
+        if (kt + 1 < k_tiles) scales(kt + 1, next);
+        convert(st, sc, a);
+        moe_fence_proxy_async(); /* the token buffer's generic writes -> wgmma's reads */
+        __syncthreads();
+        moe_acc_fence(acc);
+        moe_wgmma_fence();
+#pragma unroll
+        for (int u = 0; u < kSub; u++)
+#pragma unroll
+            for (int kk = 0; kk < kBK / 16; kk++) /* 16 bf16 = 32 bytes further into the swizzled rows */
+                moe_wgmma_m64n64k16_ra(acc, a[4 * u + kk], moe_smem_desc(tok_s + u * kTokStage + kk * 32));
+        moe_wgmma_commit();
+        moe_acc_fence(acc);
+        moe_wgmma_wait<0>(); /* the A registers and the token buffer are free again */
+        moe_acc_fence(acc);
+        reg_fence(a);
+    }
+    moe_cp_async_wait<0>();
+
+    /* epilogue: registers 4j + {0, 1} hold weight row s0 for tokens 8j + 2q + {0, 1}; 4j + {2, 3} row s0 + 1 */
+    moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
+#pragma unroll
+        for (int j = 0; j < kRows / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t r = t.row0 + 8 * j + 2 * q + e;
+                const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+                if (ro.skip) continue;
+                moe_gemm_store<kGlu, decltype(act)::value>(p, t, kBW, r, ro, s0, acc[4 * j + e], acc[4 * j + 2 + e]);
+            }
+    });
+#endif
+}
+
+template <bool kGlu, int F, int kSub>
+moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
+    moe_gemm_params q = p;
+    const int cols_per_tile = kGlu ? kBW / 2 : kBW;
+    q.m_tiles = m_tiles, q.n_tiles = (p.n + cols_per_tile - 1) / cols_per_tile;
+    if (q.m_tiles * q.n_tiles > INT32_MAX) /* a grid's limit, and the tile order's 32-bit arithmetic */
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: %lld tiles exceed 2^31",
+                          (long long)(q.m_tiles * q.n_tiles));
+    constexpr size_t smem = smem_bytes<kSub>();
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_rs_kernel<kGlu, F, kSub>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp4_rs_kernel<kGlu, F, kSub>, grid, kThreads, smem, st, q));
+    return MOE_OK;
+}
+
+template <bool kGlu, int F>
+moe_status launch_sub(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
+    static const int sub = getenv("MOE_GEMM_FP4_RS_SUB") && atoi(getenv("MOE_GEMM_FP4_RS_SUB")) == 2 ? 2 : 1;
+    return sub == 2 ? launch<kGlu, F, 2>(ctx, p, m_tiles, groups, st) : launch<kGlu, F, 1>(ctx, p, m_tiles, groups, st);
+}
+
+} // namespace
+
+bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p) {
+    const bool mx = p.b_fmt == MOE_B_E2M1_E8M0, nv = p.b_fmt == MOE_B_E2M1_E4M3;
+    if ((!mx && !nv) || p.k % 32 != 0 || getenv("MOE_GEMM_NO_FP4_RS")) return false;
+    /* per-row scales of 32 (MX) or 16 (NV) values: a thread's 8 codes under one */
+    if (p.bs.row_shift != 0 || p.bs.col_shift != (mx ? 5 : 4)) return false;
+    /* 16-byte pieces of codes and of bf16 activations (a dense group's too) */
+    if ((uintptr_t)p.b % 16 != 0 || (p.b_group_stride / 2) % 16 != 0 || (uintptr_t)p.a % 16 != 0) return false;
+    if (!p.offsets && p.a_group_stride % 8 != 0) return false;
+    return moe__cuda_gemm_sm90_usable(ctx);
+}
+
+moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
+                                         int groups, cudaStream_t stream) {
+    if (m_tiles <= 0) return MOE_OK;
+    const bool mx = p.b_fmt == MOE_B_E2M1_E8M0;
+    if (glu) return mx ? launch_sub<true, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
+                       : launch_sub<true, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
+    return mx ? launch_sub<false, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
+              : launch_sub<false, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
+}

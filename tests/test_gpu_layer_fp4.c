@@ -1,0 +1,86 @@
+/* test_gpu_layer_fp4.c — FP4 weights (MXFP4, NVFP4) in the 64-row MEDIUM tile against the CPU reference over the
+ * same codes: on Hopper the RS wgmma tile (grouped_gemm_fp4_rs.cu), and each case once more on the mma.sync tile
+ * (MOE_GEMM_NO_FP4_RS), so that both stay checked. Skipped without a GPU. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "layer_cases.h"
+
+typedef struct {
+    const char *preset, *what;
+    int H, I, E, k, T;
+    int interleaved;   /* GPT-OSS's interleaved w13, biases and clamps, x past the clamps */
+    int shared;        /* a shared expert of width 96 beside: bf16, or (2) quantised in the routed format */
+    int w8a8;          /* act_format FP8 1x128: the MEDIUM tile then reads Q(x) in bf16 and writes h in f32 */
+    int64_t counts[4]; /* top-1 rows sent to each of 4 experts (logits given), or all 0 */
+    moe_activation act;
+} fp4_case;
+
+/* Cases, MEDIUM forced: K of 16 and 6 steps of 64 (H 1024, I 384); K ending half way into a step and N past the
+ * last tile in both GEMMs (H 160, I 96); GPT-OSS's interleaved w13 with biases and clamps; Llama-4's weight on the
+ * input with 2I = 640 (5 GLU tiles of 64 columns) and a bf16 shared expert; experts of 64, 65, 1 and 0 rows (a tile
+ * all rows, one of one row beside one of 64, an empty expert); a quantised shared expert (its tile rows are all T
+ * tokens); W8A8's bf16 path (h in f32). Small enough for compute-sanitizer. */
+static const fp4_case cases[] = {
+    {"qwen3-30b-a3b", "H 1024, I 384, 16 K steps", 1024, 384, 16, 4, 256, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "H 160, I 96: K and N tails", 160, 96, 8, 2, 200, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"gpt-oss-20b", "gptoss interleaved, biases, clamps", 320, 192, 8, 4, 120, 1, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
+    {"llama4-scout", "weight on input, 2I = 640, shared", 128, 320, 4, 1, 200, 0, 1, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "experts of 64, 65, 1, 0 rows", 256, 192, 4, 1, 130, 0, 0, 0, {64, 65, 1, 0},
+     MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "quantised shared expert", 256, 128, 8, 2, 100, 0, 2, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "w8a8 bf16 path", 256, 256, 8, 2, 200, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
+};
+
+TEST_IMPL(gpu_layer_fp4_medium) {
+    SKIP_WITHOUT_GPU(env);
+    moe_qformat fmts[LAYER_WEIGHT_FORMATS];
+    const char *names[LAYER_WEIGHT_FORMATS];
+    layer_weight_formats(fmts, names);
+    const int fp4[3] = {5, 6, 7}; /* mxfp4, nvfp4 decode global, nvfp4 encode global */
+    int bad = 0;
+    uint64_t seed = env->seed + 2600;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int f = 0; f < 3; f++) {
+            const fp4_case *d = &cases[i];
+            moe_layer_config c = layer_config(d->preset, d->H, d->I, d->E, d->k, d->act);
+            if (d->interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
+            if (d->shared) c.n_shared = 1, c.shared_intermediate = 96;
+            if (d->w8a8) c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+            c.expert_tile = MOE_EXPERT_TILE_MEDIUM;
+            const int given = d->counts[0] + d->counts[1] + d->counts[2] + d->counts[3] > 0;
+            layer_problem p;
+            layer_qweights q, sq;
+            layer_problem_random(&p, &c, d->T, given, seed++);
+            if (given) layer_problem_route_counts(&p, d->counts);
+            if (d->interleaved)
+                for (int64_t j = 0; j < p.T * d->H; j++) p.x[j] *= 3.0f; /* past the clamps */
+            if (layer_problem_quantize(env->cpu, &p, &fmts[fp4[f]], &q, NULL)) {
+                bad++;
+                layer_problem_free(&p);
+                continue;
+            }
+            if (d->shared == 2 && layer_problem_quantize_shared(env->cpu, &p, &fmts[fp4[f]], &sq, NULL)) {
+                bad++;
+                layer_qweights_free(&q);
+                layer_problem_free(&p);
+                continue;
+            }
+            p.qw = &q;
+            if (d->shared == 2) p.sqw = &sq;
+            for (int old = 0; old < 2; old++) {
+                if (old) setenv("MOE_GEMM_NO_FP4_RS", "1", 1);
+                char what[112];
+                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], d->what, old ? ", mma.sync tile" : "");
+                /* W8A8's bf16 path rounds Q(x) and Q(h) to bf16: gpu_layer_w8a8's bounds */
+                bad += d->w8a8 ? layer_compare_gpu_tol(env, &p, given, what, 2.5e-2, 1.2e-1)
+                               : layer_compare_gpu(env, &p, given, what);
+                unsetenv("MOE_GEMM_NO_FP4_RS");
+            }
+            if (d->shared == 2) layer_qweights_free(&sq);
+            layer_qweights_free(&q);
+            layer_problem_free(&p);
+        }
+    ASSERT_EQ_I64(bad, 0);
+    return TEST_OK;
+}
