@@ -5,7 +5,7 @@
  * Why: the other quantised tiles turn each K step of codes into a bf16 copy of the weights in shared memory, which
  * their warps then read back (bquant.cuh's bq_tile): for every weight a 2-byte store and, with wgmma, a 2-byte read
  * by each warpgroup, where the codes are half a byte. Mixtral-8x7B at T = 128 (32 rows an expert) ran those tiles
- * at about a third of the weights' bandwidth (docs/performance.md). Here each thread turns the codes it holds into
+ * at about a quarter of the weights' bandwidth (docs/performance.md). Here each thread turns the codes it holds into
  * its own A fragments (bq_fp4x8, times the block scale in bf16: exact, as in the other tiles), so the weights cross
  * shared memory once, as codes.
  *
@@ -20,11 +20,13 @@
  * 64-byte span of a row is rewritten with 16-byte chunk m, word c taken from chunk c, word m (a 4 x 4 transpose of
  * words, in registers). The sum is the same set of products; its order within a wgmma is the tensor core's.
  *
- * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 64. Step kt: wait for
- * its stage; permute its tokens into the token buffer; convert the thread's codes into its A registers; issue the
- * step's 4 wgmma and retire them. A step's conversion overlaps the wgmma of the other warpgroups of the SM (two
- * CTAs an SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while
- * another wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
+ * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 128 (two sub-steps of
+ * 64, each a swizzle atom of tokens). Step kt: wait for its stage; permute its tokens into the token buffer; convert
+ * the thread's codes into its A registers; issue the step's 8 wgmma and retire them. A step's conversion overlaps
+ * the wgmma of the other warpgroups of the SM (two CTAs an SM), not its own: ptxas serialises every wgmma of a kernel
+ * that writes a wgmma's input registers while another wgmma is in flight (C7513), which double-buffered A registers
+ * and `wgmma.wait_group 1` ran into. Where the time goes (Nsight Compute, Mixtral-8x7B MXFP4 at T = 128 on an H100:
+ * GEMM 1 at 0.88 TB/s, the SMs issuing half the time): instructions and waits, not bytes (docs/performance.md). */
 #include <stdlib.h>
 
 #include "cuda/common/cuda.cuh"
@@ -41,7 +43,14 @@ constexpr int kBW = 128;                       /* weight rows a CTA: two warpgro
 constexpr int kBK = 64;                        /* K a step: two spans of 32 */
 constexpr int kStages = 4, kThreads = 256;
 constexpr int kCodeStage = kBW * kBK / 2;      /* 4 KB */
-constexpr int kTokStage = kRows * kBK * 2;     /* 8 KB: a stage of tokens, and the token buffer */
+constexpr int kTokStage = kRows * kBK * 2;     /* 8 KB: a sub-step of tokens */
+/* kSub sub-steps of 64 K a step: one pair of barriers and one wgmma wait for 8 wgmma. Measured on an H100 (Nsight
+ * Compute, Mixtral-8x7B MXFP4 at T = 128): GEMM 1 577 us and GEMM 2 287 us, against 613 and 300 with one. */
+constexpr int kSub = 2;
+constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's bytes */
+/* the token buffer (1024-aligned: the 128-byte swizzle), the raw token stages, the code stages, + room to align:
+ * 113 KB, two CTAs an SM */
+constexpr size_t kSmem = kTok + (size_t)kStages * (kTok + kCode) + 1024;
 
 #ifdef MOE_WGMMA
 /* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
@@ -81,18 +90,11 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
 }
 #endif
 
-/* kSub sub-steps of 64 K a step (its stages, token buffer and A registers kSub times as large): one pair of barriers
- * and one wgmma wait for kSub x 4 wgmma. */
-template <int kSub> constexpr size_t smem_bytes() {
-    return (size_t)kSub * kTokStage + (size_t)kStages * kSub * (kTokStage + kCodeStage) + 1024;
-}
-
-template <bool kGlu, int F, int kSub>
+template <bool kGlu, int F>
 __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm_params p) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
-    constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's bytes */
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (base - raw);
@@ -146,8 +148,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
         srow[h] = r < 0 ? -1 : (r >> p.bs.row_shift) * p.bs.cols;
     }
     const uint8_t *const sbase = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
-    /* [sub-step][row][span]: the scale of the thread's 8 codes */
-    auto scales = [&](int kt, uint32_t(&dst)[kSub][2][2]) {
+    auto scales = [&](int kt, uint32_t(&dst)[kSub][2][2]) { /* [sub-step][row][span]: the thread's 8 codes' */
 #pragma unroll
         for (int u = 0; u < kSub; u++)
 #pragma unroll
@@ -258,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
 #endif
 }
 
-template <bool kGlu, int F, int kSub>
+template <bool kGlu, int F>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
     moe_gemm_params q = p;
     const int cols_per_tile = kGlu ? kBW / 2 : kBW;
@@ -266,18 +267,11 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
     if (q.m_tiles * q.n_tiles > INT32_MAX) /* a grid's limit, and the tile order's 32-bit arithmetic */
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: %lld tiles exceed 2^31",
                           (long long)(q.m_tiles * q.n_tiles));
-    constexpr size_t smem = smem_bytes<kSub>();
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_rs_kernel<kGlu, F, kSub>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_rs_kernel<kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)kSmem));
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp4_rs_kernel<kGlu, F, kSub>, grid, kThreads, smem, st, q));
+    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp4_rs_kernel<kGlu, F>, grid, kThreads, kSmem, st, q));
     return MOE_OK;
-}
-
-template <bool kGlu, int F>
-moe_status launch_sub(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
-    static const int sub = getenv("MOE_GEMM_FP4_RS_SUB") && atoi(getenv("MOE_GEMM_FP4_RS_SUB")) == 2 ? 2 : 1;
-    return sub == 2 ? launch<kGlu, F, 2>(ctx, p, m_tiles, groups, st) : launch<kGlu, F, 1>(ctx, p, m_tiles, groups, st);
 }
 
 } // namespace
@@ -297,8 +291,8 @@ moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p,
                                          int groups, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
     const bool mx = p.b_fmt == MOE_B_E2M1_E8M0;
-    if (glu) return mx ? launch_sub<true, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
-                       : launch_sub<true, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
-    return mx ? launch_sub<false, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
-              : launch_sub<false, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
+    if (glu) return mx ? launch<true, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
+                       : launch<true, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
+    return mx ? launch<false, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
+              : launch<false, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
 }
