@@ -101,8 +101,9 @@ int moe__gemm_tile_m(moe_gemm_shape shape);
 
 /* m_tiles: tiles on grid.x (routed: an upper bound; tiles past offsets[G] exit); groups: grid.z (dense) or 1.
  * Quantised B: SMALL takes the FP4 decode kernel where it fits (FP4 weights), else builds B fragments in
- * registers; MEDIUM, LARGE and the wgmma tile convert it in shared memory (bquant.cuh). MOE_GEMM_NO_FP4_DECODE in
- * the environment keeps FP4 weights off the decode kernel (the tests use it to run the register tile). */
+ * registers; MEDIUM takes the FP4 wgmma tile on Hopper where it fits (FP4 weights, converted in registers); the
+ * other MEDIUM, MEDIUM32 and LARGE tiles convert B in shared memory (bquant.cuh). MOE_GEMM_NO_FP4_DECODE in the
+ * environment keeps FP4 weights off the decode kernel (the tests use it to run the register tile). */
 moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
                                   int64_t m_tiles, int groups, cudaStream_t stream);
 
