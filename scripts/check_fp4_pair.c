@@ -1,7 +1,7 @@
-/* scripts/check_fp4_pair.c — the FP4 decode kernel's code-to-bf16 step (fp4_pair in
- * src/cuda/moe/grouped_gemm_fp4_decode.cu, copied here) checked on every 32-bit word of codes against the CPU
- * definition of E2M1 (src/formats/scalar.h): pair t of word w holds codes 3 - t (low half) and 7 - t (high half),
- * each as the bf16 of its value times 2^-126, exactly. Not a test (about a minute on two cores):
+/* scripts/check_fp4_pair.c — the FP4 kernels' code-to-bf16 step (fp4_pair in src/cuda/moe/fp4_codes.cuh, copied
+ * here) checked on every 32-bit word of codes against the CPU definition of E2M1 (src/formats/scalar.h): pair t of
+ * word w holds codes 3 - t (low half) and 7 - t (high half), each as the bf16 of its value times 2^-126, exactly.
+ * Not a test (about a minute on two cores):
  *   gcc -O2 -march=native -fopenmp -std=c11 -Isrc -Iinclude scripts/check_fp4_pair.c -o /tmp/check_fp4_pair -lm
  *   /tmp/check_fp4_pair */
 #include <math.h>

@@ -12,6 +12,7 @@ typedef struct {
     int interleaved;   /* GPT-OSS's interleaved w13, biases and clamps, x past the clamps */
     int shared;        /* a shared expert of width 96 beside: bf16, or (2) quantised in the routed format */
     int w8a8;          /* act_format FP8 1x128: the MEDIUM tile then reads Q(x) in bf16 and writes h in f32 */
+    int big;           /* every other expert's w13 times 2^24 and w2 times 2^-24: MXFP4 scales past 2^9 */
     int64_t counts[4]; /* top-1 rows sent to each of 4 experts (logits given), or all 0 */
     moe_activation act;
 } fp4_case;
@@ -20,16 +21,18 @@ typedef struct {
  * last tile in both GEMMs (H 160, I 96); GPT-OSS's interleaved w13 with biases and clamps; Llama-4's weight on the
  * input with 2I = 640 (5 GLU tiles of 64 columns) and a bf16 shared expert; experts of 64, 65, 1 and 0 rows (a tile
  * all rows, one of one row beside one of 64, an empty expert); a quantised shared expert (its tile rows are all T
- * tokens); W8A8's bf16 path (h in f32). Small enough for compute-sanitizer. */
+ * tokens); W8A8's bf16 path (h in f32); E8M0 scales past 2^9 in every other expert (the tile's wide path). Small
+ * enough for compute-sanitizer. */
 static const fp4_case cases[] = {
-    {"qwen3-30b-a3b", "H 1024, I 384, 16 K steps", 1024, 384, 16, 4, 256, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "H 160, I 96: K and N tails", 160, 96, 8, 2, 200, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
-    {"gpt-oss-20b", "gptoss interleaved, biases, clamps", 320, 192, 8, 4, 120, 1, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
-    {"llama4-scout", "weight on input, 2I = 640, shared", 128, 320, 4, 1, 200, 0, 1, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "experts of 64, 65, 1, 0 rows", 256, 192, 4, 1, 130, 0, 0, 0, {64, 65, 1, 0},
+    {"qwen3-30b-a3b", "H 1024, I 384, 16 K steps", 1024, 384, 16, 4, 256, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "H 160, I 96: K and N tails", 160, 96, 8, 2, 200, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"gpt-oss-20b", "gptoss interleaved, biases, clamps", 320, 192, 8, 4, 120, 1, 0, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
+    {"llama4-scout", "weight on input, 2I = 640, shared", 128, 320, 4, 1, 200, 0, 1, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "experts of 64, 65, 1, 0 rows", 256, 192, 4, 1, 130, 0, 0, 0, 0, {64, 65, 1, 0},
      MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "quantised shared expert", 256, 128, 8, 2, 100, 0, 2, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "w8a8 bf16 path", 256, 256, 8, 2, 200, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "quantised shared expert", 256, 128, 8, 2, 100, 0, 2, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "scales past 2^9", 256, 256, 8, 2, 200, 0, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "w8a8 bf16 path", 256, 256, 8, 2, 200, 0, 0, 1, 0, {0}, MOE_ACT_SILU_GLU},
 };
 
 TEST_IMPL(gpu_layer_fp4_medium) {
@@ -55,6 +58,12 @@ TEST_IMPL(gpu_layer_fp4_medium) {
             if (given) layer_problem_route_counts(&p, d->counts);
             if (d->interleaved)
                 for (int64_t j = 0; j < p.T * d->H; j++) p.x[j] *= 3.0f; /* past the clamps */
+            if (d->big)
+                for (int e = 0; e < c.router.n_experts; e += 2) {
+                    const int64_t n = (int64_t)2 * d->I * d->H;
+                    for (int64_t j = 0; j < n; j++) p.w13[e * n + j] *= 0x1p24f;
+                    for (int64_t j = 0; j < n / 2; j++) p.w2[e * (n / 2) + j] *= 0x1p-24f;
+                }
             if (layer_problem_quantize(env->cpu, &p, &fmts[fp4[f]], &q, NULL)) {
                 bad++;
                 layer_problem_free(&p);

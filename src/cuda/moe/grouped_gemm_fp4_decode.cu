@@ -17,20 +17,16 @@
  * 32-byte sector from each of 16 rows a block, which slowed a bare stream of DeepSeek-V3's GEMM 1 by 15%
  * (bench/micro/decode_stream_fp4.cu); the runs come as whole lines.
  *
- * Codes become bf16 with three integer operations a pair: code i of a 32-bit word sits in bits 4i .. 4i + 3; for
- * codes n and n + 4 (n = 0, 1 of the word, or of the word shifted right by 8 for n = 2, 3), c = the word masked to
- * those two codes, times 2^(12 - 4n) + 2^(6 - 4n) (two shifted copies of c whose bits do not overlap, so the product
- * is their OR), masked to 0x81C081C0 keeps the first copy's sign bits (15, 31) and the second's exponent and
- * mantissa bits (6-8, 22-24): a bf16 pair, each the code's value times 2^-126 exactly, subnormal code (0.5)
- * included (measured on the H200 against two shifts and two masks a pair: 1-5% faster layers; fp4_pair says
- * which codes a pair holds). One bf16 multiply by the block's factor
- * s * 2^118 (exact: E4M3 and E8M0 scales times 2^118 are normal bf16) makes the weight s * value * 2^-8, which the
- * epilogue undoes with its factor 256 (a power of two: exact). E8M0 scales above 2^9, whose factor would overflow,
- * take a multiply by 2^126 first (warp-uniformly skipped where no lane has one). The mma's K slots of a lane get
+ * Codes become bf16 with three integer operations a pair, times 2^-126, and one bf16 multiply by the block's
+ * factor s * 2^118 (fp4_codes.cuh; measured on the H200 against two shifts and two masks a pair: 1-5% faster
+ * layers), so the weight enters the mma as s * value * 2^-8, which the epilogue undoes with its factor 256. E8M0
+ * scales above 2^9, whose factor would overflow, take a multiply by 2^126 first (warp-uniformly skipped where no
+ * lane has one). The mma's K slots of a lane get
  * codes 3 and 7, 2 and 6 (first mma) and 1 and 5, 0 and 4 (second) of each word; the token's bf16 values are
  * paired the same way with byte permutes, and the order of a sum does not matter to an mma. */
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
+#include "cuda/moe/fp4_codes.cuh"
 #include "cuda/moe/gemm_decode.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 
@@ -59,22 +55,8 @@ static_assert(kCtasPerSm * (kTileRing + kTileScaleBytes + 1024) <= 228 * 1024, "
 __host__ __device__ constexpr int64_t fp4_run_bytes(int64_t cols) { return (8 * cols + 8 + 15) / 16 * 16; }
 /* A column tile's two runs: the shared memory a column tile's scales take */
 __host__ __device__ constexpr int64_t fp4_tile_scale_bytes(int64_t cols) { return 2 * fp4_run_bytes(cols); }
-constexpr float kUndo = 256.0f; /* the weights enter the mma times 2^-8 */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
-    const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&a),
-                                     *reinterpret_cast<const __nv_bfloat162 *>(&b));
-    return *reinterpret_cast<const uint32_t *>(&r);
-}
-
-/* Codes (3 - t, 7 - t) of word w as a bf16 pair, each its value times 2^-126 (see the head of the file); w8 = w >> 8
- * holds codes 3 and 7 (t = 0) at 1 and 5, codes 2 and 6 (t = 1) at 0 and 4. */
-__device__ __forceinline__ uint32_t fp4_pair(uint32_t w, uint32_t w8, int t) {
-    const uint32_t c = (t < 2 ? w8 : w) & ((t & 1) ? 0x000F000Fu : 0x00F000F0u); /* codes n, n + 4: n = 1 - (t & 1) */
-    return (c * ((t & 1) ? 4160u : 260u)) & 0x81C081C0u;                        /* 2^12 + 2^6, 2^8 + 2^2 */
-}
-
 /* A row's block factors f = s * 2^118 for the scales s of the lane's 32 values, as bf16 pairs (f, f): `word` holds
  * the scale codes from its low byte. MX: one E8M0 scale 2^(e - 127), factor 2^(e - 9) up to e = 136; above, *big
  * and the factor is fp4_factor_big's. NV: two E4M3 scales (values 0-15, 16-31), exact in bf16 times 2^118. */
@@ -92,12 +74,6 @@ template <bool kMx> __device__ __forceinline__ void fp4_factors(uint32_t word, u
         f[0] = moe_prmt(u, u, 0x1010), f[1] = moe_prmt(u, u, 0x3232);
         *big = false;
     }
-}
-
-/* The factor of an E8M0 code e > 136, for codes already times 2^126: 2^(e - 135), or NaN for 0xFF. */
-__device__ __forceinline__ uint32_t fp4_factor_big(uint32_t word) {
-    const uint32_t e = word & 0xFF, b = e == 0xFF ? 0x7FC0u : (e - 8) << 7;
-    return b * 0x10001u;
 }
 
 /* d += a * b over the 16 K slots of one mma: a0 / a2 row g, a1 / a3 row g + 8. */
@@ -319,7 +295,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
 #pragma unroll
                 for (int t2 = 0; t2 < 4; t2++) {
                     uint32_t v = fp4_pair(cw, cw8, t2);
-                    if (kBig && big[h]) v = bf16x2_mul(v, 0x7E807E80u); /* 2^126 */
+                    if (kBig && big[h]) v = bf16x2_mul(v, kFp4Big); /* 2^126 */
                     w[h][t2] = bf16x2_mul(v, f);
                 }
             }
@@ -353,7 +329,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm)
     else k_loop(moe_bool_tag<false>());
     moe_cp_async_wait<0>(); /* the empty groups past nk */
     if (moe_decode_reduce(acc, reinterpret_cast<char *>(smem_ring), kStages * kStageBytes, warp, kw, ksplit, lane))
-        moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kUndo);
+        moe_decode_epilogue<kGlu>(p, t, acc, brow, g, q, kFp4Undo);
 #endif
 }
 

@@ -5,7 +5,7 @@
  * Why: the other quantised tiles turn each K step of codes into a bf16 copy of the weights in shared memory, which
  * their warps then read back (bquant.cuh's bq_tile): for every weight a 2-byte store and, with wgmma, a 2-byte read
  * by each warpgroup, where the codes are half a byte. Mixtral-8x7B at T = 128 (32 rows an expert) ran those tiles
- * at about a quarter of the weights' bandwidth (docs/performance.md). Here each thread turns the codes it holds into
+ * at about a third of the weights' bandwidth (docs/performance.md). Here each thread turns the codes it holds into
  * its own A fragments (bq_fp4x8, times the block scale in bf16: exact, as in the other tiles), so the weights cross
  * shared memory once, as codes.
  *
@@ -20,19 +20,18 @@
  * 64-byte span of a row is rewritten with 16-byte chunk m, word c taken from chunk c, word m (a 4 x 4 transpose of
  * words, in registers). The sum is the same set of products; its order within a wgmma is the tensor core's.
  *
- * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 128 (two sub-steps of
- * 64, each a swizzle atom of tokens). Step kt: wait for its stage; permute its tokens into the token buffer; convert
- * the thread's codes into its A registers; issue the step's 8 wgmma and retire them. A step's conversion overlaps
- * the wgmma of the other warpgroups of the SM (two CTAs an SM), not its own: ptxas serialises every wgmma of a kernel
- * that writes a wgmma's input registers while another wgmma is in flight (C7513), which double-buffered A registers
- * and `wgmma.wait_group 1` ran into. Where the time goes (Nsight Compute, Mixtral-8x7B MXFP4 at T = 128 on an H100:
- * GEMM 1 at 0.88 TB/s, the SMs issuing half the time): instructions and waits, not bytes (docs/performance.md). */
+ * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 64. Step kt: wait for
+ * its stage; permute its tokens into the token buffer; convert the thread's codes into its A registers; issue the
+ * step's 4 wgmma and retire them. A step's conversion overlaps the wgmma of the other warpgroups of the SM (two
+ * CTAs an SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while
+ * another wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
 #include <stdlib.h>
 
 #include "cuda/common/cuda.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/common/sm90.cuh"
 #include "cuda/moe/bquant.cuh"
+#include "cuda/moe/fp4_codes.cuh"
 #include "cuda/moe/gemm_tile.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 
@@ -51,6 +50,10 @@ constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's by
 /* the token buffer (1024-aligned: the 128-byte swizzle), the raw token stages, the code stages, + room to align:
  * 113 KB, two CTAs an SM */
 constexpr size_t kSmem = kTok + (size_t)kStages * (kTok + kCode) + 1024;
+
+template <bool B> struct wide_tag {
+    static constexpr bool value = B;
+};
 
 #ifdef MOE_WGMMA
 /* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
@@ -71,11 +74,6 @@ __device__ __forceinline__ uint32_t tok_off(int r, int c) {
 __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
     uint32_t v;
     asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
-    return v;
-}
-__device__ __forceinline__ uint2 lds64(uint32_t addr) {
-    uint2 v;
-    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
     return v;
 }
 __device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
@@ -148,7 +146,26 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
         srow[h] = r < 0 ? -1 : (r >> p.bs.row_shift) * p.bs.cols;
     }
     const uint8_t *const sbase = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
+    /* Scales: MXFP4 one a 32-K block, NVFP4 one a 16-K block (the thread's 8 codes of a span lie in its block
+     * 2 sp + q / 2); the fits check holds p.bs.col_shift to these. In the steps wholly inside K a row's scales are
+     * read from one pointer a row with constant offsets (a row past N reads row 0's: its codes are zeros and its
+     * outputs are never stored); the last step of a K that ends inside it checks each. */
+    constexpr int kShift = F == MOE_B_E2M1_E8M0 ? 5 : 4, kPerStep = (kSub * kBK) >> kShift;
+    const uint8_t *srow_p[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) srow_p[h] = sbase + (srow[h] < 0 ? 0 : srow[h]) + ((8 * q) >> kShift);
+    const int full_steps = p.k / (kSub * kBK);
     auto scales = [&](int kt, uint32_t(&dst)[kSub][2][2]) { /* [sub-step][row][span]: the thread's 8 codes' */
+        if (kt < full_steps) {
+#pragma unroll
+            for (int u = 0; u < kSub; u++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int sp = 0; sp < 2; sp++)
+                        dst[u][h][sp] = __ldg(srow_p[h] + kt * kPerStep + ((u * kBK + sp * 32) >> kShift));
+            return;
+        }
 #pragma unroll
         for (int u = 0; u < kSub; u++)
 #pragma unroll
@@ -156,48 +173,73 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
 #pragma unroll
                 for (int sp = 0; sp < 2; sp++) {
                     const int k = (kt * kSub + u) * kBK + sp * 32 + 8 * q;
-                    dst[u][h][sp] =
-                        bq_scale_raw<F>(sbase, srow[h] + (k >> p.bs.col_shift), srow[h] >= 0 && k < p.k);
+                    dst[u][h][sp] = bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k);
                 }
     };
 
-    /* the permutation's duty: half tid % 2 (words 2 hh, 2 hh + 1 of each chunk) of span tid / 2 % 2 of row tid / 4 */
+    /* the permutation's duty: out chunks 2 hh, 2 hh + 1 (hh = tid % 2) of span tid / 2 % 2 of row tid / 4. Out chunk
+     * m (K slots 8m .. 8m + 7 of the span), word q holds the natural values 8q + m and 8q + m + 4: word m / 2 and
+     * word m / 2 + 2 of natural chunk q, their low (m even) or high halves. */
     const int hh = tid & 1, psp = (tid >> 1) & 1, pr = tid >> 2;
     auto permute = [&](int stage) {
 #pragma unroll
         for (int u = 0; u < kSub; u++) {
-            uint2 in[4];
+            uint32_t lo[4], hi[4]; /* words hh and hh + 2 of natural chunk c */
 #pragma unroll
-            for (int c = 0; c < 4; c++)
-                in[c] = lds64(stage_s + stage * kTok + u * kTokStage + raw_off(pr, psp * 4 + c) + hh * 8);
+            for (int c = 0; c < 4; c++) {
+                const uint32_t in = stage_s + stage * kTok + u * kTokStage + raw_off(pr, psp * 4 + c) + hh * 4;
+                lo[c] = lds32(in), hi[c] = lds32(in + 8);
+            }
             const uint32_t out = tok_s + u * kTokStage;
-            sts128(out + tok_off(pr, psp * 4 + 2 * hh), in[0].x, in[1].x, in[2].x, in[3].x);
-            sts128(out + tok_off(pr, psp * 4 + 2 * hh + 1), in[0].y, in[1].y, in[2].y, in[3].y);
+            sts128(out + tok_off(pr, psp * 4 + 2 * hh), moe_prmt(lo[0], hi[0], 0x5410), moe_prmt(lo[1], hi[1], 0x5410),
+                   moe_prmt(lo[2], hi[2], 0x5410), moe_prmt(lo[3], hi[3], 0x5410));
+            sts128(out + tok_off(pr, psp * 4 + 2 * hh + 1), moe_prmt(lo[0], hi[0], 0x7632),
+                   moe_prmt(lo[1], hi[1], 0x7632), moe_prmt(lo[2], hi[2], 0x7632), moe_prmt(lo[3], hi[3], 0x7632));
         }
     };
 
-    /* the thread's A fragments of a step: [k16 step][register]; k16 step 4u + 2 sp + j holds natural K values
-     * 8q + 4j + {0, 1} (registers 0, 1: rows s0, s0 + 1) and 8q + 4j + {2, 3} (registers 2, 3) of span sp of
-     * sub-step u */
+    /* the thread's A fragments of a step: [k16 step][register]. The word of a row's 8 codes (natural K 8q .. 8q + 7
+     * of span sp) gives the pairs (c0, c4), (c1, c5) to k16 step 4u + 2 sp (registers 0 and 2; 1 and 3 for the
+     * row s0 + 1) and (c2, c6), (c3, c7) to the next: K slot 16j + 8h + 2q + e holds natural value 8q + 2j + h + 4e.
+     * Each pair is the codes times 2^-126 (fp4_pair), times the factor of its block scale; a step where some lane
+     * has an E8M0 scale past 2^9 takes the wide path (warp-uniform). */
     auto convert = [&](int stage, const uint32_t(&sc)[kSub][2][2], uint32_t(&a)[4 * kSub][4]) {
+        uint32_t f[kSub][2][2];
+        bool big = false;
 #pragma unroll
         for (int u = 0; u < kSub; u++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int sp = 0; sp < 2; sp++) {
-                    uint32_t o[4];
-                    bq_fp4x8(lds32(code_s + stage * kCode + u * kCodeStage + code_off(s0 + h, sp) + 4 * q), o);
-                    const __nv_bfloat162 s2 = bq_scale_bf16x2<F>(sc[u][h][sp]);
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&o[e]), s2);
-                        o[e] = *reinterpret_cast<const uint32_t *>(&v);
-                    }
-#pragma unroll
-                    for (int j = 0; j < 2; j++)
-                        a[4 * u + 2 * sp + j][h] = o[2 * j], a[4 * u + 2 * sp + j][2 + h] = o[2 * j + 1];
+                    bool b;
+                    f[u][h][sp] = fp4_factor<F == MOE_B_E2M1_E8M0>(sc[u][h][sp], &b);
+                    big |= b;
                 }
+        auto words = [&](auto wide) { /* wide::value: some lane has a scale past 2^9 */
+#pragma unroll
+            for (int u = 0; u < kSub; u++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int sp = 0; sp < 2; sp++) {
+                        const uint32_t w =
+                            lds32(code_s + stage * kCode + u * kCodeStage + code_off(s0 + h, sp) + 4 * q);
+                        const uint32_t w8 = w >> 8, raw = sc[u][h][sp];
+                        uint32_t v[4]; /* v[t]: codes (3 - t, 7 - t) */
+#pragma unroll
+                        for (int t = 0; t < 4; t++) {
+                            v[t] = fp4_pair(w, w8, t);
+                            if (decltype(wide)::value && raw > 136)
+                                v[t] = bf16x2_mul(bf16x2_mul(v[t], kFp4Big), fp4_factor_big(raw));
+                            else v[t] = bf16x2_mul(v[t], f[u][h][sp]);
+                        }
+                        const int j0 = 4 * u + 2 * sp;
+                        a[j0][h] = v[3], a[j0][2 + h] = v[2], a[j0 + 1][h] = v[1], a[j0 + 1][2 + h] = v[0];
+                    }
+        };
+        if (F == MOE_B_E2M1_E8M0 && __any_sync(0xFFFFFFFFu, big)) words(wide_tag<true>());
+        else words(wide_tag<false>());
     };
 
     float acc[32];
@@ -244,7 +286,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
     }
     moe_cp_async_wait<0>();
 
-    /* epilogue: registers 4j + {0, 1} hold weight row s0 for tokens 8j + 2q + {0, 1}; 4j + {2, 3} row s0 + 1 */
+    /* epilogue: registers 4j + {0, 1} hold weight row s0 for tokens 8j + 2q + {0, 1}; 4j + {2, 3} row s0 + 1; the
+     * weights entered times 2^-8 */
     moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
 #pragma unroll
         for (int j = 0; j < kRows / 8; j++)
@@ -253,7 +296,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
                 const int64_t r = t.row0 + 8 * j + 2 * q + e;
                 const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
                 if (ro.skip) continue;
-                moe_gemm_store<kGlu, decltype(act)::value>(p, t, kBW, r, ro, s0, acc[4 * j + e], acc[4 * j + 2 + e]);
+                moe_gemm_store<kGlu, decltype(act)::value>(p, t, kBW, r, ro, s0, acc[4 * j + e] * kFp4Undo,
+                                                           acc[4 * j + 2 + e] * kFp4Undo);
             }
     });
 #endif
