@@ -21,8 +21,9 @@ typedef struct {
  * last tile in both GEMMs (H 160, I 96); GPT-OSS's interleaved w13 with biases and clamps; Llama-4's weight on the
  * input with 2I = 640 (5 GLU tiles of 64 columns) and a bf16 shared expert; experts of 64, 65, 1 and 0 rows (a tile
  * all rows, one of one row beside one of 64, an empty expert); a quantised shared expert (its tile rows are all T
- * tokens); W8A8's bf16 path (h in f32); E8M0 scales past 2^9 in every other expert (the tile's wide path). Small
- * enough for compute-sanitizer. */
+ * tokens); W8A8's bf16 path (h in f32); E8M0 scales past 2^9 in every other expert (the tile's wide path). Tiles
+ * whose second half holds no row run at wgmma's N = 32: experts of 32, 33 and 20 rows, and GPT-OSS's and the wide
+ * scales' cases again at about 20 and 25 rows an expert. Small enough for compute-sanitizer. */
 static const fp4_case cases[] = {
     {"qwen3-30b-a3b", "H 1024, I 384, 16 K steps", 1024, 384, 16, 4, 256, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
     {"qwen3-30b-a3b", "H 160, I 96: K and N tails", 160, 96, 8, 2, 200, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
@@ -33,6 +34,10 @@ static const fp4_case cases[] = {
     {"qwen3-30b-a3b", "quantised shared expert", 256, 128, 8, 2, 100, 0, 2, 0, 0, {0}, MOE_ACT_SILU_GLU},
     {"qwen3-30b-a3b", "scales past 2^9", 256, 256, 8, 2, 200, 0, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
     {"qwen3-30b-a3b", "w8a8 bf16 path", 256, 256, 8, 2, 200, 0, 0, 1, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "experts of 32, 33, 20, 0 rows", 256, 192, 4, 1, 85, 0, 0, 0, 0, {32, 33, 20, 0},
+     MOE_ACT_SILU_GLU},
+    {"gpt-oss-20b", "gptoss, 20 rows an expert", 320, 192, 8, 4, 40, 1, 0, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
+    {"qwen3-30b-a3b", "scales past 2^9, 25 rows an expert", 256, 256, 8, 2, 100, 0, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
 };
 
 TEST_IMPL(gpu_layer_fp4_medium) {

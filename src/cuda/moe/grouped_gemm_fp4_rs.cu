@@ -6,25 +6,28 @@
  * their warps then read back (bquant.cuh's bq_tile): for every weight a 2-byte store and, with wgmma, a 2-byte read
  * by each warpgroup, where the codes are half a byte. Mixtral-8x7B at T = 128 (32 rows an expert) ran those tiles
  * at about a third of the weights' bandwidth (docs/performance.md). Here each thread turns the codes it holds into
- * its own A fragments (bq_fp4x8, times the block scale in bf16: exact, as in the other tiles), so the weights cross
- * shared memory once, as codes.
+ * its own A fragments (fp4_codes.cuh: three integer operations a pair of codes, one bf16 multiply by the block's
+ * factor; exact, the 2^8 it leaves undone in the epilogue), so the weights cross shared memory once, as codes.
  *
  * Roles swap against the other tiles: the CTA's 128 weight rows are wgmma's M (two warpgroups of 64), the tile's
- * 64 token rows its N (m64n64k16, B from shared memory). Weight row pairs (s, s + 1) of the tile (GLU: gate and up
- * of one column) sit at M rows g and g + 8 of a warp's 16, so that a thread's accumulators hold both.
+ * token rows its N (m64nNk16, B from shared memory). Weight row pairs (s, s + 1) of the tile (GLU: gate and up of
+ * one column) sit at M rows g and g + 8 of a warp's 16, so that a thread's accumulators hold both. A tile whose
+ * second 32 rows hold nothing to compute runs at N = 32: half the tensor work and token copies.
  *
  * K order. A thread of an A fragment holds K slots 2q, 2q + 1 and 8 + 2q, 9 + 2q of each 16; a 32-bit word of codes
- * holds 8 consecutive K values. So within each span of 32 K values the thread's codes are its natural K values
- * 8q .. 8q + 7 (one word, read without waste), and K slot 16j + 8h + 2q + e carries natural K value 8q + 4j + 2h + e.
- * The tokens take the same permutation on their way into shared memory: staged as they are (cp.async), then each
- * 64-byte span of a row is rewritten with 16-byte chunk m, word c taken from chunk c, word m (a 4 x 4 transpose of
- * words, in registers). The sum is the same set of products; its order within a wgmma is the tensor core's.
+ * holds 8 consecutive K values, and fp4_pair gives the codes (n, n + 4) of a word as one bf16 pair. So within each
+ * span of 32 K values the thread's codes are its natural K values 8q .. 8q + 7 (one word, read without waste), and
+ * K slot 16j + 8h + 2q + e carries natural K value 8q + 2j + h + 4e. The tokens take the same permutation on their
+ * way into shared memory: staged as they are (cp.async), then each 64-byte span of a row is rewritten, bf16 pairs
+ * picked from the natural words with byte permutes. The sum is the same set of products; its order within a wgmma
+ * is the tensor core's.
  *
- * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 64. Step kt: wait for
- * its stage; permute its tokens into the token buffer; convert the thread's codes into its A registers; issue the
- * step's 4 wgmma and retire them. A step's conversion overlaps the wgmma of the other warpgroups of the SM (two
- * CTAs an SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while
- * another wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
+ * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 128 (two sub-steps of
+ * 64). Step kt: wait for its stage; permute its tokens into the token buffer; convert the thread's codes into its A
+ * registers; issue the step's 8 wgmma and retire them. A step's conversion overlaps the wgmma of the other
+ * warpgroups of the SM (two CTAs an SM), not its own: ptxas serialises every wgmma of a kernel that writes a
+ * wgmma's input registers while another wgmma is in flight (C7513), which double-buffered A registers and
+ * `wgmma.wait_group 1` ran into. */
 #include <stdlib.h>
 
 #include "cuda/common/cuda.cuh"
@@ -88,33 +91,29 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
 }
 #endif
 
-template <bool kGlu, int F>
-__global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm_params p) {
-    moe_pdl_wait();
-    moe_pdl_launch_next();
 #ifdef MOE_WGMMA
-    extern __shared__ unsigned char smem_raw[];
-    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = smem_raw + (base - raw);
+/* One tile whose token rows past kN (32 or 64) hold nothing to compute: those are neither copied nor multiplied
+ * (wgmma's N is kN). smem: the kernel's dynamic shared memory, 1024-aligned. */
+template <bool kGlu, int F, int kN>
+__device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm_tile &t, unsigned char *smem) {
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     /* the token buffer (sub-step u at u kTokStage), then the raw token stages, then the code stages */
     const uint32_t tok_s = base, stage_s = base + kTok, code_s = stage_s + kStages * kTok;
     unsigned char *stage_p = smem + kTok, *code_p = stage_p + kStages * kTok;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
 
-    moe_gemm_tile t;
-    if (!moe_gemm_locate(p, kRows, blockIdx.x, t)) return;
-
-    /* copy duty: codes span tid % 2 of weight row tid / 2; tokens chunk tid % 8 of rows tid / 8 and 32 + tid / 8 */
+    /* copy duty: codes span tid % 2 of weight row tid / 2; tokens chunk tid % 8 of rows tid / 8 (and 32 + tid / 8) */
     const int cs = tid >> 1, csp = tid & 1, ac = tid & 7;
     const int64_t crow = moe_gemm_b_index<kGlu>(p, t, kBW, cs);
     const uint8_t *const csrc = crow < 0 ? nullptr
                                          : static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) +
                                                crow * (p.k / 2) + csp * 16;
     const uint32_t cdst = code_off(cs, csp);
-    const __nv_bfloat16 *arow[2];
-    uint32_t adst[2];
+    constexpr int kTokRows = kN / 32; /* token rows a thread copies */
+    const __nv_bfloat16 *arow[kTokRows];
+    uint32_t adst[kTokRows];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < kTokRows; i++) {
         const int r = (tid >> 3) + 32 * i;
         arow[i] = moe_gemm_a_row(p, t, t.row0 + r);
         adst[i] = raw_off(r, ac);
@@ -129,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
             moe_cp_async16(code_p + stage * kCode + u * kCodeStage + cdst,
                            cin ? (const void *)(csrc + k / 2) : p.b, cin ? 16 : 0);
 #pragma unroll
-            for (int i = 0; i < 2; i++) {
+            for (int i = 0; i < kTokRows; i++) {
                 const bool in = arow[i] && k + ac * 8 < p.k;
                 moe_cp_async16(stage_p + stage * kTok + u * kTokStage + adst[i],
                                in ? (const void *)(arow[i] + k + ac * 8) : p.a, in ? 16 : 0);
@@ -177,13 +176,14 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
                 }
     };
 
-    /* the permutation's duty: out chunks 2 hh, 2 hh + 1 (hh = tid % 2) of span tid / 2 % 2 of row tid / 4. Out chunk
-     * m (K slots 8m .. 8m + 7 of the span), word q holds the natural values 8q + m and 8q + m + 4: word m / 2 and
-     * word m / 2 + 2 of natural chunk q, their low (m even) or high halves. */
-    const int hh = tid & 1, psp = (tid >> 1) & 1, pr = tid >> 2;
+    /* the permutation's duty, items tid + 256 x of (sub-step, row, span, half): out chunks 2 hh, 2 hh + 1 of span psp
+     * of row pr. Out chunk m (K slots 8m .. 8m + 7 of the span), word q holds the natural values 8q + m and 8q + m + 4:
+     * word m / 2 and word m / 2 + 2 of natural chunk q, their low (m even) or high halves. */
+    const int hh = tid & 1, psp = (tid >> 1) & 1;
     auto permute = [&](int stage) {
 #pragma unroll
-        for (int u = 0; u < kSub; u++) {
+        for (int x = 0; x < kN * kSub / 64; x++) {
+            const int item = (tid + kThreads * x) >> 2, pr = item % kN, u = item / kN;
             uint32_t lo[4], hi[4]; /* words hh and hh + 2 of natural chunk c */
 #pragma unroll
             for (int c = 0; c < 4; c++) {
@@ -242,9 +242,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
         else words(wide_tag<false>());
     };
 
-    float acc[32];
+    float acc[kN / 2];
 #pragma unroll
-    for (int i = 0; i < 32; i++) acc[i] = 0.0f;
+    for (int i = 0; i < kN / 2; i++) acc[i] = 0.0f;
     uint32_t a[4 * kSub][4], sc[kSub][2][2], next[kSub][2][2];
 #pragma unroll
     for (int s = 0; s < kStages - 1; s++) {
@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
         for (int u = 0; u < kSub; u++)
 #pragma unroll
             for (int kk = 0; kk < kBK / 16; kk++) /* 16 bf16 = 32 bytes further into the swizzled rows */
-                moe_wgmma_m64n64k16_ra(acc, a[4 * u + kk], moe_smem_desc(tok_s + u * kTokStage + kk * 32));
+                moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk], moe_smem_desc(tok_s + u * kTokStage + kk * 32));
         moe_wgmma_commit();
         moe_acc_fence(acc);
         moe_wgmma_wait<0>(); /* the A registers and the token buffer are free again */
@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
      * weights entered times 2^-8 */
     moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
 #pragma unroll
-        for (int j = 0; j < kRows / 8; j++)
+        for (int j = 0; j < kN / 8; j++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int64_t r = t.row0 + 8 * j + 2 * q + e;
@@ -300,6 +300,25 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
                                                            acc[4 * j + 2 + e] * kFp4Undo);
             }
     });
+}
+#endif
+
+template <bool kGlu, int F>
+__global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm_params p) {
+    moe_pdl_wait();
+    moe_pdl_launch_next();
+#ifdef MOE_WGMMA
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
+    unsigned char *const smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
+    moe_gemm_tile t;
+    if (!moe_gemm_locate(p, kRows, blockIdx.x, t)) return;
+    /* a tile whose second half holds no row to compute (moe_gemm_rows_idle: its group's only tile, or the end) runs
+     * at wgmma's N = 32: half the tensor work and token copies (at 32 rows an expert, Mixtral-8x7B at T = 128 or
+     * Qwen3-30B-A3B at T = 512, about half the tiles) */
+    const int64_t half = t.row0 + kRows / 2;
+    if (half >= t.row_end || moe_gemm_rows_idle(p, t, kRows, half)) rs_tile<kGlu, F, kRows / 2>(p, t, smem);
+    else rs_tile<kGlu, F, kRows>(p, t, smem);
 #endif
 }
 
