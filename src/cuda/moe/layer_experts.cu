@@ -118,12 +118,23 @@ static bool w8a8_mma(const moe_layer *l) {
     return w8a8_fits(l, routed_set(l));
 }
 
+/* Whether the layer's routed GEMMs take the FP4 wgmma tile (grouped_gemm_fp4_rs.cu) at MEDIUM. */
+static bool fp4_rs_medium(const moe_layer *l) {
+    const expert_set x = routed_set(l);
+    if (!x.q13) return false;
+    moe_gemm_params g, g2;
+    fit_params(l, x, g, g2);
+    return moe__cuda_gemm_fp4_rs_fits(l->ctx, g) && moe__cuda_gemm_fp4_rs_fits(l->ctx, g2);
+}
+
 /* The tile by the rows a touched expert gets on average (assignments / touched): LARGE from 64 rows on Hopper
  * (wgmma: measured 1.2-1.3x faster there than 64-row mma.sync tiles despite the padding; worse from 32), from 128
- * elsewhere. Between SMALL and LARGE: where MEDIUM is a Hopper wgmma tile (medium_wgmma: bf16 weights, or W8A8 on
- * the FP8 kernels), MEDIUM (H200, bf16: 0-11% faster than MEDIUM32 at 16 rows an expert for all seven models of
- * the table, faster than LARGE at 32 rows for all seven, 2-19% either way at 64; W8A8, Qwen3-30B-A3B and
- * DeepSeek-V3: 17-26% faster than LARGE at 16 and 32 rows, at 64 8% faster and 4% slower); elsewhere MEDIUM32 below
+ * elsewhere. Between SMALL and LARGE: where MEDIUM is a Hopper wgmma tile (medium_wgmma: bf16 weights, W8A8 on
+ * the FP8 kernels, or FP4 weights on the FP4 wgmma tile), MEDIUM (H200, bf16: 0-11% faster than MEDIUM32 at 16 rows
+ * an expert for all seven models of the table, faster than LARGE at 32 rows for all seven, 2-19% either way at 64;
+ * W8A8, Qwen3-30B-A3B and DeepSeek-V3: 17-26% faster than LARGE at 16 and 32 rows, at 64 8% faster and 4% slower;
+ * H100, MXFP4 / NVFP4 at 16 rows against MEDIUM32: DeepSeek-V3 -12% / -17%, Mixtral-8x7B -25% / -27%, GPT-OSS-20B
+ * -0.4% / -11%, Qwen3-30B-A3B +3% / -3%, docs/performance.md "Since d5ac007"); elsewhere MEDIUM32 below
  * 24 rows (16 rows an expert: 11-26% faster than the best other tile with FP8 and FP4 weights; 32 rows: 10-28% slower
  * than MEDIUM, whose one tile covers most experts there), else MEDIUM. */
 static moe_gemm_shape shape_by_rows(bool sm90, bool medium_wgmma, int64_t assignments, int64_t touched) {
@@ -156,7 +167,7 @@ static moe_gemm_shape routed_shape(const moe_layer *l, int64_t T, int k, int E) 
     const moe_gemm_shape f = forced_shape(tile, &forced);
     if (forced) return f;
     const int64_t assignments = T * k, touched = assignments < E ? assignments : E;
-    return shape_by_rows(sm90, sm90 && (!l->quantized || w8a8_mma(l)), assignments, touched);
+    return shape_by_rows(sm90, sm90 && (!l->quantized || w8a8_mma(l) || fp4_rs_medium(l)), assignments, touched);
 }
 
 /* The quantised shared experts' tile for T tokens, each expert's rows all T: the config's forced tile, else
