@@ -154,26 +154,25 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
 #pragma unroll
     for (int h = 0; h < 2; h++) srow_p[h] = sbase + (srow[h] < 0 ? 0 : srow[h]) + ((8 * q) >> kShift);
     const int full_steps = p.k / (kSub * kBK);
-    auto scales = [&](int kt, uint32_t(&dst)[kSub][2][2]) { /* [sub-step][row][span]: the thread's 8 codes' */
-        if (kt < full_steps) {
-#pragma unroll
-            for (int u = 0; u < kSub; u++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int sp = 0; sp < 2; sp++)
-                        dst[u][h][sp] = __ldg(srow_p[h] + kt * kPerStep + ((u * kBK + sp * 32) >> kShift));
-            return;
-        }
+    /* f(u, h, sp) for each (sub-step, row, span) of a step: the thread's blocks of 8 codes, unrolled */
+    auto each_block = [](auto &&f) {
 #pragma unroll
         for (int u = 0; u < kSub; u++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
-                for (int sp = 0; sp < 2; sp++) {
-                    const int k = (kt * kSub + u) * kBK + sp * 32 + 8 * q;
-                    dst[u][h][sp] = bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k);
-                }
+                for (int sp = 0; sp < 2; sp++) f(u, h, sp);
+    };
+    auto scales = [&](int kt, uint32_t(&dst)[kSub][2][2]) { /* [sub-step][row][span]: the thread's 8 codes' */
+        if (kt < full_steps)
+            each_block([&](int u, int h, int sp) {
+                dst[u][h][sp] = __ldg(srow_p[h] + kt * kPerStep + ((u * kBK + sp * 32) >> kShift));
+            });
+        else
+            each_block([&](int u, int h, int sp) {
+                const int k = (kt * kSub + u) * kBK + sp * 32 + 8 * q;
+                dst[u][h][sp] = bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k);
+            });
     };
 
     /* the permutation's duty, items tid + 256 x of (sub-step, row, span, half): out chunks 2 hh, 2 hh + 1 of span psp
@@ -206,37 +205,26 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
     auto convert = [&](int stage, const uint32_t(&sc)[kSub][2][2], uint32_t(&a)[4 * kSub][4]) {
         uint32_t f[kSub][2][2];
         bool big = false;
-#pragma unroll
-        for (int u = 0; u < kSub; u++)
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int sp = 0; sp < 2; sp++) {
-                    bool b;
-                    f[u][h][sp] = fp4_factor<F == MOE_B_E2M1_E8M0>(sc[u][h][sp], &b);
-                    big |= b;
-                }
+        each_block([&](int u, int h, int sp) {
+            bool b;
+            f[u][h][sp] = fp4_factor<F == MOE_B_E2M1_E8M0>(sc[u][h][sp], &b);
+            big |= b;
+        });
         auto words = [&](auto wide) { /* wide::value: some lane has a scale past 2^9 */
+            each_block([&](int u, int h, int sp) {
+                const uint32_t w = lds32(code_s + stage * kCode + u * kCodeStage + code_off(s0 + h, sp) + 4 * q);
+                const uint32_t w8 = w >> 8, raw = sc[u][h][sp];
+                uint32_t v[4]; /* v[t]: codes (3 - t, 7 - t) */
 #pragma unroll
-            for (int u = 0; u < kSub; u++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int sp = 0; sp < 2; sp++) {
-                        const uint32_t w =
-                            lds32(code_s + stage * kCode + u * kCodeStage + code_off(s0 + h, sp) + 4 * q);
-                        const uint32_t w8 = w >> 8, raw = sc[u][h][sp];
-                        uint32_t v[4]; /* v[t]: codes (3 - t, 7 - t) */
-#pragma unroll
-                        for (int t = 0; t < 4; t++) {
-                            v[t] = fp4_pair(w, w8, t);
-                            if (decltype(wide)::value && raw > 136)
-                                v[t] = bf16x2_mul(bf16x2_mul(v[t], kFp4Big), fp4_factor_big(raw));
-                            else v[t] = bf16x2_mul(v[t], f[u][h][sp]);
-                        }
-                        const int j0 = 4 * u + 2 * sp;
-                        a[j0][h] = v[3], a[j0][2 + h] = v[2], a[j0 + 1][h] = v[1], a[j0 + 1][2 + h] = v[0];
-                    }
+                for (int t = 0; t < 4; t++) {
+                    v[t] = fp4_pair(w, w8, t);
+                    if (decltype(wide)::value && raw > 136)
+                        v[t] = bf16x2_mul(bf16x2_mul(v[t], kFp4Big), fp4_factor_big(raw));
+                    else v[t] = bf16x2_mul(v[t], f[u][h][sp]);
+                }
+                const int j0 = 4 * u + 2 * sp;
+                a[j0][h] = v[3], a[j0][2 + h] = v[2], a[j0 + 1][h] = v[1], a[j0 + 1][2 + h] = v[0];
+            });
         };
         if (F == MOE_B_E2M1_E8M0 && __any_sync(0xFFFFFFFFu, big)) words(wide_tag<true>());
         else words(wide_tag<false>());
@@ -261,12 +249,7 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         if (refill < k_tiles) load(refill % kStages, refill);
         moe_cp_async_commit();
         permute(st);
-#pragma unroll
-        for (int u = 0; u < kSub; u++)
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int sp = 0; sp < 2; sp++) sc[u][h][sp] = next[u][h][sp];
+        each_block([&](int u, int h, int sp) { sc[u][h][sp] = next[u][h][sp]; });
         if (kt + 1 < k_tiles) scales(kt + 1, next);
         convert(st, sc, a);
         moe_fence_proxy_async(); /* the token buffer's generic writes -> wgmma's reads */
