@@ -16,6 +16,12 @@
 
 #include "core/internal.h"
 
+/* A compile-time bool as a type, for generic lambdas compiled once per case (a tile with a second half, a block
+ * whose scales need a wider path). */
+template <bool B> struct moe_bool_tag {
+    static constexpr bool value = B;
+};
+
 /* Records a failed CUDA call as the context's error and returns the matching status. */
 extern "C" moe_status moe__cuda_fail(moe_ctx *ctx, cudaError_t err, const char *what, const char *file, int line);
 

@@ -124,12 +124,6 @@ __device__ __forceinline__ moe_decode_warp moe_decode_warp_of(int warp, int kspl
     return w;
 }
 
-/* A compile-time bool as a type, for lambdas compiled once per case (a tile with a second half, a block whose
- * scales need a wider path). */
-template <bool B> struct moe_bool_tag {
-    static constexpr bool value = B;
-};
-
 /* B row of the mma's M row m (0..15) in column tile t.tile_n: -1 past N. GLU: M rows 0-7 the gate rows and 8-15
  * the up rows of the 8 output columns from 8 tile_n; plain: 16 rows from 16 tile_n. */
 template <bool kGlu>

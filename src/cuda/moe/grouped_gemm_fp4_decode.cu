@@ -62,10 +62,7 @@ __host__ __device__ constexpr int64_t fp4_tile_scale_bytes(int64_t cols) { retur
  * and the factor is fp4_factor_big's. NV: two E4M3 scales (values 0-15, 16-31), exact in bf16 times 2^118. */
 template <bool kMx> __device__ __forceinline__ void fp4_factors(uint32_t word, uint32_t (&f)[2], bool *big) {
     if (kMx) {
-        const uint32_t e = word & 0xFF;
-        *big = e > 136;
-        const uint32_t b = ((e > 136 ? 136 : e) + 118) << 7;
-        f[0] = f[1] = b * 0x10001u;
+        f[0] = f[1] = fp4_factor<true>(word & 0xFF, big);
     } else {
         const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(word & 0xFFFF), __NV_E4M3);
         const float2 v = __half22float2(__half2(h));

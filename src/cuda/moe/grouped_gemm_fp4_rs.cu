@@ -54,10 +54,6 @@ constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's by
  * 113 KB, two CTAs an SM */
 constexpr size_t kSmem = kTok + (size_t)kStages * (kTok + kCode) + 1024;
 
-template <bool B> struct wide_tag {
-    static constexpr bool value = B;
-};
-
 #ifdef MOE_WGMMA
 /* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
  * warp's reads of rows 2g (or 2g + 1) for g = 0..7 fall in 8 distinct 16-byte bank groups. */
@@ -226,8 +222,8 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
                 a[j0][h] = v[3], a[j0][2 + h] = v[2], a[j0 + 1][h] = v[1], a[j0 + 1][2 + h] = v[0];
             });
         };
-        if (F == MOE_B_E2M1_E8M0 && __any_sync(0xFFFFFFFFu, big)) words(wide_tag<true>());
-        else words(wide_tag<false>());
+        if (F == MOE_B_E2M1_E8M0 && __any_sync(0xFFFFFFFFu, big)) words(moe_bool_tag<true>());
+        else words(moe_bool_tag<false>());
     };
 
     float acc[kN / 2];
