@@ -80,6 +80,8 @@ void layer_qweights_free(layer_qweights *q);
  * scales, 1x128, MXFP8, MXFP4, NVFP4 with either global convention): fills f[] and names[] (either may be NULL)
  * and returns how many (LAYER_WEIGHT_FORMATS). */
 #define LAYER_WEIGHT_FORMATS 8
+/* The FP4 formats are the list's last three: MXFP4, NVFP4 with the decode global, NVFP4 with the encode global. */
+#define LAYER_FP4_FIRST (LAYER_WEIGHT_FORMATS - 3)
 int layer_weight_formats(moe_qformat *f, const char **names);
 
 /* A device copy of n host floats in dtype (f32, or bf16 rounded); NULL for NULL. */

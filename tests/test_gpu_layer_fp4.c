@@ -45,11 +45,10 @@ TEST_IMPL(gpu_layer_fp4_medium) {
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
     const char *names[LAYER_WEIGHT_FORMATS];
     layer_weight_formats(fmts, names);
-    const int fp4[3] = {5, 6, 7}; /* mxfp4, nvfp4 decode global, nvfp4 encode global */
     int bad = 0;
     uint64_t seed = env->seed + 2600;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        for (int f = 0; f < 3; f++) {
+        for (int f = LAYER_FP4_FIRST; f < LAYER_WEIGHT_FORMATS; f++) {
             const fp4_case *d = &cases[i];
             moe_layer_config c = layer_config(d->preset, d->H, d->I, d->E, d->k, d->act);
             if (d->interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
@@ -69,12 +68,12 @@ TEST_IMPL(gpu_layer_fp4_medium) {
                     for (int64_t j = 0; j < n; j++) p.w13[e * n + j] *= 0x1p24f;
                     for (int64_t j = 0; j < n / 2; j++) p.w2[e * (n / 2) + j] *= 0x1p-24f;
                 }
-            if (layer_problem_quantize(env->cpu, &p, &fmts[fp4[f]], &q, NULL)) {
+            if (layer_problem_quantize(env->cpu, &p, &fmts[f], &q, NULL)) {
                 bad++;
                 layer_problem_free(&p);
                 continue;
             }
-            if (d->shared == 2 && layer_problem_quantize_shared(env->cpu, &p, &fmts[fp4[f]], &sq, NULL)) {
+            if (d->shared == 2 && layer_problem_quantize_shared(env->cpu, &p, &fmts[f], &sq, NULL)) {
                 bad++;
                 layer_qweights_free(&q);
                 layer_problem_free(&p);
@@ -85,7 +84,7 @@ TEST_IMPL(gpu_layer_fp4_medium) {
             for (int old = 0; old < 2; old++) {
                 if (old) setenv("MOE_GEMM_NO_FP4_RS", "1", 1);
                 char what[112];
-                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], d->what, old ? ", mma.sync tile" : "");
+                snprintf(what, sizeof what, "%s, %s%s", names[f], d->what, old ? ", mma.sync tile" : "");
                 /* W8A8's bf16 path rounds Q(x) and Q(h) to bf16: gpu_layer_w8a8's bounds */
                 bad += d->w8a8 ? layer_compare_gpu_tol(env, &p, given, what, 2.5e-2, 1.2e-1)
                                : layer_compare_gpu(env, &p, given, what);

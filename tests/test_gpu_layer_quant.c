@@ -252,7 +252,6 @@ TEST_IMPL(gpu_layer_fp4_decode) {
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
     const char *names[LAYER_WEIGHT_FORMATS];
     layer_weight_formats(fmts, names);
-    const int fp4[3] = {5, 6, 7}; /* mxfp4, nvfp4 decode global, nvfp4 encode global */
     int bad = 0;
     uint64_t seed = env->seed + 1300;
     const decode_case cases[] = {
@@ -287,7 +286,7 @@ TEST_IMPL(gpu_layer_fp4_decode) {
     const int offset[] = {1, 3, 2};
     const size_t n_cases = sizeof cases / sizeof cases[0], n_offset = sizeof offset_cases / sizeof offset_cases[0];
     for (size_t i = 0; i < n_cases + n_offset; i++)
-        for (int f = 0; f < 3; f++) {
+        for (int f = LAYER_FP4_FIRST; f < LAYER_WEIGHT_FORMATS; f++) {
             const decode_case *d = i < n_cases ? &cases[i] : &offset_cases[i - n_cases];
             moe_layer_config c = decode_case_config(d, 64);
             layer_problem p;
@@ -300,7 +299,7 @@ TEST_IMPL(gpu_layer_fp4_decode) {
                     for (int64_t j = 0; j < H * I; j++) p.w2[e * H * I + j] *= 0x1p-24f;
                 }
             }
-            if (layer_problem_quantize(env->cpu, &p, &fmts[fp4[f]], &q, NULL)) {
+            if (layer_problem_quantize(env->cpu, &p, &fmts[f], &q, NULL)) {
                 bad++;
                 layer_problem_free(&p);
                 continue;
@@ -310,7 +309,7 @@ TEST_IMPL(gpu_layer_fp4_decode) {
             for (int reg = 0; reg < 2; reg++) {
                 if (reg) setenv("MOE_GEMM_NO_FP4_DECODE", "1", 1);
                 char what[96];
-                snprintf(what, sizeof what, "%s, %s%s", names[fp4[f]], d->what, reg ? ", register tile" : "");
+                snprintf(what, sizeof what, "%s, %s%s", names[f], d->what, reg ? ", register tile" : "");
                 bad += layer_compare_gpu(env, &p, 0, what);
                 unsetenv("MOE_GEMM_NO_FP4_DECODE");
             }
