@@ -253,9 +253,17 @@ __device__ __forceinline__ moe_gemm_row_out moe_gemm_row(const moe_gemm_params &
     return o;
 }
 
+/* The FP4 wgmma tile's K order (grouped_gemm_fp4_rs.cu; moe_gemm_params.a_kperm, c_kperm): within each span of
+ * 32, natural index n = 8q + 2j + h + 4e (q < 4; j, h, e < 2) lies at slot 16j + 8h + 2q + e. Spans stay in place. */
+__host__ __device__ __forceinline__ int64_t moe_gemm_kperm_slot(int64_t n) {
+    const int r = (int)(n & 7), q = (int)(n >> 3) & 3;
+    return (n & ~(int64_t)31) + 16 * ((r >> 1) & 1) + 8 * (r & 1) + 2 * q + (r >> 2);
+}
+
 /* Accumulators (v0, v1) of row r at B rows s, s + 1 of the tile (s even): GLU gives A(gate, up) at column
- * tile_n * bn / 2 + s / 2; plain gives columns tile_n * bn + s, s + 1. */
-template <bool kGlu, int A>
+ * tile_n * bn / 2 + s / 2 (stored at its slot in the K order above when kKperm: GEMM 2's A for the FP4 wgmma
+ * tile); plain gives columns tile_n * bn + s, s + 1. */
+template <bool kGlu, int A, bool kKperm = false>
 __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const moe_gemm_tile &t, int bn, int64_t r,
                                                const moe_gemm_row_out &ro, int s, float v0, float v1) {
     const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
@@ -270,8 +278,9 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
             v1 += bias[p.interleaved ? 2 * col + 1 : p.n + col];
         }
         const float h = moe_glu<A>(v0, v1, p.alpha, p.limit);
-        if (p.c32) p.c32[r * p.n + col] = h;
-        else c[r * p.n + col] = __float2bfloat16_rn(h);
+        const int64_t at = r * p.n + (kKperm ? moe_gemm_kperm_slot(col) : col);
+        if (p.c32) p.c32[at] = h;
+        else c[at] = __float2bfloat16_rn(h);
     } else {
         const int64_t col = t.tile_n * bn + s;
         if (col >= p.n) return;

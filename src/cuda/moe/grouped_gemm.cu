@@ -253,6 +253,12 @@ int moe__gemm_tile_m(moe_gemm_shape shape) {
 moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
                                   int64_t m_tiles, int groups, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
+    if (p.a_kperm || p.c_kperm) { /* only the FP4 wgmma tile reads or writes that K order */
+        if (shape != MOE_GEMM_MEDIUM || !p.a_kperm || !moe__cuda_gemm_fp4_rs_fits(ctx, p))
+            return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: operands in the FP4 wgmma tile's K order need "
+                                                        "that tile (MEDIUM, FP4 weights, sm_90a)");
+        return moe__cuda_grouped_gemm_fp4_rs(ctx, p, glu, m_tiles, groups, stream);
+    }
     switch (shape) {
     case MOE_GEMM_SMALL:
         if (moe__cuda_gemm_fp4_decode_fits(p) && !getenv("MOE_GEMM_NO_FP4_DECODE"))
@@ -265,8 +271,6 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
         if (moe__cuda_gemm_sm90_usable(ctx)) {
             moe_status st;
             if (moe__cuda_grouped_gemm_sm90_tma(ctx, p, glu, medium_tile::BM, m_tiles, groups, stream, &st)) return st;
-            if (moe__cuda_gemm_fp4_rs_fits(ctx, p))
-                return moe__cuda_grouped_gemm_fp4_rs(ctx, p, glu, m_tiles, groups, stream);
         }
         return launch<medium_tile>(ctx, p, glu, m_tiles, groups, stream);
     case MOE_GEMM_MEDIUM32: return launch<medium32_tile>(ctx, p, glu, m_tiles, groups, stream);

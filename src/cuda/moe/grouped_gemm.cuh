@@ -62,6 +62,8 @@ struct moe_gemm_params {
     float *c32;              /* GLU: h written in f32 here instead of c (W8A8's bf16 path quantises it next); NULL */
     int64_t c_group_stride;  /* dense */
     int64_t m_tiles, n_tiles; /* set by moe__cuda_grouped_gemm */
+    bool a_kperm;            /* A's K in the FP4 wgmma tile's order (moe_gemm_kperm_slot), which that tile needs */
+    bool c_kperm;            /* GLU: h's columns written in that order (for GEMM 2 on that tile); that tile only */
     bool early;              /* GLU on a decode kernel: a programmatic dependent launch of the kernel before it, which
                               * it waits for before reading anything (moe_decode_start: a short step's routing) */
 };
@@ -191,11 +193,17 @@ moe_status moe__cuda_grouped_gemm_fp4_decode(moe_ctx *ctx, const moe_gemm_params
 
 /* FP4 weights at 64-row tiles on Hopper (grouped_gemm_fp4_rs.cu): the MEDIUM shape with MXFP4 or NVFP4 B and bf16 A
  * on wgmma, the weights as A in registers converted by the threads that hold them (no bf16 copy of B in shared
- * memory). moe__cuda_grouped_gemm takes it for MEDIUM where it fits: sm_90a code and GPU, K a multiple of 32,
- * per-row block scales, 16-byte aligned codes and A, unless the environment sets MOE_GEMM_NO_FP4_RS (which keeps the
- * mma.sync tile, to compare). */
+ * memory). Its A comes in the tile's K order (p.a_kperm; moe_gemm_kperm_slot): moe__cuda_gemm_kperm_rows writes x so,
+ * and GEMM 1 on this tile writes h so with p.c_kperm. moe__cuda_grouped_gemm takes it for MEDIUM when p.a_kperm is
+ * set (and fails with MOE_ERR_UNSUPPORTED where the tile does not fit then); fits says whether it can: sm_90a code
+ * and GPU, K a multiple of 32, per-row block scales, 16-byte aligned codes and A, unless the environment sets
+ * MOE_GEMM_NO_FP4_RS (which keeps the mma.sync tile, to compare). */
 bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
                                          int groups, cudaStream_t stream);
+/* dst (rows, k) = src (rows, k) with each row in the FP4 wgmma tile's K order; bf16, k a multiple of 32, both
+ * 16-byte aligned, rows of k elements. */
+moe_status moe__cuda_gemm_kperm_rows(moe_ctx *ctx, const __nv_bfloat16 *src, __nv_bfloat16 *dst, int64_t rows, int k,
+                                     cudaStream_t stream);
 
 #endif /* MOE_CUDA_MOE_GROUPED_GEMM_CUH */

@@ -17,17 +17,17 @@
  * K order. A thread of an A fragment holds K slots 2q, 2q + 1 and 8 + 2q, 9 + 2q of each 16; a 32-bit word of codes
  * holds 8 consecutive K values, and fp4_pair gives the codes (n, n + 4) of a word as one bf16 pair. So within each
  * span of 32 K values the thread's codes are its natural K values 8q .. 8q + 7 (one word, read without waste), and
- * K slot 16j + 8h + 2q + e carries natural K value 8q + 2j + h + 4e. The tokens take the same permutation on their
- * way into shared memory: staged as they are (cp.async), then each 64-byte span of a row is rewritten, bf16 pairs
- * picked from the natural words with byte permutes. The sum is the same set of products; its order within a wgmma
- * is the tensor core's.
+ * K slot 16j + 8h + 2q + e carries natural K value 8q + 2j + h + 4e. A comes in that order (moe_gemm_kperm_slot,
+ * p.a_kperm): x rewritten once a forward by moe__cuda_gemm_kperm_rows (each row's 64-byte spans, bf16 pairs picked
+ * with byte permutes), h written so by GEMM 1's epilogue (p.c_kperm). So a tile's token rows go from global memory
+ * straight into wgmma's operand, once, where every CTA of a row tile would otherwise permute them again. The sum is
+ * the same set of products; its order within a wgmma is the tensor core's.
  *
  * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 128 (two sub-steps of
- * 64). Step kt: wait for its stage; permute its tokens into the token buffer; convert the thread's codes into its A
- * registers; issue the step's 8 wgmma and retire them. A step's conversion overlaps the wgmma of the other
- * warpgroups of the SM (two CTAs an SM), not its own: ptxas serialises every wgmma of a kernel that writes a
- * wgmma's input registers while another wgmma is in flight (C7513), which double-buffered A registers and
- * `wgmma.wait_group 1` ran into. */
+ * 64). Step kt: wait for its stage; convert the thread's codes into its A registers; issue the step's 8 wgmma on the
+ * stage's tokens and retire them. A step's conversion overlaps the wgmma of the other warpgroups of the SM (two CTAs
+ * an SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while another
+ * wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
 #include <stdlib.h>
 
 #include "cuda/common/cuda.cuh"
@@ -50,9 +50,8 @@ constexpr int kTokStage = kRows * kBK * 2;     /* 8 KB: a sub-step of tokens */
  * Compute, Mixtral-8x7B MXFP4 at T = 128): GEMM 1 577 us and GEMM 2 287 us, against 613 and 300 with one. */
 constexpr int kSub = 2;
 constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's bytes */
-/* the token buffer (1024-aligned: the 128-byte swizzle), the raw token stages, the code stages, + room to align:
- * 113 KB, two CTAs an SM */
-constexpr size_t kSmem = kTok + (size_t)kStages * (kTok + kCode) + 1024;
+/* the token stages (1024-aligned: the 128-byte swizzle), the code stages, + room to align: 97 KB, two CTAs an SM */
+constexpr size_t kSmem = (size_t)kStages * (kTok + kCode) + 1024;
 
 #ifdef MOE_WGMMA
 /* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
@@ -60,12 +59,7 @@ constexpr size_t kSmem = kTok + (size_t)kStages * (kTok + kCode) + 1024;
 __device__ __forceinline__ uint32_t code_off(int s, int sp) {
     return (uint32_t)(sp * (kBW * 16) + ((s ^ ((s >> 3) & 1)) << 4));
 }
-/* Natural 16-byte chunk c (0..7) of token row r in a raw stage: the chunks of each 64-byte span rotated by r % 4, so
- * that the transposing reads of 4 rows x 2 spans hit distinct banks. */
-__device__ __forceinline__ uint32_t raw_off(int r, int c) {
-    return (uint32_t)(r * 128 + ((c >> 2) << 6) + (((c & 3) ^ (r & 3)) << 4));
-}
-/* Chunk c of token row r in a token buffer: the 128-byte swizzle that moe_smem_desc names. */
+/* Chunk c of token row r in a token stage: the 128-byte swizzle that moe_smem_desc names. */
 __device__ __forceinline__ uint32_t tok_off(int r, int c) {
     return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
 }
@@ -74,9 +68,6 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
     uint32_t v;
     asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
     return v;
-}
-__device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
-    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
 }
 /* Keeps A registers live (and unchanged) up to here: a wgmma reads them after it issues. */
 template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) {
@@ -92,10 +83,9 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
  * (wgmma's N is kN). smem: the kernel's dynamic shared memory, 1024-aligned. */
 template <bool kGlu, int F, int kN>
 __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm_tile &t, unsigned char *smem) {
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
-    /* the token buffer (sub-step u at u kTokStage), then the raw token stages, then the code stages */
-    const uint32_t tok_s = base, stage_s = base + kTok, code_s = stage_s + kStages * kTok;
-    unsigned char *stage_p = smem + kTok, *code_p = stage_p + kStages * kTok;
+    /* the token stages (sub-step u at u kTokStage), then the code stages */
+    const uint32_t tok_s = (uint32_t)__cvta_generic_to_shared(smem), code_s = tok_s + kStages * kTok;
+    unsigned char *tok_p = smem, *code_p = tok_p + kStages * kTok;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
 
     /* copy duty: codes span tid % 2 of weight row tid / 2; tokens chunk tid % 8 of rows tid / 8 (and 32 + tid / 8) */
@@ -112,7 +102,7 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
     for (int i = 0; i < kTokRows; i++) {
         const int r = (tid >> 3) + 32 * i;
         arow[i] = moe_gemm_a_row(p, t, t.row0 + r);
-        adst[i] = raw_off(r, ac);
+        adst[i] = tok_off(r, ac);
     }
     const int k_tiles = (p.k + kSub * kBK - 1) / (kSub * kBK);
     /* step kt's copies; K is a multiple of 32: a code span or token chunk is all in or all out */
@@ -126,7 +116,7 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
 #pragma unroll
             for (int i = 0; i < kTokRows; i++) {
                 const bool in = arow[i] && k + ac * 8 < p.k;
-                moe_cp_async16(stage_p + stage * kTok + u * kTokStage + adst[i],
+                moe_cp_async16(tok_p + stage * kTok + u * kTokStage + adst[i],
                                in ? (const void *)(arow[i] + k + ac * 8) : p.a, in ? 16 : 0);
             }
         }
@@ -169,28 +159,6 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
                 const int k = (kt * kSub + u) * kBK + sp * 32 + 8 * q;
                 dst[u][h][sp] = bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k);
             });
-    };
-
-    /* the permutation's duty, items tid + 256 x of (sub-step, row, span, half): out chunks 2 hh, 2 hh + 1 of span psp
-     * of row pr. Out chunk m (K slots 8m .. 8m + 7 of the span), word q holds the natural values 8q + m and 8q + m + 4:
-     * word m / 2 and word m / 2 + 2 of natural chunk q, their low (m even) or high halves. */
-    const int hh = tid & 1, psp = (tid >> 1) & 1;
-    auto permute = [&](int stage) {
-#pragma unroll
-        for (int x = 0; x < kN * kSub / 64; x++) {
-            const int item = (tid + kThreads * x) >> 2, pr = item % kN, u = item / kN;
-            uint32_t lo[4], hi[4]; /* words hh and hh + 2 of natural chunk c */
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const uint32_t in = stage_s + stage * kTok + u * kTokStage + raw_off(pr, psp * 4 + c) + hh * 4;
-                lo[c] = lds32(in), hi[c] = lds32(in + 8);
-            }
-            const uint32_t out = tok_s + u * kTokStage;
-            sts128(out + tok_off(pr, psp * 4 + 2 * hh), moe_prmt(lo[0], hi[0], 0x5410), moe_prmt(lo[1], hi[1], 0x5410),
-                   moe_prmt(lo[2], hi[2], 0x5410), moe_prmt(lo[3], hi[3], 0x5410));
-            sts128(out + tok_off(pr, psp * 4 + 2 * hh + 1), moe_prmt(lo[0], hi[0], 0x7632),
-                   moe_prmt(lo[1], hi[1], 0x7632), moe_prmt(lo[2], hi[2], 0x7632), moe_prmt(lo[3], hi[3], 0x7632));
-        }
     };
 
     /* the thread's A fragments of a step: [k16 step][register]. The word of a row's 8 codes (natural K 8q .. 8q + 7
@@ -238,28 +206,27 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
     scales(0, next);
 
     for (int kt = 0; kt < k_tiles; kt++) {
-        moe_cp_async_wait<kStages - 2>();
-        __syncthreads(); /* stage kt landed; every thread is past step kt - 1 (its reads, its wgmma retired) */
         const int st = kt % kStages;
+        moe_cp_async_wait<kStages - 2>();
+        moe_fence_proxy_async(); /* the thread's copies of the stage's tokens -> wgmma's reads */
+        __syncthreads(); /* stage kt landed; every thread is past step kt - 1 (its reads, its wgmma retired) */
         const int refill = kt + kStages - 1; /* into the stage step kt - 1 read */
         if (refill < k_tiles) load(refill % kStages, refill);
         moe_cp_async_commit();
-        permute(st);
         each_block([&](int u, int h, int sp) { sc[u][h][sp] = next[u][h][sp]; });
         if (kt + 1 < k_tiles) scales(kt + 1, next);
         convert(st, sc, a);
-        moe_fence_proxy_async(); /* the token buffer's generic writes -> wgmma's reads */
-        __syncthreads();
+        const uint32_t tok = tok_s + st * kTok;
         moe_acc_fence(acc);
         moe_wgmma_fence();
 #pragma unroll
         for (int u = 0; u < kSub; u++)
 #pragma unroll
             for (int kk = 0; kk < kBK / 16; kk++) /* 16 bf16 = 32 bytes further into the swizzled rows */
-                moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk], moe_smem_desc(tok_s + u * kTokStage + kk * 32));
+                moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk], moe_smem_desc(tok + u * kTokStage + kk * 32));
         moe_wgmma_commit();
         moe_acc_fence(acc);
-        moe_wgmma_wait<0>(); /* the A registers and the token buffer are free again */
+        moe_wgmma_wait<0>(); /* the A registers and the stage's tokens are free again */
         moe_acc_fence(acc);
         reg_fence(a);
     }
@@ -267,18 +234,22 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
 
     /* epilogue: registers 4j + {0, 1} hold weight row s0 for tokens 8j + 2q + {0, 1}; 4j + {2, 3} row s0 + 1; the
      * weights entered times 2^-8 */
-    moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
+    auto epilogue = [&](auto kperm) { /* kperm::value: h's columns in the K order (GEMM 2's A on this tile) */
+        moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
 #pragma unroll
-        for (int j = 0; j < kN / 8; j++)
+            for (int j = 0; j < kN / 8; j++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int64_t r = t.row0 + 8 * j + 2 * q + e;
-                const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
-                if (ro.skip) continue;
-                moe_gemm_store<kGlu, decltype(act)::value>(p, t, kBW, r, ro, s0, acc[4 * j + e] * kFp4Undo,
-                                                           acc[4 * j + 2 + e] * kFp4Undo);
-            }
-    });
+                for (int e = 0; e < 2; e++) {
+                    const int64_t r = t.row0 + 8 * j + 2 * q + e;
+                    const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
+                    if (ro.skip) continue;
+                    moe_gemm_store<kGlu, decltype(act)::value, decltype(kperm)::value>(
+                        p, t, kBW, r, ro, s0, acc[4 * j + e] * kFp4Undo, acc[4 * j + 2 + e] * kFp4Undo);
+                }
+        });
+    };
+    if (kGlu && p.c_kperm) epilogue(moe_bool_tag<true>());
+    else epilogue(moe_bool_tag<false>());
 }
 #endif
 
@@ -299,6 +270,28 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
     if (half >= t.row_end || moe_gemm_rows_idle(p, t, kRows, half)) rs_tile<kGlu, F, kRows / 2>(p, t, smem);
     else rs_tile<kGlu, F, kRows>(p, t, smem);
 #endif
+}
+
+/* A's rows in the tile's K order, one thread a 64-byte span of 32 values: natural 16-byte chunks c = 0..3 in, out
+ * chunk m (slots 8m .. 8m + 7) holds in its word c the natural values 8c + m and 8c + m + 4 (moe_gemm_kperm_slot):
+ * words m / 2 and m / 2 + 2 of chunk c, their low halves for m even, high for m odd. */
+__global__ void kperm_rows_kernel(const uint4 *src, uint4 *dst, int64_t spans) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < spans; i += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t w[4][4]; /* [chunk][word] */
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const uint4 v = src[4 * i + c];
+            w[c][0] = v.x, w[c][1] = v.y, w[c][2] = v.z, w[c][3] = v.w;
+        }
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const uint32_t sel = m & 1 ? 0x7632 : 0x5410;
+            uint32_t o[4];
+#pragma unroll
+            for (int c = 0; c < 4; c++) o[c] = moe_prmt(w[c][m / 2], w[c][m / 2 + 2], sel);
+            dst[4 * i + m] = make_uint4(o[0], o[1], o[2], o[3]);
+        }
+    }
 }
 
 template <bool kGlu, int F>
@@ -337,4 +330,16 @@ moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p,
                        : launch<true, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
     return mx ? launch<false, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
               : launch<false, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
+}
+
+moe_status moe__cuda_gemm_kperm_rows(moe_ctx *ctx, const __nv_bfloat16 *src, __nv_bfloat16 *dst, int64_t rows, int k,
+                                     cudaStream_t stream) {
+    if (k % 32 != 0 || (uintptr_t)src % 16 != 0 || (uintptr_t)dst % 16 != 0)
+        return moe__error(ctx, MOE_ERR_INVALID_ARG, "K order: k %d (a multiple of 32) and 16-byte aligned rows", k);
+    const int64_t spans = rows * (k / 32);
+    if (spans <= 0) return MOE_OK;
+    const int64_t want = (spans + 255) / 256, blocks = want < 4096 ? want : 4096; /* grid-stride past that */
+    MOE_CUDA_TRY(ctx, moe_launch(false, kperm_rows_kernel, (unsigned)blocks, 256, 0, stream, (const uint4 *)src,
+                                 (uint4 *)dst, spans));
+    return MOE_OK;
 }

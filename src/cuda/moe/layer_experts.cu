@@ -216,6 +216,7 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
     s.h = at, at += moe__align256((size_t)s.rows * I * 2);
     s.y = at, at += moe__align256((size_t)s.rows * H * 2);
     if (l->act_quantized) s.w8a8 = moe__w8a8_scratch(&at, t, H, (size_t)s.rows, I, s.h);
+    if (moe__fp4_bf16_act(&c->expert_format, &c->act_format)) s.xk = at, at += moe__align256(t * H * 2);
     s.bytes = at;
     return s;
 }
@@ -251,6 +252,18 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
     g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
     g2.bias = x.b2, g2.bias_group_stride = H;
     g2.c = (__nv_bfloat16 *)(ws + b.y);
+}
+
+/* Where the set's GEMMs g, g2 take the FP4 wgmma tile (MEDIUM on Hopper), their A in its K order (grouped_gemm.cuh):
+ * x (T rows) rewritten into xk (or in place: xk at x), h written so by GEMM 1. */
+static moe_status kperm_operands(moe_layer *l, const void *x, int64_t T, moe_gemm_shape shape, size_t xk, char *ws,
+                                 moe_gemm_params &g, moe_gemm_params &g2, cudaStream_t st) {
+    if (shape != MOE_GEMM_MEDIUM || !moe__cuda_gemm_fp4_rs_fits(l->ctx, g) || !moe__cuda_gemm_fp4_rs_fits(l->ctx, g2))
+        return MOE_OK;
+    __nv_bfloat16 *const to = (__nv_bfloat16 *)(ws + xk);
+    MOE_TRY(moe__cuda_gemm_kperm_rows(l->ctx, (const __nv_bfloat16 *)x, to, T, g.k, st));
+    g.a = to, g.a_kperm = g.c_kperm = g2.a_kperm = true;
+    return MOE_OK;
 }
 
 /* The set's two GEMMs g (GLU) and g2 with W8A8 inputs (docs/layer.md §6). On the FP8 tensor cores where the kernels
@@ -305,6 +318,9 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
     float *h32 = (float *)(ws + b.q.h8);
     MOE_TRY(moe__cuda_act_fake_quant(ctx, xv, MOE_DTYPE_BF16, xq, T, nullptr, H, rule, af.amax_floor, st));
     g.a = xq, g.c32 = h32;
+    /* FP4 weights at MEDIUM: xq into the K order in place, h32 written so; the quantisation blocks of 128 hold whole
+     * spans of 32, so h's quantisation is that of the natural order */
+    MOE_TRY(kperm_operands(l, xq, T, shape, b.q.xq, ws, g, g2, st));
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     MOE_TRY(moe__cuda_act_fake_quant(ctx, h32, MOE_DTYPE_F32, h, live, g.offsets + g.n_groups, I, rule,
                                      af.amax_floor, st));
@@ -342,6 +358,7 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     g.early = plan_tokens <= MOE_GATE_GROUP && !l->act_quantized;
     if (l->act_quantized)
         return experts_w8a8(l, es, g, g2, x, x_codes, T, shape, tiles, routed_bufs(s), ws, st);
+    MOE_TRY(kperm_operands(l, x, T, shape, s->xk, ws, g, g2, st));
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
 }
@@ -360,6 +377,7 @@ moe_status moe__cuda_layer_shared_quantized(moe_layer *l, const void *xv, int64_
     expert_gemms(l, x, b, ws, xv, 1, nullptr, g, g2);
     const int64_t tiles = rows / tile_m;
     if (!l->act_quantized) {
+        MOE_TRY(kperm_operands(l, xv, T, shape, s->shared_xk, ws, g, g2, side));
         MOE_TRY(moe__cuda_grouped_gemm(l->ctx, g, true, shape, tiles, 1, side));
         return moe__cuda_grouped_gemm(l->ctx, g2, false, shape, tiles, 1, side);
     }
