@@ -65,12 +65,6 @@ static inline size_t moe__align256(size_t n) {
     return (n + 255) / 256 * 256;
 }
 
-/* Whether expert weights of format f with activations of format act may take the FP4 wgmma tile, whose x comes in a
- * K order of its own (moe_layer_scratch.xk): FP4 weights, bf16 activations. */
-static inline bool moe__fp4_bf16_act(const moe_qformat *f, const moe_qformat *act) {
-    return f->kind != MOE_QFORMAT_INVALID && f->elem == MOE_DTYPE_E2M1 && act->kind == MOE_QFORMAT_INVALID;
-}
-
 /* W8A8's GPU buffers of one set of experts (routed, or quantised shared), as offsets into the workspace: x quantised,
  * (T, H) as bf16 values or E4M3 codes with (T, ceil(H / 128)) f32 scales (xq, xs); h as codes (rows, I) with
  * (ceil(I / 128), rows) scales (h8, hs), or in f32 at h8 (the decode kernel and the bf16 path), whose codes and
@@ -103,8 +97,9 @@ typedef struct moe_layer_scratch {
     size_t permute, permute_bytes; /* moe_permute's own scratch */
     size_t h, y;                 /* (rows, I) bf16 activations, (rows, H) bf16 expert outputs */
     moe_w8a8_scratch w8a8;       /* W8A8 (GPU) */
-    size_t xk, shared_xk;        /* GPU, FP4 weights and bf16 activations: (T, H) bf16, x in the K order of the FP4
-                                  * wgmma tile (grouped_gemm.cuh) for the routed and the shared experts' GEMM 1 */
+    size_t xk, shared_xk;        /* GPU: (T, H) bf16, x in the K order of the FP4 wgmma tile (grouped_gemm.cuh) for
+                                  * the routed and the quantised shared experts' GEMM 1: at y and shared_y, which
+                                  * hold at least T rows and are written only by GEMM 2, after GEMM 1 has read x */
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t gate_partial;         /* (moe__gate_partial_rows, E + 1) f32 */
     size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16; quantised shared: (shared_rows, Is), (.., H) */

@@ -216,7 +216,7 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
     s.h = at, at += moe__align256((size_t)s.rows * I * 2);
     s.y = at, at += moe__align256((size_t)s.rows * H * 2);
     if (l->act_quantized) s.w8a8 = moe__w8a8_scratch(&at, t, H, (size_t)s.rows, I, s.h);
-    if (moe__fp4_bf16_act(&c->expert_format, &c->act_format)) s.xk = at, at += moe__align256(t * H * 2);
+    s.xk = s.y; /* x's rewrite for the FP4 wgmma tile: dead once GEMM 1 ran, before GEMM 2 writes y */
     s.bytes = at;
     return s;
 }
