@@ -39,7 +39,6 @@ moe_layer_scratch moe__layer_scratch(const moe_layer *l, int64_t T) {
         s.shared_h = at, at += moe__align256(rows * Is * 2);
         s.shared_y = at, at += moe__align256(rows * H * 2);
         if (l->act_quantized) s.shared_w8a8 = moe__w8a8_scratch(&at, t, H, rows, Is, s.shared_h);
-        s.shared_xk = s.shared_y;
         s.bytes = at;
         return s;
     }

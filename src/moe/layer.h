@@ -97,9 +97,6 @@ typedef struct moe_layer_scratch {
     size_t permute, permute_bytes; /* moe_permute's own scratch */
     size_t h, y;                 /* (rows, I) bf16 activations, (rows, H) bf16 expert outputs */
     moe_w8a8_scratch w8a8;       /* W8A8 (GPU) */
-    size_t xk, shared_xk;        /* GPU: (T, H) bf16, x in the K order of the FP4 wgmma tile (grouped_gemm.cuh) for
-                                  * the routed and the quantised shared experts' GEMM 1: at y and shared_y, which
-                                  * hold at least T rows and are written only by GEMM 2, after GEMM 1 has read x */
     size_t shared_scale;         /* (T) f32: sigmoid(x . shared_gate) */
     size_t gate_partial;         /* (moe__gate_partial_rows, E + 1) f32 */
     size_t shared_h, shared_y;   /* (S, T, Is) bf16, (S, T, H) bf16; quantised shared: (shared_rows, Is), (.., H) */

@@ -89,9 +89,9 @@ template <class Launch> moe_status moe_gemm_by_bfmt(moe_ctx *ctx, moe_gemm_bfmt 
  *                    split over 4 warps: many small CTAs keep every SM's loads in flight on the touched experts;
  *  MEDIUM32 (32 rows): 32 x 128 tiles, 8 warps of 16 x 32, K steps of 64 through 4 stages: experts of about 16
  *                    rows, where 64-row tiles would compute (and stage) half or more of padding;
- *  MEDIUM (64 rows): on Hopper with bf16 weights the wgmma tile of LARGE at 64 x 256, with FP4 weights the RS
- *                    wgmma tile (grouped_gemm_fp4_rs.cu); else 64 x 128 tiles, 8 warps of 32 x 32, K steps of 64
- *                    through 4 stages;
+ *  MEDIUM (64 rows): on Hopper with bf16 weights the wgmma tile of LARGE at 64 x 256, with FP4 weights and A in
+ *                    its K order the RS wgmma tile (grouped_gemm_fp4_rs.cu); else 64 x 128 tiles, 8 warps of
+ *                    32 x 32, K steps of 64 through 4 stages;
  *  LARGE (128 rows): prefill; on Hopper wgmma (grouped_gemm_sm90.cu), elsewhere 128 x 128 tiles, 8 warps of
  *                    64 x 32, K steps of 32 through 4 stages.
  * (Measured on the H200 against 128 x 256 tiles of 64 x 64 warps, which need 226 registers a thread and run one

@@ -216,7 +216,6 @@ extern "C" moe_layer_scratch moe__cuda_layer_experts_scratch(const moe_layer *l,
     s.h = at, at += moe__align256((size_t)s.rows * I * 2);
     s.y = at, at += moe__align256((size_t)s.rows * H * 2);
     if (l->act_quantized) s.w8a8 = moe__w8a8_scratch(&at, t, H, (size_t)s.rows, I, s.h);
-    s.xk = s.y; /* x's rewrite for the FP4 wgmma tile: dead once GEMM 1 ran, before GEMM 2 writes y */
     s.bytes = at;
     return s;
 }
@@ -255,7 +254,8 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
 }
 
 /* Where the set's GEMMs g, g2 take the FP4 wgmma tile (MEDIUM on Hopper), their A in its K order (grouped_gemm.cuh):
- * x (T rows) rewritten into xk (or in place: xk at x), h written so by GEMM 1. */
+ * x (T rows) rewritten into xk (or in place: xk at x), h written so by GEMM 1. The callers put xk in the set's y
+ * region: it holds at least T rows of H and only GEMM 2 writes it, after GEMM 1 has read x (same stream). */
 static moe_status kperm_operands(moe_layer *l, const void *x, int64_t T, moe_gemm_shape shape, size_t xk, char *ws,
                                  moe_gemm_params &g, moe_gemm_params &g2, cudaStream_t st) {
     if (shape != MOE_GEMM_MEDIUM || !moe__cuda_gemm_fp4_rs_fits(l->ctx, g) || !moe__cuda_gemm_fp4_rs_fits(l->ctx, g2))
@@ -358,7 +358,7 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     g.early = plan_tokens <= MOE_GATE_GROUP && !l->act_quantized;
     if (l->act_quantized)
         return experts_w8a8(l, es, g, g2, x, x_codes, T, shape, tiles, routed_bufs(s), ws, st);
-    MOE_TRY(kperm_operands(l, x, T, shape, s->xk, ws, g, g2, st));
+    MOE_TRY(kperm_operands(l, x, T, shape, s->y, ws, g, g2, st));
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
 }
@@ -377,7 +377,7 @@ moe_status moe__cuda_layer_shared_quantized(moe_layer *l, const void *xv, int64_
     expert_gemms(l, x, b, ws, xv, 1, nullptr, g, g2);
     const int64_t tiles = rows / tile_m;
     if (!l->act_quantized) {
-        MOE_TRY(kperm_operands(l, xv, T, shape, s->shared_xk, ws, g, g2, side));
+        MOE_TRY(kperm_operands(l, xv, T, shape, b.y, ws, g, g2, side));
         MOE_TRY(moe__cuda_grouped_gemm(l->ctx, g, true, shape, tiles, 1, side));
         return moe__cuda_grouped_gemm(l->ctx, g2, false, shape, tiles, 1, side);
     }
