@@ -24,9 +24,12 @@
  * the same set of products; its order within a wgmma is the tensor core's.
  *
  * Pipeline: all 256 threads copy (codes, tokens) through a 4-stage cp.async ring, K steps of 128 (two sub-steps of
- * 64). Step kt: wait for its stage; convert the thread's codes into its A registers; issue the step's 8 wgmma on the
- * stage's tokens and retire them. A step's conversion overlaps the wgmma of the other warpgroups of the SM (two CTAs
- * an SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while another
+ * 64), with a full and an empty mbarrier a stage in place of a CTA barrier a step, so that the two warpgroups run
+ * apart (one may be up to a step ahead) and no thread waits for another's copies but through the stage they fill.
+ * Step kt: wait until its stage is full; convert the thread's codes into its A registers; issue the step's 8 wgmma
+ * on the stage's tokens; while they run, refill the stage step kt - 1 read once every warp has released it; retire
+ * the wgmma and release stage kt. A step's conversion overlaps the wgmma of the SM's other warpgroups (two CTAs an
+ * SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while another
  * wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
 #include <stdlib.h>
 
@@ -50,8 +53,10 @@ constexpr int kTokStage = kRows * kBK * 2;     /* 8 KB: a sub-step of tokens */
  * Compute, Mixtral-8x7B MXFP4 at T = 128): GEMM 1 577 us and GEMM 2 287 us, against 613 and 300 with one. */
 constexpr int kSub = 2;
 constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's bytes */
-/* the token stages (1024-aligned: the 128-byte swizzle), the code stages, + room to align: 97 KB, two CTAs an SM */
-constexpr size_t kSmem = (size_t)kStages * (kTok + kCode) + 1024;
+constexpr int kBars = 2 * kStages * 8; /* the stages' full and empty mbarriers */
+/* the token stages (1024-aligned: the 128-byte swizzle), the code stages, the mbarriers, + room to align: 97 KB, two
+ * CTAs an SM */
+constexpr size_t kSmem = (size_t)kStages * (kTok + kCode) + kBars + 1024;
 
 #ifdef MOE_WGMMA
 /* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
@@ -198,21 +203,21 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
 #pragma unroll
     for (int i = 0; i < kN / 2; i++) acc[i] = 0.0f;
     uint32_t a[4 * kSub][4], sc[kSub][2][2], next[kSub][2][2];
+    /* stage s is full when every thread's copies into it have landed (an arrival a thread, made by its cp.async),
+     * and empty when every warp has retired the wgmma that read it (an arrival a warp) */
+    const moe_pipe pipe = {code_s + kStages * kCode, kStages};
+    pipe.init(kThreads, kThreads / 32);
 #pragma unroll
     for (int s = 0; s < kStages - 1; s++) {
         if (s < k_tiles) load(s, s);
-        moe_cp_async_commit();
+        moe_mbar_arrive_cp_async(pipe.full(s));
     }
     scales(0, next);
 
     for (int kt = 0; kt < k_tiles; kt++) {
         const int st = kt % kStages;
-        moe_cp_async_wait<kStages - 2>();
-        moe_fence_proxy_async(); /* the thread's copies of the stage's tokens -> wgmma's reads */
-        __syncthreads(); /* stage kt landed; every thread is past step kt - 1 (its reads, its wgmma retired) */
-        const int refill = kt + kStages - 1; /* into the stage step kt - 1 read */
-        if (refill < k_tiles) load(refill % kStages, refill);
-        moe_cp_async_commit();
+        moe_mbar_wait(pipe.full(st), (kt / kStages) & 1);
+        moe_fence_proxy_async(); /* every thread's copies of the stage's tokens -> this warp's wgmma reads */
         each_block([&](int u, int h, int sp) { sc[u][h][sp] = next[u][h][sp]; });
         if (kt + 1 < k_tiles) scales(kt + 1, next);
         convert(st, sc, a);
@@ -225,12 +230,19 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
             for (int kk = 0; kk < kBK / 16; kk++) /* 16 bf16 = 32 bytes further into the swizzled rows */
                 moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk], moe_smem_desc(tok + u * kTokStage + kk * 32));
         moe_wgmma_commit();
+        const int refill = kt + kStages - 1; /* into the stage step kt - 1 read */
+        if (refill < k_tiles) { /* while the wgmma run, once every warp has retired step kt - 1's */
+            if (kt > 0) moe_mbar_wait(pipe.empty((kt - 1) % kStages), ((kt - 1) / kStages) & 1);
+            load(refill % kStages, refill);
+            moe_mbar_arrive_cp_async(pipe.full(refill % kStages));
+        }
         moe_acc_fence(acc);
         moe_wgmma_wait<0>(); /* the A registers and the stage's tokens are free again */
         moe_acc_fence(acc);
         reg_fence(a);
+        __syncwarp();
+        if (lane == 0) moe_mbar_arrive(pipe.empty(st));
     }
-    moe_cp_async_wait<0>();
 
     /* epilogue: registers 4j + {0, 1} hold weight row s0 for tokens 8j + 2q + {0, 1}; 4j + {2, 3} row s0 + 1; the
      * weights entered times 2^-8 */
@@ -302,10 +314,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
     if (q.m_tiles * q.n_tiles > INT32_MAX) /* a grid's limit, and the tile order's 32-bit arithmetic */
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: %lld tiles exceed 2^31",
                           (long long)(q.m_tiles * q.n_tiles));
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp4_rs_kernel<kGlu, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)kSmem));
+    const auto kernel = gemm_fp4_rs_kernel<kGlu, F>;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmem));
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp4_rs_kernel<kGlu, F>, grid, kThreads, kSmem, st, q));
+    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, kSmem, st, q));
     return MOE_OK;
 }
 
