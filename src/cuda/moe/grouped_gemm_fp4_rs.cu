@@ -49,8 +49,9 @@ constexpr int kBK = 64;                        /* K a step: two spans of 32 */
 constexpr int kStages = 4, kThreads = 256;
 constexpr int kCodeStage = kBW * kBK / 2;      /* 4 KB */
 constexpr int kTokStage = kRows * kBK * 2;     /* 8 KB: a sub-step of tokens */
-/* kSub sub-steps of 64 K a step: one pair of barriers and one wgmma wait for 8 wgmma. Measured on an H100 (Nsight
- * Compute, Mixtral-8x7B MXFP4 at T = 128): GEMM 1 577 us and GEMM 2 287 us, against 613 and 300 with one. */
+/* kSub sub-steps of 64 K a step: one stage's waits and one wgmma wait for 8 wgmma. Measured on an H100 (Nsight
+ * Compute, Mixtral-8x7B MXFP4 at T = 128, with a CTA barrier a step then): GEMM 1 577 us and GEMM 2 287 us, against
+ * 613 and 300 with one. */
 constexpr int kSub = 2;
 constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's bytes */
 constexpr int kBars = 2 * kStages * 8; /* the stages' full and empty mbarriers */
