@@ -17,15 +17,17 @@ typedef struct {
     moe_activation act;
 } fp4_case;
 
-/* Cases, MEDIUM forced: K of 16 and 6 steps of 64 (H 1024, I 384); K ending half way into a step and N past the
- * last tile in both GEMMs (H 160, I 96); GPT-OSS's interleaved w13 with biases and clamps; Llama-4's weight on the
- * input with 2I = 640 (5 GLU tiles of 64 columns) and a bf16 shared expert; experts of 64, 65, 1 and 0 rows (a tile
- * all rows, one of one row beside one of 64, an empty expert); a quantised shared expert (its tile rows are all T
- * tokens); W8A8's bf16 path (h in f32); E8M0 scales past 2^9 in every other expert (the tile's wide path). Tiles
- * whose second half holds no row run at wgmma's N = 32: experts of 32, 33 and 20 rows, and GPT-OSS's and the wide
- * scales' cases again at about 20 and 25 rows an expert. Small enough for compute-sanitizer. */
+/* Cases, MEDIUM forced: K of 16 and 6 steps of 64 (H 1024, I 384); K of 24 and 10 (H 1536, I 640: the tile's 4-stage
+ * ring of 128-K steps fills its stages 3 times over, so each stage's barriers pass phases 0, 1, 0); K ending half way
+ * into a step and N past the last tile in both GEMMs (H 160, I 96); GPT-OSS's interleaved w13 with biases and clamps;
+ * Llama-4's weight on the input with 2I = 640 (5 GLU tiles of 64 columns) and a bf16 shared expert; experts of 64, 65,
+ * 1 and 0 rows (a tile all rows, one of one row beside one of 64, an empty expert); a quantised shared expert (its
+ * tile rows are all T tokens); W8A8's bf16 path (h in f32); E8M0 scales past 2^9 in every other expert (the tile's
+ * wide path). Tiles whose second half holds no row run at wgmma's N = 32: experts of 32, 33 and 20 rows, and GPT-OSS's
+ * and the wide scales' cases again at about 20 and 25 rows an expert. Small enough for compute-sanitizer. */
 static const fp4_case cases[] = {
     {"qwen3-30b-a3b", "H 1024, I 384, 16 K steps", 1024, 384, 16, 4, 256, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "H 1536, I 640, 24 K steps", 1536, 640, 8, 2, 160, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
     {"qwen3-30b-a3b", "H 160, I 96: K and N tails", 160, 96, 8, 2, 200, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
     {"gpt-oss-20b", "gptoss interleaved, biases, clamps", 320, 192, 8, 4, 120, 1, 0, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
     {"llama4-scout", "weight on input, 2I = 640, shared", 128, 320, 4, 1, 200, 0, 1, 0, 0, {0}, MOE_ACT_SILU_GLU},
