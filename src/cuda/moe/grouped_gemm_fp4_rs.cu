@@ -163,41 +163,43 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
     }
     const uint8_t *const sbase = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
     /* Scales: MXFP4 one a 32-K block, NVFP4 one a 16-K block (the thread's 8 codes of a span lie in its block
-     * 2 sp + q / 2); the fits check holds p.bs.col_shift to these. A thread keeps a row's 4 scales of a step in one
-     * word, byte 2 u + sp for (sub-step u, span sp): MXFP4 the row's 4 bytes of the step, NVFP4 bytes q / 2 + {0, 2,
-     * 4, 6} of its 8. The steps wholly inside K read them with the widest loads the rows' alignment allows (a row
-     * past N reads row 0's: its codes are zeros and its outputs are never stored); the last step of a K that ends
-     * inside it checks each. */
+     * 2 sp + q / 2); the fits check holds p.bs.col_shift to these. A row's scales of a step are 4 bytes (MXFP4) or 8
+     * (NVFP4); a thread loads a word of them a step ahead (MXFP4 the 4, NVFP4 word q / 2 of the 8) and picks its own
+     * at the step that uses them (pick), so that nothing waits on the load before then. pick gives the thread a row's
+     * 4 scales of a step in one word, byte 2 u + sp for (sub-step u, span sp): MXFP4 the word, NVFP4 bytes
+     * q / 2 + {0, 2, 4, 6} of the 8, the other word from the lane q ^ 2. The steps wholly inside K load with the
+     * widest loads the rows' alignment allows (a row past N reads row 0's: its codes are zeros and its outputs are
+     * never stored); the last step of a K that ends inside it checks each. */
     constexpr bool kMx = F == MOE_B_E2M1_E8M0;
     constexpr int kShift = kMx ? 5 : 4, kPerStep = (kSub * kBK) >> kShift;
-    const uint8_t *srow_p[2];
+    static_assert(kPerStep == (kMx ? 4 : 8), "a step's scales: one word (MXFP4) or two (NVFP4) a row");
+    const int qh = q >> 1, wofs = kMx ? 0 : 4 * qh; /* the thread's word: its first byte in the step's scales */
+    const uint8_t *srow_p[2]; /* the thread's word of the row's first step */
 #pragma unroll
-    for (int h = 0; h < 2; h++) srow_p[h] = sbase + (srow[h] < 0 ? 0 : srow[h]);
+    for (int h = 0; h < 2; h++) srow_p[h] = sbase + (srow[h] < 0 ? 0 : srow[h]) + wofs;
     const uint32_t salign = (uint32_t)((uintptr_t)p.bs.scale | (uint64_t)p.bs.group_stride | (uint64_t)p.bs.cols) & 3;
-    const int qh = q >> 1;
-    auto scales = [&](int kt, int h) -> uint32_t {
+    auto load_scales = [&](int kt, int h) -> uint32_t {
         uint32_t w = 0;
         if (kt < full_steps) {
             const uint8_t *const s = srow_p[h] + kt * kPerStep;
-            if (salign == 0)
-                return kMx ? __ldg(reinterpret_cast<const uint32_t *>(s))
-                           : __byte_perm(__ldg(reinterpret_cast<const uint32_t *>(s)),
-                                         __ldg(reinterpret_cast<const uint32_t *>(s) + 1), qh ? 0x7531 : 0x6420);
-            if (kMx && salign == 2) /* GPT-OSS: K 2880, 90 scales a row */
+            if (salign == 0) return __ldg(reinterpret_cast<const uint32_t *>(s));
+            if (salign == 2) /* GPT-OSS: K 2880, 90 scales a row */
                 return __ldg(reinterpret_cast<const uint16_t *>(s)) |
                        (uint32_t)__ldg(reinterpret_cast<const uint16_t *>(s) + 1) << 16;
 #pragma unroll
-            for (int b = 0; b < 4; b++) w |= (uint32_t)__ldg(s + (kMx ? b : 2 * b + qh)) << 8 * b;
+            for (int b = 0; b < 4; b++) w |= (uint32_t)__ldg(s + b) << 8 * b;
             return w;
         }
 #pragma unroll
-        for (int u = 0; u < kSub; u++)
-#pragma unroll
-            for (int sp = 0; sp < 2; sp++) {
-                const int k = (kt * kSub + u) * kBK + sp * 32 + 8 * q;
-                w |= bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k) << 8 * (2 * u + sp);
-            }
+        for (int b = 0; b < 4; b++) { /* byte wofs + b of the step: its block's first K */
+            const int k = kt * kSub * kBK + ((kMx ? b : 4 * qh + b) << kShift);
+            w |= bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k) << 8 * b;
+        }
         return w;
+    };
+    auto pick = [&](uint32_t w) -> uint32_t { /* warp-wide */
+        if constexpr (kMx) return w;
+        else return __byte_perm(w, __shfl_xor_sync(0xFFFFFFFFu, w, 2), qh ? 0x3175 : 0x6420);
     };
     /* f(u, h, sp) for each (sub-step, row, span) of a step: the thread's blocks of 8 codes, unrolled */
     auto each_block = [](auto &&f) {
@@ -245,7 +247,7 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
     float acc[kN / 2];
 #pragma unroll
     for (int i = 0; i < kN / 2; i++) acc[i] = 0.0f;
-    uint32_t a[4 * kSub][4], sc[2], next[2]; /* the step's scales and the next step's, a word a row */
+    uint32_t a[4 * kSub][4], sc[2], next[2]; /* the step's scales (pick) and the next step's word, a row each */
     /* stage s is full when every thread's copies into it have landed (an arrival a thread, made by its cp.async),
      * and empty when every warp has retired the wgmma that read it (an arrival a warp) */
     const moe_pipe pipe = {code_s + kStages * kCode, kStages};
@@ -255,7 +257,7 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         if (s < k_tiles) load(s, s);
         moe_mbar_arrive_cp_async(pipe.full(s));
     }
-    next[0] = scales(0, 0), next[1] = scales(0, 1);
+    next[0] = load_scales(0, 0), next[1] = load_scales(0, 1);
     /* the token stages' descriptor, low word: a stage, a sub-step and a 32-byte K step further are additions */
     const uint32_t dtok0 = (uint32_t)moe_smem_desc(tok_s);
 
@@ -263,8 +265,8 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         const int st = (uint32_t)kt % kStages;
         moe_mbar_wait(pipe.full(st), ((uint32_t)kt / kStages) & 1);
         moe_fence_proxy_async(); /* every thread's copies of the stage's tokens -> this warp's wgmma reads */
-        sc[0] = next[0], sc[1] = next[1];
-        if (kt + 1 < k_tiles) next[0] = scales(kt + 1, 0), next[1] = scales(kt + 1, 1);
+        sc[0] = pick(next[0]), sc[1] = pick(next[1]);
+        if (kt + 1 < k_tiles) next[0] = load_scales(kt + 1, 0), next[1] = load_scales(kt + 1, 1);
         convert(st, sc, a);
         const uint32_t dtok = dtok0 + st * (kTok >> 4);
         moe_acc_fence(acc);
