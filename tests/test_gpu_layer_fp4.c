@@ -13,6 +13,7 @@ typedef struct {
     int shared;        /* a shared expert of width 96 beside: bf16, or (2) quantised in the routed format */
     int w8a8;          /* act_format FP8 1x128: the MEDIUM tile then reads Q(x) in bf16 and writes h in f32 */
     int big;           /* every other expert's w13 times 2^24 and w2 times 2^-24: MXFP4 scales past 2^9 */
+    int odd;           /* some 32-value blocks zero, some times 2^-16: NVFP4 scales of zero and E4M3 subnormals */
     int64_t counts[4]; /* top-1 rows sent to each of 4 experts (logits given), or all 0 */
     moe_activation act;
 } fp4_case;
@@ -23,23 +24,25 @@ typedef struct {
  * Llama-4's weight on the input with 2I = 640 (5 GLU tiles of 64 columns) and a bf16 shared expert; experts of 64, 65,
  * 1 and 0 rows (a tile all rows, one of one row beside one of 64, an empty expert); a quantised shared expert (its
  * tile rows are all T tokens); W8A8's bf16 path (h in f32); E8M0 scales past 2^9 in every other expert (the tile's
- * wide path). Tiles whose second half holds no row run at wgmma's N = 32: experts of 32, 33 and 20 rows, and GPT-OSS's
- * and the wide scales' cases again at about 20 and 25 rows an expert. Small enough for compute-sanitizer. */
+ * wide path); NVFP4 scales of zero and E4M3 subnormals in some rows' blocks (the tile's exact path, in steps beside
+ * plain ones). Tiles whose second half holds no row run at wgmma's N = 32: experts of 32, 33 and 20 rows, and
+ * GPT-OSS's and the wide scales' cases again at about 20 and 25 rows an expert. Small enough for compute-sanitizer. */
 static const fp4_case cases[] = {
-    {"qwen3-30b-a3b", "H 1024, I 384, 16 K steps", 1024, 384, 16, 4, 256, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "H 1536, I 640, 24 K steps", 1536, 640, 8, 2, 160, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "H 160, I 96: K and N tails", 160, 96, 8, 2, 200, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
-    {"gpt-oss-20b", "gptoss interleaved, biases, clamps", 320, 192, 8, 4, 120, 1, 0, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
-    {"llama4-scout", "weight on input, 2I = 640, shared", 128, 320, 4, 1, 200, 0, 1, 0, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "experts of 64, 65, 1, 0 rows", 256, 192, 4, 1, 130, 0, 0, 0, 0, {64, 65, 1, 0},
+    {"qwen3-30b-a3b", "H 1024, I 384, 16 K steps", 1024, 384, 16, 4, 256, 0, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "H 1536, I 640, 24 K steps", 1536, 640, 8, 2, 160, 0, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "H 160, I 96: K and N tails", 160, 96, 8, 2, 200, 0, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"gpt-oss-20b", "gptoss interleaved, biases, clamps", 320, 192, 8, 4, 120, 1, 0, 0, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
+    {"llama4-scout", "weight on input, 2I = 640, shared", 128, 320, 4, 1, 200, 0, 1, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "experts of 64, 65, 1, 0 rows", 256, 192, 4, 1, 130, 0, 0, 0, 0, 0, {64, 65, 1, 0},
      MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "quantised shared expert", 256, 128, 8, 2, 100, 0, 2, 0, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "scales past 2^9", 256, 256, 8, 2, 200, 0, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "w8a8 bf16 path", 256, 256, 8, 2, 200, 0, 0, 1, 0, {0}, MOE_ACT_SILU_GLU},
-    {"qwen3-30b-a3b", "experts of 32, 33, 20, 0 rows", 256, 192, 4, 1, 85, 0, 0, 0, 0, {32, 33, 20, 0},
+    {"qwen3-30b-a3b", "quantised shared expert", 256, 128, 8, 2, 100, 0, 2, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "scales past 2^9", 256, 256, 8, 2, 200, 0, 0, 0, 1, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "w8a8 bf16 path", 256, 256, 8, 2, 200, 0, 0, 1, 0, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "experts of 32, 33, 20, 0 rows", 256, 192, 4, 1, 85, 0, 0, 0, 0, 0, {32, 33, 20, 0},
      MOE_ACT_SILU_GLU},
-    {"gpt-oss-20b", "gptoss, 20 rows an expert", 320, 192, 8, 4, 40, 1, 0, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
-    {"qwen3-30b-a3b", "scales past 2^9, 25 rows an expert", 256, 256, 8, 2, 100, 0, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
+    {"gpt-oss-20b", "gptoss, 20 rows an expert", 320, 192, 8, 4, 40, 1, 0, 0, 0, 0, {0}, MOE_ACT_GPTOSS_GLU},
+    {"qwen3-30b-a3b", "scales past 2^9, 25 rows an expert", 256, 256, 8, 2, 100, 0, 0, 0, 1, 0, {0}, MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "zero and subnormal NVFP4 scales", 1024, 384, 8, 2, 160, 0, 0, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
 };
 
 TEST_IMPL(gpu_layer_fp4_medium) {
@@ -70,6 +73,19 @@ TEST_IMPL(gpu_layer_fp4_medium) {
                     for (int64_t j = 0; j < n; j++) p.w13[e * n + j] *= 0x1p24f;
                     for (int64_t j = 0; j < n / 2; j++) p.w2[e * (n / 2) + j] *= 0x1p-24f;
                 }
+            if (d->odd) { /* rows 3 and 9 of every 16, blocks 1 of 4 zero and 0 of 3 times 2^-16 (in w13 and w2) */
+                float *w[2] = {p.w13, p.w2};
+                const int64_t rows[2] = {(int64_t)c.router.n_experts * 2 * d->I, (int64_t)c.router.n_experts * d->H};
+                const int cols[2] = {d->H, d->I};
+                for (int m = 0; m < 2; m++)
+                    for (int64_t r = 0; r < rows[m]; r++)
+                        for (int b = 0; b < cols[m] / 32; b++)
+                            for (int j = 0; j < 32; j++) {
+                                float *v = &w[m][r * cols[m] + 32 * b + j];
+                                if (r % 16 == 3 && b % 4 == 1) *v = 0.0f;
+                                if (r % 16 == 9 && b % 3 == 0) *v *= 0x1p-16f;
+                            }
+            }
             if (layer_problem_quantize(env->cpu, &p, &fmts[f], &q, NULL)) {
                 bad++;
                 layer_problem_free(&p);

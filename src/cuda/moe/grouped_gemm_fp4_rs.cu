@@ -70,6 +70,10 @@ __device__ __forceinline__ uint32_t tok_off(int r, int c) {
     return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
 }
 
+/* 16 bytes global -> shared asynchronously (bytes 0 writes zeros) */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
 __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
     uint32_t v;
     asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
@@ -91,7 +95,6 @@ template <bool kGlu, int F, int kN>
 __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm_tile &t, unsigned char *smem) {
     /* the token stages (sub-step u at u kTokStage), then the code stages */
     const uint32_t tok_s = (uint32_t)__cvta_generic_to_shared(smem), code_s = tok_s + kStages * kTok;
-    unsigned char *tok_p = smem, *code_p = tok_p + kStages * kTok;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
 
     /* copy duty: codes span tid % 2 of weight row tid / 2; tokens chunk tid % 8 of rows tid / 8 (and 32 + tid / 8) */
@@ -110,20 +113,42 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         arow[i] = moe_gemm_a_row(p, t, t.row0 + r);
         adst[i] = tok_off(r, ac);
     }
-    const int k_tiles = (p.k + kSub * kBK - 1) / (kSub * kBK);
-    /* step kt's copies; K is a multiple of 32: a code span or token chunk is all in or all out */
+    const int k_tiles = (p.k + kSub * kBK - 1) / (kSub * kBK), full_steps = p.k / (kSub * kBK);
+    /* Step kt's copies. A step wholly inside K reads from a pointer a row plus kt steps (a row past the tile's: from
+     * its first byte, step 0, as zeros); the last step of a K that ends inside it checks each code span and token
+     * chunk (K is a multiple of 32: each is all in or all out). */
+    const uint8_t *const cbase = csrc ? csrc : static_cast<const uint8_t *>(p.b);
+    const uint32_t cstep = csrc ? kSub * kBK / 2 : 0;
+    const __nv_bfloat16 *abase[kTokRows];
+    uint32_t astep[kTokRows];
+#pragma unroll
+    for (int i = 0; i < kTokRows; i++) {
+        abase[i] = arow[i] ? arow[i] + ac * 8 : static_cast<const __nv_bfloat16 *>(p.a);
+        astep[i] = arow[i] ? kSub * kBK : 0;
+    }
     auto load = [&](int stage, int kt) {
+        const uint32_t cd = code_s + stage * kCode + cdst, ad = tok_s + stage * kTok;
+        if (kt < full_steps) {
+            const uint8_t *const c = cbase + (uint64_t)kt * cstep;
+#pragma unroll
+            for (int u = 0; u < kSub; u++) cp_async16(cd + u * kCodeStage, c + u * kBK / 2, csrc ? 16 : 0);
+#pragma unroll
+            for (int i = 0; i < kTokRows; i++) {
+                const __nv_bfloat16 *const a = abase[i] + (uint64_t)kt * astep[i];
+#pragma unroll
+                for (int u = 0; u < kSub; u++) cp_async16(ad + u * kTokStage + adst[i], a + u * kBK, arow[i] ? 16 : 0);
+            }
+            return;
+        }
 #pragma unroll
         for (int u = 0; u < kSub; u++) {
             const int k = (kt * kSub + u) * kBK; /* the sub-step's first K */
             const bool cin = csrc && k + csp * 32 < p.k;
-            moe_cp_async16(code_p + stage * kCode + u * kCodeStage + cdst,
-                           cin ? (const void *)(csrc + k / 2) : p.b, cin ? 16 : 0);
+            cp_async16(cd + u * kCodeStage, cin ? (const void *)(csrc + k / 2) : p.b, cin ? 16 : 0);
 #pragma unroll
             for (int i = 0; i < kTokRows; i++) {
                 const bool in = arow[i] && k + ac * 8 < p.k;
-                moe_cp_async16(tok_p + stage * kTok + u * kTokStage + adst[i],
-                               in ? (const void *)(arow[i] + k + ac * 8) : p.a, in ? 16 : 0);
+                cp_async16(ad + u * kTokStage + adst[i], in ? (const void *)(arow[i] + k + ac * 8) : p.a, in ? 16 : 0);
             }
         }
     };
@@ -138,14 +163,44 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
     }
     const uint8_t *const sbase = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
     /* Scales: MXFP4 one a 32-K block, NVFP4 one a 16-K block (the thread's 8 codes of a span lie in its block
-     * 2 sp + q / 2); the fits check holds p.bs.col_shift to these. In the steps wholly inside K a row's scales are
-     * read from one pointer a row with constant offsets (a row past N reads row 0's: its codes are zeros and its
-     * outputs are never stored); the last step of a K that ends inside it checks each. */
-    constexpr int kShift = F == MOE_B_E2M1_E8M0 ? 5 : 4, kPerStep = (kSub * kBK) >> kShift;
-    const uint8_t *srow_p[2];
+     * 2 sp + q / 2); the fits check holds p.bs.col_shift to these. A row's scales of a step are 4 bytes (MXFP4) or 8
+     * (NVFP4); a thread loads a word of them a step ahead (MXFP4 the 4, NVFP4 word q / 2 of the 8) and picks its own
+     * at the step that uses them (pick), so that nothing waits on the load before then. pick gives the thread a row's
+     * 4 scales of a step in one word, byte 2 u + sp for (sub-step u, span sp): MXFP4 the word, NVFP4 bytes
+     * q / 2 + {0, 2, 4, 6} of the 8, the other word from the lane q ^ 2. The steps wholly inside K load with the
+     * widest loads the rows' alignment allows (a row past N reads row 0's: its codes are zeros and its outputs are
+     * never stored); the last step of a K that ends inside it checks each. */
+    constexpr bool kMx = F == MOE_B_E2M1_E8M0;
+    constexpr int kShift = kMx ? 5 : 4, kPerStep = (kSub * kBK) >> kShift;
+    static_assert(kPerStep == (kMx ? 4 : 8), "a step's scales: one word (MXFP4) or two (NVFP4) a row");
+    const int qh = q >> 1, wofs = kMx ? 0 : 4 * qh; /* the thread's word: its first byte in the step's scales */
+    const uint8_t *srow_p[2]; /* the thread's word of the row's first step */
 #pragma unroll
-    for (int h = 0; h < 2; h++) srow_p[h] = sbase + (srow[h] < 0 ? 0 : srow[h]) + ((8 * q) >> kShift);
-    const int full_steps = p.k / (kSub * kBK);
+    for (int h = 0; h < 2; h++) srow_p[h] = sbase + (srow[h] < 0 ? 0 : srow[h]) + wofs;
+    const uint32_t salign = (uint32_t)((uintptr_t)p.bs.scale | (uint64_t)p.bs.group_stride | (uint64_t)p.bs.cols) & 3;
+    auto load_scales = [&](int kt, int h) -> uint32_t {
+        uint32_t w = 0;
+        if (kt < full_steps) {
+            const uint8_t *const s = srow_p[h] + kt * kPerStep;
+            if (salign == 0) return __ldg(reinterpret_cast<const uint32_t *>(s));
+            if (salign == 2) /* GPT-OSS: K 2880, 90 scales a row */
+                return __ldg(reinterpret_cast<const uint16_t *>(s)) |
+                       (uint32_t)__ldg(reinterpret_cast<const uint16_t *>(s) + 1) << 16;
+#pragma unroll
+            for (int b = 0; b < 4; b++) w |= (uint32_t)__ldg(s + b) << 8 * b;
+            return w;
+        }
+#pragma unroll
+        for (int b = 0; b < 4; b++) { /* byte wofs + b of the step: its block's first K */
+            const int k = kt * kSub * kBK + ((kMx ? b : 4 * qh + b) << kShift);
+            w |= bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k) << 8 * b;
+        }
+        return w;
+    };
+    auto pick = [&](uint32_t w) -> uint32_t { /* warp-wide */
+        if constexpr (kMx) return w;
+        else return __byte_perm(w, __shfl_xor_sync(0xFFFFFFFFu, w, 2), qh ? 0x3175 : 0x6420);
+    };
     /* f(u, h, sp) for each (sub-step, row, span) of a step: the thread's blocks of 8 codes, unrolled */
     auto each_block = [](auto &&f) {
 #pragma unroll
@@ -155,55 +210,44 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
 #pragma unroll
                 for (int sp = 0; sp < 2; sp++) f(u, h, sp);
     };
-    auto scales = [&](int kt, uint32_t(&dst)[kSub][2][2]) { /* [sub-step][row][span]: the thread's 8 codes' */
-        if (kt < full_steps)
-            each_block([&](int u, int h, int sp) {
-                dst[u][h][sp] = __ldg(srow_p[h] + kt * kPerStep + ((u * kBK + sp * 32) >> kShift));
-            });
-        else
-            each_block([&](int u, int h, int sp) {
-                const int k = (kt * kSub + u) * kBK + sp * 32 + 8 * q;
-                dst[u][h][sp] = bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k);
-            });
-    };
 
     /* the thread's A fragments of a step: [k16 step][register]. The word of a row's 8 codes (natural K 8q .. 8q + 7
      * of span sp) gives the pairs (c0, c4), (c1, c5) to k16 step 4u + 2 sp (registers 0 and 2; 1 and 3 for the
      * row s0 + 1) and (c2, c6), (c3, c7) to the next: K slot 16j + 8h + 2q + e holds natural value 8q + 2j + h + 4e.
-     * Each pair is the codes times 2^-126 (fp4_pair), times the factor of its block scale; a step where some lane
-     * has an E8M0 scale past 2^9 takes the wide path (warp-uniform). */
-    auto convert = [&](int stage, const uint32_t(&sc)[kSub][2][2], uint32_t(&a)[4 * kSub][4]) {
-        uint32_t f[kSub][2][2];
-        bool big = false;
-        each_block([&](int u, int h, int sp) {
-            bool b;
-            f[u][h][sp] = fp4_factor<F == MOE_B_E2M1_E8M0>(sc[u][h][sp], &b);
-            big |= b;
-        });
-        auto words = [&](auto wide) { /* wide::value: some lane has a scale past 2^9 */
+     * Each pair is the codes times 2^-126 (fp4_pair), times the factor of its block scale: two integer operations
+     * (fp4_factor_plain), unless some lane has a scale that needs more (fp4_mx_wide4, fp4_nv_odd4), when the warp
+     * takes the exact path (fp4_factor; an E8M0 scale past 2^9 multiplies by 2^126 first). */
+    auto convert = [&](int stage, const uint32_t(&sc)[2], uint32_t(&a)[4 * kSub][4]) {
+        const uint32_t odd = kMx ? fp4_mx_wide4(sc[0]) | fp4_mx_wide4(sc[1]) : fp4_nv_odd4(sc[0]) | fp4_nv_odd4(sc[1]);
+        auto words = [&](auto exact) { /* exact::value: the exact path */
             each_block([&](int u, int h, int sp) {
+                const int b = 2 * u + sp;
+                const uint32_t raw = sc[h] >> 8 * b & 0xFF;
+                bool big = false;
+                const uint32_t f =
+                    decltype(exact)::value ? fp4_factor<kMx>(raw, &big) : fp4_factor_plain<kMx>(sc[h], b);
                 const uint32_t w = lds32(code_s + stage * kCode + u * kCodeStage + code_off(s0 + h, sp) + 4 * q);
-                const uint32_t w8 = w >> 8, raw = sc[u][h][sp];
+                const uint32_t w8 = w >> 8;
                 uint32_t v[4]; /* v[t]: codes (3 - t, 7 - t) */
 #pragma unroll
                 for (int t = 0; t < 4; t++) {
                     v[t] = fp4_pair(w, w8, t);
-                    if (decltype(wide)::value && raw > 136)
-                        v[t] = bf16x2_mul(bf16x2_mul(v[t], kFp4Big), fp4_factor_big(raw));
-                    else v[t] = bf16x2_mul(v[t], f[u][h][sp]);
+                    v[t] = decltype(exact)::value && big
+                               ? bf16x2_mul(bf16x2_mul(v[t], kFp4Big), fp4_factor_big(raw))
+                               : bf16x2_mul(v[t], f);
                 }
                 const int j0 = 4 * u + 2 * sp;
                 a[j0][h] = v[3], a[j0][2 + h] = v[2], a[j0 + 1][h] = v[1], a[j0 + 1][2 + h] = v[0];
             });
         };
-        if (F == MOE_B_E2M1_E8M0 && __any_sync(0xFFFFFFFFu, big)) words(moe_bool_tag<true>());
+        if (__any_sync(0xFFFFFFFFu, odd != 0)) words(moe_bool_tag<true>());
         else words(moe_bool_tag<false>());
     };
 
     float acc[kN / 2];
 #pragma unroll
     for (int i = 0; i < kN / 2; i++) acc[i] = 0.0f;
-    uint32_t a[4 * kSub][4], sc[kSub][2][2], next[kSub][2][2];
+    uint32_t a[4 * kSub][4], sc[2], next[2]; /* the step's scales (pick) and the next step's word, a row each */
     /* stage s is full when every thread's copies into it have landed (an arrival a thread, made by its cp.async),
      * and empty when every warp has retired the wgmma that read it (an arrival a warp) */
     const moe_pipe pipe = {code_s + kStages * kCode, kStages};
@@ -213,29 +257,33 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         if (s < k_tiles) load(s, s);
         moe_mbar_arrive_cp_async(pipe.full(s));
     }
-    scales(0, next);
+    next[0] = load_scales(0, 0), next[1] = load_scales(0, 1);
+    /* the token stages' descriptor, low word: a stage, a sub-step and a 32-byte K step further are additions */
+    const uint32_t dtok0 = (uint32_t)moe_smem_desc(tok_s);
 
     for (int kt = 0; kt < k_tiles; kt++) {
-        const int st = kt % kStages;
-        moe_mbar_wait(pipe.full(st), (kt / kStages) & 1);
+        const int st = (uint32_t)kt % kStages;
+        moe_mbar_wait(pipe.full(st), ((uint32_t)kt / kStages) & 1);
         moe_fence_proxy_async(); /* every thread's copies of the stage's tokens -> this warp's wgmma reads */
-        each_block([&](int u, int h, int sp) { sc[u][h][sp] = next[u][h][sp]; });
-        if (kt + 1 < k_tiles) scales(kt + 1, next);
+        sc[0] = pick(next[0]), sc[1] = pick(next[1]);
+        if (kt + 1 < k_tiles) next[0] = load_scales(kt + 1, 0), next[1] = load_scales(kt + 1, 1);
         convert(st, sc, a);
-        const uint32_t tok = tok_s + st * kTok;
+        const uint32_t dtok = dtok0 + st * (kTok >> 4);
         moe_acc_fence(acc);
         moe_wgmma_fence();
 #pragma unroll
         for (int u = 0; u < kSub; u++)
 #pragma unroll
             for (int kk = 0; kk < kBK / 16; kk++) /* 16 bf16 = 32 bytes further into the swizzled rows */
-                moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk], moe_smem_desc(tok + u * kTokStage + kk * 32));
+                moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk],
+                                          moe_smem_desc_of(dtok + ((u * kTokStage + kk * 32) >> 4)));
         moe_wgmma_commit();
         const int refill = kt + kStages - 1; /* into the stage step kt - 1 read */
         if (refill < k_tiles) { /* while the wgmma run, once every warp has retired step kt - 1's */
-            if (kt > 0) moe_mbar_wait(pipe.empty((kt - 1) % kStages), ((kt - 1) / kStages) & 1);
-            load(refill % kStages, refill);
-            moe_mbar_arrive_cp_async(pipe.full(refill % kStages));
+            const uint32_t prev = kt - 1, rs = (uint32_t)refill % kStages;
+            if (kt > 0) moe_mbar_wait(pipe.empty(prev % kStages), (prev / kStages) & 1);
+            load(rs, refill);
+            moe_mbar_arrive_cp_async(pipe.full(rs));
         }
         moe_acc_fence(acc);
         moe_wgmma_wait<0>(); /* the A registers and the stage's tokens are free again */
