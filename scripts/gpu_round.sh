@@ -30,6 +30,12 @@ if [ "${SANITIZE:-1}" = 1 ]; then
         "$BUILD/moe_tests" --data tests/data gpu_blocks_golden gpu_swizzle > "$OUT/racecheck.log" 2>&1
     echo "exit $?" >> "$OUT/racecheck.log"
     tail -4 "$OUT/racecheck.log" | tee -a "$OUT/summary.txt"
+    # the FP4 wgmma tile's mbarrier ring, its cases on that tile only (over both tiles it takes about 5 minutes)
+    step "compute-sanitizer racecheck (gpu_layer_fp4_medium on the wgmma tile, 8 MiB tensors)"
+    MOE_TEST_GPU_MIB=8 MOE_TEST_FP4_TILE=rs compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "$BUILD/moe_tests" --data tests/data gpu_layer_fp4_medium > "$OUT/racecheck-fp4.log" 2>&1
+    echo "exit $?" >> "$OUT/racecheck-fp4.log"
+    tail -4 "$OUT/racecheck-fp4.log" | tee -a "$OUT/summary.txt"
 fi
 
 if [ -x build-sm80/moe ]; then

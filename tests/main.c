@@ -2,7 +2,8 @@
  * prints one line per test and closes with "N passed, N failed[, N skipped]". Exit status 1 on any failure.
  *
  *   moe_tests [--data DIR] [--list] [name-filter ...]
- * Environment: MOE_TEST_SEED (fixes the random inputs), MOE_TEST_GPU_MIB (GPU tensor size, default 64). */
+ * Environment: MOE_TEST_SEED (fixes the random inputs), MOE_TEST_GPU_MIB (GPU tensor size, default 64),
+ * MOE_TEST_FP4_TILE (rs or mma: gpu_layer_fp4_medium on that MEDIUM tile only; default both). */
 #include <stdlib.h>
 
 #include "test.h"

@@ -1,8 +1,10 @@
 /* test_gpu_layer_fp4.c — FP4 weights (MXFP4, NVFP4) in the 64-row MEDIUM tile against the CPU reference over the
  * same codes: on Hopper the RS wgmma tile (grouped_gemm_fp4_rs.cu), and each case once more on the mma.sync tile
- * (MOE_GEMM_NO_FP4_RS), so that both stay checked. Skipped without a GPU. */
+ * (MOE_GEMM_NO_FP4_RS), so that both stay checked. MOE_TEST_FP4_TILE=rs or mma runs only that one (for
+ * compute-sanitizer runs, which would take minutes over both); the default is both. Skipped without a GPU. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "layer_cases.h"
 
@@ -46,6 +48,9 @@ static const fp4_case cases[] = {
 };
 
 TEST_IMPL(gpu_layer_fp4_medium) {
+    const char *only = getenv("MOE_TEST_FP4_TILE");
+    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
+    const int first = only && !strcmp(only, "mma"), last = !(only && !strcmp(only, "rs"));
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
     const char *names[LAYER_WEIGHT_FORMATS];
@@ -99,7 +104,7 @@ TEST_IMPL(gpu_layer_fp4_medium) {
             }
             p.qw = &q;
             if (d->shared == 2) p.sqw = &sq;
-            for (int old = 0; old < 2; old++) {
+            for (int old = first; old <= last; old++) {
                 if (old) setenv("MOE_GEMM_NO_FP4_RS", "1", 1);
                 char what[112];
                 snprintf(what, sizeof what, "%s, %s%s", names[f], d->what, old ? ", mma.sync tile" : "");
