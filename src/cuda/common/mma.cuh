@@ -5,10 +5,14 @@
 
 #include <stdint.h>
 
-/* 16 bytes global -> shared, asynchronously; bytes < 16 fills the rest with zeros (0: all zeros). */
+/* 16 bytes global -> shared (a shared-window address), asynchronously, through L2 only; bytes < 16 fills the rest
+ * with zeros (0: all zeros). */
+__device__ __forceinline__ void moe_cp_async16_to(uint32_t smem, const void *gmem, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+}
+/* The same to a generic pointer into shared memory. */
 __device__ __forceinline__ void moe_cp_async16(void *smem, const void *gmem, int bytes) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+    moe_cp_async16_to((uint32_t)__cvta_generic_to_shared(smem), gmem, bytes);
 }
 
 /* 4 bytes global -> shared (a scale), asynchronously; bytes 0 writes zeros. */

@@ -33,7 +33,7 @@ inline bool moe_decode_dependent(moe_ctx *ctx, const moe_gemm_params &p, bool gl
 /* 16 bytes global -> shared, L2 only (weights: read once), or through L1 (tokens: every CTA reads them); bytes 0
  * writes zeros. */
 __device__ __forceinline__ void moe_decode_copy16_cg(uint32_t smem, const void *gmem, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+    moe_cp_async16_to(smem, gmem, bytes);
 }
 __device__ __forceinline__ void moe_decode_copy16_ca(uint32_t smem, const void *gmem, int bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));

@@ -70,10 +70,6 @@ __device__ __forceinline__ uint32_t tok_off(int r, int c) {
     return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
 }
 
-/* 16 bytes global -> shared asynchronously (bytes 0 writes zeros) */
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
 __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
     uint32_t v;
     asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
@@ -131,12 +127,13 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         if (kt < full_steps) {
             const uint8_t *const c = cbase + (uint64_t)kt * cstep;
 #pragma unroll
-            for (int u = 0; u < kSub; u++) cp_async16(cd + u * kCodeStage, c + u * kBK / 2, csrc ? 16 : 0);
+            for (int u = 0; u < kSub; u++) moe_cp_async16_to(cd + u * kCodeStage, c + u * kBK / 2, csrc ? 16 : 0);
 #pragma unroll
             for (int i = 0; i < kTokRows; i++) {
                 const __nv_bfloat16 *const a = abase[i] + (uint64_t)kt * astep[i];
 #pragma unroll
-                for (int u = 0; u < kSub; u++) cp_async16(ad + u * kTokStage + adst[i], a + u * kBK, arow[i] ? 16 : 0);
+                for (int u = 0; u < kSub; u++)
+                    moe_cp_async16_to(ad + u * kTokStage + adst[i], a + u * kBK, arow[i] ? 16 : 0);
             }
             return;
         }
@@ -144,11 +141,12 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         for (int u = 0; u < kSub; u++) {
             const int k = (kt * kSub + u) * kBK; /* the sub-step's first K */
             const bool cin = csrc && k + csp * 32 < p.k;
-            cp_async16(cd + u * kCodeStage, cin ? (const void *)(csrc + k / 2) : p.b, cin ? 16 : 0);
+            moe_cp_async16_to(cd + u * kCodeStage, cin ? (const void *)(csrc + k / 2) : p.b, cin ? 16 : 0);
 #pragma unroll
             for (int i = 0; i < kTokRows; i++) {
                 const bool in = arow[i] && k + ac * 8 < p.k;
-                cp_async16(ad + u * kTokStage + adst[i], in ? (const void *)(arow[i] + k + ac * 8) : p.a, in ? 16 : 0);
+                moe_cp_async16_to(ad + u * kTokStage + adst[i], in ? (const void *)(arow[i] + k + ac * 8) : p.a,
+                                  in ? 16 : 0);
             }
         }
     };
