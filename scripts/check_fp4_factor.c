@@ -1,6 +1,6 @@
 /* scripts/check_fp4_factor.c — the FP4 wgmma tile's block factors from packed scales (fp4_mx_wide4, fp4_nv_odd4 and
- * fp4_factor_plain in src/cuda/moe/fp4_codes.cuh, copied here) against the CPU definitions of E8M0 and E4M3
- * (src/formats/scalar.h): on every 32-bit word of four scales, each test flags exactly the words with a byte that
+ * fp4_factor_plain in src/cuda/moe/fp4_scale_words.h, the kernel's own functions) against the CPU definitions of
+ * E8M0 and E4M3 (src/formats/scalar.h): on every 32-bit word of four scales, each test flags exactly the words with a byte that
  * needs the exact path (E8M0 past 136; E4M3 outside the positive normal numbers 0x08 .. 0x7E), and for every byte
  * it passes, at each of the four positions, the factor is the bf16 pair (s * 2^118, s * 2^118), exactly.
  * Not a test (a few seconds on two cores):
@@ -10,21 +10,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "cuda/moe/fp4_scale_words.h"
 #include "formats/scalar.h"
-
-static uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) { /* __byte_perm, selectors 0-7 */
-    const uint64_t x = (uint64_t)b << 32 | a;
-    uint32_t r = 0;
-    for (int i = 0; i < 4; i++) r |= (uint32_t)((x >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i);
-    return r;
-}
-/* the kernel's */
-static uint32_t fp4_mx_wide4(uint32_t w) { return w & ((w & 0x7F7F7F7Fu) + 0x77777777u) & 0x80808080u; }
-static uint32_t fp4_nv_odd4(uint32_t w) { return (~(w + 0x78787878u) | (w + 0x01010101u) | w) & 0x80808080u; }
-static uint32_t fp4_factor_plain(int mx, uint32_t w, int b) {
-    const uint32_t x = byte_perm(w, 0, 0x4040u | 0x0101u * (uint32_t)b);
-    return mx ? x * 0x80u + 0x3B003B00u : x * 0x10u + 0x77007700u;
-}
 
 static int mx_wide(uint32_t e) { return e > 136; }
 static int nv_odd(uint32_t e) { return e < 0x08 || e > 0x7E; }

@@ -11,6 +11,8 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 
+#include "cuda/moe/fp4_scale_words.h" /* the wgmma tile's scale words: fp4_mx_wide4, fp4_nv_odd4, fp4_factor_plain */
+
 constexpr float kFp4Undo = 256.0f; /* the weights enter the tensor core times 2^-8 */
 constexpr uint32_t kFp4Big = 0x7E807E80u; /* bf16 pair (2^126, 2^126) */
 
@@ -43,25 +45,6 @@ template <bool kMx> __device__ __forceinline__ uint32_t fp4_factor(uint32_t raw,
     const __nv_bfloat16 b = __float2bfloat16_rn(__half2float(__half(h)) * 0x1p118f);
     const uint32_t u = *reinterpret_cast<const uint16_t *>(&b);
     return u * 0x10001u;
-}
-
-/* Four raw block scales in a word (byte b the b-th): nonzero when some MXFP4 (E8M0) code is past 136, whose factor
- * is fp4_factor_big's; for NVFP4 (E4M3), when some code is not a positive normal number (0x08 .. 0x7E: zero,
- * subnormals, negatives and NaN take fp4_factor). Bytewise sums: a carry out of a byte only comes from a byte that
- * is flagged itself. scripts/check_fp4_factor.c checks both on every word. */
-__device__ __forceinline__ uint32_t fp4_mx_wide4(uint32_t w) {
-    return w & ((w & 0x7F7F7F7Fu) + 0x77777777u) & 0x80808080u; /* bit 7 set, and bits 0-6 at least 9 */
-}
-__device__ __forceinline__ uint32_t fp4_nv_odd4(uint32_t w) {
-    return (~(w + 0x78787878u) | (w + 0x01010101u) | w) & 0x80808080u; /* under 8, 0x7F, or bit 7 set */
-}
-
-/* fp4_factor of byte b of w where fp4_mx_wide4 or fp4_nv_odd4 is zero: the byte e twice (__byte_perm), as the
- * exponent field e + 118 (E8M0: 2^(e - 127) * 2^118), or for E4M3 (exponent E, 3 mantissa bits, bias 7) its 7 bits
- * shifted into place under exponent field E + 238: two integer operations. */
-template <bool kMx> __device__ __forceinline__ uint32_t fp4_factor_plain(uint32_t w, int b) {
-    const uint32_t x = __byte_perm(w, 0, 0x4040u | 0x0101u * (uint32_t)b); /* (e, e) in the halves' low bytes */
-    return kMx ? x * 0x80u + 0x3B003B00u : x * 0x10u + 0x77007700u;
 }
 
 /* The factor of an E8M0 code e > 136, for codes already times 2^126: 2^(e - 135), or NaN for 0xFF. */

@@ -223,7 +223,7 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
                 const uint32_t raw = sc[h] >> 8 * b & 0xFF;
                 bool big = false;
                 const uint32_t f =
-                    decltype(exact)::value ? fp4_factor<kMx>(raw, &big) : fp4_factor_plain<kMx>(sc[h], b);
+                    decltype(exact)::value ? fp4_factor<kMx>(raw, &big) : fp4_factor_plain(kMx, sc[h], b);
                 const uint32_t w = lds32(code_s + stage * kCode + u * kCodeStage + code_off(s0 + h, sp) + 4 * q);
                 const uint32_t w8 = w >> 8;
                 uint32_t v[4]; /* v[t]: codes (3 - t, 7 - t) */
