@@ -10,7 +10,8 @@
  * every shape (T = 1, 200, 1500 over 8 experts: registers, MEDIUM, wgmma, and the portable LARGE tile; T = 60 with
  * MEDIUM32 forced: 15 rows an expert on average, some past one tile), shapes off
  * the 128 grid (2I = 192, H = 160), and GPT-OSS's
- * interleaved w13 with biases over MXFP4 as the checkpoint ships it. Small enough for compute-sanitizer. */
+ * interleaved w13 with biases over MXFP4 as the checkpoint ships it, by its tiles and by LARGE forced. Small enough
+ * for compute-sanitizer. */
 TEST_IMPL(gpu_layer_quant) {
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
@@ -44,14 +45,19 @@ TEST_IMPL(gpu_layer_quant) {
     }
     moe_layer_config c = layer_config("gpt-oss-20b", 256, 96, 32, 4, MOE_ACT_GPTOSS_GLU);
     c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
-    layer_problem p;
-    layer_qweights q;
-    layer_problem_random(&p, &c, 300, 0, seed++);
-    ASSERT(layer_problem_quantize(env->cpu, &p, &fmts[5], &q, NULL) == 0); /* mxfp4 */
-    p.qw = &q;
-    bad += layer_compare_gpu(env, &p, 0, "gpt-oss over mxfp4, interleaved, biases");
-    layer_qweights_free(&q);
-    layer_problem_free(&p);
+    for (int large = 0; large < 2; large++) { /* its own tiles, then LARGE forced (interleaved w13 in the wide tile) */
+        layer_problem p;
+        layer_qweights q;
+        c.expert_tile = large ? MOE_EXPERT_TILE_LARGE : MOE_EXPERT_TILE_AUTO;
+        layer_problem_random(&p, &c, 300, 0, seed++);
+        ASSERT(layer_problem_quantize(env->cpu, &p, &fmts[5], &q, NULL) == 0); /* mxfp4 */
+        p.qw = &q;
+        bad += layer_compare_gpu(env, &p, 0,
+                                 large ? "gpt-oss over mxfp4, interleaved, biases, LARGE"
+                                       : "gpt-oss over mxfp4, interleaved, biases");
+        layer_qweights_free(&q);
+        layer_problem_free(&p);
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }
