@@ -73,6 +73,8 @@ expect 2 'tokens'                          bench route --backend cpu --tokens 1,
 expect 2 'no layer preset is called "no-such-model"'  bench layer --backend cpu --model qwen3-30b-a3b,no-such-model
 expect 2 'no router preset is called "gpt-5"'         bench route --backend cpu --model gpt-5
 expect 2 'no layer preset is called "x"'              tune --model x
+expect 2 '--tiles takes small, medium32, medium and large' tune --tiles medium,huge
+expect 2 'usage: moe bench layer'                     bench layer --backend cpu --tiles large
 expect 2 'dtype'                           bench layer --backend cpu --dtype int3
 
 echo "cli_test: $ran runs of $MOE, $failed failed"

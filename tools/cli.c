@@ -179,7 +179,8 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
                                          {"reps", 1, 0, 'r'},  {"json", 1, 0, 'j'},       {"backend", 1, 0, 'b'},
                                          {"help", 0, 0, 'h'},  {"route-only", 0, 0, 'o'}, {"idle-ms", 1, 0, 'i'},
                                          {"unfused", 0, 0, 'u'},   {"shared-bf16", 0, 0, 's'},
-                                         {"gate-bf16", 0, 0, 'g'}, {0, 0, 0, 0}};
+                                         {"gate-bf16", 0, 0, 'g'}, {"tiles", 1, 0, 'l'},
+                                         {0, 0, 0, 0}};
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
         switch (c) {
@@ -226,6 +227,13 @@ int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o)
                 return CLI_USAGE;
             }
             *o->gate_bf16 = 1;
+            break;
+        case 'l':
+            if (!o->tiles) {
+                fputs(usage, stderr);
+                return CLI_USAGE;
+            }
+            *o->tiles = optarg;
             break;
         default: fputs(usage, stderr); return CLI_USAGE;
         }

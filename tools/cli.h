@@ -61,6 +61,7 @@ typedef struct cli_bench_opts {
     int *unfused;    /* --unfused; NULL where the command has no such option */
     int *shared_bf16; /* --shared-bf16; NULL where the command has no such option */
     int *gate_bf16;   /* --gate-bf16; NULL where the command has no such option */
+    const char **tiles; /* --tiles LIST; NULL where the command has no such option */
 } cli_bench_opts;
 int cli_bench_parse(int argc, char **argv, const char *usage, cli_bench_opts *o);
 

@@ -114,7 +114,7 @@ done:
 
 int bench_layer(int argc, char **argv) {
     int idle_ms = -1, shared_bf16 = 0, gate_bf16 = 0;
-    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, &shared_bf16, &gate_bf16};
+    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, &shared_bf16, &gate_bf16, NULL};
     const int parsed = cli_bench_parse(argc, argv, usage, &o);
     if (parsed >= 0) return parsed;
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;

@@ -76,7 +76,7 @@ static double time_steps(moe_ctx *ctx, route_bench *b, int reps) {
 
 int bench_route(int argc, char **argv) {
     cli_bench_opts o = {"qwen3-30b-a3b,deepseek-v3", "1,16,128,1024,8192", "f32", NULL, "auto", 0, &route_only, NULL,
-                        &unfused, NULL, NULL};
+                        &unfused, NULL, NULL, NULL};
     const int parsed = cli_bench_parse(argc, argv, usage, &o);
     if (parsed >= 0) return parsed;
     const char *models = o.models, *tokens = o.tokens, *dtype_name = o.dtype, *json_path = o.json;

@@ -18,6 +18,8 @@ static const char usage[] =
     "                  w8a8, w4a8, w4a8-nvfp4 (as `moe bench layer --dtype`)\n"
     "  --reps N        forwards per timing (default: about 30 ms of work)\n"
     "  --idle-ms N     idle time before each timing (default 200)\n"
+    "  --tiles LIST    the tiles to time, comma separated (default small,medium32,medium,large): a row then picks\n"
+    "                  the fastest of those (for a re-tune where the others are known to lose, e.g. SMALL at large T)\n"
     "  --json FILE     also write every timing as JSON\n"
     "  --backend B     cuda (auto finds it; the CPU has no tiles)\n";
 
@@ -33,9 +35,31 @@ static int tile_generation(moe_ctx *ctx) {
     return strstr(moe_ctx_describe(ctx), "(sm_90") && strstr(moe_cuda_archs(), "sm_90a") ? 90 : 80;
 }
 
-/* One model and weight format at every token count: a row per T, the timings in results. */
+/* A tile's name in --tiles and in the rows' comments. */
+static const char *tile_word(int t) {
+    static const char *const words[] = {"small", "medium32", "medium", "large"};
+    return words[t - MOE_EXPERT_TILE_SMALL];
+}
+
+/* The tiles of a --tiles list as a mask (bit t: tile t), or 0 for a name that is none of them. */
+static unsigned tile_mask(const char *list) {
+    unsigned mask = 0;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *s = NULL, *name = strtok_r(buf, ",", &s); name; name = strtok_r(NULL, ",", &s)) {
+        unsigned bit = 0;
+        for (int t = MOE_EXPERT_TILE_SMALL; t <= MOE_EXPERT_TILE_LARGE; t++)
+            if (strcmp(name, tile_word(t)) == 0) bit = 1u << t;
+        if (!bit) return 0;
+        mask |= bit;
+    }
+    return mask;
+}
+
+/* One model and weight format at every token count: a row per T (the fastest of the tiles in mask), the timings
+ * in results. */
 static int tune_model(moe_ctx *ctx, const char *model, const char *dtype, const int64_t *tokens, int n_tok,
-                      int reps, int idle_ms, json_t *results) {
+                      int reps, int idle_ms, unsigned mask, json_t *results) {
     moe_layer_config c;
     moe_qformat format, act;
     if (moe_layer_preset(model, &c) != MOE_OK || cli_expert_format(dtype, &format, &act)) {
@@ -54,21 +78,23 @@ static int tune_model(moe_ctx *ctx, const char *model, const char *dtype, const 
     for (int ti = 0; ti < n_tok; ti++) {
         const int64_t T = tokens[ti];
         double us[MOE_EXPERT_TILE_LARGE + 1] = {0};
-        moe_expert_tile best = MOE_EXPERT_TILE_SMALL;
+        int best = -1;
+        char timed[128] = "";
         for (int t = MOE_EXPERT_TILE_SMALL; t <= MOE_EXPERT_TILE_LARGE; t++) {
+            if (!(mask >> t & 1u)) continue;
             fprintf(stderr, "  %s %s T=%lld %s...          \r", model, dtype, (long long)T, tile_name(t));
             if (cli_layer_bench_retile(&b, (moe_expert_tile)t)) goto fail;
             us[t] = cli_layer_bench_time(&b, T, reps, idle_ms, NULL);
             if (us[t] < 0) goto fail;
-            if (us[t] < us[best]) best = (moe_expert_tile)t;
+            if (best < 0 || us[t] < us[best]) best = t;
             json_array_append_new(results, json_pack("{s:s, s:s, s:I, s:s, s:f}", "model", model, "weights", dtype,
                                                      "tokens", (json_int_t)T, "tile", tile_name(t), "us", us[t]));
+            const size_t n = strlen(timed); /* the comment: "small 1.0 us, medium32 2.0, ...", the timed tiles */
+            snprintf(timed + n, sizeof timed - n, "%s%s %.1f%s", n ? ", " : "", tile_word(t), us[t], n ? "" : " us");
         }
-        printf("    {%d, \"%s\", %d, %d, %d, %d, %lld, MOE_EXPERT_TILE_%s}, /* %s T=%lld: small %.1f us, medium32 %.1f, "
-               "medium %.1f, large %.1f */\n",
-               sm, dtype, c.hidden, c.intermediate, c.router.n_experts, c.router.top_k, (long long)T, tile_name(best),
-               model, (long long)T, us[MOE_EXPERT_TILE_SMALL], us[MOE_EXPERT_TILE_MEDIUM32], us[MOE_EXPERT_TILE_MEDIUM],
-               us[MOE_EXPERT_TILE_LARGE]);
+        printf("    {%d, \"%s\", %d, %d, %d, %d, %lld, MOE_EXPERT_TILE_%s}, /* %s T=%lld: %s */\n", sm, dtype, c.hidden,
+               c.intermediate, c.router.n_experts, c.router.top_k, (long long)T, tile_name((moe_expert_tile)best), model,
+               (long long)T, timed);
         fflush(stdout);
     }
     rc = CLI_OK;
@@ -82,9 +108,16 @@ done:
 
 int cmd_tune(int argc, char **argv) {
     int idle_ms = 200;
-    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, NULL, NULL};
+    const char *tiles = "small,medium32,medium,large";
+    cli_bench_opts o = {NULL, NULL, "bf16", NULL, "auto", 0, NULL, &idle_ms, NULL, NULL, NULL, &tiles};
     const int parsed = cli_bench_parse(argc, argv, usage, &o);
     if (parsed >= 0) return parsed;
+    const unsigned mask = tile_mask(tiles);
+    if (!mask) {
+        fprintf(stderr, "moe tune: --tiles takes small, medium32, medium and large, comma separated (not \"%s\")\n",
+                tiles);
+        return CLI_USAGE;
+    }
     const char *models = o.models ? o.models : "qwen3-30b-a3b,deepseek-v3,mixtral-8x7b";
     int64_t tokens[16];
     const int n_tok = cli_parse_tokens(o.tokens ? o.tokens : "1,4,16,32,64,128,256,512,1024,2048,8192", tokens, 16);
@@ -113,7 +146,7 @@ int cmd_tune(int argc, char **argv) {
     for (char *ms = NULL, *model = strtok_r(mlist, ",", &ms); model && rc != CLI_USAGE; model = strtok_r(NULL, ",", &ms)) {
         snprintf(dlist, sizeof dlist, "%s", o.dtype);
         for (char *ds = NULL, *dtype = strtok_r(dlist, ",", &ds); dtype; dtype = strtok_r(NULL, ",", &ds)) {
-            const int r = tune_model(ctx, model, dtype, tokens, n_tok, o.reps, idle_ms, results);
+            const int r = tune_model(ctx, model, dtype, tokens, n_tok, o.reps, idle_ms, mask, results);
             if (r != CLI_OK) rc = r;
         }
     }
