@@ -23,22 +23,16 @@ static const char usage[] =
     "  --json FILE     also write every timing as JSON\n"
     "  --backend B     cuda (auto finds it; the CPU has no tiles)\n";
 
-static const char *tile_name(moe_expert_tile t) {
-    return t == MOE_EXPERT_TILE_SMALL      ? "SMALL"
-           : t == MOE_EXPERT_TILE_MEDIUM32 ? "MEDIUM32"
-           : t == MOE_EXPERT_TILE_MEDIUM   ? "MEDIUM"
-                                           : "LARGE";
-}
+/* Tile t's names: the enum's suffix (rows, JSON), and the word of --tiles and of the rows' comments. */
+static const struct {
+    const char *name, *word;
+} tiles_named[] = {{"SMALL", "small"}, {"MEDIUM32", "medium32"}, {"MEDIUM", "medium"}, {"LARGE", "large"}};
+static const char *tile_name(int t) { return tiles_named[t - MOE_EXPERT_TILE_SMALL].name; }
+static const char *tile_word(int t) { return tiles_named[t - MOE_EXPERT_TILE_SMALL].word; }
 
 /* 90 where the Hopper kernels run (an sm_90 GPU and a build with sm_90a code), else 80. */
 static int tile_generation(moe_ctx *ctx) {
     return strstr(moe_ctx_describe(ctx), "(sm_90") && strstr(moe_cuda_archs(), "sm_90a") ? 90 : 80;
-}
-
-/* A tile's name in --tiles and in the rows' comments. */
-static const char *tile_word(int t) {
-    static const char *const words[] = {"small", "medium32", "medium", "large"};
-    return words[t - MOE_EXPERT_TILE_SMALL];
 }
 
 /* The tiles of a --tiles list as a mask (bit t: tile t), or 0 for a name that is none of them. */
@@ -93,7 +87,7 @@ static int tune_model(moe_ctx *ctx, const char *model, const char *dtype, const 
             snprintf(timed + n, sizeof timed - n, "%s%s %.1f%s", n ? ", " : "", tile_word(t), us[t], n ? "" : " us");
         }
         printf("    {%d, \"%s\", %d, %d, %d, %d, %lld, MOE_EXPERT_TILE_%s}, /* %s T=%lld: %s */\n", sm, dtype, c.hidden,
-               c.intermediate, c.router.n_experts, c.router.top_k, (long long)T, tile_name((moe_expert_tile)best), model,
+               c.intermediate, c.router.n_experts, c.router.top_k, (long long)T, tile_name(best), model,
                (long long)T, timed);
         fflush(stdout);
     }
