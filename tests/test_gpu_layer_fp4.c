@@ -1,6 +1,7 @@
-/* test_gpu_layer_fp4.c — FP4 weights (MXFP4, NVFP4) in the 64-row MEDIUM tile against the CPU reference over the
- * same codes: on Hopper the RS wgmma tile (grouped_gemm_fp4_rs.cu), and each case once more on the mma.sync tile
- * (MOE_GEMM_NO_FP4_RS), so that both stay checked. MOE_TEST_FP4_TILE=rs or mma runs only that one (for
+/* test_gpu_layer_fp4.c — FP4 weights (MXFP4, NVFP4) on their wgmma tile (grouped_gemm_fp4_rs.cu) at 64 rows (MEDIUM)
+ * and 128 rows (LARGE) against the CPU reference over the same codes, each case once more on the tile the shape takes
+ * without it, so that both stay checked: MEDIUM's mma.sync tile (MOE_GEMM_NO_FP4_RS), LARGE's cp.async wgmma tile
+ * (MOE_GEMM_NO_FP4_RS_LARGE). MOE_TEST_FP4_TILE=rs or mma runs only the wgmma tile or only the other (for
  * compute-sanitizer runs, which would take minutes over both); the default is both. Skipped without a GPU. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,24 +48,32 @@ static const fp4_case cases[] = {
     {"qwen3-30b-a3b", "zero and subnormal NVFP4 scales", 1024, 384, 8, 2, 160, 0, 0, 0, 0, 1, {0}, MOE_ACT_SILU_GLU},
 };
 
-TEST_IMPL(gpu_layer_fp4_medium) {
+/* The same cases and more with LARGE forced: experts of 128, 129, 64 and 0 rows (a full tile; a tile of one row
+ * beside a full one; a tile whose second half holds no row, at wgmma's N = 64; an empty expert), and many rows an
+ * expert with K of 56 steps of 128 (the ring's phases many times over). */
+static const fp4_case large_cases[] = {
+    {"qwen3-30b-a3b", "experts of 128, 129, 64, 0 rows", 256, 192, 4, 1, 321, 0, 0, 0, 0, 0, {128, 129, 64, 0},
+     MOE_ACT_SILU_GLU},
+    {"qwen3-30b-a3b", "H 7168, I 256, 300 rows an expert", 7168, 256, 4, 2, 600, 0, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
+};
+
+/* Runs the cases with the tile forced on the FP4 wgmma tile and on the other (off: the variable that keeps it off). */
+static int run_cases(test_env *env, const fp4_case *list, size_t count, moe_expert_tile tile, const char *off,
+                     uint64_t seed) {
     const char *only = getenv("MOE_TEST_FP4_TILE");
-    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
     const int first = only && !strcmp(only, "mma"), last = !(only && !strcmp(only, "rs"));
-    SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
     const char *names[LAYER_WEIGHT_FORMATS];
     layer_weight_formats(fmts, names);
     int bad = 0;
-    uint64_t seed = env->seed + 2600;
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (size_t i = 0; i < count; i++)
         for (int f = LAYER_FP4_FIRST; f < LAYER_WEIGHT_FORMATS; f++) {
-            const fp4_case *d = &cases[i];
+            const fp4_case *d = &list[i];
             moe_layer_config c = layer_config(d->preset, d->H, d->I, d->E, d->k, d->act);
             if (d->interleaved) c.w13_layout = MOE_W13_INTERLEAVED, c.act_alpha = 1.702f, c.act_limit = 7.0f;
             if (d->shared) c.n_shared = 1, c.shared_intermediate = 96;
             if (d->w8a8) c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
-            c.expert_tile = MOE_EXPERT_TILE_MEDIUM;
+            c.expert_tile = tile;
             const int given = d->counts[0] + d->counts[1] + d->counts[2] + d->counts[3] > 0;
             layer_problem p;
             layer_qweights q, sq;
@@ -105,18 +114,40 @@ TEST_IMPL(gpu_layer_fp4_medium) {
             p.qw = &q;
             if (d->shared == 2) p.sqw = &sq;
             for (int old = first; old <= last; old++) {
-                if (old) setenv("MOE_GEMM_NO_FP4_RS", "1", 1);
+                if (old) setenv(off, "1", 1);
                 char what[112];
-                snprintf(what, sizeof what, "%s, %s%s", names[f], d->what, old ? ", mma.sync tile" : "");
+                snprintf(what, sizeof what, "%s, %s, %s%s", names[f], d->what,
+                         tile == MOE_EXPERT_TILE_LARGE ? "LARGE " : "", old ? "the other tile" : "wgmma tile");
                 /* W8A8's bf16 path rounds Q(x) and Q(h) to bf16: gpu_layer_w8a8's bounds */
                 bad += d->w8a8 ? layer_compare_gpu_tol(env, &p, given, what, 2.5e-2, 1.2e-1)
                                : layer_compare_gpu(env, &p, given, what);
-                unsetenv("MOE_GEMM_NO_FP4_RS");
+                unsetenv(off);
             }
             if (d->shared == 2) layer_qweights_free(&sq);
             layer_qweights_free(&q);
             layer_problem_free(&p);
         }
+    return bad;
+}
+
+TEST_IMPL(gpu_layer_fp4_medium) {
+    const char *only = getenv("MOE_TEST_FP4_TILE");
+    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
+    SKIP_WITHOUT_GPU(env);
+    ASSERT_EQ_I64(run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_MEDIUM, "MOE_GEMM_NO_FP4_RS",
+                            env->seed + 2600),
+                  0);
+    return TEST_OK;
+}
+
+TEST_IMPL(gpu_layer_fp4_large) {
+    const char *only = getenv("MOE_TEST_FP4_TILE");
+    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
+    SKIP_WITHOUT_GPU(env);
+    int bad = run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_LARGE, "MOE_GEMM_NO_FP4_RS_LARGE",
+                        env->seed + 2700);
+    bad += run_cases(env, large_cases, sizeof large_cases / sizeof large_cases[0], MOE_EXPERT_TILE_LARGE,
+                     "MOE_GEMM_NO_FP4_RS_LARGE", env->seed + 2800);
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

@@ -65,6 +65,7 @@
     X(gpu_layer_w8a8)             \
     X(gpu_layer_fp4_decode)       \
     X(gpu_layer_fp4_medium)       \
+    X(gpu_layer_fp4_large)        \
     X(gpu_layer_w4a8)             \
     X(gpu_layer_shared_quant)     \
     X(gpu_layer_gate_bf16)        \

@@ -254,10 +254,10 @@ moe_status moe__cuda_grouped_gemm(moe_ctx *ctx, const moe_gemm_params &p, bool g
                                   int64_t m_tiles, int groups, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
     if (p.a_kperm || p.c_kperm) { /* only the FP4 wgmma tile reads or writes that K order */
-        if (shape != MOE_GEMM_MEDIUM || !p.a_kperm || !moe__cuda_gemm_fp4_rs_fits(ctx, p))
+        if (!p.a_kperm || !moe__cuda_gemm_fp4_rs_takes(ctx, p, shape))
             return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: operands in the FP4 wgmma tile's K order need "
-                                                        "that tile (MEDIUM, FP4 weights, sm_90a)");
-        return moe__cuda_grouped_gemm_fp4_rs(ctx, p, glu, m_tiles, groups, stream);
+                                                        "that tile (MEDIUM or LARGE, FP4 weights, sm_90a)");
+        return moe__cuda_grouped_gemm_fp4_rs(ctx, p, glu, shape, m_tiles, groups, stream);
     }
     switch (shape) {
     case MOE_GEMM_SMALL:

@@ -191,16 +191,19 @@ bool moe__cuda_gemm_fp4_decode_fits(const moe_gemm_params &p);
 moe_status moe__cuda_grouped_gemm_fp4_decode(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
                                              cudaStream_t stream);
 
-/* FP4 weights at 64-row tiles on Hopper (grouped_gemm_fp4_rs.cu): the MEDIUM shape with MXFP4 or NVFP4 B and bf16 A
- * on wgmma, the weights as A in registers converted by the threads that hold them (no bf16 copy of B in shared
- * memory). Its A comes in the tile's K order (p.a_kperm; moe_gemm_kperm_slot): moe__cuda_gemm_kperm_rows writes x so,
- * and GEMM 1 on this tile writes h so with p.c_kperm. moe__cuda_grouped_gemm takes it for MEDIUM when p.a_kperm is
- * set (and fails with MOE_ERR_UNSUPPORTED where the tile does not fit then); fits says whether it can: sm_90a code
- * and GPU, K a multiple of 32, per-row block scales, 16-byte aligned codes and A, unless the environment sets
- * MOE_GEMM_NO_FP4_RS (which keeps the mma.sync tile, to compare). */
+/* FP4 weights at 64- and 128-row tiles on Hopper (grouped_gemm_fp4_rs.cu): the MEDIUM and LARGE shapes with MXFP4
+ * or NVFP4 B and bf16 A on wgmma, the weights as A in registers converted by the threads that hold them (no bf16 copy
+ * of B in shared memory). Its A comes in the tile's K order (p.a_kperm; moe_gemm_kperm_slot): moe__cuda_gemm_kperm_rows
+ * writes x so, and GEMM 1 on this tile writes h so with p.c_kperm. moe__cuda_grouped_gemm takes it for MEDIUM and
+ * LARGE when p.a_kperm is set (and fails with MOE_ERR_UNSUPPORTED where the tile does not fit then); fits says
+ * whether it can: sm_90a code and GPU, K a multiple of 32, per-row block scales, 16-byte aligned codes and A, unless
+ * the environment sets MOE_GEMM_NO_FP4_RS (which keeps the other tiles, to compare); takes whether the layer gives it
+ * a shape: fits, and MEDIUM, or LARGE unless the environment sets MOE_GEMM_NO_FP4_RS_LARGE (which keeps LARGE on the
+ * cp.async wgmma tile of grouped_gemm_sm90.cu, to compare). */
 bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p);
-moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
-                                         int groups, cudaStream_t stream);
+bool moe__cuda_gemm_fp4_rs_takes(moe_ctx *ctx, const moe_gemm_params &p, moe_gemm_shape shape);
+moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
+                                         int64_t m_tiles, int groups, cudaStream_t stream);
 /* dst (rows, k) = src (rows, k) with each row in the FP4 wgmma tile's K order; bf16, k a multiple of 32, both
  * 16-byte aligned, rows of k elements. */
 moe_status moe__cuda_gemm_kperm_rows(moe_ctx *ctx, const __nv_bfloat16 *src, __nv_bfloat16 *dst, int64_t rows, int k,

@@ -1,6 +1,6 @@
-/* grouped_gemm_fp4_rs.cu — the MEDIUM tile (64 rows of an expert) of the grouped GEMM for FP4 weights (MXFP4, NVFP4)
- * and bf16 activations on Hopper: wgmma with the weights as A in registers ("RS", sm_90a). Same contract as
- * grouped_gemm.cu (grouped_gemm.cuh), same tile order, operand rows and epilogue (gemm_tile.cuh).
+/* grouped_gemm_fp4_rs.cu — the MEDIUM and LARGE tiles (64 and 128 rows of an expert) of the grouped GEMM for FP4
+ * weights (MXFP4, NVFP4) and bf16 activations on Hopper: wgmma with the weights as A in registers ("RS", sm_90a).
+ * Same contract as grouped_gemm.cu (grouped_gemm.cuh), same tile order, operand rows and epilogue (gemm_tile.cuh).
  *
  * Why: the other quantised tiles turn each K step of codes into a bf16 copy of the weights in shared memory, which
  * their warps then read back (bquant.cuh's bq_tile): for every weight a 2-byte store and, with wgmma, a 2-byte read
@@ -12,7 +12,8 @@
  * Roles swap against the other tiles: the CTA's 128 weight rows are wgmma's M (two warpgroups of 64), the tile's
  * token rows its N (m64nNk16, B from shared memory). Weight row pairs (s, s + 1) of the tile (GLU: gate and up of
  * one column) sit at M rows g and g + 8 of a warp's 16, so that a thread's accumulators hold both. A tile whose
- * second 32 rows hold nothing to compute runs at N = 32: half the tensor work and token copies.
+ * second half holds nothing to compute runs at half the N: half the tensor work and token copies. LARGE is the same
+ * tile at 128 token rows, one CTA an SM (rs_shape): twice the tensor work for each code converted.
  *
  * K order. A thread of an A fragment holds K slots 2q, 2q + 1 and 8 + 2q, 9 + 2q of each 16; a 32-bit word of codes
  * holds 8 consecutive K values, and fp4_pair gives the codes (n, n + 4) of a word as one bf16 pair. So within each
@@ -28,8 +29,8 @@
  * apart (one may be up to a step ahead) and no thread waits for another's copies but through the stage they fill.
  * Step kt: wait until its stage is full; convert the thread's codes into its A registers; issue the step's 8 wgmma
  * on the stage's tokens; while they run, refill the stage step kt - 1 read once every warp has released it; retire
- * the wgmma and release stage kt. A step's conversion overlaps the wgmma of the SM's other warpgroups (two CTAs an
- * SM), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while another
+ * the wgmma and release stage kt. A step's conversion overlaps the wgmma of the SM's other warpgroups (MEDIUM: two
+ * CTAs an SM; LARGE: the CTA's other warpgroup), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while another
  * wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
 #include <stdlib.h>
 
@@ -43,21 +44,27 @@
 
 namespace {
 
-constexpr int kRows = 64;                      /* token rows a tile: MEDIUM's tile_m, wgmma's N */
 constexpr int kBW = 128;                       /* weight rows a CTA: two warpgroups of wgmma's M */
 constexpr int kBK = 64;                        /* K a step: two spans of 32 */
 constexpr int kStages = 4, kThreads = 256;
 constexpr int kCodeStage = kBW * kBK / 2;      /* 4 KB */
-constexpr int kTokStage = kRows * kBK * 2;     /* 8 KB: a sub-step of tokens */
 /* kSub sub-steps of 64 K a step: one stage's waits and one wgmma wait for 8 wgmma. Measured on an H100 (Nsight
  * Compute, Mixtral-8x7B MXFP4 at T = 128, with a CTA barrier a step then): GEMM 1 577 us and GEMM 2 287 us, against
  * 613 and 300 with one. */
 constexpr int kSub = 2;
-constexpr int kTok = kSub * kTokStage, kCode = kSub * kCodeStage; /* a step's bytes */
+constexpr int kCode = kSub * kCodeStage; /* a step's bytes of codes */
 constexpr int kBars = 2 * kStages * 8; /* the stages' full and empty mbarriers */
-/* the token stages (1024-aligned: the 128-byte swizzle), the code stages, the mbarriers, + room to align: 97 KB, two
- * CTAs an SM */
-constexpr size_t kSmem = (size_t)kStages * (kTok + kCode) + kBars + 1024;
+/* The tile of kRows token rows (MEDIUM's 64 or LARGE's 128: the tile_m, wgmma's N): a sub-step's and a step's bytes
+ * of tokens; the shared memory, the token stages (1024-aligned: the 128-byte swizzle), the code stages, the
+ * mbarriers, + room to align: 97 KB at 64 rows, two CTAs an SM (a CTA's conversion beside the other's wgmma), 161 KB
+ * at 128, one CTA (its two warpgroups' wgmma of 64 x 128 x 128 a step, about 500 cycles each, cover each other's
+ * conversion of about half that). */
+template <int kRows> struct rs_shape {
+    static_assert(kRows == 64 || kRows == 128, "MEDIUM or LARGE");
+    static constexpr int tok_stage = kRows * kBK * 2, tok = kSub * tok_stage;
+    static constexpr size_t smem = (size_t)kStages * (tok + kCode) + kBars + 1024;
+    static constexpr int ctas = kRows == 64 ? 2 : 1;
+};
 
 #ifdef MOE_WGMMA
 /* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
@@ -85,10 +92,11 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
 #endif
 
 #ifdef MOE_WGMMA
-/* One tile whose token rows past kN (32 or 64) hold nothing to compute: those are neither copied nor multiplied
- * (wgmma's N is kN). smem: the kernel's dynamic shared memory, 1024-aligned. */
-template <bool kGlu, int F, int kN>
+/* One tile of kRows token rows, whose rows past kN (kRows or half of it) hold nothing to compute: those are neither
+ * copied nor multiplied (wgmma's N is kN). smem: the kernel's dynamic shared memory, 1024-aligned. */
+template <bool kGlu, int F, int kRows, int kN>
 __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm_tile &t, unsigned char *smem) {
+    constexpr int kTokStage = rs_shape<kRows>::tok_stage, kTok = rs_shape<kRows>::tok;
     /* the token stages (sub-step u at u kTokStage), then the code stages */
     const uint32_t tok_s = (uint32_t)__cvta_generic_to_shared(smem), code_s = tok_s + kStages * kTok;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
@@ -312,8 +320,8 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
 }
 #endif
 
-template <bool kGlu, int F>
-__global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm_params p) {
+template <bool kGlu, int F, int kRows>
+__global__ void __launch_bounds__(kThreads, rs_shape<kRows>::ctas) gemm_fp4_rs_kernel(const moe_gemm_params p) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
@@ -323,11 +331,11 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_fp4_rs_kernel(const moe_gemm
     moe_gemm_tile t;
     if (!moe_gemm_locate(p, kRows, blockIdx.x, t)) return;
     /* a tile whose second half holds no row to compute (moe_gemm_rows_idle: its group's only tile, or the end) runs
-     * at wgmma's N = 32: half the tensor work and token copies (at 32 rows an expert, Mixtral-8x7B at T = 128 or
-     * Qwen3-30B-A3B at T = 512, about half the tiles) */
+     * at half wgmma's N: half the tensor work and token copies (MEDIUM at 32 rows an expert, Mixtral-8x7B at T = 128
+     * or Qwen3-30B-A3B at T = 512: about half the tiles) */
     const int64_t half = t.row0 + kRows / 2;
-    if (half >= t.row_end || moe_gemm_rows_idle(p, t, kRows, half)) rs_tile<kGlu, F, kRows / 2>(p, t, smem);
-    else rs_tile<kGlu, F, kRows>(p, t, smem);
+    if (half >= t.row_end || moe_gemm_rows_idle(p, t, kRows, half)) rs_tile<kGlu, F, kRows, kRows / 2>(p, t, smem);
+    else rs_tile<kGlu, F, kRows, kRows>(p, t, smem);
 #endif
 }
 
@@ -353,7 +361,7 @@ __global__ void kperm_rows_kernel(const uint4 *src, uint4 *dst, int64_t spans) {
     }
 }
 
-template <bool kGlu, int F>
+template <bool kGlu, int F, int kRows>
 moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int groups, cudaStream_t st) {
     moe_gemm_params q = p;
     const int cols_per_tile = kGlu ? kBW / 2 : kBW;
@@ -361,11 +369,22 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
     if (q.m_tiles * q.n_tiles > INT32_MAX) /* a grid's limit, and the tile order's 32-bit arithmetic */
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "grouped GEMM: %lld tiles exceed 2^31",
                           (long long)(q.m_tiles * q.n_tiles));
-    const auto kernel = gemm_fp4_rs_kernel<kGlu, F>;
+    const auto kernel = gemm_fp4_rs_kernel<kGlu, F, kRows>;
+    constexpr size_t kSmem = rs_shape<kRows>::smem;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmem));
     const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
     MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, kSmem, st, q));
     return MOE_OK;
+}
+
+template <int kRows>
+moe_status launch_rows(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles, int groups,
+                       cudaStream_t st) {
+    const bool mx = p.b_fmt == MOE_B_E2M1_E8M0;
+    if (glu) return mx ? launch<true, MOE_B_E2M1_E8M0, kRows>(ctx, p, m_tiles, groups, st)
+                       : launch<true, MOE_B_E2M1_E4M3, kRows>(ctx, p, m_tiles, groups, st);
+    return mx ? launch<false, MOE_B_E2M1_E8M0, kRows>(ctx, p, m_tiles, groups, st)
+              : launch<false, MOE_B_E2M1_E4M3, kRows>(ctx, p, m_tiles, groups, st);
 }
 
 } // namespace
@@ -381,14 +400,16 @@ bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p) {
     return moe__cuda_gemm_sm90_usable(ctx);
 }
 
-moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, int64_t m_tiles,
-                                         int groups, cudaStream_t stream) {
+bool moe__cuda_gemm_fp4_rs_takes(moe_ctx *ctx, const moe_gemm_params &p, moe_gemm_shape shape) {
+    if (shape == MOE_GEMM_LARGE && getenv("MOE_GEMM_NO_FP4_RS_LARGE")) return false;
+    return (shape == MOE_GEMM_MEDIUM || shape == MOE_GEMM_LARGE) && moe__cuda_gemm_fp4_rs_fits(ctx, p);
+}
+
+moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
+                                         int64_t m_tiles, int groups, cudaStream_t stream) {
     if (m_tiles <= 0) return MOE_OK;
-    const bool mx = p.b_fmt == MOE_B_E2M1_E8M0;
-    if (glu) return mx ? launch<true, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
-                       : launch<true, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
-    return mx ? launch<false, MOE_B_E2M1_E8M0>(ctx, p, m_tiles, groups, stream)
-              : launch<false, MOE_B_E2M1_E4M3>(ctx, p, m_tiles, groups, stream);
+    return shape == MOE_GEMM_LARGE ? launch_rows<128>(ctx, p, glu, m_tiles, groups, stream)
+                                   : launch_rows<64>(ctx, p, glu, m_tiles, groups, stream);
 }
 
 moe_status moe__cuda_gemm_kperm_rows(moe_ctx *ctx, const __nv_bfloat16 *src, __nv_bfloat16 *dst, int64_t rows, int k,

@@ -253,12 +253,13 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
     g2.c = (__nv_bfloat16 *)(ws + b.y);
 }
 
-/* Where the set's GEMMs g, g2 take the FP4 wgmma tile (MEDIUM on Hopper), their A in its K order (grouped_gemm.cuh):
- * x (T rows) rewritten into xk (or in place: xk at x), h written so by GEMM 1. The callers put xk in the set's y
- * region: it holds at least T rows of H and only GEMM 2 writes it, after GEMM 1 has read x (same stream). */
+/* Where the set's GEMMs g, g2 take the FP4 wgmma tile (MEDIUM and LARGE on Hopper), their A in its K order
+ * (grouped_gemm.cuh): x (T rows) rewritten into xk (or in place: xk at x), h written so by GEMM 1. The callers put
+ * xk in the set's y region: it holds at least T rows of H and only GEMM 2 writes it, after GEMM 1 has read x (same
+ * stream). */
 static moe_status kperm_operands(moe_layer *l, const void *x, int64_t T, moe_gemm_shape shape, size_t xk, char *ws,
                                  moe_gemm_params &g, moe_gemm_params &g2, cudaStream_t st) {
-    if (shape != MOE_GEMM_MEDIUM || !moe__cuda_gemm_fp4_rs_fits(l->ctx, g) || !moe__cuda_gemm_fp4_rs_fits(l->ctx, g2))
+    if (!moe__cuda_gemm_fp4_rs_takes(l->ctx, g, shape) || !moe__cuda_gemm_fp4_rs_takes(l->ctx, g2, shape))
         return MOE_OK;
     __nv_bfloat16 *const to = (__nv_bfloat16 *)(ws + xk);
     MOE_TRY(moe__cuda_gemm_kperm_rows(l->ctx, (const __nv_bfloat16 *)x, to, T, g.k, st));
@@ -318,8 +319,8 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
     float *h32 = (float *)(ws + b.q.h8);
     MOE_TRY(moe__cuda_act_fake_quant(ctx, xv, MOE_DTYPE_BF16, xq, T, nullptr, H, rule, af.amax_floor, st));
     g.a = xq, g.c32 = h32;
-    /* FP4 weights at MEDIUM: xq into the K order in place, h32 written so; the quantisation blocks of 128 hold whole
-     * spans of 32, so h's quantisation is that of the natural order */
+    /* FP4 weights on their wgmma tile: xq into the K order in place, h32 written so; the quantisation blocks of 128
+     * hold whole spans of 32, so h's quantisation is that of the natural order */
     MOE_TRY(kperm_operands(l, xq, T, shape, b.q.xq, ws, g, g2, st));
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     MOE_TRY(moe__cuda_act_fake_quant(ctx, h32, MOE_DTYPE_F32, h, live, g.offsets + g.n_groups, I, rule,
