@@ -43,17 +43,20 @@
 #include "cuda/moe/grouped_gemm.cuh"
 
 namespace {
+#ifndef MOE_RS_LARGE_STAGES
+#define MOE_RS_LARGE_STAGES 4
+#define MOE_RS_LARGE_CTAS 1
+#endif
 
 constexpr int kBW = 128;                       /* weight rows a CTA: two warpgroups of wgmma's M */
 constexpr int kBK = 64;                        /* K a step: two spans of 32 */
-constexpr int kStages = 4, kThreads = 256;
+constexpr int kThreads = 256;
 constexpr int kCodeStage = kBW * kBK / 2;      /* 4 KB */
 /* kSub sub-steps of 64 K a step: one stage's waits and one wgmma wait for 8 wgmma. Measured on an H100 (Nsight
  * Compute, Mixtral-8x7B MXFP4 at T = 128, with a CTA barrier a step then): GEMM 1 577 us and GEMM 2 287 us, against
  * 613 and 300 with one. */
 constexpr int kSub = 2;
 constexpr int kCode = kSub * kCodeStage; /* a step's bytes of codes */
-constexpr int kBars = 2 * kStages * 8; /* the stages' full and empty mbarriers */
 /* The tile of kRows token rows (MEDIUM's 64 or LARGE's 128: the tile_m, wgmma's N): a sub-step's and a step's bytes
  * of tokens; the shared memory, the token stages (1024-aligned: the 128-byte swizzle), the code stages, the
  * mbarriers, + room to align: 97 KB at 64 rows, two CTAs an SM (a CTA's conversion beside the other's wgmma), 161 KB
@@ -62,8 +65,9 @@ constexpr int kBars = 2 * kStages * 8; /* the stages' full and empty mbarriers *
 template <int kRows> struct rs_shape {
     static_assert(kRows == 64 || kRows == 128, "MEDIUM or LARGE");
     static constexpr int tok_stage = kRows * kBK * 2, tok = kSub * tok_stage;
-    static constexpr size_t smem = (size_t)kStages * (tok + kCode) + kBars + 1024;
-    static constexpr int ctas = kRows == 64 ? 2 : 1;
+    static constexpr int stages = kRows == 64 ? 4 : MOE_RS_LARGE_STAGES, bars = 2 * stages * 8; /* full, empty */
+    static constexpr size_t smem = (size_t)stages * (tok + kCode) + bars + 1024;
+    static constexpr int ctas = kRows == 64 ? 2 : MOE_RS_LARGE_CTAS;
 };
 
 #ifdef MOE_WGMMA
@@ -96,7 +100,7 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
  * copied nor multiplied (wgmma's N is kN). smem: the kernel's dynamic shared memory, 1024-aligned. */
 template <bool kGlu, int F, int kRows, int kN>
 __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm_tile &t, unsigned char *smem) {
-    constexpr int kTokStage = rs_shape<kRows>::tok_stage, kTok = rs_shape<kRows>::tok;
+    constexpr int kTokStage = rs_shape<kRows>::tok_stage, kTok = rs_shape<kRows>::tok, kStages = rs_shape<kRows>::stages;
     /* the token stages (sub-step u at u kTokStage), then the code stages */
     const uint32_t tok_s = (uint32_t)__cvta_generic_to_shared(smem), code_s = tok_s + kStages * kTok;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
