@@ -1,8 +1,9 @@
 /* test_gpu_layer_fp4.c — FP4 weights (MXFP4, NVFP4) on their wgmma tile (grouped_gemm_fp4_rs.cu) at 64 rows (MEDIUM)
- * and 128 rows (LARGE) against the CPU reference over the same codes, each case once more on the tile the shape takes
- * without it, so that both stay checked: MEDIUM's mma.sync tile (MOE_GEMM_NO_FP4_RS), LARGE's cp.async wgmma tile
- * (MOE_GEMM_NO_FP4_RS_LARGE). MOE_TEST_FP4_TILE=rs or mma runs only the wgmma tile or only the other (for
- * compute-sanitizer runs, which would take minutes over both); the default is both. Skipped without a GPU. */
+ * and 128 rows (LARGE, at any K: MOE_GEMM_FP4_RS_LARGE) against the CPU reference over the same codes, each case once
+ * more on the tile the shape takes without it, so that both stay checked: MEDIUM's mma.sync tile (MOE_GEMM_NO_FP4_RS),
+ * LARGE's cp.async wgmma tile (MOE_GEMM_NO_FP4_RS_LARGE). MOE_TEST_FP4_TILE=rs or mma runs only the wgmma tile or
+ * only the other (for compute-sanitizer runs, which would take minutes over both); the default is both. Skipped
+ * without a GPU. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,9 +58,10 @@ static const fp4_case large_cases[] = {
     {"qwen3-30b-a3b", "H 2048, I 256, 300 rows an expert", 2048, 256, 4, 2, 600, 0, 0, 0, 0, 0, {0}, MOE_ACT_SILU_GLU},
 };
 
-/* Runs the cases with the tile forced on the FP4 wgmma tile and on the other (off: the variable that keeps it off). */
-static int run_cases(test_env *env, const fp4_case *list, size_t count, moe_expert_tile tile, const char *off,
-                     uint64_t seed) {
+/* Runs the cases with the tile forced on the FP4 wgmma tile and on the other (on, off: the variables that put it on,
+ * where the shape needs one, and keep it off). */
+static int run_cases(test_env *env, const fp4_case *list, size_t count, moe_expert_tile tile, const char *on,
+                     const char *off, uint64_t seed) {
     const char *only = getenv("MOE_TEST_FP4_TILE");
     const int first = only && !strcmp(only, "mma"), last = !(only && !strcmp(only, "rs"));
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
@@ -114,14 +116,15 @@ static int run_cases(test_env *env, const fp4_case *list, size_t count, moe_expe
             p.qw = &q;
             if (d->shared == 2) p.sqw = &sq;
             for (int old = first; old <= last; old++) {
-                if (old) setenv(off, "1", 1);
+                const char *set = old ? off : on; /* on: NULL where the shape takes the tile anyway */
+                if (set) setenv(set, "1", 1);
                 char what[112];
                 snprintf(what, sizeof what, "%s, %s, %s%s", names[f], d->what,
                          tile == MOE_EXPERT_TILE_LARGE ? "LARGE " : "", old ? "the other tile" : "wgmma tile");
                 /* W8A8's bf16 path rounds Q(x) and Q(h) to bf16: gpu_layer_w8a8's bounds */
                 bad += d->w8a8 ? layer_compare_gpu_tol(env, &p, given, what, 2.5e-2, 1.2e-1)
                                : layer_compare_gpu(env, &p, given, what);
-                unsetenv(off);
+                if (set) unsetenv(set);
             }
             if (d->shared == 2) layer_qweights_free(&sq);
             layer_qweights_free(&q);
@@ -134,9 +137,9 @@ TEST_IMPL(gpu_layer_fp4_medium) {
     const char *only = getenv("MOE_TEST_FP4_TILE");
     ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
     SKIP_WITHOUT_GPU(env);
-    ASSERT_EQ_I64(run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_MEDIUM, "MOE_GEMM_NO_FP4_RS",
-                            env->seed + 2600),
-                  0);
+    const int bad = run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_MEDIUM, NULL,
+                              "MOE_GEMM_NO_FP4_RS", env->seed + 2600);
+    ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }
 
@@ -144,10 +147,10 @@ TEST_IMPL(gpu_layer_fp4_large) {
     const char *only = getenv("MOE_TEST_FP4_TILE");
     ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
     SKIP_WITHOUT_GPU(env);
-    int bad = run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_LARGE, "MOE_GEMM_NO_FP4_RS_LARGE",
-                        env->seed + 2700);
-    bad += run_cases(env, large_cases, sizeof large_cases / sizeof large_cases[0], MOE_EXPERT_TILE_LARGE,
-                     "MOE_GEMM_NO_FP4_RS_LARGE", env->seed + 2800);
+    const char *on = "MOE_GEMM_FP4_RS_LARGE", *off = "MOE_GEMM_NO_FP4_RS_LARGE";
+    int bad = run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_LARGE, on, off, env->seed + 2700);
+    bad += run_cases(env, large_cases, sizeof large_cases / sizeof large_cases[0], MOE_EXPERT_TILE_LARGE, on, off,
+                     env->seed + 2800);
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

@@ -30,8 +30,9 @@
  * Step kt: wait until its stage is full; convert the thread's codes into its A registers; issue the step's 8 wgmma
  * on the stage's tokens; while they run, refill the stage step kt - 1 read once every warp has released it; retire
  * the wgmma and release stage kt. A step's conversion overlaps the wgmma of the SM's other warpgroups (MEDIUM: two
- * CTAs an SM; LARGE: the CTA's other warpgroup), not its own: ptxas serialises every wgmma of a kernel that writes a wgmma's input registers while another
- * wgmma is in flight (C7513), which double-buffered A registers and `wgmma.wait_group 1` ran into. */
+ * CTAs an SM; LARGE: the CTA's other warpgroup), not its own: ptxas serialises every wgmma of a kernel that writes a
+ * wgmma's input registers while another wgmma is in flight (C7513), which double-buffered A registers and
+ * `wgmma.wait_group 1` ran into. */
 #include <stdlib.h>
 
 #include "cuda/common/cuda.cuh"
@@ -43,10 +44,6 @@
 #include "cuda/moe/grouped_gemm.cuh"
 
 namespace {
-#ifndef MOE_RS_LARGE_STAGES
-#define MOE_RS_LARGE_STAGES 4
-#define MOE_RS_LARGE_CTAS 1
-#endif
 
 constexpr int kBW = 128;                       /* weight rows a CTA: two warpgroups of wgmma's M */
 constexpr int kBK = 64;                        /* K a step: two spans of 32 */
@@ -61,13 +58,14 @@ constexpr int kCode = kSub * kCodeStage; /* a step's bytes of codes */
  * of tokens; the shared memory, the token stages (1024-aligned: the 128-byte swizzle), the code stages, the
  * mbarriers, + room to align: 97 KB at 64 rows, two CTAs an SM (a CTA's conversion beside the other's wgmma), 161 KB
  * at 128, one CTA (its two warpgroups' wgmma of 64 x 128 x 128 a step, about 500 cycles each, cover each other's
- * conversion of about half that). */
+ * conversion of about half that). Two CTAs an SM at 128 rows (2 stages, 128 registers: 224-296 bytes of spills) ran
+ * 1-25% slower on an H100 (docs/performance.md). */
 template <int kRows> struct rs_shape {
     static_assert(kRows == 64 || kRows == 128, "MEDIUM or LARGE");
     static constexpr int tok_stage = kRows * kBK * 2, tok = kSub * tok_stage;
-    static constexpr int stages = kRows == 64 ? 4 : MOE_RS_LARGE_STAGES, bars = 2 * stages * 8; /* full, empty */
+    static constexpr int stages = 4, bars = 2 * stages * 8; /* full and empty mbarriers */
     static constexpr size_t smem = (size_t)stages * (tok + kCode) + bars + 1024;
-    static constexpr int ctas = kRows == 64 ? 2 : MOE_RS_LARGE_CTAS;
+    static constexpr int ctas = kRows == 64 ? 2 : 1;
 };
 
 #ifdef MOE_WGMMA
@@ -100,7 +98,8 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
  * copied nor multiplied (wgmma's N is kN). smem: the kernel's dynamic shared memory, 1024-aligned. */
 template <bool kGlu, int F, int kRows, int kN>
 __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm_tile &t, unsigned char *smem) {
-    constexpr int kTokStage = rs_shape<kRows>::tok_stage, kTok = rs_shape<kRows>::tok, kStages = rs_shape<kRows>::stages;
+    typedef rs_shape<kRows> S;
+    constexpr int kTokStage = S::tok_stage, kTok = S::tok, kStages = S::stages;
     /* the token stages (sub-step u at u kTokStage), then the code stages */
     const uint32_t tok_s = (uint32_t)__cvta_generic_to_shared(smem), code_s = tok_s + kStages * kTok;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
@@ -405,8 +404,13 @@ bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p) {
 }
 
 bool moe__cuda_gemm_fp4_rs_takes(moe_ctx *ctx, const moe_gemm_params &p, moe_gemm_shape shape) {
-    if (shape == MOE_GEMM_LARGE && getenv("MOE_GEMM_NO_FP4_RS_LARGE")) return false;
-    return (shape == MOE_GEMM_MEDIUM || shape == MOE_GEMM_LARGE) && moe__cuda_gemm_fp4_rs_fits(ctx, p);
+    if (shape == MOE_GEMM_MEDIUM) return moe__cuda_gemm_fp4_rs_fits(ctx, p);
+    if (shape != MOE_GEMM_LARGE || getenv("MOE_GEMM_NO_FP4_RS_LARGE")) return false;
+    /* LARGE from K = 4096 (32 steps a tile): one CTA an SM leaves each tile's first loads and its epilogue exposed,
+     * which a shorter K does not repay. H100, MXFP4, T = 8192 (T = 2048 for Mixtral), layer against the cp.async
+     * tile: Mixtral-8x7B (K 4096 and 14336) -5%, Llama-4-Scout (5120, 8192) -2%, DeepSeek-V3 (7168, 2048) level,
+     * GPT-OSS-120B (2880, 2880) +23%, Qwen3-30B-A3B (2048, 768) +25% */
+    return (p.k >= 4096 || getenv("MOE_GEMM_FP4_RS_LARGE")) && moe__cuda_gemm_fp4_rs_fits(ctx, p);
 }
 
 moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
