@@ -59,7 +59,7 @@ constexpr int kCode = kSub * kCodeStage; /* a step's bytes of codes */
  * mbarriers, + room to align: 97 KB at 64 rows, two CTAs an SM (a CTA's conversion beside the other's wgmma), 161 KB
  * at 128, one CTA (its two warpgroups' wgmma of 64 x 128 x 128 a step, about 500 cycles each, cover each other's
  * conversion of about half that). Two CTAs an SM at 128 rows (2 stages, 128 registers: 224-296 bytes of spills) ran
- * 1-25% slower on an H100 (docs/performance.md). */
+ * 10-23% behind the cp.async tile on an H100 (docs/performance.md). */
 template <int kRows> struct rs_shape {
     static_assert(kRows == 64 || kRows == 128, "MEDIUM or LARGE");
     static constexpr int tok_stage = kRows * kBK * 2, tok = kSub * tok_stage;
