@@ -4,7 +4,7 @@
  *   moe_tests [--data DIR] [--list] [name-filter ...]
  * Environment: MOE_TEST_SEED (fixes the random inputs), MOE_TEST_GPU_MIB (GPU tensor size, default 64),
  * MOE_TEST_FP4_TILE (rs or mma: gpu_layer_fp4_medium and _large on the FP4 wgmma tile only, or on the other tile
- * only; default both). */
+ * only; walk: _large's walks of 3 CTAs only; default all). */
 #include <stdlib.h>
 
 #include "test.h"

@@ -1,9 +1,10 @@
 /* test_gpu_layer_fp4.c — FP4 weights (MXFP4, NVFP4) on their wgmma tile (grouped_gemm_fp4_rs.cu) at 64 rows (MEDIUM)
  * and 128 rows (LARGE, at any K: MOE_GEMM_FP4_RS_LARGE) against the CPU reference over the same codes, each case once
  * more on the tile the shape takes without it, so that both stay checked: MEDIUM's mma.sync tile (MOE_GEMM_NO_FP4_RS),
- * LARGE's cp.async wgmma tile (MOE_GEMM_NO_FP4_RS_LARGE). MOE_TEST_FP4_TILE=rs or mma runs only the wgmma tile or
- * only the other (for compute-sanitizer runs, which would take minutes over both); the default is both. Skipped
- * without a GPU. */
+ * LARGE's cp.async wgmma tile (MOE_GEMM_NO_FP4_RS_LARGE); at LARGE once more with 3 CTAs walking the tiles
+ * (MOE_GEMM_FP4_RS_CTAS). MOE_TEST_FP4_TILE=rs or mma runs only the wgmma tile or only the other, walk only the
+ * walks (and MEDIUM's wgmma tile), for compute-sanitizer runs, which would take minutes over all; the default is all.
+ * Skipped without a GPU. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,9 +62,10 @@ static const fp4_case large_cases[] = {
 /* Runs the cases with the tile forced on the FP4 wgmma tile and on the other (on, off: the variables that put it on,
  * where the shape needs one, and keep it off). */
 static int run_cases(test_env *env, const fp4_case *list, size_t count, moe_expert_tile tile, const char *on,
-                     const char *off, uint64_t seed) {
+                     const char *off, int rs_only, uint64_t seed) {
     const char *only = getenv("MOE_TEST_FP4_TILE");
-    const int first = only && !strcmp(only, "mma"), last = !(only && !strcmp(only, "rs"));
+    const int first = !rs_only && only && !strcmp(only, "mma");
+    const int last = !rs_only && !(only && (!strcmp(only, "rs") || !strcmp(only, "walk")));
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
     const char *names[LAYER_WEIGHT_FORMATS];
     layer_weight_formats(fmts, names);
@@ -120,7 +122,8 @@ static int run_cases(test_env *env, const fp4_case *list, size_t count, moe_expe
                 if (set) setenv(set, "1", 1);
                 char what[112];
                 snprintf(what, sizeof what, "%s, %s, %s%s", names[f], d->what,
-                         tile == MOE_EXPERT_TILE_LARGE ? "LARGE " : "", old ? "the other tile" : "wgmma tile");
+                         tile == MOE_EXPERT_TILE_LARGE ? "LARGE " : "",
+                         old ? "the other tile" : rs_only ? "wgmma tile, 3 CTAs walking" : "wgmma tile");
                 /* W8A8's bf16 path rounds Q(x) and Q(h) to bf16: gpu_layer_w8a8's bounds */
                 bad += d->w8a8 ? layer_compare_gpu_tol(env, &p, given, what, 2.5e-2, 1.2e-1)
                                : layer_compare_gpu(env, &p, given, what);
@@ -135,22 +138,40 @@ static int run_cases(test_env *env, const fp4_case *list, size_t count, moe_expe
 
 TEST_IMPL(gpu_layer_fp4_medium) {
     const char *only = getenv("MOE_TEST_FP4_TILE");
-    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
+    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma") || !strcmp(only, "walk"),
+               "MOE_TEST_FP4_TILE must be rs, mma or walk");
     SKIP_WITHOUT_GPU(env);
     const int bad = run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_MEDIUM, NULL,
-                              "MOE_GEMM_NO_FP4_RS", env->seed + 2600);
+                              "MOE_GEMM_NO_FP4_RS", 0, env->seed + 2600);
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }
 
 TEST_IMPL(gpu_layer_fp4_large) {
     const char *only = getenv("MOE_TEST_FP4_TILE");
-    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma"), "MOE_TEST_FP4_TILE must be rs or mma");
+    const int walk_only = only && !strcmp(only, "walk");
+    ASSERT_MSG(!only || !strcmp(only, "rs") || !strcmp(only, "mma") || walk_only,
+               "MOE_TEST_FP4_TILE must be rs, mma or walk");
     SKIP_WITHOUT_GPU(env);
     const char *on = "MOE_GEMM_FP4_RS_LARGE", *off = "MOE_GEMM_NO_FP4_RS_LARGE";
-    int bad = run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_LARGE, on, off, env->seed + 2700);
-    bad += run_cases(env, large_cases, sizeof large_cases / sizeof large_cases[0], MOE_EXPERT_TILE_LARGE, on, off,
-                     env->seed + 2800);
+    int bad = 0;
+    if (!walk_only) {
+        bad += run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_LARGE, on, off, 0,
+                         env->seed + 2700);
+        bad += run_cases(env, large_cases, sizeof large_cases / sizeof large_cases[0], MOE_EXPERT_TILE_LARGE, on,
+                         off, 0, env->seed + 2800);
+    }
+    /* The wgmma tile's walks with 3 CTAs (of a GEMM, or of a dense group), so that each CTA walks many tiles: a
+     * tile's last steps load the next one's first (K of 3 steps of 128 and more; shorter K runs a tile a CTA),
+     * tiles at half wgmma's N beside whole ones, the ring's phases across tiles. */
+    if (!(only && !strcmp(only, "mma"))) {
+        setenv("MOE_GEMM_FP4_RS_CTAS", "3", 1);
+        bad += run_cases(env, cases, sizeof cases / sizeof cases[0], MOE_EXPERT_TILE_LARGE, on, off, 1,
+                         env->seed + 2900);
+        bad += run_cases(env, large_cases, sizeof large_cases / sizeof large_cases[0], MOE_EXPERT_TILE_LARGE, on,
+                         off, 1, env->seed + 3000);
+        unsetenv("MOE_GEMM_FP4_RS_CTAS");
+    }
     ASSERT_EQ_I64(bad, 0);
     return TEST_OK;
 }

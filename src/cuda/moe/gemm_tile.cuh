@@ -290,6 +290,55 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
     }
 }
 
+/* moe_gemm_store in two parts, for a tile whose thread stores many rows at the same columns (the FP4 wgmma tile):
+ * where the accumulators of B rows s, s + 1 go (moe_gemm_store's columns; `in` false past N) and their biases (b0, b1,
+ * read only where there are any), found once; then each row with moe_gemm_store's arithmetic. */
+struct moe_gemm_cols {
+    int64_t col;
+    bool in;
+    float b0, b1;
+};
+template <bool kGlu>
+__device__ __forceinline__ moe_gemm_cols moe_gemm_cols_of(const moe_gemm_params &p, const moe_gemm_tile &t, int bn,
+                                                          int s) {
+    moe_gemm_cols k;
+    k.col = kGlu ? t.tile_n * (bn / 2) + (s >> 1) : t.tile_n * bn + s;
+    k.in = k.col < p.n;
+    k.b0 = k.b1 = 0.0f;
+    if (k.in && p.bias) {
+        const float *bias = p.bias + t.group * p.bias_group_stride;
+        if (kGlu) {
+            k.b0 = bias[p.interleaved ? 2 * k.col : k.col];
+            k.b1 = bias[p.interleaved ? 2 * k.col + 1 : p.n + k.col];
+        } else {
+            k.b0 = bias[k.col], k.b1 = bias[k.col + 1];
+        }
+    }
+    return k;
+}
+
+/* Accumulators (v0, v1) of row r at the columns k (moe_gemm_cols_of): moe_gemm_store's arithmetic. */
+template <bool kGlu, int A, bool kKperm = false>
+__device__ __forceinline__ void moe_gemm_store_cols(const moe_gemm_params &p, const moe_gemm_tile &t,
+                                                    const moe_gemm_cols &k, int64_t r, const moe_gemm_row_out &ro,
+                                                    float v0, float v1) {
+    if (!k.in) return;
+    __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride);
+    if (kGlu) {
+        v0 *= ro.g, v1 *= ro.g;
+        v0 *= ro.w, v1 *= ro.w;
+        if (p.bias) v0 += k.b0, v1 += k.b1;
+        const float h = moe_glu<A>(v0, v1, p.alpha, p.limit);
+        const int64_t at = r * p.n + (kKperm ? moe_gemm_kperm_slot(k.col) : k.col);
+        if (p.c32) p.c32[at] = h;
+        else c[at] = __float2bfloat16_rn(h);
+    } else {
+        v0 *= ro.g, v1 *= ro.g;
+        if (p.bias) v0 += k.b0, v1 += k.b1;
+        *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + k.col) = __floats2bfloat162_rn(v0, v1);
+    }
+}
+
 /* GLU over concatenated w13 with gate and up of columns col, col + 1 (col even) side by side: both outputs in one
  * bf16x2 store, the same arithmetic as moe_gemm_store. */
 template <int A>

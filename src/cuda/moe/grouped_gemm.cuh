@@ -198,8 +198,10 @@ moe_status moe__cuda_grouped_gemm_fp4_decode(moe_ctx *ctx, const moe_gemm_params
  * LARGE when p.a_kperm is set (and fails with MOE_ERR_UNSUPPORTED where the tile does not fit then); fits says
  * whether it can: sm_90a code and GPU, K a multiple of 32, per-row block scales, 16-byte aligned codes and A, unless
  * the environment sets MOE_GEMM_NO_FP4_RS (which keeps the other tiles, to compare); takes whether the layer gives it
- * a shape: fits, and MEDIUM, or LARGE where K is 4096 or more (MOE_GEMM_FP4_RS_LARGE: any K, for tests) unless the
- * environment sets MOE_GEMM_NO_FP4_RS_LARGE (which keeps LARGE on the cp.async wgmma tile of grouped_gemm_sm90.cu). */
+ * a shape: fits, and MEDIUM, or LARGE where K is 1024 or more and each row's scales start on a 4-byte word
+ * (MOE_GEMM_FP4_RS_LARGE: any K, for tests) unless the environment sets MOE_GEMM_NO_FP4_RS_LARGE (which keeps LARGE on
+ * the cp.async wgmma tile of grouped_gemm_sm90.cu). At LARGE its CTAs are persistent, one an SM, walking the tiles
+ * (MOE_GEMM_FP4_RS_CTAS caps them, for tests). */
 bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p);
 bool moe__cuda_gemm_fp4_rs_takes(moe_ctx *ctx, const moe_gemm_params &p, moe_gemm_shape shape);
 moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,

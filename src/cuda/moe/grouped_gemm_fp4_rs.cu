@@ -13,7 +13,8 @@
  * token rows its N (m64nNk16, B from shared memory). Weight row pairs (s, s + 1) of the tile (GLU: gate and up of
  * one column) sit at M rows g and g + 8 of a warp's 16, so that a thread's accumulators hold both. A tile whose
  * second half holds nothing to compute runs at half the N: half the tensor work and token copies. LARGE is the same
- * tile at 128 token rows, one CTA an SM (rs_shape): twice the tensor work for each code converted.
+ * tile at 128 token rows, one CTA an SM (rs_shape): twice the tensor work for each code converted; its CTAs are
+ * persistent and walk the tiles, so that a tile's epilogue runs while the next one's first steps load (rs_walk).
  *
  * K order. A thread of an A fragment holds K slots 2q, 2q + 1 and 8 + 2q, 9 + 2q of each 16; a 32-bit word of codes
  * holds 8 consecutive K values, and fp4_pair gives the codes (n, n + 4) of a word as one bf16 pair. So within each
@@ -94,83 +95,117 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
 #endif
 
 #ifdef MOE_WGMMA
-/* One tile of kRows token rows, whose rows past kN (kRows or half of it) hold nothing to compute: those are neither
- * copied nor multiplied (wgmma's N is kN). smem: the kernel's dynamic shared memory, 1024-aligned. */
-template <bool kGlu, int F, int kRows, int kN>
-__device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm_tile &t, unsigned char *smem) {
+/* What a thread copies and reads for one tile: the tile; its span of codes (null past N: zeros); its token rows,
+ * at its 16-byte chunk (null past the rows or on padding: zeros); its two weight rows' scales (from the row's first
+ * byte, and whether the row lies inside N); whether the tile's second half holds no row to compute (moe_gemm_rows_idle:
+ * its group's only tile, or the end), when it runs at half wgmma's N and copies only its first half of token rows. */
+template <int kRows> struct rs_src {
+    moe_gemm_tile t;
+    const uint8_t *c;                   /* the span's first byte, or (c_step 0) the codes' first, as zeros */
+    const __nv_bfloat16 *a[kRows / 32]; /* the chunk's first element, or (a_step 0) the tokens' first, as zeros */
+    uint32_t c_step, a_step[kRows / 32]; /* bytes, elements a step */
+    const uint8_t *s[2];
+    bool s_in[2], half;
+};
+template <int N> struct rs_n {
+    static constexpr int value = N;
+};
+
+/* The tiles blockIdx.x, + gridDim.x, ... of the order (moe_gemm_order: a persistent CTA's walk over the row tiles
+ * written, routed ones in expert bands as the bf16 TMA tile walks them) or, without `walk`, tile blockIdx.x alone.
+ * In a walk the K steps count on over the tiles (step g in stage g % kStages), so that a tile's last steps refill
+ * the ring with the next tile's first, which then load under the epilogue; the next tile is found after the current
+ * one's first step is issued, so that its dependent loads (the expert's search, the rows' sources) wait beside that
+ * step's wgmma. A walk needs a tile of at least kStages - 1 steps (the ring looks one tile ahead at most). Each tile
+ * whose second half holds nothing to compute neither copies nor multiplies it (wgmma's N is then kRows / 2). smem:
+ * the kernel's shared memory, 1024-aligned. */
+template <bool kGlu, int F, int kRows>
+__device__ __forceinline__ void rs_walk(const moe_gemm_params &p, unsigned char *smem, bool walk) {
     typedef rs_shape<kRows> S;
-    constexpr int kTokStage = S::tok_stage, kTok = S::tok, kStages = S::stages;
+    constexpr int kTokStage = S::tok_stage, kTok = S::tok, kStages = S::stages, kTokRows = kRows / 32;
     /* the token stages (sub-step u at u kTokStage), then the code stages */
     const uint32_t tok_s = (uint32_t)__cvta_generic_to_shared(smem), code_s = tok_s + kStages * kTok;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3, g = lane >> 2, q = lane & 3;
-
-    /* copy duty: codes span tid % 2 of weight row tid / 2; tokens chunk tid % 8 of rows tid / 8 (and 32 + tid / 8) */
+    constexpr bool kWalk = kRows == 128; /* MEDIUM: a tile a CTA (two CTAs an SM, at 128 registers) */
+    const moe_gemm_order order =
+        kWalk && walk ? moe_gemm_order_of(p, kRows) : moe_gemm_order{p.m_tiles, p.m_tiles * p.n_tiles};
+    /* copy duty: codes span tid % 2 of weight row tid / 2; tokens chunk tid % 8 of rows tid / 8 + 32 i */
     const int cs = tid >> 1, csp = tid & 1, ac = tid & 7;
-    const int64_t crow = moe_gemm_b_index<kGlu>(p, t, kBW, cs);
-    const uint8_t *const csrc = crow < 0 ? nullptr
-                                         : static_cast<const uint8_t *>(p.b) + t.group * (p.b_group_stride / 2) +
-                                               crow * (p.k / 2) + csp * 16;
     const uint32_t cdst = code_off(cs, csp);
-    constexpr int kTokRows = kN / 32; /* token rows a thread copies */
-    const __nv_bfloat16 *arow[kTokRows];
-    uint32_t adst[kTokRows];
+    /* the thread's weight rows: tile rows s0, s0 + 1 at M rows g, g + 8 of its warp */
+    const int s0 = wg * 64 + 16 * warp + 2 * g;
+    constexpr bool kMx = F == MOE_B_E2M1_E8M0;
+    constexpr int kShift = kMx ? 5 : 4, kPerStep = (kSub * kBK) >> kShift;
+    static_assert(kPerStep == (kMx ? 4 : 8), "a step's scales: one word (MXFP4) or two (NVFP4) a row");
+    const int qh = q >> 1, wofs = kMx ? 0 : 4 * qh; /* the thread's word: its first byte in the step's scales */
+
+    /* tile `index`, false past the walk's end; whole warps (moe_gemm_locate_order) */
+    auto locate = [&](int64_t index, rs_src<kRows> &r) -> bool {
+        if (index >= order.tiles) return false;
+        if (!(kWalk && walk && p.offsets ? moe_gemm_locate_expert_band(p, kRows, order, index, r.t)
+                                         : moe_gemm_locate_order(p, kRows, order, index, r.t)))
+            return false;
+        const moe_gemm_tile &t = r.t;
+        const int64_t crow = moe_gemm_b_index<kGlu>(p, t, kBW, cs);
+        r.c = static_cast<const uint8_t *>(p.b) +
+              (crow < 0 ? 0 : t.group * (p.b_group_stride / 2) + crow * (p.k / 2) + csp * 16);
+        r.c_step = crow < 0 ? 0 : kSub * kBK / 2;
+        const int64_t mid = t.row0 + kRows / 2;
+        r.half = mid >= t.row_end || moe_gemm_rows_idle(p, t, kRows, mid);
 #pragma unroll
-    for (int i = 0; i < kTokRows; i++) {
-        const int r = (tid >> 3) + 32 * i;
-        arow[i] = moe_gemm_a_row(p, t, t.row0 + r);
-        adst[i] = tok_off(r, ac);
-    }
+        for (int i = 0; i < kTokRows; i++) {
+            const __nv_bfloat16 *const a = moe_gemm_a_row(p, t, t.row0 + (tid >> 3) + 32 * i);
+            r.a[i] = a ? a + ac * 8 : p.a;
+            r.a_step[i] = a ? kSub * kBK : 0;
+        }
+        const uint8_t *const sbase = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int64_t b = moe_gemm_b_index<kGlu>(p, t, kBW, s0 + h);
+            r.s_in[h] = b >= 0;
+            r.s[h] = sbase + (b < 0 ? 0 : (b >> p.bs.row_shift) * p.bs.cols);
+        }
+        return true;
+    };
+
     const int k_tiles = (p.k + kSub * kBK - 1) / (kSub * kBK), full_steps = p.k / (kSub * kBK);
-    /* Step kt's copies. A step wholly inside K reads from a pointer a row plus kt steps (a row past the tile's: from
-     * its first byte, step 0, as zeros); the last step of a K that ends inside it checks each code span and token
-     * chunk (K is a multiple of 32: each is all in or all out). */
-    const uint8_t *const cbase = csrc ? csrc : static_cast<const uint8_t *>(p.b);
-    const uint32_t cstep = csrc ? kSub * kBK / 2 : 0;
-    const __nv_bfloat16 *abase[kTokRows];
-    uint32_t astep[kTokRows];
-#pragma unroll
-    for (int i = 0; i < kTokRows; i++) {
-        abase[i] = arow[i] ? arow[i] + ac * 8 : static_cast<const __nv_bfloat16 *>(p.a);
-        astep[i] = arow[i] ? kSub * kBK : 0;
-    }
-    auto load = [&](int stage, int kt) {
+    /* Step kt of tile r into a stage, its first `rows` token rows a thread (all, or the first half). A step wholly
+     * inside K reads kt steps past each source (a row past N or past the tile's rows: from the codes' or tokens'
+     * first byte, as zeros); the last step of a K that ends inside it checks each code span and token chunk (K is a
+     * multiple of 32: each is all in or all out). */
+    auto load = [&](int stage, int kt, const rs_src<kRows> &r, int rows) {
         const uint32_t cd = code_s + stage * kCode + cdst, ad = tok_s + stage * kTok;
         if (kt < full_steps) {
-            const uint8_t *const c = cbase + (uint64_t)kt * cstep;
+            const uint8_t *const c = r.c + (uint64_t)kt * r.c_step;
 #pragma unroll
-            for (int u = 0; u < kSub; u++) moe_cp_async16_to(cd + u * kCodeStage, c + u * kBK / 2, csrc ? 16 : 0);
+            for (int u = 0; u < kSub; u++) moe_cp_async16_to(cd + u * kCodeStage, c + u * kBK / 2, r.c_step ? 16 : 0);
 #pragma unroll
             for (int i = 0; i < kTokRows; i++) {
-                const __nv_bfloat16 *const a = abase[i] + (uint64_t)kt * astep[i];
+                if (i >= rows) break;
+                const __nv_bfloat16 *const a = r.a[i] + (uint64_t)kt * r.a_step[i];
 #pragma unroll
                 for (int u = 0; u < kSub; u++)
-                    moe_cp_async16_to(ad + u * kTokStage + adst[i], a + u * kBK, arow[i] ? 16 : 0);
+                    moe_cp_async16_to(ad + u * kTokStage + tok_off((tid >> 3) + 32 * i, ac), a + u * kBK,
+                                      r.a_step[i] ? 16 : 0);
             }
             return;
         }
 #pragma unroll
         for (int u = 0; u < kSub; u++) {
             const int k = (kt * kSub + u) * kBK; /* the sub-step's first K */
-            const bool cin = csrc && k + csp * 32 < p.k;
-            moe_cp_async16_to(cd + u * kCodeStage, cin ? (const void *)(csrc + k / 2) : p.b, cin ? 16 : 0);
+            const bool cin = r.c_step && k + csp * 32 < p.k;
+            moe_cp_async16_to(cd + u * kCodeStage, r.c + (cin ? k / 2 : 0), cin ? 16 : 0);
 #pragma unroll
             for (int i = 0; i < kTokRows; i++) {
-                const bool in = arow[i] && k + ac * 8 < p.k;
-                moe_cp_async16_to(ad + u * kTokStage + adst[i], in ? (const void *)(arow[i] + k + ac * 8) : p.a,
+                if (i >= rows) break;
+                const bool in = r.a_step[i] && k + ac * 8 < p.k;
+                moe_cp_async16_to(ad + u * kTokStage + tok_off((tid >> 3) + 32 * i, ac), r.a[i] + (in ? k : 0),
                                   in ? 16 : 0);
             }
         }
     };
+    auto rows_of = [](const rs_src<kRows> &r) { return r.half ? kTokRows / 2 : kTokRows; };
 
-    /* the thread's weight rows: tile rows s0, s0 + 1 at M rows g, g + 8 of its warp; their scale rows */
-    const int s0 = wg * 64 + 16 * warp + 2 * g;
-    int64_t srow[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int64_t r = moe_gemm_b_index<kGlu>(p, t, kBW, s0 + h);
-        srow[h] = r < 0 ? -1 : (r >> p.bs.row_shift) * p.bs.cols;
-    }
-    const uint8_t *const sbase = static_cast<const uint8_t *>(p.bs.scale) + t.group * p.bs.group_stride;
     /* Scales: MXFP4 one a 32-K block, NVFP4 one a 16-K block (the thread's 8 codes of a span lie in its block
      * 2 sp + q / 2); the fits check holds p.bs.col_shift to these. A row's scales of a step are 4 bytes (MXFP4) or 8
      * (NVFP4); a thread loads a word of them a step ahead (MXFP4 the 4, NVFP4 word q / 2 of the 8) and picks its own
@@ -179,18 +214,11 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
      * q / 2 + {0, 2, 4, 6} of the 8, the other word from the lane q ^ 2. The steps wholly inside K load with the
      * widest loads the rows' alignment allows (a row past N reads row 0's: its codes are zeros and its outputs are
      * never stored); the last step of a K that ends inside it checks each. */
-    constexpr bool kMx = F == MOE_B_E2M1_E8M0;
-    constexpr int kShift = kMx ? 5 : 4, kPerStep = (kSub * kBK) >> kShift;
-    static_assert(kPerStep == (kMx ? 4 : 8), "a step's scales: one word (MXFP4) or two (NVFP4) a row");
-    const int qh = q >> 1, wofs = kMx ? 0 : 4 * qh; /* the thread's word: its first byte in the step's scales */
-    const uint8_t *srow_p[2]; /* the thread's word of the row's first step */
-#pragma unroll
-    for (int h = 0; h < 2; h++) srow_p[h] = sbase + (srow[h] < 0 ? 0 : srow[h]) + wofs;
     const uint32_t salign = (uint32_t)((uintptr_t)p.bs.scale | (uint64_t)p.bs.group_stride | (uint64_t)p.bs.cols) & 3;
-    auto load_scales = [&](int kt, int h) -> uint32_t {
+    auto load_scales = [&](int kt, const rs_src<kRows> &r, int h) -> uint32_t {
         uint32_t w = 0;
         if (kt < full_steps) {
-            const uint8_t *const s = srow_p[h] + kt * kPerStep;
+            const uint8_t *const s = r.s[h] + wofs + kt * kPerStep;
             if (salign == 0) return __ldg(reinterpret_cast<const uint32_t *>(s));
             if (salign == 2) /* GPT-OSS: K 2880, 90 scales a row */
                 return __ldg(reinterpret_cast<const uint16_t *>(s)) |
@@ -202,7 +230,7 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
 #pragma unroll
         for (int b = 0; b < 4; b++) { /* byte wofs + b of the step: its block's first K */
             const int k = kt * kSub * kBK + ((kMx ? b : 4 * qh + b) << kShift);
-            w |= bq_scale_raw<F>(sbase, srow[h] + (k >> kShift), srow[h] >= 0 && k < p.k) << 8 * b;
+            w |= bq_scale_raw<F>(r.s[h], k >> kShift, r.s_in[h] && k < p.k) << 8 * b;
         }
         return w;
     };
@@ -253,92 +281,131 @@ __device__ __forceinline__ void rs_tile(const moe_gemm_params &p, const moe_gemm
         else words(moe_bool_tag<false>());
     };
 
-    float acc[kN / 2];
-#pragma unroll
-    for (int i = 0; i < kN / 2; i++) acc[i] = 0.0f;
-    uint32_t a[4 * kSub][4], sc[2], next[2]; /* the step's scales (pick) and the next step's word, a row each */
+    rs_src<kRows> cur, nxt;
+    int64_t index = blockIdx.x;
+    if (!locate(index, cur)) return; /* the whole CTA: the tile is the CTA's */
     /* stage s is full when every thread's copies into it have landed (an arrival a thread, made by its cp.async),
      * and empty when every warp has retired the wgmma that read it (an arrival a warp) */
     const moe_pipe pipe = {code_s + kStages * kCode, kStages};
     pipe.init(kThreads, kThreads / 32);
 #pragma unroll
     for (int s = 0; s < kStages - 1; s++) {
-        if (s < k_tiles) load(s, s);
+        if (s < k_tiles) load(s, s, cur, rows_of(cur));
         moe_mbar_arrive_cp_async(pipe.full(s));
     }
-    next[0] = load_scales(0, 0), next[1] = load_scales(0, 1);
+    uint32_t sc[2], next[2]; /* the step's scales (pick) and the next step's word, a row each */
+    next[0] = load_scales(0, cur, 0), next[1] = load_scales(0, cur, 1);
     /* the token stages' descriptor, low word: a stage, a sub-step and a 32-byte K step further are additions */
     const uint32_t dtok0 = (uint32_t)moe_smem_desc(tok_s);
+    uint32_t step = 0; /* the walk's K steps so far */
 
-    for (int kt = 0; kt < k_tiles; kt++) {
-        const int st = (uint32_t)kt % kStages;
-        moe_mbar_wait(pipe.full(st), ((uint32_t)kt / kStages) & 1);
-        moe_fence_proxy_async(); /* every thread's copies of the stage's tokens -> this warp's wgmma reads */
-        sc[0] = pick(next[0]), sc[1] = pick(next[1]);
-        if (kt + 1 < k_tiles) next[0] = load_scales(kt + 1, 0), next[1] = load_scales(kt + 1, 1);
-        convert(st, sc, a);
-        const uint32_t dtok = dtok0 + st * (kTok >> 4);
-        moe_acc_fence(acc);
-        moe_wgmma_fence();
+    /* the current tile at wgmma's N = kN (kRows, or half of it) */
+    auto run = [&](auto n) {
+        constexpr int kN = decltype(n)::value;
+        float acc[kN / 2];
 #pragma unroll
-        for (int u = 0; u < kSub; u++)
+        for (int i = 0; i < kN / 2; i++) acc[i] = 0.0f;
+        uint32_t a[4 * kSub][4];
+        bool more = false; /* a next tile in the walk (found after step 0) */
+        for (int kt = 0; kt < k_tiles; kt++, step++) {
+            const int st = step % kStages;
+            moe_mbar_wait(pipe.full(st), (step / kStages) & 1);
+            moe_fence_proxy_async(); /* every thread's copies of the stage's tokens -> this warp's wgmma reads */
+            sc[0] = pick(next[0]), sc[1] = pick(next[1]);
+            if (kt + 1 < k_tiles) next[0] = load_scales(kt + 1, cur, 0), next[1] = load_scales(kt + 1, cur, 1);
+            else if (kWalk && more) next[0] = load_scales(0, nxt, 0), next[1] = load_scales(0, nxt, 1);
+            convert(st, sc, a);
+            const uint32_t dtok = dtok0 + st * (kTok >> 4);
+            moe_acc_fence(acc);
+            moe_wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < kBK / 16; kk++) /* 16 bf16 = 32 bytes further into the swizzled rows */
-                moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk],
-                                          moe_smem_desc_of(dtok + ((u * kTokStage + kk * 32) >> 4)));
-        moe_wgmma_commit();
-        const int refill = kt + kStages - 1; /* into the stage step kt - 1 read */
-        if (refill < k_tiles) { /* while the wgmma run, once every warp has retired step kt - 1's */
-            const uint32_t prev = kt - 1, rs = (uint32_t)refill % kStages;
-            if (kt > 0) moe_mbar_wait(pipe.empty(prev % kStages), (prev / kStages) & 1);
-            load(rs, refill);
-            moe_mbar_arrive_cp_async(pipe.full(rs));
+            for (int u = 0; u < kSub; u++)
+#pragma unroll
+                for (int kk = 0; kk < kBK / 16; kk++) /* 16 bf16 = 32 bytes further into the swizzled rows */
+                    moe_wgmma_m64nNk16_ra<kN>(acc, a[4 * u + kk],
+                                              moe_smem_desc_of(dtok + ((u * kTokStage + kk * 32) >> 4)));
+            moe_wgmma_commit();
+            if (kWalk && kt == 0) more = locate(index + gridDim.x, nxt);
+            /* the refill: the walk's step + kStages - 1, into the stage step - 1 read (while the wgmma run, once
+             * every warp has retired step - 1's): this tile's, or the next one's first steps */
+            const int refill = kt + kStages - 1;
+            if (refill < k_tiles || (kWalk && more)) {
+                const uint32_t prev = step - 1, rs = (step + kStages - 1) % kStages;
+                if (step > 0) moe_mbar_wait(pipe.empty(prev % kStages), (prev / kStages) & 1);
+                if (refill < k_tiles) load(rs, refill, cur, kN / 32);
+                else load(rs, refill - k_tiles, nxt, rows_of(nxt));
+                moe_mbar_arrive_cp_async(pipe.full(rs));
+            }
+            moe_acc_fence(acc);
+            moe_wgmma_wait<0>(); /* the A registers and the stage's tokens are free again */
+            moe_acc_fence(acc);
+            reg_fence(a);
+            __syncwarp();
+            if (lane == 0) moe_mbar_arrive(pipe.empty(st));
         }
-        moe_acc_fence(acc);
-        moe_wgmma_wait<0>(); /* the A registers and the stage's tokens are free again */
-        moe_acc_fence(acc);
-        reg_fence(a);
-        __syncwarp();
-        if (lane == 0) moe_mbar_arrive(pipe.empty(st));
-    }
 
-    /* epilogue: registers 4j + {0, 1} hold weight row s0 for tokens 8j + 2q + {0, 1}; 4j + {2, 3} row s0 + 1; the
-     * weights entered times 2^-8 */
-    auto epilogue = [&](auto kperm) { /* kperm::value: h's columns in the K order (GEMM 2's A on this tile) */
-        moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
+        /* epilogue: registers 4j + {0, 1} hold weight row s0 for tokens 8j + 2q + {0, 1}; 4j + {2, 3} row s0 + 1;
+         * the weights entered times 2^-8. Each thread stores 2 kN / 8 rows at the same columns: those are found once
+         * (moe_gemm_cols_of), and the rows' facts (moe_gemm_row's: a routed row's source, its weight) are loaded by
+         * the warp at once, lane l those of rows l + 32 i, and handed round by shuffles: one load's latency a tile
+         * where a load a row waited one after another (GEMM 2 of Qwen3-30B-A3B, 6 steps a tile, spent about as long
+         * in its epilogue as in its K loop; Nsight Compute, H100). */
+        const moe_gemm_tile &t = cur.t;
+        constexpr int kL = kN / 32;
+        const bool routed = p.offsets != nullptr, weighted = kGlu && routed && p.row_weight;
+        int32_t lsrc[kL];
+        float lw[kL];
 #pragma unroll
-            for (int j = 0; j < kN / 8; j++)
+        for (int i = 0; i < kL; i++) {
+            const int64_t r = t.row0 + lane + 32 * i;
+            lsrc[i] = r >= t.row_end ? -1 : routed ? p.row_src[r] : 0; /* -1: nothing to store */
+        }
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int64_t r = t.row0 + 8 * j + 2 * q + e;
-                    const moe_gemm_row_out ro = moe_gemm_row<kGlu>(p, t, r);
-                    if (ro.skip) continue;
-                    moe_gemm_store<kGlu, decltype(act)::value, decltype(kperm)::value>(
-                        p, t, kBW, r, ro, s0, acc[4 * j + e] * kFp4Undo, acc[4 * j + 2 + e] * kFp4Undo);
-                }
-        });
+        for (int i = 0; i < kL; i++) lw[i] = weighted && lsrc[i] >= 0 ? p.row_weight[lsrc[i]] : 0.0f;
+        float gf = 1.0f; /* NVFP4's global factor */
+        if (p.bs.global) {
+            const float g = p.bs.global[t.group];
+            gf = p.bs.global_encode ? 1.0f / g : g;
+        }
+        const moe_gemm_cols cols = moe_gemm_cols_of<kGlu>(p, t, kBW, s0);
+        auto epilogue = [&](auto kperm) { /* kperm::value: h's columns in the K order (GEMM 2's A on this tile) */
+            moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
+#pragma unroll
+                for (int j = 0; j < kN / 8; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int rl = 8 * j + 2 * q + e, from = rl & 31; /* held by lane rl % 32, as its j / 4 */
+                        const int32_t src = __shfl_sync(0xFFFFFFFFu, lsrc[j >> 2], from);
+                        const float w = __shfl_sync(0xFFFFFFFFu, lw[j >> 2], from);
+                        const int64_t r = t.row0 + rl;
+                        const moe_gemm_row_out ro = {r >= t.row_end || (!kGlu && routed && src < 0),
+                                                     weighted ? w : 1.0f, gf};
+                        if (ro.skip) continue;
+                        moe_gemm_store_cols<kGlu, decltype(act)::value, decltype(kperm)::value>(
+                            p, t, cols, r, ro, acc[4 * j + e] * kFp4Undo, acc[4 * j + 2 + e] * kFp4Undo);
+                    }
+            });
+        };
+        if (kGlu && p.c_kperm) epilogue(moe_bool_tag<true>());
+        else epilogue(moe_bool_tag<false>());
+        return more;
     };
-    if (kGlu && p.c_kperm) epilogue(moe_bool_tag<true>());
-    else epilogue(moe_bool_tag<false>());
+    for (;;) {
+        if (!(cur.half ? run(rs_n<kRows / 2>()) : run(rs_n<kRows>()))) return;
+        cur = nxt, index += gridDim.x;
+    }
 }
 #endif
 
 template <bool kGlu, int F, int kRows>
-__global__ void __launch_bounds__(kThreads, rs_shape<kRows>::ctas) gemm_fp4_rs_kernel(const moe_gemm_params p) {
+__global__ void __launch_bounds__(kThreads, rs_shape<kRows>::ctas)
+    gemm_fp4_rs_kernel(const moe_gemm_params p, bool walk) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
-    unsigned char *const smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
-    moe_gemm_tile t;
-    if (!moe_gemm_locate(p, kRows, blockIdx.x, t)) return;
-    /* a tile whose second half holds no row to compute (moe_gemm_rows_idle: its group's only tile, or the end) runs
-     * at half wgmma's N: half the tensor work and token copies (MEDIUM at 32 rows an expert, Mixtral-8x7B at T = 128
-     * or Qwen3-30B-A3B at T = 512: about half the tiles) */
-    const int64_t half = t.row0 + kRows / 2;
-    if (half >= t.row_end || moe_gemm_rows_idle(p, t, kRows, half)) rs_tile<kGlu, F, kRows, kRows / 2>(p, t, smem);
-    else rs_tile<kGlu, F, kRows, kRows>(p, t, smem);
+    rs_walk<kGlu, F, kRows>(p, smem_raw + (((raw + 1023u) & ~1023u) - raw), walk);
 #endif
 }
 
@@ -375,8 +442,18 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
     const auto kernel = gemm_fp4_rs_kernel<kGlu, F, kRows>;
     constexpr size_t kSmem = rs_shape<kRows>::smem;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmem));
-    const dim3 grid((unsigned)(q.m_tiles * q.n_tiles), 1, (unsigned)groups);
-    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, kSmem, st, q));
+    /* LARGE walks tiles: one CTA an SM, split over the dense groups (a walk needs kStages - 1 steps a tile) */
+    const int64_t tiles = q.m_tiles * q.n_tiles, k_steps = (p.k + kSub * kBK - 1) / (kSub * kBK);
+    const bool walk = kRows == 128 && k_steps >= rs_shape<kRows>::stages - 1;
+    int64_t per_group = tiles;
+    if (walk) {
+        const char *cap = getenv("MOE_GEMM_FP4_RS_CTAS"); /* tests: fewer CTAs, each walking many tiles */
+        int64_t ctas = (int64_t)ctx->cuda.sm_count * rs_shape<kRows>::ctas / groups;
+        if (cap && atoi(cap) > 0 && atoi(cap) < ctas) ctas = atoi(cap);
+        per_group = ctas < 1 ? 1 : ctas < tiles ? ctas : tiles;
+    }
+    const dim3 grid((unsigned)per_group, 1, (unsigned)groups);
+    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, kSmem, st, q, walk));
     return MOE_OK;
 }
 
@@ -406,11 +483,14 @@ bool moe__cuda_gemm_fp4_rs_fits(moe_ctx *ctx, const moe_gemm_params &p) {
 bool moe__cuda_gemm_fp4_rs_takes(moe_ctx *ctx, const moe_gemm_params &p, moe_gemm_shape shape) {
     if (shape == MOE_GEMM_MEDIUM) return moe__cuda_gemm_fp4_rs_fits(ctx, p);
     if (shape != MOE_GEMM_LARGE || getenv("MOE_GEMM_NO_FP4_RS_LARGE")) return false;
-    /* LARGE from K = 4096 (32 steps a tile): one CTA an SM leaves each tile's first loads and its epilogue exposed,
-     * which a shorter K does not repay. H100, MXFP4, T = 8192 (T = 2048 for Mixtral), layer against the cp.async
-     * tile: Mixtral-8x7B (K 4096 and 14336) -5%, Llama-4-Scout (5120, 8192) -2%, DeepSeek-V3 (7168, 2048) level,
-     * GPT-OSS-120B (2880, 2880) +23%, Qwen3-30B-A3B (2048, 768) +25% */
-    return (p.k >= 4096 || getenv("MOE_GEMM_FP4_RS_LARGE")) && moe__cuda_gemm_fp4_rs_fits(ctx, p);
+    /* LARGE where K >= 1024 and each row's scales start on a 4-byte word (a step's scales one load a row). H100,
+     * T = 2048 and 8192, layer against the cp.async tile, MXFP4: DeepSeek-V3 (K 7168 and 2048) -10 to -15%,
+     * Mixtral-8x7B (4096, 14336) -12 to -14%, Llama-4-Scout (5120, 8192) -10 to -12%; NVFP4 likewise and GPT-OSS-120B
+     * (2880, 2880) -6%. Not taken: GPT-OSS-120B MXFP4 (90 scales a row, two half-word loads) +12%; Qwen3-30B-A3B
+     * (2048, 768) level (-0.6 to +1.7%). */
+    if (getenv("MOE_GEMM_FP4_RS_LARGE")) return moe__cuda_gemm_fp4_rs_fits(ctx, p);
+    const bool words = (((uintptr_t)p.bs.scale | (uint64_t)p.bs.group_stride | (uint64_t)p.bs.cols) & 3) == 0;
+    return p.k >= 1024 && words && moe__cuda_gemm_fp4_rs_fits(ctx, p);
 }
 
 moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
