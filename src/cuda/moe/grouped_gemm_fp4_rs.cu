@@ -95,10 +95,11 @@ template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) 
 #endif
 
 #ifdef MOE_WGMMA
-/* What a thread copies and reads for one tile: the tile; its span of codes (null past N: zeros); its token rows,
- * at its 16-byte chunk (null past the rows or on padding: zeros); its two weight rows' scales (from the row's first
- * byte, and whether the row lies inside N); whether the tile's second half holds no row to compute (moe_gemm_rows_idle:
- * its group's only tile, or the end), when it runs at half wgmma's N and copies only its first half of token rows. */
+/* What a thread copies and reads for one tile: the tile; its span of codes and its token rows at its 16-byte chunk,
+ * each with the bytes or elements to advance a step (0 for a row past N, past the tile's rows or on padding, which
+ * reads the first byte of the codes or tokens as zeros); its two weight rows' scales (from the row's first byte, and
+ * whether the row lies inside N); whether the tile's second half holds no row to compute (moe_gemm_rows_idle: its
+ * group's only tile, or the end), when it runs at half wgmma's N and copies only its first half of token rows. */
 template <int kRows> struct rs_src {
     moe_gemm_tile t;
     const uint8_t *c;                   /* the span's first byte, or (c_step 0) the codes' first, as zeros */
