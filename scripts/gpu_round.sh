@@ -36,6 +36,12 @@ if [ "${SANITIZE:-1}" = 1 ]; then
         "$BUILD/moe_tests" --data tests/data gpu_layer_fp4_medium > "$OUT/racecheck-fp4.log" 2>&1
     echo "exit $?" >> "$OUT/racecheck-fp4.log"
     tail -4 "$OUT/racecheck-fp4.log" | tee -a "$OUT/summary.txt"
+    # the LARGE variant's walks (3 CTAs walking many tiles: the ring across tiles), about 5 minutes on an H100
+    step "compute-sanitizer racecheck (gpu_layer_fp4_large, the walks only, 8 MiB tensors)"
+    MOE_TEST_GPU_MIB=8 MOE_TEST_FP4_TILE=walk compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "$BUILD/moe_tests" --data tests/data gpu_layer_fp4_large > "$OUT/racecheck-fp4-walk.log" 2>&1
+    echo "exit $?" >> "$OUT/racecheck-fp4-walk.log"
+    tail -4 "$OUT/racecheck-fp4-walk.log" | tee -a "$OUT/summary.txt"
 fi
 
 if [ -x build-sm80/moe ]; then
