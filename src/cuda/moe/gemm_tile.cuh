@@ -238,14 +238,20 @@ struct moe_gemm_row_out {
     float g;    /* NVFP4 B: the group's global decode factor; else 1 */
 };
 
+/* NVFP4 B: the tile's group's global decode factor (moe_gemm_row_out.g); else 1. */
+__device__ __forceinline__ float moe_gemm_global_factor(const moe_gemm_params &p, const moe_gemm_tile &t) {
+    float f = 1.0f;
+    if (p.bs.global) {
+        const float g = p.bs.global[t.group];
+        f = p.bs.global_encode ? 1.0f / g : g;
+    }
+    return f;
+}
+
 template <bool kGlu>
 __device__ __forceinline__ moe_gemm_row_out moe_gemm_row(const moe_gemm_params &p, const moe_gemm_tile &t,
                                                          int64_t r) {
-    moe_gemm_row_out o = {r >= t.row_end, 1.0f, 1.0f};
-    if (p.bs.global) {
-        const float g = p.bs.global[t.group];
-        o.g = p.bs.global_encode ? 1.0f / g : g;
-    }
+    moe_gemm_row_out o = {r >= t.row_end, 1.0f, moe_gemm_global_factor(p, t)};
     if (o.skip || !p.offsets) return o;
     const int32_t src = p.row_src[r];
     if (!kGlu && src < 0) o.skip = true;

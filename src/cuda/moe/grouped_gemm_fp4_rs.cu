@@ -69,6 +69,12 @@ template <int kRows> struct rs_shape {
     static constexpr int ctas = kRows == 64 ? 2 : 1;
 };
 
+/* The scale rows' alignment to a 4-byte word (0, or the low bits of their first byte's address): a step's scales of
+ * a row are one word load where it is 0, two half-word loads where it is 2 (GPT-OSS's 90 MXFP4 scales a row). Read by
+ * the kernel and by the rule that gives it LARGE. */
+#define RS_SCALE_ALIGN(p) \
+    ((uint32_t)((uintptr_t)(p).bs.scale | (uint64_t)(p).bs.group_stride | (uint64_t)(p).bs.cols) & 3)
+
 #ifdef MOE_WGMMA
 /* Span sp (16 bytes) of weight row s in a code stage: span-major, odd groups of 8 rows swapped in pairs, so that a
  * warp's reads of rows 2g (or 2g + 1) for g = 0..7 fall in 8 distinct 16-byte bank groups. */
@@ -215,7 +221,7 @@ __device__ __forceinline__ void rs_walk(const moe_gemm_params &p, unsigned char 
      * q / 2 + {0, 2, 4, 6} of the 8, the other word from the lane q ^ 2. The steps wholly inside K load with the
      * widest loads the rows' alignment allows (a row past N reads row 0's: its codes are zeros and its outputs are
      * never stored); the last step of a K that ends inside it checks each. */
-    const uint32_t salign = (uint32_t)((uintptr_t)p.bs.scale | (uint64_t)p.bs.group_stride | (uint64_t)p.bs.cols) & 3;
+    const uint32_t salign = RS_SCALE_ALIGN(p);
     auto load_scales = [&](int kt, const rs_src<kRows> &r, int h) -> uint32_t {
         uint32_t w = 0;
         if (kt < full_steps) {
@@ -363,11 +369,7 @@ __device__ __forceinline__ void rs_walk(const moe_gemm_params &p, unsigned char 
         }
 #pragma unroll
         for (int i = 0; i < kL; i++) lw[i] = weighted && lsrc[i] >= 0 ? p.row_weight[lsrc[i]] : 0.0f;
-        float gf = 1.0f; /* NVFP4's global factor */
-        if (p.bs.global) {
-            const float g = p.bs.global[t.group];
-            gf = p.bs.global_encode ? 1.0f / g : g;
-        }
+        const float gf = moe_gemm_global_factor(p, t);
         const moe_gemm_cols cols = moe_gemm_cols_of<kGlu>(p, t, kBW, s0);
         auto epilogue = [&](auto kperm) { /* kperm::value: h's columns in the K order (GEMM 2's A on this tile) */
             moe_gemm_by_act<kGlu>(p.act, [&](auto act) {
@@ -448,9 +450,10 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, int64_t m_tiles, int g
     const bool walk = kRows == 128 && k_steps >= rs_shape<kRows>::stages - 1;
     int64_t per_group = tiles;
     if (walk) {
-        const char *cap = getenv("MOE_GEMM_FP4_RS_CTAS"); /* tests: fewer CTAs, each walking many tiles */
+        const char *cap_env = getenv("MOE_GEMM_FP4_RS_CTAS"); /* tests: fewer CTAs, each walking many tiles */
+        const int64_t cap = cap_env ? atoi(cap_env) : 0;
         int64_t ctas = (int64_t)ctx->cuda.sm_count * rs_shape<kRows>::ctas / groups;
-        if (cap && atoi(cap) > 0 && atoi(cap) < ctas) ctas = atoi(cap);
+        if (cap > 0 && cap < ctas) ctas = cap;
         per_group = ctas < 1 ? 1 : ctas < tiles ? ctas : tiles;
     }
     const dim3 grid((unsigned)per_group, 1, (unsigned)groups);
@@ -490,8 +493,7 @@ bool moe__cuda_gemm_fp4_rs_takes(moe_ctx *ctx, const moe_gemm_params &p, moe_gem
      * (2880, 2880) -6%. Not taken: GPT-OSS-120B MXFP4 (90 scales a row, two half-word loads) +12%; Qwen3-30B-A3B
      * (2048, 768) level (-0.6 to +1.7%). */
     if (getenv("MOE_GEMM_FP4_RS_LARGE")) return moe__cuda_gemm_fp4_rs_fits(ctx, p);
-    const bool words = (((uintptr_t)p.bs.scale | (uint64_t)p.bs.group_stride | (uint64_t)p.bs.cols) & 3) == 0;
-    return p.k >= 1024 && words && moe__cuda_gemm_fp4_rs_fits(ctx, p);
+    return p.k >= 1024 && RS_SCALE_ALIGN(p) == 0 && moe__cuda_gemm_fp4_rs_fits(ctx, p);
 }
 
 moe_status moe__cuda_grouped_gemm_fp4_rs(moe_ctx *ctx, const moe_gemm_params &p, bool glu, moe_gemm_shape shape,
