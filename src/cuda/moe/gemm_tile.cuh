@@ -298,7 +298,8 @@ __device__ __forceinline__ void moe_gemm_store(const moe_gemm_params &p, const m
 
 /* moe_gemm_store in two parts, for a tile whose thread stores many rows at the same columns (the FP4 wgmma tile):
  * where the accumulators of B rows s, s + 1 go (moe_gemm_store's columns; `in` false past N) and their biases (b0, b1,
- * read only where there are any), found once; then each row with moe_gemm_store's arithmetic. */
+ * read only where there are any), found once; then each row with moe_gemm_store's arithmetic. moe_gemm_store is not
+ * written as these two: that changed the other tiles' SASS (their bias loads moved), which are measured as they are. */
 struct moe_gemm_cols {
     int64_t col;
     bool in;
