@@ -213,6 +213,20 @@ template <int N> __device__ __forceinline__ void moe_wgmma_wait() {
 /* Generic-proxy writes to shared memory (st.shared, cp.async) -> reads by the async proxy (wgmma, TMA store). */
 __device__ __forceinline__ void moe_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+/* Bulk stores (TMA, no tensor map): `bytes` (a multiple of 16; both addresses 16-byte aligned) from shared memory
+ * to global memory, in this thread's bulk group; the writes of the shared side must be fenced first
+ * (moe_fence_proxy_async). wait_read<N>: this thread's groups but the newest N have read their shared memory (which
+ * may then be written again); wait_all: every group has completed (before the CTA exits). */
+__device__ __forceinline__ void moe_bulk_store(void *gmem, uint32_t smem, uint32_t bytes) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gmem), "r"(smem), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void moe_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void moe_bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void moe_bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 /* mbarriers (shared::cta addresses). A wait names the parity of the phase it waits for; a fresh barrier is in
  * phase 0, and a wait for parity 1 returns at once (the phase "before" it counts as complete). */
 __device__ __forceinline__ void moe_mbar_init(uint32_t bar, uint32_t count) {

@@ -4,6 +4,7 @@
 #ifndef MOE_CUDA_MOE_GEMM_TILE_CUH
 #define MOE_CUDA_MOE_GEMM_TILE_CUH
 
+#include "cuda/common/sm90.cuh"
 #include "cuda/moe/grouped_gemm.cuh"
 #include "route/route_math.h"
 
@@ -367,5 +368,56 @@ __device__ __forceinline__ void moe_gemm_store_glu2(const moe_gemm_params &p, co
     __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride);
     *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(h0, h1);
 }
+
+/* The plain epilogue of the Hopper tiles of 256 B rows (grouped_gemm_sm90_tma.cu, grouped_gemm_sm90_fp8.cu) through
+ * shared memory. Each warp writes its rows' outputs in bf16 (moe_gemm_store's arithmetic) into the staging buffer
+ * (out, or out_s as a shared::cta address: kBM rows of kGemmStagedLd bytes), then its lanes start one bulk store
+ * (TMA) each, of a row's run of columns. They complete while the warp goes on to its next tile; 4-byte stores from
+ * the registers, 8 rows apart in each instruction, took a third of DeepSeek-V3's W8A8 GEMM 2. The buffer is
+ * written again once the warp's last stores have read it, and the CTA must not end before (moe_bulk_wait_all).
+ * acc[h][4j + 2i + {0, 1}]: row r0 + 16 warp + lane / 4 + 8 i of the tile, columns h * 128 + c0 + 8j + 2 (lane % 4)
+ * + {0, 1} (wgmma m64nN's layout, kWN = N). BM 128 (c0 = 0): lanes 0-15 store the 256 columns of the warp's 16 rows.
+ * BM 64, where warp w of both consumers holds rows 16 w .. 16 w + 15 and consumer c the columns c0 = 64 c + [0, 64)
+ * of each half: lane l stores row l % 16's columns c0 + 128 (l / 16) + [0, 64). Needs n % 8 == 0 and 16-byte
+ * aligned output rows (whole 16-byte runs); the 16 bytes that pad a row put the fragment writes in 32 banks. */
+constexpr int kGemmStagedLd = 2 * 256 + 16;
+#ifdef MOE_WGMMA
+template <int kBM, int kWN>
+__device__ __forceinline__ void moe_gemm_store_staged(const moe_gemm_params &p, const moe_gemm_tile &t,
+                                                      const float (&acc)[2][kWN / 2], unsigned char *out,
+                                                      uint32_t out_s, int r0, int c0, int warp, int lane) {
+    constexpr int kRun = kBM == 128 ? 256 : 64; /* columns a bulk store */
+    const float gf = moe_gemm_global_factor(p, t);
+    const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
+    const int arow = r0 + warp * 16 + (lane >> 2);
+    moe_bulk_wait_read<0>();
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int j = 0; j < kWN / 8; j++) {
+                const int s = h * 128 + c0 + j * 8 + 2 * (lane & 3);
+                const int64_t col = t.tile_n * 256 + s;
+                float v0 = acc[h][4 * j + 2 * i], v1 = acc[h][4 * j + 2 * i + 1];
+                v0 *= gf, v1 *= gf;
+                if (bias && col < p.n) v0 += bias[col], v1 += bias[col + 1];
+                *reinterpret_cast<__nv_bfloat162 *>(out + (arow + 8 * i) * kGemmStagedLd + 2 * s) =
+                    __floats2bfloat162_rn(v0, v1);
+            }
+    moe_fence_proxy_async(); /* the writes -> the bulk stores' reads */
+    __syncwarp();
+    if (lane < (kBM == 128 ? 16 : 32)) {
+        const int lr = r0 + warp * 16 + (lane & 15), s0 = kBM == 128 ? 0 : c0 + (lane >> 4) * 128;
+        const int64_t r = t.row0 + lr, col = t.tile_n * 256 + s0, cols = p.n - col < kRun ? p.n - col : kRun;
+        if (cols > 0 && !moe_gemm_row<false>(p, t, r).skip) {
+            __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride);
+            moe_bulk_store(c + r * p.n + col, out_s + lr * kGemmStagedLd + 2 * s0, (uint32_t)cols * 2);
+            moe_bulk_commit();
+        }
+    }
+}
+#endif
 
 #endif /* MOE_CUDA_MOE_GEMM_TILE_CUH */

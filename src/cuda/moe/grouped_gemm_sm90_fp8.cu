@@ -5,7 +5,7 @@
  * follows:
  *
  * A CTA computes 128 rows x 256 B rows, K in blocks of 128 codes (one 128-byte swizzle row, one scale block)
- * through 3 (GEMM 1) or 4 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales, B's 2). Three warpgroups,
+ * through 3 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales, B's 2). Three warpgroups,
  * persistent CTAs (walking the tiles of the rows written, moe_gemm_order; the producer finds each tile and hands
  * its descriptor to the consumers beside the tile's first stage):
  *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
@@ -17,7 +17,8 @@
  *    temporaries of both halves would not fit beside the 128 accumulators, so the halves take turns; each
  *    consumer's promotion overlaps the other consumer's wgmma. A consumer whose 64 rows are all padding in an
  *    expert's only row tile (64 rows or fewer: moe_gemm_rows_idle) issues no wgmma and stores nothing.
- * Epilogues: GEMM 2 (plain) stores bf16 through gemm_tile.cuh. GEMM 1 (GLU) stages the (gate, up) pairs of its
+ * Epilogues: GEMM 2 (plain) stages the tile's bf16 outputs in shared memory and writes each row's run by a bulk
+ * store (TMA), which completes while the next tile runs. GEMM 1 (GLU) stages the (gate, up) pairs of its
  * 128 columns (the tile's 128 gate and 128 up rows) in shared memory, then a warp a row computes h, the row's amax
  * and FP8 codes and one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly as it
  * was written.
@@ -25,7 +26,7 @@
  * the 128-row tile spends most of its tensor-core time on zeros): both consumers take the tile's 64 rows, each the
  * rows [64 c, 64 c + 64) of each box of B (wgmma.m64n64k32, same block scales), so in GLU's epilogue warp w of each
  * consumer stages its half of the same rows' 128 columns in one buffer, and after a barrier of the pair each
- * quantises 4 of the 8 rows. 4 stages (GLU) or 5. */
+ * quantises 4 of the 8 rows. 3 stages (BM 128) or 4. */
 #include <cuda.h>
 #include <stdlib.h>
 
@@ -46,12 +47,13 @@ constexpr int kBoxRows = 128;
  * kEpiLd floats: 128 pairs and 32 bytes of padding against bank conflicts), which leaves room for 3 stages */
 constexpr int kEpiLd = 2 * 128 + 8, kEpiWarp = 8 * kEpiLd * 4;
 /* The tile of BM rows: a stage is A (BM x 128 codes), B 32 KB, then A's BM scales and the words holding B's two
- * block scales; the B rows of a box each consumer multiplies (all, or its half); GLU's staging buffers (a consumer
- * warp each, or a pair of warps each for BM 64). */
+ * block scales; the B rows of a box each consumer multiplies (all, or its half); the epilogue's buffers (GLU: a
+ * consumer warp each, or a pair of warps each for BM 64; plain: the tile's rows), which leave room for 3 or 4
+ * stages. */
 template <int BM, bool kGlu> struct fp8_tile {
     static constexpr int stage_a = BM * kBK, stage_s = BM * 4 + 16, wn = BM == 128 ? 128 : 64;
-    static constexpr int stages = kGlu ? (BM == 128 ? 3 : 4) : (BM == 128 ? 4 : 5);
-    static constexpr size_t epi = kGlu ? (BM == 128 ? 8 : 4) * kEpiWarp : 0;
+    static constexpr int stages = BM == 128 ? 3 : 4;
+    static constexpr size_t epi = kGlu ? (BM == 128 ? 8 : 4) * kEpiWarp : (size_t)BM * kGemmStagedLd;
     /* + barriers and the tiles' descriptors (a 32-byte slot a stage) */
     static constexpr size_t smem =
         (size_t)stages * (stage_a + kStageB + stage_s) + epi + 2 * stages * 8 + stages * 32 + 1024;
@@ -251,20 +253,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
 
         /* epilogue: registers 4j + {0, 1} of half h hold row arow, B rows h * 128 + c0 + 8j + 2 (lane % 4) + {0, 1};
          * 4j + {2, 3} row arow + 8. Meanwhile the producer fills the stages for the next tile. */
-        if (!kGlu) {
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int64_t r = t.row0 + arow + 8 * i;
-                const moe_gemm_row_out ro = moe_gemm_row<false>(p, t, r);
-                if (ro.skip) continue;
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int j = 0; j < kWN / 8; j++)
-                        moe_gemm_store<false, MOE_ACT_SILU_GLU>(p, t, kBN, r, ro,
-                                                                h * kBoxRows + c0 + j * 8 + 2 * (lane & 3),
-                                                                acc[h][4 * j + 2 * i], acc[h][4 * j + 2 * i + 1]);
-            }
+        if (!kGlu) { /* staged in shared memory, bulk stores */
+            moe_gemm_store_staged<kBM, kWN>(p, t, acc, smem + (e_smem - base), e_smem, r0, c0, warp, lane);
             continue;
         }
         /* GLU: each warp stages the (gate, up) pairs of 8 of its rows at a time in shared memory, by output column
@@ -336,6 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
             else moe_bar_sync_pair(warp); /* both have read the buffer before either refills it */
         }
     }
+    if (!kGlu) moe_bulk_wait_all(); /* the last tile's stores have read the buffer before the CTA ends */
 #endif
 }
 
@@ -364,7 +355,8 @@ bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu) {
     if (p.bs.row_shift != 7 || !(p.bs.col_shift == 7 || (p.bs.col_shift == 31 && p.k <= 128)) || p.bs.global)
         return false;
     if ((uintptr_t)p.b % 16 || p.k % 16 || p.b_group_stride % 16 || p.n_groups < 1 || !p.offsets) return false;
-    return !glu || p.interleaved || p.n % 128 == 0;
+    if (glu) return p.interleaved || p.n % 128 == 0;
+    return p.n % 8 == 0 && (uintptr_t)p.c % 16 == 0; /* moe_gemm_store_staged */
 }
 
 template <int kBM>
