@@ -369,12 +369,13 @@ __device__ __forceinline__ void moe_gemm_store_glu2(const moe_gemm_params &p, co
     *reinterpret_cast<__nv_bfloat162 *>(c + r * p.n + col) = __floats2bfloat162_rn(h0, h1);
 }
 
-/* The plain epilogue of the Hopper tiles of 256 B rows (grouped_gemm_sm90_tma.cu, grouped_gemm_sm90_fp8.cu) through
- * shared memory. Each warp writes its rows' outputs in bf16 (moe_gemm_store's arithmetic) into the staging buffer
- * (out, or out_s as a shared::cta address: kBM rows of kGemmStagedLd bytes), then its lanes start one bulk store
- * (TMA) each, of a row's run of columns. They complete while the warp goes on to its next tile; 4-byte stores from
- * the registers, 8 rows apart in each instruction, took a third of DeepSeek-V3's W8A8 GEMM 2. The buffer is
- * written again once the warp's last stores have read it, and the CTA must not end before (moe_bulk_wait_all).
+/* The plain epilogue of a Hopper tile of 256 B rows (grouped_gemm_sm90_fp8.cu's GEMM 2) through shared memory. Each
+ * warp writes its rows' outputs in bf16 (moe_gemm_store's arithmetic) into the staging buffer (out, or out_s as a
+ * shared::cta address: kBM rows of kGemmStagedLd bytes), then its lanes start one bulk store (TMA) each, of a row's
+ * run of columns, which completes while the warp goes on to its next tile. (The 4-byte stores from the registers it
+ * replaces wrote 8 rows apart in each instruction; without any epilogue DeepSeek-V3's W8A8 GEMM 2 took a third less
+ * time, docs/performance.md.) The buffer is written again once the warp's last stores have read it, and the CTA
+ * must not end before they have (moe_bulk_wait_all).
  * acc[h][4j + 2i + {0, 1}]: row r0 + 16 warp + lane / 4 + 8 i of the tile, columns h * 128 + c0 + 8j + 2 (lane % 4)
  * + {0, 1} (wgmma m64nN's layout, kWN = N). BM 128 (c0 = 0): lanes 0-15 store the 256 columns of the warp's 16 rows.
  * BM 64, where warp w of both consumers holds rows 16 w .. 16 w + 15 and consumer c the columns c0 = 64 c + [0, 64)
