@@ -147,8 +147,9 @@ struct moe_gemm_fp8 {
 };
 
 /* Whether the W8A8 kernel takes p (GLU or plain): sm_90a code in the build and the GPU, B in 128x128 FP8 blocks
- * that TMA can address, K a multiple of 16, and for concatenated GLU n a multiple of 128 (so that a tile's gate
- * and up rows each lie in one block row). */
+ * that TMA can address, K a multiple of 16, for concatenated GLU n a multiple of 128 (so that a tile's gate
+ * and up rows each lie in one block row), for plain n a multiple of 8 (its outputs leave by bulk stores of whole
+ * 16-byte runs, from a 16-byte aligned p.c: checked when it runs). */
 bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu);
 /* Runs it (m_tiles of tile_m = 128 rows, LARGE, or 64, MEDIUM); call only where moe__cuda_gemm_fp8_fits. */
 moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,

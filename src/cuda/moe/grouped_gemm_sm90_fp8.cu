@@ -355,8 +355,7 @@ bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu) {
     if (p.bs.row_shift != 7 || !(p.bs.col_shift == 7 || (p.bs.col_shift == 31 && p.k <= 128)) || p.bs.global)
         return false;
     if ((uintptr_t)p.b % 16 || p.k % 16 || p.b_group_stride % 16 || p.n_groups < 1 || !p.offsets) return false;
-    if (glu) return p.interleaved || p.n % 128 == 0;
-    return p.n % 8 == 0 && (uintptr_t)p.c % 16 == 0; /* moe_gemm_store_staged */
+    return glu ? p.interleaved || p.n % 128 == 0 : p.n % 8 == 0; /* plain: moe_gemm_store_staged's whole runs */
 }
 
 template <int kBM>
@@ -371,6 +370,8 @@ moe_status launch_bm(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 
 
 moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                       int tile_m, int64_t m_tiles, cudaStream_t stream) {
+    if (!glu && (uintptr_t)p.c % 16) /* the output rows' bulk stores (moe_gemm_store_staged) */
+        return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 grouped GEMM: its bf16 output is not 16-byte aligned");
     CUtensorMap m;
     if (!moe__cuda_tmap_3d(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.b, p.k, glu ? 2 * (int64_t)p.n : p.n, p.n_groups,
                            p.b_group_stride, kBK, kBoxRows))
