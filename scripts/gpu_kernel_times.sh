@@ -3,8 +3,9 @@
 # side by side (builds, or one build under environment settings, e.g. an experiment's switches): per launch its µs,
 # tensor-pipe activity and DRAM bytes read and written. VARIANTS: space-separated name=binary[,VAR=value ...]
 # (default "a=build/moe"); KERNEL, a regex of the kernels' names (default the Hopper wgmma tiles), MODEL, DTYPE, T,
-# LAUNCHES (matching launches from the first, default 4). Free clocks, caches as they are. Under $OUT it writes one
-# table (kernel-times.txt) and one archive of the raw CSV files, since a device call brings back only a few files.
+# LAUNCHES (matching launches from the first, default 4), VARIANT_TIMEOUT (seconds a variant may take, default 300:
+# a hung experiment costs no more). Free clocks, caches as they are. Under $OUT it writes one table
+# (kernel-times.txt) and one archive of the raw CSV files, since a device call brings back only a few files.
 set -u
 OUT=${OUT:-/tmp/moe-gpu}
 mkdir -p "$OUT"
@@ -23,7 +24,7 @@ for v in $VARIANTS; do
     bin=${spec%%,*}
     envs=()
     [ "$spec" != "$bin" ] && IFS=, read -ra envs <<< "${spec#*,}"
-    env "${envs[@]}" ncu --clock-control none --metrics "$metrics" -k "regex:$KERNEL" --launch-count "$LAUNCHES" \
+    env "${envs[@]}" timeout "${VARIANT_TIMEOUT:-300}" ncu --clock-control none --metrics "$metrics" -k "regex:$KERNEL" --launch-count "$LAUNCHES" \
         --csv "$bin" bench layer --model "$MODEL" --dtype "$DTYPE" --tokens "$T" --reps 1 --idle-ms 0 \
         > "$raw/kt-$name.csv" 2>&1 || echo "failed: $v" >> "$raw/failed.txt"
 done

@@ -144,6 +144,7 @@ struct moe_gemm_fp8 {
     int64_t c_scale_ld;
     moe_scale_rule rule;  /* how h's scales are chosen (F32 or a UE8M0 rule), and their amax floor */
     float amax_floor;
+    int64_t a_rows;       /* rows of a: the tokens with p.gather, else at least every tile's rows (GEMM 2's TMA box) */
 };
 
 /* Whether the W8A8 kernel takes p (GLU or plain): sm_90a code in the build and the GPU, B in 128x128 FP8 blocks
@@ -151,7 +152,9 @@ struct moe_gemm_fp8 {
  * and up rows each lie in one block row), for plain n a multiple of 8 (its outputs leave by bulk stores of whole
  * 16-byte runs, from a 16-byte aligned p.c: checked when it runs). */
 bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu);
-/* Runs it (m_tiles of tile_m = 128 rows, LARGE, or 64, MEDIUM); call only where moe__cuda_gemm_fp8_fits. */
+/* Runs it (m_tiles of tile_m = 128 rows, LARGE, or 64, MEDIUM); call only where moe__cuda_gemm_fp8_fits. GEMM 2
+ * (rows not gathered) reads A by TMA where TMA can address it (f.a 16-byte aligned, f.a_rows rows), unless the
+ * environment sets MOE_GEMM_FP8_A_CPASYNC (cp.async, as GEMM 1 reads its gathered rows; for tests). */
 moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                       int tile_m, int64_t m_tiles, cudaStream_t stream);
 

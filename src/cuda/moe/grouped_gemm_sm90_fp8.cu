@@ -11,7 +11,9 @@
  *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
  *    all 128 threads cp.async the 128 A rows (gathered tokens for GEMM 1, zeros for padding and past K) and one
  *    A scale each, two of them also B's block scales; the stage is full when the TMA bytes landed and every
- *    producer thread's copies completed;
+ *    producer thread's copies completed. kATile (GEMM 2, whose A rows are the tile's rows of h): the same thread
+ *    starts one TMA box of the tile's A rows instead (padding rows read as h holds them: only their own outputs,
+ *    never stored, see them), so the consumers need no proxy fence a block for cp.async-written A;
  *  - two consumers of 64 rows each: per K block and per half of B, four wgmma.m64n128k32 into a temporary
  *    (the first one overwrites it), wait, then acc += tmp * (a_scale(row) * b_scale(half)) in f32. The
  *    temporaries of both halves would not fit beside the 128 accumulators, so the halves take turns; each
@@ -82,9 +84,10 @@ template <int F> __device__ __forceinline__ const void *b_scale_word(const uint8
 
 #endif
 
-template <int kBM, bool kGlu, int F>
-__global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_params p, const moe_gemm_fp8 f,
-                                                              const __grid_constant__ CUtensorMap tmap_b) {
+template <int kBM, bool kGlu, int F, bool kATile>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_fp8_kernel(const moe_gemm_params p, const moe_gemm_fp8 f, const __grid_constant__ CUtensorMap tmap_b,
+                    const __grid_constant__ CUtensorMap tmap_a) {
     moe_pdl_wait();
     moe_pdl_launch_next();
 #ifdef MOE_WGMMA
@@ -145,19 +148,23 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
                 moe_mbar_wait(empty(s), phase);
                 if (tid == 0) {
                     if (kt == 0) stage_tile[s] = t; /* seen by the consumers through the arrival below */
-                    moe_mbar_arrive_expect_tx(full(s), kStageB);
+                    moe_mbar_arrive_expect_tx(full(s), kATile ? kStageB + kStageA : kStageB);
                     moe_tma_load_3d(b_smem + s * kStageB, &tmap_b, full(s), kt * kBK, b0, t.group);
                     moe_tma_load_3d(b_smem + s * kStageB + kBoxRows * kBK, &tmap_b, full(s), kt * kBK, b1, t.group);
+                    /* rows past the expert's are its padding rows (or the next tiles'), read but never stored */
+                    if (kATile) moe_tma_load_3d(a_smem + s * kStageA, &tmap_a, full(s), kt * kBK, (int)t.row0, 0);
                 }
                 const uint32_t c16 = (uint32_t)(kt * (kBK / 16) + kc);
                 const bool in_k = c16 < k16;
                 unsigned char *a_st = smem + s * kStageA;
+                if (!kATile) {
 #pragma unroll
-                for (int i = 0; i < kBM / 16; i++) {
-                    const int r = (tid >> 3) + 16 * i;
-                    const bool ok = a_off[i] != kNoRow && in_k;
-                    moe_cp_async16(a_st + r * kBK + ((kc ^ (r & 7)) << 4), ok ? f.a + 16 * (int64_t)(a_off[i] + c16) : f.a,
-                                   ok ? 16 : 0);
+                    for (int i = 0; i < kBM / 16; i++) {
+                        const int r = (tid >> 3) + 16 * i;
+                        const bool ok = a_off[i] != kNoRow && in_k;
+                        moe_cp_async16(a_st + r * kBK + ((kc ^ (r & 7)) << 4),
+                                       ok ? f.a + 16 * (int64_t)(a_off[i] + c16) : f.a, ok ? 16 : 0);
+                    }
                 }
                 if (tid < kBM)
                     moe_cp_async4(s_smem + s * kStageS + 4 * tid, srow < 0 ? f.a_scale : s_src + kt * s_step,
@@ -215,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
             /* no global load may be in flight here: the proxy fence below waits for this thread's memory accesses,
              * and a block scale read from global memory at each K block made every block wait for it */
             moe_mbar_wait(full(s), phase);
-            moe_fence_proxy_async(); /* the producers' cp.async writes -> this warpgroup's wgmma reads */
+            if (!kATile) moe_fence_proxy_async(); /* the producers' cp.async writes of A -> this warpgroup's wgmma */
             const float *ss = sa + s * (kStageS / 4);
             const float sa0 = ss[arow], sa1 = ss[arow + 8];
             float sb[2];
@@ -330,8 +337,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_fp8_kernel(const moe_gemm_pa
 #endif
 }
 
-template <int kBM, bool kGlu, int F>
-moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, const CUtensorMap &m,
+template <int kBM, bool kGlu, int F, bool kATile>
+moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, const CUtensorMap *m,
                   int64_t m_tiles, cudaStream_t st) {
     moe_gemm_params q = p;
     q.m_tiles = m_tiles, q.n_tiles = (p.n + (kGlu ? kBN / 2 : kBN) - 1) / (kGlu ? kBN / 2 : kBN);
@@ -340,9 +347,9 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 grouped GEMM: %lld tiles exceed 2^31", (long long)tiles);
     const dim3 grid((unsigned)(tiles < sms ? tiles : sms)); /* persistent: one CTA an SM */
     constexpr size_t smem = fp8_tile<kBM, kGlu>::smem;
-    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(gemm_fp8_kernel<kBM, kGlu, F>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, gemm_fp8_kernel<kBM, kGlu, F>, grid, kThreads, smem, st, q, f, m));
+    auto kernel = gemm_fp8_kernel<kBM, kGlu, F, kATile>;
+    MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, smem, st, q, f, m[0], m[1]));
     return MOE_OK;
 }
 
@@ -359,23 +366,33 @@ bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu) {
 }
 
 template <int kBM>
-moe_status launch_bm(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, const CUtensorMap &m,
-                     int64_t m_tiles, cudaStream_t stream) {
+moe_status launch_bm(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu, const CUtensorMap *m,
+                     bool a_tile, int64_t m_tiles, cudaStream_t stream) {
     const bool f32 = p.b_fmt == MOE_B_E4M3_F32;
-    if (glu) return f32 ? launch<kBM, true, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
-                        : launch<kBM, true, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
-    return f32 ? launch<kBM, false, MOE_B_E4M3_F32>(ctx, p, f, m, m_tiles, stream)
-               : launch<kBM, false, MOE_B_E4M3_E8M0>(ctx, p, f, m, m_tiles, stream);
+    if (glu) return f32 ? launch<kBM, true, MOE_B_E4M3_F32, false>(ctx, p, f, m, m_tiles, stream)
+                        : launch<kBM, true, MOE_B_E4M3_E8M0, false>(ctx, p, f, m, m_tiles, stream);
+    if (a_tile) return f32 ? launch<kBM, false, MOE_B_E4M3_F32, true>(ctx, p, f, m, m_tiles, stream)
+                           : launch<kBM, false, MOE_B_E4M3_E8M0, true>(ctx, p, f, m, m_tiles, stream);
+    return f32 ? launch<kBM, false, MOE_B_E4M3_F32, false>(ctx, p, f, m, m_tiles, stream)
+               : launch<kBM, false, MOE_B_E4M3_E8M0, false>(ctx, p, f, m, m_tiles, stream);
 }
 
 moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                       int tile_m, int64_t m_tiles, cudaStream_t stream) {
     if (!glu && (uintptr_t)p.c % 16) /* the output rows' bulk stores (moe_gemm_store_staged) */
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 grouped GEMM: its bf16 output is not 16-byte aligned");
-    CUtensorMap m;
-    if (!moe__cuda_tmap_3d(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.b, p.k, glu ? 2 * (int64_t)p.n : p.n, p.n_groups,
-                           p.b_group_stride, kBK, kBoxRows))
+    CUtensorMap m[2]; /* B; A where GEMM 2 reads it by TMA */
+    if (!moe__cuda_tmap_3d(&m[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.b, p.k, glu ? 2 * (int64_t)p.n : p.n,
+                           p.n_groups, p.b_group_stride, kBK, kBoxRows))
         return moe__error(ctx, MOE_ERR_CUDA, "W8A8 grouped GEMM: the driver refused the weights' TMA descriptor");
-    return tile_m == 64 ? launch_bm<64>(ctx, p, f, glu, m, m_tiles, stream)
-                        : launch_bm<128>(ctx, p, f, glu, m, m_tiles, stream);
+    /* GEMM 2's A (h, its rows in the tile's order) by TMA, a box of the tile's rows a stage, where TMA can address it
+     * and the environment does not set MOE_GEMM_FP8_A_CPASYNC (the tests' way to run the cp.async path); GEMM 1's
+     * gathered token rows by cp.async (a TMA box a row measured 35% slower:
+     * bench/results/2026-12-07-w8a8-a-by-tma-experiments-h100.txt) */
+    const bool a_tile = !glu && !p.gather && !getenv("MOE_GEMM_FP8_A_CPASYNC") && (uintptr_t)f.a % 16 == 0 &&
+                        moe__cuda_tmap_3d(&m[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, f.a, p.k, f.a_rows, 1,
+                                          f.a_rows * p.k, kBK, tile_m);
+    if (!a_tile) m[1] = m[0]; /* unread */
+    return tile_m == 64 ? launch_bm<64>(ctx, p, f, glu, m, a_tile, m_tiles, stream)
+                        : launch_bm<128>(ctx, p, f, glu, m, a_tile, m_tiles, stream);
 }
