@@ -24,8 +24,9 @@ for v in $VARIANTS; do
     bin=${spec%%,*}
     envs=()
     [ "$spec" != "$bin" ] && IFS=, read -ra envs <<< "${spec#*,}"
-    env "${envs[@]}" timeout "${VARIANT_TIMEOUT:-300}" ncu --clock-control none --metrics "$metrics" -k "regex:$KERNEL" --launch-count "$LAUNCHES" \
-        --csv "$bin" bench layer --model "$MODEL" --dtype "$DTYPE" --tokens "$T" --reps 1 --idle-ms 0 \
+    env "${envs[@]}" timeout "${VARIANT_TIMEOUT:-300}" ncu --clock-control none --metrics "$metrics" \
+        -k "regex:$KERNEL" --launch-count "$LAUNCHES" --csv \
+        "$bin" bench layer --model "$MODEL" --dtype "$DTYPE" --tokens "$T" --reps 1 --idle-ms 0 \
         > "$raw/kt-$name.csv" 2>&1 || echo "failed: $v" >> "$raw/failed.txt"
 done
 python3 - "$raw" "$MODEL $DTYPE T = $T" $VARIANTS <<'PY' | tee "$OUT/kernel-times.txt"

@@ -144,7 +144,7 @@ struct moe_gemm_fp8 {
     int64_t c_scale_ld;
     moe_scale_rule rule;  /* how h's scales are chosen (F32 or a UE8M0 rule), and their amax floor */
     float amax_floor;
-    int64_t a_rows;       /* rows of a: the tokens with p.gather, else at least every tile's rows (GEMM 2's TMA box) */
+    int64_t a_rows;       /* without p.gather: rows of a, at least every tile's (GEMM 2's TMA box); else unread */
 };
 
 /* Whether the W8A8 kernel takes p (GLU or plain): sm_90a code in the build and the GPU, B in 128x128 FP8 blocks

@@ -285,7 +285,7 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         if (x_codes == MOE_X_CODES_SIDE) MOE_CUDA_TRY(ctx, cudaStreamWaitEvent(st, (cudaEvent_t)l->xq_event, 0));
         else if (x_codes == MOE_X_CODES_NONE) MOE_TRY(quantize_x(l, xv, T, b.q.xq, b.q.xs, ws, st));
         moe_gemm_fp8 f = {};
-        f.a = (const uint8_t *)(ws + b.q.xq), f.a_scale = (const float *)(ws + b.q.xs), f.a_rows = T;
+        f.a = (const uint8_t *)(ws + b.q.xq), f.a_scale = (const float *)(ws + b.q.xs);
         if (shape == MOE_GEMM_SMALL) { /* decode: h in f32, quantised between the GEMMs */
             /* wgmma with the weights in registers (FP4 always: W4A8; FP8 where opted in), else mma.sync */
             const bool rs = moe__cuda_gemm_rs_decode_fits(ctx, g) && moe__cuda_gemm_rs_decode_fits(ctx, g2);
