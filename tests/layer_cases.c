@@ -166,6 +166,71 @@ static float *random_array(uint64_t *st, int64_t n, double amplitude) {
     return v;
 }
 
+/* Token t's selection keys from the gate (non-grouped routers: the logits, or with a selection bias the scores plus
+ * the bias), in double from x and the gate as given (xr, gr 0) or rounded to bf16 (1): the layer runs see one of
+ * those. */
+static void routing_keys(const layer_problem *p, int64_t t, int xr, int gr, double *key) {
+    const moe_router_config *r = &p->c.router;
+    const int64_t H = p->c.hidden, E = r->n_experts;
+    double m = -INFINITY, z = 0.0;
+    for (int64_t e = 0; e < E; e++) {
+        double acc = p->gate_bias ? p->gate_bias[e] : 0.0;
+        for (int64_t h = 0; h < H; h++) {
+            const float x = p->x[t * H + h], g = p->gate[e * H + h];
+            acc += (double)(xr ? moe_bf16_to_f32(moe_bf16_from_f32(x)) : x) *
+                   (gr ? moe_bf16_to_f32(moe_bf16_from_f32(g)) : g);
+        }
+        key[e] = acc, m = acc > m ? acc : m;
+    }
+    if (!p->bias || r->kind != MOE_ROUTER_TOPK) return; /* the order of the logits is the order of the scores */
+    for (int64_t e = 0; e < E; e++) z += exp(key[e] - m);
+    for (int64_t e = 0; e < E; e++)
+        key[e] = (r->score == MOE_SCORE_SIGMOID ? 1.0 / (1.0 + exp(-key[e])) : exp(key[e] - m) / z) + p->bias[e];
+}
+
+/* The gap between token t's k-th and (k+1)-th largest keys, the smallest over the four roundings. */
+static double routing_margin(const layer_problem *p, int64_t t, double *key) {
+    const int64_t E = p->c.router.n_experts, k = p->c.router.top_k;
+    double gap = INFINITY;
+    for (int v = 0; v < 4; v++) {
+        routing_keys(p, t, v & 1, v >> 1, key);
+        double kth = INFINITY, next = -INFINITY; /* the k-th largest, then the largest below it */
+        for (int64_t j = 0; j < k; j++) { /* k rounds of "the largest below the last": ties count once */
+            double best = -INFINITY;
+            for (int64_t e = 0; e < E; e++)
+                if (key[e] < kth && key[e] > best) best = key[e];
+            kth = best;
+        }
+        int64_t at_kth = 0;
+        for (int64_t e = 0; e < E; e++) {
+            at_kth += key[e] == kth;
+            if (key[e] < kth && key[e] > next) next = key[e];
+        }
+        gap = fmin(gap, at_kth > 1 ? 0.0 : kth - next);
+    }
+    return gap;
+}
+
+/* With the logits computed from the gate (no logits given), tokens whose router would choose between two keys
+ * within 2e-5 of each other get a fresh x row: the GPU sums the gate's products in another order than the CPU (a
+ * few f32 ulps of a logit apart, about 1e-6 here), which can flip such a choice and move that token's output by
+ * O(1) (seed 161901385 of gpu_layer_w8a8: one token's fourth expert swapped, 0.31 relative, on an H100). Non-grouped
+ * routers only (the group filter's choices are not checked). */
+static void separate_routing(layer_problem *p, uint64_t *st) {
+    const moe_router_config *r = &p->c.router;
+    if (r->kind != MOE_ROUTER_TOPK && r->kind != MOE_ROUTER_TOPK_SOFTMAX) return;
+    if (r->top_k >= r->n_experts) return;
+    const int64_t H = p->c.hidden;
+    double *key = malloc(sizeof(double) * (size_t)r->n_experts);
+    for (int64_t t = 0; t < p->T; t++)
+        for (int tries = 0; tries < 64 && routing_margin(p, t, key) < 2e-5; tries++) {
+            float *row = random_array(st, H, 1.7);
+            memcpy(p->x + t * H, row, sizeof(float) * (size_t)H);
+            free(row);
+        }
+    free(key);
+}
+
 void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T, int with_logits, uint64_t seed) {
     memset(p, 0, sizeof *p);
     p->c = *c;
@@ -206,6 +271,7 @@ void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T
         for (int64_t t = 0; t < T; t++) p->token_ids[t] = (int32_t)(test_splitmix64(&st) % (uint64_t)V);
     }
     p->c.router.hash_table = NULL; /* host arrays above; uploaded by whoever runs p */
+    if (!with_logits) separate_routing(p, &st);
     if (with_logits) {
         p->logits = random_array(&st, T * E, 4.0);
         for (int64_t t = 5; t < T; t += 97) /* no expert can be chosen: every slot is -1 */
