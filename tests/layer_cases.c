@@ -211,11 +211,12 @@ static double routing_margin(const layer_problem *p, int64_t t, double *key) {
     return gap;
 }
 
-/* With the logits computed from the gate (no logits given), tokens whose router would choose between two keys
- * within 2e-5 of each other get a fresh x row: the GPU sums the gate's products in another order than the CPU (a
- * few f32 ulps of a logit apart, about 1e-6 here), which can flip such a choice and move that token's output by
- * O(1) (seed 161901385 of gpu_layer_w8a8: one token's fourth expert swapped, 0.31 relative, on an H100). Non-grouped
- * routers only (the group filter's choices are not checked). */
+/* For runs whose gate computes the logits (a problem's drawn logits are used only where a test passes them),
+ * tokens whose router would choose between two keys within 2e-5 of each other get a fresh x row: the GPU sums the
+ * gate's products in another order than the CPU (a few f32 ulps of a logit apart, about 1e-6 here), which can
+ * flip such a choice and move that token's output by O(1) (seed 161901385 of gpu_layer_w8a8: one token's fourth
+ * expert swapped, 0.31 relative, on an H100). Non-grouped routers only (the group filter's choices are not
+ * checked). */
 static void separate_routing(layer_problem *p, uint64_t *st) {
     const moe_router_config *r = &p->c.router;
     if (r->kind != MOE_ROUTER_TOPK && r->kind != MOE_ROUTER_TOPK_SOFTMAX) return;
@@ -271,7 +272,7 @@ void layer_problem_random(layer_problem *p, const moe_layer_config *c, int64_t T
         for (int64_t t = 0; t < T; t++) p->token_ids[t] = (int32_t)(test_splitmix64(&st) % (uint64_t)V);
     }
     p->c.router.hash_table = NULL; /* host arrays above; uploaded by whoever runs p */
-    if (!with_logits) separate_routing(p, &st);
+    separate_routing(p, &st);
     if (with_logits) {
         p->logits = random_array(&st, T * E, 4.0);
         for (int64_t t = 5; t < T; t += 97) /* no expert can be chosen: every slot is -1 */
