@@ -114,6 +114,12 @@ TEST_IMPL(gpu_route_random) {
     big.score = MOE_SCORE_SIGMOID;
     big.bias = (const float *)1;
     bad += compare_route(env, &big, 333, MOE_DTYPE_BF16, env->seed + 6, "E=512 k=16 sigmoid + bias");
+    for (int e = 0; e < 2; e++) { /* k = 16 over 200 and 256 experts, many tokens, scaled */
+        moe_router_config t = {MOE_ROUTER_TOPK, e ? MOE_SCORE_SIGMOID : MOE_SCORE_SOFTMAX, e ? 256 : 200, 16, 0, 0, 0,
+                               0, 1, 2.5f, e ? (const float *)1 : NULL, NULL, 0, 0};
+        bad += compare_route(env, &t, 5000, e ? MOE_DTYPE_F16 : MOE_DTYPE_F32, env->seed + 9 + e,
+                             e ? "E=256 k=16 sigmoid + bias" : "E=200 k=16");
+    }
     moe_router_config grouped = {MOE_ROUTER_GROUPED, MOE_SCORE_SIGMOID, 512, 16, 32, 5, MOE_GROUP_SCORE_TOP2_SUM,
                                  MOE_GROUP_MASK_NEG_INF, 1, 2.5f, (const float *)1, NULL, 0, 0};
     bad += compare_route(env, &grouped, 300, MOE_DTYPE_F32, env->seed + 7, "grouped E=512 G=32");
