@@ -166,9 +166,9 @@ static float *random_array(uint64_t *st, int64_t n, double amplitude) {
     return v;
 }
 
-/* Token t's selection keys from the gate (non-grouped routers: the logits, or with a selection bias the scores plus
- * the bias), in double from x and the gate as given (xr, gr 0) or rounded to bf16 (1): the layer runs see one of
- * those. */
+/* Token t's selection keys from the gate (non-grouped routers: the logits, whose order is the scores' order; with a
+ * selection bias the scores plus the bias), in double from x and the gate as given (xr, gr 0) or rounded to bf16
+ * (1): the layer runs see one of those. */
 static void routing_keys(const layer_problem *p, int64_t t, int xr, int gr, double *key) {
     const moe_router_config *r = &p->c.router;
     const int64_t H = p->c.hidden, E = r->n_experts;
@@ -182,10 +182,14 @@ static void routing_keys(const layer_problem *p, int64_t t, int xr, int gr, doub
         }
         key[e] = acc, m = acc > m ? acc : m;
     }
-    if (!p->bias || r->kind != MOE_ROUTER_TOPK) return; /* the order of the logits is the order of the scores */
+    if (!p->bias) return;
     for (int64_t e = 0; e < E; e++) z += exp(key[e] - m);
-    for (int64_t e = 0; e < E; e++)
-        key[e] = (r->score == MOE_SCORE_SIGMOID ? 1.0 / (1.0 + exp(-key[e])) : exp(key[e] - m) / z) + p->bias[e];
+    for (int64_t e = 0; e < E; e++) {
+        const double s = r->score == MOE_SCORE_SIGMOID   ? 1.0 / (1.0 + exp(-key[e]))
+                         : r->score == MOE_SCORE_SOFTMAX ? exp(key[e] - m) / z
+                                                         : key[e]; /* TOPK_SOFTMAX: the logits */
+        key[e] = s + p->bias[e];
+    }
 }
 
 /* The gap between token t's k-th and (k+1)-th largest keys, the smallest over the four roundings. */
