@@ -166,9 +166,9 @@ static float *random_array(uint64_t *st, int64_t n, double amplitude) {
     return v;
 }
 
-/* Token t's selection keys from the gate (non-grouped routers: the logits, whose order is the scores' order; with a
- * selection bias the scores plus the bias), in double from x and the gate as given (xr, gr 0) or rounded to bf16
- * (1): the layer runs see one of those. */
+/* Token t's selection keys from the gate, in double from x and the gate as given (xr, gr 0) or rounded to bf16 (1):
+ * the layer runs see one of those. Non-grouped routers without a bias: the logits (their order is the scores'
+ * order); else the scores plus the bias, as the kernels select (GROUPED: before its group filter). */
 static void routing_keys(const layer_problem *p, int64_t t, int xr, int gr, double *key) {
     const moe_router_config *r = &p->c.router;
     const int64_t H = p->c.hidden, E = r->n_experts;
@@ -182,35 +182,64 @@ static void routing_keys(const layer_problem *p, int64_t t, int xr, int gr, doub
         }
         key[e] = acc, m = acc > m ? acc : m;
     }
-    if (!p->bias) return;
+    if (!p->bias && r->kind != MOE_ROUTER_GROUPED) return;
     for (int64_t e = 0; e < E; e++) z += exp(key[e] - m);
     for (int64_t e = 0; e < E; e++) {
         const double s = r->score == MOE_SCORE_SIGMOID   ? 1.0 / (1.0 + exp(-key[e]))
                          : r->score == MOE_SCORE_SOFTMAX ? exp(key[e] - m) / z
                                                          : key[e]; /* TOPK_SOFTMAX: the logits */
-        key[e] = s + p->bias[e];
+        key[e] = p->bias ? s + p->bias[e] : s;
     }
 }
 
-/* The gap between token t's k-th and (k+1)-th largest keys, the smallest over the four roundings. */
+/* The gap between the k-th and (k+1)-th largest of v[0..n) (0 where the k-th is tied; infinite when k >= n or
+ * nothing finite follows). */
+static double top_gap(const double *v, int64_t n, int64_t k) {
+    if (k >= n) return INFINITY;
+    double kth = INFINITY, next = -INFINITY; /* the k-th largest, then the largest below it */
+    for (int64_t j = 0; j < k; j++) {        /* k rounds of "the largest below the last": ties count once */
+        double best = -INFINITY;
+        for (int64_t e = 0; e < n; e++)
+            if (v[e] < kth && v[e] > best) best = v[e];
+        kth = best;
+    }
+    int64_t at_kth = 0;
+    for (int64_t e = 0; e < n; e++) {
+        at_kth += v[e] == kth;
+        if (v[e] < kth && v[e] > next) next = v[e];
+    }
+    return at_kth > 1 ? 0.0 : kth - next;
+}
+
+/* Token t's smallest gap between a choice of its router and the one it passed over, the smallest over the four
+ * roundings: the top k of the keys; GROUPED also the kept groups' last against the next group, and the top k
+ * after the filter (the masked experts out, or at 0 with the ZERO mask). key: E doubles of scratch. */
 static double routing_margin(const layer_problem *p, int64_t t, double *key) {
-    const int64_t E = p->c.router.n_experts, k = p->c.router.top_k;
+    const moe_router_config *r = &p->c.router;
+    const int64_t E = r->n_experts, k = r->top_k;
     double gap = INFINITY;
     for (int v = 0; v < 4; v++) {
         routing_keys(p, t, v & 1, v >> 1, key);
-        double kth = INFINITY, next = -INFINITY; /* the k-th largest, then the largest below it */
-        for (int64_t j = 0; j < k; j++) { /* k rounds of "the largest below the last": ties count once */
-            double best = -INFINITY;
-            for (int64_t e = 0; e < E; e++)
-                if (key[e] < kth && key[e] > best) best = key[e];
-            kth = best;
+        if (r->kind == MOE_ROUTER_GROUPED) {
+            const int64_t G = r->n_groups, per = E / G;
+            double gs[32]; /* G <= 32 (docs/routing.md §2) */
+            for (int64_t g = 0; g < G; g++) {
+                double b1 = -INFINITY, b2 = -INFINITY;
+                for (int64_t e = g * per; e < (g + 1) * per; e++)
+                    if (key[e] > b1) b2 = b1, b1 = key[e];
+                    else if (key[e] > b2) b2 = key[e];
+                gs[g] = r->group_score == MOE_GROUP_SCORE_MAX ? b1 : b1 + b2;
+            }
+            gap = fmin(gap, top_gap(gs, G, r->topk_groups));
+            for (int64_t g = 0; g < G; g++) {
+                int64_t above = 0; /* groups ranked before g: a higher score, or the same and a lower index */
+                for (int64_t h = 0; h < G; h++) above += gs[h] > gs[g] || (gs[h] == gs[g] && h < g);
+                if (above < r->topk_groups) continue;
+                for (int64_t e = g * per; e < (g + 1) * per; e++)
+                    key[e] = r->group_mask == MOE_GROUP_MASK_ZERO ? 0.0 : -INFINITY;
+            }
         }
-        int64_t at_kth = 0;
-        for (int64_t e = 0; e < E; e++) {
-            at_kth += key[e] == kth;
-            if (key[e] < kth && key[e] > next) next = key[e];
-        }
-        gap = fmin(gap, at_kth > 1 ? 0.0 : kth - next);
+        gap = fmin(gap, top_gap(key, E, k));
     }
     return gap;
 }
@@ -219,12 +248,11 @@ static double routing_margin(const layer_problem *p, int64_t t, double *key) {
  * tokens whose router would choose between two keys within 2e-5 of each other get a fresh x row: the GPU sums the
  * gate's products in another order than the CPU (a few f32 ulps of a logit apart, about 1e-6 here), which can
  * flip such a choice and move that token's output by O(1) (seed 161901385 of gpu_layer_w8a8: one token's fourth
- * expert swapped, 0.31 relative, on an H100). Non-grouped routers only (the group filter's choices are not
- * checked). */
+ * expert swapped, 0.31 relative, on an H100). Hash routers choose by table. */
 static void separate_routing(layer_problem *p, uint64_t *st) {
     const moe_router_config *r = &p->c.router;
-    if (r->kind != MOE_ROUTER_TOPK && r->kind != MOE_ROUTER_TOPK_SOFTMAX) return;
-    if (r->top_k >= r->n_experts) return;
+    if (r->kind != MOE_ROUTER_TOPK && r->kind != MOE_ROUTER_TOPK_SOFTMAX && r->kind != MOE_ROUTER_GROUPED) return;
+    if (r->kind == MOE_ROUTER_GROUPED && (r->n_groups < 1 || r->n_groups > 32)) return; /* refused by the router */
     const int64_t H = p->c.hidden;
     double *key = malloc(sizeof(double) * (size_t)r->n_experts);
     for (int64_t t = 0; t < p->T; t++)
