@@ -4,7 +4,7 @@
 # tensor-pipe activity and DRAM bytes read and written. VARIANTS: space-separated name=binary[,VAR=value ...]
 # (default "a=build/moe"); KERNEL, a regex of the kernels' names (default the Hopper wgmma tiles), MODEL, DTYPE, T,
 # LAUNCHES (matching launches from the first, default 4), VARIANT_TIMEOUT (seconds a variant may take, default 300:
-# a hung experiment costs no more). Free clocks, caches as they are. Under $OUT it writes one table
+# a hung experiment costs no more), EXTRA_METRICS (more ncu metrics, comma-separated, printed after the others). Free clocks, caches as they are. Under $OUT it writes one table
 # (kernel-times.txt) and one archive of the raw CSV files, since a device call brings back only a few files.
 set -u
 OUT=${OUT:-/tmp/moe-gpu}
@@ -18,6 +18,7 @@ LAUNCHES=${LAUNCHES:-4}
 raw=$(mktemp -d)
 metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
 metrics=$metrics,sm__pipe_tensor_op_hmma_type_hmma_hgmma_qgmma_cycles_active.avg.pct_of_peak_sustained_active
+metrics=$metrics${EXTRA_METRICS:+,$EXTRA_METRICS}
 for v in $VARIANTS; do
     name=${v%%=*}
     spec=${v#*=}
@@ -29,9 +30,10 @@ for v in $VARIANTS; do
         "$bin" bench layer --model "$MODEL" --dtype "$DTYPE" --tokens "$T" --reps 1 --idle-ms 0 \
         > "$raw/kt-$name.csv" 2>&1 || echo "failed: $v" >> "$raw/failed.txt"
 done
-python3 - "$raw" "$MODEL $DTYPE T = $T" $VARIANTS <<'PY' | tee "$OUT/kernel-times.txt"
-import csv, sys
+EXTRA_METRICS=${EXTRA_METRICS:-} python3 - "$raw" "$MODEL $DTYPE T = $T" $VARIANTS <<'PY' | tee "$OUT/kernel-times.txt"
+import csv, os, sys
 raw, what, variants = sys.argv[1], sys.argv[2], [v.split("=", 1)[0] for v in sys.argv[3:]]
+extra = [m for m in os.environ["EXTRA_METRICS"].split(",") if m]
 def launches(name):
     """[(kernel, grid, {metric: value})] in launch order, from ncu's --csv rows (the log lines before them skipped)"""
     out = {}
@@ -47,19 +49,23 @@ def launches(name):
         if len(r) != len(head) or not r[0].isdigit():
             continue
         key = int(r[0])
-        out.setdefault(key, (r[col["Kernel Name"]], r[col["Grid Size"]], {}))[2][r[col["Metric Name"]]] = \
-            float(r[col["Metric Value"]].replace(",", "") or 0)
+        try:  # ncu writes "n/a" for a metric it could not collect
+            value = float(r[col["Metric Value"]].replace(",", "") or 0)
+        except ValueError:
+            value = float("nan")
+        out.setdefault(key, (r[col["Kernel Name"]], r[col["Grid Size"]], {}))[2][r[col["Metric Name"]]] = value
     return [out[k] for k in sorted(out)]
 def num(m, k, scale=1.0):
     return m.get(k, float("nan")) * scale
-print(f"{what}: µs, tensor pipe %, DRAM GB read / written, a launch a row")
+print(f"{what}: µs, tensor pipe %, DRAM GB read / written" + "".join(f", {m}" for m in extra) + ", a launch a row")
 data = {v: launches(v) for v in variants}
 for v in variants:
     print(f"== {v}" + ("" if data[v] else ": no launches (see its CSV)"))
     for i, (kernel, grid, m) in enumerate(data[v]):
         print(f"  {i} {kernel.split('(')[0][:48]:48s} {grid:>12s} {num(m, 'gpu__time_duration.sum', 1e-3):10.1f}"
               f" {num(m, next((k for k in m if 'tensor' in k), '')):6.1f}"
-              f" {num(m, 'dram__bytes_read.sum', 1e-9):7.2f} {num(m, 'dram__bytes_write.sum', 1e-9):6.2f}")
+              f" {num(m, 'dram__bytes_read.sum', 1e-9):7.2f} {num(m, 'dram__bytes_write.sum', 1e-9):6.2f}"
+              + "".join(f" {num(m, k):10.4g}" for k in extra))
 base = variants[0]
 for v in variants[1:]:
     pairs = list(zip(data[base], data[v]))
