@@ -233,6 +233,41 @@ TEST_IMPL(gpu_layer_w8a8) {
         layer_qweights_free(&q);
         layer_problem_free(&p);
     }
+    /* more tiles than SMs (GEMM 1 and GEMM 2 160 each), so that the FP8 tile's CTAs take most of theirs from the
+     * layer's counters: against the CPU; then a forward captured in a CUDA graph and replayed twice with the
+     * workspace poisoned between (counters not reset by the first replay would end the second's CTAs early, their
+     * tiles left as poison) gives the bits of the fixed-stride walk (MOE_GEMM_FP8_STATIC_WALK) */
+    {
+        moe_layer_config c = layer_config("qwen3-30b-a3b", 1024, 512, 16, 2, MOE_ACT_SILU_GLU);
+        c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
+        c.expert_tile = MOE_EXPERT_TILE_LARGE;
+        layer_problem p;
+        layer_problem_random(&p, &c, 2048, 1, seed++);
+        layer_qweights q;
+        if (layer_problem_quantize(env->cpu, &p, wf[1], &q, NULL)) {
+            bad++;
+        } else {
+            p.qw = &q;
+            bad += layer_compare_gpu_tol(env, &p, 1, "w8a8, T = 2048 over 16 experts, tiles from the counters", 8e-3,
+                                         8e-2);
+            const int64_t n = p.T * c.hidden;
+            float *out[2];
+            for (int walk = 0; walk < 2; walk++) {
+                out[walk] = calloc((size_t)n + 1, sizeof(float));
+                if (walk) setenv("MOE_GEMM_FP8_STATIC_WALK", "1", 1);
+                const char *what = walk ? "w8a8, T = 2048, fixed-stride walk" : "w8a8, T = 2048, graph replays";
+                if (layer_run(env->gpu, &p, MOE_DTYPE_BF16, 1, out[walk], !walk) != MOE_OK)
+                    fprintf(stderr, "  %s: %s\n", what, moe_last_error(env->gpu)), bad++;
+                else if (walk && memcmp(out[1], out[0], sizeof(float) * (size_t)n) != 0)
+                    fprintf(stderr, "  %s: not the bits of the graph replays\n", what), bad++;
+                unsetenv("MOE_GEMM_FP8_STATIC_WALK");
+            }
+            free(out[0]), free(out[1]);
+            p.qw = NULL;
+            layer_qweights_free(&q);
+        }
+        layer_problem_free(&p);
+    }
     /* the decode kernels forced at a prefill size: many 16-row tiles an expert, both halves of each */
     for (int rs = 0; rs < 2; rs++) {
         moe_layer_config c = layer_config("qwen3-30b-a3b", 256, 256, 8, 2, MOE_ACT_SILU_GLU);

@@ -6,8 +6,12 @@
  *
  * A CTA computes 128 rows x 256 B rows, K in blocks of 128 codes (one 128-byte swizzle row, one scale block)
  * through 3 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales, B's 2). Three warpgroups,
- * persistent CTAs (walking the tiles of the rows written, moe_gemm_order; the producer finds each tile and hands
- * its descriptor to the consumers beside the tile's first stage):
+ * persistent CTAs over the tiles of the rows written (moe_gemm_order): each starts at tile blockIdx.x, then takes
+ * the next tile nobody has taken from a counter (f.tile_counter), so that the tiles start in the order's sequence
+ * whatever each one took (the 2-3 row tiles of an expert that read the same B rows stay neighbours in time and
+ * share them through L2; a fixed stride let the CTAs drift apart: bench/results/2026-12-07-w8a8-tile-counter-*).
+ * The producer finds each tile and hands its descriptor to the consumers beside the tile's first stage, and after
+ * the last one a descriptor that ends them:
  *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
  *    all 128 threads cp.async the 128 A rows (gathered tokens for GEMM 1, zeros for padding and past K) and one
  *    A scale each, two of them also B's block scales; the stage is full when the TMA bytes landed and every
@@ -67,6 +71,7 @@ static_assert(fp8_tile<64, true>::wn == 64 && fp8_tile<64, false>::wn == 64 && f
 
 #ifdef MOE_WGMMA
 constexpr uint32_t kNoRow = 0xFFFFFFFFu; /* an A row that reads as zeros */
+constexpr int kTileEnd = -2;             /* the group of the descriptor after a CTA's last tile */
 
 /* The block scales of B rows [row, row + 128) (row a multiple of 128) of group g, from K block 0; consecutive K
  * blocks' scales are consecutive (128x128 blocks, row-major). nullptr past the rows, whose B reads as zeros. */
@@ -103,6 +108,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     static_assert(sizeof(moe_gemm_tile) <= 32, "a tile's descriptor in its slot");
     const float *sa = reinterpret_cast<const float *>(smem + (s_smem - base));
     const moe_pipe pipe = {bars, kStages};
+    __shared__ uint32_t next_tile[2]; /* the producer's next tile, from its thread 0, in turns */
     auto full = [&](int s) { return pipe.full(s); };
     auto empty = [&](int s) { return pipe.empty(s); };
     const int tid = threadIdx.x, wg = tid >> 7;
@@ -118,7 +124,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t k16 = (uint32_t)(p.k / 16);
         int s = 0;          /* the stage of the next K block, over the tiles */
         uint32_t phase = 1; /* the parity of its empty barrier's phase to wait for (a fresh one: at once) */
-        for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
+        uint32_t *const counter = f.tile_counter;
+        for (int64_t tile = blockIdx.x, turn = 0; tile < order.tiles; turn ^= 1) {
+            /* the next tile, asked for now so that the answer's latency passes under this tile's K loop */
+            uint32_t next = 0;
+            if (counter && tid == 0) next = atomicAdd(&counter[0], 1u) + gridDim.x;
             moe_gemm_tile t;
             if (!moe_gemm_locate_order(p, kBM, order, tile, t)) moe_gemm_tile_none(t);
             /* A row offsets in 16-byte units (kNoRow: zeros), and row tid's scale: base + kt * step */
@@ -175,7 +185,28 @@ __global__ void __launch_bounds__(kThreads, 1)
                 moe_mbar_arrive_cp_async(full(s));
                 if (++s == kStages) s = 0, phase ^= 1;
             }
+            if (!counter) {
+                tile += gridDim.x;
+                continue;
+            }
+            if (tid == 0) next_tile[turn] = next;
+            asm volatile("bar.sync 8, 128;\n" ::: "memory"); /* the producer's 128 threads */
+            tile = next_tile[turn]; /* rewritten two turns on, after the next turn's barrier */
         }
+        /* the end: a stage holding only a descriptor that ends the consumers; the counters reset by the CTA that
+         * finishes taking tiles last (each CTA's last atomicAdd above precedes its count here) */
+        moe_mbar_wait(empty(s), phase);
+        if (tid == 0) {
+            moe_gemm_tile_none(stage_tile[s]);
+            stage_tile[s].group = kTileEnd;
+            moe_mbar_arrive_expect_tx(full(s), 0);
+            if (counter) {
+                __threadfence();
+                if (atomicAdd(&counter[1], 1u) == gridDim.x - 1)
+                    atomicExch(&counter[0], 0u), atomicExch(&counter[1], 0u);
+            }
+        }
+        moe_mbar_arrive_cp_async(full(s));
         moe_cp_async_wait<0>();
         return;
     }
@@ -193,9 +224,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     int s = 0;          /* the stage of the next K block, over the tiles */
     uint32_t phase = 0; /* the parity its full barrier completes with */
     const bool lone = moe_gemm_lone_tiles(p, kBM, order);
-    for (int64_t tile = blockIdx.x; tile < order.tiles; tile += gridDim.x) {
+    for (;;) {
         moe_mbar_wait(full(s), phase); /* the tile's first stage, and its descriptor */
         const moe_gemm_tile t = stage_tile[s];
+        if (t.group == kTileEnd) break;
         if (t.group < 0 || (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + r0))) {
             /* this consumer's 64 rows are all padding in an expert's only row tile (or the tile has none): it
              * releases each stage unread, once full (so that its arrivals stay one a use of the stage), and stores
@@ -254,7 +286,11 @@ __global__ void __launch_bounds__(kThreads, 1)
                     acc[h][4 * j + 3] = __fmaf_rn(tmp[4 * j + 3], s1, acc[h][4 * j + 3]);
                 }
             }
-            if (lane == 0) moe_mbar_arrive(empty(s)); /* both halves' wgmma have read the stage */
+            /* both halves' wgmma have read the stage, and every lane its scales (the warp meets first: lane 0's
+             * arrival alone does not order the other lanes' reads before the producer's refill; compute-sanitizer
+             * racecheck reported them once stages were reused: bench/results/2026-12-07-w8a8-tile-counter-*) */
+            __syncwarp();
+            if (lane == 0) moe_mbar_arrive(empty(s));
             if (++s == kStages) s = 0, phase ^= 1;
         }
 
@@ -346,10 +382,12 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     if (tiles > INT32_MAX) /* the tile order's 32-bit arithmetic (gemm_tile.cuh) */
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 grouped GEMM: %lld tiles exceed 2^31", (long long)tiles);
     const dim3 grid((unsigned)(tiles < sms ? tiles : sms)); /* persistent: one CTA an SM */
+    moe_gemm_fp8 g = f;
+    if (getenv("MOE_GEMM_FP8_STATIC_WALK")) g.tile_counter = nullptr;
     constexpr size_t smem = fp8_tile<kBM, kGlu>::smem;
     auto kernel = gemm_fp8_kernel<kBM, kGlu, F, kATile>;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, smem, st, q, f, m[0], m[1]));
+    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, smem, st, q, g, m[0], m[1]));
     return MOE_OK;
 }
 

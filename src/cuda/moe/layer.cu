@@ -108,6 +108,8 @@ extern "C" moe_status moe__cuda_layer_init(moe_layer *l) {
     cudaEvent_t xq;
     MOE_CUDA_TRY(ctx, cudaEventCreateWithFlags(&xq, cudaEventDisableTiming));
     l->xq_event = xq;
+    MOE_CUDA_TRY(ctx, cudaMalloc((void **)&l->tile_counters, 8 * sizeof(uint32_t)));
+    MOE_CUDA_TRY(ctx, cudaMemset(l->tile_counters, 0, 8 * sizeof(uint32_t)));
     return MOE_OK;
 }
 
@@ -117,7 +119,9 @@ extern "C" void moe__cuda_layer_fini(moe_layer *l) {
     if (l->join_event) cudaEventDestroy((cudaEvent_t)l->join_event);
     if (l->fork_event) cudaEventDestroy((cudaEvent_t)l->fork_event);
     if (l->side_stream) cudaStreamDestroy((cudaStream_t)l->side_stream);
+    if (l->tile_counters) cudaFree(l->tile_counters);
     l->side_stream = l->fork_event = l->join_event = l->xq_event = NULL;
+    l->tile_counters = NULL;
 }
 
 /* Forks the layer's side stream from st: what is queued on it next runs after what st holds now. */

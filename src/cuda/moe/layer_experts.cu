@@ -271,10 +271,11 @@ static moe_status kperm_operands(moe_layer *l, const void *x, int64_t T, moe_gem
  * take both (LARGE, MEDIUM: the wgmma tile; SMALL: a decode kernel, the wgmma one for MXFP4 weights): x quantised to
  * codes and scales (x_codes: where they come from, MOE_X_CODES_* of moe/layer.h), GEMM 1 writing h quantised (the
  * decode kernels write h in f32 and act_quant.cu quantises it), GEMM 2 reading the codes. Elsewhere (MEDIUM32,
- * other weights, other GPUs) x and h are replaced by their quantised values in bf16 around the bf16 GEMMs. */
+ * other weights, other GPUs) x and h are replaced by their quantised values in bf16 around the bf16 GEMMs.
+ * counters: the set's two pairs of l->tile_counters (GEMM 1's, then GEMM 2's), or NULL. */
 static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_params g, moe_gemm_params g2,
                                const void *xv, int x_codes, int64_t T, moe_gemm_shape shape, int64_t tiles,
-                               const expert_bufs &b, char *ws, cudaStream_t st) {
+                               const expert_bufs &b, char *ws, uint32_t *counters, cudaStream_t st) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const int H = c->hidden, I = x.I;
@@ -307,10 +308,12 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         }
         f.c = (uint8_t *)(ws + b.q.h8), f.c_scale = (float *)(ws + b.q.hs), f.c_scale_ld = b.rows;
         f.rule = rule, f.amax_floor = af.amax_floor;
+        f.tile_counter = counters;
         const int tile_m = moe__gemm_tile_m(shape);
         MOE_TRY(moe__cuda_grouped_gemm_fp8(ctx, g, f, true, tile_m, tiles, st));
         moe_gemm_fp8 f2 = {};
         f2.a = f.c, f2.a_scale = f.c_scale, f2.a_scale_ld = f2.a_rows = b.rows;
+        f2.tile_counter = counters ? counters + 2 : nullptr;
         return moe__cuda_grouped_gemm_fp8(ctx, g2, f2, false, tile_m, tiles, st);
     }
     /* h leaves GEMM 1 in f32, so that it is quantised from the value the reference quantises (a bf16 h first
@@ -358,7 +361,7 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
      * DeepSeek-V3 -3.9%, at T = 8 level; W8A8 level or slower (DeepSeek-V3 +0.4 to +1.2% at T = 1-8), so not there */
     g.early = plan_tokens <= MOE_GATE_GROUP && !l->act_quantized;
     if (l->act_quantized)
-        return experts_w8a8(l, es, g, g2, x, x_codes, T, shape, tiles, routed_bufs(s), ws, st);
+        return experts_w8a8(l, es, g, g2, x, x_codes, T, shape, tiles, routed_bufs(s), ws, l->tile_counters, st);
     MOE_TRY(kperm_operands(l, x, T, shape, s->y, ws, g, g2, st));
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
@@ -384,7 +387,8 @@ moe_status moe__cuda_layer_shared_quantized(moe_layer *l, const void *xv, int64_
     }
     int at = MOE_X_CODES_NONE; /* the side stream's x codes are ready in its order, the gate's before the fork */
     if (x_codes && w8a8_fp8_shape(l, x, shape)) b.q.xq = s->w8a8.xq, b.q.xs = s->w8a8.xs, at = MOE_X_CODES_READY;
-    return experts_w8a8(l, x, g, g2, xv, at, T, shape, tiles, b, ws, side);
+    return experts_w8a8(l, x, g, g2, xv, at, T, shape, tiles, b, ws, l->tile_counters ? l->tile_counters + 4 : nullptr,
+                        side);
 }
 
 bool moe__cuda_layer_x_codes(const moe_layer *l, int64_t T) {
