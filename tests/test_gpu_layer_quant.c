@@ -97,6 +97,25 @@ static int compare_quantized(test_env *env, layer_problem *p, const moe_qformat 
  * gave 2.4e-2 to 5.6e-2 over 12 seeds and 8.3e-2 at seed 92085416 (6.8e-3 overall), the same bits from the kernels
  * before and after the K-loop change of 2026-12-03 (bench/results/2026-12-03-w8a8-kloop-profile-h200.txt); the
  * bound was 8e-2 before that seed was met. A wrong expert, scale or row gives O(1). */
+/* p (quantised weights in p->qw) on the GPU twice, the second time with `var` set in the environment (a kernel
+ * path's switch): 1 unless both runs succeed with the same output bits. The first run is captured in a CUDA graph and
+ * replayed where `capture` (layer_run). */
+static int same_bits_with_env(test_env *env, const layer_problem *p, const char *var, int capture, const char *what) {
+    const size_t n = (size_t)(p->T * p->c.hidden);
+    float *out[2] = {calloc(n + 1, sizeof(float)), calloc(n + 1, sizeof(float))};
+    int bad = 0;
+    for (int i = 0; i < 2 && !bad; i++) {
+        if (i) setenv(var, "1", 1);
+        if (layer_run(env->gpu, p, MOE_DTYPE_BF16, 1, out[i], i ? 0 : capture) != MOE_OK)
+            fprintf(stderr, "  %s%s%s: %s\n", what, i ? ", " : "", i ? var : "", moe_last_error(env->gpu)), bad = 1;
+        else if (i && memcmp(out[1], out[0], sizeof(float) * n) != 0)
+            fprintf(stderr, "  %s: other bits with %s\n", what, var), bad = 1;
+        unsetenv(var);
+    }
+    free(out[0]), free(out[1]);
+    return bad;
+}
+
 TEST_IMPL(gpu_layer_w8a8) {
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
@@ -213,22 +232,16 @@ TEST_IMPL(gpu_layer_w8a8) {
             continue;
         }
         p.qw = &q;
-        const int64_t n = p.T * c.hidden;
-        float *out[2];
+        char what[96];
         for (int cp = 0; cp < 2; cp++) {
-            out[cp] = calloc((size_t)n + 1, sizeof(float));
             if (cp) setenv("MOE_GEMM_FP8_A_CPASYNC", "1", 1);
-            char what[96];
             snprintf(what, sizeof what, "w8a8, experts of 64, 65, 192, 0 rows, %s%s", medium ? "MEDIUM" : "LARGE",
                      cp ? ", A by cp.async" : "");
             bad += layer_compare_gpu_tol(env, &p, 1, what, 8e-3, 8e-2);
-            if (layer_run(env->gpu, &p, MOE_DTYPE_BF16, 1, out[cp], 0) != MOE_OK)
-                fprintf(stderr, "  %s: %s\n", what, moe_last_error(env->gpu)), bad++;
-            else if (cp && memcmp(out[1], out[0], sizeof(float) * (size_t)n) != 0)
-                fprintf(stderr, "  %s: not the bits of A by TMA\n", what), bad++;
             unsetenv("MOE_GEMM_FP8_A_CPASYNC");
         }
-        free(out[0]), free(out[1]);
+        snprintf(what, sizeof what, "w8a8, experts of 64, 65, 192, 0 rows, %s", medium ? "MEDIUM" : "LARGE");
+        bad += same_bits_with_env(env, &p, "MOE_GEMM_FP8_A_CPASYNC", 0, what);
         p.qw = NULL;
         layer_qweights_free(&q);
         layer_problem_free(&p);
@@ -250,19 +263,7 @@ TEST_IMPL(gpu_layer_w8a8) {
             p.qw = &q;
             bad += layer_compare_gpu_tol(env, &p, 1, "w8a8, T = 2048 over 16 experts, tiles from the counters", 8e-3,
                                          8e-2);
-            const int64_t n = p.T * c.hidden;
-            float *out[2];
-            for (int walk = 0; walk < 2; walk++) {
-                out[walk] = calloc((size_t)n + 1, sizeof(float));
-                if (walk) setenv("MOE_GEMM_FP8_STATIC_WALK", "1", 1);
-                const char *what = walk ? "w8a8, T = 2048, fixed-stride walk" : "w8a8, T = 2048, graph replays";
-                if (layer_run(env->gpu, &p, MOE_DTYPE_BF16, 1, out[walk], !walk) != MOE_OK)
-                    fprintf(stderr, "  %s: %s\n", what, moe_last_error(env->gpu)), bad++;
-                else if (walk && memcmp(out[1], out[0], sizeof(float) * (size_t)n) != 0)
-                    fprintf(stderr, "  %s: not the bits of the graph replays\n", what), bad++;
-                unsetenv("MOE_GEMM_FP8_STATIC_WALK");
-            }
-            free(out[0]), free(out[1]);
+            bad += same_bits_with_env(env, &p, "MOE_GEMM_FP8_STATIC_WALK", 1, "w8a8, T = 2048, graph replays");
             p.qw = NULL;
             layer_qweights_free(&q);
         }
