@@ -4,8 +4,9 @@
 # tensor-pipe activity and DRAM bytes read and written. VARIANTS: space-separated name=binary[,VAR=value ...]
 # (default "a=build/moe"); KERNEL, a regex of the kernels' names (default the Hopper wgmma tiles), MODEL, DTYPE, T,
 # LAUNCHES (matching launches from the first, default 4), VARIANT_TIMEOUT (seconds a variant may take, default 300:
-# a hung experiment costs no more), EXTRA_METRICS (more ncu metrics, comma-separated, printed after the others). Free clocks, caches as they are. Under $OUT it writes one table
-# (kernel-times.txt) and one archive of the raw CSV files, since a device call brings back only a few files.
+# a hung experiment costs no more), EXTRA_METRICS (more ncu metrics, comma-separated, printed after the others).
+# Free clocks, caches as they are. Under $OUT it writes one table (kernel-times.txt) and one archive of the raw CSV
+# files, since a device call brings back only a few files.
 set -u
 OUT=${OUT:-/tmp/moe-gpu}
 mkdir -p "$OUT"

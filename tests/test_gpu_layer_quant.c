@@ -76,6 +76,31 @@ static int compare_quantized(test_env *env, layer_problem *p, const moe_qformat 
     return bad;
 }
 
+/* One GPU layer run of p with bf16 weights and x (given logits): out (T, H), captured in a CUDA graph and replayed
+ * where `capture` (layer_run); 0 on success, else prints why. */
+static int gpu_run(test_env *env, const layer_problem *p, float *out, int capture, const char *what) {
+    if (layer_run(env->gpu, p, MOE_DTYPE_BF16, 1, out, capture) == MOE_OK) return 0;
+    fprintf(stderr, "  %s: GPU: %s\n", what, moe_last_error(env->gpu));
+    return 1;
+}
+
+/* p (quantised weights in p->qw) on the GPU twice, the second time with `var` set in the environment (a kernel
+ * path's switch), the first captured where `capture`: 1 unless both runs succeed with the same output bits. */
+static int same_bits_with_env(test_env *env, const layer_problem *p, const char *var, int capture, const char *what) {
+    const size_t n = (size_t)(p->T * p->c.hidden);
+    float *out[2] = {calloc(n + 1, sizeof(float)), calloc(n + 1, sizeof(float))};
+    int bad = gpu_run(env, p, out[0], capture, what);
+    if (!bad) {
+        setenv(var, "1", 1);
+        bad = gpu_run(env, p, out[1], 0, var);
+        unsetenv(var);
+    }
+    if (!bad && memcmp(out[1], out[0], sizeof(float) * n) != 0)
+        fprintf(stderr, "  %s: other bits with %s\n", what, var), bad = 1;
+    free(out[0]), free(out[1]);
+    return bad;
+}
+
 /* W8A8 (act_format FP8 1x128) on the GPU against the CPU reference: FP8 128x128 experts with f32 and E8M0 scales
  * and both act scale rules at T = 1 and 40 (the 16-row tile: on Hopper the FP8 decode kernel, one and two halves
  * of a tile), 200 and 600 (the FP8 tensor-core tile from 16 rows an expert); 200 and 40 again with the bf16 path
@@ -97,25 +122,6 @@ static int compare_quantized(test_env *env, layer_problem *p, const moe_qformat 
  * gave 2.4e-2 to 5.6e-2 over 12 seeds and 8.3e-2 at seed 92085416 (6.8e-3 overall), the same bits from the kernels
  * before and after the K-loop change of 2026-12-03 (bench/results/2026-12-03-w8a8-kloop-profile-h200.txt); the
  * bound was 8e-2 before that seed was met. A wrong expert, scale or row gives O(1). */
-/* p (quantised weights in p->qw) on the GPU twice, the second time with `var` set in the environment (a kernel
- * path's switch): 1 unless both runs succeed with the same output bits. The first run is captured in a CUDA graph and
- * replayed where `capture` (layer_run). */
-static int same_bits_with_env(test_env *env, const layer_problem *p, const char *var, int capture, const char *what) {
-    const size_t n = (size_t)(p->T * p->c.hidden);
-    float *out[2] = {calloc(n + 1, sizeof(float)), calloc(n + 1, sizeof(float))};
-    int bad = 0;
-    for (int i = 0; i < 2 && !bad; i++) {
-        if (i) setenv(var, "1", 1);
-        if (layer_run(env->gpu, p, MOE_DTYPE_BF16, 1, out[i], i ? 0 : capture) != MOE_OK)
-            fprintf(stderr, "  %s%s%s: %s\n", what, i ? ", " : "", i ? var : "", moe_last_error(env->gpu)), bad = 1;
-        else if (i && memcmp(out[1], out[0], sizeof(float) * n) != 0)
-            fprintf(stderr, "  %s: other bits with %s\n", what, var), bad = 1;
-        unsetenv(var);
-    }
-    free(out[0]), free(out[1]);
-    return bad;
-}
-
 TEST_IMPL(gpu_layer_w8a8) {
     SKIP_WITHOUT_GPU(env);
     moe_qformat fmts[LAYER_WEIGHT_FORMATS];
@@ -492,13 +498,6 @@ TEST_IMPL(gpu_layer_w4a8) {
     return TEST_OK;
 }
 
-/* One GPU layer run of p with bf16 weights and x (given logits): out (T, H); 0 on success, else prints why. */
-static int gpu_run(test_env *env, const layer_problem *p, float *out, const char *what) {
-    if (layer_run(env->gpu, p, MOE_DTYPE_BF16, 1, out, 0) == MOE_OK) return 0;
-    fprintf(stderr, "  %s: GPU: %s\n", what, moe_last_error(env->gpu));
-    return 1;
-}
-
 /* On the GPU, a shared expert with the codes of a routed expert (one expert, top-1, logits 0: weight 1) gives the
  * routed expert's y exactly: the shared experts take the routed GEMMs with the same tile, grid and bits, so the
  * layer's output is exactly twice the routed expert's alone. 1 when it is not. */
@@ -518,7 +517,7 @@ static int shared_twice_routed(test_env *env, const moe_qformat *wf, int w8a8, i
     pa.qw = &q, pa.c.n_shared = 0;
     char what[80];
     snprintf(what, sizeof what, "shared = routed, %s%s", moe_qformat_kind_name(wf->kind), w8a8 ? ", w8a8" : "");
-    bad = bad || gpu_run(env, &pb, both, what) || gpu_run(env, &pa, alone, what);
+    bad = bad || gpu_run(env, &pb, both, 0, what) || gpu_run(env, &pa, alone, 0, what);
     int64_t diff = 0, first = -1;
     double mag = 0.0;
     for (int64_t j = 0; j < n && !bad; j++) {

@@ -108,8 +108,9 @@ extern "C" moe_status moe__cuda_layer_init(moe_layer *l) {
     cudaEvent_t xq;
     MOE_CUDA_TRY(ctx, cudaEventCreateWithFlags(&xq, cudaEventDisableTiming));
     l->xq_event = xq;
-    MOE_CUDA_TRY(ctx, cudaMalloc((void **)&l->tile_counters, 8 * sizeof(uint32_t)));
-    MOE_CUDA_TRY(ctx, cudaMemset(l->tile_counters, 0, 8 * sizeof(uint32_t)));
+    const size_t counters = 8 * sizeof(uint32_t); /* 4 pairs (layer.h) */
+    MOE_CUDA_TRY(ctx, cudaMalloc((void **)&l->tile_counters, counters));
+    MOE_CUDA_TRY(ctx, cudaMemset(l->tile_counters, 0, counters));
     return MOE_OK;
 }
 
