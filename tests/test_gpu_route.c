@@ -93,7 +93,7 @@ static int compare_route(test_env *env, const moe_router_config *c, int64_t T, m
 TEST_IMPL(gpu_route_random) {
     SKIP_WITHOUT_GPU(env);
     const char *models[] = {"mixtral-8x7b", "qwen3-30b-a3b", "olmoe", "deepseek-v2", "deepseek-v3",
-                            "gpt-oss-120b", "gpt-oss-20b", "llama4-scout", "qwen2-moe"};
+                            "gpt-oss-120b", "gpt-oss-20b", "llama4-scout", "llama4-maverick", "qwen2-moe"};
     const int64_t sizes[] = {0, 1, 5, 128, 1031, 8192};
     int bad = 0;
     for (size_t m = 0; m < sizeof models / sizeof models[0]; m++)
@@ -107,6 +107,18 @@ TEST_IMPL(gpu_route_random) {
                 c.group_mask = MOE_GROUP_MASK_ZERO;
                 bad += compare_route(env, &c, sizes[s], dt, env->seed + 77 * m + s, "grouped, zero mask");
             }
+        }
+    /* every family the router compiles on its own (E = 32 x 2, 4, 8 experts a lane; route_warp.cuh), renormalised
+     * or not, scaled, softmax and sigmoid, with a bias, and DeepSeek-V3's groups of 32 both masks */
+    for (int e = 64; e <= 256; e *= 2)
+        for (int f = 0; f < 4; f++) {
+            const moe_router_kind kind = f == 2 ? MOE_ROUTER_TOPK_SOFTMAX : f == 3 ? MOE_ROUTER_GROUPED : MOE_ROUTER_TOPK;
+            const moe_score_func score = f == 0 ? MOE_SCORE_SOFTMAX : f == 2 ? MOE_SCORE_NONE : MOE_SCORE_SIGMOID;
+            moe_router_config c = {kind, score, e, f == 3 ? 8 : 6, f == 3 ? e / 32 : 0, f == 3 ? e / 64 : 0,
+                                   MOE_GROUP_SCORE_TOP2_SUM, (moe_group_mask)(e == 128), f != 2 && e != 64,
+                                   f == 2 ? 1.0f : 2.5f, f == 1 || f == 3 ? (const float *)1 : NULL, NULL, 0, 0};
+            bad += compare_route(env, &c, 1031, e == 128 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32, env->seed + 11 * e + f,
+                                 "a family kernel");
         }
     /* the largest shapes the kernel takes, and hash routing */
     moe_router_config big = {MOE_ROUTER_TOPK, MOE_SCORE_SOFTMAX, 512, 16, 0, 0, 0, 0, 1, 1.0f, NULL, NULL, 0, 0};
@@ -347,7 +359,7 @@ static int compare_route_permute(test_env *env, const char *model, int64_t T, in
 TEST_IMPL(gpu_route_permute) {
     SKIP_WITHOUT_GPU(env);
     const char *models[] = {"qwen3-30b-a3b", "deepseek-v3", "mixtral-8x7b", "llama4-scout", "gpt-oss-120b",
-                            "deepseek-v2"};
+                            "deepseek-v2", "llama4-maverick", "olmoe"};
     /* around the fused path's limits: one CTA (8 warps), the cluster of 8 (64), 2 tokens a warp (128); beyond, the
      * two ops, with the permute's chunk counts (512 entries a chunk) summed by the place kernel (up to 16 K counts:
      * Qwen3 at 4099 tokens) or by the scan kernel (DeepSeek-V3 at 4099, everything at 20001) */

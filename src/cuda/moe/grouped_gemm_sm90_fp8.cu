@@ -49,9 +49,11 @@ namespace {
 constexpr int kBN = 256, kBK = 128, kThreads = 384;
 constexpr int kStageB = kBN * kBK;
 constexpr int kBoxRows = 128;
-/* GEMM 1's epilogue goes through shared memory, 8 rows of (gate, up) pairs a consumer warp at a time (rows of
- * kEpiLd floats: 128 pairs and 32 bytes of padding against bank conflicts), which leaves room for 3 stages */
-constexpr int kEpiLd = 2 * 128 + 8, kEpiWarp = 8 * kEpiLd * 4;
+/* GEMM 1's epilogue goes through shared memory, 8 rows of (gate, up) pairs a consumer warp at a time, which
+ * leaves room for 3 stages. Rows of kEpiLd floats: 128 pairs and 16 bytes of padding, so that row r starts at bank
+ * 4r mod 32 and both the staging (a 16-byte store per lane, 8 rows x 4 lanes) and the reading (16 bytes per lane,
+ * 4 rows x 8 lanes) take the fewest shared-memory wavefronts. */
+constexpr int kEpiLd = 2 * 128 + 4, kEpiWarp = 8 * kEpiLd * 4;
 /* The tile of BM rows: a stage is A (BM x 128 codes), B 32 KB, then A's BM scales and the words holding B's two
  * block scales; the B rows of a box each consumer multiplies (all, or its half); the epilogue's buffers (GLU: a
  * consumer warp each, or a pair of warps each for BM 64; plain: the tile's rows), which leave room for 3 or 4
@@ -301,68 +303,84 @@ __global__ void __launch_bounds__(kThreads, 1)
             continue;
         }
         /* GLU: each warp stages the (gate, up) pairs of 8 of its rows at a time in shared memory, by output column
-         * (concatenated: half 0 gate, half 1 up, columns side by side; interleaved: pairs in registers q, q + 1 of
-         * both halves), then walks those rows in a loop: a lane takes 4 columns, the warp a row's 128, reduces
-         * its amax with shuffles and stores the row's codes in one 128-byte store. Short code: an epilogue
-         * unrolled over all 64 values, with the activation inlined in each, ran out of the instruction cache.
-         * BM 64: warp w of both consumers stage their halves of the same rows' columns in one buffer; after the
-         * pair's barrier each walks 4 of the 8 rows. */
+         * (concatenated: half 0 gate, half 1 up, two columns' pairs in one 16-byte store; interleaved: pairs in
+         * registers q, q + 1 of both halves), then 8 lanes take a row, 16 columns each (4 runs of 4 spaced 32
+         * apart), so that the row's work (its weight, scale and divider) is done by 8 lanes, not 32, and the amax
+         * by 3 shuffles: the warp does 4 rows at a time with 16 independent values a lane. Short code: an
+         * epilogue unrolled over all 64 values, with the activation inlined in each, ran out of the instruction
+         * cache, and so did 32 values a loop (bench/results/2026-12-07-w8a8-k-loop-and-tile-counter-*). BM 64:
+         * warp w of both consumers stage their halves of the same rows' columns in one buffer; after the pair's
+         * barrier each takes 4 of the 8 rows. */
         const int buf = kBM == 128 ? cw * 4 + warp : warp;
         float *epi = reinterpret_cast<float *>(smem + (e_smem - base) + buf * kEpiWarp);
         const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
         moe_qparams q;
         q.rule = f.rule, q.elem_max = 448.0f, q.elem_emax = 8;
+        const int quad = lane & 7; /* this lane's columns of a row: 32 m + 4 quad + {0..3}, m < 4 */
 #pragma unroll
         for (int i = 0; i < 2; i++) {
 #pragma unroll
-            for (int j = 0; j < kWN / 8; j++)
+            for (int j = 0; j < kWN / 8; j++) {
+                const int qi = 4 * j + 2 * i;
+                if (!p.interleaved) { /* columns c, c + 1: (gate, up) pairs side by side */
+                    const int c = c0 + j * 8 + 2 * (lane & 3);
+                    *reinterpret_cast<float4 *>(epi + (lane >> 2) * kEpiLd + 2 * c) =
+                        make_float4(acc[0][qi], acc[1][qi], acc[0][qi + 1], acc[1][qi + 1]);
+                } else {
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int qi = 4 * j + 2 * i;
-                    const int c = p.interleaved ? e * 64 + c0 / 2 + j * 4 + (lane & 3)
-                                                : c0 + j * 8 + 2 * (lane & 3) + e;
-                    const float2 gu = p.interleaved ? make_float2(acc[e][qi], acc[e][qi + 1])
-                                                    : make_float2(acc[0][qi + e], acc[1][qi + e]);
-                    *reinterpret_cast<float2 *>(epi + (lane >> 2) * kEpiLd + 2 * c) = gu;
+                    for (int e = 0; e < 2; e++) {
+                        const int c = e * 64 + c0 / 2 + j * 4 + (lane & 3);
+                        *reinterpret_cast<float2 *>(epi + (lane >> 2) * kEpiLd + 2 * c) =
+                            make_float2(acc[e][qi], acc[e][qi + 1]);
+                    }
                 }
+            }
             if (kBM == 128) __syncwarp();
             else moe_bar_sync_pair(warp);
             moe_gemm_by_act<true>(p.act, [&](auto act) {
                 constexpr int A = decltype(act)::value;
 #pragma unroll 1
-                for (int rr = kBM == 128 ? 0 : 4 * cw; rr < (kBM == 128 ? 8 : 4 * cw + 4); rr++) {
+                for (int it = kBM == 128 ? 0 : cw; it < (kBM == 128 ? 2 : cw + 1); it++) {
+                    const int rr = 4 * it + (lane >> 3);
                     const int64_t r = t.row0 + r0 + warp * 16 + 8 * i + rr;
-                    const moe_gemm_row_out ro = moe_gemm_row<true>(p, t, r); /* the same for the whole warp */
-                    if (ro.skip) continue;
-                    const int64_t col0 = t.tile_n * kBoxRows + 4 * lane;
-                    const float4 a = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 8 * lane);
-                    const float4 b = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 8 * lane + 4);
-                    const float g[4] = {a.x, a.z, b.x, b.z}, u[4] = {a.y, a.w, b.y, b.w};
-                    float h[4], m = 0.0f;
+                    const moe_gemm_row_out ro = moe_gemm_row<true>(p, t, r); /* the same for the row's 8 lanes */
+                    const int64_t col0 = t.tile_n * kBoxRows + 4 * quad;
+                    float h[16], m = 0.0f;
 #pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        const int64_t col = col0 + c;
-                        float gc = g[c] * ro.w, uc = u[c] * ro.w;
-                        if (bias && col < p.n) {
-                            gc += bias[p.interleaved ? 2 * col : col];
-                            uc += bias[p.interleaved ? 2 * col + 1 : p.n + col];
+                    for (int k = 0; k < 4; k++) {
+                        const float4 a = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 64 * k + 8 * quad);
+                        const float4 b = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 64 * k + 8 * quad + 4);
+                        const float g[4] = {a.x, a.z, b.x, b.z}, u[4] = {a.y, a.w, b.y, b.w};
+                        const bool in = col0 + 32 * k < p.n; /* n % 8 == 0: the 4 columns are all in or all out */
+#pragma unroll
+                        for (int c = 0; c < 4; c++) {
+                            const int64_t col = col0 + 32 * k + c;
+                            float gc = g[c] * ro.w, uc = u[c] * ro.w;
+                            if (bias && in) {
+                                gc += bias[p.interleaved ? 2 * col : col];
+                                uc += bias[p.interleaved ? 2 * col + 1 : p.n + col];
+                            }
+                            h[4 * k + c] = in ? moe_glu<A>(gc, uc, p.alpha, p.limit) : 0.0f;
+                            m = fmaxf(m, fabsf(h[4 * k + c])); /* fmaxf drops NaN */
                         }
-                        h[c] = col < p.n ? moe_glu<A>(gc, uc, p.alpha, p.limit) : 0.0f;
-                        m = fmaxf(m, fabsf(h[c])); /* fmaxf drops NaN */
                     }
 #pragma unroll
-                    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                    for (int o = 4; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
                     const moe_block_scale sc = moe_scale_from_amax(q, moe_finish_amax(m, f.amax_floor));
                     const moe_divider d = moe_make_divider(sc.value, m);
-                    uint32_t codes = 0;
+                    if (sc.divide) moe_scale_values<true>(h, sc, d);
+                    else moe_scale_values<false>(h, sc, d);
+                    if (ro.skip) continue;
 #pragma unroll
-                    for (int c = 0; c < 4; c++)
-                        codes |= (uint32_t)moe_encode(sc.divide ? moe_divide(d, h[c]) : __fmul_rn(h[c], sc.mul),
-                                                      MOE_DTYPE_E4M3)
-                                 << (8 * c);
-                    if (col0 < p.n) /* n % 8 == 0: the 4 columns are all in or all out */
-                        *reinterpret_cast<uint32_t *>(f.c + r * p.n + col0) = codes;
-                    if (lane == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
+                    for (int k = 0; k < 4; k++) {
+                        const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(h[4 * k], h[4 * k + 1]),
+                                                                     __NV_SATFINITE, __NV_E4M3);
+                        const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(h[4 * k + 2], h[4 * k + 3]),
+                                                                     __NV_SATFINITE, __NV_E4M3);
+                        if (col0 + 32 * k < p.n)
+                            *reinterpret_cast<uint32_t *>(f.c + r * p.n + col0 + 32 * k) = lo | hi << 16;
+                    }
+                    if (quad == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
                 }
             });
             if (kBM == 128) __syncwarp();

@@ -28,7 +28,7 @@ __device__ __forceinline__ int routed_key(const permute_cta::permute_params &pp,
     return id >= 0 && e >= 0 && e < pp.c.n_experts ? e : pp.c.n_experts;
 }
 
-template <int kPerLane>
+template <int kPerLane, int F>
 __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::params rp, permute_cta::permute_params pp) {
     moe_pdl_wait();
     moe_pdl_launch_next();
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
 #pragma unroll 1 /* one copy of the router's code: at decode sizes its instruction fetch is the cost */
     for (int i = 0; i < kTokensPerWarp; i++) {
         int id = -1;
-        if (first + i * stride < rp.n_tokens) route_warp::route_token<kPerLane>(rp, first + i * stride, id);
+        if (first + i * stride < rp.n_tokens) route_warp::route_token<kPerLane, F>(rp, first + i * stride, id);
 #pragma unroll
         for (int j = 0; j < kTokensPerWarp; j++) /* predicated: ids stays in registers */
             if (j == i) ids[j] = id;
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) route_permute_kernel(route_warp::par
  * barrier-separated phases, which at T = 1 cost as much as the routing). */
 constexpr int kSmallList = 32;
 
-template <int kPerLane>
+template <int kPerLane, int F>
 __global__ void __launch_bounds__(kThreads)
     route_permute_small_kernel(route_warp::params rp, permute_cta::permute_params pp) {
     moe_pdl_wait();
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = rp.c.top_k, E = pp.c.n_experts;
     if (warp < rp.n_tokens) {
         int id = -1;
-        route_warp::route_token<kPerLane>(rp, warp, id);
+        route_warp::route_token<kPerLane, F>(rp, warp, id);
         if (lane < k) keys[warp * k + lane] = routed_key(pp, id);
     }
     __syncthreads();
@@ -162,23 +162,23 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-/* The CTAs of route_permute_kernel<kPerLane>'s cluster at most: 16 where its sm_90 code runs and the GPU schedules
- * a non-portable cluster of 16 such CTAs (H100 / H200 can), else 8 with 2 tokens a warp; 1 where the sm_90 code does
- * not run (older GPUs, or the portable PTX on newer ones). Asked once a kernel. */
-template <int kPerLane> int cluster_ctas() {
-    static const int limit = moe_cluster_limit(route_permute_kernel<kPerLane>, kThreads, 16);
+/* The CTAs of route_permute_kernel<kPerLane, F>'s cluster at most: 16 where its sm_90 code runs and the GPU
+ * schedules a non-portable cluster of 16 such CTAs (H100 / H200 can), else 8 with 2 tokens a warp; 1 where the sm_90
+ * code does not run (older GPUs, or the portable PTX on newer ones). Asked once a kernel. */
+template <int kPerLane, int F> int cluster_ctas() {
+    static const int limit = moe_cluster_limit(route_permute_kernel<kPerLane, F>, kThreads, 16);
     return limit ? limit : 1;
 }
 
-/* Launches route_permute_kernel<kPerLane> for T tokens as one cluster of up to cluster_ctas() CTAs, a CTA per 8
- * tokens. */
-template <int kPerLane>
+/* Launches route_permute_kernel<kPerLane, F> for T tokens as one cluster of up to cluster_ctas() CTAs, a CTA per 8
+ * tokens (F: the router family, route_warp::family_of). */
+template <int kPerLane, int F>
 cudaError_t launch(bool pdl, cudaStream_t st, const route_warp::params &rp,
                    const permute_cta::permute_params &pp) {
     if (pp.c.layout == MOE_PERMUTE_CONTIGUOUS && pp.n <= kSmallList && rp.n_tokens <= kWarps)
-        return moe_launch(pdl, route_permute_small_kernel<kPerLane>, 1, kThreads, 0, st, rp, pp);
-    void (*kernel)(route_warp::params, permute_cta::permute_params) = route_permute_kernel<kPerLane>;
-    const int max_ctas = cluster_ctas<kPerLane>();
+        return moe_launch(pdl, route_permute_small_kernel<kPerLane, F>, 1, kThreads, 0, st, rp, pp);
+    void (*kernel)(route_warp::params, permute_cta::permute_params) = route_permute_kernel<kPerLane, F>;
+    const int max_ctas = cluster_ctas<kPerLane, F>();
     /* a warp a token, and at most two experts' padding a warp: more CTAs than the tokens need when the list
      * touches many experts (DeepSeek-V3 at T = 16: 128 entries, 2 CTAs for the tokens, 8 for the padding) */
     const int64_t touched = min(rp.n_tokens * rp.c.top_k, (int64_t)pp.c.n_experts);
@@ -187,11 +187,27 @@ cudaError_t launch(bool pdl, cudaStream_t st, const route_warp::params &rp,
     return moe_launch_ex(pdl, ctas, kernel, ctas, kThreads, 0, st, rp, pp);
 }
 
+/* launch<kPerLane, F> for the family of rc (route_warp::family_of): each family's kernels hold its path only, half
+ * the code of the kernels for any config, which a decode step's one pass fetches from memory. */
+template <int kPerLane>
+cudaError_t launch_family(const moe_router_config *rc, bool pdl, cudaStream_t st, const route_warp::params &rp,
+                          const permute_cta::permute_params &pp) {
+    using namespace route_warp;
+    switch (family_of(rc, kPerLane)) {
+    case kSoftmaxTopk: return launch<kPerLane, kSoftmaxTopk>(pdl, st, rp, pp);
+    case kSigmoidTopk: return launch<kPerLane, kSigmoidTopk>(pdl, st, rp, pp);
+    case kTopkSoftmax: return launch<kPerLane, kTopkSoftmax>(pdl, st, rp, pp);
+    case kSigmoidGrouped32: return launch<kPerLane, kSigmoidGrouped32>(pdl, st, rp, pp);
+    default: return launch<kPerLane, kAny>(pdl, st, rp, pp);
+    }
+}
+
 } // namespace
 
 extern "C" int moe__cuda_route_permute_fuses(const moe_ctx *ctx, int64_t n_tokens, int top_k) {
     (void)ctx; /* every kPerLane is compiled alike: clusters for one are clusters for all */
-    const int64_t max_tokens = cluster_ctas<4>() > 1 ? MOE_ROUTE_PERMUTE_MAX_TOKENS : kTokensPerWarp * kWarps;
+    const int64_t max_tokens =
+        cluster_ctas<4, route_warp::kAny>() > 1 ? MOE_ROUTE_PERMUTE_MAX_TOKENS : kTokensPerWarp * kWarps;
     return n_tokens >= 1 && n_tokens <= max_tokens && n_tokens * top_k <= MOE_PERMUTE_CTA_MAX;
 }
 
@@ -204,12 +220,12 @@ extern "C" moe_status moe__cuda_route_permute(moe_ctx *ctx, const moe_router_con
     const bool pdl = moe__cuda_pdl(ctx);
     const int E = rc->n_experts;
     if (E <= 64)
-        MOE_CUDA_TRY(ctx, launch<2>(pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch_family<2>(rc, pdl, st, rp, pp));
     else if (E <= 128)
-        MOE_CUDA_TRY(ctx, launch<4>(pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch_family<4>(rc, pdl, st, rp, pp));
     else if (E <= 256)
-        MOE_CUDA_TRY(ctx, launch<8>(pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, launch_family<8>(rc, pdl, st, rp, pp));
     else
-        MOE_CUDA_TRY(ctx, launch<16>(pdl, st, rp, pp));
+        MOE_CUDA_TRY(ctx, (launch<16, route_warp::kAny>(pdl, st, rp, pp)));
     return MOE_OK;
 }

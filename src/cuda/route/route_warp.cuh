@@ -49,6 +49,34 @@ inline params make_params(const moe_router_config *c, const moe_route_args *a) {
     return p;
 }
 
+/* The router families compiled on their own (router.cu, route_permute.cu): the score function and the kind fixed at
+ * compile time, with E = 32 kPerLane (and for GROUPED, groups of 32), so that a kernel holds one family's path and
+ * nothing of the others'. The presets' routers then fit in 32 registers (sm_90a) where the kernel for any config
+ * takes 62 (E = 128) and 80 (E = 256), so more than twice the warps fit on an SM, and in half the code. Every other
+ * field stays a run-time one. kAny reads them all at run time (E below 32 kPerLane, DeepSeek-V2's groups of 20, hash
+ * routers). */
+enum family : int { kAny, kSoftmaxTopk, kSigmoidTopk, kTopkSoftmax, kSigmoidGrouped32 };
+
+/* The family config c belongs to, for kernels of kPerLane experts a lane (host code). */
+inline family family_of(const moe_router_config *c, int per_lane) {
+    if (c->n_experts != 32 * per_lane) return kAny;
+    if (c->kind == MOE_ROUTER_TOPK && c->score == MOE_SCORE_SOFTMAX) return kSoftmaxTopk;
+    if (c->kind == MOE_ROUTER_TOPK && c->score == MOE_SCORE_SIGMOID) return kSigmoidTopk;
+    if (c->kind == MOE_ROUTER_TOPK_SOFTMAX && c->score == MOE_SCORE_NONE) return kTopkSoftmax;
+    if (c->kind == MOE_ROUTER_GROUPED && c->score == MOE_SCORE_SIGMOID && c->n_groups == per_lane)
+        return kSigmoidGrouped32;
+    return kAny;
+}
+
+/* c with family F's fields as the compile-time constants they equal (family_of chose F for c). */
+template <int kPerLane, int F> __device__ __forceinline__ void fix_family(moe_router_config &c) {
+    if (F == kAny) return;
+    c.n_experts = 32 * kPerLane;
+    c.kind = F == kTopkSoftmax ? MOE_ROUTER_TOPK_SOFTMAX : F == kSigmoidGrouped32 ? MOE_ROUTER_GROUPED : MOE_ROUTER_TOPK;
+    c.score = F == kSoftmaxTopk ? MOE_SCORE_SOFTMAX : F == kTopkSoftmax ? MOE_SCORE_NONE : MOE_SCORE_SIGMOID;
+    if (F == kSigmoidGrouped32) c.n_groups = kPerLane;
+}
+
 /* Row t's logits into x (this lane's experts; NaN past E, and everywhere for t < 0: an unscored hash router). One
  * loop per dtype, so the dtype is decided once and not per element. */
 template <int kPerLane> __device__ __forceinline__ void load_logits(const params &p, int64_t t, float (&x)[kPerLane]) {
@@ -200,9 +228,12 @@ __device__ __forceinline__ void group_filter(const moe_router_config &c, int lan
     }
 }
 
-/* Routes token t with the calling warp (all 32 lanes). On return lane n < k holds slot n: id (-1 when the slot
- * stayed empty) and weight; ids, weights, the load counters and the invalid-row count are written. */
-template <int kPerLane> __device__ __forceinline__ void route_token(const params &p, int64_t t, int &out_id) {
+/* Routes token t with the calling warp (all 32 lanes), p.c of family F. On return lane n < k holds slot n: id (-1
+ * when the slot stayed empty) and weight; ids, weights, the load counters and the invalid-row count are written. */
+template <int kPerLane, int F = kAny>
+__device__ __forceinline__ void route_token(const params &p_in, int64_t t, int &out_id) {
+    params p = p_in;
+    fix_family<kPerLane, F>(p.c);
     const moe_router_config &c = p.c;
     const int lane = threadIdx.x % 32, E = c.n_experts, k = c.top_k;
     float x[kPerLane], s[kPerLane], b[kPerLane];
