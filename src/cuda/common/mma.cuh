@@ -10,6 +10,11 @@
 __device__ __forceinline__ void moe_cp_async16_to(uint32_t smem, const void *gmem, int bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
 }
+/* The same under an L2 eviction policy (sm90.cuh's moe_l2_evict_last) for the lines it reads. */
+__device__ __forceinline__ void moe_cp_async16_hint(uint32_t smem, const void *gmem, int bytes, uint64_t policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem), "l"(gmem),
+                 "r"(bytes), "l"(policy));
+}
 /* The same to a generic pointer into shared memory. */
 __device__ __forceinline__ void moe_cp_async16(void *smem, const void *gmem, int bytes) {
     moe_cp_async16_to((uint32_t)__cvta_generic_to_shared(smem), gmem, bytes);

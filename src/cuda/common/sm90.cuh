@@ -221,6 +221,12 @@ __device__ __forceinline__ void moe_bulk_store(void *gmem, uint32_t smem, uint32
     asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gmem), "r"(smem), "r"(bytes)
                  : "memory");
 }
+/* The same under an L2 eviction policy. */
+__device__ __forceinline__ void moe_bulk_store_hint(void *gmem, uint32_t smem, uint32_t bytes, uint64_t policy) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\n" ::"l"(gmem),
+                 "r"(smem), "r"(bytes), "l"(policy)
+                 : "memory");
+}
 __device__ __forceinline__ void moe_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void moe_bulk_wait_read() {
     asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
@@ -283,6 +289,32 @@ __device__ __forceinline__ void moe_tma_load_3d(uint32_t dst, const void *tmap, 
                  "[%2];\n" ::"r"(dst),
                  "l"(tmap), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
                  : "memory");
+}
+
+/* The same with an L2 eviction policy (moe_l2_evict_last / _first) for the lines it reads. */
+__device__ __forceinline__ void moe_tma_load_3d_hint(uint32_t dst, const void *tmap, uint32_t bar, int c0, int c1,
+                                                     int c2, uint64_t policy) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], "
+                 "[%1, {%3, %4, %5}], [%2], %6;\n" ::"r"(dst),
+                 "l"(tmap), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "l"(policy)
+                 : "memory");
+}
+
+/* L2 eviction policies for an access's lines (createpolicy): kept over other lines, or given up first. */
+__device__ __forceinline__ uint64_t moe_l2_evict_last() {
+    uint64_t p;
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(p));
+    return p;
+}
+__device__ __forceinline__ uint64_t moe_l2_evict_first() {
+    uint64_t p;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+    return p;
+}
+
+/* A 32-bit global store under an L2 eviction policy. */
+__device__ __forceinline__ void moe_store_u32_hint(void *gmem, uint32_t v, uint64_t policy) {
+    asm volatile("st.global.L2::cache_hint.b32 [%0], %1, %2;\n" ::"l"(gmem), "r"(v), "l"(policy) : "memory");
 }
 
 /* Hands registers between the warpgroups of a warp-specialised kernel (the count a thread, multiple of 8). */

@@ -375,7 +375,8 @@ __device__ __forceinline__ void moe_gemm_store_glu2(const moe_gemm_params &p, co
  * run of columns, which completes while the warp goes on to its next tile. (The 4-byte stores from the registers it
  * replaces wrote 8 rows apart in each instruction; without any epilogue DeepSeek-V3's W8A8 GEMM 2 took a third less
  * time, docs/performance.md.) The buffer is written again once the warp's last stores have read it, and the CTA
- * must not end before they have (moe_bulk_wait_all).
+ * must not end before they have (moe_bulk_wait_all). The stores go out under the L2 policy given (the caller's
+ * moe_l2_evict_first: nothing reads the rows again before they would leave L2).
  * acc[h][4j + 2i + {0, 1}]: row r0 + 16 warp + lane / 4 + 8 i of the tile, columns h * 128 + c0 + 8j + 2 (lane % 4)
  * + {0, 1} (wgmma m64nN's layout, kWN = N). BM 128 (c0 = 0): lanes 0-15 store the 256 columns of the warp's 16 rows.
  * BM 64, where warp w of both consumers holds rows 16 w .. 16 w + 15 and consumer c the columns c0 = 64 c + [0, 64)
@@ -386,7 +387,8 @@ constexpr int kGemmStagedLd = 2 * 256 + 16;
 template <int kBM, int kWN>
 __device__ __forceinline__ void moe_gemm_store_staged(const moe_gemm_params &p, const moe_gemm_tile &t,
                                                       const float (&acc)[2][kWN / 2], unsigned char *out,
-                                                      uint32_t out_s, int r0, int c0, int warp, int lane) {
+                                                      uint32_t out_s, int r0, int c0, int warp, int lane,
+                                                      uint64_t policy) {
     constexpr int kRun = kBM == 128 ? 256 : 64; /* columns a bulk store */
     const float gf = moe_gemm_global_factor(p, t);
     const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
@@ -414,7 +416,7 @@ __device__ __forceinline__ void moe_gemm_store_staged(const moe_gemm_params &p, 
         const int64_t r = t.row0 + lr, col = t.tile_n * 256 + s0, cols = p.n - col < kRun ? p.n - col : kRun;
         if (cols > 0 && !moe_gemm_row<false>(p, t, r).skip) {
             __nv_bfloat16 *c = p.c + (p.offsets ? 0 : t.group * p.c_group_stride);
-            moe_bulk_store(c + r * p.n + col, out_s + lr * kGemmStagedLd + 2 * s0, (uint32_t)cols * 2);
+            moe_bulk_store_hint(c + r * p.n + col, out_s + lr * kGemmStagedLd + 2 * s0, (uint32_t)cols * 2, policy);
             moe_bulk_commit();
         }
     }

@@ -114,8 +114,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto full = [&](int s) { return pipe.full(s); };
     auto empty = [&](int s) { return pipe.empty(s); };
     const int tid = threadIdx.x, wg = tid >> 7;
-    /* full: 128 cp.async arrivals + the TMA thread's expect_tx arrival; empty: lane 0 of the consumers' 8 warps */
-    pipe.init(128 + 1, 2 * 4);
+    /* full: 128 cp.async arrivals + the TMA thread's expect_tx arrival; empty: every consumer thread, once its reads
+     * of the stage (its scales; the wgmma's) are done. One arrival a warp after a __syncwarp orders the same on the
+     * hardware, but the compiler drops that __syncwarp (the warp is converged), and compute-sanitizer racecheck then
+     * reported the other lanes' scale reads against the producer's refill (24 hazards, gpu_layer_w8a8) */
+    pipe.init(128 + 1, 2 * 128);
     const int k_tiles = (p.k + kBK - 1) / kBK;
     const moe_gemm_order order = moe_gemm_order_of(p, kBM); /* the tiles with rows */
     const int64_t b_rows = kGlu ? 2 * (int64_t)p.n : p.n;
@@ -127,6 +130,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         int s = 0;          /* the stage of the next K block, over the tiles */
         uint32_t phase = 1; /* the parity of its empty barrier's phase to wait for (a fresh one: at once) */
         uint32_t *const counter = f.tile_counter;
+        /* A's rows stay in L2 ahead of other lines: the row tile's other column tiles read them again, a tile's time
+         * later, while B streams through (DeepSeek-V3 at T = 2048 and 8192: -4.0% and -2.4% in the layer;
+         * docs/performance.md) */
+        const uint64_t keep_a = moe_l2_evict_last();
         for (int64_t tile = blockIdx.x, turn = 0; tile < order.tiles; turn ^= 1) {
             /* the next tile, asked for now so that the answer's latency passes under this tile's K loop */
             uint32_t next = 0;
@@ -164,18 +171,18 @@ __global__ void __launch_bounds__(kThreads, 1)
                     moe_tma_load_3d(b_smem + s * kStageB, &tmap_b, full(s), kt * kBK, b0, t.group);
                     moe_tma_load_3d(b_smem + s * kStageB + kBoxRows * kBK, &tmap_b, full(s), kt * kBK, b1, t.group);
                     /* rows past the expert's are its padding rows (or the next tiles'), read but never stored */
-                    if (kATile) moe_tma_load_3d(a_smem + s * kStageA, &tmap_a, full(s), kt * kBK, (int)t.row0, 0);
+                    if (kATile)
+                        moe_tma_load_3d_hint(a_smem + s * kStageA, &tmap_a, full(s), kt * kBK, (int)t.row0, 0, keep_a);
                 }
                 const uint32_t c16 = (uint32_t)(kt * (kBK / 16) + kc);
                 const bool in_k = c16 < k16;
-                unsigned char *a_st = smem + s * kStageA;
                 if (!kATile) {
 #pragma unroll
                     for (int i = 0; i < kBM / 16; i++) {
                         const int r = (tid >> 3) + 16 * i;
                         const bool ok = a_off[i] != kNoRow && in_k;
-                        moe_cp_async16(a_st + r * kBK + ((kc ^ (r & 7)) << 4),
-                                       ok ? f.a + 16 * (int64_t)(a_off[i] + c16) : f.a, ok ? 16 : 0);
+                        moe_cp_async16_hint(a_smem + s * kStageA + r * kBK + ((kc ^ (r & 7)) << 4),
+                                            ok ? f.a + 16 * (int64_t)(a_off[i] + c16) : f.a, ok ? 16 : 0, keep_a);
                     }
                 }
                 if (tid < kBM)
@@ -236,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 1)
              * nothing */
             for (int kt = 0; kt < k_tiles; kt++) {
                 moe_mbar_wait(full(s), phase);
-                if (lane == 0) moe_mbar_arrive(empty(s));
+                moe_mbar_arrive(empty(s));
                 if (++s == kStages) s = 0, phase ^= 1;
             }
             continue;
@@ -288,18 +295,15 @@ __global__ void __launch_bounds__(kThreads, 1)
                     acc[h][4 * j + 3] = __fmaf_rn(tmp[4 * j + 3], s1, acc[h][4 * j + 3]);
                 }
             }
-            /* both halves' wgmma have read the stage, and every lane its scales (the warp meets first: lane 0's
-             * arrival alone does not order the other lanes' reads before the producer's refill; compute-sanitizer
-             * racecheck reported them once stages were reused: bench/results/2026-12-07-w8a8-tile-counter-*) */
-            __syncwarp();
-            if (lane == 0) moe_mbar_arrive(empty(s));
+            moe_mbar_arrive(empty(s)); /* both halves' wgmma have read the stage, and this thread its scales */
             if (++s == kStages) s = 0, phase ^= 1;
         }
 
         /* epilogue: registers 4j + {0, 1} of half h hold row arow, B rows h * 128 + c0 + 8j + 2 (lane % 4) + {0, 1};
          * 4j + {2, 3} row arow + 8. Meanwhile the producer fills the stages for the next tile. */
         if (!kGlu) { /* staged in shared memory, bulk stores */
-            moe_gemm_store_staged<kBM, kWN>(p, t, acc, smem + (e_smem - base), e_smem, r0, c0, warp, lane);
+            moe_gemm_store_staged<kBM, kWN>(p, t, acc, smem + (e_smem - base), e_smem, r0, c0, warp, lane,
+                                            moe_l2_evict_first());
             continue;
         }
         /* GLU: each warp stages the (gate, up) pairs of 8 of its rows at a time in shared memory, by output column
@@ -314,6 +318,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int buf = kBM == 128 ? cw * 4 + warp : warp;
         float *epi = reinterpret_cast<float *>(smem + (e_smem - base) + buf * kEpiWarp);
         const float *bias = p.bias ? p.bias + t.group * p.bias_group_stride : nullptr;
+        const uint64_t drop = moe_l2_evict_first(); /* the policy of h's code stores */
         moe_qparams q;
         q.rule = f.rule, q.elem_max = 448.0f, q.elem_emax = 8;
         const int quad = lane & 7; /* this lane's columns of a row: 32 m + 4 quad + {0..3}, m < 4 */
@@ -377,8 +382,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                                                                      __NV_SATFINITE, __NV_E4M3);
                         const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(h[4 * k + 2], h[4 * k + 3]),
                                                                      __NV_SATFINITE, __NV_E4M3);
-                        if (col0 + 32 * k < p.n)
-                            *reinterpret_cast<uint32_t *>(f.c + r * p.n + col0 + 32 * k) = lo | hi << 16;
+                        if (col0 + 32 * k < p.n) /* GEMM 2 reads h after GEMM 1 has ended: L2 gives it up first */
+                            moe_store_u32_hint(f.c + r * p.n + col0 + 32 * k, lo | hi << 16, drop);
                     }
                     if (quad == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
                 }
