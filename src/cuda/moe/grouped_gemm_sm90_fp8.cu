@@ -25,9 +25,10 @@
  *    expert's only row tile (64 rows or fewer: moe_gemm_rows_idle) issues no wgmma and stores nothing.
  * Epilogues: GEMM 2 (plain) stages the tile's bf16 outputs in shared memory and writes each row's run by a bulk
  * store (TMA), which completes while the next tile runs. GEMM 1 (GLU) stages the (gate, up) pairs of its
- * 128 columns (the tile's 128 gate and 128 up rows) in shared memory, then a warp a row computes h, the row's amax
- * and FP8 codes and one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly as it
- * was written.
+ * 128 columns (the tile's 128 gate and 128 up rows) in shared memory, then 8 lanes a row compute h, the row's
+ * amax and FP8 codes and one scale per row: the tile's columns are one 1x128 group of h, so GEMM 2 reads h exactly
+ * as it was written. A's loads keep their lines in L2 (evict_last: the row tile's other column tiles read them
+ * again while B streams through), and the outputs give theirs up first (evict_first: nothing reads them soon).
  * The MEDIUM shape runs the same kernel on 64-row tiles (BM 64: half the padding of experts of 16 to 64 rows, where
  * the 128-row tile spends most of its tensor-core time on zeros): both consumers take the tile's 64 rows, each the
  * rows [64 c, 64 c + 64) of each box of B (wgmma.m64n64k32, same block scales), so in GLU's epilogue warp w of each
