@@ -112,7 +112,9 @@ TEST_IMPL(gpu_route_random) {
      * or not, scaled, softmax and sigmoid, with a bias, and DeepSeek-V3's groups of 32 both masks */
     for (int e = 64; e <= 256; e *= 2)
         for (int f = 0; f < 4; f++) {
-            const moe_router_kind kind = f == 2 ? MOE_ROUTER_TOPK_SOFTMAX : f == 3 ? MOE_ROUTER_GROUPED : MOE_ROUTER_TOPK;
+            const moe_router_kind kind = f == 2   ? MOE_ROUTER_TOPK_SOFTMAX
+                                         : f == 3 ? MOE_ROUTER_GROUPED
+                                                  : MOE_ROUTER_TOPK;
             const moe_score_func score = f == 0 ? MOE_SCORE_SOFTMAX : f == 2 ? MOE_SCORE_NONE : MOE_SCORE_SIGMOID;
             moe_router_config c = {kind, score, e, f == 3 ? 8 : 6, f == 3 ? e / 32 : 0, f == 3 ? e / 64 : 0,
                                    MOE_GROUP_SCORE_TOP2_SUM, (moe_group_mask)(e == 128), f != 2 && e != 64,

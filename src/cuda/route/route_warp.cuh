@@ -72,7 +72,9 @@ inline family family_of(const moe_router_config *c, int per_lane) {
 template <int kPerLane, int F> __device__ __forceinline__ void fix_family(moe_router_config &c) {
     if (F == kAny) return;
     c.n_experts = 32 * kPerLane;
-    c.kind = F == kTopkSoftmax ? MOE_ROUTER_TOPK_SOFTMAX : F == kSigmoidGrouped32 ? MOE_ROUTER_GROUPED : MOE_ROUTER_TOPK;
+    c.kind = F == kTopkSoftmax        ? MOE_ROUTER_TOPK_SOFTMAX
+             : F == kSigmoidGrouped32 ? MOE_ROUTER_GROUPED
+                                      : MOE_ROUTER_TOPK;
     c.score = F == kSoftmaxTopk ? MOE_SCORE_SOFTMAX : F == kTopkSoftmax ? MOE_SCORE_NONE : MOE_SCORE_SIGMOID;
     if (F == kSigmoidGrouped32) c.n_groups = kPerLane;
 }
