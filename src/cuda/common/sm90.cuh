@@ -215,13 +215,9 @@ __device__ __forceinline__ void moe_fence_proxy_async() { asm volatile("fence.pr
 
 /* Bulk stores (TMA, no tensor map): `bytes` (a multiple of 16; both addresses 16-byte aligned) from shared memory
  * to global memory, in this thread's bulk group; the writes of the shared side must be fenced first
- * (moe_fence_proxy_async). wait_read<N>: this thread's groups but the newest N have read their shared memory (which
- * may then be written again); wait_all: every group has completed (before the CTA exits). */
-__device__ __forceinline__ void moe_bulk_store(void *gmem, uint32_t smem, uint32_t bytes) {
-    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gmem), "r"(smem), "r"(bytes)
-                 : "memory");
-}
-/* The same under an L2 eviction policy. */
+ * (moe_fence_proxy_async), under an L2 eviction policy (moe_l2_evict_first). wait_read<N>: this thread's groups but
+ * the newest N have read their shared memory (which may then be written again); wait_all: every group has completed
+ * (before the CTA exits). */
 __device__ __forceinline__ void moe_bulk_store_hint(void *gmem, uint32_t smem, uint32_t bytes, uint64_t policy) {
     asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\n" ::"l"(gmem),
                  "r"(smem), "r"(bytes), "l"(policy)
