@@ -187,19 +187,13 @@ cudaError_t launch(bool pdl, cudaStream_t st, const route_warp::params &rp,
     return moe_launch_ex(pdl, ctas, kernel, ctas, kThreads, 0, st, rp, pp);
 }
 
-/* launch<kPerLane, F> for the family of rc (route_warp::family_of): each family's kernels hold its path only, half
+/* launch<kPerLane, F> for the family of rc (route_warp::by_family): each family's kernels hold its path only, half
  * the code of the kernels for any config, which a decode step's one pass fetches from memory. */
 template <int kPerLane>
 cudaError_t launch_family(const moe_router_config *rc, bool pdl, cudaStream_t st, const route_warp::params &rp,
                           const permute_cta::permute_params &pp) {
-    using namespace route_warp;
-    switch (family_of(rc, kPerLane)) {
-    case kSoftmaxTopk: return launch<kPerLane, kSoftmaxTopk>(pdl, st, rp, pp);
-    case kSigmoidTopk: return launch<kPerLane, kSigmoidTopk>(pdl, st, rp, pp);
-    case kTopkSoftmax: return launch<kPerLane, kTopkSoftmax>(pdl, st, rp, pp);
-    case kSigmoidGrouped32: return launch<kPerLane, kSigmoidGrouped32>(pdl, st, rp, pp);
-    default: return launch<kPerLane, kAny>(pdl, st, rp, pp);
-    }
+    return route_warp::by_family<kPerLane>(
+        rc, [&](auto f) { return launch<kPerLane, decltype(f)::value>(pdl, st, rp, pp); });
 }
 
 } // namespace
@@ -226,6 +220,6 @@ extern "C" moe_status moe__cuda_route_permute(moe_ctx *ctx, const moe_router_con
     else if (E <= 256)
         MOE_CUDA_TRY(ctx, launch_family<8>(rc, pdl, st, rp, pp));
     else
-        MOE_CUDA_TRY(ctx, (launch<16, route_warp::kAny>(pdl, st, rp, pp)));
+        MOE_CUDA_TRY(ctx, launch_family<16>(rc, pdl, st, rp, pp));
     return MOE_OK;
 }

@@ -68,6 +68,27 @@ inline family family_of(const moe_router_config *c, int per_lane) {
     return kAny;
 }
 
+template <int F> struct family_tag {
+    static constexpr int value = F;
+};
+/* Calls launch(tag) with tag::value the family of c (family_of) that kernels of kPerLane experts a lane are compiled
+ * for: a switch written once for the router and the fused route + permute kernels. At 16 a lane (E = 512: no preset)
+ * only the kernel of every family is compiled. */
+template <int kPerLane, class Launch> cudaError_t by_family(const moe_router_config *c, Launch launch) {
+    if constexpr (kPerLane > 8) {
+        (void)c;
+        return launch(family_tag<kAny>());
+    } else {
+        switch (family_of(c, kPerLane)) {
+        case kSoftmaxTopk: return launch(family_tag<kSoftmaxTopk>());
+        case kSigmoidTopk: return launch(family_tag<kSigmoidTopk>());
+        case kTopkSoftmax: return launch(family_tag<kTopkSoftmax>());
+        case kSigmoidGrouped32: return launch(family_tag<kSigmoidGrouped32>());
+        default: return launch(family_tag<kAny>());
+        }
+    }
+}
+
 /* c with family F's fields as the compile-time constants they equal (family_of chose F for c). */
 template <int kPerLane, int F> __device__ __forceinline__ void fix_family(moe_router_config &c) {
     if (F == kAny) return;

@@ -25,23 +25,12 @@ __global__ void __launch_bounds__(kThreads, (min_ctas<kPerLane, F>())) route_ker
     }
 }
 
-/* The kernel of c's family (E = 512 has no preset: only the kernel of every family). */
+/* The kernel of c's family. */
 template <int kPerLane> cudaError_t launch(const moe_router_config *c, bool pdl, unsigned grid, cudaStream_t st,
                                            const route_warp::params &p) {
-    using namespace route_warp;
-    if constexpr (kPerLane == 16) {
-        (void)c;
-        return moe_launch(pdl, route_kernel<kPerLane, kAny>, grid, kThreads, 0, st, p);
-    } else {
-        switch (family_of(c, kPerLane)) {
-        case kSoftmaxTopk: return moe_launch(pdl, route_kernel<kPerLane, kSoftmaxTopk>, grid, kThreads, 0, st, p);
-        case kSigmoidTopk: return moe_launch(pdl, route_kernel<kPerLane, kSigmoidTopk>, grid, kThreads, 0, st, p);
-        case kTopkSoftmax: return moe_launch(pdl, route_kernel<kPerLane, kTopkSoftmax>, grid, kThreads, 0, st, p);
-        case kSigmoidGrouped32:
-            return moe_launch(pdl, route_kernel<kPerLane, kSigmoidGrouped32>, grid, kThreads, 0, st, p);
-        default: return moe_launch(pdl, route_kernel<kPerLane, kAny>, grid, kThreads, 0, st, p);
-        }
-    }
+    return route_warp::by_family<kPerLane>(c, [&](auto f) {
+        return moe_launch(pdl, route_kernel<kPerLane, decltype(f)::value>, grid, kThreads, 0, st, p);
+    });
 }
 
 } // namespace
