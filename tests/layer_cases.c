@@ -693,6 +693,22 @@ int layer_compare_gpu(test_env *env, const layer_problem *p, int use_logits, con
     return layer_compare_gpu_tol(env, p, use_logits, what, 1e-2, 3e-2);
 }
 
+int layer_same_bits_with_env(test_env *env, const layer_problem *p, const char *var, int capture, const char *what) {
+    const size_t n = (size_t)(p->T * p->c.hidden);
+    float *out[2] = {calloc(n + 1, sizeof(float)), calloc(n + 1, sizeof(float))};
+    int bad = 0;
+    for (int i = 0; i < 2 && !bad; i++) {
+        if (i) setenv(var, "1", 1);
+        if (layer_run(env->gpu, p, MOE_DTYPE_BF16, 1, out[i], i ? 0 : capture) != MOE_OK)
+            fprintf(stderr, "  %s%s: GPU: %s\n", what, i ? ", with the switch" : "", moe_last_error(env->gpu)), bad = 1;
+        if (i) unsetenv(var);
+    }
+    if (!bad && memcmp(out[1], out[0], sizeof(float) * n) != 0)
+        fprintf(stderr, "  %s: other bits with %s\n", what, var), bad = 1;
+    free(out[0]), free(out[1]);
+    return bad;
+}
+
 moe_layer_config layer_config(const char *preset, int H, int I, int E, int k, moe_activation act) {
     moe_layer_config c = {0};
     moe_router_preset(preset, &c.router);

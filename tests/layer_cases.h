@@ -99,6 +99,10 @@ int layer_compare_outputs(const float *cpu, const float *gpu, const float *again
 int layer_compare_gpu_tol(test_env *env, const layer_problem *p, int use_logits, const char *what, double tol_l2,
                           double tol_token);
 int layer_compare_gpu(test_env *env, const layer_problem *p, int use_logits, const char *what);
+/* p (given logits; quantised weights where p->qw) on the GPU twice in bf16, the second time with `var` set in the
+ * environment (a kernel path's switch), the first captured where `capture` (layer_run): 1 unless both runs succeed
+ * with the same output bits (prints why). */
+int layer_same_bits_with_env(test_env *env, const layer_problem *p, const char *var, int capture, const char *what);
 /* A bf16 router weight against its f32 copy: p (its gate and shared gate rounded to bf16 values here, given
  * no logits) run on ctx in dtype with config.gate_dtype f32 and then bf16 must give the same output bits, and not
  * all zeros. Prints one line; returns 1 when a check fails, else 0. */

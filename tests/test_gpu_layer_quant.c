@@ -84,23 +84,6 @@ static int gpu_run(test_env *env, const layer_problem *p, float *out, int captur
     return 1;
 }
 
-/* p (quantised weights in p->qw) on the GPU twice, the second time with `var` set in the environment (a kernel
- * path's switch), the first captured where `capture`: 1 unless both runs succeed with the same output bits. */
-static int same_bits_with_env(test_env *env, const layer_problem *p, const char *var, int capture, const char *what) {
-    const size_t n = (size_t)(p->T * p->c.hidden);
-    float *out[2] = {calloc(n + 1, sizeof(float)), calloc(n + 1, sizeof(float))};
-    int bad = gpu_run(env, p, out[0], capture, what);
-    if (!bad) {
-        setenv(var, "1", 1);
-        bad = gpu_run(env, p, out[1], 0, var);
-        unsetenv(var);
-    }
-    if (!bad && memcmp(out[1], out[0], sizeof(float) * n) != 0)
-        fprintf(stderr, "  %s: other bits with %s\n", what, var), bad = 1;
-    free(out[0]), free(out[1]);
-    return bad;
-}
-
 /* W8A8 (act_format FP8 1x128) on the GPU against the CPU reference: FP8 128x128 experts with f32 and E8M0 scales
  * and both act scale rules at T = 1 and 40 (the 16-row tile: on Hopper the FP8 decode kernel, one and two halves
  * of a tile), 200 and 600 (the FP8 tensor-core tile from 16 rows an expert); 200 and 40 again with the bf16 path
@@ -247,7 +230,7 @@ TEST_IMPL(gpu_layer_w8a8) {
             unsetenv("MOE_GEMM_FP8_A_CPASYNC");
         }
         snprintf(what, sizeof what, "w8a8, experts of 64, 65, 192, 0 rows, %s", medium ? "MEDIUM" : "LARGE");
-        bad += same_bits_with_env(env, &p, "MOE_GEMM_FP8_A_CPASYNC", 0, what);
+        bad += layer_same_bits_with_env(env, &p, "MOE_GEMM_FP8_A_CPASYNC", 0, what);
         p.qw = NULL;
         layer_qweights_free(&q);
         layer_problem_free(&p);
@@ -255,7 +238,7 @@ TEST_IMPL(gpu_layer_w8a8) {
     /* more tiles than SMs (GEMM 1 and GEMM 2 160 each), so that the FP8 tile's CTAs take most of theirs from the
      * layer's counters: against the CPU; then a forward captured in a CUDA graph and replayed twice with the
      * workspace poisoned between (counters not reset by the first replay would end the second's CTAs early, their
-     * tiles left as poison) gives the bits of the fixed-stride walk (MOE_GEMM_FP8_STATIC_WALK) */
+     * tiles left as poison) gives the bits of the fixed-stride walk (MOE_GEMM_STATIC_WALK) */
     {
         moe_layer_config c = layer_config("qwen3-30b-a3b", 1024, 512, 16, 2, MOE_ACT_SILU_GLU);
         c.act_format = moe_qformat_preset(MOE_QFORMAT_FP8_1X128);
@@ -269,7 +252,7 @@ TEST_IMPL(gpu_layer_w8a8) {
             p.qw = &q;
             bad += layer_compare_gpu_tol(env, &p, 1, "w8a8, T = 2048 over 16 experts, tiles from the counters", 8e-3,
                                          8e-2);
-            bad += same_bits_with_env(env, &p, "MOE_GEMM_FP8_STATIC_WALK", 1, "w8a8, T = 2048, graph replays");
+            bad += layer_same_bits_with_env(env, &p, "MOE_GEMM_STATIC_WALK", 1, "w8a8, T = 2048, graph replays");
             p.qw = NULL;
             layer_qweights_free(&q);
         }

@@ -22,7 +22,7 @@ struct moe_layer {
      * layer) */
     void *side_stream, *fork_event, *join_event, *xq_event;
     /* with them, 4 pairs of zeroed counters in device memory from which the W8A8 tile's CTAs take their tiles
-     * (moe_gemm_fp8.tile_counter): the routed GEMMs 1 and 2, the shared experts' GEMMs 1 and 2 */
+     * (moe_gemm_params.tile_counter): the routed GEMMs 1 and 2, the shared experts' GEMMs 1 and 2 */
     uint32_t *tile_counters;
     /* c.expert_format set: the layouts of w13 (E, 2I, H) and w2 (E, H, I) as E matrices each */
     bool quantized;

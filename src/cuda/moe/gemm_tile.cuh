@@ -49,6 +49,39 @@ __device__ __forceinline__ void moe_gemm_tile_none(moe_gemm_tile &t) {
     t.row0 = 0, t.row_end = 0, t.tile_n = 0, t.group = -1;
 }
 
+/* The descriptor after a persistent CTA's last tile: it ends the consumers. */
+constexpr int kGemmTileEnd = -2;
+__device__ __forceinline__ void moe_gemm_tile_end(moe_gemm_tile &t) {
+    moe_gemm_tile_none(t);
+    t.group = kGemmTileEnd;
+}
+
+/* A persistent wgmma tile's walk (the W8A8 tile's; docs/performance.md has it tried on the bf16 one). Each CTA starts
+ * at tile blockIdx.x; with p.tile_counter set its producer then takes the next tile nobody has taken from counter[0]
+ * (tiles past the first gridDim.x), so that the tiles start in the order's sequence whatever each one took: the 2-3
+ * row tiles of an expert, which read the same B rows, stay neighbours in time and share them through L2, where a
+ * fixed stride let the CTAs drift apart (bench/results/2026-12-07-w8a8-tile-counter-*). The producer's thread 0 asks
+ * at a tile's start (moe_tile_ask), so that the answer's latency passes under the tile's K loop; its 128 threads
+ * take the answer after the K loop (moe_tile_next: named barrier 8 of the producer warpgroup, the answer in one of
+ * two shared words used in turns, so that a slow thread still reads its own). After its last tile thread 0 counts
+ * the CTA done on counter[1] (moe_tile_done), and the CTA done last sets both back to zero: a launch leaves the pair
+ * as it found it, and CUDA graphs replay it. Without counters each CTA walks every gridDim.x-th tile. */
+__device__ __forceinline__ uint32_t moe_tile_ask(uint32_t *counter, int tid) {
+    return counter && tid == 0 ? atomicAdd(&counter[0], 1u) + gridDim.x : 0u;
+}
+__device__ __forceinline__ int64_t moe_tile_next(const uint32_t *counter, int64_t tile, uint32_t asked,
+                                                 uint32_t *slot, int tid) {
+    if (!counter) return tile + gridDim.x;
+    if (tid == 0) *slot = asked;
+    asm volatile("bar.sync 8, 128;\n" ::: "memory"); /* the producer's 128 threads */
+    return *slot;
+}
+__device__ __forceinline__ void moe_tile_done(uint32_t *counter) {
+    if (!counter) return;
+    __threadfence(); /* this CTA's last ask precedes its count */
+    if (atomicAdd(&counter[1], 1u) == gridDim.x - 1) atomicExch(&counter[0], 0u), atomicExch(&counter[1], 0u);
+}
+
 /* Tile `index` of the 1-D tile order over m_tiles row tiles (bands of kGemmBand row tiles, all column tiles of a band
  * before the next band, so that the CTAs resident at once share A rows and B rows through L2): its first row and
  * column tile. In 32 bits: a launch has fewer than 2^31 tiles (a grid's limit, or checked where CTAs are

@@ -66,6 +66,9 @@ struct moe_gemm_params {
     bool c_kperm;            /* GLU: h's columns written in that order (for GEMM 2 on that tile); that tile only */
     bool early;              /* GLU on a decode kernel: a programmatic dependent launch of the kernel before it, which
                               * it waits for before reading anything (moe_decode_start: a short step's routing) */
+    uint32_t *tile_counter;  /* the persistent W8A8 tile: two counters in device memory, zero before the launch and
+                              * again after it, that the CTAs take their tiles from (gemm_tile.cuh, moe_tile_ask);
+                              * NULL: each CTA walks every gridDim.x-th tile. One launch at a time may use a pair */
 };
 
 /* Calls launch(tag) with tag::value the compiled instance of B's storage f (a switch written once for both GEMM
@@ -145,10 +148,6 @@ struct moe_gemm_fp8 {
     moe_scale_rule rule;  /* how h's scales are chosen (F32 or a UE8M0 rule), and their amax floor */
     float amax_floor;
     int64_t a_rows;       /* without p.gather: rows of a, at least every tile's (GEMM 2's TMA box); else unread */
-    /* two counters in device memory, zero before the launch and again after it (its last CTA resets them): the
-     * persistent CTAs take their tiles in order from [0] ([1] counts the CTAs done); NULL: each CTA walks every
-     * gridDim.x-th tile. One launch at a time may use a pair. */
-    uint32_t *tile_counter;
 };
 
 /* Whether the W8A8 kernel takes p (GLU or plain): sm_90a code in the build and the GPU, B in 128x128 FP8 blocks
@@ -159,7 +158,7 @@ bool moe__cuda_gemm_fp8_fits(moe_ctx *ctx, const moe_gemm_params &p, bool glu);
 /* Runs it (m_tiles of tile_m = 128 rows, LARGE, or 64, MEDIUM); call only where moe__cuda_gemm_fp8_fits. GEMM 2
  * (rows not gathered) reads A by TMA where TMA can address it (f.a 16-byte aligned, f.a_rows rows), unless the
  * environment sets MOE_GEMM_FP8_A_CPASYNC (cp.async, as GEMM 1 reads its gathered rows; for tests). The tiles come
- * from f.tile_counter where it is set, unless the environment sets MOE_GEMM_FP8_STATIC_WALK (for tests). */
+ * from p.tile_counter where it is set, unless the environment sets MOE_GEMM_STATIC_WALK (for tests). */
 moe_status moe__cuda_grouped_gemm_fp8(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f, bool glu,
                                       int tile_m, int64_t m_tiles, cudaStream_t stream);
 

@@ -7,9 +7,8 @@
  * A CTA computes 128 rows x 256 B rows, K in blocks of 128 codes (one 128-byte swizzle row, one scale block)
  * through 3 stages of shared memory (A 16 KB, B 32 KB, A's 128 scales, B's 2). Three warpgroups,
  * persistent CTAs over the tiles of the rows written (moe_gemm_order): each starts at tile blockIdx.x, then takes
- * the next tile nobody has taken from a counter (f.tile_counter), so that the tiles start in the order's sequence
- * whatever each one took (the 2-3 row tiles of an expert that read the same B rows stay neighbours in time and
- * share them through L2; a fixed stride let the CTAs drift apart: bench/results/2026-12-07-w8a8-tile-counter-*).
+ * the next tile nobody has taken from a counter (p.tile_counter: gemm_tile.cuh's walk, moe_tile_ask), so that the
+ * tiles start in the order's sequence whatever each one took.
  * The producer finds each tile and hands its descriptor to the consumers beside the tile's first stage, and after
  * the last one a descriptor that ends them:
  *  - the producer (warpgroup 0): per stage, one thread starts the two TMA boxes of B (128 rows x 128 codes each);
@@ -74,7 +73,6 @@ static_assert(fp8_tile<64, true>::wn == 64 && fp8_tile<64, false>::wn == 64 && f
 
 #ifdef MOE_WGMMA
 constexpr uint32_t kNoRow = 0xFFFFFFFFu; /* an A row that reads as zeros */
-constexpr int kTileEnd = -2;             /* the group of the descriptor after a CTA's last tile */
 
 /* The block scales of B rows [row, row + 128) (row a multiple of 128) of group g, from K block 0; consecutive K
  * blocks' scales are consecutive (128x128 blocks, row-major). nullptr past the rows, whose B reads as zeros. */
@@ -111,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     static_assert(sizeof(moe_gemm_tile) <= 32, "a tile's descriptor in its slot");
     const float *sa = reinterpret_cast<const float *>(smem + (s_smem - base));
     const moe_pipe pipe = {bars, kStages};
-    __shared__ uint32_t next_tile[2]; /* the producer's next tile, from its thread 0, in turns */
+    __shared__ uint32_t next_tile[2]; /* the producer's next tile, from its thread 0, in turns (moe_tile_next) */
     auto full = [&](int s) { return pipe.full(s); };
     auto empty = [&](int s) { return pipe.empty(s); };
     const int tid = threadIdx.x, wg = tid >> 7;
@@ -130,15 +128,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t k16 = (uint32_t)(p.k / 16);
         int s = 0;          /* the stage of the next K block, over the tiles */
         uint32_t phase = 1; /* the parity of its empty barrier's phase to wait for (a fresh one: at once) */
-        uint32_t *const counter = f.tile_counter;
+        uint32_t *const counter = p.tile_counter;
         /* A's rows stay in L2 ahead of other lines: the row tile's other column tiles read them again, a tile's time
          * later, while B streams through (DeepSeek-V3 at T = 2048 and 8192: -4.0% and -2.4% in the layer;
          * docs/performance.md) */
         const uint64_t keep_a = moe_l2_evict_last();
         for (int64_t tile = blockIdx.x, turn = 0; tile < order.tiles; turn ^= 1) {
-            /* the next tile, asked for now so that the answer's latency passes under this tile's K loop */
-            uint32_t next = 0;
-            if (counter && tid == 0) next = atomicAdd(&counter[0], 1u) + gridDim.x;
+            const uint32_t next = moe_tile_ask(counter, tid); /* the next tile's answer comes under this K loop */
             moe_gemm_tile t;
             if (!moe_gemm_locate_order(p, kBM, order, tile, t)) moe_gemm_tile_none(t);
             /* A row offsets in 16-byte units (kNoRow: zeros), and row tid's scale: base + kt * step */
@@ -195,26 +191,14 @@ __global__ void __launch_bounds__(kThreads, 1)
                 moe_mbar_arrive_cp_async(full(s));
                 if (++s == kStages) s = 0, phase ^= 1;
             }
-            if (!counter) {
-                tile += gridDim.x;
-                continue;
-            }
-            if (tid == 0) next_tile[turn] = next;
-            asm volatile("bar.sync 8, 128;\n" ::: "memory"); /* the producer's 128 threads */
-            tile = next_tile[turn]; /* rewritten two turns on, after the next turn's barrier */
+            tile = moe_tile_next(counter, tile, next, &next_tile[turn], tid);
         }
-        /* the end: a stage holding only a descriptor that ends the consumers; the counters reset by the CTA that
-         * finishes taking tiles last (each CTA's last atomicAdd above precedes its count here) */
+        /* the end: a stage holding only a descriptor that ends the consumers; the CTA done last resets the counters */
         moe_mbar_wait(empty(s), phase);
         if (tid == 0) {
-            moe_gemm_tile_none(stage_tile[s]);
-            stage_tile[s].group = kTileEnd;
+            moe_gemm_tile_end(stage_tile[s]);
             moe_mbar_arrive_expect_tx(full(s), 0);
-            if (counter) {
-                __threadfence();
-                if (atomicAdd(&counter[1], 1u) == gridDim.x - 1)
-                    atomicExch(&counter[0], 0u), atomicExch(&counter[1], 0u);
-            }
+            moe_tile_done(counter);
         }
         moe_mbar_arrive_cp_async(full(s));
         moe_cp_async_wait<0>();
@@ -237,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (;;) {
         moe_mbar_wait(full(s), phase); /* the tile's first stage, and its descriptor */
         const moe_gemm_tile t = stage_tile[s];
-        if (t.group == kTileEnd) break;
+        if (t.group == kGemmTileEnd) break;
         if (t.group < 0 || (lone && moe_gemm_rows_idle(p, t, kBM, t.row0 + r0))) {
             /* this consumer's 64 rows are all padding in an expert's only row tile (or the tile has none): it
              * releases each stage unread, once full (so that its arrivals stay one a use of the stage), and stores
@@ -378,13 +362,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                     else moe_scale_values<false>(h, sc, d);
                     if (ro.skip) continue;
 #pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(h[4 * k], h[4 * k + 1]),
-                                                                     __NV_SATFINITE, __NV_E4M3);
-                        const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(h[4 * k + 2], h[4 * k + 3]),
-                                                                     __NV_SATFINITE, __NV_E4M3);
-                        if (col0 + 32 * k < p.n) /* GEMM 2 reads h after GEMM 1 has ended: L2 gives it up first */
-                            moe_store_u32_hint(f.c + r * p.n + col0 + 32 * k, lo | hi << 16, drop);
+                    for (int k = 0; k < 4; k += 2) { /* the codes of runs k and k + 1 */
+                        const uint2 w = moe_encode8(reinterpret_cast<const float(&)[8]>(h[4 * k]), MOE_DTYPE_E4M3);
+                        /* GEMM 2 reads h after GEMM 1 has ended: L2 gives it up first */
+                        if (col0 + 32 * k < p.n) moe_store_u32_hint(f.c + r * p.n + col0 + 32 * k, w.x, drop);
+                        if (col0 + 32 * (k + 1) < p.n)
+                            moe_store_u32_hint(f.c + r * p.n + col0 + 32 * (k + 1), w.y, drop);
                     }
                     if (quad == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
                 }
@@ -406,12 +389,11 @@ moe_status launch(moe_ctx *ctx, const moe_gemm_params &p, const moe_gemm_fp8 &f,
     if (tiles > INT32_MAX) /* the tile order's 32-bit arithmetic (gemm_tile.cuh) */
         return moe__error(ctx, MOE_ERR_UNSUPPORTED, "W8A8 grouped GEMM: %lld tiles exceed 2^31", (long long)tiles);
     const dim3 grid((unsigned)(tiles < sms ? tiles : sms)); /* persistent: one CTA an SM */
-    moe_gemm_fp8 g = f;
-    if (getenv("MOE_GEMM_FP8_STATIC_WALK")) g.tile_counter = nullptr;
+    if (getenv("MOE_GEMM_STATIC_WALK")) q.tile_counter = nullptr;
     constexpr size_t smem = fp8_tile<kBM, kGlu>::smem;
     auto kernel = gemm_fp8_kernel<kBM, kGlu, F, kATile>;
     MOE_CUDA_TRY(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, smem, st, q, g, m[0], m[1]));
+    MOE_CUDA_TRY(ctx, moe_launch(false, kernel, grid, kThreads, smem, st, q, f, m[0], m[1]));
     return MOE_OK;
 }
 

@@ -230,9 +230,11 @@ void moe__cuda_layer_plan(const moe_layer *l, int64_t plan_tokens, const moe_lay
 }
 
 /* GEMM 1 (GLU) and GEMM 2 of the set x over the plan in b (offsets, row_src of top_k slots a token), A gathered
- * from a (token row_src / top_k), h and y into b's rows; row_weight: Llama-4's weight on the input, or NULL. */
+ * from a (token row_src / top_k), h and y into b's rows; row_weight: Llama-4's weight on the input, or NULL;
+ * counters: the set's two pairs of l->tile_counters (GEMM 1's, then GEMM 2's), or NULL. */
 static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_bufs &b, char *ws, const void *a,
-                         int top_k, const float *row_weight, moe_gemm_params &g, moe_gemm_params &g2) {
+                         int top_k, const float *row_weight, uint32_t *counters, moe_gemm_params &g,
+                         moe_gemm_params &g2) {
     const moe_layer_config *c = &l->c;
     const int H = c->hidden, I = x.I;
     g = {};
@@ -245,12 +247,14 @@ static void expert_gemms(const moe_layer *l, const expert_set &x, const expert_b
     g.interleaved = c->w13_layout == MOE_W13_INTERLEAVED;
     g.act = c->activation, g.alpha = c->act_alpha, g.limit = c->act_limit;
     g.c = (__nv_bfloat16 *)(ws + b.h);
+    g.tile_counter = counters;
     g2 = g;
     g2.a = g.c, g2.gather = false, g2.row_weight = nullptr;
     expert_storage(x, 1, g2);
     g2.b_group_stride = (int64_t)H * I, g2.n = H, g2.k = I;
     g2.bias = x.b2, g2.bias_group_stride = H;
     g2.c = (__nv_bfloat16 *)(ws + b.y);
+    g2.tile_counter = counters ? counters + 2 : nullptr;
 }
 
 /* Where the set's GEMMs g, g2 take the FP4 wgmma tile (MEDIUM and LARGE on Hopper), their A in its K order
@@ -272,10 +276,10 @@ static moe_status kperm_operands(moe_layer *l, const void *x, int64_t T, moe_gem
  * codes and scales (x_codes: where they come from, MOE_X_CODES_* of moe/layer.h), GEMM 1 writing h quantised (the
  * decode kernels write h in f32 and act_quant.cu quantises it), GEMM 2 reading the codes. Elsewhere (MEDIUM32,
  * other weights, other GPUs) x and h are replaced by their quantised values in bf16 around the bf16 GEMMs.
- * counters: the set's two pairs of l->tile_counters (GEMM 1's, then GEMM 2's), or NULL. */
+ */
 static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_params g, moe_gemm_params g2,
                                const void *xv, int x_codes, int64_t T, moe_gemm_shape shape, int64_t tiles,
-                               const expert_bufs &b, char *ws, uint32_t *counters, cudaStream_t st) {
+                               const expert_bufs &b, char *ws, cudaStream_t st) {
     moe_ctx *ctx = l->ctx;
     const moe_layer_config *c = &l->c;
     const int H = c->hidden, I = x.I;
@@ -308,12 +312,10 @@ static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_param
         }
         f.c = (uint8_t *)(ws + b.q.h8), f.c_scale = (float *)(ws + b.q.hs), f.c_scale_ld = b.rows;
         f.rule = rule, f.amax_floor = af.amax_floor;
-        f.tile_counter = counters;
         const int tile_m = moe__gemm_tile_m(shape);
         MOE_TRY(moe__cuda_grouped_gemm_fp8(ctx, g, f, true, tile_m, tiles, st));
         moe_gemm_fp8 f2 = {};
         f2.a = f.c, f2.a_scale = f.c_scale, f2.a_scale_ld = f2.a_rows = b.rows;
-        f2.tile_counter = counters ? counters + 2 : nullptr;
         return moe__cuda_grouped_gemm_fp8(ctx, g2, f2, false, tile_m, tiles, st);
     }
     /* h leaves GEMM 1 in f32, so that it is quantised from the value the reference quantises (a bf16 h first
@@ -355,13 +357,14 @@ extern "C" moe_status moe__cuda_layer_experts(moe_layer *l, const void *x, int64
     const int64_t tiles = max_tiles < assignments ? max_tiles : assignments;
     const expert_set es = routed_set(l);
     moe_gemm_params g, g2;
-    expert_gemms(l, es, routed_bufs(s), ws, x, k, c->router.weight_on_input ? weights : nullptr, g, g2);
+    expert_gemms(l, es, routed_bufs(s), ws, x, k, c->router.weight_on_input ? weights : nullptr, l->tile_counters, g,
+                 g2);
     /* a decode step's GEMM 1 (the decode kernels) as a dependent launch of the routing, so that its CTAs are resident
      * when the routing ends. Measured on the H100 (docs/performance.md): MXFP4 at T = 1 DeepSeek-V2 -8.7%,
      * DeepSeek-V3 -3.9%, at T = 8 level; W8A8 level or slower (DeepSeek-V3 +0.4 to +1.2% at T = 1-8), so not there */
     g.early = plan_tokens <= MOE_GATE_GROUP && !l->act_quantized;
     if (l->act_quantized)
-        return experts_w8a8(l, es, g, g2, x, x_codes, T, shape, tiles, routed_bufs(s), ws, l->tile_counters, st);
+        return experts_w8a8(l, es, g, g2, x, x_codes, T, shape, tiles, routed_bufs(s), ws, st);
     MOE_TRY(kperm_operands(l, x, T, shape, s->y, ws, g, g2, st));
     MOE_TRY(moe__cuda_grouped_gemm(ctx, g, true, shape, tiles, 1, st));
     return moe__cuda_grouped_gemm(ctx, g2, false, shape, tiles, 1, st);
@@ -378,7 +381,7 @@ moe_status moe__cuda_layer_shared_quantized(moe_layer *l, const void *xv, int64_
     MOE_CUDA_TRY(l->ctx, moe_launch(false, shared_plan_kernel, blocks, 256, 0, side, x.n, T, Tp,
                                     (int64_t *)(ws + b.offsets), (int32_t *)(ws + b.row_src)));
     moe_gemm_params g, g2;
-    expert_gemms(l, x, b, ws, xv, 1, nullptr, g, g2);
+    expert_gemms(l, x, b, ws, xv, 1, nullptr, l->tile_counters ? l->tile_counters + 4 : nullptr, g, g2);
     const int64_t tiles = rows / tile_m;
     if (!l->act_quantized) {
         MOE_TRY(kperm_operands(l, xv, T, shape, b.y, ws, g, g2, side));
@@ -387,8 +390,7 @@ moe_status moe__cuda_layer_shared_quantized(moe_layer *l, const void *xv, int64_
     }
     int at = MOE_X_CODES_NONE; /* the side stream's x codes are ready in its order, the gate's before the fork */
     if (x_codes && w8a8_fp8_shape(l, x, shape)) b.q.xq = s->w8a8.xq, b.q.xs = s->w8a8.xs, at = MOE_X_CODES_READY;
-    return experts_w8a8(l, x, g, g2, xv, at, T, shape, tiles, b, ws, l->tile_counters ? l->tile_counters + 4 : nullptr,
-                        side);
+    return experts_w8a8(l, x, g, g2, xv, at, T, shape, tiles, b, ws, side);
 }
 
 bool moe__cuda_layer_x_codes(const moe_layer *l, int64_t T) {
