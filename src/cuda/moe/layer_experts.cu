@@ -275,8 +275,8 @@ static moe_status kperm_operands(moe_layer *l, const void *x, int64_t T, moe_gem
  * take both (LARGE, MEDIUM: the wgmma tile; SMALL: a decode kernel, the wgmma one for MXFP4 weights): x quantised to
  * codes and scales (x_codes: where they come from, MOE_X_CODES_* of moe/layer.h), GEMM 1 writing h quantised (the
  * decode kernels write h in f32 and act_quant.cu quantises it), GEMM 2 reading the codes. Elsewhere (MEDIUM32,
- * other weights, other GPUs) x and h are replaced by their quantised values in bf16 around the bf16 GEMMs.
- */
+ * other weights, other GPUs) x and h are replaced by their quantised values in bf16 around the bf16 GEMMs. The
+ * FP8 tile takes its tiles from g's and g2's counters (expert_gemms). */
 static moe_status experts_w8a8(moe_layer *l, const expert_set &x, moe_gemm_params g, moe_gemm_params g2,
                                const void *xv, int x_codes, int64_t T, moe_gemm_shape shape, int64_t tiles,
                                const expert_bufs &b, char *ws, cudaStream_t st) {
