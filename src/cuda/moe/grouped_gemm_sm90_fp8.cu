@@ -306,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint64_t drop = moe_l2_evict_first(); /* the policy of h's code stores */
         moe_qparams q;
         q.rule = f.rule, q.elem_max = 448.0f, q.elem_emax = 8;
-        const int quad = lane & 7; /* this lane's columns of a row: 32 m + 4 quad + {0..3}, m < 4 */
+        const int part = lane & 7; /* this lane's share of its row: columns 32 m + 4 part + {0..3}, m < 4 */
 #pragma unroll
         for (int i = 0; i < 2; i++) {
 #pragma unroll
@@ -334,12 +334,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                     const int rr = 4 * it + (lane >> 3);
                     const int64_t r = t.row0 + r0 + warp * 16 + 8 * i + rr;
                     const moe_gemm_row_out ro = moe_gemm_row<true>(p, t, r); /* the same for the row's 8 lanes */
-                    const int64_t col0 = t.tile_n * kBoxRows + 4 * quad;
+                    const int64_t col0 = t.tile_n * kBoxRows + 4 * part;
                     float h[16], m = 0.0f;
 #pragma unroll
                     for (int k = 0; k < 4; k++) {
-                        const float4 a = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 64 * k + 8 * quad);
-                        const float4 b = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 64 * k + 8 * quad + 4);
+                        const float4 a = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 64 * k + 8 * part);
+                        const float4 b = *reinterpret_cast<const float4 *>(epi + rr * kEpiLd + 64 * k + 8 * part + 4);
                         const float g[4] = {a.x, a.z, b.x, b.z}, u[4] = {a.y, a.w, b.y, b.w};
                         const bool in = col0 + 32 * k < p.n; /* n % 8 == 0: the 4 columns are all in or all out */
 #pragma unroll
@@ -369,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                         if (col0 + 32 * (k + 1) < p.n)
                             moe_store_u32_hint(f.c + r * p.n + col0 + 32 * (k + 1), w.y, drop);
                     }
-                    if (quad == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
+                    if (part == 0) f.c_scale[t.tile_n * f.c_scale_ld + r] = sc.value;
                 }
             });
             if (kBM == 128) __syncwarp();
